@@ -1,0 +1,646 @@
+//! The batch input file format: one request per line, checked in a single streaming pass.
+//!
+//! The same rules serve the daemon (before anything is uploaded) and the simulator (when a batch
+//! is created), so a file the daemon accepts is one the simulated service accepts, and a rule has
+//! one name everywhere: the `code` of a [`Violation`] is what `.reason.json` files and the
+//! simulator's `errors.data` entries carry.
+//!
+//! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
+//! a JSON object with a string `custom_id` (unique in the file), `method` `"POST"`, a string `url`
+//! equal to the endpoint, and a `body` object whose string `model` is the same on every line;
+//! at most `max_requests` lines and `max_bytes` bytes, unless the file may be split, in which case
+//! it is cut at line boundaries into parts that each respect both limits.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// The limits one batch input file must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most requests (lines) in one batch.
+    pub max_requests: u64,
+    /// Most bytes in one batch input file.
+    pub max_bytes: u64,
+}
+
+/// What the caller asks of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    /// The endpoint every line's `url` must equal; `None` takes it from the first line.
+    pub endpoint: Option<&'a str>,
+    pub limits: Limits,
+    /// Cut a file over the limits into parts instead of refusing it.
+    pub split: bool,
+}
+
+/// A contiguous run of whole lines, `[start, end)` in bytes, that fits in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Part {
+    pub start: u64,
+    pub end: u64,
+    pub requests: u64,
+}
+
+/// What a valid file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Lower-case hex SHA-256 of the whole content.
+    pub sha256: String,
+    pub bytes: u64,
+    pub requests: u64,
+    pub endpoint: String,
+    pub model: String,
+    /// One part when the file fits in one batch; several when it was split.
+    pub parts: Vec<Part>,
+}
+
+/// The rule a file breaks; [`Rule::code`] is its stable name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Bom,
+    Empty,
+    NotUtf8,
+    BlankLine,
+    InvalidJson,
+    NotAnObject,
+    MissingCustomId,
+    DuplicateCustomId,
+    InvalidMethod,
+    MissingUrl,
+    UrlMismatch,
+    MissingBody,
+    MissingModel,
+    MixedModels,
+    TooManyRequests,
+    TooLarge,
+    Unreadable,
+}
+
+impl Rule {
+    /// The stable snake_case name of the rule.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rule::Bom => "byte_order_mark",
+            Rule::Empty => "empty_file",
+            Rule::NotUtf8 => "invalid_utf8",
+            Rule::BlankLine => "blank_line",
+            Rule::InvalidJson => "invalid_json_line",
+            Rule::NotAnObject => "line_not_object",
+            Rule::MissingCustomId => "missing_custom_id",
+            Rule::DuplicateCustomId => "duplicate_custom_id",
+            Rule::InvalidMethod => "invalid_method",
+            Rule::MissingUrl => "missing_url",
+            Rule::UrlMismatch => "mismatched_url",
+            Rule::MissingBody => "missing_body",
+            Rule::MissingModel => "missing_model",
+            Rule::MixedModels => "mismatched_model",
+            Rule::TooManyRequests => "too_many_requests",
+            Rule::TooLarge => "file_too_large",
+            Rule::Unreadable => "unreadable_file",
+        }
+    }
+}
+
+/// Why a file was refused: the rule, the 1-based line when one line is at fault, and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message} (rule {})", line.map(|l| format!("line {l}: ")).unwrap_or_default(), rule.code())]
+pub struct Violation {
+    pub rule: Rule,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl Violation {
+    fn at(rule: Rule, line: u64, message: impl Into<String>) -> Self {
+        Violation {
+            rule,
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+
+    fn whole(rule: Rule, message: impl Into<String>) -> Self {
+        Violation {
+            rule,
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LineProbe<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BodyProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+}
+
+/// Reads a JSON string out of a raw value, or `None` when it is not a string.
+fn as_string(raw: &RawValue) -> Option<String> {
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+fn is_object(raw: &str) -> bool {
+    raw.trim_start().starts_with('{')
+}
+
+/// Validates `reader` against `expect` in one pass, without holding more than one line in memory
+/// (plus the set of `custom_id`s).
+pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let mut hasher = Sha256::new();
+    let mut buf = Vec::with_capacity(4096);
+    let mut seen_ids: HashSet<String> = HashSet::new();
+    let mut endpoint: Option<String> = expect.endpoint.map(str::to_owned);
+    let mut model: Option<String> = None;
+    let limits = expect.limits;
+    let mut offset: u64 = 0;
+    let mut line_no: u64 = 0;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut current = Part {
+        start: 0,
+        end: 0,
+        requests: 0,
+    };
+
+    loop {
+        buf.clear();
+        let read = reader.read_until(b'\n', &mut buf).map_err(|e| {
+            Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
+        })?;
+        if read == 0 {
+            break;
+        }
+        line_no += 1;
+        hasher.update(&buf);
+        let line_len = read as u64;
+        if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+            return Err(Violation::at(
+                Rule::Bom,
+                1,
+                "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM",
+            ));
+        }
+        if !expect.split {
+            if offset + line_len > limits.max_bytes {
+                return Err(Violation::at(
+                    Rule::TooLarge,
+                    line_no,
+                    format!(
+                        "the file is larger than the limit of {} bytes",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            if line_no > limits.max_requests {
+                return Err(Violation::at(
+                    Rule::TooManyRequests,
+                    line_no,
+                    format!(
+                        "the file has more than the limit of {} requests",
+                        limits.max_requests
+                    ),
+                ));
+            }
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| {
+            Violation::at(
+                Rule::NotUtf8,
+                line_no,
+                format!("the line is not valid UTF-8 ({e})"),
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.trim().is_empty() {
+            return Err(Violation::at(
+                Rule::BlankLine,
+                line_no,
+                "the line is empty; every line must be one request",
+            ));
+        }
+        check_line(text, line_no, &mut seen_ids, &mut endpoint, &mut model)?;
+
+        if expect.split {
+            if line_len > limits.max_bytes {
+                return Err(Violation::at(
+                    Rule::TooLarge,
+                    line_no,
+                    format!(
+                        "the line alone is larger than the limit of {} bytes per batch",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            let full = current.requests + 1 > limits.max_requests
+                || (current.end - current.start) + line_len > limits.max_bytes;
+            if full && current.requests > 0 {
+                parts.push(current);
+                current = Part {
+                    start: offset,
+                    end: offset,
+                    requests: 0,
+                };
+            }
+            current.end += line_len;
+            current.requests += 1;
+        }
+        offset += line_len;
+    }
+
+    if line_no == 0 {
+        return Err(Violation::whole(
+            Rule::Empty,
+            "the file is empty; it must hold at least one request",
+        ));
+    }
+    if expect.split {
+        parts.push(current);
+    } else {
+        parts.push(Part {
+            start: 0,
+            end: offset,
+            requests: line_no,
+        });
+    }
+    Ok(Summary {
+        sha256: hex(&hasher.finalize()),
+        bytes: offset,
+        requests: line_no,
+        endpoint: endpoint.unwrap_or_default(),
+        model: model.unwrap_or_default(),
+        parts,
+    })
+}
+
+fn check_line(
+    text: &str,
+    line_no: u64,
+    seen_ids: &mut HashSet<String>,
+    endpoint: &mut Option<String>,
+    model: &mut Option<String>,
+) -> Result<(), Violation> {
+    if !is_object(text) {
+        // Still report broken JSON as such, before complaining about its shape.
+        if let Err(e) = serde_json::from_str::<&RawValue>(text) {
+            return Err(Violation::at(
+                Rule::InvalidJson,
+                line_no,
+                format!("the line is not valid JSON: {e}"),
+            ));
+        }
+        return Err(Violation::at(
+            Rule::NotAnObject,
+            line_no,
+            "the line must be a JSON object",
+        ));
+    }
+    let probe: LineProbe<'_> = serde_json::from_str(text).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("the line is not valid JSON: {e}"),
+        )
+    })?;
+
+    let custom_id = probe.custom_id.and_then(as_string).ok_or_else(|| {
+        Violation::at(
+            Rule::MissingCustomId,
+            line_no,
+            "the line has no string `custom_id`",
+        )
+    })?;
+    if custom_id.is_empty() {
+        return Err(Violation::at(
+            Rule::MissingCustomId,
+            line_no,
+            "`custom_id` is empty",
+        ));
+    }
+    if !seen_ids.insert(custom_id.clone()) {
+        return Err(Violation::at(
+            Rule::DuplicateCustomId,
+            line_no,
+            format!(
+                "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
+            ),
+        ));
+    }
+
+    match probe.method.and_then(as_string) {
+        Some(m) if m == "POST" => {}
+        Some(m) => {
+            return Err(Violation::at(
+                Rule::InvalidMethod,
+                line_no,
+                format!("`method` is {m:?}; it must be \"POST\""),
+            ));
+        }
+        None => {
+            return Err(Violation::at(
+                Rule::InvalidMethod,
+                line_no,
+                "the line has no string `method`; it must be \"POST\"",
+            ));
+        }
+    }
+
+    let url = probe
+        .url
+        .and_then(as_string)
+        .ok_or_else(|| Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`"))?;
+    match endpoint {
+        Some(expected) if *expected != url => {
+            return Err(Violation::at(
+                Rule::UrlMismatch,
+                line_no,
+                format!(
+                    "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => *endpoint = Some(url),
+    }
+
+    let body = probe.body.filter(|b| is_object(b.get())).ok_or_else(|| {
+        Violation::at(Rule::MissingBody, line_no, "the line has no `body` object")
+    })?;
+    let body: BodyProbe<'_> = serde_json::from_str(body.get()).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("`body` is not valid JSON: {e}"),
+        )
+    })?;
+    let line_model = body
+        .model
+        .and_then(as_string)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
+        })?;
+    match model {
+        Some(first) if *first != line_model => Err(Violation::at(
+            Rule::MixedModels,
+            line_no,
+            format!(
+                "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *model = Some(line_model);
+            Ok(())
+        }
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_requests: 50_000,
+        max_bytes: 200_000_000,
+    };
+
+    fn line(id: &str, model: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"{model}","messages":[]}}}}"#
+        ) + "\n"
+    }
+
+    fn check(content: &str) -> Result<Summary, Violation> {
+        validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: Some("/v1/chat/completions"),
+                limits: LIMITS,
+                split: false,
+            },
+        )
+    }
+
+    fn rule_of(content: &str) -> (Rule, Option<u64>) {
+        let v = check(content).expect_err("the file should be refused");
+        (v.rule, v.line)
+    }
+
+    #[test]
+    fn a_valid_file_is_summarised_with_its_hash_model_and_endpoint() {
+        let content = line("a", "gpt-4o-mini") + &line("b", "gpt-4o-mini");
+        let s = check(&content).unwrap();
+        assert_eq!(s.requests, 2);
+        assert_eq!(s.bytes, content.len() as u64);
+        assert_eq!(s.model, "gpt-4o-mini");
+        assert_eq!(s.endpoint, "/v1/chat/completions");
+        assert_eq!(s.sha256, hex(&Sha256::digest(content.as_bytes())));
+        assert_eq!(
+            s.parts,
+            vec![Part {
+                start: 0,
+                end: content.len() as u64,
+                requests: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn the_last_line_may_lack_a_newline_and_crlf_is_accepted() {
+        let content = line("a", "m").replace('\n', "\r\n") + line("b", "m").trim_end();
+        assert_eq!(check(&content).unwrap().requests, 2);
+    }
+
+    #[test]
+    fn each_rule_is_reported_with_its_line() {
+        let ok = line("a", "m");
+        let cases: Vec<(String, Rule, Option<u64>)> = vec![
+            (String::new(), Rule::Empty, None),
+            (format!("\u{feff}{ok}"), Rule::Bom, Some(1)),
+            (format!("{ok}\n{ok}"), Rule::BlankLine, Some(2)),
+            (format!("{ok}{{not json\n"), Rule::InvalidJson, Some(2)),
+            (format!("{ok}[1,2]\n"), Rule::NotAnObject, Some(2)),
+            (
+                ok.replace("\"custom_id\":\"a\"", "\"custom_id\":7"),
+                Rule::MissingCustomId,
+                Some(1),
+            ),
+            (format!("{ok}{ok}"), Rule::DuplicateCustomId, Some(2)),
+            (ok.replace("POST", "GET"), Rule::InvalidMethod, Some(1)),
+            (
+                ok.replace("\"url\":\"/v1/chat/completions\",", ""),
+                Rule::MissingUrl,
+                Some(1),
+            ),
+            (
+                ok.replace("/v1/chat/completions", "/v1/embeddings"),
+                Rule::UrlMismatch,
+                Some(1),
+            ),
+            (
+                ok.replace("\"body\":{\"model\":\"m\",\"messages\":[]}", "\"body\":[]"),
+                Rule::MissingBody,
+                Some(1),
+            ),
+            (
+                ok.replace("\"model\":\"m\",", ""),
+                Rule::MissingModel,
+                Some(1),
+            ),
+            (ok.clone() + &line("b", "other"), Rule::MixedModels, Some(2)),
+        ];
+        for (content, rule, line) in cases {
+            assert_eq!(rule_of(&content), (rule, line), "content: {content:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_line() {
+        let mut bytes = line("a", "m").into_bytes();
+        bytes.extend_from_slice(b"{\"custom_id\":\"\xff\"}\n");
+        let v = validate(
+            &bytes[..],
+            Expect {
+                endpoint: None,
+                limits: LIMITS,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::NotUtf8, Some(2)));
+    }
+
+    #[test]
+    fn without_an_endpoint_the_first_line_sets_it() {
+        let content =
+            line("a", "m") + &line("b", "m").replace("/v1/chat/completions", "/v1/embeddings");
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: LIMITS,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::UrlMismatch, Some(2)));
+    }
+
+    #[test]
+    fn limits_refuse_a_file_unless_it_may_be_split() {
+        let content: String = (0..5).map(|i| line(&format!("r{i}"), "m")).collect();
+        let one = line("r0", "m").len() as u64;
+        let tight = Limits {
+            max_requests: 2,
+            max_bytes: 10_000,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: tight,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooManyRequests, Some(3)));
+        let small = Limits {
+            max_requests: 100,
+            max_bytes: one * 2,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: small,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooLarge, Some(3)));
+
+        let s = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: tight,
+                split: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.parts.iter().map(|p| p.requests).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        assert_eq!(s.parts[0].start, 0);
+        assert_eq!(s.parts.last().unwrap().end, content.len() as u64);
+        for pair in s.parts.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start, "parts must be contiguous");
+        }
+        let s = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: small,
+                split: true,
+            },
+        )
+        .unwrap();
+        assert!(s.parts.iter().all(|p| p.end - p.start <= one * 2));
+        assert_eq!(s.parts.iter().map(|p| p.requests).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn a_single_line_over_the_byte_limit_cannot_be_split() {
+        let content = line("a", "m");
+        let limits = Limits {
+            max_requests: 10,
+            max_bytes: 10,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits,
+                split: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(v.rule, Rule::TooLarge);
+    }
+
+    #[test]
+    fn the_violation_message_names_the_line_and_the_rule() {
+        let v = check(&(line("a", "m") + &line("a", "m"))).unwrap_err();
+        let text = v.to_string();
+        assert!(text.starts_with("line 2: "), "{text}");
+        assert!(text.ends_with("(rule duplicate_custom_id)"), "{text}");
+    }
+}

@@ -1,0 +1,759 @@
+//! Configuration: built-in defaults, then a TOML file, then the environment.
+//!
+//! The built-in defaults are the shipped example, `config/batchwatch.toml`, so the example and
+//! the defaults cannot drift apart. Every problem is a [`ConfigError`] that names the key; the
+//! binary exits with [`crate::EXIT_CONFIG`] (78) on one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The example configuration, which is also the layer of built-in defaults.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/batchwatch.toml");
+
+/// The file read when no `--config` is given, if it exists.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/batchwatch/batchwatch.toml";
+
+/// The prefix of environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "BATCHWATCH_";
+
+/// Metadata keys batchwatch sets on every batch; user metadata may not use them.
+pub const RESERVED_METADATA_KEYS: usize = 4;
+
+/// A configuration problem: the key at fault (when one is), where it came from, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub key: Option<String>,
+    pub origin: Option<String>,
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A problem with one key.
+    pub fn key(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: Some(key.into()),
+            origin: None,
+            problem: problem.into(),
+        }
+    }
+
+    fn general(problem: impl Into<String>) -> Self {
+        ConfigError {
+            key: None,
+            origin: None,
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`")?;
+            if let Some(origin) = &self.origin {
+                write!(f, " (set in {origin})")?;
+            }
+            f.write_str(": ")?;
+        } else if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        f.write_str(&self.problem)
+    }
+}
+
+/// Everything batchwatch can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub queue: QueueSettings,
+    pub database: DatabaseSettings,
+    pub api: ApiSettings,
+    pub batch: BatchSettings,
+    pub poll: PollSettings,
+    pub limits: LimitSettings,
+    pub backoff: BackoffSettings,
+    pub log: LogSettings,
+    pub daemon: DaemonSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub dir: PathBuf,
+    pub scan_interval: Dur,
+    pub settle_time: Dur,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub path: PathBuf,
+    pub busy_timeout: Dur,
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Flavor {
+    /// `Authorization: Bearer KEY`.
+    Openai,
+    /// `api-key: KEY`, resource-level `/openai/v1` paths.
+    Azure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub base_url: String,
+    pub flavor: Flavor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_credential: Option<String>,
+    pub connect_timeout: Dur,
+    pub request_timeout: Dur,
+    pub upload_timeout: Dur,
+    pub download_read_timeout: Dur,
+    pub retry_attempts: u32,
+    pub retry_initial_delay: Dur,
+    pub retry_max_delay: Dur,
+}
+
+/// Where the API key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An environment variable, by name.
+    Env(String),
+    /// A file only its owner may read.
+    File(PathBuf),
+    /// A systemd credential, by name, under `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::Env(name) => write!(f, "environment variable {name} (api.key_env)"),
+            KeySource::File(path) => write!(f, "file {} (api.key_file)", path.display()),
+            KeySource::Credential(name) => {
+                write!(f, "systemd credential {name} (api.key_credential)")
+            }
+        }
+    }
+}
+
+impl ApiSettings {
+    /// The one configured key source; OPENAI_API_KEY when none is set.
+    pub fn key_source(&self) -> KeySource {
+        match (&self.key_env, &self.key_file, &self.key_credential) {
+            (_, Some(path), _) => KeySource::File(path.clone()),
+            (_, _, Some(name)) => KeySource::Credential(name.clone()),
+            (Some(name), _, _) => KeySource::Env(name.clone()),
+            (None, None, None) => KeySource::Env("OPENAI_API_KEY".to_owned()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    pub completion_window: String,
+    pub deadline: Dur,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_expires_after: Option<Dur>,
+    pub max_requests: u64,
+    pub max_bytes: ByteSize,
+    pub split_oversized: bool,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollSettings {
+    pub min_interval: Dur,
+    pub max_interval: Dur,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub requests_per_second: f64,
+    pub concurrency: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSettings {
+    pub token_limit_initial: Dur,
+    pub token_limit_max: Dur,
+    pub auth_retry: Dur,
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses one of a fixed set of lower-case names, naming the choices when `s` is none of them.
+fn one_of<T: Copy>(s: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            format!("{s:?} is not one of {}", names.join(", "))
+        })
+}
+
+impl TryFrom<String> for Flavor {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        one_of(&s, &[("openai", Flavor::Openai), ("azure", Flavor::Azure)])
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        one_of(&s, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    pub shutdown_timeout: Dur,
+}
+
+/// A non-negative duration written as "500ms", "20h" or "1h 30m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for Dur {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parsed: jiff::SignedDuration = s.trim().parse().map_err(|e| {
+            format!("{s:?} is not a duration such as \"500ms\", \"90s\" or \"20h\" ({e})")
+        })?;
+        Duration::try_from(parsed)
+            .map(Dur)
+            .map_err(|_| format!("{s:?} is negative; a duration must be zero or more"))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match jiff::SignedDuration::try_from(self.0) {
+            Ok(d) => write!(f, "{d:#}"),
+            Err(_) => write!(f, "{}s", self.0.as_secs()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A size in bytes: a whole number, or a string such as "200MB" (10^6) or "190MiB" (2^20).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("{s:?} is not a size such as 200MB or 190MiB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "kb" => 1_000,
+            "mb" => 1_000_000,
+            "gb" => 1_000_000_000,
+            "kib" => 1 << 10,
+            "mib" => 1 << 20,
+            "gib" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "{s:?} has unknown unit {other:?}; use B, KB, MB, GB, KiB, MiB or GiB"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size such as 200MB or a whole number of bytes")
+        })? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl Settings {
+    /// Loads the configuration from the defaults, `file` (else the system file when it exists)
+    /// and the process environment, then validates it.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(
+            file,
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// As [`Settings::load`], with the environment given.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let file = match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::general(format!(
+                        "the configuration file {} does not exist or is not a file (--config)",
+                        path.display()
+                    )));
+                }
+                Some(path.to_path_buf())
+            }
+            None => Some(PathBuf::from(SYSTEM_CONFIG_PATH)).filter(|p| p.is_file()),
+        };
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_CONFIG,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = &file {
+            // Read it ourselves, so an unreadable file is reported as such.
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                key: None,
+                origin: Some(path.display().to_string()),
+                problem: format!("the file cannot be read: {e}"),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let vars = settings_from_env(env);
+        let env_origin: BTreeMap<String, String> = vars
+            .keys()
+            .map(|var| (env_var_key(var), var.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX.trim_end_matches('_'))
+                .prefix_separator("_")
+                .separator("__")
+                .source(Some(vars.into_iter().collect())),
+        );
+        let origin_of = |key: &Option<String>| -> Option<String> {
+            let key = key.as_deref()?;
+            // The environment wins over the file, so a key set there came from there.
+            if let Some(var) = env_origin.iter().find(|(k, _)| {
+                k.as_str() == key
+                    || key.starts_with(&format!("{k}."))
+                    || k.starts_with(&format!("{key}."))
+            }) {
+                return Some(format!("environment variable {}", var.1));
+            }
+            file.as_ref().map(|p| p.display().to_string())
+        };
+        let merged = builder.build().map_err(|e| {
+            let mut err = translate(e);
+            err.origin = err
+                .origin
+                .or_else(|| file.as_ref().map(|p| p.display().to_string()));
+            err
+        })?;
+        let settings: Settings = merged.try_deserialize().map_err(|e| {
+            let mut err = translate(e);
+            err.origin = origin_of(&err.key);
+            err
+        })?;
+        settings.validate().map_err(|mut err| {
+            err.origin = origin_of(&err.key);
+            err
+        })?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot: ranges, absolute paths, and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        absolute("queue.dir", &self.queue.dir)?;
+        absolute("database.path", &self.database.path)?;
+        if let Some(path) = &self.api.key_file {
+            absolute("api.key_file", path)?;
+        }
+        positive("queue.scan_interval", self.queue.scan_interval)?;
+        positive("database.busy_timeout", self.database.busy_timeout)?;
+
+        let url = self.api.base_url.trim();
+        if url.is_empty() {
+            return Err(ConfigError::key("api.base_url", "a value is required"));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(ConfigError::key(
+                "api.base_url",
+                format!("{url:?} is not a URL such as https://api.openai.com/v1"),
+            ));
+        };
+        if !matches!(scheme, "http" | "https") || rest.is_empty() {
+            return Err(ConfigError::key(
+                "api.base_url",
+                format!("{url:?} must start with https:// or http://"),
+            ));
+        }
+        if self.api.flavor == Flavor::Azure && url.contains("api.openai.com") {
+            return Err(ConfigError::key(
+                "api.base_url",
+                "a value is required when api.flavor = \"azure\": your resource's URL, such as https://RESOURCE.openai.azure.com/openai/v1",
+            ));
+        }
+        let sources: Vec<&str> = [
+            ("api.key_env", self.api.key_env.is_some()),
+            ("api.key_file", self.api.key_file.is_some()),
+            ("api.key_credential", self.api.key_credential.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if sources.len() > 1 {
+            return Err(ConfigError::key(
+                sources[1],
+                format!("set only one key source; found {}", sources.join(" and ")),
+            ));
+        }
+        for (key, value) in [
+            ("api.key_env", &self.api.key_env),
+            ("api.key_credential", &self.api.key_credential),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.contains(['/', '=', '\0']))
+            {
+                return Err(ConfigError::key(key, format!("{v:?} is not a valid name")));
+            }
+        }
+        positive("api.connect_timeout", self.api.connect_timeout)?;
+        positive("api.request_timeout", self.api.request_timeout)?;
+        positive("api.upload_timeout", self.api.upload_timeout)?;
+        positive("api.download_read_timeout", self.api.download_read_timeout)?;
+        if self.api.retry_attempts == 0 {
+            return Err(ConfigError::key("api.retry_attempts", "must be at least 1"));
+        }
+        if self.api.retry_initial_delay > self.api.retry_max_delay {
+            return Err(ConfigError::key(
+                "api.retry_initial_delay",
+                "must not be longer than api.retry_max_delay",
+            ));
+        }
+
+        if let Some(endpoint) = &self.batch.endpoint
+            && !endpoint.starts_with('/')
+        {
+            return Err(ConfigError::key(
+                "batch.endpoint",
+                format!("{endpoint:?} must be a path such as /v1/chat/completions"),
+            ));
+        }
+        if self.batch.completion_window.trim().is_empty() {
+            return Err(ConfigError::key(
+                "batch.completion_window",
+                "a value is required, such as \"24h\"",
+            ));
+        }
+        positive("batch.deadline", self.batch.deadline)?;
+        if let Some(after) = self.batch.output_expires_after {
+            output_expiry("batch.output_expires_after", after)?;
+        }
+        if self.batch.max_requests == 0 {
+            return Err(ConfigError::key("batch.max_requests", "must be at least 1"));
+        }
+        if self.batch.max_bytes.0 == 0 {
+            return Err(ConfigError::key(
+                "batch.max_bytes",
+                "must be at least 1 byte",
+            ));
+        }
+        check_metadata("batch.metadata", &self.batch.metadata)?;
+
+        positive("poll.min_interval", self.poll.min_interval)?;
+        if self.poll.min_interval > self.poll.max_interval {
+            return Err(ConfigError::key(
+                "poll.min_interval",
+                "must not be longer than poll.max_interval",
+            ));
+        }
+        if !(self.limits.requests_per_second.is_finite() && self.limits.requests_per_second > 0.0) {
+            return Err(ConfigError::key(
+                "limits.requests_per_second",
+                "must be a number above zero",
+            ));
+        }
+        if self.limits.concurrency == 0 {
+            return Err(ConfigError::key("limits.concurrency", "must be at least 1"));
+        }
+        positive(
+            "backoff.token_limit_initial",
+            self.backoff.token_limit_initial,
+        )?;
+        if self.backoff.token_limit_initial > self.backoff.token_limit_max {
+            return Err(ConfigError::key(
+                "backoff.token_limit_initial",
+                "must not be longer than backoff.token_limit_max",
+            ));
+        }
+        positive("backoff.auth_retry", self.backoff.auth_retry)?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `check-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings always serialise")
+    }
+}
+
+/// Checks an `output_expires_after` duration against the API's bounds.
+pub fn output_expiry(key: &str, after: Dur) -> Result<(), ConfigError> {
+    let secs = after.get().as_secs();
+    if !(3_600..=2_592_000).contains(&secs) || after.get().subsec_nanos() != 0 {
+        return Err(ConfigError::key(
+            key,
+            format!("{after} is outside the API's range of 1h to 30 days, in whole seconds"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks user metadata against the API's limits, leaving room for batchwatch's own keys.
+pub fn check_metadata(key: &str, metadata: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+    let max_pairs = 16 - RESERVED_METADATA_KEYS;
+    if metadata.len() > max_pairs {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "has {} pairs; at most {max_pairs} are allowed",
+                metadata.len()
+            ),
+        ));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.chars().count() > 64 {
+            return Err(ConfigError::key(
+                format!("{key}.{k}"),
+                "a key must have 1 to 64 characters",
+            ));
+        }
+        if k.starts_with("batchwatch_") {
+            return Err(ConfigError::key(
+                format!("{key}.{k}"),
+                "keys starting with batchwatch_ are reserved",
+            ));
+        }
+        if v.chars().count() > 512 {
+            return Err(ConfigError::key(
+                format!("{key}.{k}"),
+                "a value must have at most 512 characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn absolute(key: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return Err(ConfigError::key(key, "a value is required"));
+    }
+    if !path.is_absolute() {
+        return Err(ConfigError::key(
+            key,
+            format!(
+                "{} is a relative path; an absolute path is required",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn positive(key: &str, d: Dur) -> Result<(), ConfigError> {
+    if d.get().is_zero() {
+        return Err(ConfigError::key(key, "must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// The `BATCHWATCH_*` variables that name a setting: those with `__` between section and key.
+fn settings_from_env(env: impl IntoIterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    env.into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k[ENV_PREFIX.len()..].contains("__"))
+        .collect()
+}
+
+fn env_var_key(var: &str) -> String {
+    var[ENV_PREFIX.len()..]
+        .to_ascii_lowercase()
+        .replace("__", ".")
+}
+
+/// Turns the config crate's error into one that names the key and says what is wrong.
+fn translate(e: config::ConfigError) -> ConfigError {
+    match e {
+        config::ConfigError::At { error, origin, key } => {
+            let mut inner = translate(*error);
+            inner.key = match (key, inner.key.take()) {
+                (Some(outer), Some(inner_key)) if !inner_key.starts_with(&outer) => {
+                    Some(format!("{outer}.{inner_key}"))
+                }
+                (Some(outer), None) => Some(outer),
+                (_, inner_key) => inner_key,
+            };
+            inner.origin = inner.origin.or(origin);
+            unknown_field_key(inner)
+        }
+        config::ConfigError::Type {
+            origin,
+            unexpected,
+            expected,
+            key,
+        } => ConfigError {
+            key,
+            origin,
+            problem: format!("expected {expected}, found {unexpected}"),
+        },
+        config::ConfigError::NotFound(key) => ConfigError::key(key, "a value is required"),
+        config::ConfigError::FileParse { uri, cause } => ConfigError {
+            key: None,
+            origin: uri,
+            problem: format!("not valid TOML: {cause}"),
+        },
+        config::ConfigError::Message(m) => unknown_field_key(ConfigError::general(m)),
+        other => ConfigError::general(other.to_string()),
+    }
+}
+
+/// serde reports an unknown field as a message about its parent; name the field itself.
+fn unknown_field_key(mut err: ConfigError) -> ConfigError {
+    if let Some(rest) = err.problem.strip_prefix("unknown field `")
+        && let Some((field, expected)) = rest.split_once('`')
+    {
+        let field = field.to_owned();
+        err.key = Some(match err.key.take() {
+            Some(parent) if !parent.ends_with(&field) => format!("{parent}.{field}"),
+            Some(parent) => parent,
+            None => field,
+        });
+        err.problem = format!("unknown key;{}", expected.trim_start_matches(','));
+    }
+    err
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_a_valid_configuration() {
+        let s = Settings::load_from(None, []).unwrap();
+        assert_eq!(s.queue.dir, PathBuf::from("/var/lib/batchwatch/queue"));
+        assert_eq!(s.poll.min_interval, Dur(Duration::from_secs(5)));
+        assert_eq!(s.batch.max_bytes, ByteSize(200_000_000));
+        assert_eq!(s.api.key_source(), KeySource::Env("OPENAI_API_KEY".into()));
+    }
+
+    #[test]
+    fn durations_parse_friendly_forms_and_print_back() {
+        for (text, secs) in [
+            ("500ms", 0.5),
+            ("90s", 90.0),
+            ("20h", 72_000.0),
+            ("1h 30m", 5_400.0),
+            ("1h30m", 5_400.0),
+        ] {
+            let d: Dur = text.parse().unwrap();
+            assert_eq!(d.get().as_secs_f64(), secs, "{text}");
+            assert_eq!(d.to_string().parse::<Dur>().unwrap(), d);
+        }
+        assert!("5x".parse::<Dur>().is_err());
+        assert!("-5s".parse::<Dur>().unwrap_err().contains("negative"));
+        assert!("10".parse::<Dur>().is_err());
+    }
+
+    #[test]
+    fn sizes_parse_decimal_and_binary_units() {
+        assert_eq!("200MB".parse::<ByteSize>().unwrap(), ByteSize(200_000_000));
+        assert_eq!("190 MiB".parse::<ByteSize>().unwrap(), ByteSize(190 << 20));
+        assert_eq!("1024".parse::<ByteSize>().unwrap(), ByteSize(1024));
+        assert!(
+            "12 parsecs"
+                .parse::<ByteSize>()
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+    }
+
+    #[test]
+    fn variables_without_a_section_separator_are_not_settings() {
+        let s = Settings::load_from(
+            None,
+            [("BATCHWATCH_REQUIRE_DOCKER".to_owned(), "1".to_owned())],
+        );
+        assert!(s.is_ok(), "{s:?}");
+    }
+}
