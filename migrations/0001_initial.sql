@@ -174,3 +174,32 @@ FROM jobs
 WHERE state IN ('rejected', 'failed', 'expired', 'cancelled')
 ORDER BY finished_at DESC, id DESC
 LIMIT 100;
+
+-- One row per job with the progress of the latest submission of each of its parts: what
+-- `batchwatch status` shows.
+CREATE VIEW job_overview AS
+WITH latest AS (
+    SELECT b.*
+    FROM batches b
+    WHERE b.attempt = (SELECT max(x.attempt) FROM batches x WHERE x.job_id = b.job_id AND x.part = b.part)
+)
+SELECT
+    j.id,
+    j.file_name,
+    j.state,
+    j.reason_code,
+    j.reason,
+    j.request_count,
+    (SELECT group_concat(DISTINCT l.status) FROM latest l WHERE l.job_id = j.id) AS remote_status,
+    (SELECT group_concat(l.remote_id, ' ') FROM latest l WHERE l.job_id = j.id) AS remote_ids,
+    (SELECT sum(l.request_completed) FROM latest l WHERE l.job_id = j.id) AS requests_completed,
+    (SELECT sum(l.request_failed) FROM latest l WHERE l.job_id = j.id) AS requests_failed,
+    j.attempts,
+    j.deadline_at,
+    j.cancel_requested_at,
+    j.path,
+    j.results_dir,
+    j.created_at,
+    j.updated_at,
+    j.finished_at
+FROM jobs j;

@@ -1,12 +1,16 @@
 //! The command line: parses arguments and calls into the library.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{ConfigError, Settings};
+use crate::model::JobState;
+use crate::report;
+use crate::store::{Access, Store, StoreError, batches, history, jobs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,10 +29,58 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run,
+    /// List jobs: state, remote status, request counts, age, deadline.
+    Status(StatusArgs),
+    /// Everything about one job (by job id, remote batch id or local batch number).
+    Show(ShowArgs),
+    /// The status history of one batch (by remote batch id or local batch number).
+    History(ShowArgs),
     /// Check the configuration and print the one in effect (the API key is never printed).
     CheckConfig,
     /// Print the example configuration, which is also the built-in defaults.
     PrintDefaultConfig,
+    /// Create the database or bring its schema up to date, then exit.
+    Migrate,
+}
+
+/// Where the status commands find the database.
+#[derive(Debug, Args)]
+pub struct DatabaseArg {
+    /// The database file (default: database.path from the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub database: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<JobState>,
+    /// At most this many jobs, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A job id (job_…), a remote batch id (batch_…) or a local batch number.
+    pub id: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    s.parse()
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -39,28 +91,98 @@ pub fn main() -> ExitCode {
         Err(err) => {
             if let Some(config_err) = err.downcast_ref::<ConfigError>() {
                 eprintln!("batchwatch: {config_err}");
+                tracing::error!(error = %config_err, "configuration error");
                 return ExitCode::from(crate::EXIT_CONFIG);
             }
-            eprintln!("batchwatch: error: {err:#}");
+            let message = crate::telemetry::join_causes(err.chain().map(ToString::to_string));
+            eprintln!("batchwatch: error: {message}");
+            tracing::error!(error = message, "stopped by an error");
             ExitCode::FAILURE
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config.as_deref();
     match cli.command {
         Command::PrintDefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
-            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig => {
-            let settings = Settings::load(cli.config.as_deref())?;
+            let settings = Settings::load(config)?;
             println!("# The configuration is valid. In effect:");
             print!("{}", settings.to_toml());
             println!("# API key source: {}", settings.api.key_source());
-            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let settings = Settings::load(config)?;
+            crate::telemetry::init(settings.log.format);
+            runtime()?.block_on(crate::daemon::run(settings))?;
+        }
+        Command::Migrate => {
+            let settings = Settings::load(config)?;
+            let path = settings.database.path;
+            runtime()?.block_on(async {
+                let store =
+                    Store::open(&path, settings.database.busy_timeout.get(), Access::Migrate)
+                        .await?;
+                println!(
+                    "database {} is at schema version {}",
+                    path.display(),
+                    store.schema_version().await?.unwrap_or(0)
+                );
+                store.close().await;
+                anyhow::Ok(())
+            })?;
+        }
+        Command::Status(args) => {
+            let out = runtime()?.block_on(async {
+                let store = open_for_reading(config, &args.db).await?;
+                let now = crate::clock::Timestamp::now();
+                let rows = jobs::overview(store.reader(), args.state, args.limit).await?;
+                let out = if args.json {
+                    report::json(&rows)
+                } else {
+                    report::status(&rows, &jobs::state_counts(store.reader()).await?, now)
+                };
+                store.close().await;
+                anyhow::Ok(out)
+            })?;
+            print!("{out}");
+        }
+        Command::Show(args) => {
+            let out = runtime()?.block_on(async {
+                let store = open_for_reading(config, &args.db).await?;
+                let job_id = resolve_job(&store, &args.id).await?;
+                let report = job_report(&store, &job_id).await?;
+                store.close().await;
+                let now = crate::clock::Timestamp::now();
+                anyhow::Ok(if args.json {
+                    report::json(&report)
+                } else {
+                    report::show(&report, now)
+                })
+            })?;
+            print!("{out}");
+        }
+        Command::History(args) => {
+            let out = runtime()?.block_on(async {
+                let store = open_for_reading(config, &args.db).await?;
+                let submission = resolve_batch(&store, &args.id).await?.with_context(|| {
+                    format!("no batch {:?} in {}", args.id, store.path().display())
+                })?;
+                let rows = history::for_batch(store.reader(), submission.id).await?;
+                store.close().await;
+                anyhow::Ok(if args.json {
+                    report::json(&rows)
+                } else {
+                    report::history(&rows)
+                })
+            })?;
+            print!("{out}");
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Builds the multi-threaded runtime the async commands run on.
@@ -69,4 +191,58 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
+}
+
+/// Opens the database read-only for a status command: `--database`, else database.path from
+/// the configuration.
+async fn open_for_reading(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<Store> {
+    let (path, busy) = match &arg.database {
+        Some(path) => (path.clone(), Duration::from_secs(5)),
+        None => {
+            let settings = Settings::load(config)?;
+            (settings.database.path, settings.database.busy_timeout.get())
+        }
+    };
+    Ok(Store::open(&path, busy, Access::ReadOnly).await?)
+}
+
+/// Finds the submission an id names: a remote batch id or a local batch number.
+async fn resolve_batch(store: &Store, id: &str) -> Result<Option<batches::Submission>, StoreError> {
+    match id.parse::<i64>() {
+        Ok(n) => batches::get(store.reader(), n).await,
+        Err(_) => batches::by_remote_id(store.reader(), id).await,
+    }
+}
+
+/// Finds the job an id names: a job id, or any id of one of its batches.
+async fn resolve_job(store: &Store, id: &str) -> anyhow::Result<String> {
+    if id.starts_with(crate::model::JobId::PREFIX) {
+        if jobs::get(store.reader(), id).await?.is_some() {
+            return Ok(id.to_owned());
+        }
+    } else if let Some(submission) = resolve_batch(store, id).await? {
+        return Ok(submission.job_id);
+    }
+    anyhow::bail!("no job or batch {id:?} in {}", store.path().display())
+}
+
+/// Collects everything about one job.
+pub async fn job_report(store: &Store, job_id: &str) -> anyhow::Result<report::JobReport> {
+    let job = jobs::get(store.reader(), job_id)
+        .await?
+        .with_context(|| format!("no job {job_id}"))?;
+    let events = jobs::events(store.reader(), job_id).await?;
+    let mut batch_reports = Vec::new();
+    for submission in batches::for_job(store.reader(), job_id).await? {
+        let history = history::for_batch(store.reader(), submission.id).await?;
+        batch_reports.push(report::BatchReport {
+            submission,
+            history,
+        });
+    }
+    Ok(report::JobReport {
+        job,
+        events,
+        batches: batch_reports,
+    })
 }

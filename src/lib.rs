@@ -3,8 +3,12 @@
 
 pub mod batchfile;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod model;
+pub mod report;
+pub mod store;
 pub mod telemetry;
 
 /// Exit code for a configuration error (EX_CONFIG from sysexits.h); systemd is told not to

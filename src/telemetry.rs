@@ -25,14 +25,25 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// Formats an error with its whole cause chain, for a log field.
+/// Formats an error with its whole cause chain, for a message or a log field. A cause whose
+/// text the previous one already shows is left out (some libraries repeat their source).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
+    join_causes(std::iter::successors(Some(err), |e| e.source()).map(ToString::to_string))
+}
+
+/// Joins the texts of an error chain with `: `, leaving out repeats.
+pub fn join_causes(causes: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for text in causes {
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
     }
     out
 }

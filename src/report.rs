@@ -1,0 +1,298 @@
+//! What the status commands print: `status`, `show` and `history`, as text tables or JSON.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::clock::{self, Timestamp};
+use crate::model::JobState;
+use crate::store::batches::Submission;
+use crate::store::history::HistoryRow;
+use crate::store::jobs::{Job, JobEvent, JobOverview};
+
+/// Everything about one job, for `show`.
+#[derive(Debug, Serialize)]
+pub struct JobReport {
+    pub job: Job,
+    pub events: Vec<JobEvent>,
+    pub batches: Vec<BatchReport>,
+}
+
+/// One submission and its status history.
+#[derive(Debug, Serialize)]
+pub struct BatchReport {
+    #[serde(flatten)]
+    pub submission: Submission,
+    pub history: Vec<HistoryRow>,
+}
+
+/// Pretty JSON, for `--json`.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("reports always serialise") + "\n"
+}
+
+/// A plain text table: a header row, then rows, columns padded to fit.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.enumerate() {
+            let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut s: String = text.chars().take(max - 1).collect();
+    s.push('…');
+    s
+}
+
+fn or_dash(v: Option<&str>) -> &str {
+    v.filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+/// `5/100` or `90/100, 10 failed`; `-` before anything is known.
+fn progress(total: Option<i64>, completed: Option<i64>, failed: Option<i64>) -> String {
+    match (total, completed, failed) {
+        (None, None, None) => "-".into(),
+        (t, c, f) => {
+            let base = format!(
+                "{}/{}",
+                c.unwrap_or(0),
+                t.map_or("?".into(), |t| t.to_string())
+            );
+            match f {
+                Some(f) if f > 0 => format!("{base}, {f} failed"),
+                _ => base,
+            }
+        }
+    }
+}
+
+fn age(created_at: &str, now: Timestamp) -> String {
+    clock::parse(created_at).map_or("-".into(), |t| clock::humanize(clock::between(t, now)))
+}
+
+fn deadline(deadline_at: &str, state: JobState, now: Timestamp) -> String {
+    if state.is_terminal() {
+        return "-".into();
+    }
+    match clock::parse(deadline_at) {
+        Some(t) if t > now => format!("in {}", clock::humanize(clock::between(now, t))),
+        Some(t) => format!("passed {} ago", clock::humanize(clock::between(t, now))),
+        None => deadline_at.to_owned(),
+    }
+}
+
+/// The `status` table, with a summary line of counts per state.
+pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) -> String {
+    let mut out = String::new();
+    if counts.is_empty() {
+        out.push_str("No jobs yet.\n");
+        return out;
+    }
+    let summary: Vec<String> = JobState::ALL
+        .iter()
+        .filter_map(|s| {
+            counts
+                .iter()
+                .find(|(c, _)| c == s)
+                .map(|(_, n)| format!("{n} {s}"))
+        })
+        .collect();
+    let _ = writeln!(out, "Jobs: {}", summary.join(", "));
+    if rows.is_empty() {
+        out.push_str("No jobs match.\n");
+        return out;
+    }
+    out.push('\n');
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let requests = match r.request_count {
+                Some(total) => progress(Some(total), r.requests_completed, r.requests_failed),
+                None => "-".into(),
+            };
+            vec![
+                r.id.clone(),
+                shorten(&r.file_name, 32),
+                r.state.to_string(),
+                or_dash(r.remote_status.as_deref()).to_owned(),
+                requests,
+                age(&r.created_at, now),
+                deadline(&r.deadline_at, r.state, now),
+                shorten(or_dash(r.reason_code.as_deref()), 24),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "REASON",
+        ],
+        &body,
+    ));
+    out
+}
+
+/// Everything about one job, for `show`.
+pub fn show(report: &JobReport, now: Timestamp) -> String {
+    let j = &report.job;
+    let mut out = String::new();
+    let _ = writeln!(out, "Job {} ({})", j.id, j.file_name);
+    let mut field = |name: &str, value: String| {
+        let _ = writeln!(out, "  {name:<13}{value}");
+    };
+    field("state", j.state.to_string());
+    if let Some(reason) = &j.reason {
+        field(
+            "reason",
+            format!("{} ({})", reason, or_dash(j.reason_code.as_deref())),
+        );
+    }
+    field("file", format!("{} ({} bytes)", j.path, j.size_bytes));
+    if let Some(count) = j.request_count {
+        field("requests", count.to_string());
+    }
+    if let (Some(endpoint), Some(model)) = (&j.endpoint, &j.model) {
+        field("endpoint", format!("{endpoint} (model {model})"));
+    }
+    if let Some(sha) = &j.sha256 {
+        field("sha256", sha.clone());
+    }
+    field(
+        "created",
+        format!("{} ({} ago)", j.created_at, age(&j.created_at, now)),
+    );
+    field(
+        "deadline",
+        format!(
+            "{} ({})",
+            j.deadline_at,
+            deadline(&j.deadline_at, j.state, now)
+        ),
+    );
+    if let Some(at) = &j.cancel_requested_at {
+        field(
+            "cancel asked",
+            format!("{at} ({})", or_dash(j.cancel_reason.as_deref())),
+        );
+    }
+    if let Some(at) = &j.finished_at {
+        field("finished", at.clone());
+    }
+    field("results", or_dash(j.results_dir.as_deref()).to_owned());
+    if j.metadata != "{}" {
+        field("metadata", j.metadata.clone());
+    }
+
+    out.push_str("\nEvents:\n");
+    let events: Vec<Vec<String>> = report
+        .events
+        .iter()
+        .map(|e| vec![e.at.clone(), e.state.to_string(), e.message.clone()])
+        .collect();
+    out.push_str(&indent(&table(&["AT", "STATE", "WHAT"], &events)));
+
+    for b in &report.batches {
+        let s = &b.submission;
+        let _ = writeln!(
+            out,
+            "\nBatch {} (part {}, attempt {}): {}, remote status {}, requests {}",
+            or_dash(s.remote_id.as_deref()),
+            s.part,
+            s.attempt,
+            s.state,
+            s.status.as_ref().map_or("-", |st| st.as_str()),
+            progress(s.request_total, s.request_completed, s.request_failed),
+        );
+        let files = [
+            ("input", &s.input_file_id),
+            ("output", &s.output_file_id),
+            ("error", &s.error_file_id),
+        ];
+        let files: Vec<String> = files
+            .iter()
+            .filter_map(|(n, id)| id.as_ref().map(|id| format!("{n} {id}")))
+            .collect();
+        if !files.is_empty() {
+            let _ = writeln!(out, "  files: {}", files.join(", "));
+        }
+        if let Some(err) = &s.last_error {
+            let _ = writeln!(out, "  last error: {err}");
+        }
+        if let Some(at) = &s.cancel_requested_at {
+            let _ = writeln!(
+                out,
+                "  cancel asked at {at}, sent at {}",
+                or_dash(s.cancel_sent_at.as_deref())
+            );
+        }
+        if !b.history.is_empty() {
+            out.push_str(&indent(&history(&b.history)));
+        }
+    }
+    out
+}
+
+/// A submission's status history.
+pub fn history(rows: &[HistoryRow]) -> String {
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|h| {
+            vec![
+                h.observed_at.clone(),
+                h.status.to_string(),
+                progress(h.request_total, h.request_completed, h.request_failed),
+            ]
+        })
+        .collect();
+    table(&["OBSERVED", "STATUS", "REQUESTS"], &body)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_pad_columns_to_the_widest_cell() {
+        let t = table(
+            &["A", "LONG HEADER"],
+            &[vec!["wide cell".into(), "x".into()]],
+        );
+        assert_eq!(t, "A          LONG HEADER\nwide cell  x\n");
+    }
+
+    #[test]
+    fn progress_shows_failures_only_when_there_are_some() {
+        assert_eq!(progress(Some(100), Some(95), Some(5)), "95/100, 5 failed");
+        assert_eq!(progress(Some(10), Some(3), Some(0)), "3/10");
+        assert_eq!(progress(None, None, None), "-");
+    }
+
+    #[test]
+    fn long_names_are_shortened_with_an_ellipsis() {
+        assert_eq!(shorten("abcdef", 4), "abc…");
+        assert_eq!(shorten("abc", 4), "abc");
+    }
+}

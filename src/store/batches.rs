@@ -1,0 +1,390 @@
+//! Queries on `batches` (one row per submission of a part of a job) and the status history
+//! written beside them.
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqliteExecutor};
+
+use super::StoreError;
+use crate::model::{BatchStatus, SubmissionState};
+
+/// A row of `batches`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Submission {
+    pub id: i64,
+    pub job_id: String,
+    pub part: i64,
+    pub part_start: i64,
+    pub part_end: i64,
+    pub part_requests: i64,
+    pub attempt: i64,
+    pub state: SubmissionState,
+    pub not_before: Option<String>,
+    pub outcome_unknown_at: Option<String>,
+    pub remote_id: Option<String>,
+    pub input_file_id: Option<String>,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    pub remote_created_at: Option<String>,
+    pub in_progress_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub finalizing_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub failed_at: Option<String>,
+    pub expired_at: Option<String>,
+    pub cancelling_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub errors: Option<String>,
+    pub raw: Option<String>,
+    pub next_poll_at: Option<String>,
+    pub last_polled_at: Option<String>,
+    pub cancel_requested_at: Option<String>,
+    pub cancel_sent_at: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The intent to submit one part of a job.
+#[derive(Debug, Clone)]
+pub struct NewSubmission<'a> {
+    pub job_id: &'a str,
+    pub part: i64,
+    pub part_start: i64,
+    pub part_end: i64,
+    pub part_requests: i64,
+    pub attempt: i64,
+    pub not_before: Option<&'a str>,
+}
+
+/// A remote batch as batchwatch saw it at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub remote_id: String,
+    pub input_file_id: Option<String>,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    pub created_at: Option<String>,
+    pub in_progress_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub finalizing_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub failed_at: Option<String>,
+    pub expired_at: Option<String>,
+    pub cancelling_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// JSON of the `errors` object.
+    pub errors: Option<String>,
+    /// JSON of the whole batch object.
+    pub raw: String,
+}
+
+/// What recording an observation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The status or the request counts changed: a history row was appended.
+    Changed,
+    /// Nothing that history tracks changed.
+    Unchanged,
+    /// The stored status is terminal and the observation says otherwise: it was not applied.
+    RefusedAfterTerminal {
+        stored: BatchStatus,
+        seen: BatchStatus,
+    },
+}
+
+/// Records the intent to submit a part; returns the row's id.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    new: &NewSubmission<'_>,
+    now: &str,
+) -> Result<i64, StoreError> {
+    let state = SubmissionState::Queued;
+    let id = sqlx::query!(
+        "INSERT INTO batches (job_id, part, part_start, part_end, part_requests, attempt, state, not_before,
+                              created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        new.job_id,
+        new.part,
+        new.part_start,
+        new.part_end,
+        new.part_requests,
+        new.attempt,
+        state,
+        new.not_before,
+        now,
+        now,
+    )
+    .execute(conn)
+    .await?
+    .last_insert_rowid();
+    Ok(id)
+}
+
+macro_rules! select_submissions {
+    ($tail:literal, $($arg:expr),*) => {
+        sqlx::query_as!(
+            Submission,
+            r#"SELECT id AS "id!", job_id, part, part_start, part_end, part_requests, attempt,
+                      state AS "state: SubmissionState", not_before, outcome_unknown_at, remote_id, input_file_id,
+                      status AS "status: BatchStatus", request_total, request_completed, request_failed,
+                      remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
+                      expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
+                      next_poll_at, last_polled_at, cancel_requested_at, cancel_sent_at, last_error,
+                      created_at, updated_at
+               FROM batches "# + $tail,
+            $($arg),*
+        )
+    };
+}
+
+/// One submission by its local id.
+pub async fn get(db: impl SqliteExecutor<'_>, id: i64) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!("WHERE id = ?", id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// One submission by its remote batch id.
+pub async fn by_remote_id(
+    db: impl SqliteExecutor<'_>,
+    remote_id: &str,
+) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!("WHERE remote_id = ?", remote_id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// A job's submissions, in the order they were made.
+pub async fn for_job(
+    db: impl SqliteExecutor<'_>,
+    job_id: &str,
+) -> Result<Vec<Submission>, StoreError> {
+    Ok(
+        select_submissions!("WHERE job_id = ? ORDER BY part, attempt", job_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Moves a submission to `state`; a terminal submission never changes state.
+pub async fn set_state(
+    conn: &mut SqliteConnection,
+    id: i64,
+    state: SubmissionState,
+    now: &str,
+) -> Result<(), StoreError> {
+    let updated = sqlx::query!(
+        "UPDATE batches SET state = ?, updated_at = ?
+         WHERE id = ? AND state NOT IN ('finished', 'abandoned', 'lost')",
+        state,
+        now,
+        id,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::Finished {
+            what: format!("submission {id}"),
+            to: state.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Records the uploaded input file.
+pub async fn set_input_file(
+    conn: &mut SqliteConnection,
+    id: i64,
+    file_id: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET input_file_id = ?, updated_at = ? WHERE id = ?",
+        file_id,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks (or clears, with `None`) an upload or create whose outcome is not known.
+pub async fn set_outcome_unknown(
+    conn: &mut SqliteConnection,
+    id: i64,
+    since: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = ?, updated_at = ? WHERE id = ?",
+        since,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records (or clears) the last local error of a submission.
+pub async fn set_last_error(
+    conn: &mut SqliteConnection,
+    id: i64,
+    error: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET last_error = ?, updated_at = ? WHERE id = ?",
+        error,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets when the submission is next polled.
+pub async fn set_next_poll(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET next_poll_at = ?, updated_at = ? WHERE id = ?",
+        at,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a cancel was decided (before it is sent) and, later, that it was sent.
+pub async fn set_cancel(
+    conn: &mut SqliteConnection,
+    id: i64,
+    requested_at: Option<&str>,
+    sent_at: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET cancel_requested_at = coalesce(cancel_requested_at, ?),
+                            cancel_sent_at = coalesce(cancel_sent_at, ?), updated_at = ?
+         WHERE id = ?",
+        requested_at,
+        sent_at,
+        now,
+        id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records what was seen of the remote batch, and appends a history row when its status or
+/// request counts changed. A terminal status is never replaced by another.
+pub async fn record_observation(
+    conn: &mut SqliteConnection,
+    id: i64,
+    seen: &Observation,
+    observed_at: &str,
+) -> Result<Recorded, StoreError> {
+    let before = sqlx::query!(
+        r#"SELECT status AS "status: BatchStatus", request_total, request_completed, request_failed
+           FROM batches WHERE id = ?"#,
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if let (Some(stored), Some(status)) = (&before.status, &seen.status)
+        && stored.is_terminal()
+        && stored != status
+    {
+        return Ok(Recorded::RefusedAfterTerminal {
+            stored: stored.clone(),
+            seen: status.clone(),
+        });
+    }
+    let changed = seen.status.is_some()
+        && (before.status != seen.status
+            || before.request_total != seen.request_total
+            || before.request_completed != seen.request_completed
+            || before.request_failed != seen.request_failed);
+
+    sqlx::query!(
+        "UPDATE batches SET
+            remote_id = ?, input_file_id = coalesce(?, input_file_id), status = coalesce(?, status),
+            request_total = ?, request_completed = ?, request_failed = ?,
+            remote_created_at = ?, in_progress_at = ?, expires_at = ?, finalizing_at = ?, completed_at = ?,
+            failed_at = ?, expired_at = ?, cancelling_at = ?, cancelled_at = ?,
+            output_file_id = ?, error_file_id = ?, errors = ?, raw = ?, last_polled_at = ?, updated_at = ?
+         WHERE id = ?",
+        seen.remote_id,
+        seen.input_file_id,
+        seen.status,
+        seen.request_total,
+        seen.request_completed,
+        seen.request_failed,
+        seen.created_at,
+        seen.in_progress_at,
+        seen.expires_at,
+        seen.finalizing_at,
+        seen.completed_at,
+        seen.failed_at,
+        seen.expired_at,
+        seen.cancelling_at,
+        seen.cancelled_at,
+        seen.output_file_id,
+        seen.error_file_id,
+        seen.errors,
+        seen.raw,
+        observed_at,
+        observed_at,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
+
+    if !changed {
+        return Ok(Recorded::Unchanged);
+    }
+    sqlx::query!(
+        "INSERT INTO status_history (batch_id, observed_at, status, request_total, request_completed, request_failed, raw)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        id,
+        observed_at,
+        seen.status,
+        seen.request_total,
+        seen.request_completed,
+        seen.request_failed,
+        seen.raw,
+    )
+    .execute(conn)
+    .await?;
+    Ok(Recorded::Changed)
+}
+
+/// The number of remote batches in each remote status.
+pub async fn status_counts(
+    db: impl SqliteExecutor<'_>,
+) -> Result<Vec<(BatchStatus, i64)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status!: BatchStatus", batches AS "batches!: i64" FROM batch_status_counts"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.batches)).collect())
+}

@@ -1,0 +1,347 @@
+//! Queries on `jobs` and `job_events`.
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqliteExecutor};
+
+use super::StoreError;
+use crate::model::JobState;
+
+/// A row of `jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub file_name: String,
+    pub path: String,
+    pub size_bytes: i64,
+    pub sha256: Option<String>,
+    pub request_count: Option<i64>,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    pub completion_window: String,
+    pub deadline_at: String,
+    pub metadata: String,
+    pub output_expires_after: Option<i64>,
+    pub state: JobState,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    pub attempts: i64,
+    pub cancel_requested_at: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub results_dir: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// What is known of a job when its file is claimed.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub file_name: &'a str,
+    pub path: &'a str,
+    pub size_bytes: i64,
+    pub completion_window: &'a str,
+    pub deadline_at: &'a str,
+    /// A JSON object.
+    pub metadata: &'a str,
+    pub output_expires_after: Option<i64>,
+}
+
+/// A row of the `job_overview` view: a job and the progress of its batches.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobOverview {
+    pub id: String,
+    pub file_name: String,
+    pub state: JobState,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    pub request_count: Option<i64>,
+    pub remote_status: Option<String>,
+    pub remote_ids: Option<String>,
+    pub requests_completed: Option<i64>,
+    pub requests_failed: Option<i64>,
+    pub attempts: i64,
+    pub deadline_at: String,
+    pub cancel_requested_at: Option<String>,
+    pub path: String,
+    pub results_dir: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
+}
+
+/// A row of `job_events`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobEvent {
+    pub at: String,
+    pub state: JobState,
+    pub message: String,
+}
+
+/// Records a newly claimed job, in state `validating`, with its first event.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    job: &NewJob<'_>,
+    now: &str,
+) -> Result<(), StoreError> {
+    let state = JobState::Validating;
+    sqlx::query!(
+        "INSERT INTO jobs (id, file_name, path, size_bytes, completion_window, deadline_at, metadata,
+                           output_expires_after, state, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        job.id,
+        job.file_name,
+        job.path,
+        job.size_bytes,
+        job.completion_window,
+        job.deadline_at,
+        job.metadata,
+        job.output_expires_after,
+        state,
+        now,
+        now,
+    )
+    .execute(&mut *conn)
+    .await?;
+    add_event(
+        conn,
+        job.id,
+        state,
+        &format!("claimed {}", job.file_name),
+        now,
+    )
+    .await
+}
+
+/// One job by id.
+pub async fn get(db: impl SqliteExecutor<'_>, id: &str) -> Result<Option<Job>, StoreError> {
+    Ok(sqlx::query_as!(
+        Job,
+        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
+                  deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
+                  attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at, finished_at
+           FROM jobs WHERE id = ?"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Every job in one of `states`, oldest first.
+pub async fn in_states(
+    db: impl SqliteExecutor<'_>,
+    states: &[JobState],
+) -> Result<Vec<Job>, StoreError> {
+    let wanted = serde_json::to_string(&states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+        .expect("strings serialise");
+    Ok(sqlx::query_as!(
+        Job,
+        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
+                  deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
+                  attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at, finished_at
+           FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id"#,
+        wanted
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Moves a job to `state`, recording why and an event. A terminal job never changes state: that
+/// is refused with an error.
+pub async fn set_state(
+    conn: &mut SqliteConnection,
+    id: &str,
+    state: JobState,
+    reason: Option<(&str, &str)>,
+    message: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let finished_at = state.is_terminal().then_some(now);
+    let (reason_code, reason_text) = reason.unzip();
+    let updated = sqlx::query!(
+        "UPDATE jobs
+         SET state = ?, reason_code = coalesce(?, reason_code), reason = coalesce(?, reason),
+             finished_at = ?, updated_at = ?
+         WHERE id = ? AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+        state,
+        reason_code,
+        reason_text,
+        finished_at,
+        now,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(StoreError::Finished {
+            what: format!("job {id}"),
+            to: state.to_string(),
+        });
+    }
+    add_event(conn, id, state, message, now).await
+}
+
+/// Records what validation found.
+pub async fn record_validation(
+    conn: &mut SqliteConnection,
+    id: &str,
+    sha256: &str,
+    request_count: i64,
+    endpoint: &str,
+    model: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET sha256 = ?, request_count = ?, endpoint = ?, model = ?, updated_at = ? WHERE id = ?",
+        sha256,
+        request_count,
+        endpoint,
+        model,
+        now,
+        id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records where the file is now, relative to the queue root.
+pub async fn set_path(
+    conn: &mut SqliteConnection,
+    id: &str,
+    path: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET path = ?, updated_at = ? WHERE id = ?",
+        path,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records where the results are, relative to the queue root.
+pub async fn set_results_dir(
+    conn: &mut SqliteConnection,
+    id: &str,
+    dir: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET results_dir = ?, updated_at = ? WHERE id = ?",
+        dir,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts one more remote batch for the job.
+pub async fn count_attempt(
+    conn: &mut SqliteConnection,
+    id: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE id = ?",
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Asks for a job to be cancelled. Returns false when the job is finished or a cancel was
+/// already asked for (the first reason stands).
+pub async fn request_cancel(
+    conn: &mut SqliteConnection,
+    id: &str,
+    reason: &str,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query!(
+        "UPDATE jobs SET cancel_requested_at = ?, cancel_reason = ?, updated_at = ?
+         WHERE id = ? AND cancel_requested_at IS NULL
+           AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+        now,
+        reason,
+        now,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Appends an event to a job's story without changing its state.
+pub async fn add_event(
+    conn: &mut SqliteConnection,
+    id: &str,
+    state: JobState,
+    message: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO job_events (job_id, at, state, message) VALUES (?, ?, ?, ?)",
+        id,
+        now,
+        state,
+        message
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A job's events, in order.
+pub async fn events(db: impl SqliteExecutor<'_>, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+    Ok(sqlx::query_as!(
+        JobEvent,
+        r#"SELECT at, state AS "state: JobState", message FROM job_events WHERE job_id = ? ORDER BY id"#,
+        id
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Jobs with their progress, newest first, optionally only those in `state`.
+pub async fn overview(
+    db: impl SqliteExecutor<'_>,
+    state: Option<JobState>,
+    limit: i64,
+) -> Result<Vec<JobOverview>, StoreError> {
+    Ok(sqlx::query_as!(
+        JobOverview,
+        r#"SELECT id AS "id!", file_name AS "file_name!", state AS "state!: JobState", reason_code, reason,
+                  request_count, remote_status AS "remote_status: String", remote_ids AS "remote_ids: String",
+                  requests_completed AS "requests_completed: i64", requests_failed AS "requests_failed: i64",
+                  attempts AS "attempts!", deadline_at AS "deadline_at!", cancel_requested_at, path AS "path!",
+                  results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at
+           FROM job_overview
+           WHERE (?1 IS NULL OR state = ?1)
+           ORDER BY id DESC
+           LIMIT ?2"#,
+        state,
+        limit,
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// The number of jobs in each state.
+pub async fn state_counts(db: impl SqliteExecutor<'_>) -> Result<Vec<(JobState, i64)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT state AS "state!: JobState", jobs AS "jobs!: i64" FROM job_state_counts"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.state, r.jobs)).collect())
+}

@@ -1,0 +1,270 @@
+//! The SQLite store: jobs, their submissions (`batches`), every observed status change
+//! (`status_history`) and job events. The schema is in `migrations/` and documented in README.md;
+//! it is a contract for users' own queries.
+//!
+//! One writer connection (SQLite allows one writer at a time; one connection makes that explicit
+//! and keeps write transactions short and ordered) and a separate read pool. WAL lets readers,
+//! including `batchwatch status` in another process, read while the daemon writes;
+//! `synchronous=FULL` makes every commit durable before the daemon acts on it, which the
+//! intent-before-side-effect rule depends on.
+
+pub mod batches;
+pub mod history;
+pub mod jobs;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use crate::model::{BatchStatus, JobState, SubmissionState};
+
+/// The migrations, embedded in the binary and applied when the daemon starts.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// The schema version this build knows: its newest migration.
+pub fn known_schema_version() -> i64 {
+    MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+}
+
+/// What can go wrong opening or using the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {} does not exist; the daemon creates it when it first starts (database.path)", .0.display())]
+    Missing(PathBuf),
+    #[error(
+        "database {} was migrated by a newer batchwatch (schema version {found}; this version knows up to {known}): \
+         run the newer version, or restore a backup taken before the upgrade",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "database {} has schema version {found}, older than this batchwatch's {known}: \
+         start the daemon or run `batchwatch migrate` to upgrade it",
+        path.display()
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database {} is not a batchwatch database (it has no migration table)", .0.display())]
+    NotOurs(PathBuf),
+    #[error("cannot open database {}", path.display())]
+    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot migrate database {}", path.display())]
+    Migrate {
+        path: PathBuf,
+        source: sqlx::migrate::MigrateError,
+    },
+    #[error("{what} is finished or unknown; it cannot move to {to}")]
+    Finished { what: String, to: String },
+    #[error("this store was opened read-only")]
+    ReadOnly,
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+/// An open database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+    read: SqlitePool,
+    write: Option<SqlitePool>,
+}
+
+/// How an existing database is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create it when missing and apply pending migrations (the daemon, `migrate`).
+    Migrate,
+    /// Read and write an existing database whose schema is current (`cancel`).
+    Write,
+    /// Read an existing database whose schema is current (`status`, `show`, `history`).
+    ReadOnly,
+}
+
+fn options(path: &Path, busy_timeout: Duration) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .foreign_keys(true)
+        .busy_timeout(busy_timeout)
+}
+
+impl Store {
+    /// Opens the database at `path` for `access`.
+    pub async fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        access: Access,
+    ) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if access != Access::Migrate {
+            match std::fs::metadata(path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Missing(path.to_owned()));
+                }
+                Err(e) => return Err(open_err(sqlx::Error::Io(e))),
+            }
+        } else if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        }
+
+        let write = if access == Access::ReadOnly {
+            None
+        } else {
+            let opts = options(path, busy_timeout)
+                .create_if_missing(access == Access::Migrate)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+            Some(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts)
+                    .await
+                    .map_err(open_err)?,
+            )
+        };
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options(path, busy_timeout).read_only(true))
+            .await
+            .map_err(open_err)?;
+        let store = Store {
+            path: path.to_owned(),
+            read,
+            write,
+        };
+
+        let found = store.schema_version().await.map_err(|e| match e {
+            StoreError::Query(source) => open_err(source),
+            other => other,
+        })?;
+        let known = known_schema_version();
+        match found {
+            Some(found) if found > known => {
+                return Err(StoreError::NewerSchema {
+                    path: path.to_owned(),
+                    found,
+                    known,
+                });
+            }
+            Some(found) if found < known && access != Access::Migrate => {
+                return Err(StoreError::OlderSchema {
+                    path: path.to_owned(),
+                    found,
+                    known,
+                });
+            }
+            None if access != Access::Migrate => return Err(StoreError::NotOurs(path.to_owned())),
+            _ => {}
+        }
+        if access == Access::Migrate {
+            MIGRATOR
+                .run(store.writer()?)
+                .await
+                .map_err(|source| StoreError::Migrate {
+                    path: path.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(store)
+    }
+
+    /// The newest applied migration, or `None` when the database has no migration table.
+    pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
+        let has_table: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        if has_table == 0 {
+            return Ok(None);
+        }
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.read)
+                .await?;
+        Ok(Some(version.unwrap_or(0)))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The read pool.
+    pub fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    /// The single writer connection.
+    pub fn writer(&self) -> Result<&SqlitePool, StoreError> {
+        self.write.as_ref().ok_or(StoreError::ReadOnly)
+    }
+
+    /// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so it
+    /// never fails half-way because another process wrote first.
+    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer()?.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.read.close().await;
+        if let Some(w) = &self.write {
+            w.close().await;
+        }
+    }
+}
+
+/// Stores a TEXT-backed enum by its name.
+macro_rules! text_column {
+    ($ty:ty, $decode:expr) => {
+        impl sqlx::Type<Sqlite> for $ty {
+            fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+                <String as sqlx::Type<Sqlite>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+                <String as sqlx::Type<Sqlite>>::compatible(ty)
+            }
+        }
+
+        impl sqlx::Encode<'_, Sqlite> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <String as sqlx::Encode<Sqlite>>::encode(self.as_str().to_owned(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, Sqlite> for $ty {
+            fn decode(
+                value: sqlx::sqlite::SqliteValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let text = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
+                #[allow(clippy::redundant_closure_call)]
+                ($decode)(text)
+            }
+        }
+    };
+}
+
+text_column!(JobState, |t: &str| JobState::from_str(t)
+    .map_err(Into::into));
+text_column!(SubmissionState, |t: &str| SubmissionState::from_str(t)
+    .map_err(Into::into));
+text_column!(BatchStatus, |t: &str| Ok(BatchStatus::parse(t)));

@@ -1,0 +1,272 @@
+//! Configuration: layering, and one clear message with exit code 78 for each class of error.
+
+use std::time::Duration;
+
+use batchwatch::config::{ByteSize, Dur, Flavor, KeySource, Settings};
+
+use crate::support::Sandbox;
+use crate::support::process::{run, stdout_ok};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_file_overrides_the_defaults_and_the_environment_overrides_the_file() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        "[poll]\nmin_interval = \"2s\"\nmax_interval = \"30s\"\n\n[limits]\nconcurrency = 9\n\n[api]\nflavor = \"azure\"\nbase_url = \"https://res.openai.azure.com/openai/v1\"\n",
+    );
+    let s = Settings::load_from(
+        Some(&config),
+        env(&[
+            ("BATCHWATCH_POLL__MAX_INTERVAL", "45s"),
+            ("BATCHWATCH_BATCH__MAX_BYTES", "100MiB"),
+        ]),
+    )
+    .unwrap();
+    // From the file.
+    assert_eq!(s.queue.dir, sandbox.queue_dir());
+    assert_eq!(s.poll.min_interval, Dur(Duration::from_secs(2)));
+    assert_eq!(s.limits.concurrency, 9);
+    assert_eq!(s.api.flavor, Flavor::Azure);
+    // From the environment, over the file.
+    assert_eq!(s.poll.max_interval, Dur(Duration::from_secs(45)));
+    assert_eq!(s.batch.max_bytes, ByteSize(100 << 20));
+    // Defaults where neither says anything.
+    assert_eq!(s.batch.deadline, Dur(Duration::from_secs(20 * 3600)));
+    assert_eq!(s.api.key_source(), KeySource::Env("OPENAI_API_KEY".into()));
+}
+
+#[test]
+fn the_environment_alone_can_set_any_key() {
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("BATCHWATCH_QUEUE__DIR", "/srv/q"),
+            ("BATCHWATCH_API__KEY_CREDENTIAL", "openai"),
+            ("BATCHWATCH_LOG__FORMAT", "json"),
+            ("BATCHWATCH_BATCH__SPLIT_OVERSIZED", "true"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.queue.dir, std::path::PathBuf::from("/srv/q"));
+    assert_eq!(s.api.key_source(), KeySource::Credential("openai".into()));
+    assert_eq!(s.log.format, batchwatch::config::LogFormat::Json);
+    assert!(s.batch.split_oversized);
+}
+
+/// One class of error: file contents, environment, the key the message must name, words it must contain.
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
+const CASES: &[Case] = &[
+    (
+        "[queue]\ndirr = \"/x\"\n",
+        &[],
+        "`queue.dirr`",
+        "unknown key",
+    ),
+    ("[bogus]\nx = 1\n", &[], "`bogus`", "unknown key"),
+    (
+        "",
+        &[("BATCHWATCH_POLL__NOPE", "1s")],
+        "`poll.nope`",
+        "environment variable BATCHWATCH_POLL__NOPE",
+    ),
+    (
+        "[limits]\nconcurrency = \"many\"\n",
+        &[],
+        "`limits.concurrency`",
+        "expected an integer",
+    ),
+    (
+        "[queue]\nwatch = [1]\n",
+        &[],
+        "`queue.watch`",
+        "expected a boolean",
+    ),
+    (
+        "[poll]\nmin_interval = \"5x\"\n",
+        &[],
+        "`poll.min_interval`",
+        "is not a duration",
+    ),
+    (
+        "[batch]\ndeadline = \"-3h\"\n",
+        &[],
+        "`batch.deadline`",
+        "negative",
+    ),
+    (
+        "[api]\nflavor = \"azure\"\n",
+        &[],
+        "`api.base_url`",
+        "a value is required",
+    ),
+    (
+        "",
+        &[("BATCHWATCH_QUEUE__DIR", "")],
+        "`queue.dir`",
+        "a value is required",
+    ),
+    (
+        "[database]\npath = \"state.db\"\n",
+        &[],
+        "`database.path`",
+        "absolute path is required",
+    ),
+    (
+        "",
+        &[("BATCHWATCH_QUEUE__DIR", "relative/q")],
+        "`queue.dir`",
+        "absolute path is required",
+    ),
+    (
+        "[api]\nkey_env = \"A\"\nkey_file = \"/k\"\n",
+        &[],
+        "`api.key_file`",
+        "only one key source",
+    ),
+    (
+        "[poll]\nmin_interval = \"2m\"\n",
+        &[],
+        "`poll.min_interval`",
+        "must not be longer than poll.max_interval",
+    ),
+    (
+        "[batch]\nmax_bytes = \"3 parsecs\"\n",
+        &[],
+        "`batch.max_bytes`",
+        "unknown unit",
+    ),
+    (
+        "[log]\nformat = \"xml\"\n",
+        &[],
+        "`log.format`",
+        "is not one of \"text\", \"json\"",
+    ),
+    (
+        "[batch]\noutput_expires_after = \"5m\"\n",
+        &[],
+        "`batch.output_expires_after`",
+        "1h to 30 days",
+    ),
+    (
+        "[limits]\nrequests_per_second = 0.0\n",
+        &[],
+        "`limits.requests_per_second`",
+        "above zero",
+    ),
+    ("not toml [", &[], "batchwatch.toml", "not valid TOML"),
+];
+
+#[test]
+fn each_class_of_error_names_the_key_and_exits_78() {
+    for (file, vars, key, words) in CASES {
+        // check-config creates nothing, so the defaults' absolute paths are fine here.
+        let sandbox = Sandbox::new();
+        let config = sandbox.path().join("batchwatch.toml");
+        std::fs::write(&config, file).unwrap();
+        let mut cmd = crate::support::process::command(Some(&config));
+        cmd.arg("check-config");
+        for (k, v) in *vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(78),
+            "case {file:?} {vars:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains(key),
+            "case {file:?} {vars:?}: message does not name {key}: {stderr}"
+        );
+        assert!(
+            stderr.contains(words),
+            "case {file:?} {vars:?}: message lacks {words:?}: {stderr}"
+        );
+        assert!(
+            stderr.starts_with("batchwatch: invalid configuration: "),
+            "one message: {stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing on stdout for an invalid configuration"
+        );
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_a_config_error() {
+    let out = run(
+        Some(std::path::Path::new("/nonexistent/batchwatch.toml")),
+        &["check-config"],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/batchwatch.toml does not exist")
+    );
+}
+
+#[test]
+fn run_with_a_bad_config_exits_78_before_doing_anything() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[poll]\nmin_interval = \"soon\"\n");
+    let out = run(Some(&config), &["run"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        !sandbox.db_path().exists(),
+        "no database is created for an invalid configuration"
+    );
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[limits]\nconcurrency = 7\n");
+    let out = stdout_ok(Some(&config), &["check-config"]);
+    assert!(out.contains("concurrency = 7"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "dir = {:?}",
+            sandbox.queue_dir().display().to_string()
+        )),
+        "{out}"
+    );
+    // The printed configuration is itself a valid configuration file.
+    let printed = sandbox.path().join("printed.toml");
+    std::fs::write(&printed, &out).unwrap();
+    let again = Settings::load_from(Some(&printed), []).unwrap();
+    assert_eq!(again, Settings::load_from(Some(&config), []).unwrap());
+}
+
+#[test]
+fn print_default_config_prints_the_example_that_is_also_the_defaults() {
+    let out = stdout_ok(None, &["print-default-config"]);
+    assert_eq!(
+        out,
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/batchwatch.toml"
+        ))
+        .unwrap()
+    );
+    let sandbox = Sandbox::new();
+    let path = sandbox.path().join("example.toml");
+    std::fs::write(&path, &out).unwrap();
+    assert_eq!(
+        Settings::load_from(Some(&path), []).unwrap(),
+        Settings::load_from(None, []).unwrap()
+    );
+}

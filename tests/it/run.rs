@@ -1,0 +1,89 @@
+//! `batchwatch run` as a real process: it starts, and stops cleanly on a signal.
+
+use std::time::Duration;
+
+use crate::support::Sandbox;
+use crate::support::process::{Running, command};
+
+fn started(sandbox: &Sandbox) -> Running {
+    let config = sandbox.write_config("");
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    let mut daemon = Running::spawn(cmd);
+    daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
+    daemon
+}
+
+#[test]
+fn run_starts_with_a_valid_configuration_and_exits_0_within_a_second_of_sigterm() {
+    let sandbox = Sandbox::new();
+    let mut daemon = started(&sandbox);
+    assert!(
+        sandbox.db_path().exists(),
+        "the database is created at start"
+    );
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{}", daemon.seen.join("\n"));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn run_exits_0_on_sigint_too() {
+    let sandbox = Sandbox::new();
+    let mut daemon = started(&sandbox);
+    daemon.signal(libc::SIGINT);
+    let (status, took) = daemon.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[test]
+fn logs_are_json_lines_when_asked_and_follow_rust_log() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[log]\nformat = \"json\"\n");
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    let mut daemon = Running::spawn(cmd);
+    let line = daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object per line");
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["message"], "batchwatch started");
+    assert_eq!(event["queue"], sandbox.queue_dir().display().to_string());
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(5));
+    for line in &daemon.seen {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+
+    // Text logs to a pipe carry no colour codes, and RUST_LOG filters them.
+    let config = sandbox.write_config("");
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        .env("RUST_LOG", "warn");
+    let mut quiet = Running::spawn(cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    quiet.signal(libc::SIGTERM);
+    let (status, _) = quiet.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        quiet.seen.iter().all(|l| !l.contains("INFO")),
+        "RUST_LOG=warn hides info: {:?}",
+        quiet.seen
+    );
+
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    let mut plain = Running::spawn(cmd);
+    let line = plain.wait_for_line("batchwatch started", Duration::from_secs(20));
+    assert!(
+        !line.contains('\u{1b}'),
+        "no escape codes on a pipe: {line:?}"
+    );
+    assert!(line.contains(" INFO "), "{line}");
+}

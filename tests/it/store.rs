@@ -1,0 +1,706 @@
+//! The store: migrations, schema version checks, every query, and reading while another
+//! connection writes.
+
+use std::time::Duration;
+
+use batchwatch::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch::store::batches::{self, NewSubmission, Recorded};
+use batchwatch::store::{Access, Store, StoreError, history, jobs, known_schema_version};
+
+use crate::support::Sandbox;
+use crate::support::fixtures::{self, T0, fill, job_id, new_job, open, seen};
+
+const BUSY: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn migrations_create_a_fresh_database_in_wal_mode_with_foreign_keys() {
+    let sandbox = Sandbox::new();
+    let path = sandbox.path().join("nested/dir/state.db");
+    let store = open(&path).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        Some(known_schema_version())
+    );
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.writer().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.writer().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "synchronous=FULL");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.writer().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    // A batch for a job that does not exist is refused by the foreign key.
+    let mut tx = store.begin().await.unwrap();
+    let orphan = NewSubmission {
+        job_id: "job_nothere",
+        part: 0,
+        part_start: 0,
+        part_end: 1,
+        part_requests: 1,
+        attempt: 1,
+        not_before: None,
+    };
+    assert!(batches::insert(&mut tx, &orphan, T0).await.is_err());
+}
+
+#[tokio::test]
+async fn migrating_an_already_migrated_database_keeps_its_data() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let filled = fill(&store).await;
+    store.close().await;
+    let store = open(&sandbox.db_path()).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        Some(known_schema_version())
+    );
+    assert!(
+        jobs::get(store.reader(), &filled.completed)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(applied, batchwatch::store::MIGRATOR.iter().count() as i64);
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_schema_is_refused_with_a_clear_message() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', 1, x'00', 0)",
+    )
+    .execute(store.writer().unwrap())
+    .await
+    .unwrap();
+    store.close().await;
+
+    for access in [Access::Migrate, Access::Write, Access::ReadOnly] {
+        let err = Store::open(&sandbox.db_path(), BUSY, access)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 9999, .. }),
+            "{access:?}: {err:?}"
+        );
+        assert!(
+            err.to_string()
+                .contains("migrated by a newer batchwatch (schema version 9999"),
+            "{err}"
+        );
+    }
+    let out = crate::support::process::run(
+        None,
+        &["status", "--database", sandbox.db_path().to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migrated by a newer batchwatch"));
+}
+
+#[tokio::test]
+async fn reading_an_older_or_foreign_or_missing_database_is_a_clear_error() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    sqlx::query("DELETE FROM _sqlx_migrations")
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+    store.close().await;
+    let err = Store::open(&sandbox.db_path(), BUSY, Access::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("older than this batchwatch's"),
+        "{err}"
+    );
+
+    let foreign = sandbox.path().join("other.db");
+    let other = Store::open(&foreign, BUSY, Access::Migrate).await.unwrap();
+    sqlx::query("DROP TABLE _sqlx_migrations")
+        .execute(other.writer().unwrap())
+        .await
+        .unwrap();
+    other.close().await;
+    let err = Store::open(&foreign, BUSY, Access::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("is not a batchwatch database"),
+        "{err}"
+    );
+
+    let err = Store::open(&sandbox.path().join("missing.db"), BUSY, Access::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert!(
+        !sandbox.path().join("missing.db").exists(),
+        "a read never creates the database"
+    );
+
+    let garbage = sandbox.path().join("garbage.db");
+    std::fs::write(
+        &garbage,
+        b"this is not sqlite, just text that is long enough to have a header..........",
+    )
+    .unwrap();
+    let err = Store::open(&garbage, BUSY, Access::ReadOnly)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot open database"), "{err}");
+}
+
+#[tokio::test]
+async fn a_read_only_store_refuses_to_write() {
+    let sandbox = Sandbox::new();
+    open(&sandbox.db_path()).await.close().await;
+    let store = Store::open(&sandbox.db_path(), BUSY, Access::ReadOnly)
+        .await
+        .unwrap();
+    assert!(matches!(store.begin().await, Err(StoreError::ReadOnly)));
+    let write = sqlx::query("DELETE FROM jobs")
+        .execute(store.reader())
+        .await;
+    assert!(write.is_err(), "the read pool itself is read-only");
+}
+
+#[tokio::test]
+async fn job_queries_insert_read_and_move_jobs_through_their_states() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let id = job_id(10);
+    new_job(&store, &id, "a.jsonl", 4).await;
+
+    let job = jobs::get(store.reader(), &id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Validating);
+    assert_eq!(job.file_name, "a.jsonl");
+    assert_eq!(job.request_count, Some(4));
+    assert_eq!(job.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(job.metadata, r#"{"team":"research"}"#);
+    assert!(
+        jobs::get(store.reader(), "job_unknown")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    jobs::set_state(
+        &mut tx,
+        &id,
+        JobState::Queued,
+        None,
+        "valid",
+        "2026-11-22T10:00:01.000Z",
+    )
+    .await
+    .unwrap();
+    jobs::set_path(&mut tx, &id, "processing/x", "2026-11-22T10:00:01.000Z")
+        .await
+        .unwrap();
+    jobs::count_attempt(&mut tx, &id, "2026-11-22T10:00:02.000Z")
+        .await
+        .unwrap();
+    jobs::add_event(
+        &mut tx,
+        &id,
+        JobState::Queued,
+        "waiting for the token limit",
+        "2026-11-22T10:00:03.000Z",
+    )
+    .await
+    .unwrap();
+    assert!(
+        jobs::request_cancel(&mut tx, &id, "operator", "2026-11-22T10:00:04.000Z")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jobs::request_cancel(&mut tx, &id, "deadline", "2026-11-22T10:00:05.000Z")
+            .await
+            .unwrap()
+    );
+    jobs::set_results_dir(
+        &mut tx,
+        &id,
+        &format!("results/{id}"),
+        "2026-11-22T10:00:06.000Z",
+    )
+    .await
+    .unwrap();
+    jobs::set_state(
+        &mut tx,
+        &id,
+        JobState::Cancelled,
+        Some(("operator", "cancelled by an operator")),
+        "cancelled",
+        "2026-11-22T10:00:07.000Z",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let job = jobs::get(store.reader(), &id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.path, "processing/x");
+    assert_eq!(job.attempts, 1);
+    assert_eq!(
+        job.cancel_reason.as_deref(),
+        Some("operator"),
+        "the first cancel reason stands"
+    );
+    assert_eq!(
+        job.cancel_requested_at.as_deref(),
+        Some("2026-11-22T10:00:04.000Z")
+    );
+    assert_eq!(job.reason_code.as_deref(), Some("operator"));
+    assert_eq!(job.finished_at.as_deref(), Some("2026-11-22T10:00:07.000Z"));
+    assert_eq!(job.results_dir, Some(format!("results/{id}")));
+
+    let events = jobs::events(store.reader(), &id).await.unwrap();
+    let states: Vec<JobState> = events.iter().map(|e| e.state).collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Validating,
+            JobState::Queued,
+            JobState::Queued,
+            JobState::Cancelled
+        ]
+    );
+    assert_eq!(events[2].message, "waiting for the token limit");
+
+    // Terminal stays terminal, and a finished job cannot be cancelled.
+    let mut tx = store.begin().await.unwrap();
+    let err = jobs::set_state(&mut tx, &id, JobState::Running, None, "back", T0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Finished { .. }), "{err:?}");
+    assert!(
+        !jobs::request_cancel(&mut tx, &id, "operator", T0)
+            .await
+            .unwrap()
+    );
+    drop(tx);
+
+    let in_states = jobs::in_states(store.reader(), &[JobState::Cancelled, JobState::Queued])
+        .await
+        .unwrap();
+    assert_eq!(
+        in_states.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    assert!(
+        jobs::in_states(store.reader(), &[JobState::Running])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn submission_queries_track_intent_remote_state_and_cancels() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(11);
+    new_job(&store, &job, "b.jsonl", 2).await;
+
+    let mut tx = store.begin().await.unwrap();
+    let new = NewSubmission {
+        job_id: &job,
+        part: 0,
+        part_start: 0,
+        part_end: 200,
+        part_requests: 2,
+        attempt: 1,
+        not_before: Some("2026-11-22T11:00:00.000Z"),
+    };
+    let id = batches::insert(&mut tx, &new, T0).await.unwrap();
+    assert!(
+        batches::insert(&mut tx, &new, T0).await.is_err(),
+        "one row per (job, part, attempt)"
+    );
+    tx.commit().await.unwrap();
+
+    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.remote_id.as_deref(), s.not_before.as_deref()),
+        (
+            SubmissionState::Queued,
+            None,
+            Some("2026-11-22T11:00:00.000Z")
+        )
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    batches::set_state(&mut tx, id, SubmissionState::Uploading, T0)
+        .await
+        .unwrap();
+    batches::set_outcome_unknown(&mut tx, id, Some(T0), T0)
+        .await
+        .unwrap();
+    batches::set_input_file(&mut tx, id, "file-abc", T0)
+        .await
+        .unwrap();
+    batches::set_outcome_unknown(&mut tx, id, None, T0)
+        .await
+        .unwrap();
+    batches::set_state(&mut tx, id, SubmissionState::Creating, T0)
+        .await
+        .unwrap();
+    batches::set_last_error(&mut tx, id, Some("HTTP 500"), T0)
+        .await
+        .unwrap();
+    batches::set_state(&mut tx, id, SubmissionState::Active, T0)
+        .await
+        .unwrap();
+    batches::set_next_poll(&mut tx, id, "2026-11-22T10:00:10.000Z", T0)
+        .await
+        .unwrap();
+    batches::set_cancel(&mut tx, id, Some("2026-11-22T10:00:20.000Z"), None, T0)
+        .await
+        .unwrap();
+    batches::set_cancel(
+        &mut tx,
+        id,
+        Some("2026-11-22T10:00:25.000Z"),
+        Some("2026-11-22T10:00:21.000Z"),
+        T0,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(s.state, SubmissionState::Active);
+    assert_eq!(s.input_file_id.as_deref(), Some("file-abc"));
+    assert_eq!(s.outcome_unknown_at, None);
+    assert_eq!(s.last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(s.next_poll_at.as_deref(), Some("2026-11-22T10:00:10.000Z"));
+    assert_eq!(
+        s.cancel_requested_at.as_deref(),
+        Some("2026-11-22T10:00:20.000Z"),
+        "the first decision stands"
+    );
+    assert_eq!(
+        s.cancel_sent_at.as_deref(),
+        Some("2026-11-22T10:00:21.000Z")
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    let obs = seen("batch_x1", "in_progress", Some((2, 1, 0)));
+    assert_eq!(
+        batches::record_observation(&mut tx, id, &obs, "2026-11-22T10:01:00.000Z")
+            .await
+            .unwrap(),
+        Recorded::Changed
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        batches::by_remote_id(store.reader(), "batch_x1")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        id
+    );
+    assert!(
+        batches::by_remote_id(store.reader(), "batch_nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        batches::for_job(store.reader(), &job).await.unwrap().len(),
+        1
+    );
+
+    let mut tx = store.begin().await.unwrap();
+    batches::set_state(&mut tx, id, SubmissionState::Finished, T0)
+        .await
+        .unwrap();
+    let err = batches::set_state(&mut tx, id, SubmissionState::Active, T0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Finished { .. }),
+        "terminal stays terminal: {err:?}"
+    );
+}
+
+#[tokio::test]
+async fn observations_append_history_only_when_something_changed_and_terminal_stays_terminal() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let filled = fill(&store).await;
+
+    let rows = history::for_batch(store.reader(), filled.completed_batch)
+        .await
+        .unwrap();
+    let seen_statuses: Vec<(String, Option<i64>)> = rows
+        .iter()
+        .map(|h| (h.status.to_string(), h.request_completed))
+        .collect();
+    // Five observations, one of them identical to the one before: four history rows.
+    assert_eq!(
+        seen_statuses,
+        [
+            ("validating".to_string(), Some(0)),
+            ("in_progress".to_string(), Some(0)),
+            ("in_progress".to_string(), Some(6)),
+            ("completed".to_string(), Some(9)),
+        ]
+    );
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].observed_at < w[1].observed_at && w[0].id < w[1].id)
+    );
+
+    let id = filled.completed_batch;
+    let remote = filled.completed_remote.clone();
+    let mut tx = store.begin().await.unwrap();
+    let again = batches::record_observation(
+        &mut tx,
+        id,
+        &seen(&remote, "in_progress", Some((10, 9, 1))),
+        T0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        Recorded::RefusedAfterTerminal {
+            stored: BatchStatus::Completed,
+            seen: BatchStatus::InProgress
+        }
+    );
+    let same = batches::record_observation(
+        &mut tx,
+        id,
+        &seen(&remote, "Completed", Some((10, 9, 1))),
+        T0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        same,
+        Recorded::Unchanged,
+        "a capitalised known status is the same status"
+    );
+    tx.commit().await.unwrap();
+    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(s.status, Some(BatchStatus::Completed));
+    assert_eq!(
+        history::for_batch(store.reader(), id).await.unwrap().len(),
+        4
+    );
+
+    // An unknown status is stored exactly as it came.
+    let job = job_id(20);
+    new_job(&store, &job, "odd.jsonl", 1).await;
+    let mut tx = store.begin().await.unwrap();
+    let sub = batches::insert(
+        &mut tx,
+        &NewSubmission {
+            job_id: &job,
+            part: 0,
+            part_start: 0,
+            part_end: 9,
+            part_requests: 1,
+            attempt: 1,
+            not_before: None,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    batches::record_observation(
+        &mut tx,
+        sub,
+        &seen("batch_odd", "Paused_By_Admin", None),
+        T0,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let raw: String = sqlx::query_scalar("SELECT status FROM batches WHERE id = ?")
+        .bind(sub)
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(raw, "Paused_By_Admin");
+    let hist: String = sqlx::query_scalar("SELECT status FROM status_history WHERE batch_id = ?")
+        .bind(sub)
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(hist, "Paused_By_Admin");
+}
+
+#[tokio::test]
+async fn status_history_is_append_only() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    fill(&store).await;
+    let update = sqlx::query("UPDATE status_history SET status = 'completed'")
+        .execute(store.writer().unwrap())
+        .await;
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = sqlx::query("DELETE FROM status_history")
+        .execute(store.writer().unwrap())
+        .await;
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+}
+
+#[tokio::test]
+async fn the_overview_and_the_views_answer_the_common_questions() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let f = fill(&store).await;
+
+    let all = jobs::overview(store.reader(), None, 100).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0].id, f.queued, "newest first");
+    let running = all.iter().find(|r| r.id == f.running).unwrap();
+    // Progress counts only the latest attempt of each part: 3 + 2 done, 1 failed.
+    assert_eq!(
+        (running.requests_completed, running.requests_failed),
+        (Some(5), Some(1))
+    );
+    assert_eq!(running.remote_status.as_deref(), Some("in_progress"));
+    let ids = running.remote_ids.as_deref().unwrap();
+    assert!(
+        ids.contains("batch_retried")
+            && ids.contains("batch_second")
+            && !ids.contains("batch_refused"),
+        "{ids}"
+    );
+    let queued = all.iter().find(|r| r.id == f.queued).unwrap();
+    assert_eq!(
+        (queued.remote_status.as_deref(), queued.requests_completed),
+        (None, None)
+    );
+
+    let failed_only = jobs::overview(store.reader(), Some(JobState::Rejected), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        failed_only
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+        [f.rejected.as_str()]
+    );
+    assert_eq!(
+        jobs::overview(store.reader(), None, 2).await.unwrap().len(),
+        2
+    );
+
+    let counts = jobs::state_counts(store.reader()).await.unwrap();
+    for (state, n) in [
+        (JobState::Completed, 1),
+        (JobState::Running, 1),
+        (JobState::Rejected, 1),
+        (JobState::Queued, 1),
+    ] {
+        assert!(counts.contains(&(state, n)), "{counts:?}");
+    }
+    let statuses = batches::status_counts(store.reader()).await.unwrap();
+    for (status, n) in [
+        (BatchStatus::Completed, 1),
+        (BatchStatus::InProgress, 2),
+        (BatchStatus::Failed, 1),
+    ] {
+        assert!(statuses.contains(&(status.clone(), n)), "{statuses:?}");
+    }
+
+    let active: Vec<String> =
+        sqlx::query_scalar("SELECT remote_id FROM active_batches ORDER BY remote_id")
+            .fetch_all(store.reader())
+            .await
+            .unwrap();
+    assert_eq!(
+        active,
+        ["batch_refused", "batch_retried", "batch_second"],
+        "the fixture leaves them active"
+    );
+    let failures: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, reason_code FROM recent_failures")
+            .fetch_all(store.reader())
+            .await
+            .unwrap();
+    assert_eq!(
+        failures,
+        [(f.rejected.clone(), "duplicate_custom_id".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_status_query_succeeds_while_another_connection_is_writing() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let f = fill(&store).await;
+
+    // Hold a write transaction open, with an uncommitted change, while another process reads.
+    let mut tx = store.begin().await.unwrap();
+    let uncommitted = job_id(99);
+    jobs::insert(
+        &mut tx,
+        &jobs::NewJob {
+            id: &uncommitted,
+            file_name: "uncommitted.jsonl",
+            path: "processing/u",
+            size_bytes: 1,
+            completion_window: "24h",
+            deadline_at: T0,
+            metadata: "{}",
+            output_expires_after: None,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+
+    let db = sandbox.db_path();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::support::process::run(
+            None,
+            &["status", "--json", "--database", db.to_str().unwrap()],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 4, "the reader sees the committed jobs");
+    assert!(rows.iter().any(|r| r["id"] == f.running.as_str()));
+    assert!(
+        !rows.iter().any(|r| r["id"] == uncommitted.as_str()),
+        "and not the uncommitted one"
+    );
+    tx.commit().await.unwrap();
+
+    let reader = fixtures::open(&sandbox.db_path()).await;
+    assert!(
+        jobs::get(reader.reader(), &uncommitted)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}

@@ -1,0 +1,43 @@
+//! Set-up shared by the integration tests.
+
+pub mod fixtures;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+
+/// A scratch directory with a configuration file whose paths all point inside it.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn queue_dir(&self) -> PathBuf {
+        self.path().join("queue")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.path().join("state.db")
+    }
+
+    /// Writes `batchwatch.toml` with the sandbox's paths, then `extra` TOML, and returns its path.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.path().join("batchwatch.toml");
+        let text = format!(
+            "[queue]\ndir = {:?}\n\n[database]\npath = {:?}\n\n{extra}\n",
+            self.queue_dir().display().to_string(),
+            self.db_path().display().to_string(),
+        );
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+}
