@@ -56,8 +56,17 @@ impl Client {
         limits: &LimitSettings,
         key: ApiKey,
     ) -> Result<Client, ConfigError> {
+        Self::with_http(api, limits, key, http_builder(api))
+    }
+
+    fn with_http(
+        api: &ApiSettings,
+        limits: &LimitSettings,
+        key: ApiKey,
+        http: reqwest::ClientBuilder,
+    ) -> Result<Client, ConfigError> {
         let base = parse_base_url(&api.base_url)?;
-        let http = http_builder(api).build().map_err(|e| {
+        let http = http.build().map_err(|e| {
             ConfigError::key(
                 "api.base_url",
                 format!("cannot set up HTTPS: {}", crate::telemetry::chain(&e)),
@@ -611,5 +620,147 @@ impl<R: AsyncRead + Unpin> AsyncRead for ExactReader<R> {
                 Poll::Ready(Err(copy))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::model::BatchStatus;
+    use tokio::io::AsyncReadExt;
+
+    const KEY: &str = "sk-tls-test-SECRET-0123456789";
+
+    fn settings(base_url: &str) -> Settings {
+        let mut s = Settings::load_from(None, []).unwrap();
+        s.api.base_url = base_url.to_owned();
+        s.api.retry_attempts = 1;
+        s
+    }
+
+    struct TlsServer {
+        port: u16,
+        ca: reqwest::Certificate,
+        /// The head of the request the server received (empty if the handshake failed).
+        request: tokio::task::JoinHandle<String>,
+    }
+
+    /// A one-shot HTTPS server on 127.0.0.1 with a certificate from a fresh CA, answering one
+    /// request with a batch.
+    async fn tls_server() -> TlsServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "batchwatch test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let request = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return String::new();
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            let body = r#"{"id":"batch_tls","object":"batch","endpoint":"/v1/chat/completions","input_file_id":"file-1","completion_window":"24h","status":"in_progress","created_at":1711471533}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(answer.as_bytes()).await.unwrap();
+            tls.shutdown().await.ok();
+            String::from_utf8(head).unwrap()
+        });
+        TlsServer {
+            port,
+            ca: reqwest::Certificate::from_der(ca_cert.der()).unwrap(),
+            request,
+        }
+    }
+
+    #[tokio::test]
+    async fn https_works_with_the_ring_provider_and_the_platform_verifier() {
+        let server = tls_server().await;
+        let s = settings(&format!("https://127.0.0.1:{}/v1", server.port));
+        // The same builder as Client::new, plus the test CA beside the platform's roots.
+        let http = http_builder(&s.api).add_root_certificate(server.ca.clone());
+        let client = Client::with_http(&s.api, &s.limits, ApiKey::new(KEY).unwrap(), http).unwrap();
+        let batch = client.retrieve_batch("batch_tls").await.unwrap();
+        assert_eq!(batch.id, "batch_tls");
+        assert_eq!(batch.status, BatchStatus::InProgress);
+        let head = server.request.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /v1/batches/batch_tls http/1.1"),
+            "{head}"
+        );
+        let bearer = format!("authorization: bearer {}", KEY.to_ascii_lowercase());
+        assert!(head.contains(&bearer), "{head}");
+    }
+
+    #[tokio::test]
+    async fn https_with_an_untrusted_certificate_is_refused_before_any_request() {
+        let server = tls_server().await;
+        let s = settings(&format!("https://127.0.0.1:{}/v1", server.port));
+        let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
+        let err = client.retrieve_batch("batch_tls").await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let text = crate::telemetry::chain(&err);
+        assert!(text.to_ascii_lowercase().contains("certificate"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+        // The handshake failed, so the server never saw a request, nor the key.
+        assert_eq!(server.request.await.unwrap(), "");
+    }
+
+    #[test]
+    fn base_url_must_be_an_http_url_without_query() {
+        for bad in [
+            "ftp://example.com/v1",
+            "not a url",
+            "https://example.com/v1?x=1",
+            "mailto:a@b",
+        ] {
+            let err = parse_base_url(bad).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("api.base_url"), "{bad}");
+        }
+        assert!(parse_base_url("http://127.0.0.1:8089/v1").is_ok());
+    }
+
+    #[test]
+    fn paths_are_appended_to_the_base_path_with_ids_escaped() {
+        let s = settings("https://res.openai.azure.com/openai/v1/");
+        let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
+        assert_eq!(
+            client.url(&["batches", "batch_1", "cancel"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/batches/batch_1/cancel"
+        );
+        assert_eq!(
+            client.url(&["files", "../x?y"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/files/..%2Fx%3Fy"
+        );
     }
 }
