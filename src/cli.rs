@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, Settings};
+use crate::api::ApiKey;
+use crate::config::{ConfigError, KeySource, Settings};
 use crate::model::JobState;
 use crate::report;
 use crate::store::{Access, Store, StoreError, batches, history, jobs};
@@ -112,7 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(config)?;
             println!("# The configuration is valid. In effect:");
             print!("{}", settings.to_toml());
-            println!("# API key source: {}", settings.api.key_source());
+            println!("{}", key_status(&settings.api.key_source()));
         }
         Command::Run => {
             let settings = Settings::load(config)?;
@@ -185,6 +186,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `check-config` line about the API key: whether it can be read here, and from where.
+/// An unreadable key is reported, not an error: the check may run outside the service, where
+/// a systemd credential does not exist.
+fn key_status(source: &KeySource) -> String {
+    match ApiKey::load(source) {
+        Ok(key) => format!(
+            "# API key: read from {source} ({} characters; value not shown)",
+            key.char_count()
+        ),
+        Err(err) => match err.key {
+            Some(key) => format!("# API key: NOT readable here: `{key}`: {}", err.problem),
+            None => format!("# API key: NOT readable here: {}", err.problem),
+        },
+    }
+}
+
 /// Builds the multi-threaded runtime the async commands run on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -245,4 +262,41 @@ pub async fn job_report(store: &Store, job_id: &str) -> anyhow::Result<report::J
         events,
         batches: batch_reports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn check_config_says_where_the_key_was_read_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-check-config-SECRET\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let line = key_status(&KeySource::File(path.clone()));
+        assert_eq!(
+            line,
+            format!(
+                "# API key: read from file {} (api.key_file) (22 characters; value not shown)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn check_config_reports_an_unreadable_key_with_its_config_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-check-config-SECRET").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let line = key_status(&KeySource::File(path));
+        assert!(
+            line.starts_with("# API key: NOT readable here: `api.key_file`: the key file "),
+            "{line}"
+        );
+        assert!(line.contains("chmod 600"), "{line}");
+        assert!(!line.contains("SECRET"), "{line}");
+    }
 }

@@ -1,6 +1,7 @@
 //! batchwatch: runs OpenAI-style Batch API jobs from a queue directory, unattended, with the
 //! whole status history in SQLite.
 
+pub mod api;
 pub mod batchfile;
 pub mod cli;
 pub mod clock;

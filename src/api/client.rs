@@ -1,0 +1,766 @@
+//! The client itself: one [`Client`], cloned cheaply, shared by the whole daemon.
+
+use std::collections::VecDeque;
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use reqwest::{Method, RequestBuilder, Response, Url};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::config::{ApiSettings, ConfigError, Flavor, LimitSettings};
+
+use super::error::{ApiError, Operation};
+use super::key::ApiKey;
+use super::limit::Limiter;
+use super::retry::RetryPolicy;
+use super::types::{Batch, CreateBatchRequest, FileDeleted, FileObject, ListPage};
+
+/// Chunks read from disk for an upload; memory in flight is a few of these, whatever the size.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// The most of an error body kept for classification; HTML error pages can be large.
+const ERROR_BODY_CAP: usize = 64 * 1024;
+
+/// The Batch API client. Cloning is cheap and clones share the connection pool and limits.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    flavor: Flavor,
+    key: ApiKey,
+    retry: RetryPolicy,
+    limiter: Limiter,
+    request_timeout: Duration,
+    upload_timeout: Duration,
+    download_read_timeout: Duration,
+}
+
+impl Client {
+    /// A client for `api.base_url` with the key given. Fails only on a base URL that is not
+    /// an http(s) URL, or when the TLS stack cannot start.
+    pub fn new(
+        api: &ApiSettings,
+        limits: &LimitSettings,
+        key: ApiKey,
+    ) -> Result<Client, ConfigError> {
+        Self::with_http(api, limits, key, http_builder(api))
+    }
+
+    fn with_http(
+        api: &ApiSettings,
+        limits: &LimitSettings,
+        key: ApiKey,
+        http: reqwest::ClientBuilder,
+    ) -> Result<Client, ConfigError> {
+        let base = parse_base_url(&api.base_url)?;
+        let http = http.build().map_err(|e| {
+            ConfigError::key(
+                "api.base_url",
+                format!("cannot set up HTTPS: {}", crate::telemetry::chain(&e)),
+            )
+        })?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                flavor: api.flavor,
+                key,
+                retry: RetryPolicy::from_settings(api),
+                limiter: Limiter::new(limits),
+                request_timeout: api.request_timeout.get(),
+                upload_timeout: api.upload_timeout.get(),
+                download_read_timeout: api.download_read_timeout.get(),
+            }),
+        })
+    }
+
+    /// The base URL requests are made under.
+    pub fn base_url(&self) -> &Url {
+        &self.inner.base
+    }
+
+    /// Uploads `range` of the file at `path` as a batch input file named `filename`. The bytes
+    /// are streamed from disk with a known length (so `Content-Length` is sent): memory does not
+    /// grow with the file. Never retried; see the module docs.
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        filename: &str,
+    ) -> Result<FileObject, ApiError> {
+        let op = Operation::UploadFile;
+        let local = |source: io::Error| ApiError::LocalIo {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        if range.start > range.end {
+            return Err(local(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("empty byte range {}..{}", range.start, range.end),
+            )));
+        }
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        let size = file.metadata().await.map_err(local)?.len();
+        if range.end > size {
+            return Err(local(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file has {size} bytes; the range to upload ends at {}",
+                    range.end
+                ),
+            )));
+        }
+        file.seek(io::SeekFrom::Start(range.start))
+            .await
+            .map_err(local)?;
+        let length = range.end - range.start;
+        let failure = Arc::new(Mutex::new(None));
+        let reader = ExactReader {
+            inner: tokio::io::AsyncReadExt::take(file, length),
+            remaining: length,
+            failure: Arc::clone(&failure),
+        };
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+            reader,
+            UPLOAD_CHUNK,
+        ));
+        let part = reqwest::multipart::Part::stream_with_length(body, length)
+            .file_name(filename.to_owned())
+            .mime_str("application/octet-stream")
+            .expect("a constant, valid MIME type");
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part("file", part);
+        let request = self
+            .request(Method::POST, &["files"])
+            .multipart(form)
+            .timeout(self.inner.upload_timeout);
+        let result = self.call_json(op, request).await;
+        // A read failure cut the body short, so the server cannot have a complete file: the
+        // failure is local, not an unknown outcome.
+        match (result, failure.lock().expect("never poisoned").take()) {
+            (Err(_), Some(source)) => Err(local(source)),
+            (result, _) => result,
+        }
+    }
+
+    /// A file's metadata.
+    pub async fn retrieve_file(&self, file_id: &str) -> Result<FileObject, ApiError> {
+        let op = Operation::RetrieveFile;
+        self.inner
+            .retry
+            .run(|| self.call_json(op, self.json_request(Method::GET, &["files", file_id])))
+            .await
+    }
+
+    /// Every file (with `purpose`, when given), all pages, newest first.
+    pub fn list_files(
+        &self,
+        purpose: Option<&str>,
+    ) -> impl Stream<Item = Result<FileObject, ApiError>> + Send + 'static {
+        let query = purpose
+            .map(|p| vec![("purpose", p.to_owned())])
+            .unwrap_or_default();
+        self.paginate(Operation::ListFiles, "files", query)
+    }
+
+    /// Deletes a file. Retried when transient, so a delete whose answer was lost may come back
+    /// as [`ApiError::NotFound`] on the retry: the file is gone either way.
+    pub async fn delete_file(&self, file_id: &str) -> Result<FileDeleted, ApiError> {
+        let op = Operation::DeleteFile;
+        self.inner
+            .retry
+            .run(|| self.call_json(op, self.json_request(Method::DELETE, &["files", file_id])))
+            .await
+    }
+
+    /// Downloads a file's content to `dest`: streamed into a temporary file beside it, synced,
+    /// checked against the file's `bytes`, then renamed into place. A broken or short download
+    /// is retried; nothing partial is ever left at `dest`. Returns the number of bytes.
+    pub async fn download_file(&self, file_id: &str, dest: &Path) -> Result<u64, ApiError> {
+        let meta = self.retrieve_file(file_id).await?;
+        self.inner
+            .retry
+            .run(|| self.download_once(file_id, meta.bytes, dest))
+            .await
+    }
+
+    /// Creates a batch. Never retried; see the module docs.
+    pub async fn create_batch(&self, request: &CreateBatchRequest) -> Result<Batch, ApiError> {
+        let op = Operation::CreateBatch;
+        self.call_json(
+            op,
+            self.json_request(Method::POST, &["batches"]).json(request),
+        )
+        .await
+    }
+
+    /// A batch.
+    pub async fn retrieve_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
+        let op = Operation::RetrieveBatch;
+        self.inner
+            .retry
+            .run(|| self.call_json(op, self.json_request(Method::GET, &["batches", batch_id])))
+            .await
+    }
+
+    /// Every batch, newest first, fetched `limit_per_page` (1 to 100) at a time as the stream
+    /// is read: stop reading and no further page is asked for.
+    pub fn list_batches(
+        &self,
+        limit_per_page: u32,
+    ) -> impl Stream<Item = Result<Batch, ApiError>> + Send + 'static {
+        let limit = limit_per_page.clamp(1, 100).to_string();
+        self.paginate(Operation::ListBatches, "batches", vec![("limit", limit)])
+    }
+
+    /// Asks for a batch to be cancelled; it goes to `cancelling`, then `cancelled`.
+    pub async fn cancel_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
+        let op = Operation::CancelBatch;
+        self.inner
+            .retry
+            .run(|| {
+                self.call_json(
+                    op,
+                    self.json_request(Method::POST, &["batches", batch_id, "cancel"]),
+                )
+            })
+            .await
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.inner.base.clone();
+        url.path_segments_mut()
+            .expect("the base URL was checked to be an http(s) URL")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let (name, value) = self.inner.key.header(self.inner.flavor);
+        self.inner
+            .http
+            .request(method, self.url(segments))
+            .header(name, value)
+    }
+
+    fn json_request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        self.request(method, segments)
+            .timeout(self.inner.request_timeout)
+    }
+
+    /// Sends one request under the limits. A success comes back with the limiter's slot, held
+    /// while the body is read; anything else is classified. `head_timeout` bounds the wait for
+    /// the answer's head, for requests without an overall timeout.
+    async fn send(
+        &self,
+        op: Operation,
+        request: RequestBuilder,
+        head_timeout: Option<Duration>,
+    ) -> Result<(Response, OwnedSemaphorePermit), ApiError> {
+        let request = request
+            .build()
+            .map_err(|e| ApiError::from_transport(op, &e))?;
+        let (method, path) = (request.method().clone(), request.url().path().to_owned());
+        let permit = self.inner.limiter.acquire().await;
+        let started = Instant::now();
+        let execute = self.inner.http.execute(request);
+        let outcome = match head_timeout {
+            Some(limit) => tokio::time::timeout(limit, execute)
+                .await
+                .map_err(|_| stalled(op, limit, 0)),
+            None => Ok(execute.await),
+        };
+        let response = match outcome.and_then(|r| r.map_err(|e| ApiError::from_transport(op, &e))) {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(%method, path, elapsed_ms = elapsed_ms(started), error = %err, "api request failed");
+                return Err(err);
+            }
+        };
+        let status = response.status();
+        tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms = elapsed_ms(started), "api request");
+        if status.is_success() {
+            return Ok((response, permit));
+        }
+        let headers = response.headers().clone();
+        let body = read_capped(response, ERROR_BODY_CAP).await;
+        let text = self.inner.key.redact(&String::from_utf8_lossy(&body));
+        Err(ApiError::from_response(
+            op,
+            status,
+            &headers,
+            &text,
+            jiff::Timestamp::now(),
+        ))
+    }
+
+    /// One attempt at a call answered with a JSON object.
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        request: RequestBuilder,
+    ) -> Result<T, ApiError> {
+        let (response, _permit) = self.send(op, request, None).await?;
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::from_transport(op, &e))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let text = self
+                .inner
+                .key
+                .redact(&String::from_utf8_lossy(&body[..body.len().min(200)]));
+            ApiError::lost_answer(
+                op,
+                Some(status),
+                format!("the {status} answer is not the expected JSON ({e}): {text:?}"),
+            )
+        })
+    }
+
+    /// One attempt at a download; see [`Client::download_file`].
+    async fn download_once(
+        &self,
+        file_id: &str,
+        expected: Option<u64>,
+        dest: &Path,
+    ) -> Result<u64, ApiError> {
+        let op = Operation::DownloadFile;
+        let read_timeout = self.inner.download_read_timeout;
+        let local = move |path: &Path, source: io::Error| ApiError::LocalIo {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        // Dropped, and so deleted, on every early return: nothing partial survives a failure.
+        let temp = tempfile::Builder::new()
+            .prefix(".batchwatch-download-")
+            .tempfile_in(&dir)
+            .map_err(|e| local(&dir, e))?;
+        let mut out = tokio::fs::File::from_std(temp.reopen().map_err(|e| local(temp.path(), e))?);
+
+        // No overall timeout: a large file may take long. Instead, every wait for bytes (the
+        // answer's head, then each chunk) is bounded by the read timeout.
+        let request = self.request(Method::GET, &["files", file_id, "content"]);
+        let (mut response, _permit) = self.send(op, request, Some(read_timeout)).await?;
+        let expected = expected.or(response.content_length());
+        let mut written: u64 = 0;
+        loop {
+            let chunk = tokio::time::timeout(read_timeout, response.chunk())
+                .await
+                .map_err(|_| stalled(op, read_timeout, written))?
+                .map_err(|e| ApiError::from_transport(op, &e))?;
+            let Some(chunk) = chunk else { break };
+            written += chunk.len() as u64;
+            if let Some(expected) = expected
+                && written > expected
+            {
+                return Err(ApiError::lost_answer(
+                    op,
+                    None,
+                    format!("the content is longer than the file's {expected} bytes"),
+                ));
+            }
+            out.write_all(&chunk)
+                .await
+                .map_err(|e| local(temp.path(), e))?;
+        }
+        if let Some(expected) = expected
+            && written != expected
+        {
+            return Err(ApiError::lost_answer(
+                op,
+                None,
+                format!("the download ended after {written} of {expected} bytes"),
+            ));
+        }
+        out.sync_all().await.map_err(|e| local(temp.path(), e))?;
+        drop(out);
+        let target = dest.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            temp.persist(&target).map_err(|e| local(&target, e.error))?;
+            // The rename is durable only once the directory is synced.
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| local(&dir, e))
+        })
+        .await
+        .map_err(|e| local(dest, io::Error::other(e)))??;
+        Ok(written)
+    }
+
+    /// A stream over every page of a list, fetching the next page only when it is needed.
+    fn paginate<T: Listed>(
+        &self,
+        op: Operation,
+        collection: &'static str,
+        query: Vec<(&'static str, String)>,
+    ) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static {
+        let state = Pages {
+            client: self.clone(),
+            op,
+            collection,
+            query,
+            after: None,
+            pending: VecDeque::new(),
+            done: false,
+        };
+        futures_util::stream::unfold(state, |mut s| async move {
+            loop {
+                if let Some(item) = s.pending.pop_front() {
+                    return Some((Ok(item), s));
+                }
+                if s.done {
+                    return None;
+                }
+                match s.next_page().await {
+                    Ok(items) => s.pending = items.into(),
+                    Err(err) => {
+                        s.done = true;
+                        return Some((Err(err), s));
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The state of a paginated listing.
+struct Pages<T> {
+    client: Client,
+    op: Operation,
+    collection: &'static str,
+    query: Vec<(&'static str, String)>,
+    after: Option<String>,
+    pending: VecDeque<T>,
+    done: bool,
+}
+
+impl<T: Listed> Pages<T> {
+    /// Fetches the page after `self.after` and moves the cursor past it.
+    async fn next_page(&mut self) -> Result<Vec<T>, ApiError> {
+        let client = &self.client;
+        let mut query = self.query.clone();
+        if let Some(after) = &self.after {
+            query.push(("after", after.clone()));
+        }
+        let page: ListPage<T> = client
+            .inner
+            .retry
+            .run(|| {
+                client.call_json(
+                    self.op,
+                    client
+                        .json_request(Method::GET, &[self.collection])
+                        .query(&query),
+                )
+            })
+            .await?;
+        if page.has_more != Some(true) || page.data.is_empty() {
+            self.done = true;
+            return Ok(page.data);
+        }
+        let next = page
+            .last_id
+            .clone()
+            .or_else(|| page.data.last().map(|item| item.id().to_owned()));
+        // A server that repeats its cursor would have us loop forever; stopping quietly would
+        // hide batches from reconciliation.
+        if next.is_none() || next == self.after {
+            self.done = true;
+            return Err(ApiError::Transient {
+                op: self.op,
+                status: None,
+                detail: format!(
+                    "the list claims more pages but its cursor did not advance past {:?}",
+                    self.after
+                ),
+                retry_after: None,
+            });
+        }
+        self.after = next;
+        Ok(page.data)
+    }
+}
+
+/// Objects that come in lists, identified by id.
+trait Listed: DeserializeOwned + Send + 'static {
+    fn id(&self) -> &str;
+}
+
+impl Listed for Batch {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Listed for FileObject {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text.trim())
+        .map_err(|e| ConfigError::key("api.base_url", format!("{text:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() || url.host().is_none() {
+        return Err(ConfigError::key(
+            "api.base_url",
+            format!(
+                "{text:?} must be an http:// or https:// URL such as https://api.openai.com/v1"
+            ),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::key(
+            "api.base_url",
+            format!("{text:?} must not have a query or fragment"),
+        ));
+    }
+    Ok(url)
+}
+
+/// The HTTP client's settings, shared by [`Client::new`] and the TLS test.
+fn http_builder(api: &ApiSettings) -> reqwest::ClientBuilder {
+    // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is
+    // harmless (the second attempt reports the first and is ignored).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .tls_backend_rustls()
+        .connect_timeout(api.connect_timeout.get())
+        // An API does not redirect; following one would resend the key to another host.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("batchwatch/", env!("CARGO_PKG_VERSION")))
+}
+
+fn elapsed_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+fn stalled(op: Operation, read_timeout: Duration, written: u64) -> ApiError {
+    ApiError::lost_answer(
+        op,
+        None,
+        format!(
+            "no data for {:.1}s after {written} bytes (api.download_read_timeout)",
+            read_timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// Reads at most `cap` bytes of a body; the rest is not needed to classify an error.
+async fn read_capped(mut response: Response, cap: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(cap - body.len())]),
+            _ => break,
+        }
+    }
+    body
+}
+
+/// Reads exactly `remaining` bytes: an early end of file is an error (the file shrank), not
+/// a silently short upload. Any read error is also kept in `failure`, so the caller can tell
+/// a local failure from a network one.
+struct ExactReader<R> {
+    inner: R,
+    remaining: u64,
+    failure: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ExactReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        let read = (buf.filled().len() - before) as u64;
+        let result = result.and_then(|()| {
+            if read == 0 && buf.remaining() > 0 && self.remaining > 0 {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file ended {} bytes early", self.remaining),
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.remaining -= read;
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                let copy = io::Error::new(e.kind(), e.to_string());
+                *self.failure.lock().expect("never poisoned") = Some(e);
+                Poll::Ready(Err(copy))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::model::BatchStatus;
+    use tokio::io::AsyncReadExt;
+
+    const KEY: &str = "sk-tls-test-SECRET-0123456789";
+
+    fn settings(base_url: &str) -> Settings {
+        let mut s = Settings::load_from(None, []).unwrap();
+        s.api.base_url = base_url.to_owned();
+        s.api.retry_attempts = 1;
+        s
+    }
+
+    struct TlsServer {
+        port: u16,
+        ca: reqwest::Certificate,
+        /// The head of the request the server received (empty if the handshake failed).
+        request: tokio::task::JoinHandle<String>,
+    }
+
+    /// A one-shot HTTPS server on 127.0.0.1 with a certificate from a fresh CA, answering one
+    /// request with a batch.
+    async fn tls_server() -> TlsServer {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "batchwatch test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let request = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return String::new();
+            };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && tls.read(&mut byte).await.unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            let body = r#"{"id":"batch_tls","object":"batch","endpoint":"/v1/chat/completions","input_file_id":"file-1","completion_window":"24h","status":"in_progress","created_at":1711471533}"#;
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(answer.as_bytes()).await.unwrap();
+            tls.shutdown().await.ok();
+            String::from_utf8(head).unwrap()
+        });
+        TlsServer {
+            port,
+            ca: reqwest::Certificate::from_der(ca_cert.der()).unwrap(),
+            request,
+        }
+    }
+
+    #[tokio::test]
+    async fn https_works_with_the_ring_provider_and_the_platform_verifier() {
+        let server = tls_server().await;
+        let s = settings(&format!("https://127.0.0.1:{}/v1", server.port));
+        // The same builder as Client::new, plus the test CA beside the platform's roots.
+        let http = http_builder(&s.api).add_root_certificate(server.ca.clone());
+        let client = Client::with_http(&s.api, &s.limits, ApiKey::new(KEY).unwrap(), http).unwrap();
+        let batch = client.retrieve_batch("batch_tls").await.unwrap();
+        assert_eq!(batch.id, "batch_tls");
+        assert_eq!(batch.status, BatchStatus::InProgress);
+        let head = server.request.await.unwrap().to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /v1/batches/batch_tls http/1.1"),
+            "{head}"
+        );
+        let bearer = format!("authorization: bearer {}", KEY.to_ascii_lowercase());
+        assert!(head.contains(&bearer), "{head}");
+    }
+
+    #[tokio::test]
+    async fn https_with_an_untrusted_certificate_is_refused_before_any_request() {
+        let server = tls_server().await;
+        let s = settings(&format!("https://127.0.0.1:{}/v1", server.port));
+        let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
+        let err = client.retrieve_batch("batch_tls").await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let text = crate::telemetry::chain(&err);
+        assert!(text.to_ascii_lowercase().contains("certificate"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+        // The handshake failed, so the server never saw a request, nor the key.
+        assert_eq!(server.request.await.unwrap(), "");
+    }
+
+    #[test]
+    fn base_url_must_be_an_http_url_without_query() {
+        for bad in [
+            "ftp://example.com/v1",
+            "not a url",
+            "https://example.com/v1?x=1",
+            "mailto:a@b",
+        ] {
+            let err = parse_base_url(bad).unwrap_err();
+            assert_eq!(err.key.as_deref(), Some("api.base_url"), "{bad}");
+        }
+        assert!(parse_base_url("http://127.0.0.1:8089/v1").is_ok());
+    }
+
+    #[test]
+    fn paths_are_appended_to_the_base_path_with_ids_escaped() {
+        let s = settings("https://res.openai.azure.com/openai/v1/");
+        let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
+        assert_eq!(
+            client.url(&["batches", "batch_1", "cancel"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/batches/batch_1/cancel"
+        );
+        assert_eq!(
+            client.url(&["files", "../x?y"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/files/..%2Fx%3Fy"
+        );
+    }
+}

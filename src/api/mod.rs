@@ -1,0 +1,66 @@
+//! The Batch API client: files and batches over HTTPS (reqwest with rustls), for OpenAI, Azure
+//! OpenAI and any OpenAI-compatible server such as `batchwatch sim`.
+//!
+//! # Flavours
+//!
+//! `api.base_url` includes the version path (`https://api.openai.com/v1`,
+//! `https://RESOURCE.openai.azure.com/openai/v1`, `http://127.0.0.1:8089/v1`); the client
+//! appends `/files`, `/batches`, ... to it. OpenAI and compatible servers get
+//! `Authorization: Bearer KEY`; Azure gets `api-key: KEY`. Either header is marked sensitive.
+//!
+//! # Error classes
+//!
+//! Every failure is an [`ApiError`], decided as follows:
+//!
+//! | class | when | caller |
+//! | --- | --- | --- |
+//! | [`ApiError::Transient`] | no connection, a timeout or reset on a safe call, 408, 409, 500, 502, 503, 504 and other 5xx (not 501/505), an HTML or unparseable body, a short download, a 404 that is not the API's own error body | try again later (safe calls were already retried) |
+//! | [`ApiError::RateLimited`] | 429 without a quota code, with `retry-after-ms` or `Retry-After` (seconds or HTTP date) | try again, not before the delay |
+//! | [`ApiError::BadRequest`] | 400, 422 and other 4xx, 501, 505, a redirect | permanent: fix the request |
+//! | [`ApiError::Unauthorized`] / [`ApiError::Forbidden`] | 401 / 403 | permanent: stop submitting, alert |
+//! | [`ApiError::NotFound`] | 404 with the API's error body | the object is gone |
+//! | [`ApiError::QuotaExceeded`] | 429 with code `insufficient_quota` | permanent until billing changes |
+//! | [`ApiError::UnknownOutcome`] | upload or create: a timeout, reset or truncated answer after the request left, a 408/409/5xx, an unparseable success body | reconcile before creating again |
+//! | [`ApiError::LocalIo`] | the file to upload cannot be read, the download cannot be written | permanent for this call |
+//!
+//! A connection that could not be opened means nothing was sent, so even a create or upload
+//! is then merely transient.
+//!
+//! # Retries
+//!
+//! Retrieve, list, cancel, delete and download repeat transient errors by themselves, up to
+//! `api.retry_attempts` attempts, with capped exponential backoff and full jitter (a delay
+//! drawn uniformly from zero to `min(retry_max_delay, retry_initial_delay * 2^n)`), and never
+//! sooner than a delay the server asked for; see [`RetryPolicy`]. Repeating them is harmless: a
+//! second cancel of a cancelling batch changes nothing, a second download replaces a temporary
+//! file.
+//!
+//! Upload and create are never repeated by the client. The API has no idempotency key, so a
+//! create whose answer was lost may have made a batch, and repeating it could make a second
+//! one: two live batches for one job, billed twice (invariant 2). They return the outcome,
+//! unknown included, and the caller reconciles (lists batches and matches the job id in the
+//! metadata) before deciding to create again.
+//!
+//! # Limits
+//!
+//! All requests of all clones of a [`Client`] share one [`Limiter`]: a token bucket keeps them
+//! under `limits.requests_per_second`, and a semaphore keeps at most `limits.concurrency` in
+//! flight.
+
+mod client;
+mod error;
+mod key;
+mod limit;
+mod retry;
+mod types;
+
+pub use client::Client;
+pub use error::{ApiError, Operation, parse_retry_after};
+pub use key::ApiKey;
+pub use limit::Limiter;
+pub use retry::RetryPolicy;
+pub use types::{
+    Batch, BatchError, BatchErrors, BatchUsage, CreateBatchRequest, ExpiryAnchor, FileDeleted,
+    FileObject, InputTokensDetails, ListPage, OutputExpiresAfter, OutputTokensDetails,
+    RequestCounts, parse_timestamp,
+};
