@@ -31,6 +31,8 @@ CREATE TABLE jobs (
     -- (a validation rule, token_limit_exceeded, deadline, operator, batch_lost, ...) and a message.
     reason_code TEXT,
     reason TEXT,
+    -- The 1-based line of the file at fault, for a validation rule.
+    reason_line INTEGER,
     -- Remote batches created for this job so far.
     attempts INTEGER NOT NULL DEFAULT 0,
     -- Set by the daemon at the deadline, or by `batchwatch cancel`; the daemon carries it out.
@@ -72,7 +74,8 @@ CREATE TABLE batches (
     -- batchwatch's step: queued, uploading, creating, active, collecting, finished,
     -- abandoned (never created), lost (the remote batch vanished).
     state TEXT NOT NULL,
-    -- Not before this time (back-off after a refusal).
+    -- The next step (upload, create, cancel, download) is not taken before this time: a back-off
+    -- after a refusal or a failure. Polls use next_poll_at.
     not_before TEXT,
     -- When an upload or create may or may not have happened; it is reconciled before anything else.
     outcome_unknown_at TEXT,
@@ -169,7 +172,7 @@ SELECT status, count(*) AS batches FROM batches WHERE remote_id IS NOT NULL GROU
 
 -- Jobs that did not complete, newest first, with why.
 CREATE VIEW recent_failures AS
-SELECT id, file_name, state, reason_code, reason, path, results_dir, finished_at
+SELECT id, file_name, state, reason_code, reason_line, reason, path, results_dir, finished_at
 FROM jobs
 WHERE state IN ('rejected', 'failed', 'expired', 'cancelled')
 ORDER BY finished_at DESC, id DESC

@@ -388,3 +388,107 @@ pub async fn status_counts(
     .await?;
     Ok(rows.into_iter().map(|r| (r.status, r.batches)).collect())
 }
+
+/// The ids of the submissions in `state` whose next step is due at `now`.
+pub async fn due_in_state(
+    db: impl SqliteExecutor<'_>,
+    state: SubmissionState,
+    now: &str,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM batches
+           WHERE state = ? AND (not_before IS NULL OR not_before <= ?)
+           ORDER BY id"#,
+        state,
+        now
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// A submission ready for its next upload or create step, with what decides whether it may go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitCandidate {
+    pub id: i64,
+    pub model: Option<String>,
+    pub reconciling: bool,
+}
+
+/// Submissions to upload, create or reconcile whose time has come, oldest first; those of jobs
+/// marked for cancel are left to the cancel step.
+pub async fn due_for_submit(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+) -> Result<Vec<SubmitCandidate>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT b.id AS "id!", j.model, b.outcome_unknown_at
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.state IN ('queued', 'uploading', 'creating')
+             AND (b.not_before IS NULL OR b.not_before <= ?)
+             AND j.cancel_requested_at IS NULL
+           ORDER BY b.id"#,
+        now
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SubmitCandidate {
+            id: r.id,
+            model: r.model,
+            reconciling: r.outcome_unknown_at.is_some(),
+        })
+        .collect())
+}
+
+/// Active submissions whose poll is due, most overdue first.
+pub async fn due_for_poll(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM batches
+           WHERE state = 'active' AND (next_poll_at IS NULL OR next_poll_at <= ?)
+           ORDER BY next_poll_at LIMIT ?"#,
+        now,
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Sets (or clears) the time before which the submission's next step is not taken.
+pub async fn set_not_before(
+    conn: &mut SqliteConnection,
+    id: i64,
+    at: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET not_before = ?, updated_at = ? WHERE id = ?",
+        at,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks every upload or create that was under way as of unknown outcome: after a restart
+/// nobody knows whether it reached the server. Returns how many.
+pub async fn mark_in_flight_unknown(
+    conn: &mut SqliteConnection,
+    now: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, ?), updated_at = ?
+         WHERE state IN ('uploading', 'creating')",
+        now,
+        now
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

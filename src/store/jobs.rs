@@ -24,6 +24,7 @@ pub struct Job {
     pub state: JobState,
     pub reason_code: Option<String>,
     pub reason: Option<String>,
+    pub reason_line: Option<i64>,
     pub attempts: i64,
     pub cancel_requested_at: Option<String>,
     pub cancel_reason: Option<String>,
@@ -40,11 +41,32 @@ pub struct NewJob<'a> {
     pub file_name: &'a str,
     pub path: &'a str,
     pub size_bytes: i64,
+    /// Set by a sidecar or the configuration; `None` until validation takes it from the lines.
+    pub endpoint: Option<&'a str>,
     pub completion_window: &'a str,
     pub deadline_at: &'a str,
     /// A JSON object.
     pub metadata: &'a str,
     pub output_expires_after: Option<i64>,
+}
+
+/// Why a job ended, or why it waits: a stable code, a message and, for a validation rule, the
+/// line at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Why {
+    pub code: String,
+    pub message: String,
+    pub line: Option<i64>,
+}
+
+impl Why {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Why {
+        Why {
+            code: code.into(),
+            message: message.into(),
+            line: None,
+        }
+    }
 }
 
 /// A row of the `job_overview` view: a job and the progress of its batches.
@@ -86,13 +108,14 @@ pub async fn insert(
 ) -> Result<(), StoreError> {
     let state = JobState::Validating;
     sqlx::query!(
-        "INSERT INTO jobs (id, file_name, path, size_bytes, completion_window, deadline_at, metadata,
+        "INSERT INTO jobs (id, file_name, path, size_bytes, endpoint, completion_window, deadline_at, metadata,
                            output_expires_after, state, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         job.id,
         job.file_name,
         job.path,
         job.size_bytes,
+        job.endpoint,
         job.completion_window,
         job.deadline_at,
         job.metadata,
@@ -119,7 +142,8 @@ pub async fn get(db: impl SqliteExecutor<'_>, id: &str) -> Result<Option<Job>, S
         Job,
         r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
-                  attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at, finished_at
+                  reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
+                  finished_at
            FROM jobs WHERE id = ?"#,
         id
     )
@@ -138,7 +162,8 @@ pub async fn in_states(
         Job,
         r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
-                  attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at, finished_at
+                  reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
+                  finished_at
            FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id"#,
         wanted
     )
@@ -146,26 +171,29 @@ pub async fn in_states(
     .await?)
 }
 
-/// Moves a job to `state`, recording why and an event. A terminal job never changes state: that
-/// is refused with an error.
+/// Moves a job to `state` with `why` (which replaces any earlier reason: the reason always
+/// describes the current state), and records an event. A terminal job never changes state.
 pub async fn set_state(
     conn: &mut SqliteConnection,
     id: &str,
     state: JobState,
-    reason: Option<(&str, &str)>,
+    why: Option<&Why>,
     message: &str,
     now: &str,
 ) -> Result<(), StoreError> {
     let finished_at = state.is_terminal().then_some(now);
-    let (reason_code, reason_text) = reason.unzip();
+    let (code, text, line) = match why {
+        Some(w) => (Some(w.code.as_str()), Some(w.message.as_str()), w.line),
+        None => (None, None, None),
+    };
     let updated = sqlx::query!(
         "UPDATE jobs
-         SET state = ?, reason_code = coalesce(?, reason_code), reason = coalesce(?, reason),
-             finished_at = ?, updated_at = ?
+         SET state = ?, reason_code = ?, reason = ?, reason_line = ?, finished_at = ?, updated_at = ?
          WHERE id = ? AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
         state,
-        reason_code,
-        reason_text,
+        code,
+        text,
+        line,
         finished_at,
         now,
         id,
@@ -344,4 +372,46 @@ pub async fn state_counts(db: impl SqliteExecutor<'_>) -> Result<Vec<(JobState, 
     .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| (r.state, r.jobs)).collect())
+}
+
+/// Jobs past their deadline that are not finished and not yet marked for cancel.
+pub async fn past_deadline(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM jobs
+           WHERE deadline_at <= ? AND cancel_requested_at IS NULL
+             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
+           ORDER BY id"#,
+        now
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Jobs marked for cancel that are not finished yet.
+pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM jobs
+           WHERE cancel_requested_at IS NOT NULL
+             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
+           ORDER BY id"#
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Jobs past validation whose every submission is done with: ready to be finished.
+pub async fn finishable(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT j.id AS "id!" FROM jobs j
+           WHERE j.state IN ('queued', 'submitting', 'running', 'cancelling', 'collecting')
+             AND EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id)
+             AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id
+                             AND b.state NOT IN ('finished', 'abandoned', 'lost'))
+           ORDER BY j.id"#
+    )
+    .fetch_all(db)
+    .await?)
 }

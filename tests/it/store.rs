@@ -244,7 +244,7 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
         &mut tx,
         &id,
         JobState::Cancelled,
-        Some(("operator", "cancelled by an operator")),
+        Some(&jobs::Why::new("operator", "cancelled by an operator")),
         "cancelled",
         "2026-11-22T10:00:07.000Z",
     )
@@ -663,6 +663,7 @@ async fn a_status_query_succeeds_while_another_connection_is_writing() {
             file_name: "uncommitted.jsonl",
             path: "processing/u",
             size_bytes: 1,
+            endpoint: None,
             completion_window: "24h",
             deadline_at: T0,
             metadata: "{}",

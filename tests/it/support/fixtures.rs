@@ -2,7 +2,7 @@
 
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
 use batchwatch::store::batches::{self, NewSubmission, Observation};
-use batchwatch::store::jobs::{self, NewJob};
+use batchwatch::store::jobs::{self, NewJob, Why};
 use batchwatch::store::{Access, Store};
 
 /// The ids of what [`fill`] made.
@@ -60,6 +60,7 @@ pub async fn new_job(store: &Store, id: &str, name: &str, requests: i64) {
             file_name: name,
             path: &path,
             size_bytes: requests * 100,
+            endpoint: None,
             completion_window: "24h",
             deadline_at: "2026-11-23T06:00:00.000Z",
             metadata: r#"{"team":"research"}"#,
@@ -117,10 +118,18 @@ async fn observe(store: &Store, id: i64, obs: Observation, at: &str) {
 }
 
 async fn set_job(store: &Store, id: &str, state: JobState, reason: Option<(&str, &str)>, at: &str) {
+    let why = reason.map(|(code, message)| Why::new(code, message));
     let mut tx = store.begin().await.unwrap();
-    jobs::set_state(&mut tx, id, state, reason, &format!("now {state}"), at)
-        .await
-        .unwrap();
+    jobs::set_state(
+        &mut tx,
+        id,
+        state,
+        why.as_ref(),
+        &format!("now {state}"),
+        at,
+    )
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
 }
 

@@ -1,0 +1,168 @@
+//! What holds work back for everyone: a refused API key (or exhausted quota) stops all API work
+//! until a probe shows the key works again, and the enqueued-token limit holds back new
+//! submissions for one model for a while.
+//!
+//! Both live in memory only: after a restart the first refused request closes the gate again,
+//! and the submissions' own `not_before` times, which are stored, keep their back-off.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::Ctx;
+use crate::api::ApiError;
+use crate::clock::{self, Timestamp};
+
+/// Why all API work stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pause {
+    pub since: Timestamp,
+    pub message: String,
+    pub next_probe: Timestamp,
+}
+
+#[derive(Debug, Default)]
+pub struct Gate {
+    pause: Mutex<Option<Pause>>,
+    models: Mutex<HashMap<String, Timestamp>>,
+}
+
+impl Gate {
+    /// The current pause, if the API refused the key.
+    pub fn paused(&self) -> Option<Pause> {
+        self.pause.lock().expect("gate lock").clone()
+    }
+
+    /// Notes an API error; returns true when it closed the gate (401, 403, quota).
+    pub fn note(&self, err: &ApiError, now: Timestamp, retry: Duration) -> bool {
+        let refusal = matches!(
+            err,
+            ApiError::Unauthorized { .. }
+                | ApiError::Forbidden { .. }
+                | ApiError::QuotaExceeded { .. }
+        );
+        if !refusal {
+            return false;
+        }
+        let mut pause = self.pause.lock().expect("gate lock");
+        if pause.is_none() {
+            tracing::error!(
+                error = %err,
+                retry_in = %clock::humanize(retry),
+                "THE API REFUSED THE KEY: all submissions and polling are stopped; queued work is kept and resumes when the key works again"
+            );
+        }
+        *pause = Some(Pause {
+            since: pause.as_ref().map_or(now, |p| p.since),
+            message: err.to_string(),
+            next_probe: clock::add(now, retry),
+        });
+        true
+    }
+
+    /// Whether it is time to try the key again.
+    pub fn probe_due(&self, now: Timestamp) -> bool {
+        self.pause
+            .lock()
+            .expect("gate lock")
+            .as_ref()
+            .is_some_and(|p| p.next_probe <= now)
+    }
+
+    fn reopen(&self) {
+        if self.pause.lock().expect("gate lock").take().is_some() {
+            tracing::warn!("the API accepts the key again: resuming");
+        }
+    }
+
+    /// Holds back new submissions for `model` until `until`.
+    pub fn hold_model(&self, model: &str, until: Timestamp) {
+        let mut models = self.models.lock().expect("gate lock");
+        let entry = models.entry(model.to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// When `model`'s hold ends, if it is held at `now`.
+    pub fn model_held_until(&self, model: &str, now: Timestamp) -> Option<Timestamp> {
+        self.models
+            .lock()
+            .expect("gate lock")
+            .get(model)
+            .copied()
+            .filter(|until| *until > now)
+    }
+}
+
+/// Tries the key with the cheapest call there is; reopens the gate when it works.
+pub async fn probe(ctx: Ctx) -> anyhow::Result<()> {
+    let first = std::pin::pin!(ctx.client.list_batches(1)).next().await;
+    match first {
+        None | Some(Ok(_)) => {
+            ctx.gate.reopen();
+            Ok(())
+        }
+        Some(Err(e)) => {
+            if !ctx
+                .gate
+                .note(&e, ctx.clock.now(), ctx.settings.backoff.auth_retry.get())
+            {
+                // Not a refusal (the network, say): the key may be fine; try the work again.
+                ctx.gate.reopen();
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// The back-off before attempt `attempt + 1` after `attempt` was refused for the token limit:
+/// `initial * 2^(attempt-1)`, at most `max`.
+pub fn token_backoff(attempt: i64, initial: Duration, max: Duration) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    initial.saturating_mul(1 << doublings).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Operation;
+
+    #[test]
+    fn the_token_backoff_doubles_up_to_its_maximum() {
+        let (i, m) = (Duration::from_secs(60), Duration::from_secs(600));
+        let got: Vec<u64> = (1..=6).map(|a| token_backoff(a, i, m).as_secs()).collect();
+        assert_eq!(got, [60, 120, 240, 480, 600, 600]);
+    }
+
+    #[test]
+    fn only_refusals_close_the_gate_and_a_model_hold_expires() {
+        let gate = Gate::default();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let transient = ApiError::Transient {
+            op: Operation::RetrieveBatch,
+            status: Some(500),
+            detail: "x".into(),
+            retry_after: None,
+        };
+        assert!(!gate.note(&transient, now, Duration::from_secs(60)));
+        assert!(gate.paused().is_none());
+        let refused = ApiError::Unauthorized {
+            op: Operation::CreateBatch,
+            message: "bad key".into(),
+        };
+        assert!(gate.note(&refused, now, Duration::from_secs(60)));
+        assert!(!gate.probe_due(now));
+        assert!(gate.probe_due(clock::add(now, Duration::from_secs(61))));
+        gate.reopen();
+        assert!(gate.paused().is_none());
+
+        gate.hold_model("m", clock::add(now, Duration::from_secs(30)));
+        assert!(gate.model_held_until("m", now).is_some());
+        assert!(
+            gate.model_held_until("m", clock::add(now, Duration::from_secs(31)))
+                .is_none()
+        );
+        assert!(gate.model_held_until("other", now).is_none());
+    }
+}

@@ -1,0 +1,397 @@
+//! From incoming/ to a queued job: scan, claim, check, or reject with a reason. Also the file's
+//! last move (to done/ or failed/) and the recovery of both after a crash.
+//!
+//! Claim order: rename into processing/ (the file now carries its job id), then insert the
+//! job row. A crash between the two leaves a file in processing/ without a row; recovery
+//! adopts it under the id in its name. A finished job's state is committed before its file
+//! moves; recovery finishes moves that a crash interrupted.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+
+use super::Ctx;
+use crate::batchfile::{self, Expect, Limits, Violation};
+use crate::clock;
+use crate::failpoint;
+use crate::model::{JobId, JobState};
+use crate::queue::scan::{Kind, Scanner};
+use crate::queue::sidecar::{self, JobOptions};
+use crate::queue::{self, Destination, Queue, Reason};
+use crate::store::batches::{self, NewSubmission};
+use crate::store::jobs::{self, Job, NewJob, Why};
+
+/// Wakes the loop early when incoming/ changes. Only a hint: the periodic scan is what counts,
+/// so when inotify is not available it simply never fires.
+pub struct Watcher {
+    events: Option<inotify::EventStream<Vec<u8>>>,
+}
+
+impl Watcher {
+    pub fn new(queue: &Queue) -> Watcher {
+        let events = (|| {
+            let inotify = inotify::Inotify::init()?;
+            inotify.watches().add(
+                &queue.incoming,
+                inotify::WatchMask::CLOSE_WRITE
+                    | inotify::WatchMask::MOVED_TO
+                    | inotify::WatchMask::CREATE,
+            )?;
+            inotify.into_event_stream(vec![0u8; 4096])
+        })();
+        match events {
+            Ok(events) => Watcher {
+                events: Some(events),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no inotify; incoming/ is scanned every queue.scan_interval only");
+                Watcher { events: None }
+            }
+        }
+    }
+
+    /// Resolves when incoming/ changed (never, without inotify).
+    pub async fn changed(&mut self) {
+        match &mut self.events {
+            Some(events) => {
+                if events.next().await.is_none() {
+                    self.events = None;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Scans incoming/ and claims what settled. Returns the jobs to validate, and whether some
+/// entries are still settling (so the next scan should come soon).
+pub async fn scan_and_claim(
+    ctx: &Ctx,
+    scanner: &mut Scanner,
+) -> anyhow::Result<(Vec<String>, bool)> {
+    let ready = scanner
+        .scan(&ctx.queue.incoming, Instant::now())
+        .context("scanning incoming/")?;
+    let mut to_validate = Vec::new();
+    for entry in ready {
+        scanner.forget(&entry.name);
+        let job = JobId::generate(u64::try_from(ctx.clock.now().as_millisecond()).unwrap_or(0));
+        let path = match ctx.queue.claim(&entry.name, &job) {
+            Ok((path, _sidecar)) => path,
+            // Gone since the scan (the writer moved it away): nothing to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::error!(file = %entry.name.to_string_lossy(), error = %e, "cannot claim a file; it stays in incoming/");
+                continue;
+            }
+        };
+        failpoint::hit("claim:after-rename");
+        if register(ctx, &job, &entry.name, &path, entry.kind).await? {
+            to_validate.push(job.to_string());
+        }
+    }
+    Ok((to_validate, scanner.pending()))
+}
+
+/// Records a claimed file as a job, with its sidecar's options. Rejects at once what cannot be
+/// a job; returns true when the file goes on to validation.
+async fn register(
+    ctx: &Ctx,
+    job: &JobId,
+    name: &OsStr,
+    path: &Path,
+    kind: Kind,
+) -> anyhow::Result<bool> {
+    let claimed_at = ctx.clock.now();
+    let sidecar_path = queue::sidecar_path(path);
+    let (options, sidecar_error) = match std::fs::read(&sidecar_path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            match sidecar::parse(&text, &ctx.settings.batch, claimed_at) {
+                Ok(options) => (options, None),
+                Err(e) => (sidecar::defaults(&ctx.settings.batch, claimed_at), Some(e)),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (sidecar::defaults(&ctx.settings.batch, claimed_at), None)
+        }
+        Err(e) => (
+            sidecar::defaults(&ctx.settings.batch, claimed_at),
+            Some(sidecar::SidecarError {
+                key: None,
+                message: format!("cannot be read: {e}"),
+            }),
+        ),
+    };
+    let bytes = match kind {
+        Kind::File { bytes } => bytes,
+        Kind::Unfit { .. } => 0,
+    };
+    insert_job(ctx, job, name, path, bytes, &options).await?;
+
+    let max_bytes = ctx.settings.batch.max_bytes.0;
+    let why = match kind {
+        Kind::Unfit { code, message } => Some(Why::new(code, message)),
+        Kind::File { .. } if sidecar_error.is_some() => {
+            let e = sidecar_error.expect("checked");
+            Some(Why::new(
+                "invalid_sidecar",
+                format!("{}: {e}", queue::sidecar_name(name).to_string_lossy()),
+            ))
+        }
+        Kind::File { bytes } if bytes > max_bytes && !ctx.settings.batch.split_oversized => {
+            Some(Why::new(
+                batchfile::Rule::TooLarge.code(),
+                format!(
+                    "the file has {bytes} bytes, over the limit of {max_bytes} (batch.max_bytes)"
+                ),
+            ))
+        }
+        Kind::File { .. } => None,
+    };
+    match why {
+        Some(why) => {
+            reject(ctx, job.as_str(), &why).await?;
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
+async fn insert_job(
+    ctx: &Ctx,
+    job: &JobId,
+    name: &OsStr,
+    path: &Path,
+    bytes: u64,
+    o: &JobOptions,
+) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let metadata = serde_json::to_string(&o.metadata)?;
+    let mut tx = ctx.store.begin().await?;
+    jobs::insert(
+        &mut tx,
+        &NewJob {
+            id: job.as_str(),
+            file_name: &name.to_string_lossy(),
+            path: &ctx.queue.relative(path),
+            size_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            endpoint: o.endpoint.as_deref(),
+            completion_window: &o.completion_window,
+            deadline_at: &clock::format(o.deadline_at),
+            metadata: &metadata,
+            output_expires_after: o.output_expires_after.and_then(|s| i64::try_from(s).ok()),
+        },
+        &now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(job = %job, file = %name.to_string_lossy(), "claimed");
+    Ok(())
+}
+
+/// Checks a claimed file against the rules, in one streaming pass off the async threads; a
+/// valid file becomes one queued submission per part.
+pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
+    let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
+        return Ok(());
+    };
+    if job.state != JobState::Validating {
+        return Ok(());
+    }
+    let path = ctx.queue.root().join(&job.path);
+    let batch = &ctx.settings.batch;
+    let limits = Limits {
+        max_requests: batch.max_requests,
+        max_bytes: batch.max_bytes.0,
+    };
+    let split = batch.split_oversized;
+    let endpoint = job.endpoint.clone();
+    let checked = tokio::task::spawn_blocking(move || -> Result<batchfile::Summary, Violation> {
+        let file = std::fs::File::open(&path).map_err(|e| Violation {
+            rule: batchfile::Rule::Unreadable,
+            line: None,
+            message: format!("the file cannot be read: {e}"),
+        })?;
+        batchfile::validate(
+            file,
+            Expect {
+                endpoint: endpoint.as_deref(),
+                limits,
+                split,
+            },
+        )
+    })
+    .await?;
+    let summary = match checked {
+        Ok(summary) => summary,
+        Err(v) => {
+            let why = Why {
+                code: v.rule.code().to_owned(),
+                message: v.to_string(),
+                line: v.line.and_then(|l| i64::try_from(l).ok()),
+            };
+            return reject(&ctx, &job_id, &why).await;
+        }
+    };
+
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    let requests = i64::try_from(summary.requests)?;
+    jobs::record_validation(
+        &mut tx,
+        &job_id,
+        &summary.sha256,
+        requests,
+        &summary.endpoint,
+        &summary.model,
+        &now,
+    )
+    .await?;
+    for (i, part) in summary.parts.iter().enumerate() {
+        batches::insert(
+            &mut tx,
+            &NewSubmission {
+                job_id: &job_id,
+                part: i64::try_from(i)?,
+                part_start: i64::try_from(part.start)?,
+                part_end: i64::try_from(part.end)?,
+                part_requests: i64::try_from(part.requests)?,
+                attempt: 1,
+                not_before: None,
+            },
+            &now,
+        )
+        .await?;
+    }
+    jobs::set_state(
+        &mut tx,
+        &job_id,
+        JobState::Queued,
+        None,
+        &valid_message(&summary),
+        &now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(job = %job_id, requests, model = %summary.model, parts = summary.parts.len(), "valid; queued");
+    Ok(())
+}
+
+fn valid_message(s: &batchfile::Summary) -> String {
+    let parts = if s.parts.len() > 1 {
+        format!(", split into {} batches", s.parts.len())
+    } else {
+        String::new()
+    };
+    format!(
+        "valid: {} requests for {} on {}{parts}",
+        s.requests, s.model, s.endpoint
+    )
+}
+
+/// Rejects a job: records why, then moves its file to failed/ with a reason file.
+pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    jobs::set_state(
+        &mut tx,
+        job_id,
+        JobState::Rejected,
+        Some(why),
+        &format!("rejected: {}", why.message),
+        &now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(job = %job_id, rule = %why.code, reason = %why.message, "rejected");
+    let job = jobs::get(ctx.store.reader(), job_id)
+        .await?
+        .context("the job row vanished")?;
+    settle_file(ctx, &job).await
+}
+
+/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file),
+/// and records where it went. Repeatable: does nothing when the file has moved already.
+pub async fn settle_file(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
+    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
+    let Some((name, from)) = processing_file(&ctx.queue, &id)? else {
+        return Ok(());
+    };
+    let dest = if job.state == JobState::Completed {
+        Destination::Done
+    } else {
+        Destination::Failed
+    };
+    let to = ctx.queue.final_path(dest, &id, &name);
+    let reason = (dest == Destination::Failed).then(|| Reason {
+        job_id: job.id.clone(),
+        file: job.file_name.clone(),
+        state: job.state.to_string(),
+        code: job
+            .reason_code
+            .clone()
+            .unwrap_or_else(|| job.state.to_string()),
+        line: job.reason_line.and_then(|l| u64::try_from(l).ok()),
+        message: job.reason.clone().unwrap_or_default(),
+        results_dir: job.results_dir.clone(),
+        at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
+    });
+    failpoint::hit("settle:before-move");
+    ctx.queue
+        .finish(&from, &to, reason.as_ref())
+        .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+    let mut tx = ctx.store.begin().await?;
+    jobs::set_path(&mut tx, &job.id, &ctx.queue.relative(&to), &ctx.now()).await?;
+    tx.commit().await?;
+    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&to), "file moved");
+    Ok(())
+}
+
+/// The job's file in processing/, if it is still there: (original name, path).
+fn processing_file(queue: &Queue, job: &JobId) -> anyhow::Result<Option<(OsString, PathBuf)>> {
+    Ok(queue
+        .processing_files()?
+        .into_iter()
+        .find(|(id, _, _)| id == job)
+        .map(|(_, name, path)| (name, path)))
+}
+
+/// Picks up what the previous run left: marks uploads and creates that were under way as of
+/// unknown outcome, adopts files claimed without a row, and finishes interrupted moves.
+pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
+    tx.commit().await?;
+    if unknown > 0 {
+        tracing::info!(
+            submissions = unknown,
+            "uploads or creates were under way at the last stop; reconciling them first"
+        );
+    }
+    for (job, name, path) in ctx.queue.processing_files()? {
+        ctx.queue.adopt_sidecar(&name, &job)?;
+        match jobs::get(ctx.store.reader(), job.as_str()).await? {
+            None => {
+                tracing::info!(job = %job, file = %name.to_string_lossy(), "adopting a file claimed just before the last stop");
+                let meta = std::fs::symlink_metadata(&path)?;
+                let kind = if meta.is_file() && name.to_str().is_some() {
+                    Kind::File { bytes: meta.len() }
+                } else {
+                    Kind::Unfit {
+                        code: "not_a_regular_file",
+                        message: "it is not a regular file".into(),
+                    }
+                };
+                register(ctx, &job, &name, &path, kind).await?;
+            }
+            Some(row) if row.state.is_terminal() => settle_file(ctx, &row).await?,
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

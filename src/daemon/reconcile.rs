@@ -1,0 +1,96 @@
+//! Reconciling an upload or create whose outcome is unknown: did it happen after all?
+//!
+//! The API has no idempotency key, so the only way to know is to look: list the batches
+//! (newest first) and match the metadata batchwatch put on the create, or list the files and
+//! match the name it gave the upload. Only when nothing matches may the request be sent again.
+//! Listing stops at objects created well before the request (an hour of slack for clock skew).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use super::Ctx;
+use crate::api::{ApiError, Batch, FileObject};
+use crate::clock::{self, Timestamp};
+use crate::store::batches::Submission;
+
+/// The metadata keys that tie a remote batch to its submission.
+pub const JOB_KEY: &str = "batchwatch_job_id";
+pub const PART_KEY: &str = "batchwatch_part";
+pub const ATTEMPT_KEY: &str = "batchwatch_attempt";
+pub const SHA_KEY: &str = "batchwatch_sha256";
+
+const SKEW: Duration = Duration::from_secs(3600);
+
+/// The name a submission's input file is uploaded under; unique per job, part and attempt.
+pub fn upload_name(row: &Submission, file_name: &str) -> String {
+    let stem = file_name.strip_suffix(".jsonl").unwrap_or(file_name);
+    let safe: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(80)
+        .collect();
+    format!("{}-p{}-a{}-{safe}.jsonl", row.job_id, row.part, row.attempt)
+}
+
+/// Whether `batch` was created for `row`.
+pub fn is_for(batch: &Batch, row: &Submission) -> bool {
+    batch.metadata_value(JOB_KEY) == Some(row.job_id.as_str())
+        && batch.metadata_value(PART_KEY) == Some(row.part.to_string().as_str())
+        && batch.metadata_value(ATTEMPT_KEY) == Some(row.attempt.to_string().as_str())
+}
+
+fn since(row: &Submission) -> Option<Timestamp> {
+    let at = row.outcome_unknown_at.as_deref().unwrap_or(&row.created_at);
+    clock::parse(at).and_then(|t| {
+        t.checked_sub(jiff::SignedDuration::try_from(SKEW).ok()?)
+            .ok()
+    })
+}
+
+/// The batch a create for `row` made, if it made one.
+pub async fn find_batch(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, ApiError> {
+    let since = since(row);
+    let mut listed = std::pin::pin!(ctx.client.list_batches(100));
+    while let Some(batch) = listed.next().await {
+        let batch = batch?;
+        if is_for(&batch, row) {
+            return Ok(Some(batch));
+        }
+        if let (Some(created), Some(since)) = (batch.created_at, since)
+            && created < since
+        {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// The file an upload for `row` made, if it made one whole.
+pub async fn find_upload(
+    ctx: &Ctx,
+    row: &Submission,
+    name: &str,
+) -> Result<Option<FileObject>, ApiError> {
+    let since = since(row);
+    let bytes = u64::try_from(row.part_end - row.part_start).ok();
+    let mut listed = std::pin::pin!(ctx.client.list_files(Some("batch")));
+    while let Some(file) = listed.next().await {
+        let file = file?;
+        if file.filename == name && (file.bytes.is_none() || file.bytes == bytes) {
+            return Ok(Some(file));
+        }
+        if let (Some(created), Some(since)) = (file.created_at, since)
+            && created < since
+        {
+            break;
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,248 @@
+//! Submitting a part of a job: upload its bytes, then create the batch. Each step is committed
+//! as an intent before its request goes out, and an unknown outcome is reconciled before the
+//! request is ever sent again (see [`super::reconcile`]).
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+
+use super::progress::refresh_job;
+use super::reconcile::{self, ATTEMPT_KEY, JOB_KEY, PART_KEY, SHA_KEY};
+use super::{Ctx, Next, defer, poll};
+use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
+use crate::clock;
+use crate::failpoint;
+use crate::model::SubmissionState;
+use crate::store::batches::{self, Submission};
+use crate::store::jobs::{self, Job};
+
+/// Submissions whose next upload, create or reconcile step is due, skipping models held back
+/// by the enqueued-token limit.
+pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
+    let now = ctx.clock.now();
+    let candidates = batches::due_for_submit(ctx.store.reader(), &clock::format(now)).await?;
+    Ok(candidates
+        .into_iter()
+        .filter(|c| {
+            c.reconciling
+                || c.model
+                    .as_deref()
+                    .is_none_or(|m| ctx.gate.model_held_until(m, now).is_none())
+        })
+        .map(|c| c.id)
+        .collect())
+}
+
+/// Takes a submission as far as it goes now: upload, then create.
+pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
+    let Some(mut row) = batches::get(ctx.store.reader(), row_id).await? else {
+        return Ok(());
+    };
+    let job = jobs::get(ctx.store.reader(), &row.job_id)
+        .await?
+        .context("the job of a submission vanished")?;
+    if job.cancel_requested_at.is_some() {
+        return Ok(());
+    }
+    if row.state == SubmissionState::Queued {
+        move_to(&ctx, &row, SubmissionState::Uploading, "uploading").await?;
+        failpoint::hit("submit:after-upload-intent");
+        row.state = SubmissionState::Uploading;
+    }
+    if row.state == SubmissionState::Uploading {
+        let Some(file_id) = upload(&ctx, &row, &job).await? else {
+            return Ok(());
+        };
+        let now = ctx.now();
+        let mut tx = ctx.store.begin().await?;
+        batches::set_input_file(&mut tx, row.id, &file_id, &now).await?;
+        batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
+        batches::set_last_error(&mut tx, row.id, None, &now).await?;
+        batches::set_state(&mut tx, row.id, SubmissionState::Creating, &now).await?;
+        tx.commit().await?;
+        failpoint::hit("submit:after-create-intent");
+        row = batches::get(ctx.store.reader(), row_id)
+            .await?
+            .context("a submission vanished")?;
+    }
+    if row.state == SubmissionState::Creating {
+        create(&ctx, &row, &job).await?;
+    }
+    Ok(())
+}
+
+async fn move_to(
+    ctx: &Ctx,
+    row: &Submission,
+    state: SubmissionState,
+    message: &str,
+) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    batches::set_state(&mut tx, row.id, state, &now).await?;
+    refresh_job(&mut tx, &row.job_id, None, message, &now).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Uploads the part (or finds the upload an interrupted attempt made). Returns the file id,
+/// or `None` when the step must wait.
+async fn upload(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<Option<String>> {
+    let name = reconcile::upload_name(row, &job.file_name);
+    if row.outcome_unknown_at.is_some() {
+        match reconcile::find_upload(ctx, row, &name).await {
+            Ok(Some(file)) => {
+                tracing::info!(job = %row.job_id, file = %file.id, "an interrupted upload had arrived; using it");
+                return Ok(Some(file.id));
+            }
+            Ok(None) => {}
+            Err(e) => {
+                defer(ctx, row.id, &e, Next::Step).await?;
+                return Err(e.into());
+            }
+        }
+    }
+    let path = ctx.queue.root().join(&job.path);
+    let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;
+    match ctx.client.upload_file(&path, range, &name).await {
+        Ok(file) => {
+            failpoint::hit("submit:after-upload");
+            tracing::info!(job = %row.job_id, part = row.part, file = %file.id, "uploaded");
+            Ok(Some(file.id))
+        }
+        Err(e) => {
+            handle_failure(ctx, row, e).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Creates the batch (or finds the one an interrupted create made).
+async fn create(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<()> {
+    if row.outcome_unknown_at.is_some() {
+        match reconcile::find_batch(ctx, row).await {
+            Ok(Some(batch)) => {
+                tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
+                count_attempt(ctx, &row.job_id).await?;
+                return poll::observe(ctx, row, &batch).await;
+            }
+            Ok(None) => {
+                tracing::info!(job = %row.job_id, "an interrupted create made no batch; creating it now");
+            }
+            Err(e) => {
+                defer(ctx, row.id, &e, Next::Step).await?;
+                return Err(e.into());
+            }
+        }
+    }
+    if let Some(model) = &job.model
+        && ctx.gate.model_held_until(model, ctx.clock.now()).is_some()
+    {
+        return Ok(());
+    }
+    let request = create_request(row, job)?;
+    match ctx.client.create_batch(&request).await {
+        Ok(batch) => {
+            failpoint::hit("submit:after-create");
+            tracing::info!(job = %row.job_id, part = row.part, attempt = row.attempt, batch = %batch.id, "batch created");
+            count_attempt(ctx, &row.job_id).await?;
+            poll::observe(ctx, row, &batch).await
+        }
+        Err(e) => handle_failure(ctx, row, e).await,
+    }
+}
+
+async fn count_attempt(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
+    let mut tx = ctx.store.begin().await?;
+    jobs::count_attempt(&mut tx, job_id, &ctx.now()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequest> {
+    let mut metadata: BTreeMap<String, String> =
+        serde_json::from_str(&job.metadata).context("a job's metadata is not a JSON object")?;
+    metadata.insert(JOB_KEY.into(), row.job_id.clone());
+    metadata.insert(PART_KEY.into(), row.part.to_string());
+    metadata.insert(ATTEMPT_KEY.into(), row.attempt.to_string());
+    if let Some(sha) = &job.sha256 {
+        metadata.insert(SHA_KEY.into(), sha.clone());
+    }
+    Ok(CreateBatchRequest {
+        input_file_id: row
+            .input_file_id
+            .clone()
+            .context("creating a batch without an input file")?,
+        endpoint: job
+            .endpoint
+            .clone()
+            .context("creating a batch without an endpoint")?,
+        completion_window: job.completion_window.clone(),
+        metadata: Some(metadata),
+        output_expires_after: job
+            .output_expires_after
+            .and_then(|s| u64::try_from(s).ok())
+            .map(OutputExpiresAfter::after_creation),
+    })
+}
+
+/// Decides what a failed upload or create means for the submission.
+async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::Result<()> {
+    let now_ts = ctx.clock.now();
+    let now = clock::format(now_ts);
+    let token_limit = matches!(&err, ApiError::BadRequest { code: Some(c), .. } if c == "token_limit_exceeded")
+        || err.to_string().contains("token_limit_exceeded");
+    if err.is_unknown_outcome() {
+        tracing::warn!(job = %row.job_id, error = %err, "outcome unknown; reconciling before anything is sent again");
+        let later = clock::format(clock::add(now_ts, ctx.settings.poll.min_interval.get()));
+        let mut tx = ctx.store.begin().await?;
+        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
+        batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
+        batches::set_not_before(&mut tx, row.id, Some(&later), &now).await?;
+        jobs::add_event(
+            &mut tx,
+            &row.job_id,
+            crate::model::JobState::Submitting,
+            &format!("{err}; reconciling"),
+            &now,
+        )
+        .await?;
+        tx.commit().await?;
+        return Ok(());
+    }
+    if token_limit {
+        let b = &ctx.settings.backoff;
+        let delay = super::gate::token_backoff(
+            row.attempt,
+            b.token_limit_initial.get(),
+            b.token_limit_max.get(),
+        );
+        let until = clock::add(now_ts, delay);
+        let job = jobs::get(ctx.store.reader(), &row.job_id).await?;
+        if let Some(model) = job.and_then(|j| j.model) {
+            ctx.gate.hold_model(&model, until);
+        }
+        let mut tx = ctx.store.begin().await?;
+        batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
+        batches::set_not_before(&mut tx, row.id, Some(&clock::format(until)), &now).await?;
+        tx.commit().await?;
+        tracing::warn!(job = %row.job_id, delay = %clock::humanize(delay), "create refused for the enqueued-token limit; trying again later");
+        return Ok(());
+    }
+    match &err {
+        ApiError::BadRequest { .. } | ApiError::NotFound { .. } | ApiError::LocalIo { .. } => {
+            // The API refused this submission for good: it will not become a batch.
+            let mut tx = ctx.store.begin().await?;
+            batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
+            batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
+            refresh_job(&mut tx, &row.job_id, None, &format!("refused: {err}"), &now).await?;
+            tx.commit().await?;
+            tracing::error!(job = %row.job_id, error = %err, "the API refused the submission");
+            Ok(())
+        }
+        _ => {
+            defer(ctx, row.id, &err, Next::Step).await?;
+            Err(err.into())
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Per-file options: an optional sidecar `NAME.toml` beside `NAME`, over the configuration's
+//! `[batch]` defaults.
+//!
+//! ```toml
+//! endpoint = "/v1/embeddings"          # else batch.endpoint, else the lines' url
+//! completion_window = "24h"
+//! deadline = "6h"                      # from the claim; or a time: "2026-11-23T06:00:00Z"
+//! output_expires_after = "168h"
+//! [metadata]                           # merged over batch.metadata
+//! project = "eval-7"
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::clock::{self, Timestamp};
+use crate::config::{self, BatchSettings, Dur};
+
+/// The options one job runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOptions {
+    /// `None`: taken from the first line's `url`.
+    pub endpoint: Option<String>,
+    pub completion_window: String,
+    pub deadline_at: Timestamp,
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds.
+    pub output_expires_after: Option<u64>,
+}
+
+/// A sidecar problem: the key at fault (if one is) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", key.as_ref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+pub struct SidecarError {
+    pub key: Option<String>,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    endpoint: Option<String>,
+    completion_window: Option<String>,
+    deadline: Option<String>,
+    output_expires_after: Option<String>,
+    metadata: Option<BTreeMap<String, String>>,
+}
+
+/// The configuration's defaults for a job claimed at `claimed_at`.
+pub fn defaults(batch: &BatchSettings, claimed_at: Timestamp) -> JobOptions {
+    JobOptions {
+        endpoint: batch.endpoint.clone(),
+        completion_window: batch.completion_window.clone(),
+        deadline_at: clock::add(claimed_at, batch.deadline.get()),
+        metadata: batch.metadata.clone(),
+        output_expires_after: batch.output_expires_after.map(|d| d.get().as_secs()),
+    }
+}
+
+/// Parses a sidecar's text over the defaults.
+pub fn parse(
+    text: &str,
+    batch: &BatchSettings,
+    claimed_at: Timestamp,
+) -> Result<JobOptions, SidecarError> {
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let message = e.message().to_owned();
+        // toml names an unknown field in its message; lift it into the key.
+        let key = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_owned);
+        let message = if key.is_some() {
+            "unknown key; allowed: endpoint, completion_window, deadline, output_expires_after, metadata".to_owned()
+        } else {
+            format!("not valid TOML: {}", e.to_string().lines().next().unwrap_or_default())
+        };
+        SidecarError { key, message }
+    })?;
+    let err = |key: &str, message: String| SidecarError {
+        key: Some(key.to_owned()),
+        message,
+    };
+    let mut options = defaults(batch, claimed_at);
+
+    if let Some(endpoint) = raw.endpoint {
+        if !endpoint.starts_with('/') {
+            return Err(err(
+                "endpoint",
+                format!("{endpoint:?} must be a path such as /v1/chat/completions"),
+            ));
+        }
+        options.endpoint = Some(endpoint);
+    }
+    if let Some(window) = raw.completion_window {
+        if window.trim().is_empty() {
+            return Err(err("completion_window", "must not be empty".into()));
+        }
+        options.completion_window = window;
+    }
+    if let Some(deadline) = raw.deadline {
+        options.deadline_at = match deadline.parse::<Dur>() {
+            Ok(d) if d.get().is_zero() => {
+                return Err(err("deadline", "must be longer than zero".into()));
+            }
+            Ok(d) => clock::add(claimed_at, d.get()),
+            Err(_) => match deadline.parse::<Timestamp>() {
+                Ok(at) if at <= claimed_at => {
+                    return Err(err(
+                        "deadline",
+                        format!("{deadline} is already in the past"),
+                    ));
+                }
+                Ok(at) => at,
+                Err(_) => {
+                    return Err(err(
+                        "deadline",
+                        format!(
+                            "{deadline:?} is neither a duration such as \"6h\" nor a time such as \"2026-11-23T06:00:00Z\""
+                        ),
+                    ));
+                }
+            },
+        };
+    }
+    if let Some(after) = raw.output_expires_after {
+        let d: Dur = after.parse().map_err(|e| err("output_expires_after", e))?;
+        config::output_expiry("output_expires_after", d)
+            .map_err(|e| err("output_expires_after", e.problem))?;
+        options.output_expires_after = Some(d.get().as_secs());
+    }
+    if let Some(metadata) = raw.metadata {
+        options.metadata.extend(metadata);
+        config::check_metadata("metadata", &options.metadata).map_err(|e| SidecarError {
+            key: e.key,
+            message: e.problem,
+        })?;
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn batch() -> BatchSettings {
+        Settings::load_from(None, []).unwrap().batch
+    }
+
+    fn t0() -> Timestamp {
+        "2026-11-22T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn without_a_sidecar_the_defaults_apply() {
+        let o = defaults(&batch(), t0());
+        assert_eq!(o.deadline_at, "2026-11-23T06:00:00Z".parse().unwrap());
+        assert_eq!(o.endpoint, None);
+        assert_eq!(o.completion_window, "24h");
+    }
+
+    #[test]
+    fn a_sidecar_sets_each_option() {
+        let text = r#"
+            endpoint = "/v1/embeddings"
+            deadline = "2h"
+            output_expires_after = "48h"
+            [metadata]
+            project = "eval"
+        "#;
+        let o = parse(text, &batch(), t0()).unwrap();
+        assert_eq!(o.endpoint.as_deref(), Some("/v1/embeddings"));
+        assert_eq!(o.deadline_at, "2026-11-22T12:00:00Z".parse().unwrap());
+        assert_eq!(o.output_expires_after, Some(48 * 3600));
+        assert_eq!(o.metadata.get("project").map(String::as_str), Some("eval"));
+        let absolute = parse("deadline = \"2026-11-22T18:30:00Z\"", &batch(), t0()).unwrap();
+        assert_eq!(
+            absolute.deadline_at,
+            "2026-11-22T18:30:00Z".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_sidecars_name_the_key_and_the_rule() {
+        let cases = [
+            ("deadlin = \"2h\"", Some("deadlin"), "unknown key"),
+            (
+                "deadline = \"soon\"",
+                Some("deadline"),
+                "neither a duration",
+            ),
+            (
+                "deadline = \"2020-01-01T00:00:00Z\"",
+                Some("deadline"),
+                "in the past",
+            ),
+            ("deadline = \"0s\"", Some("deadline"), "longer than zero"),
+            ("endpoint = \"v1/x\"", Some("endpoint"), "must be a path"),
+            (
+                "output_expires_after = \"5m\"",
+                Some("output_expires_after"),
+                "1h to 30 days",
+            ),
+            (
+                "[metadata]\nbatchwatch_job_id = \"x\"",
+                Some("metadata.batchwatch_job_id"),
+                "reserved",
+            ),
+            ("deadline = 5", None, "not valid TOML"),
+            ("this is not toml", None, "not valid TOML"),
+        ];
+        for (text, key, words) in cases {
+            let e = parse(text, &batch(), t0()).unwrap_err();
+            assert_eq!(e.key.as_deref(), key, "{text}: {e}");
+            assert!(e.to_string().contains(words), "{text}: {e}");
+        }
+    }
+}
