@@ -4,4 +4,7 @@
 mod support;
 
 mod sim_contract;
+mod sim_faults;
 mod sim_lifecycle;
+mod sim_process;
+mod sim_sdk;
