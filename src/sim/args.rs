@@ -173,6 +173,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         println!("azure base url: {}", handle.azure_base_url());
         println!("admin api: {}", handle.admin_url());
         println!("seed: {}", handle.seed());
+        println!("data dir: {}", handle.data_dir().display());
         wait_for_signal().await?;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await

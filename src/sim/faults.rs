@@ -399,6 +399,9 @@ pub(crate) async fn middleware(
             state.stats.count_fault(fault.name());
             tracing::info!(%route, fault = fault.name(), "injecting a fault");
         }
+        if !plan.latency.is_zero() {
+            state.stats.count_fault("latency");
+        }
         plan
     };
     if !plan.latency.is_zero() {

@@ -2,6 +2,7 @@
 //! through disk, and exits 0 on SIGTERM and SIGINT.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use crate::support::sim::{KEY, http_client};
 struct SimProcess {
     child: Child,
     base_url: String,
+    data_dir: PathBuf,
 }
 
 async fn spawn_process(extra: &[&str]) -> SimProcess {
@@ -30,18 +32,30 @@ async fn spawn_process(extra: &[&str]) -> SimProcess {
         .expect("starting batchwatch sim");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-        .await
-        .expect("the simulator prints its address promptly")
-        .expect("reading stdout")
-        .expect("a first line");
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the simulator prints its address promptly")
+            .expect("reading stdout")
+            .expect("another line")
+    };
+    let first = next_line().await;
     let base_url = first
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .unwrap_or_else(|| panic!("the first line is {first:?}"))
         .to_owned();
+    let data_dir = loop {
+        if let Some(dir) = next_line().await.strip_prefix("data dir: ") {
+            break PathBuf::from(dir);
+        }
+    };
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    SimProcess { child, base_url }
+    SimProcess {
+        child,
+        base_url,
+        data_dir,
+    }
 }
 
 impl SimProcess {
@@ -87,8 +101,14 @@ async fn exits_cleanly_on(signal: i32) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert!(sim.data_dir.is_dir());
     sim.signal(signal);
     assert_eq!(sim.exit_code_within_a_second().await, Some(0));
+    assert!(
+        !sim.data_dir.exists(),
+        "the temporary data dir {} is removed at exit",
+        sim.data_dir.display()
+    );
 }
 
 #[tokio::test]
