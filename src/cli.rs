@@ -44,6 +44,8 @@ pub enum Command {
     PrintDefaultConfig,
     /// Create the database or bring its schema up to date, then exit.
     Migrate,
+    /// Run the built-in simulator of the OpenAI Batch and Files API.
+    Sim(Box<crate::sim::SimArgs>),
 }
 
 /// Where the status commands find the database.
@@ -109,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::PrintDefaultConfig => {
             print!("{}", crate::config::DEFAULT_CONFIG);
         }
+        Command::Sim(args) => return crate::sim::run(*args),
         Command::CheckConfig => {
             let settings = Settings::load(config)?;
             println!("# The configuration is valid. In effect:");

@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod model;
 pub mod queue;
 pub mod report;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 

@@ -3,6 +3,11 @@
 
 mod config;
 mod run;
+mod sim_contract;
+mod sim_faults;
+mod sim_lifecycle;
+mod sim_process;
+mod sim_sdk;
 mod status;
 mod store;
 mod support;

@@ -2,6 +2,8 @@
 
 pub mod fixtures;
 pub mod process;
+pub mod schema;
+pub mod sim;
 
 use std::path::{Path, PathBuf};
 
