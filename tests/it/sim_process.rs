@@ -216,3 +216,31 @@ async fn a_150_mb_upload_streams_through_disk_without_the_simulator_growing() {
         "the simulator's peak RSS grew from {before} KiB to {peak} KiB for a {size}-byte file"
     );
 }
+
+#[tokio::test]
+async fn an_in_process_simulator_shuts_down_and_stops_answering() {
+    let sim = batchwatch::sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        crate::support::sim::stopped_clock(),
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/batches", sim.base_url());
+    let data_dir = sim.data_dir().to_owned();
+    let client = http_client();
+    let response = client.get(&url).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    sim.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        http_client()
+            .get(&url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .is_err(),
+        "nothing listens any more"
+    );
+    assert!(!data_dir.exists(), "the temporary data dir is removed");
+}
