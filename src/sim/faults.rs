@@ -411,6 +411,8 @@ pub(crate) async fn middleware(
         return next.run(request).await;
     };
     match fault {
+        // After `kill` every write fails, so these responses are never sent: the client sees
+        // the connection close.
         FaultKind::DropBefore => {
             conn.kill();
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

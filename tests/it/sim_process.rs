@@ -27,7 +27,6 @@ async fn spawn_process(extra: &[&str]) -> SimProcess {
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("starting batchwatch sim");
     let stdout = child.stdout.take().unwrap();
@@ -55,6 +54,17 @@ async fn spawn_process(extra: &[&str]) -> SimProcess {
         child,
         base_url,
         data_dir,
+    }
+}
+
+/// A test that fails half-way still stops its simulator, with SIGTERM so that it removes its
+/// data directory (SIGKILL would leave a 150 MB upload behind).
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) with a pid we own; no memory is involved.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
     }
 }
 
@@ -161,7 +171,7 @@ async fn a_150_mb_upload_streams_through_disk_without_the_simulator_growing() {
     let digest = write_big_input(&path, 150_000_000);
     let size = std::fs::metadata(&path).unwrap().len();
 
-    let sim = spawn_process(&[]).await;
+    let mut sim = spawn_process(&[]).await;
     let before = sim.peak_rss_kib();
     let client = http_client();
     let file = tokio::fs::File::open(&path).await.unwrap();
@@ -207,6 +217,12 @@ async fn a_150_mb_upload_streams_through_disk_without_the_simulator_growing() {
     let download_time = started.elapsed();
 
     let peak = sim.peak_rss_kib();
+    sim.signal(libc::SIGTERM);
+    assert_eq!(sim.exit_code_within_a_second().await, Some(0));
+    assert!(
+        !sim.data_dir.exists(),
+        "the uploaded file is removed at exit"
+    );
     eprintln!(
         "150 MB file ({size} bytes): upload {upload_time:?}, download {download_time:?}; \
          simulator peak RSS {before} KiB before, {peak} KiB after"
@@ -215,4 +231,32 @@ async fn a_150_mb_upload_streams_through_disk_without_the_simulator_growing() {
         peak < before + 64 * 1024,
         "the simulator's peak RSS grew from {before} KiB to {peak} KiB for a {size}-byte file"
     );
+}
+
+#[tokio::test]
+async fn an_in_process_simulator_shuts_down_and_stops_answering() {
+    let sim = batchwatch::sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        crate::support::sim::stopped_clock(),
+    )
+    .await
+    .unwrap();
+    let url = format!("{}/batches", sim.base_url());
+    let data_dir = sim.data_dir().to_owned();
+    let client = http_client();
+    let response = client.get(&url).bearer_auth(KEY).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    sim.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        http_client()
+            .get(&url)
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .is_err(),
+        "nothing listens any more"
+    );
+    assert!(!data_dir.exists(), "the temporary data dir is removed");
 }

@@ -32,6 +32,15 @@ pub fn stopped_clock() -> SimConfig {
     }
 }
 
+/// A clock fast enough that a default lifecycle takes a few milliseconds.
+pub fn fast_clock() -> SimConfig {
+    SimConfig {
+        time_scale: 100_000.0,
+        seed: Some(7),
+        ..SimConfig::default()
+    }
+}
+
 /// A running simulator and a client for it.
 pub struct TestSim {
     pub handle: SimHandle,
