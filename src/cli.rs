@@ -42,6 +42,9 @@ pub enum Command {
     CheckConfig,
     /// Print the example configuration, which is also the built-in defaults.
     PrintDefaultConfig,
+    /// Ask the running daemon to cancel a job (by job id or batch id); it follows the batch to
+    /// its end and keeps the partial results.
+    Cancel(CancelArgs),
     /// Create the database or bring its schema up to date, then exit.
     Migrate,
     /// Run the built-in simulator of the OpenAI Batch and Files API.
@@ -78,6 +81,14 @@ pub struct ShowArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// A job id (job_…), a remote batch id (batch_…) or a local batch number.
+    pub id: String,
     #[command(flatten)]
     pub db: DatabaseArg,
 }
@@ -138,6 +149,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 store.close().await;
                 anyhow::Ok(())
             })?;
+        }
+        Command::Cancel(args) => {
+            let out = runtime()?.block_on(async {
+                let (path, busy) = database_path(config, &args.db)?;
+                let store = Store::open(&path, busy, Access::Write).await?;
+                let job_id = resolve_job(&store, &args.id).await?;
+                let now = crate::clock::format(crate::clock::Timestamp::now());
+                let mut tx = store.begin().await?;
+                let asked = jobs::request_cancel(&mut tx, &job_id, "operator", &now).await?;
+                let job = jobs::get(&mut *tx, &job_id).await?.context("the job vanished")?;
+                if asked {
+                    jobs::add_event(&mut tx, &job_id, job.state, "cancel asked for by an operator", &now).await?;
+                }
+                tx.commit().await?;
+                store.close().await;
+                anyhow::Ok(match (asked, job.state.is_terminal()) {
+                    (true, _) => format!("cancel of {job_id} asked for; the daemon carries it out (batchwatch show {job_id})\n"),
+                    (false, true) => format!("{job_id} is already {}; nothing to cancel\n", job.state),
+                    (false, false) => format!("a cancel of {job_id} was already asked for ({})\n", job.cancel_reason.unwrap_or_default()),
+                })
+            })?;
+            print!("{out}");
         }
         Command::Status(args) => {
             let out = runtime()?.block_on(async {
@@ -216,14 +249,19 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Opens the database read-only for a status command: `--database`, else database.path from
 /// the configuration.
 async fn open_for_reading(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<Store> {
-    let (path, busy) = match &arg.database {
+    let (path, busy) = database_path(config, arg)?;
+    Ok(Store::open(&path, busy, Access::ReadOnly).await?)
+}
+
+/// `--database`, else database.path from the configuration, with its busy timeout.
+fn database_path(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<(PathBuf, Duration)> {
+    Ok(match &arg.database {
         Some(path) => (path.clone(), Duration::from_secs(5)),
         None => {
             let settings = Settings::load(config)?;
             (settings.database.path, settings.database.busy_timeout.get())
         }
-    };
-    Ok(Store::open(&path, busy, Access::ReadOnly).await?)
+    })
 }
 
 /// Finds the submission an id names: a remote batch id or a local batch number.

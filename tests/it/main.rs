@@ -2,6 +2,9 @@
 //! Each module tests one part; shared set-up lives in `support`.
 
 mod config;
+mod daemon_crash;
+mod daemon_faults;
+mod daemon_lifecycle;
 mod run;
 mod sim_contract;
 mod sim_faults;

@@ -1,5 +1,6 @@
 //! Set-up shared by the integration tests.
 
+pub mod daemon;
 pub mod fixtures;
 pub mod process;
 pub mod schema;

@@ -1,0 +1,376 @@
+//! The daemon from file to results: many files, deadlines, operator cancels, split files,
+//! vanished batches, and what the database says about it all.
+
+use std::time::Duration;
+
+use batchwatch::model::JobState;
+use batchwatch::store::{batches, history};
+
+use crate::support::daemon::{Env, quick_sim, requests};
+use crate::support::sim::spawn_sim;
+
+/// Whether `part` appears in `whole` in order (not necessarily next to each other).
+fn is_subsequence(part: &[String], whole: &[String]) -> bool {
+    let mut it = whole.iter();
+    part.iter().all(|p| it.any(|w| w == p))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let mut originals = Vec::new();
+    for i in 0..50 {
+        let name = format!("file-{i:02}.jsonl");
+        let content = requests(&format!("f{i}"), 1 + i % 7, "gpt-4o-mini");
+        env.drop_file(&name, content.as_bytes());
+        originals.push((name, content));
+    }
+    let jobs = env
+        .wait_finished(50, Duration::from_secs(120), &mut daemon)
+        .await;
+    env.stop(daemon);
+
+    // Every file in done/, byte for byte; nothing anywhere else.
+    assert!(
+        jobs.iter().all(|j| j.state == JobState::Completed),
+        "{:?}",
+        jobs.iter()
+            .map(|j| (&j.file_name, j.state, &j.reason))
+            .collect::<Vec<_>>()
+    );
+    for (name, content) in &originals {
+        assert_eq!(
+            std::fs::read_to_string(env.dir("done").join(name)).unwrap(),
+            *content,
+            "{name}"
+        );
+    }
+    assert!(
+        env.names("incoming").is_empty()
+            && env.names("processing").is_empty()
+            && env.names("failed").is_empty()
+    );
+
+    // Results: every request answered once, and a manifest.
+    for job in &jobs {
+        let dir = env
+            .sandbox
+            .queue_dir()
+            .join(job.results_dir.as_deref().expect("a results dir"));
+        let output = std::fs::read_to_string(dir.join("output.jsonl")).unwrap();
+        let mut ids: Vec<String> = output
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        ids.sort();
+        let expected = job.request_count.unwrap() as usize;
+        assert_eq!(ids.len(), expected, "{}", job.file_name);
+        ids.dedup();
+        assert_eq!(ids.len(), expected, "no request answered twice");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["state"], "completed");
+        assert_eq!(manifest["output_file"], "output.jsonl");
+        assert_eq!(manifest["request_counts"]["completed"], expected);
+    }
+
+    // Exactly one batch per job, and the database's history is what the simulator did.
+    let stats = sim.handle.stats().await;
+    assert_eq!(stats.batches_by_job.len(), 50);
+    assert!(
+        stats.batches_by_job.values().all(|n| *n == 1),
+        "{:?}",
+        stats.batches_by_job
+    );
+    let store = env.store().await;
+    let mut saw_in_progress = 0;
+    for job in &jobs {
+        assert_eq!(job.attempts, 1);
+        let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+        assert_eq!(subs.len(), 1);
+        let remote = subs[0].remote_id.clone().unwrap();
+        let sim_batch = stats
+            .batches
+            .iter()
+            .find(|b| b.id == remote)
+            .expect("the simulator knows the batch");
+        assert_eq!(sim_batch.job_id.as_deref(), Some(job.id.as_str()));
+        let sim_statuses: Vec<String> =
+            sim_batch.history.iter().map(|t| t.status.clone()).collect();
+        let rows = history::for_batch(store.reader(), subs[0].id)
+            .await
+            .unwrap();
+        let mut db_statuses: Vec<String> = rows.iter().map(|h| h.status.to_string()).collect();
+        db_statuses.dedup();
+        assert!(
+            is_subsequence(&db_statuses, &sim_statuses),
+            "db {db_statuses:?} vs sim {sim_statuses:?}"
+        );
+        assert_eq!(db_statuses.last(), sim_statuses.last());
+        assert!(
+            rows.windows(2)
+                .all(|w| w[0].observed_at <= w[1].observed_at)
+        );
+        saw_in_progress += usize::from(db_statuses.iter().any(|s| s == "in_progress"));
+    }
+    assert!(
+        saw_in_progress >= 20,
+        "polling saw in_progress for only {saw_in_progress} of 50 batches"
+    );
+    env.assert_key_nowhere_on_disk();
+}
+
+/// Reads a JSON file.
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn output_lines(env: &Env, job: &batchwatch::store::jobs::Job) -> usize {
+    let dir = env
+        .sandbox
+        .queue_dir()
+        .join(job.results_dir.as_deref().expect("a results dir"));
+    std::fs::read_to_string(dir.join("output.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A simulator whose batches stay in progress for about `real_secs` seconds.
+fn slow_sim(real_secs: f64) -> batchwatch::sim::SimConfig {
+    batchwatch::sim::SimConfig {
+        in_progress_secs: real_secs * 300.0,
+        request_secs: 0.0,
+        ..quick_sim()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("late.jsonl.toml", b"deadline = \"1500ms\"\n");
+    let content = requests("late", 100, "gpt-4o-mini");
+    env.drop_file("late.jsonl", content.as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.reason_code.as_deref(), Some("deadline"));
+    assert_eq!(
+        std::fs::read_to_string(env.dir("failed").join("late.jsonl")).unwrap(),
+        content
+    );
+    assert!(
+        env.dir("failed").join("late.jsonl.toml").exists(),
+        "the sidecar travels with its file"
+    );
+    let reason = json(&env.dir("failed").join("late.jsonl.reason.json"));
+    assert_eq!(reason["code"], "deadline");
+    assert_eq!(reason["state"], "cancelled");
+    assert!(
+        reason["results_dir"]
+            .as_str()
+            .unwrap()
+            .starts_with("results/")
+    );
+    let partial = output_lines(&env, job);
+    assert!(
+        (1..100).contains(&partial),
+        "partial results: {partial} of 100"
+    );
+    let manifest = json(
+        &env.sandbox
+            .queue_dir()
+            .join(job.results_dir.as_deref().unwrap())
+            .join("manifest.json"),
+    );
+    assert_eq!(manifest["state"], "cancelled");
+
+    // Followed through cancelling to the end, as the simulator saw it and as the database says.
+    let stats = sim.handle.stats().await;
+    let sim_statuses: Vec<&str> = stats.batches[0]
+        .history
+        .iter()
+        .map(|t| t.status.as_str())
+        .collect();
+    assert_eq!(
+        &sim_statuses[sim_statuses.len() - 2..],
+        ["cancelling", "cancelled"]
+    );
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    assert_eq!(sub.status.as_ref().map(|s| s.as_str()), Some("cancelled"));
+    assert!(sub.cancel_requested_at.is_some() && sub.cancel_sent_at.is_some());
+    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("deadline") && e.message.contains("passed")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.state == JobState::Cancelling));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("ops.jsonl", requests("ops", 20, "gpt-4o-mini").as_bytes());
+    let job = loop {
+        let jobs = env.jobs().await;
+        if let Some(j) = jobs.into_iter().find(|j| j.state == JobState::Running) {
+            break j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(
+        out.contains("cancel of") && out.contains("asked for"),
+        "{out}"
+    );
+    let again = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(again.contains("already asked for (operator)"), "{again}");
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Cancelled);
+    assert_eq!(jobs[0].reason_code.as_deref(), Some("operator"));
+    let late = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(late.contains("is already cancelled"), "{late}");
+    assert!(env.dir("failed").join("ops.jsonl.reason.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_file_is_split_into_batches_and_its_results_merged() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[batch]\nmax_requests = 10\nsplit_oversized = true\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("big.jsonl", requests("big", 25, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
+    assert_eq!(output_lines(&env, job), 25);
+    let dir = env
+        .sandbox
+        .queue_dir()
+        .join(job.results_dir.as_deref().unwrap());
+    let manifest = json(&dir.join("manifest.json"));
+    assert_eq!(manifest["batches"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["request_counts"]["total"], 25);
+    // Only the merged files remain.
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["manifest.json", "output.jsonl"]);
+    let stats = sim.handle.stats().await;
+    assert_eq!(stats.batches_by_job.get(&job.id), Some(&3));
+    let store = env.store().await;
+    let parts: Vec<i64> = batches::for_job(store.reader(), &job.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.part_requests)
+        .collect();
+    assert_eq!(parts, [10, 10, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_batch_is_lost_never_running() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("gone.jsonl", requests("gone", 5, "gpt-4o-mini").as_bytes());
+    let remote = loop {
+        let store = env.store().await;
+        let subs = batches::for_job(
+            store.reader(),
+            &env.jobs()
+                .await
+                .first()
+                .map(|j| j.id.clone())
+                .unwrap_or_default(),
+        )
+        .await
+        .unwrap();
+        if let Some(id) = subs.first().and_then(|s| s.remote_id.clone()) {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(sim.handle.vanish(&remote).await);
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert_eq!(jobs[0].reason_code.as_deref(), Some("batch_lost"));
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &jobs[0].id).await.unwrap()[0];
+    assert_eq!(sub.state, batchwatch::model::SubmissionState::Lost);
+    assert_eq!(
+        json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
+        "batch_lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_the_service_fails_or_expires_ends_its_job_with_the_reason() {
+    // The service's limit is lower than batchwatch's, so it fails what batchwatch accepted; and
+    // its completion window is shorter than the work, so the other batch expires.
+    let mut config = slow_sim(30.0);
+    config.limits.max_requests = 5;
+    config.completion_window_secs = 600.0;
+    let sim = spawn_sim(config).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        "too-many.jsonl",
+        requests("tm", 8, "gpt-4o-mini").as_bytes(),
+    );
+    env.drop_file("slow.jsonl", requests("slow", 3, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let by_name = |n: &str| jobs.iter().find(|j| j.file_name == n).unwrap();
+    let failed = by_name("too-many.jsonl");
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(failed.reason_code.as_deref(), Some("too_many_requests"));
+    assert!(
+        failed.reason.as_deref().unwrap().contains("failed"),
+        "{:?}",
+        failed.reason
+    );
+    let expired = by_name("slow.jsonl");
+    assert_eq!(expired.state, JobState::Expired, "{:?}", expired.reason);
+    assert_eq!(
+        json(&env.dir("failed").join("slow.jsonl.reason.json"))["code"],
+        "expired"
+    );
+}

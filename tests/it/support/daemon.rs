@@ -1,0 +1,283 @@
+//! The real daemon binary against an in-process simulator, with a queue, database and
+//! configuration of its own, fast intervals, and an API key that must never show up anywhere.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use batchwatch::model::JobState;
+use batchwatch::sim::SimConfig;
+use batchwatch::store::jobs::{self, Job};
+use batchwatch::store::{Access, Store};
+
+use super::Sandbox;
+use super::process::{Running, command};
+
+/// The API key every daemon under test uses. No log line, file or database row may contain it.
+pub const KEY: &str = "sk-batchwatch-test-KEY-do-not-leak-5f4e3d2c1b";
+
+/// Settings that make a whole lifecycle take well under a second.
+const FAST: &str = r#"
+[queue]
+scan_interval = "50ms"
+settle_time = "20ms"
+
+[api]
+connect_timeout = "2s"
+request_timeout = "5s"
+retry_attempts = 3
+retry_initial_delay = "20ms"
+retry_max_delay = "200ms"
+
+[poll]
+min_interval = "20ms"
+max_interval = "200ms"
+
+[limits]
+requests_per_second = 1000.0
+concurrency = 8
+
+[backoff]
+token_limit_initial = "200ms"
+token_limit_max = "1s"
+auth_retry = "200ms"
+
+[daemon]
+shutdown_timeout = "3s"
+"#;
+
+/// A simulator whose batches run through their whole life in a fraction of a second.
+pub fn quick_sim() -> SimConfig {
+    SimConfig {
+        time_scale: 300.0,
+        seed: Some(7),
+        validating_secs: 6.0,
+        in_progress_secs: 90.0,
+        request_secs: 0.5,
+        finalizing_secs: 6.0,
+        cancelling_secs: 6.0,
+        ..SimConfig::default()
+    }
+}
+
+/// Deep-merges `extra` over `base` (TOML tables).
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (k, v) in extra {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) => merge(b, e),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// A daemon's surroundings: sandbox, configuration file, queue.
+pub struct Env {
+    pub sandbox: Sandbox,
+    pub config: PathBuf,
+}
+
+impl Env {
+    /// Configuration for the API at `base_url`, with `extra` TOML over the fast defaults.
+    pub fn new(base_url: &str, extra: &str) -> Env {
+        let sandbox = Sandbox::new();
+        let mut table: toml::Table = FAST.parse().expect("FAST is TOML");
+        let paths = format!(
+            "[queue]\ndir = {:?}\n[database]\npath = {:?}\n[api]\nbase_url = {:?}\n",
+            sandbox.queue_dir().display().to_string(),
+            sandbox.db_path().display().to_string(),
+            base_url
+        );
+        merge(&mut table, paths.parse().expect("paths are TOML"));
+        merge(&mut table, extra.parse().expect("extra is TOML"));
+        let config = sandbox.path().join("batchwatch.toml");
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+        Env { sandbox, config }
+    }
+
+    pub fn dir(&self, sub: &str) -> PathBuf {
+        self.sandbox.queue_dir().join(sub)
+    }
+
+    /// Starts `batchwatch run`, with `vars` added to its environment.
+    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
+        let mut cmd = command(Some(&self.config));
+        cmd.arg("run")
+            .env("OPENAI_API_KEY", KEY)
+            .env("RUST_LOG", "info,batchwatch=debug");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let mut daemon = Running::spawn(cmd);
+        daemon.wait_for_line("batchwatch started", Duration::from_secs(30));
+        daemon
+    }
+
+    pub fn spawn(&self) -> Running {
+        self.spawn_with(&[])
+    }
+
+    /// Drops a file into incoming/ the way a careful writer does: write a `.part`, then rename.
+    pub fn drop_file(&self, name: &str, content: &[u8]) {
+        let incoming = self.dir("incoming");
+        std::fs::create_dir_all(&incoming).unwrap();
+        let part = incoming.join(format!(".{name}.part"));
+        std::fs::write(&part, content).unwrap();
+        std::fs::rename(&part, incoming.join(name)).unwrap();
+    }
+
+    /// Opens the database read-only, once it exists.
+    pub async fn store(&self) -> Store {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match Store::open(
+                &self.sandbox.db_path(),
+                Duration::from_secs(5),
+                Access::ReadOnly,
+            )
+            .await
+            {
+                Ok(store) => return store,
+                Err(e) if Instant::now() > deadline => panic!("no database: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Every job, oldest first.
+    pub async fn jobs(&self) -> Vec<Job> {
+        let store = self.store().await;
+        let all = jobs::in_states(store.reader(), JobState::ALL)
+            .await
+            .unwrap();
+        store.close().await;
+        all
+    }
+
+    /// Waits until there are `n` jobs and all are finished; panics with their states after
+    /// `timeout`, and at once if `daemon` exits.
+    pub async fn wait_finished(
+        &self,
+        n: usize,
+        timeout: Duration,
+        daemon: &mut Running,
+    ) -> Vec<Job> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let jobs = self.jobs().await;
+            if jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal()) {
+                return jobs;
+            }
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                daemon.drain();
+                panic!(
+                    "the daemon exited ({status}) before the jobs finished; saw:\n{}",
+                    daemon.seen.join("\n")
+                );
+            }
+            if Instant::now() > deadline {
+                daemon.drain();
+                let states: Vec<String> = jobs
+                    .iter()
+                    .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
+                    .collect();
+                panic!(
+                    "after {timeout:?}: {} jobs, states:\n{}\nlog tail:\n{}",
+                    jobs.len(),
+                    states.join("\n"),
+                    daemon
+                        .seen
+                        .iter()
+                        .rev()
+                        .take(40)
+                        .rev()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Names in a queue subdirectory, sorted.
+    pub fn names(&self, sub: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.dir(sub))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Stops the daemon with SIGTERM and checks that it exits 0 in time, and that its log
+    /// never showed the key.
+    pub fn stop(&self, mut daemon: Running) -> Vec<String> {
+        daemon.signal(libc::SIGTERM);
+        let (status, took) = daemon.wait_exit(Duration::from_secs(10));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM; log:\n{}",
+            daemon.seen.join("\n")
+        );
+        assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+        assert_key_absent(&daemon.seen);
+        std::mem::take(&mut daemon.seen)
+    }
+
+    /// Checks that nothing the daemon wrote (database, queue tree, results) holds the key.
+    pub fn assert_key_nowhere_on_disk(&self) {
+        for path in walk(self.sandbox.path()) {
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            assert!(
+                !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                "the API key is in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Panics if any line holds the key.
+pub fn assert_key_absent(lines: &[String]) {
+    if let Some(line) = lines.iter().find(|l| l.contains(KEY)) {
+        panic!("the API key appeared in a log line: {line}");
+    }
+}
+
+/// Every regular file under `dir`.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => out.extend(walk(&path)),
+            Ok(t) if t.is_file() => out.push(path),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Waits for a process to exit by itself (a crash point) and returns how it ended.
+pub fn wait_crash(daemon: &mut Running, timeout: Duration) -> ExitStatus {
+    daemon.wait_exit(timeout).0
+}
+
+/// A JSONL file of `n` chat requests for `model`, ids prefixed with `tag`.
+pub fn requests(tag: &str, n: usize, model: &str) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"custom_id\":\"{tag}-{i}\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"question {i} of {tag}\"}}]}}}}\n"
+            )
+        })
+        .collect()
+}
