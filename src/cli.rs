@@ -111,6 +111,12 @@ pub fn main() -> ExitCode {
             let message = crate::telemetry::join_causes(err.chain().map(ToString::to_string));
             eprintln!("batchwatch: error: {message}");
             tracing::error!(error = message, "stopped by an error");
+            if matches!(
+                err.downcast_ref::<StoreError>(),
+                Some(StoreError::NewerSchema { .. })
+            ) {
+                return ExitCode::from(crate::EXIT_NEWER_DATABASE);
+            }
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,9 @@ use crate::queue::{self, Destination, Queue, Reason};
 use crate::store::batches::{self, NewSubmission};
 use crate::store::jobs::{self, Job, NewJob, Why};
 
+/// How long an entry that could not be claimed is left alone.
+const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Wakes the loop early when incoming/ changes. Only a hint: the periodic scan is what counts,
 /// so when inotify is not available it simply never fires.
 pub struct Watcher {
@@ -84,7 +87,12 @@ pub async fn scan_and_claim(
             // Gone since the scan (the writer moved it away): nothing to do.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                tracing::error!(file = %entry.name.to_string_lossy(), error = %e, "cannot claim a file; it stays in incoming/");
+                tracing::warn!(
+                    file = %entry.name.to_string_lossy(),
+                    error = %e,
+                    "cannot move this entry out of incoming/ (a directory must be writable by batchwatch to be moved); it stays there and is tried again in a minute"
+                );
+                scanner.hold(&entry.name, Instant::now() + CLAIM_RETRY);
                 continue;
             }
         };

@@ -376,7 +376,7 @@ impl Daemon {
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
         }
-        self.ctx.store.close().await;
+        self.ctx.store.close_for_readers().await;
         tracing::info!("stopped");
     }
 

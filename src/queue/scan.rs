@@ -46,6 +46,8 @@ struct Look {
 pub struct Scanner {
     settle: Duration,
     seen: HashMap<OsString, (Look, Instant)>,
+    /// Entries that could not be claimed (a permission problem), left alone until then.
+    held: HashMap<OsString, Instant>,
 }
 
 /// Whether `name` is skipped by the scan entirely.
@@ -62,6 +64,7 @@ impl Scanner {
         Scanner {
             settle,
             seen: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -73,7 +76,7 @@ impl Scanner {
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            if is_ignored(&name) {
+            if is_ignored(&name) || self.held.get(&name).is_some_and(|until| now < *until) {
                 continue;
             }
             let meta = match std::fs::symlink_metadata(entry.path()) {
@@ -102,6 +105,8 @@ impl Scanner {
             });
         }
         self.seen = present;
+        self.held
+            .retain(|name, until| now < *until || self.seen.contains_key(name));
         ready.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ready)
     }
@@ -109,6 +114,13 @@ impl Scanner {
     /// Whether entries seen at the last scan are still settling.
     pub fn pending(&self) -> bool {
         !self.seen.is_empty()
+    }
+
+    /// Leaves an entry alone until `until`: it could not be claimed, and trying again at every
+    /// scan would only repeat the same error.
+    pub fn hold(&mut self, name: &OsStr, until: Instant) {
+        self.held.insert(name.to_owned(), until);
+        self.seen.remove(name);
     }
 
     /// Forgets a name (it was claimed).
@@ -185,6 +197,45 @@ mod tests {
                 name: "a.jsonl".into(),
                 kind: Kind::File { bytes: 2 }
             }]
+        );
+    }
+
+    #[test]
+    fn a_held_entry_is_left_alone_until_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut scanner = Scanner::new(Duration::from_millis(1));
+        let t0 = Instant::now();
+        std::fs::write(dir.path().join("stuck"), "x").unwrap();
+        scanner.scan(dir.path(), t0).unwrap();
+        assert_eq!(
+            scanner
+                .scan(dir.path(), t0 + Duration::from_secs(1))
+                .unwrap()
+                .len(),
+            1
+        );
+        scanner.hold(OsStr::new("stuck"), t0 + Duration::from_secs(60));
+        assert!(
+            scanner
+                .scan(dir.path(), t0 + Duration::from_secs(2))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            scanner
+                .scan(dir.path(), t0 + Duration::from_secs(30))
+                .unwrap()
+                .is_empty()
+        );
+        scanner
+            .scan(dir.path(), t0 + Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(
+            scanner
+                .scan(dir.path(), t0 + Duration::from_secs(62))
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -220,6 +220,21 @@ impl Store {
         Ok(self.writer()?.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    /// Closes the store for good at the daemon's stop: checkpoints the WAL and leaves the file in
+    /// rollback-journal mode, so that readers without write access to its directory (members
+    /// of the service's group) can open it while the daemon is stopped. The next start
+    /// switches back to WAL. When a reader holds the file just then, it stays in WAL mode,
+    /// which readers can also open as long as its -wal and -shm files exist.
+    pub async fn close_for_readers(&self) {
+        self.read.close().await;
+        if let Some(w) = &self.write {
+            if let Err(e) = sqlx::query("PRAGMA journal_mode = DELETE").execute(w).await {
+                tracing::debug!(error = %e, "the database stays in WAL mode");
+            }
+            w.close().await;
+        }
+    }
+
     /// Closes both pools, checkpointing the WAL.
     pub async fn close(&self) {
         self.read.close().await;

@@ -2,9 +2,11 @@
 //! Each module tests one part; shared set-up lives in `support`.
 
 mod config;
+mod daemon_bad_input;
 mod daemon_crash;
 mod daemon_faults;
 mod daemon_lifecycle;
+mod daemon_process;
 mod run;
 mod sim_contract;
 mod sim_faults;

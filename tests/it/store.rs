@@ -105,7 +105,10 @@ async fn a_database_from_a_newer_schema_is_refused_with_a_clear_message() {
         None,
         &["status", "--database", sandbox.db_path().to_str().unwrap()],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(batchwatch::EXIT_NEWER_DATABASE))
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("migrated by a newer batchwatch"));
 }
 
@@ -704,4 +707,37 @@ async fn a_status_query_succeeds_while_another_connection_is_writing() {
             .unwrap()
             .is_some()
     );
+}
+
+#[tokio::test]
+async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    fill(&store).await;
+    store.close_for_readers().await;
+    let wal = sandbox.path().join("state.db-wal");
+    assert!(!wal.exists(), "no -wal file is needed to read it");
+    let reader = Store::open(&sandbox.db_path(), BUSY, Access::ReadOnly)
+        .await
+        .unwrap();
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(reader.reader())
+        .await
+        .unwrap();
+    assert_eq!(mode, "delete");
+    assert_eq!(
+        jobs::overview(reader.reader(), None, 10)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    reader.close().await;
+    // The next start returns to WAL.
+    let again = open(&sandbox.db_path()).await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(again.writer().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
 }

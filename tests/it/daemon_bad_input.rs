@@ -1,0 +1,402 @@
+//! Bad input: every kind of bad file ends in failed/ with a reason that names the rule (and the
+//! line), its original bytes unchanged, and the daemon keeps running.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use batchwatch::model::JobState;
+
+use crate::support::daemon::{Env, KEY, quick_sim, requests};
+use crate::support::process::{Running, bin};
+use crate::support::sim::spawn_sim;
+
+fn line(id: &str, model: &str, url: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{id}","method":"POST","url":"{url}","body":{{"model":"{model}","messages":[]}}}}"#
+    ) + "\n"
+}
+
+fn ok(id: &str) -> String {
+    line(id, "gpt-4o-mini", "/v1/chat/completions")
+}
+
+/// A bad file: its name, what to write (or `None` when the test makes it specially), an
+/// optional sidecar, the rule's code, and the line at fault.
+struct Case {
+    name: &'static str,
+    content: Option<Vec<u8>>,
+    sidecar: Option<&'static str>,
+    code: &'static str,
+    line: Option<u64>,
+}
+
+fn case(
+    name: &'static str,
+    content: impl Into<Vec<u8>>,
+    code: &'static str,
+    line: Option<u64>,
+) -> Case {
+    Case {
+        name,
+        content: Some(content.into()),
+        sidecar: None,
+        code,
+        line,
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let two = ok("a") + &ok("b");
+    vec![
+        case(
+            "invalid-json.jsonl",
+            ok("a") + "{\"custom_id\": \"b\",\n",
+            "invalid_json_line",
+            Some(2),
+        ),
+        case(
+            "duplicate-id.jsonl",
+            ok("a") + &ok("a"),
+            "duplicate_custom_id",
+            Some(2),
+        ),
+        case(
+            "mixed-models.jsonl",
+            ok("a") + &line("b", "gpt-4o", "/v1/chat/completions"),
+            "mismatched_model",
+            Some(2),
+        ),
+        case(
+            "url-mismatch.jsonl",
+            ok("a") + &line("b", "gpt-4o-mini", "/v1/embeddings"),
+            "mismatched_url",
+            Some(2),
+        ),
+        case(
+            "bom.jsonl",
+            [b"\xEF\xBB\xBF".as_slice(), two.as_bytes()].concat(),
+            "byte_order_mark",
+            Some(1),
+        ),
+        case("empty.jsonl", "", "empty_file", None),
+        case(
+            "too-many.jsonl",
+            (0..6).map(|i| ok(&format!("r{i}"))).collect::<String>(),
+            "too_many_requests",
+            Some(6),
+        ),
+        case(
+            "too-large.jsonl",
+            requests("big", 40, "gpt-4o-mini"),
+            "file_too_large",
+            None,
+        ),
+        case(
+            "invalid-utf8.jsonl",
+            [ok("a").as_bytes(), b"{\"custom_id\":\"\xff\"}\n"].concat(),
+            "invalid_utf8",
+            Some(2),
+        ),
+        case(
+            "array-line.jsonl",
+            ok("a") + "[1, 2, 3]\n",
+            "line_not_object",
+            Some(2),
+        ),
+        case(
+            "no-custom-id.jsonl",
+            ok("a").replace("\"custom_id\":\"a\",", ""),
+            "missing_custom_id",
+            Some(1),
+        ),
+        case(
+            "get-method.jsonl",
+            ok("a").replace("POST", "GET"),
+            "invalid_method",
+            Some(1),
+        ),
+        case(
+            "no-body.jsonl",
+            ok("a") + r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions"}"# + "\n",
+            "missing_body",
+            Some(2),
+        ),
+        case(
+            "no-model.jsonl",
+            ok("a").replace("\"model\":\"gpt-4o-mini\",", ""),
+            "missing_model",
+            Some(1),
+        ),
+        case(
+            "blank-line.jsonl",
+            ok("a") + "\n" + &ok("b"),
+            "blank_line",
+            Some(2),
+        ),
+        Case {
+            sidecar: Some("deadlin = \"2h\"\n"),
+            ..case(
+                "sidecar-unknown-key.jsonl",
+                two.clone(),
+                "invalid_sidecar",
+                None,
+            )
+        },
+        Case {
+            sidecar: Some("deadline = \"tomorrow\"\n"),
+            ..case(
+                "sidecar-bad-deadline.jsonl",
+                two.clone(),
+                "invalid_sidecar",
+                None,
+            )
+        },
+        Case {
+            sidecar: Some("deadline = \n"),
+            ..case(
+                "sidecar-not-toml.jsonl",
+                two.clone(),
+                "invalid_sidecar",
+                None,
+            )
+        },
+        Case {
+            sidecar: Some("deadline = \"2001-01-01T00:00:00Z\"\n"),
+            ..case(
+                "sidecar-past-deadline.jsonl",
+                two.clone(),
+                "invalid_sidecar",
+                None,
+            )
+        },
+        Case {
+            sidecar: Some("endpoint = \"/v1/embeddings\"\n"),
+            ..case(
+                "sidecar-endpoint.jsonl",
+                two.clone(),
+                "mismatched_url",
+                Some(1),
+            )
+        },
+        Case {
+            sidecar: Some("[metadata]\nbatchwatch_job_id = \"mine\"\n"),
+            ..case(
+                "sidecar-reserved-metadata.jsonl",
+                two.clone(),
+                "invalid_sidecar",
+                None,
+            )
+        },
+        Case {
+            name: "symlink.jsonl",
+            content: None,
+            sidecar: None,
+            code: "not_a_regular_file",
+            line: None,
+        },
+        Case {
+            name: "a-directory.jsonl",
+            content: None,
+            sidecar: None,
+            code: "not_a_regular_file",
+            line: None,
+        },
+        Case {
+            name: "fifo.jsonl",
+            content: None,
+            sidecar: None,
+            code: "not_a_regular_file",
+            line: None,
+        },
+        Case {
+            name: "unreadable.jsonl",
+            content: None,
+            sidecar: None,
+            code: "unreadable_file",
+            line: None,
+        },
+    ]
+}
+
+/// Runs the daemon as an unprivileged user when the tests run as root, so that a file without
+/// read permission is really unreadable to it.
+fn spawn_unprivileged(env: &Env) -> Running {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(env.sandbox.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .env("OPENAI_API_KEY", KEY)
+        .env_remove("RUST_LOG");
+    let mut daemon = Running::spawn(cmd);
+    daemon.wait_for_line("batchwatch started", Duration::from_secs(30));
+    daemon
+}
+
+fn make_special(incoming: &Path, name: &str) {
+    let path = incoming.join(name);
+    match name {
+        "symlink.jsonl" => std::os::unix::fs::symlink("/etc/hostname", &path).unwrap(),
+        "a-directory.jsonl" => {
+            std::fs::create_dir(&path).unwrap();
+            std::fs::write(path.join("inside.jsonl"), ok("a")).unwrap();
+            // Moving a directory to another parent needs write access to it: it belongs to
+            // the daemon's user here (the unprivileged one when the tests run as root).
+            if unsafe { libc::geteuid() } == 0 {
+                std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+            }
+        }
+        "fifo.jsonl" => {
+            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid path and mode.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }
+        "unreadable.jsonl" => {
+            std::fs::write(&path, ok("a")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
+        }
+        other => unreachable!("{other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_kind_of_bad_input_ends_in_failed_with_its_rule_and_the_daemon_keeps_running() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[batch]\nmax_requests = 5\nmax_bytes = \"4KB\"\n",
+    );
+    let mut daemon = spawn_unprivileged(&env);
+    let incoming = env.dir("incoming");
+    let cases = cases();
+    for c in &cases {
+        if let Some(sidecar) = c.sidecar {
+            std::fs::write(incoming.join(format!("{}.toml", c.name)), sidecar).unwrap();
+        }
+        match &c.content {
+            Some(bytes) => env.drop_file(c.name, bytes),
+            None => make_special(&incoming, c.name),
+        }
+    }
+    // A name that is not UTF-8.
+    let odd_name = OsStr::from_bytes(b"latin1-\xe9t\xe9.jsonl");
+    std::fs::write(incoming.join(odd_name), ok("a")).unwrap();
+    let expected = cases.len() + 1;
+
+    env.wait_finished(expected, Duration::from_secs(60), &mut daemon)
+        .await;
+    // Still running: a good file after all that completes.
+    env.drop_file("good.jsonl", ok("g").as_bytes());
+    let jobs = env
+        .wait_finished(expected + 1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+
+    let failed = env.dir("failed");
+    for c in &cases {
+        let job = jobs
+            .iter()
+            .find(|j| j.file_name == c.name)
+            .unwrap_or_else(|| panic!("no job for {}", c.name));
+        assert_eq!(
+            job.state,
+            JobState::Rejected,
+            "{}: {:?}",
+            c.name,
+            job.reason
+        );
+        assert_eq!(
+            job.reason_code.as_deref(),
+            Some(c.code),
+            "{}: {:?}",
+            c.name,
+            job.reason
+        );
+        let reason: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(failed.join(format!("{}.reason.json", c.name))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reason["code"], c.code, "{}", c.name);
+        assert_eq!(reason["state"], "rejected");
+        assert_eq!(reason["line"].as_u64(), c.line, "{}: {reason}", c.name);
+        assert!(!reason["message"].as_str().unwrap().is_empty());
+        let moved = failed.join(c.name);
+        match &c.content {
+            Some(bytes) => assert_eq!(
+                &std::fs::read(&moved).unwrap(),
+                bytes,
+                "{}: bytes unchanged",
+                c.name
+            ),
+            None => assert!(
+                std::fs::symlink_metadata(&moved).is_ok(),
+                "{} is in failed/",
+                c.name
+            ),
+        }
+        if c.sidecar.is_some() {
+            assert!(
+                failed.join(format!("{}.toml", c.name)).exists(),
+                "{}: the sidecar travels with it",
+                c.name
+            );
+        }
+    }
+    // Special files keep what they are.
+    assert!(
+        std::fs::symlink_metadata(failed.join("symlink.jsonl"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_link(failed.join("symlink.jsonl")).unwrap(),
+        Path::new("/etc/hostname")
+    );
+    assert!(failed.join("a-directory.jsonl/inside.jsonl").exists());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(failed.join("fifo.jsonl"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // The odd name keeps its exact bytes.
+    assert_eq!(
+        std::fs::read(failed.join(odd_name)).unwrap(),
+        ok("a").as_bytes()
+    );
+    let mut reason_name = odd_name.to_owned();
+    reason_name.push(".reason.json");
+    let reason: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(failed.join(reason_name)).unwrap()).unwrap();
+    assert_eq!(reason["code"], "invalid_file_name");
+
+    let good = jobs.iter().find(|j| j.file_name == "good.jsonl").unwrap();
+    assert_eq!(good.state, JobState::Completed);
+    assert!(
+        env.names("incoming").is_empty(),
+        "{:?}",
+        env.names("incoming")
+    );
+    assert!(env.names("processing").is_empty());
+    // Only the good file reached the API.
+    assert_eq!(sim.handle.stats().await.batches_by_job.len(), 1);
+}

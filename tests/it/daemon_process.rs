@@ -1,0 +1,132 @@
+//! The daemon as a service: what it tells systemd, and how it stops while the API hangs.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use batchwatch::model::JobState;
+use batchwatch::sim::{FaultKind, ScriptedFault};
+
+use crate::support::daemon::{Env, quick_sim, requests};
+use crate::support::sim::spawn_sim;
+
+/// Collects the datagrams a service sends to its notify socket.
+fn notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, std::sync::mpsc::Receiver<String>) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            if tx
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    (path, rx)
+}
+
+fn wait_message(
+    rx: &std::sync::mpsc::Receiver<String>,
+    what: impl Fn(&str) -> bool,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(m) if what(&m) => return m,
+            Ok(_) => {}
+            Err(_) => panic!("no such notify message within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let (socket, rx) = notify_socket(env.sandbox.path());
+    let mut daemon = env.spawn_with(&[
+        ("NOTIFY_SOCKET", socket.to_str().unwrap()),
+        ("WATCHDOG_USEC", "400000"),
+    ]);
+
+    let ready = wait_message(&rx, |m| m.contains("READY=1"), Duration::from_secs(10));
+    assert!(ready.contains("STATUS="), "{ready}");
+    let started = Instant::now();
+    let mut pets = 0;
+    while started.elapsed() < Duration::from_millis(1200) {
+        if let Ok(m) = rx.recv_timeout(Duration::from_millis(50))
+            && m.contains("WATCHDOG=1")
+        {
+            pets += 1;
+        }
+    }
+    assert!(
+        pets >= 4,
+        "the watchdog was petted {pets} times in 1.2s with a 400ms timeout"
+    );
+
+    env.drop_file("n.jsonl", requests("n", 2, "gpt-4o-mini").as_bytes());
+    env.wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    let status = wait_message(
+        &rx,
+        |m| m.contains("STATUS=") && m.contains("1 completed"),
+        Duration::from_secs(10),
+    );
+    assert!(status.contains("0 running"), "{status}");
+
+    env.stop(daemon);
+    wait_message(&rx, |m| m.contains("STOPPING=1"), Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_the_daemon_within_its_bound_while_the_api_hangs_and_a_restart_finishes_the_work()
+ {
+    let sim = spawn_sim(quick_sim()).await;
+    // The create hangs far longer than the shutdown allows.
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::Latency { ms: 30_000 }).on("POST", "/v1/batches"))
+        .await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[daemon]\nshutdown_timeout = \"1s\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("hang.jsonl", requests("h", 3, "gpt-4o-mini").as_bytes());
+    daemon.wait_for_line("uploaded", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(3),
+        "stopped in {took:?} with a 1s shutdown_timeout"
+    );
+    assert!(
+        daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("did not finish within daemon.shutdown_timeout")),
+        "{:?}",
+        daemon.seen
+    );
+
+    // Whether the hanging create was carried out is unknown: the restart reconciles before it
+    // creates, so there is one batch either way.
+    let mut daemon = env.spawn();
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Completed);
+    assert_eq!(
+        sim.handle.stats().await.batches_by_job.get(&jobs[0].id),
+        Some(&1)
+    );
+}
