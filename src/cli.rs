@@ -30,6 +30,8 @@ pub enum Command {
     CheckConfig,
     /// Print the example configuration, which is also the built-in defaults.
     PrintDefaultConfig,
+    /// Run the built-in simulator of the OpenAI Batch and Files API.
+    Sim(Box<crate::sim::SimArgs>),
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -54,6 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", crate::config::DEFAULT_CONFIG);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim(args) => crate::sim::run(*args),
         Command::CheckConfig => {
             let settings = Settings::load(cli.config.as_deref())?;
             println!("# The configuration is valid. In effect:");

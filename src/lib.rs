@@ -6,6 +6,7 @@ pub mod batchfile;
 pub mod cli;
 pub mod config;
 pub mod model;
+pub mod sim;
 pub mod telemetry;
 
 /// Exit code for a configuration error (EX_CONFIG from sysexits.h); systemd is told not to

@@ -1,0 +1,330 @@
+//! The built-in simulator of the OpenAI Batch and Files API (`batchwatch sim`).
+//!
+//! It serves the endpoints of the reference OpenAPI description faithfully enough that the
+//! official SDKs work against it unchanged, runs batches through their lifecycle in simulated
+//! time, writes output and error files in the real line format, and injects faults on demand.
+//! Users run it to try batchwatch and to test their pipelines without spending money; the
+//! tests and `batchwatch demo` start it in-process with [`start`].
+//!
+//! # API
+//!
+//! Served under `/v1` (base URL `http://ADDR/v1`) and under `/openai/v1` (Azure-style):
+//! `POST /files` (multipart, streamed to disk), `GET /files`, `GET /files/{id}`,
+//! `GET /files/{id}/content` (streamed, with Content-Length), `DELETE /files/{id}`,
+//! `POST /batches`, `GET /batches`, `GET /batches/{id}`, `POST /batches/{id}/cancel`.
+//! A key is required as `Authorization: Bearer KEY` or `api-key: KEY`: with
+//! [`SimConfig::api_key`] only that key, otherwise any non-empty one. Errors have the real
+//! shape `{"error": {"message", "type", "param", "code"}}`.
+//!
+//! Batches go validating → in_progress → finalizing → completed, with durations set in
+//! simulated seconds and [`SimConfig::time_scale`] simulated seconds per real second. A create
+//! validates its input file with [`crate::batchfile::validate`], the daemon's own rules; a
+//! broken rule fails the batch with `errors.data[0]` naming the `code`, `line` and `param`.
+//! A batch still running at `created_at` + the completion window expires with partial output;
+//! a cancelled one is `cancelling` for a while, then `cancelled` with partial output.
+//!
+//! # Admin API
+//!
+//! JSON, never subject to faults or keys:
+//! - `GET /admin/stats`: [`Stats`]: batches created per `batchwatch_job_id` metadata value,
+//!   requests per `METHOD /route/{template}`, faults injected per kind, and every batch's
+//!   status history with simulated and real timestamps.
+//! - `GET /admin/faults`, `PUT /admin/faults` (replace), `PATCH /admin/faults` (set the
+//!   fields given): the standing [`Faults`].
+//! - `GET /admin/faults/script`, `POST /admin/faults/script` (append one [`ScriptedFault`] or
+//!   a list, e.g. `{"kind": "rate_limit", "retry_after": {"millis": 1500}, "times": 2,
+//!   "method": "POST", "path": "/v1/batches"}`), `DELETE /admin/faults/script` (clear).
+//! - `POST /admin/batches/{id}/vanish`: the batch answers 404 from now on.
+//! - `GET /admin/clock`, `POST /admin/clock` `{"advance_secs": 86400, "time_scale": 0}`:
+//!   read the simulated clock, jump it ahead, or change its speed (0 stops it).
+//! - `POST /admin/reset`: forget every file, batch and count; faults return to the
+//!   configured ones.
+
+mod admin;
+mod args;
+mod batches;
+mod clock;
+mod conn;
+mod error;
+mod faults;
+mod files;
+mod lifecycle;
+mod output;
+mod routes;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use args::{SimArgs, run};
+pub use faults::{AuthFault, FaultKind, Faults, RetryAfter, ScriptedFault};
+pub use state::Transition;
+
+use crate::batchfile::Limits;
+use conn::{ConnKill, KillableListener};
+use state::Shared;
+
+/// How long a shutdown waits for open connections before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Everything the simulator can be told. Durations are simulated seconds.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Simulated seconds per real second; 0 stops the clock (move it with [`SimHandle::advance`]).
+    pub time_scale: f64,
+    /// The simulated clock's reading at start, in unix seconds; default: the real time.
+    pub start_time: Option<i64>,
+    /// Seeds every random choice; default: a random seed (see [`SimHandle::seed`]).
+    pub seed: Option<u64>,
+    /// The only key accepted; default: any non-empty key.
+    pub api_key: Option<SecretString>,
+    /// Where files are kept; default: a temporary directory removed at exit.
+    pub data_dir: Option<PathBuf>,
+    /// How long a batch is `validating`.
+    pub validating_secs: f64,
+    /// How long a batch is `in_progress`, plus `request_secs` per request.
+    pub in_progress_secs: f64,
+    /// Added to `in_progress_secs` for every request in the batch.
+    pub request_secs: f64,
+    /// How long a batch is `finalizing`.
+    pub finalizing_secs: f64,
+    /// How long a batch is `cancelling`.
+    pub cancelling_secs: f64,
+    /// A batch not done this long after its creation expires (the "24h" window).
+    pub completion_window_secs: f64,
+    /// The size and request limits of an input file.
+    pub limits: Limits,
+    /// The faults in force at start.
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            time_scale: 1.0,
+            start_time: None,
+            seed: None,
+            api_key: None,
+            data_dir: None,
+            validating_secs: 10.0,
+            in_progress_secs: 60.0,
+            request_secs: 0.0,
+            finalizing_secs: 10.0,
+            cancelling_secs: 30.0,
+            completion_window_secs: 24.0 * 3600.0,
+            limits: Limits {
+                max_requests: 50_000,
+                max_bytes: 200_000_000,
+            },
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl SimConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.time_scale >= 0.0 && self.time_scale.is_finite(),
+            "the time scale must be a non-negative number, not {}",
+            self.time_scale
+        );
+        for (name, secs) in [
+            ("validating", self.validating_secs),
+            ("in-progress", self.in_progress_secs),
+            ("per-request", self.request_secs),
+            ("finalizing", self.finalizing_secs),
+            ("cancelling", self.cancelling_secs),
+            ("completion window", self.completion_window_secs),
+        ] {
+            anyhow::ensure!(
+                secs >= 0.0 && secs.is_finite(),
+                "the {name} duration must be a non-negative number of seconds, not {secs}"
+            );
+        }
+        anyhow::ensure!(
+            self.limits.max_requests > 0 && self.limits.max_bytes > 0,
+            "the file limits must be positive"
+        );
+        self.faults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid faults: {e}"))
+    }
+}
+
+/// What the admin API reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The simulated clock, in unix seconds.
+    pub now: i64,
+    /// Batches created per value of the metadata key `batchwatch_job_id`.
+    pub batches_by_job: BTreeMap<String, u64>,
+    /// Requests received per `METHOD /route/{template}` (faulted ones included).
+    pub requests: BTreeMap<String, u64>,
+    /// Faults injected per kind.
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Every batch ever created, oldest first.
+    pub batches: Vec<BatchStats>,
+}
+
+/// One batch in [`Stats`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchStats {
+    pub id: String,
+    pub status: String,
+    pub job_id: Option<String>,
+    pub vanished: bool,
+    /// Every status it took, in order.
+    pub history: Vec<Transition>,
+}
+
+/// A running simulator. Dropping it stops the server; [`SimHandle::shutdown`] also waits.
+pub struct SimHandle {
+    addr: SocketAddr,
+    seed: u64,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+/// Starts a simulator listening on `listen` (port 0 picks a free port).
+pub async fn start(listen: SocketAddr, mut config: SimConfig) -> anyhow::Result<SimHandle> {
+    config.validate()?;
+    let seed = *config.seed.get_or_insert_with(|| fastrand::u64(..));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding the simulator to {listen}"))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let shared = Arc::new(Shared::new(&config)?);
+    let stop = CancellationToken::new();
+    let app = routes::router(shared.clone());
+    let server = axum::serve(
+        KillableListener(listener),
+        app.into_make_service_with_connect_info::<ConnKill>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    let ticker = tokio::spawn(lifecycle::run_ticker(shared.clone(), stop.clone()));
+    tracing::info!(%addr, seed, "simulator listening");
+    Ok(SimHandle {
+        addr,
+        seed,
+        shared,
+        stop,
+        server: Some(server),
+        ticker: Some(ticker),
+    })
+}
+
+impl SimHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR/v1`, the OpenAI-style base URL.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// `http://ADDR/openai/v1`, the Azure-style base URL.
+    pub fn azure_base_url(&self) -> String {
+        format!("http://{}/openai/v1", self.addr)
+    }
+
+    /// `http://ADDR/admin`, the root of the admin API.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}/admin", self.addr)
+    }
+
+    /// The seed in use (the configured one, or the one drawn at start).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Batches per job, requests per endpoint, faults injected, every batch's history.
+    pub async fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// The standing faults.
+    pub async fn faults(&self) -> Faults {
+        self.shared.faults()
+    }
+
+    /// Replaces the standing faults; refuses invalid shares.
+    pub async fn set_faults(&self, faults: Faults) -> anyhow::Result<()> {
+        self.shared
+            .set_faults(faults)
+            .map_err(|e| anyhow::anyhow!("invalid faults: {e}"))
+    }
+
+    /// Appends an entry to the scripted fault queue.
+    pub async fn push_fault(&self, fault: ScriptedFault) {
+        self.shared.push_script(vec![fault]);
+    }
+
+    /// The scripted faults not used up yet.
+    pub async fn scripted_faults(&self) -> Vec<ScriptedFault> {
+        self.shared.script()
+    }
+
+    /// Empties the scripted fault queue.
+    pub async fn clear_scripted_faults(&self) {
+        self.shared.clear_script();
+    }
+
+    /// Jumps the simulated clock `secs` ahead and moves every batch along.
+    pub async fn advance(&self, secs: f64) {
+        self.shared.advance(secs);
+    }
+
+    /// Changes the clock's speed (0 stops it).
+    pub async fn set_time_scale(&self, scale: f64) -> anyhow::Result<()> {
+        self.shared
+            .set_time_scale(scale)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Makes a batch vanish (404 from now on); `false` when there is no such batch.
+    pub async fn vanish(&self, batch_id: &str) -> bool {
+        self.shared.vanish(batch_id)
+    }
+
+    /// Forgets every file, batch and count; faults return to the configured ones.
+    pub async fn reset(&self) {
+        self.shared.reset();
+    }
+
+    /// Stops accepting requests, gives open connections a moment, and stops.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        if let Some(mut server) = self.server.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(joined) => joined
+                    .context("the simulator's server task failed")?
+                    .context("the simulator's server failed")?,
+                Err(_) => server.abort(),
+            }
+        }
+        if let Some(ticker) = self.ticker.take() {
+            ticker.await.context("the simulator's ticker failed")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,433 @@
+//! Output and error files in the real line format, with a deterministic fake response per
+//! request.
+//!
+//! Every choice comes from the batch's seed and a request's *processing position*: the input
+//! lines are processed in a seeded shuffled order, the first `processed` positions are done,
+//! and whether position `p` fails is a pure function of the seed and `p`. So request counts can
+//! be computed at any instant without touching the file, and the same seed always gives the
+//! same ids, failures and line order. Files are written with one line in memory at a time.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::files::StoredFile;
+use super::state::FileReady;
+
+/// Output tokens every fake response reports.
+pub(crate) const COMPLETION_TOKENS: u64 = 12;
+
+// Salts that keep the values derived from one seed independent of each other.
+const SALT_FAIL: u64 = 0x6661_696c;
+const SALT_ORDER: u64 = 0x6f72_6465;
+const SALT_ID: u64 = 0x6964_6964;
+const SALT_REQ: u64 = 0x7265_7169;
+const SALT_BODY: u64 = 0x626f_6479;
+
+/// A well-mixed 64-bit value from a seed and an index (the splitmix64 finaliser).
+pub(crate) fn mix(seed: u64, n: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A value in `[0, 1)` from 53 bits of `x`.
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A repeatable value in `[0, 1)` for one named choice about the thing `seed` belongs to.
+pub(crate) fn chance(seed: u64, salt: u64) -> f64 {
+    unit(mix(seed, salt))
+}
+
+fn hex_id(seed: u64, salt: u64, n: u64) -> String {
+    format!(
+        "{:016x}{:016x}",
+        mix(seed ^ salt, n),
+        mix(seed ^ salt.rotate_left(17), n)
+    )
+}
+
+/// The processing positions that fail, ascending.
+pub(crate) fn failed_positions(seed: u64, total: u64, rate: f64) -> Vec<u32> {
+    if rate <= 0.0 {
+        return Vec::new();
+    }
+    (0..total)
+        .filter(|&p| unit(mix(seed ^ SALT_FAIL, p)) < rate)
+        .map(|p| p as u32)
+        .collect()
+}
+
+/// `order[p]` is the input line (0-based) processed at position `p`.
+fn processing_order(seed: u64, total: u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..total as u32).collect();
+    fastrand::Rng::with_seed(seed ^ SALT_ORDER).shuffle(&mut order);
+    order
+}
+
+/// Where one generated file goes, and how its readiness is announced.
+pub(crate) struct Sink {
+    pub(crate) file: Arc<StoredFile>,
+    pub(crate) ready: watch::Sender<FileReady>,
+}
+
+/// Everything needed to write a finished batch's output and error files.
+pub(crate) struct OutputJob {
+    pub(crate) input: Arc<StoredFile>,
+    pub(crate) endpoint: String,
+    pub(crate) model: String,
+    pub(crate) seed: u64,
+    pub(crate) total: u64,
+    pub(crate) processed: u64,
+    pub(crate) failed_positions: Vec<u32>,
+    /// Unprocessed requests go to the error file as `batch_expired`.
+    pub(crate) expired: bool,
+    /// Unix seconds for the `created` fields of the fake responses.
+    pub(crate) created: i64,
+    pub(crate) output: Option<Sink>,
+    pub(crate) error: Option<Sink>,
+}
+
+#[derive(Serialize)]
+struct OutputLine<'a> {
+    id: String,
+    custom_id: &'a str,
+    response: Option<LineResponse>,
+    error: Option<LineError>,
+}
+
+#[derive(Serialize)]
+struct LineResponse {
+    status_code: u16,
+    request_id: String,
+    body: Value,
+}
+
+#[derive(Serialize)]
+struct LineError {
+    code: &'static str,
+    message: &'static str,
+}
+
+impl OutputJob {
+    /// Writes the files on a blocking thread and announces them when done.
+    pub(crate) fn spawn(self) {
+        tokio::task::spawn_blocking(move || {
+            let outcome = self.write();
+            if let Err(e) = &outcome {
+                tracing::error!(error = %e, "writing a batch's output files failed");
+            }
+            for sink in [&self.output, &self.error].into_iter().flatten() {
+                let ready = match &outcome {
+                    Ok(()) => std::fs::metadata(sink.file.path())
+                        .map(|m| FileReady::Ready { bytes: m.len() })
+                        .unwrap_or_else(|e| FileReady::Failed(e.to_string())),
+                    Err(e) => FileReady::Failed(e.to_string()),
+                };
+                sink.ready.send_replace(ready);
+            }
+        });
+    }
+
+    fn write(&self) -> io::Result<()> {
+        let mut reader = BufReader::with_capacity(64 * 1024, File::open(self.input.path())?);
+        let mut offsets = Vec::with_capacity(self.total as usize);
+        let mut buf = Vec::new();
+        let mut at = 0u64;
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            offsets.push(at);
+            at += n as u64;
+        }
+        if offsets.len() as u64 != self.total {
+            return Err(io::Error::other("the input file changed after validation"));
+        }
+        let open = |sink: &Option<Sink>| -> io::Result<Option<BufWriter<File>>> {
+            sink.as_ref()
+                .map(|s| {
+                    File::create(s.file.path()).map(|f| BufWriter::with_capacity(256 * 1024, f))
+                })
+                .transpose()
+        };
+        let mut output = open(&self.output)?;
+        let mut errors = open(&self.error)?;
+
+        for (position, &line) in processing_order(self.seed, self.total).iter().enumerate() {
+            let position = position as u64;
+            if position >= self.processed && !self.expired {
+                break;
+            }
+            reader.seek(SeekFrom::Start(offsets[line as usize]))?;
+            buf.clear();
+            reader.read_until(b'\n', &mut buf)?;
+            let request: Value = serde_json::from_slice(&buf).map_err(io::Error::other)?;
+            let (text, failed) = self.line(position, &request)?;
+            let sink = if failed { &mut errors } else { &mut output };
+            if let Some(out) = sink {
+                out.write_all(text.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+        }
+        for out in [output, errors].into_iter().flatten() {
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// One output line for the request at `position`; `true` when it belongs in the error file.
+    fn line(&self, position: u64, request: &Value) -> io::Result<(String, bool)> {
+        let custom_id = request
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let id = format!("batch_req_{}", hex_id(self.seed, SALT_ID, position));
+        let request_id = format!("req_{}", hex_id(self.seed, SALT_REQ, position));
+        let (response, error, failed) = if position >= self.processed {
+            let error = LineError {
+                code: "batch_expired",
+                message: "This request could not be executed before the completion window expired.",
+            };
+            (None, Some(error), true)
+        } else if self
+            .failed_positions
+            .binary_search(&(position as u32))
+            .is_ok()
+        {
+            let status_code = if mix(self.seed ^ SALT_BODY, position) & 1 == 0 {
+                500
+            } else {
+                400
+            };
+            let response = LineResponse {
+                status_code,
+                request_id,
+                body: failure_body(status_code),
+            };
+            (Some(response), None, true)
+        } else {
+            let body = request.get("body").unwrap_or(&Value::Null);
+            let key = mix(self.seed ^ SALT_BODY, position);
+            let response = LineResponse {
+                status_code: 200,
+                request_id,
+                body: fake_body(
+                    &self.endpoint,
+                    &self.model,
+                    body,
+                    custom_id,
+                    key,
+                    self.created,
+                ),
+            };
+            (Some(response), None, false)
+        };
+        let line = OutputLine {
+            id,
+            custom_id,
+            response,
+            error,
+        };
+        Ok((
+            serde_json::to_string(&line).map_err(io::Error::other)?,
+            failed,
+        ))
+    }
+}
+
+fn failure_body(status: u16) -> Value {
+    if status == 500 {
+        json!({"error": {
+            "message": "The server had an error processing your request (simulated).",
+            "type": "server_error", "param": null, "code": null}})
+    } else {
+        json!({"error": {
+            "message": "This request failed at the simulator's request failure rate.",
+            "type": "invalid_request_error", "param": null, "code": "simulated_failure"}})
+    }
+}
+
+/// Text found in a prompt-like value: a string, or the texts of an array of parts or messages.
+fn text_of(value: &Value, out: &mut String) {
+    match value {
+        Value::String(s) => {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(s);
+        }
+        Value::Array(items) => items.iter().for_each(|v| text_of(v, out)),
+        Value::Object(map) => {
+            for key in ["text", "content", "input"] {
+                if let Some(v) = map.get(key) {
+                    text_of(v, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The prompt a request carries, cut to 60 characters.
+fn prompt(body: &Value) -> String {
+    let mut text = String::new();
+    if let Some(last) = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+    {
+        text_of(last, &mut text);
+    }
+    for key in ["prompt", "input"] {
+        if text.is_empty()
+            && let Some(v) = body.get(key)
+        {
+            text_of(v, &mut text);
+        }
+    }
+    text.chars().take(60).collect()
+}
+
+const PIXEL_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
+
+/// A response body of the endpoint's shape, derived from the request.
+fn fake_body(
+    endpoint: &str,
+    model: &str,
+    body: &Value,
+    custom_id: &str,
+    key: u64,
+    created: i64,
+) -> Value {
+    let reply = format!("Simulated reply to {custom_id}: {}", prompt(body));
+    let prompt_tokens = (body.to_string().len() as u64 / 4).max(1);
+    let id = |prefix: &str| format!("{prefix}{:016x}", key);
+    match endpoint {
+        "/v1/chat/completions" => json!({
+            "id": id("chatcmpl-"), "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": null},
+                         "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": COMPLETION_TOKENS,
+                      "total_tokens": prompt_tokens + COMPLETION_TOKENS},
+            "system_fingerprint": null,
+        }),
+        "/v1/completions" => json!({
+            "id": id("cmpl-"), "object": "text_completion", "created": created, "model": model,
+            "choices": [{"text": reply, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": COMPLETION_TOKENS,
+                      "total_tokens": prompt_tokens + COMPLETION_TOKENS},
+        }),
+        "/v1/embeddings" => embeddings(model, body, key, prompt_tokens),
+        "/v1/responses" => json!({
+            "id": id("resp_"), "object": "response", "created_at": created, "status": "completed",
+            "model": model, "error": null, "incomplete_details": null,
+            "output": [{"type": "message", "id": id("msg_"), "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": reply, "annotations": []}]}],
+            "usage": {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                      "output_tokens": COMPLETION_TOKENS, "output_tokens_details": {"reasoning_tokens": 0},
+                      "total_tokens": prompt_tokens + COMPLETION_TOKENS},
+        }),
+        "/v1/moderations" => json!({
+            "id": id("modr-"), "model": model,
+            "results": [{"flagged": false,
+                "categories": {"harassment": false, "hate": false, "self-harm": false, "sexual": false, "violence": false},
+                "category_scores": {"harassment": 0.0001, "hate": 0.0001, "self-harm": 0.0001, "sexual": 0.0001, "violence": 0.0001}}],
+        }),
+        "/v1/videos" => json!({
+            "id": id("video_"), "object": "video", "model": model, "status": "completed", "progress": 100,
+            "created_at": created, "completed_at": created, "seconds": "4", "size": "720x1280",
+        }),
+        _ => {
+            json!({"created": created, "data": [{"b64_json": PIXEL_PNG, "revised_prompt": reply}]})
+        }
+    }
+}
+
+fn embeddings(model: &str, body: &Value, key: u64, prompt_tokens: u64) -> Value {
+    let inputs = match body.get("input") {
+        // A list of strings or of token lists is several inputs; a list of numbers is one.
+        Some(Value::Array(items)) if items.iter().all(|i| !i.is_number()) => items.len().max(1),
+        _ => 1,
+    };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .map_or(8, |d| d.clamp(1, 4096));
+    let data: Vec<Value> = (0..inputs as u64)
+        .map(|i| {
+            let vector: Vec<f64> = (0..dims)
+                .map(|j| {
+                    let x = unit(mix(key, i * dims + j)) * 2.0 - 1.0;
+                    (x * 1e6).round() / 1e6
+                })
+                .collect();
+            json!({"object": "embedding", "index": i, "embedding": vector})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model,
+           "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_follow_the_rate_and_the_seed() {
+        let a = failed_positions(1, 10_000, 0.1);
+        assert!((800..1200).contains(&a.len()), "{}", a.len());
+        assert_eq!(a, failed_positions(1, 10_000, 0.1));
+        assert_ne!(a, failed_positions(2, 10_000, 0.1));
+        assert!(a.windows(2).all(|w| w[0] < w[1]));
+        assert!(failed_positions(1, 100, 0.0).is_empty());
+        assert_eq!(failed_positions(1, 100, 1.0).len(), 100);
+    }
+
+    #[test]
+    fn the_processing_order_is_a_seeded_permutation() {
+        let order = processing_order(5, 1000);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
+        assert_ne!(order, sorted, "the order should be shuffled");
+        assert_eq!(order, processing_order(5, 1000));
+    }
+
+    #[test]
+    fn fake_bodies_echo_the_prompt_and_follow_the_endpoint() {
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}]});
+        let chat = fake_body("/v1/chat/completions", "m", &body, "r1", 9, 100);
+        assert_eq!(chat["object"], "chat.completion");
+        let content = chat["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(content, "Simulated reply to r1: What is 2+2?");
+        let emb = fake_body(
+            "/v1/embeddings",
+            "e",
+            &json!({"model": "e", "input": ["a", "b"], "dimensions": 3}),
+            "r2",
+            9,
+            100,
+        );
+        assert_eq!(emb["data"].as_array().unwrap().len(), 2);
+        assert_eq!(emb["data"][1]["embedding"].as_array().unwrap().len(), 3);
+        let parts = json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
+        let resp = fake_body("/v1/responses", "m", &parts, "r3", 9, 100);
+        assert_eq!(
+            resp["output"][0]["content"][0]["text"],
+            "Simulated reply to r3: hi"
+        );
+    }
+}

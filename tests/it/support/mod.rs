@@ -1,0 +1,4 @@
+//! Set-up shared by the integration tests.
+
+pub mod schema;
+pub mod sim;
