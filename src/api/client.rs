@@ -110,7 +110,7 @@ impl Client {
         if range.start > range.end {
             return Err(local(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("empty byte range {}..{}", range.start, range.end),
+                format!("invalid byte range {}..{}", range.start, range.end),
             )));
         }
         let mut file = tokio::fs::File::open(path).await.map_err(local)?;

@@ -3,5 +3,6 @@
 
 mod support;
 
+mod client;
 mod sim_contract;
 mod sim_lifecycle;
