@@ -28,10 +28,10 @@ fn share(s: &str) -> Result<f64, String> {
     }
 }
 
-fn seconds(s: &str) -> Result<f64, String> {
+fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(f) if f >= 0.0 && f.is_finite() => Ok(f),
-        _ => Err(format!("{s:?} is not a non-negative number of seconds")),
+        _ => Err(format!("{s:?} is not a non-negative number")),
     }
 }
 
@@ -48,7 +48,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     /// Simulated seconds per real second (0 stops the clock; move it with the admin API).
-    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = seconds)]
+    #[arg(long, value_name = "X", default_value_t = 1.0, value_parser = non_negative)]
     pub time_scale: f64,
     /// Seed of every random choice (default: random, printed at start).
     #[arg(long, value_name = "N")]
@@ -57,22 +57,22 @@ pub struct SimArgs {
     #[arg(long, value_name = "UNIX")]
     pub start_time: Option<i64>,
     /// How long a batch is validating.
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().validating_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().validating_secs, value_parser = non_negative)]
     pub validating_secs: f64,
     /// How long a batch is in progress (plus --request-secs per request).
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().in_progress_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().in_progress_secs, value_parser = non_negative)]
     pub in_progress_secs: f64,
     /// Added in-progress time per request.
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().request_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().request_secs, value_parser = non_negative)]
     pub request_secs: f64,
     /// How long a batch is finalizing.
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().finalizing_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().finalizing_secs, value_parser = non_negative)]
     pub finalizing_secs: f64,
     /// How long a batch is cancelling.
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().cancelling_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().cancelling_secs, value_parser = non_negative)]
     pub cancelling_secs: f64,
     /// A batch not done this long after creation expires.
-    #[arg(long, value_name = "S", default_value_t = SimConfig::default().completion_window_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = SimConfig::default().completion_window_secs, value_parser = non_negative)]
     pub completion_window_secs: f64,
     /// Most requests in one input file (Azure: 100000).
     #[arg(long, value_name = "N", default_value_t = SimConfig::default().limits.max_requests)]
@@ -114,7 +114,7 @@ pub struct SimArgs {
     #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = share)]
     pub vanish: f64,
     /// When vanishing batches disappear.
-    #[arg(long, value_name = "S", default_value_t = Faults::default().vanish_after_secs, value_parser = seconds)]
+    #[arg(long, value_name = "S", default_value_t = Faults::default().vanish_after_secs, value_parser = non_negative)]
     pub vanish_after_secs: f64,
     /// Fail batches with token_limit_exceeded while more than N tokens are enqueued per model.
     #[arg(long, value_name = "N")]
@@ -173,6 +173,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         println!("azure base url: {}", handle.azure_base_url());
         println!("admin api: {}", handle.admin_url());
         println!("seed: {}", handle.seed());
+        println!("data dir: {}", handle.data_dir().display());
         wait_for_signal().await?;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await

@@ -399,6 +399,9 @@ pub(crate) async fn middleware(
             state.stats.count_fault(fault.name());
             tracing::info!(%route, fault = fault.name(), "injecting a fault");
         }
+        if !plan.latency.is_zero() {
+            state.stats.count_fault("latency");
+        }
         plan
     };
     if !plan.latency.is_zero() {
@@ -408,6 +411,8 @@ pub(crate) async fn middleware(
         return next.run(request).await;
     };
     match fault {
+        // After `kill` every write fails, so these responses are never sent: the client sees
+        // the connection close.
         FaultKind::DropBefore => {
             conn.kill();
             StatusCode::INTERNAL_SERVER_ERROR.into_response()

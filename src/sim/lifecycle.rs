@@ -7,6 +7,11 @@
 //! in the same order. Timestamps are the events' scheduled instants, not when they were
 //! applied. It runs whenever the state is locked, and from a background ticker that sleeps
 //! until the next event so batches move even when nobody is polling.
+//!
+//! Input files are validated on a blocking thread when a batch is created. An event whose
+//! validation has not finished holds back every later event until it has, so the outcome never
+//! depends on how fast validation runs; a very large file can pause the other batches for the
+//! real seconds its validation takes.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -39,6 +39,9 @@
 //!   read the simulated clock, jump it ahead, or change its speed (0 stops it).
 //! - `POST /admin/reset`: forget every file, batch and count; faults return to the
 //!   configured ones.
+//!
+//! State lives in memory; the data directory holds only file contents, so a restarted
+//! simulator starts empty.
 
 mod admin;
 mod args;
@@ -55,7 +58,7 @@ mod state;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -244,6 +247,11 @@ impl SimHandle {
     /// `http://ADDR/admin`, the root of the admin API.
     pub fn admin_url(&self) -> String {
         format!("http://{}/admin", self.addr)
+    }
+
+    /// Where file contents are kept (a temporary directory unless one was configured).
+    pub fn data_dir(&self) -> &Path {
+        &self.shared.data_dir
     }
 
     /// The seed in use (the configured one, or the one drawn at start).

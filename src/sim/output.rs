@@ -8,7 +8,8 @@
 //! same ids, failures and line order. Files are written with one line in memory at a time.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -139,20 +140,22 @@ impl OutputJob {
     }
 
     fn write(&self) -> io::Result<()> {
-        let mut reader = BufReader::with_capacity(64 * 1024, File::open(self.input.path())?);
-        let mut offsets = Vec::with_capacity(self.total as usize);
+        let input = File::open(self.input.path())?;
+        // Where each line starts, then the end of the file: line `i` is `starts[i]..starts[i + 1]`.
+        let mut starts = Vec::with_capacity(self.total as usize + 1);
+        let mut reader = BufReader::with_capacity(256 * 1024, &input);
         let mut buf = Vec::new();
         let mut at = 0u64;
         loop {
+            starts.push(at);
             buf.clear();
             let n = reader.read_until(b'\n', &mut buf)?;
             if n == 0 {
                 break;
             }
-            offsets.push(at);
             at += n as u64;
         }
-        if offsets.len() as u64 != self.total {
+        if starts.len() as u64 != self.total + 1 {
             return Err(io::Error::other("the input file changed after validation"));
         }
         let open = |sink: &Option<Sink>| -> io::Result<Option<BufWriter<File>>> {
@@ -170,11 +173,11 @@ impl OutputJob {
             if position >= self.processed && !self.expired {
                 break;
             }
-            reader.seek(SeekFrom::Start(offsets[line as usize]))?;
-            buf.clear();
-            reader.read_until(b'\n', &mut buf)?;
+            let (start, end) = (starts[line as usize], starts[line as usize + 1]);
+            buf.resize((end - start) as usize, 0);
+            input.read_exact_at(&mut buf, start)?;
             let request: Value = serde_json::from_slice(&buf).map_err(io::Error::other)?;
-            let (text, failed) = self.line(position, &request)?;
+            let (text, failed) = self.line(position, &request, buf.len() as u64)?;
             let sink = if failed { &mut errors } else { &mut output };
             if let Some(out) = sink {
                 out.write_all(text.as_bytes())?;
@@ -182,13 +185,13 @@ impl OutputJob {
             }
         }
         for out in [output, errors].into_iter().flatten() {
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            out.into_inner().map_err(|e| e.into_error())?;
         }
         Ok(())
     }
 
     /// One output line for the request at `position`; `true` when it belongs in the error file.
-    fn line(&self, position: u64, request: &Value) -> io::Result<(String, bool)> {
+    fn line(&self, position: u64, request: &Value, bytes: u64) -> io::Result<(String, bool)> {
         let custom_id = request
             .get("custom_id")
             .and_then(Value::as_str)
@@ -223,14 +226,15 @@ impl OutputJob {
             let response = LineResponse {
                 status_code: 200,
                 request_id,
-                body: fake_body(
-                    &self.endpoint,
-                    &self.model,
-                    body,
+                body: fake_body(&Reply {
+                    endpoint: &self.endpoint,
+                    model: &self.model,
                     custom_id,
+                    body,
+                    prompt_tokens: (bytes / 4).max(1),
                     key,
-                    self.created,
-                ),
+                    created: self.created,
+                }),
             };
             (Some(response), None, false)
         };
@@ -303,17 +307,31 @@ fn prompt(body: &Value) -> String {
 const PIXEL_PNG: &str =
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
 
-/// A response body of the endpoint's shape, derived from the request.
-fn fake_body(
-    endpoint: &str,
-    model: &str,
-    body: &Value,
-    custom_id: &str,
+/// The request a fake response answers, and what the response carries besides.
+struct Reply<'a> {
+    endpoint: &'a str,
+    model: &'a str,
+    custom_id: &'a str,
+    body: &'a Value,
+    /// Input tokens, estimated at one per 4 bytes of the request line.
+    prompt_tokens: u64,
+    /// Seeds the response's ids and embedding values.
     key: u64,
     created: i64,
-) -> Value {
+}
+
+/// A response body of the endpoint's shape, derived from the request.
+fn fake_body(r: &Reply<'_>) -> Value {
+    let Reply {
+        endpoint,
+        model,
+        custom_id,
+        body,
+        prompt_tokens,
+        key,
+        created,
+    } = *r;
     let reply = format!("Simulated reply to {custom_id}: {}", prompt(body));
-    let prompt_tokens = (body.to_string().len() as u64 / 4).max(1);
     let id = |prefix: &str| format!("{prefix}{:016x}", key);
     match endpoint {
         "/v1/chat/completions" => json!({
@@ -408,23 +426,29 @@ mod tests {
 
     #[test]
     fn fake_bodies_echo_the_prompt_and_follow_the_endpoint() {
+        let reply = |endpoint: &str, body: &Value, custom_id: &str| {
+            fake_body(&Reply {
+                endpoint,
+                model: "m",
+                custom_id,
+                body,
+                prompt_tokens: 10,
+                key: 9,
+                created: 100,
+            })
+        };
         let body = json!({"model": "m", "messages": [{"role": "user", "content": "What is 2+2?"}]});
-        let chat = fake_body("/v1/chat/completions", "m", &body, "r1", 9, 100);
+        let chat = reply("/v1/chat/completions", &body, "r1");
         assert_eq!(chat["object"], "chat.completion");
         let content = chat["choices"][0]["message"]["content"].as_str().unwrap();
         assert_eq!(content, "Simulated reply to r1: What is 2+2?");
-        let emb = fake_body(
-            "/v1/embeddings",
-            "e",
-            &json!({"model": "e", "input": ["a", "b"], "dimensions": 3}),
-            "r2",
-            9,
-            100,
-        );
+        assert_eq!(chat["usage"]["total_tokens"], 10 + COMPLETION_TOKENS);
+        let inputs = json!({"model": "m", "input": ["a", "b"], "dimensions": 3});
+        let emb = reply("/v1/embeddings", &inputs, "r2");
         assert_eq!(emb["data"].as_array().unwrap().len(), 2);
         assert_eq!(emb["data"][1]["embedding"].as_array().unwrap().len(), 3);
         let parts = json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]});
-        let resp = fake_body("/v1/responses", "m", &parts, "r3", 9, 100);
+        let resp = reply("/v1/responses", &parts, "r3");
         assert_eq!(
             resp["output"][0]["content"][0]["text"],
             "Simulated reply to r3: hi"

@@ -20,6 +20,7 @@ use crate::model::BatchStatus;
 /// Everything the server's tasks share.
 pub(crate) struct Shared {
     pub(crate) api_key: Option<SecretString>,
+    pub(crate) data_dir: PathBuf,
     pub(crate) limits: Limits,
     pub(crate) state: Mutex<State>,
     /// Wakes the lifecycle ticker early: a validation finished, the clock changed.
@@ -46,6 +47,7 @@ impl Shared {
         };
         Ok(Shared {
             api_key: config.api_key.clone(),
+            data_dir: data_dir.clone(),
             limits: config.limits,
             state: Mutex::new(State::new(config, data_dir)),
             wake: Notify::new(),

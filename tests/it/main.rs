@@ -5,4 +5,7 @@ mod support;
 
 mod client;
 mod sim_contract;
+mod sim_faults;
 mod sim_lifecycle;
+mod sim_process;
+mod sim_sdk;

@@ -8,7 +8,7 @@ use batchwatch::sim::{Faults, SimConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::sim::{START, TestSim, chat_lines, spawn_sim, stopped_clock};
+use crate::support::sim::{START, TestSim, chat_lines, fast_clock, spawn_sim, stopped_clock};
 
 fn counts(batch: &Value) -> (u64, u64, u64) {
     let c = &batch["request_counts"];
@@ -95,6 +95,34 @@ async fn a_batch_moves_from_validating_to_completed_with_request_counts_advancin
     ]
     .map(|(s, t)| (s.to_owned(), START + t));
     assert_eq!(history, expected);
+}
+
+#[tokio::test]
+async fn with_a_running_clock_batches_finish_while_nobody_polls() {
+    let sim = spawn_sim(fast_clock()).await;
+    let batch = sim.submit(&chat_lines(3, "m")).await;
+    // 80 simulated seconds are 0.8 real ms. Nothing asks for the batch meanwhile, so only the
+    // background ticker can have moved it, and it records each step when it applies it.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let stats = sim.handle.stats().await;
+    let history = &stats.batches[0].history;
+    let statuses: Vec<&str> = history.iter().map(|t| t.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["validating", "in_progress", "finalizing", "completed"]
+    );
+    let took = history[3].real_at_ms - history[0].real_at_ms;
+    assert!(
+        took < 200,
+        "the batch finished {took} ms after creation, not on its own"
+    );
+    let done = sim.batch(id(&batch)).await;
+    let created = done["created_at"].as_i64().unwrap();
+    assert_eq!(
+        done["completed_at"].as_i64().unwrap() - created,
+        80,
+        "10 + 60 + 10 simulated s"
+    );
 }
 
 #[tokio::test]
