@@ -142,6 +142,8 @@ impl Simulator {
 }
 
 impl Drop for Simulator {
+    // Killing is enough: the simulator keeps its files under the bench's temporary directory
+    // (`--data-dir`), which is removed right after, so nothing is left behind.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
