@@ -87,11 +87,6 @@ impl Client {
         })
     }
 
-    /// The base URL requests are made under.
-    pub fn base_url(&self) -> &Url {
-        &self.inner.base
-    }
-
     /// Uploads `range` of the file at `path` as a batch input file named `filename`. The bytes
     /// are streamed from disk with a known length (so `Content-Length` is sent): memory does not
     /// grow with the file. Never retried; see the module docs.
@@ -110,7 +105,7 @@ impl Client {
         if range.start > range.end {
             return Err(local(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("empty byte range {}..{}", range.start, range.end),
+                format!("invalid byte range {}..{}", range.start, range.end),
             )));
         }
         let mut file = tokio::fs::File::open(path).await.map_err(local)?;
@@ -286,15 +281,29 @@ impl Client {
                 .map_err(|_| stalled(op, limit, 0)),
             None => Ok(execute.await),
         };
-        let response = match outcome.and_then(|r| r.map_err(|e| ApiError::from_transport(op, &e))) {
+        let outcome = outcome.and_then(|r| r.map_err(|e| ApiError::from_transport(op, &e)));
+        // Method, path, status and time only: never headers, which carry the key.
+        let response = match outcome {
             Ok(response) => response,
             Err(err) => {
-                tracing::debug!(%method, path, elapsed_ms = elapsed_ms(started), error = %err, "api request failed");
+                tracing::debug!(
+                    %method,
+                    path,
+                    elapsed_ms = elapsed_ms(started),
+                    error = %err,
+                    "api request failed"
+                );
                 return Err(err);
             }
         };
         let status = response.status();
-        tracing::debug!(%method, path, status = status.as_u16(), elapsed_ms = elapsed_ms(started), "api request");
+        tracing::debug!(
+            %method,
+            path,
+            status = status.as_u16(),
+            elapsed_ms = elapsed_ms(started),
+            "api request"
+        );
         if status.is_success() {
             return Ok((response, permit));
         }
@@ -323,10 +332,9 @@ impl Client {
             .await
             .map_err(|e| ApiError::from_transport(op, &e))?;
         serde_json::from_slice(&body).map_err(|e| {
-            let text = self
-                .inner
-                .key
-                .redact(&String::from_utf8_lossy(&body[..body.len().min(200)]));
+            // Redact before cutting, so no cut can leave the start of the key behind.
+            let redacted = self.inner.key.redact(&String::from_utf8_lossy(&body));
+            let text: String = redacted.chars().take(200).collect();
             ApiError::lost_answer(
                 op,
                 Some(status),
@@ -734,6 +742,73 @@ mod tests {
         assert!(!text.contains(KEY), "{text}");
         // The handshake failed, so the server never saw a request, nor the key.
         assert_eq!(server.request.await.unwrap(), "");
+    }
+
+    /// A plain HTTP server on 127.0.0.1 answering every request with `body` and status 200.
+    async fn answering_200_with(body: String) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn garbled_success_is_unknown_for_create_and_transient_for_reads_without_the_key() {
+        // A proxy's maintenance page with a 200 status, echoing the key across the 200th byte.
+        let page = format!("<html>{}{KEY}</html>", "x".repeat(188));
+        let port = answering_200_with(page).await;
+        let s = settings(&format!("http://127.0.0.1:{port}/v1"));
+        let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
+        let request = CreateBatchRequest {
+            input_file_id: "file-1".into(),
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            metadata: None,
+            output_expires_after: None,
+        };
+        let err = client.create_batch(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::UnknownOutcome {
+                    status: Some(200),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = client.retrieve_batch("batch_1").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ApiError::Transient {
+                    status: Some(200),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("sk-tls"), "not even the key's start: {text}");
     }
 
     #[test]

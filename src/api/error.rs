@@ -403,7 +403,7 @@ fn html_title(html: &str) -> Option<String> {
 /// The delay a server asked for: `retry-after-ms` (milliseconds, OpenAI's precise form) when
 /// present, else `Retry-After` as seconds or as an HTTP date (relative to `now`). A date in the
 /// past means "now".
-pub fn parse_retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+pub(crate) fn parse_retry_after(headers: &HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)

@@ -40,13 +40,13 @@ impl TokenBucket {
 
 /// The rate and concurrency limits, shared by every clone of the client.
 #[derive(Debug, Clone)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     bucket: Arc<Mutex<TokenBucket>>,
     slots: Arc<Semaphore>,
 }
 
 impl Limiter {
-    pub fn new(limits: &LimitSettings) -> Limiter {
+    pub(crate) fn new(limits: &LimitSettings) -> Limiter {
         // Validated config guarantees a positive, finite rate; guard anyway so a hand-built
         // LimitSettings cannot make Duration::from_secs_f64 panic.
         let rate = if limits.requests_per_second.is_finite() && limits.requests_per_second > 0.0 {
@@ -62,7 +62,7 @@ impl Limiter {
 
     /// Waits for a free slot, then for the rate, and returns the slot; the request runs while
     /// the permit is held (a download holds it until the last byte).
-    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+    pub(crate) async fn acquire(&self) -> OwnedSemaphorePermit {
         let permit = Arc::clone(&self.slots)
             .acquire_owned()
             .await

@@ -43,7 +43,7 @@
 //!
 //! # Limits
 //!
-//! All requests of all clones of a [`Client`] share one [`Limiter`]: a token bucket keeps them
+//! All requests of all clones of a [`Client`] share one limiter: a token bucket keeps them
 //! under `limits.requests_per_second`, and a semaphore keeps at most `limits.concurrency` in
 //! flight.
 
@@ -55,9 +55,8 @@ mod retry;
 mod types;
 
 pub use client::Client;
-pub use error::{ApiError, Operation, parse_retry_after};
+pub use error::{ApiError, Operation};
 pub use key::ApiKey;
-pub use limit::Limiter;
 pub use retry::RetryPolicy;
 pub use types::{
     Batch, BatchError, BatchErrors, BatchUsage, CreateBatchRequest, ExpiryAnchor, FileDeleted,

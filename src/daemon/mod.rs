@@ -211,7 +211,7 @@ impl Daemon {
         tracing::info!(
             database = %settings.database.path.display(),
             queue = %settings.queue.dir.display(),
-            api = %ctx.client.base_url(),
+            api = %settings.api.base_url,
             schema_version = crate::store::known_schema_version(),
             "batchwatch started"
         );

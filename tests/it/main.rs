@@ -1,6 +1,7 @@
 //! batchwatch's integration tests, in one binary so the crate links once.
 //! Each module tests one part; shared set-up lives in `support`.
 
+mod client;
 mod config;
 mod daemon_bad_input;
 mod daemon_crash;

@@ -1,5 +1,7 @@
 //! Set-up shared by the integration tests.
 
+pub mod bigfile;
+pub mod client;
 pub mod daemon;
 pub mod fixtures;
 pub mod process;
