@@ -211,6 +211,11 @@ mod stand_in {
     async fn stand_in_config_error_is_not_restarted() {
         scenarios::config_error_is_not_restarted(&payload()).await;
     }
+
+    #[tokio::test]
+    async fn stand_in_reads_an_encrypted_credential() {
+        scenarios::encrypted_credential_reaches_the_daemon(&payload()).await;
+    }
 }
 
 /// The same scenarios with the real daemon: the static binary of
@@ -261,5 +266,11 @@ mod real_daemon {
     #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_config_error_is_not_restarted() {
         scenarios::config_error_is_not_restarted(&payload()).await;
+    }
+
+    #[tokio::test]
+    #[ignore = "needs `batchwatch run` (issue 4)"]
+    async fn daemon_reads_an_encrypted_credential() {
+        scenarios::encrypted_credential_reaches_the_daemon(&payload()).await;
     }
 }

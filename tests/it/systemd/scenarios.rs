@@ -254,3 +254,36 @@ pub async fn config_error_is_not_restarted(payload: &Payload) {
         sys.diagnostics().await
     );
 }
+
+/// The unit's LoadCredentialEncrypted= variant, set up as its comment says: the key
+/// encrypted with `systemd-creds`, the plain file gone, a drop-in that swaps the lines.
+pub async fn encrypted_credential_reaches_the_daemon(payload: &Payload) {
+    let Some(sys) = SystemdContainer::start(payload, None).await else {
+        return;
+    };
+    sys.check(
+        "install -d -m 0700 /etc/credstore.encrypted && \
+         systemd-creds encrypt --name=openai-api-key \
+             /etc/credstore/batchwatch.openai-api-key \
+             /etc/credstore.encrypted/batchwatch.openai-api-key && \
+         rm /etc/credstore/batchwatch.openai-api-key && \
+         mkdir -p /etc/systemd/system/batchwatch.service.d && \
+         printf '[Service]\\nLoadCredential=\\nLoadCredentialEncrypted=%s\\n' \
+             openai-api-key:/etc/credstore.encrypted/batchwatch.openai-api-key \
+             > /etc/systemd/system/batchwatch.service.d/credential.conf && \
+         systemctl daemon-reload",
+    )
+    .await;
+    if let Err(out) = sys.start_unit().await {
+        panic!(
+            "{UNIT} did not start with the encrypted credential: {out}\n{}",
+            sys.diagnostics().await
+        );
+    }
+    assert!(sys.state().await.is_running());
+    let journal = sys.journal().await;
+    assert!(
+        !journal.contains(&payload.credential),
+        "the API key appears in the journal"
+    );
+}
