@@ -22,7 +22,7 @@ pub mod sidecar;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -79,8 +79,9 @@ pub struct Reason {
 impl Queue {
     /// Creates the tree where it is missing and checks it is on one filesystem.
     ///
-    /// New directories get group access so the service's group can drop files into incoming/
-    /// (setgid, so they keep the group) and read the results; existing ones are left as they are.
+    /// New directories get the process's umask (the systemd unit's UMask=0027 gives 0750);
+    /// existing ones are never changed, so the modes an administrator or tmpfiles.d gave them
+    /// (a group-writable incoming/, say) stay.
     pub fn open(root: &Path) -> io::Result<Queue> {
         let queue = Queue {
             root: root.to_owned(),
@@ -90,15 +91,8 @@ impl Queue {
             failed: root.join("failed"),
             results: root.join("results"),
         };
-        create_dir(root, 0o2750)?;
-        for (dir, mode) in [
-            (&queue.incoming, 0o2770),
-            (&queue.processing, 0o2750),
-            (&queue.done, 0o2750),
-            (&queue.failed, 0o2750),
-            (&queue.results, 0o2750),
-        ] {
-            create_dir(dir, mode)?;
+        for dir in queue.dirs() {
+            std::fs::create_dir_all(dir)?;
         }
         let root_dev = std::fs::metadata(root)?.dev();
         for dir in queue.dirs() {
@@ -251,18 +245,6 @@ fn move_if_present(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
-fn create_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        }
-        Err(e) => Err(e),
-    }
-}
-
 /// `NAME.toml`, the sidecar of `NAME`.
 pub fn sidecar_name(name: &OsStr) -> OsString {
     let mut s = name.to_owned();
@@ -398,8 +380,6 @@ mod tests {
         for d in q.dirs() {
             assert!(d.is_dir());
         }
-        let mode = std::fs::metadata(&q.incoming).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode, 0o2770);
         let job = JobId::generate(5);
         let name = OsStr::new("x.jsonl");
         assert_eq!(

@@ -17,3 +17,4 @@ mod sim_sdk;
 mod status;
 mod store;
 mod support;
+mod systemd;
