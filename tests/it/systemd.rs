@@ -174,64 +174,15 @@ fn harness_invalid_config_is_a_config_error_naming_the_key() {
     assert!(err.to_string().contains("no_such_key"), "{err}");
 }
 
-/// The scenarios with the stand-in of `stand-in-daemon.pl`: they prove the harness and the
-/// unit until `batchwatch run` exists.
-mod stand_in {
-    use super::harness::{self, Payload, repo_path};
-    use super::scenarios;
-
-    fn payload() -> Payload {
-        Payload {
-            program: repo_path("tests/it/systemd/stand-in-daemon.pl"),
-            config: harness::valid_config("http://127.0.0.1:8089/v1"),
-            credential: harness::test_credential(),
-            before_start: Vec::new(),
-            status_probe: "sqlite3 -readonly /var/lib/batchwatch/state.db \
-                           'select count(*) from standin'"
-                .to_owned(),
-        }
-    }
-
-    #[tokio::test]
-    async fn stand_in_reaches_ready_and_owns_its_paths() {
-        scenarios::reaches_ready_and_owns_its_paths(&payload()).await;
-    }
-
-    #[tokio::test]
-    async fn stand_in_hung_is_restarted_by_the_watchdog() {
-        scenarios::watchdog_restarts_a_hung_daemon(&payload()).await;
-    }
-
-    #[tokio::test]
-    async fn stand_in_stops_cleanly_on_sigterm() {
-        scenarios::sigterm_stops_it_cleanly(&payload()).await;
-    }
-
-    #[tokio::test]
-    async fn stand_in_config_error_is_not_restarted() {
-        scenarios::config_error_is_not_restarted(&payload()).await;
-    }
-
-    #[tokio::test]
-    async fn stand_in_reads_an_encrypted_credential() {
-        scenarios::encrypted_credential_reaches_the_daemon(&payload()).await;
-    }
-}
-
-/// The same scenarios with the real daemon: the static binary of
-/// `RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --target x86_64-unknown-linux-gnu`
-/// (or BATCHWATCH_STATIC_BIN), with the simulator as the API. Ignored until `batchwatch run`
-/// exists (issue 4); then remove the `ignore` attributes.
+/// The scenarios with the real daemon (the static binary, see `support::static_bin`), with
+/// the simulator, run as a unit of its own, as the API.
 mod real_daemon {
-    use super::harness::{self, Payload, repo_path};
+    use super::harness::{self, Payload};
     use super::scenarios;
 
     fn payload() -> Payload {
-        let program = std::env::var_os("BATCHWATCH_STATIC_BIN")
-            .map(Into::into)
-            .unwrap_or_else(|| repo_path("target/x86_64-unknown-linux-gnu/release/batchwatch"));
         Payload {
-            program,
+            program: crate::support::static_bin::static_bin(),
             config: harness::valid_config("http://127.0.0.1:8089/v1"),
             credential: harness::test_credential(),
             // The simulator, as a unit of its own, on the address the configuration names.
@@ -245,31 +196,26 @@ mod real_daemon {
     }
 
     #[tokio::test]
-    #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_reaches_ready_and_owns_its_paths() {
         scenarios::reaches_ready_and_owns_its_paths(&payload()).await;
     }
 
     #[tokio::test]
-    #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_hung_is_restarted_by_the_watchdog() {
         scenarios::watchdog_restarts_a_hung_daemon(&payload()).await;
     }
 
     #[tokio::test]
-    #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_stops_cleanly_on_sigterm() {
         scenarios::sigterm_stops_it_cleanly(&payload()).await;
     }
 
     #[tokio::test]
-    #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_config_error_is_not_restarted() {
         scenarios::config_error_is_not_restarted(&payload()).await;
     }
 
     #[tokio::test]
-    #[ignore = "needs `batchwatch run` (issue 4)"]
     async fn daemon_reads_an_encrypted_credential() {
         scenarios::encrypted_credential_reaches_the_daemon(&payload()).await;
     }

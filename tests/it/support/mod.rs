@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod process;
 pub mod schema;
 pub mod sim;
+pub mod static_bin;
 
 use std::path::{Path, PathBuf};
 

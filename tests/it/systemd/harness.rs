@@ -2,8 +2,8 @@
 //! README says and run for real: sysusers, tmpfiles, the unit, a config in /etc/batchwatch and
 //! the API key in /etc/credstore. The image comes from `.ci/systemd-image`.
 //!
-//! What runs as `/usr/local/bin/batchwatch` is a [`Payload`]: today the stand-in of
-//! `stand-in-daemon.pl`, later the static `batchwatch` binary. Nothing else changes.
+//! What runs as `/usr/local/bin/batchwatch` is a [`Payload`]: the static `batchwatch` binary,
+//! with its configuration and credential.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -79,7 +79,7 @@ pub struct Payload {
     pub status_probe: String,
 }
 
-/// A configuration that the daemon accepts, for the stand-in and the real daemon alike.
+/// A configuration that the daemon accepts.
 pub fn valid_config(base_url: &str) -> String {
     format!(
         "# Written by the systemd test harness.\n\

@@ -1,5 +1,4 @@
-//! What must hold when batchwatch runs under its unit, written once for any [`Payload`]: the
-//! stand-in now, the real daemon when it exists.
+//! What must hold when batchwatch runs under its unit.
 
 use std::time::Duration;
 
