@@ -32,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
+    /// Watch the whole lifecycle against the built-in simulator: no API key, no configuration.
+    Demo(crate::demo::DemoArgs),
     /// List jobs: state, remote status, request counts, age, deadline.
     Status(StatusArgs),
     /// Everything about one job (by job id, remote batch id or local batch number).
@@ -139,6 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(config)?;
             crate::telemetry::init(settings.log.format);
             runtime()?.block_on(crate::daemon::run(settings))?;
+        }
+        Command::Demo(args) => {
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+            // SAFETY: nothing else runs yet; the demo keeps the daemon's logs to warnings.
+            unsafe { std::env::set_var("RUST_LOG", filter) };
+            crate::telemetry::init(crate::config::LogFormat::Text);
+            runtime()?.block_on(crate::demo::run(args))?;
         }
         Command::Migrate => {
             let settings = Settings::load(config)?;

@@ -1,0 +1,63 @@
+//! `batchwatch demo`, README's first command: the whole lifecycle with no key and no configuration.
+
+use std::time::Duration;
+
+use batchwatch::model::JobState;
+use batchwatch::store::{Access, Store, jobs};
+
+use crate::support::Sandbox;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_every_kind_of_job_to_its_end_without_a_key_or_a_configuration() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path().join("demo");
+    let mut cmd = crate::support::process::command(None);
+    cmd.args(["demo", "--dir"])
+        .arg(&dir)
+        .env_remove("OPENAI_API_KEY");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("Jobs: 1 rejected, 3 completed, 1 cancelled"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("results in"), "{stdout}");
+
+    let store = Store::open(
+        &dir.join("state.db"),
+        Duration::from_secs(5),
+        Access::ReadOnly,
+    )
+    .await
+    .unwrap();
+    let all = jobs::in_states(store.reader(), JobState::ALL)
+        .await
+        .unwrap();
+    let state = |name: &str| {
+        all.iter()
+            .find(|j| j.file_name == name)
+            .map(|j| (j.state, j.reason_code.clone()))
+            .unwrap()
+    };
+    assert_eq!(
+        state("broken.jsonl"),
+        (JobState::Rejected, Some("duplicate_custom_id".into()))
+    );
+    assert_eq!(
+        state("slow.jsonl"),
+        (JobState::Cancelled, Some("deadline".into()))
+    );
+    for name in ["reviews.jsonl", "embeddings.jsonl", "summaries.jsonl"] {
+        assert_eq!(state(name).0, JobState::Completed, "{name}");
+        assert!(dir.join("queue/done").join(name).exists());
+    }
+    assert!(dir.join("queue/failed/slow.jsonl.reason.json").exists());
+    assert!(dir.join("queue/failed/broken.jsonl.reason.json").exists());
+}
