@@ -69,7 +69,11 @@ impl Client {
         let http = http.build().map_err(|e| {
             ConfigError::key(
                 "api.base_url",
-                format!("cannot set up HTTPS: {}", crate::telemetry::chain(&e)),
+                format!(
+                    "cannot set up HTTPS: {} (the system's CA certificates are needed for an \
+                     https:// URL: install them, e.g. the ca-certificates package)",
+                    crate::telemetry::chain(&e)
+                ),
             )
         })?;
         Ok(Client {
@@ -554,8 +558,17 @@ fn http_builder(api: &ApiSettings) -> reqwest::ClientBuilder {
     // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is
     // harmless (the second attempt reports the first and is ignored).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .tls_backend_rustls()
+    let builder = if api.base_url.trim_start().starts_with("http://") {
+        // Plain HTTP (the simulator, a local gateway) needs no certificates: do not load the
+        // system's, so the daemon also runs where there are none (a minimal container).
+        let no_roots = rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        reqwest::Client::builder().tls_backend_preconfigured(no_roots)
+    } else {
+        reqwest::Client::builder().tls_backend_rustls()
+    };
+    builder
         .connect_timeout(api.connect_timeout.get())
         // An API does not redirect; following one would resend the key to another host.
         .redirect(reqwest::redirect::Policy::none())

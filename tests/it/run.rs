@@ -87,3 +87,34 @@ fn logs_are_json_lines_when_asked_and_follow_rust_log() {
     );
     assert!(line.contains(" INFO "), "{line}");
 }
+
+#[test]
+fn run_needs_no_system_certificates_for_a_plain_http_api_and_names_them_for_https() {
+    let sandbox = Sandbox::new();
+    let no_certs = [
+        ("SSL_CERT_FILE", "/nonexistent/certs.pem"),
+        ("SSL_CERT_DIR", "/nonexistent/certs"),
+    ];
+    let config = sandbox.write_config("[api]\nbase_url = \"http://127.0.0.1:9/v1\"\n");
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        .envs(no_certs);
+    let mut daemon = Running::spawn(cmd);
+    daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(5)).0.code(), Some(0));
+
+    let config = sandbox.write_config("[api]\nbase_url = \"https://127.0.0.1:9/v1\"\n");
+    let mut cmd = command(Some(&config));
+    cmd.arg("run")
+        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        .envs(no_certs);
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`api.base_url`") && stderr.contains("ca-certificates"),
+        "{stderr}"
+    );
+}

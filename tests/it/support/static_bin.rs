@@ -24,7 +24,16 @@ pub fn static_bin() -> PathBuf {
             target_dir.display()
         );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // The variables cargo set for this test run would make build scripts run again.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let ours = key == "CARGO_HOME" || key == "RUSTUP_HOME" || key == "RUSTUP_TOOLCHAIN";
+            if !ours && (key.starts_with("CARGO") || key.starts_with("RUSTC") || key == "OUT_DIR") {
+                build.env_remove(key.as_ref());
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "--release",
