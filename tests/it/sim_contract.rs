@@ -1,11 +1,12 @@
 //! The simulator's responses against the reference OpenAPI schemas, loaded from the YAML files.
 
-use batchwatch::sim::{Faults, SimConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::support::schema::Spec;
-use crate::support::sim::{KEY, TestSim, chat_lines, http_client, spawn_sim, stopped_clock};
+use crate::support::sim::{
+    KEY, TestSim, chat_lines, http_client, spawn_sim, stopped_clock, stopped_clock_with_failures,
+};
 
 /// Every property of the Batch schema is present (null when unset), as in real responses.
 fn assert_every_batch_property(spec: &Spec, batch: &Value) {
@@ -25,14 +26,7 @@ fn assert_batch(spec: &Spec, batch: &Value, op: (&str, &str)) {
 #[tokio::test]
 async fn every_endpoint_answers_in_the_shape_of_the_reference_schemas() {
     let spec = Spec::load();
-    let sim = spawn_sim(SimConfig {
-        faults: Faults {
-            request_failure_rate: 0.3,
-            ..Faults::default()
-        },
-        ..stopped_clock()
-    })
-    .await;
+    let sim = spawn_sim(stopped_clock_with_failures()).await;
 
     let file = sim.upload(&chat_lines(20, "gpt-4o-mini")).await;
     spec.assert_response("/files", "post", &file);

@@ -8,7 +8,9 @@ use batchwatch::sim::{Faults, SimConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::sim::{START, TestSim, chat_lines, fast_clock, spawn_sim, stopped_clock};
+use crate::support::sim::{
+    START, TestSim, chat_lines, fast_clock, spawn_sim, stopped_clock, stopped_clock_with_failures,
+};
 
 fn counts(batch: &Value) -> (u64, u64, u64) {
     let c = &batch["request_counts"];
@@ -127,14 +129,7 @@ async fn with_a_running_clock_batches_finish_while_nobody_polls() {
 
 #[tokio::test]
 async fn output_and_error_files_hold_each_request_once_in_shuffled_order() {
-    let sim = spawn_sim(SimConfig {
-        faults: Faults {
-            request_failure_rate: 0.3,
-            ..Faults::default()
-        },
-        ..stopped_clock()
-    })
-    .await;
+    let sim = spawn_sim(stopped_clock_with_failures()).await;
     let batch = sim.submit(&chat_lines(40, "gpt-4o-mini")).await;
     sim.advance(100.0).await;
     let done = sim.wait_status(id(&batch), "completed").await;

@@ -4,10 +4,9 @@
 //! test is skipped with a printed reason, unless `BATCHWATCH_REQUIRE_SDK=1` (as in CI), which
 //! makes it fail instead.
 
-use batchwatch::sim::{Faults, SimConfig};
 use serde_json::Value;
 
-use crate::support::sim::{KEY, spawn_sim, stopped_clock};
+use crate::support::sim::{KEY, spawn_sim, stopped_clock_with_failures};
 
 /// Uploads, creates, polls to completion (moving the stopped clock through the admin API),
 /// downloads, lists with auto-pagination, cancels, and checks a 404 becomes NotFoundError.
@@ -107,14 +106,7 @@ async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
         );
         return;
     }
-    let sim = spawn_sim(SimConfig {
-        faults: Faults {
-            request_failure_rate: 0.3,
-            ..Faults::default()
-        },
-        ..stopped_clock()
-    })
-    .await;
+    let sim = spawn_sim(stopped_clock_with_failures()).await;
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("sdk_check.py");
     std::fs::write(&script, SCRIPT).unwrap();

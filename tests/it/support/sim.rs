@@ -33,6 +33,17 @@ pub fn stopped_clock() -> SimConfig {
 }
 
 /// A clock fast enough that a default lifecycle takes a few milliseconds.
+/// A stopped clock with 30% of requests failing, so both output and error files are written.
+pub fn stopped_clock_with_failures() -> SimConfig {
+    SimConfig {
+        faults: sim::Faults {
+            request_failure_rate: 0.3,
+            ..sim::Faults::default()
+        },
+        ..stopped_clock()
+    }
+}
+
 pub fn fast_clock() -> SimConfig {
     SimConfig {
         time_scale: 100_000.0,
