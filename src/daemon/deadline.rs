@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 
-use super::progress::refresh_job;
+use super::progress::{self, refresh_job};
 use super::{Ctx, Next, Work, defer, poll, reconcile};
 use crate::api::ApiError;
 use crate::model::{JobState, SubmissionState};
@@ -44,7 +44,8 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Re
     let mut need_request = Vec::new();
     for job_id in jobs::cancel_pending(ctx.store.reader()).await? {
         let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
-        let mut tx = ctx.store.begin().await?;
+        let states: Vec<SubmissionState> = rows.iter().map(|r| r.state).collect();
+        let mut abandon = Vec::new();
         for row in rows {
             if in_flight.contains(&Work::Submit(row.id)) || row.state.is_terminal() {
                 continue;
@@ -55,7 +56,7 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Re
                 _ => false,
             };
             if unsent {
-                batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
+                abandon.push(row.id);
                 continue;
             }
             let waiting = row.not_before.as_deref().is_some_and(|t| t > now.as_str());
@@ -64,6 +65,17 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Re
             if (needs_create_reconciled || needs_cancel) && !waiting {
                 need_request.push(row.id);
             }
+        }
+        // Write only when something changes: this runs at every tick while a cancel is pending.
+        let job_state = jobs::get(ctx.store.reader(), &job_id)
+            .await?
+            .map(|j| j.state);
+        if abandon.is_empty() && job_state == progress::derive(&states, true) {
+            continue;
+        }
+        let mut tx = ctx.store.begin().await?;
+        for id in abandon {
+            batches::set_state(&mut tx, id, SubmissionState::Abandoned, &now).await?;
         }
         refresh_job(&mut tx, &job_id, None, "cancelling", &now).await?;
         tx.commit().await?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use batchwatch::model::JobState;
 
-use crate::support::daemon::{Env, quick_sim, requests, wait_crash};
+use crate::support::daemon::{Env, assert_key_absent, quick_sim, requests, wait_crash};
 use crate::support::sim::spawn_sim;
 
 async fn crash_then_restart(point: &str) {
@@ -31,6 +31,7 @@ async fn crash_then_restart(point: &str) {
             .iter()
             .any(|l| l.contains(&format!("crash point {point} reached")))
     );
+    assert_key_absent(&daemon.seen);
     drop(daemon);
 
     let mut daemon = env.spawn();
