@@ -64,6 +64,9 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
         row.state,
         SubmissionState::Uploading | SubmissionState::Creating | SubmissionState::Queued
     ) {
+        // The batch becomes the submission's: its attempt is counted in the same transaction,
+        // so a kill in between can neither lose the count nor make a restart count it again.
+        jobs::count_attempt(&mut tx, &row.job_id, &now).await?;
         batches::set_state(&mut tx, row.id, SubmissionState::Active, &now).await?;
         batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
         batches::set_not_before(&mut tx, row.id, None, &now).await?;

@@ -123,7 +123,6 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<()> {
         match reconcile::find_batch(ctx, row).await {
             Ok(Some(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
-                count_attempt(ctx, &row.job_id).await?;
                 return poll::observe(ctx, row, &batch).await;
             }
             Ok(None) => {
@@ -145,18 +144,10 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<()> {
         Ok(batch) => {
             failpoint::hit("submit:after-create");
             tracing::info!(job = %row.job_id, part = row.part, attempt = row.attempt, batch = %batch.id, "batch created");
-            count_attempt(ctx, &row.job_id).await?;
             poll::observe(ctx, row, &batch).await
         }
         Err(e) => handle_failure(ctx, row, e).await,
     }
-}
-
-async fn count_attempt(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
-    let mut tx = ctx.store.begin().await?;
-    jobs::count_attempt(&mut tx, job_id, &ctx.now()).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequest> {
