@@ -304,3 +304,83 @@ async fn a_second_rejected_file_of_a_long_name_reaches_failed_and_the_daemon_res
         again.seen.join("\n")
     );
 }
+
+/// submit::create: after an unknown-outcome create, the next step reconciles (lists batches);
+/// when nothing matches but the model is held by the enqueued-token limit, it returns without
+/// setting `not_before`. submit::due lets reconciling rows through the model filter, so the row
+/// is due again at the next tick: a full batch listing every tick (20 ms here, 500 ms by
+/// default) for as long as the hold lasts (up to backoff.token_limit_max, 2 h by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_to_reconcile_while_its_model_is_held_does_not_list_batches_every_tick() {
+    let mut config = quick_sim();
+    config.faults.token_limit = Some(1); // every batch fails with token_limit_exceeded
+    let sim = spawn_sim(config).await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[poll]\nmin_interval = \"1s\"\nmax_interval = \"5s\"\n\
+         [backoff]\ntoken_limit_initial = \"30s\"\ntoken_limit_max = \"30s\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("held.jsonl", requests("held", 2, "gpt-4o-mini").as_bytes());
+    let made = eventually(Duration::from_secs(10), || {
+        futures_util::FutureExt::now_or_never(sim.handle.stats())
+            .is_some_and(|s| !s.batches.is_empty())
+    })
+    .await;
+    assert!(made, "the first batch was never created");
+    // The next create gets a 500: outcome unknown, reconciled after poll.min_interval. By then
+    // the first batch has failed for the token limit and the model is held for 30 s.
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::ServerError).on("POST", "/v1/batches"))
+        .await;
+    env.drop_file("unknown.jsonl", requests("unk", 2, "gpt-4o-mini").as_bytes());
+    daemon.wait_for_line("enqueued-token limit reached", Duration::from_secs(10));
+    daemon.wait_for_line("an interrupted create made no batch", Duration::from_secs(10));
+    let lists = |s: &batchwatch::sim::Stats| {
+        s.requests
+            .iter()
+            .filter(|(k, _)| k.starts_with("GET") && k.ends_with("/batches"))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let before = lists(&sim.handle.stats().await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = lists(&sim.handle.stats().await);
+    env.stop(daemon);
+    assert!(
+        after - before <= 10,
+        "{} batch listings in 5 s while nothing could change",
+        after - before
+    );
+}
+
+/// A task that fails on a local error without recording a back-off is due again at once, and a
+/// finished task wakes the loop (`Daemon::run_until` selects on `join_next`): the loop respawns
+/// it immediately. collect::collect's `create_dir_all` failing (here results/ is not a
+/// directory; equally a full disk or a permission mistake) makes a tight loop that logs one
+/// WARN line per turn, for as long as the cause lasts. finish (merge or manifest write failing)
+/// and validate (a database error) spin the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_persistent_local_error_backs_off_instead_of_spinning() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    std::fs::remove_dir_all(env.dir("results")).unwrap();
+    std::fs::write(env.dir("results"), b"not a directory").unwrap();
+    env.drop_file("spin.jsonl", requests("spin", 2, "gpt-4o-mini").as_bytes());
+    daemon.wait_for_line("a task failed", Duration::from_secs(20));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // drain() reads until 50 ms pass without a line, which never happens during the flood.
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    daemon.drain();
+    let failures = daemon
+        .seen
+        .iter()
+        .filter(|l| l.contains("a task failed") && l.contains("Collect"))
+        .count();
+    assert!(
+        failures <= 30,
+        "{failures} failed collect attempts logged within about 3 s"
+    );
+}
