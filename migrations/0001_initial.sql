@@ -47,6 +47,12 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_state ON jobs (state);
 CREATE INDEX jobs_finished_at ON jobs (finished_at);
+-- The daemon looks for deadlines and cancels among unfinished jobs at every tick; finished
+-- jobs, which pile up, stay out of these indexes.
+CREATE INDEX jobs_unfinished_deadline ON jobs (deadline_at)
+    WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled');
+CREATE INDEX jobs_unfinished_cancel ON jobs (cancel_requested_at)
+    WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled');
 
 -- What happened to each job, in order: one row per state change, with its reason.
 CREATE TABLE job_events (

@@ -180,13 +180,27 @@ pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violat
 
     loop {
         buf.clear();
-        let read = reader.read_until(b'\n', &mut buf).map_err(|e| {
-            Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
-        })?;
+        // A line longer than a whole batch may be is refused without holding more of it.
+        let read = (&mut reader)
+            .take(limits.max_bytes + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| {
+                Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
+            })?;
         if read == 0 {
             break;
         }
         line_no += 1;
+        if read as u64 > limits.max_bytes {
+            return Err(Violation::at(
+                Rule::TooLarge,
+                line_no,
+                format!(
+                    "the line alone is larger than the limit of {} bytes per batch",
+                    limits.max_bytes
+                ),
+            ));
+        }
         hasher.update(&buf);
         let line_len = read as u64;
         if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {

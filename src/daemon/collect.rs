@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::progress::refresh_job;
-use super::{Ctx, Next, defer, intake};
+use super::{Ctx, Next, defer};
 use crate::api::ApiError;
 use crate::failpoint;
 use crate::model::{BatchStatus, JobState, SubmissionState};
@@ -272,7 +272,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         return Ok(());
     };
     if job.state.is_terminal() {
-        return intake::settle_file(&ctx, &job).await;
+        return Ok(());
     }
     let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
     let last = latest(&rows);
@@ -354,15 +354,14 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
     tx.commit().await?;
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
+    // The sweep moves the input file on.
     failpoint::hit("finish:after-state");
-    let job = jobs::get(ctx.store.reader(), &job_id)
-        .await?
-        .context("the job row vanished")?;
-    intake::settle_file(&ctx, &job).await
+    Ok(())
 }
 
 /// Merges the downloaded `BATCH.KIND.jsonl` files of `batches` into `KIND.jsonl`; returns its
-/// name when there is one. Repeatable: once merged, the parts are gone and the result stays.
+/// name when there is one. Repeatable: the merged file is complete before any part is removed,
+/// so once it exists the merge is done and leftover parts only need removing.
 fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String>> {
     let name = format!("{kind}.jsonl");
     let target = dir.join(&name);
@@ -371,8 +370,14 @@ fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String
         .map(|b| dir.join(format!("{b}.{kind}.jsonl")))
         .filter(|p| p.exists())
         .collect();
+    if target.exists() {
+        for part in &parts {
+            std::fs::remove_file(part)?;
+        }
+        return Ok(Some(name));
+    }
     match parts.as_slice() {
-        [] => return Ok(target.exists().then_some(name)),
+        [] => return Ok(None),
         [one] => std::fs::rename(one, &target)?,
         many => {
             let mut out = tempfile::Builder::new()
@@ -547,5 +552,16 @@ mod tests {
             merged
         );
         assert_eq!(merge(dir.path(), &ids, "errors").unwrap(), None);
+        // A crash while the parts were being removed: the merged file is kept as it is.
+        std::fs::write(dir.path().join("b3.output.jsonl"), "{\"c\":3}\n").unwrap();
+        assert_eq!(
+            merge(dir.path(), &ids, "output").unwrap().as_deref(),
+            Some("output.jsonl")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("output.jsonl")).unwrap(),
+            merged
+        );
+        assert!(!dir.path().join("b3.output.jsonl").exists());
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use super::progress::{self, refresh_job};
-use super::{Ctx, Next, Work, defer, poll, reconcile};
+use super::{Ctx, Next, Subject, defer, poll, reconcile};
 use crate::api::ApiError;
 use crate::model::{JobState, SubmissionState};
 use crate::store::{batches, jobs};
@@ -39,7 +39,7 @@ pub async fn enforce(ctx: &Ctx) -> anyhow::Result<()> {
 
 /// Moves on the jobs marked for cancel: abandons what never became a batch, and returns the
 /// submissions that need a request (a cancel to send, or a create to reconcile first).
-pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Result<Vec<i64>> {
+pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<Vec<i64>> {
     let now = ctx.now();
     let mut need_request = Vec::new();
     for job_id in jobs::cancel_pending(ctx.store.reader()).await? {
@@ -47,7 +47,7 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Re
         let states: Vec<SubmissionState> = rows.iter().map(|r| r.state).collect();
         let mut abandon = Vec::new();
         for row in rows {
-            if in_flight.contains(&Work::Submit(row.id)) || row.state.is_terminal() {
+            if in_flight.contains(&Subject::Submission(row.id)) || row.state.is_terminal() {
                 continue;
             }
             let unsent = match row.state {
@@ -70,7 +70,8 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Work>) -> anyhow::Re
         let job_state = jobs::get(ctx.store.reader(), &job_id)
             .await?
             .map(|j| j.state);
-        if abandon.is_empty() && job_state == progress::derive(&states, true) {
+        if abandon.is_empty() && (states.is_empty() || job_state == progress::derive(&states, true))
+        {
             continue;
         }
         let mut tx = ctx.store.begin().await?;

@@ -1,6 +1,8 @@
-//! What holds work back for everyone: a refused API key (or exhausted quota) stops all API work
-//! until a probe shows the key works again, and the enqueued-token limit holds back new
-//! submissions for one model for a while.
+//! What holds work back for everyone: a refused API key (401, 403) stops all API work until a
+//! probe shows the key works again; exhausted quota (429 `insufficient_quota`) stops new
+//! submissions for `backoff.auth_retry` at a time, while running batches are still polled,
+//! cancelled and collected; and the enqueued-token limit holds back new submissions for one
+//! model for a while.
 //!
 //! Both live in memory only: after a restart the first refused request closes the gate again,
 //! and the submissions' own `not_before` times, which are stored, keep their back-off.
@@ -26,6 +28,7 @@ pub struct Pause {
 #[derive(Debug, Default)]
 pub struct Gate {
     pause: Mutex<Option<Pause>>,
+    submissions: Mutex<Option<Timestamp>>,
     models: Mutex<HashMap<String, Timestamp>>,
 }
 
@@ -35,15 +38,25 @@ impl Gate {
         self.pause.lock().expect("gate lock").clone()
     }
 
-    /// Notes an API error; returns true when it closed the gate (401, 403, quota).
+    /// Notes an API error; returns true when it closed the gate (401, 403) or held
+    /// submissions (quota).
     pub fn note(&self, err: &ApiError, now: Timestamp, retry: Duration) -> bool {
-        let refusal = matches!(
+        if let ApiError::QuotaExceeded { .. } = err {
+            let mut held = self.submissions.lock().expect("gate lock");
+            if held.is_none_or(|until| until <= now) {
+                tracing::error!(
+                    error = %err,
+                    retry_in = %clock::humanize(retry),
+                    "THE API QUOTA IS EXHAUSTED: no new batches are submitted; running batches are still followed, and queued work waits"
+                );
+            }
+            *held = Some(clock::add(now, retry));
+            return true;
+        }
+        if !matches!(
             err,
-            ApiError::Unauthorized { .. }
-                | ApiError::Forbidden { .. }
-                | ApiError::QuotaExceeded { .. }
-        );
-        if !refusal {
+            ApiError::Unauthorized { .. } | ApiError::Forbidden { .. }
+        ) {
             return false;
         }
         let mut pause = self.pause.lock().expect("gate lock");
@@ -75,6 +88,14 @@ impl Gate {
         if self.pause.lock().expect("gate lock").take().is_some() {
             tracing::warn!("the API accepts the key again: resuming");
         }
+    }
+
+    /// When new submissions may go out again, if exhausted quota holds them at `now`.
+    pub fn submissions_held_until(&self, now: Timestamp) -> Option<Timestamp> {
+        self.submissions
+            .lock()
+            .expect("gate lock")
+            .filter(|until| *until > now)
     }
 
     /// Holds back new submissions for `model` until `until`.
@@ -133,6 +154,23 @@ mod tests {
         let (i, m) = (Duration::from_secs(60), Duration::from_secs(600));
         let got: Vec<u64> = (1..=6).map(|a| token_backoff(a, i, m).as_secs()).collect();
         assert_eq!(got, [60, 120, 240, 480, 600, 600]);
+    }
+
+    #[test]
+    fn exhausted_quota_holds_submissions_only() {
+        let gate = Gate::default();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let quota = ApiError::QuotaExceeded {
+            op: Operation::CreateBatch,
+            message: "billing".into(),
+        };
+        assert!(gate.note(&quota, now, Duration::from_secs(60)));
+        assert!(gate.paused().is_none(), "polls and cancels go on");
+        assert!(gate.submissions_held_until(now).is_some());
+        assert!(
+            gate.submissions_held_until(clock::add(now, Duration::from_secs(61)))
+                .is_none()
+        );
     }
 
     #[test]

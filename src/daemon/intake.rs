@@ -1,13 +1,15 @@
 //! From incoming/ to a queued job: scan, claim, check, or reject with a reason. Also the file's
-//! last move (to done/ or failed/) and the recovery of both after a crash.
+//! last move (to done/ or failed/), and the sweep that repairs what a crash interrupted.
 //!
-//! Claim order: rename into processing/ (the file now carries its job id), then insert the
-//! job row. A crash between the two leaves a file in processing/ without a row; recovery
-//! adopts it under the id in its name. A finished job's state is committed before its file
-//! moves; recovery finishes moves that a crash interrupted.
+//! Claim order: rename into `processing/JOBID/` (the file now carries its job id), then insert
+//! the job row. A crash between the two leaves a job directory without a row; the sweep adopts
+//! it under that id. A finished job's state is committed first; then the sweep chooses the
+//! file's destination and records it, writes the reason file and moves the file, each step
+//! repeatable. The sweep runs at every scan, in the main loop (so it never races a claim), and
+//! one file it cannot handle is logged and left for the next sweep, never fatal.
 
-use std::ffi::{OsStr, OsString};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -20,7 +22,7 @@ use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
-use crate::queue::{self, Destination, Queue, Reason};
+use crate::queue::{self, Destination, JobDir, Queue, Reason};
 use crate::store::batches::{self, NewSubmission};
 use crate::store::jobs::{self, Job, NewJob, Why};
 
@@ -83,7 +85,7 @@ pub async fn scan_and_claim(
         scanner.forget(&entry.name);
         let job = JobId::generate(u64::try_from(ctx.clock.now().as_millisecond()).unwrap_or(0));
         let path = match ctx.queue.claim(&entry.name, &job) {
-            Ok((path, _sidecar)) => path,
+            Ok(path) => path,
             // Gone since the scan (the writer moved it away): nothing to do.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -97,7 +99,17 @@ pub async fn scan_and_claim(
             }
         };
         failpoint::hit("claim:after-rename");
-        if register(ctx, &job, &entry.name, &path, entry.kind).await? {
+        let sidecar_moved = ctx.queue.adopt_sidecar(&entry.name, &job);
+        if register(
+            ctx,
+            &job,
+            &entry.name,
+            &path,
+            entry.kind,
+            sidecar_moved.err(),
+        )
+        .await?
+        {
             to_validate.push(job.to_string());
         }
     }
@@ -112,27 +124,24 @@ async fn register(
     name: &OsStr,
     path: &Path,
     kind: Kind,
+    sidecar_not_moved: Option<std::io::Error>,
 ) -> anyhow::Result<bool> {
     let claimed_at = ctx.clock.now();
-    let sidecar_path = queue::sidecar_path(path);
-    let (options, sidecar_error) = match std::fs::read(&sidecar_path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            match sidecar::parse(&text, &ctx.settings.batch, claimed_at) {
-                Ok(options) => (options, None),
-                Err(e) => (sidecar::defaults(&ctx.settings.batch, claimed_at), Some(e)),
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            (sidecar::defaults(&ctx.settings.batch, claimed_at), None)
-        }
-        Err(e) => (
-            sidecar::defaults(&ctx.settings.batch, claimed_at),
-            Some(sidecar::SidecarError {
-                key: None,
-                message: format!("cannot be read: {e}"),
-            }),
-        ),
+    let defaults = || sidecar::defaults(&ctx.settings.batch, claimed_at);
+    let read = match sidecar_not_moved {
+        Some(e) => Err(sidecar::SidecarError {
+            key: None,
+            message: format!("cannot be moved with its file: {e}"),
+        }),
+        None => sidecar::read(&queue::sidecar_path(path)),
+    };
+    let (options, sidecar_error) = match read {
+        Ok(Some(text)) => match sidecar::parse(&text, &ctx.settings.batch, claimed_at) {
+            Ok(options) => (options, None),
+            Err(e) => (defaults(), Some(e)),
+        },
+        Ok(None) => (defaults(), None),
+        Err(e) => (defaults(), Some(e)),
     };
     let bytes = match kind {
         Kind::File { bytes } => bytes,
@@ -301,7 +310,7 @@ fn valid_message(s: &batchfile::Summary) -> String {
     )
 }
 
-/// Rejects a job: records why, then moves its file to failed/ with a reason file.
+/// Rejects a job: records why. The sweep moves its file to failed/ with a reason file.
 pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
@@ -316,25 +325,101 @@ pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     .await?;
     tx.commit().await?;
     tracing::warn!(job = %job_id, rule = %why.code, reason = %why.message, "rejected");
-    let job = jobs::get(ctx.store.reader(), job_id)
-        .await?
-        .context("the job row vanished")?;
-    settle_file(ctx, &job).await
+    Ok(())
 }
 
-/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file),
-/// and records where it went. Repeatable: does nothing when the file has moved already.
-pub async fn settle_file(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
+/// Picks up what the previous run left: marks uploads and creates that were under way as of
+/// unknown outcome, then sweeps processing/.
+pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
+    tx.commit().await?;
+    if unknown > 0 {
+        tracing::info!(
+            submissions = unknown,
+            "uploads or creates were under way at the last stop; reconciling them first"
+        );
+    }
+    sweep(ctx).await
+}
+
+/// Goes through processing/: adopts files claimed without a row, moves the files of finished
+/// jobs on, and repairs moves a crash interrupted. A file it cannot handle is logged and left
+/// for the next sweep.
+pub async fn sweep(ctx: &Ctx) -> anyhow::Result<()> {
+    for job_dir in ctx.queue.job_dirs().context("listing processing/")? {
+        if let Err(e) = sweep_one(ctx, &job_dir).await {
+            tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");
+        }
+    }
+    Ok(())
+}
+
+async fn sweep_one(ctx: &Ctx, job_dir: &JobDir) -> anyhow::Result<()> {
+    if let Some((name, path)) = &job_dir.file {
+        ctx.queue.drop_incoming_twin(name, path)?;
+        ctx.queue.adopt_sidecar(name, &job_dir.job)?;
+    }
+    match (
+        jobs::get(ctx.store.reader(), job_dir.job.as_str()).await?,
+        &job_dir.file,
+    ) {
+        (None, Some((name, path))) => {
+            tracing::info!(job = %job_dir.job, file = %name.to_string_lossy(), "adopting a file claimed just before a stop");
+            let meta = std::fs::symlink_metadata(path)?;
+            let kind = if meta.is_file() && name.to_str().is_some() {
+                Kind::File { bytes: meta.len() }
+            } else {
+                Kind::Unfit {
+                    code: "not_a_regular_file",
+                    message: "it is not a regular file".into(),
+                }
+            };
+            register(ctx, &job_dir.job, name, path, kind, None).await?;
+        }
+        // A crash between creating the directory and the claim's rename: nothing was claimed.
+        (None, None) => std::fs::remove_dir(&job_dir.dir)?,
+        (Some(job), Some((name, path))) if job.state.is_terminal() => {
+            settle_file(ctx, &job, name, path).await?
+        }
+        (Some(job), None) if job.state.is_terminal() => {
+            let _ = std::fs::remove_dir(&job_dir.dir);
+        }
+        (Some(_), _) => {}
+    }
+    Ok(())
+}
+
+/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file). The
+/// destination is chosen once and recorded before anything moves, so a repeat after a crash
+/// finishes the same move.
+async fn settle_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyhow::Result<()> {
     let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
-    let Some((name, from)) = processing_file(&ctx.queue, &id)? else {
-        return Ok(());
-    };
     let dest = if job.state == JobState::Completed {
         Destination::Done
     } else {
         Destination::Failed
     };
-    let to = ctx.queue.final_path(dest, &id, &name);
+    let recorded = [
+        ctx.queue.plain_final(dest, name),
+        ctx.queue.own_final(dest, &id, name),
+    ]
+    .into_iter()
+    .find(|p| ctx.queue.relative(p) == job.path);
+    let to = match recorded {
+        Some(to) => {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            to
+        }
+        None => {
+            let to = ctx.queue.choose_final(dest, &id, name)?;
+            record_path(ctx, &job.id, &to).await?;
+            to
+        }
+    };
     let reason = (dest == Destination::Failed).then(|| Reason {
         job_id: job.id.clone(),
         file: job.file_name.clone(),
@@ -349,57 +434,27 @@ pub async fn settle_file(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
         at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
     });
     failpoint::hit("settle:before-move");
-    ctx.queue
-        .finish(&from, &to, reason.as_ref())
-        .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-    let mut tx = ctx.store.begin().await?;
-    jobs::set_path(&mut tx, &job.id, &ctx.queue.relative(&to), &ctx.now()).await?;
-    tx.commit().await?;
-    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&to), "file moved");
+    let moved_to = match ctx.queue.finish(from, &to, reason.as_ref()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Something took the name after it was chosen: the job's own directory cannot clash.
+            let own = ctx.queue.own_final(dest, &id, name);
+            std::fs::create_dir_all(own.parent().expect("has a parent"))?;
+            record_path(ctx, &job.id, &own).await?;
+            ctx.queue.finish(from, &own, reason.as_ref())?;
+            own
+        }
+        other => {
+            other.with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            to
+        }
+    };
+    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&moved_to), "file moved");
     Ok(())
 }
 
-/// The job's file in processing/, if it is still there: (original name, path).
-fn processing_file(queue: &Queue, job: &JobId) -> anyhow::Result<Option<(OsString, PathBuf)>> {
-    Ok(queue
-        .processing_files()?
-        .into_iter()
-        .find(|(id, _, _)| id == job)
-        .map(|(_, name, path)| (name, path)))
-}
-
-/// Picks up what the previous run left: marks uploads and creates that were under way as of
-/// unknown outcome, adopts files claimed without a row, and finishes interrupted moves.
-pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
-    let now = ctx.now();
+async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {
     let mut tx = ctx.store.begin().await?;
-    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
+    jobs::set_path(&mut tx, job_id, &ctx.queue.relative(to), &ctx.now()).await?;
     tx.commit().await?;
-    if unknown > 0 {
-        tracing::info!(
-            submissions = unknown,
-            "uploads or creates were under way at the last stop; reconciling them first"
-        );
-    }
-    for (job, name, path) in ctx.queue.processing_files()? {
-        ctx.queue.adopt_sidecar(&name, &job)?;
-        match jobs::get(ctx.store.reader(), job.as_str()).await? {
-            None => {
-                tracing::info!(job = %job, file = %name.to_string_lossy(), "adopting a file claimed just before the last stop");
-                let meta = std::fs::symlink_metadata(&path)?;
-                let kind = if meta.is_file() && name.to_str().is_some() {
-                    Kind::File { bytes: meta.len() }
-                } else {
-                    Kind::Unfit {
-                        code: "not_a_regular_file",
-                        message: "it is not a regular file".into(),
-                    }
-                };
-                register(ctx, &job, &name, &path, kind).await?;
-            }
-            Some(row) if row.state.is_terminal() => settle_file(ctx, &row).await?,
-            Some(_) => {}
-        }
-    }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod submit;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,16 +147,32 @@ pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::R
     Ok(())
 }
 
-/// One piece of work; at most one of each runs at a time.
+/// What a task works on. At most one task per subject runs at a time, whatever it does, so
+/// a poll and a cancel of one batch, say, never race each other.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Work {
-    Validate(String),
-    Submit(i64),
-    Poll(i64),
-    Cancel(i64),
-    Collect(i64),
-    Finish(String),
+pub enum Subject {
+    Job(String),
+    Submission(i64),
+    Key,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    Validate,
+    Submit,
+    Poll,
+    Cancel,
+    Collect,
+    Finish,
     ProbeKey,
+}
+
+/// How often a task failed in a row, and when it may run again.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    retry_at: Instant,
 }
 
 /// The daemon: its context, the scanner and the tasks in flight.
@@ -164,8 +180,13 @@ pub struct Daemon {
     pub ctx: Ctx,
     scanner: Scanner,
     next_scan: Instant,
-    tasks: JoinSet<(Work, anyhow::Result<()>)>,
-    in_flight: HashSet<Work>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    /// What each running task is, by its id: a task that panics is known by its id alone.
+    running: HashMap<tokio::task::Id, (Subject, Task)>,
+    in_flight: HashSet<Subject>,
+    /// A task that failed waits, doubling each time, so a persistent error (a full disk, a
+    /// database error) is retried calmly instead of at every tick.
+    failures: HashMap<(Subject, Task), Failures>,
     claiming: bool,
 }
 
@@ -219,7 +240,9 @@ impl Daemon {
             scanner: Scanner::new(settings.queue.settle_time.get()),
             next_scan: Instant::now(),
             tasks: JoinSet::new(),
+            running: HashMap::new(),
             in_flight: HashSet::new(),
+            failures: HashMap::new(),
             claiming: true,
             ctx,
         };
@@ -240,7 +263,7 @@ impl Daemon {
                 value = &mut stop => return value,
                 _ = tokio::time::sleep(tick) => {}
                 _ = watcher.changed() => self.next_scan = Instant::now(),
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => self.reap(done),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.reap(done),
             }
             self.step().await;
         }
@@ -248,7 +271,7 @@ impl Daemon {
 
     /// One round: reap, claim, enforce deadlines and cancels, start due work.
     pub async fn step(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
+        while let Some(done) = self.tasks.try_join_next_with_id() {
             self.reap(done);
         }
         if let Err(e) = self.round().await {
@@ -261,15 +284,18 @@ impl Daemon {
     }
 
     async fn round(&mut self) -> anyhow::Result<()> {
+        use Task as T;
         let ctx = self.ctx.clone();
         if self.claiming && Instant::now() >= self.next_scan {
             let (claimed, unsettled) = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
             for job in claimed {
                 self.spawn(
-                    Work::Validate(job.clone()),
+                    Subject::Job(job.clone()),
+                    T::Validate,
                     intake::validate(ctx.clone(), job),
                 );
             }
+            intake::sweep(&ctx).await?;
             let settle = ctx.settings.queue.settle_time.get();
             let interval = ctx.settings.queue.scan_interval.get();
             self.next_scan = Instant::now()
@@ -279,27 +305,31 @@ impl Daemon {
                     interval
                 };
         }
-        for job in
-            jobs::in_states(ctx.store.reader(), &[crate::model::JobState::Validating]).await?
-        {
-            if !self.claiming {
-                break;
+        if self.claiming {
+            for job in
+                jobs::in_states(ctx.store.reader(), &[crate::model::JobState::Validating]).await?
+            {
+                self.spawn(
+                    Subject::Job(job.id.clone()),
+                    T::Validate,
+                    intake::validate(ctx.clone(), job.id),
+                );
             }
-            self.spawn(
-                Work::Validate(job.id.clone()),
-                intake::validate(ctx.clone(), job.id),
-            );
         }
         deadline::enforce(&ctx).await?;
         let cancels = deadline::pending_cancels(&ctx, &self.in_flight).await?;
         if ctx.gate.paused().is_some() {
             if ctx.gate.probe_due(ctx.clock.now()) {
-                self.spawn(Work::ProbeKey, gate::probe(ctx.clone()));
+                self.spawn(Subject::Key, T::ProbeKey, gate::probe(ctx.clone()));
             }
             return Ok(());
         }
         for id in cancels {
-            self.spawn(Work::Cancel(id), deadline::cancel(ctx.clone(), id));
+            self.spawn(
+                Subject::Submission(id),
+                T::Cancel,
+                deadline::cancel(ctx.clone(), id),
+            );
         }
         let budget = ctx.settings.limits.concurrency as usize * 4;
         if self.claiming {
@@ -307,51 +337,99 @@ impl Daemon {
                 if self.in_flight.len() >= budget {
                     break;
                 }
-                self.spawn(Work::Submit(row), submit::step(ctx.clone(), row));
+                self.spawn(
+                    Subject::Submission(row),
+                    T::Submit,
+                    submit::step(ctx.clone(), row),
+                );
             }
         }
         for row in poll::due(&ctx).await? {
             if self.in_flight.len() >= budget {
                 break;
             }
-            self.spawn(Work::Poll(row), poll::step(ctx.clone(), row));
+            self.spawn(
+                Subject::Submission(row),
+                T::Poll,
+                poll::step(ctx.clone(), row),
+            );
         }
         for row in collect::due(&ctx).await? {
-            self.spawn(Work::Collect(row), collect::collect(ctx.clone(), row));
+            self.spawn(
+                Subject::Submission(row),
+                T::Collect,
+                collect::collect(ctx.clone(), row),
+            );
         }
         for job in jobs::finishable(ctx.store.reader()).await? {
-            self.spawn(Work::Finish(job.clone()), collect::finish(ctx.clone(), job));
+            self.spawn(
+                Subject::Job(job.clone()),
+                T::Finish,
+                collect::finish(ctx.clone(), job),
+            );
         }
         Ok(())
     }
 
     fn spawn(
         &mut self,
-        work: Work,
+        subject: Subject,
+        task: Task,
         fut: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     ) {
-        if !self.in_flight.insert(work.clone()) {
+        if self.in_flight.contains(&subject) {
             return;
         }
-        self.tasks.spawn(async move { (work, fut.await) });
+        let key = (subject.clone(), task);
+        if self
+            .failures
+            .get(&key)
+            .is_some_and(|f| f.retry_at > Instant::now())
+        {
+            return;
+        }
+        self.in_flight.insert(subject.clone());
+        let handle = self.tasks.spawn(fut);
+        self.running.insert(handle.id(), (subject, task));
     }
 
-    fn reap(&mut self, done: Result<(Work, anyhow::Result<()>), tokio::task::JoinError>) {
-        match done {
-            Ok((work, result)) => {
-                self.in_flight.remove(&work);
-                if let Err(e) = result {
-                    tracing::warn!(
-                        ?work,
-                        error = format!("{e:#}"),
-                        "a task failed; it will be tried again"
-                    );
+    fn reap(
+        &mut self,
+        done: Result<(tokio::task::Id, anyhow::Result<()>), tokio::task::JoinError>,
+    ) {
+        let (id, outcome) = match done {
+            Ok((id, result)) => (id, result.map_err(|e| format!("{e:#}"))),
+            Err(e) => (e.id(), Err(format!("the task panicked: {e}"))),
+        };
+        let Some((subject, task)) = self.running.remove(&id) else {
+            return;
+        };
+        self.in_flight.remove(&subject);
+        let key = (subject, task);
+        match outcome {
+            Ok(()) => {
+                self.failures.remove(&key);
+                // A job that just ended may have a file to move: sweep soon.
+                if matches!(task, Task::Validate | Task::Finish) {
+                    self.next_scan = Instant::now();
                 }
             }
-            Err(e) => {
-                // A panicked task cannot say which work it was: rebuild the set from the rest.
-                tracing::error!(error = %e, "a task panicked");
-                self.in_flight.clear();
+            Err(error) => {
+                let poll = &self.ctx.settings.poll;
+                let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
+                let delay = poll
+                    .min_interval
+                    .get()
+                    .saturating_mul(1 << (count - 1).min(16))
+                    .min(poll.max_interval.get().saturating_mul(5));
+                tracing::warn!(?task, subject = ?key.0, error, retry_in = %clock::humanize(delay), "a task failed; it will be tried again");
+                self.failures.insert(
+                    key,
+                    Failures {
+                        count,
+                        retry_at: Instant::now() + delay,
+                    },
+                );
             }
         }
     }
@@ -363,7 +441,7 @@ impl Daemon {
         self.claiming = false;
         let grace = self.ctx.settings.daemon.shutdown_timeout.get();
         let waited = tokio::time::timeout(grace, async {
-            while let Some(done) = self.tasks.join_next().await {
+            while let Some(done) = self.tasks.join_next_with_id().await {
                 self.reap(done);
             }
         })
@@ -380,8 +458,8 @@ impl Daemon {
         tracing::info!("stopped");
     }
 
-    /// The work now in flight.
-    pub fn in_flight(&self) -> &HashSet<Work> {
+    /// What tasks are working on now.
+    pub fn in_flight(&self) -> &HashSet<Subject> {
         &self.in_flight
     }
 }

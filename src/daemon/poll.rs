@@ -89,6 +89,8 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
             .await?;
         } else {
             batches::set_state(&mut tx, row.id, SubmissionState::Collecting, &now).await?;
+            // A back-off left by a deferred cancel must not delay the download.
+            batches::set_not_before(&mut tx, row.id, None, &now).await?;
             refresh_job(&mut tx, &row.job_id, None, &message, &now).await?;
         }
     } else {

@@ -39,13 +39,22 @@ pub fn upload_name(row: &Submission, file_name: &str) -> String {
     format!("{}-p{}-a{}-{safe}.jsonl", row.job_id, row.part, row.attempt)
 }
 
-/// Whether `batch` was created for `row`.
+/// Whether `batch` was created for `row`: by the metadata batchwatch put on it, or by its input
+/// file, which was uploaded for this attempt alone (so a service that drops metadata is still
+/// matched).
 pub fn is_for(batch: &Batch, row: &Submission) -> bool {
-    batch.metadata_value(JOB_KEY) == Some(row.job_id.as_str())
+    let by_metadata = batch.metadata_value(JOB_KEY) == Some(row.job_id.as_str())
         && batch.metadata_value(PART_KEY) == Some(row.part.to_string().as_str())
-        && batch.metadata_value(ATTEMPT_KEY) == Some(row.attempt.to_string().as_str())
+        && batch.metadata_value(ATTEMPT_KEY) == Some(row.attempt.to_string().as_str());
+    let by_input = row
+        .input_file_id
+        .as_deref()
+        .is_some_and(|id| id == batch.input_file_id);
+    by_metadata || by_input
 }
 
+/// Objects created before this cannot be the request's: the time the request was armed (kept
+/// across restarts), less an hour for clocks that disagree.
 fn since(row: &Submission) -> Option<Timestamp> {
     let at = row.outcome_unknown_at.as_deref().unwrap_or(&row.created_at);
     clock::parse(at).and_then(|t| {

@@ -1,6 +1,11 @@
-//! Submitting a part of a job: upload its bytes, then create the batch. Each step is committed
-//! as an intent before its request goes out, and an unknown outcome is reconciled before the
-//! request is ever sent again (see [`super::reconcile`]).
+//! Submitting a part of a job: upload its bytes, then create the batch.
+//!
+//! Each request is armed before it goes out: the transaction that moves the submission to
+//! `uploading` or `creating` also sets `outcome_unknown_at`, and only the transaction that
+//! records the result clears it. Whatever happens in between (an answer lost, a crash, a
+//! database write that fails), the next attempt finds the mark and reconciles
+//! ([`super::reconcile`]) before it may send the request again. A failure that shows the request
+//! was not carried out (no connection, a refusal) clears the mark.
 
 use std::collections::BTreeMap;
 
@@ -12,22 +17,24 @@ use super::{Ctx, Next, defer, poll};
 use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
 use crate::clock;
 use crate::failpoint;
-use crate::model::SubmissionState;
+use crate::model::{JobState, SubmissionState};
 use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job};
 
-/// Submissions whose next upload, create or reconcile step is due, skipping models held back
-/// by the enqueued-token limit.
+/// Submissions whose next upload, create or reconcile step is due, except while submissions
+/// are held (exhausted quota) or their model is (the enqueued-token limit).
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
     let now = ctx.clock.now();
+    if ctx.gate.submissions_held_until(now).is_some() {
+        return Ok(Vec::new());
+    }
     let candidates = batches::due_for_submit(ctx.store.reader(), &clock::format(now)).await?;
     Ok(candidates
         .into_iter()
         .filter(|c| {
-            c.reconciling
-                || c.model
-                    .as_deref()
-                    .is_none_or(|m| ctx.gate.model_held_until(m, now).is_none())
+            c.model
+                .as_deref()
+                .is_none_or(|m| ctx.gate.model_held_until(m, now).is_none())
         })
         .map(|c| c.id)
         .collect())
@@ -44,52 +51,70 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     if job.cancel_requested_at.is_some() {
         return Ok(());
     }
+    // Whether this call armed the request itself: then it cannot have been sent before.
+    let mut fresh = false;
     if row.state == SubmissionState::Queued {
-        move_to(&ctx, &row, SubmissionState::Uploading, "uploading").await?;
+        let now = ctx.now();
+        let mut tx = ctx.store.begin().await?;
+        batches::set_state(&mut tx, row.id, SubmissionState::Uploading, &now).await?;
+        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
+        refresh_job(&mut tx, &row.job_id, None, "uploading", &now).await?;
+        tx.commit().await?;
         failpoint::hit("submit:after-upload-intent");
         row.state = SubmissionState::Uploading;
+        fresh = true;
     }
     if row.state == SubmissionState::Uploading {
-        let Some(file_id) = upload(&ctx, &row, &job).await? else {
+        let Some(file_id) = upload(&ctx, &row, &job, fresh).await? else {
             return Ok(());
         };
         let now = ctx.now();
         let mut tx = ctx.store.begin().await?;
         batches::set_input_file(&mut tx, row.id, &file_id, &now).await?;
-        batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
         batches::set_last_error(&mut tx, row.id, None, &now).await?;
+        // The deadline may have passed during the upload: then no batch is created at all.
+        let cancelled = jobs::get(&mut *tx, &row.job_id)
+            .await?
+            .is_some_and(|j| j.cancel_requested_at.is_some());
+        if cancelled {
+            batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
+            batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
+            refresh_job(
+                &mut tx,
+                &row.job_id,
+                None,
+                "cancelled before its batch was created",
+                &now,
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(());
+        }
         batches::set_state(&mut tx, row.id, SubmissionState::Creating, &now).await?;
+        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
         tx.commit().await?;
         failpoint::hit("submit:after-create-intent");
         row = batches::get(ctx.store.reader(), row_id)
             .await?
             .context("a submission vanished")?;
+        fresh = true;
     }
     if row.state == SubmissionState::Creating {
-        create(&ctx, &row, &job).await?;
+        create(&ctx, &row, &job, fresh).await?;
     }
     Ok(())
 }
 
-async fn move_to(
+/// Uploads the part (or finds the upload an earlier attempt made). Returns the file id, or
+/// `None` when the step must wait or the submission was given up.
+async fn upload(
     ctx: &Ctx,
     row: &Submission,
-    state: SubmissionState,
-    message: &str,
-) -> anyhow::Result<()> {
-    let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    batches::set_state(&mut tx, row.id, state, &now).await?;
-    refresh_job(&mut tx, &row.job_id, None, message, &now).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Uploads the part (or finds the upload an interrupted attempt made). Returns the file id,
-/// or `None` when the step must wait.
-async fn upload(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<Option<String>> {
+    job: &Job,
+    fresh: bool,
+) -> anyhow::Result<Option<String>> {
     let name = reconcile::upload_name(row, &job.file_name);
-    if row.outcome_unknown_at.is_some() {
+    if !fresh && row.outcome_unknown_at.is_some() {
         match reconcile::find_upload(ctx, row, &name).await {
             Ok(Some(file)) => {
                 tracing::info!(job = %row.job_id, file = %file.id, "an interrupted upload had arrived; using it");
@@ -103,6 +128,21 @@ async fn upload(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<Option
         }
     }
     let path = ctx.queue.root().join(&job.path);
+    // The bytes must be the ones validated: a file written to after its claim is not sent.
+    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+    if size != u64::try_from(job.size_bytes).ok() {
+        let now_size = size.map_or("gone".to_owned(), |s| format!("{s} bytes"));
+        abandon(
+            ctx,
+            row,
+            &format!(
+                "the file changed after it was validated ({} bytes then, {now_size} now)",
+                job.size_bytes
+            ),
+        )
+        .await?;
+        return Ok(None);
+    }
     let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;
     match ctx.client.upload_file(&path, range, &name).await {
         Ok(file) => {
@@ -117,9 +157,9 @@ async fn upload(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<Option
     }
 }
 
-/// Creates the batch (or finds the one an interrupted create made).
-async fn create(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<()> {
-    if row.outcome_unknown_at.is_some() {
+/// Creates the batch (or finds the one an earlier attempt made).
+async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::Result<()> {
+    if !fresh && row.outcome_unknown_at.is_some() {
         match reconcile::find_batch(ctx, row).await {
             Ok(Some(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
@@ -134,9 +174,21 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<()> {
             }
         }
     }
-    if let Some(model) = &job.model
-        && ctx.gate.model_held_until(model, ctx.clock.now()).is_some()
-    {
+    let now = ctx.clock.now();
+    let held = job
+        .model
+        .as_deref()
+        .and_then(|m| ctx.gate.model_held_until(m, now));
+    if let Some(until) = held.or(ctx.gate.submissions_held_until(now)) {
+        let mut tx = ctx.store.begin().await?;
+        batches::set_not_before(
+            &mut tx,
+            row.id,
+            Some(&clock::format(until)),
+            &clock::format(now),
+        )
+        .await?;
+        tx.commit().await?;
         return Ok(());
     }
     let request = create_request(row, job)?;
@@ -177,23 +229,50 @@ fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequ
     })
 }
 
+/// Gives a submission up: it will not become a batch, and its job fails with `message`.
+async fn abandon(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    batches::set_last_error(&mut tx, row.id, Some(message), &now).await?;
+    batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
+    batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
+    refresh_job(
+        &mut tx,
+        &row.job_id,
+        None,
+        &format!("given up: {message}"),
+        &now,
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::error!(job = %row.job_id, reason = message, "a submission was given up");
+    Ok(())
+}
+
 /// Decides what a failed upload or create means for the submission.
 async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::Result<()> {
     let now_ts = ctx.clock.now();
     let now = clock::format(now_ts);
-    let token_limit = matches!(&err, ApiError::BadRequest { code: Some(c), .. } if c == "token_limit_exceeded")
-        || err.to_string().contains("token_limit_exceeded");
     if err.is_unknown_outcome() {
+        // The mark stays: nothing is sent again before the listing shows what happened. A
+        // request we gave up on may still be on its way for as long as we would have waited
+        // for it, so the listing waits that long too.
         tracing::warn!(job = %row.job_id, error = %err, "outcome unknown; reconciling before anything is sent again");
-        let later = clock::format(clock::add(now_ts, ctx.settings.poll.min_interval.get()));
+        let later = clock::format(clock::add(now_ts, ctx.settings.api.request_timeout.get()));
         let mut tx = ctx.store.begin().await?;
-        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
+        batches::set_outcome_unknown(
+            &mut tx,
+            row.id,
+            Some(row.outcome_unknown_at.as_deref().unwrap_or(&now)),
+            &now,
+        )
+        .await?;
         batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
         batches::set_not_before(&mut tx, row.id, Some(&later), &now).await?;
         jobs::add_event(
             &mut tx,
             &row.job_id,
-            crate::model::JobState::Submitting,
+            JobState::Submitting,
             &format!("{err}; reconciling"),
             &now,
         )
@@ -201,6 +280,12 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
         tx.commit().await?;
         return Ok(());
     }
+    // Every other failure shows the request was not carried out.
+    let mut tx = ctx.store.begin().await?;
+    batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
+    tx.commit().await?;
+    let token_limit = matches!(&err, ApiError::BadRequest { code: Some(c), .. } if c == "token_limit_exceeded")
+        || err.to_string().contains("token_limit_exceeded");
     if token_limit {
         let b = &ctx.settings.backoff;
         let delay = super::gate::token_backoff(
@@ -209,8 +294,10 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
             b.token_limit_max.get(),
         );
         let until = clock::add(now_ts, delay);
-        let job = jobs::get(ctx.store.reader(), &row.job_id).await?;
-        if let Some(model) = job.and_then(|j| j.model) {
+        if let Some(model) = jobs::get(ctx.store.reader(), &row.job_id)
+            .await?
+            .and_then(|j| j.model)
+        {
             ctx.gate.hold_model(&model, until);
         }
         let mut tx = ctx.store.begin().await?;
@@ -222,14 +309,7 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
     }
     match &err {
         ApiError::BadRequest { .. } | ApiError::NotFound { .. } | ApiError::LocalIo { .. } => {
-            // The API refused this submission for good: it will not become a batch.
-            let mut tx = ctx.store.begin().await?;
-            batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
-            batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
-            refresh_job(&mut tx, &row.job_id, None, &format!("refused: {err}"), &now).await?;
-            tx.commit().await?;
-            tracing::error!(job = %row.job_id, error = %err, "the API refused the submission");
-            Ok(())
+            abandon(ctx, row, &format!("refused: {err}")).await
         }
         _ => {
             defer(ctx, row.id, &err, Next::Step).await?;

@@ -2,26 +2,29 @@
 //!
 //! ```text
 //! incoming/     users drop NAME (and an optional sidecar NAME.toml) here
-//! processing/   JOBID__NAME while batchwatch works on it
+//! processing/   JOBID/NAME (and JOBID/NAME.toml) while batchwatch works on it
 //! done/         NAME when the job completed
 //! failed/       NAME and NAME.reason.json when it was rejected, failed, expired or was cancelled
 //! results/      JOBID/ with the output and error files and manifest.json
 //! ```
 //!
+//! When `NAME` (or its sidecar or reason file) is already taken in done/ or failed/, or the
+//! reason file's name would be longer than a file name may be, the file goes to `JOBID/NAME`
+//! there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
+//!
 //! All five are checked to be on one filesystem at start, so every move is a rename, which is
 //! atomic: a file is always wholly in one place. Moves never replace anything (renameat2 with
 //! RENAME_NOREPLACE, or link-then-unlink where the filesystem lacks it), and batchwatch never
-//! deletes or rewrites a user's file.
-//!
-//! The job id in the processing name is what ties a file to its database row, so after a crash
-//! the directory alone says which job a file belongs to.
+//! deletes or rewrites a user's file. A file keeps its own name in processing/, inside a
+//! directory named after its job: so after a crash the tree alone says which job a file
+//! belongs to, and a name never grows past the 255-byte limit on its way through.
 
 pub mod scan;
 pub mod sidecar;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -29,14 +32,17 @@ use serde::Serialize;
 
 use crate::model::JobId;
 
-/// The separator between job id and original name in processing/.
-const ID_SEPARATOR: &str = "__";
-
 /// The suffix of a sidecar file: `NAME.toml` configures `NAME`.
 pub const SIDECAR_SUFFIX: &str = ".toml";
 
 /// The suffix of a reason file: `failed/NAME.reason.json` says why `NAME` is there.
 pub const REASON_SUFFIX: &str = ".reason.json";
+
+/// The reason file's name in a `JOBID/` directory when `NAME.reason.json` would be too long.
+const REASON_FILE: &str = "reason.json";
+
+/// The longest file name Linux filesystems allow, in bytes.
+const NAME_MAX: usize = 255;
 
 /// Where a finished job's file goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,15 @@ pub struct Queue {
     pub done: PathBuf,
     pub failed: PathBuf,
     pub results: PathBuf,
+}
+
+/// A job's directory in processing/, and the file in it (none once it has moved on, or when
+/// a crash came between creating the directory and the rename).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobDir {
+    pub job: JobId,
+    pub dir: PathBuf,
+    pub file: Option<(OsString, PathBuf)>,
 }
 
 /// What a `.reason.json` file says.
@@ -128,7 +143,8 @@ impl Queue {
         &self.root
     }
 
-    /// `path` relative to the queue root, for the database and reports.
+    /// `path` relative to the queue root, for the database and reports (a name that is not
+    /// UTF-8 is shown with U+FFFD).
     pub fn relative(&self, path: &Path) -> String {
         path.strip_prefix(&self.root)
             .unwrap_or(path)
@@ -141,12 +157,9 @@ impl Queue {
         self.incoming.join(name)
     }
 
-    /// The path a job's file has in processing/.
-    pub fn processing_path(&self, job: &JobId, name: &OsStr) -> PathBuf {
-        let mut file = OsString::from(job.as_str());
-        file.push(ID_SEPARATOR);
-        file.push(name);
-        self.processing.join(file)
+    /// A job's directory in processing/.
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.processing.join(job.as_str())
     }
 
     /// The results directory of a job.
@@ -154,92 +167,150 @@ impl Queue {
         self.results.join(job)
     }
 
-    /// Claims `incoming/NAME` (and its sidecar, if any) for `job`: moves it into processing/.
-    /// Returns the new path, and the sidecar's when one moved with it.
-    pub fn claim(&self, name: &OsStr, job: &JobId) -> io::Result<(PathBuf, Option<PathBuf>)> {
-        let to = self.processing_path(job, name);
-        rename_noreplace(&self.incoming_path(name), &to)?;
-        let sidecar = self.adopt_sidecar(name, job)?;
-        Ok((to, sidecar))
-    }
-
-    /// Moves `incoming/NAME.toml` to processing/ beside its claimed file, if it exists and is
-    /// not there yet. Also used at recovery, for a crash between the two renames.
-    pub fn adopt_sidecar(&self, name: &OsStr, job: &JobId) -> io::Result<Option<PathBuf>> {
-        let from = self.incoming_path(&sidecar_name(name));
-        let to = sidecar_path(&self.processing_path(job, name));
-        match std::fs::symlink_metadata(&from) {
-            Ok(_) => {
-                rename_noreplace(&from, &to)?;
-                Ok(Some(to))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(to.exists().then_some(to)),
-            Err(e) => Err(e),
+    /// Claims `incoming/NAME` for `job`: moves it to `processing/JOBID/NAME`, and returns that.
+    pub fn claim(&self, name: &OsStr, job: &JobId) -> io::Result<PathBuf> {
+        let dir = self.job_dir(job);
+        std::fs::create_dir(&dir)?;
+        let to = dir.join(name);
+        if let Err(e) = rename_noreplace(&self.incoming_path(name), &to) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
         }
+        Ok(to)
     }
 
-    /// Every file in processing/ that belongs to a job: (job id, original name, path).
-    /// Sidecars are not listed; they follow their file.
-    pub fn processing_files(&self) -> io::Result<Vec<(JobId, OsString, PathBuf)>> {
+    /// Moves `incoming/NAME.toml` beside its claimed file, if it is there. Also used by the
+    /// sweep, for a crash between the two renames.
+    pub fn adopt_sidecar(&self, name: &OsStr, job: &JobId) -> io::Result<()> {
+        let from = self.incoming_path(&sidecar_name(name));
+        move_if_present(&from, &self.job_dir(job).join(sidecar_name(name)))
+    }
+
+    /// The job directories in processing/, each with its file.
+    pub fn job_dirs(&self) -> io::Result<Vec<JobDir>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.processing)? {
             let entry = entry?;
-            let file = entry.file_name();
-            if let Some((job, name)) = split_processing_name(&file) {
-                let is_sidecar = name.as_bytes().ends_with(SIDECAR_SUFFIX.as_bytes())
-                    && self
-                        .processing
-                        .join(strip_suffix(&file, SIDECAR_SUFFIX))
-                        .exists();
-                if !is_sidecar {
-                    out.push((job, name, entry.path()));
-                }
+            let Some(job) = entry.file_name().to_str().and_then(JobId::parse) else {
+                continue;
+            };
+            if !entry.file_type()?.is_dir() {
+                continue;
             }
+            let mut names: Vec<OsString> = std::fs::read_dir(entry.path())?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()?;
+            names.sort();
+            // The file is the entry that is not the sidecar of another one.
+            let file = names
+                .iter()
+                .find(|n| !names.iter().any(|other| sidecar_name(other) == **n))
+                .map(|n| (n.clone(), entry.path().join(n)));
+            out.push(JobDir {
+                job,
+                dir: entry.path(),
+                file,
+            });
         }
-        out.sort();
+        out.sort_by(|a, b| a.job.cmp(&b.job));
         Ok(out)
     }
 
-    /// Where a finished job's file would go: `NAME` in the destination, or `JOBID__NAME` when
-    /// a file of that name is already there.
-    pub fn final_path(&self, dest: Destination, job: &JobId, name: &OsStr) -> PathBuf {
+    /// Removes the hard link `incoming/NAME` when it is the very file claimed as `claimed`: what
+    /// a crash between the link and the unlink of the fallback move leaves behind.
+    pub fn drop_incoming_twin(&self, name: &OsStr, claimed: &Path) -> io::Result<()> {
+        let twin = self.incoming_path(name);
+        if same_file(&twin, claimed)? {
+            std::fs::remove_file(&twin)?;
+        }
+        Ok(())
+    }
+
+    /// Chooses where a finished job's file goes: `NAME` in the destination when it, its sidecar
+    /// and its reason file are free there and their names fit; else `JOBID/NAME`, in a
+    /// directory created for it.
+    pub fn choose_final(
+        &self,
+        dest: Destination,
+        job: &JobId,
+        name: &OsStr,
+    ) -> io::Result<PathBuf> {
+        let plain = self.plain_final(dest, name);
+        let free = |p: &Path| p.symlink_metadata().is_err();
+        let fits_companions = fits(name, SIDECAR_SUFFIX) && fits(name, REASON_SUFFIX);
+        if fits_companions
+            && free(&plain)
+            && free(&sidecar_path(&plain))
+            && free(&reason_path(&plain))
+        {
+            return Ok(plain);
+        }
+        let own = self.own_final(dest, job, name);
+        std::fs::create_dir_all(own.parent().expect("has a parent"))?;
+        Ok(own)
+    }
+
+    /// `done/NAME` or `failed/NAME`.
+    pub fn plain_final(&self, dest: Destination, name: &OsStr) -> PathBuf {
+        match dest {
+            Destination::Done => self.done.join(name),
+            Destination::Failed => self.failed.join(name),
+        }
+    }
+
+    /// `done/JOBID/NAME` or `failed/JOBID/NAME`.
+    pub fn own_final(&self, dest: Destination, job: &JobId, name: &OsStr) -> PathBuf {
         let dir = match dest {
             Destination::Done => &self.done,
             Destination::Failed => &self.failed,
         };
-        let plain = dir.join(name);
-        let taken = |p: &Path| {
-            p.symlink_metadata().is_ok()
-                || sidecar_path(p).symlink_metadata().is_ok()
-                || reason_path(p).symlink_metadata().is_ok()
-        };
-        if taken(&plain) {
-            self.processing_path(job, name)
-                .file_name()
-                .map(|f| dir.join(f))
-                .unwrap_or(plain)
-        } else {
-            plain
-        }
+        dir.join(job.as_str()).join(name)
     }
 
-    /// Moves a finished job's file (and its sidecar) from `from` in processing/ to `to`, after
-    /// writing `reason` beside it when given. Safe to repeat after a crash: a move already made
-    /// is not made again.
+    /// Moves a finished job's file (and its sidecar) from `from` to `to`, after writing
+    /// `reason` beside it when given, then removes its empty job directory. Safe to repeat
+    /// after a crash: a move already made is not made again.
     pub fn finish(&self, from: &Path, to: &Path, reason: Option<&Reason>) -> io::Result<()> {
         if let Some(reason) = reason {
             let text = serde_json::to_vec_pretty(reason).map_err(io::Error::other)?;
             write_atomically(&reason_path(to), &text)?;
         }
         move_if_present(&sidecar_path(from), &sidecar_path(to))?;
-        move_if_present(from, to)
+        move_if_present(from, to)?;
+        if let Some(dir) = from
+            .parent()
+            .filter(|d| d.parent() == Some(self.processing.as_path()))
+        {
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
     }
 }
 
-/// Moves `from` to `to` unless it was moved already.
+/// Whether `name` plus `suffix` is still a valid file name length.
+fn fits(name: &OsStr, suffix: &str) -> bool {
+    name.len() + suffix.len() <= NAME_MAX
+}
+
+/// Whether two paths name the same file (same device and inode). A missing path is not.
+fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => Ok(x.dev() == y.dev() && x.ino() == y.ino()),
+        (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
+}
+
+/// Moves `from` to `to` unless it was moved already, completing a move that a crash left
+/// half done by the link-then-unlink fallback.
 fn move_if_present(from: &Path, to: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(from) {
-        Ok(_) => rename_noreplace(from, to),
+        Ok(_) => match rename_noreplace(from, to) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(from, to)? => {
+                std::fs::remove_file(from)
+            }
+            other => other,
+        },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
@@ -259,32 +330,17 @@ pub fn sidecar_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// The reason file beside `path`.
+/// The reason file of the file at `path`: `NAME.reason.json` beside it, or `reason.json` in its
+/// own job directory when that name would be too long.
 pub fn reason_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(REASON_SUFFIX);
-    PathBuf::from(s)
-}
-
-fn strip_suffix(name: &OsStr, suffix: &str) -> OsString {
-    let bytes = name.as_bytes();
-    OsString::from_vec(
-        bytes
-            .strip_suffix(suffix.as_bytes())
-            .unwrap_or(bytes)
-            .to_vec(),
-    )
-}
-
-/// Splits `JOBID__NAME` into its parts.
-pub fn split_processing_name(file: &OsStr) -> Option<(JobId, OsString)> {
-    let bytes = file.as_bytes();
-    let sep = bytes
-        .windows(ID_SEPARATOR.len())
-        .position(|w| w == ID_SEPARATOR.as_bytes())?;
-    let job = JobId::parse(std::str::from_utf8(&bytes[..sep]).ok()?)?;
-    let name = &bytes[sep + ID_SEPARATOR.len()..];
-    (!name.is_empty()).then(|| (job, OsString::from_vec(name.to_vec())))
+    match path.file_name() {
+        Some(name) if !fits(name, REASON_SUFFIX) => path.with_file_name(REASON_FILE),
+        _ => {
+            let mut s = path.as_os_str().to_owned();
+            s.push(REASON_SUFFIX);
+            PathBuf::from(s)
+        }
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so a reader sees the whole
@@ -325,8 +381,8 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let err = io::Error::last_os_error();
     match err.raw_os_error() {
         // The filesystem (some FUSE and overlay ones) cannot do it atomically: a hard link also
-        // refuses to replace; a crash between link and unlink leaves two names for one file,
-        // which recovery resolves because the source keeps its job id.
+        // refuses to replace. A crash between link and unlink leaves two names for one file:
+        // `move_if_present` and `Queue::drop_incoming_twin` finish such a move.
         Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::ENOTSUP) => {
             if std::fs::symlink_metadata(from)?.is_dir() {
                 if std::fs::symlink_metadata(to).is_ok() {
@@ -345,15 +401,17 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn processing_names_carry_the_job_id_and_the_original_name() {
-        let job = JobId::generate(1);
-        let q = Queue::open(tempfile::tempdir().unwrap().path()).unwrap();
-        let path = q.processing_path(&job, OsStr::new("my__file.jsonl"));
-        let (id, name) = split_processing_name(path.file_name().unwrap()).unwrap();
-        assert_eq!((id, name), (job, OsString::from("my__file.jsonl")));
-        assert_eq!(split_processing_name(OsStr::new("random.jsonl")), None);
-        assert_eq!(split_processing_name(OsStr::new("job_short__x")), None);
+    fn reason() -> Reason {
+        Reason {
+            job_id: "j".into(),
+            file: "in.jsonl".into(),
+            state: "rejected".into(),
+            code: "empty_file".into(),
+            line: None,
+            message: "m".into(),
+            results_dir: None,
+            at: "t".into(),
+        }
     }
 
     #[test]
@@ -374,51 +432,105 @@ mod tests {
     }
 
     #[test]
-    fn the_tree_is_created_and_a_taken_name_gets_the_job_id() {
+    fn a_claimed_file_keeps_its_name_in_its_job_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("q")).unwrap();
-        for d in q.dirs() {
-            assert!(d.is_dir());
-        }
-        let job = JobId::generate(5);
-        let name = OsStr::new("x.jsonl");
+        let q = Queue::open(dir.path()).unwrap();
+        let job = JobId::generate(1);
+        let name = OsString::from(format!("{}.jsonl", "n".repeat(240)));
+        std::fs::write(q.incoming_path(&name), "x").unwrap();
+        std::fs::write(q.incoming_path(&sidecar_name(&name)), "deadline = \"1h\"").unwrap();
+        let path = q.claim(&name, &job).unwrap();
+        q.adopt_sidecar(&name, &job).unwrap();
+        assert_eq!(path, q.job_dir(&job).join(&name));
+        let dirs = q.job_dirs().unwrap();
         assert_eq!(
-            q.final_path(Destination::Done, &job, name),
-            q.done.join("x.jsonl")
+            dirs,
+            vec![JobDir {
+                job: job.clone(),
+                dir: q.job_dir(&job),
+                file: Some((name.clone(), path))
+            }]
         );
-        std::fs::write(q.done.join("x.jsonl"), "earlier").unwrap();
-        let taken = q.final_path(Destination::Done, &job, name);
-        assert_eq!(taken, q.done.join(format!("{job}__x.jsonl")));
+        assert!(std::fs::read_dir(&q.incoming).unwrap().next().is_none());
     }
 
     #[test]
-    fn finishing_moves_the_file_and_its_sidecar_and_can_be_repeated() {
+    fn a_taken_or_too_long_name_goes_to_the_job_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q")).unwrap();
+        let job = JobId::generate(5);
+        let name = OsStr::new("x.jsonl");
+        assert_eq!(
+            q.choose_final(Destination::Done, &job, name).unwrap(),
+            q.done.join("x.jsonl")
+        );
+        std::fs::write(q.done.join("x.jsonl.toml"), "a sidecar of an earlier file").unwrap();
+        let taken = q.choose_final(Destination::Done, &job, name).unwrap();
+        assert_eq!(taken, q.done.join(job.as_str()).join("x.jsonl"));
+        assert!(taken.parent().unwrap().is_dir());
+
+        let long = OsString::from("l".repeat(250));
+        let to = q.choose_final(Destination::Failed, &job, &long).unwrap();
+        assert_eq!(to, q.failed.join(job.as_str()).join(&long));
+        assert_eq!(
+            reason_path(&to),
+            q.failed.join(job.as_str()).join("reason.json")
+        );
+    }
+
+    #[test]
+    fn finishing_moves_the_file_and_its_sidecar_can_be_repeated_and_tidies_up() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
         let job = JobId::generate(9);
         let name = OsStr::new("in.jsonl");
         std::fs::write(q.incoming_path(name), "content").unwrap();
         std::fs::write(q.incoming_path(&sidecar_name(name)), "deadline = \"1h\"").unwrap();
-        let (path, sidecar) = q.claim(name, &job).unwrap();
-        assert!(sidecar.is_some());
-        let to = q.final_path(Destination::Failed, &job, name);
-        let reason = Reason {
-            job_id: job.to_string(),
-            file: "in.jsonl".into(),
-            state: "rejected".into(),
-            code: "empty_file".into(),
-            line: None,
-            message: "m".into(),
-            results_dir: None,
-            at: "t".into(),
-        };
-        q.finish(&path, &to, Some(&reason)).unwrap();
-        q.finish(&path, &to, Some(&reason)).unwrap();
+        let path = q.claim(name, &job).unwrap();
+        q.adopt_sidecar(name, &job).unwrap();
+        let to = q.choose_final(Destination::Failed, &job, name).unwrap();
+        q.finish(&path, &to, Some(&reason())).unwrap();
+        q.finish(&path, &to, Some(&reason())).unwrap();
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "content");
         assert!(sidecar_path(&to).exists());
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(reason_path(&to)).unwrap()).unwrap();
         assert_eq!(written["code"], "empty_file");
-        assert!(std::fs::read_dir(&q.processing).unwrap().next().is_none());
+        assert!(
+            std::fs::read_dir(&q.processing).unwrap().next().is_none(),
+            "the job directory is gone"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_link_then_unlink_move_is_completed() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let job = JobId::generate(3);
+        let name = OsStr::new("twin.jsonl");
+        // As the fallback leaves it after a crash: the claim's link made, its unlink not.
+        std::fs::create_dir(q.job_dir(&job)).unwrap();
+        std::fs::write(q.incoming_path(name), "same").unwrap();
+        std::fs::hard_link(q.incoming_path(name), q.job_dir(&job).join(name)).unwrap();
+        q.drop_incoming_twin(name, &q.job_dir(&job).join(name))
+            .unwrap();
+        assert!(!q.incoming_path(name).exists());
+        assert_eq!(
+            std::fs::read_to_string(q.job_dir(&job).join(name)).unwrap(),
+            "same"
+        );
+        // A different file of the same name is not touched.
+        std::fs::write(q.incoming_path(name), "other").unwrap();
+        q.drop_incoming_twin(name, &q.job_dir(&job).join(name))
+            .unwrap();
+        assert!(q.incoming_path(name).exists());
+
+        // And the final move's link made, its unlink not.
+        let from = q.job_dir(&job).join(name);
+        let to = q.done.join(name);
+        std::fs::hard_link(&from, &to).unwrap();
+        q.finish(&from, &to, None).unwrap();
+        assert!(!from.exists());
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "same");
     }
 }

@@ -47,6 +47,48 @@ struct Raw {
     metadata: Option<BTreeMap<String, String>>,
 }
 
+/// The most a sidecar may hold.
+const MAX_SIDECAR_BYTES: u64 = 64 * 1024;
+
+/// Reads the sidecar at `path`, if there is one. It must be a regular file of at most 64 KiB:
+/// a symbolic link is not followed, and a FIFO or device is refused without blocking, so a
+/// hostile sidecar can neither stall the daemon nor make it read something else.
+pub fn read(path: &std::path::Path) -> Result<Option<String>, SidecarError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let refuse = |message: String| SidecarError { key: None, message };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(refuse(
+                "is a symbolic link; a sidecar must be a regular file".into(),
+            ));
+        }
+        Err(e) => return Err(refuse(format!("cannot be read: {e}"))),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SIDECAR_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if bytes.len() as u64 > MAX_SIDECAR_BYTES {
+        return Err(refuse(format!("is larger than {MAX_SIDECAR_BYTES} bytes")));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| refuse("is not valid UTF-8".into()))
+}
+
 /// The configuration's defaults for a job claimed at `claimed_at`.
 pub fn defaults(batch: &BatchSettings, claimed_at: Timestamp) -> JobOptions {
     JobOptions {
@@ -148,6 +190,32 @@ mod tests {
 
     fn t0() -> Timestamp {
         "2026-11-22T10:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn only_a_small_regular_file_is_read_as_a_sidecar() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "deadline = \"1h\"").unwrap();
+        assert_eq!(read(&good).unwrap().as_deref(), Some("deadline = \"1h\""));
+        assert_eq!(read(&dir.path().join("none.toml")).unwrap(), None);
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(read(&link).unwrap_err().message.contains("symbolic link"));
+        let fifo = dir.path().join("fifo.toml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid path and mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            read(&fifo)
+                .unwrap_err()
+                .message
+                .contains("not a regular file"),
+            "and it did not block"
+        );
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; 70 * 1024]).unwrap();
+        assert!(read(&big).unwrap_err().message.contains("larger than"));
     }
 
     #[test]

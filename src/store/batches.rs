@@ -406,12 +406,12 @@ pub async fn due_in_state(
     .await?)
 }
 
-/// A submission ready for its next upload or create step, with what decides whether it may go.
+/// A submission ready for its next upload or create step, with its job's model (which the
+/// enqueued-token limit may hold back).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubmitCandidate {
     pub id: i64,
     pub model: Option<String>,
-    pub reconciling: bool,
 }
 
 /// Submissions to upload, create or reconcile whose time has come, oldest first; those of jobs
@@ -420,8 +420,9 @@ pub async fn due_for_submit(
     db: impl SqliteExecutor<'_>,
     now: &str,
 ) -> Result<Vec<SubmitCandidate>, StoreError> {
-    let rows = sqlx::query!(
-        r#"SELECT b.id AS "id!", j.model, b.outcome_unknown_at
+    Ok(sqlx::query_as!(
+        SubmitCandidate,
+        r#"SELECT b.id AS "id!", j.model
            FROM batches b JOIN jobs j ON j.id = b.job_id
            WHERE b.state IN ('queued', 'uploading', 'creating')
              AND (b.not_before IS NULL OR b.not_before <= ?)
@@ -430,15 +431,7 @@ pub async fn due_for_submit(
         now
     )
     .fetch_all(db)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| SubmitCandidate {
-            id: r.id,
-            model: r.model,
-            reconciling: r.outcome_unknown_at.is_some(),
-        })
-        .collect())
+    .await?)
 }
 
 /// Active submissions whose poll is due, most overdue first.

@@ -395,8 +395,7 @@ pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, 
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE cancel_requested_at IS NOT NULL
-             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
-           ORDER BY id"#
+             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')"#
     )
     .fetch_all(db)
     .await?)

@@ -8,6 +8,7 @@ mod daemon_crash;
 mod daemon_faults;
 mod daemon_lifecycle;
 mod daemon_process;
+mod daemon_review;
 mod demo;
 mod run;
 mod sim_contract;
