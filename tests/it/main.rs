@@ -13,6 +13,7 @@ mod run;
 mod sim_contract;
 mod sim_faults;
 mod sim_lifecycle;
+mod sim_persist;
 mod sim_process;
 mod sim_sdk;
 mod status;
