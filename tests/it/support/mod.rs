@@ -3,6 +3,7 @@
 pub mod bigfile;
 pub mod client;
 pub mod daemon;
+pub mod docker;
 pub mod fixtures;
 pub mod process;
 pub mod schema;
