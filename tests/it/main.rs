@@ -9,6 +9,7 @@ mod daemon_faults;
 mod daemon_lifecycle;
 mod daemon_process;
 mod demo;
+mod e2e_containers;
 mod run;
 mod sim_contract;
 mod sim_faults;

@@ -2,6 +2,7 @@
 
 pub mod bigfile;
 pub mod client;
+pub mod containers;
 pub mod daemon;
 pub mod docker;
 pub mod fixtures;
