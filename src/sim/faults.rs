@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conn::ConnKill;
 use super::error::ApiError;
+use super::files::MAX_UPLOAD_BYTES;
 use super::state::Shared;
 
 /// How a 429 tells the client when to come back.
@@ -196,6 +197,10 @@ pub enum FaultKind {
     DropBefore,
     /// Carries out the request, then closes the connection without a response.
     DropAfter,
+    /// Closes the connection without a response, and carries out the request this many real
+    /// milliseconds later, as a request held up in front of the service would be: a client
+    /// that looks for its outcome at once finds nothing yet.
+    CarriedOutLate { ms: u64 },
     /// Serves the response but cuts its body off halfway (the declared length stays whole).
     BrokenDownload,
 }
@@ -213,6 +218,7 @@ impl FaultKind {
             FaultKind::Latency { .. } => "latency",
             FaultKind::DropBefore => "drop_before",
             FaultKind::DropAfter => "drop_after",
+            FaultKind::CarriedOutLate { .. } => "carried_out_late",
             FaultKind::BrokenDownload => "broken_download",
         }
     }
@@ -419,6 +425,19 @@ pub(crate) async fn middleware(
         }
         FaultKind::DropAfter => {
             let _carried_out = next.run(request).await;
+            conn.kill();
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        FaultKind::CarriedOutLate { ms } => {
+            // The body is read now: the connection it would stream from is about to be cut.
+            let (parts, body) = request.into_parts();
+            if let Ok(body) = axum::body::to_bytes(body, MAX_UPLOAD_BYTES + (1 << 20)).await {
+                let request = Request::from_parts(parts, Body::from(body));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let _carried_out = next.run(request).await;
+                });
+            }
             conn.kill();
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }

@@ -209,6 +209,42 @@ async fn a_request_dropped_before_it_was_carried_out_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_create_carried_out_late_answers_nothing_and_lands_after_a_first_look() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let file = sim.upload(&chat_lines(1, "m")).await;
+    push(
+        &sim,
+        ScriptedFault::new(FaultKind::CarriedOutLate { ms: 300 }).on("POST", "/v1/batches"),
+    )
+    .await;
+    let sent_at = Instant::now();
+    let sent = sim
+        .request(Method::POST, "/batches")
+        .json(&json!({"input_file_id": id(&file), "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "no answer: {sent:?}");
+    let (_, list) = sim.get("/batches").await;
+    assert_eq!(list["data"], json!([]), "not carried out yet");
+    loop {
+        let (_, list) = sim.get("/batches").await;
+        if list["data"].as_array().is_some_and(|d| d.len() == 1) {
+            break;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(5),
+            "the create never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent_at.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        sim.handle.stats().await.faults_injected["carried_out_late"],
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_broken_download_stops_short_and_a_retry_gets_it_whole() {
     let sim = spawn_sim(stopped_clock()).await;
     let content = chat_lines(200, "m");
