@@ -193,6 +193,9 @@ pub enum FaultKind {
     Forbidden,
     /// Waits this many real milliseconds, then serves the request normally.
     Latency { ms: u64 },
+    /// Carries out the request at once, and answers this many real milliseconds later: a
+    /// client that goes away meanwhile never learns the outcome.
+    LateAnswer { ms: u64 },
     /// Closes the connection without carrying out the request.
     DropBefore,
     /// Carries out the request, then closes the connection without a response.
@@ -216,6 +219,7 @@ impl FaultKind {
             FaultKind::Unauthorized => "unauthorized",
             FaultKind::Forbidden => "forbidden",
             FaultKind::Latency { .. } => "latency",
+            FaultKind::LateAnswer { .. } => "late_answer",
             FaultKind::DropBefore => "drop_before",
             FaultKind::DropAfter => "drop_after",
             FaultKind::CarriedOutLate { .. } => "carried_out_late",
@@ -440,6 +444,11 @@ pub(crate) async fn middleware(
             }
             conn.kill();
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        FaultKind::LateAnswer { ms } => {
+            let response = next.run(request).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            response
         }
         FaultKind::BrokenDownload => cut_short(next.run(request).await),
         FaultKind::Latency { .. } => next.run(request).await,

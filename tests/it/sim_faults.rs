@@ -245,6 +245,31 @@ async fn a_create_carried_out_late_answers_nothing_and_lands_after_a_first_look(
 }
 
 #[tokio::test]
+async fn a_late_answer_comes_after_the_request_was_carried_out() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let file = sim.upload(&chat_lines(1, "m")).await;
+    push(
+        &sim,
+        ScriptedFault::new(FaultKind::LateAnswer { ms: 2000 }).on("POST", "/v1/batches"),
+    )
+    .await;
+    let sent_at = Instant::now();
+    let sent = sim
+        .request(Method::POST, "/batches")
+        .json(&json!({"input_file_id": id(&file), "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(sent.is_err(), "no answer within 500 ms: {sent:?}");
+    assert!(sent_at.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        sim.handle.stats().await.batches.len(),
+        1,
+        "carried out before the answer"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_download_stops_short_and_a_retry_gets_it_whole() {
     let sim = spawn_sim(stopped_clock()).await;
     let content = chat_lines(200, "m");
