@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use batchwatch::model::JobState;
-use batchwatch::sim::Stats;
+use batchwatch::sim::{FaultKind, ScriptedFault, Stats};
 use batchwatch::store::jobs::Job;
 
 use crate::support::containers::{self, DaemonContainer, SimContainer};
@@ -153,8 +153,12 @@ async fn daemon_rides_through_a_paused_simulator_losing_nothing_and_creating_no_
     };
     let data = tempfile::tempdir().unwrap();
     let sim = SimContainer::start(image, data.path(), QUICK_SIM).await;
-    // Polls give up sooner than the pause lasts, so the daemon also sees its requests fail.
-    let env = Env::new(&sim.base_url(), "[api]\nrequest_timeout = \"2s\"\n");
+    // A poll gives up after a second, without retrying inside the client, so the daemon's
+    // polling tasks fail while the simulator is paused and must be tried again later.
+    let env = Env::new(
+        &sim.base_url(),
+        "[api]\nrequest_timeout = \"1s\"\nretry_attempts = 1\n",
+    );
     let mut daemon = env.spawn();
     let mut dropped = Dropped::new();
     dropped.drop_files(&env, "before", 4);
@@ -173,7 +177,7 @@ async fn daemon_rides_through_a_paused_simulator_losing_nothing_and_creating_no_
     // those polls hang until they time out.
     dropped.drop_files(&env, "during", 4);
     wait_submitting(&env, "during", 4).await;
-    daemon.wait_for_line("operation timed out", Duration::from_secs(30));
+    daemon.wait_for_line("work=Poll", Duration::from_secs(30));
     // Still answering its operators meanwhile.
     let status = crate::support::process::stdout_ok(Some(&env.config), &["status"]);
     assert!(status.contains("during-0.jsonl"), "{status}");
@@ -310,41 +314,48 @@ fn assert_key_not_in(log: &str) {
     crate::support::daemon::assert_key_absent(&log.lines().map(str::to_owned).collect::<Vec<_>>());
 }
 
+/// How many times the daemon's container is killed, and the files dropped before each kill.
+const KILLS: usize = 4;
+const FILES_PER_KILL: usize = 6;
+
+/// How long the simulator holds the answer to a create it carried out.
+const LATE_ANSWER: Duration = Duration::from_millis(1500);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn daemon_container_killed_hard_twice_mid_run_then_a_new_one_finishes_every_job_once() {
+async fn daemon_container_killed_hard_while_creates_await_their_answers_finishes_every_job_once() {
     let Some(image) = containers::image().await else {
         return;
     };
     let data = tempfile::tempdir().unwrap();
     let sim = SimContainer::start(image.clone(), data.path(), QUICK_SIM).await;
+    // Every create is carried out at once and answered late, so each kill below lands while
+    // batches exist that the daemon has not heard of: the next one must find them, not make
+    // them again.
+    sim.push_fault(
+        &ScriptedFault::new(FaultKind::LateAnswer {
+            ms: LATE_ANSWER.as_millis() as u64,
+        })
+        .times((KILLS * FILES_PER_KILL) as u32)
+        .on("POST", "/v1/batches"),
+    )
+    .await;
     let env = Env::new(&sim.base_url_for_containers().await, "");
     let mut dropped = Dropped::new();
 
-    // Killed while the first batches are being made and the rest wait their turn.
-    let daemon = DaemonContainer::start(image.clone(), &env).await;
-    dropped.drop_files(&env, "a", 10);
-    sim.wait_batches(3, Duration::from_secs(30)).await;
-    assert_key_not_in(&daemon.kill().await);
-
-    // Files dropped while no daemon runs wait for the next; that one is killed while some
-    // jobs are finished and others are not.
-    dropped.drop_files(&env, "b", 4);
-    let daemon = DaemonContainer::start(image.clone(), &env).await;
-    containers::wait_until(
-        "some jobs finished and some not",
-        Duration::from_secs(30),
-        async || {
-            let jobs = env.jobs().await;
-            let done = jobs.iter().filter(|j| j.state.is_terminal()).count();
-            (done > 0 && done < jobs.len(), (done, jobs.len()))
-        },
-    )
-    .await;
-    assert_key_not_in(&daemon.kill().await);
+    // Each daemon is killed once two of its new files have batches, well within the late
+    // answer; meanwhile the other files are being uploaded or created, and earlier jobs
+    // polled or collected.
+    for round in 0..KILLS {
+        let daemon = DaemonContainer::start(image.clone(), &env).await;
+        let made = sim.stats().await.batches.len();
+        dropped.drop_files(&env, &format!("r{round}"), FILES_PER_KILL);
+        sim.wait_batches(made + 2, Duration::from_secs(30)).await;
+        assert_key_not_in(&daemon.kill().await);
+    }
 
     let daemon = DaemonContainer::start(image, &env).await;
     let jobs = daemon
-        .wait_finished(&env, 14, Duration::from_secs(60))
+        .wait_finished(&env, KILLS * FILES_PER_KILL, Duration::from_secs(60))
         .await;
     // As PID 1 the daemon gets only the signals it handles: SIGTERM must stop it cleanly,
     // well before Docker's 10 s grace runs out and it is killed.

@@ -8,7 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use batchwatch::sim::Stats;
+use batchwatch::sim::{ScriptedFault, Stats};
 use batchwatch::store::jobs::Job;
 use testcontainers::core::{BuildImageOptions, IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::{AsyncBuilder, AsyncRunner};
@@ -220,6 +220,19 @@ impl SimContainer {
             .expect("GET /admin/stats");
         assert!(response.status().is_success(), "{response:?}");
         response.json().await.expect("stats as JSON")
+    }
+
+    /// Appends a fault to the simulator's script (its admin API).
+    pub async fn push_fault(&self, fault: &ScriptedFault) {
+        let response = self
+            .http
+            .post(self.admin("/faults/script"))
+            .json(fault)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("POST /admin/faults/script");
+        assert!(response.status().is_success(), "{response:?}");
     }
 
     /// Changes the simulated clock's speed (0 stops it) through the admin API.
