@@ -25,15 +25,19 @@ const IMAGE: &str = "batchwatch-e2e";
 
 /// No `# syntax=` line: that would make the builder pull a front end from a registry.
 /// Nothing else goes in: no shell, no /tmp, no CA certificates, no name service.
-const DOCKERFILE: &str =
-    "FROM scratch\nCOPY batchwatch /batchwatch\nENTRYPOINT [\"/batchwatch\"]\n";
+/// The label lets old images be found and pruned.
+const DOCKERFILE: &str = "FROM scratch
+LABEL org.batchwatch.e2e=1
+COPY batchwatch /batchwatch
+ENTRYPOINT [\"/batchwatch\"]
+";
 
 /// The port the simulator listens on inside its container.
 pub const SIM_PORT: u16 = 8089;
 
 /// The image, built once per test process; None, after saying why, when Docker tests cannot
-/// run here. The tag is a hash of the binary, so a rerun with the same binary reuses the image
-/// (testcontainers skips the build when the tag exists) and a new binary gets a new one.
+/// run here. The tag is a hash of what goes in, so a rerun with the same binary reuses the
+/// image (testcontainers skips the build when the tag exists) and a new binary gets a new one.
 pub async fn image() -> Option<GenericImage> {
     if !docker::available().await {
         return None;
@@ -54,35 +58,42 @@ pub async fn image() -> Option<GenericImage> {
                 .await
                 .unwrap_or_else(|e| panic!("building the image {IMAGE}:{tag}: {e}"));
             println!("image {IMAGE}:{tag} ready in {:?}", started.elapsed());
-            remove_other_tags(&tag).await;
+            prune_old_images().await;
             image
         })
         .await;
     Some(image.clone())
 }
 
-/// The first 16 hex digits of the file's sha256.
-fn content_tag(path: &Path) -> String {
+/// The first 16 hex digits of the sha256 of the Dockerfile and the binary.
+fn content_tag(bin: &Path) -> String {
     use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    Sha256::digest(&bytes)
+    let bytes = std::fs::read(bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    Sha256::new()
+        .chain_update(DOCKERFILE)
+        .chain_update(&bytes)
+        .finalize()
         .iter()
         .take(8)
         .map(|b| format!("{b:02x}"))
         .collect()
 }
 
-/// Removes the images earlier binaries left, so they do not pile up; one still used by a
-/// container (another test run) is kept, as `docker image rm` refuses it.
-async fn remove_other_tags(keep: &str) {
-    let Ok(listed) = docker::cli(&["image", "ls", IMAGE, "--format", "{{.Tag}}"]).await else {
-        return;
-    };
-    for tag in String::from_utf8_lossy(&listed.stdout).lines() {
-        if tag != keep {
-            let _ = docker::cli(&["image", "rm", &format!("{IMAGE}:{tag}")]).await;
-        }
-    }
+/// Removes the images earlier binaries left a day ago or more, so they do not pile up. Not
+/// newer ones: a test run in another worktree may have built one and not started it yet (and
+/// Docker keeps any image a container uses).
+async fn prune_old_images() {
+    let _ = docker::cli(&[
+        "image",
+        "prune",
+        "--all",
+        "--force",
+        "--filter",
+        "label=org.batchwatch.e2e",
+        "--filter",
+        "until=24h",
+    ])
+    .await;
 }
 
 /// `UID:GID` of the owner of `dir`, for a container that writes there.
