@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use batchwatch::model::JobState;
+use batchwatch::model::{JobState, SubmissionState};
 use batchwatch::sim::{FaultKind, ScriptedFault, Stats};
+use batchwatch::store::batches;
 use batchwatch::store::jobs::Job;
 
 use crate::support::containers::{self, DaemonContainer, SimContainer};
@@ -146,6 +147,33 @@ async fn wait_submitting(env: &Env, prefix: &str, n: usize) {
     .await;
 }
 
+/// Waits until a poll of the batch of every job whose file name starts with `prefix` (there
+/// are `n`) failed, and the daemon recorded why.
+async fn wait_polls_failed(env: &Env, prefix: &str, n: usize) {
+    containers::wait_until(
+        &format!("polls of {n} {prefix} batches to fail"),
+        Duration::from_secs(30),
+        async || {
+            let store = env.store().await;
+            let mut errors = Vec::new();
+            for job in env.jobs().await {
+                if !job.file_name.starts_with(prefix) {
+                    continue;
+                }
+                let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+                errors.extend(subs.into_iter().filter_map(|s| {
+                    (s.state == SubmissionState::Active)
+                        .then_some(s.last_error)
+                        .flatten()
+                }));
+            }
+            store.close().await;
+            (errors.len() == n, errors)
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn daemon_rides_through_a_paused_simulator_losing_nothing_and_creating_no_duplicate() {
     let Some(image) = containers::image().await else {
@@ -177,7 +205,7 @@ async fn daemon_rides_through_a_paused_simulator_losing_nothing_and_creating_no_
     // those polls hang until they time out.
     dropped.drop_files(&env, "during", 4);
     wait_submitting(&env, "during", 4).await;
-    daemon.wait_for_line("work=Poll", Duration::from_secs(30));
+    wait_polls_failed(&env, "before", 4).await;
     // Still answering its operators meanwhile.
     let status = crate::support::process::stdout_ok(Some(&env.config), &["status"]);
     assert!(status.contains("during-0.jsonl"), "{status}");
@@ -267,9 +295,7 @@ async fn daemon_rides_through_a_simulator_restart_that_keeps_its_batches() {
         "docker stop made the simulator save its state; its log:\n{}",
         sim.logs().await
     );
-    let port = sim.base_url();
-    let refused =
-        std::net::TcpStream::connect(port.trim_start_matches("http://").trim_end_matches("/v1"));
+    let refused = std::net::TcpStream::connect(sim.host_addr());
     assert_eq!(
         refused.map_err(|e| e.kind()).err(),
         Some(std::io::ErrorKind::ConnectionRefused),
@@ -309,7 +335,7 @@ async fn daemon_rides_through_a_simulator_restart_that_keeps_its_batches() {
     }
 }
 
-/// Whether the key shows in a log.
+/// Panics if the key shows in a log.
 fn assert_key_not_in(log: &str) {
     crate::support::daemon::assert_key_absent(&log.lines().map(str::to_owned).collect::<Vec<_>>());
 }
@@ -342,9 +368,9 @@ async fn daemon_container_killed_hard_while_creates_await_their_answers_finishes
     let env = Env::new(&sim.base_url_for_containers().await, "");
     let mut dropped = Dropped::new();
 
-    // Each daemon is killed once two of its new files have batches, well within the late
-    // answer; meanwhile the other files are being uploaded or created, and earlier jobs
-    // polled or collected.
+    // Each daemon is killed once two more batches exist, well within their late answers;
+    // meanwhile other files are being uploaded or created, and earlier jobs polled or
+    // collected.
     for round in 0..KILLS {
         let daemon = DaemonContainer::start(image.clone(), &env).await;
         let made = sim.stats().await.batches.len();

@@ -190,9 +190,14 @@ impl SimContainer {
         }
     }
 
+    /// Where the simulator is reached from the host.
+    pub fn host_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// The API's base URL from the host.
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
+        format!("http://{}/v1", self.host_addr())
     }
 
     /// The API's base URL from another container: the simulator's address on the bridge (a
@@ -207,7 +212,7 @@ impl SimContainer {
     }
 
     fn admin(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/admin{path}", self.port)
+        format!("http://{}/admin{path}", self.host_addr())
     }
 
     /// Whether the admin API answers within `within`.
