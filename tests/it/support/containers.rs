@@ -20,7 +20,7 @@ use super::docker;
 use super::sim::http_client;
 use super::static_bin::static_bin;
 
-/// The image's name; its tag is the binary's content hash.
+/// The image's name; its tag is a hash of its content (see [`image`]).
 const IMAGE: &str = "batchwatch-e2e";
 
 /// No `# syntax=` line: that would make the builder pull a front end from a registry.
@@ -100,6 +100,11 @@ async fn prune_old_images() {
 fn owner_of(dir: &Path) -> String {
     let meta = std::fs::metadata(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     format!("{}:{}", meta.uid(), meta.gid())
+}
+
+/// Whether Docker refused a port mapping because the port was taken.
+fn port_taken(error: &str) -> bool {
+    error.contains("already allocated") || error.contains("address already in use")
 }
 
 /// A port free on the host right now.
@@ -182,7 +187,7 @@ impl SimContainer {
                         http: http_client(),
                     };
                 }
-                Err(e) if attempts < 3 && e.to_string().contains("already allocated") => {
+                Err(e) if attempts < 3 && port_taken(&e.to_string()) => {
                     attempts += 1;
                 }
                 Err(e) => panic!("the simulator container did not start: {e}"),
