@@ -44,7 +44,13 @@ pub struct SimArgs {
     /// Accept only this API key (default: any non-empty key).
     #[arg(long, value_name = "KEY", value_parser = secret)]
     pub api_key: Option<SecretString>,
-    /// Keep files here (default: a temporary directory removed at exit).
+    /// Keep files here (default: a temporary directory removed at exit), and the state too.
+    ///
+    /// With a data dir, a clean stop (SIGTERM, SIGINT) saves the state (files, batches and
+    /// their histories, ids, counters) to PATH/state.json, and the next start loads it. The
+    /// simulated clock resumes at its saved reading: the time the simulator was down does not
+    /// count. Faults, --time-scale and the durations come from the new command line, and
+    /// --start-time is ignored when a state is loaded. After a crash it starts empty.
     #[arg(long, value_name = "PATH")]
     pub data_dir: Option<PathBuf>,
     /// Simulated seconds per real second (0 stops the clock; move it with the admin API).
@@ -178,7 +184,8 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("signal received; shutting down");
         handle.shutdown().await
     })?;
-    // Do not wait for a file being written in the background: its directory is going away.
+    // Do not wait for a file still being written in the background: a temporary data dir is
+    // going away, and a kept one was waited for before the state was saved.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
 }

@@ -177,7 +177,12 @@ fn parse_create(body: &[u8]) -> Result<NewBatch, ApiError> {
 }
 
 /// Validates a batch's input file on a blocking thread and hands the result to the lifecycle.
-fn spawn_validation(shared: Arc<Shared>, id: String, input: Arc<StoredFile>, endpoint: String) {
+pub(crate) fn spawn_validation(
+    shared: Arc<Shared>,
+    id: String,
+    input: Arc<StoredFile>,
+    endpoint: String,
+) {
     let limits = shared.limits;
     tokio::spawn(async move {
         let result = tokio::task::spawn_blocking(move || {

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conn::ConnKill;
 use super::error::ApiError;
+use super::files::MAX_UPLOAD_BYTES;
 use super::state::Shared;
 
 /// How a 429 tells the client when to come back.
@@ -192,10 +193,17 @@ pub enum FaultKind {
     Forbidden,
     /// Waits this many real milliseconds, then serves the request normally.
     Latency { ms: u64 },
+    /// Carries out the request at once, and answers this many real milliseconds later: a
+    /// client that goes away meanwhile never learns the outcome.
+    LateAnswer { ms: u64 },
     /// Closes the connection without carrying out the request.
     DropBefore,
     /// Carries out the request, then closes the connection without a response.
     DropAfter,
+    /// Closes the connection without a response, and carries out the request this many real
+    /// milliseconds later, as a request held up in front of the service would be: a client
+    /// that looks for its outcome at once finds nothing yet.
+    CarriedOutLate { ms: u64 },
     /// Serves the response but cuts its body off halfway (the declared length stays whole).
     BrokenDownload,
 }
@@ -211,8 +219,10 @@ impl FaultKind {
             FaultKind::Unauthorized => "unauthorized",
             FaultKind::Forbidden => "forbidden",
             FaultKind::Latency { .. } => "latency",
+            FaultKind::LateAnswer { .. } => "late_answer",
             FaultKind::DropBefore => "drop_before",
             FaultKind::DropAfter => "drop_after",
+            FaultKind::CarriedOutLate { .. } => "carried_out_late",
             FaultKind::BrokenDownload => "broken_download",
         }
     }
@@ -421,6 +431,24 @@ pub(crate) async fn middleware(
             let _carried_out = next.run(request).await;
             conn.kill();
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        FaultKind::CarriedOutLate { ms } => {
+            // The body is read now: the connection it would stream from is about to be cut.
+            let (parts, body) = request.into_parts();
+            if let Ok(body) = axum::body::to_bytes(body, MAX_UPLOAD_BYTES + (1 << 20)).await {
+                let request = Request::from_parts(parts, Body::from(body));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let _carried_out = next.run(request).await;
+                });
+            }
+            conn.kill();
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        FaultKind::LateAnswer { ms } => {
+            let response = next.run(request).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            response
         }
         FaultKind::BrokenDownload => cut_short(next.run(request).await),
         FaultKind::Latency { .. } => next.run(request).await,

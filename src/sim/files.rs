@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::body::Body;
@@ -43,21 +44,42 @@ const BATCH_FILE_LIFETIME_SECS: i64 = 30 * 24 * 3600;
 #[derive(Debug)]
 pub(crate) struct StoredFile {
     path: PathBuf,
+    /// Set once a saved state refers to the file (see `persist`): it must outlive this process.
+    keep: AtomicBool,
 }
 
 impl StoredFile {
     pub(crate) fn new(path: PathBuf) -> StoredFile {
-        StoredFile { path }
+        StoredFile {
+            path,
+            keep: AtomicBool::new(false),
+        }
+    }
+
+    /// A file known by name only, as a saved state names it before it is resolved against the
+    /// data directory; dropping it removes nothing.
+    pub(crate) fn named(name: PathBuf) -> StoredFile {
+        StoredFile {
+            path: name,
+            keep: AtomicBool::new(true),
+        }
     }
 
     pub(crate) fn path(&self) -> &FsPath {
         &self.path
     }
+
+    /// Leaves the file on disk when the last reference goes.
+    pub(crate) fn keep(&self) {
+        self.keep.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for StoredFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if !self.keep.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -40,8 +40,16 @@
 //! - `POST /admin/reset`: forget every file, batch and count; faults return to the
 //!   configured ones.
 //!
-//! State lives in memory; the data directory holds only file contents, so a restarted
-//! simulator starts empty.
+//! # Restarts
+//!
+//! State lives in memory and file contents in the data directory. A simulator given a data
+//! directory of its own (`--data-dir`) saves its state there as `state.json` when it stops
+//! cleanly (SIGTERM, SIGINT, [`SimHandle::shutdown`]) and loads it at the next start: files,
+//! batches and their histories, ids and counters carry on. The simulated clock resumes at its
+//! saved reading, so the time it was down does not count and no batch jumps ahead into expiry;
+//! faults, the time scale and the durations come from the new start's configuration. After a
+//! crash, or without a data directory, a restarted simulator starts empty. Details and limits:
+//! `persist.rs`.
 
 mod admin;
 mod args;
@@ -53,6 +61,7 @@ mod faults;
 mod files;
 mod lifecycle;
 mod output;
+mod persist;
 mod routes;
 mod state;
 
@@ -70,6 +79,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use args::{SimArgs, run};
 pub use faults::{AuthFault, FaultKind, Faults, RetryAfter, ScriptedFault};
+pub use persist::STATE_FILE;
 pub use state::Transition;
 
 use crate::batchfile::Limits;
@@ -90,7 +100,8 @@ pub struct SimConfig {
     pub seed: Option<u64>,
     /// The only key accepted; default: any non-empty key.
     pub api_key: Option<SecretString>,
-    /// Where files are kept; default: a temporary directory removed at exit.
+    /// Where files are kept; default: a temporary directory removed at exit. A directory given
+    /// here also keeps the state across a clean restart (see "Restarts" above).
     pub data_dir: Option<PathBuf>,
     /// How long a batch is `validating`.
     pub validating_secs: f64,
@@ -197,6 +208,8 @@ pub struct SimHandle {
     stop: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
     ticker: Option<JoinHandle<()>>,
+    /// Whether [`SimHandle::shutdown`] saves the state (the data dir is not a temporary one).
+    persist: bool,
 }
 
 /// Starts a simulator listening on `listen` (port 0 picks a free port).
@@ -208,6 +221,7 @@ pub async fn start(listen: SocketAddr, mut config: SimConfig) -> anyhow::Result<
         .with_context(|| format!("binding the simulator to {listen}"))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let shared = Arc::new(Shared::new(&config)?);
+    persist::resume(&shared);
     let stop = CancellationToken::new();
     let app = routes::router(shared.clone());
     let server = axum::serve(
@@ -225,6 +239,7 @@ pub async fn start(listen: SocketAddr, mut config: SimConfig) -> anyhow::Result<
         stop,
         server: Some(server),
         ticker: Some(ticker),
+        persist: config.data_dir.is_some(),
     })
 }
 
@@ -313,7 +328,8 @@ impl SimHandle {
         self.shared.reset();
     }
 
-    /// Stops accepting requests, gives open connections a moment, and stops.
+    /// Stops accepting requests, gives open connections a moment, and stops; with a data dir of
+    /// its own, it then saves its state there for the next start.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
         if let Some(mut server) = self.server.take() {
@@ -326,6 +342,9 @@ impl SimHandle {
         }
         if let Some(ticker) = self.ticker.take() {
             ticker.await.context("the simulator's ticker failed")?;
+        }
+        if self.persist {
+            persist::save(&self.shared).await?;
         }
         Ok(())
     }

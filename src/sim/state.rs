@@ -45,11 +45,16 @@ impl Shared {
                 (temp.path().to_owned(), Some(temp))
             }
         };
+        let mut state = State::new(config, data_dir.clone());
+        // A temporary directory is new, so only a configured one can hold a saved state.
+        if config.data_dir.is_some() {
+            super::persist::load(&mut state, config)?;
+        }
         Ok(Shared {
             api_key: config.api_key.clone(),
-            data_dir: data_dir.clone(),
+            data_dir,
             limits: config.limits,
-            state: Mutex::new(State::new(config, data_dir)),
+            state: Mutex::new(state),
             wake: Notify::new(),
             _temp_dir: temp_dir,
         })
@@ -75,7 +80,7 @@ pub(crate) struct Timing {
 }
 
 /// Whether a generated file has been written yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum FileReady {
     Pending,
     Ready { bytes: u64 },
@@ -127,8 +132,10 @@ impl FileEntry {
 }
 
 /// Where a batch's input validation stands.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) enum Validation {
+    /// Not finished; also what a batch loaded from a saved state starts with (see `persist`).
+    #[default]
     Pending,
     Done(Result<Summary, Violation>),
     /// Its result was turned into a status.
@@ -136,7 +143,7 @@ pub(crate) enum Validation {
 }
 
 /// One entry of a batch's `errors.data`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BatchErrorEntry {
     pub(crate) code: String,
     pub(crate) message: String,
@@ -155,12 +162,14 @@ pub struct Transition {
     pub real_at_ms: i64,
 }
 
-/// A batch and everything needed to compute its state at any simulated instant.
-#[derive(Debug)]
+/// A batch and everything needed to compute its state at any simulated instant; saved whole
+/// (see `persist`).
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Batch {
     pub(crate) id: String,
     pub(crate) endpoint: String,
     pub(crate) input_file_id: String,
+    #[serde(with = "super::persist::file_name")]
     pub(crate) input: Arc<StoredFile>,
     pub(crate) completion_window: String,
     pub(crate) metadata: Option<Map<String, Value>>,
@@ -181,6 +190,8 @@ pub(crate) struct Batch {
     pub(crate) expired_at: Option<SimMs>,
     pub(crate) cancelling_at: Option<SimMs>,
     pub(crate) cancelled_at: Option<SimMs>,
+    /// Not saved: a loaded batch that was still validating is validated again.
+    #[serde(skip)]
     pub(crate) validation: Validation,
     pub(crate) model: Option<String>,
     pub(crate) total: u64,
@@ -355,7 +366,7 @@ struct ReasoningTokens {
 }
 
 /// Request and fault counters.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Counters {
     requests: BTreeMap<String, u64>,
     faults: BTreeMap<String, u64>,

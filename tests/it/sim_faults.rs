@@ -209,6 +209,67 @@ async fn a_request_dropped_before_it_was_carried_out_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_create_carried_out_late_answers_nothing_and_lands_after_a_first_look() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let file = sim.upload(&chat_lines(1, "m")).await;
+    push(
+        &sim,
+        ScriptedFault::new(FaultKind::CarriedOutLate { ms: 300 }).on("POST", "/v1/batches"),
+    )
+    .await;
+    let sent_at = Instant::now();
+    let sent = sim
+        .request(Method::POST, "/batches")
+        .json(&json!({"input_file_id": id(&file), "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "no answer: {sent:?}");
+    let (_, list) = sim.get("/batches").await;
+    assert_eq!(list["data"], json!([]), "not carried out yet");
+    loop {
+        let (_, list) = sim.get("/batches").await;
+        if list["data"].as_array().is_some_and(|d| d.len() == 1) {
+            break;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(5),
+            "the create never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent_at.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        sim.handle.stats().await.faults_injected["carried_out_late"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_late_answer_comes_after_the_request_was_carried_out() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let file = sim.upload(&chat_lines(1, "m")).await;
+    push(
+        &sim,
+        ScriptedFault::new(FaultKind::LateAnswer { ms: 2000 }).on("POST", "/v1/batches"),
+    )
+    .await;
+    let sent_at = Instant::now();
+    let sent = sim
+        .request(Method::POST, "/batches")
+        .json(&json!({"input_file_id": id(&file), "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(sent.is_err(), "no answer within 500 ms: {sent:?}");
+    assert!(sent_at.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        sim.handle.stats().await.batches.len(),
+        1,
+        "carried out before the answer"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_download_stops_short_and_a_retry_gets_it_whole() {
     let sim = spawn_sim(stopped_clock()).await;
     let content = chat_lines(200, "m");
@@ -364,7 +425,11 @@ async fn vanishing_batches_answer_404_from_then_on() {
     }))
     .await;
     let doomed = sim.submit(&chat_lines(2, "m")).await;
-    sim.advance(29.0).await;
+    // Validation runs on another thread and holds back every later event until it is done:
+    // let it finish first, so that the vanishing below does not depend on the machine's load.
+    sim.advance(10.0).await;
+    sim.wait_status(id(&doomed), "in_progress").await;
+    sim.advance(19.0).await;
     assert_eq!(
         sim.get(&format!("/batches/{}", id(&doomed))).await.0,
         StatusCode::OK

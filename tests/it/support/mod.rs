@@ -2,7 +2,9 @@
 
 pub mod bigfile;
 pub mod client;
+pub mod containers;
 pub mod daemon;
+pub mod docker;
 pub mod fixtures;
 pub mod process;
 pub mod schema;

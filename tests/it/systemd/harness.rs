@@ -6,13 +6,14 @@
 //! with its configuration and credential.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use testcontainers::core::{CgroupnsMode, ExecCommand, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
+
+use crate::support::docker::{self, cannot_run, run_host};
 
 /// The image `.ci/systemd-image` builds (its default tag).
 const IMAGE: (&str, &str) = ("batchwatch-systemd", "test");
@@ -47,20 +48,6 @@ pub fn seconds(span: &str) -> Duration {
         .parse()
         .unwrap_or_else(|_| panic!("{span:?}: the tests read whole seconds only (\"20s\")"));
     Duration::from_secs(n)
-}
-
-/// Whether tests that need Docker must fail, rather than skip, when it is missing.
-fn docker_required() -> bool {
-    std::env::var("BATCHWATCH_REQUIRE_DOCKER").as_deref() == Ok("1")
-}
-
-/// Reports why a Docker test cannot run: skips it (prints the reason), or fails it when
-/// BATCHWATCH_REQUIRE_DOCKER=1.
-fn cannot_run(reason: &str) {
-    if docker_required() {
-        panic!("BATCHWATCH_REQUIRE_DOCKER=1, but {reason}");
-    }
-    eprintln!("skipped: {reason}");
 }
 
 /// What the unit runs, and the files it is installed with.
@@ -418,13 +405,7 @@ async fn ensure_image() -> Result<(), String> {
     static READY: OnceCell<Result<(), String>> = OnceCell::const_new();
     READY
         .get_or_init(|| async {
-            let info = run_host("docker", &["info", "--format", "{{.ServerVersion}}"]).await?;
-            if !info.status.success() {
-                return Err(format!(
-                    "no Docker engine answers (docker info: {})",
-                    String::from_utf8_lossy(&info.stderr).trim()
-                ));
-            }
+            docker::engine().await?;
             let script = repo_path(".ci/systemd-image");
             let build = run_host(script.to_str().expect("UTF-8 path"), &[]).await?;
             if !build.status.success() {
@@ -437,13 +418,4 @@ async fn ensure_image() -> Result<(), String> {
         })
         .await
         .clone()
-}
-
-async fn run_host(program: &str, args: &[&str]) -> Result<std::process::Output, String> {
-    tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {program}: {e}"))
 }

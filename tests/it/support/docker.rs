@@ -1,0 +1,65 @@
+//! Whether tests that need a Docker engine can run. Without one they are skipped with a printed
+//! reason, unless `BATCHWATCH_REQUIRE_DOCKER=1` (which `.ci/run` sets): then they fail.
+
+use std::process::Stdio;
+
+use tokio::sync::OnceCell;
+
+/// Whether tests that need Docker must fail, rather than skip, when it is missing.
+fn required() -> bool {
+    std::env::var("BATCHWATCH_REQUIRE_DOCKER").as_deref() == Ok("1")
+}
+
+/// Reports why a Docker test cannot run: skips it (prints the reason), or fails it when
+/// `BATCHWATCH_REQUIRE_DOCKER=1`.
+pub fn cannot_run(reason: &str) {
+    if required() {
+        panic!("BATCHWATCH_REQUIRE_DOCKER=1, but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// Whether a Docker engine answers (asked once per test process). Err says why not.
+pub async fn engine() -> Result<(), String> {
+    static ANSWER: OnceCell<Result<(), String>> = OnceCell::const_new();
+    ANSWER
+        .get_or_init(|| async {
+            let info = cli(&["info", "--format", "{{.ServerVersion}}"]).await?;
+            if info.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "no Docker engine answers (docker info: {})",
+                    String::from_utf8_lossy(&info.stderr).trim()
+                ))
+            }
+        })
+        .await
+        .clone()
+}
+
+/// Whether Docker tests can run here; prints why not (or fails, see [`cannot_run`]).
+pub async fn available() -> bool {
+    match engine().await {
+        Ok(()) => true,
+        Err(reason) => {
+            cannot_run(&reason);
+            false
+        }
+    }
+}
+
+/// Runs the `docker` command line, for what testcontainers does not offer.
+pub async fn cli(args: &[&str]) -> Result<std::process::Output, String> {
+    run_host("docker", args).await
+}
+
+/// Runs a program on the host and collects its output.
+pub async fn run_host(program: &str, args: &[&str]) -> Result<std::process::Output, String> {
+    tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {program}: {e}"))
+}
