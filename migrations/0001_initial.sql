@@ -85,6 +85,9 @@ CREATE TABLE batches (
     not_before TEXT,
     -- When an upload or create may or may not have happened; it is reconciled before anything else.
     outcome_unknown_at TEXT,
+    -- When the create was sent again because reconciliation found no batch: for a day, the
+    -- daemon watches for a late duplicate of the earlier request and cancels it.
+    resent_at TEXT,
     -- The remote batch, as last seen.
     remote_id TEXT UNIQUE,
     input_file_id TEXT,

@@ -456,6 +456,7 @@ mod tests {
             state,
             not_before: None,
             outcome_unknown_at: None,
+            resent_at: None,
             remote_id: Some(format!("batch_{part}_{attempt}")),
             input_file_id: None,
             status,

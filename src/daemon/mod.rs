@@ -154,6 +154,7 @@ pub enum Subject {
     Job(String),
     Submission(i64),
     Key,
+    Duplicates,
 }
 
 /// What a task does.
@@ -166,6 +167,7 @@ pub enum Task {
     Collect,
     Finish,
     ProbeKey,
+    CancelDuplicates,
 }
 
 /// How often a task failed in a row, and when it may run again.
@@ -180,6 +182,7 @@ pub struct Daemon {
     pub ctx: Ctx,
     scanner: Scanner,
     next_scan: Instant,
+    next_duplicate_check: Instant,
     tasks: JoinSet<anyhow::Result<()>>,
     /// What each running task is, by its id: a task that panics is known by its id alone.
     running: HashMap<tokio::task::Id, (Subject, Task)>,
@@ -239,6 +242,7 @@ impl Daemon {
         let mut daemon = Daemon {
             scanner: Scanner::new(settings.queue.settle_time.get()),
             next_scan: Instant::now(),
+            next_duplicate_check: Instant::now(),
             tasks: JoinSet::new(),
             running: HashMap::new(),
             in_flight: HashSet::new(),
@@ -359,6 +363,15 @@ impl Daemon {
                 Subject::Submission(row),
                 T::Collect,
                 collect::collect(ctx.clone(), row),
+            );
+        }
+        if Instant::now() >= self.next_duplicate_check {
+            let every = ctx.settings.poll.max_interval.get().saturating_mul(10);
+            self.next_duplicate_check = Instant::now() + every;
+            self.spawn(
+                Subject::Duplicates,
+                T::CancelDuplicates,
+                reconcile::cancel_duplicates(ctx.clone()),
             );
         }
         for job in jobs::finishable(ctx.store.reader()).await? {

@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use super::Ctx;
 use crate::api::{ApiError, Batch, FileObject};
 use crate::clock::{self, Timestamp};
-use crate::store::batches::Submission;
+use crate::model::{BatchStatus, JobState};
+use crate::store::batches::{self, Submission};
+use crate::store::jobs;
 
 /// The metadata keys that tie a remote batch to its submission.
 pub const JOB_KEY: &str = "batchwatch_job_id";
@@ -102,4 +104,81 @@ pub async fn find_upload(
         }
     }
     Ok(None)
+}
+
+/// Duplicates already reported by this process, so each is reported once.
+static REPORTED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// How long a re-sent create is watched for a late duplicate: a request held up longer than
+/// this is not coming.
+const WATCH: Duration = Duration::from_secs(24 * 3600);
+
+/// Cancels the late duplicates of re-sent creates. When reconciliation found no batch and the
+/// create was sent again, the first request may still reach the API afterwards (held up in a
+/// proxy, say) and make a second batch for the same submission; without an idempotency key
+/// that cannot be prevented, only found. This lists the batches back to the oldest watched
+/// submission and cancels any live batch that is a watched submission's but not its own.
+pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
+    let now = ctx.clock.now();
+    let since = now
+        .checked_sub(jiff::SignedDuration::try_from(WATCH)?)
+        .unwrap_or(now);
+    let watched =
+        batches::watched_for_duplicates(ctx.store.reader(), &clock::format(since)).await?;
+    let Some(oldest) = watched
+        .iter()
+        .filter_map(|r| clock::parse(&r.created_at))
+        .min()
+    else {
+        return Ok(());
+    };
+    let stop_at = oldest
+        .checked_sub(jiff::SignedDuration::try_from(SKEW)?)
+        .unwrap_or(oldest);
+    let mut listed = std::pin::pin!(ctx.client.list_batches(100));
+    while let Some(batch) = listed.next().await {
+        let batch = batch?;
+        let duplicate_of = watched
+            .iter()
+            .find(|r| is_for(&batch, r) && r.remote_id.as_deref() != Some(batch.id.as_str()));
+        let live = !batch.status.is_terminal() && batch.status != BatchStatus::Cancelling;
+        if let Some(row) = duplicate_of
+            && (live || REPORTED.lock().expect("lock").insert(batch.id.clone()))
+        {
+            let ours = row.remote_id.as_deref().unwrap_or("?");
+            let what = if live {
+                ctx.client.cancel_batch(&batch.id).await?;
+                REPORTED.lock().expect("lock").insert(batch.id.clone());
+                "cancelled it".to_owned()
+            } else {
+                format!(
+                    "it had already ended ({}) when it was found; its results are not collected",
+                    batch.status
+                )
+            };
+            let message = format!(
+                "batch {} duplicated batch {ours}: the create sent before reconciliation reached the API late; {what}",
+                batch.id
+            );
+            tracing::warn!(job = %row.job_id, duplicate = %batch.id, batch = %ours, "{message}");
+            let state = jobs::get(ctx.store.reader(), &row.job_id)
+                .await?
+                .map_or(JobState::Running, |j| j.state);
+            let mut tx = ctx.store.begin().await?;
+            jobs::add_event(
+                &mut tx,
+                &row.job_id,
+                state,
+                &message,
+                &clock::format(ctx.clock.now()),
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        if batch.created_at.is_some_and(|created| created < stop_at) {
+            break;
+        }
+    }
+    Ok(())
 }

@@ -167,6 +167,10 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
             }
             Ok(None) => {
                 tracing::info!(job = %row.job_id, "an interrupted create made no batch; creating it now");
+                let now = ctx.now();
+                let mut tx = ctx.store.begin().await?;
+                batches::set_resent(&mut tx, row.id, &now).await?;
+                tx.commit().await?;
             }
             Err(e) => {
                 defer(ctx, row.id, &e, Next::Step).await?;

@@ -20,6 +20,7 @@ pub struct Submission {
     pub state: SubmissionState,
     pub not_before: Option<String>,
     pub outcome_unknown_at: Option<String>,
+    pub resent_at: Option<String>,
     pub remote_id: Option<String>,
     pub input_file_id: Option<String>,
     pub status: Option<BatchStatus>,
@@ -133,7 +134,7 @@ macro_rules! select_submissions {
         sqlx::query_as!(
             Submission,
             r#"SELECT id AS "id!", job_id, part, part_start, part_end, part_requests, attempt,
-                      state AS "state: SubmissionState", not_before, outcome_unknown_at, remote_id, input_file_id,
+                      state AS "state: SubmissionState", not_before, outcome_unknown_at, resent_at, remote_id, input_file_id,
                       status AS "status: BatchStatus", request_total, request_completed, request_failed,
                       remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
                       expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
@@ -198,6 +199,33 @@ pub async fn set_state(
         });
     }
     Ok(())
+}
+
+/// Records that the create is sent again after reconciliation found no batch.
+pub async fn set_resent(conn: &mut SqliteConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET resent_at = ?, updated_at = ? WHERE id = ?",
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
+/// the earlier request may still appear.
+pub async fn watched_for_duplicates(
+    db: impl SqliteExecutor<'_>,
+    since: &str,
+) -> Result<Vec<Submission>, StoreError> {
+    Ok(select_submissions!(
+        "WHERE resent_at >= ? AND remote_id IS NOT NULL ORDER BY id",
+        since
+    )
+    .fetch_all(db)
+    .await?)
 }
 
 /// Records the uploaded input file.

@@ -166,9 +166,6 @@ async fn a_create_whose_answer_is_lost_is_reconciled_and_never_repeated() {
 const LATE: Duration = Duration::from_millis(1000);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "fails: the daemon trusts one listing right after an unknown outcome, so a create \
-            carried out after that listing leaves a second live batch (found end to end with a \
-            paused simulator container)"]
 async fn a_create_carried_out_after_the_reconcile_listing_leaves_no_second_live_batch() {
     let sim = spawn_sim(quick_sim()).await;
     // The create gets no answer and is carried out a second later, as a request held up in
@@ -309,4 +306,73 @@ async fn a_refused_key_stops_all_work_loudly_and_the_daemon_resumes_when_it_work
         log.iter()
             .any(|l| l.contains("ERROR") && l.contains("REFUSED"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_lands_after_reconciliation_is_found_and_its_duplicate_cancelled() {
+    // Batches run about four seconds, so the duplicate is still live when it is found.
+    let sim = spawn_sim(batchwatch::sim::SimConfig {
+        in_progress_secs: 1_200.0,
+        request_secs: 0.0,
+        ..quick_sim()
+    })
+    .await;
+    // Carried out three seconds after the daemon gave up on it (after one second): too late for
+    // the reconciliation, which can only show that no batch exists yet.
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::CarriedOutLate { ms: 3_000 }).on("POST", "/v1/batches"),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "[api]\nrequest_timeout = \"1s\"\n");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        "very-late.jsonl",
+        requests("vl", 3, "gpt-4o-mini").as_bytes(),
+    );
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    assert_eq!(jobs[0].state, JobState::Completed);
+    let job_id = jobs[0].id.clone();
+
+    // The late batch appears, and is cancelled as the duplicate it is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let duplicate = loop {
+        let stats = sim.handle.stats().await;
+        let mine: Vec<_> = stats
+            .batches
+            .iter()
+            .filter(|b| b.job_id.as_deref() == Some(job_id.as_str()))
+            .cloned()
+            .collect();
+        if mine.len() == 2 && mine.iter().any(|b| b.status == "cancelled") {
+            break mine.into_iter().find(|b| b.status == "cancelled").unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cancelled duplicate: {mine:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let log = env.stop(daemon);
+    assert!(
+        log.iter().any(|l| l.contains("duplicated batch")),
+        "the duplicate is reported"
+    );
+    let store = env.store().await;
+    let events = jobs::events(store.reader(), &job_id).await.unwrap();
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains(&format!("batch {} duplicated", duplicate.id))),
+        "{events:?}"
+    );
+    // The job's own batch is the one that completed, and its results are whole.
+    let subs = batchwatch::store::batches::for_job(store.reader(), &job_id)
+        .await
+        .unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_ne!(subs[0].remote_id.as_deref(), Some(duplicate.id.as_str()));
+    assert!(subs[0].resent_at.is_some());
 }
