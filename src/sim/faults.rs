@@ -187,6 +187,9 @@ pub enum FaultKind {
     ServerError,
     /// 502 with an HTML body.
     BadGateway,
+    /// Any 4xx or 5xx status with a JSON error body, for the statuses no other kind covers
+    /// (408, 409, 503, 504, ...).
+    Status { status: ErrorStatus },
     /// 401 `invalid_api_key`.
     Unauthorized,
     /// 403.
@@ -216,6 +219,7 @@ impl FaultKind {
             FaultKind::Quota => "quota",
             FaultKind::ServerError => "server_error",
             FaultKind::BadGateway => "bad_gateway",
+            FaultKind::Status { .. } => "status",
             FaultKind::Unauthorized => "unauthorized",
             FaultKind::Forbidden => "forbidden",
             FaultKind::Latency { .. } => "latency",
@@ -225,6 +229,32 @@ impl FaultKind {
             FaultKind::CarriedOutLate { .. } => "carried_out_late",
             FaultKind::BrokenDownload => "broken_download",
         }
+    }
+}
+
+/// An HTTP error status, 400 to 599, as a [`FaultKind::Status`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u16", into = "u16")]
+pub struct ErrorStatus(StatusCode);
+
+impl TryFrom<u16> for ErrorStatus {
+    type Error = String;
+
+    fn try_from(code: u16) -> Result<Self, String> {
+        match StatusCode::from_u16(code) {
+            Ok(status) if status.is_client_error() || status.is_server_error() => {
+                Ok(ErrorStatus(status))
+            }
+            _ => Err(format!(
+                "a status fault must be an error status from 400 to 599, not {code}"
+            )),
+        }
+    }
+}
+
+impl From<ErrorStatus> for u16 {
+    fn from(status: ErrorStatus) -> u16 {
+        status.0.as_u16()
     }
 }
 
@@ -466,6 +496,15 @@ pub(crate) async fn middleware(
             "The server had an error while processing your request (simulated). Sorry about that!",
         )
         .into_response(),
+        FaultKind::Status { status } => {
+            let kind = if status.0.is_server_error() {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            };
+            let reason = status.0.canonical_reason().unwrap_or("error");
+            ApiError::new(status.0, kind, format!("{reason} (simulated).")).into_response()
+        }
         FaultKind::BadGateway => (
             StatusCode::BAD_GATEWAY,
             [(header::CONTENT_TYPE, "text/html")],
@@ -671,5 +710,22 @@ mod tests {
         assert_eq!(entry.times, 2);
         let plain: ScriptedFault = serde_json::from_str(r#"{"kind":"drop_after"}"#).unwrap();
         assert_eq!(plain, ScriptedFault::new(FaultKind::DropAfter));
+        let status: ScriptedFault =
+            serde_json::from_str(r#"{"kind":"status","status":503}"#).unwrap();
+        assert_eq!(
+            serde_json::to_value(&status).unwrap(),
+            serde_json::json!({"kind": "status", "status": 503, "times": 1})
+        );
+        for bad in [200, 302, 600, 1000] {
+            let err = serde_json::from_str::<ScriptedFault>(&format!(
+                r#"{{"kind":"status","status":{bad}}}"#
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(&format!("error status from 400 to 599, not {bad}")),
+                "{err}"
+            );
+        }
     }
 }

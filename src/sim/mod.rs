@@ -33,7 +33,8 @@
 //!   fields given): the standing [`Faults`].
 //! - `GET /admin/faults/script`, `POST /admin/faults/script` (append one [`ScriptedFault`] or
 //!   a list, e.g. `{"kind": "rate_limit", "retry_after": {"millis": 1500}, "times": 2,
-//!   "method": "POST", "path": "/v1/batches"}`), `DELETE /admin/faults/script` (clear).
+//!   "method": "POST", "path": "/v1/batches"}`, or `{"kind": "status", "status": 503}` for
+//!   any error status), `DELETE /admin/faults/script` (clear).
 //! - `POST /admin/batches/{id}/vanish`: the batch answers 404 from now on.
 //! - `GET /admin/clock`, `POST /admin/clock` `{"advance_secs": 86400, "time_scale": 0}`:
 //!   read the simulated clock, jump it ahead, or change its speed (0 stops it).
@@ -78,7 +79,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use args::{SimArgs, run};
-pub use faults::{AuthFault, FaultKind, Faults, RetryAfter, ScriptedFault};
+pub use faults::{AuthFault, ErrorStatus, FaultKind, Faults, RetryAfter, ScriptedFault};
 pub use persist::STATE_FILE;
 pub use state::Transition;
 

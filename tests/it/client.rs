@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use batchwatch::api::{ApiError, ApiKey, Client, CreateBatchRequest, OutputExpiresAfter};
 use batchwatch::config::{Dur, Flavor};
 use batchwatch::model::BatchStatus;
-use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault, SimConfig};
+use batchwatch::sim::{ErrorStatus, FaultKind, RetryAfter, ScriptedFault, SimConfig};
 use futures_util::{StreamExt, TryStreamExt};
 use secrecy::SecretString;
 
@@ -527,6 +527,64 @@ async fn server_error_on_create_is_an_unknown_outcome_and_never_retried() {
         "{err:?}"
     );
     assert_eq!(requests(&sim, "POST /v1/batches").await, 1);
+}
+
+/// The transient statuses no other fault kind covers, each answered by the simulator.
+const OVERLOAD: [u16; 4] = [408, 409, 503, 504];
+
+fn status_fault(code: u16) -> ScriptedFault {
+    ScriptedFault::new(FaultKind::Status {
+        status: ErrorStatus::try_from(code).unwrap(),
+    })
+}
+
+#[tokio::test]
+async fn timeouts_conflicts_and_overload_statuses_are_retried_on_reads() {
+    for code in OVERLOAD {
+        let (sim, result) = retrieve_with_faults(&[status_fault(code)]).await;
+        result.unwrap_or_else(|e| panic!("{code}: {e:?}"));
+        assert_eq!(requests(&sim, RETRIEVE).await, 2, "{code}: one retry");
+    }
+    // Past the retry budget the last one goes back to the caller, still transient.
+    let (sim, result) = retrieve_with_faults(&[status_fault(503).times(10)]).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ApiError::Transient {
+                status: Some(503),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(requests(&sim, RETRIEVE).await, 3, "retry_attempts = 3");
+}
+
+#[tokio::test]
+async fn timeouts_conflicts_and_overload_statuses_on_create_are_unknown_outcomes() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let client = api_client(&sim.root);
+    let dir = tempfile::tempdir().unwrap();
+    let input = upload(&client, dir.path(), &chat_lines(1, "gpt-4o-mini")).await;
+    for code in OVERLOAD {
+        sim.handle
+            .push_fault(status_fault(code).on("POST", "/v1/batches"))
+            .await;
+        let err = client
+            .create_batch(&create_request(&input.id, &format!("job_{code}")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ApiError::UnknownOutcome { status: Some(s), .. } if s == code),
+            "{code}: {err:?}"
+        );
+    }
+    assert_eq!(
+        requests(&sim, "POST /v1/batches").await,
+        OVERLOAD.len() as u64,
+        "never retried"
+    );
 }
 
 #[tokio::test]
