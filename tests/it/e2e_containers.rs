@@ -1,6 +1,6 @@
 //! End to end, in containers built from the project's own static binary: the simulator in a
-//! container, paused, stopped and restarted under a running daemon; and the daemon itself in
-//! a container, killed hard.
+//! container, paused, stopped and restarted under a running daemon (at its old port, or at a
+//! new one the daemon is restarted for); and the daemon itself in a container, killed hard.
 
 use std::time::{Duration, Instant};
 
@@ -333,6 +333,43 @@ async fn daemon_rides_through_a_simulator_restart_that_keeps_its_batches() {
             old.id
         );
     }
+}
+
+/// The service comes back at another address: the operator stops the daemon (which must stop
+/// in time while nothing answers), points its configuration there and starts it again. The
+/// batches made before are found by id at the new address and nothing is made twice.
+#[tokio::test]
+async fn daemon_restarted_for_a_simulator_back_on_a_new_port_finishes_every_job_once() {
+    let Some(image) = containers::image().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let old = SimContainer::start(image.clone(), data.path(), QUICK_SIM).await;
+    let env = Env::new(&old.base_url(), "");
+    let mut daemon = env.spawn();
+    let mut dropped = Dropped::new();
+    dropped.drop_files(&env, "before", 4);
+    let before = old.wait_batches(4, Duration::from_secs(30)).await;
+    old.set_time_scale(0.0).await;
+    old.stop().await;
+    dropped.drop_files(&env, "during", 4);
+    daemon.wait_for_line("Connection refused", Duration::from_secs(30));
+    env.stop(daemon);
+
+    let new = SimContainer::start(image, data.path(), QUICK_SIM).await;
+    assert_ne!(new.host_addr(), old.host_addr(), "a new port");
+    assert_eq!(
+        new.stats().await.batches.len(),
+        before.batches.len(),
+        "the simulator came back with its batches"
+    );
+    env.set_base_url(&new.base_url());
+    let mut daemon = env.spawn();
+    let jobs = env
+        .wait_finished(8, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_all_done_once(&env, &jobs, &dropped, &new.stats().await);
 }
 
 /// Panics if the key shows in a log.

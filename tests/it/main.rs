@@ -18,6 +18,7 @@ mod sim_lifecycle;
 mod sim_persist;
 mod sim_process;
 mod sim_sdk;
+mod skips;
 mod status;
 mod store;
 mod support;

@@ -96,6 +96,17 @@ impl Env {
         Env { sandbox, config }
     }
 
+    /// Points the configuration at another API address, as an operator would edit it.
+    pub fn set_base_url(&self, base_url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut table: toml::Table = text.parse().expect("the configuration is TOML");
+        merge(
+            &mut table,
+            format!("[api]\nbase_url = {base_url:?}\n").parse().unwrap(),
+        );
+        std::fs::write(&self.config, toml::to_string(&table).unwrap()).unwrap();
+    }
+
     pub fn dir(&self, sub: &str) -> PathBuf {
         self.sandbox.queue_dir().join(sub)
     }
