@@ -13,7 +13,8 @@ const FAST_RESTART: &str = "[Service]\nRestartSec=1s\n";
 
 /// It reaches READY under the full hardening; creates its queue tree and database with the
 /// modes the group needs; reads its credential without ever logging it; a group member can
-/// query the state and drop a file that the daemon claims; an outsider can do neither.
+/// query the state and drop a file that the daemon claims; an outsider can do neither; the
+/// service user backs the database up with `VACUUM INTO` while it runs.
 pub async fn reaches_ready_and_owns_its_paths(payload: &Payload) {
     let Some(sys) = SystemdContainer::start(payload, None).await else {
         return;
@@ -133,6 +134,26 @@ pub async fn reaches_ready_and_owns_its_paths(payload: &Payload) {
         )
         .await;
     assert!(!outsider_drop.success(), "{OUTSIDER} wrote into incoming/");
+
+    // The README's backup, as the service user while the daemon runs: a consistent copy.
+    let backup = sys
+        .sh_as(
+            "batchwatch",
+            &format!(
+                "sqlite3 {STATE_DIR}/state.db \"VACUUM INTO '/tmp/backup.db'\" && \
+                 sqlite3 -readonly /tmp/backup.db 'pragma integrity_check' \
+                 \"select name from sqlite_master where name = 'jobs'\""
+            ),
+        )
+        .await;
+    assert!(
+        backup.success(),
+        "VACUUM INTO as the service user: {backup}"
+    );
+    assert_eq!(
+        backup.stdout, "ok\njobs\n",
+        "the backup is not a whole, consistent database: {backup}"
+    );
 
     // The key went in through the credential and nowhere else.
     let journal = sys.journal().await;
