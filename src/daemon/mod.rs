@@ -66,10 +66,13 @@
 //! tick, an inotify hint, a finished task or a signal. On SIGTERM it stops claiming, gives
 //! in-flight tasks `daemon.shutdown_timeout` to finish, and drops the rest: what they were
 //! doing is recorded as an intent, so the next start picks it up.
+//!
+//! Only one daemon runs on a queue tree and a database at a time ([`instance`]).
 
 pub mod collect;
 pub mod deadline;
 pub mod gate;
+pub mod instance;
 pub mod intake;
 pub mod notify;
 pub mod poll;
@@ -191,6 +194,8 @@ pub struct Daemon {
     /// database error) is retried calmly instead of at every tick.
     failures: HashMap<(Subject, Task), Failures>,
     claiming: bool,
+    /// Held until the daemon is dropped, so no second one starts on the same queue or database.
+    _instance: instance::InstanceLock,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -215,6 +220,8 @@ impl Daemon {
                 format!("cannot use {}: {e}", settings.queue.dir.display()),
             )
         })?;
+        let instance =
+            instance::InstanceLock::acquire(&settings.queue.dir, &settings.database.path)?;
         let store = Store::open(
             &settings.database.path,
             settings.database.busy_timeout.get(),
@@ -248,6 +255,7 @@ impl Daemon {
             in_flight: HashSet::new(),
             failures: HashMap::new(),
             claiming: true,
+            _instance: instance,
             ctx,
         };
         intake::recover(&daemon.ctx)

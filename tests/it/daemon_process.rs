@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault};
 
-use crate::support::daemon::{Env, quick_sim, requests};
+use crate::support::daemon::{Env, KEY, assert_key_absent, quick_sim, requests};
+use crate::support::process::{Running, command};
 use crate::support::sim::spawn_sim;
 
 /// Collects the datagrams a service sends to its notify socket.
@@ -129,4 +130,61 @@ async fn sigterm_stops_the_daemon_within_its_bound_while_the_api_hangs_and_a_res
         sim.handle.stats().await.batches_by_job.get(&jobs[0].id),
         Some(&1)
     );
+}
+
+/// A second `batchwatch run` on the same queue or the same database refuses to start, naming
+/// the lock and the first daemon's pid; the first goes on undisturbed; once it has stopped, a
+/// new one starts (and a daemon killed with SIGKILL leaves no stale lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_daemon_on_the_same_queue_or_database_refuses_to_start() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let first = env.spawn();
+    let pid = first.child.id();
+
+    let other_queue = env.sandbox.path().join("other-queue");
+    let same_db = env.sandbox.path().join("same-db.toml");
+    let config = std::fs::read_to_string(&env.config).unwrap().replace(
+        &env.sandbox.queue_dir().display().to_string(),
+        &other_queue.display().to_string(),
+    );
+    assert_ne!(config, std::fs::read_to_string(&env.config).unwrap());
+    std::fs::write(&same_db, config).unwrap();
+    for (config, lock) in [
+        (&env.config, env.dir(".batchwatch.lock")),
+        (
+            &same_db,
+            batchwatch::daemon::instance::database_lock(&env.sandbox.db_path()),
+        ),
+    ] {
+        // Waited for with a bound: without the lock, it would run on.
+        let mut cmd = command(Some(config));
+        cmd.arg("run").env("OPENAI_API_KEY", KEY);
+        let mut second = Running::spawn(cmd);
+        let (status, _) = second.wait_exit(Duration::from_secs(10));
+        let stderr = second.seen.join("\n");
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "another batchwatch daemon (pid {pid}) holds {}",
+                lock.display()
+            )),
+            "{stderr}"
+        );
+        assert_key_absent(&second.seen);
+    }
+
+    // The first one still does its work.
+    let mut first = first;
+    env.drop_file("still.jsonl", requests("s", 2, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut first)
+        .await;
+    assert_eq!(jobs[0].state, JobState::Completed);
+
+    // Killed hard, it leaves no lock behind.
+    first.signal(libc::SIGKILL);
+    first.wait_exit(Duration::from_secs(10));
+    let again = env.spawn();
+    env.stop(again);
 }
