@@ -1,5 +1,6 @@
 //! `batchwatch sim`: the command line of the simulator, and running it until a signal.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,12 +175,21 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let runtime = crate::cli::runtime()?;
     runtime.block_on(async {
         let handle = start(args.listen, SimConfig::from(&args)).await?;
-        // Tests and scripts read the address from the first line.
-        println!("listening on {}", handle.base_url());
-        println!("azure base url: {}", handle.azure_base_url());
-        println!("admin api: {}", handle.admin_url());
-        println!("seed: {}", handle.seed());
-        println!("data dir: {}", handle.data_dir().display());
+        // Tests and scripts read the address from the first line. Nobody has to read the rest,
+        // or even keep stdout open: a write error must not stop a server, so it is ignored.
+        let banner = format!(
+            "listening on {}\nazure base url: {}\nadmin api: {}\nseed: {}\ndata dir: {}\n",
+            handle.base_url(),
+            handle.azure_base_url(),
+            handle.admin_url(),
+            handle.seed(),
+            handle.data_dir().display()
+        );
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout
+            .write_all(banner.as_bytes())
+            .and_then(|()| stdout.flush());
+        drop(stdout);
         wait_for_signal().await?;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await

@@ -131,6 +131,49 @@ async fn sim_exits_0_on_sigint() {
     exits_cleanly_on(libc::SIGINT).await;
 }
 
+/// A caller that reads the address and closes the pipe (or never opens one) must not bring
+/// the simulator down: its stdout is closed before it writes a byte, and it serves anyway.
+#[tokio::test]
+async fn sim_serves_on_when_nobody_reads_its_stdout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_batchwatch"))
+        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(writer)
+        .spawn()
+        .unwrap();
+    let stats = format!("http://127.0.0.1:{port}/admin/stats");
+    let http = http_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(response) = http.get(&stats).send().await {
+            assert_eq!(response.status(), StatusCode::OK);
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the simulator exited ({status}) with its stdout closed");
+        }
+        assert!(Instant::now() < deadline, "the simulator never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still there a moment later, and it stops cleanly.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(child.try_wait().unwrap().is_none(), "the simulator died");
+    // SAFETY: kill(2) with a pid we own; no memory is involved.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test]
 async fn sim_refuses_bad_flags_with_a_message() {
     let output = Command::new(env!("CARGO_BIN_EXE_batchwatch"))
