@@ -1,5 +1,6 @@
 //! The command line: parses arguments and calls into the library.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -124,18 +125,32 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Writes `text` to standard output. A reader that went away (`batchwatch status | head -1`)
+/// is not an error: the rest is dropped quietly. Any other write error is one.
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing to standard output"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::PrintDefaultConfig => {
-            print!("{}", crate::config::DEFAULT_CONFIG);
+            emit(crate::config::DEFAULT_CONFIG)?;
         }
         Command::Sim(args) => return crate::sim::run(*args),
         Command::CheckConfig => {
             let settings = Settings::load(config)?;
-            println!("# The configuration is valid. In effect:");
-            print!("{}", settings.to_toml());
-            println!("{}", key_status(&settings.api.key_source()));
+            emit(&format!(
+                "# The configuration is valid. In effect:\n{}{}\n",
+                settings.to_toml(),
+                key_status(&settings.api.key_source())
+            ))?;
         }
         Command::Run => {
             let settings = Settings::load(config)?;
@@ -156,11 +171,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store =
                     Store::open(&path, settings.database.busy_timeout.get(), Access::Migrate)
                         .await?;
-                println!(
-                    "database {} is at schema version {}",
+                emit(&format!(
+                    "database {} is at schema version {}\n",
                     path.display(),
                     store.schema_version().await?.unwrap_or(0)
-                );
+                ))?;
                 store.close().await;
                 anyhow::Ok(())
             })?;
@@ -185,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (false, false) => format!("a cancel of {job_id} was already asked for ({})\n", job.cancel_reason.unwrap_or_default()),
                 })
             })?;
-            print!("{out}");
+            emit(&out)?;
         }
         Command::Status(args) => {
             let out = runtime()?.block_on(async {
@@ -200,7 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 store.close().await;
                 anyhow::Ok(out)
             })?;
-            print!("{out}");
+            emit(&out)?;
         }
         Command::Show(args) => {
             let out = runtime()?.block_on(async {
@@ -215,7 +230,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report::show(&report, now)
                 })
             })?;
-            print!("{out}");
+            emit(&out)?;
         }
         Command::History(args) => {
             let out = runtime()?.block_on(async {
@@ -231,7 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report::history(&rows)
                 })
             })?;
-            print!("{out}");
+            emit(&out)?;
         }
     }
     Ok(ExitCode::SUCCESS)

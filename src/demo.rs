@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::api::ApiKey;
+use crate::cli::emit;
 use crate::clock::Clock;
 use crate::config::{Dur, Settings};
 use crate::daemon::Daemon;
@@ -149,13 +150,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("starting the simulator")?;
     let settings = settings(&dir, &sim.base_url())?;
-    println!("batchwatch demo");
-    println!("  simulated Batch API  {}", sim.base_url());
-    println!("  queue                {}", settings.queue.dir.display());
-    println!(
-        "  database             {}\n",
+    emit(&format!(
+        "batchwatch demo\n  simulated Batch API  {}\n  queue                {}\n  database             {}\n\n",
+        sim.base_url(),
+        settings.queue.dir.display(),
         settings.database.path.display()
-    );
+    ))?;
 
     let key = ApiKey::new("sk-demo-simulator-key").map_err(anyhow::Error::msg)?;
     let mut daemon = Daemon::start(settings.clone(), key, Clock::System).await?;
@@ -168,9 +168,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let part = incoming.join(format!(".{}.part", s.name));
         std::fs::write(&part, &s.content)?;
         std::fs::rename(&part, incoming.join(s.name))?;
-        println!("  dropped {:<18} {}", s.name, s.about);
+        emit(&format!("  dropped {:<18} {}\n", s.name, s.about))?;
     }
-    println!();
+    emit("\n")?;
 
     let store = daemon.ctx.store.clone();
     let started = Instant::now();
@@ -187,11 +187,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     _ => row.state.to_string(),
                 };
                 if last.get(&row.file_name) != Some(&shown) {
-                    println!(
-                        "  {:>5.1}s  {:<18} {shown}",
+                    // A failed write shows again in the summary, which reports it.
+                    let _ = emit(&format!(
+                        "  {:>5.1}s  {:<18} {shown}\n",
                         started.elapsed().as_secs_f64(),
                         row.file_name
-                    );
+                    ));
                     last.insert(row.file_name.clone(), shown);
                 }
             }
@@ -216,8 +217,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rows = jobs::overview(reader.reader(), None, 100).await?;
     let counts = jobs::state_counts(reader.reader()).await?;
     reader.close().await;
-    println!(
-        "\n{}",
+    let mut summary = format!(
+        "\n{}\n",
         report::status(&rows, &counts, jiff::Timestamp::now())
     );
     for row in &rows {
@@ -228,22 +229,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             (None, JobState::Rejected) => format!("why: {}", row.reason.as_deref().unwrap_or("-")),
             _ => String::new(),
         };
-        println!("  {:<18} {:<10} {}", row.file_name, row.state, place);
+        summary += &format!("  {:<18} {:<10} {}\n", row.file_name, row.state, place);
     }
-    println!(
-        "\nInput files are in {}/done and {}/failed (each with a .reason.json).",
-        settings.queue.dir.display(),
-        settings.queue.dir.display()
+    let queue = settings.queue.dir.display();
+    let db = settings.database.path.display();
+    summary += &format!(
+        "\nInput files are in {queue}/done and {queue}/failed (each with a .reason.json).\n\
+         Look around with:  batchwatch status --database {db}\n\
+         \x20                  batchwatch show JOB_ID --database {db}\n\
+         Remove it all with: rm -r {}\n",
+        dir.display()
     );
-    println!(
-        "Look around with:  batchwatch status --database {}",
-        settings.database.path.display()
-    );
-    println!(
-        "                   batchwatch show JOB_ID --database {}",
-        settings.database.path.display()
-    );
-    println!("Remove it all with: rm -r {}", dir.display());
+    emit(&summary)?;
     if interrupted {
         anyhow::bail!("interrupted");
     }

@@ -1,6 +1,5 @@
 //! `batchwatch sim`: the command line of the simulator, and running it until a signal.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -185,11 +184,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             handle.seed(),
             handle.data_dir().display()
         );
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout
-            .write_all(banner.as_bytes())
-            .and_then(|()| stdout.flush());
-        drop(stdout);
+        let _ = crate::cli::emit(&banner);
         wait_for_signal().await?;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await

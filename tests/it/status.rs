@@ -178,3 +178,45 @@ fn status_commands_find_the_database_through_the_configuration() {
     stdout_ok(Some(&config), &["migrate"]);
     assert_eq!(stdout_ok(Some(&config), &["status"]), "No jobs yet.\n");
 }
+
+/// A script that reads only the start of the output (`batchwatch status | head -1`) closes the
+/// pipe early: the command ends quietly with 0, not a panic. A stdout that cannot be written
+/// (a full disk) is an error that says so.
+#[tokio::test]
+async fn output_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_is_an_error() {
+    let (sandbox, _) = filled().await;
+    for args in [
+        db_args(&sandbox, &["status"]),
+        db_args(&sandbox, &["status", "--json"]),
+        vec!["print-default-config".to_owned()],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = crate::support::process::command(None)
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+
+        let out = crate::support::process::command(None)
+            .args(&args)
+            .stdout(
+                std::fs::File::options()
+                    .write(true)
+                    .open("/dev/full")
+                    .unwrap(),
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .contains("batchwatch: error: writing to standard output: No space left on device"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
