@@ -68,9 +68,11 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     failpoint::hit("collect:after-download");
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
-    if !missing.is_empty() {
-        batches::set_last_error(&mut tx, row.id, Some(&missing.join("; ")), &now).await?;
-    }
+    // What the collect found is the finished submission's last word: a download that failed
+    // before and then worked leaves no error behind; a file gone from the service does, and
+    // [`outcome`] reads it.
+    let missing = (!missing.is_empty()).then(|| missing.join("; "));
+    batches::set_last_error(&mut tx, row.id, missing.as_deref(), &now).await?;
     batches::set_state(&mut tx, row.id, SubmissionState::Finished, &now).await?;
     refresh_job(
         &mut tx,
@@ -104,6 +106,15 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
             s.state == SubmissionState::Finished && status(s) == Some(BatchStatus::Completed)
         })
     {
+        // Completed on the service, but its results are not all here: not a completed job.
+        if let Some(s) = latest.iter().find(|s| s.last_error.is_some()) {
+            let message = format!(
+                "batch {} completed, but {}; the results that remain are kept",
+                s.remote_id.as_deref().unwrap_or("?"),
+                s.last_error.as_deref().unwrap_or_default()
+            );
+            return (JobState::Failed, Some(Why::new("results_missing", message)));
+        }
         return (JobState::Completed, None);
     }
     if let Some(reason) = &job
@@ -524,6 +535,21 @@ mod tests {
             (state, why.unwrap().code.as_str()),
             (JobState::Cancelled, "deadline")
         );
+        let mut gone = sub(1, 1, Finished, Some(BatchStatus::Completed));
+        gone.remote_id = Some("batch_gone".into());
+        gone.last_error = Some("the output file file_x no longer exists".into());
+        let (state, why) = outcome(&job(), &[&completed, &gone]);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "results_missing")
+        );
+        assert_eq!(
+            why.message,
+            "batch batch_gone completed, but the output file file_x no longer exists; the \
+             results that remain are kept"
+        );
+
         // A batch that completed before the cancel took effect still completes the job.
         assert_eq!(
             outcome(&cancelled_job, &[&completed]).0,

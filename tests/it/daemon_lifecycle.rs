@@ -373,3 +373,65 @@ async fn a_batch_the_service_fails_or_expires_ends_its_job_with_the_reason() {
         "expired"
     );
 }
+
+/// A batch that completed but whose output file is gone from the service (expired, deleted)
+/// when the daemon comes to download it: the job is not called completed. It fails with
+/// `results_missing`, keeps the error file that could be downloaded, and says which is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_remains() {
+    use batchwatch::sim::{ErrorStatus, FaultKind, Faults, ScriptedFault};
+    let sim = spawn_sim(batchwatch::sim::SimConfig {
+        faults: Faults {
+            request_failure_rate: 0.5,
+            ..Faults::default()
+        },
+        ..quick_sim()
+    })
+    .await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Status {
+                status: ErrorStatus::try_from(404).unwrap(),
+            })
+            .on("GET", "/v1/files/{file_id}/content"),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("gone.jsonl", requests("g", 8, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    let output_id = sub
+        .output_file_id
+        .clone()
+        .expect("the batch had an output file");
+    assert!(sub.error_file_id.is_some(), "and an error file");
+    assert_eq!(sub.status, Some(batchwatch::model::BatchStatus::Completed));
+
+    assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
+    assert_eq!(job.reason_code.as_deref(), Some("results_missing"));
+    let reason = job.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("the output file {output_id} no longer exists")),
+        "{reason}"
+    );
+    assert_eq!(
+        json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
+        "results_missing"
+    );
+    let results = env.dir("results").join(&job.id);
+    let manifest = json(&results.join("manifest.json"));
+    assert_eq!(manifest["state"], "failed");
+    assert_eq!(manifest["output_file"], serde_json::Value::Null);
+    assert_eq!(manifest["error_file"], "errors.jsonl");
+    assert!(
+        !std::fs::read(results.join("errors.jsonl"))
+            .unwrap()
+            .is_empty()
+    );
+}
