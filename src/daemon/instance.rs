@@ -24,11 +24,19 @@ pub struct InstanceLock {
 impl InstanceLock {
     /// Locks the queue tree and the database, or says which one another process holds.
     pub fn acquire(queue_dir: &Path, database: &Path) -> anyhow::Result<InstanceLock> {
-        if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
-        }
-        let held = [queue_lock(queue_dir), database_lock(database)]
+        // The lock must be the same file whatever path reaches the database (SQLite follows
+        // symlinks), so its directory is resolved; the queue's directory is one inode anyway.
+        let parent = database
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
+        let parent = parent
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", parent.display()))?;
+        let database = parent.join(database.file_name().unwrap_or_default());
+        let held = [queue_lock(queue_dir), database_lock(&database)]
             .iter()
             .map(|path| lock(path))
             .collect::<anyhow::Result<_>>()?;
@@ -49,13 +57,19 @@ pub fn database_lock(database: &Path) -> PathBuf {
 
 /// Takes the exclusive lock on `path` without waiting, and writes our pid into the file.
 fn lock(path: &Path) -> anyhow::Result<File> {
-    let mut file = OpenOptions::new()
+    let opened = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)
-        .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+        .open(path);
+    // A lock file left by another user (a `sudo batchwatch run` once) still locks when it is
+    // only readable: flock needs no write access.
+    let mut file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+        other => other,
+    }
+    .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -76,11 +90,12 @@ fn lock(path: &Path) -> anyhow::Result<File> {
             anyhow::bail!("cannot lock {}: {e}", path.display());
         }
     }
+    // The pid is for the message a second daemon prints; a read-only lock file goes without.
     let pid = std::process::id();
-    file.set_len(0)
+    let _ = file
+        .set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "{pid}"))
-        .map_err(|e| anyhow::anyhow!("cannot write to the lock file {}: {e}", path.display()))?;
+        .and_then(|()| writeln!(file, "{pid}"));
     Ok(file)
 }
 
@@ -98,10 +113,11 @@ mod tests {
 
     #[test]
     fn a_second_lock_is_refused_naming_the_file_and_the_holder_until_the_first_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = dir.path().join("queue");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().canonicalize().unwrap();
+        let queue = dir.join("queue");
         std::fs::create_dir(&queue).unwrap();
-        let db = dir.path().join("state.db");
+        let db = dir.join("state.db");
         let first = InstanceLock::acquire(&queue, &db).unwrap();
         let pid = std::process::id();
         assert_eq!(
@@ -120,12 +136,20 @@ mod tests {
         assert!(err.contains("only one may run"), "{err}");
 
         // Another queue on the same database is refused too, at the database.
-        let other_queue = dir.path().join("other");
+        let other_queue = dir.join("other");
         std::fs::create_dir(&other_queue).unwrap();
         let err = InstanceLock::acquire(&other_queue, &db)
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("holds {}", db.display())), "{err}");
+        assert!(err.contains("state.db.lock"), "{err}");
+
+        // The same database through a symlinked directory is the same lock.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = InstanceLock::acquire(&other_queue, &link.join("state.db"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("state.db.lock"), "{err}");
 
         drop(first);

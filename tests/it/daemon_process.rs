@@ -154,7 +154,9 @@ async fn a_second_daemon_on_the_same_queue_or_database_refuses_to_start() {
         (&env.config, env.dir(".batchwatch.lock")),
         (
             &same_db,
-            batchwatch::daemon::instance::database_lock(&env.sandbox.db_path()),
+            batchwatch::daemon::instance::database_lock(
+                &env.sandbox.db_path().canonicalize().unwrap(),
+            ),
         ),
     ] {
         // Waited for with a bound: without the lock, it would run on.
