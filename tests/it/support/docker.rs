@@ -24,7 +24,9 @@ pub async fn engine() -> Result<(), String> {
     static ANSWER: OnceCell<Result<(), String>> = OnceCell::const_new();
     ANSWER
         .get_or_init(|| async {
-            let info = cli(&["info", "--format", "{{.ServerVersion}}"]).await?;
+            let info = cli(&["info", "--format", "{{.ServerVersion}}"])
+                .await
+                .map_err(|e| format!("no Docker engine answers ({e})"))?;
             if info.status.success() {
                 Ok(())
             } else {
