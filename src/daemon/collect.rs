@@ -68,11 +68,9 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     failpoint::hit("collect:after-download");
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
-    // What the collect found is the finished submission's last word: a download that failed
-    // before and then worked leaves no error behind; a file gone from the service does, and
-    // [`outcome`] reads it.
+    // [`outcome`] reads it: a completed batch with results missing is not a completed job.
     let missing = (!missing.is_empty()).then(|| missing.join("; "));
-    batches::set_last_error(&mut tx, row.id, missing.as_deref(), &now).await?;
+    batches::set_results_missing(&mut tx, row.id, missing.as_deref(), &now).await?;
     batches::set_state(&mut tx, row.id, SubmissionState::Finished, &now).await?;
     refresh_job(
         &mut tx,
@@ -107,11 +105,13 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
         })
     {
         // Completed on the service, but its results are not all here: not a completed job.
-        if let Some(s) = latest.iter().find(|s| s.last_error.is_some()) {
+        if let Some((s, missing)) = latest
+            .iter()
+            .find_map(|s| Some((s, s.results_missing.as_deref()?)))
+        {
             let message = format!(
-                "batch {} completed, but {}; the results that remain are kept",
+                "batch {} completed, but {missing}; the results that remain are kept",
                 s.remote_id.as_deref().unwrap_or("?"),
-                s.last_error.as_deref().unwrap_or_default()
             );
             return (JobState::Failed, Some(Why::new("results_missing", message)));
         }
@@ -255,6 +255,7 @@ struct ManifestBatch<'a> {
     output_file_id: Option<&'a str>,
     error_file_id: Option<&'a str>,
     last_error: Option<&'a str>,
+    results_missing: Option<&'a str>,
 }
 
 /// `manifest.json`: what is in a job's results directory, and how the job ended.
@@ -338,6 +339,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                     output_file_id: r.output_file_id.as_deref(),
                     error_file_id: r.error_file_id.as_deref(),
                     last_error: r.last_error.as_deref(),
+                    results_missing: r.results_missing.as_deref(),
                 })
                 .collect(),
             finished_at: now.clone(),
@@ -492,6 +494,7 @@ mod tests {
             cancel_requested_at: None,
             cancel_sent_at: None,
             last_error: None,
+            results_missing: None,
             created_at: "t".into(),
             updated_at: "t".into(),
         }
@@ -537,7 +540,14 @@ mod tests {
         );
         let mut gone = sub(1, 1, Finished, Some(BatchStatus::Completed));
         gone.remote_id = Some("batch_gone".into());
-        gone.last_error = Some("the output file file_x no longer exists".into());
+        gone.results_missing = Some("the output file file_x no longer exists".into());
+        // A local error left from an earlier step says nothing about the results.
+        let mut stale = sub(2, 1, Finished, Some(BatchStatus::Completed));
+        stale.last_error = Some("HTTP 500 while polling".into());
+        assert_eq!(
+            outcome(&job(), &[&completed, &stale]),
+            (JobState::Completed, None)
+        );
         let (state, why) = outcome(&job(), &[&completed, &gone]);
         let why = why.unwrap();
         assert_eq!(

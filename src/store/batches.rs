@@ -45,6 +45,7 @@ pub struct Submission {
     pub cancel_requested_at: Option<String>,
     pub cancel_sent_at: Option<String>,
     pub last_error: Option<String>,
+    pub results_missing: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -139,7 +140,7 @@ macro_rules! select_submissions {
                       remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
                       expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
                       next_poll_at, last_polled_at, cancel_requested_at, cancel_sent_at, last_error,
-                      created_at, updated_at
+                      results_missing, created_at, updated_at
                FROM batches "# + $tail,
             $($arg),*
         )
@@ -274,6 +275,24 @@ pub async fn set_last_error(
     sqlx::query!(
         "UPDATE batches SET last_error = ?, updated_at = ? WHERE id = ?",
         error,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records which result files were gone from the service when they were downloaded, or none.
+pub async fn set_results_missing(
+    conn: &mut SqliteConnection,
+    id: i64,
+    missing: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET results_missing = ?, updated_at = ? WHERE id = ?",
+        missing,
         now,
         id
     )

@@ -50,6 +50,44 @@ async fn migrations_create_a_fresh_database_in_wal_mode_with_foreign_keys() {
     assert!(batches::insert(&mut tx, &orphan, T0).await.is_err());
 }
 
+/// An upgrade: a database of the first schema version, with rows in it, gets the later
+/// migrations at the next start, and keeps every row.
+#[tokio::test]
+async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let filled = fill(&store).await;
+    // Back to version 1, as the first release left it: without what 0002 adds.
+    let writer = store.writer().unwrap();
+    sqlx::query("ALTER TABLE batches DROP COLUMN results_missing")
+        .execute(writer)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version > 1")
+        .execute(writer)
+        .await
+        .unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), Some(1));
+    store.close().await;
+
+    let store = open(&sandbox.db_path()).await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        Some(known_schema_version())
+    );
+    let batch = batches::get(store.reader(), filled.completed_batch)
+        .await
+        .unwrap()
+        .expect("the batch row survived");
+    assert_eq!(
+        batch.remote_id.as_deref(),
+        Some(filled.completed_remote.as_str())
+    );
+    assert_eq!(batch.results_missing, None);
+    let job = jobs::get(store.reader(), &filled.completed).await.unwrap();
+    assert_eq!(job.map(|j| j.state), Some(JobState::Completed));
+}
+
 #[tokio::test]
 async fn migrating_an_already_migrated_database_keeps_its_data() {
     let sandbox = Sandbox::new();
