@@ -78,6 +78,7 @@ pub struct Settings {
     pub poll: PollSettings,
     pub limits: LimitSettings,
     pub backoff: BackoffSettings,
+    pub collect: CollectSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
 }
@@ -199,6 +200,12 @@ pub struct BackoffSettings {
     pub token_limit_initial: Dur,
     pub token_limit_max: Dur,
     pub auth_retry: Dur,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectSettings {
+    pub give_up_after: Dur,
 }
 
 /// The log line format.
@@ -560,6 +567,7 @@ impl Settings {
             ));
         }
         positive("backoff.auth_retry", self.backoff.auth_retry)?;
+        positive("collect.give_up_after", self.collect.give_up_after)?;
         Ok(())
     }
 

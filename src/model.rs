@@ -34,6 +34,16 @@ impl JobId {
         &self.0
     }
 
+    /// When the id was generated (the file claimed), in milliseconds since the epoch.
+    pub fn unix_ms(&self) -> u64 {
+        let body = &self.0.as_bytes()[Self::PREFIX.len()..];
+        let value = body.iter().fold(0u128, |acc, b| {
+            let digit = CROCKFORD.iter().position(|c| c == b).unwrap_or(0);
+            (acc << 5) | digit as u128
+        });
+        u64::try_from(value >> 80).unwrap_or(u64::MAX)
+    }
+
     /// Parses an id, refusing anything that is not of the generated form.
     pub fn parse(s: &str) -> Option<JobId> {
         let body = s.strip_prefix(Self::PREFIX)?;
@@ -261,6 +271,7 @@ mod tests {
         assert!(a < b);
         assert_eq!(a.as_str().len(), 30);
         assert_eq!(JobId::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(a.unix_ms(), 1_700_000_000_000);
         assert_eq!(JobId::parse("job_short"), None);
         assert_eq!(JobId::parse(&a.as_str().replace("job_", "jab_")), None);
     }

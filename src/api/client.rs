@@ -407,8 +407,24 @@ impl Client {
                 format!("the download ended after {written} of {expected} bytes"),
             ));
         }
+        // tokio's File writes in the background: a failed last write (a full disk) surfaces
+        // at the flush, and `sync_all` alone would not report it.
+        out.flush().await.map_err(|e| local(temp.path(), e))?;
         out.sync_all().await.map_err(|e| local(temp.path(), e))?;
         drop(out);
+        let on_disk = temp
+            .as_file()
+            .metadata()
+            .map_err(|e| local(temp.path(), e))?
+            .len();
+        if on_disk != written {
+            return Err(local(
+                temp.path(),
+                io::Error::other(format!(
+                    "{on_disk} of the {written} bytes received reached the disk"
+                )),
+            ));
+        }
         let target = dest.to_owned();
         tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
             temp.persist(&target).map_err(|e| local(&target, e.error))?;

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -17,6 +18,7 @@ use serde::Serialize;
 use super::progress::refresh_job;
 use super::{Ctx, Next, defer};
 use crate::api::ApiError;
+use crate::clock;
 use crate::failpoint;
 use crate::model::{BatchStatus, JobState, SubmissionState};
 use crate::queue;
@@ -43,6 +45,7 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let dir = ctx.queue.results_dir(&row.job_id);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut missing = Vec::new();
+    let mut failed = None;
     for (kind, file_id) in [
         ("output", &row.output_file_id),
         ("errors", &row.error_file_id),
@@ -59,11 +62,11 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
             Err(ApiError::NotFound { .. }) => {
                 missing.push(format!("the {kind} file {file_id} no longer exists"))
             }
-            Err(e) => {
-                defer(&ctx, row.id, &e, Next::Step).await?;
-                return Err(e.into());
-            }
+            Err(e) => failed = failed.or(Some((kind, file_id, e))),
         }
+    }
+    if let Some((kind, file_id, err)) = failed {
+        return download_failed(&ctx, &row, kind, file_id, err).await;
     }
     failpoint::hit("collect:after-download");
     let now = ctx.now();
@@ -84,6 +87,51 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A download failed. It is tried again later, until `collect.give_up_after` has passed since
+/// the first failure in a row, or until the job is cancelled (deadline or operator): then the
+/// submission is done with, its results unavailable, and what was downloaded is kept.
+async fn download_failed(
+    ctx: &Ctx,
+    row: &Submission,
+    kind: &str,
+    file_id: &str,
+    err: ApiError,
+) -> anyhow::Result<()> {
+    let now_ts = ctx.clock.now();
+    let now = clock::format(now_ts);
+    let mut tx = ctx.store.begin().await?;
+    let since = batches::note_collect_failure(&mut tx, row.id, &now).await?;
+    tx.commit().await?;
+    let job = jobs::get(ctx.store.reader(), &row.job_id)
+        .await?
+        .context("the job of a submission vanished")?;
+    let failing_for = clock::parse(&since).map_or(Duration::ZERO, |s| clock::between(s, now_ts));
+    let limit = ctx.settings.collect.give_up_after.get();
+    if job.cancel_requested_at.is_none() && failing_for < limit {
+        defer(ctx, row.id, &err, Next::Step).await?;
+        return Err(err.into());
+    }
+    let why =
+        format!("the {kind} file {file_id} could not be downloaded (failing since {since}): {err}");
+    let after = match &job.cancel_reason {
+        Some(reason) if job.cancel_requested_at.is_some() => {
+            format!("the job was cancelled ({reason})")
+        }
+        _ => format!("collect.give_up_after ({}) passed", clock::humanize(limit)),
+    };
+    let remote = row.remote_id.as_deref().unwrap_or("?");
+    let message = format!("gave up on the results of batch {remote} ({after}): {why}");
+    let mut tx = ctx.store.begin().await?;
+    batches::set_results_unavailable(&mut tx, row.id, &why, &now).await?;
+    batches::set_last_error(&mut tx, row.id, Some(&why), &now).await?;
+    batches::set_state(&mut tx, row.id, SubmissionState::Finished, &now).await?;
+    jobs::add_event(&mut tx, &row.job_id, job.state, &message, &now).await?;
+    refresh_job(&mut tx, &row.job_id, None, "results given up", &now).await?;
+    tx.commit().await?;
+    tracing::error!(job = %row.job_id, batch = %remote, "{message}");
+    Ok(())
+}
+
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
     let mut by_part: BTreeMap<i64, &Submission> = BTreeMap::new();
@@ -99,6 +147,21 @@ pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
 /// How a job ends, given the latest attempt of each of its parts.
 pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
     let status = |s: &Submission| s.status.clone();
+    // Results that could not be downloaded fail the job, however its batches ended.
+    if let Some((s, why)) = latest
+        .iter()
+        .find_map(|s| Some((s, s.results_unavailable.as_deref()?)))
+    {
+        let message = format!(
+            "batch {} ended ({}), but {why}; the results that were downloaded are kept",
+            s.remote_id.as_deref().unwrap_or("?"),
+            s.status.as_ref().map_or("?", |st| st.as_str()),
+        );
+        return (
+            JobState::Failed,
+            Some(Why::new("results_unavailable", message)),
+        );
+    }
     if !latest.is_empty()
         && latest.iter().all(|s| {
             s.state == SubmissionState::Finished && status(s) == Some(BatchStatus::Completed)
@@ -256,6 +319,7 @@ struct ManifestBatch<'a> {
     error_file_id: Option<&'a str>,
     last_error: Option<&'a str>,
     results_missing: Option<&'a str>,
+    results_unavailable: Option<&'a str>,
 }
 
 /// `manifest.json`: what is in a job's results directory, and how the job ended.
@@ -340,6 +404,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                     error_file_id: r.error_file_id.as_deref(),
                     last_error: r.last_error.as_deref(),
                     results_missing: r.results_missing.as_deref(),
+                    results_unavailable: r.results_unavailable.as_deref(),
                 })
                 .collect(),
             finished_at: now.clone(),
@@ -367,6 +432,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
     tx.commit().await?;
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
+    super::intake::relocate(&ctx, &job).await?;
     // The sweep moves the input file on.
     failpoint::hit("finish:after-state");
     Ok(())
@@ -495,6 +561,8 @@ mod tests {
             cancel_sent_at: None,
             last_error: None,
             results_missing: None,
+            collect_failing_since: None,
+            results_unavailable: None,
             created_at: "t".into(),
             updated_at: "t".into(),
         }
@@ -558,6 +626,22 @@ mod tests {
             why.message,
             "batch batch_gone completed, but the output file file_x no longer exists; the \
              results that remain are kept"
+        );
+
+        // Results given up on fail the job, however its batch ended.
+        let mut unavailable = sub(3, 1, Finished, Some(BatchStatus::Completed));
+        unavailable.results_unavailable = Some("the output file f could not be downloaded".into());
+        let (state, why) = outcome(&cancelled_job, &[&completed, &unavailable]);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "results_unavailable")
+        );
+        assert!(
+            why.message
+                .contains("the output file f could not be downloaded"),
+            "{}",
+            why.message
         );
 
         // A batch that completed before the cancel took effect still completes the job.

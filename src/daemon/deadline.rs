@@ -43,6 +43,10 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow:
     let now = ctx.now();
     let mut need_request = Vec::new();
     for job_id in jobs::cancel_pending(ctx.store.reader()).await? {
+        // What was never sent cannot be told before the service was asked.
+        if ctx.unverified.contains(&job_id) {
+            continue;
+        }
         let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
         let states: Vec<SubmissionState> = rows.iter().map(|r| r.state).collect();
         let mut abandon = Vec::new();

@@ -376,6 +376,8 @@ async fn sweep_one(ctx: &Ctx, job_dir: &JobDir) -> anyhow::Result<()> {
                     message: "it is not a regular file".into(),
                 }
             };
+            // The service may have its batches already (the database lost them).
+            ctx.unverified.add(job_dir.job.as_str());
             register(ctx, &job_dir.job, name, path, kind, None).await?;
         }
         // A crash between creating the directory and the claim's rename: nothing was claimed.
@@ -450,6 +452,61 @@ async fn settle_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyhow:
     };
     tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&moved_to), "file moved");
     Ok(())
+}
+
+/// Finds a finished job's file when it is not where the database says: a restored database
+/// may predate the file's final move. The file in done/ or failed/ with the job's name, size
+/// and checksum is recorded as the job's.
+pub async fn relocate(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
+    if ctx.queue.root().join(&job.path).symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let Some(id) = JobId::parse(&job.id) else {
+        return Ok(());
+    };
+    let name = OsStr::new(&job.file_name);
+    let candidates: Vec<_> = [Destination::Done, Destination::Failed]
+        .into_iter()
+        .flat_map(|d| {
+            [
+                ctx.queue.plain_final(d, name),
+                ctx.queue.own_final(d, &id, name),
+            ]
+        })
+        .collect();
+    let (size, sha) = (job.size_bytes, job.sha256.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        candidates
+            .into_iter()
+            .find(|p| is_the_file(p, size, sha.as_deref()))
+    })
+    .await?;
+    match found {
+        Some(path) => {
+            record_path(ctx, &job.id, &path).await?;
+            tracing::info!(job = %job.id, path = %ctx.queue.relative(&path), "the file had moved on before the database's last record; found it");
+        }
+        None => {
+            tracing::warn!(job = %job.id, path = %job.path, "the file of this job is neither where the database says nor in done/ or failed/")
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a regular file of `size` bytes whose SHA-256 is `sha` (when known).
+fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
+    use sha2::{Digest, Sha256};
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || i64::try_from(meta.len()).ok() != Some(size) {
+        return false;
+    }
+    let Some(sha) = sha else { return true };
+    let mut hasher = Sha256::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+        .is_ok_and(|_| batchfile::hex(&hasher.finalize()) == sha)
 }
 
 async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {

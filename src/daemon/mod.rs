@@ -105,6 +105,8 @@ pub struct Ctx {
     pub client: Client,
     pub clock: Clock,
     pub gate: Arc<gate::Gate>,
+    /// Jobs not yet checked against the service since the database may lag it.
+    pub unverified: Arc<reconcile::Unverified>,
 }
 
 impl Ctx {
@@ -158,6 +160,8 @@ pub enum Subject {
     Submission(i64),
     Key,
     Duplicates,
+    /// The check of unverified jobs against the service.
+    Unverified,
 }
 
 /// What a task does.
@@ -171,6 +175,7 @@ pub enum Task {
     Finish,
     ProbeKey,
     CancelDuplicates,
+    Verify,
 }
 
 /// How often a task failed in a row, and when it may run again.
@@ -194,6 +199,9 @@ pub struct Daemon {
     /// database error) is retried calmly instead of at every tick.
     failures: HashMap<(Subject, Task), Failures>,
     claiming: bool,
+    /// Whether unverified jobs may be ready for their check: at start, after one of them was
+    /// validated, after a check failed.
+    verify_due: bool,
     /// Held until the daemon is dropped, so no second one starts on the same queue or database.
     _instance: instance::InstanceLock,
 }
@@ -238,6 +246,7 @@ impl Daemon {
             client,
             clock,
             gate: Arc::new(gate::Gate::default()),
+            unverified: Arc::new(reconcile::Unverified::default()),
         };
         tracing::info!(
             database = %settings.database.path.display(),
@@ -255,12 +264,18 @@ impl Daemon {
             in_flight: HashSet::new(),
             failures: HashMap::new(),
             claiming: true,
+            verify_due: true,
             _instance: instance,
             ctx,
         };
         intake::recover(&daemon.ctx)
             .await
             .context("recovering from the previous run")?;
+        // The database may lag the service (a restored backup, lost writes): every job it
+        // left unfinished is checked before anything is sent for it.
+        for job in jobs::unfinished(daemon.ctx.store.reader()).await? {
+            daemon.ctx.unverified.add(&job);
+        }
         daemon.step().await;
         Ok(daemon)
     }
@@ -336,6 +351,16 @@ impl Daemon {
             }
             return Ok(());
         }
+        if self.verify_due
+            && !ctx.unverified.is_empty()
+            && self.spawn(
+                Subject::Unverified,
+                T::Verify,
+                reconcile::verify(ctx.clone()),
+            )
+        {
+            self.verify_due = false;
+        }
         for id in cancels {
             self.spawn(
                 Subject::Submission(id),
@@ -397,9 +422,9 @@ impl Daemon {
         subject: Subject,
         task: Task,
         fut: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) {
+    ) -> bool {
         if self.in_flight.contains(&subject) {
-            return;
+            return false;
         }
         let key = (subject.clone(), task);
         if self
@@ -407,11 +432,12 @@ impl Daemon {
             .get(&key)
             .is_some_and(|f| f.retry_at > Instant::now())
         {
-            return;
+            return false;
         }
         self.in_flight.insert(subject.clone());
         let handle = self.tasks.spawn(fut);
         self.running.insert(handle.id(), (subject, task));
+        true
     }
 
     fn reap(
@@ -426,6 +452,12 @@ impl Daemon {
             return;
         };
         self.in_flight.remove(&subject);
+        if let Subject::Job(job) = &subject
+            && task == Task::Validate
+            && self.ctx.unverified.contains(job)
+        {
+            self.verify_due = true;
+        }
         let key = (subject, task);
         match outcome {
             Ok(()) => {
@@ -436,6 +468,9 @@ impl Daemon {
                 }
             }
             Err(error) => {
+                if task == Task::Verify {
+                    self.verify_due = true;
+                }
                 let poll = &self.ctx.settings.poll;
                 let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
                 let delay = poll

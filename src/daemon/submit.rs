@@ -22,7 +22,8 @@ use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job};
 
 /// Submissions whose next upload, create or reconcile step is due, except while submissions
-/// are held (exhausted quota) or their model is (the enqueued-token limit).
+/// are held (exhausted quota) or their model is (the enqueued-token limit), and those of jobs
+/// not yet checked against the service ([`super::reconcile::Unverified`]).
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
     let now = ctx.clock.now();
     if ctx.gate.submissions_held_until(now).is_some() {
@@ -35,6 +36,7 @@ pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
             c.model
                 .as_deref()
                 .is_none_or(|m| ctx.gate.model_held_until(m, now).is_none())
+                && !ctx.unverified.contains(&c.job_id)
         })
         .map(|c| c.id)
         .collect())

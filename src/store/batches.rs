@@ -46,6 +46,8 @@ pub struct Submission {
     pub cancel_sent_at: Option<String>,
     pub last_error: Option<String>,
     pub results_missing: Option<String>,
+    pub collect_failing_since: Option<String>,
+    pub results_unavailable: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -140,7 +142,7 @@ macro_rules! select_submissions {
                       remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
                       expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
                       next_poll_at, last_polled_at, cancel_requested_at, cancel_sent_at, last_error,
-                      results_missing, created_at, updated_at
+                      results_missing, collect_failing_since, results_unavailable, created_at, updated_at
                FROM batches "# + $tail,
             $($arg),*
         )
@@ -162,6 +164,45 @@ pub async fn by_remote_id(
     Ok(select_submissions!("WHERE remote_id = ?", remote_id)
         .fetch_optional(db)
         .await?)
+}
+
+/// One submission by its job, part and attempt.
+pub async fn by_attempt(
+    db: impl SqliteExecutor<'_>,
+    job_id: &str,
+    part: i64,
+    attempt: i64,
+) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!(
+        "WHERE job_id = ? AND part = ? AND attempt = ?",
+        job_id,
+        part,
+        attempt
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Takes an input file found on the service for a submission whose upload the database does
+/// not record: the create comes next. Returns false when the submission was past uploading.
+pub async fn adopt_upload(
+    conn: &mut SqliteConnection,
+    id: i64,
+    file_id: &str,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query!(
+        "UPDATE batches SET input_file_id = ?, state = 'creating', outcome_unknown_at = NULL,
+                            last_error = NULL, updated_at = ?
+         WHERE id = ? AND state IN ('queued', 'uploading')",
+        file_id,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
 }
 
 /// A job's submissions, in the order they were made.
@@ -293,6 +334,42 @@ pub async fn set_results_missing(
     sqlx::query!(
         "UPDATE batches SET results_missing = ?, updated_at = ? WHERE id = ?",
         missing,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Notes that a download of the submission's results failed, keeping the time of the first
+/// failure in a row; returns that time.
+pub async fn note_collect_failure(
+    conn: &mut SqliteConnection,
+    id: i64,
+    now: &str,
+) -> Result<String, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"UPDATE batches SET collect_failing_since = coalesce(collect_failing_since, ?), updated_at = ?
+           WHERE id = ? RETURNING collect_failing_since AS "since!""#,
+        now,
+        now,
+        id
+    )
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Records that the results of a submission cannot be downloaded and the daemon gave up.
+pub async fn set_results_unavailable(
+    conn: &mut SqliteConnection,
+    id: i64,
+    why: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "UPDATE batches SET results_unavailable = ?, updated_at = ? WHERE id = ?",
+        why,
         now,
         id
     )
@@ -458,6 +535,7 @@ pub async fn due_in_state(
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubmitCandidate {
     pub id: i64,
+    pub job_id: String,
     pub model: Option<String>,
 }
 
@@ -469,7 +547,7 @@ pub async fn due_for_submit(
 ) -> Result<Vec<SubmitCandidate>, StoreError> {
     Ok(sqlx::query_as!(
         SubmitCandidate,
-        r#"SELECT b.id AS "id!", j.model
+        r#"SELECT b.id AS "id!", b.job_id, j.model
            FROM batches b JOIN jobs j ON j.id = b.job_id
            WHERE b.state IN ('queued', 'uploading', 'creating')
              AND (b.not_before IS NULL OR b.not_before <= ?)

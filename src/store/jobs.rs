@@ -390,6 +390,17 @@ pub async fn past_deadline(
     .await?)
 }
 
+/// The ids of the jobs that are not finished, oldest first.
+pub async fn unfinished(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM jobs
+           WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
+           ORDER BY id"#
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// Jobs marked for cancel that are not finished yet.
 pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(

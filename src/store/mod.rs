@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqliteConnection};
 
 use crate::model::{BatchStatus, JobState, SubmissionState};
 
@@ -215,9 +216,15 @@ impl Store {
     }
 
     /// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so it
-    /// never fails half-way because another process wrote first.
-    pub async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.writer()?.begin_with("BEGIN IMMEDIATE").await?)
+    /// never fails half-way because another process wrote first. See [`Tx`] for what happens
+    /// when it fails.
+    pub async fn begin(&self) -> Result<Tx, StoreError> {
+        let mut conn = self.writer()?.acquire().await?;
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            conn.close_on_drop();
+            return Err(e.into());
+        }
+        Ok(Tx { conn, done: false })
     }
 
     /// Closes the store for good at the daemon's stop: checkpoints the WAL and leaves the file in
@@ -241,6 +248,58 @@ impl Store {
         if let Some(w) = &self.write {
             w.close().await;
         }
+    }
+}
+
+/// A write transaction on the writer connection; it dereferences to the connection, so the
+/// query functions take `&mut tx`.
+///
+/// Whatever goes wrong, the writer stays usable: a transaction that is dropped without a
+/// successful [`Tx::commit`] (a statement failed, the disk is full, the commit itself failed, a
+/// task was aborted) closes its connection instead of handing it back, which rolls back
+/// whatever SQLite still holds, and the pool opens a fresh one for the next transaction. (A
+/// connection handed back after SQLite rolled back by itself, as it does on a full disk, would
+/// otherwise refuse every later BEGIN.)
+pub struct Tx {
+    conn: PoolConnection<Sqlite>,
+    done: bool,
+}
+
+impl Tx {
+    /// Commits; on failure nothing of the transaction is kept.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        self.done = true;
+        Ok(())
+    }
+
+    /// Rolls back; on failure the connection is closed, which rolls back too.
+    pub async fn rollback(mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK").execute(&mut *self.conn).await?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
     }
 }
 

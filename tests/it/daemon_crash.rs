@@ -4,9 +4,9 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use batchwatch::model::JobState;
-
-use crate::support::daemon::{Env, assert_key_absent, quick_sim, requests, wait_crash};
+use crate::support::daemon::{
+    Env, assert_each_completed_once, assert_key_absent, quick_sim, requests, wait_crash,
+};
 use crate::support::sim::spawn_sim;
 
 async fn crash_then_restart(point: &str) {
@@ -39,39 +39,13 @@ async fn crash_then_restart(point: &str) {
         .wait_finished(3, Duration::from_secs(60), &mut daemon)
         .await;
     env.stop(daemon);
-    assert!(
-        jobs.iter().all(|j| j.state == JobState::Completed),
-        "{point}: {:?}",
-        jobs.iter()
-            .map(|j| (&j.file_name, j.state, &j.reason))
-            .collect::<Vec<_>>()
-    );
-    for (i, content) in contents.iter().enumerate() {
-        let done = std::fs::read_to_string(env.dir("done").join(format!("c{i}.jsonl"))).unwrap();
-        assert_eq!(&done, content, "{point}: c{i}.jsonl unchanged in done/");
-    }
-    for sub in ["incoming", "processing", "failed"] {
-        assert!(
-            env.names(sub).is_empty(),
-            "{point}: {sub}/ holds {:?}",
-            env.names(sub)
-        );
-    }
+    let files: Vec<(String, String)> = contents
+        .into_iter()
+        .enumerate()
+        .map(|(i, content)| (format!("c{i}.jsonl"), content))
+        .collect();
     let stats = sim.handle.stats().await;
-    for job in &jobs {
-        assert_eq!(
-            stats.batches_by_job.get(&job.id),
-            Some(&1),
-            "{point}: {} has one batch",
-            job.file_name
-        );
-        assert_eq!(job.attempts, 1, "{point}");
-    }
-    assert_eq!(
-        stats.batches_by_job.len(),
-        3,
-        "{point}: no batch without a job"
-    );
+    assert_each_completed_once(&env, &jobs, &stats, &files, point);
     env.assert_key_nowhere_on_disk();
 }
 

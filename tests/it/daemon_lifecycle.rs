@@ -6,7 +6,7 @@ use std::time::Duration;
 use batchwatch::model::JobState;
 use batchwatch::store::{batches, history};
 
-use crate::support::daemon::{Env, quick_sim, requests};
+use crate::support::daemon::{Env, quick_sim, requests, slow_sim};
 use crate::support::sim::spawn_sim;
 
 /// Whether `part` appears in `whole` in order (not necessarily next to each other).
@@ -142,15 +142,6 @@ fn output_lines(env: &Env, job: &batchwatch::store::jobs::Job) -> usize {
     std::fs::read_to_string(dir.join("output.jsonl"))
         .map(|s| s.lines().count())
         .unwrap_or(0)
-}
-
-/// A simulator whose batches stay in progress for about `real_secs` seconds.
-fn slow_sim(real_secs: f64) -> batchwatch::sim::SimConfig {
-    batchwatch::sim::SimConfig {
-        in_progress_secs: real_secs * 300.0,
-        request_secs: 0.0,
-        ..quick_sim()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -434,4 +425,128 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
             .unwrap()
             .is_empty()
     );
+}
+
+/// A simulator that completes batches quickly but answers 500 on every result download.
+async fn sim_that_never_serves_results() -> crate::support::sim::TestSim {
+    use batchwatch::sim::{ErrorStatus, FaultKind, ScriptedFault};
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Status {
+                status: ErrorStatus::try_from(500).unwrap(),
+            })
+            .times(1_000_000)
+            .on("GET", "/v1/files/{file_id}/content"),
+        )
+        .await;
+    sim
+}
+
+/// Checks a job that gave up on its results: failed, results_unavailable naming the file and
+/// `after`, its file in failed/ with that reason.
+async fn gave_up(env: &Env, job: &batchwatch::store::jobs::Job, name: &str, after: &str) {
+    assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
+    assert_eq!(job.reason_code.as_deref(), Some("results_unavailable"));
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    store.close().await;
+    let output = sub.output_file_id.clone().expect("an output file");
+    let reason = job.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("the output file {output} could not be downloaded")),
+        "{reason}"
+    );
+    let unavailable = sub.results_unavailable.as_deref().unwrap();
+    assert!(unavailable.contains("500"), "the last error: {unavailable}");
+    let events = {
+        let store = env.store().await;
+        let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+            .await
+            .unwrap();
+        store.close().await;
+        events
+    };
+    assert!(
+        events.iter().any(|e| e.message.contains(after)),
+        "the events say why it gave up ({after}): {events:#?}"
+    );
+    assert_eq!(
+        json(&env.dir("failed").join(format!("{name}.reason.json")))["code"],
+        "results_unavailable"
+    );
+}
+
+/// Downloads that fail for good end after collect.give_up_after instead of leaving the job
+/// collecting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn downloads_that_never_succeed_end_the_job_after_collect_give_up_after() {
+    let sim = sim_that_never_serves_results().await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[collect]\ngive_up_after = \"1s\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("never.jsonl", requests("n", 4, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    gave_up(
+        &env,
+        &jobs[0],
+        "never.jsonl",
+        "collect.give_up_after (1s) passed",
+    )
+    .await;
+}
+
+/// A deadline that passes, or an operator's cancel, while downloads fail ends collecting at
+/// once, whatever collect.give_up_after says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_or_an_operator_cancel_ends_downloads_that_keep_failing() {
+    let sim = sim_that_never_serves_results().await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[collect]\ngive_up_after = \"1h\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("late.jsonl.toml", b"deadline = \"2s\"\n");
+    env.drop_file("late.jsonl", requests("l", 4, "gpt-4o-mini").as_bytes());
+    env.drop_file("asked.jsonl", requests("a", 4, "gpt-4o-mini").as_bytes());
+    let asked = crate::support::wait_until(
+        "asked.jsonl collecting",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            let job = jobs.iter().find(|j| j.file_name == "asked.jsonl").cloned();
+            (
+                job.as_ref()
+                    .is_some_and(|j| j.state == JobState::Collecting),
+                job,
+            )
+        },
+    )
+    .await
+    .unwrap();
+    crate::support::process::stdout_ok(Some(&env.config), &["cancel", &asked.id]);
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let by_name = |n: &str| jobs.iter().find(|j| j.file_name == n).unwrap();
+    gave_up(
+        &env,
+        by_name("late.jsonl"),
+        "late.jsonl",
+        "the job was cancelled (deadline)",
+    )
+    .await;
+    gave_up(
+        &env,
+        by_name("asked.jsonl"),
+        "asked.jsonl",
+        "the job was cancelled (operator)",
+    )
+    .await;
 }

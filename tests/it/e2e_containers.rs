@@ -131,7 +131,7 @@ async fn daemon_takes_files_to_done_against_the_simulator_in_a_container_with_on
 /// Waits until every job whose file name starts with `prefix` (there are `n`) is submitting:
 /// its upload went out and hangs.
 async fn wait_submitting(env: &Env, prefix: &str, n: usize) {
-    containers::wait_until(
+    crate::support::wait_until(
         &format!("{n} {prefix} jobs to be submitting"),
         Duration::from_secs(30),
         async || {
@@ -150,7 +150,7 @@ async fn wait_submitting(env: &Env, prefix: &str, n: usize) {
 /// Waits until a poll of the batch of every job whose file name starts with `prefix` (there
 /// are `n`) failed, and the daemon recorded why.
 async fn wait_polls_failed(env: &Env, prefix: &str, n: usize) {
-    containers::wait_until(
+    crate::support::wait_until(
         &format!("polls of {n} {prefix} batches to fail"),
         Duration::from_secs(30),
         async || {

@@ -57,12 +57,15 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
     let filled = fill(&store).await;
-    // Back to version 1, as the first release left it: without what 0002 adds.
+    // Back to version 1, as the first release left it: without what later migrations add.
     let writer = store.writer().unwrap();
-    sqlx::query("ALTER TABLE batches DROP COLUMN results_missing")
-        .execute(writer)
-        .await
-        .unwrap();
+    for drop in [
+        "ALTER TABLE batches DROP COLUMN results_missing",
+        "ALTER TABLE batches DROP COLUMN collect_failing_since",
+        "ALTER TABLE batches DROP COLUMN results_unavailable",
+    ] {
+        sqlx::query(drop).execute(writer).await.unwrap();
+    }
     sqlx::query("DELETE FROM _sqlx_migrations WHERE version > 1")
         .execute(writer)
         .await
@@ -778,4 +781,64 @@ async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
         .await
         .unwrap();
     assert_eq!(mode, "wal");
+}
+
+/// A full disk makes a write fail in the middle of a transaction, or at its commit. The failed
+/// transaction must be rolled back and the writer stay usable: once space is back, the next
+/// transaction succeeds (it used to fail for good with "attempted to call begin_with at
+/// non-zero transaction depth").
+#[tokio::test]
+async fn a_write_that_fails_on_a_full_disk_leaves_the_writer_usable_once_space_returns() {
+    let Some(fs) = crate::support::tmpfs::Tmpfs::mount(1024) else {
+        return;
+    };
+    let store = open(&fs.path().join("state.db")).await;
+    new_job(&store, &job_id(1), "before.jsonl", 1).await;
+    let filler = fs.fill("filler");
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000));
+    let mut failures = 0;
+    for n in 0..3u64 {
+        let attempt = async {
+            let mut tx = store.begin().await?;
+            let id = job_id(10 + n);
+            jobs::insert(
+                &mut tx,
+                &jobs::NewJob {
+                    id: &id,
+                    file_name: "full.jsonl",
+                    path: "processing/x",
+                    size_bytes: 1,
+                    endpoint: None,
+                    completion_window: "24h",
+                    deadline_at: T0,
+                    metadata: &big,
+                    output_expires_after: None,
+                },
+                T0,
+            )
+            .await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        };
+        if let Err(e) = attempt.await {
+            failures += 1;
+            let text = e.to_string() + &format!("{e:?}");
+            assert!(
+                !text.contains("transaction depth"),
+                "the writer was left inside a failed transaction: {text}"
+            );
+        }
+    }
+    assert!(failures > 0, "the disk was full: writes must have failed");
+    std::fs::remove_file(&filler).unwrap();
+    new_job(&store, &job_id(2), "after.jsonl", 1).await;
+    let all = jobs::in_states(store.reader(), JobState::ALL)
+        .await
+        .unwrap();
+    let names: Vec<&str> = all.iter().map(|j| j.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["before.jsonl", "after.jsonl"],
+        "nothing half-written"
+    );
 }

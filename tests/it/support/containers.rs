@@ -19,6 +19,7 @@ use super::daemon::{Env, KEY};
 use super::docker;
 use super::sim::http_client;
 use super::static_bin::static_bin;
+use super::wait_until;
 
 /// The image's name; its tag is a hash of its content (see [`image`]).
 const IMAGE: &str = "batchwatch-e2e";
@@ -113,27 +114,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
-}
-
-/// Polls `cond` every 50 ms until it holds; panics with `what` and the last answer after
-/// `timeout`.
-pub async fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl AsyncFnMut() -> (bool, T),
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (done, seen) = cond().await;
-        if done {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {timeout:?} for {what}; last saw {seen:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// `batchwatch sim` in a container, its data dir on a host directory, reachable from the host

@@ -60,6 +60,15 @@ pub fn quick_sim() -> SimConfig {
     }
 }
 
+/// A simulator whose batches stay in progress for about `real_secs` seconds.
+pub fn slow_sim(real_secs: f64) -> SimConfig {
+    SimConfig {
+        in_progress_secs: real_secs * 300.0,
+        request_secs: 0.0,
+        ..quick_sim()
+    }
+}
+
 /// Deep-merges `extra` over `base` (TOML tables).
 fn merge(base: &mut toml::Table, extra: toml::Table) {
     for (k, v) in extra {
@@ -72,28 +81,45 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
     }
 }
 
-/// A daemon's surroundings: sandbox, configuration file, queue.
+/// A daemon's surroundings: sandbox, configuration file, queue and database.
 pub struct Env {
     pub sandbox: Sandbox,
     pub config: PathBuf,
+    /// queue.dir: the sandbox's `queue/` unless placed elsewhere.
+    pub queue: PathBuf,
+    /// database.path: the sandbox's `state.db` unless placed elsewhere.
+    pub db: PathBuf,
 }
 
 impl Env {
     /// Configuration for the API at `base_url`, with `extra` TOML over the fast defaults.
     pub fn new(base_url: &str, extra: &str) -> Env {
+        Env::placed(base_url, extra, None, None)
+    }
+
+    /// As [`Env::new`], with the queue tree and the database where given (another file
+    /// system, say).
+    pub fn placed(base_url: &str, extra: &str, queue: Option<&Path>, db: Option<&Path>) -> Env {
         let sandbox = Sandbox::new();
+        let queue = queue.map_or_else(|| sandbox.queue_dir(), Path::to_path_buf);
+        let db = db.map_or_else(|| sandbox.db_path(), Path::to_path_buf);
         let mut table: toml::Table = FAST.parse().expect("FAST is TOML");
         let paths = format!(
             "[queue]\ndir = {:?}\n[database]\npath = {:?}\n[api]\nbase_url = {:?}\n",
-            sandbox.queue_dir().display().to_string(),
-            sandbox.db_path().display().to_string(),
+            queue.display().to_string(),
+            db.display().to_string(),
             base_url
         );
         merge(&mut table, paths.parse().expect("paths are TOML"));
         merge(&mut table, extra.parse().expect("extra is TOML"));
         let config = sandbox.path().join("batchwatch.toml");
         std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
-        Env { sandbox, config }
+        Env {
+            sandbox,
+            config,
+            queue,
+            db,
+        }
     }
 
     /// Points the configuration at another API address, as an operator would edit it.
@@ -108,7 +134,7 @@ impl Env {
     }
 
     pub fn dir(&self, sub: &str) -> PathBuf {
-        self.sandbox.queue_dir().join(sub)
+        self.queue.join(sub)
     }
 
     /// Starts `batchwatch run`, with `vars` added to its environment.
@@ -142,13 +168,7 @@ impl Env {
     pub async fn store(&self) -> Store {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match Store::open(
-                &self.sandbox.db_path(),
-                Duration::from_secs(5),
-                Access::ReadOnly,
-            )
-            .await
-            {
+            match Store::open(&self.db, Duration::from_secs(5), Access::ReadOnly).await {
                 Ok(store) => return store,
                 Err(e) if Instant::now() > deadline => panic!("no database: {e}"),
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -166,8 +186,8 @@ impl Env {
         all
     }
 
-    /// Waits until there are `n` jobs and all are finished; panics with their states after
-    /// `timeout`, and at once if `daemon` exits.
+    /// Waits until there are `n` jobs, all finished and their files moved on; panics with their
+    /// states after `timeout`, and at once if `daemon` exits.
     pub async fn wait_finished(
         &self,
         n: usize,
@@ -177,7 +197,9 @@ impl Env {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.jobs().await;
-            if jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal()) {
+            // Finished: a final state, and the file moved on out of processing/.
+            let finished = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
+            if jobs.len() == n && jobs.iter().all(finished) {
                 return jobs;
             }
             if let Some(status) = daemon.child.try_wait().unwrap() {
@@ -250,6 +272,68 @@ impl Env {
                 path.display()
             );
         }
+    }
+}
+
+/// Checks the world once every file went through: one job per file, each completed once (one
+/// batch on the service, one attempt counted), its file unchanged in done/ where the database
+/// says it is, every result downloaded; no batch without a job; nothing left in incoming/,
+/// processing/ or failed/. `what` names the case in the messages.
+pub fn assert_each_completed_once(
+    env: &Env,
+    jobs: &[Job],
+    stats: &batchwatch::sim::Stats,
+    files: &[(String, String)],
+    what: &str,
+) {
+    assert_eq!(jobs.len(), files.len(), "{what}: one job per file");
+    for job in jobs {
+        let name = &job.file_name;
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{what}: {name}: {:?}",
+            job.reason
+        );
+        assert_eq!(
+            stats.batches_by_job.get(&job.id),
+            Some(&1),
+            "{what}: {name} has one batch on the service"
+        );
+        assert_eq!(job.attempts, 1, "{what}: {name}: one attempt counted");
+        assert!(
+            env.queue.join(&job.path).is_file(),
+            "{what}: {name}: the database says the file is at {}, and it is not",
+            job.path
+        );
+        let results = env
+            .queue
+            .join(job.results_dir.as_deref().expect("a results dir"));
+        let output = std::fs::read_to_string(results.join("output.jsonl")).unwrap_or_default();
+        assert_eq!(
+            Some(output.lines().count() as i64),
+            job.request_count,
+            "{what}: {name}: every result downloaded"
+        );
+    }
+    assert_eq!(
+        stats.batches_by_job.len(),
+        jobs.len(),
+        "{what}: no batch without a job"
+    );
+    for (name, content) in files {
+        assert_eq!(
+            &std::fs::read_to_string(env.dir("done").join(name)).unwrap(),
+            content,
+            "{what}: {name} is in done/, unchanged"
+        );
+    }
+    for sub in ["incoming", "processing", "failed"] {
+        assert!(
+            env.names(sub).is_empty(),
+            "{what}: {sub}/ holds {:?}",
+            env.names(sub)
+        );
     }
 }
 

@@ -10,8 +10,10 @@ pub mod process;
 pub mod schema;
 pub mod sim;
 pub mod static_bin;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A scratch directory with a configuration file whose paths all point inside it.
 pub struct Sandbox {
@@ -47,5 +49,26 @@ impl Sandbox {
         );
         std::fs::write(&path, text).expect("write config");
         path
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` and the last answer after
+/// `timeout`.
+pub async fn wait_until<T: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl AsyncFnMut() -> (bool, T),
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (done, seen) = cond().await;
+        if done {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {timeout:?} for {what}; last saw {seen:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
