@@ -366,3 +366,56 @@ fn a_sidecar_may_give_its_durations_in_days() {
     );
     assert_eq!(options.output_expires_after, Some(30 * 24 * 3600));
 }
+
+/// Runs `batchwatch --config CONFIG ARGS` and kills it if it has not ended within `limit`.
+fn output_within(config: &std::path::Path, args: &[&str], limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = crate::support::process::command(Some(config))
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("batchwatch {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_key_file_that_is_a_fifo_is_refused_at_once_by_check_config_and_run() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let fifo = sandbox.path().join("api-key");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let config = sandbox.write_config(&format!(
+        "[api]\nkey_file = {:?}\n",
+        fifo.display().to_string()
+    ));
+
+    let out = output_within(&config, &["check-config"], Duration::from_secs(20));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("# API key: NOT readable here: `api.key_file`:")
+            && stdout.contains("is a FIFO (named pipe); the key must be in a regular file"),
+        "{stdout}"
+    );
+
+    let out = output_within(&config, &["run"], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("`api.key_file`") && stderr.contains("a FIFO"),
+        "{stderr}"
+    );
+}
