@@ -132,6 +132,32 @@ fn cases() -> Vec<Case> {
             Some(1),
         ),
         case(
+            "deep-nesting.jsonl",
+            ok("a")
+                + &ok("b").replace(
+                    "\"messages\":[]",
+                    &format!("\"messages\":{}{}", "[".repeat(200), "]".repeat(200)),
+                ),
+            "nesting_too_deep",
+            Some(2),
+        ),
+        case(
+            "huge-number.jsonl",
+            ok("a") + &ok("b").replace("\"messages\":[]", "\"messages\":[],\"temperature\":1e400"),
+            "number_out_of_range",
+            Some(2),
+        ),
+        case(
+            "lone-surrogate.jsonl",
+            ok("a")
+                + &ok("b").replace(
+                    "\"messages\":[]",
+                    r#""messages":[{"role":"user","content":"\ud800"}]"#,
+                ),
+            "lone_surrogate",
+            Some(2),
+        ),
+        case(
             "blank-line.jsonl",
             ok("a") + "\n" + &ok("b"),
             "blank_line",
