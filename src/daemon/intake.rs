@@ -133,7 +133,8 @@ async fn register(
             key: None,
             message: format!("cannot be moved with its file: {e}"),
         }),
-        None => sidecar::read(&queue::sidecar_path(path)),
+        // A name too long for a sidecar has none.
+        None => queue::sidecar_path(path).map_or(Ok(None), |p| sidecar::read(&p)),
     };
     let (options, sidecar_error) = match read {
         Ok(Some(text)) => match sidecar::parse(&text, &ctx.settings.batch, claimed_at) {

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! When `NAME` (or its sidecar or reason file) is already taken in done/ or failed/, or the
-//! reason file's name would be longer than a file name may be, the file goes to `JOBID/NAME`
-//! there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
+//! sidecar's or reason file's name would be longer than a file name may be, the file goes to
+//! `JOBID/NAME` there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
+//! Names up to the 255-byte limit work; from 251 bytes on, `NAME.toml` cannot exist, so such a
+//! file simply has no sidecar.
 //!
 //! All five are checked to be on one filesystem at start, so every move is a rename, which is
 //! atomic: a file is always wholly in one place. Moves never replace anything (renameat2 with
@@ -182,8 +184,13 @@ impl Queue {
     /// Moves `incoming/NAME.toml` beside its claimed file, if it is there. Also used by the
     /// sweep, for a crash between the two renames.
     pub fn adopt_sidecar(&self, name: &OsStr, job: &JobId) -> io::Result<()> {
-        let from = self.incoming_path(&sidecar_name(name));
-        move_if_present(&from, &self.job_dir(job).join(sidecar_name(name)))
+        let (Some(from), Some(to)) = (
+            sidecar_path(&self.incoming_path(name)),
+            sidecar_path(&self.job_dir(job).join(name)),
+        ) else {
+            return Ok(());
+        };
+        move_if_present(&from, &to)
     }
 
     /// The job directories in processing/, each with its file.
@@ -237,10 +244,10 @@ impl Queue {
     ) -> io::Result<PathBuf> {
         let plain = self.plain_final(dest, name);
         let free = |p: &Path| p.symlink_metadata().is_err();
-        let fits_companions = fits(name, SIDECAR_SUFFIX) && fits(name, REASON_SUFFIX);
-        if fits_companions
+        if let Some(sidecar) = sidecar_path(&plain)
+            && fits(name, REASON_SUFFIX)
             && free(&plain)
-            && free(&sidecar_path(&plain))
+            && free(&sidecar)
             && free(&reason_path(&plain))
         {
             return Ok(plain);
@@ -275,7 +282,9 @@ impl Queue {
             let text = serde_json::to_vec_pretty(reason).map_err(io::Error::other)?;
             write_atomically(&reason_path(to), &text)?;
         }
-        move_if_present(&sidecar_path(from), &sidecar_path(to))?;
+        if let (Some(from), Some(to)) = (sidecar_path(from), sidecar_path(to)) {
+            move_if_present(&from, &to)?;
+        }
         move_if_present(from, to)?;
         if let Some(dir) = from
             .parent()
@@ -323,11 +332,11 @@ pub fn sidecar_name(name: &OsStr) -> OsString {
     s
 }
 
-/// The sidecar path beside `path`.
-pub fn sidecar_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(SIDECAR_SUFFIX);
-    PathBuf::from(s)
+/// The sidecar path beside `path`; `None` when `NAME.toml` would be longer than a file name may
+/// be: a file of such a name (251 to 255 bytes) has no sidecar, since none can exist.
+pub fn sidecar_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    fits(name, SIDECAR_SUFFIX).then(|| path.with_file_name(sidecar_name(name)))
 }
 
 /// The reason file of the file at `path`: `NAME.reason.json` beside it, or `reason.json` in its
@@ -479,6 +488,28 @@ mod tests {
     }
 
     #[test]
+    fn a_name_too_long_for_a_sidecar_is_claimed_and_finished_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let job = JobId::generate(4);
+        for len in [251, 255] {
+            let name = OsString::from(format!("{}.jsonl", "s".repeat(len - 6)));
+            assert_eq!(sidecar_path(&q.incoming_path(&name)), None);
+            std::fs::write(q.incoming_path(&name), "x").unwrap();
+            let path = q.claim(&name, &job).unwrap();
+            q.adopt_sidecar(&name, &job).unwrap();
+            let to = q.choose_final(Destination::Done, &job, &name).unwrap();
+            assert_eq!(to, q.done.join(job.as_str()).join(&name));
+            q.finish(&path, &to, Some(&reason())).unwrap();
+            assert_eq!(std::fs::read_to_string(&to).unwrap(), "x");
+            assert!(to.with_file_name("reason.json").exists());
+            std::fs::remove_dir_all(to.parent().unwrap()).unwrap();
+        }
+        let fits = OsString::from(format!("{}.jsonl", "s".repeat(244)));
+        assert!(sidecar_path(&q.incoming_path(&fits)).is_some());
+    }
+
+    #[test]
     fn finishing_moves_the_file_and_its_sidecar_can_be_repeated_and_tidies_up() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
@@ -492,7 +523,7 @@ mod tests {
         q.finish(&path, &to, Some(&reason())).unwrap();
         q.finish(&path, &to, Some(&reason())).unwrap();
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "content");
-        assert!(sidecar_path(&to).exists());
+        assert!(sidecar_path(&to).unwrap().exists());
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(reason_path(&to)).unwrap()).unwrap();
         assert_eq!(written["code"], "empty_file");

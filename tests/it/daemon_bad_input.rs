@@ -426,3 +426,69 @@ async fn every_kind_of_bad_input_ends_in_failed_with_its_rule_and_the_daemon_kee
     // Only the good file reached the API.
     assert_eq!(sim.handle.stats().await.batches_by_job.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_names_up_to_the_255_byte_limit_go_through_though_no_sidecar_can_exist() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    // 250 bytes can still have a sidecar (255); 251 and more cannot.
+    let valid: Vec<String> = [244, 245, 249]
+        .iter()
+        .map(|n| format!("{}.jsonl", "v".repeat(*n)))
+        .collect();
+    let invalid = format!("{}.jsonl", "x".repeat(249));
+    for name in &valid {
+        assert!(name.len() >= 250 && name.len() <= 255);
+        env.drop_file(name, ok("a").as_bytes());
+    }
+    env.drop_file(&invalid, (ok("a") + &ok("a")).as_bytes());
+    let jobs = env
+        .wait_finished(valid.len() + 1, Duration::from_secs(60), &mut daemon)
+        .await;
+    // Everything has moved on: nothing is left to retry.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = env.stop(daemon);
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("cannot move this job's file on yet")),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        env.names("processing").is_empty(),
+        "{:?}",
+        env.names("processing")
+    );
+    assert!(env.names("incoming").is_empty());
+    for name in &valid {
+        let job = jobs.iter().find(|j| &j.file_name == name).unwrap();
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{} bytes: {:?}",
+            name.len(),
+            job.reason
+        );
+        let at = env.sandbox.queue_dir().join(&job.path);
+        assert_eq!(
+            std::fs::read(&at).unwrap(),
+            ok("a").as_bytes(),
+            "{}",
+            job.path
+        );
+    }
+    let job = jobs.iter().find(|j| j.file_name == invalid).unwrap();
+    assert_eq!(job.state, JobState::Rejected);
+    assert_eq!(job.reason_code.as_deref(), Some("duplicate_custom_id"));
+    // NAME.reason.json would be too long: the file and its reason share a directory of its own.
+    let dir = env.dir("failed").join(&job.id);
+    assert_eq!(
+        std::fs::read(dir.join(&invalid)).unwrap(),
+        (ok("a") + &ok("a")).as_bytes()
+    );
+    let reason: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reason.json")).unwrap()).unwrap();
+    assert_eq!(reason["code"], "duplicate_custom_id");
+    assert_eq!(reason["file"], invalid.as_str());
+}

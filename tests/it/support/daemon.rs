@@ -133,7 +133,10 @@ impl Env {
     pub fn drop_file(&self, name: &str, content: &[u8]) {
         let incoming = self.dir("incoming");
         std::fs::create_dir_all(&incoming).unwrap();
-        let part = incoming.join(format!(".{name}.part"));
+        // A short temporary name: `.NAME.part` could be longer than a name may be.
+        static DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = incoming.join(format!(".drop-{n}.part"));
         std::fs::write(&part, content).unwrap();
         std::fs::rename(&part, incoming.join(name)).unwrap();
     }
