@@ -342,6 +342,16 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             "uploads or creates were under way at the last stop; reconciling them first"
         );
     }
+    match ctx.queue.remove_download_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            files = n,
+            "removed the temporary files of downloads a stop cut short"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
+        }
+    }
     sweep(ctx).await
 }
 

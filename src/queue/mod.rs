@@ -169,6 +169,33 @@ impl Queue {
         self.results.join(job)
     }
 
+    /// Removes the temporary files that downloads killed midway left in `results/JOBID/`
+    /// (only names starting with [`DOWNLOAD_PREFIX`], only in job directories); returns how
+    /// many. Called at start, when no download runs.
+    pub fn remove_download_leftovers(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.results)? {
+            let entry = entry?;
+            let is_job = entry.file_name().to_str().and_then(JobId::parse).is_some();
+            if !is_job || !entry.file_type()?.is_dir() {
+                continue;
+            }
+            for inner in std::fs::read_dir(entry.path())? {
+                let inner = inner?;
+                if inner
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(DOWNLOAD_PREFIX.as_bytes())
+                    && inner.file_type()?.is_file()
+                {
+                    std::fs::remove_file(inner.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Claims `incoming/NAME` for `job`: moves it to `processing/JOBID/NAME`, and returns that.
     pub fn claim(&self, name: &OsStr, job: &JobId) -> io::Result<PathBuf> {
         let dir = self.job_dir(job);
@@ -359,14 +386,31 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".batchwatch-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut tmp = shared_temp_file(dir, ".batchwatch-", ".tmp")?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// The prefix of a download's temporary file in `results/JOBID/`. One left by a killed
+/// download is removed at the next start ([`Queue::remove_download_leftovers`]).
+pub const DOWNLOAD_PREFIX: &str = ".batchwatch-download-";
+
+/// A temporary file in `dir` for something people read (results, manifests, reasons), to be
+/// renamed into place: created 0666 under the process's umask, as the queue's directories are
+/// (tempfile's own default, 0600, would hide it from the service's group).
+pub fn shared_temp_file(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing anything.

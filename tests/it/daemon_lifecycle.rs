@@ -435,3 +435,55 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
             .is_empty()
     );
 }
+
+/// The mode of a file, permission bits only.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Results, the manifest and reason files are for the service's group to read: they are
+/// created 0666 under the process's umask, like the queue's directories, not 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_and_reasons_follow_the_umask() {
+    for umask in [0o022, 0o027] {
+        let sim = spawn_sim(batchwatch::sim::SimConfig {
+            faults: batchwatch::sim::Faults {
+                request_failure_rate: 0.5,
+                ..batchwatch::sim::Faults::default()
+            },
+            ..quick_sim()
+        })
+        .await;
+        let env = Env::new(&sim.handle.base_url(), "");
+        let mut daemon = env.spawn_with_umask(umask);
+        env.drop_file("good.jsonl", requests("m", 8, "gpt-4o-mini").as_bytes());
+        env.drop_file("bad.jsonl", b"not json\n");
+        let jobs = env
+            .wait_finished(2, Duration::from_secs(30), &mut daemon)
+            .await;
+        env.stop(daemon);
+        let want = 0o666 & !umask;
+        let good = jobs.iter().find(|j| j.file_name == "good.jsonl").unwrap();
+        let results = env
+            .sandbox
+            .queue_dir()
+            .join(good.results_dir.as_deref().unwrap());
+        for name in ["output.jsonl", "errors.jsonl", "manifest.json"] {
+            assert_eq!(
+                mode_of(&results.join(name)),
+                want,
+                "{name} under umask {umask:04o}"
+            );
+        }
+        assert_eq!(
+            mode_of(&env.dir("failed").join("bad.jsonl.reason.json")),
+            want,
+            "the reason file under umask {umask:04o}"
+        );
+    }
+}

@@ -111,8 +111,8 @@ impl Env {
         self.sandbox.queue_dir().join(sub)
     }
 
-    /// Starts `batchwatch run`, with `vars` added to its environment.
-    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
+    /// `batchwatch run` with this configuration and the key, `vars` added to its environment.
+    fn run_command(&self, vars: &[(&str, &str)]) -> std::process::Command {
         let mut cmd = command(Some(&self.config));
         cmd.arg("run")
             .env("OPENAI_API_KEY", KEY)
@@ -120,9 +120,32 @@ impl Env {
         for (k, v) in vars {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn start(cmd: std::process::Command) -> Running {
         let mut daemon = Running::spawn(cmd);
         daemon.wait_for_line("batchwatch started", Duration::from_secs(30));
         daemon
+    }
+
+    /// Starts `batchwatch run`, with `vars` added to its environment.
+    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
+        Self::start(self.run_command(vars))
+    }
+
+    /// Starts `batchwatch run` under the file-creation mask `umask`, as systemd's `UMask=` does.
+    pub fn spawn_with_umask(&self, umask: u32) -> Running {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.run_command(&[]);
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            });
+        }
+        Self::start(cmd)
     }
 
     pub fn spawn(&self) -> Running {
