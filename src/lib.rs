@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod demo;
 pub mod failpoint;
 pub mod model;
+pub mod printable;
 pub mod queue;
 pub mod report;
 pub mod sim;

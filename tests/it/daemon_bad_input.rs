@@ -492,3 +492,79 @@ async fn file_names_up_to_the_255_byte_limit_go_through_though_no_sidecar_can_ex
     assert_eq!(reason["code"], "duplicate_custom_id");
     assert_eq!(reason["file"], invalid.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let name = "inj\n2026-01-01T00:00:00Z  INFO fake: log injection\x1b[31mred.jsonl";
+    env.drop_file(name, ok("a").as_bytes());
+    // And one that is rejected, so the name also travels through a reason.
+    let bad = "bad\n2026-01-01T00:00:00Z  WARN fake: rejected\x1b[0m\x7f\u{9b}.jsonl";
+    env.drop_file(bad, "not json\n".as_bytes());
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    let log = env.stop(daemon);
+    for line in &log {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00Z"),
+            "a forged line: {line:?}"
+        );
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "a raw control character in the log: {line:?}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l
+            .contains(r"inj\n2026-01-01T00:00:00Z  INFO fake: log injection\u{1b}[31mred.jsonl")),
+        "the name is shown, escaped: {}",
+        log.join("\n")
+    );
+
+    let db = env.sandbox.db_path().display().to_string();
+    let status = crate::support::process::stdout_ok(None, &["status", "--database", &db]);
+    assert!(
+        !status.chars().any(|c| c.is_control() && c != '\n'),
+        "{status:?}"
+    );
+    let lines: Vec<&str> = status.lines().collect();
+    // "Jobs: ...", a blank line, the header, one row per job: nothing else.
+    assert_eq!(lines.len(), 5, "{status}");
+    assert!(
+        lines[3].starts_with("job_") && lines[4].starts_with("job_"),
+        "{status}"
+    );
+    let header_columns = lines[2].split_whitespace().count();
+    assert_eq!(header_columns, 8, "{status}");
+
+    for job in &jobs {
+        let show = crate::support::process::stdout_ok(None, &["show", &job.id, "--database", &db]);
+        assert!(
+            !show.chars().any(|c| c.is_control() && c != '\n'),
+            "{show:?}"
+        );
+        assert!(show.starts_with(&format!("Job {} (", job.id)), "{show}");
+        assert!(
+            show.lines().all(|l| l.is_empty()
+                || l.starts_with("Job ")
+                || l.starts_with(' ')
+                || l.starts_with("Events:")
+                || l.starts_with("Batch ")),
+            "a line of its own that is none of show's: {show}"
+        );
+        assert!(!show.lines().any(|l| l.starts_with("2026-01-01")), "{show}");
+    }
+    // JSON keeps the real name.
+    let json: Vec<serde_json::Value> = serde_json::from_str(&crate::support::process::stdout_ok(
+        None,
+        &["status", "--json", "--database", &db],
+    ))
+    .unwrap();
+    assert!(json.iter().any(|j| j["file_name"] == name));
+    // The files themselves keep their names.
+    assert!(env.dir("done").join(name).exists());
+    assert!(env.dir("failed").join(bad).exists());
+}
