@@ -117,7 +117,7 @@ pub fn main() -> ExitCode {
             tracing::error!(error = message, "stopped by an error");
             if matches!(
                 err.downcast_ref::<StoreError>(),
-                Some(StoreError::NewerSchema { .. })
+                Some(StoreError::NewerSchema { .. } | StoreError::Damaged { .. })
             ) {
                 return ExitCode::from(crate::EXIT_NEWER_DATABASE);
             }
