@@ -110,6 +110,18 @@ fn deadline(deadline_at: &str, state: JobState, now: Timestamp) -> String {
     }
 }
 
+/// What the REASON column says: why a job ended or waits, else, while it runs, the last error
+/// of its latest submissions (a download that keeps failing, say).
+fn reason(r: &JobOverview) -> String {
+    match (&r.reason_code, &r.last_error) {
+        (Some(code), _) if !code.is_empty() => shorten(&escape(code), 24),
+        (_, Some(error)) if !r.state.is_terminal() && !error.is_empty() => {
+            shorten(&escape(error), 60)
+        }
+        _ => "-".into(),
+    }
+}
+
 /// The `status` table, with a summary line of counts per state.
 pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) -> String {
     let mut out = String::new();
@@ -147,7 +159,7 @@ pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) 
                 requests,
                 age(&r.created_at, now),
                 deadline(&r.deadline_at, r.state, now),
-                shorten(&escape(or_dash(r.reason_code.as_deref())), 24),
+                reason(r),
             ]
         })
         .collect();

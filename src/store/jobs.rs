@@ -90,6 +90,8 @@ pub struct JobOverview {
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
+    /// The last error recorded on the job's latest submissions.
+    pub last_error: Option<String>,
 }
 
 /// A row of `job_events`.
@@ -352,7 +354,8 @@ pub async fn overview(
                   request_count, remote_status AS "remote_status: String", remote_ids AS "remote_ids: String",
                   requests_completed AS "requests_completed: i64", requests_failed AS "requests_failed: i64",
                   attempts AS "attempts!", deadline_at AS "deadline_at!", cancel_requested_at, path AS "path!",
-                  results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at
+                  results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at,
+                  last_error AS "last_error: String"
            FROM job_overview
            WHERE (?1 IS NULL OR state = ?1)
            ORDER BY id DESC

@@ -57,16 +57,18 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
     let filled = fill(&store).await;
-    // Back to version 1, as the first release left it: without what 0002 adds.
+    // Back to version 1, as the first release left it: without what 0002 and 0003 add.
     let writer = store.writer().unwrap();
-    sqlx::query("ALTER TABLE batches DROP COLUMN results_missing")
-        .execute(writer)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version > 1")
-        .execute(writer)
-        .await
-        .unwrap();
+    for undo in [
+        "ALTER TABLE batches DROP COLUMN results_missing",
+        "ALTER TABLE jobs DROP COLUMN file_mtime_ns",
+        "ALTER TABLE jobs DROP COLUMN file_inode",
+        "ALTER TABLE jobs DROP COLUMN validate_after",
+        "DELETE FROM _sqlx_migrations WHERE version > 1",
+        "PRAGMA user_version = 0",
+    ] {
+        sqlx::query(undo).execute(writer).await.unwrap();
+    }
     assert_eq!(store.schema_version().await.unwrap(), Some(1));
     store.close().await;
 
