@@ -46,6 +46,49 @@ const REASON_FILE: &str = "reason.json";
 /// The longest file name Linux filesystems allow, in bytes.
 const NAME_MAX: usize = 255;
 
+/// What a file looks like from outside: its size, modification time and inode. When none of
+/// them changed, nobody wrote to the file (or replaced it) in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLook {
+    pub bytes: u64,
+    /// Nanoseconds since 1970.
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+impl FileLook {
+    pub fn of(meta: &std::fs::Metadata) -> FileLook {
+        FileLook {
+            bytes: meta.len(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+
+    /// How the file changed from `before` to this look, in words; `None` when it did not. A
+    /// look recorded without a modification time or inode is compared on what it has.
+    pub fn change_since(
+        &self,
+        bytes: u64,
+        mtime_ns: Option<i64>,
+        ino: Option<u64>,
+    ) -> Option<String> {
+        if ino.is_some_and(|i| i != self.ino) {
+            return Some("it was replaced by another file".into());
+        }
+        if bytes != self.bytes {
+            return Some(format!("{bytes} bytes then, {} now", self.bytes));
+        }
+        if mtime_ns.is_some_and(|m| m != self.mtime_ns) {
+            return Some(format!("{bytes} bytes, but written to since"));
+        }
+        None
+    }
+}
+
 /// Where a finished job's file goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {

@@ -487,3 +487,71 @@ async fn results_and_reasons_follow_the_umask() {
         );
     }
 }
+
+/// A writer that keeps its file open and pauses longer than `queue.settle_time`: the daemon
+/// claims and validates the first part. When the rest arrives before anything was sent (here
+/// the first upload is refused for two seconds), the job goes back to validation, says so in
+/// its events, and the whole file is submitted: never a truncated copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whole() {
+    use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault};
+    use std::io::Write;
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::RateLimit {
+                retry_after: RetryAfter::Seconds(2),
+            })
+            .on("POST", "/v1/files")
+            .times(1),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "[queue]\nsettle_time = \"300ms\"\n");
+    let mut daemon = env.spawn();
+    let content = requests("slow", 8, "gpt-4o-mini");
+    let cut = content.match_indices('\n').nth(1).unwrap().0 + 1;
+    let mut writer = std::fs::File::create(env.dir("incoming").join("slow.jsonl")).unwrap();
+    writer.write_all(&content.as_bytes()[..cut]).unwrap();
+    // The first half is claimed and found valid (2 requests); its upload is refused for now.
+    daemon.wait_for_line("valid; queued", Duration::from_secs(30));
+    daemon.wait_for_line("rate limited (429)", Duration::from_secs(10));
+    writer.write_all(&content.as_bytes()[cut..]).unwrap();
+    drop(writer);
+
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
+    assert_eq!(job.request_count, Some(8));
+    assert_eq!(job.size_bytes, content.len() as i64);
+    assert_eq!(
+        job.sha256.as_deref(),
+        Some(
+            batchwatch::batchfile::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()))
+                .as_str()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.dir("done").join("slow.jsonl")).unwrap(),
+        content
+    );
+    let store = env.store().await;
+    let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+    assert_eq!(subs.len(), 1, "one submission, of the whole file");
+    assert_eq!(subs[0].request_total, Some(8));
+    assert_eq!(subs[0].part_end, content.len() as i64);
+    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .starts_with("the file changed after it was claimed")),
+        "{events:?}"
+    );
+    assert_eq!(output_lines(&env, job), 8);
+    let stats = sim.handle.stats().await;
+    assert_eq!(stats.batches_by_job.get(&job.id), Some(&1));
+}
