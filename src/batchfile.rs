@@ -6,10 +6,13 @@
 //! simulator's `errors.data` entries carry.
 //!
 //! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
-//! a JSON object with a string `custom_id` (unique in the file), `method` `"POST"`, a string `url`
-//! equal to the endpoint, and a `body` object whose string `model` is the same on every line;
-//! at most `max_requests` lines and `max_bytes` bytes, unless the file may be split, in which case
-//! it is cut at line boundaries into parts that each respect both limits.
+//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], no
+//! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
+//! three, readers refuse them), with a string `custom_id` (unique in the file), `method`
+//! `"POST"`, a string `url` equal to the endpoint, and a `body` object whose string `model` is
+//! the same on every line; at most `max_requests` lines and `max_bytes` bytes, unless the file
+//! may be split, in which case it is cut at line boundaries into parts that each respect both
+//! limits.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
@@ -78,6 +81,9 @@ pub enum Rule {
     TooManyRequests,
     TooLarge,
     Unreadable,
+    TooDeep,
+    NumberOutOfRange,
+    LoneSurrogate,
 }
 
 impl Rule {
@@ -101,6 +107,9 @@ impl Rule {
             Rule::TooManyRequests => "too_many_requests",
             Rule::TooLarge => "file_too_large",
             Rule::Unreadable => "unreadable_file",
+            Rule::TooDeep => "nesting_too_deep",
+            Rule::NumberOutOfRange => "number_out_of_range",
+            Rule::LoneSurrogate => "lone_surrogate",
         }
     }
 }
@@ -331,6 +340,7 @@ fn check_line(
             format!("the line is not valid JSON: {e}"),
         )
     })?;
+    check_values(text.as_bytes(), line_no)?;
 
     let custom_id = probe.custom_id.and_then(as_string).ok_or_else(|| {
         Violation::at(
@@ -423,6 +433,131 @@ fn check_line(
             Ok(())
         }
     }
+}
+
+/// The deepest nesting of arrays and objects a line may have, its own object included.
+/// serde_json's default recursion limit refuses a document nested 128 deep, so every line the
+/// rules accept is one that serde_json (and the service's readers) can read.
+pub const MAX_NESTING: usize = 127;
+
+/// Checks what the syntax alone allows but JSON readers refuse: nesting deeper than
+/// [`MAX_NESTING`], numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
+/// UTF-16 surrogate pair (`"\ud800"`). `text` is a line that already parsed as JSON, so one
+/// forward pass that skips string contents at memchr speed is enough.
+fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => i = skip_string(text, i + 1, line_no)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Violation::at(
+                        Rule::TooDeep,
+                        line_no,
+                        format!(
+                            "the line nests arrays and objects more than {MAX_NESTING} deep; JSON readers refuse deeper nesting"
+                        ),
+                    ));
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < text.len()
+                    && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                check_number(&text[start..i], line_no)?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// A number beyond ±1.8e308 cannot be read as an f64 (serde_json refuses it; others make it
+/// infinite). Only a number with an exponent or over 300 digits can get there.
+fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
+    if token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E') {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(token).unwrap_or_default();
+    if text.parse::<f64>().is_ok_and(f64::is_finite) {
+        return Ok(());
+    }
+    let shown: String = if text.len() > 40 {
+        format!("{}…", &text[..40])
+    } else {
+        text.to_owned()
+    };
+    Err(Violation::at(
+        Rule::NumberOutOfRange,
+        line_no,
+        format!(
+            "the number {shown} is outside the range of a 64-bit float (about ±1.8e308); JSON readers refuse it"
+        ),
+    ))
+}
+
+/// Skips a string whose opening quote is just before `i`; returns the index after its
+/// closing quote. Refuses a `\u` escape of a lone surrogate.
+fn skip_string(text: &[u8], mut i: usize, line_no: u64) -> Result<usize, Violation> {
+    loop {
+        let Some(at) = memchr::memchr2(b'"', b'\\', &text[i..]) else {
+            return Ok(text.len());
+        };
+        i += at;
+        if text[i] == b'"' {
+            return Ok(i + 1);
+        }
+        // A backslash: `\uXXXX` is six bytes, every other escape two.
+        if text.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let unit = hex4(text, i + 2);
+        i += 6;
+        match unit {
+            Some(0xD800..=0xDBFF) => {
+                let low = if text.get(i..i + 2) == Some(b"\\u".as_slice()) {
+                    hex4(text, i + 2)
+                } else {
+                    None
+                };
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err(lone_surrogate(&text[i - 6..i], line_no));
+                }
+                i += 6;
+            }
+            Some(0xDC00..=0xDFFF) => return Err(lone_surrogate(&text[i - 6..i], line_no)),
+            _ => {}
+        }
+    }
+}
+
+/// The value of four hex digits at `at`, if they are there.
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
+fn lone_surrogate(escape: &[u8], line_no: u64) -> Violation {
+    Violation::at(
+        Rule::LoneSurrogate,
+        line_no,
+        format!(
+            "the escape {} is half of a UTF-16 surrogate pair without its other half; it is not text, and JSON readers refuse it",
+            String::from_utf8_lossy(escape)
+        ),
+    )
 }
 
 /// Lower-case hex of `bytes`.
@@ -533,6 +668,100 @@ mod tests {
         for (content, rule, line) in cases {
             assert_eq!(rule_of(&content), (rule, line), "content: {content:?}");
         }
+    }
+
+    /// A line whose body holds `value` as its `x`.
+    fn with_value(id: &str, value: &str) -> String {
+        line(id, "m").replace("\"messages\":[]", &format!("\"messages\":[],\"x\":{value}"))
+    }
+
+    /// Nested arrays, `depth` deep.
+    fn nested(depth: usize) -> String {
+        "[".repeat(depth) + &"]".repeat(depth)
+    }
+
+    #[test]
+    fn nesting_is_refused_past_the_limit_serde_json_reads() {
+        // The line's object and its body are two levels.
+        let at_limit = with_value("a", &nested(MAX_NESTING - 2));
+        assert!(check(&at_limit).is_ok());
+        serde_json::from_str::<serde_json::Value>(at_limit.trim_end())
+            .expect("what the rules accept, serde_json reads");
+        let over = with_value("a", &nested(MAX_NESTING - 1));
+        assert!(serde_json::from_str::<serde_json::Value>(over.trim_end()).is_err());
+        assert_eq!(rule_of(&over), (Rule::TooDeep, Some(1)));
+        let far_over = line("a", "m") + &with_value("b", &nested(100_000));
+        let v = check(&far_over).unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooDeep, Some(2)));
+        assert!(v.to_string().contains("more than 127 deep"), "{v}");
+        // Brackets inside strings are text, not nesting.
+        let text = with_value("a", &format!("\"{}\"", "[{".repeat(500)));
+        assert!(check(&text).is_ok());
+    }
+
+    #[test]
+    fn numbers_beyond_an_f64_are_refused_and_small_or_precise_ones_kept() {
+        for fine in [
+            "1e308",
+            "-1.7976931348623157e308",
+            "1e-400",
+            "0.000001",
+            "12345678901234567890123",
+            "-0",
+            "2.5E+3",
+        ] {
+            let text = with_value("a", fine);
+            assert!(check(&text).is_ok(), "{fine}");
+        }
+        let long_integer = format!("1{}", "0".repeat(400));
+        for huge in ["1e400", "-1e400", "1.8e308", "1E309", long_integer.as_str()] {
+            let text = line("a", "m") + &with_value("b", huge);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text.lines().nth(1).unwrap()).is_err(),
+                "{huge}"
+            );
+            let v = check(&text).unwrap_err();
+            assert_eq!(
+                (v.rule, v.line),
+                (Rule::NumberOutOfRange, Some(2)),
+                "{huge}"
+            );
+            assert!(v.message.len() < 200, "a long number is cut short: {v}");
+        }
+        // A number in a string is text.
+        assert!(check(&with_value("a", "\"1e400\"")).is_ok());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_kept() {
+        for fine in [
+            r#""\ud83d\ude00""#,
+            r#""\uD83D\uDE00 and \u00e9""#,
+            r#""\\ud800""#,
+            r#""\ue000""#,
+        ] {
+            assert!(check(&with_value("a", fine)).is_ok(), "{fine}");
+        }
+        for lone in [
+            r#""\ud800""#,
+            r#""\ud800x""#,
+            r#""\udc00""#,
+            r#""\ud800\ud800""#,
+            r#""\ud800\n""#,
+        ] {
+            let text = line("a", "m") + &with_value("b", lone);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text.lines().nth(1).unwrap()).is_err(),
+                "{lone}"
+            );
+            let v = check(&text).unwrap_err();
+            assert_eq!((v.rule, v.line), (Rule::LoneSurrogate, Some(2)), "{lone}");
+        }
+        // In a key too, and in custom_id.
+        let key = line("a", "m").replace("\"messages\"", r#""\udfff""#);
+        assert_eq!(rule_of(&key), (Rule::LoneSurrogate, Some(1)));
+        let id = line("\\ud800", "m");
+        assert_eq!(rule_of(&id), (Rule::LoneSurrogate, Some(1)));
     }
 
     #[test]

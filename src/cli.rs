@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::ApiKey;
 use crate::config::{ConfigError, KeySource, Settings};
 use crate::model::JobState;
+use crate::printable::escape;
 use crate::report;
 use crate::store::{Access, Store, StoreError, batches, history, jobs};
 
@@ -107,16 +108,16 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             if let Some(config_err) = err.downcast_ref::<ConfigError>() {
-                eprintln!("batchwatch: {config_err}");
+                eprintln!("batchwatch: {}", escape(&config_err.to_string()));
                 tracing::error!(error = %config_err, "configuration error");
                 return ExitCode::from(crate::EXIT_CONFIG);
             }
             let message = crate::telemetry::join_causes(err.chain().map(ToString::to_string));
-            eprintln!("batchwatch: error: {message}");
+            eprintln!("batchwatch: error: {}", escape(&message));
             tracing::error!(error = message, "stopped by an error");
             if matches!(
                 err.downcast_ref::<StoreError>(),
-                Some(StoreError::NewerSchema { .. })
+                Some(StoreError::NewerSchema { .. } | StoreError::Damaged { .. })
             ) {
                 return ExitCode::from(crate::EXIT_NEWER_DATABASE);
             }

@@ -256,7 +256,8 @@ pub struct DaemonSettings {
     pub shutdown_timeout: Dur,
 }
 
-/// A non-negative duration written as "500ms", "20h" or "1h 30m".
+/// A non-negative duration written as "500ms", "20h", "1h 30m", "7d" or "2w". A day is 24
+/// hours and a week 7 days: a duration here is an amount of time, not a calendar interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
 
@@ -270,9 +271,18 @@ impl FromStr for Dur {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parsed: jiff::SignedDuration = s.trim().parse().map_err(|e| {
-            format!("{s:?} is not a duration such as \"500ms\", \"90s\" or \"20h\" ({e})")
-        })?;
+        let not_a_duration = |e: &dyn fmt::Display| {
+            format!("{s:?} is not a duration such as \"500ms\", \"90s\", \"20h\" or \"7d\" ({e})")
+        };
+        let span: jiff::Span = s.trim().parse().map_err(|e| not_a_duration(&e))?;
+        if span.get_years() != 0 || span.get_months() != 0 {
+            return Err(format!(
+                "{s:?} uses months or years, which have no fixed length; write days (\"30d\") or weeks (\"2w\")"
+            ));
+        }
+        let parsed = span
+            .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+            .map_err(|e| not_a_duration(&e))?;
         Duration::try_from(parsed)
             .map(Dur)
             .map_err(|_| format!("{s:?} is negative; a duration must be zero or more"))
@@ -733,6 +743,10 @@ mod tests {
             ("20h", 72_000.0),
             ("1h 30m", 5_400.0),
             ("1h30m", 5_400.0),
+            ("7d", 604_800.0),
+            ("30d", 2_592_000.0),
+            ("2w", 1_209_600.0),
+            ("1d 12h", 129_600.0),
         ] {
             let d: Dur = text.parse().unwrap();
             assert_eq!(d.get().as_secs_f64(), secs, "{text}");
@@ -741,6 +755,13 @@ mod tests {
         assert!("5x".parse::<Dur>().is_err());
         assert!("-5s".parse::<Dur>().unwrap_err().contains("negative"));
         assert!("10".parse::<Dur>().is_err());
+        assert!(
+            "1 month"
+                .parse::<Dur>()
+                .unwrap_err()
+                .contains("no fixed length")
+        );
+        assert!("1y".parse::<Dur>().unwrap_err().contains("no fixed length"));
     }
 
     #[test]

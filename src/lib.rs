@@ -10,14 +10,16 @@ pub mod daemon;
 pub mod demo;
 pub mod failpoint;
 pub mod model;
+pub mod printable;
 pub mod queue;
 pub mod report;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
 
-/// Exit code when the database was migrated by a newer batchwatch (EX_DATAERR): restarting
-/// cannot help, so the systemd unit does not restart on it either.
+/// Exit code when the database was migrated by a newer batchwatch, or its schema is not the one
+/// its migrations make (EX_DATAERR): restarting cannot help, so the systemd unit does not
+/// restart on it either.
 pub const EXIT_NEWER_DATABASE: u8 = 65;
 
 /// Exit code for a configuration error (EX_CONFIG from sysexits.h); systemd is told not to

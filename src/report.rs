@@ -1,4 +1,8 @@
 //! What the status commands print: `status`, `show` and `history`, as text tables or JSON.
+//!
+//! Text output shows every value through [`escape`]: a file name or a server's message with a
+//! newline or an escape sequence in it keeps to its cell and cannot drive the terminal. JSON
+//! output carries the values as they are (JSON escapes them).
 
 use std::fmt::Write;
 
@@ -6,6 +10,7 @@ use serde::Serialize;
 
 use crate::clock::{self, Timestamp};
 use crate::model::JobState;
+use crate::printable::escape;
 use crate::store::batches::Submission;
 use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
@@ -31,10 +36,14 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string_pretty(value).expect("reports always serialise") + "\n"
 }
 
-/// A plain text table: a header row, then rows, columns padded to fit.
+/// A plain text table: a header row, then rows, columns padded to fit. Cells are escaped.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -49,7 +58,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for row in rows {
+    for row in &rows {
         line(&mut row.iter().map(String::as_str));
     }
     out
@@ -101,6 +110,18 @@ fn deadline(deadline_at: &str, state: JobState, now: Timestamp) -> String {
     }
 }
 
+/// What the REASON column says: why a job ended or waits, else, while it runs, the last error
+/// of its latest submissions (a download that keeps failing, say).
+fn reason(r: &JobOverview) -> String {
+    match (&r.reason_code, &r.last_error) {
+        (Some(code), _) if !code.is_empty() => shorten(&escape(code), 24),
+        (_, Some(error)) if !r.state.is_terminal() && !error.is_empty() => {
+            shorten(&escape(error), 60)
+        }
+        _ => "-".into(),
+    }
+}
+
 /// The `status` table, with a summary line of counts per state.
 pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) -> String {
     let mut out = String::new();
@@ -132,13 +153,13 @@ pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) 
             };
             vec![
                 r.id.clone(),
-                shorten(&r.file_name, 32),
+                shorten(&escape(&r.file_name), 32),
                 r.state.to_string(),
                 or_dash(r.remote_status.as_deref()).to_owned(),
                 requests,
                 age(&r.created_at, now),
                 deadline(&r.deadline_at, r.state, now),
-                shorten(or_dash(r.reason_code.as_deref()), 24),
+                reason(r),
             ]
         })
         .collect();
@@ -155,9 +176,9 @@ pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) 
 pub fn show(report: &JobReport, now: Timestamp) -> String {
     let j = &report.job;
     let mut out = String::new();
-    let _ = writeln!(out, "Job {} ({})", j.id, j.file_name);
+    let _ = writeln!(out, "Job {} ({})", escape(&j.id), escape(&j.file_name));
     let mut field = |name: &str, value: String| {
-        let _ = writeln!(out, "  {name:<13}{value}");
+        let _ = writeln!(out, "  {name:<13}{}", escape(&value));
     };
     field("state", j.state.to_string());
     if let Some(reason) = &j.reason {
@@ -215,11 +236,11 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         let _ = writeln!(
             out,
             "\nBatch {} (part {}, attempt {}): {}, remote status {}, requests {}",
-            or_dash(s.remote_id.as_deref()),
+            escape(or_dash(s.remote_id.as_deref())),
             s.part,
             s.attempt,
             s.state,
-            s.status.as_ref().map_or("-", |st| st.as_str()),
+            escape(s.status.as_ref().map_or("-", |st| st.as_str())),
             progress(s.request_total, s.request_completed, s.request_failed),
         );
         let files = [
@@ -232,16 +253,17 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
             .filter_map(|(n, id)| id.as_ref().map(|id| format!("{n} {id}")))
             .collect();
         if !files.is_empty() {
-            let _ = writeln!(out, "  files: {}", files.join(", "));
+            let _ = writeln!(out, "  files: {}", escape(&files.join(", ")));
         }
         if let Some(err) = &s.last_error {
-            let _ = writeln!(out, "  last error: {err}");
+            let _ = writeln!(out, "  last error: {}", escape(err));
         }
         if let Some(at) = &s.cancel_requested_at {
             let _ = writeln!(
                 out,
-                "  cancel asked at {at}, sent at {}",
-                or_dash(s.cancel_sent_at.as_deref())
+                "  cancel asked at {}, sent at {}",
+                escape(at),
+                escape(or_dash(s.cancel_sent_at.as_deref()))
             );
         }
         if !b.history.is_empty() {

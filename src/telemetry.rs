@@ -1,5 +1,7 @@
 //! Logging: `RUST_LOG` filters (default `info`); human lines, coloured only on a terminal, or
-//! one JSON object per line. Everything goes to stderr, which journald captures.
+//! one JSON object per line. Everything goes to stderr, which journald captures. In text lines,
+//! control characters in messages and fields (a file name holding a newline or an escape
+//! sequence) are escaped ([`crate::printable`]), so one event is always one line.
 
 use std::io::IsTerminal;
 
@@ -15,6 +17,7 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder
+            .fmt_fields(crate::printable::EscapedFields)
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),
         LogFormat::Json => builder

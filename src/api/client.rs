@@ -366,9 +366,7 @@ impl Client {
             _ => PathBuf::from("."),
         };
         // Dropped, and so deleted, on every early return: nothing partial survives a failure.
-        let temp = tempfile::Builder::new()
-            .prefix(".batchwatch-download-")
-            .tempfile_in(&dir)
+        let temp = crate::queue::shared_temp_file(&dir, crate::queue::DOWNLOAD_PREFIX, "")
             .map_err(|e| local(&dir, e))?;
         let mut out = tokio::fs::File::from_std(temp.reopen().map_err(|e| local(temp.path(), e))?);
 

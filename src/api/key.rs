@@ -124,16 +124,36 @@ impl ApiKey {
     }
 }
 
+/// Reads a key file. It must be a regular file: it is opened without blocking (a FIFO would
+/// otherwise wait for a writer forever, and `check-config` with it) and refused after a look
+/// at what was opened when it is anything else.
 fn read_key_file(key: &str, path: &Path, check_mode: bool) -> Result<ApiKey, ConfigError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let shown = path.display();
-    let mut file = std::fs::File::open(path)
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
         .map_err(|e| ConfigError::key(key, format!("cannot open {shown}: {e}")))?;
-    // The mode of the open file, not of the path: nothing can swap the file in between.
+    // The type and mode of the open file, not of the path: nothing can swap the file in between.
     let meta = file
         .metadata()
         .map_err(|e| ConfigError::key(key, format!("cannot inspect {shown}: {e}")))?;
     if !meta.is_file() {
-        return Err(ConfigError::key(key, format!("{shown} is not a file")));
+        let ft = meta.file_type();
+        let what = if ft.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return Err(ConfigError::key(
+            key,
+            format!("{shown} is {what}; the key must be in a regular file"),
+        ));
     }
     let mode = meta.permissions().mode() & 0o777;
     if check_mode && mode & 0o077 != 0 {
@@ -246,6 +266,23 @@ mod tests {
             );
             assert!(!text.contains(SECRET), "{text}");
         }
+    }
+
+    #[test]
+    fn a_key_file_that_is_a_fifo_is_refused_without_waiting_for_a_writer() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path and mode.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = ApiKey::load_with(&KeySource::File(path.clone()), env_of(&[])).unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("api.key_file"));
+        assert!(err.problem.contains("a FIFO"), "{err}");
+        assert!(err.problem.contains("regular file"), "{err}");
+        let dir_err =
+            ApiKey::load_with(&KeySource::File(dir.path().to_owned()), env_of(&[])).unwrap_err();
+        assert!(dir_err.problem.contains("is a directory"), "{dir_err}");
     }
 
     #[test]

@@ -459,9 +459,7 @@ fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String
         [] => return Ok(None),
         [one] => std::fs::rename(one, &target)?,
         many => {
-            let mut out = tempfile::Builder::new()
-                .prefix(".merge-")
-                .tempfile_in(dir)?;
+            let mut out = queue::shared_temp_file(dir, ".merge-", "")?;
             for part in many {
                 let mut input = std::fs::File::open(part)?;
                 let copied = io::copy(&mut input, &mut out)?;

@@ -7,6 +7,14 @@
 //! file's destination and records it, writes the reason file and moves the file, each step
 //! repeatable. The sweep runs at every scan, in the main loop (so it never races a claim), and
 //! one file it cannot handle is logged and left for the next sweep, never fatal.
+//!
+//! A writer may keep its file open and pause longer than `queue.settle_time`, so a claimed
+//! file can still grow. Its size, modification time and inode are recorded at the claim, and
+//! compared after validation (with what validation read, too) and before each upload. While
+//! nothing of the job has reached the service, a change sends it back to `validating` (an event
+//! says so): it waits until the file held still for `queue.settle_time` (`validate_after`) and
+//! is validated anew. Once a part was sent, a change can no longer be undone: the job fails,
+//! naming it.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -22,7 +30,7 @@ use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
-use crate::queue::{self, Destination, JobDir, Queue, Reason};
+use crate::queue::{self, Destination, FileLook, JobDir, Queue, Reason};
 use crate::store::batches::{self, NewSubmission};
 use crate::store::jobs::{self, Job, NewJob, Why};
 
@@ -133,7 +141,8 @@ async fn register(
             key: None,
             message: format!("cannot be moved with its file: {e}"),
         }),
-        None => sidecar::read(&queue::sidecar_path(path)),
+        // A name too long for a sidecar has none.
+        None => queue::sidecar_path(path).map_or(Ok(None), |p| sidecar::read(&p)),
     };
     let (options, sidecar_error) = match read {
         Ok(Some(text)) => match sidecar::parse(&text, &ctx.settings.batch, claimed_at) {
@@ -143,11 +152,16 @@ async fn register(
         Ok(None) => (defaults(), None),
         Err(e) => (defaults(), Some(e)),
     };
-    let bytes = match kind {
-        Kind::File { bytes } => bytes,
-        Kind::Unfit { .. } => 0,
+    let (bytes, look) = match kind {
+        Kind::File { bytes } => (
+            bytes,
+            std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| FileLook::of(&m)),
+        ),
+        Kind::Unfit { .. } => (0, None),
     };
-    insert_job(ctx, job, name, path, bytes, &options).await?;
+    insert_job(ctx, job, name, path, bytes, look.as_ref(), &options).await?;
 
     let max_bytes = ctx.settings.batch.max_bytes.0;
     let why = match kind {
@@ -184,6 +198,7 @@ async fn insert_job(
     name: &OsStr,
     path: &Path,
     bytes: u64,
+    look: Option<&FileLook>,
     o: &JobOptions,
 ) -> anyhow::Result<()> {
     let now = ctx.now();
@@ -205,18 +220,33 @@ async fn insert_job(
         &now,
     )
     .await?;
+    if let Some(look) = look {
+        jobs::set_file_look(&mut tx, job.as_str(), look, &now).await?;
+    }
     tx.commit().await?;
     tracing::info!(job = %job, file = %name.to_string_lossy(), "claimed");
     Ok(())
 }
 
 /// Checks a claimed file against the rules, in one streaming pass off the async threads; a
-/// valid file becomes one queued submission per part.
+/// valid file becomes one queued submission per part. A file that changed since its claim, or
+/// while it was read, is not judged: it waits to hold still and is validated again.
 pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
         return Ok(());
     };
     if job.state != JobState::Validating {
+        return Ok(());
+    }
+    let recorded = jobs::recorded_file(ctx.store.reader(), &job_id)
+        .await?
+        .context("a job vanished")?;
+    if recorded
+        .validate_after
+        .as_deref()
+        .and_then(clock::parse)
+        .is_some_and(|after| ctx.clock.now() < after)
+    {
         return Ok(());
     }
     let path = ctx.queue.root().join(&job.path);
@@ -227,32 +257,42 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     };
     let split = batch.split_oversized;
     let endpoint = job.endpoint.clone();
-    let checked = tokio::task::spawn_blocking(move || -> Result<batchfile::Summary, Violation> {
-        let file = std::fs::File::open(&path).map_err(|e| Violation {
+    let checked = tokio::task::spawn_blocking(move || -> Result<Checked, Violation> {
+        let unreadable = |e: std::io::Error| Violation {
             rule: batchfile::Rule::Unreadable,
             line: None,
             message: format!("the file cannot be read: {e}"),
-        })?;
-        batchfile::validate(
-            file,
+        };
+        let file = std::fs::File::open(&path).map_err(unreadable)?;
+        let outcome = batchfile::validate(
+            &file,
             Expect {
                 endpoint: endpoint.as_deref(),
                 limits,
                 split,
             },
-        )
+        );
+        let after = FileLook::of(&file.metadata().map_err(unreadable)?);
+        Ok(Checked { outcome, after })
     })
     .await?;
-    let summary = match checked {
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(v) => return reject(&ctx, &job_id, &why_of(&v)).await,
+    };
+    // Judged only when the file read is the file claimed, whole.
+    let read = checked.outcome.as_ref().ok().map(|s| s.bytes);
+    let change = recorded.change_to(&checked.after).or_else(|| {
+        read.filter(|&r| r != checked.after.bytes)
+            .map(|r| format!("{r} bytes read, {} there", checked.after.bytes))
+    });
+    if let Some(change) = change {
+        wait_for_file(&ctx, &job_id, &checked.after, None, &change).await?;
+        return Ok(());
+    }
+    let summary = match checked.outcome {
         Ok(summary) => summary,
-        Err(v) => {
-            let why = Why {
-                code: v.rule.code().to_owned(),
-                message: v.to_string(),
-                line: v.line.and_then(|l| i64::try_from(l).ok()),
-            };
-            return reject(&ctx, &job_id, &why).await;
-        }
+        Err(v) => return reject(&ctx, &job_id, &why_of(&v)).await,
     };
 
     let now = ctx.now();
@@ -310,6 +350,75 @@ fn valid_message(s: &batchfile::Summary) -> String {
     )
 }
 
+/// A validation pass over a file, and how the file looked after it.
+struct Checked {
+    outcome: Result<batchfile::Summary, Violation>,
+    after: FileLook,
+}
+
+/// The reason a broken rule gives a rejected job.
+fn why_of(v: &Violation) -> Why {
+    Why {
+        code: v.rule.code().to_owned(),
+        message: v.to_string(),
+        line: v.line.and_then(|l| i64::try_from(l).ok()),
+    }
+}
+
+/// How the job's file differs from what was recorded at its claim (it is gone, or a writer
+/// changed it), with how it looks now; `None` when it is as claimed.
+pub async fn file_changed(
+    ctx: &Ctx,
+    job: &Job,
+) -> anyhow::Result<Option<(Option<FileLook>, String)>> {
+    let recorded = jobs::recorded_file(ctx.store.reader(), &job.id)
+        .await?
+        .context("a job vanished")?;
+    let path = ctx.queue.root().join(&job.path);
+    Ok(match std::fs::metadata(&path) {
+        Ok(meta) => {
+            let look = FileLook::of(&meta);
+            recorded.change_to(&look).map(|change| (Some(look), change))
+        }
+        Err(e) => Some((None, format!("it cannot be looked at: {e}"))),
+    })
+}
+
+/// Sends a job whose file changed back to `validating`, to be validated again once the file
+/// held still for `queue.settle_time`. `sending` is the submission its caller was about to
+/// upload. Returns false when part of the job may already have reached the service: then the
+/// change cannot be undone, and nothing was changed.
+pub async fn wait_for_file(
+    ctx: &Ctx,
+    job_id: &str,
+    look: &FileLook,
+    sending: Option<i64>,
+    change: &str,
+) -> anyhow::Result<bool> {
+    let now_ts = ctx.clock.now();
+    let settle = ctx.settings.queue.settle_time.get();
+    let after = clock::format(clock::add(now_ts, settle));
+    let message = format!(
+        "the file changed after it was claimed ({change}); it is validated again once it has held still for queue.settle_time"
+    );
+    let mut tx = ctx.store.begin().await?;
+    let sent_back = jobs::validate_again(
+        &mut tx,
+        job_id,
+        look,
+        sending,
+        &after,
+        &message,
+        &clock::format(now_ts),
+    )
+    .await?;
+    if sent_back {
+        tx.commit().await?;
+        tracing::warn!(job = %job_id, change, "the file changed after it was claimed; validating it again once it holds still");
+    }
+    Ok(sent_back)
+}
+
 /// Rejects a job: records why. The sweep moves its file to failed/ with a reason file.
 pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     let now = ctx.now();
@@ -340,6 +449,16 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             submissions = unknown,
             "uploads or creates were under way at the last stop; reconciling them first"
         );
+    }
+    match ctx.queue.remove_download_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            files = n,
+            "removed the temporary files of downloads a stop cut short"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
+        }
     }
     sweep(ctx).await
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use super::progress::refresh_job;
 use super::reconcile::{self, ATTEMPT_KEY, JOB_KEY, PART_KEY, SHA_KEY};
-use super::{Ctx, Next, defer, poll};
+use super::{Ctx, Next, defer, intake, poll};
 use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
 use crate::clock;
 use crate::failpoint;
@@ -130,19 +130,21 @@ async fn upload(
         }
     }
     let path = ctx.queue.root().join(&job.path);
-    // The bytes must be the ones validated: a file written to after its claim is not sent.
-    let size = std::fs::metadata(&path).map(|m| m.len()).ok();
-    if size != u64::try_from(job.size_bytes).ok() {
-        let now_size = size.map_or("gone".to_owned(), |s| format!("{s} bytes"));
-        abandon(
-            ctx,
-            row,
-            &format!(
-                "the file changed after it was validated ({} bytes then, {now_size} now)",
-                job.size_bytes
-            ),
-        )
-        .await?;
+    // The bytes must be the ones validated: a file written to after its claim is validated
+    // again while nothing of the job was sent, and never sent as it is.
+    if let Some((look, change)) = intake::file_changed(ctx, job).await? {
+        let sent_back = match &look {
+            Some(look) => intake::wait_for_file(ctx, &job.id, look, Some(row.id), &change).await?,
+            None => false,
+        };
+        if !sent_back {
+            abandon(
+                ctx,
+                row,
+                &format!("the file changed after it was validated ({change})"),
+            )
+            .await?;
+        }
         return Ok(None);
     }
     let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;

@@ -9,8 +9,10 @@
 //! ```
 //!
 //! When `NAME` (or its sidecar or reason file) is already taken in done/ or failed/, or the
-//! reason file's name would be longer than a file name may be, the file goes to `JOBID/NAME`
-//! there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
+//! sidecar's or reason file's name would be longer than a file name may be, the file goes to
+//! `JOBID/NAME` there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
+//! Names up to the 255-byte limit work; from 251 bytes on, `NAME.toml` cannot exist, so such a
+//! file simply has no sidecar.
 //!
 //! All five are checked to be on one filesystem at start, so every move is a rename, which is
 //! atomic: a file is always wholly in one place. Moves never replace anything (renameat2 with
@@ -43,6 +45,49 @@ const REASON_FILE: &str = "reason.json";
 
 /// The longest file name Linux filesystems allow, in bytes.
 const NAME_MAX: usize = 255;
+
+/// What a file looks like from outside: its size, modification time and inode. When none of
+/// them changed, nobody wrote to the file (or replaced it) in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileLook {
+    pub bytes: u64,
+    /// Nanoseconds since 1970.
+    pub mtime_ns: i64,
+    pub ino: u64,
+}
+
+impl FileLook {
+    pub fn of(meta: &std::fs::Metadata) -> FileLook {
+        FileLook {
+            bytes: meta.len(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ino: meta.ino(),
+        }
+    }
+
+    /// How the file changed from `before` to this look, in words; `None` when it did not. A
+    /// look recorded without a modification time or inode is compared on what it has.
+    pub fn change_since(
+        &self,
+        bytes: u64,
+        mtime_ns: Option<i64>,
+        ino: Option<u64>,
+    ) -> Option<String> {
+        if ino.is_some_and(|i| i != self.ino) {
+            return Some("it was replaced by another file".into());
+        }
+        if bytes != self.bytes {
+            return Some(format!("{bytes} bytes then, {} now", self.bytes));
+        }
+        if mtime_ns.is_some_and(|m| m != self.mtime_ns) {
+            return Some(format!("{bytes} bytes, but written to since"));
+        }
+        None
+    }
+}
 
 /// Where a finished job's file goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +212,33 @@ impl Queue {
         self.results.join(job)
     }
 
+    /// Removes the temporary files that downloads killed midway left in `results/JOBID/`
+    /// (only names starting with [`DOWNLOAD_PREFIX`], only in job directories); returns how
+    /// many. Called at start, when no download runs.
+    pub fn remove_download_leftovers(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.results)? {
+            let entry = entry?;
+            let is_job = entry.file_name().to_str().and_then(JobId::parse).is_some();
+            if !is_job || !entry.file_type()?.is_dir() {
+                continue;
+            }
+            for inner in std::fs::read_dir(entry.path())? {
+                let inner = inner?;
+                if inner
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(DOWNLOAD_PREFIX.as_bytes())
+                    && inner.file_type()?.is_file()
+                {
+                    std::fs::remove_file(inner.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Claims `incoming/NAME` for `job`: moves it to `processing/JOBID/NAME`, and returns that.
     pub fn claim(&self, name: &OsStr, job: &JobId) -> io::Result<PathBuf> {
         let dir = self.job_dir(job);
@@ -182,8 +254,13 @@ impl Queue {
     /// Moves `incoming/NAME.toml` beside its claimed file, if it is there. Also used by the
     /// sweep, for a crash between the two renames.
     pub fn adopt_sidecar(&self, name: &OsStr, job: &JobId) -> io::Result<()> {
-        let from = self.incoming_path(&sidecar_name(name));
-        move_if_present(&from, &self.job_dir(job).join(sidecar_name(name)))
+        let (Some(from), Some(to)) = (
+            sidecar_path(&self.incoming_path(name)),
+            sidecar_path(&self.job_dir(job).join(name)),
+        ) else {
+            return Ok(());
+        };
+        move_if_present(&from, &to)
     }
 
     /// The job directories in processing/, each with its file.
@@ -237,10 +314,10 @@ impl Queue {
     ) -> io::Result<PathBuf> {
         let plain = self.plain_final(dest, name);
         let free = |p: &Path| p.symlink_metadata().is_err();
-        let fits_companions = fits(name, SIDECAR_SUFFIX) && fits(name, REASON_SUFFIX);
-        if fits_companions
+        if let Some(sidecar) = sidecar_path(&plain)
+            && fits(name, REASON_SUFFIX)
             && free(&plain)
-            && free(&sidecar_path(&plain))
+            && free(&sidecar)
             && free(&reason_path(&plain))
         {
             return Ok(plain);
@@ -275,7 +352,9 @@ impl Queue {
             let text = serde_json::to_vec_pretty(reason).map_err(io::Error::other)?;
             write_atomically(&reason_path(to), &text)?;
         }
-        move_if_present(&sidecar_path(from), &sidecar_path(to))?;
+        if let (Some(from), Some(to)) = (sidecar_path(from), sidecar_path(to)) {
+            move_if_present(&from, &to)?;
+        }
         move_if_present(from, to)?;
         if let Some(dir) = from
             .parent()
@@ -323,11 +402,11 @@ pub fn sidecar_name(name: &OsStr) -> OsString {
     s
 }
 
-/// The sidecar path beside `path`.
-pub fn sidecar_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(SIDECAR_SUFFIX);
-    PathBuf::from(s)
+/// The sidecar path beside `path`; `None` when `NAME.toml` would be longer than a file name may
+/// be: a file of such a name (251 to 255 bytes) has no sidecar, since none can exist.
+pub fn sidecar_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    fits(name, SIDECAR_SUFFIX).then(|| path.with_file_name(sidecar_name(name)))
 }
 
 /// The reason file of the file at `path`: `NAME.reason.json` beside it, or `reason.json` in its
@@ -350,14 +429,31 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("no parent directory"))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".batchwatch-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut tmp = shared_temp_file(dir, ".batchwatch-", ".tmp")?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// The prefix of a download's temporary file in `results/JOBID/`. One left by a killed
+/// download is removed at the next start ([`Queue::remove_download_leftovers`]).
+pub const DOWNLOAD_PREFIX: &str = ".batchwatch-download-";
+
+/// A temporary file in `dir` for something people read (results, manifests, reasons), to be
+/// renamed into place: created 0666 under the process's umask, as the queue's directories are
+/// (tempfile's own default, 0600, would hide it from the service's group).
+pub fn shared_temp_file(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing anything.
@@ -479,6 +575,28 @@ mod tests {
     }
 
     #[test]
+    fn a_name_too_long_for_a_sidecar_is_claimed_and_finished_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let job = JobId::generate(4);
+        for len in [251, 255] {
+            let name = OsString::from(format!("{}.jsonl", "s".repeat(len - 6)));
+            assert_eq!(sidecar_path(&q.incoming_path(&name)), None);
+            std::fs::write(q.incoming_path(&name), "x").unwrap();
+            let path = q.claim(&name, &job).unwrap();
+            q.adopt_sidecar(&name, &job).unwrap();
+            let to = q.choose_final(Destination::Done, &job, &name).unwrap();
+            assert_eq!(to, q.done.join(job.as_str()).join(&name));
+            q.finish(&path, &to, Some(&reason())).unwrap();
+            assert_eq!(std::fs::read_to_string(&to).unwrap(), "x");
+            assert!(to.with_file_name("reason.json").exists());
+            std::fs::remove_dir_all(to.parent().unwrap()).unwrap();
+        }
+        let fits = OsString::from(format!("{}.jsonl", "s".repeat(244)));
+        assert!(sidecar_path(&q.incoming_path(&fits)).is_some());
+    }
+
+    #[test]
     fn finishing_moves_the_file_and_its_sidecar_can_be_repeated_and_tidies_up() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
@@ -492,7 +610,7 @@ mod tests {
         q.finish(&path, &to, Some(&reason())).unwrap();
         q.finish(&path, &to, Some(&reason())).unwrap();
         assert_eq!(std::fs::read_to_string(&to).unwrap(), "content");
-        assert!(sidecar_path(&to).exists());
+        assert!(sidecar_path(&to).unwrap().exists());
         let written: serde_json::Value =
             serde_json::from_slice(&std::fs::read(reason_path(&to)).unwrap()).unwrap();
         assert_eq!(written["code"], "empty_file");

@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::time::{Duration, Instant};
 
-use super::SIDECAR_SUFFIX;
+use super::{FileLook, SIDECAR_SUFFIX};
 
 /// What a ready entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,9 +36,7 @@ pub struct Ready {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Look {
     kind: u32,
-    len: u64,
-    mtime_ns: i128,
-    ino: u64,
+    file: FileLook,
 }
 
 /// Remembers what it saw, so that the next scan can tell which files held still.
@@ -87,9 +85,7 @@ impl Scanner {
             };
             let look = Look {
                 kind: meta.mode() & libc::S_IFMT,
-                len: meta.len(),
-                mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-                ino: meta.ino(),
+                file: FileLook::of(&meta),
             };
             let first_seen = match self.seen.get(&name) {
                 Some((before, since)) if *before == look => *since,

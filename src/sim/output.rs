@@ -176,9 +176,16 @@ impl OutputJob {
             let (start, end) = (starts[line as usize], starts[line as usize + 1]);
             buf.resize((end - start) as usize, 0);
             input.read_exact_at(&mut buf, start)?;
-            let request: Value = serde_json::from_slice(&buf).map_err(io::Error::other)?;
-            let (text, failed) = self.line(position, &request, buf.len() as u64)?;
-            let sink = if failed { &mut errors } else { &mut output };
+            let (text, failed) = match serde_json::from_slice::<Value>(&buf) {
+                Ok(request) => self.line(position, &request, buf.len() as u64)?,
+                // One request the service cannot read fails alone, as a 400 in the error file
+                // (or the output file, when the batch has no error file), never the whole file.
+                Err(e) => (self.unreadable_line(position, &buf, &e)?, true),
+            };
+            let sink = match (failed, errors.is_some()) {
+                (true, true) => &mut errors,
+                _ => &mut output,
+            };
             if let Some(out) = sink {
                 out.write_all(text.as_bytes())?;
                 out.write_all(b"\n")?;
@@ -188,6 +195,40 @@ impl OutputJob {
             out.into_inner().map_err(|e| e.into_error())?;
         }
         Ok(())
+    }
+
+    /// The line for a request whose JSON the service cannot read (nesting too deep for it, a
+    /// number it cannot hold, a lone surrogate): a 400 that names the problem, with the
+    /// request's `custom_id` when that much can be read.
+    fn unreadable_line(
+        &self,
+        position: u64,
+        request: &[u8],
+        err: &serde_json::Error,
+    ) -> io::Result<String> {
+        #[derive(serde::Deserialize)]
+        struct Probe<'a> {
+            #[serde(borrow)]
+            custom_id: Option<&'a serde_json::value::RawValue>,
+        }
+        let custom_id = serde_json::from_slice::<Probe<'_>>(request)
+            .ok()
+            .and_then(|p| p.custom_id)
+            .and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+            .unwrap_or_default();
+        let line = OutputLine {
+            id: format!("batch_req_{}", hex_id(self.seed, SALT_ID, position)),
+            custom_id: &custom_id,
+            response: Some(LineResponse {
+                status_code: 400,
+                request_id: format!("req_{}", hex_id(self.seed, SALT_REQ, position)),
+                body: json!({"error": {
+                    "message": format!("The request could not be parsed as JSON: {err}."),
+                    "type": "invalid_request_error", "param": null, "code": "invalid_json"}}),
+            }),
+            error: None,
+        };
+        serde_json::to_string(&line).map_err(io::Error::other)
     }
 
     /// One output line for the request at `position`; `true` when it belongs in the error file.
@@ -422,6 +463,81 @@ mod tests {
         assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
         assert_ne!(order, sorted, "the order should be shuffled");
         assert_eq!(order, processing_order(5, 1000));
+    }
+
+    fn sink(dir: &std::path::Path, name: &str) -> Sink {
+        Sink {
+            file: Arc::new(StoredFile::new(dir.join(name))),
+            ready: watch::channel(FileReady::Pending).0,
+        }
+    }
+
+    fn lines_of(sink: &Option<Sink>) -> Vec<Value> {
+        std::fs::read_to_string(sink.as_ref().unwrap().file.path())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_request_the_service_cannot_read_fails_alone_with_an_error_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |id: &str, extra: &str| {
+            format!(
+                r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"m","messages":[]{extra}}}}}"#
+            ) + "\n"
+        };
+        let deep = format!(",\"x\":{}{}", "[".repeat(200), "]".repeat(200));
+        let input = line("ok-1", "")
+            + &line("deep", &deep)
+            + &line("huge", ",\"t\":1e400")
+            + &line("lone", r#","c":"\ud800""#)
+            + &line("ok-2", "");
+        let input_path = dir.path().join("input.jsonl");
+        std::fs::write(&input_path, input).unwrap();
+        for with_error_file in [true, false] {
+            let job = OutputJob {
+                input: Arc::new(StoredFile::named(input_path.clone())),
+                endpoint: "/v1/chat/completions".into(),
+                model: "m".into(),
+                seed: 3,
+                total: 5,
+                processed: 5,
+                failed_positions: Vec::new(),
+                expired: false,
+                created: 0,
+                output: Some(sink(dir.path(), &format!("out-{with_error_file}"))),
+                error: with_error_file.then(|| sink(dir.path(), "err")),
+            };
+            job.write().expect("the files are written");
+            let output = lines_of(&job.output);
+            let mut unreadable: Vec<&Value> = match &job.error {
+                Some(_) => Vec::new(),
+                None => output
+                    .iter()
+                    .filter(|l| l["response"]["status_code"] == 400)
+                    .collect(),
+            };
+            let errors = job.error.as_ref().map(|_| lines_of(&job.error));
+            if let Some(errors) = &errors {
+                unreadable = errors.iter().collect();
+                assert_eq!(output.len(), 2, "the readable requests are answered");
+            }
+            let mut ids: Vec<&str> = unreadable
+                .iter()
+                .map(|l| l["custom_id"].as_str().unwrap())
+                .collect();
+            ids.sort_unstable();
+            assert_eq!(
+                ids,
+                ["deep", "huge", "lone"],
+                "with error file: {with_error_file}"
+            );
+            for l in &unreadable {
+                assert_eq!(l["response"]["body"]["error"]["code"], "invalid_json");
+            }
+        }
     }
 
     #[test]

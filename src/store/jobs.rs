@@ -5,6 +5,7 @@ use sqlx::{SqliteConnection, SqliteExecutor};
 
 use super::StoreError;
 use crate::model::JobState;
+use crate::queue::FileLook;
 
 /// A row of `jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -69,6 +70,29 @@ impl Why {
     }
 }
 
+/// A job's file as recorded at its claim, or when it was last seen changing, and until when
+/// its validation waits for it to hold still.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedFile {
+    pub size_bytes: i64,
+    /// `None` for a job claimed by a version that did not record it.
+    pub mtime_ns: Option<i64>,
+    pub inode: Option<i64>,
+    pub validate_after: Option<String>,
+}
+
+impl RecordedFile {
+    /// How `now` differs from the recorded file, in words; `None` when it does not.
+    pub fn change_to(&self, now: &FileLook) -> Option<String> {
+        now.change_since(
+            u64::try_from(self.size_bytes).unwrap_or(0),
+            self.mtime_ns,
+            // The inode's bit pattern is stored as a signed integer.
+            self.inode.map(|i| i as u64),
+        )
+    }
+}
+
 /// A row of the `job_overview` view: a job and the progress of its batches.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobOverview {
@@ -90,6 +114,8 @@ pub struct JobOverview {
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
+    /// The last error recorded on the job's latest submissions.
+    pub last_error: Option<String>,
 }
 
 /// A row of `job_events`.
@@ -208,6 +234,104 @@ pub async fn set_state(
         });
     }
     add_event(conn, id, state, message, now).await
+}
+
+/// Records what the job's file looks like (at its claim).
+pub async fn set_file_look(
+    conn: &mut SqliteConnection,
+    id: &str,
+    look: &FileLook,
+    now: &str,
+) -> Result<(), StoreError> {
+    let size = i64::try_from(look.bytes).unwrap_or(i64::MAX);
+    // The inode's bit pattern, stored as a signed integer.
+    let inode = look.ino as i64;
+    sqlx::query!(
+        "UPDATE jobs SET size_bytes = ?, file_mtime_ns = ?, file_inode = ?, updated_at = ? WHERE id = ?",
+        size,
+        look.mtime_ns,
+        inode,
+        now,
+        id,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The job's file as recorded, and until when its validation waits.
+pub async fn recorded_file(
+    db: impl SqliteExecutor<'_>,
+    id: &str,
+) -> Result<Option<RecordedFile>, StoreError> {
+    Ok(sqlx::query_as!(
+        RecordedFile,
+        r#"SELECT size_bytes, file_mtime_ns AS "mtime_ns: i64", file_inode AS "inode: i64", validate_after
+           FROM jobs WHERE id = ?"#,
+        id
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// Sends a job whose file changed before any of it reached the service back to `validating`,
+/// to be validated again at `validate_after`: records the file as it is now, forgets what the
+/// last validation found, drops the job's submissions and records `message` as an event.
+///
+/// `sending` is a submission whose caller was about to upload it, so nothing of it has been
+/// sent. When any other submission has or may have reached the service (an input file, a
+/// batch, an upload or create under way, or it is past uploading), or the job is past
+/// submitting or being cancelled, nothing changes and the answer is false.
+pub async fn validate_again(
+    conn: &mut SqliteConnection,
+    id: &str,
+    look: &FileLook,
+    sending: Option<i64>,
+    validate_after: &str,
+    message: &str,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let sent = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!: i64" FROM batches
+           WHERE job_id = ?1 AND id IS NOT ?2
+             AND NOT (state IN ('queued', 'uploading') AND input_file_id IS NULL
+                      AND remote_id IS NULL AND outcome_unknown_at IS NULL)"#,
+        id,
+        sending,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if sent > 0 {
+        return Ok(false);
+    }
+    let size = i64::try_from(look.bytes).unwrap_or(i64::MAX);
+    let inode = look.ino as i64;
+    let state = JobState::Validating;
+    let updated = sqlx::query!(
+        "UPDATE jobs
+         SET state = ?, size_bytes = ?, file_mtime_ns = ?, file_inode = ?, validate_after = ?,
+             sha256 = NULL, request_count = NULL, model = NULL,
+             reason_code = NULL, reason = NULL, reason_line = NULL, updated_at = ?
+         WHERE id = ? AND state IN ('validating', 'queued', 'submitting') AND cancel_requested_at IS NULL",
+        state,
+        size,
+        look.mtime_ns,
+        inode,
+        validate_after,
+        now,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(false);
+    }
+    sqlx::query!("DELETE FROM batches WHERE job_id = ?", id)
+        .execute(&mut *conn)
+        .await?;
+    add_event(conn, id, state, message, now).await?;
+    Ok(true)
 }
 
 /// Records what validation found.
@@ -352,7 +476,8 @@ pub async fn overview(
                   request_count, remote_status AS "remote_status: String", remote_ids AS "remote_ids: String",
                   requests_completed AS "requests_completed: i64", requests_failed AS "requests_failed: i64",
                   attempts AS "attempts!", deadline_at AS "deadline_at!", cancel_requested_at, path AS "path!",
-                  results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at
+                  results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at,
+                  last_error AS "last_error: String"
            FROM job_overview
            WHERE (?1 IS NULL OR state = ?1)
            ORDER BY id DESC

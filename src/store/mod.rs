@@ -12,6 +12,7 @@ pub mod batches;
 pub mod history;
 pub mod jobs;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -59,6 +60,16 @@ pub enum StoreError {
     },
     #[error("database {} is not a batchwatch database (it has no migration table)", .0.display())]
     NotOurs(PathBuf),
+    #[error(
+        "database {} does not have the schema its migrations make: {}; restore a backup \
+         (README: Back up), or move the file away to start afresh",
+        path.display(),
+        problems.join("; ")
+    )]
+    Damaged {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
     #[error("cannot open database {}", path.display())]
     Open { path: PathBuf, source: sqlx::Error },
     #[error("cannot migrate database {}", path.display())]
@@ -149,10 +160,11 @@ impl Store {
             write,
         };
 
-        let found = store.schema_version().await.map_err(|e| match e {
+        let as_open_err = |e| match e {
             StoreError::Query(source) => open_err(source),
             other => other,
-        })?;
+        };
+        let found = store.schema_version().await.map_err(as_open_err)?;
         let known = known_schema_version();
         match found {
             Some(found) if found > known => {
@@ -172,7 +184,11 @@ impl Store {
             None if access != Access::Migrate => return Err(StoreError::NotOurs(path.to_owned())),
             _ => {}
         }
-        if access == Access::Migrate {
+        let mut problems = match found {
+            Some(_) => store.check_migrations().await.map_err(as_open_err)?,
+            None => Vec::new(),
+        };
+        if access == Access::Migrate && problems.is_empty() {
             MIGRATOR
                 .run(store.writer()?)
                 .await
@@ -180,11 +196,75 @@ impl Store {
                     path: path.to_owned(),
                     source,
                 })?;
+            // An integer of ours: nothing from outside goes into this statement.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "PRAGMA user_version = {known}"
+            )))
+            .execute(store.writer()?)
+            .await?;
+        }
+        if problems.is_empty() {
+            problems = store.check_objects().await.map_err(as_open_err)?;
+        }
+        if !problems.is_empty() {
+            return Err(StoreError::Damaged {
+                path: path.to_owned(),
+                problems,
+            });
         }
         Ok(store)
     }
 
-    /// The newest applied migration, or `None` when the database has no migration table.
+    /// What is wrong with the applied migrations: one that did not complete, or one applied
+    /// from other text than this build's (a checksum that differs).
+    async fn check_migrations(&self) -> Result<Vec<String>, StoreError> {
+        let applied: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+            "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        let mut problems = Vec::new();
+        for (version, checksum, success) in applied {
+            let Some(m) = MIGRATOR.iter().find(|m| m.version == version) else {
+                continue;
+            };
+            if !success {
+                problems.push(format!(
+                    "migration {version} ({}) did not complete",
+                    m.description
+                ));
+            } else if m.checksum.as_ref() != checksum.as_slice() {
+                problems.push(format!(
+                    "migration {version} ({}) was applied from other text than this batchwatch's",
+                    m.description
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
+    /// What is missing or different among the tables, views, indexes and triggers, compared
+    /// with what the embedded migrations make of an empty database: so a new migration needs
+    /// no list kept up to date. Objects a user added (an index of their own) are allowed.
+    async fn check_objects(&self) -> Result<Vec<String>, StoreError> {
+        let expected = expected_objects().await?;
+        let found = schema_objects(&self.read).await?;
+        let mut problems = Vec::new();
+        for ((kind, name), sql) in &expected {
+            match found.get(&(kind.clone(), name.clone())) {
+                None => problems.push(format!("{kind} {name} is missing")),
+                Some(have) if normalise(have) != normalise(sql) => problems.push(format!(
+                    "{kind} {name} differs from the one the migrations make"
+                )),
+                Some(_) => {}
+            }
+        }
+        Ok(problems)
+    }
+
+    /// The schema version: the newest migration recorded, or the database's `user_version` when
+    /// that is from the future (batchwatch sets it after migrating, so a newer version's mark
+    /// shows either way); `None` when the database has no migration table.
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
         let has_table: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
@@ -194,11 +274,18 @@ impl Store {
         if has_table == 0 {
             return Ok(None);
         }
-        let version: Option<i64> =
-            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.read)
-                .await?;
-        Ok(Some(version.unwrap_or(0)))
+        let version: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+            .fetch_one(&self.read)
+            .await?;
+        let user_version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.read)
+            .await?;
+        let version = version.unwrap_or(0);
+        Ok(Some(if user_version > known_schema_version() {
+            user_version.max(version)
+        } else {
+            version
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -301,6 +388,47 @@ impl std::ops::DerefMut for Tx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
         &mut self.conn
     }
+}
+
+/// Tables, views, indexes and triggers by (type, name), with their SQL; SQLite's own objects
+/// and the migration table left out.
+async fn schema_objects(
+    db: impl sqlx::SqliteExecutor<'_>,
+) -> Result<BTreeMap<(String, String), String>, StoreError> {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT type, name, sql FROM sqlite_master
+         WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> '_sqlx_migrations'",
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, name, sql)| ((kind, name), sql.unwrap_or_default()))
+        .collect())
+}
+
+/// The objects the embedded migrations make of an empty in-memory database.
+async fn expected_objects() -> Result<BTreeMap<(String, String), String>, StoreError> {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect_with(
+        &SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true),
+    )
+    .await?;
+    MIGRATOR
+        .run(&mut conn)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+    let objects = schema_objects(&mut conn).await?;
+    conn.close().await?;
+    Ok(objects)
+}
+
+/// SQL text with its runs of whitespace made one space, so layout alone is no difference.
+fn normalise(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Stores a TEXT-backed enum by its name.

@@ -166,6 +166,12 @@ const CASES: &[Case] = &[
         "above zero",
     ),
     ("not toml [", &[], "batchwatch.toml", "not valid TOML"),
+    (
+        "[batch]\ndeadline = \"1 month\"\n",
+        &[],
+        "`batch.deadline`",
+        "no fixed length",
+    ),
 ];
 
 #[test]
@@ -268,5 +274,148 @@ fn print_default_config_prints_the_example_that_is_also_the_defaults() {
     assert_eq!(
         Settings::load_from(Some(&path), []).unwrap(),
         Settings::load_from(None, []).unwrap()
+    );
+}
+
+/// The settings the example shows commented out, as `(line number, text without the `#`)`:
+/// lines such as `# output_expires_after = "7d"`.
+fn commented_settings(example: &str) -> Vec<(usize, String)> {
+    example
+        .lines()
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let rest = line.strip_prefix('#')?.trim_start();
+            let (key, value) = rest.split_once('=')?;
+            let key = key.trim();
+            let is_key = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            (is_key && !value.trim().is_empty()).then(|| (i, rest.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_setting_the_example_shows_commented_out_is_valid_once_uncommented() {
+    let example = batchwatch::config::DEFAULT_CONFIG;
+    let commented = commented_settings(example);
+    assert!(
+        commented
+            .iter()
+            .any(|(_, l)| l.starts_with("output_expires_after")),
+        "the example shows output_expires_after: {commented:?}"
+    );
+    let sandbox = Sandbox::new();
+    // One at a time: the three key sources exclude each other.
+    for (at, uncommented) in &commented {
+        let text: String = example
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == *at { uncommented.as_str() } else { l })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = sandbox.path().join("uncommented.toml");
+        std::fs::write(&path, text).unwrap();
+        if let Err(e) = Settings::load_from(Some(&path), []) {
+            panic!("line {} of the example, {uncommented:?}: {e}", at + 1);
+        }
+    }
+}
+
+#[test]
+fn every_duration_in_the_example_parses_commented_out_or_not() {
+    let example = batchwatch::config::DEFAULT_CONFIG;
+    // Every quoted value that starts with a digit and is not a size is a duration.
+    let durations: Vec<&str> = example
+        .lines()
+        .filter_map(|l| l.trim_start_matches('#').split_once('='))
+        .filter_map(|(_, v)| v.trim().strip_prefix('"')?.split('"').next())
+        .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+        .filter(|v| v.parse::<ByteSize>().is_err())
+        .collect();
+    assert!(durations.contains(&"7d"), "{durations:?}");
+    assert!(durations.len() >= 15, "{durations:?}");
+    for text in durations {
+        let d: Dur = text
+            .parse()
+            .unwrap_or_else(|e| panic!("{text:?} in the example: {e}"));
+        assert_eq!(d.to_string().parse::<Dur>().unwrap(), d, "{text}");
+    }
+    let days: Dur = "7d".parse().unwrap();
+    assert_eq!(days.get(), Duration::from_secs(7 * 24 * 3600));
+    let weeks: Dur = "2w".parse().unwrap();
+    assert_eq!(weeks.get(), Duration::from_secs(14 * 24 * 3600));
+}
+
+#[test]
+fn a_sidecar_may_give_its_durations_in_days() {
+    let batch = Settings::load_from(None, []).unwrap().batch;
+    let claimed: batchwatch::clock::Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+    let options = batchwatch::queue::sidecar::parse(
+        "deadline = \"2d\"\noutput_expires_after = \"30d\"\n",
+        &batch,
+        claimed,
+    )
+    .unwrap();
+    assert_eq!(
+        options.deadline_at,
+        "2026-11-24T10:00:00Z"
+            .parse::<batchwatch::clock::Timestamp>()
+            .unwrap()
+    );
+    assert_eq!(options.output_expires_after, Some(30 * 24 * 3600));
+}
+
+/// Runs `batchwatch --config CONFIG ARGS` and kills it if it has not ended within `limit`.
+fn output_within(config: &std::path::Path, args: &[&str], limit: Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let mut child = crate::support::process::command(Some(config))
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("batchwatch {args:?} still ran after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_key_file_that_is_a_fifo_is_refused_at_once_by_check_config_and_run() {
+    use std::os::unix::ffi::OsStrExt;
+    let sandbox = Sandbox::new();
+    let fifo = sandbox.path().join("api-key");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let config = sandbox.write_config(&format!(
+        "[api]\nkey_file = {:?}\n",
+        fifo.display().to_string()
+    ));
+
+    let out = output_within(&config, &["check-config"], Duration::from_secs(20));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("# API key: NOT readable here: `api.key_file`:")
+            && stdout.contains("is a FIFO (named pipe); the key must be in a regular file"),
+        "{stdout}"
+    );
+
+    let out = output_within(&config, &["run"], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("`api.key_file`") && stderr.contains("a FIFO"),
+        "{stderr}"
     );
 }

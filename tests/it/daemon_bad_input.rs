@@ -132,6 +132,32 @@ fn cases() -> Vec<Case> {
             Some(1),
         ),
         case(
+            "deep-nesting.jsonl",
+            ok("a")
+                + &ok("b").replace(
+                    "\"messages\":[]",
+                    &format!("\"messages\":{}{}", "[".repeat(200), "]".repeat(200)),
+                ),
+            "nesting_too_deep",
+            Some(2),
+        ),
+        case(
+            "huge-number.jsonl",
+            ok("a") + &ok("b").replace("\"messages\":[]", "\"messages\":[],\"temperature\":1e400"),
+            "number_out_of_range",
+            Some(2),
+        ),
+        case(
+            "lone-surrogate.jsonl",
+            ok("a")
+                + &ok("b").replace(
+                    "\"messages\":[]",
+                    r#""messages":[{"role":"user","content":"\ud800"}]"#,
+                ),
+            "lone_surrogate",
+            Some(2),
+        ),
+        case(
             "blank-line.jsonl",
             ok("a") + "\n" + &ok("b"),
             "blank_line",
@@ -399,4 +425,146 @@ async fn every_kind_of_bad_input_ends_in_failed_with_its_rule_and_the_daemon_kee
     assert!(env.names("processing").is_empty());
     // Only the good file reached the API.
     assert_eq!(sim.handle.stats().await.batches_by_job.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_names_up_to_the_255_byte_limit_go_through_though_no_sidecar_can_exist() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    // 250 bytes can still have a sidecar (255); 251 and more cannot.
+    let valid: Vec<String> = [244, 245, 249]
+        .iter()
+        .map(|n| format!("{}.jsonl", "v".repeat(*n)))
+        .collect();
+    let invalid = format!("{}.jsonl", "x".repeat(249));
+    for name in &valid {
+        assert!(name.len() >= 250 && name.len() <= 255);
+        env.drop_file(name, ok("a").as_bytes());
+    }
+    env.drop_file(&invalid, (ok("a") + &ok("a")).as_bytes());
+    let jobs = env
+        .wait_finished(valid.len() + 1, Duration::from_secs(60), &mut daemon)
+        .await;
+    // Everything has moved on: nothing is left to retry.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = env.stop(daemon);
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("cannot move this job's file on yet")),
+        "{}",
+        log.join("\n")
+    );
+    assert!(
+        env.names("processing").is_empty(),
+        "{:?}",
+        env.names("processing")
+    );
+    assert!(env.names("incoming").is_empty());
+    for name in &valid {
+        let job = jobs.iter().find(|j| &j.file_name == name).unwrap();
+        assert_eq!(
+            job.state,
+            JobState::Completed,
+            "{} bytes: {:?}",
+            name.len(),
+            job.reason
+        );
+        let at = env.sandbox.queue_dir().join(&job.path);
+        assert_eq!(
+            std::fs::read(&at).unwrap(),
+            ok("a").as_bytes(),
+            "{}",
+            job.path
+        );
+    }
+    let job = jobs.iter().find(|j| j.file_name == invalid).unwrap();
+    assert_eq!(job.state, JobState::Rejected);
+    assert_eq!(job.reason_code.as_deref(), Some("duplicate_custom_id"));
+    // NAME.reason.json would be too long: the file and its reason share a directory of its own.
+    let dir = env.dir("failed").join(&job.id);
+    assert_eq!(
+        std::fs::read(dir.join(&invalid)).unwrap(),
+        (ok("a") + &ok("a")).as_bytes()
+    );
+    let reason: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("reason.json")).unwrap()).unwrap();
+    assert_eq!(reason["code"], "duplicate_custom_id");
+    assert_eq!(reason["file"], invalid.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let name = "inj\n2026-01-01T00:00:00Z  INFO fake: log injection\x1b[31mred.jsonl";
+    env.drop_file(name, ok("a").as_bytes());
+    // And one that is rejected, so the name also travels through a reason.
+    let bad = "bad\n2026-01-01T00:00:00Z  WARN fake: rejected\x1b[0m\x7f\u{9b}.jsonl";
+    env.drop_file(bad, "not json\n".as_bytes());
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    let log = env.stop(daemon);
+    for line in &log {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00Z"),
+            "a forged line: {line:?}"
+        );
+        assert!(
+            !line.chars().any(|c| c.is_control()),
+            "a raw control character in the log: {line:?}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l
+            .contains(r"inj\n2026-01-01T00:00:00Z  INFO fake: log injection\u{1b}[31mred.jsonl")),
+        "the name is shown, escaped: {}",
+        log.join("\n")
+    );
+
+    let db = env.sandbox.db_path().display().to_string();
+    let status = crate::support::process::stdout_ok(None, &["status", "--database", &db]);
+    assert!(
+        !status.chars().any(|c| c.is_control() && c != '\n'),
+        "{status:?}"
+    );
+    let lines: Vec<&str> = status.lines().collect();
+    // "Jobs: ...", a blank line, the header, one row per job: nothing else.
+    assert_eq!(lines.len(), 5, "{status}");
+    assert!(
+        lines[3].starts_with("job_") && lines[4].starts_with("job_"),
+        "{status}"
+    );
+    let header_columns = lines[2].split_whitespace().count();
+    assert_eq!(header_columns, 8, "{status}");
+
+    for job in &jobs {
+        let show = crate::support::process::stdout_ok(None, &["show", &job.id, "--database", &db]);
+        assert!(
+            !show.chars().any(|c| c.is_control() && c != '\n'),
+            "{show:?}"
+        );
+        assert!(show.starts_with(&format!("Job {} (", job.id)), "{show}");
+        assert!(
+            show.lines().all(|l| l.is_empty()
+                || l.starts_with("Job ")
+                || l.starts_with(' ')
+                || l.starts_with("Events:")
+                || l.starts_with("Batch ")),
+            "a line of its own that is none of show's: {show}"
+        );
+        assert!(!show.lines().any(|l| l.starts_with("2026-01-01")), "{show}");
+    }
+    // JSON keeps the real name.
+    let json: Vec<serde_json::Value> = serde_json::from_str(&crate::support::process::stdout_ok(
+        None,
+        &["status", "--json", "--database", &db],
+    ))
+    .unwrap();
+    assert!(json.iter().any(|j| j["file_name"] == name));
+    // The files themselves keep their names.
+    assert!(env.dir("done").join(name).exists());
+    assert!(env.dir("failed").join(bad).exists());
 }

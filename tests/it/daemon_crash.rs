@@ -4,6 +4,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use batchwatch::model::JobState;
+
 use crate::support::daemon::{
     Env, assert_each_completed_once, assert_key_absent, quick_sim, requests, wait_crash,
 };
@@ -69,4 +71,72 @@ crash_tests! {
     killed_after_downloading_results_before_recording_it => "collect:after-download",
     killed_after_finishing_a_job_before_moving_its_file => "finish:after-state",
     killed_just_before_moving_a_finished_file => "settle:before-move",
+}
+
+/// A download killed midway leaves its temporary file; the next start removes it (and only
+/// such files, and only in a job's results directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_killed_midway_leaves_no_temporary_file_after_a_restart() {
+    use batchwatch::sim::{FaultKind, ScriptedFault};
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Latency { ms: 60_000 })
+                .on("GET", "/v1/files/{file_id}/content")
+                .times(1),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let content = requests("dl", 4, "gpt-4o-mini");
+    env.drop_file("dl.jsonl", content.as_bytes());
+    let results = env.dir("results");
+    let temp_of = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name().is_some_and(|n| {
+                            n.to_string_lossy().starts_with(".batchwatch-download-")
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let job_dir = loop {
+        let dirs: Vec<_> = std::fs::read_dir(&results)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let Some(dir) = dirs.into_iter().find(|d| !temp_of(d).is_empty()) {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "no download started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    daemon.signal(libc::SIGKILL);
+    wait_crash(&mut daemon, Duration::from_secs(10));
+    let leftover = temp_of(&job_dir);
+    assert_eq!(leftover.len(), 1, "the killed download left its file");
+    // Not batchwatch's to remove: another name in the job's directory, and a look-alike
+    // outside any job's directory.
+    std::fs::write(job_dir.join("notes.txt"), "mine").unwrap();
+    std::fs::write(results.join(".batchwatch-download-not-in-a-job"), "").unwrap();
+
+    let mut daemon = env.spawn();
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Completed, "{:?}", jobs[0].reason);
+    assert!(!leftover[0].exists(), "the leftover is removed");
+    assert!(temp_of(&job_dir).is_empty(), "{:?}", temp_of(&job_dir));
+    assert!(job_dir.join("output.jsonl").exists());
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    assert!(results.join(".batchwatch-download-not-in-a-job").exists());
 }

@@ -550,3 +550,123 @@ async fn a_deadline_or_an_operator_cancel_ends_downloads_that_keep_failing() {
     )
     .await;
 }
+
+/// The mode of a file, permission bits only.
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Results, the manifest and reason files are for the service's group to read: they are
+/// created 0666 under the process's umask, like the queue's directories, not 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_and_reasons_follow_the_umask() {
+    for umask in [0o022, 0o027] {
+        let sim = spawn_sim(batchwatch::sim::SimConfig {
+            faults: batchwatch::sim::Faults {
+                request_failure_rate: 0.5,
+                ..batchwatch::sim::Faults::default()
+            },
+            ..quick_sim()
+        })
+        .await;
+        let env = Env::new(&sim.handle.base_url(), "");
+        let mut daemon = env.spawn_with_umask(umask);
+        env.drop_file("good.jsonl", requests("m", 8, "gpt-4o-mini").as_bytes());
+        env.drop_file("bad.jsonl", b"not json\n");
+        let jobs = env
+            .wait_finished(2, Duration::from_secs(30), &mut daemon)
+            .await;
+        env.stop(daemon);
+        let want = 0o666 & !umask;
+        let good = jobs.iter().find(|j| j.file_name == "good.jsonl").unwrap();
+        let results = env
+            .sandbox
+            .queue_dir()
+            .join(good.results_dir.as_deref().unwrap());
+        for name in ["output.jsonl", "errors.jsonl", "manifest.json"] {
+            assert_eq!(
+                mode_of(&results.join(name)),
+                want,
+                "{name} under umask {umask:04o}"
+            );
+        }
+        assert_eq!(
+            mode_of(&env.dir("failed").join("bad.jsonl.reason.json")),
+            want,
+            "the reason file under umask {umask:04o}"
+        );
+    }
+}
+
+/// A writer that keeps its file open and pauses longer than `queue.settle_time`: the daemon
+/// claims and validates the first part. When the rest arrives before anything was sent (here
+/// the first upload is refused for two seconds), the job goes back to validation, says so in
+/// its events, and the whole file is submitted: never a truncated copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whole() {
+    use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault};
+    use std::io::Write;
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::RateLimit {
+                retry_after: RetryAfter::Seconds(2),
+            })
+            .on("POST", "/v1/files")
+            .times(1),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "[queue]\nsettle_time = \"300ms\"\n");
+    let mut daemon = env.spawn();
+    let content = requests("slow", 8, "gpt-4o-mini");
+    let cut = content.match_indices('\n').nth(1).unwrap().0 + 1;
+    let mut writer = std::fs::File::create(env.dir("incoming").join("slow.jsonl")).unwrap();
+    writer.write_all(&content.as_bytes()[..cut]).unwrap();
+    // The first half is claimed and found valid (2 requests); its upload is refused for now.
+    daemon.wait_for_line("valid; queued", Duration::from_secs(30));
+    daemon.wait_for_line("rate limited (429)", Duration::from_secs(10));
+    writer.write_all(&content.as_bytes()[cut..]).unwrap();
+    drop(writer);
+
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
+    assert_eq!(job.request_count, Some(8));
+    assert_eq!(job.size_bytes, content.len() as i64);
+    assert_eq!(
+        job.sha256.as_deref(),
+        Some(
+            batchwatch::batchfile::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()))
+                .as_str()
+        )
+    );
+    assert_eq!(
+        std::fs::read_to_string(env.dir("done").join("slow.jsonl")).unwrap(),
+        content
+    );
+    let store = env.store().await;
+    let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+    assert_eq!(subs.len(), 1, "one submission, of the whole file");
+    assert_eq!(subs[0].request_total, Some(8));
+    assert_eq!(subs[0].part_end, content.len() as i64);
+    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .starts_with("the file changed after it was claimed")),
+        "{events:?}"
+    );
+    assert_eq!(output_lines(&env, job), 8);
+    let stats = sim.handle.stats().await;
+    assert_eq!(stats.batches_by_job.get(&job.id), Some(&1));
+}

@@ -220,3 +220,47 @@ async fn output_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_is_an_error() {
         );
     }
 }
+
+/// A running job that does not move says why: the last error of its latest batches is its
+/// REASON (escaped), until it has a reason of its own.
+#[tokio::test]
+async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
+    let (sandbox, f) = filled().await;
+    let store = crate::support::fixtures::open(&sandbox.db_path()).await;
+    let latest = batchwatch::store::batches::for_job(store.reader(), &f.running)
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|b| (b.attempt, b.id))
+        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    batchwatch::store::batches::set_last_error(
+        &mut tx,
+        latest.id,
+        Some("download output: HTTP 500\n\x1b[31mforged"),
+        "2026-11-22T11:00:00.000Z",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+
+    let out = cli(&sandbox, &["status"]);
+    let running = out
+        .lines()
+        .find(|l| l.starts_with(&f.running))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        running.ends_with(r"download output: HTTP 500\n\u{1b}[31mforged"),
+        "{running}"
+    );
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("job_")).count(), 4);
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&sandbox, &["status", "--json"])).unwrap();
+    let row = json.iter().find(|r| r["id"] == f.running.as_str()).unwrap();
+    assert_eq!(
+        row["last_error"],
+        "download output: HTTP 500\n\x1b[31mforged"
+    );
+}

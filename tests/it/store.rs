@@ -59,17 +59,18 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     let filled = fill(&store).await;
     // Back to version 1, as the first release left it: without what later migrations add.
     let writer = store.writer().unwrap();
-    for drop in [
+    for undo in [
         "ALTER TABLE batches DROP COLUMN results_missing",
+        "ALTER TABLE jobs DROP COLUMN file_mtime_ns",
+        "ALTER TABLE jobs DROP COLUMN file_inode",
+        "ALTER TABLE jobs DROP COLUMN validate_after",
         "ALTER TABLE batches DROP COLUMN collect_failing_since",
         "ALTER TABLE batches DROP COLUMN results_unavailable",
+        "DELETE FROM _sqlx_migrations WHERE version > 1",
+        "PRAGMA user_version = 0",
     ] {
-        sqlx::query(drop).execute(writer).await.unwrap();
+        sqlx::query(undo).execute(writer).await.unwrap();
     }
-    sqlx::query("DELETE FROM _sqlx_migrations WHERE version > 1")
-        .execute(writer)
-        .await
-        .unwrap();
     assert_eq!(store.schema_version().await.unwrap(), Some(1));
     store.close().await;
 
@@ -115,19 +116,26 @@ async fn migrating_an_already_migrated_database_keeps_its_data() {
     assert_eq!(applied, batchwatch::store::MIGRATOR.iter().count() as i64);
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_schema_is_refused_with_a_clear_message() {
+/// A filled database in a sandbox, then altered by `sql`.
+async fn altered(sql: &'static str) -> Sandbox {
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
-    sqlx::query(
+    fill(&store).await;
+    sqlx::raw_sql(sql)
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+    store.close().await;
+    sandbox
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_schema_is_refused_with_a_clear_message() {
+    let sandbox = altered(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (9999, 'from the future', 1, x'00', 0)",
     )
-    .execute(store.writer().unwrap())
-    .await
-    .unwrap();
-    store.close().await;
-
+    .await;
     for access in [Access::Migrate, Access::Write, Access::ReadOnly] {
         let err = Store::open(&sandbox.db_path(), BUSY, access)
             .await
@@ -153,15 +161,122 @@ async fn a_database_from_a_newer_schema_is_refused_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("migrated by a newer batchwatch"));
 }
 
+/// A newer batchwatch's mark may be the database's `user_version` alone: the status commands
+/// say the database is newer than they are instead of reading it as current.
+#[tokio::test]
+async fn a_database_whose_user_version_is_from_the_future_is_refused_as_newer() {
+    let sandbox = altered("PRAGMA user_version = 9999").await;
+    for access in [Access::Migrate, Access::ReadOnly] {
+        let err = Store::open(&sandbox.db_path(), BUSY, access)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found: 9999, .. }),
+            "{access:?}: {err:?}"
+        );
+    }
+    let db = sandbox.db_path().display().to_string();
+    for args in [
+        vec!["status", "--database", &db],
+        vec!["show", "1", "--database", &db],
+        vec!["history", "1", "--database", &db],
+    ] {
+        let out = crate::support::process::run(None, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(batchwatch::EXIT_NEWER_DATABASE)),
+            "{args:?}"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("migrated by a newer batchwatch (schema version 9999"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// Damages `db` with `sql`, then checks that every way of opening it, and the daemon and the
+/// status commands, refuse it with exit 65 and a message that names `what`.
+async fn refused_as_damaged(sql: &'static str, what: &str) {
+    let sandbox = altered(sql).await;
+    for access in [Access::Migrate, Access::Write, Access::ReadOnly] {
+        let err = Store::open(&sandbox.db_path(), BUSY, access)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Damaged { problems, .. } if problems.iter().any(|p| p.contains(what))),
+            "{access:?}: {err}"
+        );
+    }
+    let db = sandbox.db_path().display().to_string();
+    let out = crate::support::process::run(None, &["status", "--database", &db]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains(what), "{stderr}");
+    assert!(
+        stderr.contains("does not have the schema its migrations make"),
+        "{stderr}"
+    );
+
+    let config = sandbox.write_config("");
+    let out = crate::support::process::command(Some(&config))
+        .arg("run")
+        .env("OPENAI_API_KEY", "sk-test")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(65),
+        "the daemon refuses to start: {stderr}"
+    );
+    assert!(stderr.contains(what), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_database_whose_status_history_was_dropped_is_refused_at_start() {
+    refused_as_damaged(
+        "DROP TABLE status_history",
+        "table status_history is missing",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_missing_a_trigger_is_refused_at_start() {
+    refused_as_damaged(
+        "DROP TRIGGER status_history_no_delete",
+        "trigger status_history_no_delete is missing",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_with_a_changed_view_or_migration_is_refused_and_one_with_an_extra_index_is_not()
+{
+    refused_as_damaged(
+        "DROP VIEW job_state_counts; CREATE VIEW job_state_counts AS SELECT 1 AS state, 2 AS jobs",
+        "view job_state_counts differs",
+    )
+    .await;
+    refused_as_damaged(
+        "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 1",
+        "migration 1 (initial) was applied from other text",
+    )
+    .await;
+
+    let sandbox = altered("CREATE INDEX my_own_index ON jobs (file_name)").await;
+    for access in [Access::Migrate, Access::ReadOnly] {
+        Store::open(&sandbox.db_path(), BUSY, access)
+            .await
+            .unwrap_or_else(|e| panic!("{access:?}: {e}"));
+    }
+}
+
 #[tokio::test]
 async fn reading_an_older_or_foreign_or_missing_database_is_a_clear_error() {
-    let sandbox = Sandbox::new();
-    let store = open(&sandbox.db_path()).await;
-    sqlx::query("DELETE FROM _sqlx_migrations")
-        .execute(store.writer().unwrap())
-        .await
-        .unwrap();
-    store.close().await;
+    let sandbox = altered("DELETE FROM _sqlx_migrations").await;
     let err = Store::open(&sandbox.db_path(), BUSY, Access::ReadOnly)
         .await
         .unwrap_err();

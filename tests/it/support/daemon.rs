@@ -137,8 +137,8 @@ impl Env {
         self.queue.join(sub)
     }
 
-    /// Starts `batchwatch run`, with `vars` added to its environment.
-    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
+    /// `batchwatch run` with this configuration and the key, `vars` added to its environment.
+    fn run_command(&self, vars: &[(&str, &str)]) -> std::process::Command {
         let mut cmd = command(Some(&self.config));
         cmd.arg("run")
             .env("OPENAI_API_KEY", KEY)
@@ -146,9 +146,32 @@ impl Env {
         for (k, v) in vars {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn start(cmd: std::process::Command) -> Running {
         let mut daemon = Running::spawn(cmd);
         daemon.wait_for_line("batchwatch started", Duration::from_secs(30));
         daemon
+    }
+
+    /// Starts `batchwatch run`, with `vars` added to its environment.
+    pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
+        Self::start(self.run_command(vars))
+    }
+
+    /// Starts `batchwatch run` under the file-creation mask `umask`, as systemd's `UMask=` does.
+    pub fn spawn_with_umask(&self, umask: u32) -> Running {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.run_command(&[]);
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            });
+        }
+        Self::start(cmd)
     }
 
     pub fn spawn(&self) -> Running {
@@ -159,7 +182,10 @@ impl Env {
     pub fn drop_file(&self, name: &str, content: &[u8]) {
         let incoming = self.dir("incoming");
         std::fs::create_dir_all(&incoming).unwrap();
-        let part = incoming.join(format!(".{name}.part"));
+        // A short temporary name: `.NAME.part` could be longer than a name may be.
+        static DROPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = incoming.join(format!(".drop-{n}.part"));
         std::fs::write(&part, content).unwrap();
         std::fs::rename(&part, incoming.join(name)).unwrap();
     }
