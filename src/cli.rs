@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::api::ApiKey;
 use crate::config::{ConfigError, KeySource, Settings};
+use crate::daemon::cancel;
 use crate::model::JobState;
 use crate::printable::escape;
 use crate::report;
@@ -187,15 +188,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store = Store::open(&path, busy, Access::Write).await?;
                 let job_id = resolve_job(&store, &args.id).await?;
                 let now = crate::clock::format(crate::clock::Timestamp::now());
-                let mut tx = store.begin().await?;
-                let asked = jobs::request_cancel(&mut tx, &job_id, "operator", &now).await?;
-                let job = jobs::get(&mut *tx, &job_id).await?.context("the job vanished")?;
-                if asked {
-                    jobs::add_event(&mut tx, &job_id, job.state, "cancel asked for by an operator", &now).await?;
-                }
-                tx.commit().await?;
+                let done = cancel::request(&store, &job_id, cancel::Reason::Operator, &now).await?;
                 store.close().await;
-                anyhow::Ok(match (asked, job.state.is_terminal()) {
+                let job = done.job;
+                anyhow::Ok(match (done.asked, job.state.is_terminal()) {
                     (true, _) => format!("cancel of {job_id} asked for; the daemon carries it out (batchwatch show {job_id})\n"),
                     (false, true) => format!("{job_id} is already {}; nothing to cancel\n", job.state),
                     (false, false) => format!("a cancel of {job_id} was already asked for ({})\n", job.cancel_reason.unwrap_or_default()),

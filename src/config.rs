@@ -78,6 +78,7 @@ pub struct Settings {
     pub poll: PollSettings,
     pub limits: LimitSettings,
     pub backoff: BackoffSettings,
+    pub reconcile: ReconcileSettings,
     pub collect: CollectSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
@@ -200,6 +201,16 @@ pub struct BackoffSettings {
     pub token_limit_initial: Dur,
     pub token_limit_max: Dur,
     pub auth_retry: Dur,
+    pub failed_request: Dur,
+    pub failed_task_initial: Dur,
+    pub failed_task_max: Dur,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    pub duplicate_watch: Dur,
+    pub duplicate_check_interval: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -577,6 +588,21 @@ impl Settings {
             ));
         }
         positive("backoff.auth_retry", self.backoff.auth_retry)?;
+        positive("backoff.failed_request", self.backoff.failed_request)?;
+        positive(
+            "backoff.failed_task_initial",
+            self.backoff.failed_task_initial,
+        )?;
+        if self.backoff.failed_task_initial > self.backoff.failed_task_max {
+            return Err(ConfigError::key(
+                "backoff.failed_task_initial",
+                "must not be longer than backoff.failed_task_max",
+            ));
+        }
+        positive(
+            "reconcile.duplicate_check_interval",
+            self.reconcile.duplicate_check_interval,
+        )?;
         positive("collect.give_up_after", self.collect.give_up_after)?;
         Ok(())
     }

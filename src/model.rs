@@ -127,15 +127,18 @@ text_enum! {
 }
 
 impl JobState {
+    /// The final states: the job's file is in done/ or failed/ and nothing changes any more.
+    /// (The schema's `jobs.terminal` column is tested to agree.)
+    pub const TERMINAL: [JobState; 5] = [
+        JobState::Rejected,
+        JobState::Completed,
+        JobState::Failed,
+        JobState::Expired,
+        JobState::Cancelled,
+    ];
+
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Rejected
-                | JobState::Completed
-                | JobState::Failed
-                | JobState::Expired
-                | JobState::Cancelled
-        )
+        Self::TERMINAL.contains(&self)
     }
 }
 
@@ -162,11 +165,16 @@ text_enum! {
 }
 
 impl SubmissionState {
+    /// The final states: done with, whatever became of its batch. (The schema's
+    /// `batches.terminal` column is tested to agree.)
+    pub const TERMINAL: [SubmissionState; 3] = [
+        SubmissionState::Finished,
+        SubmissionState::Abandoned,
+        SubmissionState::Lost,
+    ];
+
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            SubmissionState::Finished | SubmissionState::Abandoned | SubmissionState::Lost
-        )
+        Self::TERMINAL.contains(&self)
     }
 }
 

@@ -124,6 +124,12 @@ fn after_text(after: &Option<Duration>) -> String {
 }
 
 impl ApiError {
+    /// Whether the API refused a create because the enqueued-token limit was reached:
+    /// back-pressure, not a bad request.
+    pub fn is_token_limit(&self) -> bool {
+        matches!(self, ApiError::BadRequest { code: Some(c), .. } if c == "token_limit_exceeded")
+    }
+
     /// The operation that failed.
     pub fn operation(&self) -> Operation {
         match self {

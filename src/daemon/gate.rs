@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use crate::api::ApiError;
 use crate::clock::{self, Timestamp};
 
@@ -73,6 +73,31 @@ impl Gate {
             next_probe: clock::add(now, retry),
         });
         true
+    }
+
+    /// The next time after `now` at which the gate changes by itself (a hold ends, a probe is
+    /// due): the daemon wakes by then.
+    pub fn next_change(&self, now: Timestamp) -> Option<Timestamp> {
+        let probe = self
+            .pause
+            .lock()
+            .expect("gate lock")
+            .as_ref()
+            .map(|p| p.next_probe);
+        let submissions = *self.submissions.lock().expect("gate lock");
+        let models: Vec<Timestamp> = self
+            .models
+            .lock()
+            .expect("gate lock")
+            .values()
+            .copied()
+            .collect();
+        probe
+            .into_iter()
+            .chain(submissions)
+            .chain(models)
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// Whether it is time to try the key again.

@@ -1,12 +1,9 @@
-//! From incoming/ to a queued job: scan, claim, check, or reject with a reason. Also the file's
-//! last move (to done/ or failed/), and the sweep that repairs what a crash interrupted.
+//! From incoming/ to a queued job: scan, claim, check, or reject with a reason.
 //!
 //! Claim order: rename into `processing/JOBID/` (the file now carries its job id), then insert
-//! the job row. A crash between the two leaves a job directory without a row; the sweep adopts
-//! it under that id. A finished job's state is committed first; then the sweep chooses the
-//! file's destination and records it, writes the reason file and moves the file, each step
-//! repeatable. The sweep runs at every scan, in the main loop (so it never races a claim), and
-//! one file it cannot handle is logged and left for the next sweep, never fatal.
+//! the job row. A crash between the two leaves a job directory without a row; the sweep
+//! ([`super::recover`]) adopts it under that id. A rejected job's file moves to failed/ with
+//! its reason ([`super::finish::move_on`]).
 //!
 //! A writer may keep its file open and pause longer than `queue.settle_time`, so a claimed
 //! file can still grow. Its size, modification time and inode are recorded at the claim, and
@@ -18,24 +15,22 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Context;
 use futures_util::StreamExt;
 
-use super::Ctx;
+use super::ctx::Ctx;
+use super::finish;
+use super::schedule::CLAIM_RETRY;
 use crate::batchfile::{self, Expect, Limits, Violation};
 use crate::clock;
 use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
-use crate::queue::{self, Destination, FileLook, JobDir, Queue, Reason};
+use crate::queue::{self, FileLook, Queue};
 use crate::store::batches::{self, NewSubmission};
 use crate::store::jobs::{self, Job, NewJob, Why};
-
-/// How long an entry that could not be claimed is left alone.
-const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Wakes the loop early when incoming/ changes. Only a hint: the periodic scan is what counts,
 /// so when inotify is not available it simply never fires.
@@ -86,7 +81,7 @@ pub async fn scan_and_claim(
     scanner: &mut Scanner,
 ) -> anyhow::Result<(Vec<String>, bool)> {
     let ready = scanner
-        .scan(&ctx.queue.incoming, Instant::now())
+        .scan(&ctx.queue.incoming, ctx.clock.now())
         .context("scanning incoming/")?;
     let mut to_validate = Vec::new();
     for entry in ready {
@@ -102,7 +97,7 @@ pub async fn scan_and_claim(
                     error = %e,
                     "cannot move this entry out of incoming/ (a directory must be writable by batchwatch to be moved); it stays there and is tried again in a minute"
                 );
-                scanner.hold(&entry.name, Instant::now() + CLAIM_RETRY);
+                scanner.hold(&entry.name, clock::add(ctx.clock.now(), CLAIM_RETRY));
                 continue;
             }
         };
@@ -126,7 +121,7 @@ pub async fn scan_and_claim(
 
 /// Records a claimed file as a job, with its sidecar's options. Rejects at once what cannot be
 /// a job; returns true when the file goes on to validation.
-async fn register(
+pub async fn register(
     ctx: &Ctx,
     job: &JobId,
     name: &OsStr,
@@ -419,7 +414,8 @@ pub async fn wait_for_file(
     Ok(sent_back)
 }
 
-/// Rejects a job: records why. The sweep moves its file to failed/ with a reason file.
+/// Rejects a job: records why, then moves its file to failed/ with a reason file (or leaves
+/// that to the next sweep when it cannot be moved now).
 pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
@@ -434,203 +430,8 @@ pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     .await?;
     tx.commit().await?;
     tracing::warn!(job = %job_id, rule = %why.code, reason = %why.message, "rejected");
-    Ok(())
-}
-
-/// Picks up what the previous run left: marks uploads and creates that were under way as of
-/// unknown outcome, then sweeps processing/.
-pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
-    let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
-    tx.commit().await?;
-    if unknown > 0 {
-        tracing::info!(
-            submissions = unknown,
-            "uploads or creates were under way at the last stop; reconciling them first"
-        );
+    if let Err(e) = finish::move_on(ctx, job_id).await {
+        tracing::warn!(job = %job_id, error = format!("{e:#}"), "cannot move the rejected file on yet; trying again at the next scan");
     }
-    match ctx.queue.remove_download_leftovers() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            files = n,
-            "removed the temporary files of downloads a stop cut short"
-        ),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
-        }
-    }
-    sweep(ctx).await
-}
-
-/// Goes through processing/: adopts files claimed without a row, moves the files of finished
-/// jobs on, and repairs moves a crash interrupted. A file it cannot handle is logged and left
-/// for the next sweep.
-pub async fn sweep(ctx: &Ctx) -> anyhow::Result<()> {
-    for job_dir in ctx.queue.job_dirs().context("listing processing/")? {
-        if let Err(e) = sweep_one(ctx, &job_dir).await {
-            tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");
-        }
-    }
-    Ok(())
-}
-
-async fn sweep_one(ctx: &Ctx, job_dir: &JobDir) -> anyhow::Result<()> {
-    if let Some((name, path)) = &job_dir.file {
-        ctx.queue.drop_incoming_twin(name, path)?;
-        ctx.queue.adopt_sidecar(name, &job_dir.job)?;
-    }
-    match (
-        jobs::get(ctx.store.reader(), job_dir.job.as_str()).await?,
-        &job_dir.file,
-    ) {
-        (None, Some((name, path))) => {
-            tracing::info!(job = %job_dir.job, file = %name.to_string_lossy(), "adopting a file claimed just before a stop");
-            let meta = std::fs::symlink_metadata(path)?;
-            let kind = if meta.is_file() && name.to_str().is_some() {
-                Kind::File { bytes: meta.len() }
-            } else {
-                Kind::Unfit {
-                    code: "not_a_regular_file",
-                    message: "it is not a regular file".into(),
-                }
-            };
-            // The service may have its batches already (the database lost them).
-            ctx.unverified.add(job_dir.job.as_str());
-            register(ctx, &job_dir.job, name, path, kind, None).await?;
-        }
-        // A crash between creating the directory and the claim's rename: nothing was claimed.
-        (None, None) => std::fs::remove_dir(&job_dir.dir)?,
-        (Some(job), Some((name, path))) if job.state.is_terminal() => {
-            settle_file(ctx, &job, name, path).await?
-        }
-        (Some(job), None) if job.state.is_terminal() => {
-            let _ = std::fs::remove_dir(&job_dir.dir);
-        }
-        (Some(_), _) => {}
-    }
-    Ok(())
-}
-
-/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file). The
-/// destination is chosen once and recorded before anything moves, so a repeat after a crash
-/// finishes the same move.
-async fn settle_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyhow::Result<()> {
-    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
-    let dest = if job.state == JobState::Completed {
-        Destination::Done
-    } else {
-        Destination::Failed
-    };
-    let recorded = [
-        ctx.queue.plain_final(dest, name),
-        ctx.queue.own_final(dest, &id, name),
-    ]
-    .into_iter()
-    .find(|p| ctx.queue.relative(p) == job.path);
-    let to = match recorded {
-        Some(to) => {
-            if let Some(dir) = to.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            to
-        }
-        None => {
-            let to = ctx.queue.choose_final(dest, &id, name)?;
-            record_path(ctx, &job.id, &to).await?;
-            to
-        }
-    };
-    let reason = (dest == Destination::Failed).then(|| Reason {
-        job_id: job.id.clone(),
-        file: job.file_name.clone(),
-        state: job.state.to_string(),
-        code: job
-            .reason_code
-            .clone()
-            .unwrap_or_else(|| job.state.to_string()),
-        line: job.reason_line.and_then(|l| u64::try_from(l).ok()),
-        message: job.reason.clone().unwrap_or_default(),
-        results_dir: job.results_dir.clone(),
-        at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
-    });
-    failpoint::hit("settle:before-move");
-    let moved_to = match ctx.queue.finish(from, &to, reason.as_ref()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Something took the name after it was chosen: the job's own directory cannot clash.
-            let own = ctx.queue.own_final(dest, &id, name);
-            std::fs::create_dir_all(own.parent().expect("has a parent"))?;
-            record_path(ctx, &job.id, &own).await?;
-            ctx.queue.finish(from, &own, reason.as_ref())?;
-            own
-        }
-        other => {
-            other.with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-            to
-        }
-    };
-    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&moved_to), "file moved");
-    Ok(())
-}
-
-/// Finds a finished job's file when it is not where the database says: a restored database
-/// may predate the file's final move. The file in done/ or failed/ with the job's name, size
-/// and checksum is recorded as the job's.
-pub async fn relocate(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
-    if ctx.queue.root().join(&job.path).symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    let Some(id) = JobId::parse(&job.id) else {
-        return Ok(());
-    };
-    let name = OsStr::new(&job.file_name);
-    let candidates: Vec<_> = [Destination::Done, Destination::Failed]
-        .into_iter()
-        .flat_map(|d| {
-            [
-                ctx.queue.plain_final(d, name),
-                ctx.queue.own_final(d, &id, name),
-            ]
-        })
-        .collect();
-    let (size, sha) = (job.size_bytes, job.sha256.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        candidates
-            .into_iter()
-            .find(|p| is_the_file(p, size, sha.as_deref()))
-    })
-    .await?;
-    match found {
-        Some(path) => {
-            record_path(ctx, &job.id, &path).await?;
-            tracing::info!(job = %job.id, path = %ctx.queue.relative(&path), "the file had moved on before the database's last record; found it");
-        }
-        None => {
-            tracing::warn!(job = %job.id, path = %job.path, "the file of this job is neither where the database says nor in done/ or failed/")
-        }
-    }
-    Ok(())
-}
-
-/// Whether `path` is a regular file of `size` bytes whose SHA-256 is `sha` (when known).
-fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
-    use sha2::{Digest, Sha256};
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    if !meta.is_file() || i64::try_from(meta.len()).ok() != Some(size) {
-        return false;
-    }
-    let Some(sha) = sha else { return true };
-    let mut hasher = Sha256::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
-        .is_ok_and(|_| batchfile::hex(&hasher.finalize()) == sha)
-}
-
-async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {
-    let mut tx = ctx.store.begin().await?;
-    jobs::set_path(&mut tx, job_id, &ctx.queue.relative(to), &ctx.now()).await?;
-    tx.commit().await?;
     Ok(())
 }

@@ -33,11 +33,17 @@
 //!
 //! ```text
 //! queued ─▶ uploading ─▶ creating ─▶ active ─▶ collecting ─▶ finished
-//!   │           │            │          │
+//!   │  │        │  ▲         │   ▲       │   │                    ▲
+//!   │  │        │  └─ adopt ─┘   │       │   └── refused for the ─┘ (a new attempt
+//!   │  └────────┴── upload ──────┘       │       token limit          is queued)
+//!   │               found on the service │
 //!   └───────────┴────────────┴──▶ abandoned (cancelled before any batch existed,
 //!                                            or the API refused it for good)
-//!                                       └──▶ lost (the batch vanished: 404)
+//!                                          lost ◀─┘ (the batch vanished: 404)
 //! ```
+//!
+//! Every edge is one guarded write of the store ([`crate::store::transitions`]), which
+//! refuses a move the diagram does not have.
 //!
 //! * `uploading` and `creating` are committed before the request goes out. When a request's
 //!   outcome is unknown (a timeout or reset after it left, a 5xx on create), or the daemon
@@ -51,157 +57,95 @@
 //! * A batch that failed with `token_limit_exceeded` is back-pressure, not a bad file: its
 //!   submission finishes, a new attempt is queued after a growing delay, and the model's other
 //!   submissions wait too ([`gate`]).
-//! * At the deadline, or when an operator asks, the job is marked for cancel ([`deadline`]):
+//! * At the deadline, or when an operator asks, the job is marked for cancel ([`cancel`]):
 //!   submissions not yet created are abandoned, live batches are cancelled and followed through
 //!   `cancelling` to their end.
 //! * `collecting` downloads the output and error files that exist ([`collect`]); when every
 //!   submission of a job is finished, the results are merged, the manifest is written, and the
-//!   file moves to done/ or failed/.
+//!   file moves to done/ or failed/ ([`finish`]).
 //!
 //! # The loop
 //!
 //! [`Daemon::step`] does one round: claim what settled in incoming/, enforce deadlines and
-//! cancels, and start the work that is due (validate, submit, poll, cancel, collect, finish) as
-//! tasks, at most one per job or submission at a time. A thin loop around it waits for the next
-//! tick, an inotify hint, a finished task or a signal. On SIGTERM it stops claiming, gives
-//! in-flight tasks `daemon.shutdown_timeout` to finish, and drops the rest: what they were
-//! doing is recorded as an intent, so the next start picks it up.
+//! cancels, and start the work that is due (validate, check, submit, poll, cancel, collect,
+//! finish) as tasks, at most one per job or submission at a time. Between rounds the loop
+//! sleeps until the nearest timer (a scan, a poll, a back-off, a deadline, a retry; see
+//! [`schedule`]) unless inotify, a finished task or a signal wakes it sooner: an idle daemon
+//! wakes once per `queue.scan_interval`. Every timer reads the one clock in [`Ctx`], so a test
+//! can drive the rounds with a manual clock. On SIGTERM it stops claiming, gives in-flight
+//! tasks `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is
+//! recorded as an intent, so the next start picks it up.
+//!
+//! The rooms: [`intake`] (claim and check), [`reconcile`] (what the service has that the
+//! database may not know), [`submit`] (upload and create), [`poll`] and [`observe`] (following
+//! a batch and recording what is seen), [`cancel`] (deadlines and cancels), [`collect`]
+//! (downloads), [`finish`] (a job's end and its file's last move), [`recover`] (start-up and
+//! the sweep of processing/), [`gate`] (what holds everyone back), [`ctx`] and [`schedule`]
+//! (what the tasks share, and every timer).
 //!
 //! Only one daemon runs on a queue tree and a database at a time ([`instance`]).
 
+pub mod cancel;
 pub mod collect;
-pub mod deadline;
+pub mod ctx;
+pub mod finish;
 pub mod gate;
 pub mod instance;
 pub mod intake;
 pub mod notify;
+pub mod observe;
 pub mod poll;
 pub mod progress;
 pub mod reconcile;
+pub mod recover;
+pub mod schedule;
 pub mod submit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::JoinSet;
 
-use crate::api::ApiError;
 use crate::api::{ApiKey, Client};
-use crate::clock::{self, Clock};
+use crate::clock::{self, Clock, Timestamp};
 use crate::config::Settings;
 use crate::queue::Queue;
 use crate::queue::scan::Scanner;
 use crate::store::{Access, Store, batches, jobs};
 
-/// What the daemon's tasks share.
-#[derive(Clone)]
-pub struct Ctx {
-    pub settings: Arc<Settings>,
-    pub store: Store,
-    pub queue: Queue,
-    pub client: Client,
-    pub clock: Clock,
-    pub gate: Arc<gate::Gate>,
-    /// Jobs not yet checked against the service since the database may lag it.
-    pub unverified: Arc<reconcile::Unverified>,
-}
-
-impl Ctx {
-    /// The current time in the stored form.
-    pub fn now(&self) -> String {
-        clock::format(self.clock.now())
-    }
-}
-
-/// Which time a deferred step waits on.
-pub enum Next {
-    /// `next_poll_at`: the poll of an active batch.
-    Poll,
-    /// `not_before`: an upload, create, cancel or download.
-    Step,
-}
-
-/// Records a failed request on a submission and puts its next try off: by the server's delay
-/// when it gave one, else by twice the minimum poll interval. A refused key closes the gate.
-pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::Result<()> {
-    let now_ts = ctx.clock.now();
-    ctx.gate
-        .note(err, now_ts, ctx.settings.backoff.auth_retry.get());
-    let poll = &ctx.settings.poll;
-    let fallback = poll
-        .min_interval
-        .get()
-        .saturating_mul(2)
-        .min(poll.max_interval.get());
-    let delay = err
-        .retry_after()
-        .unwrap_or(fallback)
-        .max(poll.min_interval.get());
-    let at = clock::format(clock::add(now_ts, delay));
-    let now = clock::format(now_ts);
-    let mut tx = ctx.store.begin().await?;
-    batches::set_last_error(&mut tx, row, Some(&err.to_string()), &now).await?;
-    match next {
-        Next::Poll => batches::set_next_poll(&mut tx, row, &at, &now).await?,
-        Next::Step => batches::set_not_before(&mut tx, row, Some(&at), &now).await?,
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// What a task works on. At most one task per subject runs at a time, whatever it does, so
-/// a poll and a cancel of one batch, say, never race each other.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Subject {
-    Job(String),
-    Submission(i64),
-    Key,
-    Duplicates,
-    /// The check of unverified jobs against the service.
-    Unverified,
-}
-
-/// What a task does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Task {
-    Validate,
-    Submit,
-    Poll,
-    Cancel,
-    Collect,
-    Finish,
-    ProbeKey,
-    CancelDuplicates,
-    Verify,
-}
+pub use ctx::{Ctx, Subject, Task};
+use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule};
 
 /// How often a task failed in a row, and when it may run again.
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
-    retry_at: Instant,
+    retry_at: Timestamp,
 }
 
 /// The daemon: its context, the scanner and the tasks in flight.
 pub struct Daemon {
     pub ctx: Ctx,
     scanner: Scanner,
-    next_scan: Instant,
-    next_duplicate_check: Instant,
+    next_scan: Timestamp,
+    next_duplicate_check: Timestamp,
     tasks: JoinSet<anyhow::Result<()>>,
     /// What each running task is, by its id: a task that panics is known by its id alone.
     running: HashMap<tokio::task::Id, (Subject, Task)>,
     in_flight: HashSet<Subject>,
     /// A task that failed waits, doubling each time, so a persistent error (a full disk, a
-    /// database error) is retried calmly instead of at every tick.
+    /// database error) is retried calmly instead of at every round.
     failures: HashMap<(Subject, Task), Failures>,
+    /// Rounds that failed in a row; the loop waits longer after each.
+    round_failures: u32,
     claiming: bool,
     /// Whether unverified jobs may be ready for their check: at start, after one of them was
     /// validated, after a check failed.
     verify_due: bool,
+    notifier: notify::Notifier,
     /// Held until the daemon is dropped, so no second one starts on the same queue or database.
     _instance: instance::InstanceLock,
 }
@@ -212,7 +156,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     let key = ApiKey::load(&settings.api.key_source())?;
     let mut daemon = Daemon::start(settings, key, Clock::System).await?;
-    notify::ready(&daemon.ctx).await;
+    daemon.notifier.ready(&daemon.ctx).await;
     let signal = daemon.run_until(signals.recv()).await;
     tracing::info!(signal, "stopping");
     daemon.shutdown().await;
@@ -220,7 +164,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 impl Daemon {
-    /// Opens everything, recovers what a previous run left, and does the first scan.
+    /// Opens everything, recovers what a previous run left, and does the first round.
     pub async fn start(settings: Settings, key: ApiKey, clock: Clock) -> anyhow::Result<Daemon> {
         let queue = Queue::open(&settings.queue.dir).map_err(|e| {
             crate::config::ConfigError::key(
@@ -238,15 +182,19 @@ impl Daemon {
         .await
         .context("opening the database")?;
         let client = Client::new(&settings.api, &settings.limits, key)?;
+        let schedule = Schedule::new(&settings);
         let settings = Arc::new(settings);
+        let now = clock.now();
         let ctx = Ctx {
             settings: settings.clone(),
+            schedule: Arc::new(schedule.clone()),
             store,
             queue,
             client,
             clock,
             gate: Arc::new(gate::Gate::default()),
             unverified: Arc::new(reconcile::Unverified::default()),
+            duplicates: Arc::new(reconcile::DuplicateWatch::default()),
         };
         tracing::info!(
             database = %settings.database.path.display(),
@@ -256,19 +204,21 @@ impl Daemon {
             "batchwatch started"
         );
         let mut daemon = Daemon {
-            scanner: Scanner::new(settings.queue.settle_time.get()),
-            next_scan: Instant::now(),
-            next_duplicate_check: Instant::now(),
+            scanner: Scanner::new(schedule.settle),
+            next_scan: now,
+            next_duplicate_check: now,
             tasks: JoinSet::new(),
             running: HashMap::new(),
             in_flight: HashSet::new(),
             failures: HashMap::new(),
+            round_failures: 0,
             claiming: true,
             verify_due: true,
+            notifier: notify::Notifier::default(),
             _instance: instance,
             ctx,
         };
-        intake::recover(&daemon.ctx)
+        recover::recover(&daemon.ctx)
             .await
             .context("recovering from the previous run")?;
         // The database may lag the service (a restored backup, lost writes): every job it
@@ -283,13 +233,13 @@ impl Daemon {
     /// Runs the loop until `stop` resolves; returns its value.
     pub async fn run_until<T>(&mut self, stop: impl std::future::Future<Output = T>) -> T {
         let mut watcher = intake::Watcher::new(&self.ctx.queue);
-        let tick = tick_interval(&self.ctx.settings);
         tokio::pin!(stop);
         loop {
+            let sleep = self.until_next_timer().await;
             tokio::select! {
                 value = &mut stop => return value,
-                _ = tokio::time::sleep(tick) => {}
-                _ = watcher.changed() => self.next_scan = Instant::now(),
+                _ = tokio::time::sleep(sleep) => {}
+                _ = watcher.changed() => self.next_scan = self.ctx.clock.now(),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.reap(done),
             }
             self.step().await;
@@ -301,19 +251,25 @@ impl Daemon {
         while let Some(done) = self.tasks.try_join_next_with_id() {
             self.reap(done);
         }
-        if let Err(e) = self.round().await {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "a daemon step failed; trying again at the next tick"
-            );
+        match self.round().await {
+            Ok(()) => self.round_failures = 0,
+            Err(e) => {
+                self.round_failures += 1;
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    retry_in = %clock::humanize(self.ctx.schedule.task_retry(self.round_failures)),
+                    "a daemon round failed; trying again"
+                );
+            }
         }
-        notify::status(&self.ctx, self.in_flight.len()).await;
+        self.notifier.status(&self.ctx, self.in_flight.len()).await;
     }
 
     async fn round(&mut self) -> anyhow::Result<()> {
         use Task as T;
         let ctx = self.ctx.clone();
-        if self.claiming && Instant::now() >= self.next_scan {
+        let now = ctx.clock.now();
+        if self.claiming && now >= self.next_scan {
             let (claimed, unsettled) = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
             for job in claimed {
                 self.spawn(
@@ -322,15 +278,20 @@ impl Daemon {
                     intake::validate(ctx.clone(), job),
                 );
             }
-            intake::sweep(&ctx).await?;
-            let settle = ctx.settings.queue.settle_time.get();
-            let interval = ctx.settings.queue.scan_interval.get();
-            self.next_scan = Instant::now()
-                + if unsettled {
-                    settle.min(interval)
+            let in_flight = &self.in_flight;
+            recover::sweep(&ctx, |job| {
+                in_flight.contains(&Subject::Job(job.to_owned()))
+            })
+            .await?;
+            let schedule = &ctx.schedule;
+            self.next_scan = clock::add(
+                now,
+                if unsettled {
+                    schedule.settle.min(schedule.scan_every)
                 } else {
-                    interval
-                };
+                    schedule.scan_every
+                },
+            );
         }
         if self.claiming {
             for job in
@@ -343,10 +304,10 @@ impl Daemon {
                 );
             }
         }
-        deadline::enforce(&ctx).await?;
-        let cancels = deadline::pending_cancels(&ctx, &self.in_flight).await?;
+        cancel::enforce_deadlines(&ctx).await?;
+        let cancels = cancel::pending(&ctx, &self.in_flight).await?;
         if ctx.gate.paused().is_some() {
-            if ctx.gate.probe_due(ctx.clock.now()) {
+            if ctx.gate.probe_due(now) {
                 self.spawn(Subject::Key, T::ProbeKey, gate::probe(ctx.clone()));
             }
             return Ok(());
@@ -365,7 +326,7 @@ impl Daemon {
             self.spawn(
                 Subject::Submission(id),
                 T::Cancel,
-                deadline::cancel(ctx.clone(), id),
+                cancel::send(ctx.clone(), id),
             );
         }
         let budget = ctx.settings.limits.concurrency as usize * 4;
@@ -398,9 +359,8 @@ impl Daemon {
                 collect::collect(ctx.clone(), row),
             );
         }
-        if Instant::now() >= self.next_duplicate_check {
-            let every = ctx.settings.poll.max_interval.get().saturating_mul(10);
-            self.next_duplicate_check = Instant::now() + every;
+        if now >= self.next_duplicate_check {
+            self.next_duplicate_check = clock::add(now, ctx.schedule.duplicate_check_every);
             self.spawn(
                 Subject::Duplicates,
                 T::CancelDuplicates,
@@ -411,10 +371,64 @@ impl Daemon {
             self.spawn(
                 Subject::Job(job.clone()),
                 T::Finish,
-                collect::finish(ctx.clone(), job),
+                finish::finish(ctx.clone(), job),
             );
         }
         Ok(())
+    }
+
+    /// How long the loop may sleep: until the nearest timer, within [`MIN_SLEEP`] and
+    /// [`MAX_SLEEP`]; after a failed round, the failed-task back-off.
+    async fn until_next_timer(&self) -> Duration {
+        let schedule = &self.ctx.schedule;
+        if self.round_failures > 0 {
+            return schedule.task_retry(self.round_failures);
+        }
+        let now = self.ctx.clock.now();
+        let mut next = vec![self.next_duplicate_check];
+        next.extend(self.claiming.then_some(self.next_scan));
+        next.extend(self.ctx.gate.next_change(now));
+        next.extend(self.notifier.next_due());
+        next.extend(self.failures.values().map(|f| f.retry_at));
+        match self.next_stored_timer().await {
+            Ok(Some(at)) => next.push(at),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot read when work is due next"
+                );
+                return schedule.failed_task_initial;
+            }
+        }
+        let nearest = next.into_iter().min().unwrap_or(now);
+        clock::between(now, nearest).clamp(MIN_SLEEP, MAX_SLEEP)
+    }
+
+    /// The nearest time the database holds for work not under way and not waiting to retry.
+    async fn next_stored_timer(&self) -> anyhow::Result<Option<Timestamp>> {
+        let now = self.ctx.clock.now();
+        let waiting = self
+            .failures
+            .iter()
+            .filter(|(_, f)| f.retry_at > now)
+            .map(|((s, _), _)| s);
+        let (mut submissions, mut jobs) = (Vec::new(), Vec::new());
+        for subject in self.in_flight.iter().chain(waiting) {
+            match subject {
+                Subject::Submission(id) => submissions.push(serde_json::Value::from(*id)),
+                Subject::Job(id) => jobs.push(serde_json::Value::from(id.as_str())),
+                _ => {}
+            }
+        }
+        let at = batches::next_due(
+            self.ctx.store.reader(),
+            &serde_json::Value::Array(submissions).to_string(),
+            &serde_json::Value::Array(jobs).to_string(),
+        )
+        .await?;
+        // "" is a poll due now; anything unreadable counts as now too.
+        Ok(at.map(|t| clock::parse(&t).unwrap_or(now)))
     }
 
     fn spawn(
@@ -427,11 +441,8 @@ impl Daemon {
             return false;
         }
         let key = (subject.clone(), task);
-        if self
-            .failures
-            .get(&key)
-            .is_some_and(|f| f.retry_at > Instant::now())
-        {
+        let now = self.ctx.clock.now();
+        if self.failures.get(&key).is_some_and(|f| f.retry_at > now) {
             return false;
         }
         self.in_flight.insert(subject.clone());
@@ -462,47 +473,39 @@ impl Daemon {
         match outcome {
             Ok(()) => {
                 self.failures.remove(&key);
-                // A job that just ended may have a file to move: sweep soon.
-                if matches!(task, Task::Validate | Task::Finish) {
-                    self.next_scan = Instant::now();
-                }
             }
             Err(error) => {
                 if task == Task::Verify {
                     self.verify_due = true;
                 }
-                let poll = &self.ctx.settings.poll;
                 let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
-                let delay = poll
-                    .min_interval
-                    .get()
-                    .saturating_mul(1 << (count - 1).min(16))
-                    .min(poll.max_interval.get().saturating_mul(5));
+                let delay = self.ctx.schedule.task_retry(count);
                 tracing::warn!(?task, subject = ?key.0, error, retry_in = %clock::humanize(delay), "a task failed; it will be tried again");
                 self.failures.insert(
                     key,
                     Failures {
                         count,
-                        retry_at: Instant::now() + delay,
+                        retry_at: clock::add(self.ctx.clock.now(), delay),
                     },
                 );
             }
         }
     }
 
+    /// Waits for every task in flight and takes in its outcome (tests drive rounds with it).
+    pub async fn drain(&mut self) {
+        while let Some(done) = self.tasks.join_next_with_id().await {
+            self.reap(done);
+        }
+    }
+
     /// Stops claiming, lets in-flight work finish within `daemon.shutdown_timeout`, then
     /// drops the rest (their intents are recorded) and closes the store.
     pub async fn shutdown(mut self) {
-        notify::stopping();
+        self.notifier.stopping();
         self.claiming = false;
         let grace = self.ctx.settings.daemon.shutdown_timeout.get();
-        let waited = tokio::time::timeout(grace, async {
-            while let Some(done) = self.tasks.join_next_with_id().await {
-                self.reap(done);
-            }
-        })
-        .await;
-        if waited.is_err() {
+        if tokio::time::timeout(grace, self.drain()).await.is_err() {
             tracing::warn!(
                 left = self.tasks.len(),
                 "in-flight work did not finish within daemon.shutdown_timeout; it resumes at the next start"
@@ -518,23 +521,6 @@ impl Daemon {
     pub fn in_flight(&self) -> &HashSet<Subject> {
         &self.in_flight
     }
-}
-
-/// How often the loop wakes by itself: often enough for the shortest poll interval and scan.
-fn tick_interval(settings: &Settings) -> Duration {
-    settings
-        .poll
-        .min_interval
-        .get()
-        .min(settings.queue.scan_interval.get())
-        .min(
-            settings
-                .queue
-                .settle_time
-                .get()
-                .max(Duration::from_millis(10)),
-        )
-        .clamp(Duration::from_millis(10), Duration::from_millis(500))
 }
 
 /// SIGTERM and SIGINT, caught from the moment they are installed.

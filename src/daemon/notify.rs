@@ -2,22 +2,15 @@
 //! STATUS= with the job counts, WATCHDOG=1 from the main loop (so a stuck loop gets the service
 //! restarted), STOPPING=1 at shutdown. Outside systemd (no NOTIFY_SOCKET) these do nothing.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use super::Ctx;
+use super::ctx::Ctx;
+use super::schedule::STATUS_EVERY;
+use crate::clock::{self, Timestamp};
 use crate::model::JobState;
 use crate::store::jobs;
-
-struct Sent {
-    status: String,
-    status_at: Instant,
-    watchdog_at: Instant,
-}
-
-static SENT: Mutex<Option<Sent>> = Mutex::new(None);
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -25,57 +18,61 @@ fn send(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Start-up is complete.
-pub async fn ready(ctx: &Ctx) {
-    let status = status_line(ctx, 0).await;
-    send(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    *SENT.lock().expect("notify lock") = Some(Sent {
-        status,
-        status_at: Instant::now(),
-        watchdog_at: Instant::now(),
-    });
-    tracing::info!("ready");
+/// What was last told to systemd, and when.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    status: String,
+    status_at: Option<Timestamp>,
+    watchdog_at: Option<Timestamp>,
 }
 
-/// Called from every loop round: pets the watchdog and refreshes the status line, each at
-/// most as often as needed.
-pub async fn status(ctx: &Ctx, in_flight: usize) {
-    let now = Instant::now();
-    let (status_due, watchdog_due) = {
-        let sent = SENT.lock().expect("notify lock");
-        let Some(sent) = sent.as_ref() else { return };
-        let watchdog_due = sd_notify::watchdog_enabled()
-            .is_some_and(|every| now.duration_since(sent.watchdog_at) >= every / 4);
-        (
-            now.duration_since(sent.status_at) >= Duration::from_secs(1),
-            watchdog_due,
-        )
-    };
-    if watchdog_due {
-        send(&[NotifyState::Watchdog]);
+impl Notifier {
+    /// Start-up is complete.
+    pub async fn ready(&mut self, ctx: &Ctx) {
+        let status = status_line(ctx, 0).await;
+        send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+        let now = ctx.clock.now();
+        self.status = status;
+        self.status_at = Some(now);
+        self.watchdog_at = Some(now);
+        tracing::info!("ready");
     }
-    let line = if status_due {
-        Some(status_line(ctx, in_flight).await)
-    } else {
-        None
-    };
-    let mut guard = SENT.lock().expect("notify lock");
-    let Some(sent) = guard.as_mut() else { return };
-    if watchdog_due {
-        sent.watchdog_at = now;
-    }
-    if let Some(line) = line {
-        sent.status_at = now;
-        if line != sent.status {
-            send(&[NotifyState::Status(&line)]);
-            sent.status = line;
+
+    /// Called after every loop round: pets the watchdog and refreshes the status line, each at
+    /// most as often as needed. Nothing before [`Notifier::ready`].
+    pub async fn status(&mut self, ctx: &Ctx, in_flight: usize) {
+        let now = ctx.clock.now();
+        let (Some(status_at), Some(watchdog_at)) = (self.status_at, self.watchdog_at) else {
+            return;
+        };
+        if watchdog_every().is_some_and(|every| clock::add(watchdog_at, every) <= now) {
+            send(&[NotifyState::Watchdog]);
+            self.watchdog_at = Some(now);
+        }
+        if clock::add(status_at, STATUS_EVERY) <= now {
+            let line = status_line(ctx, in_flight).await;
+            self.status_at = Some(now);
+            if line != self.status {
+                send(&[NotifyState::Status(&line)]);
+                self.status = line;
+            }
         }
     }
+
+    /// When the watchdog must be petted next, if systemd asked for it: the loop wakes by then.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        Some(clock::add(self.watchdog_at?, watchdog_every()?))
+    }
+
+    /// Shutdown has begun.
+    pub fn stopping(&self) {
+        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
 }
 
-/// Shutdown has begun.
-pub fn stopping() {
-    send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+/// How often the watchdog is petted: four times per WatchdogSec, when systemd set one.
+fn watchdog_every() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|every| every / 4)
 }
 
 async fn status_line(ctx: &Ctx, in_flight: usize) -> String {

@@ -24,13 +24,15 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 
+use super::ctx::Ctx;
+use super::observe::observe;
 use super::progress::refresh_job;
-use super::{Ctx, poll};
 use crate::api::{ApiError, Batch, FileObject};
 use crate::clock::{self, Timestamp};
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{self, NewSubmission, Submission};
 use crate::store::jobs::{self, Job};
+use crate::store::transitions;
 
 /// The metadata keys that tie a remote batch to its submission.
 pub const JOB_KEY: &str = "batchwatch_job_id";
@@ -122,13 +124,24 @@ pub async fn find_upload(
     Ok(None)
 }
 
-/// Duplicates already reported by this process, so each is reported once.
-static REPORTED: std::sync::Mutex<std::collections::BTreeSet<String>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// The late duplicates already reported, so each is reported once.
+#[derive(Debug, Default)]
+pub struct DuplicateWatch {
+    reported: Mutex<BTreeSet<String>>,
+}
 
-/// How long a re-sent create is watched for a late duplicate: a request held up longer than
-/// this is not coming.
-const WATCH: Duration = Duration::from_secs(24 * 3600);
+impl DuplicateWatch {
+    fn is_new(&self, batch_id: &str) -> bool {
+        !self.reported.lock().expect("lock").contains(batch_id)
+    }
+
+    fn reported(&self, batch_id: &str) {
+        self.reported
+            .lock()
+            .expect("lock")
+            .insert(batch_id.to_owned());
+    }
+}
 
 /// Cancels the late duplicates of re-sent creates. When reconciliation found no batch and the
 /// create was sent again, the first request may still reach the API afterwards (held up in a
@@ -138,7 +151,9 @@ const WATCH: Duration = Duration::from_secs(24 * 3600);
 pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
     let now = ctx.clock.now();
     let since = now
-        .checked_sub(jiff::SignedDuration::try_from(WATCH)?)
+        .checked_sub(jiff::SignedDuration::try_from(
+            ctx.schedule.duplicate_watch,
+        )?)
         .unwrap_or(now);
     let watched =
         batches::watched_for_duplicates(ctx.store.reader(), &clock::format(since)).await?;
@@ -160,7 +175,7 @@ pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
             .find(|r| is_for(&batch, r) && r.remote_id.as_deref() != Some(batch.id.as_str()));
         let live = !batch.status.is_terminal() && batch.status != BatchStatus::Cancelling;
         if let Some(row) = duplicate_of
-            && (live || REPORTED.lock().expect("lock").insert(batch.id.clone()))
+            && (live || ctx.duplicates.is_new(&batch.id))
         {
             cancel_duplicate(
                 &ctx,
@@ -169,7 +184,7 @@ pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
                 "the create sent before reconciliation reached the API late",
             )
             .await?;
-            REPORTED.lock().expect("lock").insert(batch.id.clone());
+            ctx.duplicates.reported(&batch.id);
         }
         if batch.created_at.is_some_and(|created| created < stop_at) {
             break;
@@ -399,7 +414,7 @@ async fn adopt(
                 );
                 tracing::warn!(job = %job.id, "{message}");
                 event(ctx, &job.id, &message).await?;
-                poll::observe(ctx, &row, batch).await?;
+                observe(ctx, &row, batch).await?;
             }
             _ => {
                 cancel_duplicate(
@@ -433,11 +448,10 @@ async fn adopt(
             file.id, row.part, row.attempt
         );
         let mut tx = ctx.store.begin().await?;
-        if batches::adopt_upload(&mut tx, row.id, &file.id, &now).await? {
-            refresh_job(&mut tx, &job.id, None, &message, &now).await?;
-            tx.commit().await?;
-            tracing::warn!(job = %job.id, "{message}");
-        }
+        transitions::adopt_upload(&mut tx, row.id, &file.id, &now).await?;
+        refresh_job(&mut tx, &job.id, None, &message, &now).await?;
+        tx.commit().await?;
+        tracing::warn!(job = %job.id, "{message}");
     }
     Ok(())
 }

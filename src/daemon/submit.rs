@@ -11,15 +11,18 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 
+use super::ctx::{Ctx, Next, defer};
+use super::observe::{hold_for_token_limit, observe};
 use super::progress::refresh_job;
 use super::reconcile::{self, ATTEMPT_KEY, JOB_KEY, PART_KEY, SHA_KEY};
-use super::{Ctx, Next, defer, intake, poll};
+use super::{cancel, intake};
 use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
 use crate::clock;
 use crate::failpoint;
 use crate::model::{JobState, SubmissionState};
 use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job};
+use crate::store::transitions;
 
 /// Submissions whose next upload, create or reconcile step is due, except while submissions
 /// are held (exhausted quota) or their model is (the enqueued-token limit), and those of jobs
@@ -58,8 +61,7 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     if row.state == SubmissionState::Queued {
         let now = ctx.now();
         let mut tx = ctx.store.begin().await?;
-        batches::set_state(&mut tx, row.id, SubmissionState::Uploading, &now).await?;
-        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
+        transitions::arm_upload(&mut tx, row.id, &now).await?;
         refresh_job(&mut tx, &row.job_id, None, "uploading", &now).await?;
         tx.commit().await?;
         failpoint::hit("submit:after-upload-intent");
@@ -72,28 +74,16 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         };
         let now = ctx.now();
         let mut tx = ctx.store.begin().await?;
-        batches::set_input_file(&mut tx, row.id, &file_id, &now).await?;
-        batches::set_last_error(&mut tx, row.id, None, &now).await?;
+        transitions::arm_create(&mut tx, row.id, &file_id, &now).await?;
         // The deadline may have passed during the upload: then no batch is created at all.
         let cancelled = jobs::get(&mut *tx, &row.job_id)
             .await?
             .is_some_and(|j| j.cancel_requested_at.is_some());
         if cancelled {
-            batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
-            batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
-            refresh_job(
-                &mut tx,
-                &row.job_id,
-                None,
-                "cancelled before its batch was created",
-                &now,
-            )
-            .await?;
+            cancel::abandon_unsent(&mut tx, row.id, &row.job_id, &now).await?;
             tx.commit().await?;
             return Ok(());
         }
-        batches::set_state(&mut tx, row.id, SubmissionState::Creating, &now).await?;
-        batches::set_outcome_unknown(&mut tx, row.id, Some(&now), &now).await?;
         tx.commit().await?;
         failpoint::hit("submit:after-create-intent");
         row = batches::get(ctx.store.reader(), row_id)
@@ -167,13 +157,13 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         match reconcile::find_batch(ctx, row).await {
             Ok(Some(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
-                return poll::observe(ctx, row, &batch).await;
+                return observe(ctx, row, &batch).await;
             }
             Ok(None) => {
                 tracing::info!(job = %row.job_id, "an interrupted create made no batch; creating it now");
                 let now = ctx.now();
                 let mut tx = ctx.store.begin().await?;
-                batches::set_resent(&mut tx, row.id, &now).await?;
+                transitions::note_resent(&mut tx, row.id, &now).await?;
                 tx.commit().await?;
             }
             Err(e) => {
@@ -189,10 +179,11 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         .and_then(|m| ctx.gate.model_held_until(m, now));
     if let Some(until) = held.or(ctx.gate.submissions_held_until(now)) {
         let mut tx = ctx.store.begin().await?;
-        batches::set_not_before(
+        transitions::postpone(
             &mut tx,
             row.id,
-            Some(&clock::format(until)),
+            &clock::format(until),
+            None,
             &clock::format(now),
         )
         .await?;
@@ -204,7 +195,7 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         Ok(batch) => {
             failpoint::hit("submit:after-create");
             tracing::info!(job = %row.job_id, part = row.part, attempt = row.attempt, batch = %batch.id, "batch created");
-            poll::observe(ctx, row, &batch).await
+            observe(ctx, row, &batch).await
         }
         Err(e) => handle_failure(ctx, row, e).await,
     }
@@ -241,9 +232,7 @@ fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequ
 async fn abandon(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<()> {
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
-    batches::set_last_error(&mut tx, row.id, Some(message), &now).await?;
-    batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
-    batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
+    transitions::abandon(&mut tx, row.id, message, &now).await?;
     refresh_job(
         &mut tx,
         &row.job_id,
@@ -268,15 +257,7 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
         tracing::warn!(job = %row.job_id, error = %err, "outcome unknown; reconciling before anything is sent again");
         let later = clock::format(clock::add(now_ts, ctx.settings.api.request_timeout.get()));
         let mut tx = ctx.store.begin().await?;
-        batches::set_outcome_unknown(
-            &mut tx,
-            row.id,
-            Some(row.outcome_unknown_at.as_deref().unwrap_or(&now)),
-            &now,
-        )
-        .await?;
-        batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
-        batches::set_not_before(&mut tx, row.id, Some(&later), &now).await?;
+        transitions::await_reconcile(&mut tx, row.id, &err.to_string(), &later, &now).await?;
         jobs::add_event(
             &mut tx,
             &row.job_id,
@@ -290,27 +271,23 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
     }
     // Every other failure shows the request was not carried out.
     let mut tx = ctx.store.begin().await?;
-    batches::set_outcome_unknown(&mut tx, row.id, None, &now).await?;
+    transitions::not_sent(&mut tx, row.id, &now).await?;
     tx.commit().await?;
-    let token_limit = matches!(&err, ApiError::BadRequest { code: Some(c), .. } if c == "token_limit_exceeded")
-        || err.to_string().contains("token_limit_exceeded");
-    if token_limit {
-        let b = &ctx.settings.backoff;
-        let delay = super::gate::token_backoff(
-            row.attempt,
-            b.token_limit_initial.get(),
-            b.token_limit_max.get(),
-        );
-        let until = clock::add(now_ts, delay);
-        if let Some(model) = jobs::get(ctx.store.reader(), &row.job_id)
+    if err.is_token_limit() {
+        let model = jobs::get(ctx.store.reader(), &row.job_id)
             .await?
             .and_then(|j| j.model)
-        {
-            ctx.gate.hold_model(&model, until);
-        }
+            .unwrap_or_default();
+        let (until, delay) = hold_for_token_limit(ctx, row.attempt, &model, now_ts);
         let mut tx = ctx.store.begin().await?;
-        batches::set_last_error(&mut tx, row.id, Some(&err.to_string()), &now).await?;
-        batches::set_not_before(&mut tx, row.id, Some(&clock::format(until)), &now).await?;
+        transitions::postpone(
+            &mut tx,
+            row.id,
+            &clock::format(until),
+            Some(&err.to_string()),
+            &now,
+        )
+        .await?;
         tx.commit().await?;
         tracing::warn!(job = %row.job_id, delay = %clock::humanize(delay), "create refused for the enqueued-token limit; trying again later");
         return Ok(());

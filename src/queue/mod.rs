@@ -274,23 +274,21 @@ impl Queue {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            let mut names: Vec<OsString> = std::fs::read_dir(entry.path())?
-                .map(|e| e.map(|e| e.file_name()))
-                .collect::<io::Result<_>>()?;
-            names.sort();
-            // The file is the entry that is not the sidecar of another one.
-            let file = names
-                .iter()
-                .find(|n| !names.iter().any(|other| sidecar_name(other) == **n))
-                .map(|n| (n.clone(), entry.path().join(n)));
-            out.push(JobDir {
-                job,
-                dir: entry.path(),
-                file,
-            });
+            out.push(read_job_dir(job, entry.path())?);
         }
         out.sort_by(|a, b| a.job.cmp(&b.job));
         Ok(out)
+    }
+
+    /// One job's directory in processing/, or `None` when there is none (its file moved on).
+    pub fn job_dir_of(&self, job: &JobId) -> io::Result<Option<JobDir>> {
+        let dir = self.job_dir(job);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => read_job_dir(job.clone(), dir).map(Some),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes the hard link `incoming/NAME` when it is the very file claimed as `claimed`: what
@@ -364,6 +362,19 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// A job directory and the file in it: the entry that is not the sidecar of another one.
+fn read_job_dir(job: JobId, dir: PathBuf) -> io::Result<JobDir> {
+    let mut names: Vec<OsString> = std::fs::read_dir(&dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
+    names.sort();
+    let file = names
+        .iter()
+        .find(|n| !names.iter().any(|other| sidecar_name(other) == **n))
+        .map(|n| (n.clone(), dir.join(n)));
+    Ok(JobDir { job, dir, file })
 }
 
 /// Whether `name` plus `suffix` is still a valid file name length.

@@ -13,7 +13,9 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{self, Timestamp};
 
 use super::{FileLook, SIDECAR_SUFFIX};
 
@@ -43,9 +45,9 @@ struct Look {
 #[derive(Debug)]
 pub struct Scanner {
     settle: Duration,
-    seen: HashMap<OsString, (Look, Instant)>,
+    seen: HashMap<OsString, (Look, Timestamp)>,
     /// Entries that could not be claimed (a permission problem), left alone until then.
-    held: HashMap<OsString, Instant>,
+    held: HashMap<OsString, Timestamp>,
 }
 
 /// Whether `name` is skipped by the scan entirely.
@@ -68,7 +70,7 @@ impl Scanner {
 
     /// Lists `dir` and returns the entries that held still since an earlier look at least
     /// `settle` ago. `now` is passed in so tests need not sleep.
-    pub fn scan(&mut self, dir: &std::path::Path, now: Instant) -> io::Result<Vec<Ready>> {
+    pub fn scan(&mut self, dir: &std::path::Path, now: Timestamp) -> io::Result<Vec<Ready>> {
         let mut present = HashMap::new();
         let mut ready = Vec::new();
         for entry in std::fs::read_dir(dir)? {
@@ -92,7 +94,7 @@ impl Scanner {
                 _ => now,
             };
             present.insert(name.clone(), (look, first_seen));
-            if now.duration_since(first_seen) < self.settle || first_seen == now {
+            if clock::between(first_seen, now) < self.settle || first_seen == now {
                 continue;
             }
             ready.push(Ready {
@@ -114,7 +116,7 @@ impl Scanner {
 
     /// Leaves an entry alone until `until`: it could not be claimed, and trying again at every
     /// scan would only repeat the same error.
-    pub fn hold(&mut self, name: &OsStr, until: Instant) {
+    pub fn hold(&mut self, name: &OsStr, until: Timestamp) {
         self.held.insert(name.to_owned(), until);
         self.seen.remove(name);
     }
@@ -163,7 +165,7 @@ mod tests {
     fn a_file_is_ready_only_after_holding_still_for_the_settle_time() {
         let dir = tempfile::tempdir().unwrap();
         let mut scanner = Scanner::new(Duration::from_secs(1));
-        let t0 = Instant::now();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         std::fs::write(dir.path().join("a.jsonl"), "x").unwrap();
         assert!(
             scanner.scan(dir.path(), t0).unwrap().is_empty(),
@@ -171,7 +173,7 @@ mod tests {
         );
         assert!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_millis(500))
+                .scan(dir.path(), clock::add(t0, Duration::from_millis(500)))
                 .unwrap()
                 .is_empty(),
             "too soon"
@@ -180,12 +182,12 @@ mod tests {
         std::fs::write(dir.path().join("a.jsonl"), "xy").unwrap();
         assert!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_millis(1100))
+                .scan(dir.path(), clock::add(t0, Duration::from_millis(1100)))
                 .unwrap()
                 .is_empty()
         );
         let ready = scanner
-            .scan(dir.path(), t0 + Duration::from_millis(2200))
+            .scan(dir.path(), clock::add(t0, Duration::from_millis(2200)))
             .unwrap();
         assert_eq!(
             ready,
@@ -200,35 +202,35 @@ mod tests {
     fn a_held_entry_is_left_alone_until_its_time() {
         let dir = tempfile::tempdir().unwrap();
         let mut scanner = Scanner::new(Duration::from_millis(1));
-        let t0 = Instant::now();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         std::fs::write(dir.path().join("stuck"), "x").unwrap();
         scanner.scan(dir.path(), t0).unwrap();
         assert_eq!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_secs(1))
+                .scan(dir.path(), clock::add(t0, Duration::from_secs(1)))
                 .unwrap()
                 .len(),
             1
         );
-        scanner.hold(OsStr::new("stuck"), t0 + Duration::from_secs(60));
+        scanner.hold(OsStr::new("stuck"), clock::add(t0, Duration::from_secs(60)));
         assert!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_secs(2))
+                .scan(dir.path(), clock::add(t0, Duration::from_secs(2)))
                 .unwrap()
                 .is_empty()
         );
         assert!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_secs(30))
+                .scan(dir.path(), clock::add(t0, Duration::from_secs(30)))
                 .unwrap()
                 .is_empty()
         );
         scanner
-            .scan(dir.path(), t0 + Duration::from_secs(61))
+            .scan(dir.path(), clock::add(t0, Duration::from_secs(61)))
             .unwrap();
         assert_eq!(
             scanner
-                .scan(dir.path(), t0 + Duration::from_secs(62))
+                .scan(dir.path(), clock::add(t0, Duration::from_secs(62)))
                 .unwrap()
                 .len(),
             1
@@ -252,10 +254,10 @@ mod tests {
         // SAFETY: a valid path and mode.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         let mut scanner = Scanner::new(Duration::from_millis(1));
-        let t0 = Instant::now();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         scanner.scan(dir.path(), t0).unwrap();
         let ready = scanner
-            .scan(dir.path(), t0 + Duration::from_secs(1))
+            .scan(dir.path(), clock::add(t0, Duration::from_secs(1)))
             .unwrap();
         assert_eq!(ready.len(), 3);
         for r in ready {

@@ -183,28 +183,6 @@ pub async fn by_attempt(
     .await?)
 }
 
-/// Takes an input file found on the service for a submission whose upload the database does
-/// not record: the create comes next. Returns false when the submission was past uploading.
-pub async fn adopt_upload(
-    conn: &mut SqliteConnection,
-    id: i64,
-    file_id: &str,
-    now: &str,
-) -> Result<bool, StoreError> {
-    let updated = sqlx::query!(
-        "UPDATE batches SET input_file_id = ?, state = 'creating', outcome_unknown_at = NULL,
-                            last_error = NULL, updated_at = ?
-         WHERE id = ? AND state IN ('queued', 'uploading')",
-        file_id,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
-}
-
 /// A job's submissions, in the order they were made.
 pub async fn for_job(
     db: impl SqliteExecutor<'_>,
@@ -215,45 +193,6 @@ pub async fn for_job(
             .fetch_all(db)
             .await?,
     )
-}
-
-/// Moves a submission to `state`; a terminal submission never changes state.
-pub async fn set_state(
-    conn: &mut SqliteConnection,
-    id: i64,
-    state: SubmissionState,
-    now: &str,
-) -> Result<(), StoreError> {
-    let updated = sqlx::query!(
-        "UPDATE batches SET state = ?, updated_at = ?
-         WHERE id = ? AND state NOT IN ('finished', 'abandoned', 'lost')",
-        state,
-        now,
-        id,
-    )
-    .execute(conn)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Err(StoreError::Finished {
-            what: format!("submission {id}"),
-            to: state.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Records that the create is sent again after reconciliation found no batch.
-pub async fn set_resent(conn: &mut SqliteConnection, id: i64, now: &str) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET resent_at = ?, updated_at = ? WHERE id = ?",
-        now,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
@@ -268,154 +207,6 @@ pub async fn watched_for_duplicates(
     )
     .fetch_all(db)
     .await?)
-}
-
-/// Records the uploaded input file.
-pub async fn set_input_file(
-    conn: &mut SqliteConnection,
-    id: i64,
-    file_id: &str,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET input_file_id = ?, updated_at = ? WHERE id = ?",
-        file_id,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Marks (or clears, with `None`) an upload or create whose outcome is not known.
-pub async fn set_outcome_unknown(
-    conn: &mut SqliteConnection,
-    id: i64,
-    since: Option<&str>,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET outcome_unknown_at = ?, updated_at = ? WHERE id = ?",
-        since,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records (or clears) the last local error of a submission.
-pub async fn set_last_error(
-    conn: &mut SqliteConnection,
-    id: i64,
-    error: Option<&str>,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET last_error = ?, updated_at = ? WHERE id = ?",
-        error,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records which result files were gone from the service when they were downloaded, or none.
-pub async fn set_results_missing(
-    conn: &mut SqliteConnection,
-    id: i64,
-    missing: Option<&str>,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET results_missing = ?, updated_at = ? WHERE id = ?",
-        missing,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Notes that a download of the submission's results failed, keeping the time of the first
-/// failure in a row; returns that time.
-pub async fn note_collect_failure(
-    conn: &mut SqliteConnection,
-    id: i64,
-    now: &str,
-) -> Result<String, StoreError> {
-    Ok(sqlx::query_scalar!(
-        r#"UPDATE batches SET collect_failing_since = coalesce(collect_failing_since, ?), updated_at = ?
-           WHERE id = ? RETURNING collect_failing_since AS "since!""#,
-        now,
-        now,
-        id
-    )
-    .fetch_one(conn)
-    .await?)
-}
-
-/// Records that the results of a submission cannot be downloaded and the daemon gave up.
-pub async fn set_results_unavailable(
-    conn: &mut SqliteConnection,
-    id: i64,
-    why: &str,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET results_unavailable = ?, updated_at = ? WHERE id = ?",
-        why,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Sets when the submission is next polled.
-pub async fn set_next_poll(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: &str,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET next_poll_at = ?, updated_at = ? WHERE id = ?",
-        at,
-        now,
-        id
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Records that a cancel was decided (before it is sent) and, later, that it was sent.
-pub async fn set_cancel(
-    conn: &mut SqliteConnection,
-    id: i64,
-    requested_at: Option<&str>,
-    sent_at: Option<&str>,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET cancel_requested_at = coalesce(cancel_requested_at, ?),
-                            cancel_sent_at = coalesce(cancel_sent_at, ?), updated_at = ?
-         WHERE id = ?",
-        requested_at,
-        sent_at,
-        now,
-        id,
-    )
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Records what was seen of the remote batch, and appends a history row when its status or
@@ -576,22 +367,46 @@ pub async fn due_for_poll(
     .await?)
 }
 
-/// Sets (or clears) the time before which the submission's next step is not taken.
-pub async fn set_not_before(
-    conn: &mut SqliteConnection,
-    id: i64,
-    at: Option<&str>,
-    now: &str,
-) -> Result<(), StoreError> {
-    sqlx::query!(
-        "UPDATE batches SET not_before = ?, updated_at = ? WHERE id = ?",
-        at,
-        now,
-        id
+/// The earliest stored time at which something becomes due: a poll (`""` when one is due
+/// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
+/// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
+/// retry) are left out, so their stale times do not wake the daemon for nothing.
+pub async fn next_due(
+    db: impl SqliteExecutor<'_>,
+    busy_submissions: &str,
+    busy_jobs: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT min(t) AS "t: String" FROM (
+               SELECT CASE WHEN EXISTS (
+                          SELECT 1 FROM batches WHERE state = 'active' AND next_poll_at IS NULL
+                            AND id NOT IN (SELECT value FROM json_each(?1)))
+                      THEN ''
+                      ELSE (SELECT next_poll_at FROM batches
+                            WHERE state = 'active' AND next_poll_at IS NOT NULL
+                              AND id NOT IN (SELECT value FROM json_each(?1))
+                            ORDER BY next_poll_at LIMIT 1)
+                      END AS t
+               UNION ALL
+               SELECT (SELECT not_before FROM batches
+                       WHERE terminal = 0 AND not_before IS NOT NULL
+                         AND id NOT IN (SELECT value FROM json_each(?1))
+                       ORDER BY not_before LIMIT 1)
+               UNION ALL
+               SELECT (SELECT deadline_at FROM jobs
+                       WHERE terminal = 0 AND cancel_requested_at IS NULL
+                       ORDER BY deadline_at LIMIT 1)
+               UNION ALL
+               SELECT (SELECT validate_after FROM jobs
+                       WHERE state = 'validating' AND validate_after IS NOT NULL
+                         AND id NOT IN (SELECT value FROM json_each(?2))
+                       ORDER BY validate_after LIMIT 1)
+           )"#,
+        busy_submissions,
+        busy_jobs,
     )
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(db)
+    .await?)
 }
 
 /// Marks every upload or create that was under way as of unknown outcome: after a restart

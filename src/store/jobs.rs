@@ -215,7 +215,7 @@ pub async fn set_state(
     let updated = sqlx::query!(
         "UPDATE jobs
          SET state = ?, reason_code = ?, reason = ?, reason_line = ?, finished_at = ?, updated_at = ?
-         WHERE id = ? AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+         WHERE id = ? AND terminal = 0",
         state,
         code,
         text,
@@ -421,7 +421,7 @@ pub async fn request_cancel(
     let updated = sqlx::query!(
         "UPDATE jobs SET cancel_requested_at = ?, cancel_reason = ?, updated_at = ?
          WHERE id = ? AND cancel_requested_at IS NULL
-           AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+           AND terminal = 0",
         now,
         reason,
         now,
@@ -507,7 +507,7 @@ pub async fn past_deadline(
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE deadline_at <= ? AND cancel_requested_at IS NULL
-             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
+             AND terminal = 0
            ORDER BY id"#,
         now
     )
@@ -519,7 +519,7 @@ pub async fn past_deadline(
 pub async fn unfinished(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
-           WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')
+           WHERE terminal = 0
            ORDER BY id"#
     )
     .fetch_all(db)
@@ -531,7 +531,7 @@ pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, 
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE cancel_requested_at IS NOT NULL
-             AND state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')"#
+             AND terminal = 0"#
     )
     .fetch_all(db)
     .await?)
@@ -541,10 +541,10 @@ pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, 
 pub async fn finishable(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT j.id AS "id!" FROM jobs j
-           WHERE j.state IN ('queued', 'submitting', 'running', 'cancelling', 'collecting')
+           WHERE j.terminal = 0 AND j.state <> 'validating'
              AND EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id)
              AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id
-                             AND b.state NOT IN ('finished', 'abandoned', 'lost'))
+                             AND b.terminal = 0)
            ORDER BY j.id"#
     )
     .fetch_all(db)

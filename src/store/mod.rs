@@ -11,6 +11,7 @@
 pub mod batches;
 pub mod history;
 pub mod jobs;
+pub mod transitions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,12 @@ pub enum StoreError {
     },
     #[error("{what} is finished or unknown; it cannot move to {to}")]
     Finished { what: String, to: String },
+    #[error("submission {id} cannot {edge}: it is not {from}")]
+    Illegal {
+        id: i64,
+        edge: &'static str,
+        from: &'static str,
+    },
     #[error("this store was opened read-only")]
     ReadOnly,
     #[error(transparent)]

@@ -4,6 +4,7 @@
 mod client;
 mod config;
 mod daemon_bad_input;
+mod daemon_clock;
 mod daemon_crash;
 mod daemon_faults;
 mod daemon_full_disk;

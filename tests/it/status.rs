@@ -234,10 +234,11 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
         .max_by_key(|b| (b.attempt, b.id))
         .unwrap();
     let mut tx = store.begin().await.unwrap();
-    batchwatch::store::batches::set_last_error(
+    batchwatch::store::transitions::defer_poll(
         &mut tx,
         latest.id,
-        Some("download output: HTTP 500\n\x1b[31mforged"),
+        "2026-11-22T11:00:10.000Z",
+        "download output: HTTP 500\n\x1b[31mforged",
         "2026-11-22T11:00:00.000Z",
     )
     .await

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
 use batchwatch::store::batches::{self, NewSubmission, Recorded};
-use batchwatch::store::{Access, Store, StoreError, history, jobs, known_schema_version};
+use batchwatch::store::{
+    Access, Store, StoreError, history, jobs, known_schema_version, transitions,
+};
 
 use crate::support::Sandbox;
 use crate::support::fixtures::{self, T0, fill, job_id, new_job, open, seen};
@@ -66,6 +68,15 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
         "ALTER TABLE jobs DROP COLUMN validate_after",
         "ALTER TABLE batches DROP COLUMN collect_failing_since",
         "ALTER TABLE batches DROP COLUMN results_unavailable",
+        "DROP INDEX batches_not_before",
+        "DROP INDEX jobs_unfinished_deadline",
+        "DROP INDEX jobs_unfinished_cancel",
+        "ALTER TABLE jobs DROP COLUMN terminal",
+        "ALTER TABLE batches DROP COLUMN terminal",
+        "CREATE INDEX jobs_unfinished_deadline ON jobs (deadline_at) \
+         WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+        "CREATE INDEX jobs_unfinished_cancel ON jobs (cancel_requested_at) \
+         WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
         "DELETE FROM _sqlx_migrations WHERE version > 1",
         "PRAGMA user_version = 0",
     ] {
@@ -504,59 +515,43 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
 
     let mut tx = store.begin().await.unwrap();
-    batches::set_state(&mut tx, id, SubmissionState::Uploading, T0)
+    transitions::arm_upload(&mut tx, id, T0).await.unwrap();
+    transitions::arm_create(&mut tx, id, "file-abc", T0)
         .await
         .unwrap();
-    batches::set_outcome_unknown(&mut tx, id, Some(T0), T0)
+    transitions::await_reconcile(&mut tx, id, "HTTP 500", "2026-11-22T10:00:05.000Z", T0)
         .await
         .unwrap();
-    batches::set_input_file(&mut tx, id, "file-abc", T0)
+    transitions::activate(&mut tx, id, T0).await.unwrap();
+    transitions::defer_poll(&mut tx, id, "2026-11-22T10:00:10.000Z", "HTTP 502", T0)
         .await
         .unwrap();
-    batches::set_outcome_unknown(&mut tx, id, None, T0)
+    transitions::arm_cancel(&mut tx, id, "2026-11-22T10:00:20.000Z")
         .await
         .unwrap();
-    batches::set_state(&mut tx, id, SubmissionState::Creating, T0)
+    transitions::arm_cancel(&mut tx, id, "2026-11-22T10:00:25.000Z")
         .await
         .unwrap();
-    batches::set_last_error(&mut tx, id, Some("HTTP 500"), T0)
-        .await
-        .unwrap();
-    batches::set_state(&mut tx, id, SubmissionState::Active, T0)
-        .await
-        .unwrap();
-    batches::set_next_poll(&mut tx, id, "2026-11-22T10:00:10.000Z", T0)
-        .await
-        .unwrap();
-    batches::set_cancel(&mut tx, id, Some("2026-11-22T10:00:20.000Z"), None, T0)
-        .await
-        .unwrap();
-    batches::set_cancel(
-        &mut tx,
-        id,
-        Some("2026-11-22T10:00:25.000Z"),
-        Some("2026-11-22T10:00:21.000Z"),
-        T0,
-    )
-    .await
-    .unwrap();
     tx.commit().await.unwrap();
 
     let s = batches::get(store.reader(), id).await.unwrap().unwrap();
     assert_eq!(s.state, SubmissionState::Active);
     assert_eq!(s.input_file_id.as_deref(), Some("file-abc"));
-    assert_eq!(s.outcome_unknown_at, None);
-    assert_eq!(s.last_error.as_deref(), Some("HTTP 500"));
+    assert_eq!(s.outcome_unknown_at, None, "activation settles the outcome");
+    assert_eq!(s.not_before, None, "and ends the back-off");
+    assert_eq!(s.last_error.as_deref(), Some("HTTP 502"));
     assert_eq!(s.next_poll_at.as_deref(), Some("2026-11-22T10:00:10.000Z"));
     assert_eq!(
         s.cancel_requested_at.as_deref(),
         Some("2026-11-22T10:00:20.000Z"),
         "the first decision stands"
     );
-    assert_eq!(
-        s.cancel_sent_at.as_deref(),
-        Some("2026-11-22T10:00:21.000Z")
-    );
+    let attempts = jobs::get(store.reader(), &job)
+        .await
+        .unwrap()
+        .unwrap()
+        .attempts;
+    assert_eq!(attempts, 1, "activation counts the attempt");
 
     let mut tx = store.begin().await.unwrap();
     let obs = seen("batch_x1", "in_progress", Some((2, 1, 0)));
@@ -587,16 +582,205 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
 
     let mut tx = store.begin().await.unwrap();
-    batches::set_state(&mut tx, id, SubmissionState::Finished, T0)
-        .await
-        .unwrap();
-    let err = batches::set_state(&mut tx, id, SubmissionState::Active, T0)
-        .await
-        .unwrap_err();
+    transitions::lose(&mut tx, id, "gone", T0).await.unwrap();
+    let err = transitions::activate(&mut tx, id, T0).await.unwrap_err();
     assert!(
-        matches!(err, StoreError::Finished { .. }),
+        matches!(err, StoreError::Illegal { .. }),
         "terminal stays terminal: {err:?}"
     );
+}
+
+/// Puts a submission in `state` directly, to try an edge from there.
+async fn force_state(store: &Store, id: i64, state: SubmissionState) {
+    sqlx::query("UPDATE batches SET state = ? WHERE id = ?")
+        .bind(state.as_str())
+        .bind(id)
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+}
+
+/// Every edge of the submission diagram moves a submission from the states it leaves, and
+/// from no other: its guard refuses the rest, and leaves the row as it was.
+#[tokio::test]
+async fn every_transition_moves_only_from_the_states_the_diagram_allows() {
+    use SubmissionState as S;
+    type Edge = fn(
+        &mut sqlx::SqliteConnection,
+        i64,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), StoreError>>;
+    let edges: Vec<(&str, &[S], Option<S>, Edge)> = vec![
+        ("arm_upload", &[S::Queued], Some(S::Uploading), |c, id| {
+            Box::pin(transitions::arm_upload(c, id, T0))
+        }),
+        ("arm_create", &[S::Uploading], Some(S::Creating), |c, id| {
+            Box::pin(transitions::arm_create(c, id, "file-1", T0))
+        }),
+        (
+            "adopt_upload",
+            &[S::Queued, S::Uploading],
+            Some(S::Creating),
+            |c, id| Box::pin(transitions::adopt_upload(c, id, "file-1", T0)),
+        ),
+        (
+            "activate",
+            &[S::Queued, S::Uploading, S::Creating],
+            Some(S::Active),
+            |c, id| Box::pin(transitions::activate(c, id, T0)),
+        ),
+        (
+            "to_collecting",
+            &[S::Active],
+            Some(S::Collecting),
+            |c, id| Box::pin(transitions::to_collecting(c, id, T0)),
+        ),
+        ("collected", &[S::Collecting], Some(S::Finished), |c, id| {
+            Box::pin(transitions::collected(c, id, None, T0))
+        }),
+        (
+            "give_up_results",
+            &[S::Collecting],
+            Some(S::Finished),
+            |c, id| Box::pin(transitions::give_up_results(c, id, "x", T0)),
+        ),
+        ("refused", &[S::Active], Some(S::Finished), |c, id| {
+            Box::pin(transitions::refused(c, id, T0))
+        }),
+        (
+            "abandon",
+            &[S::Queued, S::Uploading, S::Creating],
+            Some(S::Abandoned),
+            |c, id| Box::pin(transitions::abandon(c, id, "x", T0)),
+        ),
+        ("lose", &[S::Active], Some(S::Lost), |c, id| {
+            Box::pin(transitions::lose(c, id, "x", T0))
+        }),
+        (
+            "await_reconcile",
+            &[S::Uploading, S::Creating],
+            None,
+            |c, id| Box::pin(transitions::await_reconcile(c, id, "x", T0, T0)),
+        ),
+        ("not_sent", &[S::Uploading, S::Creating], None, |c, id| {
+            Box::pin(transitions::not_sent(c, id, T0))
+        }),
+        (
+            "postpone",
+            &[
+                S::Queued,
+                S::Uploading,
+                S::Creating,
+                S::Active,
+                S::Collecting,
+            ],
+            None,
+            |c, id| Box::pin(transitions::postpone(c, id, T0, None, T0)),
+        ),
+        ("schedule_poll", &[S::Active], None, |c, id| {
+            Box::pin(transitions::schedule_poll(c, id, T0, T0))
+        }),
+        ("defer_poll", &[S::Active], None, |c, id| {
+            Box::pin(transitions::defer_poll(c, id, T0, "x", T0))
+        }),
+        ("note_resent", &[S::Creating], None, |c, id| {
+            Box::pin(transitions::note_resent(c, id, T0))
+        }),
+        ("arm_cancel", &[S::Active], None, |c, id| {
+            Box::pin(transitions::arm_cancel(c, id, T0))
+        }),
+        ("cancel_sent", &[S::Active], None, |c, id| {
+            Box::pin(transitions::cancel_sent(c, id, T0))
+        }),
+        ("note_collect_failure", &[S::Collecting], None, |c, id| {
+            Box::pin(async move {
+                transitions::note_collect_failure(c, id, T0)
+                    .await
+                    .map(|_| ())
+            })
+        }),
+    ];
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(77);
+    new_job(&store, &job, "edges.jsonl", 1).await;
+    let mut tx = store.begin().await.unwrap();
+    let id = batches::insert(
+        &mut tx,
+        &NewSubmission {
+            job_id: &job,
+            part: 0,
+            part_start: 0,
+            part_end: 1,
+            part_requests: 1,
+            attempt: 1,
+            not_before: None,
+        },
+        T0,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    for (name, from, to, edge) in &edges {
+        for state in SubmissionState::ALL.iter().copied() {
+            force_state(&store, id, state).await;
+            let mut tx = store.begin().await.unwrap();
+            let result = edge(&mut tx, id).await;
+            let allowed = from.contains(&state);
+            match result {
+                Ok(()) => {
+                    assert!(allowed, "{name} moved a submission that was {state}");
+                    tx.commit().await.unwrap();
+                }
+                Err(StoreError::Illegal { .. }) => {
+                    assert!(!allowed, "{name} refused a submission that was {state}");
+                    drop(tx);
+                }
+                Err(other) => panic!("{name} from {state}: {other}"),
+            }
+            let after = batches::get(store.reader(), id)
+                .await
+                .unwrap()
+                .unwrap()
+                .state;
+            let expected = if allowed { to.unwrap_or(state) } else { state };
+            assert_eq!(after, expected, "{name} from {state}");
+        }
+    }
+}
+
+/// The schema's `terminal` columns say final for exactly the states the code calls final.
+#[tokio::test]
+async fn the_schema_and_the_code_agree_on_which_states_are_final() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let filled = fill(&store).await;
+    for state in JobState::ALL.iter().copied() {
+        sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(&filled.queued)
+            .execute(store.writer().unwrap())
+            .await
+            .unwrap();
+        let terminal: i64 = sqlx::query_scalar("SELECT terminal FROM jobs WHERE id = ?")
+            .bind(&filled.queued)
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(terminal == 1, state.is_terminal(), "job state {state}");
+    }
+    for state in SubmissionState::ALL.iter().copied() {
+        force_state(&store, filled.completed_batch, state).await;
+        let terminal: i64 = sqlx::query_scalar("SELECT terminal FROM batches WHERE id = ?")
+            .bind(filled.completed_batch)
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(
+            terminal == 1,
+            state.is_terminal(),
+            "submission state {state}"
+        );
+    }
 }
 
 #[tokio::test]

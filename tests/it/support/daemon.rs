@@ -41,6 +41,12 @@ concurrency = 8
 token_limit_initial = "200ms"
 token_limit_max = "1s"
 auth_retry = "200ms"
+failed_request = "40ms"
+failed_task_initial = "20ms"
+failed_task_max = "1s"
+
+[reconcile]
+duplicate_check_interval = "2s"
 
 [daemon]
 shutdown_timeout = "3s"

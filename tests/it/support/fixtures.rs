@@ -1,9 +1,9 @@
 //! A database filled through the store's own functions, for the store and status tests.
 
-use batchwatch::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch::model::{BatchStatus, JobState};
 use batchwatch::store::batches::{self, NewSubmission, Observation};
 use batchwatch::store::jobs::{self, NewJob, Why};
-use batchwatch::store::{Access, Store};
+use batchwatch::store::{Access, Store, transitions};
 
 /// The ids of what [`fill`] made.
 pub struct Filled {
@@ -101,10 +101,7 @@ async fn submission(store: &Store, job: &str, part: i64, attempt: i64, requests:
     )
     .await
     .unwrap();
-    batches::set_state(&mut tx, id, SubmissionState::Active, T0)
-        .await
-        .unwrap();
-    jobs::count_attempt(&mut tx, job, T0).await.unwrap();
+    transitions::activate(&mut tx, id, T0).await.unwrap();
     tx.commit().await.unwrap();
     id
 }
@@ -191,14 +188,13 @@ pub async fn fill(store: &Store) -> Filled {
     )
     .await;
     let mut tx = store.begin().await.unwrap();
-    batches::set_state(
-        &mut tx,
-        completed_batch,
-        SubmissionState::Finished,
-        "2026-11-22T10:05:00.000Z",
-    )
-    .await
-    .unwrap();
+    let at = "2026-11-22T10:05:00.000Z";
+    transitions::to_collecting(&mut tx, completed_batch, at)
+        .await
+        .unwrap();
+    transitions::collected(&mut tx, completed_batch, None, at)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     set_job(
         store,

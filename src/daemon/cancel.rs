@@ -1,45 +1,89 @@
-//! Deadlines and cancels. A job past its deadline is marked for cancel (reason `deadline`), as
-//! is one an operator cancels with `batchwatch cancel` (reason `operator`); the daemon then
-//! carries the cancel out: submissions that never became a batch are abandoned, live batches
-//! are cancelled and polled through `cancelling` to their end, and their partial results are
-//! collected like any others.
+//! Deadlines and cancels, wherever they come from: a job past its deadline is marked for
+//! cancel by the daemon (reason `deadline`), and one an operator cancels with `batchwatch
+//! cancel` by that command (reason `operator`), both through [`request`]. The daemon then
+//! carries the cancel out: submissions that never became a batch are abandoned ([`pending`]),
+//! live batches are cancelled ([`send`]) and polled through `cancelling` to their end, and
+//! their partial results are collected like any others.
 
 use std::collections::HashSet;
 
+use sqlx::SqliteConnection;
+
+use super::ctx::{Ctx, Next, Subject, defer};
+use super::observe::observe;
 use super::progress::{self, refresh_job};
-use super::{Ctx, Next, Subject, defer, poll, reconcile};
+use super::{poll, reconcile};
 use crate::api::ApiError;
-use crate::model::{JobState, SubmissionState};
-use crate::store::{batches, jobs};
+use crate::model::SubmissionState;
+use crate::store::jobs::{self, Job};
+use crate::store::{Store, batches, transitions};
+
+/// Why a job is cancelled; stored in `jobs.cancel_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Its deadline passed.
+    Deadline,
+    /// `batchwatch cancel`.
+    Operator,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Deadline => "deadline",
+            Reason::Operator => "operator",
+        }
+    }
+}
+
+/// What asking for a cancel did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Requested {
+    /// False when the job is finished or a cancel was already asked for (the first reason
+    /// stands).
+    pub asked: bool,
+    /// The job as it is now.
+    pub job: Job,
+}
+
+/// Marks a job for cancel and records why in its events; the daemon carries it out.
+pub async fn request(
+    store: &Store,
+    job_id: &str,
+    reason: Reason,
+    now: &str,
+) -> anyhow::Result<Requested> {
+    let mut tx = store.begin().await?;
+    let asked = jobs::request_cancel(&mut tx, job_id, reason.as_str(), now).await?;
+    let job = jobs::get(&mut *tx, job_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no job {job_id}"))?;
+    if asked {
+        let message = match reason {
+            Reason::Deadline => format!("deadline {} passed: cancelling", job.deadline_at),
+            Reason::Operator => "cancel asked for by an operator".to_owned(),
+        };
+        jobs::add_event(&mut tx, job_id, job.state, &message, now).await?;
+    }
+    tx.commit().await?;
+    Ok(Requested { asked, job })
+}
 
 /// Marks every job past its deadline for cancel.
-pub async fn enforce(ctx: &Ctx) -> anyhow::Result<()> {
+pub async fn enforce_deadlines(ctx: &Ctx) -> anyhow::Result<()> {
     let now = ctx.now();
     for job_id in jobs::past_deadline(ctx.store.reader(), &now).await? {
-        let mut tx = ctx.store.begin().await?;
-        if jobs::request_cancel(&mut tx, &job_id, "deadline", &now).await? {
-            let job = jobs::get(&mut *tx, &job_id).await?;
-            let (deadline, state) = job.map_or((String::new(), JobState::Queued), |j| {
-                (j.deadline_at, j.state)
-            });
-            jobs::add_event(
-                &mut tx,
-                &job_id,
-                state,
-                &format!("deadline {deadline} passed: cancelling"),
-                &now,
-            )
-            .await?;
-            tracing::warn!(job = %job_id, deadline = %deadline, "deadline passed: cancelling");
+        let done = request(&ctx.store, &job_id, Reason::Deadline, &now).await?;
+        if done.asked {
+            tracing::warn!(job = %job_id, deadline = %done.job.deadline_at, "deadline passed: cancelling");
         }
-        tx.commit().await?;
     }
     Ok(())
 }
 
 /// Moves on the jobs marked for cancel: abandons what never became a batch, and returns the
 /// submissions that need a request (a cancel to send, or a create to reconcile first).
-pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<Vec<i64>> {
+pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<Vec<i64>> {
     let now = ctx.now();
     let mut need_request = Vec::new();
     for job_id in jobs::cancel_pending(ctx.store.reader()).await? {
@@ -70,7 +114,8 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow:
                 need_request.push(row.id);
             }
         }
-        // Write only when something changes: this runs at every tick while a cancel is pending.
+        // Write only when something changes: this runs at every round while a cancel is
+        // pending.
         let job_state = jobs::get(ctx.store.reader(), &job_id)
             .await?
             .map(|j| j.state);
@@ -80,7 +125,7 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow:
         }
         let mut tx = ctx.store.begin().await?;
         for id in abandon {
-            batches::set_state(&mut tx, id, SubmissionState::Abandoned, &now).await?;
+            abandon_unsent(&mut tx, id, &job_id, &now).await?;
         }
         refresh_job(&mut tx, &job_id, None, "cancelling", &now).await?;
         tx.commit().await?;
@@ -89,7 +134,7 @@ pub async fn pending_cancels(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow:
 }
 
 /// Sends the cancel for one submission (after reconciling a create of unknown outcome).
-pub async fn cancel(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
+pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let Some(row) = batches::get(ctx.store.reader(), row_id).await? else {
         return Ok(());
     };
@@ -97,11 +142,10 @@ pub async fn cancel(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     if row.state == SubmissionState::Creating {
         // A create may have happened: find out before calling the submission abandoned.
         match reconcile::find_batch(&ctx, &row).await {
-            Ok(Some(batch)) => return poll::observe(&ctx, &row, &batch).await,
+            Ok(Some(batch)) => return observe(&ctx, &row, &batch).await,
             Ok(None) => {
                 let mut tx = ctx.store.begin().await?;
-                batches::set_state(&mut tx, row.id, SubmissionState::Abandoned, &now).await?;
-                refresh_job(&mut tx, &row.job_id, None, "cancelling", &now).await?;
+                abandon_unsent(&mut tx, row.id, &row.job_id, &now).await?;
                 tx.commit().await?;
                 return Ok(());
             }
@@ -118,13 +162,13 @@ pub async fn cancel(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         return Ok(());
     };
     let mut tx = ctx.store.begin().await?;
-    batches::set_cancel(&mut tx, row.id, Some(&now), None, &now).await?;
+    transitions::arm_cancel(&mut tx, row.id, &now).await?;
     tx.commit().await?;
     match ctx.client.cancel_batch(&remote).await {
         Ok(batch) => {
             mark_sent(&ctx, row.id).await?;
             tracing::info!(job = %row.job_id, batch = %remote, "cancel sent");
-            poll::observe(&ctx, &row, &batch).await
+            observe(&ctx, &row, &batch).await
         }
         Err(ApiError::BadRequest { message, .. }) => {
             // Typically: the batch finished meanwhile. Stop asking; the next poll says how it ended.
@@ -142,11 +186,24 @@ pub async fn cancel(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     }
 }
 
+/// Gives up a submission of a cancelled job that never became a batch, in the caller's
+/// transaction.
+pub async fn abandon_unsent(
+    tx: &mut SqliteConnection,
+    id: i64,
+    job_id: &str,
+    now: &str,
+) -> anyhow::Result<()> {
+    const UNSENT: &str = "cancelled before its batch was created";
+    transitions::abandon(tx, id, UNSENT, now).await?;
+    refresh_job(tx, job_id, None, UNSENT, now).await?;
+    Ok(())
+}
+
 async fn mark_sent(ctx: &Ctx, row_id: i64) -> anyhow::Result<()> {
     let now = ctx.now();
     let mut tx = ctx.store.begin().await?;
-    batches::set_cancel(&mut tx, row_id, None, Some(&now), &now).await?;
-    batches::set_next_poll(&mut tx, row_id, &now, &now).await?;
+    transitions::cancel_sent(&mut tx, row_id, &now).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -1,0 +1,90 @@
+//! What the daemon's tasks share ([`Ctx`]), what a task works on ([`Subject`], [`Task`]), and
+//! how a failed request puts its submission's next try off ([`defer`]).
+
+use std::sync::Arc;
+
+use super::gate::Gate;
+use super::reconcile::{DuplicateWatch, Unverified};
+use super::schedule::Schedule;
+use crate::api::{ApiError, Client};
+use crate::clock::{self, Clock};
+use crate::config::Settings;
+use crate::queue::Queue;
+use crate::store::{Store, transitions};
+
+/// What the daemon's tasks share.
+#[derive(Clone)]
+pub struct Ctx {
+    pub settings: Arc<Settings>,
+    /// Every timer and back-off, derived from the settings once.
+    pub schedule: Arc<Schedule>,
+    pub store: Store,
+    pub queue: Queue,
+    pub client: Client,
+    /// The one clock: stored times, timers and back-offs all read it.
+    pub clock: Clock,
+    pub gate: Arc<Gate>,
+    /// Jobs not yet checked against the service since the database may lag it.
+    pub unverified: Arc<Unverified>,
+    /// Late duplicates of re-sent creates already reported.
+    pub duplicates: Arc<DuplicateWatch>,
+}
+
+impl Ctx {
+    /// The current time in the stored form.
+    pub fn now(&self) -> String {
+        clock::format(self.clock.now())
+    }
+}
+
+/// What a task works on. At most one task per subject runs at a time, whatever it does, so
+/// a poll and a cancel of one batch, say, never race each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Job(String),
+    Submission(i64),
+    Key,
+    Duplicates,
+    /// The check of unverified jobs against the service.
+    Unverified,
+}
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    Validate,
+    Submit,
+    Poll,
+    Cancel,
+    Collect,
+    Finish,
+    ProbeKey,
+    CancelDuplicates,
+    Verify,
+}
+
+/// Which time a deferred step waits on.
+pub enum Next {
+    /// `next_poll_at`: the poll of an active batch.
+    Poll,
+    /// `not_before`: an upload, create, cancel or download.
+    Step,
+}
+
+/// Records a failed request on a submission and puts its next try off: by the server's delay
+/// when it gave one, else by `backoff.failed_request`. A refused key closes the gate.
+pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::Result<()> {
+    let now_ts = ctx.clock.now();
+    ctx.gate.note(err, now_ts, ctx.schedule.auth_retry);
+    let delay = err.retry_after().unwrap_or(ctx.schedule.failed_request);
+    let at = clock::format(clock::add(now_ts, delay));
+    let now = clock::format(now_ts);
+    let error = err.to_string();
+    let mut tx = ctx.store.begin().await?;
+    match next {
+        Next::Poll => transitions::defer_poll(&mut tx, row, &at, &error, &now).await?,
+        Next::Step => transitions::postpone(&mut tx, row, &at, Some(&error), &now).await?,
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,718 @@
+//! Finishing a job, once every submission is done with: its outcome, its results merged
+//! (`output.jsonl`, `errors.jsonl`), `manifest.json`, its final state, and its file's last
+//! move from processing/ to done/ or failed/ (with a reason file). The final state is committed
+//! before the file moves; the destination is recorded before anything moves; every step can be
+//! repeated after a crash, and the sweep of processing/ ([`super::recover`]) finishes a move a
+//! crash or an error interrupted.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::ctx::Ctx;
+use crate::batchfile;
+use crate::failpoint;
+use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
+use crate::queue::{self, Destination, JobDir, Reason};
+use crate::store::batches::{self, Submission};
+use crate::store::jobs::{self, Job, Why};
+
+/// The latest attempt of each part.
+pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
+    let mut by_part: BTreeMap<i64, &Submission> = BTreeMap::new();
+    for row in rows {
+        let entry = by_part.entry(row.part).or_insert(row);
+        if row.attempt > entry.attempt {
+            *entry = row;
+        }
+    }
+    by_part.into_values().collect()
+}
+
+/// How a job ends, given the latest attempt of each of its parts.
+pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
+    let status = |s: &Submission| s.status.clone();
+    // Results that could not be downloaded fail the job, however its batches ended.
+    if let Some((s, why)) = latest
+        .iter()
+        .find_map(|s| Some((s, s.results_unavailable.as_deref()?)))
+    {
+        let message = format!(
+            "batch {} ended ({}), but {why}; the results that were downloaded are kept",
+            s.remote_id.as_deref().unwrap_or("?"),
+            s.status.as_ref().map_or("?", |st| st.as_str()),
+        );
+        return (
+            JobState::Failed,
+            Some(Why::new("results_unavailable", message)),
+        );
+    }
+    if !latest.is_empty()
+        && latest.iter().all(|s| {
+            s.state == SubmissionState::Finished && status(s) == Some(BatchStatus::Completed)
+        })
+    {
+        // Completed on the service, but its results are not all here: not a completed job.
+        if let Some((s, missing)) = latest
+            .iter()
+            .find_map(|s| Some((s, s.results_missing.as_deref()?)))
+        {
+            let message = format!(
+                "batch {} completed, but {missing}; the results that remain are kept",
+                s.remote_id.as_deref().unwrap_or("?"),
+            );
+            return (JobState::Failed, Some(Why::new("results_missing", message)));
+        }
+        return (JobState::Completed, None);
+    }
+    if let Some(reason) = &job
+        .cancel_requested_at
+        .as_ref()
+        .and(job.cancel_reason.as_ref())
+    {
+        let message = match reason.as_str() {
+            "deadline" => format!(
+                "cancelled at its deadline, {}; partial results kept",
+                job.deadline_at
+            ),
+            "operator" => {
+                "cancelled by an operator (batchwatch cancel); partial results kept".to_owned()
+            }
+            other => format!("cancelled ({other}); partial results kept"),
+        };
+        return (
+            JobState::Cancelled,
+            Some(Why::new(reason.as_str(), message)),
+        );
+    }
+    if let Some(s) = latest
+        .iter()
+        .find(|s| status(s) == Some(BatchStatus::Expired))
+    {
+        let message = format!(
+            "batch {} expired before it finished (completion window {}); partial results kept",
+            s.remote_id.as_deref().unwrap_or("?"),
+            job.completion_window
+        );
+        return (JobState::Expired, Some(Why::new("expired", message)));
+    }
+    if let Some(s) = latest.iter().find(|s| s.state == SubmissionState::Lost) {
+        return (
+            JobState::Failed,
+            Some(Why::new(
+                "batch_lost",
+                s.last_error
+                    .clone()
+                    .unwrap_or_else(|| "the batch vanished".into()),
+            )),
+        );
+    }
+    if let Some(s) = latest
+        .iter()
+        .find(|s| s.state == SubmissionState::Abandoned)
+    {
+        let message = s
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "the submission was abandoned".into());
+        return (
+            JobState::Failed,
+            Some(Why::new("submission_refused", message)),
+        );
+    }
+    if let Some(s) = latest
+        .iter()
+        .find(|s| status(s) == Some(BatchStatus::Failed))
+    {
+        let (code, message) = first_error(s.errors.as_deref());
+        let message = format!(
+            "batch {} failed: {message}",
+            s.remote_id.as_deref().unwrap_or("?")
+        );
+        return (
+            JobState::Failed,
+            Some(Why::new(
+                code.unwrap_or_else(|| "batch_failed".into()),
+                message,
+            )),
+        );
+    }
+    if let Some(s) = latest
+        .iter()
+        .find(|s| status(s) == Some(BatchStatus::Cancelled))
+    {
+        let message = format!(
+            "batch {} was cancelled outside batchwatch; partial results kept",
+            s.remote_id.as_deref().unwrap_or("?")
+        );
+        return (
+            JobState::Cancelled,
+            Some(Why::new("cancelled_remotely", message)),
+        );
+    }
+    let seen: Vec<String> = latest
+        .iter()
+        .map(|s| s.status.as_ref().map_or("none".into(), |s| s.to_string()))
+        .collect();
+    (
+        JobState::Failed,
+        Some(Why::new(
+            "unexpected_status",
+            format!("the batches ended as {}", seen.join(", ")),
+        )),
+    )
+}
+
+/// The first entry of a batch's `errors`: (code, message).
+fn first_error(errors: Option<&str>) -> (Option<String>, String) {
+    let parsed: Option<serde_json::Value> = errors.and_then(|e| serde_json::from_str(e).ok());
+    let first = parsed
+        .as_ref()
+        .and_then(|v| v.get("data"))
+        .and_then(|d| d.get(0));
+    let text = |k: &str| {
+        first
+            .and_then(|f| f.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let line = first.and_then(|f| f.get("line")).and_then(|v| v.as_u64());
+    let mut message = text("message").unwrap_or_else(|| "no reason given".into());
+    if let Some(line) = line {
+        message = format!("line {line}: {message}");
+    }
+    (text("code"), message)
+}
+
+#[derive(Debug, Serialize)]
+struct Counts {
+    total: i64,
+    completed: i64,
+    failed: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct ManifestBatch<'a> {
+    batch_id: Option<&'a str>,
+    part: i64,
+    attempt: i64,
+    state: SubmissionState,
+    status: Option<&'a BatchStatus>,
+    request_counts: Counts,
+    input_file_id: Option<&'a str>,
+    output_file_id: Option<&'a str>,
+    error_file_id: Option<&'a str>,
+    last_error: Option<&'a str>,
+    results_missing: Option<&'a str>,
+    results_unavailable: Option<&'a str>,
+}
+
+/// `manifest.json`: what is in a job's results directory, and how the job ended.
+#[derive(Debug, Serialize)]
+struct Manifest<'a> {
+    job_id: &'a str,
+    file: &'a str,
+    state: JobState,
+    reason_code: Option<&'a str>,
+    reason: Option<&'a str>,
+    sha256: Option<&'a str>,
+    endpoint: Option<&'a str>,
+    model: Option<&'a str>,
+    requests: Option<i64>,
+    request_counts: Counts,
+    /// Merged output of the latest attempt of every part, relative to this directory.
+    output_file: Option<String>,
+    error_file: Option<String>,
+    batches: Vec<ManifestBatch<'a>>,
+    finished_at: String,
+}
+
+/// Finishes a job whose submissions are all done with: results, final state, file move.
+pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
+    let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
+        return Ok(());
+    };
+    if job.state.is_terminal() {
+        return Ok(());
+    }
+    let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
+    let last = latest(&rows);
+    let (state, why) = outcome(&job, &last);
+    let now = ctx.now();
+
+    let dir = ctx.queue.results_dir(&job_id);
+    let created_any = rows.iter().any(|r| r.remote_id.is_some());
+    let results_dir = if created_any {
+        let remote: Vec<String> = last.iter().filter_map(|r| r.remote_id.clone()).collect();
+        let merge_dir = dir.clone();
+        let (output, errors) = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            std::fs::create_dir_all(&merge_dir)?;
+            Ok((
+                merge(&merge_dir, &remote, "output")?,
+                merge(&merge_dir, &remote, "errors")?,
+            ))
+        })
+        .await??;
+        let sum = |f: fn(&Submission) -> Option<i64>| last.iter().filter_map(|r| f(r)).sum::<i64>();
+        let manifest = Manifest {
+            job_id: &job.id,
+            file: &job.file_name,
+            state,
+            reason_code: why.as_ref().map(|w| w.code.as_str()),
+            reason: why.as_ref().map(|w| w.message.as_str()),
+            sha256: job.sha256.as_deref(),
+            endpoint: job.endpoint.as_deref(),
+            model: job.model.as_deref(),
+            requests: job.request_count,
+            request_counts: Counts {
+                total: sum(|r| r.request_total),
+                completed: sum(|r| r.request_completed),
+                failed: sum(|r| r.request_failed),
+            },
+            output_file: output,
+            error_file: errors,
+            batches: rows
+                .iter()
+                .map(|r| ManifestBatch {
+                    batch_id: r.remote_id.as_deref(),
+                    part: r.part,
+                    attempt: r.attempt,
+                    state: r.state,
+                    status: r.status.as_ref(),
+                    request_counts: Counts {
+                        total: r.request_total.unwrap_or(0),
+                        completed: r.request_completed.unwrap_or(0),
+                        failed: r.request_failed.unwrap_or(0),
+                    },
+                    input_file_id: r.input_file_id.as_deref(),
+                    output_file_id: r.output_file_id.as_deref(),
+                    error_file_id: r.error_file_id.as_deref(),
+                    last_error: r.last_error.as_deref(),
+                    results_missing: r.results_missing.as_deref(),
+                    results_unavailable: r.results_unavailable.as_deref(),
+                })
+                .collect(),
+            finished_at: now.clone(),
+        };
+        queue::write_atomically(
+            &dir.join("manifest.json"),
+            &serde_json::to_vec_pretty(&manifest)?,
+        )?;
+        Some(ctx.queue.relative(&dir))
+    } else {
+        None
+    };
+
+    let message = match &why {
+        Some(w) => format!("{state}: {}", w.message),
+        None => format!(
+            "{state}: results in {}",
+            results_dir.as_deref().unwrap_or("-")
+        ),
+    };
+    let mut tx = ctx.store.begin().await?;
+    if let Some(dir) = &results_dir {
+        jobs::set_results_dir(&mut tx, &job_id, dir, &now).await?;
+    }
+    jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
+    tx.commit().await?;
+    tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
+    failpoint::hit("finish:after-state");
+    move_on(&ctx, &job_id).await
+}
+
+/// Merges the downloaded `BATCH.KIND.jsonl` files of `batches` into `KIND.jsonl`; returns its
+/// name when there is one. Repeatable: the merged file is complete before any part is removed,
+/// so once it exists the merge is done and leftover parts only need removing.
+fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String>> {
+    let name = format!("{kind}.jsonl");
+    let target = dir.join(&name);
+    let parts: Vec<PathBuf> = batches
+        .iter()
+        .map(|b| dir.join(format!("{b}.{kind}.jsonl")))
+        .filter(|p| p.exists())
+        .collect();
+    if target.exists() {
+        for part in &parts {
+            std::fs::remove_file(part)?;
+        }
+        return Ok(Some(name));
+    }
+    match parts.as_slice() {
+        [] => return Ok(None),
+        [one] => std::fs::rename(one, &target)?,
+        many => {
+            let mut out = queue::shared_temp_file(dir, ".merge-", "")?;
+            for part in many {
+                let mut input = std::fs::File::open(part)?;
+                let copied = io::copy(&mut input, &mut out)?;
+                // Keep one request per line even if a part lacks its final newline.
+                let mut last = [0u8; 1];
+                if copied > 0 {
+                    use std::io::{Read, Seek, SeekFrom};
+                    input.seek(SeekFrom::End(-1))?;
+                    input.read_exact(&mut last)?;
+                    if last[0] != b'\n' {
+                        out.write_all(b"\n")?;
+                    }
+                }
+            }
+            out.as_file().sync_all()?;
+            out.persist(&target).map_err(|e| e.error)?;
+            for part in many {
+                std::fs::remove_file(part)?;
+            }
+        }
+    }
+    Ok(Some(name))
+}
+
+/// Moves a finished job's file on: from processing/ when it is there, else finds where it went
+/// (see [`relocate`]).
+pub async fn move_on(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
+    let job = jobs::get(ctx.store.reader(), job_id)
+        .await?
+        .context("a finished job vanished")?;
+    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
+    match ctx.queue.job_dir_of(&id)? {
+        Some(JobDir {
+            file: Some((name, from)),
+            ..
+        }) => move_file(ctx, &job, &name, &from).await,
+        Some(JobDir {
+            dir, file: None, ..
+        }) => {
+            let _ = std::fs::remove_dir(dir);
+            relocate(ctx, &job).await
+        }
+        None => relocate(ctx, &job).await,
+    }
+}
+
+/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file). The
+/// destination is chosen once and recorded before anything moves, so a repeat after a crash
+/// finishes the same move.
+pub async fn move_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyhow::Result<()> {
+    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
+    let dest = if job.state == JobState::Completed {
+        Destination::Done
+    } else {
+        Destination::Failed
+    };
+    let recorded = [
+        ctx.queue.plain_final(dest, name),
+        ctx.queue.own_final(dest, &id, name),
+    ]
+    .into_iter()
+    .find(|p| ctx.queue.relative(p) == job.path);
+    let to = match recorded {
+        Some(to) => {
+            if let Some(dir) = to.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            to
+        }
+        None => {
+            let to = ctx.queue.choose_final(dest, &id, name)?;
+            record_path(ctx, &job.id, &to).await?;
+            to
+        }
+    };
+    let reason = (dest == Destination::Failed).then(|| Reason {
+        job_id: job.id.clone(),
+        file: job.file_name.clone(),
+        state: job.state.to_string(),
+        code: job
+            .reason_code
+            .clone()
+            .unwrap_or_else(|| job.state.to_string()),
+        line: job.reason_line.and_then(|l| u64::try_from(l).ok()),
+        message: job.reason.clone().unwrap_or_default(),
+        results_dir: job.results_dir.clone(),
+        at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
+    });
+    failpoint::hit("settle:before-move");
+    let moved_to = match ctx.queue.finish(from, &to, reason.as_ref()) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Something took the name after it was chosen: the job's own directory cannot clash.
+            let own = ctx.queue.own_final(dest, &id, name);
+            std::fs::create_dir_all(own.parent().expect("has a parent"))?;
+            record_path(ctx, &job.id, &own).await?;
+            ctx.queue.finish(from, &own, reason.as_ref())?;
+            own
+        }
+        other => {
+            other.with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
+            to
+        }
+    };
+    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&moved_to), "file moved");
+    Ok(())
+}
+
+/// Finds a finished job's file when it is not where the database says: a restored database
+/// may predate the file's final move. The file in done/ or failed/ with the job's name, size
+/// and checksum is recorded as the job's.
+pub async fn relocate(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
+    if ctx.queue.root().join(&job.path).symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let Some(id) = JobId::parse(&job.id) else {
+        return Ok(());
+    };
+    let name = OsStr::new(&job.file_name);
+    let candidates: Vec<_> = [Destination::Done, Destination::Failed]
+        .into_iter()
+        .flat_map(|d| {
+            [
+                ctx.queue.plain_final(d, name),
+                ctx.queue.own_final(d, &id, name),
+            ]
+        })
+        .collect();
+    let (size, sha) = (job.size_bytes, job.sha256.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        candidates
+            .into_iter()
+            .find(|p| is_the_file(p, size, sha.as_deref()))
+    })
+    .await?;
+    match found {
+        Some(path) => {
+            record_path(ctx, &job.id, &path).await?;
+            tracing::info!(job = %job.id, path = %ctx.queue.relative(&path), "the file had moved on before the database's last record; found it");
+        }
+        None => {
+            tracing::warn!(job = %job.id, path = %job.path, "the file of this job is neither where the database says nor in done/ or failed/")
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a regular file of `size` bytes whose SHA-256 is `sha` (when known).
+fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
+    use sha2::{Digest, Sha256};
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || i64::try_from(meta.len()).ok() != Some(size) {
+        return false;
+    }
+    let Some(sha) = sha else { return true };
+    let mut hasher = Sha256::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
+        .is_ok_and(|_| batchfile::hex(&hasher.finalize()) == sha)
+}
+
+async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {
+    let mut tx = ctx.store.begin().await?;
+    jobs::set_path(&mut tx, job_id, &ctx.queue.relative(to), &ctx.now()).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            id: "job_x".into(),
+            file_name: "f.jsonl".into(),
+            path: "processing/x".into(),
+            size_bytes: 1,
+            sha256: None,
+            request_count: Some(2),
+            endpoint: None,
+            model: None,
+            completion_window: "24h".into(),
+            deadline_at: "2026-11-22T12:00:00.000Z".into(),
+            metadata: "{}".into(),
+            output_expires_after: None,
+            state: JobState::Running,
+            reason_code: None,
+            reason: None,
+            reason_line: None,
+            attempts: 1,
+            cancel_requested_at: None,
+            cancel_reason: None,
+            results_dir: None,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+            finished_at: None,
+        }
+    }
+
+    fn sub(
+        part: i64,
+        attempt: i64,
+        state: SubmissionState,
+        status: Option<BatchStatus>,
+    ) -> Submission {
+        Submission {
+            id: part * 10 + attempt,
+            job_id: "job_x".into(),
+            part,
+            part_start: 0,
+            part_end: 1,
+            part_requests: 1,
+            attempt,
+            state,
+            not_before: None,
+            outcome_unknown_at: None,
+            resent_at: None,
+            remote_id: Some(format!("batch_{part}_{attempt}")),
+            input_file_id: None,
+            status,
+            request_total: None,
+            request_completed: None,
+            request_failed: None,
+            remote_created_at: None,
+            in_progress_at: None,
+            expires_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            output_file_id: None,
+            error_file_id: None,
+            errors: Some(r#"{"object":"list","data":[{"code":"invalid_json_line","message":"bad","line":3}]}"#.into()),
+            raw: None,
+            next_poll_at: None,
+            last_polled_at: None,
+            cancel_requested_at: None,
+            cancel_sent_at: None,
+            last_error: None,
+            results_missing: None,
+            collect_failing_since: None,
+            results_unavailable: None,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        }
+    }
+
+    use SubmissionState::Finished;
+
+    #[test]
+    fn only_the_latest_attempt_of_each_part_decides() {
+        let rows = vec![
+            sub(0, 1, Finished, Some(BatchStatus::Failed)),
+            sub(0, 2, Finished, Some(BatchStatus::Completed)),
+            sub(1, 1, Finished, Some(BatchStatus::Completed)),
+        ];
+        let last = latest(&rows);
+        assert_eq!(last.iter().map(|s| s.attempt).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(outcome(&job(), &last), (JobState::Completed, None));
+    }
+
+    #[test]
+    fn each_ending_has_its_state_and_code() {
+        let completed = sub(0, 1, Finished, Some(BatchStatus::Completed));
+        let failed = sub(1, 1, Finished, Some(BatchStatus::Failed));
+        let (state, why) = outcome(&job(), &[&completed, &failed]);
+        assert_eq!(state, JobState::Failed);
+        let why = why.unwrap();
+        assert_eq!(why.code, "invalid_json_line");
+        assert!(why.message.contains("line 3: bad"), "{}", why.message);
+
+        let expired = sub(0, 1, Finished, Some(BatchStatus::Expired));
+        assert_eq!(outcome(&job(), &[&expired]).0, JobState::Expired);
+        let lost = sub(0, 1, SubmissionState::Lost, Some(BatchStatus::InProgress));
+        assert_eq!(outcome(&job(), &[&lost]).1.unwrap().code, "batch_lost");
+
+        let mut cancelled_job = job();
+        cancelled_job.cancel_requested_at = Some("t".into());
+        cancelled_job.cancel_reason = Some("deadline".into());
+        let partial = sub(0, 1, Finished, Some(BatchStatus::Cancelled));
+        let (state, why) = outcome(&cancelled_job, &[&partial]);
+        assert_eq!(
+            (state, why.unwrap().code.as_str()),
+            (JobState::Cancelled, "deadline")
+        );
+        let mut gone = sub(1, 1, Finished, Some(BatchStatus::Completed));
+        gone.remote_id = Some("batch_gone".into());
+        gone.results_missing = Some("the output file file_x no longer exists".into());
+        // A local error left from an earlier step says nothing about the results.
+        let mut stale = sub(2, 1, Finished, Some(BatchStatus::Completed));
+        stale.last_error = Some("HTTP 500 while polling".into());
+        assert_eq!(
+            outcome(&job(), &[&completed, &stale]),
+            (JobState::Completed, None)
+        );
+        let (state, why) = outcome(&job(), &[&completed, &gone]);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "results_missing")
+        );
+        assert_eq!(
+            why.message,
+            "batch batch_gone completed, but the output file file_x no longer exists; the \
+             results that remain are kept"
+        );
+
+        // Results given up on fail the job, however its batch ended.
+        let mut unavailable = sub(3, 1, Finished, Some(BatchStatus::Completed));
+        unavailable.results_unavailable = Some("the output file f could not be downloaded".into());
+        let (state, why) = outcome(&cancelled_job, &[&completed, &unavailable]);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "results_unavailable")
+        );
+        assert!(
+            why.message
+                .contains("the output file f could not be downloaded"),
+            "{}",
+            why.message
+        );
+
+        // A batch that completed before the cancel took effect still completes the job.
+        assert_eq!(
+            outcome(&cancelled_job, &[&completed]).0,
+            JobState::Completed
+        );
+    }
+
+    #[test]
+    fn merging_joins_parts_line_by_line_and_can_be_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b1.output.jsonl"), "{\"a\":1}\n").unwrap();
+        std::fs::write(dir.path().join("b2.output.jsonl"), "{\"b\":2}").unwrap();
+        std::fs::write(dir.path().join("b3.output.jsonl"), "{\"c\":3}\n").unwrap();
+        let ids = ["b1".to_string(), "b2".to_string(), "b3".to_string()];
+        assert_eq!(
+            merge(dir.path(), &ids, "output").unwrap().as_deref(),
+            Some("output.jsonl")
+        );
+        let merged = std::fs::read_to_string(dir.path().join("output.jsonl")).unwrap();
+        assert_eq!(merged, "{\"a\":1}\n{\"b\":2}\n{\"c\":3}\n");
+        assert_eq!(
+            merge(dir.path(), &ids, "output").unwrap().as_deref(),
+            Some("output.jsonl")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("output.jsonl")).unwrap(),
+            merged
+        );
+        assert_eq!(merge(dir.path(), &ids, "errors").unwrap(), None);
+        // A crash while the parts were being removed: the merged file is kept as it is.
+        std::fs::write(dir.path().join("b3.output.jsonl"), "{\"c\":3}\n").unwrap();
+        assert_eq!(
+            merge(dir.path(), &ids, "output").unwrap().as_deref(),
+            Some("output.jsonl")
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("output.jsonl")).unwrap(),
+            merged
+        );
+        assert!(!dir.path().join("b3.output.jsonl").exists());
+    }
+}

@@ -1,0 +1,96 @@
+//! Picking up what a previous run left, and keeping processing/ in order.
+//!
+//! At start: uploads and creates that were under way are marked as of unknown outcome (the
+//! next step reconciles them first), temporary files of downloads a stop cut short are removed,
+//! and processing/ is swept. The sweep runs again at every scan, in the main loop (so it never
+//! races a claim), skipping the jobs a task is working on: it adopts a file claimed without a
+//! row (a crash between the claim's rename and its row) under the job id its directory
+//! carries, removes the directory of a claim that never happened, and finishes the move of a
+//! finished job's file that a crash or an error interrupted. One file it cannot handle is
+//! logged and left for the next sweep, never fatal.
+
+use anyhow::Context;
+
+use super::ctx::Ctx;
+use super::{finish, intake};
+use crate::queue::JobDir;
+use crate::queue::scan::Kind;
+use crate::store::{batches, jobs};
+
+/// Picks up what the previous run left: marks uploads and creates that were under way as of
+/// unknown outcome, then sweeps processing/.
+pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
+    let now = ctx.now();
+    let mut tx = ctx.store.begin().await?;
+    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
+    tx.commit().await?;
+    if unknown > 0 {
+        tracing::info!(
+            submissions = unknown,
+            "uploads or creates were under way at the last stop; reconciling them first"
+        );
+    }
+    match ctx.queue.remove_download_leftovers() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            files = n,
+            "removed the temporary files of downloads a stop cut short"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
+        }
+    }
+    sweep(ctx, |_| false).await
+}
+
+/// Goes through processing/: adopts files claimed without a row, moves the files of finished
+/// jobs on, and repairs moves a crash interrupted, leaving alone the jobs `busy` names (a task
+/// of theirs is running). A file it cannot handle is logged and left for the next sweep.
+pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    for job_dir in ctx.queue.job_dirs().context("listing processing/")? {
+        if busy(job_dir.job.as_str()) {
+            continue;
+        }
+        if let Err(e) = sweep_one(ctx, &job_dir).await {
+            tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");
+        }
+    }
+    Ok(())
+}
+
+async fn sweep_one(ctx: &Ctx, job_dir: &JobDir) -> anyhow::Result<()> {
+    if let Some((name, path)) = &job_dir.file {
+        ctx.queue.drop_incoming_twin(name, path)?;
+        ctx.queue.adopt_sidecar(name, &job_dir.job)?;
+    }
+    match (
+        jobs::get(ctx.store.reader(), job_dir.job.as_str()).await?,
+        &job_dir.file,
+    ) {
+        (None, Some((name, path))) => {
+            tracing::info!(job = %job_dir.job, file = %name.to_string_lossy(), "adopting a file claimed just before a stop");
+            let meta = std::fs::symlink_metadata(path)?;
+            let kind = if meta.is_file() && name.to_str().is_some() {
+                Kind::File { bytes: meta.len() }
+            } else {
+                Kind::Unfit {
+                    code: "not_a_regular_file",
+                    message: "it is not a regular file".into(),
+                }
+            };
+            // The service may have its batches already (the database lost them).
+            ctx.unverified.add(job_dir.job.as_str());
+            intake::register(ctx, &job_dir.job, name, path, kind, None).await?;
+        }
+        // A crash between creating the directory and the claim's rename: nothing was claimed.
+        (None, None) => std::fs::remove_dir(&job_dir.dir)?,
+        (Some(job), Some((name, path))) if job.state.is_terminal() => {
+            finish::move_file(ctx, &job, name, path).await?
+        }
+        (Some(job), None) if job.state.is_terminal() => {
+            let _ = std::fs::remove_dir(&job_dir.dir);
+        }
+        (Some(_), _) => {}
+    }
+    Ok(())
+}

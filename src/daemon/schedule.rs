@@ -1,0 +1,82 @@
+//! Every timer the loop and its steps use, each from its own setting or a named constant,
+//! derived once at start: no setting means more than its name and its comment in
+//! `config/batchwatch.toml` say (`poll.*` is polling only).
+
+use std::time::Duration;
+
+use crate::config::Settings;
+
+/// How long an entry of incoming/ that could not be claimed (a permission problem) is left
+/// alone before it is tried again.
+pub const CLAIM_RETRY: Duration = Duration::from_secs(60);
+
+/// The longest the loop sleeps when no timer is nearer: a safety net, in case something due
+/// was not foreseen.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// The shortest the loop sleeps between rounds, so a burst of wake-ups (a file written in
+/// many small pieces) costs few rounds.
+pub const MIN_SLEEP: Duration = Duration::from_millis(5);
+
+/// How often the status line is refreshed at most.
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// The timers, from the settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Schedule {
+    /// How often incoming/ is scanned when nothing wakes the loop sooner (`queue.scan_interval`).
+    pub scan_every: Duration,
+    /// How long a file must hold still before it is claimed (`queue.settle_time`).
+    pub settle: Duration,
+    /// A failed request without a server's delay is tried again after this
+    /// (`backoff.failed_request`).
+    pub failed_request: Duration,
+    /// A task that failed (a database or disk error) is tried again after this, doubling with
+    /// each failure in a row (`backoff.failed_task_initial`) ...
+    pub failed_task_initial: Duration,
+    /// ... up to this (`backoff.failed_task_max`).
+    pub failed_task_max: Duration,
+    /// After the API refused the key, it is tried again this often (`backoff.auth_retry`).
+    pub auth_retry: Duration,
+    /// The late duplicates of re-sent creates are looked for this often
+    /// (`reconcile.duplicate_check_interval`) ...
+    pub duplicate_check_every: Duration,
+    /// ... for this long after the create was sent again (`reconcile.duplicate_watch`).
+    pub duplicate_watch: Duration,
+}
+
+impl Schedule {
+    pub fn new(s: &Settings) -> Schedule {
+        Schedule {
+            scan_every: s.queue.scan_interval.get(),
+            settle: s.queue.settle_time.get(),
+            failed_request: s.backoff.failed_request.get(),
+            failed_task_initial: s.backoff.failed_task_initial.get(),
+            failed_task_max: s.backoff.failed_task_max.get(),
+            auth_retry: s.backoff.auth_retry.get(),
+            duplicate_check_every: s.reconcile.duplicate_check_interval.get(),
+            duplicate_watch: s.reconcile.duplicate_watch.get(),
+        }
+    }
+
+    /// How long a task waits after failing `failures` times in a row.
+    pub fn task_retry(&self, failures: u32) -> Duration {
+        self.failed_task_initial
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(self.failed_task_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_task_waits_longer_each_time_up_to_its_maximum() {
+        let mut s = Schedule::new(&Settings::load_from(None, []).unwrap());
+        s.failed_task_initial = Duration::from_secs(5);
+        s.failed_task_max = Duration::from_secs(60);
+        let waits: Vec<u64> = (1..=6).map(|n| s.task_retry(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+    }
+}
