@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::api::ApiKey;
 use crate::config::{ConfigError, KeySource, Settings};
@@ -20,7 +20,9 @@ use crate::store::{Access, Store, StoreError, batches, history, jobs};
 #[command(
     name = "batchwatch",
     version,
-    about = "Runs OpenAI-style Batch API jobs from a queue directory"
+    about = "Runs OpenAI-style Batch API jobs from a queue directory",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// Configuration file (default: /etc/batchwatch/batchwatch.toml when it exists).
@@ -54,6 +56,41 @@ pub enum Command {
     Migrate,
     /// Run the built-in simulator of the OpenAI Batch and Files API.
     Sim(Box<crate::sim::SimArgs>),
+    /// Print a shell completion script: `source <(batchwatch completions bash)`.
+    Completions(CompletionsArgs),
+    /// Write the manual pages (batchwatch.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// The start of `batchwatch --help` and batchwatch(1)'s description.
+const LONG_ABOUT: &str = "\
+Runs OpenAI-style Batch API jobs from a queue directory.
+
+Drop a JSONL file of requests into the queue's incoming/ directory: batchwatch validates it,
+uploads it, creates a batch, polls it until it ends, cancels it at its deadline, downloads the
+results, and records every status change in SQLite. `batchwatch run` is the daemon (the
+systemd service batchwatch.service); the other commands query and steer it.";
+
+/// The end of `batchwatch --help` and of batchwatch(1): where things are, and the exit codes.
+/// Each line is a sentence: the manual page fills them into one paragraph.
+const AFTER_LONG_HELP: &str = "\
+Configuration: /etc/batchwatch/batchwatch.toml (`batchwatch print-default-config` shows every key).
+State: the queue in /var/lib/batchwatch/queue/ and the database /var/lib/batchwatch/state.db.
+Exit codes: 0 success, 1 error, 65 database migrated by a newer batchwatch, 78 invalid configuration.";
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write the pages (created when missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// Where the status commands find the database.
@@ -67,7 +104,7 @@ pub struct DatabaseArg {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only jobs in this state.
-    #[arg(long, value_parser = parse_state)]
+    #[arg(long, value_parser = StateParser)]
     pub state: Option<JobState>,
     /// At most this many jobs, newest first.
     #[arg(long, default_value_t = 50)]
@@ -98,8 +135,30 @@ pub struct CancelArgs {
     pub db: DatabaseArg,
 }
 
-fn parse_state(s: &str) -> Result<JobState, String> {
-    s.parse()
+/// Parses a job state, and lists the states for `--help`, the manual and completions.
+#[derive(Debug, Clone, Copy)]
+struct StateParser;
+
+impl clap::builder::TypedValueParser for StateParser {
+    type Value = JobState;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<JobState, clap::Error> {
+        let parse = |s: &str| s.parse::<JobState>();
+        clap::builder::TypedValueParser::parse_ref(&parse, cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(JobState::ALL.iter().map(|state| {
+            clap::builder::PossibleValue::new(state.as_str())
+        })))
+    }
 }
 
 /// Parses the command line, runs the command, and maps the outcome to an exit code.
@@ -146,6 +205,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(crate::config::DEFAULT_CONFIG)?;
         }
         Command::Sim(args) => return crate::sim::run(*args),
+        Command::Completions(args) => emit(&completions(args.shell))?,
+        Command::Man(args) => {
+            let written = write_man_pages(&args.dir)?;
+            let names: Vec<String> = written
+                .iter()
+                .map(|p| format!("{}\n", p.display()))
+                .collect();
+            emit(&names.concat())?;
+        }
         Command::CheckConfig => {
             let settings = Settings::load(config)?;
             emit(&format!(
@@ -247,6 +315,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The completion script for `shell`, generated from the command-line definition.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "batchwatch", &mut script);
+    String::from_utf8(script).expect("clap_complete writes UTF-8")
+}
+
+/// Writes batchwatch.1 and batchwatch-COMMAND.1 for every visible command into `dir`, generated
+/// from the command-line definition (so they say what `--help` says), and returns their paths.
+pub fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fn write(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            write(sub.clone(), dir, written)?;
+        }
+        let page = clap_mangen::Man::new(cmd)
+            .source(format!("batchwatch {}", env!("CARGO_PKG_VERSION")))
+            .manual("batchwatch manual");
+        let path = page
+            .generate_to(dir)
+            .with_context(|| format!("writing a manual page into {}", dir.display()))?;
+        written.push(path);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Gives each command its page's name, batchwatch-status.
+    cmd.build();
+    let mut written = Vec::new();
+    write(cmd, dir, &mut written)?;
+    written.sort();
+    Ok(written)
 }
 
 /// The `check-config` line about the API key: whether it can be read here, and from where.

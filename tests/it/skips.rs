@@ -4,9 +4,10 @@
 
 use std::process::{Command, Output};
 
-const DOCKER_TESTS: [&str; 2] = [
+const DOCKER_TESTS: [&str; 3] = [
     "e2e_containers::daemon_takes_files_to_done_against_the_simulator_in_a_container_with_one_batch_each",
     "systemd::real_daemon::daemon_reaches_ready_and_owns_its_paths",
+    "systemd::debian_package::package_installs_runs_a_file_upgrades_keeping_the_config_removes_and_purges",
 ];
 const SDK_TEST: &str = "sim_sdk::the_official_python_sdk_works_against_the_simulator_unchanged";
 

@@ -1,8 +1,11 @@
 //! The systemd unit (systemd/): checked with systemd's own tools through `.ci/systemd-check`,
 //! kept consistent with the configuration, and run for real under systemd as PID 1 in a
-//! container (`harness`), where `scenarios` say what must hold.
+//! container (`harness`), where `scenarios` say what must hold. The Debian package (`.ci/deb`)
+//! carries the same unit with its own ExecStart: checked the same way, and installed,
+//! upgraded, removed and purged in that container (`package`).
 
 mod harness;
+mod package;
 mod scenarios;
 
 use std::path::Path;
@@ -77,6 +80,113 @@ fn unit_passes_verify_and_has_exposure_of_at_most_1_5() {
     assert!(passed, ".ci/systemd-check failed:\n{output}");
     assert!(output.contains("verify: no findings"), "{output}");
     assert!(output.contains("exposure: "), "{output}");
+}
+
+/// The files `.ci/deb` puts into the package (unit, sysusers, tmpfiles, configuration),
+/// written into a temporary directory.
+fn staged_package_files() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(repo_path(".ci/deb"))
+        .arg("--stage")
+        .arg(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run .ci/deb --stage");
+    assert!(
+        out.status.success(),
+        ".ci/deb --stage failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn packaged_unit_passes_verify_and_has_exposure_of_at_most_1_5() {
+    if systemd_analyze_missing() {
+        return;
+    }
+    let staged = staged_package_files();
+    let unit = staged.path().join("units/batchwatch.service");
+    let out = Command::new(repo_path(".ci/systemd-check"))
+        .arg("--unit")
+        .arg(&unit)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run .ci/systemd-check --unit");
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{output}");
+    assert!(
+        out.status.success(),
+        ".ci/systemd-check --unit failed:\n{output}"
+    );
+    assert!(
+        output.contains(&format!("checking {}", unit.display())),
+        "{output}"
+    );
+    assert!(output.contains("verify: no findings"), "{output}");
+    assert!(output.contains("exposure: "), "{output}");
+}
+
+#[test]
+fn packaged_unit_differs_from_the_shipped_one_only_in_its_program_path() {
+    let staged = staged_package_files();
+    let packaged = std::fs::read_to_string(staged.path().join("units/batchwatch.service")).unwrap();
+    let shipped = std::fs::read_to_string(repo_path("systemd/batchwatch.service")).unwrap();
+    let differing: Vec<(&str, &str)> = shipped
+        .lines()
+        .zip(packaged.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(shipped.lines().count(), packaged.lines().count());
+    assert_eq!(
+        differing,
+        [(
+            "ExecStart=/usr/local/bin/batchwatch run",
+            "ExecStart=/usr/bin/batchwatch run"
+        )]
+    );
+    for (name, source) in [
+        ("batchwatch.sysusers", "systemd/batchwatch.sysusers"),
+        ("batchwatch.tmpfile", "systemd/batchwatch.tmpfiles"),
+    ] {
+        assert_eq!(
+            std::fs::read(staged.path().join("units").join(name)).unwrap(),
+            std::fs::read(repo_path(source)).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn packaged_config_is_the_defaults_reading_the_key_from_the_units_credential() {
+    let staged = staged_package_files();
+    let text = std::fs::read_to_string(staged.path().join("batchwatch.toml")).unwrap();
+    let packaged = load_config(&text).expect("the packaged configuration is valid");
+    let credential = unit_setting("LoadCredential").expect("LoadCredential= in the unit");
+    assert_eq!(
+        packaged.api.key_source(),
+        KeySource::Credential(credential.split(':').next().unwrap().to_owned())
+    );
+    // Everything else is the built-in default.
+    let (packaged, defaults) = (
+        packaged.to_toml(),
+        load_config("").expect("defaults").to_toml(),
+    );
+    let lines = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines().map(str::to_owned).collect()
+    };
+    let differing: Vec<String> = lines(&packaged)
+        .symmetric_difference(&lines(&defaults))
+        .cloned()
+        .collect();
+    assert!(
+        differing.iter().all(|line| line.contains("key_")),
+        "the packaged configuration differs from the defaults beyond the key: {differing:#?}"
+    );
 }
 
 #[test]
@@ -233,5 +343,25 @@ mod real_daemon {
         if let Some(payload) = payload().await {
             scenarios::encrypted_credential_reaches_the_daemon(&payload).await;
         }
+    }
+}
+
+/// The Debian package, built by `.ci/deb`, installed in the systemd container.
+mod debian_package {
+    use super::package;
+
+    #[tokio::test]
+    async fn package_installs_runs_a_file_upgrades_keeping_the_config_removes_and_purges() {
+        // Docker first: no release build for a test that is going to skip.
+        if !crate::support::docker::available().await {
+            return;
+        }
+        let Some(packages) = tokio::task::spawn_blocking(package::build)
+            .await
+            .expect("build the packages")
+        else {
+            return;
+        };
+        package::install_run_upgrade_remove_purge(&packages).await;
     }
 }

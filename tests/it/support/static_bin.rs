@@ -25,14 +25,7 @@ pub fn static_bin() -> PathBuf {
         );
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        // The variables cargo set for this test run would make build scripts run again.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            let ours = key == "CARGO_HOME" || key == "RUSTUP_HOME" || key == "RUSTUP_TOOLCHAIN";
-            if !ours && (key.starts_with("CARGO") || key.starts_with("RUSTC") || key == "OUT_DIR") {
-                build.env_remove(key.as_ref());
-            }
-        }
+        without_cargo_test_env(&mut build);
         let status = build
             .args([
                 "build",
@@ -53,4 +46,16 @@ pub fn static_bin() -> PathBuf {
         target_dir.join(TARGET).join("release/batchwatch")
     })
     .clone()
+}
+
+/// Removes the variables cargo set for this test run from `command`, a nested cargo build
+/// (they would make build scripts run again), keeping the toolchain's own.
+pub fn without_cargo_test_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let ours = key == "CARGO_HOME" || key == "RUSTUP_HOME" || key == "RUSTUP_TOOLCHAIN";
+        if !ours && (key.starts_with("CARGO") || key.starts_with("RUSTC") || key == "OUT_DIR") {
+            command.env_remove(key.as_ref());
+        }
+    }
 }

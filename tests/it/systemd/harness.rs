@@ -175,6 +175,56 @@ impl SystemdContainer {
             cannot_run(&format!("{} does not exist", payload.program.display()));
             return None;
         }
+        let mut files = vec![
+            copy_in(PROGRAM_PATH, 0o755, payload.program.as_path()),
+            copy_in(
+                "/etc/systemd/system/batchwatch.service",
+                0o644,
+                repo_path("systemd/batchwatch.service").as_path(),
+            ),
+            copy_in(
+                "/etc/sysusers.d/batchwatch.conf",
+                0o644,
+                repo_path("systemd/batchwatch.sysusers").as_path(),
+            ),
+            copy_in(
+                "/etc/tmpfiles.d/batchwatch.conf",
+                0o644,
+                repo_path("systemd/batchwatch.tmpfiles").as_path(),
+            ),
+            copy_in(
+                "/etc/batchwatch/batchwatch.toml",
+                0o644,
+                payload.config.clone().into_bytes(),
+            ),
+            copy_in(
+                CREDENTIAL_PATH,
+                0o600,
+                payload.credential.clone().into_bytes(),
+            ),
+        ];
+        if let Some(dropin) = dropin {
+            files.push(copy_in(
+                "/etc/systemd/system/batchwatch.service.d/test.conf",
+                0o644,
+                dropin.as_bytes().to_vec(),
+            ));
+        }
+        // The state directory on a kernel file system, as on a host: fuse-overlayfs (the
+        // container's root here) ignores the setgid bit of queue/incoming.
+        let sys = SystemdContainer::boot(files, Some(STATE_DIR)).await?;
+        sys.install(payload).await;
+        Some(sys)
+    }
+
+    /// Starts a container with `files` copied in (and a tmpfs at `tmpfs`, when given), and
+    /// waits until systemd finished booting. Nothing is installed. Returns None, after printing
+    /// why, when there is no Docker engine or image (and BATCHWATCH_REQUIRE_DOCKER is not 1).
+    pub async fn boot(files: Vec<CopyIn>, tmpfs: Option<&str>) -> Option<SystemdContainer> {
+        if let Err(reason) = ensure_image().await {
+            cannot_run(&reason);
+            return None;
+        }
         let started = Instant::now();
         let mut request = GenericImage::new(IMAGE.0, IMAGE.1)
             // systemd needs most capabilities; --privileged is the usual way, but it also asks
@@ -187,36 +237,12 @@ impl SystemdContainer {
             .with_mount(Mount::bind_mount("/sys/fs/cgroup", "/sys/fs/cgroup"))
             .with_mount(Mount::tmpfs_mount("/run"))
             .with_mount(Mount::tmpfs_mount("/run/lock"))
-            .with_mount(Mount::tmpfs_mount("/tmp"))
-            // The state directory on a kernel file system, as on a host: fuse-overlayfs (the
-            // container's root here) ignores the setgid bit of queue/incoming.
-            .with_mount(Mount::tmpfs_mount(STATE_DIR))
-            .with_copy_to(copy_target(PROGRAM_PATH, 0o755), payload.program.as_path())
-            .with_copy_to(
-                copy_target("/etc/systemd/system/batchwatch.service", 0o644),
-                repo_path("systemd/batchwatch.service").as_path(),
-            )
-            .with_copy_to(
-                copy_target("/etc/sysusers.d/batchwatch.conf", 0o644),
-                repo_path("systemd/batchwatch.sysusers").as_path(),
-            )
-            .with_copy_to(
-                copy_target("/etc/tmpfiles.d/batchwatch.conf", 0o644),
-                repo_path("systemd/batchwatch.tmpfiles").as_path(),
-            )
-            .with_copy_to(
-                copy_target("/etc/batchwatch/batchwatch.toml", 0o644),
-                payload.config.clone().into_bytes(),
-            )
-            .with_copy_to(
-                copy_target(CREDENTIAL_PATH, 0o600),
-                payload.credential.clone().into_bytes(),
-            );
-        if let Some(dropin) = dropin {
-            request = request.with_copy_to(
-                copy_target("/etc/systemd/system/batchwatch.service.d/test.conf", 0o644),
-                dropin.as_bytes().to_vec(),
-            );
+            .with_mount(Mount::tmpfs_mount("/tmp"));
+        if let Some(path) = tmpfs {
+            request = request.with_mount(Mount::tmpfs_mount(path));
+        }
+        for CopyIn { target, source } in files {
+            request = request.with_copy_to(target, source);
         }
         // Docker answers and the image exists: from here on, a problem is a failure.
         let container = request
@@ -229,7 +255,6 @@ impl SystemdContainer {
         };
         sys.wait_for_boot().await;
         sys.boot_time = started.elapsed();
-        sys.install(payload).await;
         Some(sys)
     }
 
@@ -395,8 +420,18 @@ impl SystemdContainer {
     }
 }
 
-fn copy_target(path: &str, mode: u32) -> testcontainers::CopyTargetOptions {
-    testcontainers::CopyTargetOptions::new(path).with_mode(mode)
+/// A file copied into a container before it boots.
+pub struct CopyIn {
+    target: testcontainers::CopyTargetOptions,
+    source: testcontainers::CopyDataSource,
+}
+
+/// `source` (a host path, or the bytes themselves) as `path` in the container, with `mode`.
+pub fn copy_in(path: &str, mode: u32, source: impl Into<testcontainers::CopyDataSource>) -> CopyIn {
+    CopyIn {
+        target: testcontainers::CopyTargetOptions::new(path).with_mode(mode),
+        source: source.into(),
+    }
 }
 
 /// Checks that a Docker engine answers and builds the image once per test process
