@@ -14,6 +14,7 @@ mod e2e_containers;
 mod run;
 mod sim_contract;
 mod sim_faults;
+mod sim_fleet;
 mod sim_lifecycle;
 mod sim_persist;
 mod sim_process;
