@@ -12,9 +12,6 @@
 //! this process's peak resident set (`VmHWM` in /proc/self/status) before and after, and the
 //! throughput. The client streams the file from disk, so the peak should not move with `--mb`.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -23,6 +20,10 @@ use batchwatch::config::Settings;
 
 #[path = "../tests/it/support/bigfile.rs"]
 mod bigfile;
+#[path = "support/procs.rs"]
+mod procs;
+
+use procs::{Simulator, status_kib};
 
 /// The key the bench sends; the simulator accepts any non-empty key by default.
 const KEY: &str = "sk-bench-upload-rss";
@@ -41,7 +42,12 @@ fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let sim = Simulator::start(dir.path())?;
+    // Killing it at the end is enough: its files are under the temporary directory.
+    let sim = Simulator::start(
+        Simulator::command(env!("CARGO_BIN_EXE_batchwatch"))
+            .arg("--data-dir")
+            .arg(dir.path().join("sim")),
+    )?;
 
     let mut settings = Settings::load_from(None, [])?;
     settings.api.base_url = sim.base_url.clone();
@@ -52,11 +58,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     let runtime = batchwatch::cli::runtime()?;
 
-    let before = peak_rss_kib()?;
+    let before = status_kib(None, "VmHWM")?;
     let started = Instant::now();
     let file = runtime.block_on(client.upload_file(&path, 0..size, "upload-rss.jsonl"))?;
     let elapsed = started.elapsed();
-    let after = peak_rss_kib()?;
+    let after = status_kib(None, "VmHWM")?;
 
     if file.bytes != Some(size) {
         bail!(
@@ -104,59 +110,4 @@ fn megabytes_from_args() -> anyhow::Result<u64> {
         }
     }
     Ok(megabytes)
-}
-
-/// The simulator child process, stopped when dropped.
-struct Simulator {
-    child: Child,
-    base_url: String,
-}
-
-impl Simulator {
-    /// Starts `batchwatch sim` on a port of its choosing and reads the base URL it prints.
-    fn start(dir: &Path) -> anyhow::Result<Simulator> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_batchwatch"))
-            .args(["sim", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.join("sim"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting `batchwatch sim`")?;
-        let stdout = child.stdout.take().context("the simulator's stdout")?;
-        let mut sim = Simulator {
-            child,
-            base_url: String::new(),
-        };
-        for line in BufReader::new(stdout).lines() {
-            if let Some(url) = line?.strip_prefix("listening on ") {
-                sim.base_url = url.trim().to_owned();
-                return Ok(sim);
-            }
-        }
-        bail!(
-            "`batchwatch sim` exited without saying where it listens: {:?}",
-            sim.child.wait()?
-        )
-    }
-}
-
-impl Drop for Simulator {
-    // Killing is enough: the simulator keeps its files under the bench's temporary directory
-    // (`--data-dir`), which is removed right after, so nothing is left behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// This process's peak resident set size, in KiB.
-fn peak_rss_kib() -> anyhow::Result<u64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM line in /proc/self/status")
 }

@@ -2,18 +2,84 @@
 //! operations it shares with [`super::SimHandle`]. Faults never apply here and no key is
 //! asked for: it is a test and operator tool on a local port.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Stats;
 use super::error::ApiError;
 use super::faults::{Faults, ScriptedFault};
 use super::state::Shared;
+use crate::model::BatchStatus;
+
+/// What `GET /admin/counts` reports: requests per route and batches per status, without the
+/// histories that make [`Stats`] large for a big fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// The simulated clock, in unix milliseconds.
+    pub now_ms: i64,
+    /// Requests received per `METHOD /route/{template}` (faulted ones included).
+    pub requests: BTreeMap<String, u64>,
+    /// Batches per status; vanished ones count as `vanished`.
+    pub batches: BTreeMap<String, u64>,
+    /// How many of them the simulated other tool created.
+    pub foreign: u64,
+}
+
+/// Which batches `POST /admin/batches/step` moves on: `{"ids": [...]}`, or `{"count": K}`
+/// for K picked at random among the clients' batches in `in_progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Step {
+    Ids { ids: Vec<String> },
+    Count { count: usize },
+}
+
+/// One batch `POST /admin/batches/step` was asked to move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stepped {
+    pub id: String,
+    /// Whether it moved (only `in_progress`, `finalizing` and `cancelling` batches do).
+    pub moved: bool,
+    /// Its status now.
+    pub status: String,
+    /// The simulated instant of the step, unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// What `GET /admin/observations` reports: how often each batch was sent to a client (in a
+/// retrieve, a list page, or a create or cancel answer) since `since_ms`, and the longest
+/// stretch it went unseen. Times are simulated unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Observations {
+    /// When counting began: the start, or the last `POST /admin/observations/reset`.
+    pub since_ms: i64,
+    pub now_ms: i64,
+    /// Every batch, oldest first.
+    pub batches: Vec<BatchObservation>,
+}
+
+/// One batch in [`Observations`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchObservation {
+    pub id: String,
+    pub status: String,
+    pub foreign: bool,
+    pub vanished: bool,
+    pub created_ms: i64,
+    /// Times it was sent to a client since `since_ms`.
+    pub count: u64,
+    /// When it was last sent (its creation when never).
+    pub last_ms: i64,
+    /// The longest gap between two sendings (creation counts as one) that ended after
+    /// `since_ms` or is still open now; a gap that began before `since_ms` counts whole.
+    pub max_gap_ms: i64,
+}
 
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
@@ -62,6 +128,114 @@ impl Shared {
         Ok(())
     }
 
+    pub(crate) fn counts(&self) -> Counts {
+        let state = self.lock();
+        let mut batches = BTreeMap::new();
+        let mut foreign = 0;
+        for batch in &state.batches {
+            let status = if batch.vanished {
+                "vanished"
+            } else {
+                batch.status.as_str()
+            };
+            *batches.entry(status.to_owned()).or_default() += 1;
+            foreign += u64::from(batch.foreign);
+        }
+        Counts {
+            now_ms: state.clock.now(),
+            requests: state.stats.requests().clone(),
+            batches,
+            foreign,
+        }
+    }
+
+    pub(crate) fn step(&self, step: Step) -> Result<Vec<Stepped>, ApiError> {
+        let mut state = self.lock();
+        let chosen: Vec<usize> = match step {
+            Step::Ids { ids } => ids
+                .iter()
+                .map(|id| {
+                    state
+                        .batch_index
+                        .get(id)
+                        .copied()
+                        .ok_or_else(|| super::lifecycle::no_such_batch(id))
+                })
+                .collect::<Result<_, _>>()?,
+            Step::Count { count } => {
+                let mut candidates: Vec<usize> = state
+                    .batches
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| {
+                        !b.foreign && !b.vanished && b.status == BatchStatus::InProgress
+                    })
+                    .map(|(i, _)| i)
+                    .collect();
+                // Its own generator, so that stepping leaves the ids and outcomes of the rest
+                // of the run alone.
+                let mut rng =
+                    fastrand::Rng::with_seed(state.seed() ^ state.clock.now().unsigned_abs());
+                rng.shuffle(&mut candidates);
+                candidates.truncate(count);
+                candidates.sort_unstable();
+                candidates
+            }
+        };
+        let at_ms = state.clock.now();
+        Ok(chosen
+            .into_iter()
+            .map(|i| {
+                let moved = state.step(i);
+                let batch = &state.batches[i];
+                if moved {
+                    tracing::info!(batch = %batch.id, status = %batch.status, "batch stepped");
+                }
+                Stepped {
+                    id: batch.id.clone(),
+                    moved,
+                    status: batch.status.as_str().to_owned(),
+                    at_ms,
+                }
+            })
+            .collect())
+    }
+
+    pub(crate) fn observations(&self) -> Observations {
+        let state = self.lock();
+        let now = state.clock.now();
+        Observations {
+            since_ms: state.observed_since,
+            now_ms: now,
+            batches: state
+                .batches
+                .iter()
+                .map(|b| BatchObservation {
+                    id: b.id.clone(),
+                    status: b.status.as_str().to_owned(),
+                    foreign: b.foreign,
+                    vanished: b.vanished,
+                    created_ms: b.created_at,
+                    count: b.served.count,
+                    last_ms: b.served.last_ms,
+                    max_gap_ms: b.served.max_gap_until(now),
+                })
+                .collect(),
+        }
+    }
+
+    /// Starts counting afresh; returns the instant counting starts from.
+    pub(crate) fn reset_observations(&self) -> i64 {
+        let mut state = self.lock();
+        let now = state.clock.now();
+        state.observed_since = now;
+        for batch in &mut state.batches {
+            batch.served.count = 0;
+            batch.served.max_gap_ms = 0;
+        }
+        now
+    }
+
     pub(crate) fn vanish(&self, batch_id: &str) -> bool {
         self.lock().vanish(batch_id)
     }
@@ -95,6 +269,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
             "/admin/faults/script",
             get(get_script).post(post_script).delete(delete_script),
         )
+        .route("/admin/counts", get(counts))
+        .route("/admin/batches/step", post(step))
+        .route("/admin/observations", get(observations))
+        .route("/admin/observations/reset", post(reset_observations))
         .route("/admin/batches/{batch_id}/vanish", post(vanish))
         .route("/admin/clock", get(get_clock).post(post_clock))
         .route("/admin/reset", post(reset))
@@ -102,6 +280,26 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {
     Json(shared.stats())
+}
+
+async fn counts(State(shared): State<Arc<Shared>>) -> Json<Counts> {
+    Json(shared.counts())
+}
+
+async fn step(
+    State(shared): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let step: Step = parse(&body)?;
+    Ok(Json(json!({"stepped": shared.step(step)?})))
+}
+
+async fn observations(State(shared): State<Arc<Shared>>) -> Json<Observations> {
+    Json(shared.observations())
+}
+
+async fn reset_observations(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    Json(json!({"since_ms": shared.reset_observations()}))
 }
 
 async fn get_faults(State(shared): State<Arc<Shared>>) -> Json<Faults> {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use secrecy::SecretString;
 
 use super::faults::{Faults, RetryAfter};
+use super::listing::ListOrder;
 use super::{SimConfig, start};
 use crate::batchfile::Limits;
 use crate::config::LogFormat;
@@ -125,6 +126,17 @@ pub struct SimArgs {
     /// Fail batches with token_limit_exceeded while more than N tokens are enqueued per model.
     #[arg(long, value_name = "N")]
     pub token_limit: Option<u64>,
+    /// The order of the batch list: newest-first (as the real service), or shuffled (a fixed
+    /// random order that still paginates completely, each batch on exactly one page).
+    #[arg(long, value_name = "ORDER", value_enum, default_value_t = ListOrder::NewestFirst)]
+    pub list_order: ListOrder,
+    /// Batches of another tool in the same account, created alongside clients' batches
+    /// (--foreign-per-create after each one, until N exist), with no batchwatch metadata.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub foreign_batches: u64,
+    /// How many foreign batches follow each batch a client creates.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub foreign_per_create: u64,
     /// Log format: text or json.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = log_format)]
     pub log_format: LogFormat,
@@ -164,6 +176,9 @@ impl From<&SimArgs> for SimConfig {
                 token_limit: args.token_limit,
                 ..Faults::default()
             },
+            list_order: args.list_order,
+            foreign_batches: args.foreign_batches,
+            foreign_per_create: args.foreign_per_create,
         }
     }
 }

@@ -224,19 +224,21 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let request = parse_create(&body)?;
     let endpoint = request.endpoint.clone();
-    let (id, input, response) = {
+    let (id, input, response, foreign) = {
         let mut state = shared.lock();
         let (i, input) = state.create_batch(request)?;
         let now = state.clock.now();
         let batch = &state.batches[i];
         tracing::info!(batch = %batch.id, job = batch.job_id(), "batch created");
-        (
-            batch.id.clone(),
-            input,
-            Json(batch.object(now)).into_response(),
-        )
+        let id = batch.id.clone();
+        let response = Json(batch.object(now)).into_response();
+        state.served(&[i]);
+        (id, input, response, state.create_foreign())
     };
     spawn_validation(shared.clone(), id, input, endpoint);
+    for (id, input, endpoint) in foreign {
+        spawn_validation(shared.clone(), id, input, endpoint);
+    }
     Ok(response)
 }
 
@@ -245,9 +247,10 @@ pub(crate) async fn retrieve(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let state = shared.lock();
-    let batch = state.batch(&id).ok_or_else(|| no_such_batch(&id))?;
-    Ok(Json(batch.object(state.clock.now())).into_response())
+    let mut state = shared.lock();
+    let i = state.visible_batch(&id).ok_or_else(|| no_such_batch(&id))?;
+    state.served(&[i]);
+    Ok(Json(state.batches[i].object(state.clock.now())).into_response())
 }
 
 /// `POST /batches/{batch_id}/cancel`.
@@ -258,6 +261,7 @@ pub(crate) async fn cancel(
     let mut state = shared.lock();
     let i = state.cancel(&id)?;
     tracing::info!(batch = %id, "batch cancel requested");
+    state.served(&[i]);
     Ok(Json(state.batches[i].object(state.clock.now())).into_response())
 }
 
@@ -270,30 +274,18 @@ struct BatchPage<'a> {
     has_more: bool,
 }
 
-/// `GET /batches?after=&limit=`, newest first.
+/// `GET /batches?after=&limit=`, in the configured order (see `listing`).
 pub(crate) async fn list(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = parse_limit(query.get("limit"), 20, 100)?;
-    let state = shared.lock();
+    let mut state = shared.lock();
+    let (page, has_more) = state.list_page(query.get("after").map(String::as_str), limit);
+    state.served(&page);
     let now = state.clock.now();
-    let newest_first = state.batches.iter().rev();
-    // The cursor may name a batch that vanished since; the page still starts after it.
-    let mut rest: Box<dyn Iterator<Item = _>> = match query.get("after") {
-        Some(after) => Box::new(newest_first.skip_while(move |b| b.id != *after).skip(1)),
-        None => Box::new(newest_first),
-    };
-    let mut page = Vec::with_capacity(limit);
-    let mut has_more = false;
-    for batch in rest.by_ref().filter(|b| !b.vanished) {
-        if page.len() == limit {
-            has_more = true;
-            break;
-        }
-        page.push(batch);
-    }
+    let page: Vec<_> = page.iter().map(|&i| &state.batches[i]).collect();
     Ok(Json(BatchPage {
         object: "list",
         first_id: page.first().map(|b| b.id.as_str()),

@@ -238,7 +238,7 @@ pub(crate) async fn create(
     };
     let object = entry.object(bytes);
     tracing::debug!(file = %entry.id, bytes, "file uploaded");
-    state.files.push(entry);
+    state.add_file(entry);
     Ok(Json(object))
 }
 
@@ -303,13 +303,9 @@ pub(crate) async fn delete(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut state = shared.lock();
-    let pos = state
-        .files
-        .iter()
-        .position(|f| f.id == id)
-        .ok_or_else(|| no_such_file(&id))?;
-    state.files.remove(pos);
+    if !shared.lock().remove_file(&id) {
+        return Err(no_such_file(&id));
+    }
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
 }
 

@@ -35,11 +35,33 @@
 //!   a list, e.g. `{"kind": "rate_limit", "retry_after": {"millis": 1500}, "times": 2,
 //!   "method": "POST", "path": "/v1/batches"}`, or `{"kind": "status", "status": 503}` for
 //!   any error status), `DELETE /admin/faults/script` (clear).
+//! - `GET /admin/counts`: [`Counts`]: requests per route and batches per status, cheap enough
+//!   to ask every second of a fleet benchmark (unlike the stats, which hold every history).
+//! - `POST /admin/batches/step` `{"ids": [...]}` or `{"count": K}`: ends the current stage of
+//!   those batches (or of K picked at random among the clients' batches in progress) now:
+//!   `in_progress` goes to `finalizing` with every request done, `finalizing` to `completed`,
+//!   `cancelling` to `cancelled`. With long durations (`--in-progress-secs 10000000`) a fleet
+//!   stays in progress while a benchmark moves the few it wants, at instants it knows
+//!   ([`Stepped::at_ms`]; every [`Transition`] also has its simulated millisecond).
+//! - `GET /admin/observations`, `POST /admin/observations/reset`: [`Observations`]: how often
+//!   each batch was sent to a client (retrieve, list page, create or cancel answer) and the
+//!   longest it went unseen, to check that a client sees every batch often enough.
 //! - `POST /admin/batches/{id}/vanish`: the batch answers 404 from now on.
 //! - `GET /admin/clock`, `POST /admin/clock` `{"advance_secs": 86400, "time_scale": 0}`:
 //!   read the simulated clock, jump it ahead, or change its speed (0 stops it).
 //! - `POST /admin/reset`: forget every file, batch and count; faults return to the
 //!   configured ones.
+//!
+//! # Fleets
+//!
+//! Built to serve tens of thousands of batches: a lock with nothing due costs the same with
+//! 20,000 batches as with one (events wait in a heap, `lifecycle.rs`), retrieve finds its batch
+//! by id, and a list page reads only its own batches wherever it is in the list
+//! (`listing.rs`). Two settings make the list less convenient than the real one, to test
+//! clients that list: [`SimConfig::list_order`] (`--list-order shuffled`: no time order, but
+//! every walk still complete and consistent) and [`SimConfig::foreign_batches`]
+//! (`--foreign-batches N`: another tool's batches interleaved with the clients', without
+//! batchwatch metadata, `foreign.rs`).
 //!
 //! # Restarts
 //!
@@ -60,7 +82,9 @@ mod conn;
 mod error;
 mod faults;
 mod files;
+mod foreign;
 mod lifecycle;
+mod listing;
 mod output;
 mod persist;
 mod routes;
@@ -78,8 +102,10 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use admin::{BatchObservation, Counts, Observations, Step, Stepped};
 pub use args::{SimArgs, run};
 pub use faults::{AuthFault, ErrorStatus, FaultKind, Faults, RetryAfter, ScriptedFault};
+pub use listing::ListOrder;
 pub use persist::STATE_FILE;
 pub use state::Transition;
 
@@ -120,6 +146,12 @@ pub struct SimConfig {
     pub limits: Limits,
     /// The faults in force at start.
     pub faults: Faults,
+    /// The order of `GET /batches` (see `listing.rs`).
+    pub list_order: ListOrder,
+    /// How many batches the simulated other tool creates in all (see `foreign.rs`).
+    pub foreign_batches: u64,
+    /// How many it creates after each batch a client creates.
+    pub foreign_per_create: u64,
 }
 
 impl Default for SimConfig {
@@ -141,6 +173,9 @@ impl Default for SimConfig {
                 max_bytes: 200_000_000,
             },
             faults: Faults::default(),
+            list_order: ListOrder::NewestFirst,
+            foreign_batches: 0,
+            foreign_per_create: 1,
         }
     }
 }
@@ -169,6 +204,10 @@ impl SimConfig {
             self.limits.max_requests > 0 && self.limits.max_bytes > 0,
             "the file limits must be positive"
         );
+        anyhow::ensure!(
+            self.foreign_batches == 0 || self.foreign_per_create > 0,
+            "the foreign batches per create must be at least 1 when there are foreign batches"
+        );
         self.faults
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid faults: {e}"))
@@ -196,6 +235,8 @@ pub struct BatchStats {
     pub id: String,
     pub status: String,
     pub job_id: Option<String>,
+    /// Created by the simulated other tool (`--foreign-batches`), not by a client.
+    pub foreign: bool,
     pub vanished: bool,
     /// Every status it took, in order.
     pub history: Vec<Transition>,
@@ -317,6 +358,28 @@ impl SimHandle {
         self.shared
             .set_time_scale(scale)
             .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Requests per route and batches per status: the cheap part of [`SimHandle::stats`].
+    pub async fn counts(&self) -> Counts {
+        self.shared.counts()
+    }
+
+    /// Ends the current stage of some batches now (see [`Step`]).
+    pub async fn step(&self, step: Step) -> anyhow::Result<Vec<Stepped>> {
+        self.shared
+            .step(step)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+    }
+
+    /// How often each batch was sent to a client, and its longest gap unseen.
+    pub async fn observations(&self) -> Observations {
+        self.shared.observations()
+    }
+
+    /// Starts counting observations afresh.
+    pub async fn reset_observations(&self) {
+        self.shared.reset_observations();
     }
 
     /// Makes a batch vanish (404 from now on); `false` when there is no such batch.

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use super::SimConfig;
 use super::clock::{Clock, SimMs};
 use super::files::StoredFile;
-use super::state::{Batch, Counters, FileEntry, FileReady, Shared, State, Validation};
+use super::state::{Batch, Counters, FileEntry, FileReady, Served, Shared, State, Validation};
 use crate::model::BatchStatus;
 
 /// The saved state's file name in the data directory.
@@ -273,13 +273,22 @@ pub(crate) fn load(state: &mut State, config: &SimConfig) -> anyhow::Result<bool
             batch.validation = Validation::Used;
         }
     }
-    state.batch_index = saved
-        .batches
-        .iter()
-        .enumerate()
-        .map(|(i, b)| (b.id.clone(), i))
-        .collect();
+    for batch in &mut saved.batches {
+        // Saved before observations were counted: count from the batch's creation.
+        if batch.served.last_ms < batch.created_at {
+            batch.served = Served::new(batch.created_at);
+        }
+        for transition in &mut batch.history {
+            if transition.at_ms == 0 {
+                transition.at_ms = transition.at * 1000;
+            }
+        }
+    }
+    // Saved in upload order; sorted anyway, as file lookups depend on it.
+    state.files.sort_by_key(|f| f.seq);
     state.batches = saved.batches;
+    state.reindex();
+    state.resume_foreign();
     state.clock = Clock::new(saved.now, config.time_scale);
     state.rng = fastrand::Rng::with_seed(saved.rng);
     state.next_seq = saved.next_seq;

@@ -1,7 +1,8 @@
 //! The simulator's state: files, batches, statistics and the fault settings, behind one lock,
 //! and the JSON objects the API renders from them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -13,6 +14,8 @@ use tokio::sync::{Notify, watch};
 use super::clock::{Clock, SimMs, ms, real_unix_ms, secs};
 use super::faults::FaultState;
 use super::files::StoredFile;
+use super::foreign::Foreign;
+use super::listing::ListOrder;
 use super::{SimConfig, Stats};
 use crate::batchfile::{Limits, Summary, Violation};
 use crate::model::BatchStatus;
@@ -158,8 +161,58 @@ pub struct Transition {
     pub status: String,
     /// Simulated unix seconds, as the API reports timestamps.
     pub at: i64,
+    /// Simulated unix milliseconds: when the change happened, to the millisecond (0 in states
+    /// saved before this was recorded).
+    #[serde(default)]
+    pub at_ms: i64,
     /// Real unix milliseconds when the simulator recorded it.
     pub real_at_ms: i64,
+}
+
+impl Transition {
+    pub(crate) fn new(status: &str, at: SimMs) -> Transition {
+        Transition {
+            status: status.to_owned(),
+            at: secs(at),
+            at_ms: at,
+            real_at_ms: real_unix_ms(),
+        }
+    }
+}
+
+/// How often a batch was sent to a client (in a retrieve, a list page or a cancel answer) and
+/// the longest stretch it went unseen, in simulated milliseconds: what the admin API's
+/// `observations` report. Counted from the batch's creation, or from the last reset.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub(crate) struct Served {
+    /// Times sent since the last reset.
+    pub(crate) count: u64,
+    /// When it was last sent (its creation when never).
+    pub(crate) last_ms: SimMs,
+    /// The longest gap between two sendings that ended since the last reset; a gap that
+    /// began before the reset counts whole.
+    pub(crate) max_gap_ms: i64,
+}
+
+impl Served {
+    pub(crate) fn new(created: SimMs) -> Served {
+        Served {
+            count: 0,
+            last_ms: created,
+            max_gap_ms: 0,
+        }
+    }
+
+    pub(crate) fn mark(&mut self, now: SimMs) {
+        self.count += 1;
+        self.max_gap_ms = self.max_gap_ms.max(now - self.last_ms);
+        self.last_ms = now;
+    }
+
+    /// The longest gap so far, the one still open at `now` included.
+    pub(crate) fn max_gap_until(&self, now: SimMs) -> i64 {
+        self.max_gap_ms.max(now - self.last_ms)
+    }
 }
 
 /// A batch and everything needed to compute its state at any simulated instant; saved whole
@@ -206,6 +259,11 @@ pub(crate) struct Batch {
     pub(crate) output_file_id: Option<String>,
     pub(crate) error_file_id: Option<String>,
     pub(crate) history: Vec<Transition>,
+    /// Created by the simulated other tool (see `foreign`), not by a client.
+    #[serde(default)]
+    pub(crate) foreign: bool,
+    #[serde(default)]
+    pub(crate) served: Served,
 }
 
 impl Batch {
@@ -234,11 +292,7 @@ impl Batch {
     }
 
     pub(crate) fn record(&mut self, status: BatchStatus, at: SimMs) {
-        self.history.push(Transition {
-            status: status.as_str().to_owned(),
-            at: secs(at),
-            real_at_ms: real_unix_ms(),
-        });
+        self.history.push(Transition::new(status.as_str(), at));
         self.status = status;
     }
 
@@ -377,6 +431,10 @@ impl Counters {
         *self.requests.entry(route.to_owned()).or_default() += 1;
     }
 
+    pub(crate) fn requests(&self) -> &BTreeMap<String, u64> {
+        &self.requests
+    }
+
     pub(crate) fn count_fault(&mut self, name: &str) {
         *self.faults.entry(name.to_owned()).or_default() += 1;
     }
@@ -392,9 +450,23 @@ pub(crate) struct State {
     /// change which ids and outcomes a run produces.
     pub(crate) rng: fastrand::Rng,
     pub(crate) data_dir: PathBuf,
+    /// In upload order, so ascending by `seq`; found by id through `file_index`.
     pub(crate) files: Vec<FileEntry>,
+    /// A file's `seq` by its id.
+    pub(crate) file_index: HashMap<String, u64>,
+    /// In creation order: a batch's index is its place in time.
     pub(crate) batches: Vec<Batch>,
     pub(crate) batch_index: HashMap<String, usize>,
+    /// Every batch's next event as (instant, index), earliest first; entries the batch has
+    /// moved past since are dropped when they come up (see `lifecycle`).
+    pub(crate) events: BinaryHeap<Reverse<(SimMs, usize)>>,
+    /// The order of `GET /batches`, and its index when it is not creation order.
+    pub(crate) list_order: ListOrder,
+    pub(crate) shuffled: BTreeSet<(u64, usize)>,
+    /// The other tool's batches (`--foreign-batches`).
+    pub(crate) foreign: Foreign,
+    /// When the observation counts were last reset (simulated ms).
+    pub(crate) observed_since: SimMs,
     pub(crate) next_seq: u64,
     /// What `reset` returns to.
     seed: u64,
@@ -420,8 +492,14 @@ impl State {
             rng: fastrand::Rng::with_seed(seed),
             data_dir,
             files: Vec::new(),
+            file_index: HashMap::new(),
             batches: Vec::new(),
             batch_index: HashMap::new(),
+            events: BinaryHeap::new(),
+            list_order: config.list_order,
+            shuffled: BTreeSet::new(),
+            foreign: Foreign::new(config.foreign_batches, config.foreign_per_create),
+            observed_since: start,
             next_seq: 0,
             seed,
             initial_faults: config.faults.clone(),
@@ -432,10 +510,17 @@ impl State {
     pub(crate) fn reset(&mut self) {
         self.files.clear();
         self.batches.clear();
-        self.batch_index.clear();
+        self.reindex();
+        self.foreign.reset();
+        self.observed_since = self.clock.now();
         self.stats = Counters::default();
         self.rng = fastrand::Rng::with_seed(self.seed);
         self.faults = FaultState::new(self.initial_faults.clone(), fault_seed(self.seed));
+    }
+
+    /// The configured seed.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
     }
 
     pub(crate) fn next_seq(&mut self) -> u64 {
@@ -468,15 +553,72 @@ impl State {
     }
 
     pub(crate) fn file(&self, id: &str) -> Option<&FileEntry> {
-        self.files.iter().find(|f| f.id == id)
+        self.file_position(id).map(|i| &self.files[i])
     }
 
-    /// A batch that has not vanished.
-    pub(crate) fn batch(&self, id: &str) -> Option<&Batch> {
+    fn file_position(&self, id: &str) -> Option<usize> {
+        let seq = *self.file_index.get(id)?;
+        self.files.binary_search_by_key(&seq, |f| f.seq).ok()
+    }
+
+    /// Adds a file; its `seq` must be the newest (see `next_seq`).
+    pub(crate) fn add_file(&mut self, file: FileEntry) {
+        debug_assert!(self.files.last().is_none_or(|last| last.seq < file.seq));
+        self.file_index.insert(file.id.clone(), file.seq);
+        self.files.push(file);
+    }
+
+    /// Forgets a file object (its content stays while a batch still reads it).
+    pub(crate) fn remove_file(&mut self, id: &str) -> bool {
+        let Some(i) = self.file_position(id) else {
+            return false;
+        };
+        self.files.remove(i);
+        self.file_index.remove(id);
+        true
+    }
+
+    /// Adds a new batch: indexed by id, placed in the list order, its first event scheduled.
+    pub(crate) fn add_batch(&mut self, batch: Batch) -> usize {
+        let i = self.batches.len();
+        self.batch_index.insert(batch.id.clone(), i);
+        self.batches.push(batch);
+        self.place(i);
+        self.schedule(i);
+        i
+    }
+
+    /// Rebuilds every index from `files` and `batches` (after a load or a reset).
+    pub(crate) fn reindex(&mut self) {
+        self.file_index = self.files.iter().map(|f| (f.id.clone(), f.seq)).collect();
+        self.batch_index = self
+            .batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id.clone(), i))
+            .collect();
+        self.events.clear();
+        self.shuffled.clear();
+        for i in 0..self.batches.len() {
+            self.place(i);
+            self.schedule(i);
+        }
+    }
+
+    /// Records that these batches were sent to a client now.
+    pub(crate) fn served(&mut self, batches: &[usize]) {
+        let now = self.clock.now();
+        for &i in batches {
+            self.batches[i].served.mark(now);
+        }
+    }
+
+    /// The index of a batch that has not vanished.
+    pub(crate) fn visible_batch(&self, id: &str) -> Option<usize> {
         self.batch_index
             .get(id)
-            .map(|&i| &self.batches[i])
-            .filter(|b| !b.vanished)
+            .copied()
+            .filter(|&i| !self.batches[i].vanished)
     }
 
     /// The statistics the admin API reports.
@@ -499,6 +641,7 @@ impl State {
                     id: b.id.clone(),
                     status: b.status.as_str().to_owned(),
                     job_id: b.job_id().map(str::to_owned),
+                    foreign: b.foreign,
                     vanished: b.vanished,
                     history: b.history.clone(),
                 })

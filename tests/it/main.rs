@@ -18,6 +18,7 @@ mod packaging;
 mod run;
 mod sim_contract;
 mod sim_faults;
+mod sim_fleet;
 mod sim_lifecycle;
 mod sim_persist;
 mod sim_process;

@@ -345,6 +345,38 @@ async fn cancel_goes_through_cancelling_to_cancelled_with_partial_output() {
 }
 
 #[tokio::test]
+async fn a_cancel_replaces_the_next_event_so_the_one_it_had_never_fires() {
+    let sim = spawn_sim(SimConfig {
+        cancelling_secs: 60.0,
+        ..stopped_clock()
+    })
+    .await;
+    let batch = sim.submit(&chat_lines(10, "m")).await;
+    let id = id(&batch);
+    sim.advance(10.0).await;
+    sim.wait_status(id, "in_progress").await;
+    sim.advance(18.0).await;
+    let (status, _) = sim.post(&format!("/batches/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    // Processing would have ended at +70 s; the cancel ends at +88 s.
+    sim.advance(50.0).await;
+    assert_eq!(sim.batch(id).await["status"], "cancelling");
+    sim.advance(10.0).await;
+    let cancelled = sim.wait_status(id, "cancelled").await;
+    assert_eq!(cancelled["cancelled_at"], START + 88);
+    assert_eq!(cancelled["finalizing_at"], Value::Null);
+    let statuses: Vec<String> = sim.handle.stats().await.batches[0]
+        .history
+        .iter()
+        .map(|t| t.status.clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["validating", "in_progress", "cancelling", "cancelled"]
+    );
+}
+
+#[tokio::test]
 async fn batches_are_listed_newest_first_and_paginated_with_after() {
     let sim = spawn_sim(stopped_clock()).await;
     let file = sim.upload(&chat_lines(1, "m")).await;

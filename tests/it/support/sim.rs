@@ -107,6 +107,17 @@ impl TestSim {
         format!("{}{path}", self.handle.admin_url())
     }
 
+    /// A JSON request to the admin API (a body makes it a POST); its answer, which must be 200.
+    pub async fn admin_json(&self, path: &str, body: Option<&Value>) -> Value {
+        let request = match body {
+            Some(body) => self.http.post(self.admin(path)).json(body),
+            None => self.http.get(self.admin(path)),
+        };
+        let (status, answer) = json_of(request.send().await.expect("admin request")).await;
+        assert_eq!(status, StatusCode::OK, "admin {path}: {answer}");
+        answer
+    }
+
     /// A request to the API with the test key.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).bearer_auth(KEY)
