@@ -9,12 +9,12 @@ use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::api::ApiKey;
-use crate::config::{ConfigError, KeySource, Settings};
+use crate::config::{ConfigError, KeySource, Settings, StuckAfter};
 use crate::daemon::cancel;
 use crate::model::JobState;
 use crate::printable::escape;
 use crate::report;
-use crate::store::{Access, Store, StoreError, batches, history, jobs};
+use crate::store::{Access, Store, StoreError, batches, figures, history, jobs, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -272,10 +272,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let store = open_for_reading(config, &args.db).await?;
                 let now = crate::clock::Timestamp::now();
                 let rows = jobs::overview(store.reader(), args.state, args.limit).await?;
+                let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+                let costs = usage::job_costs(store.reader(), &ids).await?;
+                let stuck = figures::stuck(store.reader(), &stuck_after(config), now).await?;
                 let out = if args.json {
+                    let rows: Vec<report::StatusRow> = rows
+                        .iter()
+                        .map(|job| report::StatusRow {
+                            job,
+                            usage: costs.iter().find(|c| c.job_id == job.id),
+                            stuck: stuck.iter().filter(|s| s.job_id == job.id).collect(),
+                        })
+                        .collect();
                     report::json(&rows)
                 } else {
-                    report::status(&rows, &jobs::state_counts(store.reader()).await?, now)
+                    let counts = jobs::state_counts(store.reader()).await?;
+                    report::status(&rows, &counts, &costs, &stuck, now)
                 };
                 store.close().await;
                 anyhow::Ok(out)
@@ -286,7 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
                 let job_id = resolve_job(&store, &args.id).await?;
-                let report = job_report(&store, &job_id).await?;
+                let report = job_report(&store, &job_id, &stuck_after(config)).await?;
                 store.close().await;
                 let now = crate::clock::Timestamp::now();
                 anyhow::Ok(if args.json {
@@ -412,21 +424,47 @@ async fn resolve_job(store: &Store, id: &str) -> anyhow::Result<String> {
     anyhow::bail!("no job or batch {id:?} in {}", store.path().display())
 }
 
-/// Collects everything about one job.
-pub async fn job_report(store: &Store, job_id: &str) -> anyhow::Result<report::JobReport> {
+/// The stuck-batch limits of the configuration; the built-in ones when it cannot be read
+/// (a status command given `--database` may run without one).
+fn stuck_after(config: Option<&Path>) -> StuckAfter {
+    Settings::load(config).map_or_else(|_| StuckAfter::default(), |s| s.alerts.stuck_after)
+}
+
+/// Collects everything about one job; batches stuck by `stuck_after` are marked.
+pub async fn job_report(
+    store: &Store,
+    job_id: &str,
+    stuck_after: &StuckAfter,
+) -> anyhow::Result<report::JobReport> {
     let job = jobs::get(store.reader(), job_id)
         .await?
         .with_context(|| format!("no job {job_id}"))?;
     let events = jobs::events(store.reader(), job_id).await?;
+    let mut used = usage::for_job(store.reader(), job_id).await?;
+    let stuck = figures::stuck(store.reader(), stuck_after, crate::clock::Timestamp::now()).await?;
     let mut batch_reports = Vec::new();
     for submission in batches::for_job(store.reader(), job_id).await? {
         let history = history::for_batch(store.reader(), submission.id).await?;
+        let stuck_over = stuck.iter().find(|s| s.id == submission.id).map(|s| {
+            format!(
+                "alerts.stuck_after.{} = {}",
+                s.status,
+                crate::daemon::stuck::limit(stuck_after, &s.status)
+            )
+        });
+        let usage = used
+            .iter()
+            .position(|u| u.batch_id == submission.id)
+            .map(|i| used.swap_remove(i));
         batch_reports.push(report::BatchReport {
             submission,
+            usage,
+            stuck_over,
             history,
         });
     }
     Ok(report::JobReport {
+        usage: usage::job_costs(store.reader(), &[job_id]).await?.pop(),
         job,
         events,
         batches: batch_reports,

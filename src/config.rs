@@ -82,6 +82,11 @@ pub struct Settings {
     pub collect: CollectSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
+    pub metrics: MetricsSettings,
+    pub alerts: AlertSettings,
+    /// Prices per model, by the model name the request lines use; empty: no cost estimates.
+    #[serde(default)]
+    pub pricing: BTreeMap<String, ModelPrice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -265,6 +270,74 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct DaemonSettings {
     pub shutdown_timeout: Dur,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// `IP:PORT` of the HTTP endpoint (/metrics, /healthz, /readyz); empty: no endpoint.
+    pub listen: String,
+}
+
+impl MetricsSettings {
+    /// The address to listen on, or `None` when the endpoint is turned off.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let text = self.listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| {
+            ConfigError::key(
+                "metrics.listen",
+                format!(
+                    "{text:?} is not an address and port such as \"127.0.0.1:9464\" or \"[::1]:9464\" \
+                     (empty turns the endpoint off)"
+                ),
+            )
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    pub stuck_after: StuckAfter,
+}
+
+/// How long a batch may stay in each of the statuses that should end soon before it is called
+/// stuck.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StuckAfter {
+    pub validating: Dur,
+    pub finalizing: Dur,
+    pub cancelling: Dur,
+}
+
+impl Default for StuckAfter {
+    /// The built-in defaults (config/batchwatch.toml), for readers without a configuration.
+    fn default() -> StuckAfter {
+        toml::from_str::<toml::Table>(DEFAULT_CONFIG)
+            .ok()
+            .and_then(|t| t.get("alerts")?.get("stuck_after")?.clone().try_into().ok())
+            .expect("the built-in defaults have alerts.stuck_after")
+    }
+}
+
+/// The price of one model, in US dollars per million tokens, and the discount batches get.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPrice {
+    /// Input tokens that were not cached.
+    pub input: f64,
+    /// Cached input tokens; unset: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
+    /// Output tokens (reasoning tokens are output tokens).
+    pub output: f64,
+    /// The share taken off these prices for batches: 0.5 when they are the list prices
+    /// (OpenAI bills batches at half), 0 when they already are batch prices.
+    pub batch_discount: f64,
 }
 
 /// A non-negative duration written as "500ms", "20h", "1h 30m", "7d" or "2w". A day is 24
@@ -604,6 +677,37 @@ impl Settings {
             self.reconcile.duplicate_check_interval,
         )?;
         positive("collect.give_up_after", self.collect.give_up_after)?;
+        self.metrics.address()?;
+        let stuck = &self.alerts.stuck_after;
+        positive("alerts.stuck_after.validating", stuck.validating)?;
+        positive("alerts.stuck_after.finalizing", stuck.finalizing)?;
+        positive("alerts.stuck_after.cancelling", stuck.cancelling)?;
+        for (model, price) in &self.pricing {
+            let key = |field: &str| format!("pricing.{model:?}.{field}");
+            for (field, value) in [
+                ("input", Some(price.input)),
+                ("cached_input", price.cached_input),
+                ("output", Some(price.output)),
+            ] {
+                if let Some(v) = value
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err(ConfigError::key(
+                        key(field),
+                        format!("{v} is not a price: US dollars per million tokens, zero or more"),
+                    ));
+                }
+            }
+            if !(0.0..=1.0).contains(&price.batch_discount) {
+                return Err(ConfigError::key(
+                    key("batch_discount"),
+                    format!(
+                        "{} is not a share between 0 and 1 (0.5: batches cost half the prices given)",
+                        price.batch_discount
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -131,6 +131,8 @@ fn settings(dir: &Path, base_url: &str) -> anyhow::Result<Settings> {
     s.daemon.shutdown_timeout = Dur(Duration::from_secs(3));
     // The simulator is local: no need for the default's politeness towards a real service.
     s.limits.requests_per_second = 100.0;
+    // Nothing scrapes a demo, and a service on this machine may hold the default port.
+    s.metrics.listen = String::new();
     s.validate()?;
     Ok(s)
 }
@@ -219,7 +221,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     reader.close().await;
     let mut summary = format!(
         "\n{}\n",
-        report::status(&rows, &counts, jiff::Timestamp::now())
+        report::status(&rows, &counts, &[], &[], jiff::Timestamp::now())
     );
     for row in &rows {
         let place = match (&row.results_dir, row.state) {

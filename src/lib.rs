@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod failpoint;
+pub mod metrics;
 pub mod model;
 pub mod printable;
 pub mod queue;
@@ -16,6 +17,7 @@ pub mod report;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 
 /// Exit code when the database was migrated by a newer batchwatch, or its schema is not the one
 /// its migrations make (EX_DATAERR): restarting cannot help, so the systemd unit does not

@@ -12,23 +12,64 @@ use crate::clock::{self, Timestamp};
 use crate::model::JobState;
 use crate::printable::escape;
 use crate::store::batches::Submission;
+use crate::store::figures::StuckBatch;
 use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
+use crate::store::usage::{BatchUsage, JobCost};
 
 /// Everything about one job, for `show`.
 #[derive(Debug, Serialize)]
 pub struct JobReport {
     pub job: Job,
+    /// The tokens and estimated cost of all its batches.
+    pub usage: Option<JobCost>,
     pub events: Vec<JobEvent>,
     pub batches: Vec<BatchReport>,
 }
 
-/// One submission and its status history.
+/// One submission, its usage, its status history, and whether it is stuck.
 #[derive(Debug, Serialize)]
 pub struct BatchReport {
     #[serde(flatten)]
     pub submission: Submission,
+    pub usage: Option<BatchUsage>,
+    /// Set when the batch has stayed in its status longer than `alerts.stuck_after` allows:
+    /// the limit, as configured.
+    pub stuck_over: Option<String>,
     pub history: Vec<HistoryRow>,
+}
+
+/// A job of `status --json`: its overview row, its tokens and cost, and its stuck batches.
+#[derive(Debug, Serialize)]
+pub struct StatusRow<'a> {
+    #[serde(flatten)]
+    pub job: &'a JobOverview,
+    pub usage: Option<&'a JobCost>,
+    pub stuck: Vec<&'a StuckBatch>,
+}
+
+/// An estimated cost in US dollars: cents for large sums, more digits for small ones.
+pub fn dollars(usd: f64) -> String {
+    if usd >= 100.0 {
+        format!("${usd:.2}")
+    } else if usd >= 0.01 {
+        format!("${usd:.4}")
+    } else {
+        format!("${usd:.6}")
+    }
+}
+
+/// `1200 in (200 cached), 300 out (50 reasoning)`.
+fn tokens(input: i64, cached: i64, output: i64, reasoning: i64) -> String {
+    let mut text = format!("{input} in");
+    if cached > 0 {
+        let _ = write!(text, " ({cached} cached)");
+    }
+    let _ = write!(text, ", {output} out");
+    if reasoning > 0 {
+        let _ = write!(text, " ({reasoning} reasoning)");
+    }
+    text
 }
 
 /// Pretty JSON, for `--json`.
@@ -122,8 +163,15 @@ fn reason(r: &JobOverview) -> String {
     }
 }
 
-/// The `status` table, with a summary line of counts per state.
-pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) -> String {
+/// The `status` table, with a summary line of counts per state, the tokens and estimated cost
+/// of the jobs listed, and the stuck batches.
+pub fn status(
+    rows: &[JobOverview],
+    counts: &[(JobState, i64)],
+    costs: &[JobCost],
+    stuck: &[StuckBatch],
+    now: Timestamp,
+) -> String {
     let mut out = String::new();
     if counts.is_empty() {
         out.push_str("No jobs yet.\n");
@@ -139,6 +187,36 @@ pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) 
         })
         .collect();
     let _ = writeln!(out, "Jobs: {}", summary.join(", "));
+    if costs.iter().any(|c| c.input_tokens + c.output_tokens > 0) {
+        let sum = |f: fn(&JobCost) -> i64| costs.iter().map(f).sum::<i64>();
+        let priced: Vec<f64> = costs.iter().filter_map(|c| c.cost_usd).collect();
+        let cost = if priced.is_empty() {
+            "no prices configured ([pricing])".to_owned()
+        } else {
+            format!("estimated cost {}", dollars(priced.iter().sum()))
+        };
+        let _ = writeln!(
+            out,
+            "Tokens of the jobs listed: {}; {cost}",
+            tokens(
+                sum(|c| c.input_tokens),
+                sum(|c| c.cached_tokens),
+                sum(|c| c.output_tokens),
+                sum(|c| c.reasoning_tokens)
+            )
+        );
+    }
+    for s in stuck {
+        let _ = writeln!(
+            out,
+            "STUCK: batch {} of {} has been {} since {} ({})",
+            or_dash(s.remote_id.as_deref()),
+            s.job_id,
+            s.status,
+            s.since,
+            age(&s.since, now)
+        );
+    }
     if rows.is_empty() {
         out.push_str("No jobs match.\n");
         return out;
@@ -159,13 +237,18 @@ pub fn status(rows: &[JobOverview], counts: &[(JobState, i64)], now: Timestamp) 
                 requests,
                 age(&r.created_at, now),
                 deadline(&r.deadline_at, r.state, now),
+                costs
+                    .iter()
+                    .find(|c| c.job_id == r.id)
+                    .and_then(|c| c.cost_usd)
+                    .map_or("-".into(), dollars),
                 reason(r),
             ]
         })
         .collect();
     out.push_str(&table(
         &[
-            "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "REASON",
+            "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "COST", "REASON",
         ],
         &body,
     ));
@@ -219,6 +302,24 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         field("finished", at.clone());
     }
     field("results", or_dash(j.results_dir.as_deref()).to_owned());
+    if let Some(u) = report
+        .usage
+        .as_ref()
+        .filter(|u| u.input_tokens + u.output_tokens > 0)
+    {
+        field(
+            "tokens",
+            tokens(
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.reasoning_tokens,
+            ),
+        );
+    }
+    if let Some(cost) = report.usage.as_ref().and_then(|u| u.cost_usd) {
+        field("cost", format!("{} (estimated)", dollars(cost)));
+    }
     if j.metadata != "{}" {
         field("metadata", j.metadata.clone());
     }
@@ -257,6 +358,35 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         }
         if let Some(err) = &s.last_error {
             let _ = writeln!(out, "  last error: {}", escape(err));
+        }
+        if let Some(u) = &b.usage
+            && let (Some(i), Some(o)) = (u.input_tokens, u.output_tokens)
+        {
+            let cost = u.cost_usd.map_or(String::new(), |c| {
+                format!("; estimated cost {}", dollars(c))
+            });
+            let _ = writeln!(
+                out,
+                "  tokens: {}{cost}",
+                tokens(
+                    i,
+                    u.cached_tokens.unwrap_or(0),
+                    o,
+                    u.reasoning_tokens.unwrap_or(0)
+                )
+            );
+        }
+        if let Some(limit) = &b.stuck_over {
+            let since = b
+                .history
+                .iter()
+                .find(|h| Some(&h.status) == s.status.as_ref())
+                .map_or("-", |h| h.observed_at.as_str());
+            let _ = writeln!(
+                out,
+                "  STUCK: {} since {since}, longer than alerts.stuck_after allows ({limit})",
+                s.status.as_ref().map_or("-", |st| st.as_str()),
+            );
         }
         if let Some(at) = &s.cancel_requested_at {
             let _ = writeln!(

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::config::{ApiSettings, ConfigError, Flavor, LimitSettings};
+use crate::metrics::Metrics;
 
 use super::error::{ApiError, Operation};
 use super::key::ApiKey;
@@ -46,6 +47,7 @@ struct Inner {
     request_timeout: Duration,
     upload_timeout: Duration,
     download_read_timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Client {
@@ -56,7 +58,17 @@ impl Client {
         limits: &LimitSettings,
         key: ApiKey,
     ) -> Result<Client, ConfigError> {
-        Self::with_http(api, limits, key, http_builder(api))
+        Self::observed(api, limits, key, Metrics::default())
+    }
+
+    /// As [`Client::new`], counting every request, retry and byte in `metrics`.
+    pub fn observed(
+        api: &ApiSettings,
+        limits: &LimitSettings,
+        key: ApiKey,
+        metrics: Metrics,
+    ) -> Result<Client, ConfigError> {
+        Self::with_http(api, limits, key, http_builder(api), metrics)
     }
 
     fn with_http(
@@ -64,6 +76,7 @@ impl Client {
         limits: &LimitSettings,
         key: ApiKey,
         http: reqwest::ClientBuilder,
+        metrics: Metrics,
     ) -> Result<Client, ConfigError> {
         let base = parse_base_url(&api.base_url)?;
         let http = http.build().map_err(|e| {
@@ -87,6 +100,7 @@ impl Client {
                 request_timeout: api.request_timeout.get(),
                 upload_timeout: api.upload_timeout.get(),
                 download_read_timeout: api.download_read_timeout.get(),
+                metrics,
             }),
         })
     }
@@ -149,6 +163,9 @@ impl Client {
             .multipart(form)
             .timeout(self.inner.upload_timeout);
         let result = self.call_json(op, request).await;
+        if result.is_ok() {
+            self.inner.metrics.uploaded(length);
+        }
         // A read failure cut the body short, so the server cannot have a complete file: the
         // failure is local, not an unknown outcome.
         match (result, failure.lock().expect("never poisoned").take()) {
@@ -160,9 +177,7 @@ impl Client {
     /// A file's metadata.
     pub async fn retrieve_file(&self, file_id: &str) -> Result<FileObject, ApiError> {
         let op = Operation::RetrieveFile;
-        self.inner
-            .retry
-            .run(|| self.call_json(op, self.json_request(Method::GET, &["files", file_id])))
+        self.retrying(|| self.call_json(op, self.json_request(Method::GET, &["files", file_id])))
             .await
     }
 
@@ -181,9 +196,7 @@ impl Client {
     /// as [`ApiError::NotFound`] on the retry: the file is gone either way.
     pub async fn delete_file(&self, file_id: &str) -> Result<FileDeleted, ApiError> {
         let op = Operation::DeleteFile;
-        self.inner
-            .retry
-            .run(|| self.call_json(op, self.json_request(Method::DELETE, &["files", file_id])))
+        self.retrying(|| self.call_json(op, self.json_request(Method::DELETE, &["files", file_id])))
             .await
     }
 
@@ -192,9 +205,7 @@ impl Client {
     /// is retried; nothing partial is ever left at `dest`. Returns the number of bytes.
     pub async fn download_file(&self, file_id: &str, dest: &Path) -> Result<u64, ApiError> {
         let meta = self.retrieve_file(file_id).await?;
-        self.inner
-            .retry
-            .run(|| self.download_once(file_id, meta.bytes, dest))
+        self.retrying(|| self.download_once(file_id, meta.bytes, dest))
             .await
     }
 
@@ -211,9 +222,7 @@ impl Client {
     /// A batch.
     pub async fn retrieve_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
         let op = Operation::RetrieveBatch;
-        self.inner
-            .retry
-            .run(|| self.call_json(op, self.json_request(Method::GET, &["batches", batch_id])))
+        self.retrying(|| self.call_json(op, self.json_request(Method::GET, &["batches", batch_id])))
             .await
     }
 
@@ -230,14 +239,25 @@ impl Client {
     /// Asks for a batch to be cancelled; it goes to `cancelling`, then `cancelled`.
     pub async fn cancel_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
         let op = Operation::CancelBatch;
+        self.retrying(|| {
+            self.call_json(
+                op,
+                self.json_request(Method::POST, &["batches", batch_id, "cancel"]),
+            )
+        })
+        .await
+    }
+
+    /// Runs a call that is safe to repeat under the retry policy, counting its retries.
+    async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let metrics = &self.inner.metrics;
         self.inner
             .retry
-            .run(|| {
-                self.call_json(
-                    op,
-                    self.json_request(Method::POST, &["batches", batch_id, "cancel"]),
-                )
-            })
+            .run_observed(call, |err| metrics.api_retry(err.operation()))
             .await
     }
 
@@ -297,6 +317,9 @@ impl Client {
                     error = %err,
                     "api request failed"
                 );
+                self.inner
+                    .metrics
+                    .api_request(op, None, started.elapsed(), Some(&err));
                 return Err(err);
             }
         };
@@ -308,19 +331,19 @@ impl Client {
             elapsed_ms = elapsed_ms(started),
             "api request"
         );
+        let elapsed = started.elapsed();
         if status.is_success() {
+            let metrics = &self.inner.metrics;
+            metrics.api_request(op, Some(status.as_u16()), elapsed, None);
             return Ok((response, permit));
         }
         let headers = response.headers().clone();
         let body = read_capped(response, ERROR_BODY_CAP).await;
         let text = self.inner.key.redact(&String::from_utf8_lossy(&body));
-        Err(ApiError::from_response(
-            op,
-            status,
-            &headers,
-            &text,
-            jiff::Timestamp::now(),
-        ))
+        let err = ApiError::from_response(op, status, &headers, &text, jiff::Timestamp::now());
+        let metrics = &self.inner.metrics;
+        metrics.api_request(op, Some(status.as_u16()), elapsed, Some(&err));
+        Err(err)
     }
 
     /// One attempt at a call answered with a JSON object.
@@ -433,6 +456,7 @@ impl Client {
         })
         .await
         .map_err(|e| local(dest, io::Error::other(e)))??;
+        self.inner.metrics.downloaded(written);
         Ok(written)
     }
 
@@ -492,9 +516,7 @@ impl<T: Listed> Pages<T> {
             query.push(("after", after.clone()));
         }
         let page: ListPage<T> = client
-            .inner
-            .retry
-            .run(|| {
+            .retrying(|| {
                 client.call_json(
                     self.op,
                     client
@@ -744,7 +766,14 @@ mod tests {
         let s = settings(&format!("https://127.0.0.1:{}/v1", server.port));
         // The same builder as Client::new, plus the test CA beside the platform's roots.
         let http = http_builder(&s.api).add_root_certificate(server.ca.clone());
-        let client = Client::with_http(&s.api, &s.limits, ApiKey::new(KEY).unwrap(), http).unwrap();
+        let client = Client::with_http(
+            &s.api,
+            &s.limits,
+            ApiKey::new(KEY).unwrap(),
+            http,
+            Metrics::default(),
+        )
+        .unwrap();
         let batch = client.retrieve_batch("batch_tls").await.unwrap();
         assert_eq!(batch.id, "batch_tls");
         assert_eq!(batch.status, BatchStatus::InProgress);

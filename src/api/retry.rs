@@ -61,7 +61,20 @@ impl RetryPolicy {
 
     /// Runs `call` until it succeeds or [`RetryPolicy::next_delay`] says stop, sleeping in
     /// between; returns the last error.
-    pub async fn run<T, F, Fut>(&self, mut call: F) -> Result<T, ApiError>
+    pub async fn run<T, F, Fut>(&self, call: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        self.run_observed(call, |_| {}).await
+    }
+
+    /// As [`RetryPolicy::run`], calling `on_retry` with each error that is retried.
+    pub async fn run_observed<T, F, Fut>(
+        &self,
+        mut call: F,
+        mut on_retry: impl FnMut(&ApiError),
+    ) -> Result<T, ApiError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
@@ -82,6 +95,7 @@ impl RetryPolicy {
                         error = %err,
                         "retrying after a transient error"
                     );
+                    on_retry(&err);
                     tokio::time::sleep(delay).await;
                 }
             }

@@ -9,6 +9,7 @@ use super::schedule::Schedule;
 use crate::api::{ApiError, Client};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::{Store, transitions};
 
@@ -28,6 +29,8 @@ pub struct Ctx {
     pub unverified: Arc<Unverified>,
     /// Late duplicates of re-sent creates already reported.
     pub duplicates: Arc<DuplicateWatch>,
+    /// The counters and histograms `/metrics` shows.
+    pub metrics: Metrics,
 }
 
 impl Ctx {

@@ -20,6 +20,7 @@ use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job, Why};
+use crate::store::usage::{self, BatchUsage, JobCost};
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
@@ -209,6 +210,8 @@ struct ManifestBatch<'a> {
     last_error: Option<&'a str>,
     results_missing: Option<&'a str>,
     results_unavailable: Option<&'a str>,
+    /// Its tokens and estimated cost, as booked when it ended.
+    usage: Option<&'a BatchUsage>,
 }
 
 /// `manifest.json`: what is in a job's results directory, and how the job ended.
@@ -224,6 +227,8 @@ struct Manifest<'a> {
     model: Option<&'a str>,
     requests: Option<i64>,
     request_counts: Counts,
+    /// The tokens and estimated cost of all its batches (every attempt: each was billed).
+    usage: Option<&'a JobCost>,
     /// Merged output of the latest attempt of every part, relative to this directory.
     output_file: Option<String>,
     error_file: Option<String>,
@@ -240,6 +245,10 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         return Ok(());
     }
     let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
+    let used = usage::for_job(ctx.store.reader(), &job_id).await?;
+    let job_cost = usage::job_costs(ctx.store.reader(), &[&job_id])
+        .await?
+        .pop();
     let last = latest(&rows);
     let (state, why) = outcome(&job, &last);
     let now = ctx.now();
@@ -273,6 +282,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                 completed: sum(|r| r.request_completed),
                 failed: sum(|r| r.request_failed),
             },
+            usage: job_cost.as_ref(),
             output_file: output,
             error_file: errors,
             batches: rows
@@ -294,6 +304,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                     last_error: r.last_error.as_deref(),
                     results_missing: r.results_missing.as_deref(),
                     results_unavailable: r.results_unavailable.as_deref(),
+                    usage: used.iter().find(|u| u.batch_id == r.id),
                 })
                 .collect(),
             finished_at: now.clone(),
@@ -320,6 +331,8 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     }
     jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
     tx.commit().await?;
+    ctx.metrics
+        .job_finished(state, &job.created_at, ctx.clock.now());
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
     failpoint::hit("finish:after-state");
     move_on(&ctx, &job_id).await

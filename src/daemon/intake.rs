@@ -428,7 +428,12 @@ pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
         &now,
     )
     .await?;
+    let claimed_at = jobs::get(&mut *tx, job_id).await?.map(|j| j.created_at);
     tx.commit().await?;
+    if let Some(at) = claimed_at {
+        ctx.metrics
+            .job_finished(JobState::Rejected, &at, ctx.clock.now());
+    }
     tracing::warn!(job = %job_id, rule = %why.code, reason = %why.message, "rejected");
     if let Err(e) = finish::move_on(ctx, job_id).await {
         tracing::warn!(job = %job_id, error = format!("{e:#}"), "cannot move the rejected file on yet; trying again at the next scan");

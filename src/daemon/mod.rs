@@ -99,6 +99,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod recover;
 pub mod schedule;
+pub mod stuck;
 pub mod submit;
 
 use std::collections::{HashMap, HashSet};
@@ -112,6 +113,8 @@ use tokio::task::JoinSet;
 use crate::api::{ApiKey, Client};
 use crate::clock::{self, Clock, Timestamp};
 use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::metrics::server::{self as endpoint, Health};
 use crate::queue::Queue;
 use crate::queue::scan::Scanner;
 use crate::store::{Access, Store, batches, jobs};
@@ -146,6 +149,10 @@ pub struct Daemon {
     /// validated, after a check failed.
     verify_due: bool,
     notifier: notify::Notifier,
+    /// What `/readyz` knows of the loop, and the endpoint's server (stopped when dropped).
+    health: Arc<Health>,
+    endpoint: Option<endpoint::Server>,
+    stuck: stuck::Watch,
     /// Held until the daemon is dropped, so no second one starts on the same queue or database.
     _instance: instance::InstanceLock,
 }
@@ -181,7 +188,22 @@ impl Daemon {
         )
         .await
         .context("opening the database")?;
-        let client = Client::new(&settings.api, &settings.limits, key)?;
+        let metrics = Metrics::new();
+        let client = Client::observed(&settings.api, &settings.limits, key, metrics.clone())?;
+        let health = Arc::new(Health::default());
+        let endpoint = match settings.metrics.address()? {
+            Some(addr) => Some(endpoint::serve(
+                addr,
+                endpoint::Endpoint::new(
+                    metrics.clone(),
+                    store.clone(),
+                    queue.clone(),
+                    settings.alerts.stuck_after,
+                    health.clone(),
+                ),
+            )?),
+            None => None,
+        };
         let schedule = Schedule::new(&settings);
         let settings = Arc::new(settings);
         let now = clock.now();
@@ -195,6 +217,7 @@ impl Daemon {
             gate: Arc::new(gate::Gate::default()),
             unverified: Arc::new(reconcile::Unverified::default()),
             duplicates: Arc::new(reconcile::DuplicateWatch::default()),
+            metrics,
         };
         tracing::info!(
             database = %settings.database.path.display(),
@@ -215,6 +238,9 @@ impl Daemon {
             claiming: true,
             verify_due: true,
             notifier: notify::Notifier::default(),
+            health,
+            endpoint,
+            stuck: stuck::Watch::default(),
             _instance: instance,
             ctx,
         };
@@ -226,6 +252,7 @@ impl Daemon {
         for job in jobs::unfinished(daemon.ctx.store.reader()).await? {
             daemon.ctx.unverified.add(&job);
         }
+        daemon.health.recovered();
         daemon.step().await;
         Ok(daemon)
     }
@@ -262,6 +289,8 @@ impl Daemon {
                 );
             }
         }
+        self.stuck.check(&self.ctx).await;
+        self.health.round_done();
         self.notifier.status(&self.ctx, self.in_flight.len()).await;
     }
 
@@ -515,6 +544,11 @@ impl Daemon {
         }
         self.ctx.store.close_for_readers().await;
         tracing::info!("stopped");
+    }
+
+    /// Where the monitoring endpoint listens, when it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.as_ref().map(|e| e.addr)
     }
 
     /// What tasks are working on now.

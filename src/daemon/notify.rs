@@ -93,8 +93,13 @@ async fn status_line(ctx: &Ctx, in_flight: usize) -> String {
         JobState::Cancelling,
         JobState::Collecting,
     ];
+    let now = ctx.clock.now();
+    let stuck =
+        crate::store::figures::stuck(ctx.store.reader(), &ctx.settings.alerts.stuck_after, now)
+            .await
+            .unwrap_or_default();
     format!(
-        "{} running, {} queued, {} completed, {} failed or rejected; {in_flight} tasks",
+        "{} running, {} queued, {} completed, {} failed or rejected; {in_flight} tasks{}",
         active.iter().map(|s| count(*s)).sum::<i64>(),
         count(JobState::Queued) + count(JobState::Validating),
         count(JobState::Completed),
@@ -107,5 +112,6 @@ async fn status_line(ctx: &Ctx, in_flight: usize) -> String {
         .iter()
         .map(|s| count(*s))
         .sum::<i64>(),
+        super::stuck::summary(&stuck, now),
     )
 }

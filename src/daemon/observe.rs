@@ -2,7 +2,8 @@
 //! cancel, a reconciliation): one history row per change of status or counts, a terminal
 //! status kept terminal, and the submission moved on: to active when its batch is new to it,
 //! to collecting when the batch ended, to a new attempt after a back-off when the batch was
-//! refused for the enqueued-token limit, or to lost when the batch vanished.
+//! refused for the enqueued-token limit, or to lost when the batch vanished. A submission
+//! already past active (collecting, finished) only gets the observation recorded.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::model::{BatchStatus, SubmissionState};
 use crate::store::batches::{self, NewSubmission, Observation, Recorded, Submission};
 use crate::store::jobs::{self, Why};
 use crate::store::transitions;
+use crate::usage;
 
 /// Records `batch` as seen now for the submission `row`, and moves the submission on.
 pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Result<()> {
@@ -28,14 +30,22 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
         .context("the job of a submission vanished")?;
     let mut tx = ctx.store.begin().await?;
     let recorded = batches::record_observation(&mut tx, row.id, &observation(batch), &now).await?;
+    let pricing = &ctx.settings.pricing;
+    let booked = usage::record(&mut tx, pricing, row.id, job.model.as_deref(), batch, &now).await?;
     if let Recorded::RefusedAfterTerminal { stored, seen } = &recorded {
         tracing::warn!(batch = %batch.id, %stored, %seen, "the API reports a finished batch as unfinished; keeping the final status");
     }
-    if matches!(
-        row.state,
-        SubmissionState::Queued | SubmissionState::Uploading | SubmissionState::Creating
-    ) {
-        transitions::activate(&mut tx, row.id, &now).await?;
+    match batches::state(&mut *tx, row.id).await? {
+        SubmissionState::Queued | SubmissionState::Uploading | SubmissionState::Creating => {
+            transitions::activate(&mut tx, row.id, &now).await?
+        }
+        SubmissionState::Active => {}
+        // Already past following its batch (seen twice, or by a step that read the row
+        // before): the observation is recorded, and nothing moves.
+        _ => {
+            tx.commit().await?;
+            return Ok(());
+        }
     }
     let status = match &recorded {
         Recorded::RefusedAfterTerminal { stored, .. } => stored.clone(),
@@ -89,6 +99,9 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
         refresh_job(&mut tx, &row.job_id, None, &message, &now).await?;
     }
     tx.commit().await?;
+    if booked.is_some() {
+        ctx.metrics.batch_ended(batch);
+    }
     if recorded == Recorded::Changed {
         tracing::info!(job = %row.job_id, batch = %batch.id, status = %status, counts = ?batch.request_counts, "batch status");
     }
@@ -114,6 +127,7 @@ pub fn hold_for_token_limit(
     if !model.is_empty() {
         ctx.gate.hold_model(model, until);
     }
+    ctx.metrics.token_limit_refusal(model);
     (until, delay)
 }
 

@@ -29,6 +29,7 @@ use super::observe::observe;
 use super::progress::refresh_job;
 use crate::api::{ApiError, Batch, FileObject};
 use crate::clock::{self, Timestamp};
+use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{self, NewSubmission, Submission};
 use crate::store::jobs::{self, Job};
@@ -85,6 +86,12 @@ fn since(row: &Submission) -> Option<Timestamp> {
 
 /// The batch a create for `row` made, if it made one.
 pub async fn find_batch(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, ApiError> {
+    let found = search_batches(ctx, row).await;
+    ctx.metrics.reconciliation(Reconciled::Create, &found);
+    found
+}
+
+async fn search_batches(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, ApiError> {
     let since = since(row);
     let mut listed = std::pin::pin!(ctx.client.list_batches(100));
     while let Some(batch) = listed.next().await {
@@ -103,6 +110,16 @@ pub async fn find_batch(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, Ap
 
 /// The file an upload for `row` made, if it made one whole.
 pub async fn find_upload(
+    ctx: &Ctx,
+    row: &Submission,
+    name: &str,
+) -> Result<Option<FileObject>, ApiError> {
+    let found = search_files(ctx, row, name).await;
+    ctx.metrics.reconciliation(Reconciled::Upload, &found);
+    found
+}
+
+async fn search_files(
     ctx: &Ctx,
     row: &Submission,
     name: &str,
@@ -205,6 +222,7 @@ async fn cancel_duplicate(
     let ours = row.remote_id.as_deref().unwrap_or("none");
     let what = if live {
         ctx.client.cancel_batch(&batch.id).await?;
+        ctx.metrics.duplicate_cancelled();
         "cancelled it".to_owned()
     } else {
         format!(

@@ -183,6 +183,16 @@ pub async fn by_attempt(
     .await?)
 }
 
+/// A submission's state as it is now.
+pub async fn state(db: impl SqliteExecutor<'_>, id: i64) -> Result<SubmissionState, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT state AS "state: SubmissionState" FROM batches WHERE id = ?"#,
+        id
+    )
+    .fetch_one(db)
+    .await?)
+}
+
 /// A job's submissions, in the order they were made.
 pub async fn for_job(
     db: impl SqliteExecutor<'_>,

@@ -6,16 +6,23 @@
 //! and keeps write transactions short and ordered) and a separate read pool. WAL lets readers,
 //! including `batchwatch status` in another process, read while the daemon writes;
 //! `synchronous=FULL` makes every commit durable before the daemon acts on it, which the
-//! intent-before-side-effect rule depends on.
+//! intent-before-side-effect rule depends on. The WAL is checkpointed every
+//! [`WAL_CHECKPOINT_PAGES`] pages (1 MiB) rather than SQLite's 4 MiB, and truncated back to that
+//! size: on a nearly full disk a WAL that waits for 4 MiB can eat the last free space before
+//! it is ever checkpointed, and then no write, not even the checkpoint, can succeed.
 
 pub mod batches;
+pub mod figures;
 pub mod history;
 pub mod jobs;
 pub mod transitions;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -25,6 +32,9 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection};
 
 use crate::model::{BatchStatus, JobState, SubmissionState};
+
+/// The WAL is checkpointed once it holds this many pages (of 4 KiB): 1 MiB.
+pub const WAL_CHECKPOINT_PAGES: u32 = 256;
 
 /// The migrations, embedded in the binary and applied when the daemon starts.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -98,6 +108,8 @@ pub struct Store {
     path: PathBuf,
     read: SqlitePool,
     write: Option<SqlitePool>,
+    /// Set when a write transaction failed; the next one checkpoints the WAL first.
+    write_failed: Arc<AtomicBool>,
 }
 
 /// How an existing database is opened.
@@ -147,7 +159,12 @@ impl Store {
             let opts = options(path, busy_timeout)
                 .create_if_missing(access == Access::Migrate)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full);
+                .synchronous(SqliteSynchronous::Full)
+                .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
+                .pragma(
+                    "journal_size_limit",
+                    (WAL_CHECKPOINT_PAGES * 4096).to_string(),
+                );
             Some(
                 SqlitePoolOptions::new()
                     .max_connections(1)
@@ -165,6 +182,7 @@ impl Store {
             path: path.to_owned(),
             read,
             write,
+            write_failed: Arc::new(AtomicBool::new(false)),
         };
 
         let as_open_err = |e| match e {
@@ -312,13 +330,29 @@ impl Store {
     /// Starts a write transaction that takes the write lock at once (`BEGIN IMMEDIATE`), so it
     /// never fails half-way because another process wrote first. See [`Tx`] for what happens
     /// when it fails.
+    ///
+    /// After a failed write, the WAL is checkpointed and truncated first: on a full disk the
+    /// WAL may never reach its automatic checkpoint (SQLite's is at about 4 MB), so without
+    /// this every later write would fail even once some space is back.
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         let mut conn = self.writer()?.acquire().await?;
+        if self.write_failed.swap(false, Ordering::SeqCst)
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&mut *conn)
+                .await
+        {
+            tracing::debug!(error = %e, "the WAL could not be checkpointed after a failed write");
+        }
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
             conn.close_on_drop();
+            self.write_failed.store(true, Ordering::SeqCst);
             return Err(e.into());
         }
-        Ok(Tx { conn, done: false })
+        Ok(Tx {
+            conn,
+            done: false,
+            failed: self.write_failed.clone(),
+        })
     }
 
     /// Closes the store for good at the daemon's stop: checkpoints the WAL and leaves the file in
@@ -357,6 +391,7 @@ impl Store {
 pub struct Tx {
     conn: PoolConnection<Sqlite>,
     done: bool,
+    failed: Arc<AtomicBool>,
 }
 
 impl Tx {
@@ -379,6 +414,7 @@ impl Drop for Tx {
     fn drop(&mut self) {
         if !self.done {
             self.conn.close_on_drop();
+            self.failed.store(true, Ordering::SeqCst);
         }
     }
 }

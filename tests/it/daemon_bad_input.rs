@@ -531,14 +531,15 @@ async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table(
         "{status:?}"
     );
     let lines: Vec<&str> = status.lines().collect();
-    // "Jobs: ...", a blank line, the header, one row per job: nothing else.
-    assert_eq!(lines.len(), 5, "{status}");
+    // "Jobs: ...", "Tokens ...", a blank line, the header, one row per job: nothing else.
+    assert_eq!(lines.len(), 6, "{status}");
+    assert!(lines[1].starts_with("Tokens "), "{status}");
     assert!(
-        lines[3].starts_with("job_") && lines[4].starts_with("job_"),
+        lines[4].starts_with("job_") && lines[5].starts_with("job_"),
         "{status}"
     );
-    let header_columns = lines[2].split_whitespace().count();
-    assert_eq!(header_columns, 8, "{status}");
+    let header_columns = lines[3].split_whitespace().count();
+    assert_eq!(header_columns, 9, "{status}");
 
     for job in &jobs {
         let show = crate::support::process::stdout_ok(None, &["show", &job.id, "--database", &db]);

@@ -1,49 +1,14 @@
 //! The daemon as a service: what it tells systemd, and how it stops while the API hangs.
 
-use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault};
 
 use crate::support::daemon::{Env, KEY, assert_key_absent, quick_sim, requests};
+use crate::support::notify::{notify_socket, wait_message};
 use crate::support::process::{Running, command};
 use crate::support::sim::spawn_sim;
-
-/// Collects the datagrams a service sends to its notify socket.
-fn notify_socket(dir: &std::path::Path) -> (std::path::PathBuf, std::sync::mpsc::Receiver<String>) {
-    let path = dir.join("notify.sock");
-    let socket = UnixDatagram::bind(&path).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = socket.recv(&mut buf) {
-            if tx
-                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
-                .is_err()
-            {
-                break;
-            }
-        }
-    });
-    (path, rx)
-}
-
-fn wait_message(
-    rx: &std::sync::mpsc::Receiver<String>,
-    what: impl Fn(&str) -> bool,
-    within: Duration,
-) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(m) if what(&m) => return m,
-            Ok(_) => {}
-            Err(_) => panic!("no such notify message within {within:?}"),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn systemd_hears_ready_status_watchdog_and_stopping() {

@@ -1,6 +1,6 @@
-//! The tests that need something this machine may lack (a Docker engine, the Python SDK) skip
-//! with a printed reason when it is missing, and fail instead when CI requires it. Shown by
-//! running this very test binary on those tests with the thing taken away.
+//! The tests that need something this machine may lack (a Docker engine, the Python SDK,
+//! Prometheus) skip with a printed reason when it is missing, and fail instead when CI requires
+//! it. Shown by running this very test binary on those tests with the thing taken away.
 
 use std::process::{Command, Output};
 
@@ -10,6 +10,7 @@ const DOCKER_TESTS: [&str; 3] = [
     "systemd::debian_package::package_installs_runs_a_file_upgrades_keeping_the_config_removes_and_purges",
 ];
 const SDK_TEST: &str = "sim_sdk::the_official_python_sdk_works_against_the_simulator_unchanged";
+const PROMETHEUS_TEST: &str = "metrics::a_real_prometheus_scrapes_the_daemon_and_every_dashboard_and_alert_expression_evaluates";
 
 /// Runs the named tests of this binary with `BATCHWATCH_REQUIRE_*` set to `require` (or unset).
 fn run_tests(tests: &[&str], require: Option<&str>, tweak: impl Fn(&mut Command)) -> Output {
@@ -94,5 +95,29 @@ fn the_sdk_test_skips_without_python_and_fails_when_the_sdk_is_required() {
         &out,
         &tests,
         "BATCHWATCH_REQUIRE_SDK=1 but the Python SDK is unavailable",
+    );
+}
+
+#[test]
+fn the_prometheus_test_skips_without_prometheus_and_fails_when_it_is_required() {
+    let empty = tempfile::tempdir().unwrap();
+    let tests = [PROMETHEUS_TEST];
+    let out = run_tests(&tests, None, |cmd| {
+        cmd.env("PATH", empty.path())
+            .env_remove("BATCHWATCH_REQUIRE_PROMETHEUS");
+    });
+    assert_skipped(
+        &out,
+        &tests,
+        "skipped: prometheus and promtool are not installed",
+    );
+    let out = run_tests(&tests, None, |cmd| {
+        cmd.env("PATH", empty.path())
+            .env("BATCHWATCH_REQUIRE_PROMETHEUS", "1");
+    });
+    assert_failed(
+        &out,
+        &tests,
+        "BATCHWATCH_REQUIRE_PROMETHEUS is set, but prometheus or promtool is not installed",
     );
 }

@@ -59,15 +59,10 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
     let filled = fill(&store).await;
-    // Back to version 1, as the first release left it: without what later migrations add.
+    // Back to version 1, as the first release left it: without what later migrations add,
+    // undone newest first.
     let writer = store.writer().unwrap();
     for undo in [
-        "ALTER TABLE batches DROP COLUMN results_missing",
-        "ALTER TABLE jobs DROP COLUMN file_mtime_ns",
-        "ALTER TABLE jobs DROP COLUMN file_inode",
-        "ALTER TABLE jobs DROP COLUMN validate_after",
-        "ALTER TABLE batches DROP COLUMN collect_failing_since",
-        "ALTER TABLE batches DROP COLUMN results_unavailable",
         "DROP INDEX batches_not_before",
         "DROP INDEX jobs_unfinished_deadline",
         "DROP INDEX jobs_unfinished_cancel",
@@ -77,6 +72,19 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
          WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
         "CREATE INDEX jobs_unfinished_cancel ON jobs (cancel_requested_at) \
          WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')",
+        "DROP VIEW job_costs",
+        "DROP VIEW model_costs",
+        "DROP VIEW batch_status_since",
+        "DROP TRIGGER jobs_count_transitions",
+        "DROP TABLE job_transitions",
+        "DROP TABLE batch_usage",
+        "DROP INDEX batches_last_polled",
+        "ALTER TABLE batches DROP COLUMN collect_failing_since",
+        "ALTER TABLE batches DROP COLUMN results_unavailable",
+        "ALTER TABLE jobs DROP COLUMN file_mtime_ns",
+        "ALTER TABLE jobs DROP COLUMN file_inode",
+        "ALTER TABLE jobs DROP COLUMN validate_after",
+        "ALTER TABLE batches DROP COLUMN results_missing",
         "DELETE FROM _sqlx_migrations WHERE version > 1",
         "PRAGMA user_version = 0",
     ] {

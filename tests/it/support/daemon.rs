@@ -50,6 +50,10 @@ duplicate_check_interval = "2s"
 
 [daemon]
 shutdown_timeout = "3s"
+
+# Tests run side by side: none takes the default port. Those about the endpoint set a port.
+[metrics]
+listen = ""
 "#;
 
 /// A simulator whose batches run through their whole life in a fraction of a second.

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod daemon;
 pub mod docker;
 pub mod fixtures;
+pub mod notify;
 pub mod process;
 pub mod schema;
 pub mod sim;
@@ -40,10 +41,16 @@ impl Sandbox {
     }
 
     /// Writes `batchwatch.toml` with the sandbox's paths, then `extra` TOML, and returns its path.
+    /// The metrics endpoint is off unless `extra` has a `[metrics]` table: tests run side by side.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let path = self.path().join("batchwatch.toml");
+        let metrics = if extra.contains("[metrics]") {
+            ""
+        } else {
+            "[metrics]\nlisten = \"\"\n\n"
+        };
         let text = format!(
-            "[queue]\ndir = {:?}\n\n[database]\npath = {:?}\n\n{extra}\n",
+            "[queue]\ndir = {:?}\n\n[database]\npath = {:?}\n\n{metrics}{extra}\n",
             self.queue_dir().display().to_string(),
             self.db_path().display().to_string(),
         );

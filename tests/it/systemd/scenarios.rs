@@ -58,6 +58,19 @@ pub async fn reaches_ready_and_owns_its_paths(payload: &Payload) {
         );
     }
 
+    // The hardened unit lets the daemon listen on loopback: its endpoint answers there.
+    let readyz = sys
+        .check(
+            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/9464 && \
+             printf \"GET /readyz HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3'",
+        )
+        .await;
+    assert!(
+        readyz.starts_with("HTTP/1.0 200") && readyz.ends_with("ready\n"),
+        "GET /readyz in the unit: {readyz}\n{}",
+        sys.diagnostics().await
+    );
+
     // The live exposure, as systemd computes it for the loaded unit.
     let security = sys
         .sh(&format!("systemd-analyze security --no-pager {UNIT}"))

@@ -1,0 +1,783 @@
+//! Prometheus metrics: what the daemon counts as it works, and what it reads from the database
+//! at each scrape. Served by [`server`] on `metrics.listen`.
+//!
+//! # Two sources
+//!
+//! * **Events**, counted in memory by one method each, called where the event happens: API
+//!   requests with their latency ([`Metrics::api_request`], from the client's one send path),
+//!   retries, rate limits and Retry-After waits, bytes moved, token-limit refusals,
+//!   reconciliations, duplicates cancelled, and the durations of jobs and batches. They start
+//!   from zero in each process, as Prometheus counters do (`rate()` and `increase()` handle the
+//!   reset).
+//! * **Rows**, read from the database when scraped ([`crate::store::figures`]): jobs by state,
+//!   batches by status, state transitions (counted by a trigger), cancels by reason, the oldest
+//!   unfinished job, the last answer about a batch, stuck batches, tokens and estimated cost per
+//!   model. They are right after a restart and cannot drift from what `status` shows.
+//!
+//! No label holds a job or batch id: labels are operations, status classes, states, statuses,
+//! reasons and models (the models of the request files).
+//!
+//! # Why prometheus-client
+//!
+//! It is the Prometheus project's own Rust client: typed label sets checked at compile time, a
+//! [`Registry`] that is a value handed to whoever needs it (no global recorder), real histogram
+//! buckets, and four small dependencies. The alternative, `metrics` with
+//! `metrics-exporter-prometheus`, brings about thirty crates and a process-wide recorder.
+//! prometheus-client writes only the OpenMetrics text format, which Prometheus asks for and
+//! reads; `promtool check metrics` and other readers of the classic text format (0.0.4) reject
+//! its counters (their `# HELP` and `# TYPE` name the family without `_total`), so a scraper that
+//! does not ask for OpenMetrics gets the same figures in the classic format
+//! ([`to_classic_text`]).
+
+pub mod server;
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::api::{ApiError, Batch, Operation};
+use crate::clock::{self, Timestamp};
+use crate::model::{BatchStatus, JobState};
+use crate::store::figures::Figures;
+
+/// Seconds from a tenth of a second to a minute: one API request.
+const REQUEST_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Seconds from a second to two days: a job, a batch, or a batch's time in one status.
+const LIFE_BUCKETS: [f64; 15] = [
+    1.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1_800.0, 3_600.0, 7_200.0, 14_400.0, 28_800.0, 43_200.0,
+    86_400.0, 129_600.0, 172_800.0,
+];
+/// Requests in one batch, up to Azure's 100,000.
+const SIZE_BUCKETS: [f64; 9] = [
+    1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0,
+];
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+fn life_histogram() -> Histogram {
+    Histogram::new(LIFE_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApiLabels {
+    operation: &'static str,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OperationLabel {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReconcileLabels {
+    request: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransitionLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenLabels {
+    model: String,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+/// Which request a reconciliation checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    Upload,
+    Create,
+}
+
+/// The daemon's metrics. Cloning is cheap; clones count into the same registry.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    api_requests: Family<ApiLabels, Counter>,
+    api_duration: Histograms<OperationLabel>,
+    api_retries: Family<OperationLabel, Counter>,
+    api_rate_limits: Family<OperationLabel, Counter>,
+    api_key_refusals: Family<OperationLabel, Counter>,
+    api_retry_after: Family<OperationLabel, FloatCounter>,
+    uploaded: Counter,
+    downloaded: Counter,
+    token_limit_refusals: Family<ModelLabel, Counter>,
+    reconciliations: Family<ReconcileLabels, Counter>,
+    duplicates_cancelled: Counter,
+    job_duration: Histograms<StateLabel>,
+    batch_duration: Histograms<StatusLabel>,
+    status_duration: Histograms<StatusLabel>,
+    batch_requests: Histograms<StatusLabel>,
+    requests: Family<OutcomeLabel, Counter>,
+}
+
+impl Metrics {
+    /// A registry with every metric the daemon counts.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("batchwatch");
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "API requests answered or failed, by operation and HTTP status class (none: no answer)",
+            api_requests.clone(),
+        );
+        let api_duration: Histograms<OperationLabel> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "api_request_duration_seconds",
+            "Time from sending an API request to the head of its answer",
+            api_duration.clone(),
+        );
+        let api_retries = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "api_retries",
+            "API requests repeated by the client after a transient failure",
+            api_retries.clone(),
+        );
+        let api_rate_limits = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "api_rate_limits",
+            "API requests refused with 429 rate_limit_exceeded (quota refusals excluded)",
+            api_rate_limits.clone(),
+        );
+        let api_key_refusals = Family::<OperationLabel, Counter>::default();
+        registry.register(
+            "api_key_refusals",
+            "API requests refused for the key (401, 403): all API work stops until it works again",
+            api_key_refusals.clone(),
+        );
+        // From zero for every operation, so the first refusal shows as an increase.
+        for op in ALL_OPERATIONS {
+            let operation = operation_label(op);
+            api_key_refusals
+                .get_or_create(&OperationLabel { operation })
+                .inc_by(0);
+        }
+        let api_retry_after = Family::<OperationLabel, FloatCounter>::default();
+        registry.register(
+            "api_retry_after_seconds",
+            "Seconds the API asked to wait before the next request (Retry-After, retry-after-ms)",
+            api_retry_after.clone(),
+        );
+        let uploaded = Counter::default();
+        registry.register(
+            "api_uploaded_bytes",
+            "Bytes of batch input files uploaded",
+            uploaded.clone(),
+        );
+        let downloaded = Counter::default();
+        registry.register(
+            "api_downloaded_bytes",
+            "Bytes of output and error files downloaded",
+            downloaded.clone(),
+        );
+        let token_limit_refusals = Family::<ModelLabel, Counter>::default();
+        registry.register(
+            "token_limit_refusals",
+            "Batches refused for the enqueued-token limit (token_limit_exceeded), by model",
+            token_limit_refusals.clone(),
+        );
+        let reconciliations = Family::<ReconcileLabels, Counter>::default();
+        registry.register(
+            "reconciliations",
+            "Uploads and creates of unknown outcome checked against the API, by what was found",
+            reconciliations.clone(),
+        );
+        let duplicates_cancelled = Counter::default();
+        registry.register(
+            "duplicates_cancelled",
+            "Late duplicate batches of re-sent creates found and cancelled",
+            duplicates_cancelled.clone(),
+        );
+        let job_duration: Histograms<StateLabel> = Family::new_with_constructor(life_histogram);
+        registry.register(
+            "job_duration_seconds",
+            "Time from a file's claim to its job's end, by final state",
+            job_duration.clone(),
+        );
+        let batch_duration: Histograms<StatusLabel> = Family::new_with_constructor(life_histogram);
+        registry.register(
+            "batch_duration_seconds",
+            "Time from a batch's creation to its end, by final status (the API's timestamps)",
+            batch_duration.clone(),
+        );
+        let status_duration: Histograms<StatusLabel> = Family::new_with_constructor(life_histogram);
+        registry.register(
+            "batch_status_duration_seconds",
+            "Time ended batches spent in each status (the API's timestamps)",
+            status_duration.clone(),
+        );
+        let batch_requests: Histograms<StatusLabel> = Family::new_with_constructor(size_histogram);
+        registry.register(
+            "batch_requests",
+            "Requests per ended batch, by final status",
+            batch_requests.clone(),
+        );
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests of ended batches, by outcome (completed, failed)",
+            requests.clone(),
+        );
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1; the version label is this build's",
+            build,
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                api_requests,
+                api_duration,
+                api_retries,
+                api_rate_limits,
+                api_key_refusals,
+                api_retry_after,
+                uploaded,
+                downloaded,
+                token_limit_refusals,
+                reconciliations,
+                duplicates_cancelled,
+                job_duration,
+                batch_duration,
+                status_duration,
+                batch_requests,
+                requests,
+            }),
+        }
+    }
+
+    /// An API request ended: answered with HTTP `status`, or not answered (`None`), after
+    /// `latency`; `err` is how it was classified when it failed.
+    pub fn api_request(
+        &self,
+        op: Operation,
+        status: Option<u16>,
+        latency: Duration,
+        err: Option<&ApiError>,
+    ) {
+        let operation = operation_label(op);
+        let status_class = match status {
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "none",
+        };
+        let m = &self.inner;
+        m.api_requests
+            .get_or_create(&ApiLabels {
+                operation,
+                status_class,
+            })
+            .inc();
+        let op_label = OperationLabel { operation };
+        m.api_duration
+            .get_or_create(&op_label)
+            .observe(latency.as_secs_f64());
+        if let Some(err) = err {
+            if matches!(err, ApiError::RateLimited { .. }) {
+                m.api_rate_limits.get_or_create(&op_label).inc();
+            }
+            if err.is_auth() {
+                m.api_key_refusals.get_or_create(&op_label).inc();
+            }
+            if let Some(wait) = err.retry_after() {
+                m.api_retry_after
+                    .get_or_create(&op_label)
+                    .inc_by(wait.as_secs_f64());
+            }
+        }
+    }
+
+    /// The client repeats a request that failed transiently.
+    pub fn api_retry(&self, op: Operation) {
+        let operation = operation_label(op);
+        self.inner
+            .api_retries
+            .get_or_create(&OperationLabel { operation })
+            .inc();
+    }
+
+    /// An upload of `bytes` succeeded.
+    pub fn uploaded(&self, bytes: u64) {
+        self.inner.uploaded.inc_by(bytes);
+    }
+
+    /// A download of `bytes` succeeded.
+    pub fn downloaded(&self, bytes: u64) {
+        self.inner.downloaded.inc_by(bytes);
+    }
+
+    /// A batch (or a create) for `model` was refused for the enqueued-token limit.
+    pub fn token_limit_refusal(&self, model: &str) {
+        let model = model.to_owned();
+        self.inner
+            .token_limit_refusals
+            .get_or_create(&ModelLabel { model })
+            .inc();
+    }
+
+    /// A request of unknown outcome was looked for: `found` it, did not, or the look failed.
+    pub fn reconciliation<T, E>(&self, request: Reconciled, found: &Result<Option<T>, E>) {
+        let labels = ReconcileLabels {
+            request: match request {
+                Reconciled::Upload => "upload",
+                Reconciled::Create => "create",
+            },
+            outcome: match found {
+                Ok(Some(_)) => "found",
+                Ok(None) => "not_found",
+                Err(_) => "error",
+            },
+        };
+        self.inner.reconciliations.get_or_create(&labels).inc();
+    }
+
+    /// A late duplicate batch was cancelled.
+    pub fn duplicate_cancelled(&self) {
+        self.inner.duplicates_cancelled.inc();
+    }
+
+    /// A job ended in `state`, `claimed_at` (its `created_at`) to `now`.
+    pub fn job_finished(&self, state: JobState, claimed_at: &str, now: Timestamp) {
+        let Some(claimed) = clock::parse(claimed_at) else {
+            return;
+        };
+        let state = state.to_string();
+        self.inner
+            .job_duration
+            .get_or_create(&StateLabel { state })
+            .observe(clock::between(claimed, now).as_secs_f64());
+    }
+
+    /// A batch was seen ended for the first time (its cost was booked just now): its
+    /// duration, the time it spent in each status, and its requests.
+    pub fn batch_ended(&self, batch: &Batch) {
+        let m = &self.inner;
+        let status = StatusLabel {
+            status: batch.status.to_string(),
+        };
+        let end = [
+            batch.completed_at,
+            batch.failed_at,
+            batch.expired_at,
+            batch.cancelled_at,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let seconds = |from: Option<Timestamp>, to: Option<Timestamp>| {
+            from.zip(to)
+                .map(|(f, t)| clock::between(f, t).as_secs_f64())
+        };
+        if let Some(s) = seconds(batch.created_at, end) {
+            m.batch_duration.get_or_create(&status).observe(s);
+        }
+        // Each status lasts until the next one the batch reached.
+        let steps = [
+            (BatchStatus::Validating, batch.created_at),
+            (BatchStatus::InProgress, batch.in_progress_at),
+            (BatchStatus::Finalizing, batch.finalizing_at),
+            (BatchStatus::Cancelling, batch.cancelling_at),
+        ];
+        for (i, (name, start)) in steps.iter().enumerate() {
+            let Some(start) = start else { continue };
+            let next = steps[i + 1..]
+                .iter()
+                .filter_map(|(_, t)| *t)
+                .filter(|t| t >= start)
+                .min()
+                .or(end);
+            if let Some(s) = seconds(Some(*start), next) {
+                let label = StatusLabel {
+                    status: name.to_string(),
+                };
+                m.status_duration.get_or_create(&label).observe(s);
+            }
+        }
+        if let Some(c) = batch.request_counts {
+            m.batch_requests
+                .get_or_create(&status)
+                .observe(c.total as f64);
+            m.requests
+                .get_or_create(&OutcomeLabel {
+                    outcome: "completed",
+                })
+                .inc_by(c.completed);
+            m.requests
+                .get_or_create(&OutcomeLabel { outcome: "failed" })
+                .inc_by(c.failed);
+        }
+    }
+
+    /// The exposition of every metric: the events counted so far and `figures` (`None` when
+    /// the database could not be read), as OpenMetrics text or, with `classic`, the classic
+    /// Prometheus text format.
+    pub fn render(&self, figures: Option<&Figures>, now: Timestamp, classic: bool) -> String {
+        let mut out = String::new();
+        let rows = rows_registry(figures, now);
+        prometheus_client::encoding::text::encode_registry(&mut out, &self.inner.registry)
+            .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, &rows))
+            .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out))
+            .expect("writing to a String cannot fail");
+        if classic { to_classic_text(&out) } else { out }
+    }
+}
+
+const ALL_OPERATIONS: [Operation; 9] = [
+    Operation::UploadFile,
+    Operation::RetrieveFile,
+    Operation::ListFiles,
+    Operation::DeleteFile,
+    Operation::DownloadFile,
+    Operation::CreateBatch,
+    Operation::RetrieveBatch,
+    Operation::ListBatches,
+    Operation::CancelBatch,
+];
+
+fn operation_label(op: Operation) -> &'static str {
+    match op {
+        Operation::UploadFile => "upload_file",
+        Operation::RetrieveFile => "retrieve_file",
+        Operation::ListFiles => "list_files",
+        Operation::DeleteFile => "delete_file",
+        Operation::DownloadFile => "download_file",
+        Operation::CreateBatch => "create_batch",
+        Operation::RetrieveBatch => "retrieve_batch",
+        Operation::ListBatches => "list_batches",
+        Operation::CancelBatch => "cancel_batch",
+    }
+}
+
+/// The metrics read from the database, in a registry of their own made for one scrape.
+fn rows_registry(figures: Option<&Figures>, now: Timestamp) -> Registry {
+    let mut registry = Registry::with_prefix("batchwatch");
+    let readable = Gauge::<i64>::default();
+    readable.set(i64::from(figures.is_some()));
+    registry.register(
+        "database_readable",
+        "1 when this scrape could read the database; the figures below are missing when 0",
+        readable,
+    );
+    let Some(f) = figures else {
+        return registry;
+    };
+
+    let jobs = Family::<StateLabel, Gauge>::default();
+    for state in JobState::ALL {
+        let n = f
+            .jobs
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        let state = state.to_string();
+        jobs.get_or_create(&StateLabel { state }).set(n);
+    }
+    registry.register("jobs", "Jobs in each state", jobs);
+
+    let batches = Family::<StatusLabel, Gauge>::default();
+    for status in BatchStatus::KNOWN {
+        let status = status.to_string();
+        batches.get_or_create(&StatusLabel { status }).set(0);
+    }
+    for (status, n) in &f.batches {
+        let status = status.to_string();
+        batches.get_or_create(&StatusLabel { status }).set(*n);
+    }
+    registry.register(
+        "batches",
+        "Remote batches in each status, as last seen",
+        batches,
+    );
+
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    for (from, to, n) in &f.transitions {
+        let labels = TransitionLabels {
+            from: from.clone(),
+            to: to.clone(),
+        };
+        transitions
+            .get_or_create(&labels)
+            .inc_by(u64::try_from(*n).unwrap_or(0));
+    }
+    registry.register(
+        "job_transitions",
+        "Jobs that moved from one state to another (counted in the database)",
+        transitions,
+    );
+
+    let cancels = Family::<ReasonLabel, Counter>::default();
+    for reason in ["deadline", "operator"] {
+        let reason = reason.to_owned();
+        cancels.get_or_create(&ReasonLabel { reason }).inc_by(0);
+    }
+    for (reason, n) in &f.cancels {
+        let reason = reason.clone();
+        cancels
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(u64::try_from(*n).unwrap_or(0));
+    }
+    registry.register(
+        "job_cancels",
+        "Jobs a cancel was asked for, by reason (deadline, operator)",
+        cancels,
+    );
+
+    let oldest = FloatGauge::default();
+    if let Some(at) = f.oldest_unfinished_job {
+        oldest.set(clock::between(at, now).as_secs_f64());
+    }
+    registry.register(
+        "oldest_unfinished_job_age_seconds",
+        "Age of the oldest job not finished yet (0 when every job is finished)",
+        oldest,
+    );
+
+    let last_poll = FloatGauge::default();
+    if let Some(at) = f.last_poll {
+        last_poll.set(at.as_millisecond() as f64 / 1000.0);
+    }
+    registry.register(
+        "last_successful_poll_timestamp_seconds",
+        "Unix time of the last answer the API gave about a batch (0: none yet)",
+        last_poll,
+    );
+
+    let stuck = Family::<StatusLabel, Gauge>::default();
+    for status in [
+        BatchStatus::Validating,
+        BatchStatus::Finalizing,
+        BatchStatus::Cancelling,
+    ] {
+        let n = f.stuck.iter().filter(|s| s.status == status).count();
+        let status = status.to_string();
+        stuck
+            .get_or_create(&StatusLabel { status })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "stuck_batches",
+        "Batches in a status longer than alerts.stuck_after allows",
+        stuck,
+    );
+
+    let tokens = Family::<TokenLabels, Counter>::default();
+    let cost = Family::<ModelLabel, FloatCounter>::default();
+    for m in &f.models {
+        for (kind, n) in [
+            ("input", m.input_tokens),
+            ("cached_input", m.cached_tokens),
+            ("output", m.output_tokens),
+            ("reasoning", m.reasoning_tokens),
+        ] {
+            let labels = TokenLabels {
+                model: m.model.clone(),
+                kind,
+            };
+            tokens
+                .get_or_create(&labels)
+                .inc_by(u64::try_from(n).unwrap_or(0));
+        }
+        let model = m.model.clone();
+        cost.get_or_create(&ModelLabel { model })
+            .inc_by(m.cost_usd.max(0.0));
+    }
+    registry.register(
+        "tokens",
+        "Tokens of batches, by model and kind (cached_input is part of input, reasoning of output)",
+        tokens,
+    );
+    registry.register(
+        "cost_usd",
+        "Estimated cost of ended batches in US dollars, by model, from [pricing]",
+        cost,
+    );
+    registry
+}
+
+/// Rewrites OpenMetrics text from prometheus-client as the classic Prometheus text format
+/// (0.0.4): a counter's `# HELP` and `# TYPE` name its `_total` series, and the lines the
+/// classic format does not have (`# UNIT`, `# EOF`) are left out.
+pub fn to_classic_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    let _ = writeln!(out, "{prefix}{name}_total {tail}");
+                } else {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_total_series_and_drops_openmetrics_lines() {
+        let om = "# HELP batchwatch_api_retries Repeats.\n\
+                  # TYPE batchwatch_api_retries counter\n\
+                  batchwatch_api_retries_total{operation=\"x\"} 2\n\
+                  # HELP batchwatch_jobs Jobs.\n\
+                  # TYPE batchwatch_jobs gauge\n\
+                  # UNIT batchwatch_jobs jobs\n\
+                  batchwatch_jobs{state=\"queued\"} 1\n\
+                  # EOF\n";
+        assert_eq!(
+            to_classic_text(om),
+            "# HELP batchwatch_api_retries_total Repeats.\n\
+             # TYPE batchwatch_api_retries_total counter\n\
+             batchwatch_api_retries_total{operation=\"x\"} 2\n\
+             # HELP batchwatch_jobs Jobs.\n\
+             # TYPE batchwatch_jobs gauge\n\
+             batchwatch_jobs{state=\"queued\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_database_leaves_out_the_row_figures_and_says_so() {
+        let m = Metrics::new();
+        let now = Timestamp::now();
+        let text = m.render(None, now, true);
+        assert!(text.contains("batchwatch_database_readable 0"), "{text}");
+        assert!(!text.contains("batchwatch_jobs{"), "{text}");
+        let text = m.render(Some(&Figures::default()), now, true);
+        assert!(text.contains("batchwatch_database_readable 1"), "{text}");
+        assert!(
+            text.contains("batchwatch_jobs{state=\"queued\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_batch_that_ended_counts_its_time_in_each_status_it_reached() {
+        let m = Metrics::new();
+        let t = |s: i64| Some(Timestamp::from_second(1_800_000_000 + s).unwrap());
+        let json = serde_json::json!({
+            "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
+            "input_file_id": "f", "completion_window": "24h", "status": "cancelled",
+            "created_at": 1_800_000_000, "in_progress_at": 1_800_000_010,
+            "cancelling_at": 1_800_000_100, "cancelled_at": 1_800_000_160,
+            "request_counts": {"total": 10, "completed": 4, "failed": 1},
+        });
+        let batch: Batch = serde_json::from_value(json).unwrap();
+        assert_eq!(batch.cancelled_at, t(160));
+        m.batch_ended(&batch);
+        let text = m.render(None, Timestamp::now(), true);
+        for line in [
+            "batchwatch_batch_status_duration_seconds_sum{status=\"validating\"} 10.0",
+            "batchwatch_batch_status_duration_seconds_sum{status=\"in_progress\"} 90.0",
+            "batchwatch_batch_status_duration_seconds_sum{status=\"cancelling\"} 60.0",
+            "batchwatch_batch_duration_seconds_sum{status=\"cancelled\"} 160.0",
+            "batchwatch_requests_total{outcome=\"completed\"} 4",
+            "batchwatch_requests_total{outcome=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,936 @@
+//! The monitoring endpoint: what `/metrics` says after a lifecycle against the simulator (equal
+//! to the database and to the simulator's own record), a real Prometheus scraping it with the
+//! dashboard's and the alerting rules' expressions, usage and cost booked once, `/readyz`, stuck
+//! batches, and the endpoint turned off or refused its port.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use batchwatch::api::{ApiKey, Batch};
+use batchwatch::clock::Clock;
+use batchwatch::config::Settings;
+use batchwatch::daemon::{Daemon, observe};
+use batchwatch::model::{BatchStatus, JobState};
+use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault, SimConfig};
+use batchwatch::store::{batches, usage};
+use sqlx::Connection;
+
+use crate::support::daemon::{Env, KEY, quick_sim, requests};
+use crate::support::notify::{notify_socket, wait_message};
+use crate::support::process::{Running, command};
+use crate::support::sim::{TestSim, http_client, spawn_sim};
+
+const PRICING: &str = r#"
+[pricing."gpt-4o-mini"]
+input = 2.0
+cached_input = 0.5
+output = 8.0
+batch_discount = 0.5
+"#;
+
+/// Starts the daemon with its endpoint on a free port; returns it and the endpoint's address.
+fn spawn_observed(env: &Env) -> (Running, SocketAddr) {
+    let mut daemon = env.spawn();
+    let addr = endpoint_addr(&mut daemon);
+    (daemon, addr)
+}
+
+/// Where the daemon says its endpoint listens.
+fn endpoint_addr(daemon: &mut Running) -> SocketAddr {
+    let line = daemon.wait_for_line("metrics endpoint listening", Duration::from_secs(10));
+    line.split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+fn observed_env(sim: &TestSim, extra: &str) -> Env {
+    Env::new(
+        &sim.handle.base_url(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"),
+    )
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .expect("the endpoint answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The samples of an exposition in the classic text format: series (name and labels) to value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The sum of the samples of metric `name` whose labels include every one of `labels`.
+fn sum(samples: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(series, _)| {
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Waits until `/metrics` satisfies `done`, and returns its samples.
+async fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, text) = get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{text}");
+        let s = samples(&text);
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never {what}; last scrape:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A simulator for the lifecycle: fast, a service-side request limit (so a file batchwatch
+/// accepts fails there), the enqueued-token limit, and a few scripted 429s and one 401.
+async fn lifecycle_sim() -> TestSim {
+    let mut config: SimConfig = quick_sim();
+    // Slow requests, so a file of a few hundred stays in progress for seconds.
+    config.request_secs = 3.0;
+    config.limits.max_requests = 500;
+    config.faults.token_limit = Some(20_000);
+    let sim = spawn_sim(config).await;
+    let poll = || ScriptedFault::new(FaultKind::Unauthorized).on("GET", "/v1/batches/{batch_id}");
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::RateLimit {
+                retry_after: RetryAfter::Millis(200),
+            })
+            .times(3)
+            .on("GET", "/v1/batches/{batch_id}"),
+        )
+        .await;
+    sim.handle.push_fault(poll()).await;
+    sim
+}
+
+/// Runs the lifecycle: `ok` completes; `late` passes its deadline and is cancelled; `big` is
+/// refused for the token limit while `late` runs, then completes; `too-many` fails on the
+/// service. Returns the finished jobs.
+async fn run_lifecycle(env: &Env, daemon: &mut Running) -> Vec<batchwatch::store::jobs::Job> {
+    env.drop_file("ok.jsonl", requests("ok", 5, "gpt-4o-mini").as_bytes());
+    env.drop_file("late.jsonl.toml", b"deadline = \"1500ms\"\n");
+    env.drop_file(
+        "late.jsonl",
+        requests("late", 400, "gpt-4o-mini").as_bytes(),
+    );
+    env.drop_file(
+        "too-many.jsonl",
+        requests("tm", 600, "gpt-4o-mini").as_bytes(),
+    );
+    // `big` goes in once `late` is running, so the two together pass the token limit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let store = env.store().await;
+        let running = batchwatch::store::batches::status_counts(store.reader())
+            .await
+            .unwrap()
+            .iter()
+            .any(|(s, n)| *s == BatchStatus::InProgress && *n > 0);
+        store.close().await;
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "late never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.drop_file("big.jsonl", requests("big", 160, "gpt-4o-mini").as_bytes());
+    env.wait_finished(4, Duration::from_secs(90), daemon).await
+}
+
+/// Every batch the simulator made, as its API describes it.
+async fn sim_batches(sim: &TestSim) -> Vec<Batch> {
+    let (status, page) = sim.get("/batches?limit=100").await;
+    assert!(status.is_success(), "{page}");
+    serde_json::from_value::<Vec<serde_json::Value>>(page["data"].clone())
+        .unwrap()
+        .into_iter()
+        .map(|b| serde_json::from_value(b).unwrap())
+        .collect()
+}
+
+/// The estimated cost of `batches` at [`PRICING`], computed by hand.
+fn hand_cost(batches: &[Batch]) -> f64 {
+    batches
+        .iter()
+        .filter_map(|b| b.usage)
+        .map(|u| {
+            let cached = u.input_tokens_details.map_or(0, |d| d.cached_tokens) as f64;
+            let uncached = u.input_tokens as f64 - cached;
+            (uncached * 2.0 + cached * 0.5 + u.output_tokens as f64 * 8.0) / 1e6 * 0.5
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
+    let sim = lifecycle_sim().await;
+    let env = observed_env(&sim, PRICING);
+    let (mut daemon, addr) = spawn_observed(&env);
+    let jobs = run_lifecycle(&env, &mut daemon).await;
+    let state = |name: &str| jobs.iter().find(|j| j.file_name == name).unwrap().state;
+    assert_eq!(state("ok.jsonl"), JobState::Completed);
+    assert_eq!(state("big.jsonl"), JobState::Completed);
+    assert_eq!(state("late.jsonl"), JobState::Cancelled);
+    assert_eq!(state("too-many.jsonl"), JobState::Failed);
+
+    // The row figures are read at most once a second: wait for a scrape that shows the end.
+    let s = scrape_until(addr, "all four jobs finished", |s| {
+        sum(s, "batchwatch_oldest_unfinished_job_age_seconds", &[]) == 0.0
+            && sum(s, "batchwatch_jobs", &[("state", "completed")]) == 2.0
+    })
+    .await;
+    let stats = sim.handle.stats().await;
+    let store = env.store().await;
+
+    // Rows: jobs by state, batches by status, transitions, cancels, as the database has them.
+    for (state, n) in batchwatch::store::jobs::state_counts(store.reader())
+        .await
+        .unwrap()
+    {
+        let s_ = state.as_str();
+        assert_eq!(
+            sum(&s, "batchwatch_jobs", &[("state", s_)]),
+            n as f64,
+            "{s_}"
+        );
+    }
+    for terminal in ["completed", "failed", "cancelled"] {
+        let n = jobs.iter().filter(|j| j.state.as_str() == terminal).count();
+        assert_eq!(
+            sum(&s, "batchwatch_job_transitions_total", &[("to", terminal)]),
+            n as f64,
+            "jobs that became {terminal}"
+        );
+    }
+    for (status, n) in batches::status_counts(store.reader()).await.unwrap() {
+        assert_eq!(
+            sum(&s, "batchwatch_batches", &[("status", status.as_str())]),
+            n as f64,
+            "{status}"
+        );
+    }
+    assert_eq!(
+        sum(
+            &s,
+            "batchwatch_job_cancels_total",
+            &[("reason", "deadline")]
+        ),
+        1.0
+    );
+
+    // Requests: every one the simulator received was counted, and its faults as what they are.
+    let received: u64 = stats
+        .requests
+        .iter()
+        .filter(|(route, _)| !route.contains("/admin"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        sum(&s, "batchwatch_api_requests_total", &[]),
+        received as f64,
+        "{:?}",
+        stats.requests
+    );
+    assert_eq!(
+        sum(&s, "batchwatch_api_rate_limits_total", &[]),
+        stats.faults_injected["rate_limit"] as f64
+    );
+    assert_eq!(stats.faults_injected["rate_limit"], 3);
+    let waited = sum(&s, "batchwatch_api_retry_after_seconds_total", &[]);
+    assert!(
+        (waited - 0.6).abs() < 1e-9,
+        "three waits of 200ms, not {waited}"
+    );
+    assert_eq!(
+        sum(&s, "batchwatch_api_key_refusals_total", &[]),
+        stats.faults_injected["unauthorized"] as f64
+    );
+
+    // Token-limit refusals, as the simulator failed them.
+    let made = sim_batches(&sim).await;
+    let refused = made
+        .iter()
+        .filter(|b| {
+            b.error_list()
+                .iter()
+                .any(|e| e.code.as_deref() == Some("token_limit_exceeded"))
+        })
+        .count();
+    assert!(refused >= 1, "the token limit was never hit");
+    assert_eq!(
+        sum(
+            &s,
+            "batchwatch_token_limit_refusals_total",
+            &[("model", "gpt-4o-mini")]
+        ),
+        refused as f64
+    );
+
+    // Tokens and cost: the simulator's usage, and a hand computation of its cost.
+    let tokens = |f: fn(&batchwatch::api::BatchUsage) -> u64| -> f64 {
+        made.iter()
+            .filter_map(|b| b.usage.as_ref())
+            .map(f)
+            .sum::<u64>() as f64
+    };
+    let mini = [("model", "gpt-4o-mini")];
+    assert_eq!(
+        sum(&s, "batchwatch_tokens_total", &[mini[0], ("kind", "input")]),
+        tokens(|u| u.input_tokens)
+    );
+    assert_eq!(
+        sum(
+            &s,
+            "batchwatch_tokens_total",
+            &[mini[0], ("kind", "output")]
+        ),
+        tokens(|u| u.output_tokens)
+    );
+    let expected = hand_cost(&made);
+    assert!(expected > 0.0);
+    let scraped = sum(&s, "batchwatch_cost_usd_total", &mini);
+    assert!((scraped - expected).abs() < 1e-9, "{scraped} != {expected}");
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    let in_db: f64 = usage::job_costs(store.reader(), &ids)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|c| c.cost_usd)
+        .sum();
+    assert!((in_db - expected).abs() < 1e-9, "{in_db} != {expected}");
+    // manifest.json carries the same, per job and per batch.
+    let ok = jobs.iter().find(|j| j.file_name == "ok.jsonl").unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.sandbox
+                .queue_dir()
+                .join(ok.results_dir.as_deref().unwrap())
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ok_batch = made
+        .iter()
+        .find(|b| b.metadata_value("batchwatch_job_id") == Some(ok.id.as_str()))
+        .unwrap();
+    let ok_cost = hand_cost(std::slice::from_ref(ok_batch));
+    let in_manifest = manifest["usage"]["cost_usd"].as_f64().unwrap();
+    assert!((in_manifest - ok_cost).abs() < 1e-12, "{manifest:#}");
+    assert_eq!(
+        manifest["batches"][0]["usage"]["input_tokens"],
+        ok_batch.usage.unwrap().input_tokens,
+        "{manifest:#}"
+    );
+
+    // Requests of ended batches, bytes uploaded: as the database has them.
+    let mut completed = 0;
+    let mut uploaded = 0;
+    for job in &jobs {
+        for b in batches::for_job(store.reader(), &job.id).await.unwrap() {
+            if b.status.as_ref().is_some_and(BatchStatus::is_terminal) {
+                completed += b.request_completed.unwrap_or(0);
+            }
+            if b.input_file_id.is_some() {
+                uploaded += b.part_end - b.part_start;
+            }
+        }
+    }
+    assert_eq!(
+        sum(&s, "batchwatch_requests_total", &[("outcome", "completed")]),
+        completed as f64
+    );
+    assert_eq!(
+        sum(&s, "batchwatch_api_uploaded_bytes_total", &[]),
+        uploaded as f64
+    );
+    assert_eq!(
+        sum(&s, "batchwatch_job_duration_seconds_count", &[]),
+        4.0,
+        "every job's duration, once"
+    );
+    store.close().await;
+    env.stop(daemon);
+}
+
+/// A real Prometheus, when the machine has one (Debian's `prometheus` package).
+fn prometheus_missing() -> bool {
+    let found = ["prometheus", "promtool"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !found {
+        assert!(
+            std::env::var_os("BATCHWATCH_REQUIRE_PROMETHEUS").is_none(),
+            "BATCHWATCH_REQUIRE_PROMETHEUS is set, but prometheus or promtool is not installed"
+        );
+        eprintln!(
+            "skipped: prometheus and promtool are not installed (Debian/Ubuntu: apt-get install prometheus)"
+        );
+    }
+    !found
+}
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Prometheus scraping `target` every second, with the repository's rules loaded.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {:?}\n\
+                 scrape_configs:\n  - job_name: batchwatch\n    static_configs:\n      - targets: [\"{target}\"]\n",
+                repo("config/prometheus/batchwatch-rules.yml").display().to_string()
+            ),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting prometheus");
+        Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// Evaluates `expr` now; returns the result vector, or panics with Prometheus's error.
+    async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let response = http_client()
+            .get(format!("http://{}/api/v1/query", self.addr))
+            .query(&[("query", expr)])
+            .send()
+            .await
+            .expect("prometheus answers");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "success", "{expr}: {body}");
+        body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = http_client()
+                .get(format!("http://{}/-/ready", self.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "prometheus never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every `expr` in the dashboard, with Grafana's `$__rate_interval` made concrete.
+fn dashboard_exprs() -> Vec<String> {
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => collect(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| collect(i, out)),
+            _ => {}
+        }
+    }
+    let text = std::fs::read_to_string(repo("config/grafana/batchwatch-dashboard.json")).unwrap();
+    let mut out = Vec::new();
+    collect(&serde_json::from_str(&text).unwrap(), &mut out);
+    out.iter()
+        .map(|e| e.replace("$__rate_interval", "30s"))
+        .collect()
+}
+
+/// Every alert of the rules file: (name, expression).
+fn alert_exprs() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo("config/prometheus/batchwatch-rules.yml")).unwrap();
+    let rules: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().clone())
+        .map(|r| {
+            (
+                r["alert"].as_str().unwrap().to_owned(),
+                r["expr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The metric names an expression reads.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("batchwatch_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running promtool");
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_prometheus_scrapes_the_daemon_and_every_dashboard_and_alert_expression_evaluates() {
+    if prometheus_missing() {
+        return;
+    }
+    let sim = lifecycle_sim().await;
+    let env = observed_env(&sim, PRICING);
+    let (mut daemon, addr) = spawn_observed(&env);
+    let prometheus = Prometheus::start(addr);
+    prometheus.wait_ready().await;
+    // Scraped before anything happens, so every counter is seen rising from where it started.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prometheus
+        .query("up{job=\"batchwatch\"} == 1")
+        .await
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never scraped the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let jobs = run_lifecycle(&env, &mut daemon).await;
+    // Enough scrapes after the end for rates over 30s windows.
+    scrape_until(addr, "the end shown", |s| {
+        sum(s, "batchwatch_oldest_unfinished_job_age_seconds", &[]) == 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // The exposition passes promtool, in the format promtool reads.
+    let (status, text) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let (ok, out) = promtool(&["check", "metrics"], Some(&text));
+    assert!(ok, "promtool check metrics:\n{out}\n{text}");
+
+    // Prometheus took the OpenMetrics it asked for, and holds what the database holds.
+    let up = prometheus.query("up{job=\"batchwatch\"}").await;
+    assert_eq!(up.len(), 1);
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+    let completed = jobs
+        .iter()
+        .filter(|j| j.state == JobState::Completed)
+        .count();
+    let seen = prometheus
+        .query("batchwatch_jobs{state=\"completed\"}")
+        .await;
+    assert_eq!(seen[0]["value"][1], completed.to_string(), "{seen:?}");
+
+    for expr in dashboard_exprs() {
+        let result = prometheus.query(&expr).await;
+        assert!(
+            !result.is_empty(),
+            "the dashboard's {expr} returned no data"
+        );
+    }
+
+    let rules = repo("config/prometheus/batchwatch-rules.yml");
+    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+    let tests = repo("config/prometheus/batchwatch-rules.test.yml");
+    let (ok, out) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+    for (alert, expr) in alert_exprs() {
+        let firing = prometheus.query(&expr).await;
+        for name in metric_names(&expr) {
+            let series = prometheus.query(&format!("count({name})")).await;
+            assert!(
+                !series.is_empty(),
+                "{alert} reads {name}, which has no data"
+            );
+        }
+        // The lifecycle failed a job and had one key refusal: those two alerts hold now.
+        if ["BatchwatchJobsFailing", "BatchwatchKeyRefused"].contains(&alert.as_str()) {
+            let names = metric_names(&expr);
+            let seen = prometheus.query(&format!("{}[1m]", names[0])).await;
+            assert!(
+                !firing.is_empty(),
+                "{alert} does not hold after the lifecycle; Prometheus has {seen:?}"
+            );
+        }
+    }
+    drop(prometheus);
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cost_is_booked_once_across_a_kill_a_restart_and_re_observations() {
+    let sim = spawn_sim(quick_sim()).await;
+    // Downloads hang: the batch stays between its end (when its cost is booked) and collection.
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Latency { ms: 120_000 })
+                .times(10)
+                .on("GET", "/v1/files/{file_id}/content"),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), PRICING);
+    let mut daemon = env.spawn();
+    env.drop_file("priced.jsonl", requests("p", 40, "gpt-4o-mini").as_bytes());
+    let booked = |env: &Env| {
+        let path = env.sandbox.db_path();
+        async move {
+            let store = batchwatch::store::Store::open(
+                &path,
+                Duration::from_secs(5),
+                batchwatch::store::Access::ReadOnly,
+            )
+            .await
+            .unwrap();
+            let job = batchwatch::store::jobs::in_states(store.reader(), JobState::ALL)
+                .await
+                .unwrap();
+            let rows = match job.first() {
+                Some(job) => usage::for_job(store.reader(), &job.id).await.unwrap(),
+                None => Vec::new(),
+            };
+            store.close().await;
+            rows.into_iter().find(|r| r.booked_at.is_some())
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(row) = booked(&env).await {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch's cost was never booked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Killed while collecting.
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+
+    let remote = sim_batches(&sim).await;
+    assert_eq!(remote.len(), 1);
+    let expected = hand_cost(&remote);
+    assert!(expected > 0.0);
+    let cost = first.cost_usd.expect("a priced batch has a cost");
+    assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
+    assert_eq!(
+        first.input_tokens,
+        Some(remote[0].usage.unwrap().input_tokens as i64)
+    );
+
+    // Restarted in-process, twice: the ended batch is seen again, twice each time, the second
+    // time with a usage the service would never report.
+    let settings = Settings::load_from(Some(&env.config), []).unwrap();
+    let mut grown = remote[0].clone();
+    grown.usage.as_mut().unwrap().input_tokens *= 10;
+    for batch in [&remote[0], &grown] {
+        let daemon = Daemon::start(settings.clone(), ApiKey::new(KEY).unwrap(), Clock::System)
+            .await
+            .unwrap();
+        let row = batches::by_remote_id(daemon.ctx.store.reader(), &remote[0].id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, batchwatch::model::SubmissionState::Collecting);
+        observe::observe(&daemon.ctx, &row, batch).await.unwrap();
+        observe::observe(&daemon.ctx, &row, batch).await.unwrap();
+        daemon.shutdown().await;
+    }
+    let again = booked(&env).await.unwrap();
+    assert_eq!(again, first, "booked once: neither tokens nor cost changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readyz_is_503_with_the_reason_while_the_database_is_locked_and_200_once_released() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = observed_env(&sim, "");
+    let (daemon, addr) = spawn_observed(&env);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(addr, "/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
+
+    // Another process holds the write lock (a long write, a backup tool): nothing can be written.
+    let url = format!("sqlite://{}", env.sandbox.db_path().display());
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: database ") && body.contains("is not writable: "),
+        "{body}"
+    );
+    assert!(body.contains("locked"), "{body}");
+    assert_eq!(
+        get(addr, "/healthz").await.0,
+        200,
+        "the process still answers"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    assert_eq!(get(addr, "/readyz").await, (200, "ready\n".to_owned()));
+
+    // A queue directory taken away is named too.
+    std::fs::remove_dir(env.dir("done")).unwrap();
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("queue directory") && body.contains("done"),
+        "{body}"
+    );
+    std::fs::create_dir(env.dir("done")).unwrap();
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_stuck_in_finalizing_is_warned_once_counted_shown_and_named_to_systemd() {
+    let mut config = quick_sim();
+    config.faults.stuck_finalizing = 1.0;
+    let sim = spawn_sim(config).await;
+    let env = observed_env(&sim, "[alerts.stuck_after]\nfinalizing = \"1s\"\n");
+    let (socket, rx) = notify_socket(env.sandbox.path());
+    let mut daemon = env.spawn_with(&[("NOTIFY_SOCKET", socket.to_str().unwrap())]);
+    let addr = endpoint_addr(&mut daemon);
+    env.drop_file("stuck.jsonl", requests("s", 3, "gpt-4o-mini").as_bytes());
+
+    let s = scrape_until(addr, "a stuck batch counted", |s| {
+        sum(s, "batchwatch_stuck_batches", &[("status", "finalizing")]) == 1.0
+    })
+    .await;
+    assert_eq!(
+        sum(&s, "batchwatch_stuck_batches", &[("status", "validating")]),
+        0.0
+    );
+    let warned = daemon.wait_for_line("a batch is stuck", Duration::from_secs(10));
+    assert!(
+        warned.contains("WARN") && warned.contains("finalizing"),
+        "{warned}"
+    );
+    assert!(
+        warned.contains("alerts.stuck_after.finalizing = 1s"),
+        "{warned}"
+    );
+    let status = wait_message(
+        &rx,
+        |m| m.contains("STUCK: batch_"),
+        Duration::from_secs(10),
+    );
+    assert!(status.contains("finalizing"), "{status}");
+
+    let out = crate::support::process::stdout_ok(Some(&env.config), &["status"]);
+    assert!(
+        out.contains("STUCK: batch batch_") && out.contains("finalizing"),
+        "{out}"
+    );
+    let job = env.jobs().await.remove(0);
+    let shown = crate::support::process::stdout_ok(Some(&env.config), &["show", &job.id]);
+    assert!(
+        shown.contains("STUCK: finalizing since")
+            && shown.contains("alerts.stuck_after.finalizing = 1s"),
+        "{shown}"
+    );
+
+    // Still stuck several checks later: warned once all the same.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    daemon.drain();
+    let warnings = daemon
+        .seen
+        .iter()
+        .filter(|l| l.contains("a batch is stuck"))
+        .count();
+    assert_eq!(warnings, 1, "{:?}", daemon.seen);
+    env.stop(daemon);
+}
+
+/// The inodes of the listening TCP sockets of process `pid`.
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let mut listening = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // st 0A is LISTEN; the inode is the tenth field.
+            if fields.get(3) == Some(&"0A") {
+                listening.push(fields[9].to_owned());
+            }
+        }
+    }
+    let mut own = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(fd.path()) {
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                && listening.iter().any(|l| l == inode)
+            {
+                own.push(inode.to_owned());
+            }
+        }
+    }
+    own
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_empty_metrics_listen_leaves_the_daemon_with_no_listening_socket() {
+    let sim = spawn_sim(quick_sim()).await;
+    // The control: with an address, the same look finds the listener.
+    let on = observed_env(&sim, "");
+    let (daemon, _) = spawn_observed(&on);
+    assert_eq!(listening_sockets(daemon.child.id()).len(), 1);
+    on.stop(daemon);
+
+    let off = Env::new(&sim.handle.base_url(), "[metrics]\nlisten = \"\"\n");
+    let mut daemon = off.spawn();
+    off.drop_file("n.jsonl", requests("n", 2, "gpt-4o-mini").as_bytes());
+    off.wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    assert_eq!(listening_sockets(daemon.child.id()), Vec::<String>::new());
+    let log = off.stop(daemon);
+    assert!(!log.iter().any(|l| l.contains("metrics endpoint listening")));
+}
+
+#[test]
+fn a_metrics_port_in_use_stops_the_start_with_exit_78_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let sandbox = crate::support::Sandbox::new();
+    let config = sandbox.write_config(&format!("[metrics]\nlisten = \"{addr}\"\n"));
+    let out = command(Some(&config))
+        .arg("run")
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "batchwatch: invalid configuration: `metrics.listen`: cannot listen on {addr}: the port is in use"
+        )),
+        "{stderr}"
+    );
+}
