@@ -191,6 +191,22 @@ pub struct BatchSettings {
 pub struct PollSettings {
     pub min_interval: Dur,
     pub max_interval: Dur,
+    /// How active batches are observed: one list sweep for many, or one retrieve each.
+    pub mode: PollMode,
+    /// The most list pages one sweep reads; active batches it did not reach are retrieved.
+    pub list_page_budget: u32,
+}
+
+/// How active batches are observed (`poll.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum PollMode {
+    /// A list sweep when it costs fewer requests than retrieving the batches due.
+    Auto,
+    /// A list sweep whenever a poll is due.
+    List,
+    /// One retrieve per batch, never a list.
+    Retrieve,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,6 +265,21 @@ impl TryFrom<String> for Flavor {
 
     fn try_from(s: String) -> Result<Self, String> {
         one_of(&s, &[("openai", Flavor::Openai), ("azure", Flavor::Azure)])
+    }
+}
+
+impl TryFrom<String> for PollMode {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        one_of(
+            &s,
+            &[
+                ("auto", PollMode::Auto),
+                ("list", PollMode::List),
+                ("retrieve", PollMode::Retrieve),
+            ],
+        )
     }
 }
 
@@ -639,6 +670,12 @@ impl Settings {
             return Err(ConfigError::key(
                 "poll.min_interval",
                 "must not be longer than poll.max_interval",
+            ));
+        }
+        if self.poll.list_page_budget == 0 {
+            return Err(ConfigError::key(
+                "poll.list_page_budget",
+                "must be at least 1 page",
             ));
         }
         if !(self.limits.requests_per_second.is_finite() && self.limits.requests_per_second > 0.0) {

@@ -236,6 +236,23 @@ impl Client {
         self.paginate(Operation::ListBatches, "batches", vec![("limit", limit)])
     }
 
+    /// One page of the batch list: up to `limit` (1 to 100) batches after the batch `after`
+    /// (from the start when `None`). Sent once, never retried: a caller walking the pages
+    /// decides what a failed page means.
+    pub async fn list_batches_page(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<ListPage<Batch>, ApiError> {
+        let mut query = vec![("limit", limit.clamp(1, 100).to_string())];
+        query.extend(after.map(|a| ("after", a.to_owned())));
+        self.call_json(
+            Operation::ListBatches,
+            self.json_request(Method::GET, &["batches"]).query(&query),
+        )
+        .await
+    }
+
     /// Asks for a batch to be cancelled; it goes to `cancelling`, then `cancelled`.
     pub async fn cancel_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
         let op = Operation::CancelBatch;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::gate::Gate;
 use super::reconcile::{DuplicateWatch, Unverified};
 use super::schedule::Schedule;
+use super::sweep::Sweeps;
 use crate::api::{ApiError, Client};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
@@ -31,6 +32,8 @@ pub struct Ctx {
     pub duplicates: Arc<DuplicateWatch>,
     /// The counters and histograms `/metrics` shows.
     pub metrics: Metrics,
+    /// What the last list sweep cost.
+    pub sweeps: Arc<Sweeps>,
 }
 
 impl Ctx {
@@ -50,6 +53,8 @@ pub enum Subject {
     Duplicates,
     /// The check of unverified jobs against the service.
     Unverified,
+    /// The list sweep over every active batch.
+    Sweep,
 }
 
 /// What a task does.
@@ -64,6 +69,7 @@ pub enum Task {
     ProbeKey,
     CancelDuplicates,
     Verify,
+    Sweep,
 }
 
 /// Which time a deferred step waits on.

@@ -131,6 +131,13 @@ impl Gate {
     }
 
     /// When `model`'s hold ends, if it is held at `now`.
+    /// The models held back at `now`.
+    pub fn held_models(&self, now: Timestamp) -> Vec<String> {
+        let models = self.models.lock().expect("gate lock");
+        let held = models.iter().filter(|(_, until)| **until > now);
+        held.map(|(model, _)| model.clone()).collect()
+    }
+
     pub fn model_held_until(&self, model: &str, now: Timestamp) -> Option<Timestamp> {
         self.models
             .lock()

@@ -74,16 +74,13 @@ impl Watcher {
     }
 }
 
-/// Scans incoming/ and claims what settled. Returns the jobs to validate, and whether some
-/// entries are still settling (so the next scan should come soon).
-pub async fn scan_and_claim(
-    ctx: &Ctx,
-    scanner: &mut Scanner,
-) -> anyhow::Result<(Vec<String>, bool)> {
+/// Scans incoming/ and claims what settled (each claimed job waits in `validating` for the
+/// loop to validate it). Returns whether some entries are still settling (so the next scan
+/// should come soon).
+pub async fn scan_and_claim(ctx: &Ctx, scanner: &mut Scanner) -> anyhow::Result<bool> {
     let ready = scanner
         .scan(&ctx.queue.incoming, ctx.clock.now())
         .context("scanning incoming/")?;
-    let mut to_validate = Vec::new();
     for entry in ready {
         scanner.forget(&entry.name);
         let job = JobId::generate(u64::try_from(ctx.clock.now().as_millisecond()).unwrap_or(0));
@@ -103,7 +100,7 @@ pub async fn scan_and_claim(
         };
         failpoint::hit("claim:after-rename");
         let sidecar_moved = ctx.queue.adopt_sidecar(&entry.name, &job);
-        if register(
+        register(
             ctx,
             &job,
             &entry.name,
@@ -111,12 +108,9 @@ pub async fn scan_and_claim(
             entry.kind,
             sidecar_moved.err(),
         )
-        .await?
-        {
-            to_validate.push(job.to_string());
-        }
+        .await?;
     }
-    Ok((to_validate, scanner.pending()))
+    Ok(scanner.pending())
 }
 
 /// Records a claimed file as a job, with its sidecar's options. Rejects at once what cannot be

@@ -101,6 +101,7 @@ pub mod recover;
 pub mod schedule;
 pub mod stuck;
 pub mod submit;
+pub mod sweep;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -218,6 +219,7 @@ impl Daemon {
             unverified: Arc::new(reconcile::Unverified::default()),
             duplicates: Arc::new(reconcile::DuplicateWatch::default()),
             metrics,
+            sweeps: Arc::new(sweep::Sweeps::default()),
         };
         tracing::info!(
             database = %settings.database.path.display(),
@@ -267,7 +269,11 @@ impl Daemon {
                 value = &mut stop => return value,
                 _ = tokio::time::sleep(sleep) => {}
                 _ = watcher.changed() => self.next_scan = self.ctx.clock.now(),
-                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => self.reap(done),
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.reap(done);
+                    // One round for a burst of finished tasks, not one round each.
+                    tokio::time::sleep(schedule::TASK_GATHER).await;
+                }
             }
             self.step().await;
         }
@@ -298,15 +304,11 @@ impl Daemon {
         use Task as T;
         let ctx = self.ctx.clone();
         let now = ctx.clock.now();
+        // Every kind of work shares this many tasks in flight, so a burst of files or of due
+        // polls is worked through at the pace of the API instead of all at once.
+        let budget = ctx.settings.limits.concurrency as usize * 4;
         if self.claiming && now >= self.next_scan {
-            let (claimed, unsettled) = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
-            for job in claimed {
-                self.spawn(
-                    Subject::Job(job.clone()),
-                    T::Validate,
-                    intake::validate(ctx.clone(), job),
-                );
-            }
+            let unsettled = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
             let in_flight = &self.in_flight;
             recover::sweep(&ctx, |job| {
                 in_flight.contains(&Subject::Job(job.to_owned()))
@@ -323,13 +325,15 @@ impl Daemon {
             );
         }
         if self.claiming {
-            for job in
-                jobs::in_states(ctx.store.reader(), &[crate::model::JobState::Validating]).await?
-            {
+            let room = budget.saturating_sub(self.in_flight.len());
+            for job in jobs::validating(ctx.store.reader(), room + self.in_flight.len()).await? {
+                if self.in_flight.len() >= budget {
+                    break;
+                }
                 self.spawn(
-                    Subject::Job(job.id.clone()),
+                    Subject::Job(job.clone()),
                     T::Validate,
-                    intake::validate(ctx.clone(), job.id),
+                    intake::validate(ctx.clone(), job),
                 );
             }
         }
@@ -358,9 +362,8 @@ impl Daemon {
                 cancel::send(ctx.clone(), id),
             );
         }
-        let budget = ctx.settings.limits.concurrency as usize * 4;
         if self.claiming {
-            for row in submit::due(&ctx).await? {
+            for row in submit::due(&ctx, budget + self.in_flight.len()).await? {
                 if self.in_flight.len() >= budget {
                     break;
                 }
@@ -371,15 +374,26 @@ impl Daemon {
                 );
             }
         }
-        for row in poll::due(&ctx).await? {
-            if self.in_flight.len() >= budget {
-                break;
+        if !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx).await? {
+            let busy = self.in_flight.iter().filter_map(|s| match s {
+                Subject::Submission(id) => Some(*id),
+                _ => None,
+            });
+            let busy = busy.collect();
+            self.spawn(Subject::Sweep, T::Sweep, sweep::sweep(ctx.clone(), busy));
+        }
+        // While a sweep runs, it does the polls (and retrieves what it did not see).
+        if !self.in_flight.contains(&Subject::Sweep) {
+            for row in poll::due(&ctx).await? {
+                if self.in_flight.len() >= budget {
+                    break;
+                }
+                self.spawn(
+                    Subject::Submission(row),
+                    T::Poll,
+                    poll::step(ctx.clone(), row),
+                );
             }
-            self.spawn(
-                Subject::Submission(row),
-                T::Poll,
-                poll::step(ctx.clone(), row),
-            );
         }
         for row in collect::due(&ctx).await? {
             self.spawn(
@@ -450,10 +464,13 @@ impl Daemon {
                 _ => {}
             }
         }
+        // A sweep under way does the polls due; it wakes the loop when it ends.
+        let polls = !self.in_flight.contains(&Subject::Sweep);
         let at = batches::next_due(
             self.ctx.store.reader(),
             &serde_json::Value::Array(submissions).to_string(),
             &serde_json::Value::Array(jobs).to_string(),
+            polls,
         )
         .await?;
         // "" is a poll due now; anything unreadable counts as now too.

@@ -62,8 +62,15 @@ pub fn next_poll_delay(
         Some(left) if left < base => left,
         _ => base,
     };
-    // A little jitter keeps many batches from being polled in lock-step.
-    base.mul_f64(0.9 + fastrand::f64() * 0.2).clamp(min, max)
+    base.clamp(min, max)
+}
+
+/// `delay` give or take a tenth, within the poll bounds: batches retrieved one by one are
+/// kept from being polled in lock-step. (A list sweep sees many at once and needs none.)
+pub fn jitter(delay: Duration, poll: &crate::config::PollSettings) -> Duration {
+    delay
+        .mul_f64(0.9 + fastrand::f64() * 0.2)
+        .clamp(poll.min_interval.get(), poll.max_interval.get())
 }
 
 #[cfg(test)]
@@ -75,6 +82,8 @@ mod tests {
         PollSettings {
             min_interval: Dur(Duration::from_secs(5)),
             max_interval: Dur(Duration::from_secs(60)),
+            mode: crate::config::PollMode::Auto,
+            list_page_budget: 200,
         }
     }
 

@@ -259,6 +259,16 @@ impl Unverified {
         self.0.lock().expect("lock").contains(job_id)
     }
 
+    /// The jobs not yet checked.
+    pub fn ids(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("unverified lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.lock().expect("lock").is_empty()
     }

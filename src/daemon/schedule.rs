@@ -18,6 +18,10 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// many small pieces) costs few rounds.
 pub const MIN_SLEEP: Duration = Duration::from_millis(5);
 
+/// After a task ends, the loop waits this long for others to end before its next round, so a
+/// burst of thousands of small tasks (intake) costs a round per burst, not per task.
+pub const TASK_GATHER: Duration = Duration::from_millis(10);
+
 /// How often the status line is refreshed at most.
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 

@@ -27,22 +27,16 @@ use crate::store::transitions;
 /// Submissions whose next upload, create or reconcile step is due, except while submissions
 /// are held (exhausted quota) or their model is (the enqueued-token limit), and those of jobs
 /// not yet checked against the service ([`super::reconcile::Unverified`]).
-pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
+pub async fn due(ctx: &Ctx, limit: usize) -> anyhow::Result<Vec<i64>> {
     let now = ctx.clock.now();
     if ctx.gate.submissions_held_until(now).is_some() {
         return Ok(Vec::new());
     }
-    let candidates = batches::due_for_submit(ctx.store.reader(), &clock::format(now)).await?;
-    Ok(candidates
-        .into_iter()
-        .filter(|c| {
-            c.model
-                .as_deref()
-                .is_none_or(|m| ctx.gate.model_held_until(m, now).is_none())
-                && !ctx.unverified.contains(&c.job_id)
-        })
-        .map(|c| c.id)
-        .collect())
+    let held = serde_json::to_string(&ctx.gate.held_models(now))?;
+    let unverified = serde_json::to_string(&ctx.unverified.ids())?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let now = clock::format(now);
+    Ok(batches::due_for_submit(ctx.store.reader(), &now, &held, &unverified, limit).await?)
 }
 
 /// Takes a submission as far as it goes now: upload, then create.

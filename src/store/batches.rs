@@ -331,30 +331,30 @@ pub async fn due_in_state(
     .await?)
 }
 
-/// A submission ready for its next upload or create step, with its job's model (which the
-/// enqueued-token limit may hold back).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubmitCandidate {
-    pub id: i64,
-    pub job_id: String,
-    pub model: Option<String>,
-}
-
-/// Submissions to upload, create or reconcile whose time has come, oldest first; those of jobs
-/// marked for cancel are left to the cancel step.
+/// Submissions to upload, create or reconcile whose time has come, oldest first, at most
+/// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
+/// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
+/// service (`unverified_jobs`, both JSON arrays) wait.
 pub async fn due_for_submit(
     db: impl SqliteExecutor<'_>,
     now: &str,
-) -> Result<Vec<SubmitCandidate>, StoreError> {
-    Ok(sqlx::query_as!(
-        SubmitCandidate,
-        r#"SELECT b.id AS "id!", b.job_id, j.model
+    held_models: &str,
+    unverified_jobs: &str,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT b.id AS "id!"
            FROM batches b JOIN jobs j ON j.id = b.job_id
            WHERE b.state IN ('queued', 'uploading', 'creating')
              AND (b.not_before IS NULL OR b.not_before <= ?)
              AND j.cancel_requested_at IS NULL
-           ORDER BY b.id"#,
-        now
+             AND (j.model IS NULL OR j.model NOT IN (SELECT value FROM json_each(?)))
+             AND j.id NOT IN (SELECT value FROM json_each(?))
+           ORDER BY b.id LIMIT ?"#,
+        now,
+        held_models,
+        unverified_jobs,
+        limit
     )
     .fetch_all(db)
     .await?)
@@ -377,18 +377,65 @@ pub async fn due_for_poll(
     .await?)
 }
 
+/// An active submission as the poll plan needs it: what was last seen of its batch, and when
+/// it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub id: i64,
+    pub remote_id: String,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    /// When the service created the batch.
+    pub remote_created_at: Option<String>,
+    /// When the submission was made (its age sets the poll interval).
+    pub created_at: String,
+    pub deadline_at: String,
+    pub next_poll_at: Option<String>,
+}
+
+/// Every active submission with its batch, for a list sweep.
+pub async fn tracked(db: impl SqliteExecutor<'_>) -> Result<Vec<Tracked>, StoreError> {
+    Ok(sqlx::query_as!(
+        Tracked,
+        r#"SELECT b.id AS "id!", b.remote_id AS "remote_id!", b.status AS "status: BatchStatus",
+                  b.request_total, b.request_completed, b.request_failed, b.remote_created_at,
+                  b.created_at, j.deadline_at, b.next_poll_at
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.state = 'active' AND b.remote_id IS NOT NULL"#
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many active submissions are due for a poll by `by`, and how many are active.
+pub async fn poll_load(db: impl SqliteExecutor<'_>, by: &str) -> Result<(i64, i64), StoreError> {
+    let row = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?) AS "due!: i64",
+                  count(*) AS "active!: i64"
+           FROM batches WHERE state = 'active'"#,
+        by
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.due, row.active))
+}
+
 /// The earliest stored time at which something becomes due: a poll (`""` when one is due
 /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
 /// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
-/// retry) are left out, so their stale times do not wake the daemon for nothing.
+/// retry) are left out, so their stale times do not wake the daemon for nothing; polls are
+/// left out entirely unless `polls` (a list sweep under way does them).
 pub async fn next_due(
     db: impl SqliteExecutor<'_>,
     busy_submissions: &str,
     busy_jobs: &str,
+    polls: bool,
 ) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT min(t) AS "t: String" FROM (
-               SELECT CASE WHEN EXISTS (
+               SELECT CASE WHEN NOT ?3 THEN NULL WHEN EXISTS (
                           SELECT 1 FROM batches WHERE state = 'active' AND next_poll_at IS NULL
                             AND id NOT IN (SELECT value FROM json_each(?1)))
                       THEN ''
@@ -414,6 +461,7 @@ pub async fn next_due(
            )"#,
         busy_submissions,
         busy_jobs,
+        polls,
     )
     .fetch_one(db)
     .await?)

@@ -537,11 +537,26 @@ pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, 
     .await?)
 }
 
-/// Jobs past validation whose every submission is done with: ready to be finished.
+/// Up to `limit` claimed jobs waiting for validation, oldest first.
+pub async fn validating(
+    db: impl SqliteExecutor<'_>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM jobs WHERE state = 'validating' ORDER BY id LIMIT ?"#,
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Jobs whose every submission is done with (a job in `collecting`, derived from its
+/// submissions, with none left to collect): ready to be finished.
 pub async fn finishable(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT j.id AS "id!" FROM jobs j
-           WHERE j.terminal = 0 AND j.state <> 'validating'
+           WHERE j.state = 'collecting'
              AND EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id)
              AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id
                              AND b.terminal = 0)

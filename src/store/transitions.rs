@@ -328,6 +328,30 @@ pub async fn schedule_poll(
     guarded(n, id, "be polled", "active")
 }
 
+/// Active batches were seen and nothing history tracks had changed (the quiet case of a poll
+/// or a list sweep): each row's next poll is set, its last poll noted, nothing else written.
+/// `polls` is a JSON array of `[id, next_poll_at]` pairs. A row that left `active`
+/// meanwhile, or that a newer observation than `observed_at` already reached, is left alone
+/// (an old page must not undo a newer look). Returns how many rows were updated.
+pub async fn seen_unchanged(
+    conn: &mut SqliteConnection,
+    polls: &str,
+    observed_at: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query!(
+        "UPDATE batches SET next_poll_at = p.at, last_polled_at = ?2, last_error = NULL
+         FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at
+               FROM json_each(?1)) AS p
+         WHERE batches.id = p.id AND batches.state = 'active'
+           AND (batches.last_polled_at IS NULL OR batches.last_polled_at <= ?2)",
+        polls,
+        observed_at,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// A poll failed (active): `error` stands, and the next try is at `at`.
 pub async fn defer_poll(
     conn: &mut SqliteConnection,

@@ -12,6 +12,7 @@ mod daemon_lifecycle;
 mod daemon_process;
 mod daemon_restore;
 mod daemon_review;
+mod daemon_sweep;
 mod demo;
 mod e2e_containers;
 mod metrics;

@@ -1,0 +1,288 @@
+//! The list sweep: many active batches observed with one request per hundred.
+//!
+//! `GET /batches?limit=100&after=...` returns whole batch objects, so one page observes up to
+//! a hundred batches where a retrieve observes one. Nothing here leans on a promise the API
+//! does not make:
+//!
+//! * The sweep reads pages until every active submission was seen, or a page holds only
+//!   batches created before the oldest active one still unseen (the real list runs newest
+//!   first, but does not promise it), or `poll.list_page_budget` pages were read, or the list
+//!   ends.
+//! * Batches the daemon does not track (other tools' batches in the same organisation,
+//!   another daemon's jobs, batches of finished submissions) are skipped by their id: never
+//!   recorded, never cancelled.
+//! * An active submission the sweep did not see (it vanished, it lies beyond the budget, the
+//!   list has another order) and whose poll is due is retrieved on its own, as in `retrieve`
+//!   mode: a 404 makes it lost, and no batch waits longer than its poll interval.
+//! * A failed page (a 429, a 5xx, an answer that is not a list) ends the sweep: the due
+//!   submissions not yet seen are retrieved, or, when the server gave a Retry-After, their
+//!   polls wait that long. The sweep sets no timer of its own: it runs when polls are due, so
+//!   a failing list cannot make the loop spin.
+//!
+//! Each page is recorded in one transaction: a batch whose status and counts are unchanged
+//! costs a share of one UPDATE (its next poll); a changed one is recorded as any observation
+//! ([`super::observe::record`]), one history row per change, whichever way it was seen. A page
+//! older than a row's last observation does not overwrite it.
+//!
+//! When to sweep ([`wanted`]): in `list` mode whenever a poll is due; in `auto` mode when the
+//! polls due within `poll.min_interval` outnumber the pages the last sweep needed (and a
+//! handful), that is, when a sweep costs fewer requests than retrieving them; never in
+//! `retrieve` mode.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+
+use super::ctx::Ctx;
+use super::observe::{self, next_poll_at, unchanged};
+use super::poll;
+use crate::api::{ApiError, Batch};
+use crate::clock::{self, Timestamp};
+use crate::config::PollMode;
+use crate::model::SubmissionState;
+use crate::store::batches::{self, Tracked};
+use crate::store::{StoreError, transitions};
+
+/// Batches per list page: the most the API gives.
+pub const PAGE: u32 = 100;
+
+/// Below this many polls due, `auto` retrieves: a sweep is not worth its first page.
+pub const HANDFUL: i64 = 4;
+
+/// What the last sweep learned about the cost of the next one.
+#[derive(Debug, Default)]
+pub struct Sweeps {
+    /// Pages the last sweep read (0 before the first).
+    last_pages: AtomicU32,
+}
+
+impl Sweeps {
+    /// How many requests a sweep of `active` submissions is expected to cost.
+    fn expected_pages(&self, active: i64) -> i64 {
+        match self.last_pages.load(Ordering::Relaxed) {
+            0 => (active + i64::from(PAGE) - 1) / i64::from(PAGE),
+            n => i64::from(n),
+        }
+    }
+}
+
+/// Whether the polls due now are best done by a sweep, given how many are `due_now`, how many
+/// are due within `poll.min_interval` (`due_soon`) and how many submissions are `active`.
+pub fn wanted(mode: PollMode, sweeps: &Sweeps, due_now: i64, due_soon: i64, active: i64) -> bool {
+    match mode {
+        PollMode::Retrieve => false,
+        PollMode::List => due_now > 0,
+        PollMode::Auto => {
+            due_now > 0 && due_soon > HANDFUL && due_soon > sweeps.expected_pages(active)
+        }
+    }
+}
+
+/// Whether the loop should start a sweep now.
+pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
+    let mode = ctx.settings.poll.mode;
+    if mode == PollMode::Retrieve {
+        return Ok(false);
+    }
+    let now = ctx.clock.now();
+    let soon = clock::add(now, ctx.settings.poll.min_interval.get());
+    let reader = ctx.store.reader();
+    let (due_now, active) = batches::poll_load(reader, &clock::format(now)).await?;
+    if due_now == 0 {
+        return Ok(false);
+    }
+    let (due_soon, _) = batches::poll_load(reader, &clock::format(soon)).await?;
+    Ok(wanted(mode, &ctx.sweeps, due_now, due_soon, active))
+}
+
+/// One sweep; `busy` are submissions another task is working on, left to it.
+pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
+    let plan = batches::tracked(ctx.store.reader()).await?;
+    let index: HashMap<&str, usize> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.remote_id.as_str(), i))
+        .collect();
+    let mut seen = vec![false; plan.len()];
+    let mut unseen = plan.len();
+    let budget = ctx.settings.poll.list_page_budget;
+    let (mut pages, mut after) = (0u32, None::<String>);
+    let mut failure = None;
+    while unseen > 0 && pages < budget {
+        let page = match ctx.client.list_batches_page(PAGE, after.as_deref()).await {
+            Ok(page) => page,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let fetched = ctx.clock.now();
+        pages += 1;
+        let mut ours = Vec::new();
+        for batch in &page.data {
+            if let Some(&i) = index.get(batch.id.as_str())
+                && !seen[i]
+            {
+                seen[i] = true;
+                unseen -= 1;
+                if !busy.contains(&plan[i].id) {
+                    ours.push((&plan[i], batch));
+                }
+            }
+        }
+        record_page(&ctx, &ours, fetched).await?;
+        let next = page
+            .last_id
+            .clone()
+            .or_else(|| page.data.last().map(|b| b.id.clone()));
+        if page.has_more != Some(true) || page.data.is_empty() || unseen == 0 {
+            break;
+        }
+        if next.is_none() || next == after {
+            tracing::warn!(after = ?after, "the batch list claims more pages but its cursor did not advance; retrieving the rest");
+            break;
+        }
+        if older_than_every_unseen(&page.data, &plan, &seen) {
+            break;
+        }
+        after = next;
+    }
+    ctx.sweeps.last_pages.store(pages.max(1), Ordering::Relaxed);
+    let now = ctx.clock.now();
+    let left: Vec<i64> = plan
+        .iter()
+        .zip(&seen)
+        .filter(|(t, seen)| !**seen && !busy.contains(&t.id) && is_due(t, now))
+        .map(|(t, _)| t.id)
+        .collect();
+    tracing::debug!(
+        pages,
+        tracked = plan.len(),
+        unseen,
+        retrieving = left.len(),
+        "list sweep"
+    );
+    if let Some(err) = failure {
+        tracing::warn!(error = %err, due = left.len(), "a page of the batch list failed; retrieving the batches it did not show");
+        ctx.gate.note(&err, now, ctx.schedule.auth_retry);
+        if ctx.gate.paused().is_some() {
+            // The key was refused: nothing is sent until the gate's probe gets through.
+            return Ok(());
+        }
+        if let Some(wait) = err.retry_after() {
+            return postpone(&ctx, &left, &err, wait).await;
+        }
+    }
+    retrieve(&ctx, left).await
+}
+
+/// Records one page's batches of ours, as seen at `now`, in one transaction.
+async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> anyhow::Result<()> {
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let mut quiet = Vec::new();
+    let mut changed = Vec::new();
+    for (t, batch) in ours {
+        let counts = [t.request_total, t.request_completed, t.request_failed];
+        if unchanged(t.status.as_ref(), counts, batch) {
+            let at = next_poll_at(ctx, &batch.status, &t.created_at, &t.deadline_at, now);
+            quiet.push(serde_json::json!([t.id, clock::format(at)]));
+        } else {
+            changed.push((t.id, *batch));
+        }
+    }
+    let mut tx = ctx.store.begin().await?;
+    if !quiet.is_empty() {
+        let polls = serde_json::Value::Array(quiet).to_string();
+        transitions::seen_unchanged(&mut tx, &polls, &clock::format(now)).await?;
+    }
+    let mut reports = Vec::new();
+    for (id, batch) in changed {
+        let row = batches::get(&mut *tx, id)
+            .await?
+            .context("a tracked submission vanished")?;
+        // Moved on, or looked at more recently by another step: this page is not news.
+        let newer = row
+            .last_polled_at
+            .as_deref()
+            .and_then(clock::parse)
+            .is_some_and(|t| t > now);
+        if row.state != SubmissionState::Active || newer {
+            continue;
+        }
+        reports.push(observe::record(ctx, &mut tx, &row, batch, now).await?);
+    }
+    tx.commit().await?;
+    for seen in reports {
+        seen.report(ctx);
+    }
+    Ok(())
+}
+
+/// Whether every batch on the page was created before the oldest active batch not yet seen:
+/// in a list that runs newest first, nothing further down can be one of them.
+fn older_than_every_unseen(page: &[Batch], plan: &[Tracked], seen: &[bool]) -> bool {
+    let Some(newest_on_page) = page.iter().map(|b| b.created_at).max().flatten() else {
+        return false;
+    };
+    let mut oldest_unseen = None::<Timestamp>;
+    for (t, _) in plan.iter().zip(seen).filter(|(_, seen)| !**seen) {
+        // An unseen batch without a known creation time could be anywhere.
+        let Some(created) = t.remote_created_at.as_deref().and_then(clock::parse) else {
+            return false;
+        };
+        oldest_unseen = Some(oldest_unseen.map_or(created, |o| o.min(created)));
+    }
+    oldest_unseen.is_some_and(|oldest| newest_on_page < oldest)
+}
+
+fn is_due(t: &Tracked, now: Timestamp) -> bool {
+    t.next_poll_at
+        .as_deref()
+        .and_then(clock::parse)
+        .is_none_or(|at| at <= now)
+}
+
+/// Retrieves each of `ids` on its own, `limits.concurrency` at a time.
+async fn retrieve(ctx: &Ctx, ids: Vec<i64>) -> anyhow::Result<()> {
+    let concurrency = ctx.settings.limits.concurrency as usize;
+    let mut polls = futures_util::stream::iter(ids)
+        .map(|id| poll::step(ctx.clone(), id))
+        .buffer_unordered(concurrency);
+    let mut local = None;
+    while let Some(outcome) = polls.next().await {
+        // A failed request was recorded on its submission and put off; a local failure
+        // (the database) fails the sweep, to be tried again.
+        if let Err(e) = outcome
+            && e.downcast_ref::<ApiError>().is_none()
+        {
+            local.get_or_insert(e);
+        }
+    }
+    local.map_or(Ok(()), Err)
+}
+
+/// Puts the polls of `ids` off by the server's `wait`.
+async fn postpone(
+    ctx: &Ctx,
+    ids: &[i64],
+    err: &ApiError,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    let now = ctx.clock.now();
+    let at = clock::format(clock::add(now, wait));
+    let (now, error) = (clock::format(now), err.to_string());
+    let mut tx = ctx.store.begin().await?;
+    for id in ids {
+        match transitions::defer_poll(&mut tx, *id, &at, &error, &now).await {
+            // Moved on since the sweep began: nothing to put off.
+            Ok(()) | Err(StoreError::Illegal { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The list sweep (`poll.mode`): a fleet observed a hundred batches per request, with other
+//! tools' batches interleaved and in a list that does not run newest first; what the sweep
+//! cannot see (a vanished batch, one beyond the page budget) still observed by retrieve; and
+//! failing list pages that lose nothing and do not make the daemon spin.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use batchwatch::sim::{
+    Counts, FaultKind, ListOrder, Observations, RetryAfter, ScriptedFault, SimConfig,
+};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::support::daemon::{Env, requests, slow_sim};
+use crate::support::process::Running;
+use crate::support::sim::{TestSim, spawn_sim};
+use crate::support::wait_until;
+
+const LIST: &str = "GET /v1/batches";
+const RETRIEVE: &str = "GET /v1/batches/{batch_id}";
+
+/// The simulator runs this many times faster than the real clock.
+const SCALE: i64 = 300;
+
+/// Batches stay in progress until the test steps them; finalizing then lasts `finalizing` real
+/// seconds.
+fn held_fleet(list_order: ListOrder, foreign_per_create: u64, finalizing: f64) -> SimConfig {
+    SimConfig {
+        finalizing_secs: finalizing * SCALE as f64,
+        list_order,
+        foreign_batches: 100_000,
+        foreign_per_create,
+        ..slow_sim(100_000.0)
+    }
+}
+
+fn sweep_config(mode: &str, budget: u32) -> String {
+    format!(
+        "[poll]\nmode = \"{mode}\"\nlist_page_budget = {budget}\n\
+         min_interval = \"300ms\"\nmax_interval = \"300ms\"\n"
+    )
+}
+
+async fn counts(sim: &TestSim) -> Counts {
+    serde_json::from_value(sim.admin_json("/counts", None).await).expect("counts")
+}
+
+/// The batch ids the daemon follows, by job.
+async fn remote_ids(env: &Env) -> BTreeMap<String, String> {
+    let store = env.store().await;
+    let rows = sqlx::query("SELECT job_id, remote_id FROM batches WHERE remote_id IS NOT NULL")
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+        .collect()
+}
+
+/// The statuses recorded for a batch, in order.
+async fn history(env: &Env, remote_id: &str) -> Vec<String> {
+    let store = env.store().await;
+    sqlx::query(
+        "SELECT h.status FROM status_history h JOIN batches b ON b.id = h.batch_id
+         WHERE b.remote_id = ? ORDER BY h.id",
+    )
+    .bind(remote_id)
+    .fetch_all(store.reader())
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>(0))
+    .collect()
+}
+
+/// Drops `n` one-batch files and waits until the daemon follows each one's batch.
+async fn fleet_in_progress(env: &Env, sim: &TestSim, n: usize) -> BTreeMap<String, String> {
+    for k in 0..n {
+        env.drop_file(
+            &format!("f{k:03}.jsonl"),
+            requests(&format!("f{k}"), 2, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    let ids = wait_until(
+        "every batch followed in progress",
+        Duration::from_secs(120),
+        async || {
+            let ids = remote_ids(env).await;
+            let c = counts(sim).await;
+            let in_progress = c.batches.get("in_progress").copied().unwrap_or(0);
+            (
+                ids.len() == n && in_progress as usize >= n,
+                (ids.len(), c.batches),
+            )
+        },
+    )
+    .await;
+    let _ = ids;
+    remote_ids(env).await
+}
+
+/// Steps `ids` to finalizing and waits until each has finalizing and completed in its history.
+async fn step_and_check(env: &Env, sim: &TestSim, ids: &[String]) {
+    sim.admin_json("/batches/step", Some(&json!({ "ids": ids })))
+        .await;
+    for id in ids {
+        let seen = wait_until(
+            "finalizing and completed recorded",
+            Duration::from_secs(30),
+            async || {
+                let h = history(env, id).await;
+                let ok = h.iter().any(|s| s == "finalizing")
+                    && h.last().is_some_and(|s| s == "completed");
+                (ok, h)
+            },
+        )
+        .await;
+        // One row per change: no status twice in a row with the same counts.
+        assert!(
+            seen.windows(2).all(|w| w[0] != w[1]) || seen.len() < 2,
+            "{id}: {seen:?}"
+        );
+    }
+}
+
+fn requests_of(c: &Counts, route: &str) -> u64 {
+    c.requests.get(route).copied().unwrap_or(0)
+}
+
+fn stop(env: &Env, daemon: Running) {
+    let log = env.stop(daemon);
+    crate::support::daemon::assert_key_absent(&log);
+}
+
+async fn sweep_follows_a_fleet(order: ListOrder) {
+    const N: usize = 120;
+    let sim = spawn_sim(held_fleet(order, 2, 2.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("list", 50));
+    let daemon = env.spawn();
+    let ids = fleet_in_progress(&env, &sim, N).await;
+
+    // A window of steady tracking: the sweep reads lists, not one batch at a time.
+    let before = counts(&sim).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = counts(&sim).await;
+    let lists = requests_of(&after, LIST) - requests_of(&before, LIST);
+    let retrieves = requests_of(&after, RETRIEVE) - requests_of(&before, RETRIEVE);
+    let cycles = 3.0 / 0.3;
+    let per_batch_cycle = (lists + retrieves) as f64 / (N as f64 * cycles);
+    assert!(lists > 0, "no list page read: {after:?}");
+    assert!(
+        per_batch_cycle < 0.2,
+        "{lists} list pages and {retrieves} retrieves for {N} batches over {cycles} cycles"
+    );
+
+    // Every change of a third of them is recorded, whichever page they are on.
+    let stepped: Vec<String> = ids.values().step_by(3).cloned().collect();
+    step_and_check(&env, &sim, &stepped).await;
+
+    // Other tools' batches are never recorded, never cancelled.
+    let c = counts(&sim).await;
+    assert!(c.foreign > 0, "the list had no foreign batches");
+    assert_eq!(requests_of(&c, "POST /v1/batches/{batch_id}/cancel"), 0);
+    let store = env.store().await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM batches WHERE remote_id IS NOT NULL")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    assert_eq!(rows as usize, N, "only our batches are rows");
+    stop(&env, daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_records_every_change_of_a_fleet_among_other_tools_batches() {
+    sweep_follows_a_fleet(ListOrder::NewestFirst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_records_every_change_when_the_list_is_not_newest_first() {
+    sweep_follows_a_fleet(ListOrder::Shuffled).await;
+}
+
+/// One page of budget and many foreign batches: most of the fleet lies beyond what a sweep
+/// reads, and one batch vanishes. Each is still observed within `poll.max_interval` (by
+/// retrieve), the vanished one becomes lost, and the changes are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_beyond_the_page_budget_or_vanished_are_still_observed_by_retrieve() {
+    const N: usize = 30;
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 10, 2.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("list", 1));
+    let daemon = env.spawn();
+    let ids = fleet_in_progress(&env, &sim, N).await;
+
+    sim.admin_json("/observations/reset", Some(&json!({})))
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen: Observations =
+        serde_json::from_value(sim.admin_json("/observations", None).await).unwrap();
+    let ours: Vec<_> = seen.batches.iter().filter(|b| !b.foreign).collect();
+    assert_eq!(ours.len(), N);
+    for b in &ours {
+        // 300 ms interval; a retrieve may wait for a sweep page and the loop's next round.
+        let real_ms = b.max_gap_ms / SCALE;
+        assert!(real_ms <= 1500, "{} unseen for {real_ms} ms", b.id);
+    }
+    let c = counts(&sim).await;
+    assert!(
+        requests_of(&c, RETRIEVE) > 0,
+        "nothing was retrieved: {c:?}"
+    );
+
+    let all: Vec<String> = ids.values().cloned().collect();
+    let (gone, rest) = all.split_first().unwrap();
+    sim.admin_json(&format!("/batches/{gone}/vanish"), Some(&json!({})))
+        .await;
+    step_and_check(&env, &sim, &rest[..10]).await;
+    wait_until(
+        "the vanished batch lost",
+        Duration::from_secs(20),
+        async || {
+            let store = env.store().await;
+            let state: String = sqlx::query_scalar("SELECT state FROM batches WHERE remote_id = ?")
+                .bind(gone)
+                .fetch_one(store.reader())
+                .await
+                .unwrap();
+            (state == "lost", state)
+        },
+    )
+    .await;
+    stop(&env, daemon);
+}
+
+/// Every kind of failed list page, several times over, while batches change (each status
+/// lasting longer than the longest Retry-After): every change is still recorded, and neither lists nor retrieves run away (the daemon does not spin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failing_list_pages_lose_no_observation_and_do_not_spin() {
+    const N: usize = 40;
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 1, 8.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("list", 50));
+    let daemon = env.spawn();
+    let ids = fleet_in_progress(&env, &sim, N).await;
+
+    let on_list = |fault: FaultKind, times: u32| {
+        let mut f = ScriptedFault::new(fault).times(times);
+        f.method = Some("GET".into());
+        f.path = Some("/v1/batches".into());
+        f
+    };
+    let script = vec![
+        on_list(
+            FaultKind::RateLimit {
+                retry_after: RetryAfter::Millis(1000),
+            },
+            2,
+        ),
+        on_list(FaultKind::ServerError, 2),
+        on_list(FaultKind::BadGateway, 2),
+        on_list(FaultKind::DropBefore, 2),
+    ];
+    let before = counts(&sim).await;
+    sim.admin_json(
+        "/faults/script",
+        Some(&serde_json::to_value(&script).unwrap()),
+    )
+    .await;
+    let stepped: Vec<String> = ids.values().take(10).cloned().collect();
+    step_and_check(&env, &sim, &stepped).await;
+    let script_left: Value = sim.admin_json("/faults/script", None).await;
+    assert_eq!(script_left, json!([]), "every scripted fault was met");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = counts(&sim).await;
+    let elapsed = (after.now_ms - before.now_ms) as f64 / 1000.0 / SCALE as f64;
+    let cycles = elapsed / 0.3 + 2.0;
+    let lists = requests_of(&after, LIST) - requests_of(&before, LIST);
+    let retrieves = requests_of(&after, RETRIEVE) - requests_of(&before, RETRIEVE);
+    assert!(
+        (lists as f64) <= cycles * 2.0 + 16.0,
+        "{lists} list requests in {cycles:.0} cycles"
+    );
+    assert!(
+        (retrieves as f64) <= N as f64 * 10.0,
+        "{retrieves} retrieves: failed pages must not turn into a retrieve storm"
+    );
+    stop(&env, daemon);
+}
