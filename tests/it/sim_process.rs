@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::sim::{KEY, http_client};
+use crate::support::KEY;
+use crate::support::sim::http_client;
 
 /// A `batchwatch sim` child process and the base URL it printed.
 struct SimProcess {
@@ -150,18 +151,21 @@ async fn sim_serves_on_when_nobody_reads_its_stdout() {
         .unwrap();
     let stats = format!("http://127.0.0.1:{port}/admin/stats");
     let http = http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(response) = http.get(&stats).send().await {
-            assert_eq!(response.status(), StatusCode::OK);
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the simulator exited ({status}) with its stdout closed");
-        }
-        assert!(Instant::now() < deadline, "the simulator never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_until(
+        "the simulator to answer",
+        Duration::from_secs(10),
+        async || {
+            if let Ok(response) = http.get(&stats).send().await {
+                assert_eq!(response.status(), StatusCode::OK);
+                return (true, ());
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the simulator exited ({status}) with its stdout closed");
+            }
+            (false, ())
+        },
+    )
+    .await;
     // Still there a moment later, and it stops cleanly.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(child.try_wait().unwrap().is_none(), "the simulator died");
