@@ -307,3 +307,15 @@ async fn an_in_process_simulator_shuts_down_and_stops_answering() {
     );
     assert!(!data_dir.exists(), "the temporary data dir is removed");
 }
+
+/// The simulator logs, from its start, in the format `--log-format` names.
+#[test]
+fn sim_logs_json_lines_when_asked() {
+    let mut cmd = crate::support::process::command(None);
+    cmd.args(["sim", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let mut sim = crate::support::process::Running::spawn(cmd);
+    let line = sim.wait_for_line("simulator listening", Duration::from_secs(10));
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object per line");
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["message"], "simulator listening");
+}
