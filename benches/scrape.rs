@@ -53,7 +53,7 @@ fn args() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
-    batchwatch::cli::runtime()?.block_on(run(args))
+    batchwatch::process::runtime()?.block_on(run(args))
 }
 
 /// The daemon process; killed when dropped.

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         &settings.limits,
         ApiKey::new(KEY).map_err(anyhow::Error::msg)?,
     )?;
-    let runtime = batchwatch::cli::runtime()?;
+    let runtime = batchwatch::process::runtime()?;
 
     let before = status_kib(None, "VmHWM")?;
     let started = Instant::now();

@@ -1,6 +1,5 @@
 //! The command line: parses arguments and calls into the library.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -13,8 +12,10 @@ use crate::config::{ConfigError, KeySource, Settings, StuckAfter};
 use crate::daemon::cancel;
 use crate::model::JobState;
 use crate::printable::escape;
+use crate::process::{emit, runtime};
 use crate::report;
 use crate::store::{Access, Store, StoreError, batches, figures, history, jobs, usage};
+use crate::telemetry::Logging;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -148,7 +149,15 @@ impl clap::builder::TypedValueParser for StateParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<JobState, clap::Error> {
-        let parse = |s: &str| s.parse::<JobState>();
+        let parse = |s: &str| {
+            s.parse::<JobState>().map_err(|_| {
+                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown job state {s:?}; expected one of: {}",
+                    names.join(", ")
+                )
+            })
+        };
         clap::builder::TypedValueParser::parse_ref(&parse, cmd, arg, value)
     }
 
@@ -186,25 +195,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Writes `text` to standard output. A reader that went away (`batchwatch status | head -1`)
-/// is not an error: the rest is dropped quietly. Any other write error is one.
-pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("writing to standard output"))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::PrintDefaultConfig => {
             emit(crate::config::DEFAULT_CONFIG)?;
         }
-        Command::Sim(args) => return crate::sim::run(*args),
+        Command::Sim(args) => {
+            Logging::start().set_format(args.log_format);
+            return crate::sim::run(*args);
+        }
         Command::Completions(args) => emit(&completions(args.shell))?,
         Command::Man(args) => {
             let written = write_man_pages(&args.dir)?;
@@ -223,15 +223,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ))?;
         }
         Command::Run => {
+            // Up before the configuration is read, so that an error in it is logged (to the
+            // journal, under systemd) like any other.
+            let logging = Logging::start();
             let settings = Settings::load(config)?;
-            crate::telemetry::init(settings.log.format);
+            logging.set_format(settings.log.format);
             runtime()?.block_on(crate::daemon::run(settings))?;
         }
         Command::Demo(args) => {
-            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-            // SAFETY: nothing else runs yet; the demo keeps the daemon's logs to warnings.
-            unsafe { std::env::set_var("RUST_LOG", filter) };
-            crate::telemetry::init(crate::config::LogFormat::Text);
+            // The demo tells its own story on stdout: the daemon's logs only warn.
+            Logging::start().set_default_filter("warn");
             runtime()?.block_on(crate::demo::run(args))?;
         }
         Command::Migrate => {
@@ -376,14 +377,6 @@ fn key_status(source: &KeySource) -> String {
             None => format!("# API key: NOT readable here: {}", err.problem),
         },
     }
-}
-
-/// Builds the multi-threaded runtime the async commands run on.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 /// Opens the database read-only for a status command: `--database`, else database.path from

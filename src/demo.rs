@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::api::ApiKey;
-use crate::cli::emit;
 use crate::clock::Clock;
 use crate::config::{Dur, Settings};
 use crate::daemon::Daemon;
 use crate::model::JobState;
+use crate::process::emit;
 use crate::report;
 use crate::sim::{self, SimConfig};
 use crate::store::jobs;

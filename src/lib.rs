@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod metrics;
 pub mod model;
 pub mod printable;
+pub mod process;
 pub mod queue;
 pub mod report;
 pub mod sim;

@@ -2,32 +2,33 @@
 //! batch statuses. The store keeps each as TEXT under the names given here.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use sqlx::Sqlite;
+use ulid::Ulid;
 
-/// A job's id: `job_` then 26 Crockford base32 characters (48 bits of milliseconds, then 80
-/// random bits), so ids sort by creation and never repeat across databases. It is also the
-/// `batchwatch_job_id` metadata value that reconciliation matches on.
+/// A job's id: `job_` then a ULID (26 Crockford base32 characters: 48 bits of milliseconds,
+/// then 80 random bits), so ids sort by creation and never repeat across databases. It is also
+/// the `batchwatch_job_id` metadata value that reconciliation matches on, and a directory name
+/// in the queue: only the canonical (upper-case) spelling parses, so one id is one name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct JobId(String);
-
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 impl JobId {
     pub const PREFIX: &'static str = "job_";
 
     /// A new id for a job created at `unix_ms`.
     pub fn generate(unix_ms: u64) -> JobId {
-        let value: u128 = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80)
-            | (fastrand::u128(..) & ((1u128 << 80) - 1));
-        let mut out = String::with_capacity(Self::PREFIX.len() + 26);
-        out.push_str(Self::PREFIX);
-        for i in (0..26).rev() {
-            out.push(CROCKFORD[((value >> (i * 5)) & 0x1F) as usize] as char);
-        }
-        JobId(out)
+        JobId::from_ulid(Ulid::from_parts(unix_ms, fastrand::u128(..)))
+    }
+
+    fn from_ulid(ulid: Ulid) -> JobId {
+        JobId(format!("{}{ulid}", Self::PREFIX))
+    }
+
+    fn ulid(&self) -> Ulid {
+        Ulid::from_string(&self.0[Self::PREFIX.len()..]).expect("a JobId holds a valid ULID")
     }
 
     pub fn as_str(&self) -> &str {
@@ -36,19 +37,14 @@ impl JobId {
 
     /// When the id was generated (the file claimed), in milliseconds since the epoch.
     pub fn unix_ms(&self) -> u64 {
-        let body = &self.0.as_bytes()[Self::PREFIX.len()..];
-        let value = body.iter().fold(0u128, |acc, b| {
-            let digit = CROCKFORD.iter().position(|c| c == b).unwrap_or(0);
-            (acc << 5) | digit as u128
-        });
-        u64::try_from(value >> 80).unwrap_or(u64::MAX)
+        self.ulid().timestamp_ms()
     }
 
     /// Parses an id, refusing anything that is not of the generated form.
     pub fn parse(s: &str) -> Option<JobId> {
-        let body = s.strip_prefix(Self::PREFIX)?;
-        (body.len() == 26 && body.bytes().all(|b| CROCKFORD.contains(&b)))
-            .then(|| JobId(s.to_owned()))
+        let ulid = Ulid::from_string(s.strip_prefix(Self::PREFIX)?).ok()?;
+        let id = JobId::from_ulid(ulid);
+        (id.0 == s).then_some(id)
     }
 }
 
@@ -58,75 +54,59 @@ impl fmt::Display for JobId {
     }
 }
 
-/// Declares a TEXT-backed enum with a fixed set of names.
-macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "unknown {} {other:?}; expected one of: {}",
-                        stringify!($name),
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-    };
-}
-
-text_enum! {
-    /// Where a job is in its life. See README.md for each state's meaning.
-    JobState {
-        /// Claimed into processing/; being checked.
-        Validating = "validating",
-        /// The file broke a rule; it is in failed/ with its reason. Terminal.
-        Rejected = "rejected",
-        /// Valid; waiting to be submitted (or to be submitted again after a back-off).
-        Queued = "queued",
-        /// An upload or create is under way.
-        Submitting = "submitting",
-        /// Its remote batch is running.
-        Running = "running",
-        /// A cancel was asked for (deadline or operator); following the batch to its end.
-        Cancelling = "cancelling",
-        /// The batch ended; results are being downloaded.
-        Collecting = "collecting",
-        /// Finished; the file is in done/. Terminal.
-        Completed = "completed",
-        /// The remote batch failed, or vanished; the file is in failed/. Terminal.
-        Failed = "failed",
-        /// The batch expired before it finished; partial results kept. Terminal.
-        Expired = "expired",
-        /// Cancelled at its deadline or by an operator; partial results kept. Terminal.
-        Cancelled = "cancelled",
-    }
+/// Where a job is in its life. See README.md for each state's meaning.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum JobState {
+    /// Claimed into processing/; being checked.
+    Validating,
+    /// The file broke a rule; it is in failed/ with its reason. Terminal.
+    Rejected,
+    /// Valid; waiting to be submitted (or to be submitted again after a back-off).
+    Queued,
+    /// An upload or create is under way.
+    Submitting,
+    /// Its remote batch is running.
+    Running,
+    /// A cancel was asked for (deadline or operator); following the batch to its end.
+    Cancelling,
+    /// The batch ended; results are being downloaded.
+    Collecting,
+    /// Finished; the file is in done/. Terminal.
+    Completed,
+    /// The remote batch failed, or vanished; the file is in failed/. Terminal.
+    Failed,
+    /// The batch expired before it finished; partial results kept. Terminal.
+    Expired,
+    /// Cancelled at its deadline or by an operator; partial results kept. Terminal.
+    Cancelled,
 }
 
 impl JobState {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [JobState] = <JobState as strum::VariantArray>::VARIANTS;
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
     /// The final states: the job's file is in done/ or failed/ and nothing changes any more.
     /// (The schema's `jobs.terminal` column is tested to agree.)
     pub const TERMINAL: [JobState; 5] = [
@@ -142,29 +122,53 @@ impl JobState {
     }
 }
 
-text_enum! {
-    /// batchwatch's own step for one submission (a row of `batches`).
-    SubmissionState {
-        /// Intent recorded; not yet uploaded (may wait for `not_before`).
-        Queued = "queued",
-        /// The upload is under way, or its outcome is being reconciled.
-        Uploading = "uploading",
-        /// The create is under way, or its outcome is being reconciled.
-        Creating = "creating",
-        /// The remote batch exists and is polled.
-        Active = "active",
-        /// The remote batch ended; its files are being downloaded.
-        Collecting = "collecting",
-        /// Done with; results (if any) are downloaded. Terminal.
-        Finished = "finished",
-        /// Never created remotely (cancelled first, or refused). Terminal.
-        Abandoned = "abandoned",
-        /// The remote batch vanished (404). Terminal.
-        Lost = "lost",
-    }
+/// batchwatch's own step for one submission (a row of `batches`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "TEXT", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum SubmissionState {
+    /// Intent recorded; not yet uploaded (may wait for `not_before`).
+    Queued,
+    /// The upload is under way, or its outcome is being reconciled.
+    Uploading,
+    /// The create is under way, or its outcome is being reconciled.
+    Creating,
+    /// The remote batch exists and is polled.
+    Active,
+    /// The remote batch ended; its files are being downloaded.
+    Collecting,
+    /// Done with; results (if any) are downloaded. Terminal.
+    Finished,
+    /// Never created remotely (cancelled first, or refused). Terminal.
+    Abandoned,
+    /// The remote batch vanished (404). Terminal.
+    Lost,
 }
 
 impl SubmissionState {
+    /// Every value, in declaration order.
+    pub const ALL: &'static [SubmissionState] = <SubmissionState as strum::VariantArray>::VARIANTS;
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
     /// The final states: done with, whatever became of its batch. (The schema's
     /// `batches.terminal` column is tested to agree.)
     pub const TERMINAL: [SubmissionState; 3] = [
@@ -268,6 +272,35 @@ impl<'de> Deserialize<'de> for BatchStatus {
     }
 }
 
+// Stored as its `as_str`, read back with `parse`: by hand, not derived, because a status the
+// service sends that batchwatch does not know is kept verbatim.
+impl sqlx::Type<Sqlite> for BatchStatus {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <str as sqlx::Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <str as sqlx::Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl sqlx::Encode<'_, Sqlite> for BatchStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <String as sqlx::Encode<Sqlite>>::encode(self.as_str().to_owned(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Sqlite> for BatchStatus {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(BatchStatus::parse(<&str as sqlx::Decode<Sqlite>>::decode(
+            value,
+        )?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +308,7 @@ mod tests {
     #[test]
     fn job_ids_sort_by_time_and_parse_back() {
         let a = JobId::generate(1_700_000_000_000);
+        assert!(a.as_str().starts_with("job_01HF7YAT00"), "{a}");
         let b = JobId::generate(1_700_000_000_001);
         assert!(a < b);
         assert_eq!(a.as_str().len(), 30);
@@ -282,6 +316,28 @@ mod tests {
         assert_eq!(a.unix_ms(), 1_700_000_000_000);
         assert_eq!(JobId::parse("job_short"), None);
         assert_eq!(JobId::parse(&a.as_str().replace("job_", "jab_")), None);
+        assert_eq!(
+            JobId::parse(&a.as_str().to_lowercase().replace("JOB_", "job_")),
+            None
+        );
+        // More than 128 bits: the first character carries only three.
+        assert_eq!(JobId::parse("job_8ZZZZZZZZZZZZZZZZZZZZZZZZZ"), None);
+    }
+
+    /// Ids made by the hand-written generator before the `ulid` crate, as found in databases
+    /// and queue directories of earlier versions: they parse, unchanged, with their time.
+    #[test]
+    fn ids_from_earlier_versions_still_parse_with_their_time() {
+        for (old, ms) in [
+            ("job_01KF8Q0B8ZX9XNXDB1MGGP6RV9", 1_768_745_348_383),
+            ("job_01HF7YAT00HD99FDTGJ8YEPFZX", 1_700_000_000_000),
+            ("job_00000000000000000000000000", 0),
+            ("job_7ZZZZZZZZZZZZZZZZZZZZZZZZZ", (1 << 48) - 1),
+        ] {
+            let id = JobId::parse(old).unwrap_or_else(|| panic!("{old} no longer parses"));
+            assert_eq!(id.as_str(), old);
+            assert_eq!(id.unix_ms(), ms, "{old}");
+        }
     }
 
     #[test]
@@ -300,11 +356,16 @@ mod tests {
     }
 
     #[test]
-    fn text_enums_round_trip_and_name_the_choices_on_error() {
+    fn text_enums_round_trip_under_their_stored_names() {
         for s in JobState::ALL {
             assert_eq!(s.as_str().parse::<JobState>().unwrap(), *s);
+            assert_eq!(s.to_string(), s.as_str());
         }
-        let err = "bogus".parse::<JobState>().unwrap_err();
-        assert!(err.contains("validating, rejected"), "{err}");
+        for s in SubmissionState::ALL {
+            assert_eq!(s.as_str().parse::<SubmissionState>().unwrap(), *s);
+        }
+        assert_eq!(JobState::Running.as_str(), "running");
+        assert_eq!(SubmissionState::Active.as_str(), "active");
+        assert!("bogus".parse::<JobState>().is_err());
     }
 }

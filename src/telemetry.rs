@@ -2,30 +2,76 @@
 //! one JSON object per line. Everything goes to stderr, which journald captures. In text lines,
 //! control characters in messages and fields (a file name holding a newline or an escape
 //! sequence) are escaped ([`crate::printable`]), so one event is always one line.
+//!
+//! Logging is up before the configuration is read, in text, so that an error in reading it is
+//! logged like any other; [`Logging::set_format`] then applies `log.format` from it.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. Later calls (tests start several daemons) are no-ops.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder
+/// The subscriber under the format layer: the registry with the filter.
+type Filtered = Layered<reload::Layer<EnvFilter, Registry>, Registry>;
+
+/// The layer that writes lines, text or JSON.
+type Lines = Box<dyn Layer<Filtered> + Send + Sync>;
+
+/// The process's logging once [`Logging::start`] has installed it: handles to change its filter
+/// and its format later.
+pub struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+    format: reload::Handle<Lines, Filtered>,
+}
+
+impl Logging {
+    /// Installs the global subscriber: text lines to stderr, filtered by `RUST_LOG` (default
+    /// `info`). A second call (a process that has a subscriber already) changes nothing.
+    pub fn start() -> Logging {
+        let (filter, filter_handle) = reload::Layer::new(filter_or("info"));
+        let (format, format_handle) = reload::Layer::new(lines(LogFormat::Text));
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(format)
+            .try_init();
+        Logging {
+            filter: filter_handle,
+            format: format_handle,
+        }
+    }
+
+    /// Writes lines in `format` from now on.
+    pub fn set_format(&self, format: LogFormat) {
+        let _ = self.format.reload(lines(format));
+    }
+
+    /// Filters with `default` from now on, unless `RUST_LOG` says otherwise.
+    pub fn set_default_filter(&self, default: &str) {
+        let _ = self.filter.reload(filter_or(default));
+    }
+}
+
+/// The filter `RUST_LOG` gives, or `default` when it is unset or not a filter.
+fn filter_or(default: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+fn lines(format: LogFormat) -> Lines {
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer
             .fmt_fields(crate::printable::EscapedFields)
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder
+            .boxed(),
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-    };
+            .boxed(),
+    }
 }
 
 /// Formats an error with its whole cause chain, for a message or a log field. A cause whose

@@ -239,7 +239,7 @@ impl Daemon {
             round_failures: 0,
             claiming: true,
             verify_due: true,
-            notifier: notify::Notifier::default(),
+            notifier: notify::Notifier::new(),
             health,
             endpoint,
             stuck: stuck::Watch::default(),

@@ -21,12 +21,22 @@ fn send(states: &[NotifyState<'_>]) {
 /// What was last told to systemd, and when.
 #[derive(Debug, Default)]
 pub struct Notifier {
+    /// Whether anyone listens (systemd set `NOTIFY_SOCKET`): the status line costs two queries,
+    /// not worth running for nobody.
+    listening: bool,
     status: String,
     status_at: Option<Timestamp>,
     watchdog_at: Option<Timestamp>,
 }
 
 impl Notifier {
+    pub fn new() -> Notifier {
+        Notifier {
+            listening: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            ..Notifier::default()
+        }
+    }
+
     /// Start-up is complete.
     pub async fn ready(&mut self, ctx: &Ctx) {
         let status = status_line(ctx, 0).await;
@@ -49,7 +59,7 @@ impl Notifier {
             send(&[NotifyState::Watchdog]);
             self.watchdog_at = Some(now);
         }
-        if clock::add(status_at, STATUS_EVERY) <= now {
+        if self.listening && clock::add(status_at, STATUS_EVERY) <= now {
             let line = status_line(ctx, in_flight).await;
             self.status_at = Some(now);
             if line != self.status {

@@ -42,7 +42,7 @@ use crate::api::{ApiError, Batch};
 use crate::clock::{self, Timestamp};
 use crate::config::PollMode;
 use crate::model::SubmissionState;
-use crate::store::batches::{self, Tracked};
+use crate::store::batches::{self, PollLoad, Tracked};
 use crate::store::{StoreError, transitions};
 
 /// Batches per list page: the most the API gives.
@@ -68,9 +68,14 @@ impl Sweeps {
     }
 }
 
-/// Whether the polls due now are best done by a sweep, given how many are `due_now`, how many
-/// are due within `poll.min_interval` (`due_soon`) and how many submissions are `active`.
-pub fn wanted(mode: PollMode, sweeps: &Sweeps, due_now: i64, due_soon: i64, active: i64) -> bool {
+/// Whether the polls due now are best done by a sweep, given how many are due now and within
+/// `poll.min_interval`, of how many active.
+pub fn wanted(mode: PollMode, sweeps: &Sweeps, load: PollLoad) -> bool {
+    let PollLoad {
+        due_now,
+        due_soon,
+        active,
+    } = load;
     match mode {
         PollMode::Retrieve => false,
         PollMode::List => due_now > 0,
@@ -88,13 +93,9 @@ pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
     }
     let now = ctx.clock.now();
     let soon = clock::add(now, ctx.settings.poll.min_interval.get());
-    let reader = ctx.store.reader();
-    let (due_now, active) = batches::poll_load(reader, &clock::format(now)).await?;
-    if due_now == 0 {
-        return Ok(false);
-    }
-    let (due_soon, _) = batches::poll_load(reader, &clock::format(soon)).await?;
-    Ok(wanted(mode, &ctx.sweeps, due_now, due_soon, active))
+    let (now, soon) = (clock::format(now), clock::format(soon));
+    let load = batches::poll_load(ctx.store.reader(), &now, &soon).await?;
+    Ok(wanted(mode, &ctx.sweeps, load))
 }
 
 /// One sweep; `busy` are submissions another task is working on, left to it.
@@ -285,4 +286,40 @@ async fn postpone(
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(due_now: i64, due_soon: i64, active: i64) -> PollLoad {
+        PollLoad {
+            due_now,
+            due_soon,
+            active,
+        }
+    }
+
+    #[test]
+    fn auto_sweeps_when_a_sweep_costs_fewer_requests_than_the_retrieves_due() {
+        let fresh = Sweeps::default();
+        let auto = |l| wanted(PollMode::Auto, &fresh, l);
+        assert!(!auto(load(0, 5000, 10_000)), "nothing due now");
+        assert!(!auto(load(3, 3, 3)), "a handful: retrieve");
+        assert!(!auto(load(1, 50, 10_000)), "50 retrieves beat 100 pages");
+        assert!(auto(load(1, 500, 10_000)), "500 retrieves do not");
+        assert!(auto(load(1, 20, 20)), "twenty fit on one page");
+        let known = Sweeps::default();
+        known.last_pages.store(7, Ordering::Relaxed);
+        assert!(!wanted(PollMode::Auto, &known, load(1, 6, 6)));
+        assert!(wanted(PollMode::Auto, &known, load(1, 8, 8)));
+    }
+
+    #[test]
+    fn list_sweeps_whenever_a_poll_is_due_and_retrieve_never() {
+        let s = Sweeps::default();
+        assert!(wanted(PollMode::List, &s, load(1, 1, 1)));
+        assert!(!wanted(PollMode::List, &s, load(0, 9, 9)));
+        assert!(!wanted(PollMode::Retrieve, &s, load(500, 500, 500)));
+    }
 }

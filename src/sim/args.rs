@@ -185,8 +185,7 @@ impl From<&SimArgs> for SimConfig {
 
 /// Runs the simulator until SIGTERM or SIGINT, then stops cleanly.
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
-    crate::telemetry::init(args.log_format);
-    let runtime = crate::cli::runtime()?;
+    let runtime = crate::process::runtime()?;
     runtime.block_on(async {
         let handle = start(args.listen, SimConfig::from(&args)).await?;
         // Tests and scripts read the address from the first line. Nobody has to read the rest,
@@ -199,7 +198,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             handle.seed(),
             handle.data_dir().display()
         );
-        let _ = crate::cli::emit(&banner);
+        let _ = crate::process::emit(&banner);
         wait_for_signal().await?;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await

@@ -409,17 +409,33 @@ pub async fn tracked(db: impl SqliteExecutor<'_>) -> Result<Vec<Tracked>, StoreE
     .await?)
 }
 
-/// How many active submissions are due for a poll by `by`, and how many are active.
-pub async fn poll_load(db: impl SqliteExecutor<'_>, by: &str) -> Result<(i64, i64), StoreError> {
-    let row = sqlx::query!(
-        r#"SELECT count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?) AS "due!: i64",
+/// How many polls are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollLoad {
+    /// Active submissions due for a poll now.
+    pub due_now: i64,
+    /// ... and by `soon`.
+    pub due_soon: i64,
+    pub active: i64,
+}
+
+/// How many active submissions are due for a poll at `now` and by `soon`, of how many.
+pub async fn poll_load(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+    soon: &str,
+) -> Result<PollLoad, StoreError> {
+    Ok(sqlx::query_as!(
+        PollLoad,
+        r#"SELECT count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?1) AS "due_now!: i64",
+                  count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?2) AS "due_soon!: i64",
                   count(*) AS "active!: i64"
            FROM batches WHERE state = 'active'"#,
-        by
+        now,
+        soon
     )
     .fetch_one(db)
-    .await?;
-    Ok((row.due, row.active))
+    .await?)
 }
 
 /// The earliest stored time at which something becomes due: a poll (`""` when one is due

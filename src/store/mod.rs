@@ -31,8 +31,6 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-use crate::model::{BatchStatus, JobState, SubmissionState};
-
 /// The WAL is checkpointed once it holds this many pages (of 4 KiB): 1 MiB.
 pub const WAL_CHECKPOINT_PAGES: u32 = 256;
 
@@ -168,6 +166,9 @@ impl Store {
             Some(
                 SqlitePoolOptions::new()
                     .max_connections(1)
+                    // A local file: a ping before every query doubles the hand-offs to
+                    // SQLite's thread and finds nothing a failed query would not.
+                    .test_before_acquire(false)
                     .connect_with(opts)
                     .await
                     .map_err(open_err)?,
@@ -175,6 +176,7 @@ impl Store {
         };
         let read = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options(path, busy_timeout).read_only(true))
             .await
             .map_err(open_err)?;
@@ -473,43 +475,3 @@ async fn expected_objects() -> Result<BTreeMap<(String, String), String>, StoreE
 fn normalise(sql: &str) -> String {
     sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
-
-/// Stores a TEXT-backed enum by its name.
-macro_rules! text_column {
-    ($ty:ty, $decode:expr) => {
-        impl sqlx::Type<Sqlite> for $ty {
-            fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-                <String as sqlx::Type<Sqlite>>::type_info()
-            }
-
-            fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-                <String as sqlx::Type<Sqlite>>::compatible(ty)
-            }
-        }
-
-        impl sqlx::Encode<'_, Sqlite> for $ty {
-            fn encode_by_ref(
-                &self,
-                buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <String as sqlx::Encode<Sqlite>>::encode(self.as_str().to_owned(), buf)
-            }
-        }
-
-        impl<'r> sqlx::Decode<'r, Sqlite> for $ty {
-            fn decode(
-                value: sqlx::sqlite::SqliteValueRef<'r>,
-            ) -> Result<Self, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<Sqlite>>::decode(value)?;
-                #[allow(clippy::redundant_closure_call)]
-                ($decode)(text)
-            }
-        }
-    };
-}
-
-text_column!(JobState, |t: &str| JobState::from_str(t)
-    .map_err(Into::into));
-text_column!(SubmissionState, |t: &str| SubmissionState::from_str(t)
-    .map_err(Into::into));
-text_column!(BatchStatus, |t: &str| Ok(BatchStatus::parse(t)));

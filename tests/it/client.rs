@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use crate::support::bigfile::write_jsonl;
 use crate::support::client::{api_client, api_client_with, client_settings};
 use crate::support::sim::{TestSim, chat_lines, fast_clock, spawn_sim, stopped_clock};
+use crate::support::{KEY, wait_until};
 
 /// Writes `content` to a new file in `dir`.
 fn file_with(dir: &Path, name: &str, content: &[u8]) -> std::path::PathBuf {
@@ -162,15 +163,11 @@ async fn batch_runs_from_create_to_completed_and_its_output_downloads() {
     );
     assert_eq!(created.raw["id"], created.id.as_str());
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let done = loop {
+    let done = wait_until("the batch finished", Duration::from_secs(10), async || {
         let batch = client.retrieve_batch(&created.id).await.unwrap();
-        if batch.status.is_terminal() {
-            break batch;
-        }
-        assert!(Instant::now() < deadline, "never finished: {batch:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        (batch.status.is_terminal(), batch)
+    })
+    .await;
     assert_eq!(done.status, BatchStatus::Completed);
     assert_eq!(
         done.request_counts.map(|c| (c.total, c.completed)),
@@ -773,7 +770,6 @@ impl Write for Captured {
 
 #[tokio::test]
 async fn api_key_appears_in_no_error_debug_output_or_log_line() {
-    const SECRET: &str = "sk-live-DO-NOT-LOG-4f1c9e7a";
     const WRONG: &str = "sk-wrong-DO-NOT-LOG-88d0b1";
     let logs = Captured::default();
     let writer = logs.clone();
@@ -788,12 +784,12 @@ async fn api_key_appears_in_no_error_debug_output_or_log_line() {
     );
 
     let sim = spawn_sim(SimConfig {
-        api_key: Some(SecretString::from(SECRET)),
+        api_key: Some(SecretString::from(KEY)),
         ..stopped_clock()
     })
     .await;
     let s = client_settings(&sim.root);
-    let client = Client::new(&s.api, &s.limits, ApiKey::new(SECRET).unwrap()).unwrap();
+    let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
     let wrong = Client::new(&s.api, &s.limits, ApiKey::new(WRONG).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let input = upload(&client, dir.path(), &chat_lines(2, "gpt-4o-mini")).await;
@@ -850,7 +846,7 @@ async fn api_key_appears_in_no_error_debug_output_or_log_line() {
         logged.contains("retrying after a transient error"),
         "{logged}"
     );
-    for key in [SECRET, WRONG] {
+    for key in [KEY, WRONG] {
         assert!(!seen.contains(key), "the key leaked into an error:\n{seen}");
         assert!(
             !logged.contains(key),

@@ -237,6 +237,30 @@ fn run_with_a_bad_config_exits_78_before_doing_anything() {
     );
 }
 
+/// `batchwatch run` logs from its first moment, before it reads its configuration: an error in
+/// the configuration reaches the log (the journal, under systemd) as an ERROR line naming the
+/// key, beside the plain message.
+#[test]
+fn run_logs_a_configuration_error_as_an_error_line() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[poll]\nmin_interval = \"soon\"\n");
+    let out = run(Some(&config), &["run"]);
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logged = stderr
+        .lines()
+        .find(|l| l.contains(" ERROR "))
+        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
+    assert!(
+        logged.contains("configuration error") && logged.contains("`poll.min_interval`"),
+        "{logged}"
+    );
+    assert!(
+        stderr.contains("batchwatch: invalid configuration: `poll.min_interval`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn check_config_prints_the_effective_configuration() {
     let sandbox = Sandbox::new();

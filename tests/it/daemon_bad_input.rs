@@ -1,5 +1,6 @@
-//! Bad input: every kind of bad file ends in failed/ with a reason that names the rule (and the
-//! line), its original bytes unchanged, and the daemon keeps running.
+//! Bad input: every kind of bad file (malformed, special, unreadable, a FIFO for a sidecar, a
+//! name too long for the queue's prefixes) ends in failed/ with a reason that names the rule
+//! (and the line), its original bytes unchanged, and the daemon keeps running and restarts.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -10,9 +11,10 @@ use std::time::Duration;
 
 use batchwatch::model::JobState;
 
-use crate::support::daemon::{Env, KEY, quick_sim, requests};
+use crate::support::daemon::{Env, quick_sim, requests};
 use crate::support::process::{Running, bin};
 use crate::support::sim::spawn_sim;
+use crate::support::{KEY, poll_until};
 
 fn line(id: &str, model: &str, url: &str) -> String {
     format!(
@@ -276,6 +278,13 @@ fn spawn_unprivileged(env: &Env) -> Running {
     daemon
 }
 
+/// Makes a FIFO at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
 fn make_special(incoming: &Path, name: &str) {
     let path = incoming.join(name);
     match name {
@@ -289,11 +298,7 @@ fn make_special(incoming: &Path, name: &str) {
                 std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
             }
         }
-        "fifo.jsonl" => {
-            let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-            // SAFETY: a valid path and mode.
-            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        }
+        "fifo.jsonl" => mkfifo(&path),
         "unreadable.jsonl" => {
             std::fs::write(&path, ok("a")).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -568,4 +573,158 @@ async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table(
     // The files themselves keep their names.
     assert!(env.dir("done").join(name).exists());
     assert!(env.dir("failed").join(bad).exists());
+}
+
+/// Starts the daemon again and watches it for three seconds; returns it, and how it exited if it
+/// did (a start whose recovery fails ends the process).
+async fn restart_and_watch(env: &Env) -> (Running, Option<std::process::ExitStatus>) {
+    let mut again = env.spawn();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let exited = again.child.try_wait().unwrap();
+    again.drain();
+    (again, exited)
+}
+
+/// intake::register reads the sidecar with `std::fs::read` on the daemon's main loop, following
+/// whatever it is. A FIFO named `NAME.jsonl.toml` blocks that read forever: the loop stops, so
+/// no other file is ever claimed, polled or finished (and a restart blocks again in recover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    mkfifo(&env.dir("incoming").join("stall.jsonl.toml"));
+    env.drop_file(
+        "stall.jsonl",
+        requests("stall", 2, "gpt-4o-mini").as_bytes(),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.drop_file(
+        "other.jsonl",
+        requests("other", 2, "gpt-4o-mini").as_bytes(),
+    );
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(30), &mut daemon)
+        .await;
+    let other = jobs.iter().find(|j| j.file_name == "other.jsonl").unwrap();
+    assert_eq!(other.state, JobState::Completed);
+}
+
+/// A name of 219..=223 bytes fits in incoming/ and, with the 32-byte `JOBID__` prefix, in
+/// processing/, but its sidecar `JOBID__NAME.toml` does not (ENAMETOOLONG). Queue::claim moves
+/// the file, then fails on the sidecar, so scan_and_claim treats the whole claim as failed: the
+/// file sits in processing/ with no job row and the sidecar stays in incoming/. At the next
+/// start, intake::recover retries the sidecar move, fails again, and `Daemon::start` returns the
+/// error: the daemon cannot start at all until someone removes the file by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_start() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let daemon = env.spawn();
+    let name = format!("{}.jsonl", "n".repeat(214)); // 220 bytes
+    std::fs::write(
+        env.dir("incoming").join(format!("{name}.toml")),
+        "deadline = \"1h\"\n",
+    )
+    .unwrap();
+    env.drop_file(&name, requests("long", 2, "gpt-4o-mini").as_bytes());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stranded = env.names("processing");
+    let rows = env.jobs().await.len();
+    env.stop(daemon);
+
+    let (again, exited) = restart_and_watch(&env).await;
+    assert!(
+        exited.is_none(),
+        "the restarted daemon exited ({exited:?}); before the restart processing/ held {stranded:?} \
+         with {rows} job rows; log:\n{}",
+        again.seen.join("\n")
+    );
+    let finished = poll_until(Duration::from_secs(20), async || {
+        (
+            env.names("done").contains(&name) || env.names("failed").contains(&name),
+            (),
+        )
+    })
+    .await
+    .is_ok();
+    assert!(
+        finished,
+        "incoming/ {:?} processing/ {:?}",
+        env.names("incoming"),
+        env.names("processing")
+    );
+}
+
+/// A name of 224..=255 bytes cannot get the `JOBID__` prefix in processing/: the claim fails with
+/// ENAMETOOLONG, scan_and_claim only warns and holds it for a minute, and it is tried again
+/// every minute forever. The file never leaves incoming/ and no reason is ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_whose_name_is_too_long_to_claim_is_rejected_with_a_reason() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let name = format!("{}.jsonl", "x".repeat(230));
+    env.drop_file(&name, requests("toolong", 2, "gpt-4o-mini").as_bytes());
+    let left = poll_until(Duration::from_secs(10), async || {
+        (env.names("incoming").is_empty(), ())
+    })
+    .await
+    .is_ok();
+    daemon.drain();
+    assert!(
+        left,
+        "still in incoming/ after 10s, failed/ holds {:?}; log:\n{}",
+        env.names("failed"),
+        daemon
+            .seen
+            .iter()
+            .filter(|l| l.contains("cannot move"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// A rejected file goes to `failed/NAME`, or to `failed/JOBID__NAME` when NAME is taken there.
+/// For a name of 212..=223 bytes, `failed/JOBID__NAME.reason.json` is longer than 255 bytes:
+/// Queue::finish fails writing the reason file *after* the job was committed as rejected. Nothing
+/// retries settle_file for a terminal job while the daemon runs (jobs::finishable only lists
+/// unfinished jobs), so the file stays in processing/; and at the next start intake::recover
+/// hits the same error and the daemon refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_rejected_file_of_a_long_name_reaches_failed_and_the_daemon_restarts() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let daemon = env.spawn();
+    let name = format!("{}.jsonl", "r".repeat(209)); // 215 bytes
+    env.drop_file(&name, b"not json\n");
+    assert!(
+        poll_until(Duration::from_secs(10), async || (
+            env.names("failed").contains(&name),
+            ()
+        ))
+        .await
+        .is_ok()
+    );
+    env.drop_file(&name, b"still not json\n");
+    let moved = poll_until(Duration::from_secs(10), async || {
+        (
+            env.names("processing").is_empty() && env.names("incoming").is_empty(),
+            (),
+        )
+    })
+    .await
+    .is_ok();
+    let jobs = env.jobs().await;
+    env.stop(daemon);
+    let (again, exited) = restart_and_watch(&env).await;
+    assert!(
+        moved && exited.is_none(),
+        "second file left processing/: {moved}; job states {:?}; processing/ {:?}; \
+         restarted daemon exited: {exited:?}; log:\n{}",
+        jobs.iter().map(|j| j.state).collect::<Vec<_>>(),
+        env.names("processing"),
+        again.seen.join("\n")
+    );
 }

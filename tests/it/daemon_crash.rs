@@ -105,17 +105,16 @@ async fn a_download_killed_midway_leaves_no_temporary_file_after_a_restart() {
             })
             .unwrap_or_default()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let job_dir = loop {
-        let dirs: Vec<_> = std::fs::read_dir(&results)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default();
-        if let Some(dir) = dirs.into_iter().find(|d| !temp_of(d).is_empty()) {
-            break dir;
-        }
-        assert!(std::time::Instant::now() < deadline, "no download started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let job_dir =
+        crate::support::wait_until("a download started", Duration::from_secs(30), async || {
+            let dirs: Vec<_> = std::fs::read_dir(&results)
+                .map(|rd| rd.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            let dir = dirs.into_iter().find(|d| !temp_of(d).is_empty());
+            (dir.is_some(), dir)
+        })
+        .await
+        .unwrap();
     daemon.signal(libc::SIGKILL);
     wait_crash(&mut daemon, Duration::from_secs(10));
     let leftover = temp_of(&job_dir);

@@ -1,13 +1,17 @@
-//! The daemon from file to results: many files, deadlines, operator cancels, split files,
-//! vanished batches, and what the database says about it all.
+//! The daemon from file to results: many files, split files, vanished, failed or expired
+//! batches, results that cannot be downloaded, a file that grows after its claim, and what the
+//! database says about it all.
 
 use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::store::{batches, history};
 
-use crate::support::daemon::{Env, quick_sim, requests, slow_sim};
+use crate::support::daemon::{
+    Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,
+};
 use crate::support::sim::spawn_sim;
+use crate::support::{read_json, wait_until};
 
 /// Whether `part` appears in `whole` in order (not necessarily next to each other).
 fn is_subsequence(part: &[String], whole: &[String]) -> bool {
@@ -126,128 +130,6 @@ async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
     env.assert_key_nowhere_on_disk();
 }
 
-/// Reads a JSON file.
-fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(
-        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-    )
-    .unwrap()
-}
-
-fn output_lines(env: &Env, job: &batchwatch::store::jobs::Job) -> usize {
-    let dir = env
-        .sandbox
-        .queue_dir()
-        .join(job.results_dir.as_deref().expect("a results dir"));
-    std::fs::read_to_string(dir.join("output.jsonl"))
-        .map(|s| s.lines().count())
-        .unwrap_or(0)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
-    let sim = spawn_sim(slow_sim(30.0)).await;
-    let env = Env::new(&sim.handle.base_url(), "");
-    let mut daemon = env.spawn();
-    env.drop_file("late.jsonl.toml", b"deadline = \"1500ms\"\n");
-    let content = requests("late", 100, "gpt-4o-mini");
-    env.drop_file("late.jsonl", content.as_bytes());
-    let jobs = env
-        .wait_finished(1, Duration::from_secs(30), &mut daemon)
-        .await;
-    env.stop(daemon);
-
-    let job = &jobs[0];
-    assert_eq!(job.state, JobState::Cancelled);
-    assert_eq!(job.reason_code.as_deref(), Some("deadline"));
-    assert_eq!(
-        std::fs::read_to_string(env.dir("failed").join("late.jsonl")).unwrap(),
-        content
-    );
-    assert!(
-        env.dir("failed").join("late.jsonl.toml").exists(),
-        "the sidecar travels with its file"
-    );
-    let reason = json(&env.dir("failed").join("late.jsonl.reason.json"));
-    assert_eq!(reason["code"], "deadline");
-    assert_eq!(reason["state"], "cancelled");
-    assert!(
-        reason["results_dir"]
-            .as_str()
-            .unwrap()
-            .starts_with("results/")
-    );
-    let partial = output_lines(&env, job);
-    assert!(
-        (1..100).contains(&partial),
-        "partial results: {partial} of 100"
-    );
-    let manifest = json(
-        &env.sandbox
-            .queue_dir()
-            .join(job.results_dir.as_deref().unwrap())
-            .join("manifest.json"),
-    );
-    assert_eq!(manifest["state"], "cancelled");
-
-    // Followed through cancelling to the end, as the simulator saw it and as the database says.
-    let stats = sim.handle.stats().await;
-    let sim_statuses: Vec<&str> = stats.batches[0]
-        .history
-        .iter()
-        .map(|t| t.status.as_str())
-        .collect();
-    assert_eq!(
-        &sim_statuses[sim_statuses.len() - 2..],
-        ["cancelling", "cancelled"]
-    );
-    let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
-    assert_eq!(sub.status.as_ref().map(|s| s.as_str()), Some("cancelled"));
-    assert!(sub.cancel_requested_at.is_some() && sub.cancel_sent_at.is_some());
-    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
-        .await
-        .unwrap();
-    assert!(
-        events
-            .iter()
-            .any(|e| e.message.contains("deadline") && e.message.contains("passed")),
-        "{events:?}"
-    );
-    assert!(events.iter().any(|e| e.state == JobState::Cancelling));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
-    let sim = spawn_sim(slow_sim(30.0)).await;
-    let env = Env::new(&sim.handle.base_url(), "");
-    let mut daemon = env.spawn();
-    env.drop_file("ops.jsonl", requests("ops", 20, "gpt-4o-mini").as_bytes());
-    let job = loop {
-        let jobs = env.jobs().await;
-        if let Some(j) = jobs.into_iter().find(|j| j.state == JobState::Running) {
-            break j;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let out = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
-    assert!(
-        out.contains("cancel of") && out.contains("asked for"),
-        "{out}"
-    );
-    let again = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
-    assert!(again.contains("already asked for (operator)"), "{again}");
-    let jobs = env
-        .wait_finished(1, Duration::from_secs(30), &mut daemon)
-        .await;
-    env.stop(daemon);
-    assert_eq!(jobs[0].state, JobState::Cancelled);
-    assert_eq!(jobs[0].reason_code.as_deref(), Some("operator"));
-    let late = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
-    assert!(late.contains("is already cancelled"), "{late}");
-    assert!(env.dir("failed").join("ops.jsonl.reason.json").exists());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_file_is_split_into_batches_and_its_results_merged() {
     let sim = spawn_sim(quick_sim()).await;
@@ -263,12 +145,12 @@ async fn an_oversized_file_is_split_into_batches_and_its_results_merged() {
     env.stop(daemon);
     let job = &jobs[0];
     assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
-    assert_eq!(output_lines(&env, job), 25);
+    assert_eq!(env.output_lines(job), 25);
     let dir = env
         .sandbox
         .queue_dir()
         .join(job.results_dir.as_deref().unwrap());
-    let manifest = json(&dir.join("manifest.json"));
+    let manifest = read_json(&dir.join("manifest.json"));
     assert_eq!(manifest["batches"].as_array().unwrap().len(), 3);
     assert_eq!(manifest["request_counts"]["total"], 25);
     // Only the merged files remain.
@@ -296,23 +178,18 @@ async fn a_vanished_batch_is_lost_never_running() {
     let env = Env::new(&sim.handle.base_url(), "");
     let mut daemon = env.spawn();
     env.drop_file("gone.jsonl", requests("gone", 5, "gpt-4o-mini").as_bytes());
-    let remote = loop {
+    let remote = wait_until("the batch created", Duration::from_secs(30), async || {
+        let job = env.jobs().await.first().map(|j| j.id.clone());
         let store = env.store().await;
-        let subs = batches::for_job(
-            store.reader(),
-            &env.jobs()
-                .await
-                .first()
-                .map(|j| j.id.clone())
-                .unwrap_or_default(),
-        )
-        .await
-        .unwrap();
-        if let Some(id) = subs.first().and_then(|s| s.remote_id.clone()) {
-            break id;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let subs = batches::for_job(store.reader(), &job.unwrap_or_default())
+            .await
+            .unwrap();
+        store.close().await;
+        let remote = subs.first().and_then(|s| s.remote_id.clone());
+        (remote.is_some(), remote)
+    })
+    .await
+    .unwrap();
     assert!(sim.handle.vanish(&remote).await);
     let jobs = env
         .wait_finished(1, Duration::from_secs(30), &mut daemon)
@@ -324,7 +201,7 @@ async fn a_vanished_batch_is_lost_never_running() {
     let sub = &batches::for_job(store.reader(), &jobs[0].id).await.unwrap()[0];
     assert_eq!(sub.state, batchwatch::model::SubmissionState::Lost);
     assert_eq!(
-        json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
+        read_json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
         "batch_lost"
     );
 }
@@ -360,7 +237,7 @@ async fn a_batch_the_service_fails_or_expires_ends_its_job_with_the_reason() {
     let expired = by_name("slow.jsonl");
     assert_eq!(expired.state, JobState::Expired, "{:?}", expired.reason);
     assert_eq!(
-        json(&env.dir("failed").join("slow.jsonl.reason.json"))["code"],
+        read_json(&env.dir("failed").join("slow.jsonl.reason.json"))["code"],
         "expired"
     );
 }
@@ -412,11 +289,11 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
         "{reason}"
     );
     assert_eq!(
-        json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
+        read_json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
         "results_missing"
     );
     let results = env.dir("results").join(&job.id);
-    let manifest = json(&results.join("manifest.json"));
+    let manifest = read_json(&results.join("manifest.json"));
     assert_eq!(manifest["state"], "failed");
     assert_eq!(manifest["output_file"], serde_json::Value::Null);
     assert_eq!(manifest["error_file"], "errors.jsonl");
@@ -424,56 +301,6 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
         !std::fs::read(results.join("errors.jsonl"))
             .unwrap()
             .is_empty()
-    );
-}
-
-/// A simulator that completes batches quickly but answers 500 on every result download.
-async fn sim_that_never_serves_results() -> crate::support::sim::TestSim {
-    use batchwatch::sim::{ErrorStatus, FaultKind, ScriptedFault};
-    let sim = spawn_sim(quick_sim()).await;
-    sim.handle
-        .push_fault(
-            ScriptedFault::new(FaultKind::Status {
-                status: ErrorStatus::try_from(500).unwrap(),
-            })
-            .times(1_000_000)
-            .on("GET", "/v1/files/{file_id}/content"),
-        )
-        .await;
-    sim
-}
-
-/// Checks a job that gave up on its results: failed, results_unavailable naming the file and
-/// `after`, its file in failed/ with that reason.
-async fn gave_up(env: &Env, job: &batchwatch::store::jobs::Job, name: &str, after: &str) {
-    assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
-    assert_eq!(job.reason_code.as_deref(), Some("results_unavailable"));
-    let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
-    store.close().await;
-    let output = sub.output_file_id.clone().expect("an output file");
-    let reason = job.reason.as_deref().unwrap();
-    assert!(
-        reason.contains(&format!("the output file {output} could not be downloaded")),
-        "{reason}"
-    );
-    let unavailable = sub.results_unavailable.as_deref().unwrap();
-    assert!(unavailable.contains("500"), "the last error: {unavailable}");
-    let events = {
-        let store = env.store().await;
-        let events = batchwatch::store::jobs::events(store.reader(), &job.id)
-            .await
-            .unwrap();
-        store.close().await;
-        events
-    };
-    assert!(
-        events.iter().any(|e| e.message.contains(after)),
-        "the events say why it gave up ({after}): {events:#?}"
-    );
-    assert_eq!(
-        json(&env.dir("failed").join(format!("{name}.reason.json")))["code"],
-        "results_unavailable"
     );
 }
 
@@ -492,61 +319,11 @@ async fn downloads_that_never_succeed_end_the_job_after_collect_give_up_after() 
         .wait_finished(1, Duration::from_secs(30), &mut daemon)
         .await;
     env.stop(daemon);
-    gave_up(
+    assert_gave_up_on_results(
         &env,
         &jobs[0],
         "never.jsonl",
         "collect.give_up_after (1s) passed",
-    )
-    .await;
-}
-
-/// A deadline that passes, or an operator's cancel, while downloads fail ends collecting at
-/// once, whatever collect.give_up_after says.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deadline_or_an_operator_cancel_ends_downloads_that_keep_failing() {
-    let sim = sim_that_never_serves_results().await;
-    let env = Env::new(
-        &sim.handle.base_url(),
-        "[collect]\ngive_up_after = \"1h\"\n",
-    );
-    let mut daemon = env.spawn();
-    env.drop_file("late.jsonl.toml", b"deadline = \"2s\"\n");
-    env.drop_file("late.jsonl", requests("l", 4, "gpt-4o-mini").as_bytes());
-    env.drop_file("asked.jsonl", requests("a", 4, "gpt-4o-mini").as_bytes());
-    let asked = crate::support::wait_until(
-        "asked.jsonl collecting",
-        Duration::from_secs(30),
-        async || {
-            let jobs = env.jobs().await;
-            let job = jobs.iter().find(|j| j.file_name == "asked.jsonl").cloned();
-            (
-                job.as_ref()
-                    .is_some_and(|j| j.state == JobState::Collecting),
-                job,
-            )
-        },
-    )
-    .await
-    .unwrap();
-    crate::support::process::stdout_ok(Some(&env.config), &["cancel", &asked.id]);
-    let jobs = env
-        .wait_finished(2, Duration::from_secs(30), &mut daemon)
-        .await;
-    env.stop(daemon);
-    let by_name = |n: &str| jobs.iter().find(|j| j.file_name == n).unwrap();
-    gave_up(
-        &env,
-        by_name("late.jsonl"),
-        "late.jsonl",
-        "the job was cancelled (deadline)",
-    )
-    .await;
-    gave_up(
-        &env,
-        by_name("asked.jsonl"),
-        "asked.jsonl",
-        "the job was cancelled (operator)",
     )
     .await;
 }
@@ -666,7 +443,7 @@ async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whol
             .starts_with("the file changed after it was claimed")),
         "{events:?}"
     );
-    assert_eq!(output_lines(&env, job), 8);
+    assert_eq!(env.output_lines(job), 8);
     let stats = sim.handle.stats().await;
     assert_eq!(stats.batches_by_job.get(&job.id), Some(&1));
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault};
 
-use crate::support::daemon::{Env, KEY, assert_key_absent, quick_sim, requests};
+use crate::support::KEY;
+use crate::support::daemon::{Env, assert_key_absent, quick_sim, requests};
 use crate::support::notify::{notify_socket, wait_message};
 use crate::support::process::{Running, command};
 use crate::support::sim::spawn_sim;

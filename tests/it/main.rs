@@ -3,15 +3,15 @@
 
 mod client;
 mod config;
+mod daemon_api_faults;
 mod daemon_bad_input;
-mod daemon_clock;
+mod daemon_cancel;
 mod daemon_crash;
-mod daemon_faults;
-mod daemon_full_disk;
 mod daemon_lifecycle;
+mod daemon_local_faults;
 mod daemon_process;
+mod daemon_reconcile;
 mod daemon_restore;
-mod daemon_review;
 mod daemon_sweep;
 mod demo;
 mod e2e_containers;

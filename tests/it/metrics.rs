@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchwatch::api::{ApiKey, Batch};
 use batchwatch::clock::Clock;
@@ -18,10 +18,11 @@ use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault, SimConfig};
 use batchwatch::store::{batches, usage};
 use sqlx::Connection;
 
-use crate::support::daemon::{Env, KEY, quick_sim, requests};
+use crate::support::daemon::{Env, quick_sim, requests};
 use crate::support::notify::{notify_socket, wait_message};
 use crate::support::process::{Running, command};
 use crate::support::sim::{TestSim, http_client, spawn_sim};
+use crate::support::{KEY, wait_until};
 
 const PRICING: &str = r#"
 [pricing."gpt-4o-mini"]
@@ -97,20 +98,14 @@ async fn scrape_until(
     what: &str,
     done: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let scraped = wait_until(what, Duration::from_secs(30), async || {
         let (status, text) = get(addr, "/metrics").await;
         assert_eq!(status, 200, "{text}");
         let s = samples(&text);
-        if done(&s) {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never {what}; last scrape:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (done(&s), (s, text))
+    })
+    .await;
+    scraped.0
 }
 
 /// A simulator for the lifecycle: fast, a service-side request limit (so a file batchwatch
@@ -151,21 +146,18 @@ async fn run_lifecycle(env: &Env, daemon: &mut Running) -> Vec<batchwatch::store
         requests("tm", 600, "gpt-4o-mini").as_bytes(),
     );
     // `big` goes in once `late` is running, so the two together pass the token limit.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until("late running", Duration::from_secs(30), async || {
         let store = env.store().await;
-        let running = batchwatch::store::batches::status_counts(store.reader())
+        let counts = batchwatch::store::batches::status_counts(store.reader())
             .await
-            .unwrap()
+            .unwrap();
+        store.close().await;
+        let running = counts
             .iter()
             .any(|(s, n)| *s == BatchStatus::InProgress && *n > 0);
-        store.close().await;
-        if running {
-            break;
-        }
-        assert!(Instant::now() < deadline, "late never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (running, counts)
+    })
+    .await;
     env.drop_file("big.jsonl", requests("big", 160, "gpt-4o-mini").as_bytes());
     env.wait_finished(4, Duration::from_secs(90), daemon).await
 }
@@ -475,19 +467,15 @@ impl Prometheus {
     }
 
     async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_until("prometheus ready", Duration::from_secs(30), async || {
             let ready = http_client()
                 .get(format!("http://{}/-/ready", self.addr))
                 .send()
                 .await
                 .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return;
-            }
-            assert!(Instant::now() < deadline, "prometheus never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            (ready, ())
+        })
+        .await;
     }
 }
 
@@ -592,18 +580,15 @@ async fn a_real_prometheus_scrapes_the_daemon_and_every_dashboard_and_alert_expr
     let prometheus = Prometheus::start(addr);
     prometheus.wait_ready().await;
     // Scraped before anything happens, so every counter is seen rising from where it started.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prometheus
-        .query("up{job=\"batchwatch\"} == 1")
-        .await
-        .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "prometheus never scraped the daemon"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "prometheus to scrape the daemon",
+        Duration::from_secs(30),
+        async || {
+            let up = prometheus.query("up{job=\"batchwatch\"} == 1").await;
+            (!up.is_empty(), up)
+        },
+    )
+    .await;
     let jobs = run_lifecycle(&env, &mut daemon).await;
     // Enough scrapes after the end for rates over 30s windows.
     scrape_until(addr, "the end shown", |s| {
@@ -703,17 +688,16 @@ async fn cost_is_booked_once_across_a_kill_a_restart_and_re_observations() {
             rows.into_iter().find(|r| r.booked_at.is_some())
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        if let Some(row) = booked(&env).await {
-            break row;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the batch's cost was never booked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first = wait_until(
+        "the batch's cost booked",
+        Duration::from_secs(30),
+        async || {
+            let row = booked(&env).await;
+            (row.is_some(), row)
+        },
+    )
+    .await
+    .unwrap();
     // Killed while collecting.
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
@@ -756,11 +740,11 @@ async fn readyz_is_503_with_the_reason_while_the_database_is_locked_and_200_once
     let sim = spawn_sim(quick_sim()).await;
     let env = observed_env(&sim, "");
     let (daemon, addr) = spawn_observed(&env);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while get(addr, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("ready", Duration::from_secs(10), async || {
+        let (status, body) = get(addr, "/readyz").await;
+        (status == 200, body)
+    })
+    .await;
     assert_eq!(get(addr, "/healthz").await, (200, "ok\n".to_owned()));
 
     // Another process holds the write lock (a long write, a backup tool): nothing can be written.

@@ -2,14 +2,13 @@
 
 use std::time::Duration;
 
-use crate::support::Sandbox;
 use crate::support::process::{Running, command};
+use crate::support::{KEY, Sandbox};
 
 fn started(sandbox: &Sandbox) -> Running {
     let config = sandbox.write_config("");
     let mut cmd = command(Some(&config));
-    cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    cmd.arg("run").env("OPENAI_API_KEY", KEY);
     let mut daemon = Running::spawn(cmd);
     daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
     daemon
@@ -44,8 +43,7 @@ fn logs_are_json_lines_when_asked_and_follow_rust_log() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_config("[log]\nformat = \"json\"\n");
     let mut cmd = command(Some(&config));
-    cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    cmd.arg("run").env("OPENAI_API_KEY", KEY);
     let mut daemon = Running::spawn(cmd);
     let line = daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
     let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object per line");
@@ -63,7 +61,7 @@ fn logs_are_json_lines_when_asked_and_follow_rust_log() {
     let config = sandbox.write_config("");
     let mut cmd = command(Some(&config));
     cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
+        .env("OPENAI_API_KEY", KEY)
         .env("RUST_LOG", "warn");
     let mut quiet = Running::spawn(cmd);
     std::thread::sleep(Duration::from_millis(500));
@@ -77,8 +75,7 @@ fn logs_are_json_lines_when_asked_and_follow_rust_log() {
     );
 
     let mut cmd = command(Some(&config));
-    cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key");
+    cmd.arg("run").env("OPENAI_API_KEY", KEY);
     let mut plain = Running::spawn(cmd);
     let line = plain.wait_for_line("batchwatch started", Duration::from_secs(20));
     assert!(
@@ -97,9 +94,7 @@ fn run_needs_no_system_certificates_for_a_plain_http_api_and_names_them_for_http
     ];
     let config = sandbox.write_config("[api]\nbase_url = \"http://127.0.0.1:9/v1\"\n");
     let mut cmd = command(Some(&config));
-    cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
-        .envs(no_certs);
+    cmd.arg("run").env("OPENAI_API_KEY", KEY).envs(no_certs);
     let mut daemon = Running::spawn(cmd);
     daemon.wait_for_line("batchwatch started", Duration::from_secs(20));
     daemon.signal(libc::SIGTERM);
@@ -107,9 +102,7 @@ fn run_needs_no_system_certificates_for_a_plain_http_api_and_names_them_for_http
 
     let config = sandbox.write_config("[api]\nbase_url = \"https://127.0.0.1:9/v1\"\n");
     let mut cmd = command(Some(&config));
-    cmd.arg("run")
-        .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
-        .envs(no_certs);
+    cmd.arg("run").env("OPENAI_API_KEY", KEY).envs(no_certs);
     let out = cmd.output().unwrap();
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -3,9 +3,10 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::support::KEY;
 use crate::support::schema::Spec;
 use crate::support::sim::{
-    KEY, TestSim, chat_lines, http_client, spawn_sim, stopped_clock, stopped_clock_with_failures,
+    TestSim, chat_lines, http_client, spawn_sim, stopped_clock, stopped_clock_with_failures,
 };
 
 /// Every property of the Batch schema is present (null when unset), as in real responses.

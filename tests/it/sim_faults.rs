@@ -7,9 +7,8 @@ use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::support::sim::{
-    KEY, TestSim, chat_lines, http_client, json_of, spawn_sim, stopped_clock,
-};
+use crate::support::KEY;
+use crate::support::sim::{TestSim, chat_lines, http_client, json_of, spawn_sim, stopped_clock};
 
 fn with_faults(faults: Faults) -> SimConfig {
     SimConfig {
@@ -226,17 +225,11 @@ async fn a_create_carried_out_late_answers_nothing_and_lands_after_a_first_look(
     assert!(sent.is_err(), "no answer: {sent:?}");
     let (_, list) = sim.get("/batches").await;
     assert_eq!(list["data"], json!([]), "not carried out yet");
-    loop {
+    crate::support::wait_until("the create to land", Duration::from_secs(5), async || {
         let (_, list) = sim.get("/batches").await;
-        if list["data"].as_array().is_some_and(|d| d.len() == 1) {
-            break;
-        }
-        assert!(
-            sent_at.elapsed() < Duration::from_secs(5),
-            "the create never landed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (list["data"].as_array().is_some_and(|d| d.len() == 1), list)
+    })
+    .await;
     assert!(sent_at.elapsed() >= Duration::from_millis(300));
     assert_eq!(
         sim.handle.stats().await.faults_injected["carried_out_late"],

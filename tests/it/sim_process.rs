@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::support::sim::{KEY, http_client};
+use crate::support::KEY;
+use crate::support::sim::http_client;
 
 /// A `batchwatch sim` child process and the base URL it printed.
 struct SimProcess {
@@ -150,18 +151,21 @@ async fn sim_serves_on_when_nobody_reads_its_stdout() {
         .unwrap();
     let stats = format!("http://127.0.0.1:{port}/admin/stats");
     let http = http_client();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(response) = http.get(&stats).send().await {
-            assert_eq!(response.status(), StatusCode::OK);
-            break;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("the simulator exited ({status}) with its stdout closed");
-        }
-        assert!(Instant::now() < deadline, "the simulator never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_until(
+        "the simulator to answer",
+        Duration::from_secs(10),
+        async || {
+            if let Ok(response) = http.get(&stats).send().await {
+                assert_eq!(response.status(), StatusCode::OK);
+                return (true, ());
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the simulator exited ({status}) with its stdout closed");
+            }
+            (false, ())
+        },
+    )
+    .await;
     // Still there a moment later, and it stops cleanly.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(child.try_wait().unwrap().is_none(), "the simulator died");
@@ -302,4 +306,16 @@ async fn an_in_process_simulator_shuts_down_and_stops_answering() {
         "nothing listens any more"
     );
     assert!(!data_dir.exists(), "the temporary data dir is removed");
+}
+
+/// The simulator logs, from its start, in the format `--log-format` names.
+#[test]
+fn sim_logs_json_lines_when_asked() {
+    let mut cmd = crate::support::process::command(None);
+    cmd.args(["sim", "--listen", "127.0.0.1:0", "--log-format", "json"]);
+    let mut sim = crate::support::process::Running::spawn(cmd);
+    let line = sim.wait_for_line("simulator listening", Duration::from_secs(10));
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object per line");
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["message"], "simulator listening");
 }

@@ -6,7 +6,8 @@
 
 use serde_json::Value;
 
-use crate::support::sim::{KEY, spawn_sim, stopped_clock_with_failures};
+use crate::support::KEY;
+use crate::support::sim::{spawn_sim, stopped_clock_with_failures};
 
 /// Uploads, creates, polls to completion (moving the stopped clock through the admin API),
 /// downloads, lists with auto-pagination, cancels, and checks a 404 becomes NotFoundError.

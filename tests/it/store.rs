@@ -241,7 +241,7 @@ async fn refused_as_damaged(sql: &'static str, what: &str) {
     let config = sandbox.write_config("");
     let out = crate::support::process::command(Some(&config))
         .arg("run")
-        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_API_KEY", crate::support::KEY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

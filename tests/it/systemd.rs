@@ -238,7 +238,10 @@ fn check_fails_when_a_secret_goes_through_the_environment() {
         edit_unit(root, |unit| {
             unit.replace(
                 "UMask=0027",
-                "UMask=0027\nEnvironment=OPENAI_API_KEY=sk-test",
+                &format!(
+                    "UMask=0027\nEnvironment=OPENAI_API_KEY={}",
+                    crate::support::KEY
+                ),
             )
         })
     });
@@ -299,7 +302,7 @@ mod real_daemon {
         Some(Payload {
             program: crate::support::static_bin::static_bin(),
             config: harness::valid_config("http://127.0.0.1:8089/v1"),
-            credential: harness::test_credential(),
+            credential: crate::support::KEY.to_owned(),
             // The simulator, as a unit of its own, on the address the configuration names.
             before_start: vec![
                 "systemd-run --unit=batchwatch-sim --property=DynamicUser=yes \

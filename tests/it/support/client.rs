@@ -5,7 +5,7 @@ use std::time::Duration;
 use batchwatch::api::{ApiKey, Client};
 use batchwatch::config::{Dur, Settings};
 
-use super::sim::KEY;
+use super::KEY;
 
 /// The built-in defaults with `base_url`, quick retries (1 ms to 2 s, 3 attempts) and limits
 /// loose enough not to slow a test down.

@@ -15,11 +15,13 @@ use testcontainers::runners::{AsyncBuilder, AsyncRunner};
 use testcontainers::{ContainerAsync, GenericBuildableImage, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
-use super::daemon::{Env, KEY};
+use super::KEY;
+use super::daemon::Env;
+use super::daemon::{assert_each_completed_once, requests};
 use super::docker;
 use super::sim::http_client;
 use super::static_bin::static_bin;
-use super::wait_until;
+use super::{poll_until, wait_until};
 
 /// The image's name; its tag is a hash of its content (see [`image`]).
 const IMAGE: &str = "batchwatch-e2e";
@@ -379,38 +381,119 @@ impl DaemonContainer {
     /// Waits until there are `n` jobs, all finished; panics with their states and the log
     /// tail after `timeout`, and at once if the daemon exits.
     pub async fn wait_finished(&self, env: &Env, n: usize, timeout: Duration) -> Vec<Job> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let waited = poll_until(timeout, async || {
             let jobs = env.jobs().await;
-            if jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal()) {
-                return jobs;
-            }
             let running = self.container.is_running().await.expect("container state");
-            if !running || Instant::now() > deadline {
-                let states: Vec<String> = jobs
-                    .iter()
-                    .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
-                    .collect();
-                let log = self.logs().await;
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                panic!(
-                    "{} with {} jobs:\n{}\nlog tail:\n{}",
-                    if running {
-                        "timed out"
-                    } else {
-                        "the daemon exited"
-                    },
-                    jobs.len(),
-                    states.join("\n"),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let finished = jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal());
+            // A daemon that exited ends the wait at once, as a failure.
+            (finished || !running, (finished, running, jobs))
+        })
+        .await;
+        let (finished, running, jobs) = waited.unwrap_or_else(|last| last);
+        if finished {
+            return jobs;
         }
+        let states: Vec<String> = jobs
+            .iter()
+            .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
+            .collect();
+        let log = self.logs().await;
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "{} with {} jobs:\n{}\nlog tail:\n{}",
+            if running {
+                "timed out"
+            } else {
+                "the daemon exited"
+            },
+            jobs.len(),
+            states.join("\n"),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     /// Everything the daemon logged.
     pub async fn logs(&self) -> String {
         logs(&self.container).await
+    }
+}
+
+/// Simulator flags that take a batch through its life in about a second of real time.
+pub const QUICK_SIM: &[&str] = &[
+    "--time-scale",
+    "300",
+    "--seed",
+    "7",
+    "--validating-secs",
+    "6",
+    "--in-progress-secs",
+    "90",
+    "--request-secs",
+    "0.5",
+    "--finalizing-secs",
+    "6",
+];
+
+/// The set-up every end-to-end test starts from: the image, a quick simulator in a container
+/// on a data directory of its own, a daemon's [`Env`] pointed at it, and the files the test
+/// dropped so far.
+pub struct Scenario {
+    pub image: GenericImage,
+    /// The simulator's data directory; a simulator started again on it keeps its batches.
+    pub data: tempfile::TempDir,
+    pub sim: SimContainer,
+    pub env: Env,
+    /// What was dropped: (name, content) pairs.
+    pub files: Vec<(String, String)>,
+}
+
+impl Scenario {
+    /// The set-up for a daemon run on the host, with `extra` configuration; None, after saying
+    /// why, when Docker tests cannot run here.
+    pub async fn start(extra: &str) -> Option<Scenario> {
+        Scenario::build(extra, false).await
+    }
+
+    /// As [`Scenario::start`], for a daemon that runs in a container of its own
+    /// ([`DaemonContainer`]) and so reaches the simulator at its bridge address.
+    pub async fn for_daemon_containers(extra: &str) -> Option<Scenario> {
+        Scenario::build(extra, true).await
+    }
+
+    async fn build(extra: &str, from_containers: bool) -> Option<Scenario> {
+        let image = image().await?;
+        let data = tempfile::tempdir().expect("temp dir");
+        let started = Instant::now();
+        let sim = SimContainer::start(image.clone(), data.path(), QUICK_SIM).await;
+        println!("simulator container up in {:?}", started.elapsed());
+        let base_url = if from_containers {
+            sim.base_url_for_containers().await
+        } else {
+            sim.base_url()
+        };
+        let env = Env::new(&base_url, extra);
+        Some(Scenario {
+            image,
+            data,
+            sim,
+            env,
+            files: Vec::new(),
+        })
+    }
+
+    /// Drops `count` files named `TAG-N.jsonl` of a few requests each.
+    pub fn drop_files(&mut self, tag: &str, count: usize) {
+        for i in 0..count {
+            let name = format!("{tag}-{i}.jsonl");
+            let content = requests(&format!("{tag}{i}"), 2 + i % 4, "gpt-4o-mini");
+            self.env.drop_file(&name, content.as_bytes());
+            self.files.push((name, content));
+        }
+    }
+
+    /// What must hold when every dropped file went through
+    /// ([`assert_each_completed_once`]), by `stats` from the simulator that ran them.
+    pub fn assert_each_completed_once(&self, jobs: &[Job], stats: &Stats, what: &str) {
+        assert_each_completed_once(&self.env, jobs, stats, &self.files, what);
     }
 }

@@ -1,20 +1,19 @@
 //! The real daemon binary against an in-process simulator, with a queue, database and
 //! configuration of its own, fast intervals, and an API key that must never show up anywhere.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::sim::SimConfig;
 use batchwatch::store::jobs::{self, Job};
-use batchwatch::store::{Access, Store};
+use batchwatch::store::{Access, Store, batches};
 
-use super::Sandbox;
 use super::process::{Running, command};
-
-/// The API key every daemon under test uses. No log line, file or database row may contain it.
-pub const KEY: &str = "sk-batchwatch-test-KEY-do-not-leak-5f4e3d2c1b";
+use super::sim::{TestSim, spawn_sim};
+use super::{KEY, Sandbox, poll_until, read_json, wait_until};
 
 /// Settings that make a whole lifecycle take well under a second.
 const FAST: &str = r#"
@@ -202,14 +201,16 @@ impl Env {
 
     /// Opens the database read-only, once it exists.
     pub async fn store(&self) -> Store {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match Store::open(&self.db, Duration::from_secs(5), Access::ReadOnly).await {
-                Ok(store) => return store,
-                Err(e) if Instant::now() > deadline => panic!("no database: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let opened = wait_until(
+            "the database",
+            Duration::from_secs(30),
+            async || match Store::open(&self.db, Duration::from_secs(5), Access::ReadOnly).await {
+                Ok(store) => (true, Ok(store)),
+                Err(e) => (false, Err(e.to_string())),
+            },
+        )
+        .await;
+        opened.expect("opened")
     }
 
     /// Every job, oldest first.
@@ -230,14 +231,8 @@ impl Env {
         timeout: Duration,
         daemon: &mut Running,
     ) -> Vec<Job> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let waited = poll_until(timeout, async || {
             let jobs = self.jobs().await;
-            // Finished: a final state, and the file moved on out of processing/.
-            let finished = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
-            if jobs.len() == n && jobs.iter().all(finished) {
-                return jobs;
-            }
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 daemon.drain();
                 panic!(
@@ -245,29 +240,35 @@ impl Env {
                     daemon.seen.join("\n")
                 );
             }
-            if Instant::now() > deadline {
-                daemon.drain();
-                let states: Vec<String> = jobs
-                    .iter()
-                    .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
-                    .collect();
-                panic!(
-                    "after {timeout:?}: {} jobs, states:\n{}\nlog tail:\n{}",
-                    jobs.len(),
-                    states.join("\n"),
-                    daemon
-                        .seen
-                        .iter()
-                        .rev()
-                        .take(40)
-                        .rev()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            // Finished: a final state, and the file moved on out of processing/.
+            let finished = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
+            (jobs.len() == n && jobs.iter().all(finished), jobs)
+        })
+        .await;
+        waited.unwrap_or_else(|jobs| {
+            daemon.drain();
+            let states: Vec<String> = jobs
+                .iter()
+                .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
+                .collect();
+            let tail = daemon.seen.len().saturating_sub(40);
+            panic!(
+                "after {timeout:?}: {} jobs, states:\n{}\nlog tail:\n{}",
+                jobs.len(),
+                states.join("\n"),
+                daemon.seen[tail..].join("\n")
+            );
+        })
+    }
+
+    /// How many result lines the job's output.jsonl holds (0 when there is none).
+    pub fn output_lines(&self, job: &Job) -> usize {
+        let dir = self
+            .queue
+            .join(job.results_dir.as_deref().expect("a results dir"));
+        std::fs::read_to_string(dir.join("output.jsonl"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 
     /// Names in a queue subdirectory, sorted.
@@ -313,7 +314,7 @@ impl Env {
 
 /// Checks the world once every file went through: one job per file, each completed once (one
 /// batch on the service, one attempt counted), its file unchanged in done/ where the database
-/// says it is, every result downloaded; no batch without a job; nothing left in incoming/,
+/// says it is, every result downloaded and each request answered once; no batch without a job; nothing left in incoming/,
 /// processing/ or failed/. `what` names the case in the messages.
 pub fn assert_each_completed_once(
     env: &Env,
@@ -346,10 +347,17 @@ pub fn assert_each_completed_once(
             .queue
             .join(job.results_dir.as_deref().expect("a results dir"));
         let output = std::fs::read_to_string(results.join("output.jsonl")).unwrap_or_default();
+        let answered: std::collections::BTreeSet<String> = output
+            .lines()
+            .map(|l| {
+                let line: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                line["custom_id"].as_str().expect("a custom_id").to_owned()
+            })
+            .collect();
         assert_eq!(
-            Some(output.lines().count() as i64),
-            job.request_count,
-            "{what}: {name}: every result downloaded"
+            (Some(output.lines().count() as i64), answered.len() as i64),
+            (job.request_count, job.request_count.unwrap_or(-1)),
+            "{what}: {name}: every result downloaded, each request answered once"
         );
     }
     assert_eq!(
@@ -411,4 +419,82 @@ pub fn requests(tag: &str, n: usize, model: &str) -> String {
             )
         })
         .collect()
+}
+
+/// A simulator that completes batches quickly but answers 500 on every result download.
+pub async fn sim_that_never_serves_results() -> TestSim {
+    use batchwatch::sim::{ErrorStatus, FaultKind, ScriptedFault};
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Status {
+                status: ErrorStatus::try_from(500).unwrap(),
+            })
+            .times(1_000_000)
+            .on("GET", "/v1/files/{file_id}/content"),
+        )
+        .await;
+    sim
+}
+
+/// Checks a job that gave up on its results: failed, results_unavailable naming the file and
+/// `after`, its file in failed/ with that reason.
+pub async fn assert_gave_up_on_results(env: &Env, job: &Job, name: &str, after: &str) {
+    assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
+    assert_eq!(job.reason_code.as_deref(), Some("results_unavailable"));
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    let events = jobs::events(store.reader(), &job.id).await.unwrap();
+    store.close().await;
+    let output = sub.output_file_id.clone().expect("an output file");
+    let reason = job.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("the output file {output} could not be downloaded")),
+        "{reason}"
+    );
+    let unavailable = sub.results_unavailable.as_deref().unwrap();
+    assert!(unavailable.contains("500"), "the last error: {unavailable}");
+    assert!(
+        events.iter().any(|e| e.message.contains(after)),
+        "the events say why it gave up ({after}): {events:#?}"
+    );
+    assert_eq!(
+        read_json(&env.dir("failed").join(format!("{name}.reason.json")))["code"],
+        "results_unavailable"
+    );
+}
+
+/// Checks from the simulator's own record that no job ever had two batches alive at once;
+/// returns the number of batches per job.
+pub async fn assert_never_two_live_batches(sim: &TestSim) -> BTreeMap<String, u64> {
+    const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
+    let stats = sim.handle.stats().await;
+    let mut by_job: BTreeMap<String, Vec<&batchwatch::sim::BatchStats>> = BTreeMap::new();
+    for b in &stats.batches {
+        by_job
+            .entry(b.job_id.clone().expect("every batch carries its job id"))
+            .or_default()
+            .push(b);
+    }
+    for (job, mut list) in by_job {
+        list.sort_by_key(|b| b.history.first().map(|t| t.real_at_ms));
+        for pair in list.windows(2) {
+            let (earlier, later) = (pair[0], pair[1]);
+            let end = earlier.history.last().unwrap();
+            assert!(
+                TERMINAL.contains(&end.status.as_str()),
+                "job {job}: {} still {} when {} was made",
+                earlier.id,
+                end.status,
+                later.id
+            );
+            assert!(
+                end.real_at_ms <= later.history[0].real_at_ms,
+                "job {job}: {} and {} overlapped",
+                earlier.id,
+                later.id
+            );
+        }
+    }
+    stats.batches_by_job
 }

@@ -6,6 +6,7 @@ pub mod containers;
 pub mod daemon;
 pub mod docker;
 pub mod fixtures;
+pub mod in_process;
 pub mod notify;
 pub mod process;
 pub mod schema;
@@ -15,6 +16,10 @@ pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// The API key every test uses, for the daemon, the clients and the simulator alike. No log
+/// line, file or database row may contain it.
+pub const KEY: &str = "sk-batchwatch-test-KEY-do-not-leak-5f4e3d2c1b";
 
 /// A scratch directory with a configuration file whose paths all point inside it.
 pub struct Sandbox {
@@ -60,22 +65,41 @@ impl Sandbox {
 }
 
 /// Polls `cond` every 50 ms until it holds; panics with `what` and the last answer after
-/// `timeout`.
+/// `timeout`. The one wait loop of the tests: every wait for something to happen is this, or
+/// [`poll_until`] where the caller says more on a timeout.
 pub async fn wait_until<T: std::fmt::Debug>(
     what: &str,
     timeout: Duration,
-    mut cond: impl AsyncFnMut() -> (bool, T),
+    cond: impl AsyncFnMut() -> (bool, T),
 ) -> T {
+    poll_until(timeout, cond)
+        .await
+        .unwrap_or_else(|seen| panic!("waited {timeout:?} for {what}; last saw {seen:#?}"))
+}
+
+/// As [`wait_until`], but a timeout is `Err` with the last answer, for a caller that adds its
+/// own account (a log tail, say) before it fails.
+pub async fn poll_until<T>(
+    timeout: Duration,
+    mut cond: impl AsyncFnMut() -> (bool, T),
+) -> Result<T, T> {
     let deadline = Instant::now() + timeout;
     loop {
         let (done, seen) = cond().await;
         if done {
-            return seen;
+            return Ok(seen);
         }
-        assert!(
-            Instant::now() < deadline,
-            "waited {timeout:?} for {what}; last saw {seen:#?}"
-        );
+        if Instant::now() >= deadline {
+            return Err(seen);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A JSON file's content.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

@@ -6,8 +6,7 @@ use batchwatch::sim::{self, SimConfig, SimHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// The key tests send.
-pub const KEY: &str = "sk-test";
+use super::{KEY, wait_until};
 
 /// The simulated clock's start in the tests that stop it: 2026-01-01T00:00:00Z.
 pub const START: i64 = 1_767_225_600;
@@ -197,18 +196,15 @@ impl TestSim {
 
     /// Polls a batch until `done` holds for it (5 s at most).
     pub async fn wait_for(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let batch = self.batch(id).await;
-            if done(&batch) {
-                return batch;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "batch {id} never became {what}; last seen: {batch:#}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_until(
+            &format!("batch {id} to become {what}"),
+            Duration::from_secs(5),
+            async || {
+                let batch = self.batch(id).await;
+                (done(&batch), batch)
+            },
+        )
+        .await
     }
 
     /// Polls a batch until it has `status`.

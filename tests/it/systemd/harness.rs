@@ -14,6 +14,7 @@ use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
 use crate::support::docker::{self, cannot_run, run_host};
+use crate::support::{poll_until, wait_until};
 
 /// The image `.ci/systemd-image` builds (its default tag).
 const IMAGE: (&str, &str) = ("batchwatch-systemd", "test");
@@ -79,11 +80,6 @@ pub fn valid_config(base_url: &str) -> String {
 /// A configuration that stops the daemon at start with exit code 78.
 pub fn invalid_config() -> String {
     "[queue]\nno_such_key = true\n".to_owned()
-}
-
-/// A credential unique to one test, so a test can look for it where it must never appear.
-pub fn test_credential() -> String {
-    format!("sk-batchwatch-test-{:016x}", fastrand::u64(..))
 }
 
 /// The unit's state, as `systemctl show` reports it.
@@ -259,19 +255,16 @@ impl SystemdContainer {
     }
 
     async fn wait_for_boot(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let booted = poll_until(Duration::from_secs(60), async || {
             let out = self.sh("systemctl is-system-running").await;
-            match out.stdout.trim() {
-                "running" | "degraded" => return,
-                _ if Instant::now() > deadline => {
-                    panic!(
-                        "systemd in the container did not finish booting in 60s: {out}\n{}",
-                        self.diagnostics().await
-                    )
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+            (matches!(out.stdout.trim(), "running" | "degraded"), out)
+        })
+        .await;
+        if let Err(out) = booted {
+            panic!(
+                "systemd in the container did not finish booting in 60s: {out}\n{}",
+                self.diagnostics().await
+            )
         }
     }
 
@@ -325,14 +318,16 @@ impl SystemdContainer {
             .unwrap_or_else(|e| panic!("docker exec {argv:?}: {e}"));
         let stdout = result.stdout_to_vec().await.unwrap_or_default();
         let stderr = result.stderr_to_vec().await.unwrap_or_default();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let code = loop {
-            match result.exit_code().await {
-                Ok(Some(code)) => break code,
-                _ if Instant::now() > deadline => panic!("docker exec {argv:?}: no exit code"),
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        };
+        let code = wait_until(
+            &format!("the exit code of docker exec {argv:?}"),
+            Duration::from_secs(10),
+            async || match result.exit_code().await {
+                Ok(Some(code)) => (true, Some(code)),
+                _ => (false, None),
+            },
+        )
+        .await
+        .expect("an exit code");
         Output {
             code,
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -376,19 +371,17 @@ impl SystemdContainer {
         timeout: Duration,
         done: impl Fn(&UnitState) -> bool,
     ) -> UnitState {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let waited = poll_until(timeout, async || {
             let state = self.state().await;
-            if done(&state) {
-                return state;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "waited {timeout:?} for {what}; the unit is {state:?}\n{}",
-                    self.diagnostics().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            (done(&state), state)
+        })
+        .await;
+        match waited {
+            Ok(state) => state,
+            Err(state) => panic!(
+                "waited {timeout:?} for {what}; the unit is {state:?}\n{}",
+                self.diagnostics().await
+            ),
         }
     }
 

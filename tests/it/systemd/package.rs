@@ -203,7 +203,7 @@ pub async fn install_run_upgrade_remove_purge(packages: &Packages) {
     );
 
     // 2. The operator's part: the key, and the configuration pointed at the simulator.
-    let key = super::harness::test_credential();
+    let key = crate::support::KEY.to_owned();
     sys.check(&format!(
         "install -d -m 0700 /etc/credstore && (umask 077; printf '%s\\n' '{key}' > {CREDENTIAL}) && \
          sed -i -e 's|^base_url = .*|base_url = \"http://127.0.0.1:8089/v1\"|' \
@@ -330,21 +330,19 @@ async fn drop_and_wait_until_done(sys: &SystemdContainer, name: &str) {
         "cd {STATE_DIR}/queue/incoming && printf '%s' '{lines}' > {name}.part && mv {name}.part {name}"
     ))
     .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while sys
-        .sh(&format!("test -f {STATE_DIR}/queue/done/{name}"))
-        .await
-        .code
-        != 0
-    {
-        if Instant::now() > deadline {
-            panic!(
-                "{name} was not done in 90s; status:\n{}\n{}",
-                sys.sh("batchwatch status").await,
-                sys.diagnostics().await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let done = crate::support::poll_until(Duration::from_secs(90), async || {
+        let test = sys
+            .sh(&format!("test -f {STATE_DIR}/queue/done/{name}"))
+            .await;
+        (test.code == 0, ())
+    })
+    .await;
+    if done.is_err() {
+        panic!(
+            "{name} was not done in 90s; status:\n{}\n{}",
+            sys.sh("batchwatch status").await,
+            sys.diagnostics().await
+        );
     }
     let status = sys.check("batchwatch status --json").await;
     let jobs: serde_json::Value = serde_json::from_str(&status).expect("status --json");

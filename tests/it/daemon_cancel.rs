@@ -1,0 +1,214 @@
+//! Cancels: a job's deadline passing, or an operator's `batchwatch cancel`, is carried out by
+//! the daemon, which follows the batch through cancelling to its end and keeps the partial
+//! results.
+
+use std::time::Duration;
+
+use batchwatch::model::JobState;
+use batchwatch::sim::Faults;
+use batchwatch::store::batches;
+
+use crate::support::daemon::{
+    Env, assert_gave_up_on_results, requests, sim_that_never_serves_results, slow_sim,
+};
+use crate::support::in_process::InProcess;
+use crate::support::sim::spawn_sim;
+use crate::support::{read_json, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("late.jsonl.toml", b"deadline = \"1500ms\"\n");
+    let content = requests("late", 100, "gpt-4o-mini");
+    env.drop_file("late.jsonl", content.as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.reason_code.as_deref(), Some("deadline"));
+    assert_eq!(
+        std::fs::read_to_string(env.dir("failed").join("late.jsonl")).unwrap(),
+        content
+    );
+    assert!(
+        env.dir("failed").join("late.jsonl.toml").exists(),
+        "the sidecar travels with its file"
+    );
+    let reason = read_json(&env.dir("failed").join("late.jsonl.reason.json"));
+    assert_eq!(reason["code"], "deadline");
+    assert_eq!(reason["state"], "cancelled");
+    assert!(
+        reason["results_dir"]
+            .as_str()
+            .unwrap()
+            .starts_with("results/")
+    );
+    let partial = env.output_lines(job);
+    assert!(
+        (1..100).contains(&partial),
+        "partial results: {partial} of 100"
+    );
+    let manifest = read_json(
+        &env.sandbox
+            .queue_dir()
+            .join(job.results_dir.as_deref().unwrap())
+            .join("manifest.json"),
+    );
+    assert_eq!(manifest["state"], "cancelled");
+
+    // Followed through cancelling to the end, as the simulator saw it and as the database says.
+    let stats = sim.handle.stats().await;
+    let sim_statuses: Vec<&str> = stats.batches[0]
+        .history
+        .iter()
+        .map(|t| t.status.as_str())
+        .collect();
+    assert_eq!(
+        &sim_statuses[sim_statuses.len() - 2..],
+        ["cancelling", "cancelled"]
+    );
+    let store = env.store().await;
+    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    assert_eq!(sub.status.as_ref().map(|s| s.as_str()), Some("cancelled"));
+    assert!(sub.cancel_requested_at.is_some() && sub.cancel_sent_at.is_some());
+    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("deadline") && e.message.contains("passed")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.state == JobState::Cancelling));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("ops.jsonl", requests("ops", 20, "gpt-4o-mini").as_bytes());
+    let job = wait_until("the batch running", Duration::from_secs(30), async || {
+        let running = env
+            .jobs()
+            .await
+            .into_iter()
+            .find(|j| j.state == JobState::Running);
+        (running.is_some(), running)
+    })
+    .await
+    .unwrap();
+    let out = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(
+        out.contains("cancel of") && out.contains("asked for"),
+        "{out}"
+    );
+    let again = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(again.contains("already asked for (operator)"), "{again}");
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Cancelled);
+    assert_eq!(jobs[0].reason_code.as_deref(), Some("operator"));
+    let late = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    assert!(late.contains("is already cancelled"), "{late}");
+    assert!(env.dir("failed").join("ops.jsonl.reason.json").exists());
+}
+
+/// A deadline that passes, or an operator's cancel, while downloads fail ends collecting at
+/// once, whatever collect.give_up_after says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_or_an_operator_cancel_ends_downloads_that_keep_failing() {
+    let sim = sim_that_never_serves_results().await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[collect]\ngive_up_after = \"1h\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("late.jsonl.toml", b"deadline = \"2s\"\n");
+    env.drop_file("late.jsonl", requests("l", 4, "gpt-4o-mini").as_bytes());
+    env.drop_file("asked.jsonl", requests("a", 4, "gpt-4o-mini").as_bytes());
+    let asked = wait_until(
+        "asked.jsonl collecting",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            let job = jobs.iter().find(|j| j.file_name == "asked.jsonl").cloned();
+            (
+                job.as_ref()
+                    .is_some_and(|j| j.state == JobState::Collecting),
+                job,
+            )
+        },
+    )
+    .await
+    .unwrap();
+    crate::support::process::stdout_ok(Some(&env.config), &["cancel", &asked.id]);
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let by_name = |n: &str| jobs.iter().find(|j| j.file_name == n).unwrap();
+    assert_gave_up_on_results(
+        &env,
+        by_name("late.jsonl"),
+        "late.jsonl",
+        "the job was cancelled (deadline)",
+    )
+    .await;
+    assert_gave_up_on_results(
+        &env,
+        by_name("asked.jsonl"),
+        "asked.jsonl",
+        "the job was cancelled (operator)",
+    )
+    .await;
+}
+
+/// A job's deadline passes on the daemon's clock: at that round, and not one before, its
+/// batch is cancelled, followed through cancelling, and the job ends cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_passing_on_the_clock_cancels_the_batch_at_that_round() {
+    let mut t = InProcess::start("", Faults::default()).await;
+    t.env.drop_file("due.jsonl.toml", b"deadline = \"2h\"\n");
+    t.env
+        .drop_file("due.jsonl", requests("due", 3, "gpt-4o-mini").as_bytes());
+    let job = t
+        .until("the batch created", 20, |j| j.state == JobState::Running)
+        .await;
+    t.round(Duration::from_secs(2 * 3600 - 60)).await;
+    let before = t.job().await.unwrap();
+    assert_eq!(
+        before.cancel_requested_at, None,
+        "a minute before the deadline"
+    );
+    assert_eq!(before.state, JobState::Running);
+
+    t.round(Duration::from_secs(61)).await;
+    let after = t.job().await.unwrap();
+    assert_eq!(after.cancel_reason.as_deref(), Some("deadline"));
+    let remote = batches::for_job(t.daemon.ctx.store.reader(), &job.id)
+        .await
+        .unwrap()[0]
+        .remote_id
+        .clone()
+        .unwrap();
+    assert_eq!(
+        t.sim.batch(&remote).await["status"],
+        "cancelling",
+        "the cancel was sent in that round"
+    );
+    t.sim.handle.advance(3600.0).await;
+    let done = t
+        .until("the job ended", 20, |j| j.state.is_terminal())
+        .await;
+    assert_eq!(done.state, JobState::Cancelled, "{:?}", done.reason);
+    assert_eq!(done.reason_code.as_deref(), Some("deadline"));
+}

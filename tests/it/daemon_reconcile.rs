@@ -1,0 +1,440 @@
+//! Reconciliation: an upload or create whose outcome is unknown (its answer lost, its recording
+//! failed, the daemon killed in between) is looked up on the service before anything is sent
+//! again, and a create that lands late after all is found and its duplicate cancelled. One
+//! batch per job in the simulator's record, every time.
+
+use std::time::Duration;
+
+use batchwatch::api::{ApiKey, Client, CreateBatchRequest};
+use batchwatch::clock::Clock;
+use batchwatch::config::Settings;
+use batchwatch::daemon::Daemon;
+use batchwatch::model::JobState;
+use batchwatch::sim::{FaultKind, Faults, ScriptedFault, SimConfig};
+use batchwatch::store::{Access, Store, batches, jobs};
+use serde_json::json;
+
+use crate::support::daemon::{Env, assert_never_two_live_batches, quick_sim, requests, wait_crash};
+use crate::support::in_process::InProcess;
+use crate::support::sim::spawn_sim;
+use crate::support::{KEY, wait_until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_whose_answer_is_lost_is_reconciled_and_never_repeated() {
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::DropAfter).on("POST", "/v1/batches"))
+        .await;
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::DropAfter).on("POST", "/v1/files"))
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        "lost-answer.jsonl",
+        requests("la", 4, "gpt-4o-mini").as_bytes(),
+    );
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Completed);
+    let stats = sim.handle.stats().await;
+    assert_eq!(
+        stats.faults_injected.get("drop_after"),
+        Some(&2),
+        "{:?}",
+        stats.faults_injected
+    );
+    assert_eq!(
+        stats.batches_by_job.get(&jobs[0].id),
+        Some(&1),
+        "no second batch"
+    );
+    assert_eq!(
+        stats.requests.get("POST /v1/batches"),
+        Some(&1),
+        "the create was not sent again: {:?}",
+        stats.requests
+    );
+    assert_eq!(
+        stats.requests.get("POST /v1/files"),
+        Some(&1),
+        "the upload was not sent again: {:?}",
+        stats.requests
+    );
+    assert!(
+        stats
+            .requests
+            .get("GET /v1/batches")
+            .is_some_and(|n| *n >= 1),
+        "it listed batches to reconcile"
+    );
+    let store = env.store().await;
+    let events = jobs::events(store.reader(), &jobs[0].id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("outcome unknown") && e.message.contains("reconciling")),
+        "{events:?}"
+    );
+}
+
+/// How late the held-up create below is carried out.
+const LATE: Duration = Duration::from_millis(1000);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_carried_out_after_the_reconcile_listing_leaves_no_second_live_batch() {
+    let sim = spawn_sim(quick_sim()).await;
+    // The create gets no answer and is carried out a second later, as a request held up in
+    // front of the API (or queued in a frozen server) would be: a listing at once finds
+    // nothing.
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::CarriedOutLate {
+                ms: LATE.as_millis() as u64,
+            })
+            .on("POST", "/v1/batches"),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("late.jsonl", requests("late", 3, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    // The held-up create was sent before the job finished, so it has landed by now; in a
+    // correct run nothing else marks the moment.
+    tokio::time::sleep(LATE).await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Completed);
+    let by_job = assert_never_two_live_batches(&sim).await;
+    assert_eq!(by_job.get(&jobs[0].id), Some(&1), "{by_job:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_lands_after_reconciliation_is_found_and_its_duplicate_cancelled() {
+    // Batches run about four seconds, so the duplicate is still live when it is found.
+    let sim = spawn_sim(batchwatch::sim::SimConfig {
+        in_progress_secs: 1_200.0,
+        request_secs: 0.0,
+        ..quick_sim()
+    })
+    .await;
+    // Carried out three seconds after the daemon gave up on it (after one second): too late for
+    // the reconciliation, which can only show that no batch exists yet.
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::CarriedOutLate { ms: 3_000 }).on("POST", "/v1/batches"),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "[api]\nrequest_timeout = \"1s\"\n");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        "very-late.jsonl",
+        requests("vl", 3, "gpt-4o-mini").as_bytes(),
+    );
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    assert_eq!(jobs[0].state, JobState::Completed);
+    let job_id = jobs[0].id.clone();
+
+    // The late batch appears, and is cancelled as the duplicate it is.
+    let duplicate = wait_until(
+        "the late batch cancelled as a duplicate",
+        Duration::from_secs(20),
+        async || {
+            let stats = sim.handle.stats().await;
+            let mine: Vec<_> = stats
+                .batches
+                .into_iter()
+                .filter(|b| b.job_id.as_deref() == Some(job_id.as_str()))
+                .collect();
+            let cancelled = mine.iter().find(|b| b.status == "cancelled").cloned();
+            (mine.len() == 2 && cancelled.is_some(), (cancelled, mine))
+        },
+    )
+    .await
+    .0
+    .unwrap();
+    let log = env.stop(daemon);
+    assert!(
+        log.iter().any(|l| l.contains("duplicated batch")),
+        "the duplicate is reported"
+    );
+    let store = env.store().await;
+    let events = jobs::events(store.reader(), &job_id).await.unwrap();
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains(&format!("batch {} duplicated", duplicate.id))),
+        "{events:?}"
+    );
+    // The job's own batch is the one that completed, and its results are whole.
+    let subs = batchwatch::store::batches::for_job(store.reader(), &job_id)
+        .await
+        .unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_ne!(subs[0].remote_id.as_deref(), Some(duplicate.id.as_str()));
+    assert!(subs[0].resent_at.is_some());
+}
+
+/// submit::create sends the create, then records it in two separate transactions
+/// (count_attempt, then poll::observe). If either fails (here: SQLITE_BUSY because another
+/// process holds the write lock longer than database.busy_timeout; equally a full disk), the
+/// task ends with an error and the row is left in `creating` with `outcome_unknown_at` NULL.
+/// The next tick's submit::due picks it up as "never sent" and creates again, without
+/// reconciling: one more live batch per tick for as long as the writes fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_whose_recording_fails_is_reconciled_not_repeated() {
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::Latency { ms: 1500 }).on("POST", "/v1/batches"))
+        .await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[database]\nbusy_timeout = \"100ms\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("busy.jsonl", requests("busy", 3, "gpt-4o-mini").as_bytes());
+
+    // Wait for the create intent, i.e. the create request is in flight (1.5 s of latency).
+    let reader = env.store().await;
+    wait_until("the create intent", Duration::from_secs(20), async || {
+        let creating: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM batches WHERE state = 'creating'")
+                .fetch_one(reader.reader())
+                .await
+                .unwrap();
+        (creating > 0, creating)
+    })
+    .await;
+    reader.close().await;
+
+    // Another writer (an operator's sqlite3 session, a `batchwatch cancel` stuck on a slow
+    // disk...) holds the write lock while the answer comes back.
+    let other = Store::open(
+        &env.sandbox.db_path(),
+        Duration::from_secs(5),
+        Access::Write,
+    )
+    .await
+    .unwrap();
+    let tx = other.begin().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tx.rollback().await.unwrap();
+    other.close().await;
+
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let stats = sim.handle.stats().await;
+    assert_eq!(
+        stats.batches_by_job.get(&jobs[0].id),
+        Some(&1),
+        "batches created for one job while its create could not be recorded"
+    );
+}
+
+/// submit::create: after an unknown-outcome create, the next step reconciles (lists batches);
+/// when nothing matches but the model is held by the enqueued-token limit, it returns without
+/// setting `not_before`. submit::due lets reconciling rows through the model filter, so the row
+/// is due again at the next tick: a full batch listing every tick (20 ms here, 500 ms by
+/// default) for as long as the hold lasts (up to backoff.token_limit_max, 2 h by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_to_reconcile_while_its_model_is_held_does_not_list_batches_every_tick() {
+    let mut config = quick_sim();
+    config.faults.token_limit = Some(1); // every batch fails with token_limit_exceeded
+    let sim = spawn_sim(config).await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[poll]\nmin_interval = \"1s\"\nmax_interval = \"5s\"\n\
+         [backoff]\ntoken_limit_initial = \"30s\"\ntoken_limit_max = \"30s\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("held.jsonl", requests("held", 2, "gpt-4o-mini").as_bytes());
+    wait_until("the first batch", Duration::from_secs(10), async || {
+        let made = sim.handle.stats().await.batches.len();
+        (made > 0, made)
+    })
+    .await;
+    // The next create gets a 500: outcome unknown. By then the first batch has failed for the
+    // token limit and the model is held for 30 s.
+    sim.handle
+        .push_fault(ScriptedFault::new(FaultKind::ServerError).on("POST", "/v1/batches"))
+        .await;
+    env.drop_file(
+        "unknown.jsonl",
+        requests("unk", 2, "gpt-4o-mini").as_bytes(),
+    );
+    daemon.wait_for_line("enqueued-token limit reached", Duration::from_secs(10));
+    // The create of unknown outcome waits for the hold to end before it is reconciled.
+    daemon.wait_for_line("outcome unknown", Duration::from_secs(10));
+    let lists = |s: &batchwatch::sim::Stats| {
+        s.requests
+            .iter()
+            .filter(|(k, _)| k.starts_with("GET") && k.ends_with("/batches"))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let before = lists(&sim.handle.stats().await);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = lists(&sim.handle.stats().await);
+    env.stop(daemon);
+    assert!(
+        after - before <= 10,
+        "{} batch listings in 5 s while nothing could change",
+        after - before
+    );
+}
+
+/// reconcile::find_batch stops listing at the first batch created more than an hour before
+/// `outcome_unknown_at`, and intake::recover sets `outcome_unknown_at` to the time of the
+/// restart. After a crash between the create and its recording, a restart more than an hour
+/// later stops the listing at the first (newest) batch that is not this job's, never reaches
+/// the batch the crashed create made, and creates a second one.
+///
+/// The daemon restarted "two hours later" runs in-process with a clock two hours ahead; the
+/// simulator runs at real speed, so it saw the create two hours before that restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_long_after_a_crashed_create_finds_the_batch_it_made() {
+    restart_after_a_crashed_create(jiff::SignedDuration::from_hours(2)).await;
+}
+
+/// The control for the test above: the same steps with a restart ten minutes later pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn control_a_restart_soon_after_a_crashed_create_finds_the_batch_it_made() {
+    restart_after_a_crashed_create(jiff::SignedDuration::from_mins(10)).await;
+}
+
+async fn restart_after_a_crashed_create(downtime: jiff::SignedDuration) {
+    let config = SimConfig {
+        time_scale: 1.0,
+        seed: Some(7),
+        validating_secs: 600.0,
+        ..SimConfig::default()
+    };
+    let sim = spawn_sim(config).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn_with(&[(batchwatch::failpoint::ENV, "submit:after-create")]);
+    env.drop_file("late.jsonl", requests("late", 3, "gpt-4o-mini").as_bytes());
+    wait_crash(&mut daemon, Duration::from_secs(30));
+    drop(daemon);
+
+    // Meanwhile, some other batch of the same project is created (another job, another tool).
+    let settings = Settings::load_from(Some(&env.config), []).unwrap();
+    let client = Client::new(&settings.api, &settings.limits, ApiKey::new(KEY).unwrap()).unwrap();
+    let other = env.sandbox.path().join("other.jsonl");
+    let content = requests("other", 1, "gpt-4o-mini");
+    std::fs::write(&other, &content).unwrap();
+    let file = client
+        .upload_file(&other, 0..content.len() as u64, "other.jsonl")
+        .await
+        .unwrap();
+    client
+        .create_batch(&CreateBatchRequest {
+            input_file_id: file.id,
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            metadata: None,
+            output_expires_after: None,
+        })
+        .await
+        .unwrap();
+
+    let later = jiff::Timestamp::now().checked_add(downtime).unwrap();
+    let mut restarted = Daemon::start(settings, ApiKey::new(KEY).unwrap(), Clock::manual(later))
+        .await
+        .unwrap();
+    restarted
+        .run_until(tokio::time::sleep(Duration::from_secs(3)))
+        .await;
+    restarted.shutdown().await;
+
+    let stats = sim.handle.stats().await;
+    let mine: Vec<u64> = stats.batches_by_job.values().copied().collect();
+    assert_eq!(
+        mine,
+        vec![1],
+        "batches per batchwatch job (the other batch has no job id): {:?}",
+        stats.batches_by_job
+    );
+}
+
+/// A create sent again after reconciliation found nothing is watched for a late duplicate:
+/// the duplicate found on the service is cancelled at the next duplicate check
+/// (reconcile.duplicate_check_interval on the daemon's clock), not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_duplicate_watch_cancels_a_late_duplicate_at_its_next_check() {
+    let extra =
+        "[api]\nrequest_timeout = \"30s\"\n[reconcile]\nduplicate_check_interval = \"10m\"\n";
+    let mut t = InProcess::start(extra, Faults::default()).await;
+    // The first create's connection drops before it is carried out: its outcome is unknown.
+    t.sim
+        .handle
+        .push_fault(ScriptedFault::new(FaultKind::DropBefore).on("POST", "/v1/batches"))
+        .await;
+    t.env.drop_file(
+        "twice.jsonl",
+        requests("twice", 2, "gpt-4o-mini").as_bytes(),
+    );
+    t.until("the create's outcome unknown", 20, |j| {
+        j.state == JobState::Submitting
+    })
+    .await;
+    // After api.request_timeout the service is asked, shows nothing, and the create is re-sent.
+    t.round(Duration::from_secs(31)).await;
+    let job = t
+        .until("the batch created again", 5, |j| {
+            j.state == JobState::Running
+        })
+        .await;
+    let ours = batches::for_job(t.daemon.ctx.store.reader(), &job.id)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(ours.resent_at.is_some(), "the create was sent again");
+    // The first request lands late after all: a second batch for the same submission.
+    let (status, late) = t
+        .sim
+        .post(
+            "/batches",
+            &json!({
+                "input_file_id": ours.input_file_id.clone().unwrap(),
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {
+                    "batchwatch_job_id": job.id,
+                    "batchwatch_part": "0",
+                    "batchwatch_attempt": "1",
+                },
+            }),
+        )
+        .await;
+    assert!(status.is_success(), "{late}");
+    let late_id = late["id"].as_str().unwrap().to_owned();
+
+    t.round(Duration::from_secs(9 * 60)).await;
+    assert_eq!(
+        t.sim.batch(&late_id).await["status"],
+        "validating",
+        "left alone before the next duplicate check"
+    );
+    t.round(Duration::from_secs(61)).await;
+    assert_eq!(
+        t.sim.batch(&late_id).await["status"],
+        "cancelling",
+        "cancelled at the next duplicate check"
+    );
+    let events = jobs::events(t.daemon.ctx.store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&late_id) && e.message.contains("cancelled it")),
+        "{events:#?}"
+    );
+}
