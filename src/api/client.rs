@@ -114,6 +114,18 @@ impl Client {
         range: Range<u64>,
         filename: &str,
     ) -> Result<FileObject, ApiError> {
+        self.upload_file_expiring(path, range, filename, None).await
+    }
+
+    /// As [`Client::upload_file`], asking the service to delete the file `expires_after`
+    /// seconds after the upload (`expires_after[anchor]=created_at`).
+    pub async fn upload_file_expiring(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        filename: &str,
+        expires_after: Option<u64>,
+    ) -> Result<FileObject, ApiError> {
         let op = Operation::UploadFile;
         let local = |source: io::Error| ApiError::LocalIo {
             op,
@@ -155,9 +167,13 @@ impl Client {
             .file_name(filename.to_owned())
             .mime_str("application/octet-stream")
             .expect("a constant, valid MIME type");
-        let form = reqwest::multipart::Form::new()
-            .text("purpose", "batch")
-            .part("file", part);
+        let mut form = reqwest::multipart::Form::new().text("purpose", "batch");
+        if let Some(seconds) = expires_after {
+            form = form
+                .text("expires_after[anchor]", "created_at")
+                .text("expires_after[seconds]", seconds.to_string());
+        }
+        let form = form.part("file", part);
         let request = self
             .request(Method::POST, &["files"])
             .multipart(form)

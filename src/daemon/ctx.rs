@@ -50,6 +50,10 @@ pub enum Subject {
     Duplicates,
     /// The check of unverified jobs against the service.
     Unverified,
+    /// Deleting remote files ([`super::cleanup`]).
+    RemoteFiles,
+    /// Removing what old finished jobs left ([`super::retention`]).
+    Retention,
 }
 
 /// What a task does.
@@ -64,6 +68,8 @@ pub enum Task {
     ProbeKey,
     CancelDuplicates,
     Verify,
+    DeleteRemoteFiles,
+    Prune,
 }
 
 /// Which time a deferred step waits on.

@@ -86,6 +86,7 @@
 //! Only one daemon runs on a queue tree and a database at a time ([`instance`]).
 
 pub mod cancel;
+pub mod cleanup;
 pub mod collect;
 pub mod ctx;
 pub mod finish;
@@ -396,6 +397,13 @@ impl Daemon {
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
+        if cleanup::due(&ctx).await? {
+            self.spawn(
+                Subject::RemoteFiles,
+                T::DeleteRemoteFiles,
+                cleanup::run(ctx.clone()),
+            );
+        }
         for job in jobs::finishable(ctx.store.reader()).await? {
             self.spawn(
                 Subject::Job(job.clone()),
@@ -419,6 +427,11 @@ impl Daemon {
         next.extend(self.ctx.gate.next_change(now));
         next.extend(self.notifier.next_due());
         next.extend(self.failures.values().map(|f| f.retry_at));
+        if !self.in_flight.contains(&Subject::RemoteFiles)
+            && let Ok(Some(at)) = cleanup::next_due(&self.ctx).await
+        {
+            next.push(at);
+        }
         match self.next_stored_timer().await {
             Ok(Some(at)) => next.push(at),
             Ok(None) => {}

@@ -14,6 +14,7 @@ mod daemon_restore;
 mod daemon_review;
 mod demo;
 mod e2e_containers;
+mod housekeeping;
 mod metrics;
 mod packaging;
 mod run;
