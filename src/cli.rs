@@ -244,8 +244,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let settings = Settings::load(config)?;
-            crate::telemetry::init(settings.log.format);
-            runtime()?.block_on(crate::daemon::run(settings))?;
+            let log = crate::telemetry::init_with_level(settings.log.format, &settings.log.level);
+            runtime()?.block_on(crate::daemon::run(
+                settings,
+                config.map(Path::to_path_buf),
+                log,
+            ))?;
         }
         Command::Demo(args) => {
             let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());

@@ -309,3 +309,189 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
     assert!(!again.contains("would delete"), "{again}");
     env.stop(daemon);
 }
+
+/// Sets `extra` TOML over the daemon's configuration file, as an operator edits it.
+fn edit_config(env: &Env, extra: &str) {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let mut table: toml::Table = text.parse().unwrap();
+    for (section, values) in extra.parse::<toml::Table>().unwrap() {
+        let toml::Value::Table(values) = values else {
+            panic!("sections only")
+        };
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        entry.as_table_mut().unwrap().extend(values);
+    }
+    std::fs::write(&env.config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// A key file only its owner may read.
+fn write_key(path: &std::path::Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = path.with_extension("new");
+    std::fs::write(&temp, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+const KEY_A: &str = "sk-rotation-first-0a1b2c3d";
+const KEY_B: &str = "sk-rotation-second-4e5f6a7b";
+
+async fn retrieves(sim: &crate::support::sim::TestSim) -> u64 {
+    sim.handle
+        .counts()
+        .await
+        .requests
+        .get("GET /v1/batches/{batch_id}")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A daemon reading its key from a file the simulator accepts, batches that stay in progress.
+async fn rotation_setup(extra: &str) -> (crate::support::sim::TestSim, Env, std::path::PathBuf) {
+    let sim = spawn_sim(slow_sim(600.0)).await;
+    sim.handle.set_api_key(Some(KEY_A)).await;
+    let env = Env::new(&sim.handle.base_url(), extra);
+    let key_file = env.sandbox.path().join("api-key");
+    write_key(&key_file, KEY_A);
+    edit_config(
+        &env,
+        &format!("[api]\nkey_file = {:?}\n", key_file.display().to_string()),
+    );
+    (sim, env, key_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_a_new_poll_interval_and_a_rotated_key_without_a_restart() {
+    let (sim, env, key_file) = rotation_setup(
+        "[poll]\nmin_interval = \"30s\"\nmax_interval = \"30s\"\n[backoff]\nauth_retry = \"1h\"\n",
+    )
+    .await;
+    let mut daemon = env.spawn();
+    env.drop_file("one.jsonl", requests("one", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the batch polled once",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.iter().any(|j| j.state == JobState::Running), jobs)
+        },
+    )
+    .await;
+    let before = retrieves(&sim).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        retrieves(&sim).await <= before + 1,
+        "polled every 30 s before the reload"
+    );
+
+    // The operator rotates the key (the service takes only the new one from now on) and
+    // shortens the poll interval, then reloads.
+    sim.handle.set_api_key(Some(KEY_B)).await;
+    write_key(&key_file, KEY_B);
+    edit_config(
+        &env,
+        "[poll]\nmin_interval = \"100ms\"\nmax_interval = \"100ms\"\n",
+    );
+    let pid = daemon.child.id();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(line.contains("poll.max_interval"), "{line}");
+    let at = retrieves(&sim).await;
+    wait_until("polls every 100 ms", Duration::from_secs(10), async || {
+        let n = retrieves(&sim).await;
+        (n >= at + 10, n)
+    })
+    .await;
+    // The new key works: a new file goes all the way to a batch.
+    env.drop_file("two.jsonl", requests("two", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the second batch runs",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            let n = jobs.iter().filter(|j| j.state == JobState::Running).count();
+            (n == 2, jobs)
+        },
+    )
+    .await;
+    assert_eq!(daemon.child.id(), pid, "no restart");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    daemon.drain();
+    assert!(
+        !daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("THE API REFUSED THE KEY")),
+        "the new key was in use from the reload on"
+    );
+    for key in [KEY_A, KEY_B] {
+        assert!(
+            !daemon.seen.iter().any(|l| l.contains(key)),
+            "a key was logged"
+        );
+    }
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_key_is_read_again_from_its_file_before_the_daemon_waits() {
+    let (sim, env, key_file) = rotation_setup("[backoff]\nauth_retry = \"1h\"\n").await;
+    let mut daemon = env.spawn();
+    // Rotated without a reload: the next request is refused, the file is read again at once.
+    sim.handle.set_api_key(Some(KEY_B)).await;
+    write_key(&key_file, KEY_B);
+    env.drop_file("r.jsonl", requests("r", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the job runs with the new key, well before backoff.auth_retry (1h)",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.iter().any(|j| j.state == JobState::Running), jobs)
+        },
+    )
+    .await;
+    daemon.wait_for_line("the API key changed at its source", Duration::from_secs(5));
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_configuration_is_refused_whole_and_restart_only_keys_keep_their_values() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let good = std::fs::read_to_string(&env.config).unwrap();
+
+    std::fs::write(&env.config, "[poll]\nmax_interval = \"soon\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_line("was not reloaded", Duration::from_secs(10));
+    assert!(line.contains("poll.max_interval"), "{line}");
+    env.drop_file("a.jsonl", requests("a", 2, "gpt-4o-mini").as_bytes());
+    env.wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+
+    std::fs::write(&env.config, good).unwrap();
+    let elsewhere = env.sandbox.path().join("elsewhere");
+    edit_config(
+        &env,
+        &format!(
+            "[queue]\ndir = {:?}\n[poll]\nmax_interval = \"150ms\"\n",
+            elsewhere.display().to_string()
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    let kept = daemon.wait_for_line("take effect only at a restart", Duration::from_secs(10));
+    assert!(kept.contains("queue.dir"), "{kept}");
+    let applied = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(applied.contains("poll.max_interval"), "{applied}");
+    assert!(!applied.contains("queue.dir"), "{applied}");
+    // Still on the old queue.
+    env.drop_file("b.jsonl", requests("b", 2, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Completed));
+    assert!(!elsewhere.exists());
+    env.stop(daemon);
+}
