@@ -55,6 +55,10 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Create the database or bring its schema up to date, then exit.
     Migrate,
+    /// List the batch files on the service that batchwatch's finished (or unknown) jobs left
+    /// behind; with --delete, delete them. Never a file of an unfinished job, of a batch still
+    /// running, or one batchwatch cannot tie to itself by name or batch metadata.
+    GcRemote(GcRemoteArgs),
     /// Run the built-in simulator of the OpenAI Batch and Files API.
     Sim(Box<crate::sim::SimArgs>),
     /// Print a shell completion script: `source <(batchwatch completions bash)`.
@@ -134,6 +138,22 @@ pub struct CancelArgs {
     pub id: String,
     #[command(flatten)]
     pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct GcRemoteArgs {
+    /// Only list what would be deleted (the default).
+    #[arg(long, conflicts_with = "delete")]
+    pub dry_run: bool,
+    /// Delete the files listed as deletable.
+    #[arg(long)]
+    pub delete: bool,
+    /// Only files older than this ("2d", "12h").
+    #[arg(long, value_name = "DURATION", default_value = "2d")]
+    pub older_than: crate::config::Dur,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses a job state, and lists the states for `--help`, the manual and completions.
@@ -228,7 +248,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let logging = Logging::start();
             let settings = Settings::load(config)?;
             logging.set_format(settings.log.format);
-            runtime()?.block_on(crate::daemon::run(settings))?;
+            logging
+                .set_level(&settings.log.level)
+                .map_err(|e| crate::config::ConfigError::key("log.level", e))?;
+            runtime()?.block_on(crate::daemon::run(
+                settings,
+                config.map(Path::to_path_buf),
+                logging,
+            ))?;
         }
         Command::Demo(args) => {
             // The demo tells its own story on stdout: the daemon's logs only warn.
@@ -266,6 +293,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (false, false) => format!("a cancel of {job_id} was already asked for ({})\n", job.cancel_reason.unwrap_or_default()),
                 })
             })?;
+            emit(&out)?;
+        }
+        Command::GcRemote(args) => {
+            let settings = Settings::load(config)?;
+            let out = runtime()?.block_on(gc_remote(&settings, &args))?;
             emit(&out)?;
         }
         Command::Status(args) => {
@@ -328,6 +360,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `batchwatch gc-remote`: the survey, and with `--delete` the deletions, each recorded as an
+/// intent first as the daemon's are.
+async fn gc_remote(settings: &Settings, args: &GcRemoteArgs) -> anyhow::Result<String> {
+    use crate::housekeeping::remote;
+    use crate::store::deletions;
+    let key = ApiKey::load(&settings.api.key_source())?;
+    let client = crate::api::Client::new(&settings.api, &settings.limits, key)?;
+    let access = if args.delete {
+        Access::Write
+    } else {
+        Access::ReadOnly
+    };
+    let store = Store::open(
+        &settings.database.path,
+        settings.database.busy_timeout.get(),
+        access,
+    )
+    .await?;
+    let now = crate::clock::Timestamp::now();
+    let mut found = remote::survey(&client, &store, args.older_than.get(), now).await?;
+    let mut outcomes = Vec::new();
+    if args.delete {
+        for f in found.iter_mut().filter(|f| f.delete) {
+            let stamp = crate::clock::format(crate::clock::Timestamp::now());
+            let job = match &f.job_id {
+                Some(id) => jobs::get(store.reader(), id).await?.map(|j| j.id),
+                None => None,
+            };
+            let mut tx = store.begin().await?;
+            let row = deletions::plan_one(
+                &mut tx,
+                &f.file_id,
+                job.as_deref(),
+                f.kind.unwrap_or("input"),
+                deletions::Origin::Gc,
+                &stamp,
+            )
+            .await?;
+            tx.commit().await?;
+            let outcome = if row.state == "pending" {
+                let done = remote::delete(
+                    &client,
+                    &store,
+                    &row,
+                    crate::clock::Timestamp::now,
+                    settings.backoff.failed_request.get(),
+                )
+                .await?;
+                match done {
+                    remote::Outcome::Done(d) => d.as_str().to_owned(),
+                    remote::Outcome::Failed { error, .. } => format!("failed: {error}"),
+                    remote::Outcome::Settled => "deleted by the daemon".to_owned(),
+                }
+            } else {
+                // Recorded as done before, yet listed: send it again, as a repeat is harmless.
+                match client.delete_file(&f.file_id).await {
+                    Ok(_) => "deleted".to_owned(),
+                    Err(crate::api::ApiError::NotFound { .. }) => "gone".to_owned(),
+                    Err(e) => format!("failed: {e}"),
+                }
+            };
+            outcomes.push((f.file_id.clone(), outcome));
+        }
+    }
+    store.close().await;
+    Ok(report::gc_remote(&found, &outcomes, args.delete, args.json))
 }
 
 /// The completion script for `shell`, generated from the command-line definition.

@@ -80,6 +80,8 @@ pub struct Settings {
     pub backoff: BackoffSettings,
     pub reconcile: ReconcileSettings,
     pub collect: CollectSettings,
+    pub cleanup: CleanupSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
     pub metrics: MetricsSettings,
@@ -177,8 +179,23 @@ pub struct BatchSettings {
     pub endpoint: Option<String>,
     pub completion_window: String,
     pub deadline: Dur,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the batches' output and error files expire; "" (or unset): never.
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output_expires_after: Option<Dur>,
+    /// When uploaded input files expire; "" (or unset): never.
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input_expires_after: Option<Dur>,
+    /// How many times an expired job's undone requests are queued again, per original file.
+    #[serde(default)]
+    pub resubmit_expired: u32,
     pub max_requests: u64,
     pub max_bytes: ByteSize,
     pub split_oversized: bool,
@@ -240,6 +257,66 @@ pub struct CollectSettings {
     pub give_up_after: Dur,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupSettings {
+    /// Delete a job's files from the service once it ended and its results are recorded.
+    pub remote_files: bool,
+}
+
+/// How long the files and rows of finished jobs are kept; unset: for ever.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Input files of completed jobs in done/.
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub done: Option<Dur>,
+    /// Input files and reason files of jobs that did not complete, in failed/.
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failed: Option<Dur>,
+    /// results/JOB/ of finished jobs.
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub results: Option<Dur>,
+    /// The database rows of finished jobs (job, batches, history, events, usage).
+    #[serde(
+        default,
+        deserialize_with = "optional_dur",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history: Option<Dur>,
+}
+
+impl RetentionSettings {
+    /// Whether anything is ever pruned.
+    pub fn any(&self) -> bool {
+        self.done.is_some()
+            || self.failed.is_some()
+            || self.results.is_some()
+            || self.history.is_some()
+    }
+}
+
+/// A duration that may be turned off with an empty string.
+fn optional_dur<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Dur>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 /// The log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
@@ -295,6 +372,8 @@ impl TryFrom<String> for LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
+    /// The level filter, in `RUST_LOG`'s syntax; `RUST_LOG`, when set, wins.
+    pub level: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -654,6 +733,9 @@ impl Settings {
         if let Some(after) = self.batch.output_expires_after {
             output_expiry("batch.output_expires_after", after)?;
         }
+        if let Some(after) = self.batch.input_expires_after {
+            output_expiry("batch.input_expires_after", after)?;
+        }
         if self.batch.max_requests == 0 {
             return Err(ConfigError::key("batch.max_requests", "must be at least 1"));
         }
@@ -714,6 +796,25 @@ impl Settings {
             self.reconcile.duplicate_check_interval,
         )?;
         positive("collect.give_up_after", self.collect.give_up_after)?;
+        for (key, value) in [
+            ("retention.done", self.retention.done),
+            ("retention.failed", self.retention.failed),
+            ("retention.results", self.retention.results),
+            ("retention.history", self.retention.history),
+        ] {
+            if let Some(d) = value {
+                positive(key, d)?;
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(ConfigError::key(
+                "log.level",
+                format!(
+                    "{:?} is not a level filter such as \"info\" or \"info,batchwatch=debug\" ({e})",
+                    self.log.level
+                ),
+            ));
+        }
         self.metrics.address()?;
         let stuck = &self.alerts.stuck_after;
         positive("alerts.stuck_after.validating", stuck.validating)?;

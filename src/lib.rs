@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod failpoint;
+pub mod housekeeping;
 pub mod metrics;
 pub mod model;
 pub mod printable;

@@ -422,6 +422,81 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
+/// What `gc-remote` found, and with `--delete` what became of each file it deleted.
+pub fn gc_remote(
+    found: &[crate::housekeeping::remote::Found],
+    outcomes: &[(String, String)],
+    deleting: bool,
+    as_json: bool,
+) -> String {
+    let outcome = |id: &str| {
+        outcomes
+            .iter()
+            .find(|(f, _)| f == id)
+            .map(|(_, o)| o.as_str())
+    };
+    if as_json {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            found: &'a crate::housekeeping::remote::Found,
+            outcome: Option<&'a str>,
+        }
+        let rows: Vec<Row> = found
+            .iter()
+            .map(|f| Row {
+                found: f,
+                outcome: outcome(&f.file_id),
+            })
+            .collect();
+        return json(&rows);
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|f| {
+            let action = match (f.delete, outcome(&f.file_id)) {
+                (true, Some(o)) => o.to_owned(),
+                (true, None) if deleting => "-".to_owned(),
+                (true, None) => "would delete".to_owned(),
+                (false, _) => "keep".to_owned(),
+            };
+            vec![
+                f.file_id.clone(),
+                f.purpose.clone(),
+                or_dash(f.created_at.as_deref()).to_owned(),
+                or_dash(f.job_id.as_deref()).to_owned(),
+                action,
+                f.why.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &["FILE", "PURPOSE", "CREATED", "JOB", "ACTION", "WHY"],
+        &rows,
+    );
+    let deletable = found.iter().filter(|f| f.delete).count();
+    let _ = if deleting {
+        let done = outcomes
+            .iter()
+            .filter(|(_, o)| o == "deleted" || o == "gone")
+            .count();
+        writeln!(
+            out,
+            "{} files listed; {done} of {deletable} deletable deleted (or already gone); {} kept",
+            found.len(),
+            found.len() - deletable
+        )
+    } else {
+        writeln!(
+            out,
+            "{} files listed; {deletable} would be deleted, {} kept (dry run: add --delete to delete them)",
+            found.len(),
+            found.len() - deletable
+        )
+    };
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ type Lines = Box<dyn Layer<Filtered> + Send + Sync>;
 
 /// The process's logging once [`Logging::start`] has installed it: handles to change its filter
 /// and its format later.
+#[derive(Clone)]
 pub struct Logging {
     filter: reload::Handle<EnvFilter, Registry>,
     format: reload::Handle<Lines, Filtered>,
@@ -46,6 +47,17 @@ impl Logging {
     /// Writes lines in `format` from now on.
     pub fn set_format(&self, format: LogFormat) {
         let _ = self.format.reload(lines(format));
+    }
+
+    /// Filters with `level` (`log.level`) from now on, unless `RUST_LOG` is set: it wins, at
+    /// start and after. Returns whether the filter changed; an unreadable `level` is an error.
+    pub fn set_level(&self, level: &str) -> Result<bool, String> {
+        if std::env::var_os("RUST_LOG").is_some() {
+            return Ok(false);
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        self.filter.reload(filter).map_err(|e| e.to_string())?;
+        Ok(true)
     }
 
     /// Filters with `default` from now on, unless `RUST_LOG` says otherwise.

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::config::{ApiSettings, ConfigError, Flavor, LimitSettings};
+use crate::config::{ApiSettings, ConfigError, Flavor, KeySource, LimitSettings};
 use crate::metrics::Metrics;
 
 use super::error::{ApiError, Operation};
@@ -41,7 +41,8 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     flavor: Flavor,
-    key: ApiKey,
+    /// Replaced when the key is read again from its source (a rotated key file).
+    key: std::sync::RwLock<ApiKey>,
     retry: RetryPolicy,
     limiter: Limiter,
     request_timeout: Duration,
@@ -94,7 +95,7 @@ impl Client {
                 http,
                 base,
                 flavor: api.flavor,
-                key,
+                key: std::sync::RwLock::new(key),
                 retry: RetryPolicy::from_settings(api),
                 limiter: Limiter::new(limits),
                 request_timeout: api.request_timeout.get(),
@@ -105,6 +106,25 @@ impl Client {
         })
     }
 
+    fn key(&self) -> ApiKey {
+        self.inner
+            .key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads the key again from `source` and uses it from the next request on (every clone
+    /// of this client does). Returns whether it differs from the key in use; on an error the
+    /// key in use stays.
+    pub fn reload_key(&self, source: &KeySource) -> Result<bool, ConfigError> {
+        let fresh = ApiKey::load(source)?;
+        let mut key = self.inner.key.write().unwrap_or_else(|e| e.into_inner());
+        let changed = !key.same_as(&fresh);
+        *key = fresh;
+        Ok(changed)
+    }
+
     /// Uploads `range` of the file at `path` as a batch input file named `filename`. The bytes
     /// are streamed from disk with a known length (so `Content-Length` is sent): memory does not
     /// grow with the file. Never retried; see the module docs.
@@ -113,6 +133,18 @@ impl Client {
         path: &Path,
         range: Range<u64>,
         filename: &str,
+    ) -> Result<FileObject, ApiError> {
+        self.upload_file_expiring(path, range, filename, None).await
+    }
+
+    /// As [`Client::upload_file`], asking the service to delete the file `expires_after`
+    /// seconds after the upload (`expires_after[anchor]=created_at`).
+    pub async fn upload_file_expiring(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        filename: &str,
+        expires_after: Option<u64>,
     ) -> Result<FileObject, ApiError> {
         let op = Operation::UploadFile;
         let local = |source: io::Error| ApiError::LocalIo {
@@ -155,9 +187,13 @@ impl Client {
             .file_name(filename.to_owned())
             .mime_str("application/octet-stream")
             .expect("a constant, valid MIME type");
-        let form = reqwest::multipart::Form::new()
-            .text("purpose", "batch")
-            .part("file", part);
+        let mut form = reqwest::multipart::Form::new().text("purpose", "batch");
+        if let Some(seconds) = expires_after {
+            form = form
+                .text("expires_after[anchor]", "created_at")
+                .text("expires_after[seconds]", seconds.to_string());
+        }
+        let form = form.part("file", part);
         let request = self
             .request(Method::POST, &["files"])
             .multipart(form)
@@ -288,7 +324,7 @@ impl Client {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
-        let (name, value) = self.inner.key.header(self.inner.flavor);
+        let (name, value) = self.key().header(self.inner.flavor);
         self.inner
             .http
             .request(method, self.url(segments))
@@ -356,7 +392,7 @@ impl Client {
         }
         let headers = response.headers().clone();
         let body = read_capped(response, ERROR_BODY_CAP).await;
-        let text = self.inner.key.redact(&String::from_utf8_lossy(&body));
+        let text = self.key().redact(&String::from_utf8_lossy(&body));
         let err = ApiError::from_response(op, status, &headers, &text, jiff::Timestamp::now());
         let metrics = &self.inner.metrics;
         metrics.api_request(op, Some(status.as_u16()), elapsed, Some(&err));
@@ -377,7 +413,7 @@ impl Client {
             .map_err(|e| ApiError::from_transport(op, &e))?;
         serde_json::from_slice(&body).map_err(|e| {
             // Redact before cutting, so no cut can leave the start of the key behind.
-            let redacted = self.inner.key.redact(&String::from_utf8_lossy(&body));
+            let redacted = self.key().redact(&String::from_utf8_lossy(&body));
             let text: String = redacted.chars().take(200).collect();
             ApiError::lost_answer(
                 op,

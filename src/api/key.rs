@@ -98,6 +98,11 @@ impl ApiKey {
         }
     }
 
+    /// Whether two keys are the same key (compared without printing either).
+    pub fn same_as(&self, other: &ApiKey) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+
     /// The number of characters in the key, for `check-config`.
     pub fn char_count(&self) -> usize {
         self.0.expose_secret().chars().count()

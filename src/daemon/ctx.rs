@@ -55,6 +55,10 @@ pub enum Subject {
     Unverified,
     /// The list sweep over every active batch.
     Sweep,
+    /// Deleting remote files ([`super::cleanup`]).
+    RemoteFiles,
+    /// Removing what old finished jobs left ([`super::retention`]).
+    Retention,
 }
 
 /// What a task does.
@@ -70,6 +74,8 @@ pub enum Task {
     CancelDuplicates,
     Verify,
     Sweep,
+    DeleteRemoteFiles,
+    Prune,
 }
 
 /// Which time a deferred step waits on.

@@ -19,6 +19,7 @@ use crate::failpoint;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
+use crate::store::deletions;
 use crate::store::jobs::{self, Job, Why};
 use crate::store::usage::{self, BatchUsage, JobCost};
 
@@ -330,6 +331,10 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         jobs::set_results_dir(&mut tx, &job_id, dir, &now).await?;
     }
     jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
+    if ctx.settings.cleanup.remote_files {
+        // In the same transaction: an ended job always has its files' deletions recorded.
+        deletions::plan_for_job(&mut tx, &job_id, &now).await?;
+    }
     tx.commit().await?;
     ctx.metrics
         .job_finished(state, &job.created_at, ctx.clock.now());

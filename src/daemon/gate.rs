@@ -23,6 +23,9 @@ pub struct Pause {
     pub since: Timestamp,
     pub message: String,
     pub next_probe: Timestamp,
+    /// Whether the key was read again from its source since the refusal: the first probe
+    /// does that at once, before any wait (a rotated key file needs no restart).
+    pub key_reread: bool,
 }
 
 #[derive(Debug, Default)]
@@ -71,8 +74,27 @@ impl Gate {
             since: pause.as_ref().map_or(now, |p| p.since),
             message: err.to_string(),
             next_probe: clock::add(now, retry),
+            key_reread: pause.as_ref().is_some_and(|p| p.key_reread),
         });
         true
+    }
+
+    /// The key was read again from its source; when it changed, the next probe is due at once.
+    pub fn key_reread(&self, changed: bool, now: Timestamp) {
+        if let Some(p) = self.pause.lock().expect("gate lock").as_mut() {
+            p.key_reread = true;
+            if changed {
+                p.next_probe = now;
+            }
+        }
+    }
+
+    /// Makes the next probe due now (after a reload: the key or the API may be new).
+    pub fn probe_now(&self, now: Timestamp) {
+        if let Some(p) = self.pause.lock().expect("gate lock").as_mut() {
+            p.key_reread = false;
+            p.next_probe = now;
+        }
     }
 
     /// The next time after `now` at which the gate changes by itself (a hold ends, a probe is
@@ -106,7 +128,7 @@ impl Gate {
             .lock()
             .expect("gate lock")
             .as_ref()
-            .is_some_and(|p| p.next_probe <= now)
+            .is_some_and(|p| !p.key_reread || p.next_probe <= now)
     }
 
     fn reopen(&self) {
@@ -148,8 +170,21 @@ impl Gate {
     }
 }
 
-/// Tries the key with the cheapest call there is; reopens the gate when it works.
+/// Reads the key again from its source (it may have been rotated), then tries it with the
+/// cheapest call there is; reopens the gate when it works.
 pub async fn probe(ctx: Ctx) -> anyhow::Result<()> {
+    match ctx.client.reload_key(&ctx.settings.api.key_source()) {
+        Ok(changed) => {
+            if changed {
+                tracing::warn!(source = %ctx.settings.api.key_source(), "the API key changed at its source; trying the new one");
+            }
+            ctx.gate.key_reread(changed, ctx.clock.now());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the API key cannot be read again from its source; trying the one in use");
+            ctx.gate.key_reread(false, ctx.clock.now());
+        }
+    }
     let first = std::pin::pin!(ctx.client.list_batches(1)).next().await;
     match first {
         None | Some(Ok(_)) => {
@@ -222,8 +257,18 @@ mod tests {
             message: "bad key".into(),
         };
         assert!(gate.note(&refused, now, Duration::from_secs(60)));
+        // At once, to read the key again; then only after the wait.
+        assert!(gate.probe_due(now));
+        gate.key_reread(false, now);
         assert!(!gate.probe_due(now));
+        assert!(gate.note(&refused, now, Duration::from_secs(60)));
+        assert!(
+            !gate.probe_due(now),
+            "a refusal after the key was read again waits"
+        );
         assert!(gate.probe_due(clock::add(now, Duration::from_secs(61))));
+        gate.key_reread(true, now);
+        assert!(gate.probe_due(now), "a changed key is tried at once");
         gate.reopen();
         assert!(gate.paused().is_none());
 

@@ -74,7 +74,8 @@
 //! wakes once per `queue.scan_interval`. Every timer reads the one clock in [`Ctx`], so a test
 //! can drive the rounds with a manual clock. On SIGTERM it stops claiming, gives in-flight
 //! tasks `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is
-//! recorded as an intent, so the next start picks it up.
+//! recorded as an intent, so the next start picks it up. SIGHUP reloads the configuration
+//! ([`reload`]).
 //!
 //! The rooms: [`intake`] (claim and check), [`reconcile`] (what the service has that the
 //! database may not know), [`submit`] (upload and create), [`poll`] and [`observe`] (following
@@ -86,6 +87,7 @@
 //! Only one daemon runs on a queue tree and a database at a time ([`instance`]).
 
 pub mod cancel;
+pub mod cleanup;
 pub mod collect;
 pub mod ctx;
 pub mod finish;
@@ -98,6 +100,7 @@ pub mod poll;
 pub mod progress;
 pub mod reconcile;
 pub mod recover;
+pub mod reload;
 pub mod schedule;
 pub mod stuck;
 pub mod submit;
@@ -158,14 +161,24 @@ pub struct Daemon {
     _instance: instance::InstanceLock,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration from `file`
+/// (the `--config` given, else the system file), as read at start ([`reload`]).
+pub async fn run(
+    settings: Settings,
+    file: Option<std::path::PathBuf>,
+    log: crate::telemetry::Logging,
+) -> anyhow::Result<()> {
     // Before anything else, so a signal that comes during start-up is not fatal.
     let mut signals = Signals::install()?;
     let key = ApiKey::load(&settings.api.key_source())?;
     let mut daemon = Daemon::start(settings, key, Clock::System).await?;
     daemon.notifier.ready(&daemon.ctx).await;
-    let signal = daemon.run_until(signals.recv()).await;
+    let signal = loop {
+        match daemon.run_until(signals.recv()).await {
+            "SIGHUP" => daemon.reload(file.as_deref(), &log).await,
+            other => break other,
+        }
+    };
     tracing::info!(signal, "stopping");
     daemon.shutdown().await;
     Ok(())
@@ -410,6 +423,13 @@ impl Daemon {
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
+        if cleanup::due(&ctx).await? {
+            self.spawn(
+                Subject::RemoteFiles,
+                T::DeleteRemoteFiles,
+                cleanup::run(ctx.clone()),
+            );
+        }
         for job in jobs::finishable(ctx.store.reader()).await? {
             self.spawn(
                 Subject::Job(job.clone()),
@@ -433,6 +453,11 @@ impl Daemon {
         next.extend(self.ctx.gate.next_change(now));
         next.extend(self.notifier.next_due());
         next.extend(self.failures.values().map(|f| f.retry_at));
+        if !self.in_flight.contains(&Subject::RemoteFiles)
+            && let Ok(Some(at)) = cleanup::next_due(&self.ctx).await
+        {
+            next.push(at);
+        }
         match self.next_stored_timer().await {
             Ok(Some(at)) => next.push(at),
             Ok(None) => {}
@@ -574,10 +599,11 @@ impl Daemon {
     }
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
 pub struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
 impl Signals {
@@ -585,6 +611,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 
@@ -593,6 +620,7 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
         }
     }
 }

@@ -74,6 +74,19 @@ impl Notifier {
         Some(clock::add(self.watchdog_at?, watchdog_every()?))
     }
 
+    /// A reload of the configuration has begun (`RELOADING=1`, with the monotonic time
+    /// systemd asks for).
+    pub fn reloading(&self) {
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(NotifyState::monotonic_usec_now().ok());
+        send(&states);
+    }
+
+    /// The reload is over, applied or refused: `READY=1` again.
+    pub fn reloaded(&self) {
+        send(&[NotifyState::Ready]);
+    }
+
     /// Shutdown has begun.
     pub fn stopping(&self) {
         send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);

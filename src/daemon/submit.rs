@@ -132,7 +132,16 @@ async fn upload(
         return Ok(None);
     }
     let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;
-    match ctx.client.upload_file(&path, range, &name).await {
+    let expires_after = ctx
+        .settings
+        .batch
+        .input_expires_after
+        .map(|d| d.get().as_secs());
+    match ctx
+        .client
+        .upload_file_expiring(&path, range, &name, expires_after)
+        .await
+    {
         Ok(file) => {
             failpoint::hit("submit:after-upload");
             tracing::info!(job = %row.job_id, part = row.part, file = %file.id, "uploaded");

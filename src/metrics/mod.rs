@@ -180,6 +180,14 @@ struct Inner {
     status_duration: Histograms<StatusLabel>,
     batch_requests: Histograms<StatusLabel>,
     requests: Family<OutcomeLabel, Counter>,
+    remote_files_deleted: Family<OutcomeLabel, Counter>,
+    pruned: Family<KindLabel, Counter>,
+    reloads: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
 }
 
 impl Metrics {
@@ -290,6 +298,32 @@ impl Metrics {
             "Requests of ended batches, by outcome (completed, failed)",
             requests.clone(),
         );
+        let remote_files_deleted = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "remote_files_deleted",
+            "Deletions of files on the service, by outcome (deleted, gone: already gone, failed: tried again later)",
+            remote_files_deleted.clone(),
+        );
+        let pruned = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "pruned",
+            "What retention removed, by kind (done_files, failed_files, results_dirs, jobs: database rows)",
+            pruned.clone(),
+        );
+        let reloads = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by outcome (applied, refused: the file was invalid)",
+            reloads.clone(),
+        );
+        for outcome in ["deleted", "gone", "failed"] {
+            remote_files_deleted
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(0);
+        }
+        for outcome in ["applied", "refused"] {
+            reloads.get_or_create(&OutcomeLabel { outcome }).inc_by(0);
+        }
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
@@ -320,8 +354,35 @@ impl Metrics {
                 status_duration,
                 batch_requests,
                 requests,
+                remote_files_deleted,
+                pruned,
+                reloads,
             }),
         }
+    }
+
+    /// A deletion of a remote file ended: `deleted`, `gone` (404) or `failed`.
+    pub fn remote_file_deleted(&self, outcome: &'static str) {
+        self.inner
+            .remote_files_deleted
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Retention removed `n` things of `kind`.
+    pub fn pruned(&self, kind: &'static str, n: u64) {
+        self.inner
+            .pruned
+            .get_or_create(&KindLabel { kind })
+            .inc_by(n);
+    }
+
+    /// A configuration reload was `applied` or `refused`.
+    pub fn reloaded(&self, outcome: &'static str) {
+        self.inner
+            .reloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     /// An API request ended: answered with HTTP `status`, or not answered (`None`), after

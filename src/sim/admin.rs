@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -81,7 +82,39 @@ pub struct BatchObservation {
     pub max_gap_ms: i64,
 }
 
+/// One file in `GET /admin/files`: every file the simulator holds, uploaded or generated,
+/// whoever made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldFile {
+    pub id: String,
+    pub filename: String,
+    pub purpose: String,
+    /// Simulated unix seconds.
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
 impl Shared {
+    /// Every file held, oldest first.
+    pub(crate) fn files(&self) -> Vec<HeldFile> {
+        self.lock()
+            .files
+            .iter()
+            .map(|f| HeldFile {
+                id: f.id.clone(),
+                filename: f.filename.clone(),
+                purpose: f.purpose.clone(),
+                created_at: super::clock::secs(f.created_at),
+                expires_at: f.expires_at.map(super::clock::secs),
+            })
+            .collect()
+    }
+
+    /// Accepts only `key` from now on (any non-empty key when `None`).
+    pub(crate) fn set_api_key(&self, key: Option<SecretString>) {
+        *self.api_key.lock().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
     pub(crate) fn stats(&self) -> Stats {
         self.lock().stats()
     }
@@ -276,6 +309,32 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/admin/batches/{batch_id}/vanish", post(vanish))
         .route("/admin/clock", get(get_clock).post(post_clock))
         .route("/admin/reset", post(reset))
+        .route("/admin/files", get(files))
+        .route("/admin/key", axum::routing::put(put_key))
+}
+
+async fn files(State(shared): State<Arc<Shared>>) -> Json<Vec<HeldFile>> {
+    Json(shared.files())
+}
+
+/// `{"key": "sk-..."}` accepts only that key from now on; `{"key": null}` any non-empty key.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyChange {
+    key: Option<String>,
+}
+
+async fn put_key(
+    State(shared): State<Arc<Shared>>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let change: KeyChange = parse(&body)?;
+    if change.key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(bad("the key must not be empty; null accepts any key"));
+    }
+    let any = change.key.is_none();
+    shared.set_api_key(change.key.map(SecretString::from));
+    Ok(Json(json!({"any_key": any})))
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Json<Stats> {

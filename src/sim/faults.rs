@@ -540,7 +540,7 @@ fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
              header.",
         ));
     };
-    match &shared.api_key {
+    match &*shared.api_key.lock().unwrap_or_else(|e| e.into_inner()) {
         Some(expected) if expected.expose_secret() != key => Err(invalid_key()),
         _ => Ok(()),
     }

@@ -51,6 +51,9 @@
 //!   read the simulated clock, jump it ahead, or change its speed (0 stops it).
 //! - `POST /admin/reset`: forget every file, batch and count; faults return to the
 //!   configured ones.
+//! - `GET /admin/files`: [`HeldFile`]s: every file the simulator holds, whoever made it.
+//! - `PUT /admin/key` `{"key": "sk-..."}`: accept only that key from now on (a rotated key);
+//!   `{"key": null}`: any non-empty key.
 //!
 //! # Fleets
 //!
@@ -102,7 +105,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use admin::{BatchObservation, Counts, Observations, Step, Stepped};
+pub use admin::{BatchObservation, Counts, HeldFile, Observations, Step, Stepped};
 pub use args::{SimArgs, run};
 pub use faults::{AuthFault, ErrorStatus, FaultKind, Faults, RetryAfter, ScriptedFault};
 pub use listing::ListOrder;
@@ -385,6 +388,16 @@ impl SimHandle {
     /// Makes a batch vanish (404 from now on); `false` when there is no such batch.
     pub async fn vanish(&self, batch_id: &str) -> bool {
         self.shared.vanish(batch_id)
+    }
+
+    /// Every file it holds (uploaded or generated, by any client), oldest first.
+    pub async fn files(&self) -> Vec<HeldFile> {
+        self.shared.files()
+    }
+
+    /// Accepts only `key` from now on; any non-empty key when `None`.
+    pub async fn set_api_key(&self, key: Option<&str>) {
+        self.shared.set_api_key(key.map(SecretString::from));
     }
 
     /// Forgets every file, batch and count; faults return to the configured ones.

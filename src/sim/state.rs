@@ -22,7 +22,8 @@ use crate::model::BatchStatus;
 
 /// Everything the server's tasks share.
 pub(crate) struct Shared {
-    pub(crate) api_key: Option<SecretString>,
+    /// The only key accepted (any non-empty key when `None`); the admin API can change it.
+    pub(crate) api_key: Mutex<Option<SecretString>>,
     pub(crate) data_dir: PathBuf,
     pub(crate) limits: Limits,
     pub(crate) state: Mutex<State>,
@@ -54,7 +55,7 @@ impl Shared {
             super::persist::load(&mut state, config)?;
         }
         Ok(Shared {
-            api_key: config.api_key.clone(),
+            api_key: Mutex::new(config.api_key.clone()),
             data_dir,
             limits: config.limits,
             state: Mutex::new(state),

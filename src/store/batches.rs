@@ -499,3 +499,15 @@ pub async fn mark_in_flight_unknown(
     .await?
     .rows_affected())
 }
+
+/// Brings the next poll of every active submission forward to `latest` when it is later
+/// (a reload shortened `poll.max_interval`). Returns how many moved.
+pub async fn poll_by(conn: &mut SqliteConnection, latest: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query!(
+        "UPDATE batches SET next_poll_at = ?1 WHERE state = 'active' AND next_poll_at > ?1",
+        latest
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

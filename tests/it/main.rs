@@ -15,6 +15,7 @@ mod daemon_restore;
 mod daemon_sweep;
 mod demo;
 mod e2e_containers;
+mod housekeeping;
 mod metrics;
 mod packaging;
 mod run;

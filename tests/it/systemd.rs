@@ -335,6 +335,13 @@ mod real_daemon {
     }
 
     #[tokio::test]
+    async fn daemon_reloads_on_systemctl_reload() {
+        if let Some(payload) = payload().await {
+            scenarios::reload_rereads_the_configuration(&payload).await;
+        }
+    }
+
+    #[tokio::test]
     async fn daemon_config_error_is_not_restarted() {
         if let Some(payload) = payload().await {
             scenarios::config_error_is_not_restarted(&payload).await;

@@ -320,3 +320,55 @@ pub async fn encrypted_credential_reaches_the_daemon(payload: &Payload) {
         "the API key appears in the journal"
     );
 }
+
+/// `systemctl reload` (the unit's ExecReload=, SIGHUP) reads the configuration again without
+/// a restart; an invalid file is refused and the daemon runs on.
+pub async fn reload_rereads_the_configuration(payload: &Payload) {
+    let Some(sys) = SystemdContainer::start(payload, None).await else {
+        return;
+    };
+    if let Err(out) = sys.start_unit().await {
+        panic!("{UNIT} did not start: {out}\n{}", sys.diagnostics().await);
+    }
+    let before = sys.state().await;
+    sys.check(&format!(
+        "printf '\\n[poll]\\nmax_interval = \"2m\"\\n' >> /etc/batchwatch/batchwatch.toml && \
+         systemctl reload {UNIT}"
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sys.journal().await.contains("configuration reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload in the journal\n{}",
+            sys.diagnostics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        sys.journal().await.contains("poll.max_interval"),
+        "{}",
+        sys.diagnostics().await
+    );
+    sys.check(&format!(
+        "printf '\\n[retention]\\ndone = \"soon\"\\n' >> /etc/batchwatch/batchwatch.toml && \
+         systemctl reload {UNIT}"
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sys.journal().await.contains("was not reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invalid file was not refused\n{}",
+            sys.diagnostics().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = sys.state().await;
+    assert!(after.is_running(), "{after:?}\n{}", sys.diagnostics().await);
+    assert_eq!(
+        (after.main_pid, after.n_restarts),
+        (before.main_pid, 0),
+        "a reload is not a restart"
+    );
+}

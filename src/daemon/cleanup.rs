@@ -1,0 +1,58 @@
+//! Remote clean-up: deleting from the service the files of jobs that ended.
+//!
+//! When a job ends with `cleanup.remote_files` on, the transaction that records its end also
+//! records the intent to delete its input files and the output and error files whose results
+//! are downloaded ([`crate::store::deletions::plan_for_job`]). This room carries the intents
+//! out ([`crate::housekeeping::remote::delete`]): a deletion that fails is tried again after
+//! a growing delay, a refused key closes the gate as any request does, and none of it changes
+//! the job's state.
+
+use crate::clock::{self, Timestamp};
+use crate::housekeeping::remote::{self, Outcome};
+use crate::store::deletions;
+
+use super::ctx::Ctx;
+
+/// The most deletions one task sends before it hands back to the loop.
+const PER_TASK: i64 = 50;
+
+/// Whether a deletion is due now.
+pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
+    Ok(next_due(ctx).await?.is_some_and(|at| at <= ctx.clock.now()))
+}
+
+/// When the next pending deletion is due.
+pub async fn next_due(ctx: &Ctx) -> anyhow::Result<Option<Timestamp>> {
+    let now = ctx.clock.now();
+    Ok(deletions::next_due(ctx.store.reader())
+        .await?
+        .map(|at| clock::parse(&at).unwrap_or(now)))
+}
+
+/// Sends the deletions that are due, one after the other, until the gate closes.
+pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    let rows = deletions::due(ctx.store.reader(), &ctx.now(), PER_TASK).await?;
+    for row in rows {
+        if ctx.gate.paused().is_some() {
+            break;
+        }
+        let outcome = remote::delete(
+            &ctx.client,
+            &ctx.store,
+            &row,
+            || ctx.clock.now(),
+            ctx.schedule.failed_request,
+        )
+        .await?;
+        match &outcome {
+            Outcome::Done(done) => ctx.metrics.remote_file_deleted(done.as_str()),
+            Outcome::Failed { error, .. } => {
+                ctx.gate
+                    .note(error, ctx.clock.now(), ctx.schedule.auth_retry);
+                ctx.metrics.remote_file_deleted("failed");
+            }
+            Outcome::Settled => {}
+        }
+    }
+    Ok(())
+}

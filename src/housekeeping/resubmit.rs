@@ -1,0 +1,1 @@
+//! Resubmission (to be filled).

@@ -1,0 +1,1 @@
+//! Local retention (to be filled).

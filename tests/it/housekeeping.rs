@@ -1,0 +1,498 @@
+//! Months unattended: files deleted from the service once a job is done with them (and
+//! `gc-remote` for what is left), local retention, live reload and key rotation, and the
+//! requests a batch left undone sent again.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use batchwatch::model::JobState;
+use batchwatch::sim::{FaultKind, ScriptedFault, SimConfig};
+use batchwatch::store::deletions;
+
+use crate::support::KEY;
+use crate::support::daemon::{Env, quick_sim, requests, slow_sim, wait_crash};
+use crate::support::process::command;
+use crate::support::sim::spawn_sim;
+use crate::support::wait_until;
+
+const DELETE_ROUTE: &str = "DELETE /v1/files/{file_id}";
+
+/// Every deletion the database records.
+async fn deletions_of(env: &Env) -> Vec<deletions::Deletion> {
+    let store = env.store().await;
+    let mut all = Vec::new();
+    for job in env.jobs().await {
+        all.extend(deletions::for_job(store.reader(), &job.id).await.unwrap());
+    }
+    store.close().await;
+    all
+}
+
+async fn deletes_sent(sim: &crate::support::sim::TestSim) -> u64 {
+    sim.handle
+        .counts()
+        .await
+        .requests
+        .get(DELETE_ROUTE)
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn wait_no_files(sim: &crate::support::sim::TestSim, what: &str) {
+    wait_until(what, Duration::from_secs(60), async || {
+        let files = sim.handle.files().await;
+        (files.is_empty(), files)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_fifty_jobs_the_service_holds_none_of_their_files() {
+    let sim = spawn_sim(SimConfig {
+        faults: batchwatch::sim::Faults {
+            request_failure_rate: 0.2,
+            ..Default::default()
+        },
+        ..quick_sim()
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    for i in 0..50 {
+        env.drop_file(
+            &format!("f{i:02}.jsonl"),
+            requests(&format!("f{i}"), 4, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    let jobs = env
+        .wait_finished(50, Duration::from_secs(120), &mut daemon)
+        .await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Completed));
+    wait_no_files(&sim, "every file deleted from the service").await;
+    let rows = deletions_of(&env).await;
+    // An input and an output file per job, and an error file for those with failed requests.
+    assert!(rows.len() >= 100, "{} deletions", rows.len());
+    assert!(rows.iter().any(|r| r.kind == "errors"), "error files too");
+    assert!(
+        rows.iter().all(|r| r.state == "deleted"),
+        "{:?}",
+        rows.iter().find(|r| r.state != "deleted")
+    );
+    assert_eq!(
+        deletes_sent(&sim).await,
+        rows.len() as u64,
+        "one DELETE per file"
+    );
+    let shown =
+        crate::support::process::stdout_ok(Some(&env.config), &["show", &jobs[0].id, "--json"]);
+    assert!(shown.contains("deleted its input file"), "{shown}");
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_between_a_deletion_intent_and_its_request_loses_nothing_and_deletes_nothing_twice()
+{
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn_with(&[(batchwatch::failpoint::ENV, "cleanup:before-delete")]);
+    for i in 0..3 {
+        env.drop_file(
+            &format!("k{i}.jsonl"),
+            requests(&format!("k{i}"), 3, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    let status = wait_crash(&mut daemon, Duration::from_secs(60));
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    drop(daemon);
+    assert_eq!(
+        deletes_sent(&sim).await,
+        0,
+        "killed before the first DELETE"
+    );
+    assert!(
+        !deletions_of(&env).await.is_empty(),
+        "the intents were recorded before the kill"
+    );
+    let mut daemon = env.spawn();
+    env.wait_finished(3, Duration::from_secs(60), &mut daemon)
+        .await;
+    wait_no_files(&sim, "every file deleted after the restart").await;
+    let rows = deletions_of(&env).await;
+    assert_eq!(rows.len(), 6, "an input and an output file for each job");
+    assert!(rows.iter().all(|r| r.state == "deleted"), "{rows:#?}");
+    assert_eq!(deletes_sent(&sim).await, 6, "each file deleted once");
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_or_already_gone_deletion_never_fails_its_job() {
+    let sim = spawn_sim(quick_sim()).await;
+    // Each DELETE is tried three times by the client (api.retry_attempts): the first two
+    // deletions fail for good, twice, before the service answers again; then one 404.
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Status {
+                status: 500.try_into().unwrap(),
+            })
+            .on("DELETE", "/v1/files/{file_id}")
+            .times(12),
+        )
+        .await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Status {
+                status: 404.try_into().unwrap(),
+            })
+            .on("DELETE", "/v1/files/{file_id}")
+            .times(1),
+        )
+        .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("d.jsonl", requests("d", 3, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    assert_eq!(jobs[0].state, JobState::Completed);
+    let rows = wait_until(
+        "both deletions settled",
+        Duration::from_secs(60),
+        async || {
+            let rows = deletions_of(&env).await;
+            (rows.iter().all(|r| r.state != "pending"), rows)
+        },
+    )
+    .await;
+    assert!(rows.iter().any(|r| r.failures > 0), "{rows:#?}");
+    assert!(rows.iter().any(|r| r.state == "gone"), "{rows:#?}");
+    let job = env.jobs().await.remove(0);
+    assert_eq!(job.state, JobState::Completed, "still completed");
+    let shown = crate::support::process::stdout_ok(Some(&env.config), &["show", &job.id, "--json"]);
+    assert!(shown.contains("could not delete its"), "{shown}");
+    assert!(
+        shown.contains("was already gone from the service"),
+        "{shown}"
+    );
+    env.stop(daemon);
+}
+
+/// `gc-remote` as an operator runs it, with the daemon's key.
+fn gc_remote(env: &Env, args: &[&str]) -> String {
+    let out = command(Some(&env.config))
+        .arg("gc-remote")
+        .args(args)
+        .env("OPENAI_API_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gc-remote {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_file() {
+    // The simulated clock a day behind, so every file is older than --older-than 1h.
+    let start = jiff::Timestamp::now().as_second() - 86_400;
+    let sim = spawn_sim(SimConfig {
+        start_time: Some(start),
+        foreign_batches: 2,
+        ..slow_sim(600.0)
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "[cleanup]\nremote_files = false\n");
+    let daemon = env.spawn();
+    env.drop_file("live.jsonl", requests("live", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the live batch exists",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.iter().any(|j| j.state == JobState::Running), jobs)
+        },
+    )
+    .await;
+    // Two finished jobs: their batches are stepped to the end by hand.
+    env.drop_file("a.jsonl", requests("a", 2, "gpt-4o-mini").as_bytes());
+    env.drop_file("b.jsonl", requests("b", 2, "gpt-4o-mini").as_bytes());
+    let live_job = env
+        .jobs()
+        .await
+        .into_iter()
+        .find(|j| j.file_name == "live.jsonl")
+        .unwrap();
+    let done = wait_until(
+        "two more batches in progress",
+        Duration::from_secs(30),
+        async || {
+            let stats = sim.handle.stats().await;
+            let ours: Vec<String> = stats
+                .batches
+                .iter()
+                .filter(|b| {
+                    b.job_id.is_some()
+                        && b.job_id.as_deref() != Some(live_job.id.as_str())
+                        && b.status == "in_progress"
+                })
+                .map(|b| b.id.clone())
+                .collect();
+            (ours.len() == 2, ours)
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        sim.handle
+            .step(batchwatch::sim::Step::Ids { ids: done.clone() })
+            .await
+            .unwrap();
+    }
+    wait_until("two jobs finished", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        let n = jobs.iter().filter(|j| j.state.is_terminal()).count();
+        (n == 2, jobs)
+    })
+    .await;
+    // Another tool's upload that is not a batch's at all.
+    let other = env.sandbox.path().join("other.jsonl");
+    std::fs::write(&other, requests("other", 1, "gpt-4o-mini")).unwrap();
+    crate::support::client::api_client(&sim.handle.base_url())
+        .upload_file(
+            &other,
+            0..std::fs::metadata(&other).unwrap().len(),
+            "other.jsonl",
+        )
+        .await
+        .unwrap();
+    let before = sim.handle.files().await;
+
+    let listed = gc_remote(&env, &["--older-than", "1h"]);
+    assert!(listed.contains("would delete"), "{listed}");
+    assert_eq!(
+        sim.handle.files().await,
+        before,
+        "a dry run deletes nothing"
+    );
+    assert_eq!(deletes_sent(&sim).await, 0);
+
+    let out = gc_remote(&env, &["--older-than", "1h", "--delete"]);
+    let after = sim.handle.files().await;
+    let gone: Vec<_> = before.iter().filter(|f| !after.contains(f)).collect();
+    // The two finished jobs' inputs and outputs.
+    assert_eq!(gone.len(), 4, "{out}\n{gone:#?}");
+    let store = env.store().await;
+    let known = deletions::known_files(store.reader()).await.unwrap();
+    store.close().await;
+    for f in &gone {
+        let k = known
+            .iter()
+            .find(|k| k.file_id == f.id)
+            .expect("a file of ours");
+        assert!(k.job_terminal, "{f:?}");
+    }
+    // Kept: the live job's input, the other tool's input, outputs and upload.
+    let live_input = known
+        .iter()
+        .find(|k| k.job_id == live_job.id && k.kind == "input")
+        .unwrap();
+    assert!(after.iter().any(|f| f.id == live_input.file_id), "{out}");
+    assert!(after.iter().any(|f| f.filename == "other.jsonl"), "{out}");
+    assert!(
+        after
+            .iter()
+            .filter(|f| !known.iter().any(|k| k.file_id == f.id))
+            .count()
+            >= 2,
+        "the other tool's files are all kept: {after:#?}"
+    );
+    let again = gc_remote(&env, &["--older-than", "1h"]);
+    assert!(!again.contains("would delete"), "{again}");
+    env.stop(daemon);
+}
+
+/// Sets `extra` TOML over the daemon's configuration file, as an operator edits it.
+fn edit_config(env: &Env, extra: &str) {
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let mut table: toml::Table = text.parse().unwrap();
+    for (section, values) in extra.parse::<toml::Table>().unwrap() {
+        let toml::Value::Table(values) = values else {
+            panic!("sections only")
+        };
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        entry.as_table_mut().unwrap().extend(values);
+    }
+    std::fs::write(&env.config, toml::to_string(&table).unwrap()).unwrap();
+}
+
+/// A key file only its owner may read.
+fn write_key(path: &std::path::Path, key: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = path.with_extension("new");
+    std::fs::write(&temp, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+const KEY_A: &str = "sk-rotation-first-0a1b2c3d";
+const KEY_B: &str = "sk-rotation-second-4e5f6a7b";
+
+async fn retrieves(sim: &crate::support::sim::TestSim) -> u64 {
+    sim.handle
+        .counts()
+        .await
+        .requests
+        .get("GET /v1/batches/{batch_id}")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// A daemon reading its key from a file the simulator accepts, batches that stay in progress.
+async fn rotation_setup(extra: &str) -> (crate::support::sim::TestSim, Env, std::path::PathBuf) {
+    let sim = spawn_sim(slow_sim(600.0)).await;
+    sim.handle.set_api_key(Some(KEY_A)).await;
+    let env = Env::new(&sim.handle.base_url(), extra);
+    let key_file = env.sandbox.path().join("api-key");
+    write_key(&key_file, KEY_A);
+    edit_config(
+        &env,
+        &format!("[api]\nkey_file = {:?}\n", key_file.display().to_string()),
+    );
+    (sim, env, key_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_a_new_poll_interval_and_a_rotated_key_without_a_restart() {
+    let (sim, env, key_file) = rotation_setup(
+        "[poll]\nmin_interval = \"30s\"\nmax_interval = \"30s\"\n[backoff]\nauth_retry = \"1h\"\n",
+    )
+    .await;
+    let mut daemon = env.spawn();
+    env.drop_file("one.jsonl", requests("one", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the batch polled once",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.iter().any(|j| j.state == JobState::Running), jobs)
+        },
+    )
+    .await;
+    let before = retrieves(&sim).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        retrieves(&sim).await <= before + 1,
+        "polled every 30 s before the reload"
+    );
+
+    // The operator rotates the key (the service takes only the new one from now on) and
+    // shortens the poll interval, then reloads.
+    sim.handle.set_api_key(Some(KEY_B)).await;
+    write_key(&key_file, KEY_B);
+    edit_config(
+        &env,
+        "[poll]\nmin_interval = \"100ms\"\nmax_interval = \"100ms\"\n",
+    );
+    let pid = daemon.child.id();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(line.contains("poll.max_interval"), "{line}");
+    let at = retrieves(&sim).await;
+    wait_until("polls every 100 ms", Duration::from_secs(10), async || {
+        let n = retrieves(&sim).await;
+        (n >= at + 10, n)
+    })
+    .await;
+    // The new key works: a new file goes all the way to a batch.
+    env.drop_file("two.jsonl", requests("two", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the second batch runs",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            let n = jobs.iter().filter(|j| j.state == JobState::Running).count();
+            (n == 2, jobs)
+        },
+    )
+    .await;
+    assert_eq!(daemon.child.id(), pid, "no restart");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+    daemon.drain();
+    assert!(
+        !daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("THE API REFUSED THE KEY")),
+        "the new key was in use from the reload on"
+    );
+    for key in [KEY_A, KEY_B] {
+        assert!(
+            !daemon.seen.iter().any(|l| l.contains(key)),
+            "a key was logged"
+        );
+    }
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_key_is_read_again_from_its_file_before_the_daemon_waits() {
+    let (sim, env, key_file) = rotation_setup("[backoff]\nauth_retry = \"1h\"\n").await;
+    let mut daemon = env.spawn();
+    // Rotated without a reload: the next request is refused, the file is read again at once.
+    sim.handle.set_api_key(Some(KEY_B)).await;
+    write_key(&key_file, KEY_B);
+    env.drop_file("r.jsonl", requests("r", 2, "gpt-4o-mini").as_bytes());
+    wait_until(
+        "the job runs with the new key, well before backoff.auth_retry (1h)",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.iter().any(|j| j.state == JobState::Running), jobs)
+        },
+    )
+    .await;
+    daemon.wait_for_line("the API key changed at its source", Duration::from_secs(5));
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invalid_configuration_is_refused_whole_and_restart_only_keys_keep_their_values() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let good = std::fs::read_to_string(&env.config).unwrap();
+
+    std::fs::write(&env.config, "[poll]\nmax_interval = \"soon\"\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_line("was not reloaded", Duration::from_secs(10));
+    assert!(line.contains("poll.max_interval"), "{line}");
+    env.drop_file("a.jsonl", requests("a", 2, "gpt-4o-mini").as_bytes());
+    env.wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+
+    std::fs::write(&env.config, good).unwrap();
+    let elsewhere = env.sandbox.path().join("elsewhere");
+    edit_config(
+        &env,
+        &format!(
+            "[queue]\ndir = {:?}\n[poll]\nmax_interval = \"150ms\"\n",
+            elsewhere.display().to_string()
+        ),
+    );
+    daemon.signal(libc::SIGHUP);
+    let kept = daemon.wait_for_line("take effect only at a restart", Duration::from_secs(10));
+    assert!(kept.contains("queue.dir"), "{kept}");
+    let applied = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(applied.contains("poll.max_interval"), "{applied}");
+    assert!(!applied.contains("queue.dir"), "{applied}");
+    // Still on the old queue.
+    env.drop_file("b.jsonl", requests("b", 2, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Completed));
+    assert!(!elsewhere.exists());
+    env.stop(daemon);
+}
