@@ -58,6 +58,9 @@ pub enum Command {
     /// behind; with --delete, delete them. Never a file of an unfinished job, of a batch still
     /// running, or one batchwatch cannot tie to itself by name or batch metadata.
     GcRemote(GcRemoteArgs),
+    /// Remove what finished jobs left longer ago than retention.* allows: their files in done/
+    /// and failed/, their results, their database rows (the daemon does this daily).
+    Prune(PruneArgs),
     /// Run the built-in simulator of the OpenAI Batch and Files API.
     Sim(Box<crate::sim::SimArgs>),
     /// Print a shell completion script: `source <(batchwatch completions bash)`.
@@ -151,6 +154,16 @@ pub struct GcRemoteArgs {
     #[arg(long, value_name = "DURATION", default_value = "2d")]
     pub older_than: crate::config::Dur,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only count what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -294,6 +307,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GcRemote(args) => {
             let settings = Settings::load(config)?;
             let out = runtime()?.block_on(gc_remote(&settings, &args))?;
+            emit(&out)?;
+        }
+        Command::Prune(args) => {
+            let settings = Settings::load(config)?;
+            let out = runtime()?.block_on(async {
+                let access = if args.dry_run {
+                    Access::ReadOnly
+                } else {
+                    Access::Write
+                };
+                let store = Store::open(
+                    &settings.database.path,
+                    settings.database.busy_timeout.get(),
+                    access,
+                )
+                .await?;
+                let queue = crate::queue::Queue::open(&settings.queue.dir)
+                    .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
+                let pruned = crate::housekeeping::retention::prune(
+                    &store,
+                    &queue,
+                    &settings.retention,
+                    crate::clock::Timestamp::now(),
+                    args.dry_run,
+                )
+                .await?;
+                store.close().await;
+                anyhow::Ok(report::pruned(&pruned, &settings.retention, args.json))
+            })?;
             emit(&out)?;
         }
         Command::Status(args) => {

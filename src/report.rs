@@ -497,6 +497,33 @@ pub fn gc_remote(
     out
 }
 
+/// What `prune` removed, or would remove.
+pub fn pruned(
+    p: &crate::housekeeping::retention::Pruned,
+    settings: &crate::config::RetentionSettings,
+    as_json: bool,
+) -> String {
+    if as_json {
+        return json(p);
+    }
+    if !settings.any() {
+        return "retention.* is not set: everything is kept\n".to_owned();
+    }
+    let verb = if p.dry_run { "would remove" } else { "removed" };
+    let mut out = format!(
+        "{verb}: {} files from done/, {} from failed/, {} results directories, the rows of {} jobs\n",
+        p.done_files, p.failed_files, p.results_dirs, p.jobs
+    );
+    if p.database_bytes_before > 0 {
+        let _ = writeln!(
+            out,
+            "database: {} bytes before, {} after",
+            p.database_bytes_before, p.database_bytes_after
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -495,3 +495,137 @@ async fn an_invalid_configuration_is_refused_whole_and_restart_only_keys_keep_th
     assert!(!elsewhere.exists());
     env.stop(daemon);
 }
+
+/// Waits until `n` batches of jobs other than `except` are in progress, then ends them.
+async fn end_batches_by_hand(sim: &crate::support::sim::TestSim, except: &str, n: usize) {
+    let ids = wait_until("batches in progress", Duration::from_secs(60), async || {
+        let stats = sim.handle.stats().await;
+        let ours: Vec<String> = stats
+            .batches
+            .iter()
+            .filter(|b| {
+                b.job_id.is_some()
+                    && b.job_id.as_deref() != Some(except)
+                    && b.status == "in_progress"
+            })
+            .map(|b| b.id.clone())
+            .collect();
+        (ours.len() == n, ours)
+    })
+    .await;
+    for _ in 0..2 {
+        sim.handle
+            .step(batchwatch::sim::Step::Ids { ids: ids.clone() })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_removes_old_finished_jobs_files_and_rows_and_the_database_shrinks() {
+    let sim = spawn_sim(slow_sim(600.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let daemon = env.spawn();
+    env.drop_file("live.jsonl", requests("live", 2, "gpt-4o-mini").as_bytes());
+    let live = wait_until("the live job runs", Duration::from_secs(30), async || {
+        let jobs = env.jobs().await;
+        let live = jobs.iter().find(|j| j.state == JobState::Running).cloned();
+        (live.is_some(), live)
+    })
+    .await
+    .unwrap();
+    for i in 0..30 {
+        env.drop_file(
+            &format!("old{i:02}.jsonl"),
+            requests(&format!("old{i}"), 5, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    env.drop_file("bad.jsonl", b"{not json\n");
+    end_batches_by_hand(&sim, &live.id, 30).await;
+    wait_until("31 jobs finished", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        let n = jobs
+            .iter()
+            .filter(|j| j.state.is_terminal() && !j.path.starts_with("processing/"))
+            .count();
+        (n == 31, jobs.len())
+    })
+    .await;
+    // Rows wait for their remote deletions (none pending here once they are done).
+    wait_until(
+        "remote deletions done",
+        Duration::from_secs(30),
+        async || {
+            let store = env.store().await;
+            let n = deletions::pending_count(store.reader()).await.unwrap();
+            store.close().await;
+            (n == 0, n)
+        },
+    )
+    .await;
+    env.stop(daemon);
+    assert_eq!(env.names("done").len(), 30);
+    assert!(env.names("failed").contains(&"bad.jsonl".to_owned()));
+    let db_before = std::fs::metadata(&env.db).unwrap().len();
+
+    edit_config(
+        &env,
+        "[retention]\ndone = \"1s\"\nfailed = \"1s\"\nresults = \"1s\"\nhistory = \"1s\"\n",
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dry =
+        crate::support::process::stdout_ok(Some(&env.config), &["prune", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(
+        (
+            &dry["done_files"],
+            &dry["failed_files"],
+            &dry["results_dirs"],
+            &dry["jobs"]
+        ),
+        (&30.into(), &1.into(), &30.into(), &31.into()),
+        "{dry}"
+    );
+    assert_eq!(env.names("done").len(), 30, "a dry run removes nothing");
+    assert_eq!(env.jobs().await.len(), 32);
+
+    // The daemon applies retention at its start (and daily).
+    let mut daemon = env.spawn();
+    daemon.wait_for_line("retention applied", Duration::from_secs(30));
+    let jobs = env.jobs().await;
+    assert_eq!(jobs.len(), 1, "only the unfinished job's rows are left");
+    assert_eq!(jobs[0].id, live.id);
+    assert_eq!(jobs[0].state, JobState::Running);
+    assert!(
+        env.queue.join(&jobs[0].path).is_file(),
+        "its file is untouched"
+    );
+    assert!(env.names("done").is_empty(), "{:?}", env.names("done"));
+    assert!(env.names("failed").is_empty(), "{:?}", env.names("failed"));
+    assert!(
+        env.names("results").iter().all(|d| d == &live.id),
+        "{:?}",
+        env.names("results")
+    );
+    let store = env.store().await;
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM status_history")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    let own: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM status_history h JOIN batches b ON b.id = h.batch_id WHERE b.job_id = ?",
+    )
+    .bind(&live.id)
+    .fetch_one(store.reader())
+    .await
+    .unwrap();
+    store.close().await;
+    assert_eq!(history, own, "only the live job's history is left");
+    assert!(own > 0);
+    env.stop(daemon);
+    let db_after = std::fs::metadata(&env.db).unwrap().len();
+    assert!(
+        db_after < db_before,
+        "the database gave the space back: {db_before} -> {db_after} bytes"
+    );
+}
