@@ -54,3 +54,7 @@ ALTER TABLE jobs ADD COLUMN results_pruned_at TEXT;
 -- it holds (no foreign key: retention may delete the parent's rows first).
 ALTER TABLE jobs ADD COLUMN parent_job_id TEXT;
 CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+-- Set when the job ended expired and batch.resubmit_expired asks for its undone requests to
+-- be queued again ('expired'); cleared once the new file is written into incoming/.
+ALTER TABLE jobs ADD COLUMN resubmit_due TEXT;
+CREATE INDEX jobs_resubmit_due ON jobs (id) WHERE resubmit_due IS NOT NULL;

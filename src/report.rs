@@ -21,6 +21,10 @@ use crate::store::usage::{BatchUsage, JobCost};
 #[derive(Debug, Serialize)]
 pub struct JobReport {
     pub job: Job,
+    /// The job this one resubmits the undone requests of.
+    pub parent_job_id: Option<String>,
+    /// Every job of its chain, the original file first (itself alone when it has none).
+    pub chain: Vec<crate::store::chain::Link>,
     /// The tokens and estimated cost of all its batches.
     pub usage: Option<JobCost>,
     pub events: Vec<JobEvent>,
@@ -271,6 +275,20 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         );
     }
     field("file", format!("{} ({} bytes)", j.path, j.size_bytes));
+    if let Some(parent) = &report.parent_job_id {
+        field("resubmits", format!("the undone requests of {parent}"));
+    }
+    if report.chain.len() > 1 {
+        let links: Vec<String> = report
+            .chain
+            .iter()
+            .map(|l| {
+                let me = if l.id == j.id { " (this job)" } else { "" };
+                format!("{} {} {}{me}", l.id, l.state, l.file_name)
+            })
+            .collect();
+        field("chain", links.join(" → "));
+    }
     if let Some(count) = j.request_count {
         field("requests", count.to_string());
     }

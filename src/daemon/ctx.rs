@@ -54,6 +54,8 @@ pub enum Subject {
     RemoteFiles,
     /// Removing what old finished jobs left ([`super::retention`]).
     Retention,
+    /// Writing the undone requests of expired jobs ([`super::resubmit`]).
+    Resubmissions,
 }
 
 /// What a task does.
@@ -70,6 +72,7 @@ pub enum Task {
     Verify,
     DeleteRemoteFiles,
     Prune,
+    Resubmit,
 }
 
 /// Which time a deferred step waits on.

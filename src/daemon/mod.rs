@@ -101,6 +101,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod recover;
 pub mod reload;
+pub mod resubmit;
 pub mod retention;
 pub mod schedule;
 pub mod stuck;
@@ -418,6 +419,13 @@ impl Daemon {
             if ctx.settings.retention.any() {
                 self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
             }
+        }
+        if resubmit::due(&ctx).await? {
+            self.spawn(
+                Subject::Resubmissions,
+                T::Resubmit,
+                resubmit::run(ctx.clone()),
+            );
         }
         if cleanup::due(&ctx).await? {
             self.spawn(

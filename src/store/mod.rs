@@ -12,6 +12,7 @@
 //! it is ever checkpointed, and then no write, not even the checkpoint, can succeed.
 
 pub mod batches;
+pub mod chain;
 pub mod deletions;
 pub mod figures;
 pub mod history;
