@@ -43,3 +43,18 @@ WHEN NOT EXISTS (
 BEGIN
     SELECT RAISE(ABORT, 'status_history is append-only; only the rows of finished jobs are pruned');
 END;
+
+-- Local retention (retention.*): when the job's file (with its sidecar and reason file) was
+-- removed from done/ or failed/, and when its results/JOBID/ directory was removed. NULL:
+-- still there (or never made).
+ALTER TABLE jobs ADD COLUMN files_pruned_at TEXT;
+ALTER TABLE jobs ADD COLUMN results_pruned_at TEXT;
+
+-- A job made by `batchwatch resubmit` or batch.resubmit_expired: the job whose undone requests
+-- it holds (no foreign key: retention may delete the parent's rows first).
+ALTER TABLE jobs ADD COLUMN parent_job_id TEXT;
+CREATE INDEX jobs_parent ON jobs (parent_job_id) WHERE parent_job_id IS NOT NULL;
+-- Set when the job ended expired and batch.resubmit_expired asks for its undone requests to
+-- be queued again ('expired'); cleared once the new file is written into incoming/.
+ALTER TABLE jobs ADD COLUMN resubmit_due TEXT;
+CREATE INDEX jobs_resubmit_due ON jobs (id) WHERE resubmit_due IS NOT NULL;

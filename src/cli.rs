@@ -59,6 +59,12 @@ pub enum Command {
     /// behind; with --delete, delete them. Never a file of an unfinished job, of a batch still
     /// running, or one batchwatch cannot tie to itself by name or batch metadata.
     GcRemote(GcRemoteArgs),
+    /// Remove what finished jobs left longer ago than retention.* allows: their files in done/
+    /// and failed/, their results, their database rows (the daemon does this daily).
+    Prune(PruneArgs),
+    /// Write the requests of a finished job that have no successful result as a new file
+    /// (and sidecar) into incoming/, as a job linked to this one.
+    Resubmit(ResubmitArgs),
     /// Run the built-in simulator of the OpenAI Batch and Files API.
     Sim(Box<crate::sim::SimArgs>),
     /// Print a shell completion script: `source <(batchwatch completions bash)`.
@@ -152,6 +158,25 @@ pub struct GcRemoteArgs {
     #[arg(long, value_name = "DURATION", default_value = "2d")]
     pub older_than: crate::config::Dur,
     /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResubmitArgs {
+    /// A job id (job_…), a remote batch id (batch_…) or a local batch number.
+    pub id: String,
+    /// Which undone requests: those never run (expired), those that failed, or both.
+    #[arg(long, value_enum, default_value = "unfinished")]
+    pub only: crate::housekeeping::resubmit::Only,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Only count what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
@@ -298,6 +323,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::GcRemote(args) => {
             let settings = Settings::load(config)?;
             let out = runtime()?.block_on(gc_remote(&settings, &args))?;
+            emit(&out)?;
+        }
+        Command::Resubmit(args) => {
+            let settings = Settings::load(config)?;
+            let out = runtime()?.block_on(async {
+                let store = Store::open(
+                    &settings.database.path,
+                    settings.database.busy_timeout.get(),
+                    Access::Write,
+                )
+                .await?;
+                let job_id = resolve_job(&store, &args.id).await?;
+                let job = jobs::get(store.reader(), &job_id)
+                    .await?
+                    .with_context(|| format!("no job {job_id}"))?;
+                let queue = crate::queue::Queue::open(&settings.queue.dir)
+                    .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
+                let mut conn = store.reader().acquire().await?;
+                let generation = crate::store::chain::depth(&mut conn, &job_id).await? + 1;
+                drop(conn);
+                let written =
+                    crate::housekeeping::resubmit::write(&queue, &job, args.only, generation, false)?;
+                store.close().await;
+                anyhow::Ok(match written {
+                    Some(w) => format!(
+                        "{} ({} {} requests of {job_id}) written; the daemon claims it as a job linked to {job_id}\n",
+                        w.file, w.requests, w.only
+                    ),
+                    None => format!("{job_id} has no {} requests; nothing written\n", args.only.as_str()),
+                })
+            })?;
+            emit(&out)?;
+        }
+        Command::Prune(args) => {
+            let settings = Settings::load(config)?;
+            let out = runtime()?.block_on(async {
+                let access = if args.dry_run {
+                    Access::ReadOnly
+                } else {
+                    Access::Write
+                };
+                let store = Store::open(
+                    &settings.database.path,
+                    settings.database.busy_timeout.get(),
+                    access,
+                )
+                .await?;
+                let queue = crate::queue::Queue::open(&settings.queue.dir)
+                    .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
+                let pruned = crate::housekeeping::retention::prune(
+                    &store,
+                    &queue,
+                    &settings.retention,
+                    crate::clock::Timestamp::now(),
+                    args.dry_run,
+                )
+                .await?;
+                store.close().await;
+                anyhow::Ok(report::pruned(&pruned, &settings.retention, args.json))
+            })?;
             emit(&out)?;
         }
         Command::Status(args) => {
@@ -558,6 +643,8 @@ pub async fn job_report(
     }
     Ok(report::JobReport {
         usage: usage::job_costs(store.reader(), &[job_id]).await?.pop(),
+        parent_job_id: crate::store::chain::parent_of(store.reader(), job_id).await?,
+        chain: crate::store::chain::chain(store.reader(), job_id).await?,
         job,
         events,
         batches: batch_reports,

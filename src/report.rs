@@ -21,6 +21,10 @@ use crate::store::usage::{BatchUsage, JobCost};
 #[derive(Debug, Serialize)]
 pub struct JobReport {
     pub job: Job,
+    /// The job this one resubmits the undone requests of.
+    pub parent_job_id: Option<String>,
+    /// Every job of its chain, the original file first (itself alone when it has none).
+    pub chain: Vec<crate::store::chain::Link>,
     /// The tokens and estimated cost of all its batches.
     pub usage: Option<JobCost>,
     pub events: Vec<JobEvent>,
@@ -271,6 +275,20 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         );
     }
     field("file", format!("{} ({} bytes)", j.path, j.size_bytes));
+    if let Some(parent) = &report.parent_job_id {
+        field("resubmits", format!("the undone requests of {parent}"));
+    }
+    if report.chain.len() > 1 {
+        let links: Vec<String> = report
+            .chain
+            .iter()
+            .map(|l| {
+                let me = if l.id == j.id { " (this job)" } else { "" };
+                format!("{} {} {}{me}", l.id, l.state, l.file_name)
+            })
+            .collect();
+        field("chain", links.join(" → "));
+    }
     if let Some(count) = j.request_count {
         field("requests", count.to_string());
     }
@@ -494,6 +512,33 @@ pub fn gc_remote(
             found.len() - deletable
         )
     };
+    out
+}
+
+/// What `prune` removed, or would remove.
+pub fn pruned(
+    p: &crate::housekeeping::retention::Pruned,
+    settings: &crate::config::RetentionSettings,
+    as_json: bool,
+) -> String {
+    if as_json {
+        return json(p);
+    }
+    if !settings.any() {
+        return "retention.* is not set: everything is kept\n".to_owned();
+    }
+    let verb = if p.dry_run { "would remove" } else { "removed" };
+    let mut out = format!(
+        "{verb}: {} files from done/, {} from failed/, {} results directories, the rows of {} jobs\n",
+        p.done_files, p.failed_files, p.results_dirs, p.jobs
+    );
+    if p.database_bytes_before > 0 {
+        let _ = writeln!(
+            out,
+            "database: {} bytes before, {} after",
+            p.database_bytes_before, p.database_bytes_after
+        );
+    }
     out
 }
 

@@ -54,6 +54,11 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
             Ok(bytes) => {
                 tracing::info!(job = %row.job_id, batch = %remote, file = %file_id, bytes, "downloaded {kind}")
             }
+            Err(ApiError::NotFound { .. }) if merged_before(&dir, file_id, kind) => {
+                // A database restored from before the job's end: the file was downloaded,
+                // merged, and then deleted from the service (cleanup.remote_files).
+                tracing::info!(job = %row.job_id, batch = %remote, file = %file_id, "{kind} already downloaded and merged before; the service no longer has it");
+            }
             Err(ApiError::NotFound { .. }) => {
                 missing.push(format!("the {kind} file {file_id} no longer exists"))
             }
@@ -80,6 +85,26 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether the job's results directory already holds `file_id` merged: its `manifest.json`
+/// names the file, and the merged `KIND.jsonl` is there.
+fn merged_before(dir: &std::path::Path, file_id: &str, kind: &str) -> bool {
+    let Ok(text) = std::fs::read(dir.join("manifest.json")) else {
+        return false;
+    };
+    let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let field = if kind == "output" {
+        "output_file_id"
+    } else {
+        "error_file_id"
+    };
+    let named = manifest["batches"]
+        .as_array()
+        .is_some_and(|b| b.iter().any(|b| b[field].as_str() == Some(file_id)));
+    named && dir.join(format!("{kind}.jsonl")).is_file()
 }
 
 /// A download failed. It is tried again later, until `collect.give_up_after` has passed since

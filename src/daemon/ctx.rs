@@ -59,6 +59,8 @@ pub enum Subject {
     RemoteFiles,
     /// Removing what old finished jobs left ([`super::retention`]).
     Retention,
+    /// Writing the undone requests of expired jobs ([`super::resubmit`]).
+    Resubmissions,
 }
 
 /// What a task does.
@@ -76,6 +78,7 @@ pub enum Task {
     Sweep,
     DeleteRemoteFiles,
     Prune,
+    Resubmit,
 }
 
 /// Which time a deferred step waits on.

@@ -19,9 +19,9 @@ use crate::failpoint;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
-use crate::store::deletions;
 use crate::store::jobs::{self, Job, Why};
 use crate::store::usage::{self, BatchUsage, JobCost};
+use crate::store::{chain, deletions};
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
@@ -230,6 +230,9 @@ struct Manifest<'a> {
     request_counts: Counts,
     /// The tokens and estimated cost of all its batches (every attempt: each was billed).
     usage: Option<&'a JobCost>,
+    /// The job whose undone requests this one holds (`batchwatch resubmit`): its results
+    /// and this job's together are the results of the original file.
+    parent_job_id: Option<String>,
     /// Merged output of the latest attempt of every part, relative to this directory.
     output_file: Option<String>,
     error_file: Option<String>,
@@ -284,6 +287,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                 failed: sum(|r| r.request_failed),
             },
             usage: job_cost.as_ref(),
+            parent_job_id: chain::parent_of(ctx.store.reader(), &job.id).await?,
             output_file: output,
             error_file: errors,
             batches: rows
@@ -334,6 +338,13 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     if ctx.settings.cleanup.remote_files {
         // In the same transaction: an ended job always has its files' deletions recorded.
         deletions::plan_for_job(&mut tx, &job_id, &now).await?;
+    }
+    let resubmit_at_most = i64::from(ctx.settings.batch.resubmit_expired);
+    if state == JobState::Expired
+        && resubmit_at_most > 0
+        && chain::depth(&mut tx, &job_id).await? < resubmit_at_most
+    {
+        chain::set_resubmit_due(&mut tx, &job_id, Some("expired")).await?;
     }
     tx.commit().await?;
     ctx.metrics

@@ -212,6 +212,9 @@ async fn insert_job(
     if let Some(look) = look {
         jobs::set_file_look(&mut tx, job.as_str(), look, &now).await?;
     }
+    if let Some(parent) = &o.parent_job {
+        crate::store::chain::link(&mut tx, job.as_str(), parent, &now).await?;
+    }
     tx.commit().await?;
     tracing::info!(job = %job, file = %name.to_string_lossy(), "claimed");
     Ok(())

@@ -101,6 +101,8 @@ pub mod progress;
 pub mod reconcile;
 pub mod recover;
 pub mod reload;
+pub mod resubmit;
+pub mod retention;
 pub mod schedule;
 pub mod stuck;
 pub mod submit;
@@ -139,6 +141,8 @@ pub struct Daemon {
     scanner: Scanner,
     next_scan: Timestamp,
     next_duplicate_check: Timestamp,
+    /// When retention runs next ([`retention`]): at start, then daily.
+    next_prune: Timestamp,
     tasks: JoinSet<anyhow::Result<()>>,
     /// What each running task is, by its id: a task that panics is known by its id alone.
     running: HashMap<tokio::task::Id, (Subject, Task)>,
@@ -245,6 +249,7 @@ impl Daemon {
             scanner: Scanner::new(schedule.settle),
             next_scan: now,
             next_duplicate_check: now,
+            next_prune: now,
             tasks: JoinSet::new(),
             running: HashMap::new(),
             in_flight: HashSet::new(),
@@ -423,6 +428,19 @@ impl Daemon {
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
+        if now >= self.next_prune {
+            self.next_prune = clock::add(now, retention::EVERY);
+            if ctx.settings.retention.any() {
+                self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
+            }
+        }
+        if resubmit::due(&ctx).await? {
+            self.spawn(
+                Subject::Resubmissions,
+                T::Resubmit,
+                resubmit::run(ctx.clone()),
+            );
+        }
         if cleanup::due(&ctx).await? {
             self.spawn(
                 Subject::RemoteFiles,
@@ -448,7 +466,7 @@ impl Daemon {
             return schedule.task_retry(self.round_failures);
         }
         let now = self.ctx.clock.now();
-        let mut next = vec![self.next_duplicate_check];
+        let mut next = vec![self.next_duplicate_check, self.next_prune];
         next.extend(self.claiming.then_some(self.next_scan));
         next.extend(self.ctx.gate.next_change(now));
         next.extend(self.notifier.next_due());

@@ -6,6 +6,7 @@
 //! completion_window = "24h"
 //! deadline = "6h"                      # from the claim; or a time: "2026-11-23T06:00:00Z"
 //! output_expires_after = "168h"
+//! parent_job = "job_…"                 # written by `batchwatch resubmit`
 //! [metadata]                           # merged over batch.metadata
 //! project = "eval-7"
 //! ```
@@ -27,6 +28,8 @@ pub struct JobOptions {
     pub metadata: BTreeMap<String, String>,
     /// Seconds.
     pub output_expires_after: Option<u64>,
+    /// The job whose undone requests this file holds (`batchwatch resubmit` writes it).
+    pub parent_job: Option<String>,
 }
 
 /// A sidecar problem: the key at fault (if one is) and what is wrong.
@@ -45,6 +48,7 @@ struct Raw {
     deadline: Option<String>,
     output_expires_after: Option<String>,
     metadata: Option<BTreeMap<String, String>>,
+    parent_job: Option<String>,
 }
 
 /// The most a sidecar may hold.
@@ -97,6 +101,7 @@ pub fn defaults(batch: &BatchSettings, claimed_at: Timestamp) -> JobOptions {
         deadline_at: clock::add(claimed_at, batch.deadline.get()),
         metadata: batch.metadata.clone(),
         output_expires_after: batch.output_expires_after.map(|d| d.get().as_secs()),
+        parent_job: None,
     }
 }
 
@@ -111,7 +116,7 @@ pub fn parse(
         // toml names an unknown field in its message; lift it into the key.
         let key = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_owned);
         let message = if key.is_some() {
-            "unknown key; allowed: endpoint, completion_window, deadline, output_expires_after, metadata".to_owned()
+            "unknown key; allowed: endpoint, completion_window, deadline, output_expires_after, metadata, parent_job".to_owned()
         } else {
             format!("not valid TOML: {}", e.to_string().lines().next().unwrap_or_default())
         };
@@ -168,6 +173,12 @@ pub fn parse(
         config::output_expiry("output_expires_after", d)
             .map_err(|e| err("output_expires_after", e.problem))?;
         options.output_expires_after = Some(d.get().as_secs());
+    }
+    if let Some(parent) = raw.parent_job {
+        if !crate::housekeeping::resubmit::valid_parent(&parent) {
+            return Err(err("parent_job", format!("{parent:?} is not a job id")));
+        }
+        options.parent_job = Some(parent);
     }
     if let Some(metadata) = raw.metadata {
         options.metadata.extend(metadata);

@@ -12,10 +12,12 @@
 //! it is ever checkpointed, and then no write, not even the checkpoint, can succeed.
 
 pub mod batches;
+pub mod chain;
 pub mod deletions;
 pub mod figures;
 pub mod history;
 pub mod jobs;
+pub mod retention;
 pub mod transitions;
 pub mod usage;
 
@@ -155,8 +157,12 @@ impl Store {
         let write = if access == Access::ReadOnly {
             None
         } else {
+            // Incremental auto-vacuum, so that retention can give space back without
+            // rewriting the file; it takes effect on a database created now (an older one
+            // is switched by its first prune, see give_space_back).
             let opts = options(path, busy_timeout)
                 .create_if_missing(access == Access::Migrate)
+                .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
@@ -356,6 +362,35 @@ impl Store {
             done: false,
             failed: self.write_failed.clone(),
         })
+    }
+
+    /// Gives the space of deleted rows back to the file system: `PRAGMA incremental_vacuum`
+    /// on a database in incremental auto-vacuum mode (every database created from schema
+    /// version 7 on); an older one is switched to that mode with one `VACUUM` (which rewrites
+    /// the file once). Then the WAL is checkpointed and truncated. Returns the file's size
+    /// before and after, in bytes.
+    pub async fn give_space_back(&self) -> Result<(u64, u64), StoreError> {
+        let size = || std::fs::metadata(&self.path).map_or(0, |m| m.len());
+        let w = self.writer()?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(w)
+            .await?;
+        let before = size();
+        let mode: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+            .fetch_one(w)
+            .await?;
+        if mode == 2 {
+            sqlx::query("PRAGMA incremental_vacuum").execute(w).await?;
+        } else {
+            sqlx::query("PRAGMA auto_vacuum = INCREMENTAL")
+                .execute(w)
+                .await?;
+            sqlx::query("VACUUM").execute(w).await?;
+        }
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(w)
+            .await?;
+        Ok((before, size()))
     }
 
     /// Closes the store for good at the daemon's stop: checkpoints the WAL and leaves the file in

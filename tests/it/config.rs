@@ -348,8 +348,8 @@ fn every_setting_the_example_shows_commented_out_is_valid_once_uncommented() {
         commented
             .iter()
             .flatten()
-            .any(|(_, l)| l.starts_with("output_expires_after")),
-        "the example shows output_expires_after: {commented:?}"
+            .any(|(_, l)| l.starts_with("history")),
+        "the example shows retention.history: {commented:?}"
     );
     let sandbox = Sandbox::new();
     // One at a time: the three key sources exclude each other.
@@ -387,7 +387,7 @@ fn every_duration_in_the_example_parses_commented_out_or_not() {
         // An address and port, metrics.listen.
         .filter(|v| !v.contains(':'))
         .collect();
-    assert!(durations.contains(&"7d"), "{durations:?}");
+    assert!(durations.contains(&"30d"), "{durations:?}");
     assert!(durations.len() >= 15, "{durations:?}");
     for text in durations {
         let d: Dur = text

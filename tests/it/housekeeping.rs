@@ -223,31 +223,7 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
         .into_iter()
         .find(|j| j.file_name == "live.jsonl")
         .unwrap();
-    let done = wait_until(
-        "two more batches in progress",
-        Duration::from_secs(30),
-        async || {
-            let stats = sim.handle.stats().await;
-            let ours: Vec<String> = stats
-                .batches
-                .iter()
-                .filter(|b| {
-                    b.job_id.is_some()
-                        && b.job_id.as_deref() != Some(live_job.id.as_str())
-                        && b.status == "in_progress"
-                })
-                .map(|b| b.id.clone())
-                .collect();
-            (ours.len() == 2, ours)
-        },
-    )
-    .await;
-    for _ in 0..2 {
-        sim.handle
-            .step(batchwatch::sim::Step::Ids { ids: done.clone() })
-            .await
-            .unwrap();
-    }
+    end_batches_by_hand(&sim, &live_job.id, 2).await;
     wait_until("two jobs finished", Duration::from_secs(60), async || {
         let jobs = env.jobs().await;
         let n = jobs.iter().filter(|j| j.state.is_terminal()).count();
@@ -494,5 +470,274 @@ async fn an_invalid_configuration_is_refused_whole_and_restart_only_keys_keep_th
         .await;
     assert!(jobs.iter().all(|j| j.state == JobState::Completed));
     assert!(!elsewhere.exists());
+    env.stop(daemon);
+}
+
+/// Waits until `n` batches of jobs other than `except` are in progress, then ends them.
+async fn end_batches_by_hand(sim: &crate::support::sim::TestSim, except: &str, n: usize) {
+    let ids = wait_until("batches in progress", Duration::from_secs(60), async || {
+        let stats = sim.handle.stats().await;
+        let ours: Vec<String> = stats
+            .batches
+            .iter()
+            .filter(|b| {
+                b.job_id.is_some()
+                    && b.job_id.as_deref() != Some(except)
+                    && b.status == "in_progress"
+            })
+            .map(|b| b.id.clone())
+            .collect();
+        (ours.len() == n, ours)
+    })
+    .await;
+    for _ in 0..2 {
+        sim.handle
+            .step(batchwatch::sim::Step::Ids { ids: ids.clone() })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_removes_old_finished_jobs_files_and_rows_and_the_database_shrinks() {
+    let sim = spawn_sim(slow_sim(600.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let daemon = env.spawn();
+    env.drop_file("live.jsonl", requests("live", 2, "gpt-4o-mini").as_bytes());
+    let live = wait_until("the live job runs", Duration::from_secs(30), async || {
+        let jobs = env.jobs().await;
+        let live = jobs.iter().find(|j| j.state == JobState::Running).cloned();
+        (live.is_some(), live)
+    })
+    .await
+    .unwrap();
+    for i in 0..30 {
+        env.drop_file(
+            &format!("old{i:02}.jsonl"),
+            requests(&format!("old{i}"), 5, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    env.drop_file("bad.jsonl", b"{not json\n");
+    end_batches_by_hand(&sim, &live.id, 30).await;
+    wait_until("31 jobs finished", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        let n = jobs
+            .iter()
+            .filter(|j| j.state.is_terminal() && !j.path.starts_with("processing/"))
+            .count();
+        (n == 31, jobs.len())
+    })
+    .await;
+    // Rows wait for their remote deletions (none pending here once they are done).
+    wait_until(
+        "remote deletions done",
+        Duration::from_secs(30),
+        async || {
+            let store = env.store().await;
+            let n = deletions::pending_count(store.reader()).await.unwrap();
+            store.close().await;
+            (n == 0, n)
+        },
+    )
+    .await;
+    env.stop(daemon);
+    assert_eq!(env.names("done").len(), 30);
+    assert!(env.names("failed").contains(&"bad.jsonl".to_owned()));
+    let db_before = std::fs::metadata(&env.db).unwrap().len();
+
+    edit_config(
+        &env,
+        "[retention]\ndone = \"1s\"\nfailed = \"1s\"\nresults = \"1s\"\nhistory = \"1s\"\n",
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dry =
+        crate::support::process::stdout_ok(Some(&env.config), &["prune", "--dry-run", "--json"]);
+    let dry: serde_json::Value = serde_json::from_str(&dry).unwrap();
+    assert_eq!(
+        (
+            &dry["done_files"],
+            &dry["failed_files"],
+            &dry["results_dirs"],
+            &dry["jobs"]
+        ),
+        (&30.into(), &1.into(), &30.into(), &31.into()),
+        "{dry}"
+    );
+    assert_eq!(env.names("done").len(), 30, "a dry run removes nothing");
+    assert_eq!(env.jobs().await.len(), 32);
+
+    // The daemon applies retention at its start (and daily).
+    let mut daemon = env.spawn();
+    daemon.wait_for_line("retention applied", Duration::from_secs(30));
+    let jobs = env.jobs().await;
+    assert_eq!(jobs.len(), 1, "only the unfinished job's rows are left");
+    assert_eq!(jobs[0].id, live.id);
+    assert_eq!(jobs[0].state, JobState::Running);
+    assert!(
+        env.queue.join(&jobs[0].path).is_file(),
+        "its file is untouched"
+    );
+    assert!(env.names("done").is_empty(), "{:?}", env.names("done"));
+    assert!(env.names("failed").is_empty(), "{:?}", env.names("failed"));
+    assert!(
+        env.names("results").iter().all(|d| d == &live.id),
+        "{:?}",
+        env.names("results")
+    );
+    let store = env.store().await;
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM status_history")
+        .fetch_one(store.reader())
+        .await
+        .unwrap();
+    let own: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM status_history h JOIN batches b ON b.id = h.batch_id WHERE b.job_id = ?",
+    )
+    .bind(&live.id)
+    .fetch_one(store.reader())
+    .await
+    .unwrap();
+    store.close().await;
+    assert_eq!(history, own, "only the live job's history is left");
+    assert!(own > 0);
+    env.stop(daemon);
+    let db_after = std::fs::metadata(&env.db).unwrap().len();
+    assert!(
+        db_after < db_before,
+        "the database gave the space back: {db_before} -> {db_after} bytes"
+    );
+}
+
+/// The custom_ids with a 2xx response in a job's merged output.
+fn succeeded(env: &Env, job: &batchwatch::store::jobs::Job) -> Vec<String> {
+    let dir = env.queue.join(job.results_dir.as_deref().expect("results"));
+    std::fs::read_to_string(dir.join("output.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["response"]["status_code"] == 200)
+        .map(|v| v["custom_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Moves the stopped simulated clock until `batch` reaches `status`.
+async fn advance_until(sim: &crate::support::sim::TestSim, batch: &str, status: &str, secs: f64) {
+    wait_until(status, Duration::from_secs(30), async || {
+        sim.handle.advance(secs).await;
+        let stats = sim.handle.stats().await;
+        let now = stats
+            .batches
+            .iter()
+            .find(|b| b.id == batch)
+            .map(|b| b.status.clone());
+        (now.as_deref() == Some(status), now)
+    })
+    .await;
+}
+
+async fn nth_batch(sim: &crate::support::sim::TestSim, n: usize) -> String {
+    wait_until("a batch is created", Duration::from_secs(30), async || {
+        let stats = sim.handle.stats().await;
+        let id = stats.batches.get(n).map(|b| b.id.clone());
+        (id.is_some(), id)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_batch_is_resubmitted_with_exactly_its_missing_requests() {
+    let sim = spawn_sim(SimConfig {
+        time_scale: 0.0,
+        start_time: Some(jiff::Timestamp::now().as_second()),
+        seed: Some(11),
+        // 10 requests take 900 s, past the window; the half left take about 450 s.
+        validating_secs: 5.0,
+        in_progress_secs: 0.0,
+        request_secs: 90.0,
+        finalizing_secs: 5.0,
+        completion_window_secs: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[batch]\nresubmit_expired = 1\n[batch.metadata]\nproject = \"p7\"\n",
+    );
+    let mut daemon = env.spawn();
+    let content = requests("exp", 10, "gpt-4o-mini");
+    env.drop_file("exp.jsonl", content.as_bytes());
+    let first = nth_batch(&sim, 0).await;
+    advance_until(&sim, &first, "in_progress", 5.0).await;
+    // Past the completion window halfway through: about half the requests ran.
+    advance_until(&sim, &first, "expired", 500.0).await;
+    let second = nth_batch(&sim, 1).await;
+    advance_until(&sim, &second, "in_progress", 5.0).await;
+    advance_until(&sim, &second, "completed", 100.0).await;
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    let (original, again) = (&jobs[0], &jobs[1]);
+    assert_eq!(original.state, JobState::Expired, "{:?}", original.reason);
+    assert_eq!(again.state, JobState::Completed, "{:?}", again.reason);
+    assert_eq!(again.file_name, "exp.resubmit-1.jsonl");
+
+    let done_first = succeeded(&env, original);
+    let done_again = succeeded(&env, again);
+    assert!(
+        !done_first.is_empty() && done_first.len() < 10,
+        "partial results: {done_first:?}"
+    );
+    assert_eq!(again.request_count, Some(10 - done_first.len() as i64));
+    let mut all: Vec<String> = done_first.iter().chain(&done_again).cloned().collect();
+    all.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("exp-{i}")).collect();
+    want.sort();
+    assert_eq!(all, want, "every request once across the chain");
+
+    let store = env.store().await;
+    let parent = batchwatch::store::chain::parent_of(store.reader(), &again.id)
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(parent.as_deref(), Some(original.id.as_str()));
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            env.queue
+                .join(again.results_dir.as_deref().unwrap())
+                .join("manifest.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["parent_job_id"], original.id.as_str());
+    let shown = crate::support::process::stdout_ok(Some(&env.config), &["show", &again.id]);
+    assert!(
+        shown.contains(&format!("the undone requests of {}", original.id)),
+        "{shown}"
+    );
+    assert!(shown.contains("chain"), "{shown}");
+    // Only once (batch.resubmit_expired = 1), and the metadata carried over.
+    assert_eq!(sim.handle.stats().await.batches.len(), 2);
+
+    // By hand: nothing failed, so nothing to send for --only failed.
+    let out = crate::support::process::stdout_ok(
+        Some(&env.config),
+        &["resubmit", &original.id, "--only", "failed"],
+    );
+    assert!(out.contains("nothing written"), "{out}");
+    let out = crate::support::process::stdout_ok(
+        Some(&env.config),
+        &["resubmit", &original.id, "--only", "expired"],
+    );
+    assert!(out.contains("exp.resubmit-1.jsonl"), "{out}");
+    let written =
+        std::fs::read_to_string(env.dir("incoming").join("exp.resubmit-1.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 10 - done_first.len());
+    let sidecar =
+        std::fs::read_to_string(env.dir("incoming").join("exp.resubmit-1.jsonl.toml")).unwrap();
+    assert!(
+        sidecar.contains(&original.id) && sidecar.contains("p7"),
+        "{sidecar}"
+    );
     env.stop(daemon);
 }

@@ -63,6 +63,16 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     // undone newest first.
     let writer = store.writer().unwrap();
     for undo in [
+        "DROP INDEX jobs_resubmit_due",
+        "ALTER TABLE jobs DROP COLUMN resubmit_due",
+        "DROP INDEX jobs_parent",
+        "ALTER TABLE jobs DROP COLUMN parent_job_id",
+        "ALTER TABLE jobs DROP COLUMN results_pruned_at",
+        "ALTER TABLE jobs DROP COLUMN files_pruned_at",
+        "DROP TRIGGER status_history_no_delete",
+        "CREATE TRIGGER status_history_no_delete BEFORE DELETE ON status_history \
+         BEGIN SELECT RAISE(ABORT, 'status_history is append-only'); END",
+        "DROP TABLE remote_deletions",
         "DROP INDEX batches_not_before",
         "DROP INDEX jobs_unfinished_deadline",
         "DROP INDEX jobs_unfinished_cancel",
