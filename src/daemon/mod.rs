@@ -470,7 +470,14 @@ impl Daemon {
         next.extend(self.claiming.then_some(self.next_scan));
         next.extend(self.ctx.gate.next_change(now));
         next.extend(self.notifier.next_due());
-        next.extend(self.failures.values().map(|f| f.retry_at));
+        // A back-off that has run out is no timer: its task runs when its work is next due
+        // (a failed poll's submission may since be swept, never polled alone again).
+        next.extend(
+            self.failures
+                .values()
+                .map(|f| f.retry_at)
+                .filter(|at| *at > now),
+        );
         if !self.in_flight.contains(&Subject::RemoteFiles)
             && let Ok(Some(at)) = cleanup::next_due(&self.ctx).await
         {
