@@ -140,6 +140,9 @@ pub struct Daemon {
     pub ctx: Ctx,
     scanner: Scanner,
     next_scan: Timestamp,
+    /// When processing/ is next gone through ([`recover::sweep`]): at start, after anything
+    /// failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net.
+    next_processing_sweep: Timestamp,
     next_duplicate_check: Timestamp,
     /// When retention runs next ([`retention`]): at start, then daily.
     next_prune: Timestamp,
@@ -248,6 +251,7 @@ impl Daemon {
         let mut daemon = Daemon {
             scanner: Scanner::new(schedule.settle),
             next_scan: now,
+            next_processing_sweep: now,
             next_duplicate_check: now,
             next_prune: now,
             tasks: JoinSet::new(),
@@ -306,6 +310,8 @@ impl Daemon {
             Ok(()) => self.round_failures = 0,
             Err(e) => {
                 self.round_failures += 1;
+                // A claim may have failed after its rename: processing/ is gone through again.
+                self.next_processing_sweep = self.ctx.clock.now();
                 tracing::error!(
                     error = format!("{e:#}"),
                     retry_in = %clock::humanize(self.ctx.schedule.task_retry(self.round_failures)),
@@ -327,11 +333,16 @@ impl Daemon {
         let budget = ctx.settings.limits.concurrency as usize * 4;
         if self.claiming && now >= self.next_scan {
             let unsettled = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
-            let in_flight = &self.in_flight;
-            recover::sweep(&ctx, |job| {
-                in_flight.contains(&Subject::Job(job.to_owned()))
-            })
-            .await?;
+            if now >= self.next_processing_sweep {
+                let in_flight = &self.in_flight;
+                let all = recover::sweep(&ctx, |job| {
+                    in_flight.contains(&Subject::Job(job.to_owned()))
+                })
+                .await?;
+                if all {
+                    self.next_processing_sweep = clock::add(now, schedule::PROCESSING_SWEEP);
+                }
+            }
             let schedule = &ctx.schedule;
             self.next_scan = clock::add(
                 now,
@@ -571,6 +582,8 @@ impl Daemon {
                 self.failures.remove(&key);
             }
             Err(error) => {
+                // A file may have been left half-moved: processing/ is gone through again.
+                self.next_processing_sweep = self.ctx.clock.now();
                 if task == Task::Verify {
                     self.verify_due = true;
                 }

@@ -40,22 +40,25 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
         }
     }
-    sweep(ctx, |_| false).await
+    sweep(ctx, |_| false).await.map(|_| ())
 }
 
 /// Goes through processing/: adopts files claimed without a row, moves the files of finished
 /// jobs on, and repairs moves a crash interrupted, leaving alone the jobs `busy` names (a task
 /// of theirs is running). A file it cannot handle is logged and left for the next sweep.
-pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+/// Returns whether every file was handled (otherwise the next sweep should come soon).
+pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<bool> {
+    let mut all = true;
     for job_dir in ctx.queue.job_dirs().context("listing processing/")? {
         if busy(job_dir.job.as_str()) {
             continue;
         }
         if let Err(e) = sweep_one(ctx, &job_dir).await {
+            all = false;
             tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");
         }
     }
-    Ok(())
+    Ok(all)
 }
 
 async fn sweep_one(ctx: &Ctx, job_dir: &JobDir) -> anyhow::Result<()> {

@@ -18,6 +18,12 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// many small pieces) costs few rounds.
 pub const MIN_SLEEP: Duration = Duration::from_millis(5);
 
+/// How often processing/ is gone through for files a failure left behind (a claim whose row
+/// was not written, a finished job's file not moved on) when nothing failed meanwhile: after a
+/// failure it is gone through at the next scan. Each pass reads every unfinished job's row, so
+/// it is not done at every scan.
+pub const PROCESSING_SWEEP: Duration = Duration::from_secs(300);
+
 /// After a task ends, the loop waits this long for others to end before its next round, so a
 /// burst of thousands of small tasks (intake) costs a round per burst, not per task.
 pub const TASK_GATHER: Duration = Duration::from_millis(10);
