@@ -16,14 +16,8 @@ use super::ctx::Ctx;
 /// The most deletions one task sends before it hands back to the loop.
 const PER_TASK: i64 = 50;
 
-/// Whether a deletion is due now.
-pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
-    Ok(next_due(ctx).await?.is_some_and(|at| at <= ctx.clock.now()))
-}
-
-/// When the next pending deletion is due.
-pub async fn next_due(ctx: &Ctx) -> anyhow::Result<Option<Timestamp>> {
-    let now = ctx.clock.now();
+/// When the next pending deletion is due; `now` when one is due already.
+pub async fn next_due(ctx: &Ctx, now: Timestamp) -> anyhow::Result<Option<Timestamp>> {
     Ok(deletions::next_due(ctx.store.reader())
         .await?
         .map(|at| clock::parse(&at).unwrap_or(now)))

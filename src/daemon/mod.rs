@@ -146,6 +146,10 @@ pub struct Daemon {
     next_duplicate_check: Timestamp,
     /// When retention runs next ([`retention`]): at start, then daily.
     next_prune: Timestamp,
+    /// When to look for due remote deletions and resubmissions: at start, after a job
+    /// finished or such a task ended, and at the next deletion's retry time. Never in every
+    /// round, which stays free of their queries.
+    housekeeping_at: Option<Timestamp>,
     tasks: JoinSet<anyhow::Result<()>>,
     /// What each running task is, by its id: a task that panics is known by its id alone.
     running: HashMap<tokio::task::Id, (Subject, Task)>,
@@ -254,6 +258,7 @@ impl Daemon {
             next_processing_sweep: now,
             next_duplicate_check: now,
             next_prune: now,
+            housekeeping_at: Some(now),
             tasks: JoinSet::new(),
             running: HashMap::new(),
             in_flight: HashSet::new(),
@@ -445,19 +450,31 @@ impl Daemon {
                 self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
             }
         }
-        if resubmit::due(&ctx).await? {
-            self.spawn(
-                Subject::Resubmissions,
-                T::Resubmit,
-                resubmit::run(ctx.clone()),
-            );
-        }
-        if cleanup::due(&ctx).await? {
-            self.spawn(
-                Subject::RemoteFiles,
-                T::DeleteRemoteFiles,
-                cleanup::run(ctx.clone()),
-            );
+        if self.housekeeping_at.is_some_and(|at| at <= now) {
+            self.housekeeping_at = None;
+            let mut busy = false;
+            if resubmit::due(&ctx).await? {
+                busy |= !self.spawn(
+                    Subject::Resubmissions,
+                    T::Resubmit,
+                    resubmit::run(ctx.clone()),
+                );
+            }
+            match cleanup::next_due(&ctx, now).await? {
+                Some(at) if at <= now => {
+                    busy |= !self.spawn(
+                        Subject::RemoteFiles,
+                        T::DeleteRemoteFiles,
+                        cleanup::run(ctx.clone()),
+                    );
+                }
+                Some(at) => self.housekeeping_at = Some(at),
+                None => {}
+            }
+            if busy {
+                // Running already, or waiting after a failure: look again a little later.
+                self.housekeeping_at = Some(clock::add(now, ctx.schedule.failed_task_initial));
+            }
         }
         for job in jobs::finishable(ctx.store.reader()).await? {
             self.spawn(
@@ -489,11 +506,7 @@ impl Daemon {
                 .map(|f| f.retry_at)
                 .filter(|at| *at > now),
         );
-        if !self.in_flight.contains(&Subject::RemoteFiles)
-            && let Ok(Some(at)) = cleanup::next_due(&self.ctx).await
-        {
-            next.push(at);
-        }
+        next.extend(self.housekeeping_at);
         match self.next_stored_timer().await {
             Ok(Some(at)) => next.push(at),
             Ok(None) => {}
@@ -570,6 +583,12 @@ impl Daemon {
             return;
         };
         self.in_flight.remove(&subject);
+        if matches!(
+            task,
+            Task::Finish | Task::DeleteRemoteFiles | Task::Resubmit
+        ) {
+            self.housekeeping_at = Some(self.ctx.clock.now());
+        }
         if let Subject::Job(job) = &subject
             && task == Task::Validate
             && self.ctx.unverified.contains(job)
