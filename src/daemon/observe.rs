@@ -32,9 +32,15 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
             .await?
             .context("the job of a submission vanished")?
             .deadline_at;
-        let at = next_poll_at(ctx, &batch.status, &row.created_at, &deadline, now);
-        let at = jitter(clock::between(now, at), &ctx.settings.poll);
-        let polls = serde_json::json!([[row.id, clock::format(clock::add(now, at))]]).to_string();
+        let at = next_poll_at(
+            ctx,
+            &batch.status,
+            &row.created_at,
+            &deadline,
+            now,
+            Spread::Jittered,
+        );
+        let polls = serde_json::json!([[row.id, clock::format(at)]]).to_string();
         let mut tx = ctx.store.begin().await?;
         transitions::seen_unchanged(&mut tx, &polls, &clock::format(now)).await?;
         tx.commit().await?;
@@ -70,6 +76,15 @@ fn observation_counts(batch: &Batch) -> [Option<i64>; 3] {
     ]
 }
 
+/// How a submission's next poll is spread: a batch retrieved on its own is `Jittered` (many
+/// batches are not polled in lock-step); one seen by a list sweep is not (the sweep sees them
+/// all at once anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    Jittered,
+    Exact,
+}
+
 /// When an active submission whose batch is in `status` is polled next, from `now`.
 pub fn next_poll_at(
     ctx: &Ctx,
@@ -77,14 +92,20 @@ pub fn next_poll_at(
     created_at: &str,
     deadline_at: &str,
     now: Timestamp,
+    spread: Spread,
 ) -> Timestamp {
+    let poll = &ctx.settings.poll;
     let to_deadline = clock::parse(deadline_at).map(|d| clock::between(now, d));
     let age = clock::parse(created_at)
         .map(|c| clock::between(c, now))
         .unwrap_or_default();
+    let delay = next_poll_delay(status, poll, age, to_deadline);
     clock::add(
         now,
-        next_poll_delay(status, &ctx.settings.poll, age, to_deadline),
+        match spread {
+            Spread::Jittered => jitter(delay, poll),
+            Spread::Exact => delay,
+        },
     )
 }
 
@@ -192,11 +213,15 @@ pub async fn record(
         transitions::to_collecting(&mut *tx, row.id, &now).await?;
         refresh_job(&mut *tx, &row.job_id, None, &message, &now).await?;
     } else {
-        let at = next_poll_at(ctx, &status, &row.created_at, &job.deadline_at, now_ts);
-        let at = clock::format(clock::add(
+        let at = next_poll_at(
+            ctx,
+            &status,
+            &row.created_at,
+            &job.deadline_at,
             now_ts,
-            jitter(clock::between(now_ts, at), &ctx.settings.poll),
-        ));
+            Spread::Jittered,
+        );
+        let at = clock::format(at);
         transitions::schedule_poll(&mut *tx, row.id, &at, &now).await?;
         // The job follows its submissions' states; only a new active one can move it.
         if activated {

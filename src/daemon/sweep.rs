@@ -36,7 +36,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 
 use super::ctx::Ctx;
-use super::observe::{self, next_poll_at, unchanged};
+use super::observe::{self, Spread, next_poll_at, unchanged};
 use super::poll;
 use crate::api::{ApiError, Batch};
 use crate::clock::{self, Timestamp};
@@ -189,7 +189,14 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
     for (t, batch) in ours {
         let counts = [t.request_total, t.request_completed, t.request_failed];
         if unchanged(t.status.as_ref(), counts, batch) {
-            let at = next_poll_at(ctx, &batch.status, &t.created_at, &t.deadline_at, now);
+            let at = next_poll_at(
+                ctx,
+                &batch.status,
+                &t.created_at,
+                &t.deadline_at,
+                now,
+                Spread::Exact,
+            );
             quiet.push(serde_json::json!([t.id, clock::format(at)]));
         } else {
             changed.push((t.id, *batch));
