@@ -132,20 +132,27 @@ pub async fn plan_one(
         .expect("the row was just written"))
 }
 
+/// `SELECT` every column of `remote_deletions` as a [`Deletion`], followed by `$tail`.
+macro_rules! select_deletions {
+    ($tail:literal, $($arg:expr),*) => {
+        sqlx::query_as!(
+            Deletion,
+            "SELECT id, file_id, job_id, kind, origin, state, failures, not_before, last_error,
+                    created_at, updated_at, done_at
+             FROM remote_deletions " + $tail,
+            $($arg),*
+        )
+    };
+}
+
 /// The deletion of one file, if one was recorded.
 pub async fn by_file(
     db: impl SqliteExecutor<'_>,
     file_id: &str,
 ) -> Result<Option<Deletion>, StoreError> {
-    Ok(sqlx::query_as!(
-        Deletion,
-        "SELECT id, file_id, job_id, kind, origin, state, failures, not_before, last_error,
-                created_at, updated_at, done_at
-         FROM remote_deletions WHERE file_id = ?",
-        file_id
-    )
-    .fetch_optional(db)
-    .await?)
+    Ok(select_deletions!("WHERE file_id = ?", file_id)
+        .fetch_optional(db)
+        .await?)
 }
 
 /// Pending deletions due at `now`, oldest first, at most `limit`.
@@ -154,12 +161,8 @@ pub async fn due(
     now: &str,
     limit: i64,
 ) -> Result<Vec<Deletion>, StoreError> {
-    Ok(sqlx::query_as!(
-        Deletion,
-        "SELECT id, file_id, job_id, kind, origin, state, failures, not_before, last_error,
-                created_at, updated_at, done_at
-         FROM remote_deletions
-         WHERE state = 'pending' AND (not_before IS NULL OR not_before <= ?)
+    Ok(select_deletions!(
+        "WHERE state = 'pending' AND (not_before IS NULL OR not_before <= ?)
          ORDER BY id LIMIT ?",
         now,
         limit
@@ -183,15 +186,9 @@ pub async fn for_job(
     db: impl SqliteExecutor<'_>,
     job_id: &str,
 ) -> Result<Vec<Deletion>, StoreError> {
-    Ok(sqlx::query_as!(
-        Deletion,
-        "SELECT id, file_id, job_id, kind, origin, state, failures, not_before, last_error,
-                created_at, updated_at, done_at
-         FROM remote_deletions WHERE job_id = ? ORDER BY id",
-        job_id
-    )
-    .fetch_all(db)
-    .await?)
+    Ok(select_deletions!("WHERE job_id = ? ORDER BY id", job_id)
+        .fetch_all(db)
+        .await?)
 }
 
 /// How many deletions are still pending.
