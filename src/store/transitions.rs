@@ -339,10 +339,11 @@ pub async fn seen_unchanged(
     observed_at: &str,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query!(
-        "UPDATE batches SET next_poll_at = p.at, last_polled_at = ?2, last_error = NULL
-         FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS at
-               FROM json_each(?1)) AS p
-         WHERE batches.id = p.id AND batches.state = 'active'
+        // The pairs drive the join, each row found by its id: `+` keeps the planner off the
+        // state index, which would scan every active row and parse the pairs once per row.
+        "UPDATE batches SET next_poll_at = p.value ->> 1, last_polled_at = ?2, last_error = NULL
+         FROM json_each(?1) AS p
+         WHERE batches.id = p.value ->> 0 AND +batches.state = 'active'
            AND (batches.last_polled_at IS NULL OR batches.last_polled_at <= ?2)",
         polls,
         observed_at,

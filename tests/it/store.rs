@@ -608,6 +608,85 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
 }
 
+/// The quiet case of a poll or sweep page: each named active row gets its own next poll and the
+/// time it was seen; a row that left `active`, or that a newer look already reached, is left
+/// as it was, and so is every row not named.
+#[tokio::test]
+async fn seen_unchanged_moves_only_the_named_active_rows_not_yet_seen_later() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(12);
+    new_job(&store, &job, "q.jsonl", 4).await;
+    let mut ids = Vec::new();
+    let mut tx = store.begin().await.unwrap();
+    for part in 0..4 {
+        let new = NewSubmission {
+            job_id: &job,
+            part,
+            part_start: part * 100,
+            part_end: part * 100 + 100,
+            part_requests: 1,
+            attempt: 1,
+            not_before: None,
+        };
+        let id = batches::insert(&mut tx, &new, T0).await.unwrap();
+        transitions::arm_upload(&mut tx, id, T0).await.unwrap();
+        transitions::arm_create(&mut tx, id, "file-q", T0)
+            .await
+            .unwrap();
+        transitions::activate(&mut tx, id, T0).await.unwrap();
+        ids.push(id);
+    }
+    tx.commit().await.unwrap();
+    let later = "2026-11-22T10:05:00.000Z";
+    sqlx::query("UPDATE batches SET last_polled_at = ? WHERE id = ?")
+        .bind(later)
+        .bind(ids[1])
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+    force_state(&store, ids[2], SubmissionState::Collecting).await;
+
+    let seen_at = "2026-11-22T10:01:00.000Z";
+    let polls = serde_json::json!([
+        [ids[0], "2026-11-22T10:02:00.000Z"],
+        [ids[1], "2026-11-22T10:02:01.000Z"],
+        [ids[2], "2026-11-22T10:02:02.000Z"],
+        [9999, "2026-11-22T10:02:03.000Z"]
+    ]);
+    let mut tx = store.begin().await.unwrap();
+    let n = transitions::seen_unchanged(&mut tx, &polls.to_string(), seen_at)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(n, 1, "only the first row is active and not seen later");
+    let row = |id| {
+        let store = store.clone();
+        async move {
+            let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+            (s.next_poll_at, s.last_polled_at)
+        }
+    };
+    assert_eq!(
+        row(ids[0]).await,
+        (
+            Some("2026-11-22T10:02:00.000Z".to_owned()),
+            Some(seen_at.to_owned())
+        )
+    );
+    assert_eq!(
+        row(ids[1]).await.1.as_deref(),
+        Some(later),
+        "a newer look stands"
+    );
+    assert_eq!(
+        row(ids[2]).await.1,
+        None,
+        "a row that moved on is not touched"
+    );
+    assert_eq!(row(ids[3]).await.1, None, "a row not named is not touched");
+}
+
 /// Puts a submission in `state` directly, to try an edge from there.
 async fn force_state(store: &Store, id: i64, state: SubmissionState) {
     sqlx::query("UPDATE batches SET state = ? WHERE id = ?")
