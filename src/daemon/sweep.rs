@@ -106,12 +106,11 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, t)| (t.remote_id.as_str(), i))
         .collect();
-    let mut seen = vec![false; plan.len()];
-    let mut unseen = plan.len();
+    let mut unseen = Unseen::new(&plan);
     let budget = ctx.settings.poll.list_page_budget;
     let (mut pages, mut after) = (0u32, None::<String>);
     let mut failure = None;
-    while unseen > 0 && pages < budget {
+    while unseen.left > 0 && pages < budget {
         let page = match ctx.client.list_batches_page(PAGE, after.as_deref()).await {
             Ok(page) => page,
             Err(e) => {
@@ -124,13 +123,10 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
         let mut ours = Vec::new();
         for batch in &page.data {
             if let Some(&i) = index.get(batch.id.as_str())
-                && !seen[i]
+                && unseen.see(i)
+                && !busy.contains(&plan[i].id)
             {
-                seen[i] = true;
-                unseen -= 1;
-                if !busy.contains(&plan[i].id) {
-                    ours.push((&plan[i], batch));
-                }
+                ours.push((&plan[i], batch));
             }
         }
         record_page(&ctx, &ours, fetched).await?;
@@ -138,14 +134,14 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
             .last_id
             .clone()
             .or_else(|| page.data.last().map(|b| b.id.clone()));
-        if page.has_more != Some(true) || page.data.is_empty() || unseen == 0 {
+        if page.has_more != Some(true) || page.data.is_empty() || unseen.left == 0 {
             break;
         }
         if next.is_none() || next == after {
             tracing::warn!(after = ?after, "the batch list claims more pages but its cursor did not advance; retrieving the rest");
             break;
         }
-        if older_than_every_unseen(&page.data, &plan, &seen) {
+        if unseen.all_newer_than(page.data.iter().map(|b| b.created_at).max().flatten()) {
             break;
         }
         after = next;
@@ -154,14 +150,14 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
     let now = ctx.clock.now();
     let left: Vec<i64> = plan
         .iter()
-        .zip(&seen)
+        .zip(&unseen.seen)
         .filter(|(t, seen)| !**seen && !busy.contains(&t.id) && is_due(t, now))
         .map(|(t, _)| t.id)
         .collect();
     tracing::debug!(
         pages,
         tracked = plan.len(),
-        unseen,
+        unseen = unseen.left,
         retrieving = left.len(),
         "list sweep"
     );
@@ -230,21 +226,74 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
     Ok(())
 }
 
-/// Whether every batch on the page was created before the oldest active batch not yet seen:
-/// in a list that runs newest first, nothing further down can be one of them.
-fn older_than_every_unseen(page: &[Batch], plan: &[Tracked], seen: &[bool]) -> bool {
-    let Some(newest_on_page) = page.iter().map(|b| b.created_at).max().flatten() else {
-        return false;
-    };
-    let mut oldest_unseen = None::<Timestamp>;
-    for (t, _) in plan.iter().zip(seen).filter(|(_, seen)| !**seen) {
-        // An unseen batch without a known creation time could be anywhere.
-        let Some(created) = t.remote_created_at.as_deref().and_then(clock::parse) else {
+/// The tracked batches a sweep has not seen yet, by creation time, to tell when a page lies
+/// past all of them. Built once per sweep: asking costs no more than the batches seen since
+/// the last question.
+struct Unseen {
+    seen: Vec<bool>,
+    left: usize,
+    /// (creation time, index in the plan) of every batch whose creation time is known,
+    /// oldest first; those before `cursor` are seen.
+    by_age: Vec<(Timestamp, usize)>,
+    cursor: usize,
+    dated: Vec<bool>,
+    /// Unseen batches without a known creation time: they could be anywhere in the list.
+    undated: usize,
+}
+
+impl Unseen {
+    fn new(plan: &[Tracked]) -> Unseen {
+        let mut by_age = Vec::with_capacity(plan.len());
+        let mut dated = vec![false; plan.len()];
+        for (i, t) in plan.iter().enumerate() {
+            if let Some(created) = t.remote_created_at.as_deref().and_then(clock::parse) {
+                by_age.push((created, i));
+                dated[i] = true;
+            }
+        }
+        by_age.sort_unstable();
+        Unseen {
+            seen: vec![false; plan.len()],
+            left: plan.len(),
+            undated: plan.len() - by_age.len(),
+            by_age,
+            cursor: 0,
+            dated,
+        }
+    }
+
+    /// Marks the batch at `i` seen; false when it was seen already.
+    fn see(&mut self, i: usize) -> bool {
+        if std::mem::replace(&mut self.seen[i], true) {
+            return false;
+        }
+        self.left -= 1;
+        if !self.dated[i] {
+            self.undated -= 1;
+        }
+        true
+    }
+
+    /// Whether every batch not yet seen was created after the newest batch of a page: in a list
+    /// that runs newest first, nothing further down can be one of them.
+    fn all_newer_than(&mut self, newest_on_page: Option<Timestamp>) -> bool {
+        let Some(newest_on_page) = newest_on_page else {
             return false;
         };
-        oldest_unseen = Some(oldest_unseen.map_or(created, |o| o.min(created)));
+        if self.undated > 0 {
+            return false;
+        }
+        while self
+            .by_age
+            .get(self.cursor)
+            .is_some_and(|&(_, i)| self.seen[i])
+        {
+            self.cursor += 1;
+        }
+        self.by_age
+            .get(self.cursor)
+            .is_some_and(|&(oldest, _)| newest_on_page < oldest)
     }
-    oldest_unseen.is_some_and(|oldest| newest_on_page < oldest)
 }
 
 fn is_due(t: &Tracked, now: Timestamp) -> bool {
@@ -320,6 +369,62 @@ mod tests {
         known.last_pages.store(7, Ordering::Relaxed);
         assert!(!wanted(PollMode::Auto, &known, load(1, 6, 6)));
         assert!(wanted(PollMode::Auto, &known, load(1, 8, 8)));
+    }
+
+    fn tracked(id: i64, created: Option<&str>) -> Tracked {
+        Tracked {
+            id,
+            remote_id: format!("batch_{id}"),
+            status: None,
+            request_total: None,
+            request_completed: None,
+            request_failed: None,
+            remote_created_at: created.map(str::to_owned),
+            created_at: "2026-11-22T10:00:00.000Z".to_owned(),
+            deadline_at: "2026-11-23T10:00:00.000Z".to_owned(),
+            next_poll_at: None,
+        }
+    }
+
+    #[test]
+    fn a_page_is_past_the_unseen_only_when_each_of_them_is_newer_than_all_it_holds() {
+        let at = |s: &str| clock::parse(s);
+        let plan = [
+            tracked(1, Some("2026-11-22T10:00:03.000Z")),
+            tracked(2, Some("2026-11-22T10:00:01.000Z")),
+            tracked(3, Some("2026-11-22T10:00:02.000Z")),
+        ];
+        let mut unseen = Unseen::new(&plan);
+        let page_at_1_5 = at("2026-11-22T10:00:01.500Z");
+        assert!(!unseen.all_newer_than(page_at_1_5), "batch 2 is older");
+        assert!(unseen.see(1));
+        assert!(!unseen.see(1), "seen once");
+        assert_eq!(unseen.left, 2);
+        assert!(
+            unseen.all_newer_than(page_at_1_5),
+            "2 seen; 1 and 3 are newer"
+        );
+        assert!(!unseen.all_newer_than(at("2026-11-22T10:00:02.500Z")));
+        assert!(
+            !unseen.all_newer_than(None),
+            "a page without times tells nothing"
+        );
+        assert!(unseen.see(2));
+        assert!(unseen.all_newer_than(at("2026-11-22T10:00:02.500Z")));
+        assert!(unseen.see(0));
+        assert!(!unseen.all_newer_than(page_at_1_5), "none left to be past");
+
+        let plan = [
+            tracked(1, Some("2026-11-22T10:00:03.000Z")),
+            tracked(2, None),
+        ];
+        let mut unseen = Unseen::new(&plan);
+        assert!(
+            !unseen.all_newer_than(page_at_1_5),
+            "an undated batch could be anywhere"
+        );
+        assert!(unseen.see(1));
+        assert!(unseen.all_newer_than(page_at_1_5));
     }
 
     #[test]

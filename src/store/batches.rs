@@ -212,7 +212,8 @@ pub async fn watched_for_duplicates(
     since: &str,
 ) -> Result<Vec<Submission>, StoreError> {
     Ok(select_submissions!(
-        "WHERE resent_at >= ? AND remote_id IS NOT NULL ORDER BY id",
+        // In the order of the index on resent_at, which spares reading every row.
+        "WHERE resent_at >= ? AND remote_id IS NOT NULL ORDER BY resent_at, id",
         since
     )
     .fetch_all(db)

@@ -107,9 +107,11 @@ pub async fn stuck(
         r#"SELECT id AS "id!", remote_id, job_id AS "job_id!", status AS "status!: BatchStatus",
                   status_since AS "since!: String"
            FROM batch_status_since
-           WHERE (status = 'validating' AND status_since <= ?1)
+           -- The IN finds the few candidates by index (state, status), not every active row.
+           WHERE status IN ('validating', 'finalizing', 'cancelling')
+             AND ((status = 'validating' AND status_since <= ?1)
               OR (status = 'finalizing' AND status_since <= ?2)
-              OR (status = 'cancelling' AND status_since <= ?3)
+              OR (status = 'cancelling' AND status_since <= ?3))
            ORDER BY status_since, id"#,
         validating,
         finalizing,

@@ -63,6 +63,8 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     // undone newest first.
     let writer = store.writer().unwrap();
     for undo in [
+        "DROP INDEX batches_resent",
+        "DROP INDEX batches_state_status",
         "DROP INDEX jobs_resubmit_due",
         "ALTER TABLE jobs DROP COLUMN resubmit_due",
         "DROP INDEX jobs_parent",
