@@ -162,6 +162,16 @@ async fn run_lifecycle(env: &Env, daemon: &mut Running) -> Vec<batchwatch::store
     env.wait_finished(4, Duration::from_secs(90), daemon).await
 }
 
+/// The API requests the simulator received, its admin routes left out.
+fn received(stats: &batchwatch::sim::Stats) -> u64 {
+    stats
+        .requests
+        .iter()
+        .filter(|(route, _)| !route.contains("/admin"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// Every batch the simulator made, as its API describes it.
 async fn sim_batches(sim: &TestSim) -> Vec<Batch> {
     let (status, page) = sim.get("/batches?limit=100").await;
@@ -199,12 +209,26 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     assert_eq!(state("too-many.jsonl"), JobState::Failed);
 
     // The row figures are read at most once a second: wait for a scrape that shows the end.
-    let s = scrape_until(addr, "all four jobs finished", |s| {
+    scrape_until(addr, "all four jobs finished", |s| {
         sum(s, "batchwatch_oldest_unfinished_job_age_seconds", &[]) == 0.0
             && sum(s, "batchwatch_jobs", &[("state", "completed")]) == 2.0
     })
     .await;
-    let stats = sim.handle.stats().await;
+    // The simulator counts a request when it arrives, the daemon when it ends: while one is in
+    // flight (the finished jobs' files being deleted) the two differ. Once both agree, the
+    // scrape and the simulator's record are compared as a pair.
+    let (s, stats) = wait_until(
+        "the scraped requests to match the simulator's",
+        Duration::from_secs(30),
+        async || {
+            let s = scrape_until(addr, "a scrape", |_| true).await;
+            let stats = sim.handle.stats().await;
+            let scraped = sum(&s, "batchwatch_api_requests_total", &[]);
+            let agree = scraped == received(&stats) as f64;
+            (agree, (s, stats))
+        },
+    )
+    .await;
     let store = env.store().await;
 
     // Rows: jobs by state, batches by status, transitions, cancels, as the database has them.
@@ -244,15 +268,9 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     );
 
     // Requests: every one the simulator received was counted, and its faults as what they are.
-    let received: u64 = stats
-        .requests
-        .iter()
-        .filter(|(route, _)| !route.contains("/admin"))
-        .map(|(_, n)| n)
-        .sum();
     assert_eq!(
         sum(&s, "batchwatch_api_requests_total", &[]),
-        received as f64,
+        received(&stats) as f64,
         "{:?}",
         stats.requests
     );
