@@ -123,7 +123,7 @@ use crate::metrics::Metrics;
 use crate::metrics::server::{self as endpoint, Health};
 use crate::queue::Queue;
 use crate::queue::scan::Scanner;
-use crate::store::{Access, Store, batches, jobs};
+use crate::store::{Access, Changes, Store, batches, jobs};
 
 pub use ctx::{Ctx, Subject, Task};
 use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule};
@@ -164,6 +164,19 @@ pub struct Daemon {
     /// validated, after a check failed.
     verify_due: bool,
     notifier: notify::Notifier,
+    /// Whether anything was committed since the last round asked ([`Changes`]); taken at
+    /// shutdown.
+    changes: Option<Changes>,
+    /// Until when a round may stop after its scan, when nothing ended and nothing was
+    /// committed since the last full round ([`Daemon::quiet`]): the nearest timer other than
+    /// the scan, as the last full round left them, and never more than [`MAX_SLEEP`] after
+    /// it. `None` until the loop next sleeps after a full round.
+    quiet_until: Option<Timestamp>,
+    /// The nearest stored timer ([`Daemon::next_stored_timer`]), read after a full round and
+    /// kept through the quiet rounds that follow, which change nothing it depends on.
+    stored_timer: Option<Option<Timestamp>>,
+    /// A task ended since the last round.
+    reaped: bool,
     /// What `/readyz` knows of the loop, and the endpoint's server (stopped when dropped).
     health: Arc<Health>,
     endpoint: Option<endpoint::Server>,
@@ -210,6 +223,12 @@ impl Daemon {
             &settings.database.path,
             settings.database.busy_timeout.get(),
             Access::Migrate,
+        )
+        .await
+        .context("opening the database")?;
+        let changes = Changes::open(
+            &settings.database.path,
+            settings.database.busy_timeout.get(),
         )
         .await
         .context("opening the database")?;
@@ -267,6 +286,10 @@ impl Daemon {
             claiming: true,
             verify_due: true,
             notifier: notify::Notifier::new(),
+            changes: Some(changes),
+            quiet_until: None,
+            stored_timer: None,
+            reaped: false,
             health,
             endpoint,
             stuck: stuck::Watch::default(),
@@ -315,6 +338,7 @@ impl Daemon {
             Ok(()) => self.round_failures = 0,
             Err(e) => {
                 self.round_failures += 1;
+                self.quiet_until = None;
                 // A claim may have failed after its rename: processing/ is gone through again.
                 self.next_processing_sweep = self.ctx.clock.now();
                 tracing::error!(
@@ -358,6 +382,11 @@ impl Daemon {
                 },
             );
         }
+        if self.quiet(now).await {
+            return Ok(());
+        }
+        self.quiet_until = None;
+        self.stored_timer = None;
         if self.claiming {
             let room = budget.saturating_sub(self.in_flight.len());
             for job in jobs::validating(ctx.store.reader(), room + self.in_flight.len()).await? {
@@ -486,18 +515,45 @@ impl Daemon {
         Ok(())
     }
 
+    /// Whether this round may stop after its scan: no task ended, nothing was committed (by
+    /// the scan's claims, a task, or another process such as `batchwatch cancel`) and no timer
+    /// came due since the last full round, so each of its queries would find what it found
+    /// then. An idle daemon scans every `queue.scan_interval` at the cost of one query, and
+    /// goes through everything at least every [`MAX_SLEEP`].
+    async fn quiet(&mut self, now: Timestamp) -> bool {
+        let reaped = std::mem::take(&mut self.reaped);
+        // Asked at every round, so each full round starts from what it has seen.
+        let changed = match &mut self.changes {
+            Some(changes) => changes.any().await,
+            None => true,
+        };
+        !reaped && !changed && self.quiet_until.is_some_and(|until| now < until)
+    }
+
     /// How long the loop may sleep: until the nearest timer, within [`MIN_SLEEP`] and
     /// [`MAX_SLEEP`]; after a failed round, the failed-task back-off.
-    async fn until_next_timer(&self) -> Duration {
+    async fn until_next_timer(&mut self) -> Duration {
         let schedule = &self.ctx.schedule;
         if self.round_failures > 0 {
             return schedule.task_retry(self.round_failures);
         }
         let now = self.ctx.clock.now();
+        let stored = match self.stored_timer {
+            Some(at) => at,
+            None => match self.next_stored_timer().await {
+                Ok(at) => *self.stored_timer.insert(at),
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "cannot read when work is due next"
+                    );
+                    return schedule.failed_task_initial;
+                }
+            },
+        };
         let mut next = vec![self.next_duplicate_check, self.next_prune];
-        next.extend(self.claiming.then_some(self.next_scan));
+        next.extend(stored);
         next.extend(self.ctx.gate.next_change(now));
-        next.extend(self.notifier.next_due());
         // A back-off that has run out is no timer: its task runs when its work is next due
         // (a failed poll's submission may since be swept, never polled alone again).
         next.extend(
@@ -507,17 +563,13 @@ impl Daemon {
                 .filter(|at| *at > now),
         );
         next.extend(self.housekeeping_at);
-        match self.next_stored_timer().await {
-            Ok(Some(at)) => next.push(at),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cannot read when work is due next"
-                );
-                return schedule.failed_task_initial;
-            }
+        if self.quiet_until.is_none() {
+            let safety_net = clock::add(now, MAX_SLEEP);
+            let others = next.iter().copied().min();
+            self.quiet_until = Some(others.map_or(safety_net, |at| at.min(safety_net)));
         }
+        next.extend(self.claiming.then_some(self.next_scan));
+        next.extend(self.notifier.next_due());
         let nearest = next.into_iter().min().unwrap_or(now);
         clock::between(now, nearest).clamp(MIN_SLEEP, MAX_SLEEP)
     }
@@ -582,6 +634,7 @@ impl Daemon {
         let Some((subject, task)) = self.running.remove(&id) else {
             return;
         };
+        self.reaped = true;
         self.in_flight.remove(&subject);
         if matches!(
             task,
@@ -640,6 +693,9 @@ impl Daemon {
             );
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
+        }
+        if let Some(changes) = self.changes.take() {
+            changes.close().await;
         }
         self.ctx.store.close_for_readers().await;
         tracing::info!("stopped");

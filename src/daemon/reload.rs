@@ -140,6 +140,8 @@ impl Daemon {
                 tracing::error!(error = %e, "the configuration was not reloaded; running on with the previous one");
             }
         }
+        // New settings may make work due that was not: the next round goes through it all.
+        self.quiet_until = None;
         self.notifier.reloaded();
     }
 

@@ -417,6 +417,46 @@ impl Store {
     }
 }
 
+/// Tells whether anything was committed to the database since it last asked, by this process or
+/// another (`batchwatch cancel`, say): `PRAGMA data_version` on a read-only connection of its
+/// own, which no query of the pools touches. The loop asks before a round's queries, and skips
+/// them when nothing changed and nothing came due.
+#[derive(Debug)]
+pub struct Changes {
+    conn: SqliteConnection,
+    last: Option<i64>,
+}
+
+impl Changes {
+    pub async fn open(path: &Path, busy_timeout: Duration) -> Result<Changes, StoreError> {
+        use sqlx::Connection;
+        let conn = SqliteConnection::connect_with(&options(path, busy_timeout).read_only(true))
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Changes { conn, last: None })
+    }
+
+    /// Whether a commit happened since the last call; true at the first call, and when the
+    /// question cannot be answered.
+    pub async fn any(&mut self) -> bool {
+        let version = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+            .fetch_one(&mut self.conn)
+            .await
+            .ok();
+        let changed = version.is_none() || version != self.last;
+        self.last = version;
+        changed
+    }
+
+    pub async fn close(self) {
+        use sqlx::Connection;
+        let _ = self.conn.close().await;
+    }
+}
+
 /// A write transaction on the writer connection; it dereferences to the connection, so the
 /// query functions take `&mut tx`.
 ///

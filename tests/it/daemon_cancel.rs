@@ -131,6 +131,46 @@ async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
     assert!(env.dir("failed").join("ops.jsonl.reason.json").exists());
 }
 
+/// With polls an hour apart and nothing else due, the loop's rounds only scan (nothing ended,
+/// nothing came due); a cancel that another process commits meanwhile is still seen at the
+/// next scan, not at the loop's next full look an hour or a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_cancel_between_rare_polls_is_seen_at_the_next_scan() {
+    let sim = spawn_sim(slow_sim(3600.0)).await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[poll]\nmin_interval = \"1h\"\nmax_interval = \"1h\"\n\
+         [reconcile]\nduplicate_check_interval = \"1h\"\n",
+    );
+    let daemon = env.spawn();
+    env.drop_file("rare.jsonl", requests("rare", 5, "gpt-4o-mini").as_bytes());
+    let job = wait_until("the batch running", Duration::from_secs(30), async || {
+        let running = env
+            .jobs()
+            .await
+            .into_iter()
+            .find(|j| j.state == JobState::Running);
+        (running.is_some(), running)
+    })
+    .await
+    .unwrap();
+    // Let the loop settle into its quiet rounds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    // Well within the loop's safety net (a full look every minute). The batch is then
+    // cancelling, next polled in an hour: the request sent is what shows the cancel seen.
+    wait_until("the cancel sent", Duration::from_secs(20), async || {
+        let stats = sim.handle.stats().await;
+        let sent = stats
+            .requests
+            .get("POST /v1/batches/{batch_id}/cancel")
+            .copied();
+        (sent == Some(1), sent)
+    })
+    .await;
+    env.stop(daemon);
+}
+
 /// A deadline that passes, or an operator's cancel, while downloads fail ends collecting at
 /// once, whatever collect.give_up_after says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
