@@ -88,13 +88,9 @@ async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
     assert!(events.iter().any(|e| e.state == JobState::Cancelling));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
-    let sim = spawn_sim(slow_sim(30.0)).await;
-    let env = Env::new(&sim.handle.base_url(), "");
-    let mut daemon = env.spawn();
-    env.drop_file("ops.jsonl", requests("ops", 20, "gpt-4o-mini").as_bytes());
-    let job = wait_until("the batch running", Duration::from_secs(30), async || {
+/// The first job whose batch runs, once there is one.
+async fn running_job(env: &Env) -> batchwatch::store::jobs::Job {
+    wait_until("the batch running", Duration::from_secs(30), async || {
         let running = env
             .jobs()
             .await
@@ -103,7 +99,16 @@ async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
         (running.is_some(), running)
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_cancel_is_carried_out_by_the_running_daemon() {
+    let sim = spawn_sim(slow_sim(30.0)).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("ops.jsonl", requests("ops", 20, "gpt-4o-mini").as_bytes());
+    let job = running_job(&env).await;
     let out = crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
     assert!(
         out.contains("cancel of") && out.contains("asked for"),
@@ -144,16 +149,7 @@ async fn an_operator_cancel_between_rare_polls_is_seen_at_the_next_scan() {
     );
     let daemon = env.spawn();
     env.drop_file("rare.jsonl", requests("rare", 5, "gpt-4o-mini").as_bytes());
-    let job = wait_until("the batch running", Duration::from_secs(30), async || {
-        let running = env
-            .jobs()
-            .await
-            .into_iter()
-            .find(|j| j.state == JobState::Running);
-        (running.is_some(), running)
-    })
-    .await
-    .unwrap();
+    let job = running_job(&env).await;
     // Let the loop settle into its quiet rounds.
     tokio::time::sleep(Duration::from_secs(1)).await;
     crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
