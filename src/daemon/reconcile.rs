@@ -17,7 +17,7 @@
 //!   submissions are watched for a day and their late duplicates cancelled
 //!   ([`cancel_duplicates`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -337,13 +337,29 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     });
     let wanted: BTreeSet<&str> = pending.iter().map(|j| j.id.as_str()).collect();
 
+    // A batch the database records for the submission its metadata names is known: only the
+    // others are kept (with 10,000 jobs to check, keeping all held some 100 MB).
+    let recorded: HashMap<String, (String, i64, i64)> = batches::recorded(ctx.store.reader())
+        .await?
+        .into_iter()
+        .map(|(remote, job, part, attempt)| (remote, (job, part, attempt)))
+        .collect();
+    let known = |b: &Batch| {
+        recorded.get(&b.id).is_some_and(|(job, part, attempt)| {
+            b.metadata_value(JOB_KEY) == Some(job.as_str())
+                && b.metadata_value(PART_KEY) == Some(part.to_string().as_str())
+                && b.metadata_value(ATTEMPT_KEY) == Some(attempt.to_string().as_str())
+        })
+    };
     let mut found: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
     let mut older = 0;
     let mut listed = std::pin::pin!(ctx.client.list_batches(100));
     while let Some(batch) = listed.next().await {
         let batch = batch?;
         older = older_in_a_row(older, batch.created_at, since);
-        if let Some(job) = batch.metadata_value(JOB_KEY).filter(|j| wanted.contains(j)) {
+        if let Some(job) = batch.metadata_value(JOB_KEY).filter(|j| wanted.contains(j))
+            && !known(&batch)
+        {
             found.entry(job.to_owned()).or_default().push(batch);
         }
         if older >= OLDER_BEFORE_STOP {

@@ -166,6 +166,22 @@ pub async fn by_remote_id(
         .await?)
 }
 
+/// Every remote batch the database records, with the submission it belongs to: (remote id,
+/// job, part, attempt).
+pub async fn recorded(
+    db: impl SqliteExecutor<'_>,
+) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+    Ok(sqlx::query!(
+        r#"SELECT remote_id AS "remote_id!", job_id, part, attempt
+           FROM batches WHERE remote_id IS NOT NULL"#
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| (r.remote_id, r.job_id, r.part, r.attempt))
+    .collect())
+}
+
 /// One submission by its job, part and attempt.
 pub async fn by_attempt(
     db: impl SqliteExecutor<'_>,
