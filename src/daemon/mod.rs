@@ -71,11 +71,14 @@
 //! finish) as tasks, at most one per job or submission at a time. Between rounds the loop
 //! sleeps until the nearest timer (a scan, a poll, a back-off, a deadline, a retry; see
 //! [`schedule`]) unless inotify, a finished task or a signal wakes it sooner: an idle daemon
-//! wakes once per `queue.scan_interval`. Every timer reads the one clock in [`Ctx`], so a test
-//! can drive the rounds with a manual clock. On SIGTERM it stops claiming, gives in-flight
-//! tasks `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is
-//! recorded as an intent, so the next start picks it up. SIGHUP reloads the configuration
-//! ([`reload`]).
+//! wakes once per `queue.scan_interval`. A round in which no task ended, nothing was committed
+//! to the database (by this process or another: `PRAGMA data_version`) and no timer but the
+//! scan came due stops after its scan (`Daemon::quiet`): its queries would find what the
+//! last full round found. A full round still comes at least once a minute. Every timer reads
+//! the one clock in [`Ctx`], so a test can drive the rounds with a manual clock. On SIGTERM
+//! it stops claiming, gives in-flight tasks `daemon.shutdown_timeout` to finish, and drops the
+//! rest: what they were doing is recorded as an intent, so the next start picks it up. SIGHUP
+//! reloads the configuration ([`reload`]).
 //!
 //! The rooms: [`intake`] (claim and check), [`reconcile`] (what the service has that the
 //! database may not know), [`submit`] (upload and create), [`poll`] and [`observe`] (following
