@@ -74,6 +74,15 @@ pub fn is_for(batch: &Batch, row: &Submission) -> bool {
     by_metadata || by_input
 }
 
+/// The part and attempt batchwatch put in a batch's metadata, when both are there and read as
+/// numbers.
+fn part_and_attempt(batch: &Batch) -> Option<(i64, i64)> {
+    Some((
+        batch.metadata_value(PART_KEY)?.parse().ok()?,
+        batch.metadata_value(ATTEMPT_KEY)?.parse().ok()?,
+    ))
+}
+
 /// Objects created before this cannot be the request's: the time the request was armed (kept
 /// across restarts), less an hour for clocks that disagree.
 fn since(row: &Submission) -> Option<Timestamp> {
@@ -337,8 +346,9 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     });
     let wanted: BTreeSet<&str> = pending.iter().map(|j| j.id.as_str()).collect();
 
-    // A batch the database records for the submission its metadata names is known: only the
-    // others are kept (with 10,000 jobs to check, keeping all held some 100 MB).
+    // A batch the database records for the submission its metadata names is known (`adopt`
+    // would find it recorded and leave it): only the others are kept (with 10,000 jobs to
+    // check, keeping all held some 100 MB).
     let recorded: HashMap<String, (String, i64, i64)> = batches::recorded(ctx.store.reader())
         .await?
         .into_iter()
@@ -347,8 +357,7 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     let known = |b: &Batch| {
         recorded.get(&b.id).is_some_and(|(job, part, attempt)| {
             b.metadata_value(JOB_KEY) == Some(job.as_str())
-                && b.metadata_value(PART_KEY) == Some(part.to_string().as_str())
-                && b.metadata_value(ATTEMPT_KEY) == Some(attempt.to_string().as_str())
+                && part_and_attempt(b) == Some((*part, *attempt))
         })
     };
     let mut found: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
@@ -399,16 +408,10 @@ async fn adopt(
     mut found: Vec<Batch>,
     uploads: &BTreeMap<(String, i64, i64), FileObject>,
 ) -> anyhow::Result<()> {
-    let key = |b: &Batch| -> Option<(i64, i64)> {
-        Some((
-            b.metadata_value(PART_KEY)?.parse().ok()?,
-            b.metadata_value(ATTEMPT_KEY)?.parse().ok()?,
-        ))
-    };
     // Attempt by attempt, so a refused earlier attempt queues the next before it is met.
-    found.sort_by_key(|b| key(b));
+    found.sort_by_key(part_and_attempt);
     for batch in &found {
-        let Some((part, attempt)) = key(batch) else {
+        let Some((part, attempt)) = part_and_attempt(batch) else {
             tracing::warn!(job = %job.id, batch = %batch.id, "a batch of this job without its part and attempt metadata; left alone");
             continue;
         };

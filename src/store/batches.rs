@@ -166,14 +166,16 @@ pub async fn by_remote_id(
         .await?)
 }
 
-/// Every remote batch the database records, with the submission it belongs to: (remote id,
-/// job, part, attempt).
+/// Every remote batch the database records for an unfinished job, with the submission it
+/// belongs to: (remote id, job, part, attempt). Finished jobs' batches are left out: they are
+/// never checked again, and a long history holds many.
 pub async fn recorded(
     db: impl SqliteExecutor<'_>,
 ) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
     Ok(sqlx::query!(
-        r#"SELECT remote_id AS "remote_id!", job_id, part, attempt
-           FROM batches WHERE remote_id IS NOT NULL"#
+        r#"SELECT b.remote_id AS "remote_id!", b.job_id, b.part, b.attempt
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.remote_id IS NOT NULL AND j.terminal = 0"#
     )
     .fetch_all(db)
     .await?
