@@ -4,11 +4,10 @@
 //! next step reconciles them first), temporary files of downloads a stop cut short are removed,
 //! and processing/ is swept. The sweep runs again after a failure and every few minutes, in
 //! the main loop after a scan (so it never races a claim), skipping the jobs a task is working
-//! on: it adopts a file claimed without a
-//! row (a crash between the claim's rename and its row) under the job id its directory
-//! carries, removes the directory of a claim that never happened, and finishes the move of a
-//! finished job's file that a crash or an error interrupted. One file it cannot handle is
-//! logged and left for the next sweep, never fatal.
+//! on: it adopts a file claimed without a row (a crash between the claim's rename and its row)
+//! under the job id its directory carries, removes the directory of a claim that never
+//! happened, and finishes the move of a finished job's file that a crash or an error
+//! interrupted. One file it cannot handle is logged and left for the next sweep, never fatal.
 
 use std::collections::HashSet;
 
@@ -54,7 +53,7 @@ pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<boo
     let mut all = true;
     // One read for all: a job the database holds unfinished needs no row read of its own
     // (with 10,000 jobs in flight, one query each cost about a second).
-    let unfinished: HashSet<String> = jobs::unfinished(ctx.store.reader())
+    let unfinished_jobs: HashSet<String> = jobs::unfinished(ctx.store.reader())
         .await?
         .into_iter()
         .collect();
@@ -62,7 +61,7 @@ pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<boo
         if busy(job_dir.job.as_str()) {
             continue;
         }
-        let unfinished = unfinished.contains(job_dir.job.as_str());
+        let unfinished = unfinished_jobs.contains(job_dir.job.as_str());
         if let Err(e) = sweep_one(ctx, &job_dir, unfinished).await {
             all = false;
             tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");

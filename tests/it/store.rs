@@ -620,26 +620,9 @@ async fn seen_unchanged_moves_only_the_named_active_rows_not_yet_seen_later() {
     let job = job_id(12);
     new_job(&store, &job, "q.jsonl", 4).await;
     let mut ids = Vec::new();
-    let mut tx = store.begin().await.unwrap();
     for part in 0..4 {
-        let new = NewSubmission {
-            job_id: &job,
-            part,
-            part_start: part * 100,
-            part_end: part * 100 + 100,
-            part_requests: 1,
-            attempt: 1,
-            not_before: None,
-        };
-        let id = batches::insert(&mut tx, &new, T0).await.unwrap();
-        transitions::arm_upload(&mut tx, id, T0).await.unwrap();
-        transitions::arm_create(&mut tx, id, "file-q", T0)
-            .await
-            .unwrap();
-        transitions::activate(&mut tx, id, T0).await.unwrap();
-        ids.push(id);
+        ids.push(fixtures::submission(&store, &job, part, 1, 1).await);
     }
-    tx.commit().await.unwrap();
     let later = "2026-11-22T10:05:00.000Z";
     sqlx::query("UPDATE batches SET last_polled_at = ? WHERE id = ?")
         .bind(later)

@@ -84,7 +84,8 @@ pub async fn new_job(store: &Store, id: &str, name: &str, requests: i64) {
     tx.commit().await.unwrap();
 }
 
-async fn submission(store: &Store, job: &str, part: i64, attempt: i64, requests: i64) -> i64 {
+/// A submission of `job`, active (without a batch yet); returns its id.
+pub async fn submission(store: &Store, job: &str, part: i64, attempt: i64, requests: i64) -> i64 {
     let mut tx = store.begin().await.unwrap();
     let id = batches::insert(
         &mut tx,
