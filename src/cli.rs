@@ -7,14 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::api::ApiKey;
-use crate::config::{ConfigError, KeySource, Settings, StuckAfter};
+use crate::config::{ConfigError, Settings, StuckAfter};
 use crate::daemon::cancel;
 use crate::model::JobState;
-use crate::printable::escape;
+use crate::preflight::{self, Checked};
+use crate::printable::{escape, escape_lines};
 use crate::process::{emit, runtime};
 use crate::report;
-use crate::store::{Access, Store, StoreError, batches, figures, history, jobs, usage};
+use crate::store::{Access, Lease, Store, StoreError, batches, figures, history, jobs, usage};
 use crate::telemetry::Logging;
 
 #[derive(Debug, Parser)]
@@ -42,12 +42,18 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// List jobs: state, remote status, request counts, age, deadline.
     Status(StatusArgs),
-    /// Everything about one job (by job id, remote batch id or local batch number).
+    /// Everything about one job (by job id, remote batch id or local batch number), or about
+    /// every job of a file (by its name or path, such as done/NAME.jsonl; newest first).
     Show(ShowArgs),
     /// The status history of one batch (by remote batch id or local batch number).
-    History(ShowArgs),
+    History(HistoryArgs),
     /// Check the configuration and print the one in effect (the API key is never printed).
     CheckConfig,
+    /// Check what the daemon will meet, one line each: the configuration, the key (its file's
+    /// mode, and the service accepting it), the Batch and Files API at api.base_url, the
+    /// clock against the service's, the queue tree and database writable by this user, free
+    /// space, the metrics port. Exits 1 when any check fails; never prints the key.
+    Doctor(DoctorArgs),
     /// Print the example configuration, which is also the built-in defaults.
     PrintDefaultConfig,
     /// Ask the running daemon to cancel a job (by job id or batch id); it follows the batch to
@@ -56,20 +62,25 @@ pub enum Command {
     /// Create the database or bring its schema up to date, then exit.
     Migrate,
     /// List the batch files on the service that batchwatch's finished (or unknown) jobs left
-    /// behind; with --delete, delete them. Never a file of an unfinished job, of a batch still
-    /// running, or one batchwatch cannot tie to itself by name or batch metadata.
+    /// behind; with --delete, delete them. Never a file of an unfinished job, one that any batch
+    /// still running uses (another tool's too), or one batchwatch cannot tie to itself by name
+    /// or batch metadata.
     GcRemote(GcRemoteArgs),
     /// Remove what finished jobs left longer ago than retention.* allows: their files in done/
     /// and failed/, their results, their database rows (the daemon does this daily).
     Prune(PruneArgs),
-    /// Write the requests of a finished job that have no successful result as a new file
-    /// (and sidecar) into incoming/, as a job linked to this one.
+    /// Write the requests of a finished job that no job of its chain (the jobs resubmitted
+    /// from one original file) has completed as a new file (and sidecar) into incoming/, as a
+    /// job linked to this one. Refused, naming it, while a resubmission of the chain is in
+    /// flight (a file in incoming/ or a job not yet ended): no request is paid for twice
+    /// unless --force says so.
     Resubmit(ResubmitArgs),
     /// Run the built-in simulator of the OpenAI Batch and Files API.
     Sim(Box<crate::sim::SimArgs>),
     /// Print a shell completion script: `source <(batchwatch completions bash)`.
     Completions(CompletionsArgs),
-    /// Write the manual pages (batchwatch.1 and one per command) into a directory.
+    /// Write the manual pages (batchwatch.1, one per command, batchwatch.toml.5) into a
+    /// directory.
     #[command(hide = true)]
     Man(ManArgs),
 }
@@ -88,7 +99,7 @@ systemd service batchwatch.service); the other commands query and steer it.";
 const AFTER_LONG_HELP: &str = "\
 Configuration: /etc/batchwatch/batchwatch.toml (`batchwatch print-default-config` shows every key).
 State: the queue in /var/lib/batchwatch/queue/ and the database /var/lib/batchwatch/state.db.
-Exit codes: 0 success, 1 error, 65 database migrated by a newer batchwatch, 78 invalid configuration.";
+Exit codes: 0 success, 1 error (or a failed check of doctor), 65 database migrated by a newer batchwatch, 78 invalid configuration (or a path it names that this user cannot use).";
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -117,9 +128,21 @@ pub struct StatusArgs {
     /// Only jobs in this state.
     #[arg(long, value_parser = StateParser)]
     pub state: Option<JobState>,
+    /// Only jobs whose file name matches this glob ("eval-*.jsonl"; quote it for the shell).
+    #[arg(long, value_name = "GLOB")]
+    pub file: Option<String>,
+    /// Only jobs claimed this long ago or less ("2h", "7d").
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<crate::config::Dur>,
+    /// Only jobs of this model.
+    #[arg(long)]
+    pub model: Option<String>,
     /// At most this many jobs, newest first.
     #[arg(long, default_value_t = 50)]
     pub limit: i64,
+    /// Show file names and reasons whole instead of cutting them short.
+    #[arg(long)]
+    pub wide: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -129,7 +152,19 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// A job id (job_…), a remote batch id (batch_…) or a local batch number.
+    /// A job id (job_…), a remote batch id (batch_…), a local batch number, or a file's name
+    /// or path (NAME.jsonl, done/NAME.jsonl): every job of that file, newest first.
+    pub id: String,
+    /// Print JSON instead of text (for a file: an array of its jobs).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// A remote batch id (batch_…) or a local batch number.
     pub id: String,
     /// Print JSON instead of text.
     #[arg(long)]
@@ -169,6 +204,17 @@ pub struct ResubmitArgs {
     /// Which undone requests: those never run (expired), those that failed, or both.
     #[arg(long, value_enum, default_value = "unfinished")]
     pub only: crate::housekeeping::resubmit::Only,
+    /// Write them even when a job of the chain completed them since, or while a resubmission
+    /// of the chain is in flight; says how many will run, and be paid, again.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of lines: {"ok": bool, "checks": [{"check", "outcome", "detail"}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -222,13 +268,20 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             if let Some(config_err) = err.downcast_ref::<ConfigError>() {
-                eprintln!("batchwatch: {}", escape(&config_err.to_string()));
-                tracing::error!(error = %config_err, "configuration error");
+                if crate::telemetry::Logging::json() {
+                    tracing::error!(error = %config_err, "configuration error");
+                } else {
+                    // A TOML parser's message is an excerpt of the file over several lines.
+                    eprintln!("batchwatch: {}", escape_lines(&config_err.to_string()));
+                }
                 return ExitCode::from(crate::EXIT_CONFIG);
             }
             let message = crate::telemetry::join_causes(err.chain().map(ToString::to_string));
-            eprintln!("batchwatch: error: {}", escape(&message));
-            tracing::error!(error = message, "stopped by an error");
+            if crate::telemetry::Logging::json() {
+                tracing::error!(error = message, "stopped by an error");
+            } else {
+                eprintln!("batchwatch: error: {}", escape(&message));
+            }
             if matches!(
                 err.downcast_ref::<StoreError>(),
                 Some(StoreError::NewerSchema { .. } | StoreError::Damaged { .. })
@@ -252,7 +305,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Completions(args) => emit(&completions(args.shell))?,
         Command::Man(args) => {
-            let written = write_man_pages(&args.dir)?;
+            let written = crate::manual::write_pages(&args.dir)?;
             let names: Vec<String> = written
                 .iter()
                 .map(|p| format!("{}\n", p.display()))
@@ -260,24 +313,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&names.concat())?;
         }
         Command::CheckConfig => {
-            let settings = Settings::load(config)?;
+            let checked = preflight::check(config)?;
             emit(&format!(
-                "# The configuration is valid. In effect:\n{}{}\n",
-                settings.to_toml(),
-                key_status(&settings.api.key_source())
+                "# The configuration is valid. In effect:
+{}{}
+",
+                checked.as_written,
+                key_line(&checked)
             ))?;
         }
+        Command::Doctor(args) => {
+            let checks = runtime()?.block_on(crate::doctor::run(config));
+            let failed = crate::doctor::failed(&checks);
+            if args.json {
+                let report = serde_json::json!({"ok": !failed, "checks": checks});
+                emit(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+            } else {
+                emit(&crate::doctor::lines(&checks))?;
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Command::Run => {
-            // Up before the configuration is read, so that an error in it is logged (to the
-            // journal, under systemd) like any other.
+            // Up before the configuration is read, in text: an error in it is then the one
+            // plain line `main` prints, and what follows is logged as `log.format` says.
             let logging = Logging::start();
-            let settings = Settings::load(config)?;
+            let Checked { settings, key, .. } = preflight::check(config)?;
+            let key = key?;
             logging.set_format(settings.log.format);
             logging
                 .set_level(&settings.log.level)
                 .map_err(|e| crate::config::ConfigError::key("log.level", e))?;
             runtime()?.block_on(crate::daemon::run(
                 settings,
+                key,
                 config.map(Path::to_path_buf),
                 logging,
             ))?;
@@ -321,11 +391,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&out)?;
         }
         Command::GcRemote(args) => {
-            let settings = Settings::load(config)?;
-            let out = runtime()?.block_on(gc_remote(&settings, &args))?;
+            let Checked { settings, key, .. } = preflight::check(config)?;
+            let out = runtime()?.block_on(gc_remote(&settings, key?, &args))?;
             emit(&out)?;
         }
         Command::Resubmit(args) => {
+            use crate::housekeeping::resubmit::{self, Ask, Origin, Outcome, counts};
             let settings = Settings::load(config)?;
             let out = runtime()?.block_on(async {
                 let store = Store::open(
@@ -335,23 +406,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 let job_id = resolve_job(&store, &args.id).await?;
-                let job = jobs::get(store.reader(), &job_id)
-                    .await?
-                    .with_context(|| format!("no job {job_id}"))?;
                 let queue = crate::queue::Queue::open(&settings.queue.dir)
                     .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
-                let mut conn = store.reader().acquire().await?;
-                let generation = crate::store::chain::depth(&mut conn, &job_id).await? + 1;
-                drop(conn);
-                let written =
-                    crate::housekeeping::resubmit::write(&queue, &job, args.only, generation, false)?;
+                let ask = Ask {
+                    only: args.only,
+                    force: args.force,
+                    origin: Origin::Cli,
+                };
+                let now = crate::clock::format(crate::clock::Timestamp::now());
+                let outcome = resubmit::resubmit(&store, &Lease::SOLE, &queue, &job_id, ask, &now).await;
                 store.close().await;
-                anyhow::Ok(match written {
-                    Some(w) => format!(
-                        "{} ({} {} requests of {job_id}) written; the daemon claims it as a job linked to {job_id}\n",
-                        w.file, w.requests, w.only
+                let only = args.only.as_str();
+                anyhow::Ok(match outcome? {
+                    Outcome::Written(w) => {
+                        let mut text = format!(
+                            "{} ({} {only} requests of {job_id}) written; the daemon claims it as a job linked to {job_id}\n",
+                            w.file, w.requests
+                        );
+                        if !w.left_out.is_empty() {
+                            text += &format!("left out, already done in its chain: {}\n", counts(&w.left_out));
+                        }
+                        if !w.paid_again.is_empty() {
+                            let n: u64 = w.paid_again.iter().map(|(_, n)| n).sum();
+                            text += &format!("--force: {n} of them will run, and be paid, again: {}\n", counts(&w.paid_again));
+                        }
+                        text
+                    }
+                    Outcome::Nothing { left_out } if left_out.is_empty() => {
+                        format!("{job_id} has no {only} requests; nothing written\n")
+                    }
+                    Outcome::Nothing { left_out } => format!(
+                        "{job_id} has no {only} requests left undone in its chain (already done: {}); nothing written\n",
+                        counts(&left_out)
                     ),
-                    None => format!("{job_id} has no {} requests; nothing written\n", args.only.as_str()),
+                    Outcome::Refused(refusal) => anyhow::bail!("{job_id} not resubmitted: {refusal}"),
                 })
             })?;
             emit(&out)?;
@@ -374,6 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
                 let pruned = crate::housekeeping::retention::prune(
                     &store,
+                    &Lease::SOLE,
                     &queue,
                     &settings.retention,
                     crate::clock::Timestamp::now(),
@@ -389,7 +478,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
                 let now = crate::clock::Timestamp::now();
-                let rows = jobs::overview(store.reader(), args.state, args.limit).await?;
+                let filter = jobs::Filter {
+                    state: args.state,
+                    file: args.file.clone(),
+                    since: args
+                        .since
+                        .map(|d| crate::clock::format(crate::clock::sub(now, d.get()))),
+                    model: args.model.clone(),
+                };
+                let rows = jobs::overview(store.reader(), &filter, args.limit).await?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 let costs = usage::job_costs(store.reader(), &ids).await?;
                 let stuck = figures::stuck(store.reader(), &stuck_after(config), now).await?;
@@ -405,7 +502,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report::json(&rows)
                 } else {
                     let counts = jobs::state_counts(store.reader()).await?;
-                    report::status(&rows, &counts, &costs, &stuck, now)
+                    report::status(
+                        &rows,
+                        &counts,
+                        &costs,
+                        &stuck,
+                        now,
+                        &report::Look::for_stdout(args.wide),
+                    )
                 };
                 store.close().await;
                 anyhow::Ok(out)
@@ -415,14 +519,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Show(args) => {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
-                let job_id = resolve_job(&store, &args.id).await?;
-                let report = job_report(&store, &job_id, &stuck_after(config)).await?;
+                let found = resolve_jobs(&store, &args.id).await?;
+                let mut reports = Vec::new();
+                for job_id in found.jobs() {
+                    reports.push(job_report(&store, job_id, &stuck_after(config)).await?);
+                }
                 store.close().await;
                 let now = crate::clock::Timestamp::now();
-                anyhow::Ok(if args.json {
-                    report::json(&report)
-                } else {
-                    report::show(&report, now)
+                let look = report::Look::for_stdout(false);
+                anyhow::Ok(match (&found, args.json) {
+                    (Found::Job(_), true) => report::json(&reports[0]),
+                    (Found::File(_), true) => report::json(&reports),
+                    (Found::Job(_), false) => report::show(&reports[0], now, &look),
+                    (Found::File(ids), false) => {
+                        let shown: Vec<String> = reports
+                            .iter()
+                            .map(|r| report::show(r, now, &look))
+                            .collect();
+                        format!(
+                            "{} job{} of {}, newest first\n\n{}",
+                            ids.len(),
+                            if ids.len() == 1 { "" } else { "s" },
+                            escape(&args.id),
+                            shown.join("\n")
+                        )
+                    }
                 })
             })?;
             emit(&out)?;
@@ -438,7 +559,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::Ok(if args.json {
                     report::json(&rows)
                 } else {
-                    report::history(&rows)
+                    report::history(&rows, &report::Look::for_stdout(false))
                 })
             })?;
             emit(&out)?;
@@ -449,10 +570,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `batchwatch gc-remote`: the survey, and with `--delete` the deletions, each recorded as an
 /// intent first as the daemon's are.
-async fn gc_remote(settings: &Settings, args: &GcRemoteArgs) -> anyhow::Result<String> {
+async fn gc_remote(
+    settings: &Settings,
+    key: crate::api::ApiKey,
+    args: &GcRemoteArgs,
+) -> anyhow::Result<String> {
     use crate::housekeeping::remote;
     use crate::store::deletions;
-    let key = ApiKey::load(&settings.api.key_source())?;
     let client = crate::api::Client::new(&settings.api, &settings.limits, key)?;
     let access = if args.delete {
         Access::Write
@@ -475,21 +599,21 @@ async fn gc_remote(settings: &Settings, args: &GcRemoteArgs) -> anyhow::Result<S
                 Some(id) => jobs::get(store.reader(), id).await?.map(|j| j.id),
                 None => None,
             };
-            let mut tx = store.begin().await?;
-            let row = deletions::plan_one(
-                &mut tx,
-                &f.file_id,
-                job.as_deref(),
-                f.kind.unwrap_or("input"),
-                deletions::Origin::Gc,
-                &stamp,
-            )
-            .await?;
-            tx.commit().await?;
+            let row = store
+                .plan_deletion(
+                    &Lease::SOLE,
+                    &f.file_id,
+                    job.as_deref(),
+                    f.kind.unwrap_or("input"),
+                    deletions::Origin::Gc,
+                    &stamp,
+                )
+                .await?;
             let outcome = if row.state == "pending" {
                 let done = remote::delete(
                     &client,
                     &store,
+                    &Lease::SOLE,
                     &row,
                     crate::clock::Timestamp::now,
                     settings.backoff.failed_request.get(),
@@ -522,45 +646,20 @@ pub fn completions(shell: clap_complete::Shell) -> String {
     String::from_utf8(script).expect("clap_complete writes UTF-8")
 }
 
-/// Writes batchwatch.1 and batchwatch-COMMAND.1 for every visible command into `dir`, generated
-/// from the command-line definition (so they say what `--help` says), and returns their paths.
-pub fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    fn write(cmd: clap::Command, dir: &Path, written: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-            write(sub.clone(), dir, written)?;
-        }
-        let page = clap_mangen::Man::new(cmd)
-            .source(format!("batchwatch {}", env!("CARGO_PKG_VERSION")))
-            .manual("batchwatch manual");
-        let path = page
-            .generate_to(dir)
-            .with_context(|| format!("writing a manual page into {}", dir.display()))?;
-        written.push(path);
-        Ok(())
-    }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut cmd = Cli::command().disable_help_subcommand(true);
-    // Gives each command its page's name, batchwatch-status.
-    cmd.build();
-    let mut written = Vec::new();
-    write(cmd, dir, &mut written)?;
-    written.sort();
-    Ok(written)
-}
-
-/// The `check-config` line about the API key: whether it can be read here, and from where.
-/// An unreadable key is reported, not an error: the check may run outside the service, where
-/// a systemd credential does not exist.
-fn key_status(source: &KeySource) -> String {
-    match ApiKey::load(source) {
+/// The `check-config` line about the API key: read, and from where; or, for a systemd
+/// credential outside the service, that it could not be checked here.
+fn key_line(checked: &Checked) -> String {
+    let source = checked.settings.api.key_source();
+    match &checked.key {
         Ok(key) => format!(
             "# API key: read from {source} ({} characters; value not shown)",
             key.char_count()
         ),
-        Err(err) => match err.key {
-            Some(key) => format!("# API key: NOT readable here: `{key}`: {}", err.problem),
-            None => format!("# API key: NOT readable here: {}", err.problem),
-        },
+        Err(err) => format!(
+            "# API key: NOT checked here: `{}`: {}",
+            err.key.as_deref().unwrap_or("api"),
+            err.problem
+        ),
     }
 }
 
@@ -592,14 +691,66 @@ async fn resolve_batch(store: &Store, id: &str) -> Result<Option<batches::Submis
 
 /// Finds the job an id names: a job id, or any id of one of its batches.
 async fn resolve_job(store: &Store, id: &str) -> anyhow::Result<String> {
-    if id.starts_with(crate::model::JobId::PREFIX) {
-        if jobs::get(store.reader(), id).await?.is_some() {
-            return Ok(id.to_owned());
-        }
-    } else if let Some(submission) = resolve_batch(store, id).await? {
-        return Ok(submission.job_id);
+    match job_of_id(store, id).await? {
+        Some(job) => Ok(job),
+        None => anyhow::bail!("no job or batch {id:?} in {}", store.path().display()),
     }
-    anyhow::bail!("no job or batch {id:?} in {}", store.path().display())
+}
+
+/// The job an id names, if it names one: a job id, or any id of one of its batches.
+async fn job_of_id(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
+    if id.starts_with(crate::model::JobId::PREFIX) {
+        Ok(jobs::get(store.reader(), id).await?.map(|j| j.id))
+    } else {
+        Ok(resolve_batch(store, id).await?.map(|s| s.job_id))
+    }
+}
+
+/// What `show` was asked about: one job, or the jobs of a file (newest first).
+enum Found {
+    Job(String),
+    File(Vec<String>),
+}
+
+impl Found {
+    fn jobs(&self) -> &[String] {
+        match self {
+            Found::Job(id) => std::slice::from_ref(id),
+            Found::File(ids) => ids,
+        }
+    }
+}
+
+/// Finds what `show` names: a job or batch id first; else a file, by its name or its path. A
+/// path is matched against where the database says each job's file is (relative to
+/// queue.dir), so `done/NAME.jsonl`, `/var/lib/batchwatch/queue/done/NAME.jsonl` and
+/// `./NAME.jsonl` in that directory all find the job whose file is there.
+async fn resolve_jobs(store: &Store, id: &str) -> anyhow::Result<Found> {
+    if let Some(job) = job_of_id(store, id).await? {
+        return Ok(Found::Job(job));
+    }
+    let given = Path::new(id);
+    let whole = std::path::absolute(given).unwrap_or_else(|_| given.to_path_buf());
+    // Every tail of the path: one of them is the path relative to queue.dir.
+    let components: Vec<String> = whole
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let paths: Vec<String> = (0..components.len())
+        .map(|from| components[from..].join("/"))
+        .collect();
+    // A file name holds no `/`: a path given matches by its tails only.
+    let found = jobs::of_file(store.reader(), id, &paths).await?;
+    if found.is_empty() {
+        anyhow::bail!(
+            "no job, batch or file {id:?} in {} (a file is found by its name, or by its path: done/NAME.jsonl)",
+            store.path().display()
+        );
+    }
+    Ok(Found::File(found))
 }
 
 /// The stuck-batch limits of the configuration; the built-in ones when it cannot be read
@@ -662,7 +813,13 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, "sk-check-config-SECRET\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let line = key_status(&KeySource::File(path.clone()));
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!("[api]\nkey_file = {:?}\n", path.display().to_string()),
+        )
+        .unwrap();
+        let line = key_line(&preflight::check(Some(&config)).unwrap());
         assert_eq!(
             line,
             format!(
@@ -670,20 +827,5 @@ mod tests {
                 path.display()
             )
         );
-    }
-
-    #[test]
-    fn check_config_reports_an_unreadable_key_with_its_config_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("key");
-        std::fs::write(&path, "sk-check-config-SECRET").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let line = key_status(&KeySource::File(path));
-        assert!(
-            line.starts_with("# API key: NOT readable here: `api.key_file`: the key file "),
-            "{line}"
-        );
-        assert!(line.contains("chmod 600"), "{line}");
-        assert!(!line.contains("SECRET"), "{line}");
     }
 }

@@ -13,7 +13,7 @@ use anyhow::Context;
 
 use crate::api::ApiKey;
 use crate::clock::Clock;
-use crate::config::{Dur, Settings};
+use crate::config::{Dur, ModelPrice, Settings};
 use crate::daemon::Daemon;
 use crate::model::JobState;
 use crate::process::emit;
@@ -133,6 +133,26 @@ fn settings(dir: &Path, base_url: &str) -> anyhow::Result<Settings> {
     s.limits.requests_per_second = 100.0;
     // Nothing scrapes a demo, and a service on this machine may hold the default port.
     s.metrics.listen = String::new();
+    // List prices (US dollars per million tokens), batches at half: the COST column shows
+    // what [pricing] is for.
+    s.pricing.insert(
+        "gpt-4o-mini".into(),
+        ModelPrice {
+            input: 0.15,
+            cached_input: Some(0.075),
+            output: 0.60,
+            batch_discount: 0.5,
+        },
+    );
+    s.pricing.insert(
+        "text-embedding-3-small".into(),
+        ModelPrice {
+            input: 0.02,
+            cached_input: None,
+            output: 0.0,
+            batch_discount: 0.5,
+        },
+    );
     s.validate()?;
     Ok(s)
 }
@@ -180,7 +200,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let mut last: BTreeMap<String, String> = BTreeMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let Ok(rows) = jobs::overview(store.reader(), None, 100).await else {
+            let Ok(rows) = jobs::overview(store.reader(), &jobs::Filter::default(), 100).await
+            else {
                 continue;
             };
             for row in rows.iter().rev() {
@@ -216,12 +237,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::store::Access::ReadOnly,
     )
     .await?;
-    let rows = jobs::overview(reader.reader(), None, 100).await?;
+    let rows = jobs::overview(reader.reader(), &jobs::Filter::default(), 100).await?;
     let counts = jobs::state_counts(reader.reader()).await?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let costs = crate::store::usage::job_costs(reader.reader(), &ids).await?;
     reader.close().await;
     let mut summary = format!(
         "\n{}\n",
-        report::status(&rows, &counts, &[], &[], jiff::Timestamp::now())
+        report::status(
+            &rows,
+            &counts,
+            &costs,
+            &[],
+            jiff::Timestamp::now(),
+            &report::Look::for_stdout(false)
+        )
     );
     for row in &rows {
         let place = match (&row.results_dir, row.state) {
@@ -237,9 +267,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let db = settings.database.path.display();
     summary += &format!(
         "\nInput files are in {queue}/done and {queue}/failed (each with a .reason.json).\n\
+         Estimated costs come from [pricing] in the configuration (the demo sets list prices).\n\
          Look around with:  batchwatch status --database {db}\n\
-         \x20                  batchwatch show JOB_ID --database {db}\n\
-         Remove it all with: rm -r {}\n",
+         \x20                  batchwatch show reviews.jsonl --database {db}\n\
+         Remove it all with: rm -r {}\n\
+         Against your own service: batchwatch doctor checks the key, api.base_url, the clock\n\
+         \x20                          and the directories before the first file.\n",
         dir.display()
     );
     emit(&summary)?;

@@ -1,21 +1,102 @@
 //! What the status commands print: `status`, `show` and `history`, as text tables or JSON.
 //!
 //! Text output shows every value through [`escape`]: a file name or a server's message with a
-//! newline or an escape sequence in it keeps to its cell and cannot drive the terminal. JSON
-//! output carries the values as they are (JSON escapes them).
+//! newline or an escape sequence in it keeps to its cell and cannot drive the terminal. On a
+//! terminal, states and statuses are coloured ([`Look`]): the only escape sequences printed are
+//! batchwatch's own, added after escaping. JSON output carries the values as they are (JSON
+//! escapes them).
 
 use std::fmt::Write;
 
 use serde::Serialize;
 
 use crate::clock::{self, Timestamp};
-use crate::model::JobState;
+use crate::model::{BatchStatus, JobState};
 use crate::printable::escape;
 use crate::store::batches::Submission;
 use crate::store::figures::StuckBatch;
 use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
 use crate::store::usage::{BatchUsage, JobCost};
+
+/// How text output looks: coloured (on a terminal), and wide (nothing cut short).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Look {
+    pub colour: bool,
+    pub wide: bool,
+}
+
+impl Look {
+    /// Colour when standard output is a terminal, unless `NO_COLOR` is set (no-color.org) or
+    /// the terminal is `dumb`.
+    pub fn for_stdout(wide: bool) -> Look {
+        use std::io::IsTerminal;
+        let set = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty());
+        let colour = std::io::stdout().is_terminal()
+            && set("NO_COLOR").is_none()
+            && set("TERM").is_none_or(|t| t != "dumb");
+        Look { colour, wide }
+    }
+
+    /// `text` in `colour`, when colour is on.
+    fn paint(&self, text: &str, colour: Option<Colour>) -> String {
+        match colour {
+            Some(c) if self.colour => format!("\x1b[{}m{text}\x1b[0m", c.sgr()),
+            _ => text.to_owned(),
+        }
+    }
+
+    /// At most `max` characters of `text`, unless wide.
+    fn fit(&self, text: &str, max: usize) -> String {
+        if self.wide {
+            text.to_owned()
+        } else {
+            shorten(text, max)
+        }
+    }
+}
+
+/// The colours used: what ended well, what ended badly, what was stopped, what is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Colour {
+    Green,
+    Red,
+    Yellow,
+    Cyan,
+}
+
+impl Colour {
+    fn sgr(self) -> &'static str {
+        match self {
+            Colour::Green => "32",
+            Colour::Red => "31",
+            Colour::Yellow => "33",
+            Colour::Cyan => "36",
+        }
+    }
+
+    fn of_state(state: JobState) -> Option<Colour> {
+        match state {
+            JobState::Completed => Some(Colour::Green),
+            JobState::Rejected | JobState::Failed | JobState::Expired => Some(Colour::Red),
+            JobState::Cancelling | JobState::Cancelled => Some(Colour::Yellow),
+            JobState::Submitting | JobState::Running | JobState::Collecting => Some(Colour::Cyan),
+            JobState::Validating | JobState::Queued => None,
+        }
+    }
+
+    fn of_status(status: &BatchStatus) -> Option<Colour> {
+        match status {
+            BatchStatus::Completed => Some(Colour::Green),
+            BatchStatus::Failed | BatchStatus::Expired => Some(Colour::Red),
+            BatchStatus::Cancelling | BatchStatus::Cancelled => Some(Colour::Yellow),
+            BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
+                Some(Colour::Cyan)
+            }
+            BatchStatus::Other(_) => None,
+        }
+    }
+}
 
 /// Everything about one job, for `show`.
 #[derive(Debug, Serialize)]
@@ -83,6 +164,16 @@ pub fn json<T: Serialize + ?Sized>(value: &T) -> String {
 
 /// A plain text table: a header row, then rows, columns padded to fit. Cells are escaped.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    styled_table(header, rows, &Look::default(), |_, _| None)
+}
+
+/// As [`table`], with the cell at (row, column) in the colour `style` gives it.
+fn styled_table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    look: &Look,
+    style: impl Fn(usize, usize) -> Option<Colour>,
+) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
@@ -94,17 +185,19 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+    let mut line = |row: Option<usize>, cells: &mut dyn Iterator<Item = &str>| {
         let mut text = String::new();
         for (i, cell) in cells.enumerate() {
-            let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            let colour = row.and_then(|r| style(r, i));
+            let pad = widths[i] - cell.chars().count();
+            let _ = write!(text, "{}{:pad$}  ", look.paint(cell, colour), "");
         }
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&mut header.iter().copied());
-    for row in &rows {
-        line(&mut row.iter().map(String::as_str));
+    line(None, &mut header.iter().copied());
+    for (r, row) in rows.iter().enumerate() {
+        line(Some(r), &mut row.iter().map(String::as_str));
     }
     out
 }
@@ -144,26 +237,32 @@ fn age(created_at: &str, now: Timestamp) -> String {
     clock::parse(created_at).map_or("-".into(), |t| clock::humanize(clock::between(t, now)))
 }
 
+/// Where a deadline stands: `-` once the job ended, as nothing is cancelled then.
 fn deadline(deadline_at: &str, state: JobState, now: Timestamp) -> String {
     if state.is_terminal() {
         return "-".into();
     }
-    match clock::parse(deadline_at) {
+    relative(deadline_at, now)
+}
+
+/// `in 3h` or `passed 2h ago`.
+fn relative(at: &str, now: Timestamp) -> String {
+    match clock::parse(at) {
         Some(t) if t > now => format!("in {}", clock::humanize(clock::between(now, t))),
         Some(t) => format!("passed {} ago", clock::humanize(clock::between(t, now))),
-        None => deadline_at.to_owned(),
+        None => at.to_owned(),
     }
 }
 
-/// What the REASON column says: why a job ended or waits, else, while it runs, the last error
-/// of its latest submissions (a download that keeps failing, say).
-fn reason(r: &JobOverview) -> String {
+/// What the REASON column says, and how much of it fits: why a job ended or waits, else, while
+/// it runs, the last error of its latest submissions (a download that keeps failing, say).
+fn reason(r: &JobOverview) -> (String, usize) {
     match (&r.reason_code, &r.last_error) {
-        (Some(code), _) if !code.is_empty() => shorten(&escape(code), 24),
+        (Some(code), _) if !code.is_empty() => (escape(code).into_owned(), 24),
         (_, Some(error)) if !r.state.is_terminal() && !error.is_empty() => {
-            shorten(&escape(error), 60)
+            (escape(error).into_owned(), 60)
         }
-        _ => "-".into(),
+        _ => ("-".into(), 1),
     }
 }
 
@@ -175,6 +274,7 @@ pub fn status(
     costs: &[JobCost],
     stuck: &[StuckBatch],
     now: Timestamp,
+    look: &Look,
 ) -> String {
     let mut out = String::new();
     if counts.is_empty() {
@@ -211,8 +311,7 @@ pub fn status(
         );
     }
     for s in stuck {
-        let _ = writeln!(
-            out,
+        let line = format!(
             "STUCK: batch {} of {} has been {} since {} ({})",
             or_dash(s.remote_id.as_deref()),
             s.job_id,
@@ -220,22 +319,29 @@ pub fn status(
             s.since,
             age(&s.since, now)
         );
+        let _ = writeln!(out, "{}", look.paint(&line, Some(Colour::Yellow)));
     }
     if rows.is_empty() {
         out.push_str("No jobs match.\n");
         return out;
     }
     out.push('\n');
+    let mut cut = false;
+    let mut fit = |text: &str, max: usize| {
+        cut |= !look.wide && text.chars().count() > max;
+        look.fit(text, max)
+    };
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
+            let (why, fits) = reason(r);
             let requests = match r.request_count {
                 Some(total) => progress(Some(total), r.requests_completed, r.requests_failed),
                 None => "-".into(),
             };
             vec![
                 r.id.clone(),
-                shorten(&escape(&r.file_name), 32),
+                fit(&escape(&r.file_name), 32),
                 r.state.to_string(),
                 or_dash(r.remote_status.as_deref()).to_owned(),
                 requests,
@@ -246,28 +352,44 @@ pub fn status(
                     .find(|c| c.job_id == r.id)
                     .and_then(|c| c.cost_usd)
                     .map_or("-".into(), dollars),
-                reason(r),
+                fit(&why, fits),
             ]
         })
         .collect();
-    out.push_str(&table(
+    out.push_str(&styled_table(
         &[
             "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "COST", "REASON",
         ],
         &body,
+        look,
+        |row, column| {
+            (column == 2)
+                .then(|| Colour::of_state(rows[row].state))
+                .flatten()
+        },
     ));
+    if cut {
+        out.push_str(
+            "(cut short …: --wide shows every value whole, `batchwatch show JOB` everything)\n",
+        );
+    }
     out
 }
 
 /// Everything about one job, for `show`.
-pub fn show(report: &JobReport, now: Timestamp) -> String {
+pub fn show(report: &JobReport, now: Timestamp, look: &Look) -> String {
     let j = &report.job;
     let mut out = String::new();
     let _ = writeln!(out, "Job {} ({})", escape(&j.id), escape(&j.file_name));
+    let _ = writeln!(
+        out,
+        "  {:<13}{}",
+        "state",
+        look.paint(j.state.as_str(), Colour::of_state(j.state))
+    );
     let mut field = |name: &str, value: String| {
         let _ = writeln!(out, "  {name:<13}{}", escape(&value));
     };
-    field("state", j.state.to_string());
     if let Some(reason) = &j.reason {
         field(
             "reason",
@@ -304,11 +426,7 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
     );
     field(
         "deadline",
-        format!(
-            "{} ({})",
-            j.deadline_at,
-            deadline(&j.deadline_at, j.state, now)
-        ),
+        format!("{} ({})", j.deadline_at, relative(&j.deadline_at, now)),
     );
     if let Some(at) = &j.cancel_requested_at {
         field(
@@ -348,7 +466,16 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
         .iter()
         .map(|e| vec![e.at.clone(), e.state.to_string(), e.message.clone()])
         .collect();
-    out.push_str(&indent(&table(&["AT", "STATE", "WHAT"], &events)));
+    out.push_str(&indent(&styled_table(
+        &["AT", "STATE", "WHAT"],
+        &events,
+        look,
+        |row, column| {
+            (column == 1)
+                .then(|| Colour::of_state(report.events[row].state))
+                .flatten()
+        },
+    )));
 
     for b in &report.batches {
         let s = &b.submission;
@@ -359,7 +486,10 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
             s.part,
             s.attempt,
             s.state,
-            escape(s.status.as_ref().map_or("-", |st| st.as_str())),
+            look.paint(
+                &escape(s.status.as_ref().map_or("-", |st| st.as_str())),
+                s.status.as_ref().and_then(Colour::of_status)
+            ),
             progress(s.request_total, s.request_completed, s.request_failed),
         );
         let files = [
@@ -400,11 +530,11 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
                 .iter()
                 .find(|h| Some(&h.status) == s.status.as_ref())
                 .map_or("-", |h| h.observed_at.as_str());
-            let _ = writeln!(
-                out,
-                "  STUCK: {} since {since}, longer than alerts.stuck_after allows ({limit})",
+            let line = format!(
+                "STUCK: {} since {since}, longer than alerts.stuck_after allows ({limit})",
                 s.status.as_ref().map_or("-", |st| st.as_str()),
             );
+            let _ = writeln!(out, "  {}", look.paint(&line, Some(Colour::Yellow)));
         }
         if let Some(at) = &s.cancel_requested_at {
             let _ = writeln!(
@@ -415,14 +545,14 @@ pub fn show(report: &JobReport, now: Timestamp) -> String {
             );
         }
         if !b.history.is_empty() {
-            out.push_str(&indent(&history(&b.history)));
+            out.push_str(&indent(&history(&b.history, look)));
         }
     }
     out
 }
 
 /// A submission's status history.
-pub fn history(rows: &[HistoryRow]) -> String {
+pub fn history(rows: &[HistoryRow], look: &Look) -> String {
     let body: Vec<Vec<String>> = rows
         .iter()
         .map(|h| {
@@ -433,7 +563,16 @@ pub fn history(rows: &[HistoryRow]) -> String {
             ]
         })
         .collect();
-    table(&["OBSERVED", "STATUS", "REQUESTS"], &body)
+    styled_table(
+        &["OBSERVED", "STATUS", "REQUESTS"],
+        &body,
+        look,
+        |row, column| {
+            (column == 1)
+                .then(|| Colour::of_status(&rows[row].status))
+                .flatten()
+        },
+    )
 }
 
 fn indent(text: &str) -> String {

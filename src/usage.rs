@@ -1,142 +1,17 @@
-//! Token usage and estimated cost of batches.
-//!
-//! The batch object's `usage` is stored per batch at every observation (`batch_usage`), and the
-//! cost is booked once, at the first observation that shows the batch ended: one guarded write
-//! (`booked_at IS NULL`) in the same transaction that records the final status, so neither a
-//! restart nor a batch seen ended again can book it twice. The cost is an estimate from the
-//! configuration's `[pricing]` for the job's model at that moment:
-//!
-//! ```text
-//! cost = ((input - cached) * price.input + cached * price.cached_input + output * price.output)
-//!        / 1,000,000 * (1 - price.batch_discount)
-//! ```
-//!
-//! Reasoning tokens are output tokens (they are billed as such), so they are not added again.
-
-use std::collections::BTreeMap;
-
-use sqlx::SqliteConnection;
+//! A batch's usage as the store books it when the batch is observed; the arithmetic is
+//! [`batchwatch_core::usage`]'s.
 
 use crate::api::Batch;
-use crate::config::ModelPrice;
-use crate::store::{StoreError, usage};
+pub use batchwatch_core::usage::{Tokens, cost};
 
-/// A batch's tokens, as its `usage` reports them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Tokens {
-    /// All input tokens, cached ones included.
-    pub input: i64,
-    pub cached: i64,
-    /// All output tokens, reasoning ones included.
-    pub output: i64,
-    pub reasoning: i64,
-}
-
-impl Tokens {
-    /// The tokens of a batch object, when it reports its usage.
-    pub fn of(batch: &Batch) -> Option<Tokens> {
-        let u = batch.usage.as_ref()?;
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        Some(Tokens {
-            input: n(u.input_tokens),
-            cached: n(u.input_tokens_details.map_or(0, |d| d.cached_tokens)),
-            output: n(u.output_tokens),
-            reasoning: n(u.output_tokens_details.map_or(0, |d| d.reasoning_tokens)),
-        })
-    }
-}
-
-/// The estimated cost in US dollars of `tokens` at `price`.
-pub fn cost(price: &ModelPrice, tokens: &Tokens) -> f64 {
-    let cached = tokens.cached.clamp(0, tokens.input.max(0)) as f64;
-    let uncached = tokens.input.max(0) as f64 - cached;
-    let list = uncached * price.input
-        + cached * price.cached_input.unwrap_or(price.input)
-        + tokens.output.max(0) as f64 * price.output;
-    list / 1_000_000.0 * (1.0 - price.batch_discount)
-}
-
-/// What booking a batch that just ended recorded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Booked {
-    pub tokens: Option<Tokens>,
-    pub cost_usd: Option<f64>,
-}
-
-/// Stores the usage `batch` reports for submission `row`, unless its cost is booked already;
-/// when the batch has ended and its cost is not booked yet, books it (with `pricing` for
-/// `model`) and returns what was booked. Runs inside the transaction that records the
-/// observation.
-pub async fn record(
-    conn: &mut SqliteConnection,
-    pricing: &BTreeMap<String, ModelPrice>,
-    row: i64,
-    model: Option<&str>,
-    batch: &Batch,
-    now: &str,
-) -> Result<Option<Booked>, StoreError> {
-    let tokens = Tokens::of(batch);
-    if let Some(t) = &tokens {
-        usage::store(&mut *conn, row, t, now).await?;
-    }
-    if !batch.status.is_terminal() {
-        return Ok(None);
-    }
-    let price = model.and_then(|m| pricing.get(m));
-    let cost_usd = tokens.as_ref().zip(price).map(|(t, p)| cost(p, t));
-    let booked = usage::book(conn, row, cost_usd, now).await?;
-    Ok(booked.then_some(Booked { tokens, cost_usd }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn price(discount: f64) -> ModelPrice {
-        ModelPrice {
-            input: 2.0,
-            cached_input: Some(0.5),
-            output: 8.0,
-            batch_discount: discount,
-        }
-    }
-
-    #[test]
-    fn cached_input_has_its_own_price_and_reasoning_is_not_counted_twice() {
-        let t = Tokens {
-            input: 1_000_000,
-            cached: 400_000,
-            output: 250_000,
-            reasoning: 100_000,
-        };
-        // 600k uncached at $2, 400k cached at $0.50, 250k out at $8: 1.2 + 0.2 + 2.0 = 3.4.
-        assert!((cost(&price(0.0), &t) - 3.4).abs() < 1e-12);
-        assert!((cost(&price(0.5), &t) - 1.7).abs() < 1e-12);
-    }
-
-    #[test]
-    fn without_a_cached_price_cached_input_costs_the_input_price() {
-        let p = ModelPrice {
-            cached_input: None,
-            ..price(0.0)
-        };
-        let t = Tokens {
-            input: 1_000_000,
-            cached: 1_000_000,
-            output: 0,
-            reasoning: 0,
-        };
-        assert!((cost(&p, &t) - 2.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn more_cached_than_input_tokens_is_held_to_the_input() {
-        let t = Tokens {
-            input: 100,
-            cached: 500,
-            output: 0,
-            reasoning: 0,
-        };
-        assert!((cost(&price(0.0), &t) - 100.0 * 0.5 / 1e6).abs() < 1e-15);
-    }
+/// The tokens of a batch object, when it reports its usage.
+pub fn tokens_of(batch: &Batch) -> Option<Tokens> {
+    let u = batch.usage.as_ref()?;
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Some(Tokens {
+        input: n(u.input_tokens),
+        cached: n(u.input_tokens_details.map_or(0, |d| d.cached_tokens)),
+        output: n(u.output_tokens),
+        reasoning: n(u.output_tokens_details.map_or(0, |d| d.reasoning_tokens)),
+    })
 }

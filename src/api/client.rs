@@ -30,6 +30,13 @@ const UPLOAD_CHUNK: usize = 64 * 1024;
 /// The most of an error body kept for classification; HTML error pages can be large.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 
+/// A collection of the API, as [`Client::check_route`] asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collection {
+    Batches,
+    Files,
+}
+
 /// The Batch API client. Cloning is cheap and clones share the connection pool and limits.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -112,6 +119,11 @@ impl Client {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether `key` is the key in use (compared without printing either).
+    pub fn uses_key(&self, key: &ApiKey) -> bool {
+        self.key().same_as(key)
     }
 
     /// Reads the key again from `source` and uses it from the next request on (every clone
@@ -301,6 +313,80 @@ impl Client {
         .await
     }
 
+    /// Whether the key is accepted and the Batch API's routes answer at the base URL
+    /// ([`Client::check_route`] of batches, then of files).
+    pub async fn check_routes(&self) -> Result<(), ApiError> {
+        self.check_route(Collection::Batches).await?;
+        self.check_route(Collection::Files).await.map(drop)
+    }
+
+    /// Asks for one page of one object of `collection`: whether the key is accepted and the
+    /// route answers. Returns the service's clock (its `Date` header), when it gave one. Sent
+    /// once, never retried.
+    pub async fn check_route(
+        &self,
+        collection: Collection,
+    ) -> Result<Option<jiff::Timestamp>, ApiError> {
+        let (op, segment) = match collection {
+            Collection::Batches => (Operation::ListBatches, "batches"),
+            Collection::Files => (Operation::ListFiles, "files"),
+        };
+        let request = self
+            .json_request(Method::GET, &[segment])
+            .query(&[("limit", "1")]);
+        let (response, _permit) = self.send(op, request, None).await?;
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                jiff::fmt::rfc2822::DateTimeParser::new()
+                    .parse_timestamp(v)
+                    .ok()
+            });
+        let status = response.status().as_u16();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ApiError::from_transport(op, &e))?;
+        // A page of the list, whatever its items: a server that answers something else at this
+        // route is not the Batch API.
+        serde_json::from_slice::<ListPage<serde_json::Value>>(&body).map_err(|e| {
+            ApiError::lost_answer(
+                op,
+                Some(status),
+                format!("the {status} answer is not a list ({e})"),
+            )
+        })?;
+        Ok(date)
+    }
+
+    /// When the base URL lacks a version path: the base URL with `/v1` added, if the API's
+    /// routes answer there ([`Client::check_routes`]), as they do when `/v1` was left out.
+    pub async fn answers_with_version_path(&self) -> Option<String> {
+        let base = self.inner.base.as_str().trim_end_matches('/');
+        if base.ends_with("/v1") {
+            return None;
+        }
+        let candidate = format!("{base}/v1");
+        let elsewhere = Client {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                base: Url::parse(&candidate).ok()?,
+                flavor: self.inner.flavor,
+                key: std::sync::RwLock::new(self.key()),
+                retry: self.inner.retry,
+                limiter: self.inner.limiter.clone(),
+                request_timeout: self.inner.request_timeout,
+                upload_timeout: self.inner.upload_timeout,
+                download_read_timeout: self.inner.download_read_timeout,
+                // Not this configuration's calls: they count nowhere.
+                metrics: Metrics::default(),
+            }),
+        };
+        elsewhere.check_routes().await.is_ok().then_some(candidate)
+    }
+
     /// Runs a call that is safe to repeat under the retry policy, counting its retries.
     async fn retrying<T, F, Fut>(&self, call: F) -> Result<T, ApiError>
     where
@@ -392,8 +478,14 @@ impl Client {
         }
         let headers = response.headers().clone();
         let body = read_capped(response, ERROR_BODY_CAP).await;
-        let text = self.key().redact(&String::from_utf8_lossy(&body));
-        let err = ApiError::from_response(op, status, &headers, &text, jiff::Timestamp::now());
+        let err = ApiError::from_answer(
+            op,
+            status,
+            &headers,
+            &body,
+            &self.key(),
+            jiff::Timestamp::now(),
+        );
         let metrics = &self.inner.metrics;
         metrics.api_request(op, Some(status.as_u16()), elapsed, Some(&err));
         Err(err)
@@ -411,16 +503,7 @@ impl Client {
             .bytes()
             .await
             .map_err(|e| ApiError::from_transport(op, &e))?;
-        serde_json::from_slice(&body).map_err(|e| {
-            // Redact before cutting, so no cut can leave the start of the key behind.
-            let redacted = self.key().redact(&String::from_utf8_lossy(&body));
-            let text: String = redacted.chars().take(200).collect();
-            ApiError::lost_answer(
-                op,
-                Some(status),
-                format!("the {status} answer is not the expected JSON ({e}): {text:?}"),
-            )
-        })
+        decode_success(op, status, &body, &self.key())
     }
 
     /// One attempt at a download; see [`Client::download_file`].
@@ -547,6 +630,27 @@ impl Client {
             }
         })
     }
+}
+
+/// The object a successful answer's `body` holds; a body that is not that object is an answer
+/// lost (an unknown outcome for a create). Pure, so that every body is tested without a server.
+pub(crate) fn decode_success<T: DeserializeOwned>(
+    op: Operation,
+    status: u16,
+    body: &[u8],
+    key: &ApiKey,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        // Redact before cutting, so no cut can leave the start of the key behind.
+        let redacted = key.redact(&String::from_utf8_lossy(body));
+        let text: String = redacted.chars().take(200).collect();
+        ApiError::lost_answer(
+            op,
+            Some(status),
+            format!("the {status} answer is not the expected JSON ({e}): {text:?}"),
+        )
+        .without_key(key)
+    })
 }
 
 /// The state of a paginated listing.

@@ -27,6 +27,19 @@ pub enum Operation {
 }
 
 impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 9] = [
+        Operation::UploadFile,
+        Operation::RetrieveFile,
+        Operation::ListFiles,
+        Operation::DeleteFile,
+        Operation::DownloadFile,
+        Operation::CreateBatch,
+        Operation::RetrieveBatch,
+        Operation::ListBatches,
+        Operation::CancelBatch,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::UploadFile => "upload file",
@@ -39,6 +52,18 @@ impl Operation {
             Operation::ListBatches => "list batches",
             Operation::CancelBatch => "cancel batch",
         }
+    }
+
+    /// A call on a whole collection (`/files`, `/batches`), which exists whatever objects do:
+    /// a 404 there says the route is missing, never that an object is gone.
+    pub fn on_collection(self) -> bool {
+        matches!(
+            self,
+            Operation::UploadFile
+                | Operation::ListFiles
+                | Operation::CreateBatch
+                | Operation::ListBatches
+        )
     }
 
     /// Upload and create make a new remote object each time they are carried out, and the API
@@ -95,6 +120,11 @@ pub enum ApiError {
     /// 404 with the API's own error body: the object does not exist (old batches vanish).
     #[error("{op}: not found (404): {message}")]
     NotFound { op: Operation, message: String },
+    /// 404 for the route itself: a collection route (`POST /files`, `GET /batches`, ...) or any
+    /// answer the API words "Invalid URL". The base URL is wrong (`/v1` left out, say) or the
+    /// service is not the Batch API: a fault of the configuration, never of a file or a batch.
+    #[error("{op}: the API has no such route (404): {message}; is api.base_url right?")]
+    RouteMissing { op: Operation, message: String },
     /// 429 with code `insufficient_quota`: billing, not load. Waiting a few seconds won't help.
     #[error("{op}: quota exhausted (429 insufficient_quota): {message}")]
     QuotaExceeded { op: Operation, message: String },
@@ -106,7 +136,8 @@ pub enum ApiError {
         status: Option<u16>,
         detail: String,
     },
-    /// A local file could not be read (upload) or written (download).
+    /// A local file could not be read (upload) or written (download): the host's fault (a
+    /// full disk, a quota, a permission, an I/O error), not the service's.
     #[error("{op}: {}: {source}", .path.display())]
     LocalIo {
         op: Operation,
@@ -139,6 +170,7 @@ impl ApiError {
             | ApiError::Unauthorized { op, .. }
             | ApiError::Forbidden { op, .. }
             | ApiError::NotFound { op, .. }
+            | ApiError::RouteMissing { op, .. }
             | ApiError::QuotaExceeded { op, .. }
             | ApiError::UnknownOutcome { op, .. }
             | ApiError::LocalIo { op, .. } => *op,
@@ -156,6 +188,13 @@ impl ApiError {
     /// An upload or create that may have happened; the caller must reconcile.
     pub fn is_unknown_outcome(&self) -> bool {
         matches!(self, ApiError::UnknownOutcome { .. })
+    }
+
+    /// A local file could not be read or written for a reason of the host's (the operating
+    /// system refused it: a permission, a full disk, an I/O error), as opposed to a file whose
+    /// shape is wrong (shorter than the range to upload). Waiting for the host may cure it.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(self, ApiError::LocalIo { source, .. } if source.raw_os_error().is_some())
     }
 
     /// The key was refused (401) or lacks permission (403).
@@ -184,7 +223,7 @@ impl ApiError {
             ApiError::BadRequest { status, .. } => Some(*status),
             ApiError::Unauthorized { .. } => Some(401),
             ApiError::Forbidden { .. } => Some(403),
-            ApiError::NotFound { .. } => Some(404),
+            ApiError::NotFound { .. } | ApiError::RouteMissing { .. } => Some(404),
             ApiError::LocalIo { .. } => None,
         }
     }
@@ -227,6 +266,90 @@ impl ApiError {
         }
     }
 
+    /// Classifies a non-success answer from its raw `body`, the key redacted from its text.
+    pub(crate) fn from_answer(
+        op: Operation,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+        key: &super::ApiKey,
+        now: jiff::Timestamp,
+    ) -> ApiError {
+        let text = key.redact(&String::from_utf8_lossy(body));
+        ApiError::from_response(op, status, headers, &text, now).without_key(key)
+    }
+
+    /// The error with the key taken out of every text the server had a hand in. Redacting the
+    /// raw body is not enough: JSON can spell the key with escapes (`\u0073k-…`) that only
+    /// parsing decodes, and serde_json quotes the value it refuses in its error.
+    pub(crate) fn without_key(self, key: &super::ApiKey) -> ApiError {
+        let r = |text: String| key.redact(&text);
+        match self {
+            ApiError::Transient {
+                op,
+                status,
+                detail,
+                retry_after,
+            } => ApiError::Transient {
+                op,
+                status,
+                detail: r(detail),
+                retry_after,
+            },
+            ApiError::RateLimited {
+                op,
+                retry_after,
+                message,
+            } => ApiError::RateLimited {
+                op,
+                retry_after,
+                message: r(message),
+            },
+            ApiError::BadRequest {
+                op,
+                status,
+                message,
+                error_type,
+                param,
+                code,
+            } => ApiError::BadRequest {
+                op,
+                status,
+                message: r(message),
+                error_type: error_type.map(r),
+                param: param.map(r),
+                code: code.map(r),
+            },
+            ApiError::Unauthorized { op, message } => ApiError::Unauthorized {
+                op,
+                message: r(message),
+            },
+            ApiError::Forbidden { op, message } => ApiError::Forbidden {
+                op,
+                message: r(message),
+            },
+            ApiError::NotFound { op, message } => ApiError::NotFound {
+                op,
+                message: r(message),
+            },
+            ApiError::RouteMissing { op, message } => ApiError::RouteMissing {
+                op,
+                message: r(message),
+            },
+            ApiError::QuotaExceeded { op, message } => ApiError::QuotaExceeded {
+                op,
+                message: r(message),
+            },
+            ApiError::UnknownOutcome { op, status, detail } => ApiError::UnknownOutcome {
+                op,
+                status,
+                detail: r(detail),
+            },
+            // A local path and the system's error: no server text.
+            local @ ApiError::LocalIo { .. } => local,
+        }
+    }
+
     /// Classifies a non-success answer. `body` is the response text, already redacted.
     pub(crate) fn from_response(
         op: Operation,
@@ -249,6 +372,9 @@ impl ApiError {
             401 => ApiError::Unauthorized { op, message },
             403 => ApiError::Forbidden { op, message },
             404 => match envelope {
+                _ if op.on_collection() || message.starts_with("Invalid URL") => {
+                    ApiError::RouteMissing { op, message }
+                }
                 Some(_) => ApiError::NotFound { op, message },
                 // A 404 page from a proxy or a wrong base URL says nothing about the object;
                 // calling it gone would make the daemon give up on a live batch.
@@ -461,6 +587,43 @@ mod tests {
     const HTML_502: &str =
         "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
 
+    // Found by fuzzing (fuzz/fuzz_targets/api_answer.rs): only the raw body was redacted, so a
+    // key the server spelled with JSON escapes reached the error's message once parsed, and a
+    // key in a field of the wrong type reached it through serde_json's error, which quotes it.
+    #[test]
+    fn the_key_is_in_no_error_however_the_server_spelled_it() {
+        const KEY: &str = "sk-test-0123456789abcdef";
+        let key = super::super::ApiKey::new(KEY).unwrap();
+        let escaped = r#"{"error":{"message":"Incorrect API key provided: sk-test-0123456789abcdef","type":"invalid_request_error","param":"sk-test-0123456789abcdef","code":null}}"#;
+        let none = HeaderMap::new();
+        for (op, status) in [
+            (Operation::RetrieveBatch, 401),
+            (Operation::RetrieveBatch, 400),
+            (Operation::CreateBatch, 500),
+            (Operation::RetrieveBatch, 404),
+            (Operation::ListBatches, 429),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let err = ApiError::from_answer(op, status, &none, escaped.as_bytes(), &key, now());
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(shown.contains("Incorrect API key provided: ***"), "{shown}");
+        }
+        let wrong_type = format!(r#"{{"id":"file-1","object":"file","deleted":"{KEY}"}}"#);
+        for op in [Operation::DeleteFile, Operation::UploadFile] {
+            let err = super::super::client::decode_success::<super::super::FileDeleted>(
+                op,
+                200,
+                wrong_type.as_bytes(),
+                &key,
+            )
+            .unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(shown.contains("invalid type: string \"***\""), "{shown}");
+        }
+    }
+
     #[test]
     fn overload_statuses_are_transient_for_reads_and_cancel() {
         let none = HeaderMap::new();
@@ -641,6 +804,33 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("api.base_url"), "{err}");
+    }
+
+    #[test]
+    fn a_404_on_a_collection_route_or_worded_invalid_url_is_a_missing_route() {
+        let invalid = |path: &str| {
+            envelope(
+                &format!("Invalid URL ({path})"),
+                "invalid_request_error",
+                None,
+            )
+        };
+        let cases = [
+            (Operation::UploadFile, invalid("POST /files")),
+            (Operation::CreateBatch, invalid("POST /batches")),
+            (Operation::ListBatches, invalid("GET /batches")),
+            (Operation::ListFiles, "<html>404</html>".to_owned()),
+            (Operation::RetrieveBatch, invalid("GET /batches/batch_x")),
+        ];
+        for (op, body) in cases {
+            let err = classify(op, 404, &HeaderMap::new(), &body);
+            assert!(
+                matches!(err, ApiError::RouteMissing { .. }),
+                "{op}: {err:?}"
+            );
+            assert!(err.to_string().contains("api.base_url"), "{err}");
+            assert!(!err.is_transient() && !err.is_unknown_outcome());
+        }
     }
 
     #[test]

@@ -17,6 +17,15 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ConfigError, Flavor, KeySource};
 
+/// The environment variable systemd sets inside the service: the directory of its credentials.
+const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Whether `source` is a systemd credential asked for outside the service, where it does not
+/// exist: it cannot be read, or checked, in this process.
+pub fn outside_its_service(source: &KeySource) -> bool {
+    matches!(source, KeySource::Credential(_)) && std::env::var_os(CREDENTIALS_DIRECTORY).is_none()
+}
+
 /// An API key. Never printed: `Debug` and `Display` show `ApiKey(***)`.
 #[derive(Clone)]
 pub struct ApiKey(SecretString);
@@ -81,7 +90,7 @@ impl ApiKey {
             KeySource::File(path) => read_key_file("api.key_file", path, true),
             KeySource::Credential(name) => {
                 let key = "api.key_credential";
-                let dir = env("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                let dir = env(CREDENTIALS_DIRECTORY).ok_or_else(|| {
                     ConfigError::key(
                         key,
                         format!(

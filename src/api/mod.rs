@@ -14,14 +14,15 @@
 //!
 //! | class | when | caller |
 //! | --- | --- | --- |
-//! | [`ApiError::Transient`] | no connection, a timeout or reset on a safe call, 408, 409, 500, 502, 503, 504 and other 5xx (not 501/505), an HTML or unparseable body, a short download, a 404 that is not the API's own error body | try again later (safe calls were already retried) |
+//! | [`ApiError::Transient`] | no connection, a timeout or reset on a safe call, 408, 409, 500, 502, 503, 504 and other 5xx (not 501/505), an HTML or unparseable body, a short download, a 404 on an object's route without the API's own error body | try again later (safe calls were already retried) |
 //! | [`ApiError::RateLimited`] | 429 without a quota code, with `retry-after-ms` or `Retry-After` (seconds or HTTP date) | try again, not before the delay |
 //! | [`ApiError::BadRequest`] | 400, 422 and other 4xx, 501, 505, a redirect | permanent: fix the request |
 //! | [`ApiError::Unauthorized`] / [`ApiError::Forbidden`] | 401 / 403 | permanent: stop submitting, alert |
 //! | [`ApiError::NotFound`] | 404 with the API's error body | the object is gone |
+//! | [`ApiError::RouteMissing`] | 404 on a collection route (upload, create, list), or worded "Invalid URL" | the base URL is wrong: the gate closes until the route answers, and no job fails for it |
 //! | [`ApiError::QuotaExceeded`] | 429 with code `insufficient_quota` | permanent until billing changes |
 //! | [`ApiError::UnknownOutcome`] | upload or create: a timeout, reset or truncated answer after the request left, a 408/409/5xx, an unparseable success body | reconcile before creating again |
-//! | [`ApiError::LocalIo`] | the file to upload cannot be read, the download cannot be written | permanent for this call |
+//! | [`ApiError::LocalIo`] | the file to upload cannot be read, the download cannot be written (a full disk, a quota, a permission, an I/O error) | the host's fault, not the service's: a download waits for the host however long it takes, and counts towards no give-up; an upload of a file the system refuses to read ([`ApiError::is_host_fault`]) waits too; one of a file shorter than its part fails its job |
 //!
 //! A connection that could not be opened means nothing was sent, so even a create or upload
 //! is then merely transient.
@@ -52,11 +53,14 @@ mod error;
 mod key;
 mod limit;
 mod retry;
+pub mod tags;
 mod types;
 
-pub use client::Client;
+#[cfg(feature = "fuzzing")]
+pub(crate) use client::decode_success;
+pub use client::{Client, Collection};
 pub use error::{ApiError, Operation};
-pub use key::ApiKey;
+pub use key::{ApiKey, outside_its_service};
 pub use retry::RetryPolicy;
 pub use types::{
     Batch, BatchError, BatchErrors, BatchUsage, CreateBatchRequest, ExpiryAnchor, FileDeleted,

@@ -7,16 +7,14 @@
 
 use std::collections::HashSet;
 
-use sqlx::SqliteConnection;
-
 use super::ctx::{Ctx, Next, Subject, defer};
 use super::observe::observe;
-use super::progress::{self, refresh_job};
 use super::{poll, reconcile};
 use crate::api::ApiError;
 use crate::model::SubmissionState;
 use crate::store::jobs::{self, Job};
-use crate::store::{Store, batches, transitions};
+use crate::store::progress;
+use crate::store::{Store, batches};
 
 /// Why a job is cancelled; stored in `jobs.cancel_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,19 +51,14 @@ pub async fn request(
     reason: Reason,
     now: &str,
 ) -> anyhow::Result<Requested> {
-    let mut tx = store.begin().await?;
-    let asked = jobs::request_cancel(&mut tx, job_id, reason.as_str(), now).await?;
-    let job = jobs::get(&mut *tx, job_id)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("no job {job_id}"))?;
-    if asked {
-        let message = match reason {
-            Reason::Deadline => format!("deadline {} passed: cancelling", job.deadline_at),
-            Reason::Operator => "cancel asked for by an operator".to_owned(),
-        };
-        jobs::add_event(&mut tx, job_id, job.state, &message, now).await?;
-    }
-    tx.commit().await?;
+    let message = |job: &Job| match reason {
+        Reason::Deadline => format!("deadline {} passed: cancelling", job.deadline_at),
+        Reason::Operator => "cancel asked for by an operator".to_owned(),
+    };
+    let (asked, job) = store
+        .request_cancel(job_id, reason.as_str(), message, now)
+        .await?;
+    let job = job.ok_or_else(|| anyhow::anyhow!("no job {job_id}"))?;
     Ok(Requested { asked, job })
 }
 
@@ -123,12 +116,9 @@ pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<
         {
             continue;
         }
-        let mut tx = ctx.store.begin().await?;
-        for id in abandon {
-            abandon_unsent(&mut tx, id, &job_id, &now).await?;
-        }
-        refresh_job(&mut tx, &job_id, None, "cancelling", &now).await?;
-        tx.commit().await?;
+        ctx.store
+            .cancel_unsent(&ctx.lease, &job_id, &abandon, UNSENT, "cancelling", &now)
+            .await?;
     }
     Ok(need_request)
 }
@@ -144,9 +134,9 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         match reconcile::find_batch(&ctx, &row).await {
             Ok(Some(batch)) => return observe(&ctx, &row, &batch).await,
             Ok(None) => {
-                let mut tx = ctx.store.begin().await?;
-                abandon_unsent(&mut tx, row.id, &row.job_id, &now).await?;
-                tx.commit().await?;
+                ctx.store
+                    .abandon(&ctx.lease, &row, UNSENT, UNSENT, &now)
+                    .await?;
                 return Ok(());
             }
             Err(e) => {
@@ -161,9 +151,7 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let Some(remote) = row.remote_id.clone() else {
         return Ok(());
     };
-    let mut tx = ctx.store.begin().await?;
-    transitions::arm_cancel(&mut tx, row.id, &now).await?;
-    tx.commit().await?;
+    ctx.store.arm_cancel(&ctx.lease, row.id, &now).await?;
     match ctx.client.cancel_batch(&remote).await {
         Ok(batch) => {
             mark_sent(&ctx, row.id).await?;
@@ -186,24 +174,12 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     }
 }
 
-/// Gives up a submission of a cancelled job that never became a batch, in the caller's
-/// transaction.
-pub async fn abandon_unsent(
-    tx: &mut SqliteConnection,
-    id: i64,
-    job_id: &str,
-    now: &str,
-) -> anyhow::Result<()> {
-    const UNSENT: &str = "cancelled before its batch was created";
-    transitions::abandon(tx, id, UNSENT, now).await?;
-    refresh_job(tx, job_id, None, UNSENT, now).await?;
-    Ok(())
-}
+/// Why a submission of a cancelled job that never became a batch is given up.
+pub const UNSENT: &str = "cancelled before its batch was created";
 
 async fn mark_sent(ctx: &Ctx, row_id: i64) -> anyhow::Result<()> {
-    let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    transitions::cancel_sent(&mut tx, row_id, &now).await?;
-    tx.commit().await?;
+    ctx.store
+        .cancel_sent(&ctx.lease, row_id, &ctx.now())
+        .await?;
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! Remote clean-up: deleting from the service the files of jobs that ended.
 //!
 //! When a job ends with `cleanup.remote_files` on, the transaction that records its end also
-//! records the intent to delete its input files and the output and error files whose results
-//! are downloaded ([`crate::store::deletions::plan_for_job`]). This room carries the intents
-//! out ([`crate::housekeeping::remote::delete`]): a deletion that fails is tried again after
-//! a growing delay, a refused key closes the gate as any request does, and none of it changes
-//! the job's state.
+//! records the intent to delete its input files and those of its output and error files whose
+//! results are on disk ([`crate::store::deletions::plan_for_job`], from what
+//! [`super::finish`] found in the job's results directory): nothing is deleted from the service
+//! that is not here. This module carries the intents out
+//! ([`crate::housekeeping::remote::delete`]): a deletion that fails is tried again after a
+//! growing delay, a refused key closes the gate as any request does, none of it changes the
+//! job's state, and a stop does not wait for it ([`super::Task::stops_at_once`]).
 
 use crate::clock::{self, Timestamp};
 use crate::housekeeping::remote::{self, Outcome};
@@ -33,6 +35,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         let outcome = remote::delete(
             &ctx.client,
             &ctx.store,
+            &ctx.lease,
             &row,
             || ctx.clock.now(),
             ctx.schedule.failed_request,

@@ -2,23 +2,44 @@
 //!
 //! Each batch's files are downloaded as `results/JOB/BATCH.output.jsonl` and
 //! `BATCH.errors.jsonl` (complete or not at all: the client writes a temporary file, checks its
-//! length on disk and renames it). A file gone from the service is noted as missing; a download
-//! that fails is tried again until `collect.give_up_after`, or until the job is cancelled.
-//! Once every submission of a job is done with, [`super::finish`] finishes the job. Every step
-//! can be repeated after a crash.
+//! length on disk and renames it); a file already on disk ([`on_disk`]) is not downloaded
+//! again. A file gone from the service is noted as missing. Once every submission of a job is
+//! done with, [`super::finish`] finishes the job. Every step can be repeated after a crash.
+//!
+//! # When a download fails
+//!
+//! ```text
+//!              every file downloaded, or gone from the service (404)
+//! collecting ──────────────────────────────────────────────────────▶ finished
+//!   │  ▲ tried again after backoff.failed_request
+//!   ├──┘ the service failed (a 5xx, a timeout, ...): failing since T
+//!   │      └─ collect.give_up_after passed since T, or the job is cancelled
+//!   │           ──▶ finished, results_unavailable (what was downloaded is kept)
+//!   │  ▲ tried again after a back-off that grows with the wait (backoff.failed_task_*)
+//!   └──┘ a local fault, the results cannot be written here (a full disk, a quota, a
+//!        permission, an I/O error): waiting since L, never given up
+//! ```
+//!
+//! A local fault is the host's, not the service's. It never counts towards
+//! `collect.give_up_after` (the service's failures counted before it are forgotten) and never
+//! ends the job, cancelled or not: the job waits, and the service keeps its files meanwhile
+//! (remote clean-up deletes only results that are on disk, [`super::finish`]). The wait is
+//! loud: an error in the log and an event when it begins, the fault as the submission's last
+//! error (the REASON of `batchwatch status`), and the metric
+//! `batchwatch_results_waiting_on_local_fault`.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::ctx::{Ctx, Next, defer};
-use super::progress::refresh_job;
 use crate::api::ApiError;
 use crate::clock;
 use crate::failpoint;
 use crate::model::SubmissionState;
 use crate::store::batches::{self, Submission};
-use crate::store::{jobs, transitions};
+use crate::store::jobs;
 
 /// Submissions whose batch ended and whose files are due to be downloaded.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
@@ -38,59 +59,79 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         .clone()
         .context("a collecting submission has no batch id")?;
     let dir = ctx.queue.results_dir(&row.job_id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Err(source) = std::fs::create_dir_all(&dir) {
+        return local_fault(&ctx, &row, &dir, &source).await;
+    }
     let mut missing = Vec::new();
+    let mut local = None;
     let mut failed = None;
     for (kind, file_id) in [
         ("output", &row.output_file_id),
         ("errors", &row.error_file_id),
     ] {
         let Some(file_id) = file_id else { continue };
-        let dest = dir.join(format!("{remote}.{kind}.jsonl"));
-        if dest.exists() {
+        if on_disk(&dir, &remote, kind, file_id) {
             continue;
         }
-        match ctx.client.download_file(file_id, &dest).await {
+        match ctx
+            .client
+            .download_file(file_id, &dir.join(part_name(&remote, kind)))
+            .await
+        {
             Ok(bytes) => {
                 tracing::info!(job = %row.job_id, batch = %remote, file = %file_id, bytes, "downloaded {kind}")
-            }
-            Err(ApiError::NotFound { .. }) if merged_before(&dir, file_id, kind) => {
-                // A database restored from before the job's end: the file was downloaded,
-                // merged, and then deleted from the service (cleanup.remote_files).
-                tracing::info!(job = %row.job_id, batch = %remote, file = %file_id, "{kind} already downloaded and merged before; the service no longer has it");
             }
             Err(ApiError::NotFound { .. }) => {
                 missing.push(format!("the {kind} file {file_id} no longer exists"))
             }
+            Err(ApiError::LocalIo { path, source, .. }) => local = local.or(Some((path, source))),
             Err(e) => failed = failed.or(Some((kind, file_id, e))),
         }
+    }
+    // While the host is at fault, whatever the service does counts for nothing.
+    if let Some((path, source)) = local {
+        return local_fault(&ctx, &row, &path, &source).await;
     }
     if let Some((kind, file_id, err)) = failed {
         return download_failed(&ctx, &row, kind, file_id, err).await;
     }
     failpoint::hit("collect:after-download");
     let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
     // The job's outcome reads it: a completed batch with results missing is not a completed
     // job.
     let missing = (!missing.is_empty()).then(|| missing.join("; "));
-    transitions::collected(&mut tx, row.id, missing.as_deref(), &now).await?;
-    refresh_job(
-        &mut tx,
-        &row.job_id,
-        None,
-        &format!("results of batch {remote} collected"),
-        &now,
-    )
-    .await?;
-    tx.commit().await?;
+    let message = match &row.local_fault_since {
+        Some(since) => format!(
+            "results of batch {remote} collected, after waiting on a local fault since {since}"
+        ),
+        None => format!("results of batch {remote} collected"),
+    };
+    ctx.store
+        .collected(&ctx.lease, &row, missing.as_deref(), &message, &now)
+        .await?;
+    if let Some(since) = &row.local_fault_since {
+        tracing::info!(job = %row.job_id, batch = %remote, since = %since, "the local fault is over: results written");
+    }
     Ok(())
+}
+
+/// The name of a batch's downloaded `kind` file in its job's results directory.
+pub fn part_name(remote: &str, kind: &str) -> String {
+    format!("{remote}.{kind}.jsonl")
+}
+
+/// Whether the results of `file_id` (the `kind` file of batch `remote`) are on disk in the
+/// job's results directory `dir`: downloaded (`BATCH.KIND.jsonl`), or merged into `KIND.jsonl`,
+/// which `manifest.json` says holds `file_id` (a database restored from before the job's end
+/// finishes it again).
+pub fn on_disk(dir: &Path, remote: &str, kind: &str, file_id: &str) -> bool {
+    dir.join(part_name(remote, kind)).is_file() || merged_before(dir, file_id, kind)
 }
 
 /// Whether the job's results directory already holds `file_id` merged: its `manifest.json`
 /// names the file, and the merged `KIND.jsonl` is there.
-fn merged_before(dir: &std::path::Path, file_id: &str, kind: &str) -> bool {
-    let Ok(text) = std::fs::read(dir.join("manifest.json")) else {
+fn merged_before(dir: &Path, file_id: &str, kind: &str) -> bool {
+    let Ok(text) = std::fs::read(dir.join(crate::queue::MANIFEST_FILE)) else {
         return false;
     };
     let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&text) else {
@@ -107,9 +148,52 @@ fn merged_before(dir: &std::path::Path, file_id: &str, kind: &str) -> bool {
     named && dir.join(format!("{kind}.jsonl")).is_file()
 }
 
-/// A download failed. It is tried again later, until `collect.give_up_after` has passed since
-/// the first failure in a row, or until the job is cancelled (deadline or operator): then the
-/// submission is done with, its results unavailable, and what was downloaded is kept.
+/// The results cannot be written at `path`: the host's fault. The submission waits, however
+/// long, and is tried again after a back-off that grows with the wait, from
+/// `backoff.failed_task_initial` to `backoff.failed_task_max`; nothing counts towards giving
+/// up. The first failure of a wait is an error in the log and an event of the job.
+async fn local_fault(
+    ctx: &Ctx,
+    row: &Submission,
+    path: &Path,
+    source: &std::io::Error,
+) -> anyhow::Result<()> {
+    let now_ts = ctx.clock.now();
+    let now = clock::format(now_ts);
+    let waited = row
+        .local_fault_since
+        .as_deref()
+        .and_then(clock::parse)
+        .map_or(Duration::ZERO, |since| clock::between(since, now_ts));
+    let schedule = &ctx.schedule;
+    let delay = waited.clamp(schedule.failed_task_initial, schedule.failed_task_max);
+    let retry_at = clock::format(clock::add(now_ts, delay));
+    let error = format!("local fault, waiting: {source}: {}", path.display());
+    let remote = row.remote_id.as_deref().unwrap_or("?");
+    let first = row.local_fault_since.is_none();
+    let message = first.then(|| {
+        format!(
+            "the results of batch {remote} cannot be written here ({source}: {}); the job waits \
+             until they can, and the service keeps them meanwhile",
+            path.display()
+        )
+    });
+    let since = ctx
+        .store
+        .wait_on_local_fault(&ctx.lease, row, &error, &retry_at, message.as_deref(), &now)
+        .await?;
+    if first {
+        tracing::error!(job = %row.job_id, batch = %remote, path = %path.display(), error = %source, retry_in = %clock::humanize(delay), "results cannot be written here (a local fault): waiting, nothing is given up");
+    } else {
+        tracing::warn!(job = %row.job_id, batch = %remote, path = %path.display(), error = %source, since = %since, retry_in = %clock::humanize(delay), "results still cannot be written here (a local fault): waiting");
+    }
+    Ok(())
+}
+
+/// A download failed on the service's side. It is tried again later, until
+/// `collect.give_up_after` has passed since the first failure in a row, or until the job is
+/// cancelled (deadline or operator): then the submission is done with, its results
+/// unavailable, and what was downloaded is kept.
 async fn download_failed(
     ctx: &Ctx,
     row: &Submission,
@@ -119,9 +203,10 @@ async fn download_failed(
 ) -> anyhow::Result<()> {
     let now_ts = ctx.clock.now();
     let now = clock::format(now_ts);
-    let mut tx = ctx.store.begin().await?;
-    let since = transitions::note_collect_failure(&mut tx, row.id, &now).await?;
-    tx.commit().await?;
+    let since = ctx
+        .store
+        .note_collect_failure(&ctx.lease, row.id, &now)
+        .await?;
     let job = jobs::get(ctx.store.reader(), &row.job_id)
         .await?
         .context("the job of a submission vanished")?;
@@ -141,11 +226,9 @@ async fn download_failed(
     };
     let remote = row.remote_id.as_deref().unwrap_or("?");
     let message = format!("gave up on the results of batch {remote} ({after}): {why}");
-    let mut tx = ctx.store.begin().await?;
-    transitions::give_up_results(&mut tx, row.id, &why, &now).await?;
-    jobs::add_event(&mut tx, &row.job_id, job.state, &message, &now).await?;
-    refresh_job(&mut tx, &row.job_id, None, "results given up", &now).await?;
-    tx.commit().await?;
+    ctx.store
+        .give_up_results(&ctx.lease, row, &why, &message, &now)
+        .await?;
     tracing::error!(job = %row.job_id, batch = %remote, "{message}");
     Ok(())
 }

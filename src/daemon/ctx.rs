@@ -12,7 +12,7 @@ use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::store::{Store, transitions};
+use crate::store::{Lease, Store};
 
 /// What the daemon's tasks share.
 #[derive(Clone)]
@@ -21,6 +21,8 @@ pub struct Ctx {
     /// Every timer and back-off, derived from the settings once.
     pub schedule: Arc<Schedule>,
     pub store: Store,
+    /// The lease every write that moves a job or a submission carries.
+    pub lease: Lease,
     pub queue: Queue,
     pub client: Client,
     /// The one clock: stored times, timers and back-offs all read it.
@@ -63,8 +65,25 @@ pub enum Subject {
     Resubmissions,
 }
 
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Job(id) => write!(f, "job {id}"),
+            Subject::Submission(id) => write!(f, "batch {id}"),
+            Subject::Key => f.write_str("the API key"),
+            Subject::Duplicates => f.write_str("late duplicates"),
+            Subject::Unverified => f.write_str("unverified jobs"),
+            Subject::Sweep => f.write_str("the batch list"),
+            Subject::RemoteFiles => f.write_str("remote files"),
+            Subject::Retention => f.write_str("retention"),
+            Subject::Resubmissions => f.write_str("resubmissions"),
+        }
+    }
+}
+
 /// What a task does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display)]
+#[strum(serialize_all = "snake_case")]
 pub enum Task {
     Validate,
     Submit,
@@ -79,6 +98,18 @@ pub enum Task {
     DeleteRemoteFiles,
     Prune,
     Resubmit,
+}
+
+impl Task {
+    /// Whether the task is dropped at once when the daemon stops, rather than given
+    /// `daemon.shutdown_timeout` to finish. Deleting remote files is housekeeping whose intents
+    /// are rows: a deletion cut short is sent again at the next start (a repeat meets a 404),
+    /// and waiting for a service that does not answer would only hold the stop. The rest
+    /// finish what they started (an upload or create whose outcome would otherwise have to be
+    /// reconciled, a download, a file's move); retention and resubmission are local and short.
+    pub fn stops_at_once(self) -> bool {
+        matches!(self, Task::DeleteRemoteFiles)
+    }
 }
 
 /// Which time a deferred step waits on.
@@ -98,11 +129,14 @@ pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::R
     let at = clock::format(clock::add(now_ts, delay));
     let now = clock::format(now_ts);
     let error = err.to_string();
-    let mut tx = ctx.store.begin().await?;
+    let lease = &ctx.lease;
     match next {
-        Next::Poll => transitions::defer_poll(&mut tx, row, &at, &error, &now).await?,
-        Next::Step => transitions::postpone(&mut tx, row, &at, Some(&error), &now).await?,
+        Next::Poll => ctx.store.defer_poll(lease, row, &at, &error, &now).await?,
+        Next::Step => {
+            ctx.store
+                .postpone(lease, row, &at, Some(&error), &now)
+                .await?
+        }
     }
-    tx.commit().await?;
     Ok(())
 }

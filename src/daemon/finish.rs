@@ -13,15 +13,18 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Serialize;
 
+use super::collect;
 use super::ctx::Ctx;
+use super::intake;
 use crate::batchfile;
 use crate::failpoint;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
+use crate::store::chain;
 use crate::store::jobs::{self, Job, Why};
+use crate::store::ops::finish::Ending;
 use crate::store::usage::{self, BatchUsage, JobCost};
-use crate::store::{chain, deletions};
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
@@ -35,16 +38,22 @@ pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
     by_part.into_values().collect()
 }
 
-/// How a job ends, given the latest attempt of each of its parts.
-pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
+/// How a job ends, given the latest attempt of each of its parts and whether any of their
+/// results are on disk (`kept`): a job that ended early says whether it left any.
+pub fn outcome(job: &Job, latest: &[&Submission], kept: bool) -> (JobState, Option<Why>) {
     let status = |s: &Submission| s.status.clone();
+    let partial = if kept {
+        "partial results kept"
+    } else {
+        "no results to keep"
+    };
     // Results that could not be downloaded fail the job, however its batches ended.
     if let Some((s, why)) = latest
         .iter()
         .find_map(|s| Some((s, s.results_unavailable.as_deref()?)))
     {
         let message = format!(
-            "batch {} ended ({}), but {why}; the results that were downloaded are kept",
+            "batch {} ended ({}), but {why}; {partial}",
             s.remote_id.as_deref().unwrap_or("?"),
             s.status.as_ref().map_or("?", |st| st.as_str()),
         );
@@ -76,16 +85,18 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
         .as_ref()
         .and(job.cancel_reason.as_ref())
     {
-        let message = match reason.as_str() {
-            "deadline" => format!(
-                "cancelled at its deadline, {}; partial results kept",
-                job.deadline_at
-            ),
-            "operator" => {
-                "cancelled by an operator (batchwatch cancel); partial results kept".to_owned()
-            }
-            other => format!("cancelled ({other}); partial results kept"),
+        let mut message = match reason.as_str() {
+            "deadline" => format!("cancelled at its deadline, {}", job.deadline_at),
+            "operator" => "cancelled by an operator (batchwatch cancel)".to_owned(),
+            other => format!("cancelled ({other})"),
         };
+        if let Some(s) = latest.iter().find(|s| s.state == SubmissionState::Lost) {
+            message.push_str(&format!(
+                "; batch {} vanished from the service before it ended",
+                s.remote_id.as_deref().unwrap_or("?")
+            ));
+        }
+        message.push_str(&format!("; {partial}"));
         return (
             JobState::Cancelled,
             Some(Why::new(reason.as_str(), message)),
@@ -96,7 +107,7 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
         .find(|s| status(s) == Some(BatchStatus::Expired))
     {
         let message = format!(
-            "batch {} expired before it finished (completion window {}); partial results kept",
+            "batch {} expired before it finished (completion window {}); {partial}",
             s.remote_id.as_deref().unwrap_or("?"),
             job.completion_window
         );
@@ -131,10 +142,14 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
         .find(|s| status(s) == Some(BatchStatus::Failed))
     {
         let (code, message) = first_error(s.errors.as_deref());
-        let message = format!(
+        let mut message = format!(
             "batch {} failed: {message}",
             s.remote_id.as_deref().unwrap_or("?")
         );
+        if let Some(hint) = code.as_deref().and_then(super::intake::limit_hint) {
+            // The service's limit is below the one configured.
+            message.push_str(&format!("; {hint}"));
+        }
         return (
             JobState::Failed,
             Some(Why::new(
@@ -148,7 +163,7 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
         .find(|s| status(s) == Some(BatchStatus::Cancelled))
     {
         let message = format!(
-            "batch {} was cancelled outside batchwatch; partial results kept",
+            "batch {} was cancelled outside batchwatch; {partial}",
             s.remote_id.as_deref().unwrap_or("?")
         );
         return (
@@ -167,6 +182,27 @@ pub fn outcome(job: &Job, latest: &[&Submission]) -> (JobState, Option<Why>) {
             format!("the batches ended as {}", seen.join(", ")),
         )),
     )
+}
+
+/// How a job ends whose file changed after it was sent: a job that would complete fails with
+/// `file_changed` (its results answer a file that is no longer the one in the queue); any other
+/// ending keeps its state and code, and its reason says so too.
+pub fn with_file_change(
+    state: JobState,
+    why: Option<Why>,
+    change: &str,
+) -> (JobState, Option<Why>) {
+    let said = format!(
+        "the file changed after it was submitted ({change}); the results answer the file as it \
+         was submitted"
+    );
+    match why {
+        Some(mut why) => {
+            why.message = format!("{}; {said}", why.message);
+            (state, Some(why))
+        }
+        None => (JobState::Failed, Some(Why::new("file_changed", said))),
+    }
 }
 
 /// The first entry of a batch's `errors`: (code, message).
@@ -254,22 +290,26 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         .await?
         .pop();
     let last = latest(&rows);
-    let (state, why) = outcome(&job, &last);
     let now = ctx.now();
 
     let dir = ctx.queue.results_dir(&job_id);
     let created_any = rows.iter().any(|r| r.remote_id.is_some());
-    let results_dir = if created_any {
-        let remote: Vec<String> = last.iter().filter_map(|r| r.remote_id.clone()).collect();
+    let merged = if created_any {
+        let files: Vec<ResultFiles> = last.iter().filter_map(|r| ResultFiles::of(r)).collect();
         let merge_dir = dir.clone();
-        let (output, errors) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            std::fs::create_dir_all(&merge_dir)?;
-            Ok((
-                merge(&merge_dir, &remote, "output")?,
-                merge(&merge_dir, &remote, "errors")?,
-            ))
-        })
-        .await??;
+        Some(tokio::task::spawn_blocking(move || merge_results(&merge_dir, &files)).await??)
+    } else {
+        None
+    };
+    let kept = merged
+        .as_ref()
+        .is_some_and(|m| m.output.is_some() || m.errors.is_some());
+    let (state, why) = outcome(&job, &last, kept);
+    let (state, why) = match intake::changed_since_sent(&ctx, &job, &rows).await? {
+        Some(change) => with_file_change(state, why, &change),
+        None => (state, why),
+    };
+    let results_dir = if let Some(merged) = &merged {
         let sum = |f: fn(&Submission) -> Option<i64>| last.iter().filter_map(|r| f(r)).sum::<i64>();
         let manifest = Manifest {
             job_id: &job.id,
@@ -288,8 +328,8 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             },
             usage: job_cost.as_ref(),
             parent_job_id: chain::parent_of(ctx.store.reader(), &job.id).await?,
-            output_file: output,
-            error_file: errors,
+            output_file: merged.output.clone(),
+            error_file: merged.errors.clone(),
             batches: rows
                 .iter()
                 .map(|r| ManifestBatch {
@@ -315,7 +355,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             finished_at: now.clone(),
         };
         queue::write_atomically(
-            &dir.join("manifest.json"),
+            &dir.join(queue::MANIFEST_FILE),
             &serde_json::to_vec_pretty(&manifest)?,
         )?;
         Some(ctx.queue.relative(&dir))
@@ -330,23 +370,17 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             results_dir.as_deref().unwrap_or("-")
         ),
     };
-    let mut tx = ctx.store.begin().await?;
-    if let Some(dir) = &results_dir {
-        jobs::set_results_dir(&mut tx, &job_id, dir, &now).await?;
-    }
-    jobs::set_state(&mut tx, &job_id, state, why.as_ref(), &message, &now).await?;
-    if ctx.settings.cleanup.remote_files {
-        // In the same transaction: an ended job always has its files' deletions recorded.
-        deletions::plan_for_job(&mut tx, &job_id, &now).await?;
-    }
-    let resubmit_at_most = i64::from(ctx.settings.batch.resubmit_expired);
-    if state == JobState::Expired
-        && resubmit_at_most > 0
-        && chain::depth(&mut tx, &job_id).await? < resubmit_at_most
-    {
-        chain::set_resubmit_due(&mut tx, &job_id, Some("expired")).await?;
-    }
-    tx.commit().await?;
+    let on_disk = merged.as_ref().map_or(&[][..], |m| &m.on_disk[..]);
+    let ending = Ending {
+        job_id: &job_id,
+        state,
+        why: why.as_ref(),
+        message: &message,
+        results_dir: results_dir.as_deref(),
+        delete_remote: ctx.settings.cleanup.remote_files.then_some(on_disk),
+        resubmit_at_most: i64::from(ctx.settings.batch.resubmit_expired),
+    };
+    ctx.store.finish_job(&ctx.lease, &ending, &now).await?;
     ctx.metrics
         .job_finished(state, &job.created_at, ctx.clock.now());
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
@@ -354,15 +388,65 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     move_on(&ctx, &job_id).await
 }
 
+/// The result files of one batch, as the database records them.
+struct ResultFiles {
+    remote: String,
+    output: Option<String>,
+    errors: Option<String>,
+}
+
+impl ResultFiles {
+    fn of(row: &Submission) -> Option<ResultFiles> {
+        Some(ResultFiles {
+            remote: row.remote_id.clone()?,
+            output: row.output_file_id.clone(),
+            errors: row.error_file_id.clone(),
+        })
+    }
+}
+
+/// A job's results directory once its batches' files are merged.
+struct Merged {
+    /// `output.jsonl` when there is one.
+    output: Option<String>,
+    /// `errors.jsonl` when there is one.
+    errors: Option<String>,
+    /// The result files (ids on the service) whose contents are on disk: the only ones remote
+    /// clean-up may delete.
+    on_disk: Vec<String>,
+}
+
+/// Merges the downloaded files of `batches` in the job's results directory `dir`, noting
+/// first which of them are on disk.
+fn merge_results(dir: &Path, batches: &[ResultFiles]) -> io::Result<Merged> {
+    std::fs::create_dir_all(dir)?;
+    let mut on_disk = Vec::new();
+    for b in batches {
+        for (kind, file_id) in [("output", &b.output), ("errors", &b.errors)] {
+            if let Some(id) = file_id
+                && collect::on_disk(dir, &b.remote, kind, id)
+            {
+                on_disk.push(id.clone());
+            }
+        }
+    }
+    let remote: Vec<String> = batches.iter().map(|b| b.remote.clone()).collect();
+    Ok(Merged {
+        output: merge(dir, &remote, "output")?,
+        errors: merge(dir, &remote, "errors")?,
+        on_disk,
+    })
+}
+
 /// Merges the downloaded `BATCH.KIND.jsonl` files of `batches` into `KIND.jsonl`; returns its
 /// name when there is one. Repeatable: the merged file is complete before any part is removed,
 /// so once it exists the merge is done and leftover parts only need removing.
-fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String>> {
+pub(crate) fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Option<String>> {
     let name = format!("{kind}.jsonl");
     let target = dir.join(&name);
     let parts: Vec<PathBuf> = batches
         .iter()
-        .map(|b| dir.join(format!("{b}.{kind}.jsonl")))
+        .map(|b| dir.join(collect::part_name(b, kind)))
         .filter(|p| p.exists())
         .collect();
     if target.exists() {
@@ -462,6 +546,10 @@ pub async fn move_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyho
         line: job.reason_line.and_then(|l| u64::try_from(l).ok()),
         message: job.reason.clone().unwrap_or_default(),
         results_dir: job.results_dir.clone(),
+        manifest: job
+            .results_dir
+            .as_ref()
+            .map(|dir| format!("{dir}/{}", queue::MANIFEST_FILE)),
         at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
     });
     failpoint::hit("settle:before-move");
@@ -524,7 +612,6 @@ pub async fn relocate(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
 
 /// Whether `path` is a regular file of `size` bytes whose SHA-256 is `sha` (when known).
 fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
-    use sha2::{Digest, Sha256};
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return false;
     };
@@ -532,48 +619,26 @@ fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
         return false;
     }
     let Some(sha) = sha else { return true };
-    let mut hasher = Sha256::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::copy(&mut f, &mut hasher))
-        .is_ok_and(|_| batchfile::hex(&hasher.finalize()) == sha)
+    batchfile::sha256_of(path).is_ok_and(|(_, hex)| hex == sha)
 }
 
 async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {
-    let mut tx = ctx.store.begin().await?;
-    jobs::set_path(&mut tx, job_id, &ctx.queue.relative(to), &ctx.now()).await?;
-    tx.commit().await?;
+    ctx.store
+        .set_path(&ctx.lease, job_id, &ctx.queue.relative(to), &ctx.now())
+        .await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures::{job, submission};
 
-    fn job() -> Job {
+    fn cancelled_at_deadline() -> Job {
         Job {
-            id: "job_x".into(),
-            file_name: "f.jsonl".into(),
-            path: "processing/x".into(),
-            size_bytes: 1,
-            sha256: None,
-            request_count: Some(2),
-            endpoint: None,
-            model: None,
-            completion_window: "24h".into(),
-            deadline_at: "2026-11-22T12:00:00.000Z".into(),
-            metadata: "{}".into(),
-            output_expires_after: None,
-            state: JobState::Running,
-            reason_code: None,
-            reason: None,
-            reason_line: None,
-            attempts: 1,
-            cancel_requested_at: None,
-            cancel_reason: None,
-            results_dir: None,
-            created_at: "t".into(),
-            updated_at: "t".into(),
-            finished_at: None,
+            cancel_requested_at: Some("t".into()),
+            cancel_reason: Some("deadline".into()),
+            ..job()
         }
     }
 
@@ -584,46 +649,11 @@ mod tests {
         status: Option<BatchStatus>,
     ) -> Submission {
         Submission {
-            id: part * 10 + attempt,
-            job_id: "job_x".into(),
-            part,
-            part_start: 0,
-            part_end: 1,
-            part_requests: 1,
-            attempt,
             state,
-            not_before: None,
-            outcome_unknown_at: None,
-            resent_at: None,
-            remote_id: Some(format!("batch_{part}_{attempt}")),
-            input_file_id: None,
             status,
-            request_total: None,
-            request_completed: None,
-            request_failed: None,
-            remote_created_at: None,
-            in_progress_at: None,
-            expires_at: None,
-            finalizing_at: None,
-            completed_at: None,
-            failed_at: None,
-            expired_at: None,
-            cancelling_at: None,
-            cancelled_at: None,
-            output_file_id: None,
-            error_file_id: None,
+            remote_id: Some(format!("batch_{part}_{attempt}")),
             errors: Some(r#"{"object":"list","data":[{"code":"invalid_json_line","message":"bad","line":3}]}"#.into()),
-            raw: None,
-            next_poll_at: None,
-            last_polled_at: None,
-            cancel_requested_at: None,
-            cancel_sent_at: None,
-            last_error: None,
-            results_missing: None,
-            collect_failing_since: None,
-            results_unavailable: None,
-            created_at: "t".into(),
-            updated_at: "t".into(),
+            ..submission(part, attempt)
         }
     }
 
@@ -638,29 +668,30 @@ mod tests {
         ];
         let last = latest(&rows);
         assert_eq!(last.iter().map(|s| s.attempt).collect::<Vec<_>>(), [2, 1]);
-        assert_eq!(outcome(&job(), &last), (JobState::Completed, None));
+        assert_eq!(outcome(&job(), &last, true), (JobState::Completed, None));
     }
 
     #[test]
     fn each_ending_has_its_state_and_code() {
         let completed = sub(0, 1, Finished, Some(BatchStatus::Completed));
         let failed = sub(1, 1, Finished, Some(BatchStatus::Failed));
-        let (state, why) = outcome(&job(), &[&completed, &failed]);
+        let (state, why) = outcome(&job(), &[&completed, &failed], true);
         assert_eq!(state, JobState::Failed);
         let why = why.unwrap();
         assert_eq!(why.code, "invalid_json_line");
         assert!(why.message.contains("line 3: bad"), "{}", why.message);
 
         let expired = sub(0, 1, Finished, Some(BatchStatus::Expired));
-        assert_eq!(outcome(&job(), &[&expired]).0, JobState::Expired);
+        assert_eq!(outcome(&job(), &[&expired], true).0, JobState::Expired);
         let lost = sub(0, 1, SubmissionState::Lost, Some(BatchStatus::InProgress));
-        assert_eq!(outcome(&job(), &[&lost]).1.unwrap().code, "batch_lost");
+        assert_eq!(
+            outcome(&job(), &[&lost], true).1.unwrap().code,
+            "batch_lost"
+        );
 
-        let mut cancelled_job = job();
-        cancelled_job.cancel_requested_at = Some("t".into());
-        cancelled_job.cancel_reason = Some("deadline".into());
+        let cancelled_job = cancelled_at_deadline();
         let partial = sub(0, 1, Finished, Some(BatchStatus::Cancelled));
-        let (state, why) = outcome(&cancelled_job, &[&partial]);
+        let (state, why) = outcome(&cancelled_job, &[&partial], true);
         assert_eq!(
             (state, why.unwrap().code.as_str()),
             (JobState::Cancelled, "deadline")
@@ -672,10 +703,10 @@ mod tests {
         let mut stale = sub(2, 1, Finished, Some(BatchStatus::Completed));
         stale.last_error = Some("HTTP 500 while polling".into());
         assert_eq!(
-            outcome(&job(), &[&completed, &stale]),
+            outcome(&job(), &[&completed, &stale], true),
             (JobState::Completed, None)
         );
-        let (state, why) = outcome(&job(), &[&completed, &gone]);
+        let (state, why) = outcome(&job(), &[&completed, &gone], true);
         let why = why.unwrap();
         assert_eq!(
             (state, why.code.as_str()),
@@ -690,7 +721,7 @@ mod tests {
         // Results given up on fail the job, however its batch ended.
         let mut unavailable = sub(3, 1, Finished, Some(BatchStatus::Completed));
         unavailable.results_unavailable = Some("the output file f could not be downloaded".into());
-        let (state, why) = outcome(&cancelled_job, &[&completed, &unavailable]);
+        let (state, why) = outcome(&cancelled_job, &[&completed, &unavailable], true);
         let why = why.unwrap();
         assert_eq!(
             (state, why.code.as_str()),
@@ -705,8 +736,70 @@ mod tests {
 
         // A batch that completed before the cancel took effect still completes the job.
         assert_eq!(
-            outcome(&cancelled_job, &[&completed]).0,
+            outcome(&cancelled_job, &[&completed], true).0,
             JobState::Completed
+        );
+    }
+
+    #[test]
+    fn a_job_that_ended_early_says_partial_results_are_kept_only_when_there_are_some() {
+        let cancelled_job = cancelled_at_deadline();
+        // Its batch vanished (404) while cancelling: nothing was ever downloaded.
+        let vanished = sub(0, 1, SubmissionState::Lost, Some(BatchStatus::Cancelling));
+        let (state, why) = outcome(&cancelled_job, &[&vanished], false);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Cancelled, "deadline")
+        );
+        assert_eq!(
+            why.message,
+            "cancelled at its deadline, 2026-11-22T12:00:00.000Z; batch batch_0_1 vanished \
+             from the service before it ended; no results to keep"
+        );
+        let partial = sub(0, 1, Finished, Some(BatchStatus::Cancelled));
+        let (_, why) = outcome(&cancelled_job, &[&partial], true);
+        assert!(
+            why.unwrap().message.ends_with("; partial results kept"),
+            "with results on disk"
+        );
+        let expired = sub(0, 1, Finished, Some(BatchStatus::Expired));
+        for (kept, end) in [
+            (true, "; partial results kept"),
+            (false, "; no results to keep"),
+        ] {
+            let message = outcome(&job(), &[&expired], kept).1.unwrap().message;
+            assert!(message.ends_with(end), "{message}");
+        }
+        let mut unavailable = sub(0, 1, Finished, Some(BatchStatus::Completed));
+        unavailable.results_unavailable = Some("the output file f could not be downloaded".into());
+        let message = outcome(&job(), &[&unavailable], false).1.unwrap().message;
+        assert!(message.ends_with("; no results to keep"), "{message}");
+    }
+
+    #[test]
+    fn a_file_changed_after_it_was_sent_fails_a_completed_job_and_is_named_in_any_other_ending() {
+        let change = "3 bytes then, 12 now";
+        let (state, why) = with_file_change(JobState::Completed, None, change);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "file_changed")
+        );
+        assert_eq!(
+            why.message,
+            "the file changed after it was submitted (3 bytes then, 12 now); the results \
+             answer the file as it was submitted"
+        );
+
+        let expired = Why::new("expired", "batch b expired before it finished");
+        let (state, why) = with_file_change(JobState::Expired, Some(expired), change);
+        let why = why.unwrap();
+        assert_eq!((state, why.code.as_str()), (JobState::Expired, "expired"));
+        assert_eq!(
+            why.message,
+            "batch b expired before it finished; the file changed after it was submitted \
+             (3 bytes then, 12 now); the results answer the file as it was submitted"
         );
     }
 

@@ -1,8 +1,10 @@
 //! What holds work back for everyone: a refused API key (401, 403) stops all API work until a
-//! probe shows the key works again; exhausted quota (429 `insufficient_quota`) stops new
-//! submissions for `backoff.auth_retry` at a time, while running batches are still polled,
-//! cancelled and collected; and the enqueued-token limit holds back new submissions for one
-//! model for a while.
+//! probe shows the key works again; so does a missing route (a 404 on `/files` or `/batches`:
+//! `api.base_url` is wrong), until the routes answer (after a reload that fixed the URL, or
+//! the service coming back), and no job fails for it; exhausted quota (429
+//! `insufficient_quota`) stops new submissions for `backoff.auth_retry` at a time, while
+//! running batches are still polled, cancelled and collected; and the enqueued-token limit
+//! holds back new submissions for one model for a while.
 //!
 //! Both live in memory only: after a restart the first refused request closes the gate again,
 //! and the submissions' own `not_before` times, which are stored, keep their back-off.
@@ -11,38 +13,72 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
-use super::ctx::Ctx;
+use super::ctx::{Ctx, Task};
 use crate::api::ApiError;
 use crate::clock::{self, Timestamp};
+use crate::doctor::Outcome;
+use crate::metrics::Metrics;
+
+/// What closed the gate: what the operator has to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::EnumIter)]
+#[strum(serialize_all = "snake_case")]
+pub enum Closed {
+    /// 401 or 403: the key.
+    KeyRefused,
+    /// 404 on a collection route: `api.base_url`.
+    RouteMissing,
+}
+
+impl Closed {
+    /// What closes the gate, if `err` does.
+    fn by(err: &ApiError) -> Option<Closed> {
+        match err {
+            ApiError::Unauthorized { .. } | ApiError::Forbidden { .. } => Some(Closed::KeyRefused),
+            ApiError::RouteMissing { .. } => Some(Closed::RouteMissing),
+            _ => None,
+        }
+    }
+}
 
 /// Why all API work stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pause {
+    pub cause: Closed,
     pub since: Timestamp,
     pub message: String,
     pub next_probe: Timestamp,
     /// Whether the key was read again from its source since the refusal: the first probe
     /// does that at once, before any wait (a rotated key file needs no restart).
     pub key_reread: bool,
+    /// Whether the log said what a missing route means for `api.base_url` (once a pause).
+    pub route_hinted: bool,
 }
 
 #[derive(Debug, Default)]
 pub struct Gate {
+    /// Shows the pause as `batchwatch_gate_closed`.
+    metrics: Metrics,
     pause: Mutex<Option<Pause>>,
     submissions: Mutex<Option<Timestamp>>,
     models: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl Gate {
-    /// The current pause, if the API refused the key.
+    /// A gate that shows its pauses in `metrics`.
+    pub fn observed(metrics: Metrics) -> Gate {
+        Gate {
+            metrics,
+            ..Gate::default()
+        }
+    }
+
+    /// The current pause, if the API refused the key or has no route at `api.base_url`.
     pub fn paused(&self) -> Option<Pause> {
         self.pause.lock().expect("gate lock").clone()
     }
 
-    /// Notes an API error; returns true when it closed the gate (401, 403) or held
-    /// submissions (quota).
+    /// Notes an API error; returns true when it closed the gate (401, 403, a missing route)
+    /// or held submissions (quota).
     pub fn note(&self, err: &ApiError, now: Timestamp, retry: Duration) -> bool {
         if let ApiError::QuotaExceeded { .. } = err {
             let mut held = self.submissions.lock().expect("gate lock");
@@ -56,26 +92,34 @@ impl Gate {
             *held = Some(clock::add(now, retry));
             return true;
         }
-        if !matches!(
-            err,
-            ApiError::Unauthorized { .. } | ApiError::Forbidden { .. }
-        ) {
+        let Some(cause) = Closed::by(err) else {
             return false;
-        }
+        };
         let mut pause = self.pause.lock().expect("gate lock");
-        if pause.is_none() {
-            tracing::error!(
-                error = %err,
-                retry_in = %clock::humanize(retry),
-                "THE API REFUSED THE KEY: all submissions and polling are stopped; queued work is kept and resumes when the key works again"
-            );
+        let same = pause.take().filter(|p| p.cause == cause);
+        if same.is_none() {
+            match cause {
+                Closed::KeyRefused => tracing::error!(
+                    error = %err,
+                    retry_in = %clock::humanize(retry),
+                    "THE API REFUSED THE KEY: all submissions and polling are stopped; queued work is kept and resumes when the key works again"
+                ),
+                Closed::RouteMissing => tracing::error!(
+                    error = %err,
+                    retry_in = %clock::humanize(retry),
+                    "THE API HAS NO SUCH ROUTE: api.base_url is likely wrong (is its version path, /v1, missing?); all submissions and polling are stopped; queued work is kept and resumes when the route answers (fix api.base_url and reload)"
+                ),
+            }
         }
         *pause = Some(Pause {
-            since: pause.as_ref().map_or(now, |p| p.since),
+            cause,
+            since: same.as_ref().map_or(now, |p| p.since),
             message: err.to_string(),
             next_probe: clock::add(now, retry),
-            key_reread: pause.as_ref().is_some_and(|p| p.key_reread),
+            key_reread: same.as_ref().is_some_and(|p| p.key_reread),
+            route_hinted: same.as_ref().is_some_and(|p| p.route_hinted),
         });
+        self.metrics.gate_closed(Some(cause));
         true
     }
 
@@ -93,6 +137,7 @@ impl Gate {
     pub fn probe_now(&self, now: Timestamp) {
         if let Some(p) = self.pause.lock().expect("gate lock").as_mut() {
             p.key_reread = false;
+            p.route_hinted = false;
             p.next_probe = now;
         }
     }
@@ -132,8 +177,40 @@ impl Gate {
     }
 
     fn reopen(&self) {
-        if self.pause.lock().expect("gate lock").take().is_some() {
-            tracing::warn!("the API accepts the key again: resuming");
+        match self
+            .pause
+            .lock()
+            .expect("gate lock")
+            .take()
+            .map(|p| p.cause)
+        {
+            Some(Closed::KeyRefused) => tracing::warn!("the API accepts the key again: resuming"),
+            Some(Closed::RouteMissing) => {
+                tracing::warn!("the API's routes answer again at api.base_url: resuming")
+            }
+            None => return,
+        }
+        self.metrics.gate_closed(None);
+    }
+
+    /// The log said what a missing route means for `api.base_url`: no hint is due in this
+    /// pause.
+    fn route_explained(&self) {
+        if let Some(p) = self.pause.lock().expect("gate lock").as_mut() {
+            p.route_hinted = true;
+        }
+    }
+
+    /// Whether a missing route's meaning for `api.base_url` is still to be logged in this
+    /// pause; true once.
+    fn route_hint_due(&self) -> bool {
+        let mut pause = self.pause.lock().expect("gate lock");
+        match pause.as_mut() {
+            Some(p) if p.cause == Closed::RouteMissing && !p.route_hinted => {
+                p.route_hinted = true;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -145,6 +222,16 @@ impl Gate {
             .filter(|until| *until > now)
     }
 
+    /// When the gate lets `task` go again, if it holds it back at `now`: a refused key holds
+    /// everything until its next probe, exhausted quota holds submissions.
+    pub fn reopens_at(&self, task: Task, now: Timestamp) -> Option<Timestamp> {
+        let probe = self.paused().map(|p| p.next_probe.max(now));
+        let quota = (task == Task::Submit)
+            .then(|| self.submissions_held_until(now))
+            .flatten();
+        probe.into_iter().chain(quota).max()
+    }
+
     /// Holds back new submissions for `model` until `until`.
     pub fn hold_model(&self, model: &str, until: Timestamp) {
         let mut models = self.models.lock().expect("gate lock");
@@ -152,7 +239,6 @@ impl Gate {
         *entry = (*entry).max(until);
     }
 
-    /// When `model`'s hold ends, if it is held at `now`.
     /// The models held back at `now`.
     pub fn held_models(&self, now: Timestamp) -> Vec<String> {
         let models = self.models.lock().expect("gate lock");
@@ -160,6 +246,7 @@ impl Gate {
         held.map(|(model, _)| model.clone()).collect()
     }
 
+    /// When `model`'s hold ends, if it is held at `now`.
     pub fn model_held_until(&self, model: &str, now: Timestamp) -> Option<Timestamp> {
         self.models
             .lock()
@@ -185,22 +272,65 @@ pub async fn probe(ctx: Ctx) -> anyhow::Result<()> {
             ctx.gate.key_reread(false, ctx.clock.now());
         }
     }
-    let first = std::pin::pin!(ctx.client.list_batches(1)).next().await;
-    match first {
-        None | Some(Ok(_)) => {
+    match ctx.client.check_routes().await {
+        Ok(()) => {
             ctx.gate.reopen();
             Ok(())
         }
-        Some(Err(e)) => {
+        Err(e) => {
+            let now = ctx.clock.now();
             if !ctx
                 .gate
-                .note(&e, ctx.clock.now(), ctx.settings.backoff.auth_retry.get())
+                .note(&e, now, ctx.settings.backoff.auth_retry.get())
             {
                 // Not a refusal (the network, say): the key may be fine; try the work again.
                 ctx.gate.reopen();
+            } else if ctx.gate.route_hint_due() {
+                hint_base_url(&ctx).await;
             }
             Err(e.into())
         }
+    }
+}
+
+/// What `doctor` asks the service, asked at start and logged, one line a check: a refused key
+/// or a missing route closes the gate before the first file arrives (and `/readyz` says so).
+pub async fn check_at_start(ctx: Ctx) -> anyhow::Result<()> {
+    let (checks, error) = crate::doctor::online(&ctx.settings.api.base_url, &ctx.client).await;
+    for c in &checks {
+        match c.outcome {
+            Outcome::Pass => tracing::info!(check = c.check, "start-up check passed: {}", c.detail),
+            Outcome::Skip => {
+                tracing::warn!(check = c.check, "start-up check skipped: {}", c.detail)
+            }
+            Outcome::Fail => {
+                tracing::error!(check = c.check, "start-up check failed: {}", c.detail)
+            }
+        }
+    }
+    if let Some(e) = error {
+        ctx.gate
+            .note(&e, ctx.clock.now(), ctx.settings.backoff.auth_retry.get());
+        // The checks' lines said what to set api.base_url to: no second hint.
+        ctx.gate.route_explained();
+    }
+    Ok(())
+}
+
+/// Says in the log which setting is wrong when a route is missing, and whether the API answers
+/// with `/v1` added to `api.base_url`.
+async fn hint_base_url(ctx: &Ctx) {
+    let base_url = &ctx.settings.api.base_url;
+    match ctx.client.answers_with_version_path().await {
+        Some(fixed) => tracing::error!(
+            api.base_url = %base_url,
+            answers = %fixed,
+            "api.base_url has no Batch API routes, and the API answers at {fixed}: set api.base_url = \"{fixed}\" and reload"
+        ),
+        None => tracing::error!(
+            api.base_url = %base_url,
+            "api.base_url has no Batch API routes (nor with /v1 added): set it to the API root, version path included (https://api.openai.com/v1), and reload"
+        ),
     }
 }
 
@@ -238,6 +368,52 @@ mod tests {
             gate.submissions_held_until(clock::add(now, Duration::from_secs(61)))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_failed_task_resumes_when_the_gate_reopens_as_the_gate_says() {
+        let gate = Gate::default();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        assert_eq!(gate.reopens_at(Task::Poll, now), None);
+        let refused = ApiError::Unauthorized {
+            op: Operation::CreateBatch,
+            message: "bad key".into(),
+        };
+        gate.note(&refused, now, Duration::from_secs(300));
+        let probe = clock::add(now, Duration::from_secs(300));
+        assert_eq!(gate.reopens_at(Task::Poll, now), Some(probe));
+        assert_eq!(gate.reopens_at(Task::ProbeKey, now), Some(probe));
+        gate.reopen();
+        let quota = ApiError::QuotaExceeded {
+            op: Operation::CreateBatch,
+            message: "billing".into(),
+        };
+        gate.note(&quota, now, Duration::from_secs(60));
+        assert_eq!(
+            gate.reopens_at(Task::Submit, now),
+            Some(clock::add(now, Duration::from_secs(60)))
+        );
+        assert_eq!(gate.reopens_at(Task::Poll, now), None, "polls go on");
+    }
+
+    #[test]
+    fn a_missing_route_closes_the_gate_until_it_reopens_and_is_explained_once_a_pause() {
+        let gate = Gate::default();
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let missing = ApiError::RouteMissing {
+            op: Operation::UploadFile,
+            message: "Invalid URL (POST /files)".into(),
+        };
+        assert!(gate.note(&missing, now, Duration::from_secs(60)));
+        let pause = gate.paused().expect("closed");
+        assert_eq!(pause.cause, Closed::RouteMissing);
+        assert!(gate.probe_due(now), "probed at once");
+        assert!(gate.route_hint_due());
+        assert!(!gate.route_hint_due(), "once");
+        gate.probe_now(now);
+        assert!(gate.route_hint_due(), "again after a reload");
+        gate.reopen();
+        assert!(gate.paused().is_none());
     }
 
     #[test]

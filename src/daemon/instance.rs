@@ -12,6 +12,8 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::config::ConfigError;
+
 /// The lock file's name inside the queue directory.
 pub const QUEUE_LOCK: &str = ".batchwatch.lock";
 
@@ -26,21 +28,57 @@ impl InstanceLock {
     pub fn acquire(queue_dir: &Path, database: &Path) -> anyhow::Result<InstanceLock> {
         // The lock must be the same file whatever path reaches the database (SQLite follows
         // symlinks), so its directory is resolved; the queue's directory is one inode anyway.
-        let parent = database
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(parent)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", parent.display()))?;
-        let parent = parent
-            .canonicalize()
-            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", parent.display()))?;
+        let parent = database_dir(database);
+        let unusable = |what: &str, e: std::io::Error| {
+            ConfigError::key(
+                "database.path",
+                format!("cannot {what} {}: {}", parent.display(), as_user(&e)),
+            )
+        };
+        std::fs::create_dir_all(parent).map_err(|e| unusable("create", e))?;
+        let parent = parent.canonicalize().map_err(|e| unusable("resolve", e))?;
         let database = parent.join(database.file_name().unwrap_or_default());
-        let held = [queue_lock(queue_dir), database_lock(&database)]
-            .iter()
-            .map(|path| lock(path))
-            .collect::<anyhow::Result<_>>()?;
+        let held = [
+            ("queue.dir", queue_lock(queue_dir)),
+            ("database.path", database_lock(&database)),
+        ]
+        .iter()
+        .map(|(key, path)| lock(key, path))
+        .collect::<anyhow::Result<_>>()?;
+        database_writable(&database).map_err(|e| {
+            ConfigError::key(
+                "database.path",
+                format!("cannot write {}: {}", database.display(), as_user(&e)),
+            )
+        })?;
         Ok(InstanceLock { _held: held })
+    }
+}
+
+/// The directory the database at `database` lives in (`.` for a bare file name): where SQLite
+/// makes its journal beside it, and whose filesystem holds it.
+pub fn database_dir(database: &Path) -> &Path {
+    database
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Whether this user may create a file in `dir` (a temporary one, removed at once).
+pub fn dir_writable(dir: &Path) -> std::io::Result<()> {
+    tempfile::Builder::new()
+        .prefix(".batchwatch-check-")
+        .tempfile_in(dir)
+        .map(drop)
+}
+
+/// Whether this user may write the database at `database`: create files beside it (SQLite's
+/// journal), and open it for writing when it exists.
+pub fn database_writable(database: &Path) -> std::io::Result<()> {
+    dir_writable(database_dir(database))?;
+    match OpenOptions::new().write(true).open(database) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other.map(drop),
     }
 }
 
@@ -55,8 +93,20 @@ pub fn database_lock(database: &Path) -> PathBuf {
     database.with_file_name(name)
 }
 
-/// Takes the exclusive lock on `path` without waiting, and writes our pid into the file.
-fn lock(path: &Path) -> anyhow::Result<File> {
+/// An I/O error, and for a permission, who was refused: the fix is an owner or a mode.
+fn as_user(e: &std::io::Error) -> String {
+    if e.kind() != std::io::ErrorKind::PermissionDenied {
+        return e.to_string();
+    }
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    format!("{e} (batchwatch runs as uid {uid}, gid {gid}: that user needs write access there)")
+}
+
+/// Takes the exclusive lock on `path` without waiting, and writes our pid into the file. A
+/// lock file that cannot be opened is a fault of the configuration (`key`'s path, its owner or
+/// mode), as the queue tree or database that cannot be used is.
+fn lock(key: &str, path: &Path) -> anyhow::Result<File> {
     let opened = OpenOptions::new()
         .read(true)
         .write(true)
@@ -64,12 +114,24 @@ fn lock(path: &Path) -> anyhow::Result<File> {
         .truncate(false)
         .open(path);
     // A lock file left by another user (a `sudo batchwatch run` once) still locks when it is
-    // only readable: flock needs no write access.
+    // only readable: flock needs no write access. When there is none to read, the refusal to
+    // create it is the error to report.
     let mut file = match opened {
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            File::open(path).map_err(|_| e)
+        }
         other => other,
     }
-    .map_err(|e| anyhow::anyhow!("cannot open the lock file {}: {e}", path.display()))?;
+    .map_err(|e| {
+        ConfigError::key(
+            key,
+            format!(
+                "cannot open the lock file {}: {}",
+                path.display(),
+                as_user(&e)
+            ),
+        )
+    })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
@@ -102,6 +164,15 @@ fn lock(path: &Path) -> anyhow::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_database_file_name_lives_in_the_current_directory() {
+        assert_eq!(database_dir(Path::new("state.db")), Path::new("."));
+        assert_eq!(
+            database_dir(Path::new("/var/lib/b/state.db")),
+            Path::new("/var/lib/b")
+        );
+    }
 
     #[test]
     fn database_lock_sits_beside_the_database() {

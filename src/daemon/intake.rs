@@ -5,19 +5,22 @@
 //! ([`super::recover`]) adopts it under that id. A rejected job's file moves to failed/ with
 //! its reason ([`super::finish::move_on`]).
 //!
-//! A writer may keep its file open and pause longer than `queue.settle_time`, so a claimed
-//! file can still grow. Its size, modification time and inode are recorded at the claim, and
-//! compared after validation (with what validation read, too) and before each upload. While
-//! nothing of the job has reached the service, a change sends it back to `validating` (an event
-//! says so): it waits until the file held still for `queue.settle_time` (`validate_after`) and
-//! is validated anew. Once a part was sent, a change can no longer be undone: the job fails,
-//! naming it.
+//! A file is claimed once it held still for `queue.settle_time` and no process has it open
+//! for writing ([`crate::queue::writers`]: a read lease, or the [`Watcher`]'s record).
+//! It can still change after that: a writer that opens it again, or one that could not be
+//! seen. So its size, modification time and inode are recorded at the claim, and compared
+//! after validation (with what validation read, too) and before each upload. While nothing of
+//! the job has reached the service, a change sends it back to `validating` (an event says so):
+//! it waits until the file held still for `queue.settle_time` (`validate_after`) and is
+//! validated anew. Once a part was sent, a change can no longer be undone: before an upload the
+//! job fails, naming it; at the job's end ([`changed_since_sent`]) a job that would complete
+//! fails with `file_changed`, and any other ending names the change in its reason.
 
 use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use super::ctx::Ctx;
 use super::finish;
@@ -28,60 +31,152 @@ use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
+use crate::queue::writers::{Event, WriteRecord};
 use crate::queue::{self, FileLook, Queue};
-use crate::store::batches::{self, NewSubmission};
+use crate::store::batches::Submission;
 use crate::store::jobs::{self, Job, NewJob, Why};
+use crate::store::ops::intake::{Part, Validated};
 
-/// Wakes the loop early when incoming/ changes. Only a hint: the periodic scan is what counts,
-/// so when inotify is not available it simply never fires.
+/// inotify on incoming/: wakes the loop early when an entry may have become ready, and keeps
+/// the record of writes and closes there ([`WriteRecord`]) that decides for the files whose
+/// read lease cannot be taken. Without it (no inotify, or `queue.watch = false`) the periodic
+/// scan still finds everything, but such files cannot be checked for writers.
 pub struct Watcher {
     events: Option<inotify::EventStream<Vec<u8>>>,
+    record: WriteRecord,
 }
 
 impl Watcher {
-    pub fn new(queue: &Queue) -> Watcher {
-        let events = (|| {
+    /// Watches incoming/ when `enabled` (`queue.watch`) and inotify is available.
+    pub fn new(queue: &Queue, enabled: bool) -> Watcher {
+        let events = enabled.then(|| {
+            use inotify::WatchMask as M;
             let inotify = inotify::Inotify::init()?;
             inotify.watches().add(
                 &queue.incoming,
-                inotify::WatchMask::CLOSE_WRITE
-                    | inotify::WatchMask::MOVED_TO
-                    | inotify::WatchMask::CREATE,
+                M::CREATE | M::MODIFY | M::CLOSE_WRITE | M::MOVED_FROM | M::MOVED_TO | M::DELETE,
             )?;
             inotify.into_event_stream(vec![0u8; 4096])
-        })();
-        match events {
-            Ok(events) => Watcher {
-                events: Some(events),
-            },
+        });
+        let events = match events.transpose() {
+            Ok(events) => events,
             Err(e) => {
-                tracing::warn!(error = %e, "no inotify; incoming/ is scanned every queue.scan_interval only");
-                Watcher { events: None }
+                tracing::warn!(error = %e, "no inotify; incoming/ is scanned every queue.scan_interval only, and a file whose lease cannot be taken is not checked for writers");
+                None
+            }
+        };
+        Watcher {
+            events,
+            record: WriteRecord::default(),
+        }
+    }
+
+    /// What inotify said of the writers of incoming/'s files, up to the last event taken.
+    pub fn record(&self) -> &WriteRecord {
+        &self.record
+    }
+
+    /// Resolves when incoming/ changed so that an entry may have become ready (never, without
+    /// inotify). Every event until then goes into the record.
+    pub async fn changed(&mut self) {
+        loop {
+            let Some(events) = &mut self.events else {
+                return std::future::pending().await;
+            };
+            let next = events.next().await;
+            if self.take(next) {
+                return;
             }
         }
     }
 
-    /// Resolves when incoming/ changed (never, without inotify).
-    pub async fn changed(&mut self) {
-        match &mut self.events {
-            Some(events) => {
-                if events.next().await.is_none() {
-                    self.events = None;
+    /// Takes every event queued now into the record, without waiting.
+    pub fn drain(&mut self) {
+        while let Some(events) = &mut self.events {
+            match events.next().now_or_never() {
+                Some(next) => {
+                    self.take(next);
                 }
+                None => break,
             }
-            None => std::future::pending().await,
         }
+    }
+
+    /// Takes what the stream gave into the record; returns whether it may have made an entry
+    /// ready. An error or the stream's end loses what inotify would have said from then on.
+    fn take(&mut self, next: Option<std::io::Result<inotify::EventOwned>>) -> bool {
+        let event = match next {
+            Some(Ok(event)) => match event_of(event) {
+                Some(event) => event,
+                None => return false,
+            },
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "inotify failed; incoming/ is scanned every queue.scan_interval only from now on");
+                self.events = None;
+                Event::Lost
+            }
+            None => {
+                self.events = None;
+                Event::Lost
+            }
+        };
+        self.record.apply(&event);
+        event.may_ready()
     }
 }
 
-/// Scans incoming/ and claims what settled (each claimed job waits in `validating` for the
-/// loop to validate it). Returns whether some entries are still settling (so the next scan
-/// should come soon).
-pub async fn scan_and_claim(ctx: &Ctx, scanner: &mut Scanner) -> anyhow::Result<bool> {
-    let ready = scanner
-        .scan(&ctx.queue.incoming, ctx.clock.now())
+/// The record's view of an inotify event; `None` for one about a directory or about
+/// incoming/ itself.
+fn event_of(e: inotify::EventOwned) -> Option<Event> {
+    use inotify::EventMask as M;
+    if e.mask.intersects(M::Q_OVERFLOW | M::IGNORED) {
+        return Some(Event::Lost);
+    }
+    if e.mask.contains(M::ISDIR) {
+        return None;
+    }
+    let name = e.name?;
+    let cookie = e.cookie;
+    Some(if e.mask.contains(M::CREATE) {
+        Event::Created(name)
+    } else if e.mask.contains(M::MODIFY) {
+        Event::Modified(name)
+    } else if e.mask.contains(M::CLOSE_WRITE) {
+        Event::ClosedWrite(name)
+    } else if e.mask.contains(M::MOVED_FROM) {
+        Event::MovedFrom { name, cookie }
+    } else if e.mask.contains(M::MOVED_TO) {
+        Event::MovedTo { name, cookie }
+    } else if e.mask.contains(M::DELETE) {
+        Event::Deleted(name)
+    } else {
+        return None;
+    })
+}
+
+/// Scans incoming/ and claims what settled and has no writer (each claimed job waits in
+/// `validating` for the loop to validate it). Returns whether some entries are still settling
+/// or being written (so the next scan should come soon).
+pub async fn scan_and_claim(
+    ctx: &Ctx,
+    scanner: &mut Scanner,
+    watcher: &mut Watcher,
+) -> anyhow::Result<bool> {
+    // Every write and close up to now counts, not only those the loop happened to read.
+    watcher.drain();
+    let found = scanner
+        .scan(&ctx.queue.incoming, ctx.clock.now(), watcher.record())
         .context("scanning incoming/")?;
-    for entry in ready {
+    for name in &found.newly_open {
+        tracing::info!(
+            file = %name.to_string_lossy(),
+            "held still, but a process still has it open for writing; it is claimed once closed"
+        );
+    }
+    for notice in &found.notices {
+        notice.log();
+    }
+    for entry in found.ready {
         scanner.forget(&entry.name);
         let job = JobId::generate(u64::try_from(ctx.clock.now().as_millisecond()).unwrap_or(0));
         let path = match ctx.queue.claim(&entry.name, &job) {
@@ -99,6 +194,14 @@ pub async fn scan_and_claim(ctx: &Ctx, scanner: &mut Scanner) -> anyhow::Result<
             }
         };
         failpoint::hit("claim:after-rename");
+        if let Some(why) = &entry.unchecked {
+            tracing::warn!(
+                job = %job,
+                file = %entry.name.to_string_lossy(),
+                why,
+                "claimed without knowing whether a process still writes to it: it held still for queue.settle_time; a change after the claim is reported"
+            );
+        }
         let sidecar_moved = ctx.queue.adopt_sidecar(&entry.name, &job);
         register(
             ctx,
@@ -139,7 +242,7 @@ pub async fn register(
             Err(e) => (defaults(), Some(e)),
         },
         Ok(None) => (defaults(), None),
-        Err(e) => (defaults(), Some(e)),
+        Err(e) => (defaults(), Some(vec![e])),
     };
     let (bytes, look) = match kind {
         Kind::File { bytes } => (
@@ -156,17 +259,23 @@ pub async fn register(
     let why = match kind {
         Kind::Unfit { code, message } => Some(Why::new(code, message)),
         Kind::File { .. } if sidecar_error.is_some() => {
-            let e = sidecar_error.expect("checked");
+            let problems = sidecar_error.expect("checked");
             Some(Why::new(
                 "invalid_sidecar",
-                format!("{}: {e}", queue::sidecar_name(name).to_string_lossy()),
+                format!(
+                    "{}: {}",
+                    queue::sidecar_name(name).to_string_lossy(),
+                    sidecar::describe(&problems)
+                ),
             ))
         }
         Kind::File { bytes } if bytes > max_bytes && !ctx.settings.batch.split_oversized => {
+            let code = batchfile::Rule::TooLarge.code();
             Some(Why::new(
-                batchfile::Rule::TooLarge.code(),
+                code,
                 format!(
-                    "the file has {bytes} bytes, over the limit of {max_bytes} (batch.max_bytes)"
+                    "the file has {bytes} bytes, over the limit of {max_bytes}; {}",
+                    limit_hint(code).expect("a size limit")
                 ),
             ))
         }
@@ -192,30 +301,21 @@ async fn insert_job(
 ) -> anyhow::Result<()> {
     let now = ctx.now();
     let metadata = serde_json::to_string(&o.metadata)?;
-    let mut tx = ctx.store.begin().await?;
-    jobs::insert(
-        &mut tx,
-        &NewJob {
-            id: job.as_str(),
-            file_name: &name.to_string_lossy(),
-            path: &ctx.queue.relative(path),
-            size_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
-            endpoint: o.endpoint.as_deref(),
-            completion_window: &o.completion_window,
-            deadline_at: &clock::format(o.deadline_at),
-            metadata: &metadata,
-            output_expires_after: o.output_expires_after.and_then(|s| i64::try_from(s).ok()),
-        },
-        &now,
-    )
-    .await?;
-    if let Some(look) = look {
-        jobs::set_file_look(&mut tx, job.as_str(), look, &now).await?;
-    }
-    if let Some(parent) = &o.parent_job {
-        crate::store::chain::link(&mut tx, job.as_str(), parent, &now).await?;
-    }
-    tx.commit().await?;
+    let new = NewJob {
+        id: job.as_str(),
+        file_name: &name.to_string_lossy(),
+        path: &ctx.queue.relative(path),
+        size_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+        endpoint: o.endpoint.as_deref(),
+        completion_window: &o.completion_window,
+        deadline_at: &clock::format(o.deadline_at),
+        metadata: &metadata,
+        output_expires_after: o.output_expires_after.and_then(|s| i64::try_from(s).ok()),
+    };
+    ctx.store
+        .claim(&ctx.lease, &new, look, o.parent_job.as_deref(), &now)
+        .await?;
+    failpoint::hit("claim:after-record");
     tracing::info!(job = %job, file = %name.to_string_lossy(), "claimed");
     Ok(())
 }
@@ -288,45 +388,35 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     };
 
     let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    let requests = i64::try_from(summary.requests)?;
-    jobs::record_validation(
-        &mut tx,
-        &job_id,
-        &summary.sha256,
-        requests,
-        &summary.endpoint,
-        &summary.model,
-        &now,
-    )
-    .await?;
-    for (i, part) in summary.parts.iter().enumerate() {
-        batches::insert(
-            &mut tx,
-            &NewSubmission {
-                job_id: &job_id,
-                part: i64::try_from(i)?,
-                part_start: i64::try_from(part.start)?,
-                part_end: i64::try_from(part.end)?,
-                part_requests: i64::try_from(part.requests)?,
-                attempt: 1,
-                not_before: None,
-            },
-            &now,
-        )
+    let parts = summary
+        .parts
+        .iter()
+        .map(|p| {
+            Ok(Part {
+                start: i64::try_from(p.start)?,
+                end: i64::try_from(p.end)?,
+                requests: i64::try_from(p.requests)?,
+            })
+        })
+        .collect::<Result<Vec<_>, std::num::TryFromIntError>>()?;
+    let valid = valid_message(&summary);
+    // A cancel asked for while the file was checked holds: the job goes straight to
+    // cancelling (the cancel step abandons its submissions), never shown as queued.
+    let cancelling = format!("{valid}; a cancel was asked for: cancelling");
+    let validated = Validated {
+        sha256: &summary.sha256,
+        requests: i64::try_from(summary.requests)?,
+        endpoint: &summary.endpoint,
+        model: &summary.model,
+        parts: &parts,
+        queued: &valid,
+        cancelling: &cancelling,
+    };
+    let state = ctx
+        .store
+        .record_valid(&ctx.lease, &job_id, &validated, &now)
         .await?;
-    }
-    jobs::set_state(
-        &mut tx,
-        &job_id,
-        JobState::Queued,
-        None,
-        &valid_message(&summary),
-        &now,
-    )
-    .await?;
-    tx.commit().await?;
-    tracing::info!(job = %job_id, requests, model = %summary.model, parts = summary.parts.len(), "valid; queued");
+    tracing::info!(job = %job_id, requests = summary.requests, model = %summary.model, parts = summary.parts.len(), "valid; {state}");
     Ok(())
 }
 
@@ -350,10 +440,32 @@ struct Checked {
 
 /// The reason a broken rule gives a rejected job.
 fn why_of(v: &Violation) -> Why {
+    let code = v.rule.code();
+    let message = match limit_hint(code) {
+        Some(hint) => format!("{v}; {hint}"),
+        None => v.to_string(),
+    };
     Why {
-        code: v.rule.code().to_owned(),
-        message: v.to_string(),
+        code: code.to_owned(),
+        message,
         line: v.line.and_then(|l| i64::try_from(l).ok()),
+    }
+}
+
+/// The settings that decide a size limit, for the reason of a file (or a batch) over it: the
+/// operator's fix is in them.
+pub fn limit_hint(code: &str) -> Option<&'static str> {
+    match code {
+        "too_many_requests" => Some(
+            "batch.max_requests sets the most requests a batch may have (the service's limit: \
+             50,000 on OpenAI), and batch.split_oversized = true runs a bigger file as several \
+             batches of one job",
+        ),
+        "file_too_large" => Some(
+            "batch.max_bytes sets the largest batch (the service's limit: 200 MB on OpenAI), and \
+             batch.split_oversized = true runs a bigger file as several batches of one job",
+        ),
+        _ => None,
     }
 }
 
@@ -376,6 +488,37 @@ pub async fn file_changed(
     })
 }
 
+/// How the job's file differs from the one that was validated and sent (its size and SHA-256
+/// as recorded at validation), in words, once part of it reached the service (`rows`, the
+/// job's submissions). `None` when it is the same, when nothing was sent, or when it cannot be
+/// read now: a missing file is the sweep's to find ([`super::finish::relocate`]), and a local
+/// fault is logged, never a reason to end a job differently.
+pub async fn changed_since_sent(
+    ctx: &Ctx,
+    job: &Job,
+    rows: &[Submission],
+) -> anyhow::Result<Option<String>> {
+    let sent = rows.iter().any(|r| r.input_file_id.is_some());
+    let Some(sha) = job.sha256.clone().filter(|_| sent) else {
+        return Ok(None);
+    };
+    let path = ctx.queue.root().join(&job.path);
+    let read = tokio::task::spawn_blocking(move || batchfile::sha256_of(&path)).await?;
+    let size = u64::try_from(job.size_bytes).unwrap_or(0);
+    let change = match read {
+        Ok((bytes, _)) if bytes != size => format!("{size} bytes then, {bytes} now"),
+        Ok((_, now)) if now != sha => format!("{size} bytes, but not the same bytes"),
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            tracing::warn!(job = %job.id, path = %job.path, error = %e, "cannot read the file to compare it with what was sent");
+            return Ok(None);
+        }
+    };
+    tracing::warn!(job = %job.id, change, "the file changed after it was submitted");
+    Ok(Some(change))
+}
+
 /// Sends a job whose file changed back to `validating`, to be validated again once the file
 /// held still for `queue.settle_time`. `sending` is the submission its caller was about to
 /// upload. Returns false when part of the job may already have reached the service: then the
@@ -393,19 +536,19 @@ pub async fn wait_for_file(
     let message = format!(
         "the file changed after it was claimed ({change}); it is validated again once it has held still for queue.settle_time"
     );
-    let mut tx = ctx.store.begin().await?;
-    let sent_back = jobs::validate_again(
-        &mut tx,
-        job_id,
-        look,
-        sending,
-        &after,
-        &message,
-        &clock::format(now_ts),
-    )
-    .await?;
+    let sent_back = ctx
+        .store
+        .validate_again(
+            &ctx.lease,
+            job_id,
+            look,
+            sending,
+            &after,
+            &message,
+            &clock::format(now_ts),
+        )
+        .await?;
     if sent_back {
-        tx.commit().await?;
         tracing::warn!(job = %job_id, change, "the file changed after it was claimed; validating it again once it holds still");
     }
     Ok(sent_back)
@@ -415,18 +558,7 @@ pub async fn wait_for_file(
 /// that to the next sweep when it cannot be moved now).
 pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    jobs::set_state(
-        &mut tx,
-        job_id,
-        JobState::Rejected,
-        Some(why),
-        &format!("rejected: {}", why.message),
-        &now,
-    )
-    .await?;
-    let claimed_at = jobs::get(&mut *tx, job_id).await?.map(|j| j.created_at);
-    tx.commit().await?;
+    let claimed_at = ctx.store.reject(&ctx.lease, job_id, why, &now).await?;
     if let Some(at) = claimed_at {
         ctx.metrics
             .job_finished(JobState::Rejected, &at, ctx.clock.now());

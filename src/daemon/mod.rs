@@ -23,11 +23,11 @@
 //!                 │                                              │
 //!             collecting ◀───────────────────────────────────────┘
 //!                 │ every submission finished: results merged, manifest written
-//!     completed (done/)  |  failed, expired, cancelled (failed/, partial results kept)
+//!     completed (done/)  |  failed, expired, cancelled (failed/, partial results if any)
 //! ```
 //!
 //! A job's state is derived from its submissions' states in the same transaction that changes
-//! them ([`progress::refresh_job`]), so the two never disagree.
+//! them ([`crate::store::progress::refresh_job`]), so the two never disagree.
 //!
 //! # A submission (a row of `batches`)
 //!
@@ -49,8 +49,9 @@
 //!   outcome is unknown (a timeout or reset after it left, a 5xx on create), or the daemon
 //!   stopped while one was in flight, `outcome_unknown_at` is set and the next step reconciles
 //!   first ([`reconcile`]): list the files (upload) or batches (create) and match them by file
-//!   name or by the `batchwatch_job_id`, `batchwatch_part` and `batchwatch_attempt` metadata.
-//!   Only when nothing matches is the request sent again. So a job never has two live batches.
+//!   name and size, or by the input file the create named (the batchwatch metadata is a claim,
+//!   not a proof: a batch only claiming the submission is someone else's). Only when nothing
+//!   matches is the request sent again. So a job never has two live batches.
 //! * `active` is polled ([`poll`]) at an interval that adapts to the status; every change of
 //!   status or counts is one `status_history` row; a terminal status stays terminal; a 404 makes
 //!   the submission `lost`, never running.
@@ -60,9 +61,11 @@
 //! * At the deadline, or when an operator asks, the job is marked for cancel ([`cancel`]):
 //!   submissions not yet created are abandoned, live batches are cancelled and followed through
 //!   `cancelling` to their end.
-//! * `collecting` downloads the output and error files that exist ([`collect`]); when every
-//!   submission of a job is finished, the results are merged, the manifest is written, and the
-//!   file moves to done/ or failed/ ([`finish`]).
+//! * `collecting` downloads the output and error files that exist ([`collect`]): downloads the
+//!   service keeps failing are given up after `collect.give_up_after`, while results that
+//!   cannot be written here (a local fault: a full disk, a permission) wait however long it
+//!   lasts. When every submission of a job is finished, the results are merged, the manifest
+//!   is written, and the file moves to done/ or failed/ ([`finish`]).
 //!
 //! # The loop
 //!
@@ -76,11 +79,13 @@
 //! scan came due stops after its scan (`Daemon::quiet`): its queries would find what the
 //! last full round found. A full round still comes at least once a minute. Every timer reads
 //! the one clock in [`Ctx`], so a test can drive the rounds with a manual clock. On SIGTERM
-//! it stops claiming, gives in-flight tasks `daemon.shutdown_timeout` to finish, and drops the
-//! rest: what they were doing is recorded as an intent, so the next start picks it up. SIGHUP
-//! reloads the configuration ([`reload`]).
+//! it stops claiming, stops housekeeping at once (deletions of remote files: each is an intent
+//! row that the next start carries out), gives the other tasks in flight
+//! `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is recorded
+//! as an intent, so the next start picks it up. SIGHUP reloads the configuration
+//! ([`reload`]).
 //!
-//! The rooms: [`intake`] (claim and check), [`reconcile`] (what the service has that the
+//! The modules: [`intake`] (claim and check), [`reconcile`] (what the service has that the
 //! database may not know), [`submit`] (upload and create), [`poll`] and [`observe`] (following
 //! a batch and recording what is seen), [`cancel`] (deadlines and cancels), [`collect`]
 //! (downloads), [`finish`] (a job's end and its file's last move), [`recover`] (start-up and
@@ -100,7 +105,6 @@ pub mod intake;
 pub mod notify;
 pub mod observe;
 pub mod poll;
-pub mod progress;
 pub mod reconcile;
 pub mod recover;
 pub mod reload;
@@ -117,13 +121,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::api::{ApiKey, Client};
 use crate::clock::{self, Clock, Timestamp};
 use crate::config::Settings;
-use crate::metrics::Metrics;
 use crate::metrics::server::{self as endpoint, Health};
+use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::Queue;
 use crate::queue::scan::Scanner;
 use crate::store::{Access, Changes, Store, batches, jobs};
@@ -142,10 +146,20 @@ struct Failures {
 pub struct Daemon {
     pub ctx: Ctx,
     scanner: Scanner,
+    /// inotify on incoming/, from before the first scan: its record of writes knows only the
+    /// files written while it watched.
+    watcher: intake::Watcher,
     next_scan: Timestamp,
     /// When processing/ is next gone through ([`recover::sweep`]): at start, after anything
     /// failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net.
     next_processing_sweep: Timestamp,
+    /// Why the last sweep of processing/ left a file where it was, when it did (a full disk, a
+    /// permission): until a sweep handles every file, no round counts as done for `/readyz`.
+    sweep_left: Option<String>,
+    /// Sweeps of processing/ in a row that left a file: the next waits longer each time
+    /// ([`schedule::Schedule::processing_sweep_after`]), so a disk that stays full is not
+    /// warned about at every scan.
+    sweeps_left: u32,
     next_duplicate_check: Timestamp,
     /// When retention runs next ([`retention`]): at start, then daily.
     next_prune: Timestamp,
@@ -154,8 +168,9 @@ pub struct Daemon {
     /// round, which stays free of their queries.
     housekeeping_at: Option<Timestamp>,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// What each running task is, by its id: a task that panics is known by its id alone.
-    running: HashMap<tokio::task::Id, (Subject, Task)>,
+    /// What each running task is, by its id (a task that panics is known by its id alone),
+    /// and how to stop it.
+    running: HashMap<tokio::task::Id, (Subject, Task, AbortHandle)>,
     in_flight: HashSet<Subject>,
     /// A task that failed waits, doubling each time, so a persistent error (a full disk, a
     /// database error) is retried calmly instead of at every round.
@@ -188,16 +203,22 @@ pub struct Daemon {
     _instance: instance::InstanceLock,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the configuration from `file`
-/// (the `--config` given, else the system file), as read at start ([`reload`]).
+/// Runs the daemon on `settings` and `key` (as [`crate::preflight::check`] passed them) until
+/// SIGTERM or SIGINT; SIGHUP reloads the configuration from `file` (the `--config` given, else
+/// the system file), as read at start ([`reload`]).
 pub async fn run(
     settings: Settings,
+    key: ApiKey,
     file: Option<std::path::PathBuf>,
     log: crate::telemetry::Logging,
 ) -> anyhow::Result<()> {
     // Before anything else, so a signal that comes during start-up is not fatal.
     let mut signals = Signals::install()?;
-    let key = ApiKey::load(&settings.api.key_source())?;
+    match crate::process::raise_open_file_limit() {
+        Ok(Some((from, to))) => tracing::info!(from, to, "raised the open-file limit"),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
+    }
     let mut daemon = Daemon::start(settings, key, Clock::System).await?;
     daemon.notifier.ready(&daemon.ctx).await;
     let signal = loop {
@@ -235,9 +256,16 @@ impl Daemon {
         )
         .await
         .context("opening the database")?;
-        let metrics = Metrics::new();
+        let usage = crate::store::usage::model_costs(store.reader())
+            .await
+            .context("reading the models' usage")?;
+        let metrics = Metrics::new(ModelLabels::busiest_first(
+            settings.metrics.max_models,
+            &usage,
+        ));
         let client = Client::observed(&settings.api, &settings.limits, key, metrics.clone())?;
         let health = Arc::new(Health::default());
+        let gate = Arc::new(gate::Gate::observed(metrics.clone()));
         let endpoint = match settings.metrics.address()? {
             Some(addr) => Some(endpoint::serve(
                 addr,
@@ -247,7 +275,9 @@ impl Daemon {
                     queue.clone(),
                     settings.alerts.stuck_after,
                     health.clone(),
+                    gate.clone(),
                 ),
+                &settings.limits,
             )?),
             None => None,
         };
@@ -258,15 +288,18 @@ impl Daemon {
             settings: settings.clone(),
             schedule: Arc::new(schedule.clone()),
             store,
+            lease: crate::store::Lease::SOLE,
             queue,
             client,
             clock,
-            gate: Arc::new(gate::Gate::default()),
+            gate,
             unverified: Arc::new(reconcile::Unverified::default()),
             duplicates: Arc::new(reconcile::DuplicateWatch::default()),
             metrics,
             sweeps: Arc::new(sweep::Sweeps::default()),
         };
+        // Before anyone is told it started: files dropped from then on are in its record.
+        let watcher = intake::Watcher::new(&ctx.queue, settings.queue.watch);
         tracing::info!(
             database = %settings.database.path.display(),
             queue = %settings.queue.dir.display(),
@@ -276,8 +309,11 @@ impl Daemon {
         );
         let mut daemon = Daemon {
             scanner: Scanner::new(schedule.settle),
+            watcher,
             next_scan: now,
             next_processing_sweep: now,
+            sweep_left: None,
+            sweeps_left: 0,
             next_duplicate_check: now,
             next_prune: now,
             housekeeping_at: Some(now),
@@ -308,20 +344,24 @@ impl Daemon {
             daemon.ctx.unverified.add(&job);
         }
         daemon.health.recovered();
+        daemon.spawn(
+            Subject::Key,
+            Task::ProbeKey,
+            gate::check_at_start(daemon.ctx.clone()),
+        );
         daemon.step().await;
         Ok(daemon)
     }
 
     /// Runs the loop until `stop` resolves; returns its value.
     pub async fn run_until<T>(&mut self, stop: impl std::future::Future<Output = T>) -> T {
-        let mut watcher = intake::Watcher::new(&self.ctx.queue);
         tokio::pin!(stop);
         loop {
             let sleep = self.until_next_timer().await;
             tokio::select! {
                 value = &mut stop => return value,
                 _ = tokio::time::sleep(sleep) => {}
-                _ = watcher.changed() => self.next_scan = self.ctx.clock.now(),
+                _ = self.watcher.changed() => self.next_scan = self.ctx.clock.now(),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.reap(done);
                     // One round for a burst of finished tasks, not one round each.
@@ -332,27 +372,43 @@ impl Daemon {
         }
     }
 
+    /// Has processing/ gone through at the next scan, after something failed that may have
+    /// left a file half-moved; unless the last sweeps left files themselves: then the next one
+    /// keeps its back-off (a full disk fails tasks and sweeps alike).
+    fn sweep_processing_soon(&mut self) {
+        if self.sweeps_left == 0 {
+            self.next_processing_sweep = self.ctx.clock.now();
+        }
+    }
+
     /// One round: reap, claim, enforce deadlines and cancels, start due work.
     pub async fn step(&mut self) {
         while let Some(done) = self.tasks.try_join_next_with_id() {
             self.reap(done);
         }
         match self.round().await {
-            Ok(()) => self.round_failures = 0,
+            Ok(()) => {
+                self.round_failures = 0;
+                match &self.sweep_left {
+                    None => self.health.round_succeeded(),
+                    Some(why) => self.health.round_failed(why.clone()),
+                }
+            }
             Err(e) => {
                 self.round_failures += 1;
                 self.quiet_until = None;
                 // A claim may have failed after its rename: processing/ is gone through again.
-                self.next_processing_sweep = self.ctx.clock.now();
+                self.sweep_processing_soon();
+                let error = format!("{e:#}");
                 tracing::error!(
-                    error = format!("{e:#}"),
+                    error,
                     retry_in = %clock::humanize(self.ctx.schedule.task_retry(self.round_failures)),
                     "a daemon round failed; trying again"
                 );
+                self.health.round_failed(error);
             }
         }
         self.stuck.check(&self.ctx).await;
-        self.health.round_done();
         self.notifier.status(&self.ctx, self.in_flight.len()).await;
     }
 
@@ -360,20 +416,22 @@ impl Daemon {
         use Task as T;
         let ctx = self.ctx.clone();
         let now = ctx.clock.now();
-        // Every kind of work shares this many tasks in flight, so a burst of files or of due
-        // polls is worked through at the pace of the API instead of all at once.
-        let budget = ctx.settings.limits.concurrency as usize * 4;
+        let budget = ctx.settings.limits.tasks();
         if self.claiming && now >= self.next_scan {
-            let unsettled = intake::scan_and_claim(&ctx, &mut self.scanner).await?;
+            let unsettled =
+                intake::scan_and_claim(&ctx, &mut self.scanner, &mut self.watcher).await?;
             if now >= self.next_processing_sweep {
                 let in_flight = &self.in_flight;
-                let all = recover::sweep(&ctx, |job| {
+                self.sweep_left = recover::sweep(&ctx, |job| {
                     in_flight.contains(&Subject::Job(job.to_owned()))
                 })
                 .await?;
-                if all {
-                    self.next_processing_sweep = clock::add(now, schedule::PROCESSING_SWEEP);
-                }
+                self.sweeps_left = match self.sweep_left {
+                    None => 0,
+                    Some(_) => self.sweeps_left + 1,
+                };
+                let after = ctx.schedule.processing_sweep_after(self.sweeps_left);
+                self.next_processing_sweep = clock::add(now, after);
             }
             let schedule = &ctx.schedule;
             self.next_scan = clock::add(
@@ -622,7 +680,7 @@ impl Daemon {
         }
         self.in_flight.insert(subject.clone());
         let handle = self.tasks.spawn(fut);
-        self.running.insert(handle.id(), (subject, task));
+        self.running.insert(handle.id(), (subject, task, handle));
         true
     }
 
@@ -632,9 +690,16 @@ impl Daemon {
     ) {
         let (id, outcome) = match done {
             Ok((id, result)) => (id, result.map_err(|e| format!("{e:#}"))),
+            // Dropped at shutdown: it failed at nothing, and the next start takes it up.
+            Err(e) if e.is_cancelled() => {
+                if let Some((subject, ..)) = self.running.remove(&e.id()) {
+                    self.in_flight.remove(&subject);
+                }
+                return;
+            }
             Err(e) => (e.id(), Err(format!("the task panicked: {e}"))),
         };
-        let Some((subject, task)) = self.running.remove(&id) else {
+        let Some((subject, task, _)) = self.running.remove(&id) else {
             return;
         };
         self.reaped = true;
@@ -658,20 +723,29 @@ impl Daemon {
             }
             Err(error) => {
                 // A file may have been left half-moved: processing/ is gone through again.
-                self.next_processing_sweep = self.ctx.clock.now();
+                self.sweep_processing_soon();
                 if task == Task::Verify {
                     self.verify_due = true;
                 }
                 let count = self.failures.get(&key).map_or(1, |f| f.count + 1);
+                let now = self.ctx.clock.now();
                 let delay = self.ctx.schedule.task_retry(count);
-                tracing::warn!(?task, subject = ?key.0, error, retry_in = %clock::humanize(delay), "a task failed; it will be tried again");
-                self.failures.insert(
-                    key,
-                    Failures {
-                        count,
-                        retry_at: clock::add(self.ctx.clock.now(), delay),
-                    },
+                let retry_at = clock::add(now, delay);
+                // A closed gate holds the work back longer than the task's own wait: the log
+                // says when it is really tried again, as the gate's own line does.
+                let resumes = self
+                    .ctx
+                    .gate
+                    .reopens_at(task, now)
+                    .map_or(retry_at, |gate| gate.max(retry_at));
+                tracing::warn!(
+                    task = %task,
+                    subject = %key.0,
+                    error,
+                    retry_in = %clock::humanize(clock::between(now, resumes)),
+                    "a task failed; it will be tried again"
                 );
+                self.failures.insert(key, Failures { count, retry_at });
             }
         }
     }
@@ -683,11 +757,25 @@ impl Daemon {
         }
     }
 
-    /// Stops claiming, lets in-flight work finish within `daemon.shutdown_timeout`, then
-    /// drops the rest (their intents are recorded) and closes the store.
+    /// Stops claiming, drops at once the work that may be ([`Task::stops_at_once`]), lets the
+    /// rest finish within `daemon.shutdown_timeout`, then drops what is left (their intents
+    /// are recorded) and closes the store.
     pub async fn shutdown(mut self) {
         self.notifier.stopping();
         self.claiming = false;
+        let mut dropped = Vec::new();
+        for (_, task, handle) in self.running.values() {
+            if task.stops_at_once() {
+                handle.abort();
+                dropped.push(*task);
+            }
+        }
+        if !dropped.is_empty() {
+            tracing::info!(
+                tasks = ?dropped,
+                "housekeeping stopped at once; its intents are rows, carried out at the next start"
+            );
+        }
         let grace = self.ctx.settings.daemon.shutdown_timeout.get();
         if tokio::time::timeout(grace, self.drain()).await.is_err() {
             tracing::warn!(

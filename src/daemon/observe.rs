@@ -12,15 +12,12 @@ use anyhow::Context;
 use super::ctx::Ctx;
 use super::gate;
 use super::poll::{jitter, next_poll_delay};
-use super::progress::refresh_job;
 use crate::api::Batch;
 use crate::clock::{self, Timestamp};
 use crate::model::{BatchStatus, SubmissionState};
-use sqlx::SqliteConnection;
-
-use crate::store::batches::{self, NewSubmission, Observation, Recorded, Submission};
-use crate::store::jobs::{self, Why};
-use crate::store::transitions;
+use crate::store::batches::{Observation, Recorded, Submission};
+use crate::store::jobs::{self, Job, Why};
+use crate::store::ops::track::{Next, Observed, Plan, Sighting};
 use crate::usage;
 
 /// Records `batch` as seen now for the submission `row`, and moves the submission on.
@@ -40,17 +37,110 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
             now,
             Spread::Jittered,
         );
-        let polls = serde_json::json!([[row.id, clock::format(at)]]).to_string();
-        let mut tx = ctx.store.begin().await?;
-        transitions::seen_unchanged(&mut tx, &polls, &clock::format(now)).await?;
-        tx.commit().await?;
+        let polls = [(row.id, clock::format(at))];
+        ctx.store
+            .seen_unchanged(&ctx.lease, &polls, &clock::format(now))
+            .await?;
         return Ok(());
     }
-    let mut tx = ctx.store.begin().await?;
-    let seen = record(ctx, &mut tx, row, batch, now).await?;
-    tx.commit().await?;
-    seen.report(ctx);
+    let observation = observation(batch);
+    let observed = ctx
+        .store
+        .observe(
+            &ctx.lease,
+            &sighting(row.id, batch, &observation),
+            |job, row, status| plan(ctx, batch, job, row, status, now),
+            &clock::format(now),
+        )
+        .await?;
+    seen(ctx, batch, observed, now).report(ctx);
     Ok(())
+}
+
+/// `batch`, reported for submission `id`, as the store records it.
+pub fn sighting<'a>(id: i64, batch: &'a Batch, observation: &'a Observation) -> Sighting<'a> {
+    Sighting {
+        id,
+        status: &batch.status,
+        observation,
+        tokens: usage::tokens_of(batch),
+    }
+}
+
+/// What `batch`, seen at `now`, means for submission `row` of `job`, given the status that
+/// stands: the price its cost is booked at, and where the submission goes next.
+pub fn plan(
+    ctx: &Ctx,
+    batch: &Batch,
+    job: &Job,
+    row: &Submission,
+    status: &BatchStatus,
+    now: Timestamp,
+) -> Plan {
+    let price = job
+        .model
+        .as_deref()
+        .and_then(|m| ctx.settings.pricing.get(m))
+        .copied();
+    let message = format!("batch {} {}", batch.id, status);
+    let next = if status.is_terminal() && is_token_limit(batch) && job.cancel_requested_at.is_none()
+    {
+        // Back-pressure, not a failure: this attempt is over, the next one waits.
+        let model = job.model.as_deref().unwrap_or_default();
+        let until = clock::format(clock::add(now, token_limit_delay(ctx, row.attempt)));
+        Next::Retry {
+            why: Why::new(
+                "token_limit_exceeded",
+                format!(
+                    "the enqueued-token limit for {model} was reached; submitting again at {until}"
+                ),
+            ),
+            message: format!(
+                "batch {} refused for the token limit; attempt {} at {until}",
+                batch.id,
+                row.attempt + 1
+            ),
+            until,
+        }
+    } else if status.is_terminal() {
+        Next::Collect { message }
+    } else {
+        let at = next_poll_at(
+            ctx,
+            status,
+            &row.created_at,
+            &job.deadline_at,
+            now,
+            Spread::Jittered,
+        );
+        Next::Poll {
+            at: clock::format(at),
+            message,
+        }
+    };
+    Plan { price, next }
+}
+
+/// What is left to do once `batch`'s observation is committed: a refusal for the token limit
+/// holds the model's submissions; the metrics and the log line follow ([`Seen::report`]).
+pub fn seen(ctx: &Ctx, batch: &Batch, observed: Observed, now: Timestamp) -> Seen {
+    if let Recorded::RefusedAfterTerminal { stored, seen } = &observed.recorded {
+        tracing::warn!(batch = %batch.id, %stored, %seen, "the API reports a finished batch as unfinished; keeping the final status");
+    }
+    if let Some(Next::Retry { until, .. }) = &observed.moved {
+        let model = observed.job.model.as_deref().unwrap_or_default();
+        let until = clock::parse(until).unwrap_or(now);
+        hold_model(ctx, model, until);
+        tracing::warn!(job = %observed.job.id, model, delay = %clock::humanize(clock::between(now, until)), "enqueued-token limit reached; submitting again later");
+    }
+    Seen {
+        job: observed.job.id,
+        batch: batch.id.clone(),
+        status: observed.status,
+        counts: batch.request_counts,
+        changed: observed.recorded == Recorded::Changed,
+        ended: observed.booked.then(|| batch.clone()),
+    }
 }
 
 /// The request counts stored for a submission, in the order [`unchanged`] takes them.
@@ -128,107 +218,18 @@ impl Seen {
             ctx.metrics.batch_ended(batch);
         }
         if self.changed {
-            tracing::info!(job = %self.job, batch = %self.batch, status = %self.status, counts = ?self.counts, "batch status");
+            let counts = self.counts;
+            tracing::info!(
+                job = %self.job,
+                batch = %self.batch,
+                status = %self.status,
+                completed = counts.map(|c| c.completed),
+                failed = counts.map(|c| c.failed),
+                total = counts.map(|c| c.total),
+                "batch status"
+            );
         }
     }
-}
-
-/// Records `batch`, seen at `now`, for the submission `row` inside `tx`, and moves the
-/// submission on. The caller commits, then calls [`Seen::report`].
-pub async fn record(
-    ctx: &Ctx,
-    tx: &mut SqliteConnection,
-    row: &Submission,
-    batch: &Batch,
-    now_ts: Timestamp,
-) -> anyhow::Result<Seen> {
-    let now = clock::format(now_ts);
-    let job = jobs::get(&mut *tx, &row.job_id)
-        .await?
-        .context("the job of a submission vanished")?;
-    let recorded = batches::record_observation(&mut *tx, row.id, &observation(batch), &now).await?;
-    let pricing = &ctx.settings.pricing;
-    let booked =
-        usage::record(&mut *tx, pricing, row.id, job.model.as_deref(), batch, &now).await?;
-    if let Recorded::RefusedAfterTerminal { stored, seen } = &recorded {
-        tracing::warn!(batch = %batch.id, %stored, %seen, "the API reports a finished batch as unfinished; keeping the final status");
-    }
-    let status = match &recorded {
-        Recorded::RefusedAfterTerminal { stored, .. } => stored.clone(),
-        _ => batch.status.clone(),
-    };
-    let seen = Seen {
-        job: row.job_id.clone(),
-        batch: batch.id.clone(),
-        status: status.clone(),
-        counts: batch.request_counts,
-        changed: recorded == Recorded::Changed,
-        ended: booked.is_some().then(|| batch.clone()),
-    };
-    let activated = match batches::state(&mut *tx, row.id).await? {
-        SubmissionState::Queued | SubmissionState::Uploading | SubmissionState::Creating => {
-            transitions::activate(&mut *tx, row.id, &now).await?;
-            true
-        }
-        SubmissionState::Active => false,
-        // Already past following its batch (seen twice, or by a step that read the row
-        // before): the observation is recorded, and nothing moves.
-        _ => return Ok(seen),
-    };
-    let message = format!("batch {} {}", batch.id, status);
-    if status.is_terminal() && is_token_limit(batch) && job.cancel_requested_at.is_none() {
-        // Back-pressure, not a failure: this attempt is over, the next one waits.
-        transitions::refused(&mut *tx, row.id, &now).await?;
-        let model = job.model.as_deref().unwrap_or_default();
-        let (until, delay) = hold_for_token_limit(ctx, row.attempt, model, now_ts);
-        let until_text = clock::format(until);
-        batches::insert(
-            &mut *tx,
-            &NewSubmission {
-                job_id: &row.job_id,
-                part: row.part,
-                part_start: row.part_start,
-                part_end: row.part_end,
-                part_requests: row.part_requests,
-                attempt: row.attempt + 1,
-                not_before: Some(&until_text),
-            },
-            &now,
-        )
-        .await?;
-        let why = Why::new(
-            "token_limit_exceeded",
-            format!(
-                "the enqueued-token limit for {model} was reached; submitting again at {until_text}"
-            ),
-        );
-        let message = format!(
-            "batch {} refused for the token limit; attempt {} at {until_text}",
-            batch.id,
-            row.attempt + 1
-        );
-        refresh_job(&mut *tx, &row.job_id, Some(&why), &message, &now).await?;
-        tracing::warn!(job = %row.job_id, model, delay = %clock::humanize(delay), "enqueued-token limit reached; submitting again later");
-    } else if status.is_terminal() {
-        transitions::to_collecting(&mut *tx, row.id, &now).await?;
-        refresh_job(&mut *tx, &row.job_id, None, &message, &now).await?;
-    } else {
-        let at = next_poll_at(
-            ctx,
-            &status,
-            &row.created_at,
-            &job.deadline_at,
-            now_ts,
-            Spread::Jittered,
-        );
-        let at = clock::format(at);
-        transitions::schedule_poll(&mut *tx, row.id, &at, &now).await?;
-        // The job follows its submissions' states; only a new active one can move it.
-        if activated {
-            refresh_job(&mut *tx, &row.job_id, None, &message, &now).await?;
-        }
-    }
-    Ok(seen)
 }
 
 /// The enqueued-token limit was reached for `model` by attempt `attempt` (its batch failed, or
@@ -240,18 +241,28 @@ pub fn hold_for_token_limit(
     model: &str,
     now: Timestamp,
 ) -> (Timestamp, Duration) {
+    let delay = token_limit_delay(ctx, attempt);
+    let until = clock::add(now, delay);
+    hold_model(ctx, model, until);
+    (until, delay)
+}
+
+/// How long the submissions of a model wait after attempt `attempt` hit the token limit.
+fn token_limit_delay(ctx: &Ctx, attempt: i64) -> Duration {
     let b = &ctx.settings.backoff;
-    let delay = gate::token_backoff(
+    gate::token_backoff(
         attempt,
         b.token_limit_initial.get(),
         b.token_limit_max.get(),
-    );
-    let until = clock::add(now, delay);
+    )
+}
+
+/// Holds the submissions of `model` until `until`, and counts the refusal.
+fn hold_model(ctx: &Ctx, model: &str, until: Timestamp) {
     if !model.is_empty() {
         ctx.gate.hold_model(model, until);
     }
     ctx.metrics.token_limit_refusal(model);
-    (until, delay)
 }
 
 /// Whether the batch failed because the enqueued-token limit was reached: back-pressure.
@@ -270,10 +281,7 @@ pub async fn lost(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<
         "batch {} no longer exists (404): {message}",
         row.remote_id.as_deref().unwrap_or("?")
     );
-    let mut tx = ctx.store.begin().await?;
-    transitions::lose(&mut tx, row.id, &text, &now).await?;
-    refresh_job(&mut tx, &row.job_id, None, &text, &now).await?;
-    tx.commit().await?;
+    ctx.store.lose(&ctx.lease, row, &text, &now).await?;
     tracing::warn!(job = %row.job_id, "{text}");
     Ok(())
 }

@@ -18,7 +18,7 @@ use crate::store::batches;
 
 /// Active submissions whose poll is due.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
-    let limit = i64::from(ctx.settings.limits.concurrency) * 4;
+    let limit = i64::try_from(ctx.settings.limits.tasks()).unwrap_or(i64::MAX);
     Ok(batches::due_for_poll(ctx.store.reader(), &ctx.now(), limit).await?)
 }
 

@@ -1,9 +1,9 @@
 //! Reconciling with the service what the database does not know for sure.
 //!
 //! The API has no idempotency key, so the only way to know is to look: list the batches
-//! (newest first) and match the metadata batchwatch put on the create, or list the files and
-//! match the name it gave the upload. Listing stops at objects created well before the request
-//! (an hour of slack for clock skew).
+//! (newest first) and pick out the submission's, or list the files and match the name
+//! batchwatch gave the upload. Listing stops at objects created well before the request (an
+//! hour of slack for clock skew).
 //!
 //! * An upload or create whose outcome is unknown: only when nothing matches may the request be
 //!   sent again ([`find_upload`], [`find_batch`]).
@@ -16,6 +16,31 @@
 //! * A create sent again after reconciliation found nothing may still land late: the re-sent
 //!   submissions are watched for a day and their late duplicates cancelled
 //!   ([`cancel_duplicates`]).
+//!
+//! # Which batch is a submission's
+//!
+//! Every key of the organisation lists the same batches and may put any metadata on a batch
+//! of its own, so the metadata batchwatch writes (`batchwatch_job_id`, `batchwatch_part`,
+//! `batchwatch_attempt`, read once by [`Claim::of`](crate::api::tags::Claim::of)) is a claim, not a proof. A batch is taken
+//! for a submission's (followed, adopted, or cancelled as its duplicate) only when its input
+//! file is provably the one batchwatch uploaded for that submission:
+//!
+//! * when the database records the submission's upload, the batch runs that very file, and its
+//!   metadata names no other submission ([`is_for`]; a service that drops metadata is still
+//!   matched). [`find_batch`], [`cancel_duplicates`] and [`verify`] all match by it;
+//! * when it records none (it lags: the upload intent was lost with a restored backup, or the
+//!   job's row was made anew from processing/), the service lists the batch's input file under
+//!   the submission's upload name ([`upload_name`]) with the part's size in bytes, and the
+//!   batch's `batchwatch_sha256` is the digest of the job's file (`proven`, in [`verify`];
+//!   the other places only meet submissions whose upload is recorded).
+//!
+//! Anything else that claims to be a job's is logged as not the job's and left alone: never
+//! followed, never cancelled (at start it also gets a line in the job's events). A batch the
+//! database records under its id is the job's already; the start-up listing skips it when its
+//! claim names the submission that records it. What cannot be proved is not taken: a batch
+//! the database does not record whose input file the service no longer lists (deleted, or
+//! expired under a short `batch.input_expires_after`) is left alone, and its submission goes
+//! on as the database says.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -26,61 +51,33 @@ use futures_util::StreamExt;
 
 use super::ctx::Ctx;
 use super::observe::observe;
-use super::progress::refresh_job;
+use crate::api::tags::{Claim, SHA_KEY, parse_upload_name, upload_name};
 use crate::api::{ApiError, Batch, FileObject};
 use crate::clock::{self, Timestamp};
 use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{self, NewSubmission, Submission};
 use crate::store::jobs::{self, Job};
-use crate::store::transitions;
-
-/// The metadata keys that tie a remote batch to its submission.
-pub const JOB_KEY: &str = "batchwatch_job_id";
-pub const PART_KEY: &str = "batchwatch_part";
-pub const ATTEMPT_KEY: &str = "batchwatch_attempt";
-pub const SHA_KEY: &str = "batchwatch_sha256";
 
 const SKEW: Duration = Duration::from_secs(3600);
 
-/// The name a submission's input file is uploaded under; unique per job, part and attempt.
-pub fn upload_name(row: &Submission, file_name: &str) -> String {
-    let stem = file_name.strip_suffix(".jsonl").unwrap_or(file_name);
-    let safe: String = stem
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(80)
-        .collect();
-    format!("{}-p{}-a{}-{safe}.jsonl", row.job_id, row.part, row.attempt)
+/// The size of a submission's upload: its part of the job's file.
+fn part_bytes(row: &Submission) -> Option<u64> {
+    u64::try_from(row.part_end - row.part_start).ok()
 }
 
-/// Whether `batch` was created for `row`: by the metadata batchwatch put on it, or by its input
-/// file, which was uploaded for this attempt alone (so a service that drops metadata is still
-/// matched).
+/// Whether the service's `file` is the upload named `name` of a part of `bytes` bytes. A file
+/// whose size the service does not say is not.
+fn is_upload(file: &FileObject, name: &str, bytes: Option<u64>) -> bool {
+    file.filename == name && file.bytes.is_some() && file.bytes == bytes
+}
+
+/// Whether `batch` is the batch of `row`, a submission whose upload the database records: a
+/// batch of that very file whose metadata names no other submission (a service that drops
+/// metadata is still matched). A batch that only claims `row` in its metadata is not.
 pub fn is_for(batch: &Batch, row: &Submission) -> bool {
-    let by_metadata = batch.metadata_value(JOB_KEY) == Some(row.job_id.as_str())
-        && batch.metadata_value(PART_KEY) == Some(row.part.to_string().as_str())
-        && batch.metadata_value(ATTEMPT_KEY) == Some(row.attempt.to_string().as_str());
-    let by_input = row
-        .input_file_id
-        .as_deref()
-        .is_some_and(|id| id == batch.input_file_id);
-    by_metadata || by_input
-}
-
-/// The part and attempt batchwatch put in a batch's metadata, when both are there and read as
-/// numbers.
-fn part_and_attempt(batch: &Batch) -> Option<(i64, i64)> {
-    Some((
-        batch.metadata_value(PART_KEY)?.parse().ok()?,
-        batch.metadata_value(ATTEMPT_KEY)?.parse().ok()?,
-    ))
+    row.input_file_id.as_deref() == Some(batch.input_file_id.as_str())
+        && Claim::of(batch).is_none_or(|c| c.names(&row.job_id, row.part, row.attempt))
 }
 
 /// Objects created before this cannot be the request's: the time the request was armed (kept
@@ -134,11 +131,11 @@ async fn search_files(
     name: &str,
 ) -> Result<Option<FileObject>, ApiError> {
     let since = since(row);
-    let bytes = u64::try_from(row.part_end - row.part_start).ok();
+    let bytes = part_bytes(row);
     let mut listed = std::pin::pin!(ctx.client.list_files(Some("batch")));
     while let Some(file) = listed.next().await {
         let file = file?;
-        if file.filename == name && (file.bytes.is_none() || file.bytes == bytes) {
+        if is_upload(&file, name, bytes) {
             return Ok(Some(file));
         }
         if let (Some(created), Some(since)) = (file.created_at, since)
@@ -246,12 +243,9 @@ async fn cancel_duplicate(
 
 /// Appends an event to a job's story, in the job's current state.
 async fn event(ctx: &Ctx, job_id: &str, message: &str) -> anyhow::Result<()> {
-    let state = jobs::get(ctx.store.reader(), job_id)
-        .await?
-        .map_or(JobState::Running, |j| j.state);
-    let mut tx = ctx.store.begin().await?;
-    jobs::add_event(&mut tx, job_id, state, message, &ctx.now()).await?;
-    tx.commit().await?;
+    ctx.store
+        .note(&ctx.lease, job_id, message, &ctx.now())
+        .await?;
     Ok(())
 }
 
@@ -315,16 +309,6 @@ fn older_in_a_row(older: usize, created: Option<Timestamp>, since: Option<Timest
     }
 }
 
-/// The job, part and attempt an upload's name says it was made for.
-pub fn parse_upload_name(name: &str) -> Option<(String, i64, i64)> {
-    let (job, rest) = name.split_at_checked(JobId::PREFIX.len() + 26)?;
-    JobId::parse(job)?;
-    let mut fields = rest.strip_prefix("-p")?.splitn(3, '-');
-    let part = fields.next()?.parse().ok()?;
-    let attempt = fields.next()?.strip_prefix('a')?.parse().ok()?;
-    Some((job.to_owned(), part, attempt))
-}
-
 /// Lists the service once for the batches and uploads of the unverified jobs and adopts what
 /// the database does not record. A job still being validated waits for the next pass: its
 /// submissions do not exist yet.
@@ -354,37 +338,46 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
         .into_iter()
         .map(|(remote, job, part, attempt)| (remote, (job, part, attempt)))
         .collect();
-    let known = |b: &Batch| {
-        recorded.get(&b.id).is_some_and(|(job, part, attempt)| {
-            b.metadata_value(JOB_KEY) == Some(job.as_str())
-                && part_and_attempt(b) == Some((*part, *attempt))
-        })
+    let known = |claim: &Claim, id: &str| {
+        recorded
+            .get(id)
+            .is_some_and(|(job, part, attempt)| claim.names(job, *part, *attempt))
     };
-    let mut found: BTreeMap<String, Vec<Batch>> = BTreeMap::new();
+    let mut found: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
     let mut older = 0;
     let mut listed = std::pin::pin!(ctx.client.list_batches(100));
+    // A refused key or a missing route closes the gate, as for every other request.
+    let closing = |e: &ApiError| {
+        ctx.gate.note(e, ctx.clock.now(), ctx.schedule.auth_retry);
+    };
     while let Some(batch) = listed.next().await {
-        let batch = batch?;
+        let batch = batch.inspect_err(closing)?;
         older = older_in_a_row(older, batch.created_at, since);
-        if let Some(job) = batch.metadata_value(JOB_KEY).filter(|j| wanted.contains(j))
-            && !known(&batch)
+        if let Some(claim) = Claim::of(&batch)
+            && wanted.contains(claim.job_id)
+            && !known(&claim, &batch.id)
         {
-            found.entry(job.to_owned()).or_default().push(batch);
+            let (job, part, attempt) = (claim.job_id.to_owned(), claim.part, claim.attempt);
+            found.entry(job).or_default().push(Claimed {
+                part,
+                attempt,
+                batch,
+            });
         }
         if older >= OLDER_BEFORE_STOP {
             break;
         }
     }
-    let mut uploads: BTreeMap<(String, i64, i64), FileObject> = BTreeMap::new();
+    let mut uploads = Uploads::new();
     let mut older = 0;
     let mut listed = std::pin::pin!(ctx.client.list_files(Some("batch")));
     while let Some(file) = listed.next().await {
-        let file = file?;
+        let file = file.inspect_err(closing)?;
         older = older_in_a_row(older, file.created_at, since);
         if let Some(key) =
             parse_upload_name(&file.filename).filter(|k| wanted.contains(k.0.as_str()))
         {
-            uploads.entry(key).or_insert(file);
+            uploads.entry(key).or_default().push(file);
         }
         if older >= OLDER_BEFORE_STOP {
             break;
@@ -400,53 +393,89 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A listed batch that claims to be an unverified job's part and attempt.
+struct Claimed {
+    part: i64,
+    attempt: i64,
+    batch: Batch,
+}
+
+/// The service's files listed under batchwatch's upload names for the jobs in question, by the
+/// job, part and attempt their names give, newest first.
+type Uploads = BTreeMap<(String, i64, i64), Vec<FileObject>>;
+
+/// Whether `batch` is provably the batch of part `of_part.part`, attempt `attempt` of `job`:
+/// `row` is that submission when the database has it, `of_part` one of the same part (for its
+/// size). See the module docs.
+fn proven(
+    batch: &Batch,
+    job: &Job,
+    of_part: &Submission,
+    attempt: i64,
+    row: Option<&Submission>,
+    uploads: &Uploads,
+) -> bool {
+    if let Some(row) = row.filter(|r| r.input_file_id.is_some()) {
+        return is_for(batch, row);
+    }
+    let name = upload_name(&job.id, of_part.part, attempt, &job.file_name);
+    let listed = uploads
+        .get(&(job.id.clone(), of_part.part, attempt))
+        .is_some_and(|files| {
+            files
+                .iter()
+                .any(|f| f.id == batch.input_file_id && is_upload(f, &name, part_bytes(of_part)))
+        });
+    listed && job.sha256.is_some() && batch.metadata_value(SHA_KEY) == job.sha256.as_deref()
+}
+
 /// Adopts for one job the batches and uploads the service has and the database does not
-/// record.
+/// record, those provably the job's; the others claimed for it are logged and left alone.
 async fn adopt(
     ctx: &Ctx,
     job: &Job,
-    mut found: Vec<Batch>,
-    uploads: &BTreeMap<(String, i64, i64), FileObject>,
+    mut found: Vec<Claimed>,
+    uploads: &Uploads,
 ) -> anyhow::Result<()> {
     // Attempt by attempt, so a refused earlier attempt queues the next before it is met.
-    found.sort_by_key(part_and_attempt);
-    for batch in &found {
-        let Some((part, attempt)) = part_and_attempt(batch) else {
-            tracing::warn!(job = %job.id, batch = %batch.id, "a batch of this job without its part and attempt metadata; left alone");
+    found.sort_by_key(|c| (c.part, c.attempt));
+    for Claimed {
+        part,
+        attempt,
+        batch,
+    } in &found
+    {
+        let (part, attempt) = (*part, *attempt);
+        let rows = batches::for_job(ctx.store.reader(), &job.id).await?;
+        let recorded = rows.iter().find(|r| r.part == part && r.attempt == attempt);
+        let Some(of_part) = recorded.or_else(|| rows.iter().find(|r| r.part == part)) else {
+            let why = format!("the job has no part {part}");
+            leave_alone(ctx, job, batch, part, attempt, &why).await?;
             continue;
         };
-        let row = match batches::by_attempt(ctx.store.reader(), &job.id, part, attempt).await? {
-            Some(row) => row,
+        if !proven(batch, job, of_part, attempt, recorded, uploads) {
+            let why = format!(
+                "its input file {} is not one batchwatch uploaded for it",
+                batch.input_file_id
+            );
+            leave_alone(ctx, job, batch, part, attempt, &why).await?;
+            continue;
+        }
+        let row = match recorded {
+            Some(row) => row.clone(),
             None => {
-                let Some(base) = batches::for_job(ctx.store.reader(), &job.id)
-                    .await?
-                    .into_iter()
-                    .find(|r| r.part == part)
-                else {
-                    let message = format!(
-                        "batch {} is for part {part}, which this job does not have; it is not followed",
-                        batch.id
-                    );
-                    tracing::warn!(job = %job.id, "{message}");
-                    event(ctx, &job.id, &message).await?;
-                    continue;
+                let found = NewSubmission {
+                    job_id: &job.id,
+                    part,
+                    part_start: of_part.part_start,
+                    part_end: of_part.part_end,
+                    part_requests: of_part.part_requests,
+                    attempt,
+                    not_before: None,
                 };
-                let mut tx = ctx.store.begin().await?;
-                batches::insert(
-                    &mut tx,
-                    &NewSubmission {
-                        job_id: &job.id,
-                        part,
-                        part_start: base.part_start,
-                        part_end: base.part_end,
-                        part_requests: base.part_requests,
-                        attempt,
-                        not_before: None,
-                    },
-                    &ctx.now(),
-                )
-                .await?;
-                tx.commit().await?;
+                ctx.store
+                    .add_submission(&ctx.lease, &found, &ctx.now())
+                    .await?;
                 batches::by_attempt(ctx.store.reader(), &job.id, part, attempt)
                     .await?
                     .context("a submission just inserted vanished")?
@@ -479,26 +508,161 @@ async fn adopt(
             row.state,
             SubmissionState::Queued | SubmissionState::Uploading
         ) && row.input_file_id.is_none();
+        if !unrecorded {
+            continue;
+        }
+        let name = upload_name(&job.id, row.part, row.attempt, &job.file_name);
         let Some(file) = uploads
             .get(&(job.id.clone(), row.part, row.attempt))
-            .filter(|_| unrecorded)
+            .and_then(|files| files.iter().find(|f| is_upload(f, &name, part_bytes(&row))))
         else {
             continue;
         };
-        let whole = u64::try_from(row.part_end - row.part_start).ok();
-        if file.bytes.is_some() && file.bytes != whole {
-            continue;
-        }
         let now = ctx.now();
         let message = format!(
             "file {} (part {}, attempt {}) was uploaded but not recorded: creating its batch from it",
             file.id, row.part, row.attempt
         );
-        let mut tx = ctx.store.begin().await?;
-        transitions::adopt_upload(&mut tx, row.id, &file.id, &now).await?;
-        refresh_job(&mut tx, &job.id, None, &message, &now).await?;
-        tx.commit().await?;
+        ctx.store
+            .adopt_upload(&ctx.lease, &row, &file.id, &message, &now)
+            .await?;
         tracing::warn!(job = %job.id, "{message}");
     }
     Ok(())
+}
+
+/// Leaves alone a batch whose metadata claims part `part`, attempt `attempt` of `job` without
+/// proof (`why`), with a line in the log and in the job's events: it is not followed, and not
+/// cancelled, for it may well be someone else's.
+async fn leave_alone(
+    ctx: &Ctx,
+    job: &Job,
+    batch: &Batch,
+    part: i64,
+    attempt: i64,
+    why: &str,
+) -> anyhow::Result<()> {
+    let message = format!(
+        "batch {} claims to be part {part}, attempt {attempt} of this job in its metadata, but {why}: not the job's, left alone",
+        batch.id
+    );
+    tracing::warn!(job = %job.id, "{message}");
+    event(ctx, &job.id, &message).await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::api::tags::{ATTEMPT_KEY, JOB_KEY, PART_KEY};
+    use crate::store::fixtures::{self, submission};
+
+    const SHA: &str = "5f3c";
+
+    fn batch(input: &str, metadata: Value) -> Batch {
+        serde_json::from_value(json!({
+            "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
+            "input_file_id": input, "completion_window": "24h", "status": "in_progress",
+            "created_at": 1, "metadata": metadata,
+        }))
+        .unwrap()
+    }
+
+    /// The metadata batchwatch writes for `job_x`'s part 0, `attempt`.
+    fn claiming(attempt: &str) -> Value {
+        json!({JOB_KEY: "job_x", PART_KEY: "0", ATTEMPT_KEY: attempt, SHA_KEY: SHA})
+    }
+
+    fn file(id: &str, name: &str, bytes: Option<u64>) -> FileObject {
+        serde_json::from_value(json!({
+            "id": id, "object": "file", "bytes": bytes, "created_at": 1,
+            "filename": name, "purpose": "batch",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_a_recorded_submissions_only_when_it_runs_the_recorded_upload() {
+        let row = Submission {
+            input_file_id: Some("file_ours".into()),
+            ..submission(0, 1)
+        };
+        assert!(is_for(&batch("file_ours", claiming("1")), &row));
+        assert!(
+            is_for(&batch("file_ours", Value::Null), &row),
+            "a service that drops metadata"
+        );
+        assert!(
+            !is_for(&batch("file_evil", claiming("1")), &row),
+            "the claim alone"
+        );
+        assert!(
+            !is_for(&batch("file_ours", claiming("2")), &row),
+            "a claim of another attempt"
+        );
+        assert!(
+            !is_for(&batch("file_ours", claiming("1")), &submission(0, 1)),
+            "no upload recorded"
+        );
+    }
+
+    #[test]
+    fn without_a_recorded_upload_the_input_files_name_size_and_the_jobs_digest_prove_a_batch() {
+        let job = Job {
+            sha256: Some(SHA.into()),
+            ..fixtures::job()
+        };
+        let of_part = submission(0, 1);
+        let name = upload_name("job_x", 0, 2, "f.jsonl");
+        let listing = |f: FileObject| Uploads::from([(("job_x".to_owned(), 0, 2), vec![f])]);
+        let ours = listing(file("file_ours", &name, Some(1)));
+        let proves = |b: &Batch, job: &Job, row: Option<&Submission>, uploads: &Uploads| {
+            proven(b, job, &of_part, 2, row, uploads)
+        };
+        let claimed = batch("file_ours", claiming("2"));
+        assert!(proves(&claimed, &job, None, &ours));
+        assert!(
+            !proves(&batch("file_evil", claiming("2")), &job, None, &ours),
+            "a batch of another file"
+        );
+        let mut digest = claiming("2");
+        digest[SHA_KEY] = json!("0000");
+        assert!(
+            !proves(&batch("file_ours", digest), &job, None, &ours),
+            "another digest"
+        );
+        digest = claiming("2");
+        digest.as_object_mut().unwrap().remove(SHA_KEY);
+        assert!(
+            !proves(&batch("file_ours", digest), &job, None, &ours),
+            "no digest"
+        );
+        assert!(
+            !proves(&claimed, &fixtures::job(), None, &ours),
+            "the job's digest unknown"
+        );
+        for (name, bytes) in [
+            (name.as_str(), Some(2)),
+            (name.as_str(), None),
+            (&*upload_name("job_x", 0, 2, "g.jsonl"), Some(1)),
+        ] {
+            let other = listing(file("file_ours", name, bytes));
+            assert!(!proves(&claimed, &job, None, &other), "{name} {bytes:?}");
+        }
+        let recorded = Submission {
+            input_file_id: Some("file_recorded".into()),
+            ..submission(0, 2)
+        };
+        assert!(
+            !proves(&claimed, &job, Some(&recorded), &ours),
+            "a recorded upload is the only proof"
+        );
+        assert!(proves(
+            &batch("file_recorded", claiming("2")),
+            &job,
+            Some(&recorded),
+            &Uploads::new()
+        ));
+    }
 }

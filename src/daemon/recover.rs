@@ -2,6 +2,7 @@
 //!
 //! At start: uploads and creates that were under way are marked as of unknown outcome (the
 //! next step reconciles them first), temporary files of downloads a stop cut short are removed,
+//! recorded resubmissions a crash left under their temporary names are moved into incoming/,
 //! and processing/ is swept. The sweep runs again after a failure and every few minutes, in
 //! the main loop after a scan (so it never races a claim), skipping the jobs a task is working
 //! on: it adopts a file claimed without a row (a crash between the claim's rename and its row)
@@ -17,15 +18,13 @@ use super::ctx::Ctx;
 use super::{finish, intake};
 use crate::queue::JobDir;
 use crate::queue::scan::Kind;
-use crate::store::{batches, jobs};
+use crate::store::jobs;
 
 /// Picks up what the previous run left: marks uploads and creates that were under way as of
-/// unknown outcome, then sweeps processing/.
+/// unknown outcome, moves recorded resubmissions into place, then sweeps processing/.
 pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
     let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    let unknown = batches::mark_in_flight_unknown(&mut tx, &now).await?;
-    tx.commit().await?;
+    let unknown = ctx.store.mark_in_flight_unknown(&ctx.lease, &now).await?;
     if unknown > 0 {
         tracing::info!(
             submissions = unknown,
@@ -42,15 +41,17 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
         }
     }
+    crate::housekeeping::resubmit::publish_pending(&ctx.store, &ctx.queue).await?;
     sweep(ctx, |_| false).await.map(|_| ())
 }
 
 /// Goes through processing/: adopts files claimed without a row, moves the files of finished
 /// jobs on, and repairs moves a crash interrupted, leaving alone the jobs `busy` names (a task
 /// of theirs is running). A file it cannot handle is logged and left for the next sweep.
-/// Returns whether every file was handled (otherwise the next sweep should come soon).
-pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<bool> {
-    let mut all = true;
+/// Returns why a file was left (the first, when several were), or `None` when every file was
+/// handled (otherwise the next sweep should come soon).
+pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<Option<String>> {
+    let mut left = None;
     // One read for all: a job the database holds unfinished needs no row read of its own
     // (with 10,000 jobs in flight, one query each cost about a second).
     let unfinished_jobs: HashSet<String> = jobs::unfinished(ctx.store.reader())
@@ -63,11 +64,14 @@ pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<boo
         }
         let unfinished = unfinished_jobs.contains(job_dir.job.as_str());
         if let Err(e) = sweep_one(ctx, &job_dir, unfinished).await {
-            all = false;
-            tracing::warn!(job = %job_dir.job, error = format!("{e:#}"), "cannot move this job's file on yet; trying again at the next scan");
+            let error = format!("{e:#}");
+            tracing::warn!(job = %job_dir.job, error, "cannot move this job's file on yet; trying again at the next scan");
+            left.get_or_insert_with(|| {
+                format!("cannot move the file of job {} on: {error}", job_dir.job)
+            });
         }
     }
-    Ok(all)
+    Ok(left)
 }
 
 /// `unfinished`: the database held the job unfinished when the sweep began.

@@ -7,7 +7,8 @@
 //!               restart-only keys changed? one warning naming them; they keep their values
 //!                           │
 //!                           ▼
-//!               applied: settings, timers, API client (key, limits, timeouts), log level
+//!               applied: settings, timers, API client (key, limits, timeouts), log level;
+//!               logged: the keys that changed, and "the API key" when the key read differs
 //!                           │
 //!                        READY=1
 //! ```
@@ -27,8 +28,6 @@ use std::sync::Arc;
 use crate::api::{ApiKey, Client};
 use crate::clock;
 use crate::config::{ConfigError, Settings};
-use crate::queue::scan::Scanner;
-use crate::store::batches;
 use crate::telemetry::Logging;
 
 use super::Daemon;
@@ -36,18 +35,23 @@ use super::ctx::Ctx;
 use super::schedule::Schedule;
 
 /// Keys that only a restart changes: the queue tree and the database are locked and open,
-/// the endpoint listens, the log format is installed.
-pub const RESTART_ONLY: [&str; 6] = [
+/// the endpoint listens and its models are chosen, the log format is installed.
+pub const RESTART_ONLY: [&str; 7] = [
     "queue.dir",
     "queue.watch",
     "database.path",
     "database.busy_timeout",
     "metrics.listen",
+    "metrics.max_models",
     "log.format",
 ];
 
-/// What a reload will do: the settings to run on, the keys that change, and the restart-only
-/// keys that changed in the file but keep their values.
+/// What `changed` names when the API key read from its source is not the key in use: the key
+/// itself, which no setting holds (a key file rotated in place, say), never its value.
+pub const KEY_CHANGE: &str = "the API key";
+
+/// What a reload will do: the settings to run on, the keys that change (and [`KEY_CHANGE`]),
+/// and the restart-only keys that changed in the file but keep their values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub settings: Settings,
@@ -148,16 +152,21 @@ impl Daemon {
     /// Applies `settings`: everything is built before anything is replaced, so a failure
     /// leaves the daemon as it was.
     pub fn apply(&mut self, settings: Settings, log: &Logging) -> Result<Plan, ConfigError> {
-        let plan = plan(&self.ctx.settings, settings);
+        let mut plan = plan(&self.ctx.settings, settings);
         let s = &plan.settings;
         let key = ApiKey::load(&s.api.key_source())?;
+        let key_changed = !self.ctx.client.uses_key(&key);
         let client = Client::observed(&s.api, &s.limits, key, self.ctx.metrics.clone())?;
         if let Err(e) = log.set_level(&s.log.level) {
             return Err(ConfigError::key("log.level", e));
         }
         let schedule = Schedule::new(s);
-        if schedule.settle != self.ctx.schedule.settle {
-            self.scanner = Scanner::new(schedule.settle);
+        self.scanner.set_settle(schedule.settle);
+        if key_changed {
+            plan.changed.push(KEY_CHANGE.to_owned());
+        }
+        if let Some(endpoint) = &self.endpoint {
+            endpoint.reserve_for(&s.limits);
         }
         self.ctx = Ctx {
             settings: Arc::new(plan.settings.clone()),
@@ -174,13 +183,7 @@ impl Daemon {
         let now = self.ctx.clock.now();
         if plan.changed.iter().any(|k| k == "poll.max_interval") {
             let latest = clock::format(clock::add(now, self.ctx.settings.poll.max_interval.get()));
-            let moved = async {
-                let mut tx = self.ctx.store.begin().await?;
-                let n = batches::poll_by(&mut tx, &latest).await?;
-                tx.commit().await?;
-                anyhow::Ok(n)
-            }
-            .await;
+            let moved = self.ctx.store.poll_by(&self.ctx.lease, &latest).await;
             if let Err(e) = moved {
                 tracing::warn!(
                     error = format!("{e:#}"),
@@ -209,11 +212,14 @@ mod tests {
         let old = settings("[poll]\nmax_interval = \"60s\"\n");
         let new = settings(
             "[poll]\nmax_interval = \"10s\"\n[queue]\ndir = \"/elsewhere\"\n\
-             [metrics]\nlisten = \"\"\n[retention]\ndone = \"7d\"\n",
+             [metrics]\nlisten = \"\"\nmax_models = 3\n[retention]\ndone = \"7d\"\n",
         );
         let plan = plan(&old, new);
         assert_eq!(plan.changed, ["poll.max_interval", "retention.done"]);
-        assert_eq!(plan.kept, ["metrics.listen", "queue.dir"]);
+        assert_eq!(
+            plan.kept,
+            ["metrics.listen", "metrics.max_models", "queue.dir"]
+        );
         assert_eq!(plan.settings.queue.dir, old.queue.dir);
         assert_eq!(plan.settings.metrics, old.metrics);
         assert_eq!(plan.settings.poll.max_interval.get().as_secs(), 10);

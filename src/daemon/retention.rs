@@ -17,13 +17,16 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     if !settings.any() {
         return Ok(());
     }
-    let pruned = prune(&ctx.store, &ctx.queue, settings, ctx.clock.now(), false).await?;
-    for (kind, n) in [
-        ("done_files", pruned.done_files),
-        ("failed_files", pruned.failed_files),
-        ("results_dirs", pruned.results_dirs),
-        ("jobs", pruned.jobs),
-    ] {
+    let pruned = prune(
+        &ctx.store,
+        &ctx.lease,
+        &ctx.queue,
+        settings,
+        ctx.clock.now(),
+        false,
+    )
+    .await?;
+    for (kind, n) in pruned.by_kind() {
         ctx.metrics.pruned(kind, n);
     }
     tracing::info!(

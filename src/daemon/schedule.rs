@@ -20,7 +20,8 @@ pub const MIN_SLEEP: Duration = Duration::from_millis(5);
 
 /// How often processing/ is gone through for files a failure left behind (a claim whose row
 /// was not written, a finished job's file not moved on) when nothing failed meanwhile: after a
-/// failure it is gone through at the next scan. Each pass reads every unfinished job's row, so
+/// failure it is gone through at the next scan, and after a sweep that left a file, after the
+/// failed-task back-off. Each pass reads every unfinished job's row, so
 /// it is not done at every scan.
 pub const PROCESSING_SWEEP: Duration = Duration::from_secs(300);
 
@@ -75,6 +76,16 @@ impl Schedule {
             .saturating_mul(1 << failures.saturating_sub(1).min(16))
             .min(self.failed_task_max)
     }
+
+    /// When processing/ is gone through again after a sweep, `left` sweeps in a row having
+    /// left a file where it was: [`PROCESSING_SWEEP`] after one that handled every file, else
+    /// the failed-task back-off.
+    pub fn processing_sweep_after(&self, left: u32) -> Duration {
+        match left {
+            0 => PROCESSING_SWEEP,
+            n => self.task_retry(n),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -87,6 +98,18 @@ mod tests {
         s.failed_task_initial = Duration::from_secs(5);
         s.failed_task_max = Duration::from_secs(60);
         let waits: Vec<u64> = (1..=6).map(|n| s.task_retry(n).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+    }
+
+    #[test]
+    fn a_sweep_of_processing_that_left_a_file_backs_off_like_a_failed_task() {
+        let mut s = Schedule::new(&Settings::load_from(None, []).unwrap());
+        s.failed_task_initial = Duration::from_secs(5);
+        s.failed_task_max = Duration::from_secs(60);
+        assert_eq!(s.processing_sweep_after(0), PROCESSING_SWEEP);
+        let waits: Vec<u64> = (1..=6)
+            .map(|n| s.processing_sweep_after(n).as_secs())
+            .collect();
         assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
     }
 }

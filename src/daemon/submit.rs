@@ -13,16 +13,16 @@ use anyhow::Context;
 
 use super::ctx::{Ctx, Next, defer};
 use super::observe::{hold_for_token_limit, observe};
-use super::progress::refresh_job;
-use super::reconcile::{self, ATTEMPT_KEY, JOB_KEY, PART_KEY, SHA_KEY};
+use super::reconcile;
 use super::{cancel, intake};
+use crate::api::tags::{self, upload_name};
 use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
 use crate::clock;
 use crate::failpoint;
-use crate::model::{JobState, SubmissionState};
+use crate::model::SubmissionState;
 use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job};
-use crate::store::transitions;
+use crate::store::ops::submit::CreateIntent;
 
 /// Submissions whose next upload, create or reconcile step is due, except while submissions
 /// are held (exhausted quota) or their model is (the enqueued-token limit), and those of jobs
@@ -54,10 +54,7 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let mut fresh = false;
     if row.state == SubmissionState::Queued {
         let now = ctx.now();
-        let mut tx = ctx.store.begin().await?;
-        transitions::arm_upload(&mut tx, row.id, &now).await?;
-        refresh_job(&mut tx, &row.job_id, None, "uploading", &now).await?;
-        tx.commit().await?;
+        ctx.store.start_upload(&ctx.lease, &row, &now).await?;
         failpoint::hit("submit:after-upload-intent");
         row.state = SubmissionState::Uploading;
         fresh = true;
@@ -67,18 +64,14 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
             return Ok(());
         };
         let now = ctx.now();
-        let mut tx = ctx.store.begin().await?;
-        transitions::arm_create(&mut tx, row.id, &file_id, &now).await?;
         // The deadline may have passed during the upload: then no batch is created at all.
-        let cancelled = jobs::get(&mut *tx, &row.job_id)
-            .await?
-            .is_some_and(|j| j.cancel_requested_at.is_some());
-        if cancelled {
-            cancel::abandon_unsent(&mut tx, row.id, &row.job_id, &now).await?;
-            tx.commit().await?;
+        let intent = ctx
+            .store
+            .start_create(&ctx.lease, &row, &file_id, cancel::UNSENT, &now)
+            .await?;
+        if intent == CreateIntent::Cancelled {
             return Ok(());
         }
-        tx.commit().await?;
         failpoint::hit("submit:after-create-intent");
         row = batches::get(ctx.store.reader(), row_id)
             .await?
@@ -99,7 +92,7 @@ async fn upload(
     job: &Job,
     fresh: bool,
 ) -> anyhow::Result<Option<String>> {
-    let name = reconcile::upload_name(row, &job.file_name);
+    let name = upload_name(&row.job_id, row.part, row.attempt, &job.file_name);
     if !fresh && row.outcome_unknown_at.is_some() {
         match reconcile::find_upload(ctx, row, &name).await {
             Ok(Some(file)) => {
@@ -164,10 +157,9 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
             }
             Ok(None) => {
                 tracing::info!(job = %row.job_id, "an interrupted create made no batch; creating it now");
-                let now = ctx.now();
-                let mut tx = ctx.store.begin().await?;
-                transitions::note_resent(&mut tx, row.id, &now).await?;
-                tx.commit().await?;
+                ctx.store
+                    .note_resent(&ctx.lease, row.id, &ctx.now())
+                    .await?;
             }
             Err(e) => {
                 defer(ctx, row.id, &e, Next::Step).await?;
@@ -181,16 +173,15 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         .as_deref()
         .and_then(|m| ctx.gate.model_held_until(m, now));
     if let Some(until) = held.or(ctx.gate.submissions_held_until(now)) {
-        let mut tx = ctx.store.begin().await?;
-        transitions::postpone(
-            &mut tx,
-            row.id,
-            &clock::format(until),
-            None,
-            &clock::format(now),
-        )
-        .await?;
-        tx.commit().await?;
+        ctx.store
+            .postpone(
+                &ctx.lease,
+                row.id,
+                &clock::format(until),
+                None,
+                &clock::format(now),
+            )
+            .await?;
         return Ok(());
     }
     let request = create_request(row, job)?;
@@ -207,12 +198,13 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
 fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequest> {
     let mut metadata: BTreeMap<String, String> =
         serde_json::from_str(&job.metadata).context("a job's metadata is not a JSON object")?;
-    metadata.insert(JOB_KEY.into(), row.job_id.clone());
-    metadata.insert(PART_KEY.into(), row.part.to_string());
-    metadata.insert(ATTEMPT_KEY.into(), row.attempt.to_string());
-    if let Some(sha) = &job.sha256 {
-        metadata.insert(SHA_KEY.into(), sha.clone());
-    }
+    tags::tag(
+        &mut metadata,
+        &row.job_id,
+        row.part,
+        row.attempt,
+        job.sha256.as_deref(),
+    );
     Ok(CreateBatchRequest {
         input_file_id: row
             .input_file_id
@@ -234,17 +226,10 @@ fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequ
 /// Gives a submission up: it will not become a batch, and its job fails with `message`.
 async fn abandon(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<()> {
     let now = ctx.now();
-    let mut tx = ctx.store.begin().await?;
-    transitions::abandon(&mut tx, row.id, message, &now).await?;
-    refresh_job(
-        &mut tx,
-        &row.job_id,
-        None,
-        &format!("given up: {message}"),
-        &now,
-    )
-    .await?;
-    tx.commit().await?;
+    let event = format!("given up: {message}");
+    ctx.store
+        .abandon(&ctx.lease, row, message, &event, &now)
+        .await?;
     tracing::error!(job = %row.job_id, reason = message, "a submission was given up");
     Ok(())
 }
@@ -259,44 +244,40 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
         // for it, so the listing waits that long too.
         tracing::warn!(job = %row.job_id, error = %err, "outcome unknown; reconciling before anything is sent again");
         let later = clock::format(clock::add(now_ts, ctx.settings.api.request_timeout.get()));
-        let mut tx = ctx.store.begin().await?;
-        transitions::await_reconcile(&mut tx, row.id, &err.to_string(), &later, &now).await?;
-        jobs::add_event(
-            &mut tx,
-            &row.job_id,
-            JobState::Submitting,
-            &format!("{err}; reconciling"),
-            &now,
-        )
-        .await?;
-        tx.commit().await?;
+        let event = format!("{err}; reconciling");
+        ctx.store
+            .await_reconcile(&ctx.lease, row, &err.to_string(), &later, &event, &now)
+            .await?;
         return Ok(());
     }
     // Every other failure shows the request was not carried out.
-    let mut tx = ctx.store.begin().await?;
-    transitions::not_sent(&mut tx, row.id, &now).await?;
-    tx.commit().await?;
+    ctx.store.not_sent(&ctx.lease, row.id, &now).await?;
     if err.is_token_limit() {
         let model = jobs::get(ctx.store.reader(), &row.job_id)
             .await?
             .and_then(|j| j.model)
             .unwrap_or_default();
         let (until, delay) = hold_for_token_limit(ctx, row.attempt, &model, now_ts);
-        let mut tx = ctx.store.begin().await?;
-        transitions::postpone(
-            &mut tx,
-            row.id,
-            &clock::format(until),
-            Some(&err.to_string()),
-            &now,
-        )
-        .await?;
-        tx.commit().await?;
+        ctx.store
+            .postpone(
+                &ctx.lease,
+                row.id,
+                &clock::format(until),
+                Some(&err.to_string()),
+                &now,
+            )
+            .await?;
         tracing::warn!(job = %row.job_id, delay = %clock::humanize(delay), "create refused for the enqueued-token limit; trying again later");
         return Ok(());
     }
+    if err.is_host_fault() {
+        // The host's fault, not the file's: the submission waits for it, like a download.
+        tracing::error!(job = %row.job_id, error = %err, "the file cannot be read for its upload; waiting for the host");
+        defer(ctx, row.id, &err, Next::Step).await?;
+        return Err(err.into());
+    }
     match &err {
-        ApiError::BadRequest { .. } | ApiError::NotFound { .. } | ApiError::LocalIo { .. } => {
+        ApiError::BadRequest { .. } | ApiError::LocalIo { .. } => {
             abandon(ctx, row, &format!("refused: {err}")).await
         }
         _ => {

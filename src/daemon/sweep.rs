@@ -32,18 +32,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use anyhow::Context;
 use futures_util::StreamExt;
 
 use super::ctx::Ctx;
-use super::observe::{self, Spread, next_poll_at, unchanged};
+use super::observe::{Spread, next_poll_at, observation, plan, seen, sighting, unchanged};
 use super::poll;
 use crate::api::{ApiError, Batch};
 use crate::clock::{self, Timestamp};
 use crate::config::PollMode;
-use crate::model::SubmissionState;
-use crate::store::batches::{self, PollLoad, Tracked};
-use crate::store::{StoreError, transitions};
+use crate::model::BatchStatus;
+use crate::store::batches::{self, Observation, PollLoad, Submission, Tracked};
+use crate::store::jobs::Job;
+use crate::store::ops::track::Sighting;
 
 /// Batches per list page: the most the API gives.
 pub const PAGE: u32 = 100;
@@ -138,7 +138,10 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
             break;
         }
         if next.is_none() || next == after {
-            tracing::warn!(after = ?after, "the batch list claims more pages but its cursor did not advance; retrieving the rest");
+            tracing::warn!(
+                after = after.as_deref().unwrap_or("(first page)"),
+                "the batch list claims more pages but its cursor did not advance; retrieving the rest"
+            );
             break;
         }
         if unseen.all_newer_than(page.data.iter().map(|b| b.created_at).max().flatten()) {
@@ -193,35 +196,28 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
                 now,
                 Spread::Exact,
             );
-            quiet.push(serde_json::json!([t.id, clock::format(at)]));
+            quiet.push((t.id, clock::format(at)));
         } else {
             changed.push((t.id, *batch));
         }
     }
-    let mut tx = ctx.store.begin().await?;
-    if !quiet.is_empty() {
-        let polls = serde_json::Value::Array(quiet).to_string();
-        transitions::seen_unchanged(&mut tx, &polls, &clock::format(now)).await?;
-    }
-    let mut reports = Vec::new();
-    for (id, batch) in changed {
-        let row = batches::get(&mut *tx, id)
-            .await?
-            .context("a tracked submission vanished")?;
-        // Moved on, or looked at more recently by another step: this page is not news.
-        let newer = row
-            .last_polled_at
-            .as_deref()
-            .and_then(clock::parse)
-            .is_some_and(|t| t > now);
-        if row.state != SubmissionState::Active || newer {
-            continue;
-        }
-        reports.push(observe::record(ctx, &mut tx, &row, batch, now).await?);
-    }
-    tx.commit().await?;
-    for seen in reports {
-        seen.report(ctx);
+    let observations: Vec<Observation> = changed.iter().map(|(_, b)| observation(b)).collect();
+    let sightings: Vec<Sighting> = changed
+        .iter()
+        .zip(&observations)
+        .map(|((id, batch), o)| sighting(*id, batch, o))
+        .collect();
+    let batch_of: HashMap<i64, &Batch> = changed.iter().copied().collect();
+    let decide = |job: &Job, row: &Submission, status: &BatchStatus| {
+        plan(ctx, batch_of[&row.id], job, row, status, now)
+    };
+    let observed = ctx
+        .store
+        .observe_page(&ctx.lease, &quiet, &sightings, decide, now)
+        .await?;
+    for o in observed {
+        let batch = batch_of[&o.id];
+        seen(ctx, batch, o, now).report(ctx);
     }
     Ok(())
 }
@@ -332,15 +328,10 @@ async fn postpone(
     let now = ctx.clock.now();
     let at = clock::format(clock::add(now, wait));
     let (now, error) = (clock::format(now), err.to_string());
-    let mut tx = ctx.store.begin().await?;
-    for id in ids {
-        match transitions::defer_poll(&mut tx, *id, &at, &error, &now).await {
-            // Moved on since the sweep began: nothing to put off.
-            Ok(()) | Err(StoreError::Illegal { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    tx.commit().await?;
+    // Those that moved on since the sweep began are left.
+    ctx.store
+        .defer_polls(&ctx.lease, ids, &at, &error, &now)
+        .await?;
     Ok(())
 }
 

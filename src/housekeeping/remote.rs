@@ -7,11 +7,16 @@
 //!
 //! What `gc-remote` may delete ([`survey`]) is decided file by file, and anything it cannot
 //! tie to batchwatch is kept:
-//! * a file is batchwatch's when its name is one batchwatch uploads under
-//!   (`JOBID-pN-aM-NAME.jsonl`), when it is the input, output or error file of a batch whose
-//!   metadata has `batchwatch_job_id`, or when the database records it for a job;
-//! * it is kept while its job is unfinished in the database, while its batch has not ended on
-//!   the service, and while it is younger than the threshold; a file of a job the database does
+//! * a file is batchwatch's when the database records it for a job, when its name is one
+//!   batchwatch uploads under (`JOBID-pN-aM-NAME.jsonl`), or when it is the output or error
+//!   file of a batch whose input file is batchwatch's by one of those two. A batch's metadata
+//!   is not enough: any key of the organisation can write `batchwatch_job_id` on a batch of
+//!   its own, and its files are not batchwatch's to delete;
+//! * an output or error file the database records for a job that never downloaded it (its
+//!   results were given up on) is kept: it is the only copy, left to its expiry;
+//! * it is kept while its job is unfinished in the database, while any batch that uses it
+//!   (another tool's, or a manual re-run on the same input) has not ended on the service, and
+//!   while it is younger than the threshold; a file of a job the database does
 //!   not know (a restored backup, another batchwatch on the same account) is deleted once the
 //!   other rules allow it.
 
@@ -21,12 +26,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
+use crate::api::tags::parse_upload_name;
 use crate::api::{ApiError, Batch, Client, FileObject};
 use crate::clock::{self, Timestamp};
-use crate::daemon::reconcile::{JOB_KEY, parse_upload_name};
 use crate::failpoint;
 use crate::store::deletions::{self, Deletion, Done};
-use crate::store::{Store, jobs};
+use crate::store::ops::housekeeping::Deleted;
+use crate::store::{Lease, Store};
 
 /// The longest a failed deletion waits before it is tried again.
 pub const RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
@@ -57,6 +63,7 @@ pub fn retry_delay(base: Duration, failures: i64) -> Duration {
 pub async fn delete(
     client: &Client,
     store: &Store,
+    lease: &Lease,
     row: &Deletion,
     now: impl Fn() -> Timestamp,
     retry_base: Duration,
@@ -88,32 +95,20 @@ pub async fn delete(
         }
         Err(error) => failed(row, error, at, retry_base),
     };
-    let mut tx = store.begin().await?;
-    let recorded = match &outcome {
-        Outcome::Done(done) => deletions::finish(&mut tx, row.id, *done, &stamp).await?,
-        Outcome::Failed { error, retry_at } => {
-            let failures = deletions::failed(
-                &mut tx,
-                row.id,
-                &error.to_string(),
-                &clock::format(*retry_at),
-                &stamp,
-            )
-            .await?;
-            failures > 0
-        }
-        Outcome::Settled => false,
+    let deleted = match &outcome {
+        Outcome::Done(done) => Deleted::Done(*done),
+        Outcome::Failed { error, retry_at } => Deleted::Failed {
+            error: error.to_string(),
+            retry_at: clock::format(*retry_at),
+        },
+        Outcome::Settled => return Ok(Outcome::Settled),
     };
+    let recorded = store
+        .record_deletion(lease, row, &deleted, message.as_deref(), &stamp)
+        .await?;
     if !recorded {
-        tx.rollback().await?;
         return Ok(Outcome::Settled);
     }
-    if let (Some(job_id), Some(message)) = (&row.job_id, message)
-        && let Some(job) = jobs::get(&mut *tx, job_id).await?
-    {
-        jobs::add_event(&mut tx, job_id, job.state, &message, &stamp).await?;
-    }
-    tx.commit().await?;
     match &outcome {
         Outcome::Done(done) => {
             tracing::info!(job = row.job_id.as_deref().unwrap_or("-"), file = %file, kind = %kind, outcome = done.as_str(), "remote file deleted")
@@ -165,33 +160,38 @@ pub struct Found {
     pub why: String,
 }
 
-/// The batches on the service, by the files they use.
+/// The batches on the service, by the files they use. One file can be the input of several
+/// batches (another tool's, or a manual re-run on the same upload): each is kept.
 struct BatchIndex {
-    by_file: HashMap<String, (usize, &'static str)>,
+    by_file: HashMap<String, Vec<(usize, &'static str)>>,
     batches: Vec<Batch>,
 }
 
 impl BatchIndex {
     fn new(batches: Vec<Batch>) -> BatchIndex {
-        let mut by_file = HashMap::new();
+        let mut by_file: HashMap<String, Vec<(usize, &'static str)>> = HashMap::new();
         for (i, b) in batches.iter().enumerate() {
-            if !b.input_file_id.is_empty() {
-                by_file.insert(b.input_file_id.clone(), (i, "input"));
-            }
-            if let Some(id) = &b.output_file_id {
-                by_file.insert(id.clone(), (i, "output"));
-            }
-            if let Some(id) = &b.error_file_id {
-                by_file.insert(id.clone(), (i, "errors"));
+            let files = [
+                Some(&b.input_file_id).filter(|id| !id.is_empty()),
+                b.output_file_id.as_ref(),
+                b.error_file_id.as_ref(),
+            ];
+            for (id, kind) in files.into_iter().zip(["input", "output", "errors"]) {
+                if let Some(id) = id {
+                    by_file.entry(id.clone()).or_default().push((i, kind));
+                }
             }
         }
         BatchIndex { by_file, batches }
     }
 
-    fn of(&self, file_id: &str) -> Option<(&Batch, &'static str)> {
-        self.by_file
-            .get(file_id)
-            .map(|(i, kind)| (&self.batches[*i], *kind))
+    /// Every batch that uses `file_id`, with what the file is to it.
+    fn uses(&self, file_id: &str) -> Vec<(&Batch, &'static str)> {
+        self.by_file.get(file_id).map_or_else(Vec::new, |uses| {
+            uses.iter()
+                .map(|(i, kind)| (&self.batches[*i], *kind))
+                .collect()
+        })
     }
 }
 
@@ -221,37 +221,67 @@ pub async fn survey(
         .await?
         .into_iter()
         .collect();
-    let mut found = Vec::new();
+    let mut files = Vec::new();
     for purpose in PURPOSES {
         let mut listed = std::pin::pin!(client.list_files(Some(purpose)));
         while let Some(file) = listed.next().await {
-            let file = file?;
-            found.push(decide(&file, &index, &known, &job_states, older_than, now));
+            files.push(file?);
         }
     }
-    Ok(found)
+    let owners = Owners::new(&files, &known);
+    Ok(files
+        .iter()
+        .map(|file| decide(file, &index, &owners, &known, &job_states, older_than, now))
+        .collect())
+}
+
+/// Which job each file batchwatch uploaded belongs to: the one the database records it for,
+/// else the one its upload name gives. What a batch's output and error files are tied to.
+struct Owners<'a> {
+    known: &'a HashMap<String, deletions::KnownFile>,
+    uploaded: HashMap<&'a str, String>,
+}
+
+impl<'a> Owners<'a> {
+    fn new(files: &'a [FileObject], known: &'a HashMap<String, deletions::KnownFile>) -> Self {
+        let uploaded = files
+            .iter()
+            .filter_map(|f| Some((f.id.as_str(), parse_upload_name(&f.filename)?.0)))
+            .collect();
+        Owners { known, uploaded }
+    }
+
+    /// The job whose input `file_id` is, when it is batchwatch's.
+    fn of_input(&self, file_id: &str) -> Option<String> {
+        match self.known.get(file_id) {
+            Some(k) if k.kind == "input" => Some(k.job_id.clone()),
+            Some(_) => None,
+            None => self.uploaded.get(file_id).cloned(),
+        }
+    }
 }
 
 /// The decision about one file; see the module docs.
 fn decide(
     file: &FileObject,
     index: &BatchIndex,
+    owners: &Owners,
     known: &HashMap<String, deletions::KnownFile>,
     job_states: &HashMap<String, bool>,
     older_than: Duration,
     now: Timestamp,
 ) -> Found {
-    let batch = index.of(&file.id);
+    let uses = index.uses(&file.id);
     let recorded = known.get(&file.id);
     let by_name = parse_upload_name(&file.filename).map(|(job, _, _)| job);
-    let by_metadata = batch.and_then(|(b, _)| b.metadata_value(JOB_KEY).map(str::to_owned));
-    let job_id = recorded
-        .map(|k| k.job_id.clone())
-        .or(by_metadata)
-        .or(by_name);
+    let by_input = uses
+        .iter()
+        .filter(|(_, kind)| *kind != "input")
+        .find_map(|(b, _)| owners.of_input(&b.input_file_id));
+    let job_id = recorded.map(|k| k.job_id.clone()).or(by_name).or(by_input);
     let kind = recorded
         .map(|k| k.kind)
-        .or(batch.map(|(_, kind)| kind))
+        .or(uses.first().map(|(_, kind)| *kind))
         .or(job_id.as_ref().map(|_| "input"));
     let mut out = Found {
         file_id: file.id.clone(),
@@ -265,13 +295,19 @@ fn decide(
         why: String::new(),
     };
     let Some(job_id) = job_id else {
-        out.why = "not batchwatch's: neither its name nor its batch's metadata names a job".into();
+        out.why =
+            "not batchwatch's: the database does not record it, and neither its name nor its batch's input file is batchwatch's".into();
         return out;
     };
-    if let Some((b, _)) = batch
-        && !b.status.is_terminal()
-    {
-        out.why = format!("its batch {} is still {}", b.id, b.status);
+    if let Some(k) = recorded.filter(|k| k.kind != "input" && !k.downloaded) {
+        out.why = format!(
+            "job {} never downloaded this {} file: it is the only copy, left to its expiry",
+            k.job_id, k.kind
+        );
+        return out;
+    }
+    if let Some((b, _)) = uses.iter().find(|(b, _)| !b.status.is_terminal()) {
+        out.why = format!("batch {} that uses it is still {}", b.id, b.status);
         return out;
     }
     match job_states.get(&job_id) {
@@ -282,24 +318,50 @@ fn decide(
         Some(true) => out.why = format!("job {job_id} is finished"),
         None => out.why = format!("job {job_id} is not in this database"),
     }
-    let old_enough = file
-        .created_at
-        .is_some_and(|created| clock::add(created, older_than) <= now);
-    if !old_enough {
-        out.why = format!(
-            "{}, but the file is younger than {}",
-            out.why,
-            clock::humanize(older_than)
-        );
+    if let Some(too_young) = too_young(file.created_at, older_than, now) {
+        out.why = format!("{}, but {too_young}", out.why);
         return out;
     }
     out.delete = true;
     out
 }
 
+/// Why a file created at `created` is not yet older than `older_than` at `now`, when it is
+/// not. A creation time after `now` is the service's clock running ahead of this host's: said
+/// as such, with by how much, since "younger than 0s" would make no sense.
+fn too_young(created: Option<Timestamp>, older_than: Duration, now: Timestamp) -> Option<String> {
+    let Some(created) = created else {
+        return Some("the service gives no creation time for the file".to_owned());
+    };
+    if created > now {
+        return Some(format!(
+            "the file's creation time is {} in the future ({}): the service's clock runs ahead of this host's",
+            exact(clock::between(now, created)),
+            clock::format(created)
+        ));
+    }
+    (clock::add(created, older_than) > now).then(|| {
+        format!(
+            "the file is younger than {} (created {} ago)",
+            clock::humanize(older_than),
+            exact(clock::between(created, now))
+        )
+    })
+}
+
+/// A duration for a message: under a second in milliseconds, where `humanize` says `0s`.
+fn exact(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        clock::humanize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::tags::JOB_KEY;
     use serde_json::json;
 
     fn file(id: &str, name: &str, created: i64) -> FileObject {
@@ -367,13 +429,16 @@ mod tests {
         let running: HashMap<String, bool> = [(JOB.to_owned(), false)].into();
         let none: HashMap<String, bool> = HashMap::new();
         let not_recorded = HashMap::new();
+        let listed = [file("file-in", &ours, old)];
+        let owners = Owners::new(&listed, &not_recorded);
         let week = Duration::from_secs(7 * DAY as u64);
         let d = |f: &FileObject, states: &HashMap<String, bool>| {
-            decide(f, &index, &not_recorded, states, week, now())
+            decide(f, &index, &owners, &not_recorded, states, week, now())
         };
         // Ours by name, job finished, old: deleted.
         assert!(d(&file("file-x", &ours, old), &finished).delete);
-        // Ours by the batch's metadata (an output file has the service's name).
+        // Ours by its batch's input file, named as batchwatch names uploads (an output file
+        // has the service's name).
         let out = d(&file("file-out", "batch_done_output.jsonl", old), &finished);
         assert!(out.delete, "{out:?}");
         assert_eq!(out.kind, Some("output"));
@@ -394,5 +459,139 @@ mod tests {
         }
         // A name that only looks like ours is not ours.
         assert!(!d(&file("file-y", "job_x-p0-a1-data.jsonl", old), &none).delete);
+    }
+
+    #[test]
+    fn a_file_from_a_clock_ahead_is_said_to_be_in_the_future_by_how_much() {
+        let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
+        let at = |t: &str| Some(t.parse::<Timestamp>().unwrap());
+        let ahead = too_young(at("2026-11-22T13:00:00Z"), Duration::ZERO, now).unwrap();
+        assert!(
+            ahead.starts_with(
+                "the file's creation time is 3h in the future (2026-11-22T13:00:00.000Z)"
+            ) && ahead.contains("clock runs ahead"),
+            "{ahead}"
+        );
+        let barely = too_young(at("2026-11-22T10:00:00.250Z"), Duration::ZERO, now).unwrap();
+        assert!(barely.contains("is 250ms in the future"), "{barely}");
+        assert_eq!(
+            too_young(
+                at("2026-11-22T09:00:00Z"),
+                Duration::from_secs(2 * 3600),
+                now
+            )
+            .as_deref(),
+            Some("the file is younger than 2h (created 1h ago)")
+        );
+        assert_eq!(
+            too_young(at("2026-11-22T09:00:00Z"), Duration::ZERO, now),
+            None
+        );
+        assert_eq!(
+            too_young(at("2026-11-22T10:00:00Z"), Duration::ZERO, now),
+            None
+        );
+    }
+
+    #[test]
+    fn a_file_another_batch_still_runs_on_is_kept_whichever_batch_is_listed_first() {
+        let finished = batch("batch_ours", "completed", "file-in", None, Some(JOB));
+        let rerun = batch("batch_rerun", "in_progress", "file-in", None, None);
+        let states: HashMap<String, bool> = [(JOB.to_owned(), true)].into();
+        let ours = file("file-in", &format!("{JOB}-p0-a1-data.jsonl"), 1);
+        let d = |batches: Vec<Batch>| {
+            let index = BatchIndex::new(batches);
+            let hour = Duration::from_secs(3600);
+            let listed = [ours.clone()];
+            let not_recorded = HashMap::new();
+            let owners = Owners::new(&listed, &not_recorded);
+            decide(&ours, &index, &owners, &not_recorded, &states, hour, now())
+        };
+        for f in [
+            d(vec![rerun.clone(), finished.clone()]),
+            d(vec![finished.clone(), rerun.clone()]),
+        ] {
+            assert!(!f.delete, "{f:?}");
+            assert!(
+                f.why.contains("batch_rerun") && f.why.contains("in_progress"),
+                "{f:?}"
+            );
+            assert_eq!(f.job_id.as_deref(), Some(JOB), "still known as ours");
+        }
+        // Once the re-run ended too, the file may go.
+        let ended = batch("batch_rerun", "completed", "file-in", None, None);
+        let f = d(vec![ended, finished]);
+        assert!(f.delete, "{f:?}");
+    }
+
+    #[test]
+    fn a_batch_that_only_claims_a_job_in_its_metadata_does_not_make_its_files_batchwatchs() {
+        // Another key of the organisation: its own upload, our job's id in the metadata.
+        let forged = batch(
+            "batch_forged",
+            "completed",
+            "file-evil-in",
+            Some("file-evil-out"),
+            Some(JOB),
+        );
+        let index = BatchIndex::new(vec![forged]);
+        let listed = [
+            file("file-evil-in", "evil.jsonl", 1),
+            file("file-evil-out", "batch_forged_output.jsonl", 1),
+        ];
+        let states: HashMap<String, bool> = [(JOB.to_owned(), true)].into();
+        let not_recorded = HashMap::new();
+        let owners = Owners::new(&listed, &not_recorded);
+        for f in &listed {
+            let found = decide(
+                f,
+                &index,
+                &owners,
+                &not_recorded,
+                &states,
+                Duration::ZERO,
+                now(),
+            );
+            assert!(!found.delete && found.job_id.is_none(), "{found:?}");
+            assert!(found.why.starts_with("not batchwatch's"), "{found:?}");
+        }
+    }
+
+    #[test]
+    fn an_output_file_whose_job_never_downloaded_it_is_kept() {
+        let done = batch("batch_done", "completed", "file-in", Some("file-out"), None);
+        let index = BatchIndex::new(vec![done]);
+        let recorded = |downloaded| {
+            let k = |file_id: &str, kind| deletions::KnownFile {
+                file_id: file_id.into(),
+                job_id: JOB.into(),
+                kind,
+                job_terminal: true,
+                downloaded,
+            };
+            HashMap::from([
+                ("file-in".to_owned(), k("file-in", "input")),
+                ("file-out".to_owned(), k("file-out", "output")),
+            ])
+        };
+        let states: HashMap<String, bool> = [(JOB.to_owned(), true)].into();
+        let out = file("file-out", "batch_done_output.jsonl", 1);
+        for (downloaded, deleted) in [(true, true), (false, false)] {
+            let known = recorded(downloaded);
+            let owners = Owners::new(std::slice::from_ref(&out), &known);
+            let found = decide(
+                &out,
+                &index,
+                &owners,
+                &known,
+                &states,
+                Duration::ZERO,
+                now(),
+            );
+            assert_eq!(found.delete, deleted, "{found:?}");
+            if !deleted {
+                assert!(found.why.contains("never downloaded"), "{found:?}");
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::clock::{self, Timestamp};
 use crate::config::RetentionSettings;
 use crate::model::JobState;
 use crate::queue::{self, Queue};
-use crate::store::{Store, retention};
+use crate::store::{Lease, Store, retention};
 
 /// Rows deleted per transaction, so the writer is never held long.
 const JOBS_PER_TX: i64 = 200;
@@ -44,6 +44,18 @@ pub struct Pruned {
     pub database_bytes_after: u64,
 }
 
+impl Pruned {
+    /// How many things of each kind it removed, by the kind's name.
+    pub fn by_kind(&self) -> [(&'static str, u64); 4] {
+        [
+            ("done_files", self.done_files),
+            ("failed_files", self.failed_files),
+            ("results_dirs", self.results_dirs),
+            ("jobs", self.jobs),
+        ]
+    }
+}
+
 /// The cut-off for a retention period: jobs that ended before it go.
 fn cutoff(now: Timestamp, keep: std::time::Duration) -> String {
     let keep = jiff::SignedDuration::try_from(keep).unwrap_or(jiff::SignedDuration::MAX);
@@ -53,6 +65,7 @@ fn cutoff(now: Timestamp, keep: std::time::Duration) -> String {
 /// Applies `settings` at `now`; with `dry_run`, only counts.
 pub async fn prune(
     store: &Store,
+    lease: &Lease,
     queue: &Queue,
     settings: &RetentionSettings,
     now: Timestamp,
@@ -99,9 +112,9 @@ pub async fn prune(
             }
             remove_job_file(queue, &file, dir == "failed/")?;
             let message = format!("{} removed ({key} = {keep})", job.path);
-            let mut tx = store.begin().await?;
-            retention::mark_pruned(&mut tx, &job.id, false, &message, &stamp).await?;
-            tx.commit().await?;
+            store
+                .mark_pruned(lease, &job.id, false, &message, &stamp)
+                .await?;
             if there {
                 if dir == "done/" {
                     pruned.done_files += 1;
@@ -130,9 +143,9 @@ pub async fn prune(
                 std::fs::remove_dir_all(&dir)?;
             }
             let message = format!("{rel} removed (retention.results = {keep})");
-            let mut tx = store.begin().await?;
-            retention::mark_pruned(&mut tx, &job.id, true, &message, &stamp).await?;
-            tx.commit().await?;
+            store
+                .mark_pruned(lease, &job.id, true, &message, &stamp)
+                .await?;
             pruned.results_dirs += u64::from(there);
         }
     }
@@ -148,11 +161,7 @@ pub async fn prune(
                 if due.is_empty() {
                     break;
                 }
-                let mut tx = store.begin().await?;
-                for id in &due {
-                    pruned.jobs += u64::from(retention::delete_job(&mut tx, id).await?);
-                }
-                tx.commit().await?;
+                pruned.jobs += store.delete_jobs(lease, &due).await?;
                 if (due.len() as i64) < JOBS_PER_TX {
                     break;
                 }

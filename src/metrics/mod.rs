@@ -17,6 +17,17 @@
 //! No label holds a job or batch id: labels are operations, status classes, states, statuses,
 //! reasons and models (the models of the request files).
 //!
+//! # Models
+//!
+//! Model names come from users' files, so the `model` label is bounded ([`ModelLabels`]): at
+//! most `metrics.max_models` models get series of their own, and the others are counted
+//! together as `model="other"`. The set is chosen for the life of the process: at start, the
+//! models with the most tokens in the database; then, while there is room, the models as they
+//! first appear. A model never moves between its own series and `other` while the daemon runs,
+//! as `rate()` would read the move as a counter reset. A restart may choose again (its event
+//! counters start from zero anyway); validation keeps every name short
+//! ([`crate::batchfile::MAX_MODEL_CHARS`]).
+//!
 //! # Why prometheus-client
 //!
 //! It is the Prometheus project's own Rust client: typed label sets checked at compile time, a
@@ -31,9 +42,10 @@
 
 pub mod server;
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -42,11 +54,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use strum::IntoEnumIterator;
 
 use crate::api::{ApiError, Batch, Operation};
 use crate::clock::{self, Timestamp};
+use crate::daemon::gate::Closed;
 use crate::model::{BatchStatus, JobState};
 use crate::store::figures::Figures;
+use crate::store::usage::ModelCost;
 
 /// Seconds from a tenth of a second to a minute: one API request.
 const REQUEST_BUCKETS: [f64; 12] = [
@@ -137,6 +152,54 @@ struct VersionLabel {
     version: &'static str,
 }
 
+/// The label of the models that have no series of their own.
+pub const OTHER_MODEL: &str = "other";
+
+/// Which models get series of their own: at most `max`, chosen for the life of the process
+/// (see the module's documentation).
+#[derive(Debug)]
+pub struct ModelLabels {
+    max: usize,
+    own: Mutex<HashSet<String>>,
+}
+
+impl ModelLabels {
+    /// The first `max` of `models` get series of their own, then models as they appear.
+    pub fn new(max: usize, models: impl IntoIterator<Item = String>) -> ModelLabels {
+        ModelLabels {
+            max,
+            own: Mutex::new(models.into_iter().take(max).collect()),
+        }
+    }
+
+    /// As [`ModelLabels::new`], the models with the most tokens (input and output) in `usage`
+    /// first; ties go by name, so the same database gives the same set.
+    pub fn busiest_first(max: usize, usage: &[ModelCost]) -> ModelLabels {
+        let mut ranked: Vec<&ModelCost> = usage.iter().collect();
+        ranked.sort_by(|a, b| {
+            let tokens = |m: &ModelCost| m.input_tokens.saturating_add(m.output_tokens);
+            tokens(b)
+                .cmp(&tokens(a))
+                .then_with(|| a.model.cmp(&b.model))
+        });
+        ModelLabels::new(max, ranked.into_iter().map(|m| m.model.clone()))
+    }
+
+    /// The label `model` is counted under: its own while it has a series or there is room for
+    /// one, else [`OTHER_MODEL`].
+    fn label(&self, model: &str) -> String {
+        let mut own = self.own.lock().expect("model labels lock");
+        if own.contains(model) {
+            return model.to_owned();
+        }
+        if own.len() < self.max {
+            own.insert(model.to_owned());
+            return model.to_owned();
+        }
+        OTHER_MODEL.to_owned()
+    }
+}
+
 /// Which request a reconciliation checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reconciled {
@@ -156,14 +219,16 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// A registry for a client whose metrics are never served: every model counts as `other`.
 impl Default for Metrics {
     fn default() -> Metrics {
-        Metrics::new()
+        Metrics::new(ModelLabels::new(0, []))
     }
 }
 
 struct Inner {
     registry: Registry,
+    models: ModelLabels,
     api_requests: Family<ApiLabels, Counter>,
     api_duration: Histograms<OperationLabel>,
     api_retries: Family<OperationLabel, Counter>,
@@ -183,6 +248,29 @@ struct Inner {
     remote_files_deleted: Family<OutcomeLabel, Counter>,
     pruned: Family<KindLabel, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
+    api_last_success: FloatGauge,
+    gate_closed: Family<CauseLabel, Gauge>,
+    /// Requests gone unanswered in a row, since when, and the last one's error; `None` once
+    /// one is answered (`/readyz` reads it).
+    unanswered: Mutex<Option<Unanswered>>,
+}
+
+/// API requests unanswered in a row.
+#[derive(Debug, Clone)]
+struct Unanswered {
+    since: Timestamp,
+    error: String,
+    requests: u32,
+}
+
+/// How many requests in a row must go unanswered before `/readyz` says the service does not
+/// answer: one lost connection is a blip; two in a row (the start-up check's two, or a request
+/// and the next one) is an outage.
+pub const UNANSWERED_BEFORE_NOT_READY: u32 = 2;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CauseLabel {
+    cause: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -191,8 +279,8 @@ struct KindLabel {
 }
 
 impl Metrics {
-    /// A registry with every metric the daemon counts.
-    pub fn new() -> Metrics {
+    /// A registry with every metric the daemon counts, `models` labelled as given.
+    pub fn new(models: ModelLabels) -> Metrics {
         let mut registry = Registry::with_prefix("batchwatch");
         let api_requests = Family::<ApiLabels, Counter>::default();
         registry.register(
@@ -225,19 +313,23 @@ impl Metrics {
             "API requests refused for the key (401, 403): all API work stops until it works again",
             api_key_refusals.clone(),
         );
-        // From zero for every operation, so the first refusal shows as an increase.
-        for op in ALL_OPERATIONS {
-            let operation = operation_label(op);
-            api_key_refusals
-                .get_or_create(&OperationLabel { operation })
-                .inc_by(0);
-        }
         let api_retry_after = Family::<OperationLabel, FloatCounter>::default();
         registry.register(
             "api_retry_after_seconds",
             "Seconds the API asked to wait before the next request (Retry-After, retry-after-ms)",
             api_retry_after.clone(),
         );
+        // From zero for every operation, so the first retry, 429 or refusal shows as an
+        // increase (a series that appears at 1 shows none).
+        for op in Operation::ALL {
+            let labels = OperationLabel {
+                operation: operation_label(op),
+            };
+            for family in [&api_retries, &api_rate_limits, &api_key_refusals] {
+                family.get_or_create(&labels).inc_by(0);
+            }
+            api_retry_after.get_or_create(&labels).inc_by(0.0);
+        }
         let uploaded = Counter::default();
         registry.register(
             "api_uploaded_bytes",
@@ -316,6 +408,22 @@ impl Metrics {
             "Configuration reloads (SIGHUP), by outcome (applied, refused: the file was invalid)",
             reloads.clone(),
         );
+        let api_last_success = FloatGauge::default();
+        registry.register(
+            "api_last_success_timestamp_seconds",
+            "Unix time of the last API request of any kind answered with success (2xx); 0 until the first",
+            api_last_success.clone(),
+        );
+        let gate_closed = Family::<CauseLabel, Gauge>::default();
+        registry.register(
+            "gate_closed",
+            "1 while all API work is stopped, by cause (key_refused: 401 or 403; route_missing: a 404 on /files or /batches, api.base_url is wrong)",
+            gate_closed.clone(),
+        );
+        for cause in Closed::iter() {
+            let cause = cause.to_string();
+            gate_closed.get_or_create(&CauseLabel { cause }).set(0);
+        }
         for outcome in ["deleted", "gone", "failed"] {
             remote_files_deleted
                 .get_or_create(&OutcomeLabel { outcome })
@@ -323,6 +431,19 @@ impl Metrics {
         }
         for outcome in ["applied", "refused"] {
             reloads.get_or_create(&OutcomeLabel { outcome }).inc_by(0);
+        }
+        for outcome in ["completed", "failed"] {
+            requests.get_or_create(&OutcomeLabel { outcome }).inc_by(0);
+        }
+        for request in ["upload", "create"] {
+            for outcome in ["found", "not_found", "error"] {
+                reconciliations
+                    .get_or_create(&ReconcileLabels { request, outcome })
+                    .inc_by(0);
+            }
+        }
+        for (kind, _) in crate::housekeeping::retention::Pruned::default().by_kind() {
+            pruned.get_or_create(&KindLabel { kind }).inc_by(0);
         }
         let build = Family::<VersionLabel, Gauge>::default();
         build
@@ -338,6 +459,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 registry,
+                models,
                 api_requests,
                 api_duration,
                 api_retries,
@@ -357,7 +479,22 @@ impl Metrics {
                 remote_files_deleted,
                 pruned,
                 reloads,
+                api_last_success,
+                gate_closed,
+                unanswered: Mutex::new(None),
             }),
+        }
+    }
+
+    /// The gate closed for `cause`, or (`None`) opened.
+    pub fn gate_closed(&self, cause: Option<Closed>) {
+        for each in Closed::iter() {
+            let closed = i64::from(cause == Some(each));
+            let cause = each.to_string();
+            self.inner
+                .gate_closed
+                .get_or_create(&CauseLabel { cause })
+                .set(closed);
         }
     }
 
@@ -405,12 +542,33 @@ impl Metrics {
             None => "none",
         };
         let m = &self.inner;
+        {
+            let mut unanswered = m.unanswered.lock().expect("metrics lock");
+            match (status, err) {
+                (Some(_), _) => *unanswered = None,
+                (None, Some(err)) => {
+                    let (since, requests) = unanswered
+                        .as_ref()
+                        .map_or_else(|| (Timestamp::now(), 0), |u| (u.since, u.requests));
+                    *unanswered = Some(Unanswered {
+                        since,
+                        error: err.to_string(),
+                        requests: requests.saturating_add(1),
+                    });
+                }
+                (None, None) => {}
+            }
+        }
         m.api_requests
             .get_or_create(&ApiLabels {
                 operation,
                 status_class,
             })
             .inc();
+        if status_class == "2xx" {
+            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            m.api_last_success.set(now);
+        }
         let op_label = OperationLabel { operation };
         m.api_duration
             .get_or_create(&op_label)
@@ -428,6 +586,17 @@ impl Metrics {
                     .inc_by(wait.as_secs_f64());
             }
         }
+    }
+
+    /// Since when API requests have gone unanswered (no connection, a timeout, a reset), with
+    /// the last one's error, once [`UNANSWERED_BEFORE_NOT_READY`] in a row did; `None` when
+    /// one of the last few was answered, whatever it said.
+    pub fn api_unanswered(&self) -> Option<(Timestamp, String)> {
+        let unanswered = self.inner.unanswered.lock().expect("metrics lock");
+        unanswered
+            .as_ref()
+            .filter(|u| u.requests >= UNANSWERED_BEFORE_NOT_READY)
+            .map(|u| (u.since, u.error.clone()))
     }
 
     /// The client repeats a request that failed transiently.
@@ -451,7 +620,7 @@ impl Metrics {
 
     /// A batch (or a create) for `model` was refused for the enqueued-token limit.
     pub fn token_limit_refusal(&self, model: &str) {
-        let model = model.to_owned();
+        let model = self.inner.models.label(model);
         self.inner
             .token_limit_refusals
             .get_or_create(&ModelLabel { model })
@@ -554,9 +723,16 @@ impl Metrics {
     /// The exposition of every metric: the events counted so far and `figures` (`None` when
     /// the database could not be read), as OpenMetrics text or, with `classic`, the classic
     /// Prometheus text format.
-    pub fn render(&self, figures: Option<&Figures>, now: Timestamp, classic: bool) -> String {
+    pub fn render(
+        &self,
+        figures: Option<&Figures>,
+        disks: &[Disk],
+        now: Timestamp,
+        classic: bool,
+    ) -> String {
         let mut out = String::new();
-        let rows = rows_registry(figures, now);
+        let mut rows = rows_registry(figures, now, &self.inner.models);
+        register_disks(&mut rows, disks);
         prometheus_client::encoding::text::encode_registry(&mut out, &self.inner.registry)
             .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, &rows))
             .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out))
@@ -564,18 +740,6 @@ impl Metrics {
         if classic { to_classic_text(&out) } else { out }
     }
 }
-
-const ALL_OPERATIONS: [Operation; 9] = [
-    Operation::UploadFile,
-    Operation::RetrieveFile,
-    Operation::ListFiles,
-    Operation::DeleteFile,
-    Operation::DownloadFile,
-    Operation::CreateBatch,
-    Operation::RetrieveBatch,
-    Operation::ListBatches,
-    Operation::CancelBatch,
-];
 
 fn operation_label(op: Operation) -> &'static str {
     match op {
@@ -591,8 +755,45 @@ fn operation_label(op: Operation) -> &'static str {
     }
 }
 
+/// The filesystem under one of the daemon's directories, as a scrape found it.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    /// `queue` (queue.dir) or `database` (the directory of database.path).
+    pub dir: &'static str,
+    pub space: crate::process::DiskSpace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirLabel {
+    dir: &'static str,
+}
+
+/// The space of `disks`, into the registry of one scrape.
+fn register_disks(registry: &mut Registry, disks: &[Disk]) {
+    let available = Family::<DirLabel, Gauge>::default();
+    let size = Family::<DirLabel, Gauge>::default();
+    for disk in disks {
+        let label = DirLabel { dir: disk.dir };
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        available
+            .get_or_create(&label)
+            .set(bytes(disk.space.available));
+        size.get_or_create(&label).set(bytes(disk.space.size));
+    }
+    registry.register(
+        "filesystem_available_bytes",
+        "Bytes free (for a user that is not root) on the filesystem of the queue tree (dir=queue) and of the database (dir=database)",
+        available,
+    );
+    registry.register(
+        "filesystem_size_bytes",
+        "Size of the filesystem of the queue tree (dir=queue) and of the database (dir=database)",
+        size,
+    );
+}
+
 /// The metrics read from the database, in a registry of their own made for one scrape.
-fn rows_registry(figures: Option<&Figures>, now: Timestamp) -> Registry {
+fn rows_registry(figures: Option<&Figures>, now: Timestamp, models: &ModelLabels) -> Registry {
     let mut registry = Registry::with_prefix("batchwatch");
     let readable = Gauge::<i64>::default();
     readable.set(i64::from(figures.is_some()));
@@ -675,6 +876,16 @@ fn rows_registry(figures: Option<&Figures>, now: Timestamp) -> Registry {
         oldest,
     );
 
+    let waiting_since = FloatGauge::default();
+    if let Some(at) = f.oldest_waiting_job {
+        waiting_since.set(clock::between(at, now).as_secs_f64());
+    }
+    registry.register(
+        "oldest_waiting_job_age_seconds",
+        "Age (since its claim) of the oldest job queued or submitting: valid, with no running batch yet (0 when none)",
+        waiting_since,
+    );
+
     let last_poll = FloatGauge::default();
     if let Some(at) = f.last_poll {
         last_poll.set(at.as_millisecond() as f64 / 1000.0);
@@ -703,9 +914,19 @@ fn rows_registry(figures: Option<&Figures>, now: Timestamp) -> Registry {
         stuck,
     );
 
+    let waiting = Gauge::<i64>::default();
+    waiting.set(f.waiting_on_local_fault);
+    registry.register(
+        "results_waiting_on_local_fault",
+        "Ended batches whose results cannot be written here (a full disk, a quota, a permission): they wait, nothing is given up",
+        waiting,
+    );
+
     let tokens = Family::<TokenLabels, Counter>::default();
     let cost = Family::<ModelLabel, FloatCounter>::default();
+    // A model without a series of its own adds to `other`'s.
     for m in &f.models {
+        let model = models.label(&m.model);
         for (kind, n) in [
             ("input", m.input_tokens),
             ("cached_input", m.cached_tokens),
@@ -713,16 +934,19 @@ fn rows_registry(figures: Option<&Figures>, now: Timestamp) -> Registry {
             ("reasoning", m.reasoning_tokens),
         ] {
             let labels = TokenLabels {
-                model: m.model.clone(),
+                model: model.clone(),
                 kind,
             };
             tokens
                 .get_or_create(&labels)
                 .inc_by(u64::try_from(n).unwrap_or(0));
         }
-        let model = m.model.clone();
-        cost.get_or_create(&ModelLabel { model })
-            .inc_by(m.cost_usd.max(0.0));
+        // No price, no estimate: a model without one adds to no cost series, so a dashboard
+        // shows no data for it rather than $0.
+        if let Some(usd) = m.cost_usd {
+            cost.get_or_create(&ModelLabel { model })
+                .inc_by(usd.max(0.0));
+        }
     }
     registry.register(
         "tokens",
@@ -780,6 +1004,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_service_is_unanswering_once_two_requests_in_a_row_go_unanswered() {
+        let m = Metrics::default();
+        let lost = ApiError::Transient {
+            op: Operation::ListBatches,
+            status: None,
+            detail: "connection refused".into(),
+            retry_after: None,
+        };
+        let fail = || m.api_request(Operation::ListBatches, None, Duration::ZERO, Some(&lost));
+        fail();
+        assert_eq!(m.api_unanswered(), None, "one lost connection is a blip");
+        fail();
+        let (_, error) = m.api_unanswered().expect("two in a row are an outage");
+        assert!(error.contains("connection refused"), "{error}");
+        m.api_request(Operation::ListBatches, Some(500), Duration::ZERO, None);
+        assert_eq!(m.api_unanswered(), None, "any answer counts");
+        fail();
+        assert_eq!(m.api_unanswered(), None, "the count starts again");
+    }
+
+    #[test]
     fn the_classic_format_names_counters_by_their_total_series_and_drops_openmetrics_lines() {
         let om = "# HELP batchwatch_api_retries Repeats.\n\
                   # TYPE batchwatch_api_retries counter\n\
@@ -802,12 +1047,12 @@ mod tests {
 
     #[test]
     fn an_unreadable_database_leaves_out_the_row_figures_and_says_so() {
-        let m = Metrics::new();
+        let m = Metrics::default();
         let now = Timestamp::now();
-        let text = m.render(None, now, true);
+        let text = m.render(None, &[], now, true);
         assert!(text.contains("batchwatch_database_readable 0"), "{text}");
         assert!(!text.contains("batchwatch_jobs{"), "{text}");
-        let text = m.render(Some(&Figures::default()), now, true);
+        let text = m.render(Some(&Figures::default()), &[], now, true);
         assert!(text.contains("batchwatch_database_readable 1"), "{text}");
         assert!(
             text.contains("batchwatch_jobs{state=\"queued\"} 0"),
@@ -815,9 +1060,81 @@ mod tests {
         );
     }
 
+    fn usage(model: &str, input: i64, output: i64) -> ModelCost {
+        ModelCost {
+            model: model.to_owned(),
+            input_tokens: input,
+            cached_tokens: 0,
+            output_tokens: output,
+            reasoning_tokens: 0,
+            cost_usd: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn the_busiest_models_at_start_keep_their_series_and_newcomers_take_what_room_is_left() {
+        let at_start = [
+            usage("small", 10, 0),
+            usage("big", 500, 500),
+            usage("middle", 100, 100),
+            usage("tied-b", 5, 5),
+            usage("tied-a", 5, 5),
+        ];
+        let labels = ModelLabels::busiest_first(4, &at_start);
+        for own in ["big", "middle", "small", "tied-a"] {
+            assert_eq!(labels.label(own), own);
+        }
+        assert_eq!(labels.label("tied-b"), OTHER_MODEL, "ties go by name");
+
+        let labels = ModelLabels::busiest_first(3, &at_start[..2]);
+        assert_eq!(labels.label("first-new"), "first-new");
+        assert_eq!(labels.label("second-new"), OTHER_MODEL);
+        // However busy it becomes, and whatever is asked first: the set is fixed.
+        for _ in 0..3 {
+            assert_eq!(labels.label("second-new"), OTHER_MODEL);
+            assert_eq!(labels.label("first-new"), "first-new");
+            assert_eq!(labels.label("small"), "small");
+        }
+        assert_eq!(
+            ModelLabels::new(0, ["a".to_owned()]).label("a"),
+            OTHER_MODEL
+        );
+    }
+
+    #[test]
+    fn models_beyond_the_limit_are_summed_as_other_in_tokens_cost_and_refusals() {
+        let m = Metrics::new(ModelLabels::new(2, []));
+        let figures = Figures {
+            models: (0..2_000)
+                .map(|i| usage(&format!("model-{i:04}"), 3, 1))
+                .collect(),
+            ..Figures::default()
+        };
+        // The first scrape gives the first two models their series (the figures come by name).
+        m.render(Some(&figures), &[], Timestamp::now(), true);
+        for model in ["model-0000", "model-1999", "model-1998"] {
+            m.token_limit_refusal(model);
+        }
+        let text = m.render(Some(&figures), &[], Timestamp::now(), true);
+        let series: Vec<&str> = text.lines().filter(|l| l.contains("model=\"")).collect();
+        // Two models and other: four kinds of tokens, cost, and the refusals of two of them.
+        assert_eq!(series.len(), 3 * 5 + 2, "{series:#?}");
+        for line in [
+            "batchwatch_tokens_total{model=\"model-0000\",kind=\"input\"} 3",
+            "batchwatch_tokens_total{model=\"model-0001\",kind=\"output\"} 1",
+            "batchwatch_tokens_total{model=\"other\",kind=\"input\"} 5994",
+            "batchwatch_tokens_total{model=\"other\",kind=\"output\"} 1998",
+            "batchwatch_cost_usd_total{model=\"other\"} 999.0",
+            "batchwatch_token_limit_refusals_total{model=\"model-0000\"} 1",
+            "batchwatch_token_limit_refusals_total{model=\"other\"} 2",
+        ] {
+            assert!(series.contains(&line), "{line} in:\n{series:#?}");
+        }
+    }
+
     #[test]
     fn a_batch_that_ended_counts_its_time_in_each_status_it_reached() {
-        let m = Metrics::new();
+        let m = Metrics::default();
         let t = |s: i64| Some(Timestamp::from_second(1_800_000_000 + s).unwrap());
         let json = serde_json::json!({
             "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
@@ -829,7 +1146,7 @@ mod tests {
         let batch: Batch = serde_json::from_value(json).unwrap();
         assert_eq!(batch.cancelled_at, t(160));
         m.batch_ended(&batch);
-        let text = m.render(None, Timestamp::now(), true);
+        let text = m.render(None, &[], Timestamp::now(), true);
         for line in [
             "batchwatch_batch_status_duration_seconds_sum{status=\"validating\"} 10.0",
             "batchwatch_batch_status_duration_seconds_sum{status=\"in_progress\"} 90.0",

@@ -8,11 +8,11 @@
 //! results/      JOBID/ with the output and error files and manifest.json
 //! ```
 //!
-//! When `NAME` (or its sidecar or reason file) is already taken in done/ or failed/, or the
-//! sidecar's or reason file's name would be longer than a file name may be, the file goes to
-//! `JOBID/NAME` there instead, with `JOBID/NAME.reason.json` (or `JOBID/reason.json`) beside it.
-//! Names up to the 255-byte limit work; from 251 bytes on, `NAME.toml` cannot exist, so such a
-//! file simply has no sidecar.
+//! When `NAME` (or its sidecar or reason file) is already taken in done/ or failed/, or, in
+//! failed/, the reason file's name would be longer than a file name may be (`NAME` of 244 bytes
+//! or more), the file goes to `JOBID/NAME` there instead, with `JOBID/NAME.reason.json` (or
+//! `JOBID/reason.json`) beside it. Names up to the 255-byte limit work; from 251 bytes on,
+//! `NAME.toml` cannot exist, so such a file simply has no sidecar.
 //!
 //! All five are checked to be on one filesystem at start, so every move is a rename, which is
 //! atomic: a file is always wholly in one place. Moves never replace anything (renameat2 with
@@ -23,6 +23,8 @@
 
 pub mod scan;
 pub mod sidecar;
+pub mod strays;
+pub mod writers;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -32,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use crate::model::FileLook;
 use crate::model::JobId;
 
 /// The suffix of a sidecar file: `NAME.toml` configures `NAME`.
@@ -40,54 +43,14 @@ pub const SIDECAR_SUFFIX: &str = ".toml";
 /// The suffix of a reason file: `failed/NAME.reason.json` says why `NAME` is there.
 pub const REASON_SUFFIX: &str = ".reason.json";
 
+/// A job's manifest, in its results directory: what is there, and how the job ended.
+pub const MANIFEST_FILE: &str = "manifest.json";
+
 /// The reason file's name in a `JOBID/` directory when `NAME.reason.json` would be too long.
 const REASON_FILE: &str = "reason.json";
 
 /// The longest file name Linux filesystems allow, in bytes.
 const NAME_MAX: usize = 255;
-
-/// What a file looks like from outside: its size, modification time and inode. When none of
-/// them changed, nobody wrote to the file (or replaced it) in between.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileLook {
-    pub bytes: u64,
-    /// Nanoseconds since 1970.
-    pub mtime_ns: i64,
-    pub ino: u64,
-}
-
-impl FileLook {
-    pub fn of(meta: &std::fs::Metadata) -> FileLook {
-        FileLook {
-            bytes: meta.len(),
-            mtime_ns: meta
-                .mtime()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(meta.mtime_nsec()),
-            ino: meta.ino(),
-        }
-    }
-
-    /// How the file changed from `before` to this look, in words; `None` when it did not. A
-    /// look recorded without a modification time or inode is compared on what it has.
-    pub fn change_since(
-        &self,
-        bytes: u64,
-        mtime_ns: Option<i64>,
-        ino: Option<u64>,
-    ) -> Option<String> {
-        if ino.is_some_and(|i| i != self.ino) {
-            return Some("it was replaced by another file".into());
-        }
-        if bytes != self.bytes {
-            return Some(format!("{bytes} bytes then, {} now", self.bytes));
-        }
-        if mtime_ns.is_some_and(|m| m != self.mtime_ns) {
-            return Some(format!("{bytes} bytes, but written to since"));
-        }
-        None
-    }
-}
 
 /// Where a finished job's file goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +96,9 @@ pub struct Reason {
     /// Where partial results are, relative to queue.dir, when there are any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub results_dir: Option<String>,
+    /// Their manifest (`results_dir/manifest.json`), relative to queue.dir.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
     pub at: String,
 }
 
@@ -174,7 +140,8 @@ impl Queue {
         Ok(queue)
     }
 
-    fn dirs(&self) -> [&PathBuf; 5] {
+    /// The five directories of the tree: incoming, processing, done, failed, results.
+    pub fn dirs(&self) -> [&PathBuf; 5] {
         [
             &self.incoming,
             &self.processing,
@@ -301,9 +268,9 @@ impl Queue {
         Ok(())
     }
 
-    /// Chooses where a finished job's file goes: `NAME` in the destination when it, its sidecar
-    /// and its reason file are free there and their names fit; else `JOBID/NAME`, in a
-    /// directory created for it.
+    /// Chooses where a finished job's file goes: `NAME` in the destination when it and the
+    /// names beside it are free there: its sidecar's (when one can exist) and, in failed/, its
+    /// reason file's, which must fit. Else `JOBID/NAME`, in a directory created for it.
     pub fn choose_final(
         &self,
         dest: Destination,
@@ -312,12 +279,12 @@ impl Queue {
     ) -> io::Result<PathBuf> {
         let plain = self.plain_final(dest, name);
         let free = |p: &Path| p.symlink_metadata().is_err();
-        if let Some(sidecar) = sidecar_path(&plain)
-            && fits(name, REASON_SUFFIX)
-            && free(&plain)
-            && free(&sidecar)
-            && free(&reason_path(&plain))
-        {
+        let sidecar_free = sidecar_path(&plain).is_none_or(|p| free(&p));
+        let reason_free = match dest {
+            Destination::Done => true,
+            Destination::Failed => fits(name, REASON_SUFFIX) && free(&reason_path(&plain)),
+        };
+        if free(&plain) && sidecar_free && reason_free {
             return Ok(plain);
         }
         let own = self.own_final(dest, job, name);
@@ -391,13 +358,19 @@ fn same_file(a: &Path, b: &Path) -> io::Result<bool> {
     }
 }
 
-/// Moves `from` to `to` unless it was moved already, completing a move that a crash left
-/// half done by the link-then-unlink fallback.
-fn move_if_present(from: &Path, to: &Path) -> io::Result<()> {
+/// Moves `from` to `to` unless it was moved already (by a move a crash left half done by the
+/// link-then-unlink fallback, or by another process doing the same move at the same time).
+pub fn move_if_present(from: &Path, to: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(from) {
         Ok(_) => match rename_noreplace(from, to) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(from, to)? => {
                 std::fs::remove_file(from)
+            }
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(from).is_err() =>
+            {
+                Ok(())
             }
             other => other,
         },
@@ -517,6 +490,7 @@ mod tests {
             line: None,
             message: "m".into(),
             results_dir: None,
+            manifest: None,
             at: "t".into(),
         }
     }
@@ -576,13 +550,27 @@ mod tests {
         assert_eq!(taken, q.done.join(job.as_str()).join("x.jsonl"));
         assert!(taken.parent().unwrap().is_dir());
 
-        let long = OsString::from("l".repeat(250));
+        // A reason file's name must fit beside a file in failed/; none is written in done/.
+        let long = OsString::from("l".repeat(244));
         let to = q.choose_final(Destination::Failed, &job, &long).unwrap();
         assert_eq!(to, q.failed.join(job.as_str()).join(&long));
         assert_eq!(
             reason_path(&to),
             q.failed.join(job.as_str()).join("reason.json")
         );
+        let fits = OsString::from("l".repeat(243));
+        assert_eq!(
+            q.choose_final(Destination::Failed, &job, &fits).unwrap(),
+            q.failed.join(&fits)
+        );
+        for len in [244, 250, 251, 255] {
+            let long = OsString::from("l".repeat(len));
+            assert_eq!(
+                q.choose_final(Destination::Done, &job, &long).unwrap(),
+                q.done.join(&long),
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]
@@ -596,8 +584,8 @@ mod tests {
             std::fs::write(q.incoming_path(&name), "x").unwrap();
             let path = q.claim(&name, &job).unwrap();
             q.adopt_sidecar(&name, &job).unwrap();
-            let to = q.choose_final(Destination::Done, &job, &name).unwrap();
-            assert_eq!(to, q.done.join(job.as_str()).join(&name));
+            let to = q.choose_final(Destination::Failed, &job, &name).unwrap();
+            assert_eq!(to, q.failed.join(job.as_str()).join(&name));
             q.finish(&path, &to, Some(&reason())).unwrap();
             assert_eq!(std::fs::read_to_string(&to).unwrap(), "x");
             assert!(to.with_file_name("reason.json").exists());

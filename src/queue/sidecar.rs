@@ -13,8 +13,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use crate::clock::{self, Timestamp};
 use crate::config::{self, BatchSettings, Dur};
 
@@ -40,16 +38,15 @@ pub struct SidecarError {
     pub message: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Raw {
-    endpoint: Option<String>,
-    completion_window: Option<String>,
-    deadline: Option<String>,
-    output_expires_after: Option<String>,
-    metadata: Option<BTreeMap<String, String>>,
-    parent_job: Option<String>,
-}
+/// The keys a sidecar may set.
+const KEYS: [&str; 6] = [
+    "endpoint",
+    "completion_window",
+    "deadline",
+    "output_expires_after",
+    "metadata",
+    "parent_job",
+];
 
 /// The most a sidecar may hold.
 const MAX_SIDECAR_BYTES: u64 = 64 * 1024;
@@ -105,89 +102,161 @@ pub fn defaults(batch: &BatchSettings, claimed_at: Timestamp) -> JobOptions {
     }
 }
 
-/// Parses a sidecar's text over the defaults.
+/// Parses a sidecar's text over the defaults. Every problem is reported, not only the first:
+/// an unknown key, a value of the wrong type, or one out of its range, each naming its key.
 pub fn parse(
     text: &str,
     batch: &BatchSettings,
     claimed_at: Timestamp,
-) -> Result<JobOptions, SidecarError> {
-    let raw: Raw = toml::from_str(text).map_err(|e| {
-        let message = e.message().to_owned();
-        // toml names an unknown field in its message; lift it into the key.
-        let key = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()).map(str::to_owned);
-        let message = if key.is_some() {
-            "unknown key; allowed: endpoint, completion_window, deadline, output_expires_after, metadata, parent_job".to_owned()
-        } else {
-            format!("not valid TOML: {}", e.to_string().lines().next().unwrap_or_default())
-        };
-        SidecarError { key, message }
+) -> Result<JobOptions, Vec<SidecarError>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        vec![SidecarError {
+            key: None,
+            // The first line: where, without toml's excerpt of the file.
+            message: config::toml_problem(&e)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        }]
     })?;
-    let err = |key: &str, message: String| SidecarError {
+    let mut problems = Vec::new();
+    for key in table.keys().filter(|k| !KEYS.contains(&k.as_str())) {
+        problems.push(err(
+            &config::key_as_written(key),
+            format!("unknown key; allowed: {}", KEYS.join(", ")),
+        ));
+    }
+    let mut options = defaults(batch, claimed_at);
+    let mut take = |result: Result<(), SidecarError>| {
+        if let Err(e) = result {
+            problems.push(e);
+        }
+    };
+    if let Some(endpoint) = string(&table, "endpoint") {
+        take(endpoint.and_then(|endpoint| {
+            if !endpoint.starts_with('/') {
+                return Err(err(
+                    "endpoint",
+                    format!("{endpoint:?} must be a path such as /v1/chat/completions"),
+                ));
+            }
+            options.endpoint = Some(endpoint.to_owned());
+            Ok(())
+        }));
+    }
+    if let Some(window) = string(&table, "completion_window") {
+        take(window.and_then(|window| {
+            if window.trim().is_empty() {
+                return Err(err("completion_window", "must not be empty".into()));
+            }
+            options.completion_window = window.to_owned();
+            Ok(())
+        }));
+    }
+    if let Some(deadline) = string(&table, "deadline") {
+        take(deadline.and_then(|deadline| {
+            options.deadline_at = deadline_at(deadline, claimed_at)?;
+            Ok(())
+        }));
+    }
+    if let Some(after) = string(&table, "output_expires_after") {
+        take(after.and_then(|after| {
+            let d: Dur = after.parse().map_err(|e| err("output_expires_after", e))?;
+            config::output_expiry("output_expires_after", d)
+                .map_err(|e| err("output_expires_after", e.problem))?;
+            options.output_expires_after = Some(d.get().as_secs());
+            Ok(())
+        }));
+    }
+    if let Some(parent) = string(&table, "parent_job") {
+        take(parent.and_then(|parent| {
+            if crate::model::JobId::parse(parent).is_none() {
+                return Err(err("parent_job", format!("{parent:?} is not a job id")));
+            }
+            options.parent_job = Some(parent.to_owned());
+            Ok(())
+        }));
+    }
+    match table.get("metadata") {
+        None => {}
+        Some(toml::Value::Table(metadata)) => {
+            for (k, v) in metadata {
+                match v {
+                    toml::Value::String(v) => {
+                        options.metadata.insert(k.clone(), v.clone());
+                    }
+                    other => take(Err(err(
+                        &format!("metadata.{}", config::key_as_written(k)),
+                        format!("expected a string, found {}", other.type_str()),
+                    ))),
+                }
+            }
+            for e in config::metadata_problems("metadata", &options.metadata) {
+                take(Err(SidecarError {
+                    key: e.key,
+                    message: e.problem,
+                }));
+            }
+        }
+        Some(other) => take(Err(err(
+            "metadata",
+            format!("expected a table, found {}", other.type_str()),
+        ))),
+    }
+    if problems.is_empty() {
+        Ok(options)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Every problem of a sidecar in one line, for a reason.
+pub fn describe(problems: &[SidecarError]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn err(key: &str, message: String) -> SidecarError {
+    SidecarError {
         key: Some(key.to_owned()),
         message,
-    };
-    let mut options = defaults(batch, claimed_at);
+    }
+}
 
-    if let Some(endpoint) = raw.endpoint {
-        if !endpoint.starts_with('/') {
-            return Err(err(
-                "endpoint",
-                format!("{endpoint:?} must be a path such as /v1/chat/completions"),
-            ));
-        }
-        options.endpoint = Some(endpoint);
+/// The string at `key`, when the sidecar sets it; a problem when it is not a string.
+fn string<'t>(table: &'t toml::Table, key: &str) -> Option<Result<&'t str, SidecarError>> {
+    Some(match table.get(key)? {
+        toml::Value::String(s) => Ok(s),
+        other => Err(err(
+            key,
+            format!("expected a string, found {}", other.type_str()),
+        )),
+    })
+}
+
+/// A sidecar's `deadline`: a duration from the claim, or a time after it.
+fn deadline_at(deadline: &str, claimed_at: Timestamp) -> Result<Timestamp, SidecarError> {
+    match deadline.parse::<Dur>() {
+        Ok(d) if d.get().is_zero() => Err(err("deadline", "must be longer than zero".into())),
+        Ok(d) => Ok(clock::add(claimed_at, d.get())),
+        Err(_) => match deadline.parse::<Timestamp>() {
+            Ok(at) if at <= claimed_at => Err(err(
+                "deadline",
+                format!("{deadline} is already in the past"),
+            )),
+            Ok(at) => Ok(at),
+            Err(_) => Err(err(
+                "deadline",
+                format!(
+                    "{deadline:?} is neither a duration such as \"6h\" nor a time such as \"2026-11-23T06:00:00Z\""
+                ),
+            )),
+        },
     }
-    if let Some(window) = raw.completion_window {
-        if window.trim().is_empty() {
-            return Err(err("completion_window", "must not be empty".into()));
-        }
-        options.completion_window = window;
-    }
-    if let Some(deadline) = raw.deadline {
-        options.deadline_at = match deadline.parse::<Dur>() {
-            Ok(d) if d.get().is_zero() => {
-                return Err(err("deadline", "must be longer than zero".into()));
-            }
-            Ok(d) => clock::add(claimed_at, d.get()),
-            Err(_) => match deadline.parse::<Timestamp>() {
-                Ok(at) if at <= claimed_at => {
-                    return Err(err(
-                        "deadline",
-                        format!("{deadline} is already in the past"),
-                    ));
-                }
-                Ok(at) => at,
-                Err(_) => {
-                    return Err(err(
-                        "deadline",
-                        format!(
-                            "{deadline:?} is neither a duration such as \"6h\" nor a time such as \"2026-11-23T06:00:00Z\""
-                        ),
-                    ));
-                }
-            },
-        };
-    }
-    if let Some(after) = raw.output_expires_after {
-        let d: Dur = after.parse().map_err(|e| err("output_expires_after", e))?;
-        config::output_expiry("output_expires_after", d)
-            .map_err(|e| err("output_expires_after", e.problem))?;
-        options.output_expires_after = Some(d.get().as_secs());
-    }
-    if let Some(parent) = raw.parent_job {
-        if !crate::housekeeping::resubmit::valid_parent(&parent) {
-            return Err(err("parent_job", format!("{parent:?} is not a job id")));
-        }
-        options.parent_job = Some(parent);
-    }
-    if let Some(metadata) = raw.metadata {
-        options.metadata.extend(metadata);
-        config::check_metadata("metadata", &options.metadata).map_err(|e| SidecarError {
-            key: e.key,
-            message: e.problem,
-        })?;
-    }
-    Ok(options)
 }
 
 #[cfg(test)]
@@ -284,13 +353,54 @@ mod tests {
                 Some("metadata.batchwatch_job_id"),
                 "reserved",
             ),
-            ("deadline = 5", None, "not valid TOML"),
+            ("deadline = 5", Some("deadline"), "expected a string"),
+            (
+                "[metadata]\nrun = 7",
+                Some("metadata.run"),
+                "expected a string",
+            ),
             ("this is not toml", None, "not valid TOML"),
+            // Found by fuzzing (fuzz/fuzz_targets/sidecar.rs): an empty key was named as ``.
+            ("[\"\"]", Some("\"\""), "`\"\"`: unknown key"),
+            ("\"a b\" = 1", Some("\"a b\""), "`\"a b\"`: unknown key"),
         ];
+        // Found by fuzzing too: past toml's recursion limit, the reason was "recursion limit".
+        let deep = format!("{}x = 1", "a.".repeat(200));
+        let e = parse(&deep, &batch(), t0()).unwrap_err();
+        assert_eq!(e[0].key, None);
+        assert!(e[0].message.contains("nested too deeply"), "{e:?}");
         for (text, key, words) in cases {
             let e = parse(text, &batch(), t0()).unwrap_err();
-            assert_eq!(e.key.as_deref(), key, "{text}: {e}");
-            assert!(e.to_string().contains(words), "{text}: {e}");
+            assert_eq!(e.len(), 1, "{text}: {e:?}");
+            assert_eq!(e[0].key.as_deref(), key, "{text}: {e:?}");
+            assert!(e[0].to_string().contains(words), "{text}: {e:?}");
         }
+    }
+
+    #[test]
+    fn every_problem_of_a_sidecar_is_reported_in_one_line() {
+        let text = "deadlin = \"2h\"\nendpoint = \"v1/x\"\noutput_expires_after = \"5m\"\n\
+                    deadline = \"soon\"\n[metadata]\nbatchwatch_x = \"y\"\n";
+        let problems = parse(text, &batch(), t0()).unwrap_err();
+        let keys: Vec<Option<&str>> = problems.iter().map(|p| p.key.as_deref()).collect();
+        assert_eq!(
+            keys,
+            [
+                Some("deadlin"),
+                Some("endpoint"),
+                Some("deadline"),
+                Some("output_expires_after"),
+                Some("metadata.batchwatch_x")
+            ]
+        );
+        let line = describe(&problems);
+        assert!(
+            line.starts_with("`deadlin`: unknown key; allowed: endpoint, ")
+                && line.contains("; `endpoint`: \"v1/x\" must be a path")
+                && line.ends_with(
+                    "`metadata.batchwatch_x`: keys starting with batchwatch_ are reserved"
+                ),
+            "{line}"
+        );
     }
 }

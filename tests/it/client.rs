@@ -279,131 +279,277 @@ async fn sim_with_batch() -> (TestSim, Client, String) {
 }
 
 const RETRIEVE: &str = "GET /v1/batches/{batch_id}";
+const CREATE: &str = "POST /v1/batches";
 
-async fn retrieve_with_faults(faults: &[ScriptedFault]) -> (TestSim, Result<Duration, ApiError>) {
-    let (sim, client, id) = sim_with_batch().await;
-    for fault in faults {
-        sim.handle
-            .push_fault(fault.clone().on("GET", "/v1/batches/{batch_id}"))
-            .await;
+/// The call an error-class case makes, its faults scripted on the call's route.
+#[derive(Clone, Copy)]
+enum Call {
+    /// `retrieve_batch` of a batch that exists.
+    Retrieve,
+    /// `create_batch` on an uploaded file.
+    Create,
+}
+
+/// What a case's call must come to.
+enum Expect {
+    /// It succeeds, no sooner than `after` (the server's delay, waited out).
+    Succeeds { after: Duration },
+    /// It fails with an error that this accepts.
+    Fails(Box<dyn Fn(&ApiError) -> bool>),
+}
+
+/// One error class: the faults the service answers with, what the client makes of them, and
+/// how many requests it sent for it (retried, or not).
+struct Case {
+    name: String,
+    call: Call,
+    faults: Vec<ScriptedFault>,
+    expect: Expect,
+    requests: u64,
+}
+
+fn case(
+    name: impl Into<String>,
+    call: Call,
+    faults: Vec<ScriptedFault>,
+    expect: Expect,
+    requests: u64,
+) -> Case {
+    Case {
+        name: name.into(),
+        call,
+        faults,
+        expect,
+        requests,
+    }
+}
+
+fn succeeds(after: Duration) -> Expect {
+    Expect::Succeeds { after }
+}
+
+fn fails(accepts: impl Fn(&ApiError) -> bool + 'static) -> Expect {
+    Expect::Fails(Box::new(accepts))
+}
+
+/// A transient error, for an answer with status `code`.
+fn transient(code: u16) -> impl Fn(&ApiError) -> bool {
+    move |e| matches!(e, ApiError::Transient { status: Some(s), .. } if *s == code)
+}
+
+/// An unknown outcome, for an answer with status `code`.
+fn unknown_outcome(code: u16) -> impl Fn(&ApiError) -> bool {
+    move |e| matches!(e, ApiError::UnknownOutcome { status: Some(s), .. } if *s == code)
+}
+
+fn rate_limited(retry_after: RetryAfter) -> ScriptedFault {
+    ScriptedFault::new(FaultKind::RateLimit { retry_after })
+}
+
+fn status_fault(code: u16) -> ScriptedFault {
+    ScriptedFault::new(FaultKind::Status {
+        status: ErrorStatus::try_from(code).unwrap(),
+    })
+}
+
+/// The transient statuses no other fault kind covers, each answered by the simulator.
+const OVERLOAD: [u16; 4] = [408, 409, 503, 504];
+
+/// Every error class a read and a create can meet, with Retry-After in each of its forms.
+fn error_classes() -> Vec<Case> {
+    use Call::{Create, Retrieve};
+    let mut cases = vec![
+        // The client's own back-off is at most 1 ms here; only the server's delay explains
+        // a second.
+        case(
+            "429 with Retry-After in seconds is waited out, then succeeds",
+            Retrieve,
+            vec![rate_limited(RetryAfter::Seconds(1))],
+            succeeds(Duration::from_secs(1)),
+            2,
+        ),
+        case(
+            "429 with retry-after-ms is honoured",
+            Retrieve,
+            vec![rate_limited(RetryAfter::Millis(400))],
+            succeeds(Duration::from_millis(400)),
+            2,
+        ),
+        // The simulator sends a date 2 s ahead, rounded down to the second: over 1 s from now.
+        case(
+            "429 with Retry-After as an HTTP date is honoured",
+            Retrieve,
+            vec![rate_limited(RetryAfter::HttpDate(1))],
+            succeeds(Duration::from_secs(1)),
+            2,
+        ),
+        case(
+            "429 longer than retry_max_delay goes back to the caller with the delay",
+            Retrieve,
+            vec![rate_limited(RetryAfter::Seconds(30))],
+            fails(|e| {
+                matches!(e, ApiError::RateLimited { .. })
+                    && e.is_transient()
+                    && e.retry_after() == Some(Duration::from_secs(30))
+            }),
+            1,
+        ),
+        case(
+            "500 and an HTML 502 are retried until success",
+            Retrieve,
+            vec![
+                ScriptedFault::new(FaultKind::ServerError),
+                ScriptedFault::new(FaultKind::BadGateway),
+            ],
+            succeeds(Duration::ZERO),
+            3,
+        ),
+        case(
+            "a persistent 502 gives up after retry_attempts (3) as transient, without the HTML",
+            Retrieve,
+            vec![ScriptedFault::new(FaultKind::BadGateway).times(10)],
+            fails(|e| {
+                let text = e.to_string();
+                transient(502)(e)
+                    && text.starts_with("retrieve batch: temporary failure: 502 Bad Gateway")
+                    && !text.contains("<html>")
+            }),
+            3,
+        ),
+        case(
+            "401 is Unauthorized, an auth error with the server's message, never retried",
+            Retrieve,
+            vec![ScriptedFault::new(FaultKind::Unauthorized)],
+            fails(|e| {
+                matches!(e, ApiError::Unauthorized { .. })
+                    && e.is_auth()
+                    && !e.is_transient()
+                    && e.to_string().contains("Incorrect API key provided")
+            }),
+            1,
+        ),
+        case(
+            "403 is Forbidden, an auth error distinct from 401, never retried",
+            Retrieve,
+            vec![ScriptedFault::new(FaultKind::Forbidden)],
+            fails(|e| matches!(e, ApiError::Forbidden { .. }) && e.is_auth()),
+            1,
+        ),
+        case(
+            "429 insufficient_quota is permanent, never retried",
+            Retrieve,
+            vec![ScriptedFault::new(FaultKind::Quota)],
+            fails(|e| matches!(e, ApiError::QuotaExceeded { .. }) && !e.is_transient()),
+            1,
+        ),
+        case(
+            "a persistent 503 on a read gives up after retry_attempts (3) as transient",
+            Retrieve,
+            vec![status_fault(503).times(10)],
+            fails(transient(503)),
+            3,
+        ),
+        case(
+            "500 on create is an unknown outcome, never retried",
+            Create,
+            vec![ScriptedFault::new(FaultKind::ServerError)],
+            fails(unknown_outcome(500)),
+            1,
+        ),
+    ];
+    for code in OVERLOAD {
+        cases.push(case(
+            format!("{code} on a read is retried once"),
+            Retrieve,
+            vec![status_fault(code)],
+            succeeds(Duration::ZERO),
+            2,
+        ));
+        cases.push(case(
+            format!("{code} on create is an unknown outcome, never retried"),
+            Create,
+            vec![status_fault(code)],
+            fails(unknown_outcome(code)),
+            1,
+        ));
+    }
+    cases
+}
+
+/// Runs one case against a simulator of its own; what went wrong, if anything.
+async fn run_case(case: &Case) -> Result<(), String> {
+    let sim = spawn_sim(stopped_clock()).await;
+    let client = api_client(&sim.root);
+    let (route, method, path) = match case.call {
+        Call::Retrieve => (RETRIEVE, "GET", "/v1/batches/{batch_id}"),
+        Call::Create => (CREATE, "POST", "/v1/batches"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // What the call needs exists before any fault is scripted.
+    let target = match case.call {
+        Call::Retrieve => {
+            let batch = sim.submit(&chat_lines(1, "gpt-4o-mini")).await;
+            batch["id"].as_str().unwrap().to_owned()
+        }
+        Call::Create => {
+            upload(&client, dir.path(), &chat_lines(1, "gpt-4o-mini"))
+                .await
+                .id
+        }
+    };
+    for fault in &case.faults {
+        sim.handle.push_fault(fault.clone().on(method, path)).await;
     }
     let started = Instant::now();
-    let result = client.retrieve_batch(&id).await.map(|b| {
-        assert_eq!(b.id, id);
-        started.elapsed()
-    });
-    (sim, result)
+    let result = match case.call {
+        Call::Retrieve => client
+            .retrieve_batch(&target)
+            .await
+            .map(|b| assert_eq!(b.id, target, "{}", case.name)),
+        Call::Create => client
+            .create_batch(&create_request(&target, "job_error_class"))
+            .await
+            .map(drop),
+    };
+    let elapsed = started.elapsed();
+    let mut wrong = Vec::new();
+    match (&case.expect, result) {
+        (Expect::Succeeds { after }, Ok(())) if elapsed >= *after => {}
+        (Expect::Succeeds { after }, Ok(())) => wrong.push(format!(
+            "succeeded after {elapsed:?}, sooner than {after:?}"
+        )),
+        (Expect::Succeeds { .. }, Err(e)) => wrong.push(format!("failed: {e}\n{e:?}")),
+        (Expect::Fails(accepts), Err(e)) if accepts(&e) => {}
+        (Expect::Fails(_), Err(e)) => wrong.push(format!("failed otherwise: {e}\n{e:?}")),
+        (Expect::Fails(_), Ok(())) => wrong.push("succeeded".to_owned()),
+    }
+    let sent = requests(&sim, route).await;
+    if sent != case.requests {
+        wrong.push(format!("{sent} requests on {route}, not {}", case.requests));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", case.name, wrong.join("; ")))
+    }
 }
 
+/// Each error class the service answers with, on a read and on a create, with what the client
+/// must make of it: waited out and retried, handed back transient, permanent, an auth error,
+/// or an unknown outcome that is never retried. Every case runs, each against its own
+/// simulator; a failure names every case that went wrong.
 #[tokio::test]
-async fn rate_limit_with_retry_after_seconds_is_waited_out_then_succeeds() {
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::RateLimit {
-        retry_after: RetryAfter::Seconds(1),
-    })])
-    .await;
-    let elapsed = result.unwrap();
-    // The client's own backoff is at most 1 ms here; only the server's delay explains a second.
-    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
-    assert_eq!(requests(&sim, RETRIEVE).await, 2);
-}
-
-#[tokio::test]
-async fn retry_after_ms_is_honoured() {
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::RateLimit {
-        retry_after: RetryAfter::Millis(400),
-    })])
-    .await;
-    let elapsed = result.unwrap();
-    assert!(elapsed >= Duration::from_millis(400), "{elapsed:?}");
-    assert_eq!(requests(&sim, RETRIEVE).await, 2);
-}
-
-#[tokio::test]
-async fn retry_after_as_an_http_date_is_honoured() {
-    // The simulator sends a date 2 s ahead, rounded down to the second: over 1 s from now.
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::RateLimit {
-        retry_after: RetryAfter::HttpDate(1),
-    })])
-    .await;
-    let elapsed = result.unwrap();
-    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
-    assert_eq!(requests(&sim, RETRIEVE).await, 2);
-}
-
-#[tokio::test]
-async fn rate_limit_longer_than_retry_max_delay_goes_back_to_the_caller_with_the_delay() {
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::RateLimit {
-        retry_after: RetryAfter::Seconds(30),
-    })])
-    .await;
-    let err = result.unwrap_err();
-    assert!(matches!(err, ApiError::RateLimited { .. }), "{err:?}");
-    assert!(err.is_transient());
-    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
-    assert_eq!(requests(&sim, RETRIEVE).await, 1);
-}
-
-#[tokio::test]
-async fn server_error_500_and_html_502_are_retried_until_success() {
-    let (sim, result) = retrieve_with_faults(&[
-        ScriptedFault::new(FaultKind::ServerError),
-        ScriptedFault::new(FaultKind::BadGateway),
-    ])
-    .await;
-    result.unwrap();
-    assert_eq!(requests(&sim, RETRIEVE).await, 3);
-}
-
-#[tokio::test]
-async fn persistent_502_gives_up_after_retry_attempts_as_transient() {
-    let (sim, result) =
-        retrieve_with_faults(&[ScriptedFault::new(FaultKind::BadGateway).times(10)]).await;
-    let err = result.unwrap_err();
+async fn every_error_class_is_retried_or_handed_back_as_the_table_says() {
+    let cases = error_classes();
+    let outcomes = futures_util::future::join_all(cases.iter().map(run_case)).await;
+    let wrong: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
     assert!(
-        matches!(
-            err,
-            ApiError::Transient {
-                status: Some(502),
-                ..
-            }
-        ),
-        "{err:?}"
+        wrong.is_empty(),
+        "{} of {} cases went wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
     );
-    let text = err.to_string();
-    assert!(
-        text.starts_with("retrieve batch: temporary failure: 502 Bad Gateway"),
-        "{text}"
-    );
-    assert!(!text.contains("<html>"), "{text}");
-    assert_eq!(requests(&sim, RETRIEVE).await, 3, "retry_attempts = 3");
-}
-
-#[tokio::test]
-async fn unauthorized_401_and_forbidden_403_are_distinct_and_never_retried() {
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::Unauthorized)]).await;
-    let err = result.unwrap_err();
-    assert!(matches!(err, ApiError::Unauthorized { .. }), "{err:?}");
-    assert!(err.is_auth() && !err.is_transient());
-    assert!(
-        err.to_string().contains("Incorrect API key provided"),
-        "{err}"
-    );
-    assert_eq!(requests(&sim, RETRIEVE).await, 1);
-
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::Forbidden)]).await;
-    let err = result.unwrap_err();
-    assert!(matches!(err, ApiError::Forbidden { .. }), "{err:?}");
-    assert!(err.is_auth());
-    assert_eq!(requests(&sim, RETRIEVE).await, 1);
-}
-
-#[tokio::test]
-async fn insufficient_quota_is_permanent_and_never_retried() {
-    let (sim, result) = retrieve_with_faults(&[ScriptedFault::new(FaultKind::Quota)]).await;
-    let err = result.unwrap_err();
-    assert!(matches!(err, ApiError::QuotaExceeded { .. }), "{err:?}");
-    assert!(!err.is_transient());
-    assert_eq!(requests(&sim, RETRIEVE).await, 1);
 }
 
 #[tokio::test]
@@ -498,90 +644,6 @@ async fn dropped_connection_after_upload_is_an_unknown_outcome() {
     assert_eq!(requests(&sim, "POST /v1/files").await, 1);
     let files: Vec<_> = client.list_files(None).try_collect().await.unwrap();
     assert_eq!(files.len(), 1, "the upload was carried out");
-}
-
-#[tokio::test]
-async fn server_error_on_create_is_an_unknown_outcome_and_never_retried() {
-    let sim = spawn_sim(stopped_clock()).await;
-    let client = api_client(&sim.root);
-    let dir = tempfile::tempdir().unwrap();
-    let input = upload(&client, dir.path(), &chat_lines(1, "gpt-4o-mini")).await;
-    sim.handle
-        .push_fault(ScriptedFault::new(FaultKind::ServerError).on("POST", "/v1/batches"))
-        .await;
-    let err = client
-        .create_batch(&create_request(&input.id, "job_500"))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ApiError::UnknownOutcome {
-                status: Some(500),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(requests(&sim, "POST /v1/batches").await, 1);
-}
-
-/// The transient statuses no other fault kind covers, each answered by the simulator.
-const OVERLOAD: [u16; 4] = [408, 409, 503, 504];
-
-fn status_fault(code: u16) -> ScriptedFault {
-    ScriptedFault::new(FaultKind::Status {
-        status: ErrorStatus::try_from(code).unwrap(),
-    })
-}
-
-#[tokio::test]
-async fn timeouts_conflicts_and_overload_statuses_are_retried_on_reads() {
-    for code in OVERLOAD {
-        let (sim, result) = retrieve_with_faults(&[status_fault(code)]).await;
-        result.unwrap_or_else(|e| panic!("{code}: {e:?}"));
-        assert_eq!(requests(&sim, RETRIEVE).await, 2, "{code}: one retry");
-    }
-    // Past the retry budget the last one goes back to the caller, still transient.
-    let (sim, result) = retrieve_with_faults(&[status_fault(503).times(10)]).await;
-    let err = result.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ApiError::Transient {
-                status: Some(503),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(requests(&sim, RETRIEVE).await, 3, "retry_attempts = 3");
-}
-
-#[tokio::test]
-async fn timeouts_conflicts_and_overload_statuses_on_create_are_unknown_outcomes() {
-    let sim = spawn_sim(stopped_clock()).await;
-    let client = api_client(&sim.root);
-    let dir = tempfile::tempdir().unwrap();
-    let input = upload(&client, dir.path(), &chat_lines(1, "gpt-4o-mini")).await;
-    for code in OVERLOAD {
-        sim.handle
-            .push_fault(status_fault(code).on("POST", "/v1/batches"))
-            .await;
-        let err = client
-            .create_batch(&create_request(&input.id, &format!("job_{code}")))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, ApiError::UnknownOutcome { status: Some(s), .. } if s == code),
-            "{code}: {err:?}"
-        );
-    }
-    assert_eq!(
-        requests(&sim, "POST /v1/batches").await,
-        OVERLOAD.len() as u64,
-        "never retried"
-    );
 }
 
 #[tokio::test]

@@ -165,6 +165,12 @@ const CASES: &[Case] = &[
         "`limits.requests_per_second`",
         "above zero",
     ),
+    (
+        "[metrics]\nmax_models = 5000\n",
+        &[],
+        "`metrics.max_models`",
+        "must be at most 1000",
+    ),
     ("not toml [", &[], "batchwatch.toml", "not valid TOML"),
     (
         "[batch]\ndeadline = \"1 month\"\n",
@@ -212,6 +218,78 @@ fn each_class_of_error_names_the_key_and_exits_78() {
     }
 }
 
+/// A TOML syntax error is the parser's excerpt of the line at fault, over several lines as the
+/// parser writes it (not one line with `\n` in it); what the file holds on that line is shown
+/// escaped all the same.
+#[test]
+fn a_toml_syntax_error_is_printed_as_the_parsers_excerpt_over_several_lines() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.path().join("batchwatch.toml");
+    std::fs::write(
+        &config,
+        "[poll]\nmin_interval = \"5s \x1b[31m\nmax_interval = \"60s\"\n",
+    )
+    .unwrap();
+    for command in ["check-config", "run"] {
+        let out = run(Some(&config), &[command]);
+        assert_eq!(out.status.code(), Some(78), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message: Vec<&str> = stderr
+            .lines()
+            .skip_while(|l| !l.starts_with("batchwatch: invalid configuration: "))
+            .take_while(|l| !l.contains(" ERROR "))
+            .collect();
+        assert!(
+            message.len() >= 4
+                && message[0].contains("not valid TOML: TOML parse error at line 2, column "),
+            "{command}: {stderr}"
+        );
+        assert!(
+            message.contains(&"2 | min_interval = \"5s \\u{1b}[31m")
+                && message.iter().any(|l| l.ends_with('^')),
+            "{command}: the excerpt, escaped, and its caret, each on its line: {stderr}"
+        );
+        assert!(
+            !message.iter().any(|l| l.contains("\\n")),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains('\x1b'), "{command}: {stderr:?}");
+    }
+}
+
+/// check-config prints each duration as the file or the environment wrote it, and one no
+/// layer set in the largest units that hold it (the defaults are written so too).
+#[test]
+fn check_config_prints_durations_as_written() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        "[batch]\ndeadline = \"36h\"\noutput_expires_after = \"720h\"\n[retention]\ndone = \"2w\"\n",
+    );
+    let out = crate::support::process::command(Some(&config))
+        .arg("check-config")
+        .env("OPENAI_API_KEY", crate::support::KEY)
+        .env("BATCHWATCH_POLL__MAX_INTERVAL", "90s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    for line in [
+        "deadline = \"36h\"",
+        "output_expires_after = \"720h\"",
+        "done = \"2w\"",
+        "max_interval = \"90s\"",
+        "input_expires_after = \"30d\"",
+        "duplicate_watch = \"24h\"",
+        "retry_initial_delay = \"500ms\"",
+    ] {
+        assert!(printed.lines().any(|l| l == line), "{line}:\n{printed}");
+    }
+}
+
 #[test]
 fn a_missing_config_file_is_a_config_error() {
     let out = run(
@@ -237,27 +315,24 @@ fn run_with_a_bad_config_exits_78_before_doing_anything() {
     );
 }
 
-/// `batchwatch run` logs from its first moment, before it reads its configuration: an error in
-/// the configuration reaches the log (the journal, under systemd) as an ERROR line naming the
-/// key, beside the plain message.
+/// `batchwatch run` logs from its first moment, before it reads its configuration, in text: an
+/// error in the configuration is one plain line on stderr (the journal, under systemd), naming
+/// the key. It used to be printed twice, that line and a logged ERROR line repeating it.
 #[test]
-fn run_logs_a_configuration_error_as_an_error_line() {
+fn run_prints_a_configuration_error_once() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_config("[poll]\nmin_interval = \"soon\"\n");
     let out = run(Some(&config), &["run"]);
     assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let logged = stderr
-        .lines()
-        .find(|l| l.contains(" ERROR "))
-        .unwrap_or_else(|| panic!("no ERROR line: {stderr}"));
-    assert!(
-        logged.contains("configuration error") && logged.contains("`poll.min_interval`"),
-        "{logged}"
-    );
     assert!(
         stderr.contains("batchwatch: invalid configuration: `poll.min_interval`"),
         "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("`poll.min_interval`").count(),
+        1,
+        "said once: {stderr}"
     );
 }
 
@@ -265,7 +340,13 @@ fn run_logs_a_configuration_error_as_an_error_line() {
 fn check_config_prints_the_effective_configuration() {
     let sandbox = Sandbox::new();
     let config = sandbox.write_config("[limits]\nconcurrency = 7\n");
-    let out = stdout_ok(Some(&config), &["check-config"]);
+    let out = crate::support::process::command(Some(&config))
+        .arg("check-config")
+        .env("OPENAI_API_KEY", crate::support::KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8(out.stdout).unwrap();
     assert!(out.contains("concurrency = 7"), "{out}");
     assert!(
         out.contains(&format!(
@@ -420,16 +501,25 @@ fn a_sidecar_may_give_its_durations_in_days() {
     assert_eq!(options.output_expires_after, Some(30 * 24 * 3600));
 }
 
-/// Runs `batchwatch --config CONFIG ARGS` and kills it if it has not ended within `limit`.
-fn output_within(config: &std::path::Path, args: &[&str], limit: Duration) -> std::process::Output {
+/// Runs `batchwatch --config CONFIG ARGS` with `vars` set (and no API key or credentials
+/// directory otherwise) and kills it if it has not ended within `limit`.
+fn output_within(
+    config: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &std::path::Path)],
+    limit: Duration,
+) -> std::process::Output {
     use std::process::Stdio;
-    let mut child = crate::support::process::command(Some(config))
-        .args(args)
+    let mut cmd = crate::support::process::command(Some(config));
+    cmd.args(args)
         .env_remove("OPENAI_API_KEY")
+        .env_remove("CREDENTIALS_DIRECTORY")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if std::time::Instant::now() > deadline {
@@ -442,33 +532,162 @@ fn output_within(config: &std::path::Path, args: &[&str], limit: Duration) -> st
     child.wait_with_output().unwrap()
 }
 
-#[test]
-fn a_key_file_that_is_a_fifo_is_refused_at_once_by_check_config_and_run() {
-    use std::os::unix::ffi::OsStrExt;
-    let sandbox = Sandbox::new();
-    let fifo = sandbox.path().join("api-key");
-    let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
-    // SAFETY: a valid path and mode.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let config = sandbox.write_config(&format!(
-        "[api]\nkey_file = {:?}\n",
-        fifo.display().to_string()
-    ));
+/// The one line `batchwatch` prints for a refused configuration.
+fn refusal(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    stderr
+        .lines()
+        .find(|l| l.starts_with("batchwatch: invalid configuration: "))
+        .unwrap_or_else(|| panic!("no refusal in: {stderr}"))
+        .to_owned()
+}
 
-    let out = output_within(&config, &["check-config"], Duration::from_secs(20));
-    assert!(out.status.success());
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// A key file as a case needs it: its path in `dir`, made by `make`.
+type KeyCase = (&'static str, fn(&std::path::Path), &'static str);
+
+/// `check-config` runs the checks `run` makes before it opens anything: every key that `run`
+/// refuses (a FIFO, a missing file, one others can read, an empty one, an unset variable)
+/// makes both exit 78 with the same message, at once (a FIFO is never waited on), so a
+/// deployment gate built on `check-config` catches what the daemon would refuse.
+#[test]
+fn check_config_refuses_every_key_that_run_refuses_with_the_same_message_and_exit_code() {
+    use std::os::unix::fs::PermissionsExt;
+    fn write(path: &std::path::Path, text: &str, mode: u32) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    const CASES: &[KeyCase] = &[
+        (
+            "a FIFO",
+            |path| {
+                use std::os::unix::ffi::OsStrExt;
+                let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+                // SAFETY: a valid path and mode.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+            },
+            "is a FIFO (named pipe); the key must be in a regular file",
+        ),
+        ("a missing file", |_| {}, "cannot open"),
+        (
+            "mode 0644",
+            |path| write(path, "sk-gate-SECRET", 0o644),
+            "can be read by group or others (mode 0644)",
+        ),
+        (
+            "an empty file",
+            |path| write(path, "\n", 0o600),
+            "the key is empty",
+        ),
+    ];
+    for (case, make, words) in CASES {
+        let sandbox = Sandbox::new();
+        let key = sandbox.path().join("api-key");
+        make(&key);
+        let config = sandbox.write_config(&format!(
+            "[api]\nkey_file = {:?}\n",
+            key.display().to_string()
+        ));
+        let checked = output_within(&config, &["check-config"], &[], Duration::from_secs(20));
+        let ran = output_within(&config, &["run"], &[], Duration::from_secs(20));
+        for (what, out) in [("check-config", &checked), ("run", &ran)] {
+            assert_eq!(out.status.code(), Some(78), "{case}: {what}: {out:?}");
+            let line = refusal(out);
+            assert!(
+                line.contains("`api.key_file`") && line.contains(words),
+                "{case}: {what}: {line}"
+            );
+            assert!(!line.contains("SECRET"), "{case}: {what}: {line}");
+        }
+        assert_eq!(refusal(&checked), refusal(&ran), "{case}");
+        assert!(
+            checked.stdout.is_empty(),
+            "{case}: nothing printed as valid"
+        );
+        assert!(!sandbox.db_path().exists(), "{case}: run created nothing");
+    }
+
+    // The default source, an environment variable, unset.
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("");
+    let checked = output_within(&config, &["check-config"], &[], Duration::from_secs(20));
+    let ran = output_within(&config, &["run"], &[], Duration::from_secs(20));
+    assert_eq!(checked.status.code(), Some(78), "{checked:?}");
+    assert_eq!(ran.status.code(), Some(78), "{ran:?}");
+    assert_eq!(refusal(&checked), refusal(&ran));
     assert!(
-        stdout.contains("# API key: NOT readable here: `api.key_file`:")
-            && stdout.contains("is a FIFO (named pipe); the key must be in a regular file"),
+        refusal(&checked).contains("`api.key_env`: environment variable OPENAI_API_KEY is not set"),
+        "{}",
+        refusal(&checked)
+    );
+}
+
+/// A systemd credential exists only inside the service: outside it `check-config` says the key
+/// was not checked (and exits 0: the configuration is sound; `run` there would refuse it),
+/// inside it (`$CREDENTIALS_DIRECTORY` set, as `systemd-run -p LoadCredential=` does) it
+/// checks the credential as `run` does.
+#[test]
+fn check_config_checks_a_systemd_credential_only_where_the_service_has_it() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[api]\nkey_credential = \"openai-api-key\"\n");
+    let outside = output_within(&config, &["check-config"], &[], Duration::from_secs(20));
+    assert!(outside.status.success(), "{outside:?}");
+    let stdout = String::from_utf8_lossy(&outside.stdout);
+    assert!(
+        stdout.contains(
+            "# API key: NOT checked here: `api.key_credential`: $CREDENTIALS_DIRECTORY is not set"
+        ),
         "{stdout}"
     );
+    let ran = output_within(&config, &["run"], &[], Duration::from_secs(20));
+    assert_eq!(ran.status.code(), Some(78), "{ran:?}");
 
-    let out = output_within(&config, &["run"], Duration::from_secs(20));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let credentials = sandbox.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::write(credentials.join("openai-api-key"), "").unwrap();
+    let vars = [("CREDENTIALS_DIRECTORY", credentials.as_path())];
+    let checked = output_within(&config, &["check-config"], &vars, Duration::from_secs(20));
+    let ran = output_within(&config, &["run"], &vars, Duration::from_secs(20));
+    assert_eq!(checked.status.code(), Some(78), "{checked:?}");
+    assert_eq!(ran.status.code(), Some(78), "{ran:?}");
+    assert_eq!(refusal(&checked), refusal(&ran));
+    assert!(refusal(&checked).contains("the key is empty"));
+
+    std::fs::write(credentials.join("openai-api-key"), "sk-credential-SECRET\n").unwrap();
+    let checked = output_within(&config, &["check-config"], &vars, Duration::from_secs(20));
+    assert!(checked.status.success(), "{checked:?}");
+    let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        stderr.contains("`api.key_file`") && stderr.contains("a FIFO"),
-        "{stderr}"
+        stdout.contains("# API key: read from ")
+            && stdout.contains("(20 characters; value not shown)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}
+
+/// A `RUST_LOG` with whitespace before a wide character (which tracing-subscriber's own parser
+/// panicked on; fuzzing found it through `log.level`) is read like any other filter: a command
+/// that logs (the simulator here; the daemon reads it the same way) starts and stops cleanly.
+#[test]
+fn a_rust_log_with_whitespace_before_a_wide_character_does_not_panic() {
+    use std::io::BufRead;
+    let mut child = crate::support::process::command(None)
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", " Ҙ[a],info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // SAFETY: kill(2) on our own child; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        first.starts_with("listening on ") && out.status.success(),
+        "{first:?} {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
     );
 }

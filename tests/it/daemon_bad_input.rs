@@ -14,7 +14,7 @@ use batchwatch::model::JobState;
 use crate::support::daemon::{Env, quick_sim, requests};
 use crate::support::process::{Running, bin};
 use crate::support::sim::spawn_sim;
-use crate::support::{KEY, poll_until};
+use crate::support::{KEY, poll_until, wait_until};
 
 fn line(id: &str, model: &str, url: &str) -> String {
     format!(
@@ -70,6 +70,14 @@ fn cases() -> Vec<Case> {
             "mixed-models.jsonl",
             ok("a") + &line("b", "gpt-4o", "/v1/chat/completions"),
             "mismatched_model",
+            Some(2),
+        ),
+        // Checked before the model is compared with the first line's: the reason does not
+        // repeat the name.
+        case(
+            "long-model.jsonl",
+            ok("a") + &line("b", &"m".repeat(300), "/v1/chat/completions"),
+            "model_too_long",
             Some(2),
         ),
         case(
@@ -390,6 +398,17 @@ async fn every_kind_of_bad_input_ends_in_failed_with_its_rule_and_the_daemon_kee
             );
         }
     }
+    // A size limit's reason names the settings that move it, and splitting.
+    for (name, limit) in [
+        ("too-many.jsonl", "batch.max_requests"),
+        ("too-large.jsonl", "batch.max_bytes"),
+    ] {
+        let reason = crate::support::read_json(&failed.join(format!("{name}.reason.json")));
+        let message = reason["message"].as_str().unwrap();
+        for key in [limit, "batch.split_oversized = true"] {
+            assert!(message.contains(key), "{name}: {message}");
+        }
+    }
     // Special files keep what they are.
     assert!(
         std::fs::symlink_metadata(failed.join("symlink.jsonl"))
@@ -452,7 +471,11 @@ async fn file_names_up_to_the_255_byte_limit_go_through_though_no_sidecar_can_ex
         .wait_finished(valid.len() + 1, Duration::from_secs(60), &mut daemon)
         .await;
     // Everything has moved on: nothing is left to retry.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_until("processing/ empty", Duration::from_secs(10), async || {
+        let left = env.names("processing");
+        (left.is_empty(), left)
+    })
+    .await;
     let log = env.stop(daemon);
     assert!(
         !log.iter()
@@ -498,6 +521,49 @@ async fn file_names_up_to_the_255_byte_limit_go_through_though_no_sidecar_can_ex
     assert_eq!(reason["file"], invalid.as_str());
 }
 
+/// A completed file keeps its name in done/ whatever its length: no reason file is written
+/// beside it there, so only its sidecar's name has to fit (up to 250 bytes, and a name of 251
+/// or more has none). In failed/, `NAME.reason.json` must fit too (up to 243 bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_completed_file_of_any_length_keeps_its_name_in_done() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let names: Vec<String> = [243, 244, 249, 250, 251, 255]
+        .iter()
+        .map(|n| format!("{}.jsonl", "d".repeat(n - 6)))
+        .collect();
+    let with_sidecar = &names[3];
+    env.drop_file(&format!("{with_sidecar}.toml"), b"deadline = \"1h\"\n");
+    for name in &names {
+        env.drop_file(name, ok("a").as_bytes());
+    }
+    let jobs = env
+        .wait_finished(names.len(), Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    for name in &names {
+        let job = jobs.iter().find(|j| &j.file_name == name).unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
+        assert_eq!(
+            job.path,
+            format!("done/{name}"),
+            "a name of {} bytes",
+            name.len()
+        );
+        assert_eq!(
+            std::fs::read(env.dir("done").join(name)).unwrap(),
+            ok("a").as_bytes()
+        );
+    }
+    assert!(
+        env.dir("done")
+            .join(format!("{with_sidecar}.toml"))
+            .is_file(),
+        "the sidecar of a 250-byte name travels beside it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table() {
     let sim = spawn_sim(quick_sim()).await;
@@ -536,8 +602,10 @@ async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table(
         "{status:?}"
     );
     let lines: Vec<&str> = status.lines().collect();
-    // "Jobs: ...", "Tokens ...", a blank line, the header, one row per job: nothing else.
-    assert_eq!(lines.len(), 6, "{status}");
+    // "Jobs: ...", "Tokens ...", a blank line, the header, one row per job, and the note that
+    // the long names were cut short: nothing else.
+    assert_eq!(lines.len(), 7, "{status}");
+    assert!(lines[6].starts_with("(cut short …: --wide"), "{status}");
     assert!(lines[1].starts_with("Tokens "), "{status}");
     assert!(
         lines[4].starts_with("job_") && lines[5].starts_with("job_"),
@@ -585,9 +653,9 @@ async fn restart_and_watch(env: &Env) -> (Running, Option<std::process::ExitStat
     (again, exited)
 }
 
-/// intake::register reads the sidecar with `std::fs::read` on the daemon's main loop, following
-/// whatever it is. A FIFO named `NAME.jsonl.toml` blocks that read forever: the loop stops, so
-/// no other file is ever claimed, polled or finished (and a restart blocks again in recover).
+/// A FIFO named `NAME.jsonl.toml` is refused as a sidecar without being read, so it never
+/// blocks the daemon's loop: a file dropped after it is claimed and completes. (Read as a plain
+/// file, it used to block the loop forever, and a restart again at start.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
     let sim = spawn_sim(quick_sim()).await;
@@ -610,12 +678,11 @@ async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
     assert_eq!(other.state, JobState::Completed);
 }
 
-/// A name of 219..=223 bytes fits in incoming/ and, with the 32-byte `JOBID__` prefix, in
-/// processing/, but its sidecar `JOBID__NAME.toml` does not (ENAMETOOLONG). Queue::claim moves
-/// the file, then fails on the sidecar, so scan_and_claim treats the whole claim as failed: the
-/// file sits in processing/ with no job row and the sidecar stays in incoming/. At the next
-/// start, intake::recover retries the sidecar move, fails again, and `Daemon::start` returns the
-/// error: the daemon cannot start at all until someone removes the file by hand.
+/// A name of 219..=223 bytes with a sidecar: both are claimed into the job's directory in
+/// processing/ under their own names, so the file is never stranded there, the daemon starts
+/// again after a stop, and the file ends in done/ or failed/. (With processing/ holding
+/// `JOBID__NAME`, the sidecar's name used to be too long there: the claim failed half-way, left
+/// the file in processing/ without a job, and every later start failed on it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_start() {
     let sim = spawn_sim(quick_sim()).await;
@@ -656,9 +723,9 @@ async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_
     );
 }
 
-/// A name of 224..=255 bytes cannot get the `JOBID__` prefix in processing/: the claim fails with
-/// ENAMETOOLONG, scan_and_claim only warns and holds it for a minute, and it is tried again
-/// every minute forever. The file never leaves incoming/ and no reason is ever written.
+/// A name of 224..=255 bytes leaves incoming/: its job's directory in processing/ keeps it
+/// whole. (With processing/ holding `JOBID__NAME`, its claim used to fail with ENAMETOOLONG,
+/// again every minute, and the file stayed in incoming/ with no reason ever written.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_whose_name_is_too_long_to_claim_is_rejected_with_a_reason() {
     let sim = spawn_sim(quick_sim()).await;
@@ -686,12 +753,11 @@ async fn a_file_whose_name_is_too_long_to_claim_is_rejected_with_a_reason() {
     );
 }
 
-/// A rejected file goes to `failed/NAME`, or to `failed/JOBID__NAME` when NAME is taken there.
-/// For a name of 212..=223 bytes, `failed/JOBID__NAME.reason.json` is longer than 255 bytes:
-/// Queue::finish fails writing the reason file *after* the job was committed as rejected. Nothing
-/// retries settle_file for a terminal job while the daemon runs (jobs::finishable only lists
-/// unfinished jobs), so the file stays in processing/; and at the next start intake::recover
-/// hits the same error and the daemon refuses to start.
+/// A rejected file goes to `failed/NAME`, or, when NAME is taken there, to `failed/JOBID/NAME`
+/// with its reason beside it: a second rejected file of a 212..=223-byte name reaches failed/
+/// too, and the daemon starts again after a stop. (As `failed/JOBID__NAME`, its reason file's
+/// name used to be longer than 255 bytes: the reason could not be written after the job was
+/// committed as rejected, the file stayed in processing/, and the next start failed on it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_rejected_file_of_a_long_name_reaches_failed_and_the_daemon_restarts() {
     let sim = spawn_sim(quick_sim()).await;
@@ -727,4 +793,96 @@ async fn a_second_rejected_file_of_a_long_name_reaches_failed_and_the_daemon_res
         env.names("processing"),
         again.seen.join("\n")
     );
+}
+
+/// A sidecar with several mistakes: the reason names every one, each with its key, not only
+/// the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_with_several_errors_names_every_one_in_the_reason() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        "many.jsonl.toml",
+        b"deadlin = \"2h\"\nendpoint = \"v1/chat\"\ndeadline = \"tomorrow\"\n\
+          output_expires_after = 7\n[metadata]\nbatchwatch_run = \"x\"\n",
+    );
+    env.drop_file("many.jsonl", ok("a").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Rejected);
+    let reason = crate::support::read_json(&env.dir("failed").join("many.jsonl.reason.json"));
+    assert_eq!(reason["code"], "invalid_sidecar");
+    let message = reason["message"].as_str().unwrap();
+    for named in [
+        "`deadlin`: unknown key",
+        "`endpoint`: \"v1/chat\" must be a path",
+        "`deadline`: \"tomorrow\" is neither a duration",
+        "`output_expires_after`: expected a string, found integer",
+        "`metadata.batchwatch_run`: keys starting with batchwatch_ are reserved",
+    ] {
+        assert!(message.contains(named), "lacks {named:?}: {message}");
+    }
+    assert!(message.starts_with("many.jsonl.toml: "), "{message}");
+}
+
+/// Only NAME.jsonl is claimed: other files dropped into incoming/ (notes, a README, a JSON
+/// file, a directory) stay there untouched, each named once in the log; a sidecar whose file
+/// never comes is warned about once, after a minute, and left too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_not_named_jsonl_are_left_in_incoming_and_told_once_and_so_is_a_lonely_sidecar() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    let strays = ["notes.txt", "README.md", "data.json", "settings.toml"];
+    for name in strays {
+        env.drop_file(name, format!("{name}\n").as_bytes());
+    }
+    std::fs::create_dir(env.dir("incoming").join("archive")).unwrap();
+    env.drop_file("lonely.jsonl.toml", b"deadline = \"2h\"\n");
+    env.drop_file("good.jsonl", ok("g").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].file_name, "good.jsonl");
+    assert_eq!(jobs[0].state, JobState::Completed);
+    daemon.wait_for_line("lonely.jsonl.toml", Duration::from_secs(90));
+    // Scans went on meanwhile: each entry was still told about once only.
+    let log = env.stop(daemon);
+    for name in strays.into_iter().chain(["archive", "lonely.jsonl.toml"]) {
+        let told: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains(&format!("file={name}")))
+            .collect();
+        assert_eq!(told.len(), 1, "{name}: {told:#?}");
+        assert!(told[0].contains(" WARN "), "{}", told[0]);
+    }
+    let lonely = log
+        .iter()
+        .find(|l| l.contains("lonely.jsonl.toml"))
+        .unwrap();
+    assert!(lonely.contains("a sidecar without its file"), "{lonely}");
+    let mut left = env.names("incoming");
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "README.md",
+            "archive",
+            "data.json",
+            "lonely.jsonl.toml",
+            "notes.txt",
+            "settings.toml"
+        ]
+    );
+    for name in strays {
+        assert_eq!(
+            std::fs::read_to_string(env.dir("incoming").join(name)).unwrap(),
+            format!("{name}\n")
+        );
+    }
+    assert!(env.names("failed").is_empty(), "{:?}", env.names("failed"));
 }

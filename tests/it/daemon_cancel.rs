@@ -5,13 +5,14 @@
 use std::time::Duration;
 
 use batchwatch::model::JobState;
-use batchwatch::sim::Faults;
+use batchwatch::sim::{Faults, SimConfig};
 use batchwatch::store::batches;
 
 use crate::support::daemon::{
-    Env, assert_gave_up_on_results, requests, sim_that_never_serves_results, slow_sim,
+    Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,
 };
 use crate::support::in_process::InProcess;
+use crate::support::notify::{notify_socket, wait_message};
 use crate::support::sim::spawn_sim;
 use crate::support::{read_json, wait_until};
 
@@ -47,6 +48,21 @@ async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
             .as_str()
             .unwrap()
             .starts_with("results/")
+    );
+    // From failed/ to the results: the reason file names the manifest, and `show` finds the
+    // job by where its file is now.
+    let manifest_path = reason["manifest"].as_str().unwrap();
+    assert_eq!(
+        manifest_path,
+        format!("{}/manifest.json", job.results_dir.as_deref().unwrap())
+    );
+    assert!(env.queue.join(manifest_path).is_file(), "{manifest_path}");
+    let shown =
+        crate::support::process::stdout_ok(Some(&env.config), &["show", "failed/late.jsonl"]);
+    assert!(
+        shown.contains(&format!("Job {} (late.jsonl)", job.id))
+            && shown.contains(job.results_dir.as_deref().unwrap()),
+        "{shown}"
     );
     let partial = env.output_lines(job);
     assert!(
@@ -147,11 +163,17 @@ async fn an_operator_cancel_between_rare_polls_is_seen_at_the_next_scan() {
         "[poll]\nmin_interval = \"1h\"\nmax_interval = \"1h\"\n\
          [reconcile]\nduplicate_check_interval = \"1h\"\n",
     );
-    let daemon = env.spawn();
+    let (socket, status) = notify_socket(env.sandbox.path());
+    let daemon = env.spawn_with(&[("NOTIFY_SOCKET", socket.to_str().unwrap())]);
     env.drop_file("rare.jsonl", requests("rare", 5, "gpt-4o-mini").as_bytes());
     let job = running_job(&env).await;
-    // Let the loop settle into its quiet rounds.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The loop settled into its quiet rounds: a status line, written after a round, counts
+    // the job running and no task left in flight.
+    wait_message(
+        &status,
+        |m| m.contains("STATUS=1 running") && m.contains("; 0 tasks"),
+        Duration::from_secs(20),
+    );
     crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
     // Well within the loop's safety net (a full look every minute). The batch is then
     // cancelling, next polled in an hour: the request sent is what shows the cancel seen.
@@ -256,4 +278,112 @@ async fn a_deadline_passing_on_the_clock_cancels_the_batch_at_that_round() {
         .await;
     assert_eq!(done.state, JobState::Cancelled, "{:?}", done.reason);
     assert_eq!(done.reason_code.as_deref(), Some("deadline"));
+}
+
+/// A batch that vanishes from the service (404) while it is cancelling left no results: its job
+/// ends cancelled, and its reason says the batch vanished and that there are no results,
+/// never that partial results were kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_vanished_while_cancelling_ends_its_job_without_claiming_results() {
+    let sim = spawn_sim(SimConfig {
+        cancelling_secs: 30.0 * 300.0,
+        ..slow_sim(30.0)
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("gone.jsonl.toml", b"deadline = \"1s\"\n");
+    env.drop_file("gone.jsonl", requests("gone", 20, "gpt-4o-mini").as_bytes());
+    let remote = wait_until(
+        "the batch cancelling",
+        Duration::from_secs(30),
+        async || {
+            let job = env.jobs().await.pop().map(|j| j.id).unwrap_or_default();
+            let sub = env.submissions(&job).await.pop();
+            let cancelling = sub.filter(|s| {
+                s.status
+                    .as_ref()
+                    .is_some_and(|st| st.as_str() == "cancelling")
+            });
+            (cancelling.is_some(), cancelling.and_then(|s| s.remote_id))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(sim.handle.vanish(&remote).await);
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    assert_eq!(
+        (job.state, job.reason_code.as_deref()),
+        (JobState::Cancelled, Some("deadline"))
+    );
+    let reason = job.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(&format!("batch {remote} vanished"))
+            && reason.ends_with("no results to keep"),
+        "{reason}"
+    );
+    let file = read_json(&env.dir("failed").join("gone.jsonl.reason.json"));
+    assert_eq!(file["message"], reason);
+    assert!(
+        !env.queue
+            .join(job.results_dir.as_deref().unwrap_or("results/none"))
+            .join("output.jsonl")
+            .exists(),
+        "there are no results"
+    );
+}
+
+/// A cancel asked for while the job's file waits to be checked (the daemon killed right after
+/// recording the claim, the cancel asked for while it is down): once the file is found valid
+/// the job goes straight to cancelling and ends cancelled, nothing uploaded. It was shown as
+/// `queued` until the cancel step came round (found by the model-based store test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_asked_for_before_the_file_is_checked_never_shows_the_job_queued() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn_with(&[(batchwatch::failpoint::ENV, "claim:after-record")]);
+    env.drop_file(
+        "early.jsonl",
+        requests("early", 3, "gpt-4o-mini").as_bytes(),
+    );
+    let status = crate::support::daemon::wait_crash(&mut daemon, Duration::from_secs(30));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    drop(daemon);
+    let job = env.jobs().await.remove(0);
+    assert_eq!(job.state, JobState::Validating);
+    crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+
+    let mut daemon = env.spawn();
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    assert_eq!(jobs[0].state, JobState::Cancelled);
+    let store = env.store().await;
+    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().all(|e| e.state != JobState::Queued),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e.state == JobState::Cancelling),
+        "{events:#?}"
+    );
+    let stats = sim.handle.stats().await;
+    assert!(stats.batches.is_empty(), "{:?}", stats.batches);
+    assert_eq!(
+        stats.requests.get("POST /v1/files"),
+        None,
+        "{:?}",
+        stats.requests
+    );
 }

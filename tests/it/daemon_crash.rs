@@ -64,6 +64,7 @@ macro_rules! crash_tests {
 
 crash_tests! {
     killed_after_claiming_a_file_before_recording_it => "claim:after-rename",
+    killed_after_recording_a_claim_before_checking_the_file => "claim:after-record",
     killed_after_recording_the_upload_intent => "submit:after-upload-intent",
     killed_after_the_upload_before_recording_it => "submit:after-upload",
     killed_after_recording_the_create_intent => "submit:after-create-intent",

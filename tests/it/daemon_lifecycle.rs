@@ -1,6 +1,5 @@
 //! The daemon from file to results: many files, split files, vanished, failed or expired
-//! batches, results that cannot be downloaded, a file that grows after its claim, and what the
-//! database says about it all.
+//! batches, results that cannot be downloaded, and what the database says about it all.
 
 use std::time::Duration;
 
@@ -63,16 +62,7 @@ async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
             .sandbox
             .queue_dir()
             .join(job.results_dir.as_deref().expect("a results dir"));
-        let output = std::fs::read_to_string(dir.join("output.jsonl")).unwrap();
-        let mut ids: Vec<String> = output
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned()
-            })
-            .collect();
+        let mut ids = crate::support::daemon::custom_ids(&dir.join("output.jsonl"));
         ids.sort();
         let expected = job.request_count.unwrap() as usize;
         assert_eq!(ids.len(), expected, "{}", job.file_name);
@@ -179,13 +169,8 @@ async fn a_vanished_batch_is_lost_never_running() {
     let mut daemon = env.spawn();
     env.drop_file("gone.jsonl", requests("gone", 5, "gpt-4o-mini").as_bytes());
     let remote = wait_until("the batch created", Duration::from_secs(30), async || {
-        let job = env.jobs().await.first().map(|j| j.id.clone());
-        let store = env.store().await;
-        let subs = batches::for_job(store.reader(), &job.unwrap_or_default())
-            .await
-            .unwrap();
-        store.close().await;
-        let remote = subs.first().and_then(|s| s.remote_id.clone());
+        let job = env.jobs().await.pop().map(|j| j.id).unwrap_or_default();
+        let remote = env.submissions(&job).await.pop().and_then(|s| s.remote_id);
         (remote.is_some(), remote)
     })
     .await
@@ -229,11 +214,12 @@ async fn a_batch_the_service_fails_or_expires_ends_its_job_with_the_reason() {
     let failed = by_name("too-many.jsonl");
     assert_eq!(failed.state, JobState::Failed);
     assert_eq!(failed.reason_code.as_deref(), Some("too_many_requests"));
-    assert!(
-        failed.reason.as_deref().unwrap().contains("failed"),
-        "{:?}",
-        failed.reason
-    );
+    let reason = failed.reason.as_deref().unwrap();
+    assert!(reason.contains("failed"), "{reason}");
+    // The service's limit is below batch.max_requests: the reason says what to set.
+    for key in ["batch.max_requests", "batch.split_oversized = true"] {
+        assert!(reason.contains(key), "{reason}");
+    }
     let expired = by_name("slow.jsonl");
     assert_eq!(expired.state, JobState::Expired, "{:?}", expired.reason);
     assert_eq!(
@@ -378,72 +364,4 @@ async fn results_and_reasons_follow_the_umask() {
             "the reason file under umask {umask:04o}"
         );
     }
-}
-
-/// A writer that keeps its file open and pauses longer than `queue.settle_time`: the daemon
-/// claims and validates the first part. When the rest arrives before anything was sent (here
-/// the first upload is refused for two seconds), the job goes back to validation, says so in
-/// its events, and the whole file is submitted: never a truncated copy.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whole() {
-    use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault};
-    use std::io::Write;
-    let sim = spawn_sim(quick_sim()).await;
-    sim.handle
-        .push_fault(
-            ScriptedFault::new(FaultKind::RateLimit {
-                retry_after: RetryAfter::Seconds(2),
-            })
-            .on("POST", "/v1/files")
-            .times(1),
-        )
-        .await;
-    let env = Env::new(&sim.handle.base_url(), "[queue]\nsettle_time = \"300ms\"\n");
-    let mut daemon = env.spawn();
-    let content = requests("slow", 8, "gpt-4o-mini");
-    let cut = content.match_indices('\n').nth(1).unwrap().0 + 1;
-    let mut writer = std::fs::File::create(env.dir("incoming").join("slow.jsonl")).unwrap();
-    writer.write_all(&content.as_bytes()[..cut]).unwrap();
-    // The first half is claimed and found valid (2 requests); its upload is refused for now.
-    daemon.wait_for_line("valid; queued", Duration::from_secs(30));
-    daemon.wait_for_line("rate limited (429)", Duration::from_secs(10));
-    writer.write_all(&content.as_bytes()[cut..]).unwrap();
-    drop(writer);
-
-    let jobs = env
-        .wait_finished(1, Duration::from_secs(60), &mut daemon)
-        .await;
-    env.stop(daemon);
-    let job = &jobs[0];
-    assert_eq!(job.state, JobState::Completed, "{:?}", job.reason);
-    assert_eq!(job.request_count, Some(8));
-    assert_eq!(job.size_bytes, content.len() as i64);
-    assert_eq!(
-        job.sha256.as_deref(),
-        Some(
-            batchwatch::batchfile::hex(&<sha2::Sha256 as sha2::Digest>::digest(content.as_bytes()))
-                .as_str()
-        )
-    );
-    assert_eq!(
-        std::fs::read_to_string(env.dir("done").join("slow.jsonl")).unwrap(),
-        content
-    );
-    let store = env.store().await;
-    let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
-    assert_eq!(subs.len(), 1, "one submission, of the whole file");
-    assert_eq!(subs[0].request_total, Some(8));
-    assert_eq!(subs[0].part_end, content.len() as i64);
-    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
-        .await
-        .unwrap();
-    assert!(
-        events.iter().any(|e| e
-            .message
-            .starts_with("the file changed after it was claimed")),
-        "{events:?}"
-    );
-    assert_eq!(env.output_lines(job), 8);
-    let stats = sim.handle.stats().await;
-    assert_eq!(stats.batches_by_job.get(&job.id), Some(&1));
 }

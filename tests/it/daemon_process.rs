@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault};
 
-use crate::support::KEY;
 use crate::support::daemon::{Env, assert_key_absent, quick_sim, requests};
 use crate::support::notify::{notify_socket, wait_message};
 use crate::support::process::{Running, command};
 use crate::support::sim::spawn_sim;
+use crate::support::{KEY, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn systemd_hears_ready_status_watchdog_and_stopping() {
@@ -65,8 +65,21 @@ async fn sigterm_stops_the_daemon_within_its_bound_while_the_api_hangs_and_a_res
     );
     let mut daemon = env.spawn();
     env.drop_file("hang.jsonl", requests("h", 3, "gpt-4o-mini").as_bytes());
-    daemon.wait_for_line("uploaded", Duration::from_secs(20));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the create hanging at the service",
+        Duration::from_secs(20),
+        async || {
+            let creates = sim
+                .handle
+                .counts()
+                .await
+                .requests
+                .get("POST /v1/batches")
+                .copied();
+            (creates == Some(1), creates)
+        },
+    )
+    .await;
 
     daemon.signal(libc::SIGTERM);
     let (status, took) = daemon.wait_exit(Duration::from_secs(10));

@@ -29,6 +29,33 @@ async fn the_demo_runs_every_kind_of_job_to_its_end_without_a_key_or_a_configura
         "{stdout}"
     );
     assert!(stdout.contains("results in"), "{stdout}");
+    // The demo prices its models: each completed job has an estimated cost in its row.
+    for name in ["reviews.jsonl", "embeddings.jsonl", "summaries.jsonl"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with("job_") && l.contains(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"));
+        assert!(row.contains(" $0.0"), "{name} has no cost: {row}");
+    }
+    assert!(stdout.contains("Tokens of the jobs listed: "), "{stdout}");
+    assert!(
+        stdout.contains("batchwatch doctor checks"),
+        "points at doctor: {stdout}"
+    );
+    // Where to look next works as printed: a job shown by its file's name.
+    let show = stdout
+        .lines()
+        .find(|l| l.contains("batchwatch show reviews.jsonl --database"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let database = show.rsplit_once("--database ").unwrap().1;
+    let shown = crate::support::process::stdout_ok(
+        None,
+        &["show", "reviews.jsonl", "--database", database],
+    );
+    assert!(
+        shown.contains("state        completed") && shown.contains("cost "),
+        "{shown}"
+    );
 
     let store = Store::open(
         &dir.join("state.db"),

@@ -2,15 +2,18 @@
 //! `gc-remote` for what is left), local retention, live reload and key rotation, and the
 //! requests a batch left undone sent again.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
+use batchwatch::api::CreateBatchRequest;
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault, SimConfig};
 use batchwatch::store::deletions;
+use batchwatch::store::jobs::Job;
 
 use crate::support::KEY;
-use crate::support::daemon::{Env, quick_sim, requests, slow_sim, wait_crash};
+use crate::support::daemon::{Env, custom_ids, quick_sim, requests, slow_sim, wait_crash};
 use crate::support::process::command;
 use crate::support::sim::spawn_sim;
 use crate::support::wait_until;
@@ -241,6 +244,58 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
         )
         .await
         .unwrap();
+    // A batch of someone else's that claims a finished job in its metadata: its files are
+    // not batchwatch's, whatever the metadata says.
+    let finished = env
+        .jobs()
+        .await
+        .into_iter()
+        .find(|j| j.state.is_terminal())
+        .unwrap();
+    let client = crate::support::client::api_client(&sim.handle.base_url());
+    let evil = env.sandbox.path().join("evil.jsonl");
+    std::fs::write(&evil, requests("evil", 1, "gpt-4o-mini")).unwrap();
+    let evil_input = client
+        .upload_file(
+            &evil,
+            0..std::fs::metadata(&evil).unwrap().len(),
+            "evil.jsonl",
+        )
+        .await
+        .unwrap();
+    let forged = client
+        .create_batch(&CreateBatchRequest {
+            input_file_id: evil_input.id.clone(),
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            metadata: Some(BTreeMap::from([(
+                "batchwatch_job_id".to_owned(),
+                finished.id.clone(),
+            )])),
+            output_expires_after: None,
+        })
+        .await
+        .unwrap();
+    wait_until(
+        "the forged batch runs",
+        Duration::from_secs(30),
+        async || {
+            let b = client.retrieve_batch(&forged.id).await.unwrap();
+            (b.status.as_str() == "in_progress", b.status)
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        sim.handle
+            .step(batchwatch::sim::Step::Ids {
+                ids: vec![forged.id.clone()],
+            })
+            .await
+            .unwrap();
+    }
+    let forged = client.retrieve_batch(&forged.id).await.unwrap();
+    assert_eq!(forged.status.as_str(), "completed");
+    let forged_output = forged.output_file_id.clone().expect("an output file");
     let before = sim.handle.files().await;
 
     let listed = gc_remote(&env, &["--older-than", "1h"]);
@@ -274,6 +329,12 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
         .unwrap();
     assert!(after.iter().any(|f| f.id == live_input.file_id), "{out}");
     assert!(after.iter().any(|f| f.filename == "other.jsonl"), "{out}");
+    for id in [&evil_input.id, &forged_output] {
+        assert!(
+            after.iter().any(|f| &f.id == id),
+            "the forged batch's file {id} was deleted: {out}"
+        );
+    }
     assert!(
         after
             .iter()
@@ -285,6 +346,111 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
     let again = gc_remote(&env, &["--older-than", "1h"]);
     assert!(!again.contains("would delete"), "{again}");
     env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_remote_keeps_a_finished_jobs_input_while_another_batch_runs_on_it() {
+    // The simulated clock a day behind, so every file is older than --older-than 1h.
+    let start = jiff::Timestamp::now().as_second() - 86_400;
+    let sim = spawn_sim(SimConfig {
+        start_time: Some(start),
+        ..slow_sim(600.0)
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "[cleanup]\nremote_files = false\n");
+    let daemon = env.spawn();
+    env.drop_file("a.jsonl", requests("a", 2, "gpt-4o-mini").as_bytes());
+    end_batches_by_hand(&sim, "", 1).await;
+    let job = wait_until("the job finished", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        let done = jobs.into_iter().find(|j| j.state.is_terminal());
+        (done.is_some(), done)
+    })
+    .await
+    .unwrap();
+    let store = env.store().await;
+    let known = deletions::known_files(store.reader()).await.unwrap();
+    store.close().await;
+    let input = known
+        .iter()
+        .find(|k| k.job_id == job.id && k.kind == "input")
+        .expect("the job's input file")
+        .file_id
+        .clone();
+    // A manual re-run: another client creates a batch on the same upload; it is listed
+    // before the finished one (newest first).
+    let client = crate::support::client::api_client(&sim.handle.base_url());
+    let rerun = crate::support::client::create_foreign_batch(&client, &input).await;
+    assert!(!rerun.status.is_terminal());
+
+    let out = gc_remote(&env, &["--older-than", "1h", "--delete", "--json"]);
+    let files = sim.handle.files().await;
+    assert!(
+        files.iter().any(|f| f.id == input),
+        "the input of a running batch was deleted: {out}"
+    );
+    let found: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let kept = found
+        .iter()
+        .find(|f| f["file_id"] == input.as_str())
+        .unwrap();
+    assert_eq!(kept["delete"], false, "{kept}");
+    assert!(
+        kept["why"].as_str().unwrap().contains(&rerun.id),
+        "the reason names the running batch: {kept}"
+    );
+    // The finished batch's output, used by nothing running, went.
+    let output = known
+        .iter()
+        .find(|k| k.job_id == job.id && k.kind == "output")
+        .expect("the job's output file");
+    assert!(!files.iter().any(|f| f.id == output.file_id), "{out}");
+    env.stop(daemon);
+}
+
+/// A service whose clock runs three hours ahead of this host's: its files are "created" in
+/// the future. gc-remote keeps such a file and says so, and by how much, rather than calling
+/// it "younger than 0s".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gc_remote_against_a_service_clock_ahead_says_the_file_is_from_the_future_and_by_how_much()
+{
+    // Three hours and two minutes ahead: about 3h 2m when gc-remote looks, whatever it took.
+    let ahead = jiff::Timestamp::now().as_second() + 3 * 3600 + 120;
+    let sim = spawn_sim(SimConfig {
+        time_scale: 0.0,
+        start_time: Some(ahead),
+        ..SimConfig::default()
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let migrated = command(Some(&env.config)).arg("migrate").output().unwrap();
+    assert!(migrated.status.success(), "{migrated:?}");
+    // An upload under batchwatch's name, of a job this database does not hold (a restored
+    // backup): deletable once old enough.
+    let job = batchwatch::model::JobId::generate(1_800_000_000_000).to_string();
+    let name = batchwatch::api::tags::upload_name(&job, 0, 1, "x.jsonl");
+    let path = env.sandbox.path().join("x.jsonl");
+    std::fs::write(&path, requests("x", 1, "gpt-4o-mini")).unwrap();
+    let file = crate::support::client::api_client(&sim.handle.base_url())
+        .upload_file(&path, 0..std::fs::metadata(&path).unwrap().len(), &name)
+        .await
+        .unwrap();
+
+    let out = gc_remote(&env, &["--older-than", "0s", "--json"]);
+    let found: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let row = found
+        .iter()
+        .find(|f| f["file_id"] == file.id.as_str())
+        .unwrap();
+    assert_eq!(row["delete"], false, "{row}");
+    let why = row["why"].as_str().unwrap();
+    assert!(
+        why.contains("the file's creation time is 3h ")
+            && why.contains("m in the future")
+            && why.contains("the service's clock runs ahead"),
+        "{why}"
+    );
+    assert!(!why.contains("younger than 0s"), "{why}");
 }
 
 /// Sets `extra` TOML over the daemon's configuration file, as an operator edits it.
@@ -406,6 +572,34 @@ async fn sighup_applies_a_new_poll_interval_and_a_rotated_key_without_a_restart(
     for key in [KEY_A, KEY_B] {
         assert!(
             !daemon.seen.iter().any(|l| l.contains(key)),
+            "a key was logged"
+        );
+    }
+    env.stop(daemon);
+}
+
+/// A reload after which only the key differs (rotated in its file, the configuration
+/// untouched) names the key as what changed, never its value; a reload that changed nothing
+/// says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_changed_only_the_key_names_it_without_showing_it() {
+    let (sim, env, key_file) = rotation_setup("").await;
+    let mut daemon = env.spawn();
+    daemon.signal(libc::SIGHUP);
+    let unchanged = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(unchanged.contains("changed=\"nothing\""), "{unchanged}");
+
+    sim.handle.set_api_key(Some(KEY_B)).await;
+    write_key(&key_file, KEY_B);
+    // Set aside, so that the next wait finds the next reload's line.
+    let earlier = std::mem::take(&mut daemon.seen);
+    daemon.signal(libc::SIGHUP);
+    let line = daemon.wait_for_line("configuration reloaded", Duration::from_secs(10));
+    assert!(line.contains("changed=\"the API key\""), "{line}");
+    daemon.drain();
+    for key in [KEY_A, KEY_B] {
+        assert!(
+            !earlier.iter().chain(&daemon.seen).any(|l| l.contains(key)),
             "a key was logged"
         );
     }
@@ -608,7 +802,7 @@ async fn retention_removes_old_finished_jobs_files_and_rows_and_the_database_shr
 }
 
 /// The custom_ids with a 2xx response in a job's merged output.
-fn succeeded(env: &Env, job: &batchwatch::store::jobs::Job) -> Vec<String> {
+fn succeeded(env: &Env, job: &Job) -> Vec<String> {
     let dir = env.queue.join(job.results_dir.as_deref().expect("results"));
     std::fs::read_to_string(dir.join("output.jsonl"))
         .unwrap_or_default()
@@ -634,6 +828,86 @@ async fn advance_until(sim: &crate::support::sim::TestSim, batch: &str, status: 
     .await;
 }
 
+/// A simulator whose clock stands still until a test moves it. A request takes 90 s and a
+/// batch's window is 500 s: 10 requests take 900 s, past the window, so about five are done
+/// when it expires; five or fewer complete.
+fn stopped_clock_sim() -> SimConfig {
+    SimConfig {
+        time_scale: 0.0,
+        start_time: Some(jiff::Timestamp::now().as_second()),
+        seed: Some(11),
+        validating_secs: 5.0,
+        in_progress_secs: 0.0,
+        request_secs: 90.0,
+        finalizing_secs: 5.0,
+        completion_window_secs: 500.0,
+        ..SimConfig::default()
+    }
+}
+
+/// Moves the stopped clock until `batch` ends; returns its status then.
+async fn run_to_end(sim: &crate::support::sim::TestSim, batch: &str) -> String {
+    advance_until(sim, batch, "in_progress", 5.0).await;
+    wait_until("the batch ended", Duration::from_secs(30), async || {
+        sim.handle.advance(50.0).await;
+        let stats = sim.handle.stats().await;
+        let status = stats
+            .batches
+            .iter()
+            .find(|b| b.id == batch)
+            .map(|b| b.status.clone())
+            .unwrap_or_default();
+        let ended = ["completed", "expired", "failed", "cancelled"].contains(&status.as_str());
+        (ended, status)
+    })
+    .await
+}
+
+/// How many successful results each custom_id has across `jobs`.
+fn successes(env: &Env, jobs: &[Job]) -> BTreeMap<String, usize> {
+    let mut count = BTreeMap::new();
+    for job in jobs.iter().filter(|j| j.results_dir.is_some()) {
+        for id in succeeded(env, job) {
+            *count.entry(id).or_default() += 1;
+        }
+    }
+    count
+}
+
+/// `batchwatch resubmit ARGS` as an operator runs it, expected to be refused: its stderr.
+fn resubmit_refused(env: &Env, args: &[&str]) -> String {
+    let out = crate::support::process::run(Some(&env.config), &[&["resubmit"], args].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "resubmit {args:?} was not refused: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// A simulator and a stopped daemon's surroundings, after a job of 10 requests (`TAG-0`…)
+/// expired with about five done; with the job and how many it left undone.
+async fn after_an_expired_job(tag: &str) -> (crate::support::sim::TestSim, Env, Job, usize) {
+    let sim = spawn_sim(stopped_clock_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file(
+        &format!("{tag}.jsonl"),
+        requests(tag, 10, "gpt-4o-mini").as_bytes(),
+    );
+    let batch = nth_batch(&sim, 0).await;
+    assert_eq!(run_to_end(&sim, &batch).await, "expired");
+    let job = env
+        .wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await
+        .remove(0);
+    assert_eq!(job.state, JobState::Expired);
+    env.stop(daemon);
+    let undone = 10 - succeeded(&env, &job).len();
+    (sim, env, job, undone)
+}
+
 async fn nth_batch(sim: &crate::support::sim::TestSim, n: usize) -> String {
     wait_until("a batch is created", Duration::from_secs(30), async || {
         let stats = sim.handle.stats().await;
@@ -646,19 +920,7 @@ async fn nth_batch(sim: &crate::support::sim::TestSim, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_batch_is_resubmitted_with_exactly_its_missing_requests() {
-    let sim = spawn_sim(SimConfig {
-        time_scale: 0.0,
-        start_time: Some(jiff::Timestamp::now().as_second()),
-        seed: Some(11),
-        // 10 requests take 900 s, past the window; the half left take about 450 s.
-        validating_secs: 5.0,
-        in_progress_secs: 0.0,
-        request_secs: 90.0,
-        finalizing_secs: 5.0,
-        completion_window_secs: 500.0,
-        ..SimConfig::default()
-    })
-    .await;
+    let sim = spawn_sim(stopped_clock_sim()).await;
     let env = Env::new(
         &sim.handle.base_url(),
         "[batch]\nresubmit_expired = 1\n[batch.metadata]\nproject = \"p7\"\n",
@@ -698,8 +960,35 @@ async fn an_expired_batch_is_resubmitted_with_exactly_its_missing_requests() {
     let parent = batchwatch::store::chain::parent_of(store.reader(), &again.id)
         .await
         .unwrap();
-    store.close().await;
     assert_eq!(parent.as_deref(), Some(original.id.as_str()));
+    // Both jobs' events say what was chosen: which requests, and how many.
+    let events = |id: &str| {
+        let store = &store;
+        let id = id.to_owned();
+        async move {
+            batchwatch::store::jobs::events(store.reader(), &id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+        }
+    };
+    let resent = 10 - done_first.len();
+    let told =
+        format!("{resent} expired requests (--only expired: those never run) are resubmitted as");
+    let parent_events = events(&original.id).await;
+    assert!(
+        parent_events.iter().any(|m| m.contains(&told)),
+        "{parent_events:#?}"
+    );
+    let child_events = events(&again.id).await;
+    let claimed = format!(
+        "resubmits the {resent} expired requests (--only expired) of {}",
+        original.id
+    );
+    assert!(child_events.contains(&claimed), "{child_events:#?}");
+    store.close().await;
     let manifest: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(
             env.queue
@@ -725,19 +1014,359 @@ async fn an_expired_batch_is_resubmitted_with_exactly_its_missing_requests() {
         &["resubmit", &original.id, "--only", "failed"],
     );
     assert!(out.contains("nothing written"), "{out}");
+    // The expired requests of the original all completed in its resubmission: none is sent
+    // again.
     let out = crate::support::process::stdout_ok(
         Some(&env.config),
         &["resubmit", &original.id, "--only", "expired"],
     );
-    assert!(out.contains("exp.resubmit-1.jsonl"), "{out}");
-    let written =
-        std::fs::read_to_string(env.dir("incoming").join("exp.resubmit-1.jsonl")).unwrap();
-    assert_eq!(written.lines().count(), 10 - done_first.len());
+    assert!(
+        out.contains("nothing written") && out.contains(&again.id),
+        "{out}"
+    );
+    assert!(env.names("incoming").is_empty());
     let sidecar =
-        std::fs::read_to_string(env.dir("incoming").join("exp.resubmit-1.jsonl.toml")).unwrap();
+        std::fs::read_to_string(env.dir("done").join("exp.resubmit-1.jsonl.toml")).unwrap();
     assert!(
         sidecar.contains(&original.id) && sidecar.contains("p7"),
         "{sidecar}"
     );
+    // The log says what it saw in words, never in Rust's debug notation.
+    let log = env.stop(daemon);
+    let seen: Vec<&String> = log.iter().filter(|l| l.contains("batch status")).collect();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("status=expired") && l.contains(" total=10")),
+        "{seen:#?}"
+    );
+    for line in &log {
+        assert!(
+            !["Some(", "RequestCounts", "Job(\"", "Submission("]
+                .iter()
+                .any(|debug| line.contains(debug)),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resubmitting_the_original_after_its_chain_ran_sends_only_what_no_job_of_it_completed() {
+    let sim = spawn_sim(stopped_clock_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "[batch]\nresubmit_expired = 3\n");
+    let mut daemon = env.spawn();
+    let all: Vec<String> = (0..25).map(|i| format!("big-{i}")).collect();
+    env.drop_file("big.jsonl", requests("big", 25, "gpt-4o-mini").as_bytes());
+    // The original and its three automatic resubmissions each expire with part done.
+    for n in 0..4 {
+        let batch = nth_batch(&sim, n).await;
+        assert_eq!(run_to_end(&sim, &batch).await, "expired", "batch {n}");
+    }
+    let jobs = env
+        .wait_finished(4, Duration::from_secs(60), &mut daemon)
+        .await;
+    assert_eq!(jobs[3].file_name, "big.resubmit-3.jsonl");
+    let done = successes(&env, &jobs);
+    let rest: Vec<String> = all
+        .iter()
+        .filter(|id| !done.contains_key(*id))
+        .cloned()
+        .collect();
+    assert!(
+        !rest.is_empty() && rest.len() < 10,
+        "the chain left a few undone: {done:?}"
+    );
+
+    // By hand, from the original: only what no job of the chain completed.
+    let original = &jobs[0];
+    let out = crate::support::process::stdout_ok(Some(&env.config), &["resubmit", &original.id]);
+    assert!(out.contains("incoming/big.resubmit-4.jsonl"), "{out}");
+    assert!(out.contains("left out, already done in its chain"), "{out}");
+    assert_eq!(
+        custom_ids(&env.dir("incoming").join("big.resubmit-4.jsonl")),
+        rest,
+        "{out}"
+    );
+    // Again, and from a job down the chain, while it is in flight: refused, naming it.
+    for job in [&jobs[0], &jobs[2]] {
+        let refused = resubmit_refused(&env, &[&job.id]);
+        assert!(refused.contains("big.resubmit-4.jsonl"), "{refused}");
+    }
+    let batch = nth_batch(&sim, 4).await;
+    run_to_end(&sim, &batch).await;
+    let jobs = env
+        .wait_finished(5, Duration::from_secs(60), &mut daemon)
+        .await;
+    let done = successes(&env, &jobs);
+    assert!(
+        done.values().all(|&n| n == 1),
+        "a request succeeded twice: {done:?}"
+    );
+    assert_eq!(done.len(), 25, "every request done once: {done:?}");
+    for job in &jobs {
+        let out = crate::support::process::stdout_ok(Some(&env.config), &["resubmit", &job.id]);
+        assert!(out.contains("nothing written"), "{out}");
+    }
+    assert!(env.names("incoming").is_empty());
+    assert_eq!(sim.handle.stats().await.batches.len(), 5);
+    env.stop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_resubmit_while_one_is_in_flight_is_refused_naming_it_and_force_says_what_it_pays_again()
+ {
+    let (sim, env, job, undone) = after_an_expired_job("j").await;
+
+    // Four operators at once: one writes, the others are refused, naming its file.
+    let running: Vec<_> = (0..4)
+        .map(|_| {
+            command(Some(&env.config))
+                .args(["resubmit", &job.id])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = running
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let written: Vec<_> = outs.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(written.len(), 1, "{outs:#?}");
+    for refused in outs.iter().filter(|o| !o.status.success()) {
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("incoming/j.resubmit-1.jsonl, not yet claimed"),
+            "{stderr}"
+        );
+    }
+    let file = env.dir("incoming").join("j.resubmit-1.jsonl");
+    assert_eq!(custom_ids(&file).len(), undone);
+
+    // Claimed and running: the job is named.
+    let mut daemon = env.spawn();
+    let child = wait_until(
+        "the resubmission runs",
+        Duration::from_secs(30),
+        async || {
+            let child = env.jobs().await.into_iter().find(|j| j.id != job.id);
+            (
+                child.as_ref().is_some_and(|c| c.state == JobState::Running),
+                child,
+            )
+        },
+    )
+    .await
+    .unwrap();
+    let refused = resubmit_refused(&env, &[&job.id]);
+    assert!(
+        refused.contains(&format!("job {} (j.resubmit-1.jsonl)", child.id)),
+        "{refused}"
+    );
+
+    let batch = nth_batch(&sim, 1).await;
+    assert_eq!(run_to_end(&sim, &batch).await, "completed");
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    // Nothing left undone: nothing written, however often it is asked.
+    for _ in 0..2 {
+        let out = crate::support::process::stdout_ok(Some(&env.config), &["resubmit", &job.id]);
+        assert!(
+            out.contains("nothing written") && out.contains(&child.id),
+            "{out}"
+        );
+    }
+    let done = successes(&env, &jobs);
+    assert_eq!(done.len(), 10, "{done:?}");
+    assert!(done.values().all(|&n| n == 1), "{done:?}");
+    env.stop(daemon);
+
+    // --force writes them anyway, and says what that pays again.
+    let out =
+        crate::support::process::stdout_ok(Some(&env.config), &["resubmit", &job.id, "--force"]);
+    assert!(
+        out.contains(&format!(
+            "--force: {undone} of them will run, and be paid, again: {undone} in job {} (j.resubmit-1.jsonl)",
+            child.id
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        custom_ids(&env.dir("incoming").join("j.resubmit-2.jsonl")),
+        custom_ids(&env.dir("done").join("j.resubmit-1.jsonl"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resubmission_killed_before_its_file_was_moved_in_arrives_once() {
+    let (sim, env, job, undone) = after_an_expired_job("k").await;
+    let killed = |args: &[&str]| {
+        let out = command(Some(&env.config))
+            .args([&["resubmit", job.id.as_str()], args].concat())
+            .env(batchwatch::failpoint::ENV, "resubmit:before-publish")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+        let staged = env.names("incoming");
+        assert_eq!(staged.len(), 2, "{staged:?}");
+        assert!(
+            staged
+                .iter()
+                .all(|n| n.starts_with(".batchwatch-resubmit-")),
+            "recorded, still under its temporary names: {staged:?}"
+        );
+    };
+
+    // The next look at the chain moves it into place, and sees it in flight.
+    killed(&[]);
+    let refused = resubmit_refused(&env, &[&job.id]);
+    assert!(
+        refused.contains("incoming/k.resubmit-1.jsonl, not yet claimed"),
+        "{refused}"
+    );
+    assert_eq!(
+        env.names("incoming"),
+        ["k.resubmit-1.jsonl", "k.resubmit-1.jsonl.toml"]
+    );
+    let daemon = env.spawn();
+    wait_until(
+        "the resubmission claimed",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            (jobs.len() == 2, jobs)
+        },
+    )
+    .await;
+    env.stop(daemon);
+
+    // Forced beside it, killed again: the daemon moves it into place at its start.
+    killed(&["--force"]);
+    let daemon = env.spawn();
+    let jobs = wait_until("both claimed", Duration::from_secs(30), async || {
+        let jobs = env.jobs().await;
+        (jobs.len() == 3, jobs)
+    })
+    .await;
+    assert!(
+        env.names("incoming").is_empty(),
+        "{:?}",
+        env.names("incoming")
+    );
+    let names: Vec<&str> = jobs.iter().map(|j| j.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["k.jsonl", "k.resubmit-1.jsonl", "k.resubmit-2.jsonl"]
+    );
+    for child in &jobs[1..] {
+        let path = env.queue.join(&child.path);
+        assert_eq!(custom_ids(&path).len(), undone, "{}", child.file_name);
+    }
+    nth_batch(&sim, 2).await;
+    env.stop(daemon);
+    assert_eq!(
+        sim.handle.stats().await.batches.len(),
+        3,
+        "one batch per file"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemon_resubmits_nothing_of_an_expired_job_while_its_chain_has_another_resubmission_in_flight()
+ {
+    let sim = spawn_sim(stopped_clock_sim()).await;
+    let env = Env::new(&sim.handle.base_url(), "[batch]\nresubmit_expired = 2\n");
+    let daemon = env.spawn();
+    env.drop_file("d.jsonl", requests("d", 25, "gpt-4o-mini").as_bytes());
+    let first = nth_batch(&sim, 0).await;
+    assert_eq!(run_to_end(&sim, &first).await, "expired");
+    // batch.resubmit_expired writes d.resubmit-1.jsonl; its batch runs for a while.
+    let second = nth_batch(&sim, 1).await;
+    advance_until(&sim, &second, "in_progress", 5.0).await;
+    sim.handle.advance(300.0).await;
+    let jobs = env.jobs().await;
+    let (original, auto) = (&jobs[0], &jobs[1]);
+    assert_eq!(auto.file_name, "d.resubmit-1.jsonl");
+    // An operator forces another beside it.
+    let out = crate::support::process::stdout_ok(
+        Some(&env.config),
+        &["resubmit", &original.id, "--force"],
+    );
+    assert!(
+        out.contains("incoming/d.resubmit-2.jsonl") && out.contains(&format!("in job {}", auto.id)),
+        "{out}"
+    );
+    let forced = nth_batch(&sim, 2).await;
+    // The automatic one expires (300 s before the forced one would): nothing more is written.
+    assert_eq!(run_to_end(&sim, &second).await, "expired");
+    let shown = wait_until(
+        "the daemon looked at the expired job",
+        Duration::from_secs(30),
+        async || {
+            let shown = crate::support::process::stdout_ok(Some(&env.config), &["show", &auto.id]);
+            (
+                shown.contains("not resubmitted (batch.resubmit_expired)"),
+                shown,
+            )
+        },
+    )
+    .await;
+    assert!(
+        shown.contains("d.resubmit-2.jsonl"),
+        "names what is in flight: {shown}"
+    );
+    assert_ne!(
+        sim.handle.stats().await.batches[2].status,
+        "expired",
+        "{forced} still runs"
+    );
+    assert!(env.names("incoming").is_empty());
+    assert_eq!(sim.handle.stats().await.batches.len(), 3);
+    env.stop(daemon);
+}
+
+/// On SIGTERM, deletions of remote files stop at once, whatever `daemon.shutdown_timeout`
+/// allows: each is a row, and the next start sends it again. A service that does not answer
+/// them (each DELETE held a minute) would otherwise hold the stop for the whole grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_does_not_wait_for_deletions_the_service_does_not_answer() {
+    let sim = spawn_sim(quick_sim()).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::Latency { ms: 60_000 })
+                .on("DELETE", "/v1/files/{file_id}")
+                .times(1_000_000),
+        )
+        .await;
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[daemon]\nshutdown_timeout = \"30s\"\n",
+    );
+    let mut daemon = env.spawn();
+    env.drop_file("hang.jsonl", requests("hang", 3, "gpt-4o-mini").as_bytes());
+    env.wait_finished(1, Duration::from_secs(60), &mut daemon)
+        .await;
+    wait_until("a DELETE in flight", Duration::from_secs(30), async || {
+        let sent = deletes_sent(&sim).await;
+        (sent >= 1, sent)
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    let (status, took) = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", daemon.seen.join("\n"));
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?}, held by a deletion:\n{}",
+        daemon.seen.join("\n")
+    );
+    let pending = deletions_of(&env).await;
+    assert!(
+        !pending.is_empty() && pending.iter().all(|r| r.state == "pending"),
+        "the deletions are still to do: {pending:?}"
+    );
+    sim.handle.clear_scripted_faults().await;
+    let daemon = env.spawn();
+    wait_no_files(&sim, "every file deleted after the restart").await;
     env.stop(daemon);
 }

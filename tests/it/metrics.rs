@@ -22,7 +22,7 @@ use crate::support::daemon::{Env, quick_sim, requests};
 use crate::support::notify::{notify_socket, wait_message};
 use crate::support::process::{Running, command};
 use crate::support::sim::{TestSim, http_client, spawn_sim};
-use crate::support::{KEY, wait_until};
+use crate::support::{KEY, unused_port, wait_until};
 
 const PRICING: &str = r#"
 [pricing."gpt-4o-mini"]
@@ -33,14 +33,14 @@ batch_discount = 0.5
 "#;
 
 /// Starts the daemon with its endpoint on a free port; returns it and the endpoint's address.
-fn spawn_observed(env: &Env) -> (Running, SocketAddr) {
+pub fn spawn_observed(env: &Env) -> (Running, SocketAddr) {
     let mut daemon = env.spawn();
     let addr = endpoint_addr(&mut daemon);
     (daemon, addr)
 }
 
 /// Where the daemon says its endpoint listens.
-fn endpoint_addr(daemon: &mut Running) -> SocketAddr {
+pub fn endpoint_addr(daemon: &mut Running) -> SocketAddr {
     let line = daemon.wait_for_line("metrics endpoint listening", Duration::from_secs(10));
     line.split("addr=")
         .nth(1)
@@ -56,7 +56,7 @@ fn observed_env(sim: &TestSim, extra: &str) -> Env {
     )
 }
 
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let response = http_client()
         .get(format!("http://{addr}{path}"))
         .send()
@@ -67,7 +67,7 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The samples of an exposition in the classic text format: series (name and labels) to value.
-fn samples(text: &str) -> BTreeMap<String, f64> {
+pub fn samples(text: &str) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| {
@@ -396,6 +396,89 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     env.stop(daemon);
 }
 
+/// Before anything happens, every counter whose label set is known exists at zero, so the
+/// first retry or 429 shows as an increase; a model without a price has its tokens counted but
+/// no cost series (a dashboard shows no data for it, not $0); and README's table of metrics
+/// names every family the endpoint serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_start_at_zero_an_unpriced_model_has_no_cost_and_readme_lists_every_family() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = observed_env(&sim, PRICING);
+    let (mut daemon, addr) = spawn_observed(&env);
+    let (_, text) = get(addr, "/metrics").await;
+    let at_start = samples(&text);
+    for operation in [
+        "upload_file",
+        "retrieve_file",
+        "list_files",
+        "delete_file",
+        "download_file",
+        "create_batch",
+        "retrieve_batch",
+        "list_batches",
+        "cancel_batch",
+    ] {
+        for family in [
+            "api_retries_total",
+            "api_rate_limits_total",
+            "api_key_refusals_total",
+            "api_retry_after_seconds_total",
+        ] {
+            let series = format!("batchwatch_{family}{{operation=\"{operation}\"}}");
+            assert_eq!(at_start.get(&series), Some(&0.0), "{series}:\n{text}");
+        }
+    }
+    for series in [
+        "batchwatch_requests_total{outcome=\"completed\"}",
+        "batchwatch_reconciliations_total{request=\"create\",outcome=\"not_found\"}",
+        "batchwatch_pruned_total{kind=\"jobs\"}",
+    ] {
+        assert_eq!(at_start.get(series), Some(&0.0), "{series}:\n{text}");
+    }
+
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let table = readme
+        .split_once("Metrics (all named `batchwatch_…`")
+        .and_then(|(_, rest)| rest.split_once("\n\n| metric |"))
+        .and_then(|(_, rest)| rest.split_once("\n\n"))
+        .map(|(table, _)| table)
+        .expect("README's metrics table");
+    for family in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE batchwatch_"))
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        assert!(
+            table.contains(&format!("`{family}{{")) || table.contains(&format!("`{family}`")),
+            "README's metrics table lacks {family}"
+        );
+    }
+
+    env.drop_file("priced.jsonl", requests("p", 3, "gpt-4o-mini").as_bytes());
+    env.drop_file("unpriced.jsonl", requests("u", 3, "gpt-4o").as_bytes());
+    env.wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    let ended = scrape_until(addr, "the tokens of both models", |s| {
+        ["gpt-4o", "gpt-4o-mini"]
+            .iter()
+            .all(|model| sum(s, "batchwatch_tokens_total", &[("model", model)]) > 0.0)
+    })
+    .await;
+    assert!(
+        sum(
+            &ended,
+            "batchwatch_cost_usd_total",
+            &[("model", "gpt-4o-mini")]
+        ) > 0.0
+    );
+    let unpriced: Vec<&String> = ended
+        .keys()
+        .filter(|k| k.starts_with("batchwatch_cost_usd_total{model=\"gpt-4o\"}"))
+        .collect();
+    assert!(unpriced.is_empty(), "{unpriced:?}");
+    env.stop(daemon);
+}
+
 /// A real Prometheus, when the machine has one (Debian's `prometheus` package).
 fn prometheus_missing() -> bool {
     let found = ["prometheus", "promtool"].iter().all(|tool| {
@@ -420,14 +503,6 @@ fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Prometheus scraping `target` every second, with the repository's rules loaded.
 struct Prometheus {
     child: Child,
@@ -449,7 +524,7 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", unused_port()).parse().unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -587,6 +662,32 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     )
 }
 
+/// What README tells an operator to run: `promtool check rules config/prometheus/*.yml` (every
+/// file the glob matches is a rules file), and the rules' own tests, kept apart in `tests/`.
+#[test]
+fn promtool_checks_every_rules_file_the_glob_matches_and_the_rules_pass_their_tests() {
+    if prometheus_missing() {
+        return;
+    }
+    let dir = repo("config/prometheus");
+    let mut globbed: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yml"))
+        .map(|path| path.display().to_string())
+        .collect();
+    globbed.sort();
+    assert!(!globbed.is_empty(), "no rules in {}", dir.display());
+    let mut args = vec!["check", "rules"];
+    args.extend(globbed.iter().map(String::as_str));
+    let (ok, out) = promtool(&args, None);
+    assert!(ok, "promtool check rules {globbed:?}:\n{out}");
+
+    let tests = repo("config/prometheus/tests/batchwatch-rules.test.yml");
+    let (ok, out) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
+    assert!(ok, "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_real_prometheus_scrapes_the_daemon_and_every_dashboard_and_alert_expression_evaluates() {
     if prometheus_missing() {
@@ -642,12 +743,6 @@ async fn a_real_prometheus_scrapes_the_daemon_and_every_dashboard_and_alert_expr
         );
     }
 
-    let rules = repo("config/prometheus/batchwatch-rules.yml");
-    let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
-    assert!(ok, "{out}");
-    let tests = repo("config/prometheus/batchwatch-rules.test.yml");
-    let (ok, out) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
-    assert!(ok, "{out}");
     for (alert, expr) in alert_exprs() {
         let firing = prometheus.query(&expr).await;
         for name in metric_names(&expr) {
@@ -862,9 +957,39 @@ async fn a_batch_stuck_in_finalizing_is_warned_once_counted_shown_and_named_to_s
     env.stop(daemon);
 }
 
-/// The inodes of the listening TCP sockets of process `pid`.
-fn listening_sockets(pid: u32) -> Vec<String> {
-    let mut listening = Vec::new();
+/// Batches whose results cannot be written here (results/ is a file; equally a full disk or a
+/// permission) are counted while they wait, and no more once the host is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_waiting_on_a_local_fault_are_counted_until_they_can_be_written() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = observed_env(&sim, "");
+    let (mut daemon, addr) = spawn_observed(&env);
+    std::fs::remove_dir_all(env.dir("results")).unwrap();
+    std::fs::write(env.dir("results"), b"not a directory").unwrap();
+    for name in ["a.jsonl", "b.jsonl"] {
+        env.drop_file(name, requests(name, 2, "gpt-4o-mini").as_bytes());
+    }
+    scrape_until(addr, "both batches counted as waiting", |s| {
+        sum(s, "batchwatch_results_waiting_on_local_fault", &[]) == 2.0
+    })
+    .await;
+    std::fs::remove_file(env.dir("results")).unwrap();
+    std::fs::create_dir(env.dir("results")).unwrap();
+    let jobs = env
+        .wait_finished(2, Duration::from_secs(60), &mut daemon)
+        .await;
+    assert!(jobs.iter().all(|j| j.state == JobState::Completed));
+    scrape_until(addr, "no batch waiting", |s| {
+        sum(s, "batchwatch_results_waiting_on_local_fault", &[]) == 0.0
+    })
+    .await;
+    env.stop(daemon);
+}
+
+/// The inodes of the TCP sockets of process `pid` whose row of /proc/net/tcp (split in fields)
+/// `keep` keeps.
+pub fn sockets_of(pid: u32, keep: impl Fn(&[&str]) -> bool) -> Vec<String> {
+    let mut kept = Vec::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         for line in std::fs::read_to_string(table)
             .unwrap_or_default()
@@ -872,9 +997,9 @@ fn listening_sockets(pid: u32) -> Vec<String> {
             .skip(1)
         {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            // st 0A is LISTEN; the inode is the tenth field.
-            if fields.get(3) == Some(&"0A") {
-                listening.push(fields[9].to_owned());
+            // The inode is the tenth field.
+            if fields.len() > 9 && keep(&fields) {
+                kept.push(fields[9].to_owned());
             }
         }
     }
@@ -888,13 +1013,19 @@ fn listening_sockets(pid: u32) -> Vec<String> {
             if let Some(inode) = target
                 .strip_prefix("socket:[")
                 .and_then(|t| t.strip_suffix(']'))
-                && listening.iter().any(|l| l == inode)
+                && kept.iter().any(|k| k == inode)
             {
                 own.push(inode.to_owned());
             }
         }
     }
     own
+}
+
+/// The inodes of the listening TCP sockets of process `pid`.
+fn listening_sockets(pid: u32) -> Vec<String> {
+    // st 0A is LISTEN.
+    sockets_of(pid, |fields| fields[3] == "0A")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

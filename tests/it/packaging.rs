@@ -187,6 +187,7 @@ fn man_pages_one_per_visible_command_render_without_warnings() {
         .map(|c| format!("batchwatch-{}.1", c.get_name()))
         .collect();
     expected.insert("batchwatch.1".to_owned());
+    expected.insert("batchwatch.toml.5".to_owned());
     let written: BTreeSet<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -250,5 +251,98 @@ fn man_pages_say_what_help_says() {
                 );
             }
         }
+    }
+}
+
+/// The sections an operator looks for in a manual page, each a line of its own as man renders
+/// the heading.
+fn sections(rendered: &str) -> BTreeSet<&str> {
+    rendered
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(' ') && l.to_uppercase() == *l)
+        .collect()
+}
+
+#[test]
+fn man_pages_say_where_files_are_what_the_environment_and_signals_do_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&batchwatch().arg("man").arg(dir.path()).output().unwrap());
+    let Some(root) = man_render(&dir.path().join("batchwatch.1")) else {
+        return;
+    };
+    let root = stdout(&root);
+    for section in ["FILES", "ENVIRONMENT", "SIGNALS", "EXIT STATUS", "SEE ALSO"] {
+        assert!(
+            sections(&root).contains(section),
+            "batchwatch.1 lacks {section}:\n{root}"
+        );
+    }
+    for said in [
+        "/etc/batchwatch/batchwatch.toml",
+        "/var/lib/batchwatch/state.db",
+        "/usr/share/batchwatch/",
+        "BATCHWATCH_SECTION__KEY",
+        "OPENAI_API_KEY",
+        "NO_COLOR",
+        "SIGHUP",
+        "SIGTERM",
+        "78",
+        "65",
+        "batchwatch.toml(5)",
+    ] {
+        assert!(
+            root.contains(said),
+            "batchwatch.1 does not say {said}:\n{root}"
+        );
+    }
+    assert!(!sections(&root).contains("EXTRA"), "{root}");
+    let run = stdout(&man_render(&dir.path().join("batchwatch-run.1")).unwrap());
+    assert!(sections(&run).contains("SIGNALS"), "{run}");
+    let status = stdout(&man_render(&dir.path().join("batchwatch-status.1")).unwrap());
+    let status_sections = sections(&status);
+    assert!(
+        status_sections.contains("EXIT STATUS")
+            && status_sections.contains("FILES")
+            && !status_sections.contains("SIGNALS"),
+        "{status}"
+    );
+    assert!(status.contains("batchwatch(1)"), "{status}");
+}
+
+/// batchwatch.toml(5) is made from the example configuration, the built-in defaults: every
+/// table and every key of it is there, with its default.
+#[test]
+fn the_configuration_page_has_every_table_and_key_of_the_example() {
+    let dir = tempfile::tempdir().unwrap();
+    stdout(&batchwatch().arg("man").arg(dir.path()).output().unwrap());
+    let Some(page) = man_render(&dir.path().join("batchwatch.toml.5")) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&page.stderr).into_owned();
+    assert!(
+        page.status.success() && stderr.trim().is_empty(),
+        "{stderr}"
+    );
+    let page = stdout(&page);
+    let example = stdout(&batchwatch().arg("print-default-config").output().unwrap());
+    fn keys(table: &toml::Table, prefix: &str, out: &mut Vec<(String, String, String)>) {
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(inner) => keys(inner, &format!("{prefix}{key}."), out),
+                value => out.push((prefix.to_owned(), key.clone(), value.to_string())),
+            }
+        }
+    }
+    let mut all = Vec::new();
+    keys(&example.parse().unwrap(), "", &mut all);
+    assert!(all.len() > 40, "{all:?}");
+    for (table, key, value) in all {
+        let table = format!("[{}]", table.trim_end_matches('.'));
+        assert!(page.contains(&table), "no {table}:\n{page}");
+        let entry = format!("{key} = {value}");
+        assert!(page.contains(&entry), "no {entry:?} in {table}:\n{page}");
+    }
+    for section in ["NAME", "SYNOPSIS", "DESCRIPTION", "SETTINGS", "SEE ALSO"] {
+        assert!(sections(&page).contains(section), "{section}:\n{page}");
     }
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::process::{Running, command};
+use crate::support::notify::{notify_socket, wait_message};
+use crate::support::process::{Running, command, run_as_nobody};
 use crate::support::{KEY, Sandbox};
 
 fn started(sandbox: &Sandbox) -> Running {
@@ -59,12 +60,15 @@ fn logs_are_json_lines_when_asked_and_follow_rust_log() {
 
     // Text logs to a pipe carry no colour codes, and RUST_LOG filters them.
     let config = sandbox.write_config("");
+    let (socket, ready) = notify_socket(sandbox.path());
     let mut cmd = command(Some(&config));
     cmd.arg("run")
         .env("OPENAI_API_KEY", KEY)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .env("NOTIFY_SOCKET", &socket);
     let mut quiet = Running::spawn(cmd);
-    std::thread::sleep(Duration::from_millis(500));
+    // Ready comes after every line of the start-up, "batchwatch started" among them.
+    wait_message(&ready, |m| m.contains("READY=1"), Duration::from_secs(20));
     quiet.signal(libc::SIGTERM);
     let (status, _) = quiet.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0));
@@ -110,4 +114,70 @@ fn run_needs_no_system_certificates_for_a_plain_http_api_and_names_them_for_http
         stderr.contains("`api.base_url`") && stderr.contains("ca-certificates"),
         "{stderr}"
     );
+}
+
+/// Started by a user who may not write the queue tree (`nobody`, on a tree root made): its
+/// lock file cannot be created. The daemon used to say "No such file or directory" (the error
+/// of its read-only second try, not the refusal) and exit 1, and print it twice (a plain line
+/// and a logged ERROR line). Now it names the refusal, the path, the key and the user, once,
+/// and exits 78 as for any path of the configuration it cannot use.
+#[test]
+fn a_queue_tree_the_user_may_not_write_is_named_for_the_refusal_once_with_exit_78() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to make a tree as root and run the daemon as nobody");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("");
+    for sub in ["incoming", "processing", "done", "failed", "results"] {
+        std::fs::create_dir_all(sandbox.queue_dir().join(sub)).unwrap();
+    }
+    // Readable by all (the configuration too), writable by root alone.
+    std::fs::set_permissions(sandbox.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_as_nobody(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let lock = sandbox.queue_dir().join(".batchwatch.lock");
+    let said = format!(
+        "batchwatch: invalid configuration: `queue.dir`: cannot open the lock file {}: Permission denied",
+        lock.display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
+    assert!(stderr.contains("uid 65534"), "names the user: {stderr}");
+    assert!(!stderr.contains("No such file"), "{stderr}");
+    assert_eq!(
+        stderr.matches(&lock.display().to_string()).count(),
+        1,
+        "said once: {stderr}"
+    );
+}
+
+/// The queue tree is the user's, but the database is root's and only readable by others: the
+/// daemon used to start, then stop with SQLite's "attempt to write a readonly database" and
+/// exit 1. Now it names the file, the refusal and `database.path`, with exit 78.
+#[test]
+fn a_database_the_user_may_not_write_is_named_with_exit_78() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root, to make a database as root and run the daemon as nobody");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("");
+    std::fs::create_dir_all(sandbox.queue_dir()).unwrap();
+    std::os::unix::fs::chown(sandbox.path(), Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(sandbox.queue_dir(), Some(65534), Some(65534)).unwrap();
+    std::fs::write(sandbox.db_path(), b"").unwrap();
+    std::fs::set_permissions(sandbox.db_path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_as_nobody(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let said = format!(
+        "batchwatch: invalid configuration: `database.path`: cannot write {}: Permission denied",
+        sandbox.db_path().display()
+    );
+    assert!(stderr.contains(&said), "{stderr}");
 }

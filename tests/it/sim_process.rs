@@ -136,11 +136,7 @@ async fn sim_exits_0_on_sigint() {
 /// the simulator down: its stdout is closed before it writes a byte, and it serves anyway.
 #[tokio::test]
 async fn sim_serves_on_when_nobody_reads_its_stdout() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::unused_port();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut child = Command::new(env!("CARGO_BIN_EXE_batchwatch"))
@@ -278,34 +274,6 @@ async fn a_150_mb_upload_streams_through_disk_without_the_simulator_growing() {
         peak < before + 64 * 1024,
         "the simulator's peak RSS grew from {before} KiB to {peak} KiB for a {size}-byte file"
     );
-}
-
-#[tokio::test]
-async fn an_in_process_simulator_shuts_down_and_stops_answering() {
-    let sim = batchwatch::sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        crate::support::sim::stopped_clock(),
-    )
-    .await
-    .unwrap();
-    let url = format!("{}/batches", sim.base_url());
-    let data_dir = sim.data_dir().to_owned();
-    let client = http_client();
-    let response = client.get(&url).bearer_auth(KEY).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let started = Instant::now();
-    sim.shutdown().await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1));
-    assert!(
-        http_client()
-            .get(&url)
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .is_err(),
-        "nothing listens any more"
-    );
-    assert!(!data_dir.exists(), "the temporary data dir is removed");
 }
 
 /// The simulator logs, from its start, in the format `--log-format` names.

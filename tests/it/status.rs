@@ -136,7 +136,7 @@ async fn show_prints_a_job_with_its_events_batches_and_history() {
             .collect::<Vec<_>>(),
     );
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no job or batch"));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no job, batch or file"));
 }
 
 #[tokio::test]
@@ -264,4 +264,373 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
         row["last_error"],
         "download output: HTTP 500\n\x1b[31mforged"
     );
+}
+
+/// Inserts a job of `name` for `model`, claimed at `at`, with its file at `path`.
+async fn job_at(
+    store: &batchwatch::store::Store,
+    id: &str,
+    name: &str,
+    model: &str,
+    at: &str,
+    path: &str,
+) {
+    use batchwatch::store::jobs::{self, NewJob};
+    let mut tx = store.begin().await.unwrap();
+    jobs::insert(
+        &mut tx,
+        &NewJob {
+            id,
+            file_name: name,
+            path,
+            size_bytes: 100,
+            endpoint: None,
+            completion_window: "24h",
+            deadline_at: "2026-12-31T00:00:00.000Z",
+            metadata: "{}",
+            output_expires_after: None,
+        },
+        at,
+    )
+    .await
+    .unwrap();
+    jobs::record_validation(
+        &mut tx,
+        id,
+        &"cd".repeat(32),
+        1,
+        "/v1/chat/completions",
+        model,
+        at,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn ids(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.starts_with("job_"))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn status_narrows_by_file_glob_claim_time_model_and_state_together() {
+    use crate::support::fixtures::job_id;
+    use batchwatch::clock;
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let now = jiff::Timestamp::now();
+    let ago = |hours: u64| {
+        clock::format(clock::sub(
+            now,
+            std::time::Duration::from_secs(hours * 3600),
+        ))
+    };
+    let (recent, other_model, old, other_name) = (job_id(1), job_id(2), job_id(3), job_id(4));
+    job_at(
+        &store,
+        &recent,
+        "eval-a.jsonl",
+        "gpt-4o-mini",
+        &ago(1),
+        "processing/a",
+    )
+    .await;
+    job_at(
+        &store,
+        &other_model,
+        "eval-b.jsonl",
+        "gpt-4o",
+        &ago(1),
+        "processing/b",
+    )
+    .await;
+    job_at(
+        &store,
+        &old,
+        "eval-old.jsonl",
+        "gpt-4o-mini",
+        &ago(5),
+        "processing/c",
+    )
+    .await;
+    job_at(
+        &store,
+        &other_name,
+        "other.jsonl",
+        "gpt-4o-mini",
+        &ago(1),
+        "processing/d",
+    )
+    .await;
+    store.close().await;
+
+    let all = [&other_name, &old, &other_model, &recent].map(|s| s.to_string());
+    assert_eq!(ids(&cli(&sandbox, &["status"])), all);
+    assert_eq!(
+        ids(&cli(&sandbox, &["status", "--file", "eval-*.jsonl"])),
+        [&old, &other_model, &recent].map(|s| s.to_string())
+    );
+    assert_eq!(
+        ids(&cli(&sandbox, &["status", "--since", "2h"])),
+        [&other_name, &other_model, &recent].map(|s| s.to_string())
+    );
+    assert_eq!(
+        ids(&cli(&sandbox, &["status", "--model", "gpt-4o"])),
+        [other_model.as_str()]
+    );
+    assert_eq!(
+        ids(&cli(
+            &sandbox,
+            &[
+                "status",
+                "--file",
+                "eval-*",
+                "--since",
+                "2h",
+                "--model",
+                "gpt-4o-mini",
+                "--state",
+                "validating"
+            ]
+        )),
+        [recent.as_str()]
+    );
+    assert!(
+        ids(&cli(
+            &sandbox,
+            &["status", "--file", "eval-*", "--state", "queued"]
+        ))
+        .is_empty()
+    );
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&sandbox, &["status", "--json", "--file", "other*"])).unwrap();
+    assert_eq!(json.len(), 1);
+    assert_eq!(json[0]["id"], other_name.as_str());
+}
+
+#[tokio::test]
+async fn show_finds_every_job_of_a_file_by_its_name_or_its_path_newest_first() {
+    use crate::support::fixtures::{T0, job_id};
+    let (sandbox, _) = filled().await;
+    let store = open(&sandbox.db_path()).await;
+    let (first, again) = (job_id(20), job_id(21));
+    job_at(
+        &store,
+        &first,
+        "repeat.jsonl",
+        "gpt-4o-mini",
+        T0,
+        "failed/repeat.jsonl",
+    )
+    .await;
+    job_at(
+        &store,
+        &again,
+        "repeat.jsonl",
+        "gpt-4o-mini",
+        T0,
+        "done/repeat.jsonl",
+    )
+    .await;
+    store.close().await;
+
+    let out = cli(&sandbox, &["show", "repeat.jsonl"]);
+    assert!(
+        out.starts_with("2 jobs of repeat.jsonl, newest first\n"),
+        "{out}"
+    );
+    let shown: Vec<&str> = out.lines().filter(|l| l.starts_with("Job ")).collect();
+    assert_eq!(
+        shown,
+        [
+            format!("Job {again} (repeat.jsonl)"),
+            format!("Job {first} (repeat.jsonl)")
+        ]
+    );
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&sandbox, &["show", "--json", "repeat.jsonl"])).unwrap();
+    let json_ids: Vec<&str> = json
+        .iter()
+        .map(|r| r["job"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(json_ids, [again.as_str(), first.as_str()]);
+
+    // By where the file is: relative to the queue, or anywhere under a queue directory.
+    for path in [
+        "done/repeat.jsonl",
+        "/var/lib/batchwatch/queue/done/repeat.jsonl",
+    ] {
+        let out = cli(&sandbox, &["show", path]);
+        assert!(
+            out.starts_with(&format!("1 job of {path}, newest first\n\nJob {again} ")),
+            "{out}"
+        );
+    }
+    let missing = run(
+        None,
+        &db_args(&sandbox, &["show", "nothing.jsonl"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("no job, batch or file \"nothing.jsonl\""),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+/// JSON output gives what the database holds as JSON (a batch object, metadata) as JSON, not
+/// as a string to parse again.
+#[tokio::test]
+async fn json_output_gives_raw_batch_objects_and_metadata_as_objects() {
+    let (sandbox, f) = filled().await;
+    let history: Vec<serde_json::Value> =
+        serde_json::from_str(&cli(&sandbox, &["history", "--json", &f.completed_remote])).unwrap();
+    assert_eq!(
+        history[0]["raw"]["id"],
+        f.completed_remote.as_str(),
+        "{}",
+        history[0]
+    );
+    let show: serde_json::Value =
+        serde_json::from_str(&cli(&sandbox, &["show", "--json", &f.completed])).unwrap();
+    assert_eq!(
+        show["job"]["metadata"]["team"], "research",
+        "{}",
+        show["job"]
+    );
+    assert_eq!(show["batches"][0]["raw"]["id"], f.completed_remote.as_str());
+    assert_eq!(
+        show["batches"][0]["history"][0]["raw"]["id"],
+        f.completed_remote.as_str()
+    );
+}
+
+/// `show` says where a deadline stands, even for a job that ended.
+#[tokio::test]
+async fn show_says_how_far_a_deadline_is_in_words() {
+    let (sandbox, f) = filled().await;
+    for id in [&f.completed, &f.queued] {
+        let out = cli(&sandbox, &["show", id]);
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("deadline"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            line.ends_with(" ago)") && line.contains("(passed "),
+            "the fixture's deadline is past: {line}"
+        );
+    }
+}
+
+/// Runs `batchwatch ARGS` with its standard output on a pseudo-terminal, as at a terminal;
+/// returns what it printed there.
+fn on_a_terminal(args: &[String], vars: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let (mut leader, mut follower) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the integers given; no name, settings or size.
+    let opened = unsafe {
+        libc::openpty(
+            &mut leader,
+            &mut follower,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(opened, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned here alone.
+    let (mut leader, follower) = unsafe {
+        (
+            std::fs::File::from_raw_fd(leader),
+            std::fs::File::from_raw_fd(follower),
+        )
+    };
+    let mut command = crate::support::process::command(None);
+    command.args(args).env("TERM", "xterm").stdout(follower);
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    // The follower's last copy goes with the command: reading then ends when the child does.
+    drop(command);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // EIO once no process holds the follower any more: the end of the output.
+        let _ = leader.read_to_end(&mut out);
+        out
+    });
+    assert!(child.wait().unwrap().success());
+    String::from_utf8(reader.join().unwrap())
+        .unwrap()
+        .replace("\r\n", "\n")
+}
+
+/// `text` without its SGR escape sequences (`ESC [ ... m`).
+fn uncoloured(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let code = &rest[at..];
+        rest = &code[code.find('m').map_or(code.len(), |m| m + 1)..];
+    }
+    out + rest
+}
+
+#[tokio::test]
+async fn status_and_show_are_coloured_on_a_terminal_and_not_with_no_color_or_in_a_pipe() {
+    let (sandbox, f) = filled().await;
+    for args in [vec!["status"], vec!["show", f.completed.as_str()]] {
+        let args = db_args(&sandbox, &args);
+        let coloured = on_a_terminal(&args, &[]);
+        assert!(
+            coloured.contains("\x1b[32mcompleted\x1b[0m"),
+            "{coloured:?}"
+        );
+        let plain = on_a_terminal(&args, &[("NO_COLOR", "1")]);
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+        // The same text, colour aside: the columns stay aligned, as colour takes no room.
+        assert_eq!(uncoloured(&coloured), plain);
+        let piped = stdout_ok(None, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(piped, plain);
+    }
+}
+
+#[tokio::test]
+async fn status_cuts_long_names_short_and_says_so_and_wide_shows_them_whole() {
+    use crate::support::fixtures::{T0, job_id};
+    let (sandbox, _) = filled().await;
+    let store = open(&sandbox.db_path()).await;
+    let name = format!("{}.jsonl", "a-very-long-evaluation-file-name".repeat(2));
+    job_at(
+        &store,
+        &job_id(30),
+        &name,
+        "gpt-4o-mini",
+        T0,
+        "processing/long",
+    )
+    .await;
+    store.close().await;
+    let narrow = cli(&sandbox, &["status"]);
+    assert!(!narrow.contains(&name), "{narrow}");
+    assert!(
+        narrow.contains("a-very-long-evaluation-file-nam…"),
+        "{narrow}"
+    );
+    assert!(
+        narrow.contains("--wide shows every value whole"),
+        "{narrow}"
+    );
+    let wide = cli(&sandbox, &["status", "--wide"]);
+    assert!(wide.contains(&name), "{wide}");
+    assert!(!wide.contains('…') && !wide.contains("--wide"), "{wide}");
 }

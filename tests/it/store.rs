@@ -6,7 +6,7 @@ use std::time::Duration;
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
 use batchwatch::store::batches::{self, NewSubmission, Recorded};
 use batchwatch::store::{
-    Access, Store, StoreError, history, jobs, known_schema_version, transitions,
+    Access, Store, StoreError, deletions, history, jobs, known_schema_version, transitions,
 };
 
 use crate::support::Sandbox;
@@ -63,6 +63,8 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     // undone newest first.
     let writer = store.writer().unwrap();
     for undo in [
+        "ALTER TABLE batches DROP COLUMN local_fault_since",
+        "DROP TABLE resubmissions",
         "DROP INDEX batches_resent",
         "DROP INDEX batches_state_status",
         "DROP INDEX jobs_resubmit_due",
@@ -780,6 +782,13 @@ async fn every_transition_moves_only_from_the_states_the_diagram_allows() {
                     .map(|_| ())
             })
         }),
+        ("wait_on_local_fault", &[S::Collecting], None, |c, id| {
+            Box::pin(async move {
+                transitions::wait_on_local_fault(c, id, "x", T0, T0)
+                    .await
+                    .map(|_| ())
+            })
+        }),
     ];
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
@@ -828,6 +837,184 @@ async fn every_transition_moves_only_from_the_states_the_diagram_allows() {
             assert_eq!(after, expected, "{name} from {state}");
         }
     }
+}
+
+/// Every move of a job follows the job state machine ([`JobState::sources`]): from each state
+/// to each other, `set_state` moves the job only along an edge; it refuses the rest, naming
+/// both states (or saying the job is finished), and leaves the job as it was.
+#[tokio::test]
+async fn every_job_move_follows_an_edge_of_the_job_state_machine() {
+    use JobState as J;
+    // Spot checks of the table itself, the ones the daemon depends on.
+    assert!(J::Queued.sources().contains(&J::Validating));
+    assert!(J::Cancelling.sources().contains(&J::Validating));
+    assert!(J::Rejected.sources() == [J::Validating]);
+    assert!(
+        J::Queued.sources().contains(&J::Running),
+        "a refused attempt waits again"
+    );
+    assert!(!J::Running.sources().contains(&J::Validating));
+    assert!(
+        J::ALL
+            .iter()
+            .all(|to| to.sources().iter().all(|from| !from.is_terminal()))
+    );
+
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(78);
+    new_job(&store, &job, "job-edges.jsonl", 1).await;
+    let state_now = || async {
+        jobs::get(store.reader(), &job)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+    };
+    for from in J::ALL.iter().copied() {
+        for to in J::ALL.iter().copied() {
+            sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
+                .bind(from.as_str())
+                .bind(&job)
+                .execute(store.writer().unwrap())
+                .await
+                .unwrap();
+            let mut tx = store.begin().await.unwrap();
+            let result = jobs::set_state(&mut tx, &job, to, None, "edge", T0).await;
+            let allowed = to.sources().contains(&from);
+            match result {
+                Ok(()) => {
+                    assert!(allowed, "a job moved from {from} to {to}");
+                    tx.commit().await.unwrap();
+                }
+                Err(StoreError::IllegalJob { from: f, to: t, .. }) => {
+                    assert!(!allowed && !from.is_terminal(), "{from} -> {to} refused");
+                    assert_eq!((f, t), (from, to));
+                }
+                Err(StoreError::Finished { .. }) => {
+                    assert!(from.is_terminal(), "{from} -> {to} called finished");
+                }
+                Err(other) => panic!("{from} -> {to}: {other}"),
+            }
+            let expected = if allowed { to } else { from };
+            assert_eq!(state_now().await, expected, "{from} -> {to}");
+        }
+    }
+}
+
+/// A wait on a local fault forgets the service's failures counted before it, and a failure of
+/// the service ends the wait: the two never add up towards `collect.give_up_after`.
+#[tokio::test]
+async fn a_local_fault_and_the_services_failures_are_counted_apart() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(78);
+    new_job(&store, &job, "faults.jsonl", 1).await;
+    let id = fixtures::submission(&store, &job, 0, 1, 1).await;
+    let (t1, t2, t3) = (
+        "2026-11-22T10:00:01.000Z",
+        "2026-11-22T10:00:02.000Z",
+        "2026-11-22T10:00:03.000Z",
+    );
+    let mut tx = store.begin().await.unwrap();
+    transitions::to_collecting(&mut tx, id, T0).await.unwrap();
+    assert_eq!(
+        transitions::note_collect_failure(&mut tx, id, T0)
+            .await
+            .unwrap(),
+        T0
+    );
+    let since = transitions::wait_on_local_fault(&mut tx, id, "disk full", t2, t1)
+        .await
+        .unwrap();
+    assert_eq!(since, t1);
+    let since = transitions::wait_on_local_fault(&mut tx, id, "disk full", t3, t2)
+        .await
+        .unwrap();
+    assert_eq!(since, t1, "the wait began at its first failure");
+    tx.commit().await.unwrap();
+    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            row.collect_failing_since.as_deref(),
+            row.local_fault_since.as_deref(),
+            row.last_error.as_deref(),
+            row.not_before.as_deref()
+        ),
+        (None, Some(t1), Some("disk full"), Some(t3))
+    );
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(
+        transitions::note_collect_failure(&mut tx, id, t3)
+            .await
+            .unwrap(),
+        t3,
+        "the service's failures count from the end of the wait"
+    );
+    tx.commit().await.unwrap();
+    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(row.local_fault_since, None);
+    let mut tx = store.begin().await.unwrap();
+    transitions::wait_on_local_fault(&mut tx, id, "disk full", t3, t3)
+        .await
+        .unwrap();
+    transitions::collected(&mut tx, id, None, t3).await.unwrap();
+    tx.commit().await.unwrap();
+    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    assert_eq!(
+        (row.local_fault_since, row.collect_failing_since),
+        (None, None)
+    );
+}
+
+/// Remote clean-up plans to delete a job's input files, and only those of its result files
+/// whose contents are on disk: one never downloaded (an attempt refused for the token limit,
+/// a file that could not be written) is left to its expiry.
+#[tokio::test]
+async fn remote_clean_up_plans_only_the_result_files_that_are_on_disk() {
+    let sandbox = Sandbox::new();
+    let store = open(&sandbox.db_path()).await;
+    let job = job_id(79);
+    new_job(&store, &job, "plan.jsonl", 2).await;
+    let refused = fixtures::submission(&store, &job, 0, 1, 2).await;
+    let latest = fixtures::submission(&store, &job, 0, 2, 2).await;
+    let mut tx = store.begin().await.unwrap();
+    for (id, remote) in [(refused, "batch_refused"), (latest, "batch_latest")] {
+        let mut obs = seen(remote, "completed", Some((2, 1, 1)));
+        obs.output_file_id = Some(format!("out-{remote}"));
+        obs.error_file_id = Some(format!("err-{remote}"));
+        batches::record_observation(&mut tx, id, &obs, T0)
+            .await
+            .unwrap();
+    }
+    transitions::refused(&mut tx, refused, T0).await.unwrap();
+    transitions::to_collecting(&mut tx, latest, T0)
+        .await
+        .unwrap();
+    transitions::collected(&mut tx, latest, None, T0)
+        .await
+        .unwrap();
+    let on_disk = vec!["out-batch_latest".to_owned()];
+    let added = deletions::plan_for_job(&mut tx, &job, &on_disk, T0)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(added, 3);
+    let planned: Vec<(String, String)> = deletions::for_job(store.reader(), &job)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.kind, d.file_id))
+        .collect();
+    let pair = |k: &str, f: &str| (k.to_owned(), f.to_owned());
+    assert_eq!(
+        planned,
+        [
+            pair("input", "file-batch_refused"),
+            pair("input", "file-batch_latest"),
+            pair("output", "out-batch_latest"),
+        ]
+    );
 }
 
 /// The schema's `terminal` columns say final for exactly the states the code calls final.
@@ -995,7 +1182,9 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
     let store = open(&sandbox.db_path()).await;
     let f = fill(&store).await;
 
-    let all = jobs::overview(store.reader(), None, 100).await.unwrap();
+    let all = jobs::overview(store.reader(), &jobs::Filter::default(), 100)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].id, f.queued, "newest first");
     let running = all.iter().find(|r| r.id == f.running).unwrap();
@@ -1018,9 +1207,16 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
         (None, None)
     );
 
-    let failed_only = jobs::overview(store.reader(), Some(JobState::Rejected), 100)
-        .await
-        .unwrap();
+    let failed_only = jobs::overview(
+        store.reader(),
+        &jobs::Filter {
+            state: Some(JobState::Rejected),
+            ..jobs::Filter::default()
+        },
+        100,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         failed_only
             .iter()
@@ -1029,7 +1225,10 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
         [f.rejected.as_str()]
     );
     assert_eq!(
-        jobs::overview(store.reader(), None, 2).await.unwrap().len(),
+        jobs::overview(store.reader(), &jobs::Filter::default(), 2)
+            .await
+            .unwrap()
+            .len(),
         2
     );
 
@@ -1148,7 +1347,7 @@ async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
         .unwrap();
     assert_eq!(mode, "delete");
     assert_eq!(
-        jobs::overview(reader.reader(), None, 10)
+        jobs::overview(reader.reader(), &jobs::Filter::default(), 10)
             .await
             .unwrap()
             .len(),

@@ -252,6 +252,26 @@ fn check_fails_when_a_secret_goes_through_the_environment() {
 }
 
 #[test]
+fn check_fails_without_an_open_file_limit() {
+    if systemd_analyze_missing() {
+        return;
+    }
+    let (passed, output) = run_check_on_copy(|root| {
+        edit_unit(root, |unit| {
+            unit.lines()
+                .filter(|l| !l.starts_with("LimitNOFILE="))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        })
+    });
+    assert!(
+        !passed,
+        "the check passed a unit without LimitNOFILE=:\n{output}"
+    );
+    assert!(output.contains("has no LimitNOFILE="), "{output}");
+}
+
+#[test]
 fn stop_timeout_leaves_room_for_the_default_shutdown_timeout() {
     let stop = seconds(&unit_setting("TimeoutStopSec").expect("TimeoutStopSec= in the unit"));
     let shutdown = load_config("")
@@ -360,6 +380,8 @@ mod real_daemon {
 mod debian_package {
     use super::package;
 
+    /// Its whole life on a host run by systemd; then installed where systemd does not run (a
+    /// container, a chroot).
     #[tokio::test]
     async fn package_installs_runs_a_file_upgrades_keeping_the_config_removes_and_purges() {
         // Docker first: no release build for a test that is going to skip.
@@ -373,5 +395,6 @@ mod debian_package {
             return;
         };
         package::install_run_upgrade_remove_purge(&packages).await;
+        package::installs_where_systemd_does_not_run(&packages).await;
     }
 }

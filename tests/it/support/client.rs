@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use batchwatch::api::{ApiKey, Client};
+use batchwatch::api::{ApiKey, Batch, Client, CreateBatchRequest};
 use batchwatch::config::{Dur, Settings};
 
 use super::KEY;
@@ -30,4 +30,19 @@ pub fn api_client_with(base_url: &str, adjust: impl FnOnce(&mut Settings)) -> Cl
 /// A client for `base_url` with the test key and [`client_settings`].
 pub fn api_client(base_url: &str) -> Client {
     api_client_with(base_url, |_| {})
+}
+
+/// A chat batch on `input_file_id` without metadata, as another tool (or a person re-running
+/// an upload by hand) creates one.
+pub async fn create_foreign_batch(client: &Client, input_file_id: &str) -> Batch {
+    client
+        .create_batch(&CreateBatchRequest {
+            input_file_id: input_file_id.to_owned(),
+            endpoint: "/v1/chat/completions".into(),
+            completion_window: "24h".into(),
+            metadata: None,
+            output_expires_after: None,
+        })
+        .await
+        .expect("creating another client's batch")
 }

@@ -110,14 +110,6 @@ fn port_taken(error: &str) -> bool {
     error.contains("already allocated") || error.contains("address already in use")
 }
 
-/// A port free on the host right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// `batchwatch sim` in a container, its data dir on a host directory, reachable from the host
 /// at a fixed port.
 pub struct SimContainer {
@@ -144,7 +136,7 @@ impl SimContainer {
         cmd.extend(args.iter().map(|a| (*a).to_owned()));
         let mut attempts = 0;
         loop {
-            let port = free_port();
+            let port = super::unused_port();
             let started = image
                 .clone()
                 .with_wait_for(WaitFor::message_on_stdout("listening on"))

@@ -90,6 +90,11 @@ fn merge(base: &mut toml::Table, extra: toml::Table) {
     }
 }
 
+/// Capabilities a test may take from a daemon started by root (linux/capability.h).
+pub const CAP_DAC_OVERRIDE: libc::c_ulong = 1;
+pub const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
+pub const CAP_LEASE: libc::c_ulong = 28;
+
 /// A daemon's surroundings: sandbox, configuration file, queue and database.
 pub struct Env {
     pub sandbox: Sandbox,
@@ -171,12 +176,64 @@ impl Env {
 
     /// Starts `batchwatch run` under the file-creation mask `umask`, as systemd's `UMask=` does.
     pub fn spawn_with_umask(&self, umask: u32) -> Running {
+        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+        self.spawn_prepared(move || {
+            unsafe { libc::umask(umask as libc::mode_t) };
+            Ok(())
+        })
+    }
+
+    /// Starts `batchwatch run` with `soft` and `hard` limits of open files, as systemd's
+    /// `LimitNOFILE=SOFT:HARD` does.
+    pub fn spawn_with_open_files(&self, soft: u64, hard: u64) -> Running {
+        let limit = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        self.spawn_prepared(move || {
+            // SAFETY: setrlimit(2) is async-signal-safe and reads only the struct it is given.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts `batchwatch run` after `prepare` ran in the child, just before the program.
+    fn spawn_prepared(
+        &self,
+        prepare: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Running {
         use std::os::unix::process::CommandExt;
         let mut cmd = self.run_command(&[]);
-        // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.
+        // SAFETY: every `prepare` given above makes only async-signal-safe calls.
+        unsafe {
+            cmd.pre_exec(prepare);
+        }
+        Self::start(cmd)
+    }
+
+    /// Starts `batchwatch run` without CAP_LEASE (dropped from its bounding set, so that a
+    /// daemon started by root no longer has it): it can take read leases on its own files
+    /// only, as the service can under the unit's `PrivateUsers=yes`. Needs root.
+    pub fn spawn_without_cap_lease(&self) -> Running {
+        self.spawn_without_caps(&[CAP_LEASE])
+    }
+
+    /// Starts `batchwatch run` without the capabilities `caps` (numbers from
+    /// linux/capability.h), dropped from its bounding set so that a daemon started by root no
+    /// longer has them. Needs root.
+    pub fn spawn_without_caps(&self, caps: &'static [libc::c_ulong]) -> Running {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.run_command(&[]);
+        // SAFETY: prctl(2) is async-signal-safe and changes nothing but the child's own set.
         unsafe {
             cmd.pre_exec(move || {
-                libc::umask(umask as libc::mode_t);
+                for &cap in caps {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 Ok(())
             });
         }
@@ -219,6 +276,14 @@ impl Env {
         let all = jobs::in_states(store.reader(), JobState::ALL)
             .await
             .unwrap();
+        store.close().await;
+        all
+    }
+
+    /// The submissions of job `job_id`, in order (none for an unknown job).
+    pub async fn submissions(&self, job_id: &str) -> Vec<batches::Submission> {
+        let store = self.store().await;
+        let all = batches::for_job(store.reader(), job_id).await.unwrap();
         store.close().await;
         all
     }
@@ -408,6 +473,20 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 /// Waits for a process to exit by itself (a crash point) and returns how it ended.
 pub fn wait_crash(daemon: &mut Running, timeout: Duration) -> ExitStatus {
     daemon.wait_exit(timeout).0
+}
+
+/// The custom_ids of a JSONL file (requests or results), in order.
+pub fn custom_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["custom_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
 }
 
 /// A JSONL file of `n` chat requests for `model`, ids prefixed with `tag`.

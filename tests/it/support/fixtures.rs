@@ -115,9 +115,17 @@ async fn observe(store: &Store, id: i64, obs: Observation, at: &str) {
     tx.commit().await.unwrap();
 }
 
+/// Moves job `id` to `state`, through queued when no edge leads there from where it is (a job
+/// is validated before it runs).
 async fn set_job(store: &Store, id: &str, state: JobState, reason: Option<(&str, &str)>, at: &str) {
     let why = reason.map(|(code, message)| Why::new(code, message));
     let mut tx = store.begin().await.unwrap();
+    let from = jobs::get(&mut *tx, id).await.unwrap().unwrap().state;
+    if !state.sources().contains(&from) {
+        jobs::set_state(&mut tx, id, JobState::Queued, None, "now queued", at)
+            .await
+            .unwrap();
+    }
     jobs::set_state(
         &mut tx,
         id,

@@ -9,17 +9,38 @@ pub mod fixtures;
 pub mod in_process;
 pub mod notify;
 pub mod process;
-pub mod schema;
-pub mod sim;
 pub mod static_bin;
 pub mod tmpfs;
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+// The simulator's test kit, shared with its own tests: the key, the wait loop, a simulator per
+// test with a plain HTTP client, the skip checks. These tests use a part of it.
+#[allow(dead_code)]
+#[path = "../../../crates/sim/tests/support/mod.rs"]
+mod kit;
+pub use kit::{KEY, poll_until, sim, skips, wait_until};
 
-/// The API key every test uses, for the daemon, the clients and the simulator alike. No log
-/// line, file or database row may contain it.
-pub const KEY: &str = "sk-batchwatch-test-KEY-do-not-leak-5f4e3d2c1b";
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// A port nothing listens on now, for something a test starts (or expects to find free) later.
+///
+/// Taken below the kernel's ephemeral range (32768 and up by default), where `bind(:0)` and every
+/// outgoing connection take theirs: a port found free there can be taken by another test's
+/// connection before it is used, which made a check that the port is free fail now and then.
+/// Each test process starts at its own place in 20000..32000 and walks on from there.
+pub fn unused_port() -> u16 {
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
+}
 
 /// A scratch directory with a configuration file whose paths all point inside it.
 pub struct Sandbox {
@@ -61,38 +82,6 @@ impl Sandbox {
         );
         std::fs::write(&path, text).expect("write config");
         path
-    }
-}
-
-/// Polls `cond` every 50 ms until it holds; panics with `what` and the last answer after
-/// `timeout`. The one wait loop of the tests: every wait for something to happen is this, or
-/// [`poll_until`] where the caller says more on a timeout.
-pub async fn wait_until<T: std::fmt::Debug>(
-    what: &str,
-    timeout: Duration,
-    cond: impl AsyncFnMut() -> (bool, T),
-) -> T {
-    poll_until(timeout, cond)
-        .await
-        .unwrap_or_else(|seen| panic!("waited {timeout:?} for {what}; last saw {seen:#?}"))
-}
-
-/// As [`wait_until`], but a timeout is `Err` with the last answer, for a caller that adds its
-/// own account (a log tail, say) before it fails.
-pub async fn poll_until<T>(
-    timeout: Duration,
-    mut cond: impl AsyncFnMut() -> (bool, T),
-) -> Result<T, T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (done, seen) = cond().await;
-        if done {
-            return Ok(seen);
-        }
-        if Instant::now() >= deadline {
-            return Err(seen);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

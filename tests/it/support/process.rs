@@ -11,6 +11,20 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_batchwatch")
 }
 
+/// `batchwatch run` with the configuration `config` and the key, as the user `nobody`
+/// (setpriv; the tests run as root), its log at the default level.
+pub fn run_as_nobody(config: &Path) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("OPENAI_API_KEY", super::KEY)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
 /// A `batchwatch` command with a clean environment: no inherited BATCHWATCH_* settings, no key.
 pub fn command(config: Option<&Path>) -> Command {
     let mut cmd = Command::new(bin());
@@ -26,9 +40,47 @@ pub fn command(config: Option<&Path>) -> Command {
     cmd
 }
 
-/// Runs `batchwatch [--config C] ARGS...` to completion.
+/// Runs `batchwatch [--config C] ARGS...` to completion; panics if it has not exited within two
+/// minutes (a command that hangs fails its test instead of holding the whole run).
 pub fn run(config: Option<&Path>, args: &[&str]) -> Output {
-    command(config).args(args).output().expect("run batchwatch")
+    output_within(command(config).args(args), Duration::from_secs(120))
+}
+
+/// Runs `cmd` with its stdout and stderr captured, as `Command::output` does, but kills it and
+/// panics if it has not exited within `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
 }
 
 /// Stdout of a run that must succeed.
@@ -117,10 +169,15 @@ impl Running {
         }
     }
 
-    /// Collects the stderr lines that have arrived so far.
+    /// Collects the stderr lines that have arrived so far: until the stream pauses for 50 ms,
+    /// and for two seconds at most, so a process that logs without pause cannot hold a test.
     pub fn drain(&mut self) {
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
-            self.seen.push(line);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
         }
     }
 }

@@ -217,11 +217,30 @@ impl SystemdContainer {
     /// waits until systemd finished booting. Nothing is installed. Returns None, after printing
     /// why, when there is no Docker engine or image (and BATCHWATCH_REQUIRE_DOCKER is not 1).
     pub async fn boot(files: Vec<CopyIn>, tmpfs: Option<&str>) -> Option<SystemdContainer> {
+        let started = Instant::now();
+        let mut sys = SystemdContainer::run(files, tmpfs, None).await?;
+        sys.wait_for_boot().await;
+        sys.boot_time = started.elapsed();
+        Some(sys)
+    }
+
+    /// A container of the same system with `files` copied in, in which systemd does not run:
+    /// an idle shell is PID 1, as in most containers, or for a chroot. None, after printing
+    /// why, as for [`SystemdContainer::boot`].
+    pub async fn without_systemd(files: Vec<CopyIn>) -> Option<SystemdContainer> {
+        SystemdContainer::run(files, None, Some(&["sleep", "infinity"])).await
+    }
+
+    /// Starts the container; `init` replaces the image's command (systemd).
+    async fn run(
+        files: Vec<CopyIn>,
+        tmpfs: Option<&str>,
+        init: Option<&[&str]>,
+    ) -> Option<SystemdContainer> {
         if let Err(reason) = ensure_image().await {
             cannot_run(&reason);
             return None;
         }
-        let started = Instant::now();
         let mut request = GenericImage::new(IMAGE.0, IMAGE.1)
             // systemd needs most capabilities; --privileged is the usual way, but it also asks
             // for CAP_SYS_RESOURCE, which a Docker engine inside a VM may not hold itself.
@@ -240,18 +259,18 @@ impl SystemdContainer {
         for CopyIn { target, source } in files {
             request = request.with_copy_to(target, source);
         }
+        if let Some(init) = init {
+            request = request.with_cmd(init.iter().copied());
+        }
         // Docker answers and the image exists: from here on, a problem is a failure.
         let container = request
             .start()
             .await
-            .unwrap_or_else(|e| panic!("the systemd container did not start: {e}"));
-        let mut sys = SystemdContainer {
+            .unwrap_or_else(|e| panic!("the container did not start: {e}"));
+        Some(SystemdContainer {
             container,
             boot_time: Duration::ZERO,
-        };
-        sys.wait_for_boot().await;
-        sys.boot_time = started.elapsed();
-        Some(sys)
+        })
     }
 
     async fn wait_for_boot(&self) {

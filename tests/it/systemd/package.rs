@@ -151,18 +151,7 @@ pub async fn install_run_upgrade_remove_purge(packages: &Packages) {
     );
     sys.check("getent passwd batchwatch && getent group batchwatch")
         .await;
-    let owners = sys
-        .check(&format!(
-            "stat -c '%n %U:%G' {STATE_DIR} {STATE_DIR}/queue {STATE_DIR}/queue/incoming"
-        ))
-        .await;
-    assert_eq!(
-        owners,
-        format!(
-            "{STATE_DIR} batchwatch:batchwatch\n{STATE_DIR}/queue batchwatch:batchwatch\n\
-             {STATE_DIR}/queue/incoming batchwatch:batchwatch\n"
-        )
-    );
+    assert_queue_tree_is_the_services(&sys).await;
     let conffiles = sys
         .check("dpkg-query -W -f='${Conffiles}' batchwatch")
         .await;
@@ -183,7 +172,10 @@ pub async fn install_run_upgrade_remove_purge(packages: &Packages) {
          test -s /usr/share/man/man1/batchwatch-status.1.gz && \
          test -s /usr/share/bash-completion/completions/batchwatch && \
          test -s /usr/share/zsh/vendor-completions/_batchwatch && \
-         test -s /usr/share/fish/vendor_completions.d/batchwatch.fish",
+         test -s /usr/share/fish/vendor_completions.d/batchwatch.fish && \
+         test -s /usr/share/man/man5/batchwatch.toml.5.gz && \
+         test -s /usr/share/batchwatch/prometheus/batchwatch-rules.yml && \
+         test -s /usr/share/batchwatch/grafana/batchwatch-dashboard.json",
     )
     .await;
     // The installed unit, checked where it is: verify finds nothing, and the exposure is
@@ -292,6 +284,54 @@ pub async fn install_run_upgrade_remove_purge(packages: &Packages) {
          test ! -L /etc/systemd/system/multi-user.target.wants/batchwatch.service"
     ))
     .await;
+}
+
+/// The package installed where systemd does not run (a container, a chroot): the
+/// post-installation script still makes the user and the queue tree, owned as
+/// systemd-tmpfiles makes them at boot; and what it ships for monitoring is in
+/// /usr/share/batchwatch/, as README points Prometheus and Grafana at it.
+pub async fn installs_where_systemd_does_not_run(packages: &Packages) {
+    let first = file_name(&packages.first);
+    let files = vec![copy_in(
+        &format!("{PACKAGES_DIR}/{first}"),
+        0o644,
+        packages.first.as_path(),
+    )];
+    let Some(container) = SystemdContainer::without_systemd(files).await else {
+        return;
+    };
+    container.check("test ! -d /run/systemd/system").await;
+    container
+        .check(&format!(
+            "cd {PACKAGES_DIR} && DEBIAN_FRONTEND=noninteractive apt-get install -y ./{first} 2>&1"
+        ))
+        .await;
+    assert_queue_tree_is_the_services(&container).await;
+    let rules = container
+        .check("cat /usr/share/batchwatch/prometheus/batchwatch-rules.yml")
+        .await;
+    assert_eq!(
+        rules,
+        std::fs::read_to_string(repo_path("config/prometheus/batchwatch-rules.yml")).unwrap()
+    );
+}
+
+/// The state directory and the shared queue/incoming exist and belong to the service's user.
+/// (Owners only: the container's file system may drop the setgid bit, so the modes are the
+/// systemd tests' business.)
+async fn assert_queue_tree_is_the_services(sys: &SystemdContainer) {
+    let owners = sys
+        .check(&format!(
+            "stat -c '%n %U:%G' {STATE_DIR} {STATE_DIR}/queue {STATE_DIR}/queue/incoming"
+        ))
+        .await;
+    assert_eq!(
+        owners,
+        format!(
+            "{STATE_DIR} batchwatch:batchwatch\n{STATE_DIR}/queue batchwatch:batchwatch\n\
+             {STATE_DIR}/queue/incoming batchwatch:batchwatch\n"
+        )
+    );
 }
 
 /// dpkg's status and version of the package, as `want ok state version`.

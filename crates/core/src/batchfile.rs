@@ -1,0 +1,943 @@
+//! The batch input file format: one request per line, checked in a single streaming pass.
+//!
+//! The same rules serve the daemon (before anything is uploaded) and the simulator (when a batch
+//! is created), so a file the daemon accepts is one the simulated service accepts, and a rule has
+//! one name everywhere: the `code` of a [`Violation`] is what `.reason.json` files and the
+//! simulator's `errors.data` entries carry.
+//!
+//! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
+//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], no
+//! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
+//! three, readers refuse them), with a string `custom_id` (unique in the file), `method`
+//! `"POST"`, a string `url` equal to the endpoint, and a `body` object whose string `model` (at
+//! most [`MAX_MODEL_CHARS`] characters) is the same on every line; at most `max_requests`
+//! lines and `max_bytes` bytes, unless the file may be split, in which case it is cut at line
+//! boundaries into parts that each respect both limits.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+/// The limits one batch input file must respect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most requests (lines) in one batch.
+    pub max_requests: u64,
+    /// Most bytes in one batch input file.
+    pub max_bytes: u64,
+}
+
+/// What the caller asks of the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    /// The endpoint every line's `url` must equal; `None` takes it from the first line.
+    pub endpoint: Option<&'a str>,
+    pub limits: Limits,
+    /// Cut a file over the limits into parts instead of refusing it.
+    pub split: bool,
+}
+
+/// A contiguous run of whole lines, `[start, end)` in bytes, that fits in one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Part {
+    pub start: u64,
+    pub end: u64,
+    pub requests: u64,
+}
+
+/// What a valid file holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Lower-case hex SHA-256 of the whole content.
+    pub sha256: String,
+    pub bytes: u64,
+    pub requests: u64,
+    pub endpoint: String,
+    pub model: String,
+    /// One part when the file fits in one batch; several when it was split.
+    pub parts: Vec<Part>,
+}
+
+/// The rule a file breaks; [`Rule::code`] is its stable name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Bom,
+    Empty,
+    NotUtf8,
+    BlankLine,
+    InvalidJson,
+    NotAnObject,
+    MissingCustomId,
+    DuplicateCustomId,
+    InvalidMethod,
+    MissingUrl,
+    UrlMismatch,
+    MissingBody,
+    MissingModel,
+    ModelTooLong,
+    MixedModels,
+    TooManyRequests,
+    TooLarge,
+    Unreadable,
+    TooDeep,
+    NumberOutOfRange,
+    LoneSurrogate,
+}
+
+impl Rule {
+    /// The stable snake_case name of the rule.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rule::Bom => "byte_order_mark",
+            Rule::Empty => "empty_file",
+            Rule::NotUtf8 => "invalid_utf8",
+            Rule::BlankLine => "blank_line",
+            Rule::InvalidJson => "invalid_json_line",
+            Rule::NotAnObject => "line_not_object",
+            Rule::MissingCustomId => "missing_custom_id",
+            Rule::DuplicateCustomId => "duplicate_custom_id",
+            Rule::InvalidMethod => "invalid_method",
+            Rule::MissingUrl => "missing_url",
+            Rule::UrlMismatch => "mismatched_url",
+            Rule::MissingBody => "missing_body",
+            Rule::MissingModel => "missing_model",
+            Rule::ModelTooLong => "model_too_long",
+            Rule::MixedModels => "mismatched_model",
+            Rule::TooManyRequests => "too_many_requests",
+            Rule::TooLarge => "file_too_large",
+            Rule::Unreadable => "unreadable_file",
+            Rule::TooDeep => "nesting_too_deep",
+            Rule::NumberOutOfRange => "number_out_of_range",
+            Rule::LoneSurrogate => "lone_surrogate",
+        }
+    }
+}
+
+/// Why a file was refused: the rule, the 1-based line when one line is at fault, and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message} (rule {})", line.map(|l| format!("line {l}: ")).unwrap_or_default(), rule.code())]
+pub struct Violation {
+    pub rule: Rule,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl Violation {
+    fn at(rule: Rule, line: u64, message: impl Into<String>) -> Self {
+        Violation {
+            rule,
+            line: Some(line),
+            message: message.into(),
+        }
+    }
+
+    fn whole(rule: Rule, message: impl Into<String>) -> Self {
+        Violation {
+            rule,
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LineProbe<'a> {
+    #[serde(borrow, default)]
+    custom_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    url: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    body: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct BodyProbe<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+}
+
+/// Reads a JSON string out of a raw value, or `None` when it is not a string.
+fn as_string(raw: &RawValue) -> Option<String> {
+    serde_json::from_str::<String>(raw.get()).ok()
+}
+
+fn is_object(raw: &str) -> bool {
+    raw.trim_start().starts_with('{')
+}
+
+/// Validates `reader` against `expect` in one pass, without holding more than one line in memory
+/// (plus the set of `custom_id`s).
+pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let mut hasher = Sha256::new();
+    let mut buf = Vec::with_capacity(4096);
+    let mut seen_ids: HashSet<String> = HashSet::new();
+    let mut endpoint: Option<String> = expect.endpoint.map(str::to_owned);
+    let mut model: Option<String> = None;
+    let limits = expect.limits;
+    let mut offset: u64 = 0;
+    let mut line_no: u64 = 0;
+    let mut parts: Vec<Part> = Vec::new();
+    let mut current = Part {
+        start: 0,
+        end: 0,
+        requests: 0,
+    };
+
+    loop {
+        buf.clear();
+        // A line longer than a whole batch may be is refused without holding more of it.
+        let read = (&mut reader)
+            .take(limits.max_bytes + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| {
+                Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
+            })?;
+        if read == 0 {
+            break;
+        }
+        line_no += 1;
+        if read as u64 > limits.max_bytes {
+            return Err(Violation::at(
+                Rule::TooLarge,
+                line_no,
+                format!(
+                    "the line alone is larger than the limit of {} bytes per batch",
+                    limits.max_bytes
+                ),
+            ));
+        }
+        hasher.update(&buf);
+        let line_len = read as u64;
+        if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+            return Err(Violation::at(
+                Rule::Bom,
+                1,
+                "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM",
+            ));
+        }
+        if !expect.split {
+            if offset + line_len > limits.max_bytes {
+                return Err(Violation::at(
+                    Rule::TooLarge,
+                    line_no,
+                    format!(
+                        "the file is larger than the limit of {} bytes",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            if line_no > limits.max_requests {
+                return Err(Violation::at(
+                    Rule::TooManyRequests,
+                    line_no,
+                    format!(
+                        "the file has more than the limit of {} requests",
+                        limits.max_requests
+                    ),
+                ));
+            }
+        }
+        let text = std::str::from_utf8(&buf).map_err(|e| {
+            Violation::at(
+                Rule::NotUtf8,
+                line_no,
+                format!("the line is not valid UTF-8 ({e})"),
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.trim().is_empty() {
+            return Err(Violation::at(
+                Rule::BlankLine,
+                line_no,
+                "the line is empty; every line must be one request",
+            ));
+        }
+        check_line(text, line_no, &mut seen_ids, &mut endpoint, &mut model)?;
+
+        if expect.split {
+            if line_len > limits.max_bytes {
+                return Err(Violation::at(
+                    Rule::TooLarge,
+                    line_no,
+                    format!(
+                        "the line alone is larger than the limit of {} bytes per batch",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            let full = current.requests + 1 > limits.max_requests
+                || (current.end - current.start) + line_len > limits.max_bytes;
+            if full && current.requests > 0 {
+                parts.push(current);
+                current = Part {
+                    start: offset,
+                    end: offset,
+                    requests: 0,
+                };
+            }
+            current.end += line_len;
+            current.requests += 1;
+        }
+        offset += line_len;
+    }
+
+    if line_no == 0 {
+        return Err(Violation::whole(
+            Rule::Empty,
+            "the file is empty; it must hold at least one request",
+        ));
+    }
+    if expect.split {
+        parts.push(current);
+    } else {
+        parts.push(Part {
+            start: 0,
+            end: offset,
+            requests: line_no,
+        });
+    }
+    Ok(Summary {
+        sha256: hex(&hasher.finalize()),
+        bytes: offset,
+        requests: line_no,
+        endpoint: endpoint.unwrap_or_default(),
+        model: model.unwrap_or_default(),
+        parts,
+    })
+}
+
+fn check_line(
+    text: &str,
+    line_no: u64,
+    seen_ids: &mut HashSet<String>,
+    endpoint: &mut Option<String>,
+    model: &mut Option<String>,
+) -> Result<(), Violation> {
+    if !is_object(text) {
+        // Still report broken JSON as such, before complaining about its shape.
+        if let Err(e) = serde_json::from_str::<&RawValue>(text) {
+            return Err(Violation::at(
+                Rule::InvalidJson,
+                line_no,
+                format!("the line is not valid JSON: {e}"),
+            ));
+        }
+        return Err(Violation::at(
+            Rule::NotAnObject,
+            line_no,
+            "the line must be a JSON object",
+        ));
+    }
+    let probe: LineProbe<'_> = serde_json::from_str(text).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("the line is not valid JSON: {e}"),
+        )
+    })?;
+    check_values(text.as_bytes(), line_no)?;
+
+    let custom_id = probe.custom_id.and_then(as_string).ok_or_else(|| {
+        Violation::at(
+            Rule::MissingCustomId,
+            line_no,
+            "the line has no string `custom_id`",
+        )
+    })?;
+    if custom_id.is_empty() {
+        return Err(Violation::at(
+            Rule::MissingCustomId,
+            line_no,
+            "`custom_id` is empty",
+        ));
+    }
+    if !seen_ids.insert(custom_id.clone()) {
+        return Err(Violation::at(
+            Rule::DuplicateCustomId,
+            line_no,
+            format!(
+                "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
+            ),
+        ));
+    }
+
+    match probe.method.and_then(as_string) {
+        Some(m) if m == "POST" => {}
+        Some(m) => {
+            return Err(Violation::at(
+                Rule::InvalidMethod,
+                line_no,
+                format!("`method` is {m:?}; it must be \"POST\""),
+            ));
+        }
+        None => {
+            return Err(Violation::at(
+                Rule::InvalidMethod,
+                line_no,
+                "the line has no string `method`; it must be \"POST\"",
+            ));
+        }
+    }
+
+    let url = probe
+        .url
+        .and_then(as_string)
+        .ok_or_else(|| Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`"))?;
+    match endpoint {
+        Some(expected) if *expected != url => {
+            return Err(Violation::at(
+                Rule::UrlMismatch,
+                line_no,
+                format!(
+                    "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
+                ),
+            ));
+        }
+        Some(_) => {}
+        None => *endpoint = Some(url),
+    }
+
+    let body = probe.body.filter(|b| is_object(b.get())).ok_or_else(|| {
+        Violation::at(Rule::MissingBody, line_no, "the line has no `body` object")
+    })?;
+    let body: BodyProbe<'_> = serde_json::from_str(body.get()).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("`body` is not valid JSON: {e}"),
+        )
+    })?;
+    let line_model = body
+        .model
+        .and_then(as_string)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
+        })?;
+    if line_model.len() > MAX_MODEL_CHARS && line_model.chars().count() > MAX_MODEL_CHARS {
+        return Err(Violation::at(
+            Rule::ModelTooLong,
+            line_no,
+            format!(
+                "`body.model` is {} characters long; a model name has at most {MAX_MODEL_CHARS}",
+                line_model.chars().count()
+            ),
+        ));
+    }
+    match model {
+        Some(first) if *first != line_model => Err(Violation::at(
+            Rule::MixedModels,
+            line_no,
+            format!(
+                "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *model = Some(line_model);
+            Ok(())
+        }
+    }
+}
+
+/// The longest model name a file may use, in characters. Model names are label values of the
+/// metrics (`model="..."`), so a name of thousands of characters would be one in every scrape;
+/// real ones (fine-tuned models, Azure deployments) are well under 100.
+pub const MAX_MODEL_CHARS: usize = 256;
+
+/// The deepest nesting of arrays and objects a line may have, its own object included.
+/// serde_json's default recursion limit refuses a document nested 128 deep, so every line the
+/// rules accept is one that serde_json (and the service's readers) can read.
+pub const MAX_NESTING: usize = 127;
+
+/// Checks what the syntax alone allows but JSON readers refuse: nesting deeper than
+/// [`MAX_NESTING`], numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
+/// UTF-16 surrogate pair (`"\ud800"`). `text` is a line that already parsed as JSON, so one
+/// forward pass that skips string contents at memchr speed is enough.
+fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => i = skip_string(text, i + 1, line_no)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(Violation::at(
+                        Rule::TooDeep,
+                        line_no,
+                        format!(
+                            "the line nests arrays and objects more than {MAX_NESTING} deep; JSON readers refuse deeper nesting"
+                        ),
+                    ));
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < text.len()
+                    && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                check_number(&text[start..i], line_no)?;
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// A number beyond ±1.8e308 cannot be read as an f64 (serde_json refuses it; others make it
+/// infinite). Only a number with an exponent or over 300 digits can get there. serde_json
+/// itself decides, because near the edge it refuses numbers that a correctly rounding parser
+/// (Rust's `str::parse`) reads as `f64::MAX`: -1.7976931348623158e308.
+fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
+    if token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E') {
+        return Ok(());
+    }
+    let text = std::str::from_utf8(token).unwrap_or_default();
+    if serde_json::from_str::<f64>(text).is_ok() {
+        return Ok(());
+    }
+    let shown: String = if text.len() > 40 {
+        format!("{}…", &text[..40])
+    } else {
+        text.to_owned()
+    };
+    Err(Violation::at(
+        Rule::NumberOutOfRange,
+        line_no,
+        format!(
+            "the number {shown} is outside the range of a 64-bit float (about ±1.8e308); JSON readers refuse it"
+        ),
+    ))
+}
+
+/// Skips a string whose opening quote is just before `i`; returns the index after its
+/// closing quote. Refuses a `\u` escape of a lone surrogate.
+fn skip_string(text: &[u8], mut i: usize, line_no: u64) -> Result<usize, Violation> {
+    loop {
+        let Some(at) = memchr::memchr2(b'"', b'\\', &text[i..]) else {
+            return Ok(text.len());
+        };
+        i += at;
+        if text[i] == b'"' {
+            return Ok(i + 1);
+        }
+        // A backslash: `\uXXXX` is six bytes, every other escape two.
+        if text.get(i + 1) != Some(&b'u') {
+            i += 2;
+            continue;
+        }
+        let unit = hex4(text, i + 2);
+        i += 6;
+        match unit {
+            Some(0xD800..=0xDBFF) => {
+                let low = if text.get(i..i + 2) == Some(b"\\u".as_slice()) {
+                    hex4(text, i + 2)
+                } else {
+                    None
+                };
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err(lone_surrogate(&text[i - 6..i], line_no));
+                }
+                i += 6;
+            }
+            Some(0xDC00..=0xDFFF) => return Err(lone_surrogate(&text[i - 6..i], line_no)),
+            _ => {}
+        }
+    }
+}
+
+/// The value of four hex digits at `at`, if they are there.
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+    u16::from_str_radix(digits, 16).ok()
+}
+
+fn lone_surrogate(escape: &[u8], line_no: u64) -> Violation {
+    Violation::at(
+        Rule::LoneSurrogate,
+        line_no,
+        format!(
+            "the escape {} is half of a UTF-16 surrogate pair without its other half; it is not text, and JSON readers refuse it",
+            String::from_utf8_lossy(escape)
+        ),
+    )
+}
+
+/// The size and SHA-256 (lower-case hex) of the file at `path`, read in one pass.
+pub fn sha256_of(path: &std::path::Path) -> std::io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_requests: 50_000,
+        max_bytes: 200_000_000,
+    };
+
+    fn line(id: &str, model: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"{model}","messages":[]}}}}"#
+        ) + "\n"
+    }
+
+    fn check(content: &str) -> Result<Summary, Violation> {
+        validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: Some("/v1/chat/completions"),
+                limits: LIMITS,
+                split: false,
+            },
+        )
+    }
+
+    fn rule_of(content: &str) -> (Rule, Option<u64>) {
+        let v = check(content).expect_err("the file should be refused");
+        (v.rule, v.line)
+    }
+
+    #[test]
+    fn a_valid_file_is_summarised_with_its_hash_model_and_endpoint() {
+        let content = line("a", "gpt-4o-mini") + &line("b", "gpt-4o-mini");
+        let s = check(&content).unwrap();
+        assert_eq!(s.requests, 2);
+        assert_eq!(s.bytes, content.len() as u64);
+        assert_eq!(s.model, "gpt-4o-mini");
+        assert_eq!(s.endpoint, "/v1/chat/completions");
+        assert_eq!(s.sha256, hex(&Sha256::digest(content.as_bytes())));
+        assert_eq!(
+            s.parts,
+            vec![Part {
+                start: 0,
+                end: content.len() as u64,
+                requests: 2
+            }]
+        );
+    }
+
+    #[test]
+    fn the_last_line_may_lack_a_newline_and_crlf_is_accepted() {
+        let content = line("a", "m").replace('\n', "\r\n") + line("b", "m").trim_end();
+        assert_eq!(check(&content).unwrap().requests, 2);
+    }
+
+    #[test]
+    fn each_rule_is_reported_with_its_line() {
+        let ok = line("a", "m");
+        let cases: Vec<(String, Rule, Option<u64>)> = vec![
+            (String::new(), Rule::Empty, None),
+            (format!("\u{feff}{ok}"), Rule::Bom, Some(1)),
+            (format!("{ok}\n{ok}"), Rule::BlankLine, Some(2)),
+            (format!("{ok}{{not json\n"), Rule::InvalidJson, Some(2)),
+            (format!("{ok}[1,2]\n"), Rule::NotAnObject, Some(2)),
+            (
+                ok.replace("\"custom_id\":\"a\"", "\"custom_id\":7"),
+                Rule::MissingCustomId,
+                Some(1),
+            ),
+            (format!("{ok}{ok}"), Rule::DuplicateCustomId, Some(2)),
+            (ok.replace("POST", "GET"), Rule::InvalidMethod, Some(1)),
+            (
+                ok.replace("\"url\":\"/v1/chat/completions\",", ""),
+                Rule::MissingUrl,
+                Some(1),
+            ),
+            (
+                ok.replace("/v1/chat/completions", "/v1/embeddings"),
+                Rule::UrlMismatch,
+                Some(1),
+            ),
+            (
+                ok.replace("\"body\":{\"model\":\"m\",\"messages\":[]}", "\"body\":[]"),
+                Rule::MissingBody,
+                Some(1),
+            ),
+            (
+                ok.replace("\"model\":\"m\",", ""),
+                Rule::MissingModel,
+                Some(1),
+            ),
+            (ok.clone() + &line("b", "other"), Rule::MixedModels, Some(2)),
+            (
+                ok.clone() + &line("b", &"m".repeat(MAX_MODEL_CHARS + 1)),
+                Rule::ModelTooLong,
+                Some(2),
+            ),
+        ];
+        for (content, rule, line) in cases {
+            assert_eq!(rule_of(&content), (rule, line), "content: {content:?}");
+        }
+    }
+
+    #[test]
+    fn a_model_name_may_have_up_to_its_limit_in_characters_not_bytes() {
+        let longest = "é".repeat(MAX_MODEL_CHARS);
+        assert_eq!(check(&line("a", &longest)).unwrap().model, longest);
+        let v = check(&line("a", &"m".repeat(5_000))).unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::ModelTooLong, Some(1)));
+        assert_eq!(
+            v.to_string(),
+            "line 1: `body.model` is 5000 characters long; a model name has at most 256 \
+             (rule model_too_long)"
+        );
+    }
+
+    /// A line whose body holds `value` as its `x`.
+    fn with_value(id: &str, value: &str) -> String {
+        line(id, "m").replace("\"messages\":[]", &format!("\"messages\":[],\"x\":{value}"))
+    }
+
+    /// Nested arrays, `depth` deep.
+    fn nested(depth: usize) -> String {
+        "[".repeat(depth) + &"]".repeat(depth)
+    }
+
+    #[test]
+    fn nesting_is_refused_past_the_limit_serde_json_reads() {
+        // The line's object and its body are two levels.
+        let at_limit = with_value("a", &nested(MAX_NESTING - 2));
+        assert!(check(&at_limit).is_ok());
+        serde_json::from_str::<serde_json::Value>(at_limit.trim_end())
+            .expect("what the rules accept, serde_json reads");
+        let over = with_value("a", &nested(MAX_NESTING - 1));
+        assert!(serde_json::from_str::<serde_json::Value>(over.trim_end()).is_err());
+        assert_eq!(rule_of(&over), (Rule::TooDeep, Some(1)));
+        let far_over = line("a", "m") + &with_value("b", &nested(100_000));
+        let v = check(&far_over).unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooDeep, Some(2)));
+        assert!(v.to_string().contains("more than 127 deep"), "{v}");
+        // Brackets inside strings are text, not nesting.
+        let text = with_value("a", &format!("\"{}\"", "[{".repeat(500)));
+        assert!(check(&text).is_ok());
+    }
+
+    #[test]
+    fn numbers_beyond_an_f64_are_refused_and_small_or_precise_ones_kept() {
+        for fine in [
+            "1e308",
+            "-1.7976931348623157e308",
+            "1e-400",
+            "0.000001",
+            "12345678901234567890123",
+            "-0",
+            "2.5E+3",
+        ] {
+            let text = with_value("a", fine);
+            assert!(check(&text).is_ok(), "{fine}");
+        }
+        let long_integer = format!("1{}", "0".repeat(400));
+        // Found by fuzzing: the last two are within a rounding of f64::MAX, which Rust's
+        // parser reads and serde_json refuses; the rules took Rust's word for it.
+        for huge in [
+            "1e400",
+            "-1e400",
+            "1.8e308",
+            "1E309",
+            long_integer.as_str(),
+            "-1.7976931348623158e308",
+            "1.7976931348623159e308",
+        ] {
+            let text = line("a", "m") + &with_value("b", huge);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text.lines().nth(1).unwrap()).is_err(),
+                "{huge}"
+            );
+            let v = check(&text).unwrap_err();
+            assert_eq!(
+                (v.rule, v.line),
+                (Rule::NumberOutOfRange, Some(2)),
+                "{huge}"
+            );
+            assert!(v.message.len() < 200, "a long number is cut short: {v}");
+        }
+        // A number in a string is text.
+        assert!(check(&with_value("a", "\"1e400\"")).is_ok());
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_kept() {
+        for fine in [
+            r#""\ud83d\ude00""#,
+            r#""\uD83D\uDE00 and \u00e9""#,
+            r#""\\ud800""#,
+            r#""\ue000""#,
+        ] {
+            assert!(check(&with_value("a", fine)).is_ok(), "{fine}");
+        }
+        for lone in [
+            r#""\ud800""#,
+            r#""\ud800x""#,
+            r#""\udc00""#,
+            r#""\ud800\ud800""#,
+            r#""\ud800\n""#,
+        ] {
+            let text = line("a", "m") + &with_value("b", lone);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(text.lines().nth(1).unwrap()).is_err(),
+                "{lone}"
+            );
+            let v = check(&text).unwrap_err();
+            assert_eq!((v.rule, v.line), (Rule::LoneSurrogate, Some(2)), "{lone}");
+        }
+        // In a key too, and in custom_id.
+        let key = line("a", "m").replace("\"messages\"", r#""\udfff""#);
+        assert_eq!(rule_of(&key), (Rule::LoneSurrogate, Some(1)));
+        let id = line("\\ud800", "m");
+        assert_eq!(rule_of(&id), (Rule::LoneSurrogate, Some(1)));
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_with_its_line() {
+        let mut bytes = line("a", "m").into_bytes();
+        bytes.extend_from_slice(b"{\"custom_id\":\"\xff\"}\n");
+        let v = validate(
+            &bytes[..],
+            Expect {
+                endpoint: None,
+                limits: LIMITS,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::NotUtf8, Some(2)));
+    }
+
+    #[test]
+    fn without_an_endpoint_the_first_line_sets_it() {
+        let content =
+            line("a", "m") + &line("b", "m").replace("/v1/chat/completions", "/v1/embeddings");
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: LIMITS,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::UrlMismatch, Some(2)));
+    }
+
+    #[test]
+    fn limits_refuse_a_file_unless_it_may_be_split() {
+        let content: String = (0..5).map(|i| line(&format!("r{i}"), "m")).collect();
+        let one = line("r0", "m").len() as u64;
+        let tight = Limits {
+            max_requests: 2,
+            max_bytes: 10_000,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: tight,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooManyRequests, Some(3)));
+        let small = Limits {
+            max_requests: 100,
+            max_bytes: one * 2,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: small,
+                split: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!((v.rule, v.line), (Rule::TooLarge, Some(3)));
+
+        let s = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: tight,
+                split: true,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            s.parts.iter().map(|p| p.requests).collect::<Vec<_>>(),
+            vec![2, 2, 1]
+        );
+        assert_eq!(s.parts[0].start, 0);
+        assert_eq!(s.parts.last().unwrap().end, content.len() as u64);
+        for pair in s.parts.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start, "parts must be contiguous");
+        }
+        let s = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits: small,
+                split: true,
+            },
+        )
+        .unwrap();
+        assert!(s.parts.iter().all(|p| p.end - p.start <= one * 2));
+        assert_eq!(s.parts.iter().map(|p| p.requests).sum::<u64>(), 5);
+    }
+
+    #[test]
+    fn a_single_line_over_the_byte_limit_cannot_be_split() {
+        let content = line("a", "m");
+        let limits = Limits {
+            max_requests: 10,
+            max_bytes: 10,
+        };
+        let v = validate(
+            content.as_bytes(),
+            Expect {
+                endpoint: None,
+                limits,
+                split: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(v.rule, Rule::TooLarge);
+    }
+
+    #[test]
+    fn the_violation_message_names_the_line_and_the_rule() {
+        let v = check(&(line("a", "m") + &line("a", "m"))).unwrap_err();
+        let text = v.to_string();
+        assert!(text.starts_with("line 2: "), "{text}");
+        assert!(text.ends_with("(rule duplicate_custom_id)"), "{text}");
+    }
+}

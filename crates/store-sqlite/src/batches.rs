@@ -1,0 +1,538 @@
+//! Queries on `batches` (one row per submission of a part of a job) and the status history
+//! written beside them.
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqliteExecutor};
+
+use super::StoreError;
+use batchwatch_core::model::{BatchStatus, SubmissionState};
+
+/// A row of `batches`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Submission {
+    pub id: i64,
+    pub job_id: String,
+    pub part: i64,
+    pub part_start: i64,
+    pub part_end: i64,
+    pub part_requests: i64,
+    pub attempt: i64,
+    pub state: SubmissionState,
+    pub not_before: Option<String>,
+    pub outcome_unknown_at: Option<String>,
+    pub resent_at: Option<String>,
+    pub remote_id: Option<String>,
+    pub input_file_id: Option<String>,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    pub remote_created_at: Option<String>,
+    pub in_progress_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub finalizing_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub failed_at: Option<String>,
+    pub expired_at: Option<String>,
+    pub cancelling_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// The batch's `errors` (JSON).
+    #[serde(serialize_with = "super::json_text_or_null")]
+    pub errors: Option<String>,
+    /// The last batch object seen (JSON).
+    #[serde(serialize_with = "super::json_text_or_null")]
+    pub raw: Option<String>,
+    pub next_poll_at: Option<String>,
+    pub last_polled_at: Option<String>,
+    pub cancel_requested_at: Option<String>,
+    pub cancel_sent_at: Option<String>,
+    pub last_error: Option<String>,
+    pub results_missing: Option<String>,
+    pub collect_failing_since: Option<String>,
+    pub results_unavailable: Option<String>,
+    pub local_fault_since: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The intent to submit one part of a job.
+#[derive(Debug, Clone)]
+pub struct NewSubmission<'a> {
+    pub job_id: &'a str,
+    pub part: i64,
+    pub part_start: i64,
+    pub part_end: i64,
+    pub part_requests: i64,
+    pub attempt: i64,
+    pub not_before: Option<&'a str>,
+}
+
+/// A remote batch as batchwatch saw it at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub remote_id: String,
+    pub input_file_id: Option<String>,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    pub created_at: Option<String>,
+    pub in_progress_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub finalizing_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub failed_at: Option<String>,
+    pub expired_at: Option<String>,
+    pub cancelling_at: Option<String>,
+    pub cancelled_at: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    /// JSON of the `errors` object.
+    pub errors: Option<String>,
+    /// JSON of the whole batch object.
+    pub raw: String,
+}
+
+/// What recording an observation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// The status or the request counts changed: a history row was appended.
+    Changed,
+    /// Nothing that history tracks changed.
+    Unchanged,
+    /// The stored status is terminal and the observation says otherwise: it was not applied.
+    RefusedAfterTerminal {
+        stored: BatchStatus,
+        seen: BatchStatus,
+    },
+}
+
+/// Records the intent to submit a part; returns the row's id.
+pub async fn insert(
+    conn: &mut SqliteConnection,
+    new: &NewSubmission<'_>,
+    now: &str,
+) -> Result<i64, StoreError> {
+    let state = SubmissionState::Queued;
+    let id = sqlx::query!(
+        "INSERT INTO batches (job_id, part, part_start, part_end, part_requests, attempt, state, not_before,
+                              created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        new.job_id,
+        new.part,
+        new.part_start,
+        new.part_end,
+        new.part_requests,
+        new.attempt,
+        state,
+        new.not_before,
+        now,
+        now,
+    )
+    .execute(conn)
+    .await?
+    .last_insert_rowid();
+    Ok(id)
+}
+
+macro_rules! select_submissions {
+    ($tail:literal, $($arg:expr),*) => {
+        sqlx::query_as!(
+            Submission,
+            r#"SELECT id AS "id!", job_id, part, part_start, part_end, part_requests, attempt,
+                      state AS "state: SubmissionState", not_before, outcome_unknown_at, resent_at, remote_id, input_file_id,
+                      status AS "status: BatchStatus", request_total, request_completed, request_failed,
+                      remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
+                      expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
+                      next_poll_at, last_polled_at, cancel_requested_at, cancel_sent_at, last_error,
+                      results_missing, collect_failing_since, results_unavailable, local_fault_since,
+                      created_at, updated_at
+               FROM batches "# + $tail,
+            $($arg),*
+        )
+    };
+}
+
+/// One submission by its local id.
+pub async fn get(db: impl SqliteExecutor<'_>, id: i64) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!("WHERE id = ?", id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// One submission by its remote batch id.
+pub async fn by_remote_id(
+    db: impl SqliteExecutor<'_>,
+    remote_id: &str,
+) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!("WHERE remote_id = ?", remote_id)
+        .fetch_optional(db)
+        .await?)
+}
+
+/// Every remote batch the database records for an unfinished job, with the submission it
+/// belongs to: (remote id, job, part, attempt). Finished jobs' batches are left out: they are
+/// never checked again, and a long history holds many.
+pub async fn recorded(
+    db: impl SqliteExecutor<'_>,
+) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+    Ok(sqlx::query!(
+        r#"SELECT b.remote_id AS "remote_id!", b.job_id, b.part, b.attempt
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.remote_id IS NOT NULL AND j.terminal = 0"#
+    )
+    .fetch_all(db)
+    .await?
+    .into_iter()
+    .map(|r| (r.remote_id, r.job_id, r.part, r.attempt))
+    .collect())
+}
+
+/// One submission by its job, part and attempt.
+pub async fn by_attempt(
+    db: impl SqliteExecutor<'_>,
+    job_id: &str,
+    part: i64,
+    attempt: i64,
+) -> Result<Option<Submission>, StoreError> {
+    Ok(select_submissions!(
+        "WHERE job_id = ? AND part = ? AND attempt = ?",
+        job_id,
+        part,
+        attempt
+    )
+    .fetch_optional(db)
+    .await?)
+}
+
+/// A submission's state as it is now.
+pub async fn state(db: impl SqliteExecutor<'_>, id: i64) -> Result<SubmissionState, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT state AS "state: SubmissionState" FROM batches WHERE id = ?"#,
+        id
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// A job's submissions, in the order they were made.
+pub async fn for_job(
+    db: impl SqliteExecutor<'_>,
+    job_id: &str,
+) -> Result<Vec<Submission>, StoreError> {
+    Ok(
+        select_submissions!("WHERE job_id = ? ORDER BY part, attempt", job_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+/// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
+/// the earlier request may still appear.
+pub async fn watched_for_duplicates(
+    db: impl SqliteExecutor<'_>,
+    since: &str,
+) -> Result<Vec<Submission>, StoreError> {
+    Ok(select_submissions!(
+        // In the order of the index on resent_at, which spares reading every row.
+        "WHERE resent_at >= ? AND remote_id IS NOT NULL ORDER BY resent_at, id",
+        since
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Records what was seen of the remote batch, and appends a history row when its status or
+/// request counts changed. A terminal status is never replaced by another.
+pub async fn record_observation(
+    conn: &mut SqliteConnection,
+    id: i64,
+    seen: &Observation,
+    observed_at: &str,
+) -> Result<Recorded, StoreError> {
+    let before = sqlx::query!(
+        r#"SELECT status AS "status: BatchStatus", request_total, request_completed, request_failed
+           FROM batches WHERE id = ?"#,
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if let (Some(stored), Some(status)) = (&before.status, &seen.status)
+        && stored.is_terminal()
+        && stored != status
+    {
+        return Ok(Recorded::RefusedAfterTerminal {
+            stored: stored.clone(),
+            seen: status.clone(),
+        });
+    }
+    let changed = seen.status.is_some()
+        && (before.status != seen.status
+            || before.request_total != seen.request_total
+            || before.request_completed != seen.request_completed
+            || before.request_failed != seen.request_failed);
+
+    sqlx::query!(
+        "UPDATE batches SET
+            remote_id = ?, input_file_id = coalesce(?, input_file_id), status = coalesce(?, status),
+            request_total = ?, request_completed = ?, request_failed = ?,
+            remote_created_at = ?, in_progress_at = ?, expires_at = ?, finalizing_at = ?, completed_at = ?,
+            failed_at = ?, expired_at = ?, cancelling_at = ?, cancelled_at = ?,
+            output_file_id = ?, error_file_id = ?, errors = ?, raw = ?, last_polled_at = ?, updated_at = ?
+         WHERE id = ?",
+        seen.remote_id,
+        seen.input_file_id,
+        seen.status,
+        seen.request_total,
+        seen.request_completed,
+        seen.request_failed,
+        seen.created_at,
+        seen.in_progress_at,
+        seen.expires_at,
+        seen.finalizing_at,
+        seen.completed_at,
+        seen.failed_at,
+        seen.expired_at,
+        seen.cancelling_at,
+        seen.cancelled_at,
+        seen.output_file_id,
+        seen.error_file_id,
+        seen.errors,
+        seen.raw,
+        observed_at,
+        observed_at,
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
+
+    if !changed {
+        return Ok(Recorded::Unchanged);
+    }
+    sqlx::query!(
+        "INSERT INTO status_history (batch_id, observed_at, status, request_total, request_completed, request_failed, raw)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+        id,
+        observed_at,
+        seen.status,
+        seen.request_total,
+        seen.request_completed,
+        seen.request_failed,
+        seen.raw,
+    )
+    .execute(conn)
+    .await?;
+    Ok(Recorded::Changed)
+}
+
+/// The number of remote batches in each remote status.
+pub async fn status_counts(
+    db: impl SqliteExecutor<'_>,
+) -> Result<Vec<(BatchStatus, i64)>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status!: BatchStatus", batches AS "batches!: i64" FROM batch_status_counts"#
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.batches)).collect())
+}
+
+/// The ids of the submissions in `state` whose next step is due at `now`.
+pub async fn due_in_state(
+    db: impl SqliteExecutor<'_>,
+    state: SubmissionState,
+    now: &str,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM batches
+           WHERE state = ? AND (not_before IS NULL OR not_before <= ?)
+           ORDER BY id"#,
+        state,
+        now
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Submissions to upload, create or reconcile whose time has come, oldest first, at most
+/// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
+/// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
+/// service (`unverified_jobs`, both JSON arrays) wait.
+pub async fn due_for_submit(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+    held_models: &str,
+    unverified_jobs: &str,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT b.id AS "id!"
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.state IN ('queued', 'uploading', 'creating')
+             AND (b.not_before IS NULL OR b.not_before <= ?)
+             AND j.cancel_requested_at IS NULL
+             AND (j.model IS NULL OR j.model NOT IN (SELECT value FROM json_each(?)))
+             AND j.id NOT IN (SELECT value FROM json_each(?))
+           ORDER BY b.id LIMIT ?"#,
+        now,
+        held_models,
+        unverified_jobs,
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Active submissions whose poll is due, most overdue first.
+pub async fn due_for_poll(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT id AS "id!" FROM batches
+           WHERE state = 'active' AND (next_poll_at IS NULL OR next_poll_at <= ?)
+           ORDER BY next_poll_at LIMIT ?"#,
+        now,
+        limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// An active submission as the poll plan needs it: what was last seen of its batch, and when
+/// it is due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub id: i64,
+    pub remote_id: String,
+    pub status: Option<BatchStatus>,
+    pub request_total: Option<i64>,
+    pub request_completed: Option<i64>,
+    pub request_failed: Option<i64>,
+    /// When the service created the batch.
+    pub remote_created_at: Option<String>,
+    /// When the submission was made (its age sets the poll interval).
+    pub created_at: String,
+    pub deadline_at: String,
+    pub next_poll_at: Option<String>,
+}
+
+/// Every active submission with its batch, for a list sweep.
+pub async fn tracked(db: impl SqliteExecutor<'_>) -> Result<Vec<Tracked>, StoreError> {
+    Ok(sqlx::query_as!(
+        Tracked,
+        r#"SELECT b.id AS "id!", b.remote_id AS "remote_id!", b.status AS "status: BatchStatus",
+                  b.request_total, b.request_completed, b.request_failed, b.remote_created_at,
+                  b.created_at, j.deadline_at, b.next_poll_at
+           FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.state = 'active' AND b.remote_id IS NOT NULL"#
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// How many polls are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollLoad {
+    /// Active submissions due for a poll now.
+    pub due_now: i64,
+    /// ... and by `soon`.
+    pub due_soon: i64,
+    pub active: i64,
+}
+
+/// How many active submissions are due for a poll at `now` and by `soon`, of how many.
+pub async fn poll_load(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+    soon: &str,
+) -> Result<PollLoad, StoreError> {
+    Ok(sqlx::query_as!(
+        PollLoad,
+        r#"SELECT count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?1) AS "due_now!: i64",
+                  count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= ?2) AS "due_soon!: i64",
+                  count(*) AS "active!: i64"
+           FROM batches WHERE state = 'active'"#,
+        now,
+        soon
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// The earliest stored time at which something becomes due: a poll (`""` when one is due
+/// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
+/// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
+/// retry) are left out, so their stale times do not wake the daemon for nothing; polls are
+/// left out entirely unless `polls` (a list sweep under way does them).
+pub async fn next_due(
+    db: impl SqliteExecutor<'_>,
+    busy_submissions: &str,
+    busy_jobs: &str,
+    polls: bool,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        r#"SELECT min(t) AS "t: String" FROM (
+               SELECT CASE WHEN NOT ?3 THEN NULL WHEN EXISTS (
+                          SELECT 1 FROM batches WHERE state = 'active' AND next_poll_at IS NULL
+                            AND id NOT IN (SELECT value FROM json_each(?1)))
+                      THEN ''
+                      ELSE (SELECT next_poll_at FROM batches
+                            WHERE state = 'active' AND next_poll_at IS NOT NULL
+                              AND id NOT IN (SELECT value FROM json_each(?1))
+                            ORDER BY next_poll_at LIMIT 1)
+                      END AS t
+               UNION ALL
+               SELECT (SELECT not_before FROM batches
+                       WHERE terminal = 0 AND not_before IS NOT NULL
+                         AND id NOT IN (SELECT value FROM json_each(?1))
+                       ORDER BY not_before LIMIT 1)
+               UNION ALL
+               SELECT (SELECT deadline_at FROM jobs
+                       WHERE terminal = 0 AND cancel_requested_at IS NULL
+                       ORDER BY deadline_at LIMIT 1)
+               UNION ALL
+               SELECT (SELECT validate_after FROM jobs
+                       WHERE state = 'validating' AND validate_after IS NOT NULL
+                         AND id NOT IN (SELECT value FROM json_each(?2))
+                       ORDER BY validate_after LIMIT 1)
+           )"#,
+        busy_submissions,
+        busy_jobs,
+        polls,
+    )
+    .fetch_one(db)
+    .await?)
+}
+
+/// Marks every upload or create that was under way as of unknown outcome: after a restart
+/// nobody knows whether it reached the server. Returns how many.
+pub async fn mark_in_flight_unknown(
+    conn: &mut SqliteConnection,
+    now: &str,
+) -> Result<u64, StoreError> {
+    Ok(sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, ?), updated_at = ?
+         WHERE state IN ('uploading', 'creating')",
+        now,
+        now
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Brings the next poll of every active submission forward to `latest` when it is later
+/// (a reload shortened `poll.max_interval`). Returns how many moved.
+pub async fn poll_by(conn: &mut SqliteConnection, latest: &str) -> Result<u64, StoreError> {
+    Ok(sqlx::query!(
+        "UPDATE batches SET next_poll_at = ?1 WHERE state = 'active' AND next_poll_at > ?1",
+        latest
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}

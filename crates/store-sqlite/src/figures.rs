@@ -1,0 +1,140 @@
+//! What the monitoring endpoint reads from the database at each scrape, and the stuck batches
+//! that `status`, `show` and the daemon report: counts of rows, computed when asked, so they
+//! are right after a restart. Each is one query on an index or a view.
+
+use sqlx::SqliteExecutor;
+
+use super::StoreError;
+use super::usage::{self, ModelCost};
+use batchwatch_core::clock::{self, Timestamp};
+use batchwatch_core::config::StuckAfter;
+use batchwatch_core::model::{BatchStatus, JobState};
+
+/// Everything read from the database for one scrape, from one snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Figures {
+    pub jobs: Vec<(JobState, i64)>,
+    pub batches: Vec<(BatchStatus, i64)>,
+    /// (from, to, count) since schema version 5.
+    pub transitions: Vec<(String, String, i64)>,
+    /// Jobs a cancel was asked for, by reason (`deadline`, `operator`).
+    pub cancels: Vec<(String, i64)>,
+    pub oldest_unfinished_job: Option<Timestamp>,
+    /// The claim of the oldest job queued or submitting (valid, no running batch yet).
+    pub oldest_waiting_job: Option<Timestamp>,
+    pub last_poll: Option<Timestamp>,
+    pub models: Vec<ModelCost>,
+    pub stuck: Vec<StuckBatch>,
+    /// Submissions whose results cannot be written here (a local fault) and wait.
+    pub waiting_on_local_fault: i64,
+}
+
+/// A batch that has stayed in a status longer than `alerts.stuck_after` allows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StuckBatch {
+    pub id: i64,
+    pub remote_id: Option<String>,
+    pub job_id: String,
+    pub status: BatchStatus,
+    /// When batchwatch first saw the batch in this status.
+    pub since: String,
+}
+
+/// Reads the figures of one scrape.
+pub async fn read(
+    pool: &sqlx::SqlitePool,
+    stuck_after: &StuckAfter,
+    now: Timestamp,
+) -> Result<Figures, StoreError> {
+    let mut tx = pool.begin().await?;
+    let jobs = super::jobs::state_counts(&mut *tx).await?;
+    let batches = super::batches::status_counts(&mut *tx).await?;
+    let transitions = sqlx::query!(
+        r#"SELECT from_state, to_state, count FROM job_transitions ORDER BY from_state, to_state"#
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.from_state, r.to_state, r.count))
+    .collect();
+    let cancels = sqlx::query!(
+        r#"SELECT coalesce(cancel_reason, '') AS "reason!: String", count(*) AS "jobs!: i64"
+           FROM jobs WHERE cancel_requested_at IS NOT NULL GROUP BY 1 ORDER BY 1"#
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.reason, r.jobs))
+    .collect();
+    let oldest = sqlx::query_scalar!(
+        r#"SELECT min(created_at) AS "at: String" FROM jobs
+           WHERE state NOT IN ('rejected', 'completed', 'failed', 'expired', 'cancelled')"#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let waiting = sqlx::query_scalar!(
+        r#"SELECT min(created_at) AS "at: String" FROM jobs
+           WHERE state IN ('queued', 'submitting')"#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let last_poll =
+        sqlx::query_scalar!(r#"SELECT max(last_polled_at) AS "at: String" FROM batches"#)
+            .fetch_one(&mut *tx)
+            .await?;
+    let models = usage::model_costs(&mut *tx).await?;
+    let stuck = stuck(&mut *tx, stuck_after, now).await?;
+    let waiting_on_local_fault = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!: i64" FROM batches
+           WHERE state = 'collecting' AND local_fault_since IS NOT NULL"#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Figures {
+        jobs,
+        batches,
+        transitions,
+        cancels,
+        oldest_unfinished_job: oldest.as_deref().and_then(clock::parse),
+        oldest_waiting_job: waiting.as_deref().and_then(clock::parse),
+        last_poll: last_poll.as_deref().and_then(clock::parse),
+        models,
+        stuck,
+        waiting_on_local_fault,
+    })
+}
+
+/// The batches stuck at `now`: longest stuck first.
+pub async fn stuck(
+    db: impl SqliteExecutor<'_>,
+    after: &StuckAfter,
+    now: Timestamp,
+) -> Result<Vec<StuckBatch>, StoreError> {
+    let before = |d: batchwatch_core::config::Dur| {
+        let d = jiff::SignedDuration::try_from(d.get()).unwrap_or(jiff::SignedDuration::MAX);
+        clock::format(now.checked_sub(d).unwrap_or(Timestamp::MIN))
+    };
+    let (validating, finalizing, cancelling) = (
+        before(after.validating),
+        before(after.finalizing),
+        before(after.cancelling),
+    );
+    Ok(sqlx::query_as!(
+        StuckBatch,
+        r#"SELECT id AS "id!", remote_id, job_id AS "job_id!", status AS "status!: BatchStatus",
+                  status_since AS "since!: String"
+           FROM batch_status_since
+           -- The IN finds the few candidates by index (state, status), not every active row.
+           WHERE status IN ('validating', 'finalizing', 'cancelling')
+             AND ((status = 'validating' AND status_since <= ?1)
+              OR (status = 'finalizing' AND status_since <= ?2)
+              OR (status = 'cancelling' AND status_since <= ?3))
+           ORDER BY status_since, id"#,
+        validating,
+        finalizing,
+        cancelling,
+    )
+    .fetch_all(db)
+    .await?)
+}

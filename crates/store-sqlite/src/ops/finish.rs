@@ -1,0 +1,147 @@
+//! Finishing: a batch's results collected (or given up, or waiting on a local fault), and the
+//! job's end, with the remote files to delete and an expired job's resubmission planned in the
+//! same transaction.
+
+use batchwatch_core::model::JobState;
+
+use super::{Lease, add_event};
+use crate::batches::Submission;
+use crate::jobs::{self, Why};
+use crate::progress::refresh_job;
+use crate::{Store, StoreError, chain, deletions, transitions};
+
+/// How a job ends.
+#[derive(Debug, Clone)]
+pub struct Ending<'a> {
+    pub job_id: &'a str,
+    pub state: JobState,
+    pub why: Option<&'a Why>,
+    /// The job's event.
+    pub message: &'a str,
+    /// Where its results are, relative to the queue.
+    pub results_dir: Option<&'a str>,
+    /// When the service's copies of its files are to be deleted: the result files on disk
+    /// (the others are deleted at once).
+    pub delete_remote: Option<&'a [String]>,
+    /// An expired job is resubmitted when fewer than this many resubmissions came before it.
+    pub resubmit_at_most: i64,
+}
+
+impl Store {
+    /// Ends a job as `ending` says: one transaction, so an ended job always has its remote
+    /// deletions recorded and its resubmission planned.
+    pub async fn finish_job(
+        &self,
+        lease: &Lease,
+        ending: &Ending<'_>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let job_id = ending.job_id;
+        self.unit(lease, async |tx| {
+            if let Some(dir) = ending.results_dir {
+                jobs::set_results_dir(tx, job_id, dir, now).await?;
+            }
+            jobs::set_state(tx, job_id, ending.state, ending.why, ending.message, now).await?;
+            if let Some(on_disk) = ending.delete_remote {
+                deletions::plan_for_job(tx, job_id, on_disk, now).await?;
+            }
+            if ending.state == JobState::Expired
+                && ending.resubmit_at_most > 0
+                && chain::depth(tx, job_id).await? < ending.resubmit_at_most
+            {
+                chain::set_resubmit_due(tx, job_id, Some("expired")).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that job `job_id`'s file is now at `path` (relative to the queue).
+    pub async fn set_path(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        path: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            jobs::set_path(tx, job_id, path, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The results of submission `row` are collected (`missing` names those the service did not
+    /// have); its job follows with `message`.
+    pub async fn collected(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        missing: Option<&str>,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::collected(tx, row.id, missing, now).await?;
+            refresh_job(tx, &row.job_id, None, message, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The results of submission `row` cannot be written here (a local fault): it
+    /// waits until `retry_at`, and `message`, when given, becomes the job's event. Returns
+    /// since when it has been waiting.
+    pub async fn wait_on_local_fault(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        error: &str,
+        retry_at: &str,
+        message: Option<&str>,
+        now: &str,
+    ) -> Result<String, StoreError> {
+        self.unit(lease, async |tx| {
+            let since = transitions::wait_on_local_fault(tx, row.id, error, retry_at, now).await?;
+            if let Some(message) = message {
+                add_event(tx, &row.job_id, message, now).await?;
+            }
+            Ok(since)
+        })
+        .await
+    }
+
+    /// A download of submission `id`'s results failed on the service's side; returns since
+    /// when they have been failing.
+    pub async fn note_collect_failure(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: &str,
+    ) -> Result<String, StoreError> {
+        self.unit(lease, async |tx| {
+            let since = transitions::note_collect_failure(tx, id, now).await?;
+            Ok(since)
+        })
+        .await
+    }
+
+    /// Gives up the results of submission `row` for `why`, with `message` as its job's event;
+    /// the job follows.
+    pub async fn give_up_results(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        why: &str,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::give_up_results(tx, row.id, why, now).await?;
+            add_event(tx, &row.job_id, message, now).await?;
+            refresh_job(tx, &row.job_id, None, "results given up", now).await?;
+            Ok(())
+        })
+        .await
+    }
+}

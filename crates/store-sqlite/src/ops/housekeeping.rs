@@ -1,0 +1,144 @@
+//! Housekeeping: retention's pruning, the deletion of the service's copies of files, and
+//! resubmissions recorded before their file is published.
+
+use super::{Lease, add_event};
+use crate::chain::{self, NewResubmission, View};
+use crate::deletions::{self, Deletion, Done, Origin};
+use crate::{Store, StoreError, retention};
+
+/// How one try at deleting a remote file ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deleted {
+    Done(Done),
+    /// It failed with `error`; it is tried again from `retry_at`.
+    Failed {
+        error: String,
+        retry_at: String,
+    },
+}
+
+impl Store {
+    /// Records that job `job_id`'s file (or with `results`, its results directory) was removed
+    /// by retention, with `message` as its event.
+    pub async fn mark_pruned(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        results: bool,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            retention::mark_pruned(tx, job_id, results, message, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes the rows of the finished jobs `ids` (a job not finished is left); returns how
+    /// many went.
+    pub async fn delete_jobs(&self, lease: &Lease, ids: &[String]) -> Result<u64, StoreError> {
+        self.unit(lease, async |tx| {
+            let mut deleted = 0;
+            for id in ids {
+                deleted += u64::from(retention::delete_job(tx, id).await?);
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// Plans the deletion of remote file `file_id` (of `kind`, job `job_id` if known) for
+    /// `origin`, or finds the one planned; returns it.
+    pub async fn plan_deletion(
+        &self,
+        lease: &Lease,
+        file_id: &str,
+        job_id: Option<&str>,
+        kind: &str,
+        origin: Origin,
+        now: &str,
+    ) -> Result<Deletion, StoreError> {
+        self.unit(lease, async |tx| {
+            let row = deletions::plan_one(tx, file_id, job_id, kind, origin, now).await?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Records how a try at deletion `row` ended, with `message` as its job's event; returns
+    /// false when another process settled it first (then nothing is written).
+    pub async fn record_deletion(
+        &self,
+        lease: &Lease,
+        row: &Deletion,
+        outcome: &Deleted,
+        message: Option<&str>,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        self.unit(lease, async |tx| {
+            let recorded = match outcome {
+                Deleted::Done(done) => deletions::finish(tx, row.id, *done, now).await?,
+                Deleted::Failed { error, retry_at } => {
+                    deletions::failed(tx, row.id, error, retry_at, now).await? > 0
+                }
+            };
+            if let (true, Some(job_id), Some(message)) = (recorded, &row.job_id, message) {
+                add_event(tx, job_id, message, now).await?;
+            }
+            Ok(recorded)
+        })
+        .await
+    }
+
+    /// Records resubmission `new` of job `job_id` (withdrawing the pending ones `withdrawn`
+    /// replaces) with `message` as the job's event, if the job's chain is still as `view`
+    /// saw it; `clear_due` clears the daemon's mark that the job is to be resubmitted.
+    /// Returns false when the chain changed meanwhile (then nothing is written).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_resubmission(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        view: &View,
+        withdrawn: &[i64],
+        new: &NewResubmission<'_>,
+        message: &str,
+        clear_due: bool,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        self.unit(lease, async |tx| {
+            // Recorded before the ones it replaces are withdrawn: a pending resubmission of the
+            // same name (another resubmit got there first) refuses it with nothing written.
+            if chain::view(tx, job_id).await? != *view
+                || !chain::record(tx, new, message, now).await?
+            {
+                return Ok(false);
+            }
+            for id in withdrawn {
+                chain::withdraw(tx, *id, now).await?;
+            }
+            if clear_due {
+                chain::set_resubmit_due(tx, job_id, None).await?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Clears job `job_id`'s mark that it is to be resubmitted, with `message` as its event.
+    pub async fn resubmit_done(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            chain::set_resubmit_due(tx, job_id, None).await?;
+            add_event(tx, job_id, message, now).await?;
+            Ok(())
+        })
+        .await
+    }
+}

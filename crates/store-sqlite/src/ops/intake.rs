@@ -1,0 +1,146 @@
+//! Intake: a file claimed as a job, its validation recorded (the job queued with its parts as
+//! submissions, or rejected), and a file that changed sent back to be validated again.
+
+use batchwatch_core::model::{FileLook, JobState};
+
+use super::Lease;
+use crate::batches::NewSubmission;
+use crate::jobs::{self, NewJob, Why};
+use crate::{Store, StoreError, batches, chain};
+
+/// One part of a validated file: a byte range and the requests in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    pub start: i64,
+    pub end: i64,
+    pub requests: i64,
+}
+
+/// What validating a file found.
+#[derive(Debug, Clone)]
+pub struct Validated<'a> {
+    pub sha256: &'a str,
+    pub requests: i64,
+    pub endpoint: &'a str,
+    pub model: &'a str,
+    /// The parts, each submitted as a batch of its own.
+    pub parts: &'a [Part],
+    /// The job's event when it is queued.
+    pub queued: &'a str,
+    /// The job's event when a cancel was asked for while the file was checked.
+    pub cancelling: &'a str,
+}
+
+impl Store {
+    /// Records a claimed file as job `job` (validating), with what its file looked like and the
+    /// job it resubmits, if any.
+    pub async fn claim(
+        &self,
+        lease: &Lease,
+        job: &NewJob<'_>,
+        look: Option<&FileLook>,
+        parent: Option<&str>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            jobs::insert(tx, job, now).await?;
+            if let Some(look) = look {
+                jobs::set_file_look(tx, job.id, look, now).await?;
+            }
+            if let Some(parent) = parent {
+                chain::link(tx, job.id, parent, now).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records that job `job_id`'s file is valid: its parts become queued submissions, and the
+    /// job is queued, or cancelling when a cancel was asked for while the file was checked (it
+    /// holds; the job is never shown queued). Returns the state the job went to.
+    pub async fn record_valid(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        valid: &Validated<'_>,
+        now: &str,
+    ) -> Result<JobState, StoreError> {
+        self.unit(lease, async |tx| {
+            jobs::record_validation(
+                tx,
+                job_id,
+                valid.sha256,
+                valid.requests,
+                valid.endpoint,
+                valid.model,
+                now,
+            )
+            .await?;
+            for (part, range) in (0..).zip(valid.parts) {
+                batches::insert(
+                    tx,
+                    &NewSubmission {
+                        job_id,
+                        part,
+                        part_start: range.start,
+                        part_end: range.end,
+                        part_requests: range.requests,
+                        attempt: 1,
+                        not_before: None,
+                    },
+                    now,
+                )
+                .await?;
+            }
+            let cancel_asked = jobs::get(&mut **tx, job_id)
+                .await?
+                .is_some_and(|j| j.cancel_requested_at.is_some());
+            let (state, message) = if cancel_asked {
+                (JobState::Cancelling, valid.cancelling)
+            } else {
+                (JobState::Queued, valid.queued)
+            };
+            jobs::set_state(tx, job_id, state, None, message, now).await?;
+            Ok(state)
+        })
+        .await
+    }
+
+    /// Rejects job `job_id` for `why`; returns when it was claimed.
+    pub async fn reject(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        why: &Why,
+        now: &str,
+    ) -> Result<Option<String>, StoreError> {
+        self.unit(lease, async |tx| {
+            let message = format!("rejected: {}", why.message);
+            jobs::set_state(tx, job_id, JobState::Rejected, Some(why), &message, now).await?;
+            let claimed_at = jobs::get(&mut **tx, job_id).await?.map(|j| j.created_at);
+            Ok(claimed_at)
+        })
+        .await
+    }
+
+    /// Sends job `job_id`, whose file now looks like `look`, back to validating after
+    /// `validate_after`, unless part of it may already have reached the service (`sending` is
+    /// the submission its caller was about to upload). Returns whether it was sent back; when
+    /// not, nothing changed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn validate_again(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        look: &FileLook,
+        sending: Option<i64>,
+        validate_after: &str,
+        message: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        self.unit(lease, async |tx| {
+            jobs::validate_again(tx, job_id, look, sending, validate_after, message, now).await
+        })
+        .await
+    }
+}

@@ -1,0 +1,96 @@
+//! The store's operations: what the daemon, its housekeeping and the commands ask of the
+//! database, each one unit of work that owns its transaction (begun, written, committed here,
+//! never by the caller). A job's state is derived from its submissions inside the same
+//! transaction that moves one of them ([`crate::progress::refresh_job`]).
+//!
+//! Every operation that moves a job or a submission takes the writer's [`Lease`]. One daemon
+//! writes a SQLite database (its instance lock keeps a second one out), so here the lease is
+//! [`Lease::SOLE`] and always holds; a store shared by several daemons fences a write whose
+//! lease epoch is no longer current, in `Store::unit`, the one place every operation begins.
+//!
+//! The operations are grouped by the activity that asks for them: [`intake`] (claim, validate,
+//! reject), [`submit`] (upload and create intents, reconcile), [`track`] (observations, polls,
+//! lost batches), [`cancel`], [`finish`] (results, the job's end) and [`housekeeping`]
+//! (retention, remote deletions, resubmission).
+
+pub mod cancel;
+pub mod finish;
+pub mod housekeeping;
+pub mod intake;
+pub mod submit;
+pub mod track;
+
+use crate::{Store, StoreError, Tx, jobs};
+
+/// The right to move jobs and submissions, held by one writer at a time: its epoch grows each
+/// time the right changes hands, so a write carrying an older epoch can be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    epoch: i64,
+}
+
+impl Lease {
+    /// The lease of the one daemon that writes a database alone (SQLite, behind its instance
+    /// lock), and of the commands that write while it is stopped.
+    pub const SOLE: Lease = Lease { epoch: 0 };
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+}
+
+impl Store {
+    /// Runs `work` as one operation's transaction under `lease`: committed when it returns
+    /// `Ok`, rolled back otherwise. SQLite has one writer, so every lease holds; this is where a
+    /// shared store fences a writer whose epoch is no longer current.
+    pub(crate) async fn unit<T>(
+        &self,
+        _lease: &Lease,
+        work: impl AsyncFnOnce(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.transaction(work).await
+    }
+
+    /// Runs `work` in one write transaction: committed when it returns `Ok`, rolled back
+    /// otherwise. For the operations that move nothing, so take no lease (a cancel asked for).
+    pub(crate) async fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.begin().await?;
+        let out = work(&mut tx).await?;
+        #[cfg(feature = "fixtures")]
+        if self
+            .kill_before_commit
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            drop(tx);
+            return Err(StoreError::Killed);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// A test's crash point: the next operation that would commit is dropped before its
+    /// commit instead, as SIGKILL at any of its writes leaves it (SQLite rolls an uncommitted
+    /// transaction back whole). Returns whether it was armed already.
+    #[cfg(feature = "fixtures")]
+    pub fn kill_before_next_commit(&self, armed: bool) -> bool {
+        self.kill_before_commit
+            .swap(armed, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Appends `message` to the story of job `job_id`, in the state the job is in (nothing when
+/// the job is gone).
+pub(crate) async fn add_event(
+    tx: &mut Tx,
+    job_id: &str,
+    message: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    match jobs::get(&mut **tx, job_id).await? {
+        Some(job) => jobs::add_event(tx, job_id, job.state, message, now).await,
+        None => Ok(()),
+    }
+}

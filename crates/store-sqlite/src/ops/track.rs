@@ -1,0 +1,330 @@
+//! Tracking: what the service says of a batch (an observation), recorded with the submission
+//! moved on and the job derived in one transaction; polls scheduled and put off; batches that
+//! vanished; the requests a stop left under way.
+
+use batchwatch_core::clock::{self, Timestamp};
+use batchwatch_core::config::ModelPrice;
+use batchwatch_core::model::{BatchStatus, SubmissionState};
+use batchwatch_core::usage::{self as arithmetic, Tokens};
+
+use super::Lease;
+use crate::batches::{self, NewSubmission, Observation, Recorded, Submission};
+use crate::jobs::{self, Job, Why};
+use crate::progress::refresh_job;
+use crate::{Store, StoreError, Tx, transitions, usage};
+
+/// A batch as the service reported it, for one submission.
+#[derive(Debug, Clone)]
+pub struct Sighting<'a> {
+    /// The submission's id.
+    pub id: i64,
+    /// The status the service reported (the observation's).
+    pub status: &'a BatchStatus,
+    pub observation: &'a Observation,
+    /// The usage the batch reports, if any (stored until its cost is booked).
+    pub tokens: Option<Tokens>,
+}
+
+/// What the caller decides a sighting means, given the job, the submission and the status
+/// that stands (the stored one when the service reports a finished batch as unfinished).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The price of the job's model, when it has one: the batch's cost (of the sighting's
+    /// tokens) is booked once, when the status reported is final.
+    pub price: Option<ModelPrice>,
+    pub next: Next,
+}
+
+/// Where a submission that follows its batch goes next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// The batch runs on: poll it at `at`. `message` is the job's event if this made it active.
+    Poll { at: String, message: String },
+    /// The batch ended: collect its results.
+    Collect { message: String },
+    /// The batch was refused for back-pressure: this attempt is over, the next waits until
+    /// `until`, and the job records `why`.
+    Retry {
+        until: String,
+        why: Why,
+        message: String,
+    },
+}
+
+/// What recording a sighting did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The submission's id.
+    pub id: i64,
+    pub recorded: Recorded,
+    /// The status that stands.
+    pub status: BatchStatus,
+    /// The batch's cost was booked now (its status became final).
+    pub booked: bool,
+    /// The move made, or `None` when the submission was already past following its batch.
+    pub moved: Option<Next>,
+    /// The job, as read before the move.
+    pub job: Job,
+}
+
+impl Store {
+    /// Records `sighting`, seen at `now`, and moves its submission on as `decide` says.
+    pub async fn observe(
+        &self,
+        lease: &Lease,
+        sighting: &Sighting<'_>,
+        decide: impl FnOnce(&Job, &Submission, &BatchStatus) -> Plan,
+        now: &str,
+    ) -> Result<Observed, StoreError> {
+        self.unit(lease, async |tx| {
+            let row = batches::get(&mut **tx, sighting.id)
+                .await?
+                .ok_or_else(|| vanished(sighting.id))?;
+            let observed = record(tx, &row, sighting, decide, now).await?;
+            Ok(observed)
+        })
+        .await
+    }
+
+    /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `quiet`
+    /// submissions (nothing history tracks changed) get their next poll, as `(id, at)`; each
+    /// of the `changed` is recorded as [`Store::observe`] does, unless its submission moved on
+    /// or was looked at after `seen_at` by another step (then the page is not news for it).
+    pub async fn observe_page(
+        &self,
+        lease: &Lease,
+        quiet: &[(i64, String)],
+        changed: &[Sighting<'_>],
+        mut decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan,
+        seen_at: Timestamp,
+    ) -> Result<Vec<Observed>, StoreError> {
+        let now = clock::format(seen_at);
+        self.unit(lease, async |tx| {
+            if !quiet.is_empty() {
+                transitions::seen_unchanged(tx, &polls_json(quiet), &now).await?;
+            }
+            let mut observed = Vec::new();
+            for sighting in changed {
+                let row = batches::get(&mut **tx, sighting.id)
+                    .await?
+                    .ok_or_else(|| vanished(sighting.id))?;
+                let newer = row
+                    .last_polled_at
+                    .as_deref()
+                    .and_then(clock::parse)
+                    .is_some_and(|t| t > seen_at);
+                if row.state != SubmissionState::Active || newer {
+                    continue;
+                }
+                observed.push(record(tx, &row, sighting, &mut decide, &now).await?);
+            }
+            Ok(observed)
+        })
+        .await
+    }
+
+    /// Sets the next poll of each of the quiet submissions `polls`, as `(id, at)`, seen at
+    /// `now` with nothing history tracks changed.
+    pub async fn seen_unchanged(
+        &self,
+        lease: &Lease,
+        polls: &[(i64, String)],
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::seen_unchanged(tx, &polls_json(polls), now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A poll of submission `id` failed with `error`: it is polled again at `at`.
+    pub async fn defer_poll(
+        &self,
+        lease: &Lease,
+        id: i64,
+        at: &str,
+        error: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::defer_poll(tx, id, at, error, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts the polls of `ids` off to `at` after `error`, leaving those that moved on since.
+    pub async fn defer_polls(
+        &self,
+        lease: &Lease,
+        ids: &[i64],
+        at: &str,
+        error: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            for id in ids {
+                match transitions::defer_poll(tx, *id, at, error, now).await {
+                    Ok(()) | Err(StoreError::Illegal { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The batch of submission `row` vanished: the submission is lost, and its job follows with
+    /// `why`.
+    pub async fn lose(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        why: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::lose(tx, row.id, why, now).await?;
+            refresh_job(tx, &row.job_id, None, why, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks the uploads and creates a stop left under way as of unknown outcome; returns how
+    /// many.
+    pub async fn mark_in_flight_unknown(
+        &self,
+        lease: &Lease,
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        self.unit(lease, async |tx| {
+            let n = batches::mark_in_flight_unknown(tx, now).await?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Brings every poll planned after `latest` forward to it; returns how many moved.
+    pub async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError> {
+        self.unit(lease, async |tx| {
+            let n = batches::poll_by(tx, latest).await?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+fn vanished(id: i64) -> StoreError {
+    StoreError::Finished {
+        what: format!("submission {id}"),
+        to: "an observation".to_owned(),
+    }
+}
+
+/// The `(id, at)` pairs as the JSON array `seen_unchanged` joins on.
+fn polls_json(polls: &[(i64, String)]) -> String {
+    serde_json::Value::Array(
+        polls
+            .iter()
+            .map(|(id, at)| serde_json::json!([id, at]))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// Records `sighting` for `row` in `tx` and moves the submission on.
+async fn record(
+    tx: &mut Tx,
+    row: &Submission,
+    sighting: &Sighting<'_>,
+    decide: impl FnOnce(&Job, &Submission, &BatchStatus) -> Plan,
+    now: &str,
+) -> Result<Observed, StoreError> {
+    let job = jobs::get(&mut **tx, &row.job_id)
+        .await?
+        .ok_or_else(|| StoreError::Finished {
+            what: format!("the job of submission {}", row.id),
+            to: "an observation".to_owned(),
+        })?;
+    let recorded = batches::record_observation(&mut *tx, row.id, sighting.observation, now).await?;
+    let status = match &recorded {
+        Recorded::RefusedAfterTerminal { stored, .. } => stored.clone(),
+        _ => sighting.status.clone(),
+    };
+    let plan = decide(&job, row, &status);
+    if let Some(t) = &sighting.tokens {
+        usage::store(&mut *tx, row.id, t, now).await?;
+    }
+    let cost_usd = sighting
+        .tokens
+        .as_ref()
+        .zip(plan.price.as_ref())
+        .map(|(t, p)| arithmetic::cost(p, t));
+    let booked =
+        sighting.status.is_terminal() && usage::book(&mut *tx, row.id, cost_usd, now).await?;
+    // `row` was read in this transaction, and recording an observation moves no state.
+    let activated = match row.state {
+        SubmissionState::Queued | SubmissionState::Uploading | SubmissionState::Creating => {
+            transitions::activate(&mut *tx, row.id, now).await?;
+            true
+        }
+        SubmissionState::Active => false,
+        // Already past following its batch (seen twice, or by a step that read the row
+        // before): the observation is recorded, and nothing moves.
+        _ => {
+            return Ok(Observed {
+                id: row.id,
+                recorded,
+                status,
+                booked,
+                moved: None,
+                job,
+            });
+        }
+    };
+    match &plan.next {
+        Next::Retry {
+            until,
+            why,
+            message,
+        } => {
+            transitions::refused(&mut *tx, row.id, now).await?;
+            batches::insert(
+                &mut *tx,
+                &NewSubmission {
+                    job_id: &row.job_id,
+                    part: row.part,
+                    part_start: row.part_start,
+                    part_end: row.part_end,
+                    part_requests: row.part_requests,
+                    attempt: row.attempt + 1,
+                    not_before: Some(until),
+                },
+                now,
+            )
+            .await?;
+            refresh_job(&mut *tx, &row.job_id, Some(why), message, now).await?;
+        }
+        Next::Collect { message } => {
+            transitions::to_collecting(&mut *tx, row.id, now).await?;
+            refresh_job(&mut *tx, &row.job_id, None, message, now).await?;
+        }
+        Next::Poll { at, message } => {
+            transitions::schedule_poll(&mut *tx, row.id, at, now).await?;
+            // The job follows its submissions' states; only a new active one can move it.
+            if activated {
+                refresh_job(&mut *tx, &row.job_id, None, message, now).await?;
+            }
+        }
+    }
+    Ok(Observed {
+        id: row.id,
+        recorded,
+        status,
+        booked,
+        moved: Some(plan.next),
+        job,
+    })
+}

@@ -1,0 +1,137 @@
+//! Queries on `batch_usage` (tokens and estimated cost per remote batch) and its views
+//! `job_costs` and `model_costs`.
+
+use serde::Serialize;
+use sqlx::{SqliteConnection, SqliteExecutor};
+
+use super::StoreError;
+use batchwatch_core::usage::Tokens;
+
+/// A row of `batch_usage`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BatchUsage {
+    pub batch_id: i64,
+    pub input_tokens: Option<i64>,
+    pub cached_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    pub reasoning_tokens: Option<i64>,
+    pub cost_usd: Option<f64>,
+    pub booked_at: Option<String>,
+}
+
+/// A row of `job_costs`: a job's tokens and estimated cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobCost {
+    pub job_id: String,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_usd: Option<f64>,
+}
+
+/// A row of `model_costs`: a model's tokens and estimated cost so far.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelCost {
+    pub model: String,
+    pub input_tokens: i64,
+    pub cached_tokens: i64,
+    pub output_tokens: i64,
+    pub reasoning_tokens: i64,
+    /// `None` when no batch of the model has a price.
+    pub cost_usd: Option<f64>,
+}
+
+/// Stores the usage a batch reports, unless its cost is booked (then it stays as booked).
+pub async fn store(
+    conn: &mut SqliteConnection,
+    batch_id: i64,
+    t: &Tokens,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO batch_usage (batch_id, input_tokens, cached_tokens, output_tokens, reasoning_tokens, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (batch_id) DO UPDATE SET
+             input_tokens = ?2, cached_tokens = ?3, output_tokens = ?4, reasoning_tokens = ?5, updated_at = ?6
+         WHERE booked_at IS NULL",
+        batch_id,
+        t.input,
+        t.cached,
+        t.output,
+        t.reasoning,
+        now,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Books a batch's cost, once: returns false when it was booked before.
+pub async fn book(
+    conn: &mut SqliteConnection,
+    batch_id: i64,
+    cost_usd: Option<f64>,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let booked = sqlx::query!(
+        "INSERT INTO batch_usage (batch_id, cost_usd, booked_at, updated_at) VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (batch_id) DO UPDATE SET cost_usd = ?2, booked_at = ?3, updated_at = ?3
+         WHERE booked_at IS NULL",
+        batch_id,
+        cost_usd,
+        now,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(booked == 1)
+}
+
+/// The usage of a job's batches, by local batch number.
+pub async fn for_job(
+    db: impl SqliteExecutor<'_>,
+    job_id: &str,
+) -> Result<Vec<BatchUsage>, StoreError> {
+    Ok(sqlx::query_as!(
+        BatchUsage,
+        r#"SELECT u.batch_id AS "batch_id!", u.input_tokens, u.cached_tokens, u.output_tokens,
+                  u.reasoning_tokens, u.cost_usd, u.booked_at
+           FROM batch_usage u JOIN batches b ON b.id = u.batch_id
+           WHERE b.job_id = ? ORDER BY u.batch_id"#,
+        job_id
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// The tokens and cost of the jobs given (a JSON array of ids), from `job_costs`.
+pub async fn job_costs(
+    db: impl SqliteExecutor<'_>,
+    job_ids: &[&str],
+) -> Result<Vec<JobCost>, StoreError> {
+    let wanted = serde_json::to_string(job_ids).expect("strings serialise");
+    Ok(sqlx::query_as!(
+        JobCost,
+        r#"SELECT job_id AS "job_id!", input_tokens AS "input_tokens!: i64",
+                  cached_tokens AS "cached_tokens!: i64", output_tokens AS "output_tokens!: i64",
+                  reasoning_tokens AS "reasoning_tokens!: i64", cost_usd AS "cost_usd: f64"
+           FROM job_costs WHERE job_id IN (SELECT value FROM json_each(?))"#,
+        wanted
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Every model's tokens and cost so far, from `model_costs`.
+pub async fn model_costs(db: impl SqliteExecutor<'_>) -> Result<Vec<ModelCost>, StoreError> {
+    Ok(sqlx::query_as!(
+        ModelCost,
+        r#"SELECT model AS "model!", input_tokens AS "input_tokens!: i64",
+                  cached_tokens AS "cached_tokens!: i64", output_tokens AS "output_tokens!: i64",
+                  reasoning_tokens AS "reasoning_tokens!: i64", cost_usd AS "cost_usd: f64"
+           FROM model_costs ORDER BY model"#
+    )
+    .fetch_all(db)
+    .await?)
+}
