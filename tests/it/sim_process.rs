@@ -132,6 +132,19 @@ async fn sim_exits_0_on_sigint() {
     exits_cleanly_on(libc::SIGINT).await;
 }
 
+/// A script that sends SIGTERM as soon as it has read the banner gets a clean stop every time:
+/// the handlers are in place before the banner is written (they were not, and a signal in that
+/// window killed the simulator without saving or cleaning up).
+#[tokio::test]
+async fn sigterm_right_after_the_banner_is_a_clean_stop() {
+    for _ in 0..10 {
+        let mut sim = spawn_process(&[]).await;
+        sim.signal(libc::SIGTERM);
+        assert_eq!(sim.exit_code_within_a_second().await, Some(0));
+        assert!(!sim.data_dir.exists(), "{}", sim.data_dir.display());
+    }
+}
+
 /// A caller that reads the address and closes the pipe (or never opens one) must not bring
 /// the simulator down: its stdout is closed before it writes a byte, and it serves anyway.
 #[tokio::test]

@@ -186,6 +186,9 @@ impl From<&SimArgs> for SimConfig {
 pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     let runtime = batchwatch_core::process::runtime()?;
     runtime.block_on(async {
+        // Caught from before the banner: a script that reads it and sends SIGTERM at once
+        // must get a clean stop (the state saved), not the default action.
+        let mut signals = StopSignals::install()?;
         let handle = start(args.listen, SimConfig::from(&args)).await?;
         // Tests and scripts read the address from the first line. Nobody has to read the rest,
         // or even keep stdout open: a write error must not stop a server, so it is ignored.
@@ -198,7 +201,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
             handle.data_dir().display()
         );
         let _ = batchwatch_core::process::emit(&banner);
-        wait_for_signal().await?;
+        signals.recv().await;
         tracing::info!("signal received; shutting down");
         handle.shutdown().await
     })?;
@@ -208,13 +211,25 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
