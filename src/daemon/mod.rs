@@ -767,12 +767,12 @@ impl Daemon {
         for (_, task, handle) in self.running.values() {
             if task.stops_at_once() {
                 handle.abort();
-                dropped.push(*task);
+                dropped.push(task.to_string());
             }
         }
         if !dropped.is_empty() {
             tracing::info!(
-                tasks = ?dropped,
+                tasks = %dropped.join(", "),
                 "housekeeping stopped at once; its intents are rows, carried out at the next start"
             );
         }

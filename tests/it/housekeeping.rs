@@ -1360,6 +1360,20 @@ async fn a_stop_does_not_wait_for_deletions_the_service_does_not_answer() {
         "the stop took {took:?}, held by a deletion:\n{}",
         daemon.seen.join("\n")
     );
+    let said = daemon
+        .seen
+        .iter()
+        .find(|l| l.contains("housekeeping stopped at once"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the stop names what it dropped:\n{}",
+                daemon.seen.join("\n")
+            )
+        });
+    assert!(
+        said.contains("delete_remote_files") && !said.contains("DeleteRemoteFiles"),
+        "tasks named as in the other lines, not as Rust's Debug: {said}"
+    );
     let pending = deletions_of(&env).await;
     assert!(
         !pending.is_empty() && pending.iter().all(|r| r.state == "pending"),
