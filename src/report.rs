@@ -702,6 +702,23 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_is_said_ahead_or_behind_in_words_and_not_at_all_once_the_job_ended() {
+        let now = clock::parse("2026-12-06T12:00:00.000Z").unwrap();
+        assert_eq!(
+            deadline("2026-12-06T15:00:00.000Z", JobState::Running, now),
+            "in 3h"
+        );
+        assert_eq!(
+            deadline("2026-12-06T09:30:00.000Z", JobState::Queued, now),
+            "passed 2h 30m ago"
+        );
+        assert_eq!(
+            deadline("2026-12-06T15:00:00.000Z", JobState::Completed, now),
+            "-"
+        );
+    }
+
+    #[test]
     fn long_names_are_shortened_with_an_ellipsis() {
         assert_eq!(shorten("abcdef", 4), "abc…");
         assert_eq!(shorten("abc", 4), "abc");

@@ -151,11 +151,17 @@ async fn a_refused_key_stops_all_work_loudly_and_the_daemon_resumes_when_it_work
         })
         .await
         .unwrap();
-    let env = Env::new(&sim.handle.base_url(), "");
-    let mut daemon = env.spawn();
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let (mut daemon, addr) = spawn_observed(&env);
     env.drop_file("a.jsonl", requests("a", 3, "gpt-4o-mini").as_bytes());
     env.drop_file("b.jsonl", requests("b", 3, "gpt-4o-mini").as_bytes());
     daemon.wait_for_line("THE API REFUSED THE KEY", Duration::from_secs(20));
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 503, "not ready while the key is refused: {body}");
+    assert!(body.contains("key_refused"), "{body}");
     let waiting = wait_until("both files claimed", Duration::from_secs(20), async || {
         let jobs = env.jobs().await;
         (jobs.len() == 2, jobs)
@@ -173,6 +179,8 @@ async fn a_refused_key_stops_all_work_loudly_and_the_daemon_resumes_when_it_work
         .wait_finished(2, Duration::from_secs(30), &mut daemon)
         .await;
     daemon.wait_for_line("accepts the key again", Duration::from_secs(5));
+    let (status, body) = get(addr, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
     let log = env.stop(daemon);
     assert!(jobs.iter().all(|j| j.state == JobState::Completed));
     let loud = log

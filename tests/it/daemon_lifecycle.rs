@@ -160,6 +160,14 @@ async fn an_oversized_file_is_split_into_batches_and_its_results_merged() {
         .map(|s| s.part_requests)
         .collect();
     assert_eq!(parts, [10, 10, 5]);
+    // The finished file, named as it now lies in done/, leads to its job and its results.
+    let shown = crate::support::process::stdout_ok(Some(&env.config), &["show", "done/big.jsonl"]);
+    assert!(
+        shown.starts_with("1 job of done/big.jsonl")
+            && shown.contains(&format!("Job {} (big.jsonl)", job.id))
+            && shown.contains(job.results_dir.as_deref().unwrap()),
+        "{shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
