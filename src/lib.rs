@@ -1,7 +1,6 @@
 //! batchwatch: runs OpenAI-style Batch API jobs from a queue directory, unattended, with the
 //! whole status history in SQLite.
 
-pub mod api;
 pub mod cli;
 pub mod daemon;
 pub mod demo;
@@ -16,11 +15,12 @@ pub mod queue;
 pub mod report;
 pub mod usage;
 
-// The domain and the simulator live in crates of their own; their old paths stay for the code
+// The domain, the provider and the simulator live in crates of their own; their old paths stay for the code
 // that has not moved yet.
 pub use batchwatch_core::process::{EXIT_CONFIG, EXIT_NEWER_DATABASE};
 pub use batchwatch_core::{
     batchfile, clock, config, failpoint, model, printable, process, telemetry,
 };
+pub use batchwatch_provider as api;
 pub use batchwatch_sim as sim;
 pub use batchwatch_store_sqlite as store;

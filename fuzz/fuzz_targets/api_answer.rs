@@ -1,8 +1,8 @@
 //! The API client's reading of an answer (status, headers, body) on arbitrary input, for every
 //! operation and every object it expects (batch, list pages, file, deletion): it never panics;
-//! a success is only ever a 2xx; every failure is the class the table in `src/api/mod.rs` gives
-//! its status and operation, with that status and operation; and no error's text or `Debug`
-//! holds the API key, wherever in the body the service put it.
+//! a success is only ever a 2xx; every failure is the class the table in
+//! `crates/provider/src/lib.rs` gives its status and operation, with that status and operation;
+//! and no error's text or `Debug` holds the API key, wherever in the body the service put it.
 //!
 //! Input: the operation, the object, the status (two bytes), the `Content-Type`, then the
 //! `Retry-After` and `retry-after-ms` values, each ended by a newline (empty: no header), then

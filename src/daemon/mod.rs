@@ -263,7 +263,12 @@ impl Daemon {
             settings.metrics.max_models,
             &usage,
         ));
-        let client = Client::observed(&settings.api, &settings.limits, key, metrics.clone())?;
+        let client = Client::observed(
+            &settings.api,
+            &settings.limits,
+            key,
+            std::sync::Arc::new(metrics.clone()),
+        )?;
         let health = Arc::new(Health::default());
         let gate = Arc::new(gate::Gate::observed(metrics.clone()));
         let endpoint = match settings.metrics.address()? {

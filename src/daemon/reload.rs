@@ -156,7 +156,12 @@ impl Daemon {
         let s = &plan.settings;
         let key = ApiKey::load(&s.api.key_source())?;
         let key_changed = !self.ctx.client.uses_key(&key);
-        let client = Client::observed(&s.api, &s.limits, key, self.ctx.metrics.clone())?;
+        let client = Client::observed(
+            &s.api,
+            &s.limits,
+            key,
+            std::sync::Arc::new(self.ctx.metrics.clone()),
+        )?;
         if let Err(e) = log.set_level(&s.log.level) {
             return Err(ConfigError::key("log.level", e));
         }

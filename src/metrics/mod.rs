@@ -56,7 +56,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use strum::IntoEnumIterator;
 
-use crate::api::{ApiError, Batch, Operation};
+use crate::api::{ApiError, Batch, Observer, Operation};
 use crate::clock::{self, Timestamp};
 use crate::daemon::gate::Closed;
 use crate::model::{BatchStatus, JobState};
@@ -276,6 +276,89 @@ struct CauseLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
+}
+
+/// The client tells the metrics of every request it makes.
+impl Observer for Metrics {
+    fn request(
+        &self,
+        op: Operation,
+        status: Option<u16>,
+        latency: Duration,
+        err: Option<&ApiError>,
+    ) {
+        let operation = operation_label(op);
+        let status_class = match status {
+            Some(100..=199) => "1xx",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "none",
+        };
+        let m = &self.inner;
+        {
+            let mut unanswered = m.unanswered.lock().expect("metrics lock");
+            match (status, err) {
+                (Some(_), _) => *unanswered = None,
+                (None, Some(err)) => {
+                    let (since, requests) = unanswered
+                        .as_ref()
+                        .map_or_else(|| (Timestamp::now(), 0), |u| (u.since, u.requests));
+                    *unanswered = Some(Unanswered {
+                        since,
+                        error: err.to_string(),
+                        requests: requests.saturating_add(1),
+                    });
+                }
+                (None, None) => {}
+            }
+        }
+        m.api_requests
+            .get_or_create(&ApiLabels {
+                operation,
+                status_class,
+            })
+            .inc();
+        if status_class == "2xx" {
+            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+            m.api_last_success.set(now);
+        }
+        let op_label = OperationLabel { operation };
+        m.api_duration
+            .get_or_create(&op_label)
+            .observe(latency.as_secs_f64());
+        if let Some(err) = err {
+            if matches!(err, ApiError::RateLimited { .. }) {
+                m.api_rate_limits.get_or_create(&op_label).inc();
+            }
+            if err.is_auth() {
+                m.api_key_refusals.get_or_create(&op_label).inc();
+            }
+            if let Some(wait) = err.retry_after() {
+                m.api_retry_after
+                    .get_or_create(&op_label)
+                    .inc_by(wait.as_secs_f64());
+            }
+        }
+    }
+
+    fn retry(&self, op: Operation) {
+        let operation = operation_label(op);
+        self.inner
+            .api_retries
+            .get_or_create(&OperationLabel { operation })
+            .inc();
+    }
+
+    fn uploaded(&self, bytes: u64) {
+        self.inner.uploaded.inc_by(bytes);
+    }
+
+    fn downloaded(&self, bytes: u64) {
+        self.inner.downloaded.inc_by(bytes);
+    }
 }
 
 impl Metrics {
@@ -522,72 +605,6 @@ impl Metrics {
             .inc();
     }
 
-    /// An API request ended: answered with HTTP `status`, or not answered (`None`), after
-    /// `latency`; `err` is how it was classified when it failed.
-    pub fn api_request(
-        &self,
-        op: Operation,
-        status: Option<u16>,
-        latency: Duration,
-        err: Option<&ApiError>,
-    ) {
-        let operation = operation_label(op);
-        let status_class = match status {
-            Some(100..=199) => "1xx",
-            Some(200..=299) => "2xx",
-            Some(300..=399) => "3xx",
-            Some(400..=499) => "4xx",
-            Some(500..=599) => "5xx",
-            Some(_) => "other",
-            None => "none",
-        };
-        let m = &self.inner;
-        {
-            let mut unanswered = m.unanswered.lock().expect("metrics lock");
-            match (status, err) {
-                (Some(_), _) => *unanswered = None,
-                (None, Some(err)) => {
-                    let (since, requests) = unanswered
-                        .as_ref()
-                        .map_or_else(|| (Timestamp::now(), 0), |u| (u.since, u.requests));
-                    *unanswered = Some(Unanswered {
-                        since,
-                        error: err.to_string(),
-                        requests: requests.saturating_add(1),
-                    });
-                }
-                (None, None) => {}
-            }
-        }
-        m.api_requests
-            .get_or_create(&ApiLabels {
-                operation,
-                status_class,
-            })
-            .inc();
-        if status_class == "2xx" {
-            let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
-            m.api_last_success.set(now);
-        }
-        let op_label = OperationLabel { operation };
-        m.api_duration
-            .get_or_create(&op_label)
-            .observe(latency.as_secs_f64());
-        if let Some(err) = err {
-            if matches!(err, ApiError::RateLimited { .. }) {
-                m.api_rate_limits.get_or_create(&op_label).inc();
-            }
-            if err.is_auth() {
-                m.api_key_refusals.get_or_create(&op_label).inc();
-            }
-            if let Some(wait) = err.retry_after() {
-                m.api_retry_after
-                    .get_or_create(&op_label)
-                    .inc_by(wait.as_secs_f64());
-            }
-        }
-    }
-
     /// Since when API requests have gone unanswered (no connection, a timeout, a reset), with
     /// the last one's error, once [`UNANSWERED_BEFORE_NOT_READY`] in a row did; `None` when
     /// one of the last few was answered, whatever it said.
@@ -597,25 +614,6 @@ impl Metrics {
             .as_ref()
             .filter(|u| u.requests >= UNANSWERED_BEFORE_NOT_READY)
             .map(|u| (u.since, u.error.clone()))
-    }
-
-    /// The client repeats a request that failed transiently.
-    pub fn api_retry(&self, op: Operation) {
-        let operation = operation_label(op);
-        self.inner
-            .api_retries
-            .get_or_create(&OperationLabel { operation })
-            .inc();
-    }
-
-    /// An upload of `bytes` succeeded.
-    pub fn uploaded(&self, bytes: u64) {
-        self.inner.uploaded.inc_by(bytes);
-    }
-
-    /// A download of `bytes` succeeded.
-    pub fn downloaded(&self, bytes: u64) {
-        self.inner.downloaded.inc_by(bytes);
     }
 
     /// A batch (or a create) for `model` was refused for the enqueued-token limit.
@@ -1012,13 +1010,13 @@ mod tests {
             detail: "connection refused".into(),
             retry_after: None,
         };
-        let fail = || m.api_request(Operation::ListBatches, None, Duration::ZERO, Some(&lost));
+        let fail = || m.request(Operation::ListBatches, None, Duration::ZERO, Some(&lost));
         fail();
         assert_eq!(m.api_unanswered(), None, "one lost connection is a blip");
         fail();
         let (_, error) = m.api_unanswered().expect("two in a row are an outage");
         assert!(error.contains("connection refused"), "{error}");
-        m.api_request(Operation::ListBatches, Some(500), Duration::ZERO, None);
+        m.request(Operation::ListBatches, Some(500), Duration::ZERO, None);
         assert_eq!(m.api_unanswered(), None, "any answer counts");
         fail();
         assert_eq!(m.api_unanswered(), None, "the count starts again");

@@ -36,6 +36,8 @@ use serde::Serialize;
 
 pub use crate::model::FileLook;
 use crate::model::JobId;
+pub use batchwatch_core::process::shared_temp_file;
+pub use batchwatch_provider::DOWNLOAD_PREFIX;
 
 /// The suffix of a sidecar file: `NAME.toml` configures `NAME`.
 pub const SIDECAR_SUFFIX: &str = ".toml";
@@ -418,26 +420,6 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// The prefix of a download's temporary file in `results/JOBID/`. One left by a killed
-/// download is removed at the next start ([`Queue::remove_download_leftovers`]).
-pub const DOWNLOAD_PREFIX: &str = ".batchwatch-download-";
-
-/// A temporary file in `dir` for something people read (results, manifests, reasons), to be
-/// renamed into place: created 0666 under the process's umask, as the queue's directories are
-/// (tempfile's own default, 0600, would hide it from the service's group).
-pub fn shared_temp_file(
-    dir: &Path,
-    prefix: &str,
-    suffix: &str,
-) -> io::Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt;
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .suffix(suffix)
-        .permissions(std::fs::Permissions::from_mode(0o666))
-        .tempfile_in(dir)
 }
 
 /// Renames `from` to `to`, failing with `AlreadyExists` rather than replacing anything.

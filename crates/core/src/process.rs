@@ -1,5 +1,5 @@
-//! What every command of the process shares: the async runtime it runs on, and its standard
-//! output.
+//! What every command of the process shares: the async runtime it runs on, its standard
+//! output, its limits and disks, and the temporary files it writes for people to read.
 
 use std::io::Write;
 
@@ -125,4 +125,20 @@ pub fn disk_space(path: &std::path::Path) -> std::io::Result<DiskSpace> {
         available: stat.f_bavail.saturating_mul(unit),
         size: stat.f_blocks.saturating_mul(unit),
     })
+}
+
+/// A temporary file in `dir` for something people read (results, manifests, reasons), to be
+/// renamed into place: created 0666 under the process's umask, as the queue's directories are
+/// (tempfile's own default, 0600, would hide it from the service's group).
+pub fn shared_temp_file(
+    dir: &std::path::Path,
+    prefix: &str,
+    suffix: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)
 }

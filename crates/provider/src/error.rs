@@ -1,6 +1,6 @@
 //! What went wrong with an API call, classified by what the caller can do about it.
 //!
-//! See the module docs of [`crate::api`] for the classes and the rules that decide them. The
+//! See the crate docs ([`crate`]) for the classes and the rules that decide them. The
 //! deciding functions here are pure (status, headers, body text, the time) so that every
 //! combination is tested without a server.
 
@@ -241,7 +241,7 @@ impl ApiError {
 
     /// The request may have reached the server and nothing usable came back: a reset, a
     /// timeout, a truncated or garbled answer.
-    pub(crate) fn lost_answer(op: Operation, status: Option<u16>, detail: String) -> ApiError {
+    pub fn lost_answer(op: Operation, status: Option<u16>, detail: String) -> ApiError {
         if op.creates() {
             ApiError::UnknownOutcome { op, status, detail }
         } else {
@@ -256,7 +256,7 @@ impl ApiError {
 
     /// Classifies a transport error from reqwest.
     pub(crate) fn from_transport(op: Operation, err: &reqwest::Error) -> ApiError {
-        let detail = crate::telemetry::chain(err);
+        let detail = batchwatch_core::telemetry::chain(err);
         // is_connect covers DNS, refused connections and the connect timeout: no byte of the
         // request left. A builder error never leaves either.
         if err.is_connect() || err.is_builder() {
@@ -272,7 +272,7 @@ impl ApiError {
         status: StatusCode,
         headers: &HeaderMap,
         body: &[u8],
-        key: &super::ApiKey,
+        key: &crate::ApiKey,
         now: jiff::Timestamp,
     ) -> ApiError {
         let text = key.redact(&String::from_utf8_lossy(body));
@@ -282,7 +282,7 @@ impl ApiError {
     /// The error with the key taken out of every text the server had a hand in. Redacting the
     /// raw body is not enough: JSON can spell the key with escapes (`\u0073k-…`) that only
     /// parsing decodes, and serde_json quotes the value it refuses in its error.
-    pub(crate) fn without_key(self, key: &super::ApiKey) -> ApiError {
+    pub(crate) fn without_key(self, key: &crate::ApiKey) -> ApiError {
         let r = |text: String| key.redact(&text);
         match self {
             ApiError::Transient {
@@ -593,7 +593,7 @@ mod tests {
     #[test]
     fn the_key_is_in_no_error_however_the_server_spelled_it() {
         const KEY: &str = "sk-test-0123456789abcdef";
-        let key = super::super::ApiKey::new(KEY).unwrap();
+        let key = crate::ApiKey::new(KEY).unwrap();
         let escaped = r#"{"error":{"message":"Incorrect API key provided: sk-test-0123456789abcdef","type":"invalid_request_error","param":"sk-test-0123456789abcdef","code":null}}"#;
         let none = HeaderMap::new();
         for (op, status) in [
@@ -611,7 +611,7 @@ mod tests {
         }
         let wrong_type = format!(r#"{{"id":"file-1","object":"file","deleted":"{KEY}"}}"#);
         for op in [Operation::DeleteFile, Operation::UploadFile] {
-            let err = super::super::client::decode_success::<super::super::FileDeleted>(
+            let err = crate::client::decode_success::<crate::FileDeleted>(
                 op,
                 200,
                 wrong_type.as_bytes(),

@@ -15,14 +15,14 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::config::{ApiSettings, ConfigError, Flavor, KeySource, LimitSettings};
-use crate::metrics::Metrics;
+use batchwatch_core::config::{ApiSettings, ConfigError, Flavor, KeySource, LimitSettings};
 
-use super::error::{ApiError, Operation};
-use super::key::ApiKey;
-use super::limit::Limiter;
-use super::retry::RetryPolicy;
-use super::types::{Batch, CreateBatchRequest, FileDeleted, FileObject, ListPage};
+use crate::error::{ApiError, Operation};
+use crate::key::ApiKey;
+use crate::limit::Limiter;
+use crate::observe::{Observer, Unobserved};
+use crate::retry::RetryPolicy;
+use crate::types::{Batch, CreateBatchRequest, FileDeleted, FileObject, ListPage};
 
 /// Chunks read from disk for an upload; memory in flight is a few of these, whatever the size.
 const UPLOAD_CHUNK: usize = 64 * 1024;
@@ -43,7 +43,6 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     http: reqwest::Client,
     base: Url,
@@ -55,7 +54,17 @@ struct Inner {
     request_timeout: Duration,
     upload_timeout: Duration,
     download_read_timeout: Duration,
-    metrics: Metrics,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is left out: its own Debug hides it, but nothing here needs it shown.
+        f.debug_struct("Inner")
+            .field("base", &self.base.as_str())
+            .field("flavor", &self.flavor)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -66,17 +75,17 @@ impl Client {
         limits: &LimitSettings,
         key: ApiKey,
     ) -> Result<Client, ConfigError> {
-        Self::observed(api, limits, key, Metrics::default())
+        Self::observed(api, limits, key, Arc::new(Unobserved))
     }
 
-    /// As [`Client::new`], counting every request, retry and byte in `metrics`.
+    /// As [`Client::new`], telling `observer` of every request, retry and byte.
     pub fn observed(
         api: &ApiSettings,
         limits: &LimitSettings,
         key: ApiKey,
-        metrics: Metrics,
+        observer: Arc<dyn Observer>,
     ) -> Result<Client, ConfigError> {
-        Self::with_http(api, limits, key, http_builder(api), metrics)
+        Self::with_http(api, limits, key, http_builder(api), observer)
     }
 
     fn with_http(
@@ -84,7 +93,7 @@ impl Client {
         limits: &LimitSettings,
         key: ApiKey,
         http: reqwest::ClientBuilder,
-        metrics: Metrics,
+        observer: Arc<dyn Observer>,
     ) -> Result<Client, ConfigError> {
         let base = parse_base_url(&api.base_url)?;
         let http = http.build().map_err(|e| {
@@ -93,7 +102,7 @@ impl Client {
                 format!(
                     "cannot set up HTTPS: {} (the system's CA certificates are needed for an \
                      https:// URL: install them, e.g. the ca-certificates package)",
-                    crate::telemetry::chain(&e)
+                    batchwatch_core::telemetry::chain(&e)
                 ),
             )
         })?;
@@ -108,7 +117,7 @@ impl Client {
                 request_timeout: api.request_timeout.get(),
                 upload_timeout: api.upload_timeout.get(),
                 download_read_timeout: api.download_read_timeout.get(),
-                metrics,
+                observer,
             }),
         })
     }
@@ -212,7 +221,7 @@ impl Client {
             .timeout(self.inner.upload_timeout);
         let result = self.call_json(op, request).await;
         if result.is_ok() {
-            self.inner.metrics.uploaded(length);
+            self.inner.observer.uploaded(length);
         }
         // A read failure cut the body short, so the server cannot have a complete file: the
         // failure is local, not an unknown outcome.
@@ -381,7 +390,7 @@ impl Client {
                 upload_timeout: self.inner.upload_timeout,
                 download_read_timeout: self.inner.download_read_timeout,
                 // Not this configuration's calls: they count nowhere.
-                metrics: Metrics::default(),
+                observer: Arc::new(Unobserved),
             }),
         };
         elsewhere.check_routes().await.is_ok().then_some(candidate)
@@ -393,10 +402,10 @@ impl Client {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
-        let metrics = &self.inner.metrics;
+        let observer = &self.inner.observer;
         self.inner
             .retry
-            .run_observed(call, |err| metrics.api_retry(err.operation()))
+            .run_observed(call, |err| observer.retry(err.operation()))
             .await
     }
 
@@ -457,8 +466,8 @@ impl Client {
                     "api request failed"
                 );
                 self.inner
-                    .metrics
-                    .api_request(op, None, started.elapsed(), Some(&err));
+                    .observer
+                    .request(op, None, started.elapsed(), Some(&err));
                 return Err(err);
             }
         };
@@ -472,8 +481,8 @@ impl Client {
         );
         let elapsed = started.elapsed();
         if status.is_success() {
-            let metrics = &self.inner.metrics;
-            metrics.api_request(op, Some(status.as_u16()), elapsed, None);
+            let observer = &self.inner.observer;
+            observer.request(op, Some(status.as_u16()), elapsed, None);
             return Ok((response, permit));
         }
         let headers = response.headers().clone();
@@ -486,8 +495,8 @@ impl Client {
             &self.key(),
             jiff::Timestamp::now(),
         );
-        let metrics = &self.inner.metrics;
-        metrics.api_request(op, Some(status.as_u16()), elapsed, Some(&err));
+        let observer = &self.inner.observer;
+        observer.request(op, Some(status.as_u16()), elapsed, Some(&err));
         Err(err)
     }
 
@@ -525,7 +534,7 @@ impl Client {
             _ => PathBuf::from("."),
         };
         // Dropped, and so deleted, on every early return: nothing partial survives a failure.
-        let temp = crate::queue::shared_temp_file(&dir, crate::queue::DOWNLOAD_PREFIX, "")
+        let temp = batchwatch_core::process::shared_temp_file(&dir, crate::DOWNLOAD_PREFIX, "")
             .map_err(|e| local(&dir, e))?;
         let mut out = tokio::fs::File::from_std(temp.reopen().map_err(|e| local(temp.path(), e))?);
 
@@ -592,7 +601,7 @@ impl Client {
         })
         .await
         .map_err(|e| local(dest, io::Error::other(e)))??;
-        self.inner.metrics.downloaded(written);
+        self.inner.observer.downloaded(written);
         Ok(written)
     }
 
@@ -840,8 +849,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for ExactReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
-    use crate::model::BatchStatus;
+    use batchwatch_core::config::Settings;
+    use batchwatch_core::model::BatchStatus;
     use tokio::io::AsyncReadExt;
 
     const KEY: &str = "sk-tls-test-SECRET-0123456789";
@@ -928,7 +937,7 @@ mod tests {
             &s.limits,
             ApiKey::new(KEY).unwrap(),
             http,
-            Metrics::default(),
+            Arc::new(Unobserved),
         )
         .unwrap();
         let batch = client.retrieve_batch("batch_tls").await.unwrap();
@@ -950,7 +959,7 @@ mod tests {
         let client = Client::new(&s.api, &s.limits, ApiKey::new(KEY).unwrap()).unwrap();
         let err = client.retrieve_batch("batch_tls").await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
-        let text = crate::telemetry::chain(&err);
+        let text = batchwatch_core::telemetry::chain(&err);
         assert!(text.to_ascii_lowercase().contains("certificate"), "{text}");
         assert!(!text.contains(KEY), "{text}");
         // The handshake failed, so the server never saw a request, nor the key.

@@ -1,5 +1,8 @@
-//! The Batch API client: files and batches over HTTPS (reqwest with rustls), for OpenAI, Azure
-//! OpenAI and any OpenAI-compatible server such as `batchwatch sim`.
+//! batchwatch's side of a batch service. Today that is one: the OpenAI Batch and Files API,
+//! over HTTPS (reqwest with rustls), for OpenAI, Azure OpenAI and any OpenAI-compatible server
+//! such as `batchwatch sim`. What names the service's objects (the metadata keys, upload names)
+//! is in [`tags`]; what the daemon learns of the requests, it learns through an [`Observer`].
+//! No other crate of batchwatch speaks HTTP to the service.
 //!
 //! # Flavours
 //!
@@ -52,18 +55,24 @@ mod client;
 mod error;
 mod key;
 mod limit;
+mod observe;
 mod retry;
 pub mod tags;
 mod types;
 
 #[cfg(feature = "fuzzing")]
-pub(crate) use client::decode_success;
+pub mod fuzzing;
 pub use client::{Client, Collection};
 pub use error::{ApiError, Operation};
 pub use key::{ApiKey, outside_its_service};
+pub use observe::Observer;
 pub use retry::RetryPolicy;
 pub use types::{
     Batch, BatchError, BatchErrors, BatchUsage, CreateBatchRequest, ExpiryAnchor, FileDeleted,
     FileObject, InputTokensDetails, ListPage, OutputExpiresAfter, OutputTokensDetails,
     RequestCounts, parse_timestamp,
 };
+
+/// How the names of downloads in progress start: the file being written beside its final name,
+/// renamed into place when whole. What a crash leaves of one is found by this prefix.
+pub const DOWNLOAD_PREFIX: &str = ".batchwatch-download-";

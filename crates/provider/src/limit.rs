@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::LimitSettings;
+use batchwatch_core::config::LimitSettings;
 
 /// A token bucket holding at most one token: requests are spaced at least `1/rate` apart, so
 /// no window of any length sees more than `rate` per second (plus the one token).

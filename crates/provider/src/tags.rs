@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use super::Batch;
-use crate::model::JobId;
+use crate::Batch;
+use batchwatch_core::model::JobId;
 
 /// The metadata keys that tie a remote batch to its submission.
 pub const JOB_KEY: &str = "batchwatch_job_id";

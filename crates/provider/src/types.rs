@@ -19,7 +19,7 @@ use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::BatchStatus;
+use batchwatch_core::model::BatchStatus;
 
 /// A batch, as the API describes it, with the JSON it came in.
 #[derive(Debug, Clone, PartialEq)]

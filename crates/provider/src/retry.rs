@@ -7,9 +7,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::config::ApiSettings;
+use batchwatch_core::config::ApiSettings;
 
-use super::error::ApiError;
+use crate::error::ApiError;
 
 /// How often, and how long apart, a safe call is tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::error::Operation;
+    use crate::error::Operation;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

@@ -15,7 +15,7 @@ use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{ConfigError, Flavor, KeySource};
+use batchwatch_core::config::{ConfigError, Flavor, KeySource};
 
 /// The environment variable systemd sets inside the service: the directory of its credentials.
 const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
