@@ -2,8 +2,9 @@
 //!
 //! At start: uploads and creates that were under way are marked as of unknown outcome (the
 //! next step reconciles them first), temporary files of downloads a stop cut short are removed,
-//! recorded resubmissions a crash left under their temporary names are moved into incoming/,
-//! and processing/ is swept. The sweep runs again after a failure and every few minutes, in
+//! recorded resubmissions a crash left under their temporary names are moved into incoming/
+//! (and an hour-old one that a resubmit killed before recording it is removed), and
+//! processing/ is swept. The sweep runs again after a failure and every few minutes, in
 //! the main loop after a scan (so it never races a claim), skipping the jobs a task is working
 //! on: it adopts a file claimed without a row (a crash between the claim's rename and its row)
 //! under the job id its directory carries, removes the directory of a claim that never
@@ -41,7 +42,13 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
         }
     }
-    crate::housekeeping::resubmit::publish_pending(&ctx.store, &ctx.queue).await?;
+    let removed = crate::housekeeping::resubmit::pick_up_stages(&ctx.store, &ctx.queue).await?;
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "removed the files of resubmissions killed before they were recorded"
+        );
+    }
     sweep(ctx, |_| false).await.map(|_| ())
 }
 

@@ -51,6 +51,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -713,6 +714,7 @@ pub async fn resubmit(
             Prepared::Staged(staged) => staged,
             Prepared::Done(outcome) => return Ok(outcome),
         };
+        failpoint::hit("resubmit:before-record");
         let row = NewResubmission {
             job_id,
             file_name: &staged.name,
@@ -753,15 +755,57 @@ pub async fn resubmit(
     )
 }
 
-/// Moves into place the files of recorded resubmissions that a crash left under their
-/// temporary names (the daemon, at start).
-pub async fn publish_pending(store: &Store, queue: &Queue) -> anyhow::Result<()> {
-    for p in chain::all_pending(store.reader()).await? {
+/// How long a staged file that no resubmission records is kept. A resubmit records its files
+/// within seconds of writing them, so one older than this was left by a resubmit killed in
+/// between, and nothing refers to it.
+const UNRECORDED_STAGE_KEPT: Duration = Duration::from_secs(3600);
+
+/// What the daemon does at start with the staged files in incoming/: moves into place those of
+/// recorded resubmissions that a crash left under their temporary names, and removes those no
+/// resubmission records once they are older than [`UNRECORDED_STAGE_KEPT`]. Returns how many
+/// it removed. A file it cannot move or remove is logged and left for the next start.
+pub async fn pick_up_stages(store: &Store, queue: &Queue) -> anyhow::Result<usize> {
+    let pending = chain::all_pending(store.reader()).await?;
+    for p in &pending {
         if let Err(e) = publish(queue, &p.file_name, &p.stage) {
             tracing::warn!(file = %p.file_name, error = %e, "a recorded resubmission could not be moved into incoming/; trying again at the next start");
         }
     }
-    Ok(())
+    let recorded: HashSet<&str> = pending.iter().map(|p| p.stage.as_str()).collect();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&queue.incoming).context("listing incoming/")? {
+        let entry = entry.context("listing incoming/")?;
+        let name = entry.file_name();
+        let Some(stage) = name.to_str().and_then(stage_of) else {
+            continue;
+        };
+        if recorded.contains(stage) {
+            continue;
+        }
+        let stale = entry.metadata().and_then(|m| {
+            Ok(m.is_file() && m.modified()?.elapsed().unwrap_or_default() >= UNRECORDED_STAGE_KEPT)
+        });
+        let outcome = match stale {
+            Ok(true) => std::fs::remove_file(entry.path()),
+            Ok(false) => continue,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove what a killed resubmit left in incoming/; trying again at the next start")
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The stage a staged file's name carries (`.batchwatch-resubmit-STAGE.part`, or
+/// `.toml.part` for its sidecar), if it is one.
+fn stage_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(STAGE_PREFIX)?;
+    rest.strip_suffix(".toml.part")
+        .or_else(|| rest.strip_suffix(".part"))
 }
 
 /// The sidecar of the new file: the parent job, its endpoint and metadata.
@@ -790,6 +834,18 @@ fn sidecar_text(job: &Job) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_staged_file_and_its_sidecar_carry_the_same_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, sidecar) = staged(&Queue::open(dir.path()).unwrap(), "Ab3x9");
+        for path in [file, sidecar] {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(stage_of(name), Some("Ab3x9"), "{name}");
+        }
+        assert_eq!(stage_of("a.jsonl"), None);
+        assert_eq!(stage_of(".batchwatch-download-x"), None);
+    }
 
     #[test]
     fn resubmissions_are_numbered_from_the_original_name() {

@@ -1198,6 +1198,65 @@ async fn a_second_resubmit_while_one_is_in_flight_is_refused_naming_it_and_force
     );
 }
 
+/// A resubmit killed after it wrote its files and before it recorded them leaves two hidden
+/// files in incoming/ that nothing refers to. The daemon's start leaves them while they are
+/// young (a resubmit running beside the daemon records its files within seconds), and removes
+/// them once they are an hour old; a recorded resubmission's files are moved in, never removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn what_a_resubmit_killed_before_recording_left_is_removed_at_a_start_once_an_hour_old() {
+    let (_sim, env, job, _undone) = after_an_expired_job("u").await;
+    let out = command(Some(&env.config))
+        .args(["resubmit", job.id.as_str()])
+        .env(batchwatch::failpoint::ENV, "resubmit:before-record")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{out:?}");
+    let left = env.names("incoming");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().all(|n| n.starts_with(".batchwatch-resubmit-")),
+        "{left:?}"
+    );
+
+    let mut daemon = env.spawn();
+    // Ready once the start's recovery and first scan are done.
+    daemon.wait_for_line("ready", Duration::from_secs(30));
+    env.stop(daemon);
+    assert_eq!(env.names("incoming"), left, "young: kept");
+
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    for name in &left {
+        std::fs::File::options()
+            .append(true)
+            .open(env.dir("incoming").join(name))
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
+    let mut daemon = env.spawn();
+    let line = daemon.wait_for_line(
+        "removed the files of resubmissions killed before they were recorded",
+        Duration::from_secs(30),
+    );
+    assert!(line.contains("files=2"), "{line}");
+    env.stop(daemon);
+    assert!(
+        env.names("incoming").is_empty(),
+        "{:?}",
+        env.names("incoming")
+    );
+    let resubmissions: Vec<_> = env
+        .jobs()
+        .await
+        .into_iter()
+        .filter(|j| j.id != job.id)
+        .collect();
+    assert!(
+        resubmissions.is_empty(),
+        "nothing was recorded, nothing runs: {resubmissions:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resubmission_killed_before_its_file_was_moved_in_arrives_once() {
     let (sim, env, job, undone) = after_an_expired_job("k").await;
