@@ -264,6 +264,37 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
         row["last_error"],
         "download output: HTTP 500\n\x1b[31mforged"
     );
+
+    // A long error is cut short like a long name, and --wide shows it whole.
+    let long = format!("download output: {}", "the proxy said no; ".repeat(6));
+    let store = crate::support::fixtures::open(&sandbox.db_path()).await;
+    let mut tx = store.begin().await.unwrap();
+    batchwatch::store::transitions::defer_poll(
+        &mut tx,
+        latest.id,
+        "2026-11-22T11:00:20.000Z",
+        &long,
+        "2026-11-22T11:00:10.000Z",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+    let narrow = cli(&sandbox, &["status"]);
+    let running = narrow
+        .lines()
+        .find(|l| l.starts_with(&f.running))
+        .unwrap_or_else(|| panic!("{narrow}"));
+    assert!(
+        running.ends_with('…') && !running.contains(long.trim_end()),
+        "{running}"
+    );
+    assert!(
+        narrow.contains("--wide shows every value whole"),
+        "{narrow}"
+    );
+    let wide = cli(&sandbox, &["status", "--wide"]);
+    assert!(wide.contains(long.trim_end()), "{wide}");
 }
 
 /// Inserts a job of `name` for `model`, claimed at `at`, with its file at `path`.
