@@ -145,6 +145,41 @@ async fn each_first_mistake_fails_its_own_check_with_a_non_zero_exit_and_never_t
     assert_eq!(out.status.code(), Some(1));
     let line = line_of(&out, "key-accepted");
     assert!(line.starts_with("FAIL") && line.contains("401"), "{line}");
+
+    // The metrics port is taken (by another batchwatch, say): its own line fails, naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let env = Env::new(&right, &format!("[metrics]\nlisten = \"{addr}\"\n"));
+    let out = doctor(&env, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = line_of(&out, "metrics-port");
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains(&addr.to_string())
+            && line.contains("metrics.listen"),
+        "{line}"
+    );
+    assert!(line_of(&out, "batch-api").starts_with("PASS"));
+    drop(taken);
+
+    // A configuration that cannot be used: one line, naming the key, and nothing else is tried.
+    let env = Env::new(&right, "[poll]\ninterval = \"soon\"\n");
+    let out = doctor(&env, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let line = line_of(&out, "configuration");
+    assert!(
+        line.starts_with("FAIL") && line.contains("poll.interval"),
+        "{line}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("FAIL") || l.starts_with("PASS"))
+            .count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A queue tree the user cannot write: as root, the tree made by root and doctor run as
