@@ -76,6 +76,12 @@ const CASES: &[Case] = &[
     ),
     ("[bogus]\nx = 1\n", &[], "`bogus`", "unknown key"),
     (
+        "[batch]\ndeadline = \"446565333h\"\n",
+        &[],
+        "`batch.deadline`",
+        "longer than 100 years (36500d)",
+    ),
+    (
         "",
         &[("BATCHWATCH_POLL__NOPE", "1s")],
         "`poll.nope`",

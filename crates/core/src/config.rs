@@ -470,6 +470,10 @@ pub struct ModelPrice {
 pub struct Dur(pub Duration);
 
 impl Dur {
+    /// The longest a duration may be: 100 years, which is "never" for anything a setting
+    /// times. (Past about 20,000 years a duration could no longer be written in days.)
+    pub const MAX: Duration = Duration::from_secs(36_500 * 86_400);
+
     pub fn get(self) -> Duration {
         self.0
     }
@@ -491,9 +495,14 @@ impl FromStr for Dur {
         let parsed = span
             .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
             .map_err(|e| not_a_duration(&e))?;
-        Duration::try_from(parsed)
-            .map(Dur)
-            .map_err(|_| format!("{s:?} is negative; a duration must be zero or more"))
+        let duration = Duration::try_from(parsed)
+            .map_err(|_| format!("{s:?} is negative; a duration must be zero or more"))?;
+        if duration > Dur::MAX {
+            return Err(format!(
+                "{s:?} is longer than 100 years (36500d), the most a duration may be"
+            ));
+        }
+        Ok(Dur(duration))
     }
 }
 
@@ -1305,6 +1314,30 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key.as_deref(), Some("batch.max_bytes"), "{e}");
         assert!(e.problem.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn a_duration_longer_than_100_years_is_refused_and_every_accepted_one_prints_back() {
+        // Found by fuzzing: 446565333 hours (51,000 years) was accepted and printed by
+        // `check-config` as "18606888d 21h", which no longer parses (too many days).
+        let e = Settings::load_text(
+            "[batch]\ndeadline = \"446565333h\"\n",
+            "batchwatch.toml",
+            [],
+        )
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("batch.deadline"), "{e}");
+        assert!(e.problem.contains("longer than 100 years (36500d)"), "{e}");
+        for text in ["36500d", "876000h", "5214w 2d", "36499d 23h 59m 59s 999ms"] {
+            let d: Dur = text.parse().unwrap();
+            assert_eq!(d.to_string().parse::<Dur>().unwrap(), d, "{text}");
+        }
+        for text in ["36501d", "876000h 1ms", "5215w", "175307616h"] {
+            assert!(
+                text.parse::<Dur>().unwrap_err().contains("100 years"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
