@@ -226,26 +226,8 @@ async fn output_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_is_an_error() {
 #[tokio::test]
 async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
     let (sandbox, f) = filled().await;
-    let store = crate::support::fixtures::open(&sandbox.db_path()).await;
-    let latest = batchwatch::store::batches::for_job(store.reader(), &f.running)
-        .await
-        .unwrap()
-        .into_iter()
-        .max_by_key(|b| (b.attempt, b.id))
-        .unwrap();
-    let mut tx = store.begin().await.unwrap();
-    batchwatch::store::transitions::defer_poll(
-        &mut tx,
-        latest.id,
-        "2026-11-22T11:00:10.000Z",
-        "download output: HTTP 500\n\x1b[31mforged",
-        "2026-11-22T11:00:00.000Z",
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    store.close().await;
-
+    let error = "download output: HTTP 500\n\x1b[31mforged";
+    fail_latest_batch(&sandbox, &f.running, error, "2026-11-22T11:00:00.000Z").await;
     let out = cli(&sandbox, &["status"]);
     let running = out
         .lines()
@@ -260,26 +242,11 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
     let json: Vec<serde_json::Value> =
         serde_json::from_str(&cli(&sandbox, &["status", "--json"])).unwrap();
     let row = json.iter().find(|r| r["id"] == f.running.as_str()).unwrap();
-    assert_eq!(
-        row["last_error"],
-        "download output: HTTP 500\n\x1b[31mforged"
-    );
+    assert_eq!(row["last_error"], error);
 
     // A long error is cut short like a long name, and --wide shows it whole.
     let long = format!("download output: {}", "the proxy said no; ".repeat(6));
-    let store = crate::support::fixtures::open(&sandbox.db_path()).await;
-    let mut tx = store.begin().await.unwrap();
-    batchwatch::store::transitions::defer_poll(
-        &mut tx,
-        latest.id,
-        "2026-11-22T11:00:20.000Z",
-        &long,
-        "2026-11-22T11:00:10.000Z",
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    store.close().await;
+    fail_latest_batch(&sandbox, &f.running, &long, "2026-11-22T11:00:10.000Z").await;
     let narrow = cli(&sandbox, &["status"]);
     let running = narrow
         .lines()
@@ -295,6 +262,28 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
     );
     let wide = cli(&sandbox, &["status", "--wide"]);
     assert!(wide.contains(long.trim_end()), "{wide}");
+}
+
+/// Records `error` as the last error of `job`'s latest batch, at `at`, its next poll ten
+/// seconds later.
+async fn fail_latest_batch(sandbox: &Sandbox, job: &str, error: &str, at: &str) {
+    let store = open(&sandbox.db_path()).await;
+    let latest = batchwatch::store::batches::for_job(store.reader(), job)
+        .await
+        .unwrap()
+        .into_iter()
+        .max_by_key(|b| (b.attempt, b.id))
+        .unwrap();
+    let next = batchwatch::clock::format(batchwatch::clock::add(
+        batchwatch::clock::parse(at).unwrap(),
+        std::time::Duration::from_secs(10),
+    ));
+    let mut tx = store.begin().await.unwrap();
+    batchwatch::store::transitions::defer_poll(&mut tx, latest.id, &next, error, at)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
 }
 
 /// Inserts a job of `name` for `model`, claimed at `at`, with its file at `path`.
