@@ -637,8 +637,7 @@ fn write_staged(
         .path()
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix(STAGE_PREFIX))
-        .and_then(|n| n.strip_suffix(".part"))
+        .and_then(stage_of)
         .context("a temporary file has the name asked for")?
         .to_owned();
     let mut requests = 0u64;

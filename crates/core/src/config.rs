@@ -499,7 +499,8 @@ impl FromStr for Dur {
             .map_err(|_| format!("{s:?} is negative; a duration must be zero or more"))?;
         if duration > Dur::MAX {
             return Err(format!(
-                "{s:?} is longer than 100 years (36500d), the most a duration may be"
+                "{s:?} is longer than 100 years ({}), the most a duration may be",
+                Dur(Dur::MAX)
             ));
         }
         Ok(Dur(duration))
