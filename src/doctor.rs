@@ -151,10 +151,11 @@ pub async fn online(base: &str, client: &Client) -> (Vec<Check>, Option<ApiError
         }
         _ => String::new(),
     };
-    for (check, route, result) in [
-        ("batch-api", "GET /batches", &batches),
-        ("files-api", "GET /files", &files),
+    for (check, collection, result) in [
+        ("batch-api", Collection::Batches, &batches),
+        ("files-api", Collection::Files, &files),
     ] {
+        let route = collection.route();
         checks.push(match result {
             Ok(_) => Check::new(check, Outcome::Pass, format!("{base}: {route} answers")),
             Err(e) => Check::new(check, Outcome::Fail, format!("{base}: {route}: {e}{fix}")),

@@ -493,9 +493,9 @@ pub fn show(report: &JobReport, now: Timestamp, look: &Look) -> String {
             progress(s.request_total, s.request_completed, s.request_failed),
         );
         let files = [
-            ("input", &s.input_file_id),
-            ("output", &s.output_file_id),
-            ("error", &s.error_file_id),
+            ("input", &s.upload_id),
+            ("output", &s.output_id),
+            ("error", &s.error_output_id),
         ];
         let files: Vec<String> = files
             .iter()

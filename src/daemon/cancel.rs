@@ -7,6 +7,8 @@
 
 use std::collections::HashSet;
 
+use anyhow::Context;
+
 use super::ctx::{Ctx, Next, Subject, defer};
 use super::observe::observe;
 use super::{poll, reconcile};
@@ -131,7 +133,10 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let now = ctx.now();
     if row.state == SubmissionState::Creating {
         // A create may have happened: find out before calling the submission abandoned.
-        match reconcile::find_batch(&ctx, &row).await {
+        let job = jobs::get(ctx.store.reader(), &row.job_id)
+            .await?
+            .context("the job of a submission vanished")?;
+        match reconcile::find_batch(&ctx, &row, &job).await {
             Ok(Some(batch)) => return observe(&ctx, &row, &batch).await,
             Ok(None) => {
                 ctx.store

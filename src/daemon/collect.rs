@@ -65,10 +65,7 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let mut missing = Vec::new();
     let mut local = None;
     let mut failed = None;
-    for (kind, file_id) in [
-        ("output", &row.output_file_id),
-        ("errors", &row.error_file_id),
-    ] {
+    for (kind, file_id) in [("output", &row.output_id), ("errors", &row.error_output_id)] {
         let Some(file_id) = file_id else { continue };
         if on_disk(&dir, &remote, kind, file_id) {
             continue;
@@ -131,21 +128,8 @@ pub fn on_disk(dir: &Path, remote: &str, kind: &str, file_id: &str) -> bool {
 /// Whether the job's results directory already holds `file_id` merged: its `manifest.json`
 /// names the file, and the merged `KIND.jsonl` is there.
 fn merged_before(dir: &Path, file_id: &str, kind: &str) -> bool {
-    let Ok(text) = std::fs::read(dir.join(crate::queue::MANIFEST_FILE)) else {
-        return false;
-    };
-    let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return false;
-    };
-    let field = if kind == "output" {
-        "output_file_id"
-    } else {
-        "error_file_id"
-    };
-    let named = manifest["batches"]
-        .as_array()
-        .is_some_and(|b| b.iter().any(|b| b[field].as_str() == Some(file_id)));
-    named && dir.join(format!("{kind}.jsonl")).is_file()
+    crate::queue::manifest::names_results(dir, kind, file_id)
+        && dir.join(format!("{kind}.jsonl")).is_file()
 }
 
 /// The results cannot be written at `path`: the host's fault. The submission waits, however

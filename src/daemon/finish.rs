@@ -11,7 +11,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Serialize;
 
 use super::collect;
 use super::ctx::Ctx;
@@ -19,12 +18,13 @@ use super::intake;
 use crate::batchfile;
 use crate::failpoint;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
+use crate::queue::manifest::{self, Counts};
 use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
 use crate::store::chain;
 use crate::store::jobs::{self, Job, Why};
 use crate::store::ops::finish::Ending;
-use crate::store::usage::{self, BatchUsage, JobCost};
+use crate::store::usage;
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
@@ -226,56 +226,6 @@ fn first_error(errors: Option<&str>) -> (Option<String>, String) {
     (text("code"), message)
 }
 
-#[derive(Debug, Serialize)]
-struct Counts {
-    total: i64,
-    completed: i64,
-    failed: i64,
-}
-
-#[derive(Debug, Serialize)]
-struct ManifestBatch<'a> {
-    batch_id: Option<&'a str>,
-    part: i64,
-    attempt: i64,
-    state: SubmissionState,
-    status: Option<&'a BatchStatus>,
-    request_counts: Counts,
-    input_file_id: Option<&'a str>,
-    output_file_id: Option<&'a str>,
-    error_file_id: Option<&'a str>,
-    last_error: Option<&'a str>,
-    results_missing: Option<&'a str>,
-    results_unavailable: Option<&'a str>,
-    /// Its tokens and estimated cost, as booked when it ended.
-    usage: Option<&'a BatchUsage>,
-}
-
-/// `manifest.json`: what is in a job's results directory, and how the job ended.
-#[derive(Debug, Serialize)]
-struct Manifest<'a> {
-    job_id: &'a str,
-    file: &'a str,
-    state: JobState,
-    reason_code: Option<&'a str>,
-    reason: Option<&'a str>,
-    sha256: Option<&'a str>,
-    endpoint: Option<&'a str>,
-    model: Option<&'a str>,
-    requests: Option<i64>,
-    request_counts: Counts,
-    /// The tokens and estimated cost of all its batches (every attempt: each was billed).
-    usage: Option<&'a JobCost>,
-    /// The job whose undone requests this one holds (`batchwatch resubmit`): its results
-    /// and this job's together are the results of the original file.
-    parent_job_id: Option<String>,
-    /// Merged output of the latest attempt of every part, relative to this directory.
-    output_file: Option<String>,
-    error_file: Option<String>,
-    batches: Vec<ManifestBatch<'a>>,
-    finished_at: String,
-}
-
 /// Finishes a job whose submissions are all done with: results, final state, file move.
 pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
@@ -311,7 +261,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     };
     let results_dir = if let Some(merged) = &merged {
         let sum = |f: fn(&Submission) -> Option<i64>| last.iter().filter_map(|r| f(r)).sum::<i64>();
-        let manifest = Manifest {
+        let manifest = manifest::Manifest {
             job_id: &job.id,
             file: &job.file_name,
             state,
@@ -332,7 +282,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             error_file: merged.errors.clone(),
             batches: rows
                 .iter()
-                .map(|r| ManifestBatch {
+                .map(|r| manifest::Batch {
                     batch_id: r.remote_id.as_deref(),
                     part: r.part,
                     attempt: r.attempt,
@@ -343,9 +293,9 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                         completed: r.request_completed.unwrap_or(0),
                         failed: r.request_failed.unwrap_or(0),
                     },
-                    input_file_id: r.input_file_id.as_deref(),
-                    output_file_id: r.output_file_id.as_deref(),
-                    error_file_id: r.error_file_id.as_deref(),
+                    upload_id: r.upload_id.as_deref(),
+                    output_id: r.output_id.as_deref(),
+                    error_output_id: r.error_output_id.as_deref(),
                     last_error: r.last_error.as_deref(),
                     results_missing: r.results_missing.as_deref(),
                     results_unavailable: r.results_unavailable.as_deref(),
@@ -399,8 +349,8 @@ impl ResultFiles {
     fn of(row: &Submission) -> Option<ResultFiles> {
         Some(ResultFiles {
             remote: row.remote_id.clone()?,
-            output: row.output_file_id.clone(),
-            errors: row.error_file_id.clone(),
+            output: row.output_id.clone(),
+            errors: row.error_output_id.clone(),
         })
     }
 }

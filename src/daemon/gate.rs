@@ -1,6 +1,6 @@
 //! What holds work back for everyone: a refused API key (401, 403) stops all API work until a
-//! probe shows the key works again; so does a missing route (a 404 on `/files` or `/batches`:
-//! `api.base_url` is wrong), until the routes answer (after a reload that fixed the URL, or
+//! probe shows the key works again; so does a missing route (a 404 on a collection route of
+//! the service: `api.base_url` is wrong), until the routes answer (after a reload that fixed the URL, or
 //! the service coming back), and no job fails for it; exhausted quota (429
 //! `insufficient_quota`) stops new submissions for `backoff.auth_retry` at a time, while
 //! running batches are still polled, cancelled and collected; and the enqueued-token limit
@@ -402,7 +402,7 @@ mod tests {
         let now: Timestamp = "2026-11-22T10:00:00Z".parse().unwrap();
         let missing = ApiError::RouteMissing {
             op: Operation::UploadFile,
-            message: "Invalid URL (POST /files)".into(),
+            message: "Invalid URL".into(),
         };
         assert!(gate.note(&missing, now, Duration::from_secs(60)));
         let pause = gate.paused().expect("closed");

@@ -498,7 +498,7 @@ pub async fn changed_since_sent(
     job: &Job,
     rows: &[Submission],
 ) -> anyhow::Result<Option<String>> {
-    let sent = rows.iter().any(|r| r.input_file_id.is_some());
+    let sent = rows.iter().any(|r| r.upload_id.is_some());
     let Some(sha) = job.sha256.clone().filter(|_| sent) else {
         return Ok(None);
     };

@@ -292,7 +292,7 @@ pub fn observation(b: &Batch) -> Observation {
     let [request_total, request_completed, request_failed] = observation_counts(b);
     Observation {
         remote_id: b.id.clone(),
-        input_file_id: Some(b.input_file_id.clone()).filter(|s| !s.is_empty()),
+        upload_id: b.upload_id.clone(),
         status: Some(b.status.clone()),
         request_total,
         request_completed,
@@ -306,8 +306,8 @@ pub fn observation(b: &Batch) -> Observation {
         expired_at: ts(&b.expired_at),
         cancelling_at: ts(&b.cancelling_at),
         cancelled_at: ts(&b.cancelled_at),
-        output_file_id: b.output_file_id.clone(),
-        error_file_id: b.error_file_id.clone(),
+        output_id: b.output_id.clone(),
+        error_output_id: b.error_output_id.clone(),
         errors: b
             .raw
             .get("errors")

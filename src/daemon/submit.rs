@@ -15,8 +15,7 @@ use super::ctx::{Ctx, Next, defer};
 use super::observe::{hold_for_token_limit, observe};
 use super::reconcile;
 use super::{cancel, intake};
-use crate::api::tags::{self, upload_name};
-use crate::api::{ApiError, CreateBatchRequest, OutputExpiresAfter};
+use crate::api::{ApiError, BatchOptions};
 use crate::clock;
 use crate::failpoint;
 use crate::model::SubmissionState;
@@ -60,14 +59,14 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         fresh = true;
     }
     if row.state == SubmissionState::Uploading {
-        let Some(file_id) = upload(&ctx, &row, &job, fresh).await? else {
+        let Some(upload_id) = upload(&ctx, &row, &job, fresh).await? else {
             return Ok(());
         };
         let now = ctx.now();
         // The deadline may have passed during the upload: then no batch is created at all.
         let intent = ctx
             .store
-            .start_create(&ctx.lease, &row, &file_id, cancel::UNSENT, &now)
+            .start_create(&ctx.lease, &row, &upload_id, cancel::UNSENT, &now)
             .await?;
         if intent == CreateIntent::Cancelled {
             return Ok(());
@@ -84,20 +83,19 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Uploads the part (or finds the upload an earlier attempt made). Returns the file id, or
-/// `None` when the step must wait or the submission was given up.
+/// Uploads the part (or finds the upload an earlier attempt made). Returns the upload's id,
+/// or `None` when the step must wait or the submission was given up.
 async fn upload(
     ctx: &Ctx,
     row: &Submission,
     job: &Job,
     fresh: bool,
 ) -> anyhow::Result<Option<String>> {
-    let name = upload_name(&row.job_id, row.part, row.attempt, &job.file_name);
     if !fresh && row.outcome_unknown_at.is_some() {
-        match reconcile::find_upload(ctx, row, &name).await {
-            Ok(Some(file)) => {
-                tracing::info!(job = %row.job_id, file = %file.id, "an interrupted upload had arrived; using it");
-                return Ok(Some(file.id));
+        match reconcile::find_upload(ctx, row, job).await {
+            Ok(Some(upload)) => {
+                tracing::info!(job = %row.job_id, file = %upload, "an interrupted upload had arrived; using it");
+                return Ok(Some(upload));
             }
             Ok(None) => {}
             Err(e) => {
@@ -130,15 +128,16 @@ async fn upload(
         .batch
         .input_expires_after
         .map(|d| d.get().as_secs());
+    let part = reconcile::part_of(row, job);
     match ctx
         .client
-        .upload_file_expiring(&path, range, &name, expires_after)
+        .upload_part(&part, &path, range, expires_after)
         .await
     {
-        Ok(file) => {
+        Ok(upload) => {
             failpoint::hit("submit:after-upload");
-            tracing::info!(job = %row.job_id, part = row.part, file = %file.id, "uploaded");
-            Ok(Some(file.id))
+            tracing::info!(job = %row.job_id, part = row.part, file = %upload, "uploaded");
+            Ok(Some(upload))
         }
         Err(e) => {
             handle_failure(ctx, row, e).await?;
@@ -150,7 +149,7 @@ async fn upload(
 /// Creates the batch (or finds the one an earlier attempt made).
 async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::Result<()> {
     if !fresh && row.outcome_unknown_at.is_some() {
-        match reconcile::find_batch(ctx, row).await {
+        match reconcile::find_batch(ctx, row, job).await {
             Ok(Some(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
                 return observe(ctx, row, &batch).await;
@@ -184,8 +183,16 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
             .await?;
         return Ok(());
     }
-    let request = create_request(row, job)?;
-    match ctx.client.create_batch(&request).await {
+    let upload = row
+        .upload_id
+        .as_deref()
+        .context("creating a batch without an upload")?;
+    let part = reconcile::part_of(row, job);
+    match ctx
+        .client
+        .create_batch_of(&part, upload, batch_options(job)?)
+        .await
+    {
         Ok(batch) => {
             failpoint::hit("submit:after-create");
             tracing::info!(job = %row.job_id, part = row.part, attempt = row.attempt, batch = %batch.id, "batch created");
@@ -195,31 +202,19 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
     }
 }
 
-fn create_request(row: &Submission, job: &Job) -> anyhow::Result<CreateBatchRequest> {
-    let mut metadata: BTreeMap<String, String> =
+/// What the batch of a part of `job` is made with: the job's endpoint, window, metadata and
+/// results' expiry.
+fn batch_options(job: &Job) -> anyhow::Result<BatchOptions<'_>> {
+    let metadata: BTreeMap<String, String> =
         serde_json::from_str(&job.metadata).context("a job's metadata is not a JSON object")?;
-    tags::tag(
-        &mut metadata,
-        &row.job_id,
-        row.part,
-        row.attempt,
-        job.sha256.as_deref(),
-    );
-    Ok(CreateBatchRequest {
-        input_file_id: row
-            .input_file_id
-            .clone()
-            .context("creating a batch without an input file")?,
+    Ok(BatchOptions {
         endpoint: job
             .endpoint
-            .clone()
+            .as_deref()
             .context("creating a batch without an endpoint")?,
-        completion_window: job.completion_window.clone(),
-        metadata: Some(metadata),
-        output_expires_after: job
-            .output_expires_after
-            .and_then(|s| u64::try_from(s).ok())
-            .map(OutputExpiresAfter::after_creation),
+        completion_window: &job.completion_window,
+        metadata,
+        results_expire_after: job.output_expires_after.and_then(|s| u64::try_from(s).ok()),
     })
 }
 

@@ -8,10 +8,10 @@
 //! What `gc-remote` may delete ([`survey`]) is decided file by file, and anything it cannot
 //! tie to batchwatch is kept:
 //! * a file is batchwatch's when the database records it for a job, when its name is one
-//!   batchwatch uploads under (`JOBID-pN-aM-NAME.jsonl`), or when it is the output or error
-//!   file of a batch whose input file is batchwatch's by one of those two. A batch's metadata
-//!   is not enough: any key of the organisation can write `batchwatch_job_id` on a batch of
-//!   its own, and its files are not batchwatch's to delete;
+//!   batchwatch uploads under ([`FileObject::uploaded_for`]), or when it is the output or
+//!   error file of a batch whose upload is batchwatch's by one of those two. What a batch
+//!   claims is not enough: any key of the organisation can tag a batch of its own with a
+//!   job's id, and its files are not batchwatch's to delete;
 //! * an output or error file the database records for a job that never downloaded it (its
 //!   results were given up on) is kept: it is the only copy, left to its expiry;
 //! * it is kept while its job is unfinished in the database, while any batch that uses it
@@ -26,7 +26,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::api::tags::parse_upload_name;
 use crate::api::{ApiError, Batch, Client, FileObject};
 use crate::clock::{self, Timestamp};
 use crate::failpoint;
@@ -171,11 +170,7 @@ impl BatchIndex {
     fn new(batches: Vec<Batch>) -> BatchIndex {
         let mut by_file: HashMap<String, Vec<(usize, &'static str)>> = HashMap::new();
         for (i, b) in batches.iter().enumerate() {
-            let files = [
-                Some(&b.input_file_id).filter(|id| !id.is_empty()),
-                b.output_file_id.as_ref(),
-                b.error_file_id.as_ref(),
-            ];
+            let files = [&b.upload_id, &b.output_id, &b.error_output_id];
             for (id, kind) in files.into_iter().zip(["input", "output", "errors"]) {
                 if let Some(id) = id {
                     by_file.entry(id.clone()).or_default().push((i, kind));
@@ -194,10 +189,6 @@ impl BatchIndex {
         })
     }
 }
-
-/// The purposes of the files a batch uses: its input (`batch`), its output and errors
-/// (`batch_output`).
-pub const PURPOSES: [&str; 2] = ["batch", "batch_output"];
 
 /// Lists the service's batch files and decides for each whether `gc-remote` may delete it.
 pub async fn survey(
@@ -222,11 +213,9 @@ pub async fn survey(
         .into_iter()
         .collect();
     let mut files = Vec::new();
-    for purpose in PURPOSES {
-        let mut listed = std::pin::pin!(client.list_files(Some(purpose)));
-        while let Some(file) = listed.next().await {
-            files.push(file?);
-        }
+    let mut listed = std::pin::pin!(client.list_batch_files());
+    while let Some(file) = listed.next().await {
+        files.push(file?);
     }
     let owners = Owners::new(&files, &known);
     Ok(files
@@ -246,7 +235,7 @@ impl<'a> Owners<'a> {
     fn new(files: &'a [FileObject], known: &'a HashMap<String, deletions::KnownFile>) -> Self {
         let uploaded = files
             .iter()
-            .filter_map(|f| Some((f.id.as_str(), parse_upload_name(&f.filename)?.0)))
+            .filter_map(|f| Some((f.id.as_str(), f.uploaded_for()?)))
             .collect();
         Owners { known, uploaded }
     }
@@ -273,11 +262,11 @@ fn decide(
 ) -> Found {
     let uses = index.uses(&file.id);
     let recorded = known.get(&file.id);
-    let by_name = parse_upload_name(&file.filename).map(|(job, _, _)| job);
+    let by_name = file.uploaded_for();
     let by_input = uses
         .iter()
         .filter(|(_, kind)| *kind != "input")
-        .find_map(|(b, _)| owners.of_input(&b.input_file_id));
+        .find_map(|(b, _)| owners.of_input(b.upload_id.as_deref()?));
     let job_id = recorded.map(|k| k.job_id.clone()).or(by_name).or(by_input);
     let kind = recorded
         .map(|k| k.kind)
@@ -361,31 +350,29 @@ fn exact(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::tags::JOB_KEY;
-    use serde_json::json;
+    use crate::api::testing::{self, upload_file_name};
+    use crate::model::BatchStatus;
 
     fn file(id: &str, name: &str, created: i64) -> FileObject {
-        serde_json::from_value(json!({
-            "id": id, "object": "file", "bytes": 10, "created_at": created,
-            "filename": name, "purpose": "batch"
-        }))
-        .unwrap()
+        testing::file(id, name, Some(10), created)
     }
 
+    /// A batch of `upload` in `status`, with its `output`, claiming to be `job`'s when given.
     fn batch(
         id: &str,
         status: &str,
-        input: &str,
+        upload: &str,
         output: Option<&str>,
         job: Option<&str>,
     ) -> Batch {
-        let metadata = job.map(|j| json!({ JOB_KEY: j }));
-        serde_json::from_value(json!({
-            "id": id, "object": "batch", "endpoint": "/v1/chat/completions",
-            "input_file_id": input, "completion_window": "24h", "status": status,
-            "output_file_id": output, "created_at": 1, "metadata": metadata,
-        }))
-        .unwrap()
+        let mut batch = Batch::new(id, BatchStatus::parse(status));
+        batch.upload_id = Some(upload.to_owned());
+        batch.output_id = output.map(str::to_owned);
+        batch.created_at = Timestamp::from_second(1).ok();
+        match job {
+            Some(job) => testing::tagged(batch, job, 0, 1),
+            None => batch,
+        }
     }
 
     const JOB: &str = "job_01M8TJDJ345DF998F02K1HFFBP";
@@ -407,7 +394,7 @@ mod tests {
     fn a_file_is_deleted_only_when_it_is_batchwatchs_its_job_ended_and_it_is_old_enough() {
         let old = 1;
         let young = 10 * DAY - 60;
-        let ours = format!("{JOB}-p0-a1-data.jsonl");
+        let ours = upload_file_name(JOB, 0, 1, "data.jsonl");
         let index = BatchIndex::new(vec![
             batch("batch_live", "in_progress", "file-live", None, Some(JOB)),
             batch(
@@ -452,13 +439,14 @@ mod tests {
             "{live:?}"
         );
         assert!(!d(&file("file-x", &ours, young), &finished).delete);
-        // Another tool's files: no batchwatch name, no batchwatch metadata.
+        // Another tool's files: no batchwatch name, no batchwatch tags.
         for id in ["file-foreign-in", "file-foreign-out", "file-stray"] {
             let f = d(&file(id, "upload.jsonl", old), &finished);
             assert!(!f.delete && f.why.starts_with("not batchwatch's"), "{f:?}");
         }
         // A name that only looks like ours is not ours.
-        assert!(!d(&file("file-y", "job_x-p0-a1-data.jsonl", old), &none).delete);
+        let lookalike = upload_file_name("job_x", 0, 1, "data.jsonl");
+        assert!(!d(&file("file-y", &lookalike, old), &none).delete);
     }
 
     #[test]
@@ -498,7 +486,7 @@ mod tests {
         let finished = batch("batch_ours", "completed", "file-in", None, Some(JOB));
         let rerun = batch("batch_rerun", "in_progress", "file-in", None, None);
         let states: HashMap<String, bool> = [(JOB.to_owned(), true)].into();
-        let ours = file("file-in", &format!("{JOB}-p0-a1-data.jsonl"), 1);
+        let ours = file("file-in", &upload_file_name(JOB, 0, 1, "data.jsonl"), 1);
         let d = |batches: Vec<Batch>| {
             let index = BatchIndex::new(batches);
             let hour = Duration::from_secs(3600);
@@ -525,8 +513,8 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_that_only_claims_a_job_in_its_metadata_does_not_make_its_files_batchwatchs() {
-        // Another key of the organisation: its own upload, our job's id in the metadata.
+    fn a_batch_that_only_claims_a_job_does_not_make_its_files_batchwatchs() {
+        // Another key of the organisation: its own upload, our job's id in its tags.
         let forged = batch(
             "batch_forged",
             "completed",

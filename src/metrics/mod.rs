@@ -500,7 +500,7 @@ impl Metrics {
         let gate_closed = Family::<CauseLabel, Gauge>::default();
         registry.register(
             "gate_closed",
-            "1 while all API work is stopped, by cause (key_refused: 401 or 403; route_missing: a 404 on /files or /batches, api.base_url is wrong)",
+            "1 while all API work is stopped, by cause (key_refused: 401 or 403; route_missing: a 404 on a collection route of the service, api.base_url is wrong)",
             gate_closed.clone(),
         );
         for cause in Closed::iter() {
@@ -1134,14 +1134,14 @@ mod tests {
     fn a_batch_that_ended_counts_its_time_in_each_status_it_reached() {
         let m = Metrics::default();
         let t = |s: i64| Some(Timestamp::from_second(1_800_000_000 + s).unwrap());
-        let json = serde_json::json!({
-            "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
-            "input_file_id": "f", "completion_window": "24h", "status": "cancelled",
-            "created_at": 1_800_000_000, "in_progress_at": 1_800_000_010,
-            "cancelling_at": 1_800_000_100, "cancelled_at": 1_800_000_160,
-            "request_counts": {"total": 10, "completed": 4, "failed": 1},
+        let mut batch = Batch::new("batch_1", crate::model::BatchStatus::Cancelled);
+        (batch.created_at, batch.in_progress_at) = (t(0), t(10));
+        (batch.cancelling_at, batch.cancelled_at) = (t(100), t(160));
+        batch.request_counts = Some(crate::api::RequestCounts {
+            total: 10,
+            completed: 4,
+            failed: 1,
         });
-        let batch: Batch = serde_json::from_value(json).unwrap();
         assert_eq!(batch.cancelled_at, t(160));
         m.batch_ended(&batch);
         let text = m.render(None, &[], Timestamp::now(), true);

@@ -21,6 +21,7 @@
 //! directory named after its job: so after a crash the tree alone says which job a file
 //! belongs to, and a name never grows past the 255-byte limit on its way through.
 
+pub mod manifest;
 pub mod scan;
 pub mod sidecar;
 pub mod strays;
@@ -46,7 +47,7 @@ pub const SIDECAR_SUFFIX: &str = ".toml";
 pub const REASON_SUFFIX: &str = ".reason.json";
 
 /// A job's manifest, in its results directory: what is there, and how the job ended.
-pub const MANIFEST_FILE: &str = "manifest.json";
+pub use manifest::FILE as MANIFEST_FILE;
 
 /// The reason file's name in a `JOBID/` directory when `NAME.reason.json` would be too long.
 const REASON_FILE: &str = "reason.json";

@@ -349,8 +349,8 @@ mod tests {
                 "1h to 30 days",
             ),
             (
-                "[metadata]\nbatchwatch_job_id = \"x\"",
-                Some("metadata.batchwatch_job_id"),
+                "[metadata]\nbatchwatch_job = \"x\"",
+                Some("metadata.batchwatch_job"),
                 "reserved",
             ),
             ("deadline = 5", Some("deadline"), "expected a string"),

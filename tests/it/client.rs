@@ -154,11 +154,11 @@ async fn batch_runs_from_create_to_completed_and_its_output_downloads() {
     };
     let created = client.create_batch(&request).await.unwrap();
     assert_eq!(created.status, BatchStatus::Validating);
-    assert_eq!(created.input_file_id, input.id);
+    assert_eq!(created.upload_id.as_deref(), Some(input.id.as_str()));
     assert_eq!(created.endpoint, "/v1/chat/completions");
     assert_eq!(created.completion_window, "24h");
     assert_eq!(
-        created.metadata_value("batchwatch_job_id"),
+        created.raw["metadata"]["batchwatch_job_id"].as_str(),
         Some("job_contract")
     );
     assert_eq!(created.raw["id"], created.id.as_str());
@@ -175,7 +175,7 @@ async fn batch_runs_from_create_to_completed_and_its_output_downloads() {
     );
     assert!(done.completed_at.is_some() && done.in_progress_at.is_some());
 
-    let output_id = done.output_file_id.as_deref().expect("an output file");
+    let output_id = done.output_id.as_deref().expect("an output file");
     let dest = dir.path().join("results.jsonl");
     client.download_file(output_id, &dest).await.unwrap();
     let text = std::fs::read_to_string(&dest).unwrap();
@@ -618,7 +618,9 @@ async fn dropped_connection_after_create_is_an_unknown_outcome_and_the_batch_exi
     let found = client
         .list_batches(100)
         .try_filter(|b| {
-            std::future::ready(b.metadata_value("batchwatch_job_id") == Some("job_dropped"))
+            std::future::ready(
+                b.raw["metadata"]["batchwatch_job_id"].as_str() == Some("job_dropped"),
+            )
         })
         .try_collect::<Vec<_>>()
         .await

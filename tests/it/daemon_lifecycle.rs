@@ -268,11 +268,8 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
     let job = &jobs[0];
     let store = env.store().await;
     let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
-    let output_id = sub
-        .output_file_id
-        .clone()
-        .expect("the batch had an output file");
-    assert!(sub.error_file_id.is_some(), "and an error file");
+    let output_id = sub.output_id.clone().expect("the batch had an output file");
+    assert!(sub.error_output_id.is_some(), "and an error file");
     assert_eq!(sub.status, Some(batchwatch::model::BatchStatus::Completed));
 
     assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);

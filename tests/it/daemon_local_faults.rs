@@ -193,7 +193,7 @@ async fn a_queue_disk_full_for_longer_than_give_up_after_fails_no_job_and_delete
                 "{}: its results are not given up",
                 job.file_name
             );
-            let output = sub.output_file_id.expect("an output file");
+            let output = sub.output_id.expect("an output file");
             assert!(
                 held.contains(&output),
                 "{output} of {} is still on the service while it is not on disk",

@@ -407,7 +407,7 @@ async fn late_duplicate(t: &InProcess, ours: &Submission) -> String {
         .post(
             "/batches",
             &json!({
-                "input_file_id": ours.input_file_id.clone().unwrap(),
+                "input_file_id": ours.upload_id.clone().unwrap(),
                 "endpoint": "/v1/chat/completions",
                 "completion_window": "24h",
                 "metadata": {
@@ -482,8 +482,8 @@ async fn forge(env: &Env, job_id: &str, attempt: &str) -> String {
         .unwrap();
     let mut metadata: BTreeMap<String, String> = listed
         .iter()
-        .find(|b| b.metadata_value("batchwatch_job_id") == Some(job_id))
-        .and_then(|b| b.metadata.clone())
+        .find(|b| b.claim().map(|c| c.job_id) == Some(job_id))
+        .and_then(|b| serde_json::from_value(b.raw["metadata"].clone()).ok())
         .unwrap_or_default();
     metadata.insert("batchwatch_job_id".into(), job_id.into());
     metadata.insert("batchwatch_part".into(), "0".into());

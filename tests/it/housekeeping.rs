@@ -295,7 +295,7 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
     }
     let forged = client.retrieve_batch(&forged.id).await.unwrap();
     assert_eq!(forged.status.as_str(), "completed");
-    let forged_output = forged.output_file_id.clone().expect("an output file");
+    let forged_output = forged.output_id.clone().expect("an output file");
     let before = sim.handle.files().await;
 
     let listed = gc_remote(&env, &["--older-than", "1h"]);
@@ -428,7 +428,7 @@ async fn gc_remote_against_a_service_clock_ahead_says_the_file_is_from_the_futur
     // An upload under batchwatch's name, of a job this database does not hold (a restored
     // backup): deletable once old enough.
     let job = batchwatch::model::JobId::generate(1_800_000_000_000).to_string();
-    let name = batchwatch::api::tags::upload_name(&job, 0, 1, "x.jsonl");
+    let name = batchwatch::api::testing::upload_file_name(&job, 0, 1, "x.jsonl");
     let path = env.sandbox.path().join("x.jsonl");
     std::fs::write(&path, requests("x", 1, "gpt-4o-mini")).unwrap();
     let file = crate::support::client::api_client(&sim.handle.base_url())

@@ -355,7 +355,7 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     .unwrap();
     let ok_batch = made
         .iter()
-        .find(|b| b.metadata_value("batchwatch_job_id") == Some(ok.id.as_str()))
+        .find(|b| b.claim().map(|c| c.job_id) == Some(ok.id.as_str()))
         .unwrap();
     let ok_cost = hand_cost(std::slice::from_ref(ok_batch));
     let in_manifest = manifest["usage"]["cost_usd"].as_f64().unwrap();
@@ -374,7 +374,7 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
             if b.status.as_ref().is_some_and(BatchStatus::is_terminal) {
                 completed += b.request_completed.unwrap_or(0);
             }
-            if b.input_file_id.is_some() {
+            if b.upload_id.is_some() {
                 uploaded += b.part_end - b.part_start;
             }
         }

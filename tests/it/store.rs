@@ -558,7 +558,7 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
 
     let s = batches::get(store.reader(), id).await.unwrap().unwrap();
     assert_eq!(s.state, SubmissionState::Active);
-    assert_eq!(s.input_file_id.as_deref(), Some("file-abc"));
+    assert_eq!(s.upload_id.as_deref(), Some("file-abc"));
     assert_eq!(s.outcome_unknown_at, None, "activation settles the outcome");
     assert_eq!(s.not_before, None, "and ends the back-off");
     assert_eq!(s.last_error.as_deref(), Some("HTTP 502"));
@@ -981,8 +981,8 @@ async fn remote_clean_up_plans_only_the_result_files_that_are_on_disk() {
     let mut tx = store.begin().await.unwrap();
     for (id, remote) in [(refused, "batch_refused"), (latest, "batch_latest")] {
         let mut obs = seen(remote, "completed", Some((2, 1, 1)));
-        obs.output_file_id = Some(format!("out-{remote}"));
-        obs.error_file_id = Some(format!("err-{remote}"));
+        obs.output_id = Some(format!("out-{remote}"));
+        obs.error_output_id = Some(format!("err-{remote}"));
         batches::record_observation(&mut tx, id, &obs, T0)
             .await
             .unwrap();

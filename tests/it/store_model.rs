@@ -306,7 +306,7 @@ enum Applied {
 fn observation(remote: &str, status: &BatchStatus, done: i64) -> Observation {
     Observation {
         remote_id: remote.to_owned(),
-        input_file_id: Some(format!("file-{remote}")),
+        upload_id: Some(format!("file-{remote}")),
         status: Some(status.clone()),
         request_total: Some(10),
         request_completed: Some(done),

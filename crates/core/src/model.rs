@@ -8,8 +8,9 @@ use ulid::Ulid;
 
 /// A job's id: `job_` then a ULID (26 Crockford base32 characters: 48 bits of milliseconds,
 /// then 80 random bits), so ids sort by creation and never repeat across databases. It is also
-/// the `batchwatch_job_id` metadata value that reconciliation matches on, and a directory name
-/// in the queue: only the canonical (upper-case) spelling parses, so one id is one name.
+/// what the job's batches on the service are tagged with (a claim reconciliation reads), and a
+/// directory name in the queue: only the canonical (upper-case) spelling parses, so one id is
+/// one name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct JobId(String);

@@ -37,6 +37,16 @@ pub enum Collection {
     Files,
 }
 
+impl Collection {
+    /// The request that checks it, as a person would type it: `GET /batches`.
+    pub fn route(self) -> &'static str {
+        match self {
+            Collection::Batches => "GET /batches",
+            Collection::Files => "GET /files",
+        }
+    }
+}
+
 /// The Batch API client. Cloning is cheap and clones share the connection pool and limits.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -247,6 +257,16 @@ impl Client {
             .map(|p| vec![("purpose", p.to_owned())])
             .unwrap_or_default();
         self.paginate(Operation::ListFiles, "files", query)
+    }
+
+    /// Every file the service keeps for batches: the uploads (purpose `batch`), then the
+    /// results (`batch_output`), each newest first.
+    pub fn list_batch_files(
+        &self,
+    ) -> impl Stream<Item = Result<FileObject, ApiError>> + Send + 'static {
+        use futures_util::StreamExt;
+        self.list_files(Some("batch"))
+            .chain(self.list_files(Some("batch_output")))
     }
 
     /// Deletes a file. Retried when transient, so a delete whose answer was lost may come back

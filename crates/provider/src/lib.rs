@@ -1,8 +1,10 @@
 //! batchwatch's side of a batch service. Today that is one: the OpenAI Batch and Files API,
 //! over HTTPS (reqwest with rustls), for OpenAI, Azure OpenAI and any OpenAI-compatible server
-//! such as `batchwatch sim`. What names the service's objects (the metadata keys, upload names)
-//! is in [`tags`]; what the daemon learns of the requests, it learns through an [`Observer`].
-//! No other crate of batchwatch speaks HTTP to the service.
+//! such as `batchwatch sim`. The daemon asks for a job's [`Part`]s in its own words
+//! ([`parts`]: submit, find what a lost answer made, survey); how batchwatch's objects are named
+//! on the service (the metadata keys, upload names) stays in this crate. What the daemon learns
+//! of the requests, it learns through an [`Observer`]. No other crate of batchwatch speaks HTTP
+//! to the service.
 //!
 //! # Flavours
 //!
@@ -42,8 +44,8 @@
 //! Upload and create are never repeated by the client. The API has no idempotency key, so a
 //! create whose answer was lost may have made a batch, and repeating it could make a second
 //! one: two live batches for one job, billed twice (invariant 2). They return the outcome,
-//! unknown included, and the caller reconciles (lists batches and matches the job id in the
-//! metadata) before deciding to create again.
+//! unknown included, and the caller reconciles ([`Client::find_batch`],
+//! [`Client::find_upload`]) before deciding to create again.
 //!
 //! # Limits
 //!
@@ -56,17 +58,22 @@ mod error;
 mod key;
 mod limit;
 mod observe;
+pub mod parts;
 mod retry;
-pub mod tags;
+mod tags;
 mod types;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub use client::{Client, Collection};
 pub use error::{ApiError, Operation};
 pub use key::{ApiKey, outside_its_service};
 pub use observe::Observer;
+pub use parts::{BatchOptions, CLOCK_SLACK, Claimed, Part, Survey};
 pub use retry::RetryPolicy;
+pub use tags::Claim;
 pub use types::{
     Batch, BatchError, BatchErrors, BatchUsage, CreateBatchRequest, ExpiryAnchor, FileDeleted,
     FileObject, InputTokensDetails, ListPage, OutputExpiresAfter, OutputTokensDetails,

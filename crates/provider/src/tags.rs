@@ -1,7 +1,7 @@
 //! How batchwatch's objects are named on an OpenAI service, so that they can be found again
 //! when the database does not record them (an answer lost, a restored backup): the metadata
 //! keys a batch carries, and the name a part's upload is given. What these say is a claim, not
-//! a proof: any key of the organisation can write them (see `daemon::reconcile`).
+//! a proof: any key of the organisation can write them (see [`crate::parts`]).
 
 use std::collections::BTreeMap;
 
@@ -46,6 +46,20 @@ pub fn upload_name(job_id: &str, part: i64, attempt: i64, file_name: &str) -> St
         .take(80)
         .collect();
     format!("{job_id}-p{part}-a{attempt}-{safe}.jsonl")
+}
+
+impl Batch {
+    /// The digest of the job's file the batch's tags give: a claim, like every tag.
+    pub fn file_digest(&self) -> Option<&str> {
+        self.metadata_value(SHA_KEY)
+    }
+}
+
+impl crate::FileObject {
+    /// The job this file's name says it was uploaded for: a claim, not a proof.
+    pub fn uploaded_for(&self) -> Option<String> {
+        parse_upload_name(&self.filename).map(|(job, _, _)| job)
+    }
 }
 
 /// The job, part and attempt an upload's name says it was made for.

@@ -30,11 +30,15 @@ pub struct Batch {
     pub endpoint: String,
     pub model: Option<String>,
     pub errors: Option<BatchErrors>,
-    pub input_file_id: String,
+    /// What the batch was made from: the upload it runs, when the service has an upload step
+    /// and names it.
+    pub upload_id: Option<String>,
     pub completion_window: String,
     pub status: BatchStatus,
-    pub output_file_id: Option<String>,
-    pub error_file_id: Option<String>,
+    /// Where the results of the requests that succeeded are, once there are any.
+    pub output_id: Option<String>,
+    /// Where the results of the requests that failed are, once there are any.
+    pub error_output_id: Option<String>,
     /// Required by the spec, but `None` rather than a failed parse if it is unreadable.
     pub created_at: Option<jiff::Timestamp>,
     pub in_progress_at: Option<jiff::Timestamp>,
@@ -47,15 +51,46 @@ pub struct Batch {
     pub cancelled_at: Option<jiff::Timestamp>,
     pub request_counts: Option<RequestCounts>,
     pub usage: Option<BatchUsage>,
-    /// String values only; a non-string value (not allowed by the spec) is left out.
-    pub metadata: Option<BTreeMap<String, String>>,
+    /// The batch's metadata; string values only (a non-string value, not allowed by the spec,
+    /// is left out). Read through [`Batch::claim`] and [`Batch::file_digest`].
+    pub(crate) metadata: Option<BTreeMap<String, String>>,
     /// The whole object as received.
     pub raw: Value,
 }
 
 impl Batch {
+    /// A batch known only by its id and status, every other field empty: what a provider
+    /// fills in from its own shape.
+    pub fn new(id: &str, status: BatchStatus) -> Batch {
+        Batch {
+            id: id.to_owned(),
+            object: String::new(),
+            endpoint: String::new(),
+            model: None,
+            errors: None,
+            upload_id: None,
+            completion_window: String::new(),
+            raw: serde_json::json!({"id": id, "status": status.as_str()}),
+            status,
+            output_id: None,
+            error_output_id: None,
+            created_at: None,
+            in_progress_at: None,
+            expires_at: None,
+            finalizing_at: None,
+            completed_at: None,
+            failed_at: None,
+            expired_at: None,
+            cancelling_at: None,
+            cancelled_at: None,
+            request_counts: None,
+            usage: None,
+            metadata: None,
+        }
+    }
+
     /// A metadata value, if the batch has that key.
-    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+    pub(crate) fn metadata_value(&self, key: &str) -> Option<&str> {
         self.metadata.as_ref()?.get(key).map(String::as_str)
     }
 
@@ -122,11 +157,11 @@ impl<'de> Deserialize<'de> for Batch {
             endpoint: f.endpoint,
             model: f.model,
             errors: f.errors,
-            input_file_id: f.input_file_id,
+            upload_id: Some(f.input_file_id).filter(|id| !id.is_empty()),
             completion_window: f.completion_window,
             status: f.status,
-            output_file_id: f.output_file_id,
-            error_file_id: f.error_file_id,
+            output_id: f.output_file_id,
+            error_output_id: f.error_file_id,
             created_at: f.created_at,
             in_progress_at: f.in_progress_at,
             expires_at: f.expires_at,
@@ -414,11 +449,11 @@ mod tests {
         assert_eq!(b.endpoint, "/v1/completions");
         assert_eq!(b.model.as_deref(), Some("gpt-5-2025-08-07"));
         assert_eq!(b.errors, None);
-        assert_eq!(b.input_file_id, "file-abc123");
+        assert_eq!(b.upload_id.as_deref(), Some("file-abc123"));
         assert_eq!(b.completion_window, "24h");
         assert_eq!(b.status, BatchStatus::Completed);
-        assert_eq!(b.output_file_id.as_deref(), Some("file-cvaTdG"));
-        assert_eq!(b.error_file_id.as_deref(), Some("file-HOWS94"));
+        assert_eq!(b.output_id.as_deref(), Some("file-cvaTdG"));
+        assert_eq!(b.error_output_id.as_deref(), Some("file-HOWS94"));
         assert_eq!(b.created_at, ts(1711471533));
         assert_eq!(b.in_progress_at, ts(1711471538));
         assert_eq!(b.expires_at, ts(1711557933));
@@ -523,7 +558,7 @@ mod tests {
         assert_eq!(b.created_at, None);
         assert_eq!(b.request_counts, None);
         assert_eq!(b.usage, None);
-        assert_eq!(b.output_file_id, None);
+        assert_eq!(b.output_id, None);
         assert_eq!(b.metadata_value("batchwatch_job_id"), Some("job_01"));
         assert_eq!(b.metadata_value("count"), None);
         let errors = b.error_list();

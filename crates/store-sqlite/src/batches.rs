@@ -22,7 +22,9 @@ pub struct Submission {
     pub outcome_unknown_at: Option<String>,
     pub resent_at: Option<String>,
     pub remote_id: Option<String>,
-    pub input_file_id: Option<String>,
+    /// The part's upload on the service (column `input_file_id`).
+    #[serde(rename = "input_file_id")]
+    pub upload_id: Option<String>,
     pub status: Option<BatchStatus>,
     pub request_total: Option<i64>,
     pub request_completed: Option<i64>,
@@ -36,8 +38,13 @@ pub struct Submission {
     pub expired_at: Option<String>,
     pub cancelling_at: Option<String>,
     pub cancelled_at: Option<String>,
-    pub output_file_id: Option<String>,
-    pub error_file_id: Option<String>,
+    /// Where the service keeps the results of the requests that succeeded (column
+    /// `output_file_id`).
+    #[serde(rename = "output_file_id")]
+    pub output_id: Option<String>,
+    /// Where it keeps those of the requests that failed (column `error_file_id`).
+    #[serde(rename = "error_file_id")]
+    pub error_output_id: Option<String>,
     /// The batch's `errors` (JSON).
     #[serde(serialize_with = "super::json_text_or_null")]
     pub errors: Option<String>,
@@ -73,7 +80,7 @@ pub struct NewSubmission<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     pub remote_id: String,
-    pub input_file_id: Option<String>,
+    pub upload_id: Option<String>,
     pub status: Option<BatchStatus>,
     pub request_total: Option<i64>,
     pub request_completed: Option<i64>,
@@ -87,8 +94,8 @@ pub struct Observation {
     pub expired_at: Option<String>,
     pub cancelling_at: Option<String>,
     pub cancelled_at: Option<String>,
-    pub output_file_id: Option<String>,
-    pub error_file_id: Option<String>,
+    pub output_id: Option<String>,
+    pub error_output_id: Option<String>,
     /// JSON of the `errors` object.
     pub errors: Option<String>,
     /// JSON of the whole batch object.
@@ -142,10 +149,11 @@ macro_rules! select_submissions {
         sqlx::query_as!(
             Submission,
             r#"SELECT id AS "id!", job_id, part, part_start, part_end, part_requests, attempt,
-                      state AS "state: SubmissionState", not_before, outcome_unknown_at, resent_at, remote_id, input_file_id,
+                      state AS "state: SubmissionState", not_before, outcome_unknown_at, resent_at, remote_id, input_file_id AS upload_id,
                       status AS "status: BatchStatus", request_total, request_completed, request_failed,
                       remote_created_at, in_progress_at, expires_at, finalizing_at, completed_at, failed_at,
-                      expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, errors, raw,
+                      expired_at, cancelling_at, cancelled_at, output_file_id AS output_id,
+                      error_file_id AS error_output_id, errors, raw,
                       next_poll_at, last_polled_at, cancel_requested_at, cancel_sent_at, last_error,
                       results_missing, collect_failing_since, results_unavailable, local_fault_since,
                       created_at, updated_at
@@ -283,7 +291,7 @@ pub async fn record_observation(
             output_file_id = ?, error_file_id = ?, errors = ?, raw = ?, last_polled_at = ?, updated_at = ?
          WHERE id = ?",
         seen.remote_id,
-        seen.input_file_id,
+        seen.upload_id,
         seen.status,
         seen.request_total,
         seen.request_completed,
@@ -297,8 +305,8 @@ pub async fn record_observation(
         seen.expired_at,
         seen.cancelling_at,
         seen.cancelled_at,
-        seen.output_file_id,
-        seen.error_file_id,
+        seen.output_id,
+        seen.error_output_id,
         seen.errors,
         seen.raw,
         observed_at,

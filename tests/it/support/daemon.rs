@@ -525,7 +525,7 @@ pub async fn assert_gave_up_on_results(env: &Env, job: &Job, name: &str, after: 
     let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
     let events = jobs::events(store.reader(), &job.id).await.unwrap();
     store.close().await;
-    let output = sub.output_file_id.clone().expect("an output file");
+    let output = sub.output_id.clone().expect("an output file");
     let reason = job.reason.as_deref().unwrap();
     assert!(
         reason.contains(&format!("the output file {output} could not be downloaded")),

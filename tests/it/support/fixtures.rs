@@ -39,7 +39,7 @@ pub fn seen(remote_id: &str, status: &str, counts: Option<(i64, i64, i64)>) -> O
     };
     Observation {
         remote_id: remote_id.into(),
-        input_file_id: Some(format!("file-{remote_id}")),
+        upload_id: Some(format!("file-{remote_id}")),
         status: Some(BatchStatus::parse(status)),
         request_total: total,
         request_completed: completed,

@@ -1,0 +1,435 @@
+//! A job's parts on the service, in the daemon's words: sending one (upload, then create), and
+//! finding again what a lost answer or a database that lags the world may have left there.
+//!
+//! The daemon says which part it means with a [`Part`]; how that part is named on the service
+//! (the metadata keys, the upload's name, see [`crate::tags`]) stays here. Those names are a
+//! claim, not a proof: any key of the organisation lists the same batches and may write any
+//! metadata on a batch of its own. So a batch is a part's ([`Batch::is_of`]) only when its
+//! upload is provably the one batchwatch made for that part:
+//!
+//! * when the database records the part's upload, the batch runs that very upload, and its
+//!   metadata names no other part (a service that drops metadata is still matched);
+//! * when it records none (it lags: the upload intent was lost with a restored backup, or the
+//!   job's row was made anew), the service lists the batch's upload under the part's upload
+//!   name with the part's size in bytes, and the batch carries the digest of the job's file
+//!   ([`Survey::proves`]).
+//!
+//! Listings read the service newest first and stop at objects created well before the time in
+//! question ([`CLOCK_SLACK`] before it, for clocks that disagree).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use jiff::Timestamp;
+
+use crate::tags::{self, Claim, parse_upload_name, upload_name};
+use crate::types::{CreateBatchRequest, FileObject, OutputExpiresAfter};
+use crate::{ApiError, Batch, Client};
+
+/// How long before the time in question a listing still reads objects: clocks disagree.
+pub const CLOCK_SLACK: Duration = Duration::from_secs(3600);
+
+/// How many objects older than the oldest time in question a survey reads before it stops:
+/// the service lists newest first, and a page of disorder is tolerated.
+const OLDER_BEFORE_STOP: usize = 100;
+
+/// One part of a job, attempt `attempt`: what becomes one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub job_id: &'a str,
+    pub part: i64,
+    pub attempt: i64,
+    /// The name of the job's file in the queue.
+    pub file_name: &'a str,
+    /// The part's size in bytes.
+    pub bytes: Option<u64>,
+    /// The digest of the job's whole file, when known.
+    pub sha256: Option<&'a str>,
+    /// The part's upload, when the database records one.
+    pub upload_id: Option<&'a str>,
+}
+
+/// What a new batch is made with besides its part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOptions<'a> {
+    /// Such as `/v1/chat/completions`.
+    pub endpoint: &'a str,
+    pub completion_window: &'a str,
+    /// The job's own metadata; the part's tags are added to it.
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds after which the service deletes the batch's results.
+    pub results_expire_after: Option<u64>,
+}
+
+impl Batch {
+    /// Whether this is the batch of `part`, whose upload the database records: a batch of
+    /// that very upload that names no other part. A batch that only claims `part` is not; a
+    /// part with no recorded upload has no batch this can prove (see [`Survey::proves`]).
+    pub fn is_of(&self, part: &Part<'_>) -> bool {
+        part.upload_id.is_some()
+            && self.upload_id.as_deref() == part.upload_id
+            && self
+                .claim()
+                .is_none_or(|c| c.names(part.job_id, part.part, part.attempt))
+    }
+
+    /// The part this batch's tags name: a claim, not a proof.
+    pub fn claim(&self) -> Option<Claim<'_>> {
+        Claim::of(self)
+    }
+}
+
+/// Whether `file` is `part`'s upload: its name and its size in bytes. A file whose size the
+/// service does not say is not.
+fn is_upload_of(file: &FileObject, part: &Part<'_>) -> bool {
+    file.filename == upload_name(part.job_id, part.part, part.attempt, part.file_name)
+        && file.bytes.is_some()
+        && file.bytes == part.bytes
+}
+
+/// `at` less [`CLOCK_SLACK`]: objects created before it cannot be of what happened at `at`.
+fn slack_before(at: Timestamp) -> Timestamp {
+    let slack = jiff::SignedDuration::try_from(CLOCK_SLACK).expect("an hour fits");
+    at.checked_sub(slack).unwrap_or(at)
+}
+
+impl Client {
+    /// Uploads `part`, bytes `range` of the file at `path`, under the part's upload name;
+    /// the service deletes it `expires_after` seconds later when given. Returns the upload's
+    /// id. Never retried: an unknown outcome is found again with [`Client::find_upload`].
+    pub async fn upload_part(
+        &self,
+        part: &Part<'_>,
+        path: &Path,
+        range: Range<u64>,
+        expires_after: Option<u64>,
+    ) -> Result<String, ApiError> {
+        let name = upload_name(part.job_id, part.part, part.attempt, part.file_name);
+        let file = self
+            .upload_file_expiring(path, range, &name, expires_after)
+            .await?;
+        Ok(file.id)
+    }
+
+    /// Creates the batch of `part` from its upload `upload_id`, tagged with the part. Never
+    /// retried: an unknown outcome is found again with [`Client::find_batch`].
+    pub async fn create_batch_of(
+        &self,
+        part: &Part<'_>,
+        upload_id: &str,
+        options: BatchOptions<'_>,
+    ) -> Result<Batch, ApiError> {
+        let mut metadata = options.metadata;
+        tags::tag(
+            &mut metadata,
+            part.job_id,
+            part.part,
+            part.attempt,
+            part.sha256,
+        );
+        let request = CreateBatchRequest {
+            input_file_id: upload_id.to_owned(),
+            endpoint: options.endpoint.to_owned(),
+            completion_window: options.completion_window.to_owned(),
+            metadata: Some(metadata),
+            output_expires_after: options
+                .results_expire_after
+                .map(OutputExpiresAfter::after_creation),
+        };
+        self.create_batch(&request).await
+    }
+
+    /// The batches created since `since` (less [`CLOCK_SLACK`]), newest first, as the stream
+    /// is read.
+    pub fn batches_since(
+        &self,
+        since: Timestamp,
+    ) -> impl Stream<Item = Result<Batch, ApiError>> + Send + 'static {
+        let stop_at = slack_before(since);
+        self.list_batches(100).take_while(move |b| {
+            let older = matches!(b, Ok(b) if b.created_at.is_some_and(|c| c < stop_at));
+            std::future::ready(!older)
+        })
+    }
+
+    /// The batch a create for `part` sent at `sent_at` made, if it made one.
+    pub async fn find_batch(
+        &self,
+        part: &Part<'_>,
+        sent_at: Option<Timestamp>,
+    ) -> Result<Option<Batch>, ApiError> {
+        let listed = self.list_batches(100);
+        first_since(listed, sent_at, |b| b.created_at, |b| b.is_of(part)).await
+    }
+
+    /// The upload of `part` an upload sent at `sent_at` made, if it made one whole.
+    pub async fn find_upload(
+        &self,
+        part: &Part<'_>,
+        sent_at: Option<Timestamp>,
+    ) -> Result<Option<String>, ApiError> {
+        let listed = self.list_files(Some("batch"));
+        let found = first_since(listed, sent_at, |f| f.created_at, |f| is_upload_of(f, part));
+        Ok(found.await?.map(|f| f.id))
+    }
+
+    /// Lists the service once for what claims to be the jobs `jobs`', back to `since` (the
+    /// earliest of their claims): the batches whose tags name one of them, except those
+    /// `known` says the database records already, and the uploads named for them.
+    pub async fn survey(
+        &self,
+        jobs: &BTreeSet<&str>,
+        since: Option<Timestamp>,
+        known: impl Fn(&Batch, &Claim<'_>) -> bool,
+    ) -> Result<Survey, ApiError> {
+        let since = since.map(slack_before);
+        let mut survey = Survey::default();
+        let mut older = 0;
+        let mut listed = std::pin::pin!(self.list_batches(100));
+        while let Some(batch) = listed.next().await {
+            let batch = batch?;
+            older = older_in_a_row(older, batch.created_at, since);
+            if let Some(claim) = batch.claim()
+                && jobs.contains(claim.job_id)
+                && !known(&batch, &claim)
+            {
+                let (job, part, attempt) = (claim.job_id.to_owned(), claim.part, claim.attempt);
+                survey.claimed.entry(job).or_default().push(Claimed {
+                    part,
+                    attempt,
+                    batch,
+                });
+            }
+            if older >= OLDER_BEFORE_STOP {
+                break;
+            }
+        }
+        let mut older = 0;
+        let mut listed = std::pin::pin!(self.list_files(Some("batch")));
+        while let Some(file) = listed.next().await {
+            let file = file?;
+            older = older_in_a_row(older, file.created_at, since);
+            if let Some(key) =
+                parse_upload_name(&file.filename).filter(|k| jobs.contains(k.0.as_str()))
+            {
+                survey.uploads.entry(key).or_default().push(file);
+            }
+            if older >= OLDER_BEFORE_STOP {
+                break;
+            }
+        }
+        Ok(survey)
+    }
+}
+
+/// The first object of a newest-first listing that `wanted` picks, read back to objects
+/// created before `sent_at` less [`CLOCK_SLACK`], which cannot be what was sent then.
+async fn first_since<T>(
+    listed: impl Stream<Item = Result<T, ApiError>>,
+    sent_at: Option<Timestamp>,
+    created_at: impl Fn(&T) -> Option<Timestamp>,
+    wanted: impl Fn(&T) -> bool,
+) -> Result<Option<T>, ApiError> {
+    let stop_at = sent_at.map(slack_before);
+    let mut listed = std::pin::pin!(listed);
+    while let Some(object) = listed.next().await {
+        let object = object?;
+        if wanted(&object) {
+            return Ok(Some(object));
+        }
+        if let (Some(created), Some(stop_at)) = (created_at(&object), stop_at)
+            && created < stop_at
+        {
+            break;
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a listing that has just read an object created at `created` may stop, given how
+/// many older ones it read in a row before.
+fn older_in_a_row(older: usize, created: Option<Timestamp>, since: Option<Timestamp>) -> usize {
+    match (created, since) {
+        (Some(created), Some(since)) if created < since => older + 1,
+        _ => 0,
+    }
+}
+
+/// A listed batch that claims to be a surveyed job's part and attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub part: i64,
+    pub attempt: i64,
+    pub batch: Batch,
+}
+
+/// What one survey found for the jobs in question ([`Client::survey`]).
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// The batches claiming to be each job's, in the order listed.
+    claimed: BTreeMap<String, Vec<Claimed>>,
+    /// The uploads named for each job, part and attempt, newest first.
+    uploads: BTreeMap<(String, i64, i64), Vec<FileObject>>,
+}
+
+impl Survey {
+    /// Takes the batches that claim to be `job_id`'s.
+    pub fn take_claimed(&mut self, job_id: &str) -> Vec<Claimed> {
+        self.claimed.remove(job_id).unwrap_or_default()
+    }
+
+    /// Whether `batch` is provably `part`'s (see the module docs): by its recorded upload
+    /// when there is one, else by an upload listed under the part's name and size and the
+    /// file's digest in the batch's tags.
+    pub fn proves(&self, batch: &Batch, part: &Part<'_>) -> bool {
+        if part.upload_id.is_some() {
+            return batch.is_of(part);
+        }
+        let listed = self
+            .uploads_of(part)
+            .any(|f| Some(f.id.as_str()) == batch.upload_id.as_deref() && is_upload_of(f, part));
+        listed && part.sha256.is_some() && batch.file_digest() == part.sha256
+    }
+
+    /// The upload the service has of `part`, whole, when it lists one.
+    pub fn upload_of(&self, part: &Part<'_>) -> Option<&str> {
+        self.uploads_of(part)
+            .find(|f| is_upload_of(f, part))
+            .map(|f| f.id.as_str())
+    }
+
+    fn uploads_of<'s>(&'s self, part: &Part<'_>) -> impl Iterator<Item = &'s FileObject> {
+        self.uploads
+            .get(&(part.job_id.to_owned(), part.part, part.attempt))
+            .into_iter()
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::tags::{ATTEMPT_KEY, JOB_KEY, PART_KEY, SHA_KEY};
+
+    const SHA: &str = "ab12";
+
+    fn batch(upload: &str, metadata: Value) -> Batch {
+        serde_json::from_value(json!({
+            "id": "batch_1", "object": "batch", "endpoint": "/v1/chat/completions",
+            "input_file_id": upload, "completion_window": "24h", "status": "in_progress",
+            "created_at": 1, "metadata": metadata,
+        }))
+        .unwrap()
+    }
+
+    /// The tags batchwatch writes for `job_x`'s part 0, `attempt`.
+    fn tags(attempt: &str) -> Value {
+        json!({JOB_KEY: "job_x", PART_KEY: "0", ATTEMPT_KEY: attempt, SHA_KEY: SHA})
+    }
+
+    fn part(attempt: i64, upload_id: Option<&str>) -> Part<'_> {
+        Part {
+            job_id: "job_x",
+            part: 0,
+            attempt,
+            file_name: "f.jsonl",
+            bytes: Some(10),
+            sha256: Some(SHA),
+            upload_id,
+        }
+    }
+
+    fn file(id: &str, name: &str, bytes: Option<u64>) -> FileObject {
+        serde_json::from_value(json!({
+            "id": id, "object": "file", "bytes": bytes, "created_at": 1,
+            "filename": name, "purpose": "batch",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_a_parts_only_when_it_runs_the_recorded_upload_and_names_no_other_part() {
+        let ours = part(2, Some("file_ours"));
+        assert!(batch("file_ours", tags("2")).is_of(&ours));
+        assert!(
+            batch("file_ours", Value::Null).is_of(&ours),
+            "a service that drops metadata"
+        );
+        assert!(
+            !batch("file_ours", tags("3")).is_of(&ours),
+            "the same upload, another attempt's tags"
+        );
+        assert!(
+            !batch("file_theirs", tags("2")).is_of(&ours),
+            "only the tags are ours"
+        );
+        assert!(
+            !batch("file_ours", tags("2")).is_of(&part(2, None)),
+            "no recorded upload proves nothing by itself"
+        );
+    }
+
+    #[test]
+    fn without_a_recorded_upload_a_batch_is_proved_by_the_listed_upload_its_size_and_the_digest() {
+        let name = upload_name("job_x", 0, 2, "f.jsonl");
+        let survey = |files: Vec<FileObject>| Survey {
+            uploads: BTreeMap::from([(("job_x".to_owned(), 0, 2), files)]),
+            ..Survey::default()
+        };
+        let listed = survey(vec![file("file_up", &name, Some(10))]);
+        let lagging = part(2, None);
+        assert!(listed.proves(&batch("file_up", tags("2")), &lagging));
+        assert_eq!(listed.upload_of(&lagging), Some("file_up"));
+        let mut digest = tags("2");
+        digest[SHA_KEY] = json!("ffff");
+        assert!(
+            !listed.proves(&batch("file_up", digest), &lagging),
+            "another digest"
+        );
+        digest = tags("2");
+        digest.as_object_mut().unwrap().remove(SHA_KEY);
+        assert!(
+            !listed.proves(&batch("file_up", digest), &lagging),
+            "no digest"
+        );
+        let unknown_digest = Part {
+            sha256: None,
+            ..lagging
+        };
+        assert!(
+            !listed.proves(&batch("file_up", tags("2")), &unknown_digest),
+            "the job's digest unknown"
+        );
+        assert!(
+            !listed.proves(&batch("file_other", tags("2")), &lagging),
+            "a batch of another upload"
+        );
+        let recorded = part(2, Some("file_recorded"));
+        assert!(
+            !listed.proves(&batch("file_up", tags("2")), &recorded),
+            "a recorded upload is the only proof"
+        );
+        assert!(Survey::default().proves(&batch("file_recorded", tags("2")), &recorded));
+        for (why, files) in [
+            ("another size", vec![file("file_up", &name, Some(11))]),
+            ("no size", vec![file("file_up", &name, None)]),
+            (
+                "another name",
+                vec![file(
+                    "file_up",
+                    &upload_name("job_x", 0, 2, "g.jsonl"),
+                    Some(10),
+                )],
+            ),
+        ] {
+            let s = survey(files);
+            assert!(!s.proves(&batch("file_up", tags("2")), &lagging), "{why}");
+            assert_eq!(s.upload_of(&lagging), None, "{why}");
+        }
+    }
+}
