@@ -203,7 +203,7 @@ pub struct ResubmitArgs {
     pub id: String,
     /// Which undone requests: those never run (expired), those that failed, or both.
     #[arg(long, value_enum, default_value = "unfinished")]
-    pub only: crate::housekeeping::resubmit::Only,
+    pub only: crate::daemon::housekeeping::resubmit::Only,
     /// Write them even when a job of the chain completed them since, or while a resubmission
     /// of the chain is in flight; says how many will run, and be paid, again.
     #[arg(long)]
@@ -396,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&out)?;
         }
         Command::Resubmit(args) => {
-            use crate::housekeeping::resubmit::{self, Ask, Origin, Outcome, counts};
+            use crate::daemon::housekeeping::resubmit::{self, Ask, Origin, Outcome, counts};
             let settings = Settings::load(config)?;
             let out = runtime()?.block_on(async {
                 let store = Store::open(
@@ -460,7 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?;
                 let queue = crate::queue::Queue::open(&settings.queue.dir)
                     .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
-                let pruned = crate::housekeeping::retention::prune(
+                let pruned = crate::daemon::housekeeping::retention::prune(
                     &store,
                     &Lease::SOLE,
                     &queue,
@@ -575,7 +575,7 @@ async fn gc_remote(
     key: crate::api::ApiKey,
     args: &GcRemoteArgs,
 ) -> anyhow::Result<String> {
-    use crate::housekeeping::remote;
+    use crate::daemon::housekeeping::remote;
     use crate::store::deletions;
     let client = crate::api::Client::new(&settings.api, &settings.limits, key)?;
     let access = if args.delete {
@@ -778,7 +778,7 @@ pub async fn job_report(
             format!(
                 "alerts.stuck_after.{} = {}",
                 s.status,
-                crate::daemon::stuck::limit(stuck_after, &s.status)
+                crate::daemon::track::stuck::limit(stuck_after, &s.status)
             )
         });
         let usage = used

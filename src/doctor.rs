@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::api::{ApiError, Client, Collection};
 use crate::config::Settings;
-use crate::daemon::instance::{database_dir, database_writable, dir_writable};
+use crate::daemon::runtime::instance::{database_dir, database_writable, dir_writable};
 use crate::preflight;
 use crate::queue::Queue;
 

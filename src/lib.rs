@@ -7,7 +7,6 @@ pub mod demo;
 pub mod doctor;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
-pub mod housekeeping;
 pub mod manual;
 pub mod metrics;
 pub mod preflight;

@@ -581,7 +581,7 @@ fn indent(text: &str) -> String {
 
 /// What `gc-remote` found, and with `--delete` what became of each file it deleted.
 pub fn gc_remote(
-    found: &[crate::housekeeping::remote::Found],
+    found: &[crate::daemon::housekeeping::remote::Found],
     outcomes: &[(String, String)],
     deleting: bool,
     as_json: bool,
@@ -596,7 +596,7 @@ pub fn gc_remote(
         #[derive(Serialize)]
         struct Row<'a> {
             #[serde(flatten)]
-            found: &'a crate::housekeeping::remote::Found,
+            found: &'a crate::daemon::housekeeping::remote::Found,
             outcome: Option<&'a str>,
         }
         let rows: Vec<Row> = found
@@ -656,7 +656,7 @@ pub fn gc_remote(
 
 /// What `prune` removed, or would remove.
 pub fn pruned(
-    p: &crate::housekeeping::retention::Pruned,
+    p: &crate::daemon::housekeeping::retention::Pruned,
     settings: &crate::config::RetentionSettings,
     as_json: bool,
 ) -> String {

@@ -8,7 +8,7 @@
 
 #![no_main]
 
-use batchwatch::daemon::collect;
+use batchwatch::daemon::finish::collect;
 use batchwatch::fuzzing::merge_results;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

@@ -9,10 +9,11 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 
-use super::ctx::{Ctx, Next, Subject, defer};
-use super::observe::observe;
-use super::{poll, reconcile};
 use crate::api::ApiError;
+use crate::daemon::ctx::{Ctx, Next, Subject, defer};
+use crate::daemon::submit::{UNSENT, reconcile};
+use crate::daemon::track::observe::observe;
+use crate::daemon::track::poll;
 use crate::model::SubmissionState;
 use crate::store::jobs::{self, Job};
 use crate::store::progress;
@@ -178,9 +179,6 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         }
     }
 }
-
-/// Why a submission of a cancelled job that never became a batch is given up.
-pub const UNSENT: &str = "cancelled before its batch was created";
 
 async fn mark_sent(ctx: &Ctx, row_id: i64) -> anyhow::Result<()> {
     ctx.store

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use super::gate::Gate;
-use super::reconcile::{DuplicateWatch, Unverified};
-use super::schedule::Schedule;
-use super::sweep::Sweeps;
 use crate::api::{ApiError, Client};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
+use crate::daemon::gate::Gate;
+use crate::daemon::schedule::Schedule;
+use crate::daemon::shared::{DuplicateWatch, Sweeps, Unverified};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::{Lease, Store};
@@ -57,11 +56,11 @@ pub enum Subject {
     Unverified,
     /// The list sweep over every active batch.
     Sweep,
-    /// Deleting remote files ([`super::cleanup`]).
+    /// Deleting remote files ([`crate::daemon::housekeeping::remote`]).
     RemoteFiles,
-    /// Removing what old finished jobs left ([`super::retention`]).
+    /// Removing what old finished jobs left ([`crate::daemon::housekeeping::retention`]).
     Retention,
-    /// Writing the undone requests of expired jobs ([`super::resubmit`]).
+    /// Writing the undone requests of expired jobs ([`crate::daemon::housekeeping::resubmit`]).
     Resubmissions,
 }
 

@@ -1,7 +1,7 @@
 //! What holds work back for everyone: a refused API key (401, 403) stops all API work until a
 //! probe shows the key works again; so does a missing route (a 404 on a collection route of
-//! the service: `api.base_url` is wrong), until the routes answer (after a reload that fixed the URL, or
-//! the service coming back), and no job fails for it; exhausted quota (429
+//! the service: `api.base_url` is wrong), until the routes answer (after a reload that fixed the
+//! URL, or the service coming back), and no job fails for it; exhausted quota (429
 //! `insufficient_quota`) stops new submissions for `backoff.auth_retry` at a time, while
 //! running batches are still polled, cancelled and collected; and the enqueued-token limit
 //! holds back new submissions for one model for a while.
@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::ctx::{Ctx, Task};
 use crate::api::ApiError;
 use crate::clock::{self, Timestamp};
+use crate::daemon::ctx::{Ctx, Task};
 use crate::doctor::Outcome;
 use crate::metrics::Metrics;
 

@@ -61,10 +61,10 @@
 //! * At the deadline, or when an operator asks, the job is marked for cancel ([`cancel`]):
 //!   submissions not yet created are abandoned, live batches are cancelled and followed through
 //!   `cancelling` to their end.
-//! * `collecting` downloads the output and error files that exist ([`collect`]): downloads the
-//!   service keeps failing are given up after `collect.give_up_after`, while results that
-//!   cannot be written here (a local fault: a full disk, a permission) wait however long it
-//!   lasts. When every submission of a job is finished, the results are merged, the manifest
+//! * `collecting` downloads the output and error files that exist ([`finish::collect`]):
+//!   downloads the service keeps failing are given up after `collect.give_up_after`, while
+//!   results that cannot be written here (a local fault: a full disk, a permission) wait however
+//!   long it lasts. When every submission of a job is finished, the results are merged, the manifest
 //!   is written, and the file moves to done/ or failed/ ([`finish`]).
 //!
 //! # The loop
@@ -83,45 +83,58 @@
 //! row that the next start carries out), gives the other tasks in flight
 //! `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is recorded
 //! as an intent, so the next start picks it up. SIGHUP reloads the configuration
-//! ([`reload`]).
+//! ([`runtime::reload`]).
 //!
-//! The modules: [`intake`] (claim and check), [`reconcile`] (what the service has that the
-//! database may not know), [`submit`] (upload and create), [`poll`] and [`observe`] (following
-//! a batch and recording what is seen), [`cancel`] (deadlines and cancels), [`collect`]
-//! (downloads), [`finish`] (a job's end and its file's last move), [`recover`] (start-up and
-//! the sweep of processing/), [`gate`] (what holds everyone back), [`ctx`] and [`schedule`]
-//! (what the tasks share, and every timer).
+//! # Where each activity is
 //!
-//! Only one daemon runs on a queue tree and a database at a time ([`instance`]).
+//! One folder per activity; each imports only the shared modules below it and the activities
+//! before it in this list, never one after it:
+//!
+//! * shared: [`ctx`] (what the tasks share, what a task works on), [`schedule`] (every timer),
+//!   [`gate`] (what holds everyone back), [`shared`] (what the activities keep in memory),
+//!   [`file`] (the job's file: its changes and its last move);
+//! * [`housekeeping`]: remote files, retention and resubmissions, for the daemon and for the
+//!   commands that do the same on demand;
+//! * [`track`]: following a batch ([`track::poll`], [`track::sweep`]), recording what is seen
+//!   ([`track::observe`]), and jobs that stopped moving ([`track::stuck`]);
+//! * [`intake`]: claim and check, and the start-up recovery and sweep of processing/
+//!   ([`intake::recover`]);
+//! * [`submit`]: upload and create, and reconciling what the service has that the database may
+//!   not know ([`submit::reconcile`]);
+//! * [`cancel`]: deadlines and cancels;
+//! * [`finish`]: downloads ([`finish::collect`]), a job's outcome, merged results and manifest;
+//! * [`runtime`]: reload (a new configuration applied to the running engine, the one activity
+//!   that reaches it), the service manager's status, and the instance lock
+//!   ([`runtime::instance`]): only one daemon runs on a queue tree and a database at a time.
+//!
+//! This module is the engine: the loop, its tasks and their failures, and its timers.
 
 pub mod cancel;
-pub mod cleanup;
-pub mod collect;
 pub mod ctx;
+pub mod file;
 pub mod finish;
 pub mod gate;
-pub mod instance;
+pub mod housekeeping;
 pub mod intake;
-pub mod notify;
-pub mod observe;
-pub mod poll;
-pub mod reconcile;
-pub mod recover;
-pub mod reload;
-pub mod resubmit;
-pub mod retention;
+pub mod runtime;
 pub mod schedule;
-pub mod stuck;
+pub mod shared;
 pub mod submit;
-pub mod sweep;
+pub mod track;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use finish::collect;
+use housekeeping::{remote, resubmit, retention};
+use intake::recover;
+use runtime::{instance, notify};
+use submit::reconcile;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{AbortHandle, JoinSet};
+use track::{poll, stuck, sweep};
 
 use crate::api::{ApiKey, Client};
 use crate::clock::{self, Clock, Timestamp};
@@ -205,7 +218,7 @@ pub struct Daemon {
 
 /// Runs the daemon on `settings` and `key` (as [`crate::preflight::check`] passed them) until
 /// SIGTERM or SIGINT; SIGHUP reloads the configuration from `file` (the `--config` given, else
-/// the system file), as read at start ([`reload`]).
+/// the system file), as read at start ([`runtime::reload`]).
 pub async fn run(
     settings: Settings,
     key: ApiKey,
@@ -298,10 +311,10 @@ impl Daemon {
             client,
             clock,
             gate,
-            unverified: Arc::new(reconcile::Unverified::default()),
-            duplicates: Arc::new(reconcile::DuplicateWatch::default()),
+            unverified: Arc::new(shared::Unverified::default()),
+            duplicates: Arc::new(shared::DuplicateWatch::default()),
             metrics,
-            sweeps: Arc::new(sweep::Sweeps::default()),
+            sweeps: Arc::new(shared::Sweeps::default()),
         };
         // Before anyone is told it started: files dropped from then on are in its record.
         let watcher = intake::Watcher::new(&ctx.queue, settings.queue.watch);
@@ -555,12 +568,12 @@ impl Daemon {
                     resubmit::run(ctx.clone()),
                 );
             }
-            match cleanup::next_due(&ctx, now).await? {
+            match remote::next_due(&ctx, now).await? {
                 Some(at) if at <= now => {
                     busy |= !self.spawn(
                         Subject::RemoteFiles,
                         T::DeleteRemoteFiles,
-                        cleanup::run(ctx.clone()),
+                        remote::run(ctx.clone()),
                     );
                 }
                 Some(at) => self.housekeeping_at = Some(at),

@@ -525,7 +525,7 @@ impl Metrics {
                     .inc_by(0);
             }
         }
-        for (kind, _) in crate::housekeeping::retention::Pruned::default().by_kind() {
+        for (kind, _) in crate::daemon::housekeeping::retention::Pruned::default().by_kind() {
             pruned.get_or_create(&KindLabel { kind }).inc_by(0);
         }
         let build = Family::<VersionLabel, Gauge>::default();

@@ -51,7 +51,7 @@ use super::{Disk, Metrics};
 use crate::clock::{self, Timestamp};
 use crate::config::{ConfigError, LimitSettings, StuckAfter};
 use crate::daemon::gate::Gate;
-use crate::daemon::instance::database_dir;
+use crate::daemon::runtime::instance::database_dir;
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::store::figures::{self, Figures};

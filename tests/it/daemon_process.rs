@@ -133,7 +133,7 @@ async fn a_second_daemon_on_the_same_queue_or_database_refuses_to_start() {
         (&env.config, env.dir(".batchwatch.lock")),
         (
             &same_db,
-            batchwatch::daemon::instance::database_lock(
+            batchwatch::daemon::runtime::instance::database_lock(
                 &env.sandbox.db_path().canonicalize().unwrap(),
             ),
         ),

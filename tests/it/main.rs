@@ -1,6 +1,7 @@
 //! batchwatch's integration tests, in one binary so the crate links once.
 //! Each module tests one part; shared set-up lives in `support`.
 
+mod architecture;
 mod client;
 mod config;
 mod daemon_api_faults;

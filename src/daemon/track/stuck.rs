@@ -10,9 +10,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::ctx::Ctx;
 use crate::clock::{self, Timestamp};
 use crate::config::StuckAfter;
+use crate::daemon::ctx::Ctx;
 use crate::model::BatchStatus;
 use crate::store::figures::{self, StuckBatch};
 

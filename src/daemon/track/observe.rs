@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ctx::Ctx;
-use super::gate;
-use super::poll::{jitter, next_poll_delay};
 use crate::api::Batch;
 use crate::clock::{self, Timestamp};
+use crate::daemon::ctx::Ctx;
+use crate::daemon::gate;
+use crate::daemon::track::poll::{jitter, next_poll_delay};
 use crate::model::{BatchStatus, SubmissionState};
 use crate::store::batches::{Observation, Recorded, Submission};
 use crate::store::jobs::{self, Job, Why};

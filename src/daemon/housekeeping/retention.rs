@@ -15,11 +15,13 @@
 //! results/.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::clock::{self, Timestamp};
 use crate::config::RetentionSettings;
+use crate::daemon::ctx::Ctx;
 use crate::model::JobState;
 use crate::queue::{self, Queue};
 use crate::store::{Lease, Store, retention};
@@ -197,5 +199,43 @@ fn remove_job_file(queue: &Queue, file: &Path, with_reason: bool) -> std::io::Re
     {
         let _ = std::fs::remove_dir(parent);
     }
+    Ok(())
+}
+
+// ---- In the daemon ----
+// Local retention in the daemon: once at start and then once a day, what finished jobs left
+// behind longer ago than `retention.*` allows is removed
+// ([`crate::daemon::housekeeping::retention`]). Nothing happens while no `retention.*` is set.
+
+/// How often the daemon prunes.
+pub const EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// One prune with the settings in effect now.
+pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
+    let settings = &ctx.settings.retention;
+    if !settings.any() {
+        return Ok(());
+    }
+    let pruned = prune(
+        &ctx.store,
+        &ctx.lease,
+        &ctx.queue,
+        settings,
+        ctx.clock.now(),
+        false,
+    )
+    .await?;
+    for (kind, n) in pruned.by_kind() {
+        ctx.metrics.pruned(kind, n);
+    }
+    tracing::info!(
+        done_files = pruned.done_files,
+        failed_files = pruned.failed_files,
+        results_dirs = pruned.results_dirs,
+        jobs = pruned.jobs,
+        database_bytes_before = pruned.database_bytes_before,
+        database_bytes_after = pruned.database_bytes_after,
+        "retention applied"
+    );
     Ok(())
 }

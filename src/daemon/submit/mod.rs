@@ -1,31 +1,35 @@
 //! Submitting a part of a job: upload its bytes, then create the batch.
 //!
 //! Each request is armed before it goes out: the transaction that moves the submission to
-//! `uploading` or `creating` also sets `outcome_unknown_at`, and only the transaction that
-//! records the result clears it. Whatever happens in between (an answer lost, a crash, a
-//! database write that fails), the next attempt finds the mark and reconciles
-//! ([`super::reconcile`]) before it may send the request again. A failure that shows the request
-//! was not carried out (no connection, a refusal) clears the mark.
+//! `uploading` or `creating` also sets `outcome_unknown_at`, and only the transaction that records
+//! the result clears it. Whatever happens in between (an answer lost, a crash, a database write
+//! that fails), the next attempt finds the mark and reconciles
+//! ([`crate::daemon::submit::reconcile`]) before it may send the request again. A failure that
+//! shows the request was not carried out (no connection, a refusal) clears the mark.
+
+pub mod reconcile;
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 
-use super::ctx::{Ctx, Next, defer};
-use super::observe::{hold_for_token_limit, observe};
-use super::reconcile;
-use super::{cancel, intake};
 use crate::api::{ApiError, BatchOptions};
 use crate::clock;
+use crate::daemon::ctx::{Ctx, Next, defer};
+use crate::daemon::file;
+use crate::daemon::track::observe::{hold_for_token_limit, observe};
 use crate::failpoint;
 use crate::model::SubmissionState;
 use crate::store::batches::{self, Submission};
 use crate::store::jobs::{self, Job};
 use crate::store::ops::submit::CreateIntent;
 
+/// Why a submission of a cancelled job that never became a batch is given up.
+pub const UNSENT: &str = "cancelled before its batch was created";
+
 /// Submissions whose next upload, create or reconcile step is due, except while submissions
 /// are held (exhausted quota) or their model is (the enqueued-token limit), and those of jobs
-/// not yet checked against the service ([`super::reconcile::Unverified`]).
+/// not yet checked against the service ([`crate::daemon::shared::Unverified`]).
 pub async fn due(ctx: &Ctx, limit: usize) -> anyhow::Result<Vec<i64>> {
     let now = ctx.clock.now();
     if ctx.gate.submissions_held_until(now).is_some() {
@@ -66,7 +70,7 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         // The deadline may have passed during the upload: then no batch is created at all.
         let intent = ctx
             .store
-            .start_create(&ctx.lease, &row, &upload_id, cancel::UNSENT, &now)
+            .start_create(&ctx.lease, &row, &upload_id, UNSENT, &now)
             .await?;
         if intent == CreateIntent::Cancelled {
             return Ok(());
@@ -107,9 +111,9 @@ async fn upload(
     let path = ctx.queue.root().join(&job.path);
     // The bytes must be the ones validated: a file written to after its claim is validated
     // again while nothing of the job was sent, and never sent as it is.
-    if let Some((look, change)) = intake::file_changed(ctx, job).await? {
+    if let Some((look, change)) = file::file_changed(ctx, job).await? {
         let sent_back = match &look {
-            Some(look) => intake::wait_for_file(ctx, &job.id, look, Some(row.id), &change).await?,
+            Some(look) => file::wait_for_file(ctx, &job.id, look, Some(row.id), &change).await?,
             None => false,
         };
         if !sent_back {

@@ -13,13 +13,12 @@
 //!                        READY=1
 //! ```
 //!
-//! What changes live: everything read when it is used, from the settings in [`Ctx`] (poll
-//! bounds, limits, deadlines, metadata and expiries of jobs claimed from now on, back-offs,
-//! retention, clean-up, collect, alerts), every timer of [`super::schedule`] (derived again),
-//! the API client (built again with the key read again from its source: tasks already in flight
-//! finish with the old one), and `log.level`. A shorter `poll.max_interval` brings every poll
-//! planned later than that forward. What cannot change without a restart ([`RESTART_ONLY`])
-//! keeps its old value.
+//! What changes live: everything read when it is used, from the settings in [`Ctx`] (poll bounds,
+//! limits, deadlines, metadata and expiries of jobs claimed from now on, back-offs, retention,
+//! clean-up, collect, alerts), every timer of [`crate::daemon::schedule`] (derived again), the API
+//! client (built again with the key read again from its source: tasks already in flight finish with
+//! the old one), and `log.level`. A shorter `poll.max_interval` brings every poll planned later
+//! than that forward. What cannot change without a restart ([`RESTART_ONLY`]) keeps its old value.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,9 +29,9 @@ use crate::clock;
 use crate::config::{ConfigError, Settings};
 use crate::telemetry::Logging;
 
-use super::Daemon;
-use super::ctx::Ctx;
-use super::schedule::Schedule;
+use crate::daemon::Daemon;
+use crate::daemon::ctx::Ctx;
+use crate::daemon::schedule::Schedule;
 
 /// Keys that only a restart changes: the queue tree and the database are locked and open,
 /// the endpoint listens and its models are chosen, the log format is installed.

@@ -1,5 +1,5 @@
 //! Polling active batches: which are due, and one poll. What a poll sees is recorded by
-//! [`super::observe`].
+//! [`crate::daemon::track::observe`].
 //!
 //! Each active submission has its `next_poll_at`. The interval adapts to the status, within
 //! `poll.min_interval` and `poll.max_interval`: short while validating, finalizing or
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ctx::{Ctx, Next, defer};
-use super::observe::{lost, observe};
 use crate::api::ApiError;
+use crate::daemon::ctx::{Ctx, Next, defer};
+use crate::daemon::track::observe::{lost, observe};
 use crate::model::{BatchStatus, SubmissionState};
 use crate::store::batches;
 

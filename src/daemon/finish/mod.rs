@@ -1,25 +1,22 @@
 //! Finishing a job, once every submission is done with: its outcome, its results merged
-//! (`output.jsonl`, `errors.jsonl`), `manifest.json`, its final state, and its file's last
-//! move from processing/ to done/ or failed/ (with a reason file). The final state is committed
-//! before the file moves; the destination is recorded before anything moves; every step can be
-//! repeated after a crash, and the sweep of processing/ ([`super::recover`]) finishes a move a
-//! crash or an error interrupted.
+//! (`output.jsonl`, `errors.jsonl`), `manifest.json`, its final state, and its file's last move
+//! from processing/ to done/ or failed/ (with a reason file, [`file::move_on`]). The final state
+//! is committed before the file moves; the destination is recorded before anything moves; every
+//! step can be repeated after a crash, and the sweep of processing/
+//! ([`crate::daemon::intake::recover`]) finishes a move a crash or an error interrupted.
+
+pub mod collect;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-
-use super::collect;
-use super::ctx::Ctx;
-use super::intake;
-use crate::batchfile;
+use crate::daemon::ctx::Ctx;
+use crate::daemon::file;
 use crate::failpoint;
-use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
+use crate::model::{BatchStatus, JobState, SubmissionState};
+use crate::queue;
 use crate::queue::manifest::{self, Counts};
-use crate::queue::{self, Destination, JobDir, Reason};
 use crate::store::batches::{self, Submission};
 use crate::store::chain;
 use crate::store::jobs::{self, Job, Why};
@@ -146,7 +143,7 @@ pub fn outcome(job: &Job, latest: &[&Submission], kept: bool) -> (JobState, Opti
             "batch {} failed: {message}",
             s.remote_id.as_deref().unwrap_or("?")
         );
-        if let Some(hint) = code.as_deref().and_then(super::intake::limit_hint) {
+        if let Some(hint) = code.as_deref().and_then(crate::daemon::file::limit_hint) {
             // The service's limit is below the one configured.
             message.push_str(&format!("; {hint}"));
         }
@@ -255,7 +252,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         .as_ref()
         .is_some_and(|m| m.output.is_some() || m.errors.is_some());
     let (state, why) = outcome(&job, &last, kept);
-    let (state, why) = match intake::changed_since_sent(&ctx, &job, &rows).await? {
+    let (state, why) = match file::changed_since_sent(&ctx, &job, &rows).await? {
         Some(change) => with_file_change(state, why, &change),
         None => (state, why),
     };
@@ -335,7 +332,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         .job_finished(state, &job.created_at, ctx.clock.now());
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
     failpoint::hit("finish:after-state");
-    move_on(&ctx, &job_id).await
+    file::move_on(&ctx, &job_id).await
 }
 
 /// The result files of one batch, as the database records them.
@@ -432,151 +429,6 @@ pub(crate) fn merge(dir: &Path, batches: &[String], kind: &str) -> io::Result<Op
         }
     }
     Ok(Some(name))
-}
-
-/// Moves a finished job's file on: from processing/ when it is there, else finds where it went
-/// (see [`relocate`]).
-pub async fn move_on(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
-    let job = jobs::get(ctx.store.reader(), job_id)
-        .await?
-        .context("a finished job vanished")?;
-    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
-    match ctx.queue.job_dir_of(&id)? {
-        Some(JobDir {
-            file: Some((name, from)),
-            ..
-        }) => move_file(ctx, &job, &name, &from).await,
-        Some(JobDir {
-            dir, file: None, ..
-        }) => {
-            let _ = std::fs::remove_dir(dir);
-            relocate(ctx, &job).await
-        }
-        None => relocate(ctx, &job).await,
-    }
-}
-
-/// Moves a finished job's file from processing/ to done/ or failed/ (with its reason file). The
-/// destination is chosen once and recorded before anything moves, so a repeat after a crash
-/// finishes the same move.
-pub async fn move_file(ctx: &Ctx, job: &Job, name: &OsStr, from: &Path) -> anyhow::Result<()> {
-    let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;
-    let dest = if job.state == JobState::Completed {
-        Destination::Done
-    } else {
-        Destination::Failed
-    };
-    let recorded = [
-        ctx.queue.plain_final(dest, name),
-        ctx.queue.own_final(dest, &id, name),
-    ]
-    .into_iter()
-    .find(|p| ctx.queue.relative(p) == job.path);
-    let to = match recorded {
-        Some(to) => {
-            if let Some(dir) = to.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            to
-        }
-        None => {
-            let to = ctx.queue.choose_final(dest, &id, name)?;
-            record_path(ctx, &job.id, &to).await?;
-            to
-        }
-    };
-    let reason = (dest == Destination::Failed).then(|| Reason {
-        job_id: job.id.clone(),
-        file: job.file_name.clone(),
-        state: job.state.to_string(),
-        code: job
-            .reason_code
-            .clone()
-            .unwrap_or_else(|| job.state.to_string()),
-        line: job.reason_line.and_then(|l| u64::try_from(l).ok()),
-        message: job.reason.clone().unwrap_or_default(),
-        results_dir: job.results_dir.clone(),
-        manifest: job
-            .results_dir
-            .as_ref()
-            .map(|dir| format!("{dir}/{}", queue::MANIFEST_FILE)),
-        at: job.finished_at.clone().unwrap_or_else(|| ctx.now()),
-    });
-    failpoint::hit("settle:before-move");
-    let moved_to = match ctx.queue.finish(from, &to, reason.as_ref()) {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Something took the name after it was chosen: the job's own directory cannot clash.
-            let own = ctx.queue.own_final(dest, &id, name);
-            std::fs::create_dir_all(own.parent().expect("has a parent"))?;
-            record_path(ctx, &job.id, &own).await?;
-            ctx.queue.finish(from, &own, reason.as_ref())?;
-            own
-        }
-        other => {
-            other.with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
-            to
-        }
-    };
-    tracing::info!(job = %job.id, state = %job.state, to = %ctx.queue.relative(&moved_to), "file moved");
-    Ok(())
-}
-
-/// Finds a finished job's file when it is not where the database says: a restored database
-/// may predate the file's final move. The file in done/ or failed/ with the job's name, size
-/// and checksum is recorded as the job's.
-pub async fn relocate(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
-    if ctx.queue.root().join(&job.path).symlink_metadata().is_ok() {
-        return Ok(());
-    }
-    let Some(id) = JobId::parse(&job.id) else {
-        return Ok(());
-    };
-    let name = OsStr::new(&job.file_name);
-    let candidates: Vec<_> = [Destination::Done, Destination::Failed]
-        .into_iter()
-        .flat_map(|d| {
-            [
-                ctx.queue.plain_final(d, name),
-                ctx.queue.own_final(d, &id, name),
-            ]
-        })
-        .collect();
-    let (size, sha) = (job.size_bytes, job.sha256.clone());
-    let found = tokio::task::spawn_blocking(move || {
-        candidates
-            .into_iter()
-            .find(|p| is_the_file(p, size, sha.as_deref()))
-    })
-    .await?;
-    match found {
-        Some(path) => {
-            record_path(ctx, &job.id, &path).await?;
-            tracing::info!(job = %job.id, path = %ctx.queue.relative(&path), "the file had moved on before the database's last record; found it");
-        }
-        None => {
-            tracing::warn!(job = %job.id, path = %job.path, "the file of this job is neither where the database says nor in done/ or failed/")
-        }
-    }
-    Ok(())
-}
-
-/// Whether `path` is a regular file of `size` bytes whose SHA-256 is `sha` (when known).
-fn is_the_file(path: &Path, size: i64, sha: Option<&str>) -> bool {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return false;
-    };
-    if !meta.is_file() || i64::try_from(meta.len()).ok() != Some(size) {
-        return false;
-    }
-    let Some(sha) = sha else { return true };
-    batchfile::sha256_of(path).is_ok_and(|(_, hex)| hex == sha)
-}
-
-async fn record_path(ctx: &Ctx, job_id: &str, to: &Path) -> anyhow::Result<()> {
-    ctx.store
-        .set_path(&ctx.lease, job_id, &ctx.queue.relative(to), &ctx.now())
-        .await?;
-    Ok(())
 }
 
 #[cfg(test)]

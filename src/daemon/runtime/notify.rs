@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use super::ctx::Ctx;
-use super::schedule::STATUS_EVERY;
 use crate::clock::{self, Timestamp};
+use crate::daemon::ctx::Ctx;
+use crate::daemon::schedule::STATUS_EVERY;
 use crate::model::JobState;
 use crate::store::jobs;
 
@@ -135,6 +135,6 @@ async fn status_line(ctx: &Ctx, in_flight: usize) -> String {
         .iter()
         .map(|s| count(*s))
         .sum::<i64>(),
-        super::stuck::summary(&stuck, now),
+        crate::daemon::track::stuck::summary(&stuck, now),
     )
 }

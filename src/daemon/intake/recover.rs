@@ -15,8 +15,9 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 
-use super::ctx::Ctx;
-use super::{finish, intake};
+use crate::daemon::ctx::Ctx;
+use crate::daemon::file;
+use crate::daemon::intake;
 use crate::queue::JobDir;
 use crate::queue::scan::Kind;
 use crate::store::jobs;
@@ -42,7 +43,8 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot tidy up results/; downloads cut short may have left temporary files")
         }
     }
-    let removed = crate::housekeeping::resubmit::pick_up_stages(&ctx.store, &ctx.queue).await?;
+    let removed =
+        crate::daemon::housekeeping::resubmit::pick_up_stages(&ctx.store, &ctx.queue).await?;
     if removed > 0 {
         tracing::info!(
             files = removed,
@@ -113,7 +115,7 @@ async fn sweep_one(ctx: &Ctx, job_dir: &JobDir, unfinished: bool) -> anyhow::Res
         // A crash between creating the directory and the claim's rename: nothing was claimed.
         (None, None) => std::fs::remove_dir(&job_dir.dir)?,
         (Some(job), Some((name, path))) if job.state.is_terminal() => {
-            finish::move_file(ctx, &job, name, path).await?
+            file::move_file(ctx, &job, name, path).await?
         }
         (Some(job), None) if job.state.is_terminal() => {
             let _ = std::fs::remove_dir(&job_dir.dir);

@@ -19,10 +19,10 @@
 //!   polls wait that long. The sweep sets no timer of its own: it runs when polls are due, so
 //!   a failing list cannot make the loop spin.
 //!
-//! Each page is recorded in one transaction: a batch whose status and counts are unchanged
-//! costs a share of one UPDATE (its next poll); a changed one is recorded as any observation
-//! ([`super::observe::record`]), one history row per change, whichever way it was seen. A page
-//! older than a row's last observation does not overwrite it.
+//! Each page is recorded in one transaction: a batch whose status and counts are unchanged costs a
+//! share of one UPDATE (its next poll); a changed one is recorded as any observation
+//! ([`crate::daemon::track::observe::record`]), one history row per change, whichever way it was
+//! seen. A page older than a row's last observation does not overwrite it.
 //!
 //! When to sweep ([`wanted`]): in `list` mode whenever a poll is due; in `auto` mode when the
 //! polls due within `poll.min_interval` outnumber the pages the last sweep needed (and a
@@ -30,43 +30,27 @@
 //! `retrieve` mode.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 
-use super::ctx::Ctx;
-use super::observe::{Spread, next_poll_at, observation, plan, seen, sighting, unchanged};
-use super::poll;
 use crate::api::{ApiError, Batch};
 use crate::clock::{self, Timestamp};
 use crate::config::PollMode;
+use crate::daemon::ctx::Ctx;
+pub use crate::daemon::shared::PAGE;
+use crate::daemon::shared::Sweeps;
+use crate::daemon::track::observe::{
+    Spread, next_poll_at, observation, plan, seen, sighting, unchanged,
+};
+use crate::daemon::track::poll;
 use crate::model::BatchStatus;
 use crate::store::batches::{self, Observation, PollLoad, Submission, Tracked};
 use crate::store::jobs::Job;
 use crate::store::ops::track::Sighting;
 
-/// Batches per list page: the most the API gives.
-pub const PAGE: u32 = 100;
-
 /// Below this many polls due, `auto` retrieves: a sweep is not worth its first page.
 pub const HANDFUL: i64 = 4;
-
-/// What the last sweep learned about the cost of the next one.
-#[derive(Debug, Default)]
-pub struct Sweeps {
-    /// Pages the last sweep read (0 before the first).
-    last_pages: AtomicU32,
-}
-
-impl Sweeps {
-    /// How many requests a sweep of `active` submissions is expected to cost.
-    fn expected_pages(&self, active: i64) -> i64 {
-        match self.last_pages.load(Ordering::Relaxed) {
-            0 => (active + i64::from(PAGE) - 1) / i64::from(PAGE),
-            n => i64::from(n),
-        }
-    }
-}
 
 /// Whether the polls due now are best done by a sweep, given how many are due now and within
 /// `poll.min_interval`, of how many active.

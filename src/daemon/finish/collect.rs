@@ -4,7 +4,7 @@
 //! `BATCH.errors.jsonl` (complete or not at all: the client writes a temporary file, checks its
 //! length on disk and renames it); a file already on disk ([`on_disk`]) is not downloaded
 //! again. A file gone from the service is noted as missing. Once every submission of a job is
-//! done with, [`super::finish`] finishes the job. Every step can be repeated after a crash.
+//! done with, [`crate::daemon::finish`] finishes the job. Every step can be repeated after a crash.
 //!
 //! # When a download fails
 //!
@@ -23,7 +23,7 @@
 //! A local fault is the host's, not the service's. It never counts towards
 //! `collect.give_up_after` (the service's failures counted before it are forgotten) and never
 //! ends the job, cancelled or not: the job waits, and the service keeps its files meanwhile
-//! (remote clean-up deletes only results that are on disk, [`super::finish`]). The wait is
+//! (remote clean-up deletes only results that are on disk, [`crate::daemon::finish`]). The wait is
 //! loud: an error in the log and an event when it begins, the fault as the submission's last
 //! error (the REASON of `batchwatch status`), and the metric
 //! `batchwatch_results_waiting_on_local_fault`.
@@ -33,9 +33,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::ctx::{Ctx, Next, defer};
 use crate::api::ApiError;
 use crate::clock;
+use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::failpoint;
 use crate::model::SubmissionState;
 use crate::store::batches::{self, Submission};

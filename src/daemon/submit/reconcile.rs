@@ -35,15 +35,14 @@
 //! on as the database says.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 
 use anyhow::Context;
 use futures_util::StreamExt;
 
-use super::ctx::Ctx;
-use super::observe::observe;
 use crate::api::{ApiError, Batch, Claimed, Part, Survey};
 use crate::clock::{self, Timestamp};
+use crate::daemon::ctx::Ctx;
+use crate::daemon::track::observe::observe;
 use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{self, NewSubmission, Submission};
@@ -89,25 +88,6 @@ pub async fn find_upload(
         .await;
     ctx.metrics.reconciliation(Reconciled::Upload, &found);
     found
-}
-
-/// The late duplicates already reported, so each is reported once.
-#[derive(Debug, Default)]
-pub struct DuplicateWatch {
-    reported: Mutex<BTreeSet<String>>,
-}
-
-impl DuplicateWatch {
-    fn is_new(&self, batch_id: &str) -> bool {
-        !self.reported.lock().expect("lock").contains(batch_id)
-    }
-
-    fn reported(&self, batch_id: &str) {
-        self.reported
-            .lock()
-            .expect("lock")
-            .insert(batch_id.to_owned());
-    }
 }
 
 /// Cancels the late duplicates of re-sent creates. When reconciliation found no batch and the
@@ -199,42 +179,6 @@ async fn event(ctx: &Ctx, job_id: &str, message: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Jobs whose remote side the database may not fully know; see the module docs.
-#[derive(Debug, Default)]
-pub struct Unverified(Mutex<BTreeSet<String>>);
-
-impl Unverified {
-    pub fn add(&self, job_id: &str) {
-        self.0.lock().expect("lock").insert(job_id.to_owned());
-    }
-
-    pub fn contains(&self, job_id: &str) -> bool {
-        self.0.lock().expect("lock").contains(job_id)
-    }
-
-    /// The jobs not yet checked.
-    pub fn ids(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .expect("unverified lock")
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.lock().expect("lock").is_empty()
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.0.lock().expect("lock").iter().cloned().collect()
-    }
-
-    fn remove(&self, job_id: &str) {
-        self.0.lock().expect("lock").remove(job_id);
-    }
-}
-
 /// When a job's file was claimed: the time its id carries (a row adopted from processing/ was
 /// created later than that).
 fn claimed_at(job: &Job) -> Option<Timestamp> {
@@ -251,7 +195,7 @@ fn claimed_at(job: &Job) -> Option<Timestamp> {
 /// submissions do not exist yet.
 pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     let mut pending = Vec::new();
-    for id in ctx.unverified.snapshot() {
+    for id in ctx.unverified.ids() {
         match jobs::get(ctx.store.reader(), &id).await? {
             Some(job) if job.state == JobState::Validating => {}
             Some(job) if !job.state.is_terminal() => pending.push(job),

@@ -1,9 +1,9 @@
 //! From incoming/ to a queued job: scan, claim, check, or reject with a reason.
 //!
-//! Claim order: rename into `processing/JOBID/` (the file now carries its job id), then insert
-//! the job row. A crash between the two leaves a job directory without a row; the sweep
-//! ([`super::recover`]) adopts it under that id. A rejected job's file moves to failed/ with
-//! its reason ([`super::finish::move_on`]).
+//! Claim order: rename into `processing/JOBID/` (the file now carries its job id), then insert the
+//! job row. A crash between the two leaves a job directory without a row; the sweep
+//! ([`crate::daemon::intake::recover`]) adopts it under that id. A rejected job's file moves to
+//! failed/ with its reason ([`crate::daemon::file::move_on`]).
 //!
 //! A file is claimed once it held still for `queue.settle_time` and no process has it open
 //! for writing ([`crate::queue::writers`]: a read lease, or the [`Watcher`]'s record).
@@ -16,25 +16,26 @@
 //! job fails, naming it; at the job's end ([`changed_since_sent`]) a job that would complete
 //! fails with `file_changed`, and any other ending names the change in its reason.
 
+pub mod recover;
+
 use std::ffi::OsStr;
 use std::path::Path;
 
 use anyhow::Context;
 use futures_util::{FutureExt, StreamExt};
 
-use super::ctx::Ctx;
-use super::finish;
-use super::schedule::CLAIM_RETRY;
 use crate::batchfile::{self, Expect, Limits, Violation};
 use crate::clock;
+use crate::daemon::ctx::Ctx;
+use crate::daemon::file;
+use crate::daemon::schedule::CLAIM_RETRY;
 use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
 use crate::queue::writers::{Event, WriteRecord};
 use crate::queue::{self, FileLook, Queue};
-use crate::store::batches::Submission;
-use crate::store::jobs::{self, Job, NewJob, Why};
+use crate::store::jobs::{self, NewJob, Why};
 use crate::store::ops::intake::{Part, Validated};
 
 /// inotify on incoming/: wakes the loop early when an entry may have become ready, and keeps
@@ -275,7 +276,7 @@ pub async fn register(
                 code,
                 format!(
                     "the file has {bytes} bytes, over the limit of {max_bytes}; {}",
-                    limit_hint(code).expect("a size limit")
+                    file::limit_hint(code).expect("a size limit")
                 ),
             ))
         }
@@ -379,7 +380,7 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             .map(|r| format!("{r} bytes read, {} there", checked.after.bytes))
     });
     if let Some(change) = change {
-        wait_for_file(&ctx, &job_id, &checked.after, None, &change).await?;
+        file::wait_for_file(&ctx, &job_id, &checked.after, None, &change).await?;
         return Ok(());
     }
     let summary = match checked.outcome {
@@ -441,7 +442,7 @@ struct Checked {
 /// The reason a broken rule gives a rejected job.
 fn why_of(v: &Violation) -> Why {
     let code = v.rule.code();
-    let message = match limit_hint(code) {
+    let message = match file::limit_hint(code) {
         Some(hint) => format!("{v}; {hint}"),
         None => v.to_string(),
     };
@@ -450,108 +451,6 @@ fn why_of(v: &Violation) -> Why {
         message,
         line: v.line.and_then(|l| i64::try_from(l).ok()),
     }
-}
-
-/// The settings that decide a size limit, for the reason of a file (or a batch) over it: the
-/// operator's fix is in them.
-pub fn limit_hint(code: &str) -> Option<&'static str> {
-    match code {
-        "too_many_requests" => Some(
-            "batch.max_requests sets the most requests a batch may have (the service's limit: \
-             50,000 on OpenAI), and batch.split_oversized = true runs a bigger file as several \
-             batches of one job",
-        ),
-        "file_too_large" => Some(
-            "batch.max_bytes sets the largest batch (the service's limit: 200 MB on OpenAI), and \
-             batch.split_oversized = true runs a bigger file as several batches of one job",
-        ),
-        _ => None,
-    }
-}
-
-/// How the job's file differs from what was recorded at its claim (it is gone, or a writer
-/// changed it), with how it looks now; `None` when it is as claimed.
-pub async fn file_changed(
-    ctx: &Ctx,
-    job: &Job,
-) -> anyhow::Result<Option<(Option<FileLook>, String)>> {
-    let recorded = jobs::recorded_file(ctx.store.reader(), &job.id)
-        .await?
-        .context("a job vanished")?;
-    let path = ctx.queue.root().join(&job.path);
-    Ok(match std::fs::metadata(&path) {
-        Ok(meta) => {
-            let look = FileLook::of(&meta);
-            recorded.change_to(&look).map(|change| (Some(look), change))
-        }
-        Err(e) => Some((None, format!("it cannot be looked at: {e}"))),
-    })
-}
-
-/// How the job's file differs from the one that was validated and sent (its size and SHA-256
-/// as recorded at validation), in words, once part of it reached the service (`rows`, the
-/// job's submissions). `None` when it is the same, when nothing was sent, or when it cannot be
-/// read now: a missing file is the sweep's to find ([`super::finish::relocate`]), and a local
-/// fault is logged, never a reason to end a job differently.
-pub async fn changed_since_sent(
-    ctx: &Ctx,
-    job: &Job,
-    rows: &[Submission],
-) -> anyhow::Result<Option<String>> {
-    let sent = rows.iter().any(|r| r.upload_id.is_some());
-    let Some(sha) = job.sha256.clone().filter(|_| sent) else {
-        return Ok(None);
-    };
-    let path = ctx.queue.root().join(&job.path);
-    let read = tokio::task::spawn_blocking(move || batchfile::sha256_of(&path)).await?;
-    let size = u64::try_from(job.size_bytes).unwrap_or(0);
-    let change = match read {
-        Ok((bytes, _)) if bytes != size => format!("{size} bytes then, {bytes} now"),
-        Ok((_, now)) if now != sha => format!("{size} bytes, but not the same bytes"),
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            tracing::warn!(job = %job.id, path = %job.path, error = %e, "cannot read the file to compare it with what was sent");
-            return Ok(None);
-        }
-    };
-    tracing::warn!(job = %job.id, change, "the file changed after it was submitted");
-    Ok(Some(change))
-}
-
-/// Sends a job whose file changed back to `validating`, to be validated again once the file
-/// held still for `queue.settle_time`. `sending` is the submission its caller was about to
-/// upload. Returns false when part of the job may already have reached the service: then the
-/// change cannot be undone, and nothing was changed.
-pub async fn wait_for_file(
-    ctx: &Ctx,
-    job_id: &str,
-    look: &FileLook,
-    sending: Option<i64>,
-    change: &str,
-) -> anyhow::Result<bool> {
-    let now_ts = ctx.clock.now();
-    let settle = ctx.settings.queue.settle_time.get();
-    let after = clock::format(clock::add(now_ts, settle));
-    let message = format!(
-        "the file changed after it was claimed ({change}); it is validated again once it has held still for queue.settle_time"
-    );
-    let sent_back = ctx
-        .store
-        .validate_again(
-            &ctx.lease,
-            job_id,
-            look,
-            sending,
-            &after,
-            &message,
-            &clock::format(now_ts),
-        )
-        .await?;
-    if sent_back {
-        tracing::warn!(job = %job_id, change, "the file changed after it was claimed; validating it again once it holds still");
-    }
-    Ok(sent_back)
 }
 
 /// Rejects a job: records why, then moves its file to failed/ with a reason file (or leaves
@@ -564,7 +463,7 @@ pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
             .job_finished(JobState::Rejected, &at, ctx.clock.now());
     }
     tracing::warn!(job = %job_id, rule = %why.code, reason = %why.message, "rejected");
-    if let Err(e) = finish::move_on(ctx, job_id).await {
+    if let Err(e) = file::move_on(ctx, job_id).await {
         tracing::warn!(job = %job_id, error = format!("{e:#}"), "cannot move the rejected file on yet; trying again at the next scan");
     }
     Ok(())
