@@ -146,13 +146,52 @@ use crate::queue::scan::Scanner;
 use crate::store::{Access, Changes, Store, batches, jobs};
 
 pub use ctx::{Ctx, Subject, Task};
-use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule};
+use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule, Timer, nearest};
 
 /// How often a task failed in a row, and when it may run again.
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
     retry_at: Timestamp,
+}
+
+/// The engine's own timers; the work the database schedules (polls, retries, deadlines) has
+/// its times in the store ([`Daemon::next_stored_timer`]).
+#[derive(Debug)]
+struct Timers {
+    /// The next scan of incoming/; inotify wakes the loop for one sooner.
+    scan: Timer,
+    /// When processing/ is next gone through ([`recover::sweep`]), at a scan: at start, after
+    /// anything failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net.
+    processing_sweep: Timer,
+    /// When the late duplicates of re-sent creates are looked for
+    /// ([`reconcile::cancel_duplicates`]).
+    duplicate_check: Timer,
+    /// When retention runs next ([`retention`]): at start, then daily.
+    prune: Timer,
+    /// When to look for due remote deletions and resubmissions: at start, after a job
+    /// finished or such a task ended, and at the next deletion's retry time. Never in every
+    /// round, which stays free of their queries.
+    housekeeping: Timer,
+}
+
+impl Timers {
+    /// Every timer due at `now`, as at start.
+    fn all_at(now: Timestamp) -> Timers {
+        Timers {
+            scan: Timer::at(now),
+            processing_sweep: Timer::at(now),
+            duplicate_check: Timer::at(now),
+            prune: Timer::at(now),
+            housekeeping: Timer::at(now),
+        }
+    }
+
+    /// The timers of the work a full round starts (the scan, and the sweep of processing/ that
+    /// rides on it, run in quiet rounds too).
+    fn for_rounds(&self) -> impl Iterator<Item = Timer> {
+        [self.duplicate_check, self.prune, self.housekeeping].into_iter()
+    }
 }
 
 /// The daemon: its context, the scanner and the tasks in flight.
@@ -162,10 +201,7 @@ pub struct Daemon {
     /// inotify on incoming/, from before the first scan: its record of writes knows only the
     /// files written while it watched.
     watcher: intake::Watcher,
-    next_scan: Timestamp,
-    /// When processing/ is next gone through ([`recover::sweep`]): at start, after anything
-    /// failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net.
-    next_processing_sweep: Timestamp,
+    timers: Timers,
     /// Why the last sweep of processing/ left a file where it was, when it did (a full disk, a
     /// permission): until a sweep handles every file, no round counts as done for `/readyz`.
     sweep_left: Option<String>,
@@ -173,13 +209,6 @@ pub struct Daemon {
     /// ([`schedule::Schedule::processing_sweep_after`]), so a disk that stays full is not
     /// warned about at every scan.
     sweeps_left: u32,
-    next_duplicate_check: Timestamp,
-    /// When retention runs next ([`retention`]): at start, then daily.
-    next_prune: Timestamp,
-    /// When to look for due remote deletions and resubmissions: at start, after a job
-    /// finished or such a task ended, and at the next deletion's retry time. Never in every
-    /// round, which stays free of their queries.
-    housekeeping_at: Option<Timestamp>,
     tasks: JoinSet<anyhow::Result<()>>,
     /// What each running task is, by its id (a task that panics is known by its id alone),
     /// and how to stop it.
@@ -203,9 +232,10 @@ pub struct Daemon {
     /// the scan, as the last full round left them, and never more than [`MAX_SLEEP`] after
     /// it. `None` until the loop next sleeps after a full round.
     quiet_until: Option<Timestamp>,
-    /// The nearest stored timer ([`Daemon::next_stored_timer`]), read after a full round and
-    /// kept through the quiet rounds that follow, which change nothing it depends on.
-    stored_timer: Option<Option<Timestamp>>,
+    /// The nearest time the database holds for work ([`Daemon::next_stored_timer`]), read
+    /// after a full round and kept through the quiet rounds that follow, which change nothing
+    /// it depends on; `None` until read.
+    stored_timer: Option<Timer>,
     /// A task ended since the last round.
     reaped: bool,
     /// What `/readyz` knows of the loop, and the endpoint's server (stopped when dropped).
@@ -328,13 +358,9 @@ impl Daemon {
         let mut daemon = Daemon {
             scanner: Scanner::new(schedule.settle),
             watcher,
-            next_scan: now,
-            next_processing_sweep: now,
+            timers: Timers::all_at(now),
             sweep_left: None,
             sweeps_left: 0,
-            next_duplicate_check: now,
-            next_prune: now,
-            housekeeping_at: Some(now),
             tasks: JoinSet::new(),
             running: HashMap::new(),
             in_flight: HashSet::new(),
@@ -379,7 +405,7 @@ impl Daemon {
             tokio::select! {
                 value = &mut stop => return value,
                 _ = tokio::time::sleep(sleep) => {}
-                _ = self.watcher.changed() => self.next_scan = self.ctx.clock.now(),
+                _ = self.watcher.changed() => self.timers.scan.arm(self.ctx.clock.now()),
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.reap(done);
                     // One round for a burst of finished tasks, not one round each.
@@ -395,7 +421,7 @@ impl Daemon {
     /// keeps its back-off (a full disk fails tasks and sweeps alike).
     fn sweep_processing_soon(&mut self) {
         if self.sweeps_left == 0 {
-            self.next_processing_sweep = self.ctx.clock.now();
+            self.timers.processing_sweep.arm(self.ctx.clock.now());
         }
     }
 
@@ -435,10 +461,10 @@ impl Daemon {
         let ctx = self.ctx.clone();
         let now = ctx.clock.now();
         let budget = ctx.settings.limits.tasks();
-        if self.claiming && now >= self.next_scan {
+        if self.claiming && self.timers.scan.due(now) {
             let unsettled =
                 intake::scan_and_claim(&ctx, &mut self.scanner, &mut self.watcher).await?;
-            if now >= self.next_processing_sweep {
+            if self.timers.processing_sweep.due(now) {
                 let in_flight = &self.in_flight;
                 self.sweep_left = recover::sweep(&ctx, |job| {
                     in_flight.contains(&Subject::Job(job.to_owned()))
@@ -449,10 +475,10 @@ impl Daemon {
                     Some(_) => self.sweeps_left + 1,
                 };
                 let after = ctx.schedule.processing_sweep_after(self.sweeps_left);
-                self.next_processing_sweep = clock::add(now, after);
+                self.timers.processing_sweep.arm_after(now, after);
             }
             let schedule = &ctx.schedule;
-            self.next_scan = clock::add(
+            self.timers.scan.arm_after(
                 now,
                 if unsettled {
                     schedule.settle.min(schedule.scan_every)
@@ -544,22 +570,22 @@ impl Daemon {
                 collect::collect(ctx.clone(), row),
             );
         }
-        if now >= self.next_duplicate_check {
-            self.next_duplicate_check = clock::add(now, ctx.schedule.duplicate_check_every);
+        if self.timers.duplicate_check.due(now) {
+            let every = ctx.schedule.duplicate_check_every;
+            self.timers.duplicate_check.arm_after(now, every);
             self.spawn(
                 Subject::Duplicates,
                 T::CancelDuplicates,
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
-        if now >= self.next_prune {
-            self.next_prune = clock::add(now, retention::EVERY);
+        if self.timers.prune.due(now) {
+            self.timers.prune.arm_after(now, retention::EVERY);
             if ctx.settings.retention.any() {
                 self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
             }
         }
-        if self.housekeeping_at.is_some_and(|at| at <= now) {
-            self.housekeeping_at = None;
+        if self.timers.housekeeping.take_due(now) {
             let mut busy = false;
             if resubmit::due(&ctx).await? {
                 busy |= !self.spawn(
@@ -576,12 +602,13 @@ impl Daemon {
                         remote::run(ctx.clone()),
                     );
                 }
-                Some(at) => self.housekeeping_at = Some(at),
+                Some(at) => self.timers.housekeeping.arm(at),
                 None => {}
             }
             if busy {
                 // Running already, or waiting after a failure: look again a little later.
-                self.housekeeping_at = Some(clock::add(now, ctx.schedule.failed_task_initial));
+                let later = ctx.schedule.failed_task_initial;
+                self.timers.housekeeping.arm_after(now, later);
             }
         }
         for job in jobs::finishable(ctx.store.reader()).await? {
@@ -630,31 +657,28 @@ impl Daemon {
                 }
             },
         };
-        let mut next = vec![self.next_duplicate_check, self.next_prune];
-        next.extend(stored);
-        next.extend(self.ctx.gate.next_change(now));
         // A back-off that has run out is no timer: its task runs when its work is next due
         // (a failed poll's submission may since be swept, never polled alone again).
-        next.extend(
-            self.failures
-                .values()
-                .map(|f| f.retry_at)
-                .filter(|at| *at > now),
+        let backoffs = self.failures.values().map(|f| f.retry_at);
+        let for_rounds = nearest(
+            self.timers
+                .for_rounds()
+                .chain([stored])
+                .chain(self.ctx.gate.next_change(now).map(Timer::at))
+                .chain(backoffs.filter(|at| *at > now).map(Timer::at)),
         );
-        next.extend(self.housekeeping_at);
         if self.quiet_until.is_none() {
             let safety_net = clock::add(now, MAX_SLEEP);
-            let others = next.iter().copied().min();
-            self.quiet_until = Some(others.map_or(safety_net, |at| at.min(safety_net)));
+            self.quiet_until = Some(for_rounds.map_or(safety_net, |at| at.min(safety_net)));
         }
-        next.extend(self.claiming.then_some(self.next_scan));
-        next.extend(self.notifier.next_due());
-        let nearest = next.into_iter().min().unwrap_or(now);
+        let scan = self.timers.scan.when().filter(|_| self.claiming);
+        let next = [for_rounds, scan, self.notifier.next_due()];
+        let nearest = next.into_iter().flatten().min().unwrap_or(now);
         clock::between(now, nearest).clamp(MIN_SLEEP, MAX_SLEEP)
     }
 
     /// The nearest time the database holds for work not under way and not waiting to retry.
-    async fn next_stored_timer(&self) -> anyhow::Result<Option<Timestamp>> {
+    async fn next_stored_timer(&self) -> anyhow::Result<Timer> {
         let now = self.ctx.clock.now();
         let waiting = self
             .failures
@@ -679,7 +703,9 @@ impl Daemon {
         )
         .await?;
         // "" is a poll due now; anything unreadable counts as now too.
-        Ok(at.map(|t| clock::parse(&t).unwrap_or(now)))
+        Ok(at.map_or_else(Timer::default, |t| {
+            Timer::at(clock::parse(&t).unwrap_or(now))
+        }))
     }
 
     fn spawn(
@@ -726,7 +752,7 @@ impl Daemon {
             task,
             Task::Finish | Task::DeleteRemoteFiles | Task::Resubmit
         ) {
-            self.housekeeping_at = Some(self.ctx.clock.now());
+            self.timers.housekeeping.arm(self.ctx.clock.now());
         }
         if let Subject::Job(job) = &subject
             && task == Task::Validate

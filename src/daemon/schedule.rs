@@ -4,7 +4,51 @@
 
 use std::time::Duration;
 
+use crate::clock::{self, Timestamp};
 use crate::config::Settings;
+
+/// When something is next due, or unarmed when nothing is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timer(Option<Timestamp>);
+
+impl Timer {
+    /// A timer armed for `at`.
+    pub fn at(at: Timestamp) -> Timer {
+        Timer(Some(at))
+    }
+
+    pub fn arm(&mut self, at: Timestamp) {
+        self.0 = Some(at);
+    }
+
+    /// Arms it for `after` from `now`.
+    pub fn arm_after(&mut self, now: Timestamp, after: Duration) {
+        self.arm(clock::add(now, after));
+    }
+
+    pub fn due(&self, now: Timestamp) -> bool {
+        self.0.is_some_and(|at| at <= now)
+    }
+
+    /// Whether it is due at `now`; if it is, it is unarmed, for its work to arm it again.
+    pub fn take_due(&mut self, now: Timestamp) -> bool {
+        let due = self.due(now);
+        if due {
+            self.0 = None;
+        }
+        due
+    }
+
+    /// When it is due, if it is armed.
+    pub fn when(&self) -> Option<Timestamp> {
+        self.0
+    }
+}
+
+/// The nearest of `timers`, if any is armed.
+pub fn nearest(timers: impl IntoIterator<Item = Timer>) -> Option<Timestamp> {
+    timers.into_iter().filter_map(|t| t.when()).min()
+}
 
 /// How long an entry of incoming/ that could not be claimed (a permission problem) is left
 /// alone before it is tried again.
@@ -91,6 +135,22 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timer_is_due_from_its_time_on_and_taking_it_unarms_it_until_armed_again() {
+        let t0: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+        let mut timer = Timer::default();
+        assert!(!timer.due(t0) && !timer.take_due(t0), "unarmed");
+        timer.arm_after(t0, Duration::from_secs(60));
+        let later = clock::add(t0, Duration::from_secs(60));
+        assert!(!timer.due(t0));
+        assert!(timer.take_due(later));
+        assert_eq!(timer, Timer::default(), "taken");
+        assert!(!timer.take_due(later), "due once");
+        let armed = [Timer::at(later), Timer::default(), Timer::at(t0)];
+        assert_eq!(nearest(armed), Some(t0));
+        assert_eq!(nearest([Timer::default()]), None);
+    }
 
     #[test]
     fn a_failed_task_waits_longer_each_time_up_to_its_maximum() {

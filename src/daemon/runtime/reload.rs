@@ -196,7 +196,7 @@ impl Daemon {
             }
         }
         self.ctx.gate.probe_now(now);
-        self.next_scan = now;
+        self.timers.scan.arm(now);
     }
 }
 
