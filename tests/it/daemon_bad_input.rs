@@ -654,8 +654,8 @@ async fn restart_and_watch(env: &Env) -> (Running, Option<std::process::ExitStat
 }
 
 /// A FIFO named `NAME.jsonl.toml` is refused as a sidecar without being read, so it never
-/// blocks the daemon's loop: a file dropped after it is claimed and completes. (Read as a plain
-/// file, it used to block the loop forever, and a restart again at start.)
+/// blocks the daemon's loop (nor, at a restart, its start): a file dropped after it is claimed
+/// and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
     let sim = spawn_sim(quick_sim()).await;
@@ -666,7 +666,14 @@ async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
         "stall.jsonl",
         requests("stall", 2, "gpt-4o-mini").as_bytes(),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let claimed = poll_until(Duration::from_secs(10), async || {
+        (
+            !env.names("incoming").contains(&"stall.jsonl".to_owned()),
+            (),
+        )
+    })
+    .await;
+    assert!(claimed.is_ok(), "stall.jsonl was never claimed");
     env.drop_file(
         "other.jsonl",
         requests("other", 2, "gpt-4o-mini").as_bytes(),
@@ -679,10 +686,9 @@ async fn a_fifo_sidecar_is_rejected_and_does_not_stall_the_daemon() {
 }
 
 /// A name of 219..=223 bytes with a sidecar: both are claimed into the job's directory in
-/// processing/ under their own names, so the file is never stranded there, the daemon starts
-/// again after a stop, and the file ends in done/ or failed/. (With processing/ holding
-/// `JOBID__NAME`, the sidecar's name used to be too long there: the claim failed half-way, left
-/// the file in processing/ without a job, and every later start failed on it.)
+/// processing/ under their own names (`JOBID__NAME` would make the sidecar's too long), so the
+/// claim never fails half-way, the file is never stranded in processing/ without a job, the
+/// daemon starts again after a stop, and the file ends in done/ or failed/.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_start() {
     let sim = spawn_sim(quick_sim()).await;
@@ -695,7 +701,15 @@ async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_
     )
     .unwrap();
     env.drop_file(&name, requests("long", 2, "gpt-4o-mini").as_bytes());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left_incoming = poll_until(Duration::from_secs(10), async || {
+        (env.names("incoming").is_empty(), ())
+    })
+    .await;
+    assert!(
+        left_incoming.is_ok(),
+        "incoming/ {:?}",
+        env.names("incoming")
+    );
     let stranded = env.names("processing");
     let rows = env.jobs().await.len();
     env.stop(daemon);
@@ -724,8 +738,8 @@ async fn a_long_name_with_a_sidecar_neither_strands_the_file_nor_stops_the_next_
 }
 
 /// A name of 224..=255 bytes leaves incoming/: its job's directory in processing/ keeps it
-/// whole. (With processing/ holding `JOBID__NAME`, its claim used to fail with ENAMETOOLONG,
-/// again every minute, and the file stayed in incoming/ with no reason ever written.)
+/// whole (`JOBID__NAME` would be too long to claim, ENAMETOOLONG at every scan, the file left
+/// in incoming/ with no reason ever written).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_file_whose_name_is_too_long_to_claim_is_rejected_with_a_reason() {
     let sim = spawn_sim(quick_sim()).await;

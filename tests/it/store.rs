@@ -1365,8 +1365,8 @@ async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
 
 /// A full disk makes a write fail in the middle of a transaction, or at its commit. The failed
 /// transaction must be rolled back and the writer stay usable: once space is back, the next
-/// transaction succeeds (it used to fail for good with "attempted to call begin_with at
-/// non-zero transaction depth").
+/// transaction succeeds (not "attempted to call begin_with at non-zero transaction depth" for
+/// good).
 #[tokio::test]
 async fn a_write_that_fails_on_a_full_disk_leaves_the_writer_usable_once_space_returns() {
     let Some(fs) = crate::support::tmpfs::Tmpfs::mount(1024) else {
