@@ -60,7 +60,7 @@ fn naming(dirs: &[&str], word: &str, allowed: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn only_the_store_crate_speaks_sql_and_only_the_provider_and_the_simulator_speak_http() {
+fn only_the_sqlite_store_speaks_sql_and_only_the_provider_and_the_simulator_speak_http() {
     let sql = naming(
         &["src", "crates/provider/src", "crates/sim/src"],
         "sqlx",
@@ -68,7 +68,12 @@ fn only_the_store_crate_speaks_sql_and_only_the_provider_and_the_simulator_speak
     );
     assert!(sql.is_empty(), "sqlx outside the store crate:\n{sql:#?}");
     let http = naming(
-        &["src", "crates/core/src", "crates/store-sqlite/src"],
+        &[
+            "src",
+            "crates/core/src",
+            "crates/store/src",
+            "crates/store-sqlite/src",
+        ],
         "reqwest",
         &[],
     );

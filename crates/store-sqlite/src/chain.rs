@@ -3,19 +3,11 @@
 //! file it came from was first a row of `resubmissions` (states in
 //! `batchwatch::housekeeping::resubmit`).
 
-use serde::Serialize;
 use sqlx::{SqliteConnection, SqliteExecutor};
 
 use super::StoreError;
 use batchwatch_core::model::JobState;
-
-/// A job of a chain, as `show` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Link {
-    pub id: String,
-    pub file_name: String,
-    pub state: JobState,
-}
+pub use batchwatch_store::chain::{Link, Member, NewResubmission, Pending, View};
 
 /// Records that `child` holds requests `parent` left undone, with an event on each.
 pub async fn link(
@@ -90,17 +82,6 @@ pub async fn parent_of(
     )
 }
 
-/// A job of a chain, with what a resubmission of the chain needs to know of it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Member {
-    pub id: String,
-    pub file_name: String,
-    /// Where its file is, relative to the queue root.
-    pub path: String,
-    pub state: JobState,
-    pub results_dir: Option<String>,
-}
-
 /// Every job of the chain `id` belongs to, from the original file on, in order: its
 /// ancestors, itself, and what was resubmitted from it (and from those).
 pub async fn members(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Member>, StoreError> {
@@ -140,21 +121,6 @@ pub async fn chain(db: &sqlx::SqlitePool, id: &str) -> Result<Vec<Link>, StoreEr
         .collect())
 }
 
-/// A resubmission whose file is not yet claimed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pending {
-    pub id: i64,
-    pub file_name: String,
-    pub stage: String,
-}
-
-/// A chain as a resubmission of it sees it: its jobs and its resubmissions not yet claimed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct View {
-    pub members: Vec<Member>,
-    pub pending: Vec<Pending>,
-}
-
 /// The chain `id` belongs to, as a resubmission of it sees it.
 pub async fn view(conn: &mut SqliteConnection, id: &str) -> Result<View, StoreError> {
     let members = members(&mut *conn, id).await?;
@@ -180,18 +146,6 @@ pub async fn all_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<Pending>, St
     )
     .fetch_all(db)
     .await?)
-}
-
-/// A resubmission about to be written into incoming/.
-#[derive(Debug, Clone)]
-pub struct NewResubmission<'a> {
-    pub job_id: &'a str,
-    pub file_name: &'a str,
-    pub stage: &'a str,
-    pub requests: i64,
-    pub only: &'a str,
-    pub forced: bool,
-    pub origin: &'a str,
 }
 
 /// Records a resubmission as pending, with an event on its job; `false` (and nothing

@@ -10,63 +10,10 @@
 //! A row is written before its request is sent and is repeated until the service answers, so
 //! a crash anywhere loses no deletion, and a repeat of one already carried out meets a 404.
 
-use serde::Serialize;
 use sqlx::{SqliteConnection, SqliteExecutor};
 
 use super::StoreError;
-
-/// A row of `remote_deletions`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Deletion {
-    pub id: i64,
-    pub file_id: String,
-    pub job_id: Option<String>,
-    pub kind: String,
-    pub origin: String,
-    pub state: String,
-    pub failures: i64,
-    pub not_before: Option<String>,
-    pub last_error: Option<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub done_at: Option<String>,
-}
-
-/// Who asked for a deletion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// The daemon, once the job ended (`cleanup.remote_files`).
-    Cleanup,
-    /// `batchwatch gc-remote --delete`.
-    Gc,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Cleanup => "cleanup",
-            Origin::Gc => "gc",
-        }
-    }
-}
-
-/// How a deletion ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Done {
-    /// The service deleted it.
-    Deleted,
-    /// The service did not have it (404): expired, or deleted before.
-    Gone,
-}
-
-impl Done {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Done::Deleted => "deleted",
-            Done::Gone => "gone",
-        }
-    }
-}
+pub use batchwatch_store::deletions::{Deletion, Done, KnownFile, Origin};
 
 /// Records the intents to delete every file of an ended job: the input file of each of its
 /// submissions (the job's file stays in done/ or failed/), and those of its output and error
@@ -247,18 +194,6 @@ pub async fn failed(
     .fetch_optional(conn)
     .await?
     .unwrap_or(0))
-}
-
-/// A file of a submission, as the database records it: which job, and which kind of file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct KnownFile {
-    pub file_id: String,
-    pub job_id: String,
-    pub kind: &'static str,
-    pub job_terminal: bool,
-    /// For an output or error file: false when its submission gave its results up
-    /// (`results_unavailable`), so the service holds the only copy.
-    pub downloaded: bool,
 }
 
 /// Every input, output and error file the database records, with its job and whether that job

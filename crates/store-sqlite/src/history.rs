@@ -1,25 +1,10 @@
 //! Queries on `status_history`, the append-only record of every observed status change.
 
-use serde::Serialize;
 use sqlx::SqliteExecutor;
 
 use super::StoreError;
 use batchwatch_core::model::BatchStatus;
-
-/// A row of `status_history`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistoryRow {
-    pub id: i64,
-    pub batch_id: i64,
-    pub observed_at: String,
-    pub status: BatchStatus,
-    pub request_total: Option<i64>,
-    pub request_completed: Option<i64>,
-    pub request_failed: Option<i64>,
-    /// The batch object as observed (JSON).
-    #[serde(serialize_with = "super::json_text")]
-    pub raw: String,
-}
+pub use batchwatch_store::history::HistoryRow;
 
 /// A submission's history, oldest first.
 pub async fn for_batch(

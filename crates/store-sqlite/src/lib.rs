@@ -2,6 +2,9 @@
 //! (`status_history`) and job events. The schema is in `migrations/sqlite/` and documented in README.md;
 //! it is a contract for users' own queries.
 //!
+//! Its rows and the inputs of its operations are the store port's ([`batchwatch_store`]),
+//! re-exported from the modules that always had them.
+//!
 //! What the daemon, its housekeeping and the commands write, they write through the store's
 //! operations ([`ops`]), each one transaction that moves a job or a submission along a guarded
 //! edge ([`transitions`] for submissions, [`batchwatch_core::model::JobState::sources`] for
@@ -46,25 +49,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-/// Writes a column that holds JSON text (a batch object, metadata) into JSON output as the
-/// JSON it holds, an object rather than a string; text that is not JSON stays a string.
-pub fn json_text<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-    match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-        Ok(json) => serde::Serialize::serialize(json, s),
-        Err(_) => s.serialize_str(text),
-    }
-}
-
-/// [`json_text`] for a column that may be NULL.
-pub fn json_text_or_null<S: serde::Serializer>(
-    text: &Option<String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    match text {
-        Some(text) => json_text(text, s),
-        None => s.serialize_none(),
-    }
-}
+pub use batchwatch_store::{json_text, json_text_or_null};
 
 /// The WAL is checkpointed once it holds this many pages (of 4 KiB): 1 MiB.
 pub const WAL_CHECKPOINT_PAGES: u32 = 256;

@@ -6,16 +6,7 @@ use sqlx::{SqliteConnection, SqliteExecutor};
 
 use super::StoreError;
 use batchwatch_core::model::JobState;
-
-/// A finished job whose files or results may go.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Old {
-    pub id: String,
-    pub state: JobState,
-    /// Where its file is, relative to the queue root.
-    pub path: String,
-    pub results_dir: Option<String>,
-}
+pub use batchwatch_store::retention::Old;
 
 /// Finished jobs in `states` that ended before `before` and still have their file in done/ or
 /// failed/.

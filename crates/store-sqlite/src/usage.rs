@@ -1,46 +1,11 @@
 //! Queries on `batch_usage` (tokens and estimated cost per remote batch) and its views
 //! `job_costs` and `model_costs`.
 
-use serde::Serialize;
 use sqlx::{SqliteConnection, SqliteExecutor};
 
 use super::StoreError;
 use batchwatch_core::usage::Tokens;
-
-/// A row of `batch_usage`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct BatchUsage {
-    pub batch_id: i64,
-    pub input_tokens: Option<i64>,
-    pub cached_tokens: Option<i64>,
-    pub output_tokens: Option<i64>,
-    pub reasoning_tokens: Option<i64>,
-    pub cost_usd: Option<f64>,
-    pub booked_at: Option<String>,
-}
-
-/// A row of `job_costs`: a job's tokens and estimated cost.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct JobCost {
-    pub job_id: String,
-    pub input_tokens: i64,
-    pub cached_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    pub cost_usd: Option<f64>,
-}
-
-/// A row of `model_costs`: a model's tokens and estimated cost so far.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelCost {
-    pub model: String,
-    pub input_tokens: i64,
-    pub cached_tokens: i64,
-    pub output_tokens: i64,
-    pub reasoning_tokens: i64,
-    /// `None` when no batch of the model has a price.
-    pub cost_usd: Option<f64>,
-}
+pub use batchwatch_store::usage::{BatchUsage, JobCost, ModelCost};
 
 /// Stores the usage a batch reports, unless its cost is booked (then it stays as booked).
 pub async fn store(

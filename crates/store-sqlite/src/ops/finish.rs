@@ -6,26 +6,10 @@ use batchwatch_core::model::JobState;
 
 use super::{Lease, add_event};
 use crate::batches::Submission;
-use crate::jobs::{self, Why};
+use crate::jobs::{self};
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, chain, deletions, transitions};
-
-/// How a job ends.
-#[derive(Debug, Clone)]
-pub struct Ending<'a> {
-    pub job_id: &'a str,
-    pub state: JobState,
-    pub why: Option<&'a Why>,
-    /// The job's event.
-    pub message: &'a str,
-    /// Where its results are, relative to the queue.
-    pub results_dir: Option<&'a str>,
-    /// When the service's copies of its files are to be deleted: the result files on disk
-    /// (the others are deleted at once).
-    pub delete_remote: Option<&'a [String]>,
-    /// An expired job is resubmitted when fewer than this many resubmissions came before it.
-    pub resubmit_at_most: i64,
-}
+pub use batchwatch_store::ops::finish::Ending;
 
 impl Store {
     /// Ends a job as `ending` says: one transaction, so an ended job always has its remote

@@ -3,19 +3,9 @@
 
 use super::{Lease, add_event};
 use crate::chain::{self, NewResubmission, View};
-use crate::deletions::{self, Deletion, Done, Origin};
+use crate::deletions::{self, Deletion, Origin};
 use crate::{Store, StoreError, retention};
-
-/// How one try at deleting a remote file ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Deleted {
-    Done(Done),
-    /// It failed with `error`; it is tried again from `retry_at`.
-    Failed {
-        error: String,
-        retry_at: String,
-    },
-}
+pub use batchwatch_store::ops::housekeeping::Deleted;
 
 impl Store {
     /// Records that job `job_id`'s file (or with `results`, its results directory) was removed

@@ -21,23 +21,7 @@ pub mod submit;
 pub mod track;
 
 use crate::{Store, StoreError, Tx, jobs};
-
-/// The right to move jobs and submissions, held by one writer at a time: its epoch grows each
-/// time the right changes hands, so a write carrying an older epoch can be refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    epoch: i64,
-}
-
-impl Lease {
-    /// The lease of the one daemon that writes a database alone (SQLite, behind its instance
-    /// lock), and of the commands that write while it is stopped.
-    pub const SOLE: Lease = Lease { epoch: 0 };
-
-    pub fn epoch(&self) -> i64 {
-        self.epoch
-    }
-}
+pub use batchwatch_store::ops::Lease;
 
 impl Store {
     /// Runs `work` as one operation's transaction under `lease`: committed when it returns

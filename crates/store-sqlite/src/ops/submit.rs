@@ -7,15 +7,7 @@ use crate::batches::{NewSubmission, Submission};
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, jobs, transitions};
 use batchwatch_core::model::JobState;
-
-/// What [`Store::start_create`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CreateIntent {
-    /// The create is armed: the batch may be created now.
-    Armed,
-    /// A cancel was asked for during the upload: the submission was abandoned instead.
-    Cancelled,
-}
+pub use batchwatch_store::ops::submit::CreateIntent;
 
 impl Store {
     /// Arms the upload of queued submission `row` (its job moves to submitting).
