@@ -92,7 +92,7 @@
 //!
 //! * shared: [`ctx`] (what the tasks share, what a task works on), [`schedule`] (every timer),
 //!   [`gate`] (what holds everyone back), [`shared`] (what the activities keep in memory),
-//!   [`file`] (the job's file: its changes and its last move);
+//!   [`file`](mod@file) (the job's file: its changes and its last move);
 //! * [`housekeeping`]: remote files, retention and resubmissions, for the daemon and for the
 //!   commands that do the same on demand;
 //! * [`track`]: following a batch ([`track::poll`], [`track::sweep`]), recording what is seen

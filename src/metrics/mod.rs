@@ -4,7 +4,7 @@
 //! # Two sources
 //!
 //! * **Events**, counted in memory by one method each, called where the event happens: API
-//!   requests with their latency ([`Metrics::api_request`], from the client's one send path),
+//!   requests with their latency ([`Observer::request`](crate::api::Observer::request), from the client's one send path),
 //!   retries, rate limits and Retry-After waits, bytes moved, token-limit refusals,
 //!   reconciliations, duplicates cancelled, and the durations of jobs and batches. They start
 //!   from zero in each process, as Prometheus counters do (`rate()` and `increase()` handle the

@@ -19,6 +19,17 @@
 //!   while it is younger than the threshold; a file of a job the database does
 //!   not know (a restored backup, another batchwatch on the same account) is deleted once the
 //!   other rules allow it.
+//!
+//! # In the daemon
+//!
+//! When a job ends with `cleanup.remote_files` on, the transaction that records its end also
+//! records the intent to delete its input files and those of its output and error files whose
+//! results are on disk ([`crate::store::deletions::plan_for_job`], from what
+//! [`crate::daemon::finish`] found in the job's results directory): nothing is deleted from the
+//! service that is not here. [`run`] carries the intents out with [`delete`]: a deletion that
+//! fails is tried again after a growing delay, a refused key closes the gate as any request
+//! does, none of it changes the job's state, and a stop does not wait for it
+//! ([`crate::daemon::Task::stops_at_once`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -347,18 +358,6 @@ fn exact(d: Duration) -> String {
         clock::humanize(d)
     }
 }
-
-// ---- In the daemon ----
-// Remote clean-up: deleting from the service the files of jobs that ended.
-//
-// When a job ends with `cleanup.remote_files` on, the transaction that records its end also records
-// the intent to delete its input files and those of its output and error files whose results are on
-// disk ([`crate::store::deletions::plan_for_job`], from what [`crate::daemon::finish`] found in the
-// job's results directory): nothing is deleted from the service that is not here. This module
-// carries the intents out ([`crate::daemon::housekeeping::remote::delete`]): a deletion that fails
-// is tried again after a growing delay, a refused key closes the gate as any request does, none of
-// it changes the job's state, and a stop does not wait for it
-// ([`crate::daemon::Task::stops_at_once`]).
 
 /// The most deletions one task sends before it hands back to the loop.
 const PER_TASK: i64 = 50;

@@ -47,6 +47,14 @@
 //! transaction (`BEGIN IMMEDIATE`: one writer at a time), reads the chain again and records its
 //! row only if the chain is unchanged. The second to get there finds the first one's pending
 //! row in the chain, starts over, and is refused.
+//!
+//! # In the daemon
+//!
+//! `batch.resubmit_expired = N`: a job that ends expired, fewer than N resubmissions down its
+//! chain, is marked in the transaction that ends it (`jobs.resubmit_due`); [`run`] resubmits
+//! its undone requests ([`resubmit`], which clears the mark in the transaction that records the
+//! new file) or, when there is nothing to write or the chain forbids it, clears the mark with
+//! an event that says why.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -830,13 +838,6 @@ fn sidecar_text(job: &Job) -> anyhow::Result<String> {
     }
     Ok(toml::to_string(&table)?)
 }
-
-// ---- In the daemon ---- Resubmitting expired jobs automatically (`batch.resubmit_expired = N`): a
-// job that ends expired, fewer than N resubmissions down its chain, is marked in the transaction
-// that ends it (`jobs.resubmit_due`); this module resubmits its undone requests
-// ([`crate::daemon::housekeeping::resubmit::resubmit`], which clears the mark in the transaction
-// that records the new file) or, when there is nothing to write or the chain forbids it, clears the
-// mark with an event that says why.
 
 /// Whether a resubmission is due.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {

@@ -13,6 +13,12 @@
 //! event), so a crash in between only makes the next run find nothing left to remove. Only
 //! jobs in a final state are ever considered, and only their own paths in done/, failed/ and
 //! results/.
+//!
+//! # In the daemon
+//!
+//! Once at start and then once a day ([`EVERY`]), what finished jobs left behind longer ago
+//! than `retention.*` allows is removed ([`run`]). Nothing happens while no `retention.*` is
+//! set.
 
 use std::path::Path;
 use std::time::Duration;
@@ -201,11 +207,6 @@ fn remove_job_file(queue: &Queue, file: &Path, with_reason: bool) -> std::io::Re
     }
     Ok(())
 }
-
-// ---- In the daemon ----
-// Local retention in the daemon: once at start and then once a day, what finished jobs left
-// behind longer ago than `retention.*` allows is removed
-// ([`crate::daemon::housekeeping::retention`]). Nothing happens while no `retention.*` is set.
 
 /// How often the daemon prunes.
 pub const EVERY: Duration = Duration::from_secs(24 * 3600);

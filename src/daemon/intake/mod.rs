@@ -13,7 +13,7 @@
 //! the job has reached the service, a change sends it back to `validating` (an event says so):
 //! it waits until the file held still for `queue.settle_time` (`validate_after`) and is
 //! validated anew. Once a part was sent, a change can no longer be undone: before an upload the
-//! job fails, naming it; at the job's end ([`changed_since_sent`]) a job that would complete
+//! job fails, naming it; at the job's end ([`file::changed_since_sent`]) a job that would complete
 //! fails with `file_changed`, and any other ending names the change in its reason.
 
 pub mod recover;

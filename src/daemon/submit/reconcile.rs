@@ -8,7 +8,7 @@
 //! * An upload or create whose outcome is unknown: only when nothing matches may the request be
 //!   sent again ([`find_upload`], [`find_batch`]).
 //! * A database that lags the world (a restored backup, a lost WAL, a copy from another host):
-//!   at start every unfinished job is [`Unverified`], as is a file adopted from processing/
+//!   at start every unfinished job is [`Unverified`](crate::daemon::shared::Unverified), as is a file adopted from processing/
 //!   without a row. Nothing is uploaded, created or abandoned for such a job until [`verify`]
 //!   has listed the service once for all of them and adopted what it found: batches of any
 //!   part and attempt (a missing attempt gets its row), and uploads the database did not

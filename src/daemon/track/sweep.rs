@@ -19,10 +19,10 @@
 //!   polls wait that long. The sweep sets no timer of its own: it runs when polls are due, so
 //!   a failing list cannot make the loop spin.
 //!
-//! Each page is recorded in one transaction: a batch whose status and counts are unchanged costs a
-//! share of one UPDATE (its next poll); a changed one is recorded as any observation
-//! ([`crate::daemon::track::observe::record`]), one history row per change, whichever way it was
-//! seen. A page older than a row's last observation does not overwrite it.
+//! Each page is recorded in one transaction: a batch whose status and counts are unchanged costs
+//! a share of one UPDATE (its next poll); a changed one is recorded as any observation
+//! ([`crate::daemon::track::observe::observe`]), one history row per change, whichever way it
+//! was seen. A page older than a row's last observation does not overwrite it.
 //!
 //! When to sweep ([`wanted`]): in `list` mode whenever a poll is due; in `auto` mode when the
 //! polls due within `poll.min_interval` outnumber the pages the last sweep needed (and a
