@@ -22,7 +22,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 
 use crate::tags::{self, Claim, parse_upload_name, upload_name};
@@ -82,12 +82,15 @@ impl Batch {
     }
 }
 
-/// Whether `file` is `part`'s upload: its name and its size in bytes. A file whose size the
+/// The name `part` is uploaded under.
+fn name_of(part: &Part<'_>) -> String {
+    upload_name(part.job_id, part.part, part.attempt, part.file_name)
+}
+
+/// Whether `file` is the upload named `name` of a part of `bytes` bytes. A file whose size the
 /// service does not say is not.
-fn is_upload_of(file: &FileObject, part: &Part<'_>) -> bool {
-    file.filename == upload_name(part.job_id, part.part, part.attempt, part.file_name)
-        && file.bytes.is_some()
-        && file.bytes == part.bytes
+fn is_upload(file: &FileObject, name: &str, bytes: Option<u64>) -> bool {
+    file.filename == name && file.bytes.is_some() && file.bytes == bytes
 }
 
 /// `at` less [`CLOCK_SLACK`]: objects created before it cannot be of what happened at `at`.
@@ -107,9 +110,8 @@ impl Client {
         range: Range<u64>,
         expires_after: Option<u64>,
     ) -> Result<String, ApiError> {
-        let name = upload_name(part.job_id, part.part, part.attempt, part.file_name);
         let file = self
-            .upload_file_expiring(path, range, &name, expires_after)
+            .upload_file_expiring(path, range, &name_of(part), expires_after)
             .await?;
         Ok(file.id)
     }
@@ -142,17 +144,13 @@ impl Client {
         self.create_batch(&request).await
     }
 
-    /// The batches created since `since` (less [`CLOCK_SLACK`]), newest first, as the stream
-    /// is read.
+    /// The batches, newest first, as the stream is read, back to the first one created before
+    /// `since` (less [`CLOCK_SLACK`]).
     pub fn batches_since(
         &self,
         since: Timestamp,
     ) -> impl Stream<Item = Result<Batch, ApiError>> + Send + 'static {
-        let stop_at = slack_before(since);
-        self.list_batches(100).take_while(move |b| {
-            let older = matches!(b, Ok(b) if b.created_at.is_some_and(|c| c < stop_at));
-            std::future::ready(!older)
-        })
+        back_to(self.list_batches(100), Some(since), 1, |b| b.created_at)
     }
 
     /// The batch a create for `part` sent at `sent_at` made, if it made one.
@@ -161,8 +159,9 @@ impl Client {
         part: &Part<'_>,
         sent_at: Option<Timestamp>,
     ) -> Result<Option<Batch>, ApiError> {
-        let listed = self.list_batches(100);
-        first_since(listed, sent_at, |b| b.created_at, |b| b.is_of(part)).await
+        let listed = back_to(self.list_batches(100), sent_at, 1, |b| b.created_at);
+        let mut found = std::pin::pin!(listed.try_filter(|b| std::future::ready(b.is_of(part))));
+        found.try_next().await
     }
 
     /// The upload of `part` an upload sent at `sent_at` made, if it made one whole.
@@ -171,9 +170,11 @@ impl Client {
         part: &Part<'_>,
         sent_at: Option<Timestamp>,
     ) -> Result<Option<String>, ApiError> {
-        let listed = self.list_files(Some("batch"));
-        let found = first_since(listed, sent_at, |f| f.created_at, |f| is_upload_of(f, part));
-        Ok(found.await?.map(|f| f.id))
+        let name = name_of(part);
+        let listed = back_to(self.list_files(Some("batch")), sent_at, 1, |f| f.created_at);
+        let wanted = |f: &FileObject| std::future::ready(is_upload(f, &name, part.bytes));
+        let mut found = std::pin::pin!(listed.try_filter(wanted));
+        Ok(found.try_next().await?.map(|f| f.id))
     }
 
     /// Lists the service once for what claims to be the jobs `jobs`', back to `since` (the
@@ -185,13 +186,12 @@ impl Client {
         since: Option<Timestamp>,
         known: impl Fn(&Batch, &Claim<'_>) -> bool,
     ) -> Result<Survey, ApiError> {
-        let since = since.map(slack_before);
         let mut survey = Survey::default();
-        let mut older = 0;
-        let mut listed = std::pin::pin!(self.list_batches(100));
-        while let Some(batch) = listed.next().await {
-            let batch = batch?;
-            older = older_in_a_row(older, batch.created_at, since);
+        let listed = back_to(self.list_batches(100), since, OLDER_BEFORE_STOP, |b| {
+            b.created_at
+        });
+        let mut listed = std::pin::pin!(listed);
+        while let Some(batch) = listed.try_next().await? {
             if let Some(claim) = batch.claim()
                 && jobs.contains(claim.job_id)
                 && !known(&batch, &claim)
@@ -203,59 +203,46 @@ impl Client {
                     batch,
                 });
             }
-            if older >= OLDER_BEFORE_STOP {
-                break;
-            }
         }
-        let mut older = 0;
-        let mut listed = std::pin::pin!(self.list_files(Some("batch")));
-        while let Some(file) = listed.next().await {
-            let file = file?;
-            older = older_in_a_row(older, file.created_at, since);
+        let listed = back_to(
+            self.list_files(Some("batch")),
+            since,
+            OLDER_BEFORE_STOP,
+            |f| f.created_at,
+        );
+        let mut listed = std::pin::pin!(listed);
+        while let Some(file) = listed.try_next().await? {
             if let Some(key) =
                 parse_upload_name(&file.filename).filter(|k| jobs.contains(k.0.as_str()))
             {
                 survey.uploads.entry(key).or_default().push(file);
-            }
-            if older >= OLDER_BEFORE_STOP {
-                break;
             }
         }
         Ok(survey)
     }
 }
 
-/// The first object of a newest-first listing that `wanted` picks, read back to objects
-/// created before `sent_at` less [`CLOCK_SLACK`], which cannot be what was sent then.
-async fn first_since<T>(
+/// A newest-first listing read back to `since` (less [`CLOCK_SLACK`]): it ends with the
+/// object that makes `older_tolerated` created before that in a row (a page of disorder is
+/// tolerated; an object whose time is unknown is not older). The whole listing when `since` is
+/// unknown; an error ends it too, once read.
+fn back_to<T>(
     listed: impl Stream<Item = Result<T, ApiError>>,
-    sent_at: Option<Timestamp>,
-    created_at: impl Fn(&T) -> Option<Timestamp>,
-    wanted: impl Fn(&T) -> bool,
-) -> Result<Option<T>, ApiError> {
-    let stop_at = sent_at.map(slack_before);
-    let mut listed = std::pin::pin!(listed);
-    while let Some(object) = listed.next().await {
-        let object = object?;
-        if wanted(&object) {
-            return Ok(Some(object));
+    since: Option<Timestamp>,
+    older_tolerated: usize,
+    created_at: fn(&T) -> Option<Timestamp>,
+) -> impl Stream<Item = Result<T, ApiError>> {
+    let stop_at = since.map(slack_before);
+    listed.scan(0, move |older, object| {
+        if *older >= older_tolerated {
+            return std::future::ready(None);
         }
-        if let (Some(created), Some(stop_at)) = (created_at(&object), stop_at)
-            && created < stop_at
-        {
-            break;
-        }
-    }
-    Ok(None)
-}
-
-/// Whether a listing that has just read an object created at `created` may stop, given how
-/// many older ones it read in a row before.
-fn older_in_a_row(older: usize, created: Option<Timestamp>, since: Option<Timestamp>) -> usize {
-    match (created, since) {
-        (Some(created), Some(since)) if created < since => older + 1,
-        _ => 0,
-    }
+        *older = match (&object, stop_at) {
+            (Ok(o), Some(stop_at)) if created_at(o).is_some_and(|c| c < stop_at) => *older + 1,
+            _ => 0,
+        };
+        std::future::ready(Some(object))
+    })
 }
 
 /// A listed batch that claims to be a surveyed job's part and attempt.
@@ -288,16 +275,18 @@ impl Survey {
         if part.upload_id.is_some() {
             return batch.is_of(part);
         }
-        let listed = self
-            .uploads_of(part)
-            .any(|f| Some(f.id.as_str()) == batch.upload_id.as_deref() && is_upload_of(f, part));
+        let name = name_of(part);
+        let listed = self.uploads_of(part).any(|f| {
+            Some(f.id.as_str()) == batch.upload_id.as_deref() && is_upload(f, &name, part.bytes)
+        });
         listed && part.sha256.is_some() && batch.file_digest() == part.sha256
     }
 
     /// The upload the service has of `part`, whole, when it lists one.
     pub fn upload_of(&self, part: &Part<'_>) -> Option<&str> {
+        let name = name_of(part);
         self.uploads_of(part)
-            .find(|f| is_upload_of(f, part))
+            .find(|f| is_upload(f, &name, part.bytes))
             .map(|f| f.id.as_str())
     }
 
@@ -350,6 +339,40 @@ mod tests {
             "filename": name, "purpose": "batch",
         }))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_listing_read_back_to_a_time_ends_with_the_object_that_makes_enough_older_in_a_row() {
+        let hour = 3600;
+        let at = |s: i64| Timestamp::from_second(s).ok();
+        // Newest first; 0 has no time (not older), the rest are seconds.
+        let created = [
+            Some(10 * hour),
+            Some(hour),
+            None,
+            Some(hour),
+            Some(hour),
+            Some(0),
+        ];
+        let read = |since: Option<Timestamp>, tolerated: usize| {
+            let listed = futures_util::stream::iter(created.map(|c| Ok(c.and_then(at))));
+            back_to(listed, since, tolerated, |c: &Option<Timestamp>| *c)
+                .map(|o| o.unwrap())
+                .collect::<Vec<_>>()
+        };
+        // Slack of an hour: before 3h-1h = 2h is older.
+        let since = at(3 * hour);
+        assert_eq!(
+            read(since, 1).await.len(),
+            2,
+            "ends with the first older one"
+        );
+        assert_eq!(
+            read(since, 2).await.len(),
+            5,
+            "an unknown time breaks the run"
+        );
+        assert_eq!(read(None, 1).await.len(), 6, "no time: the whole listing");
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub struct Claim<'a> {
 impl<'a> Claim<'a> {
     /// The claim of `batch`'s metadata, when it names a job, and a part and an attempt that
     /// read as numbers.
-    pub fn of(batch: &'a Batch) -> Option<Claim<'a>> {
+    pub(crate) fn of(batch: &'a Batch) -> Option<Claim<'a>> {
         Some(Claim {
             job_id: batch.metadata_value(JOB_KEY)?,
             part: batch.metadata_value(PART_KEY)?.parse().ok()?,
