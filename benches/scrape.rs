@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use batchwatch::sim::{self, SimConfig};
-use batchwatch::store::{Access, Store};
+use batchwatch_store_sqlite::{Access, Store};
 
 const KEY: &str = "sk-bench-scrape";
 

@@ -14,7 +14,8 @@ use crate::preflight::{self, Checked};
 use crate::printable::{escape, escape_lines};
 use crate::process::{emit, runtime};
 use crate::report;
-use crate::store::{Access, Lease, Store, StoreError, batches, figures, history, jobs, usage};
+use crate::store::prelude::*;
+use crate::store::{Access, Lease, Store, StoreError, batches, jobs};
 use crate::telemetry::Logging;
 
 #[derive(Debug, Parser)]
@@ -486,10 +487,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|d| crate::clock::format(crate::clock::sub(now, d.get()))),
                     model: args.model.clone(),
                 };
-                let rows = jobs::overview(store.reader(), &filter, args.limit).await?;
+                let rows = store.overview(&filter, args.limit).await?;
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-                let costs = usage::job_costs(store.reader(), &ids).await?;
-                let stuck = figures::stuck(store.reader(), &stuck_after(config), now).await?;
+                let costs = store.job_costs(&ids).await?;
+                let stuck = store.stuck(&stuck_after(config), now).await?;
                 let out = if args.json {
                     let rows: Vec<report::StatusRow> = rows
                         .iter()
@@ -501,7 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .collect();
                     report::json(&rows)
                 } else {
-                    let counts = jobs::state_counts(store.reader()).await?;
+                    let counts = store.job_state_counts().await?;
                     report::status(
                         &rows,
                         &counts,
@@ -554,7 +555,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let submission = resolve_batch(&store, &args.id).await?.with_context(|| {
                     format!("no batch {:?} in {}", args.id, store.path().display())
                 })?;
-                let rows = history::for_batch(store.reader(), submission.id).await?;
+                let rows = store.history(submission.id).await?;
                 store.close().await;
                 anyhow::Ok(if args.json {
                     report::json(&rows)
@@ -596,7 +597,7 @@ async fn gc_remote(
         for f in found.iter_mut().filter(|f| f.delete) {
             let stamp = crate::clock::format(crate::clock::Timestamp::now());
             let job = match &f.job_id {
-                Some(id) => jobs::get(store.reader(), id).await?.map(|j| j.id),
+                Some(id) => store.job(id).await?.map(|j| j.id),
                 None => None,
             };
             let row = store
@@ -684,8 +685,8 @@ fn database_path(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<(Pa
 /// Finds the submission an id names: a remote batch id or a local batch number.
 async fn resolve_batch(store: &Store, id: &str) -> Result<Option<batches::Submission>, StoreError> {
     match id.parse::<i64>() {
-        Ok(n) => batches::get(store.reader(), n).await,
-        Err(_) => batches::by_remote_id(store.reader(), id).await,
+        Ok(n) => store.submission(n).await,
+        Err(_) => store.submission_by_remote_id(id).await,
     }
 }
 
@@ -700,7 +701,7 @@ async fn resolve_job(store: &Store, id: &str) -> anyhow::Result<String> {
 /// The job an id names, if it names one: a job id, or any id of one of its batches.
 async fn job_of_id(store: &Store, id: &str) -> Result<Option<String>, StoreError> {
     if id.starts_with(crate::model::JobId::PREFIX) {
-        Ok(jobs::get(store.reader(), id).await?.map(|j| j.id))
+        Ok(store.job(id).await?.map(|j| j.id))
     } else {
         Ok(resolve_batch(store, id).await?.map(|s| s.job_id))
     }
@@ -743,7 +744,7 @@ async fn resolve_jobs(store: &Store, id: &str) -> anyhow::Result<Found> {
         .map(|from| components[from..].join("/"))
         .collect();
     // A file name holds no `/`: a path given matches by its tails only.
-    let found = jobs::of_file(store.reader(), id, &paths).await?;
+    let found = store.jobs_of_file(id, &paths).await?;
     if found.is_empty() {
         anyhow::bail!(
             "no job, batch or file {id:?} in {} (a file is found by its name, or by its path: done/NAME.jsonl)",
@@ -765,15 +766,18 @@ pub async fn job_report(
     job_id: &str,
     stuck_after: &StuckAfter,
 ) -> anyhow::Result<report::JobReport> {
-    let job = jobs::get(store.reader(), job_id)
+    let job = store
+        .job(job_id)
         .await?
         .with_context(|| format!("no job {job_id}"))?;
-    let events = jobs::events(store.reader(), job_id).await?;
-    let mut used = usage::for_job(store.reader(), job_id).await?;
-    let stuck = figures::stuck(store.reader(), stuck_after, crate::clock::Timestamp::now()).await?;
+    let events = store.job_events(job_id).await?;
+    let mut used = store.usage_of(job_id).await?;
+    let stuck = store
+        .stuck(stuck_after, crate::clock::Timestamp::now())
+        .await?;
     let mut batch_reports = Vec::new();
-    for submission in batches::for_job(store.reader(), job_id).await? {
-        let history = history::for_batch(store.reader(), submission.id).await?;
+    for submission in store.submissions_of(job_id).await? {
+        let history = store.history(submission.id).await?;
         let stuck_over = stuck.iter().find(|s| s.id == submission.id).map(|s| {
             format!(
                 "alerts.stuck_after.{} = {}",
@@ -793,9 +797,9 @@ pub async fn job_report(
         });
     }
     Ok(report::JobReport {
-        usage: usage::job_costs(store.reader(), &[job_id]).await?.pop(),
-        parent_job_id: crate::store::chain::parent_of(store.reader(), job_id).await?,
-        chain: crate::store::chain::chain(store.reader(), job_id).await?,
+        usage: store.job_costs(&[job_id]).await?.pop(),
+        parent_job_id: store.parent_of(job_id).await?,
+        chain: store.chain(job_id).await?,
         job,
         events,
         batches: batch_reports,

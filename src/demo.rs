@@ -4,6 +4,7 @@
 //! the daemon, shows the jobs moving to their end, then prints the final status and where the
 //! results are.
 
+use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -200,8 +201,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let mut last: BTreeMap<String, String> = BTreeMap::new();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let Ok(rows) = jobs::overview(store.reader(), &jobs::Filter::default(), 100).await
-            else {
+            let Ok(rows) = store.overview(&jobs::Filter::default(), 100).await else {
                 continue;
             };
             for row in rows.iter().rev() {
@@ -237,10 +237,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::store::Access::ReadOnly,
     )
     .await?;
-    let rows = jobs::overview(reader.reader(), &jobs::Filter::default(), 100).await?;
-    let counts = jobs::state_counts(reader.reader()).await?;
+    let rows = reader.overview(&jobs::Filter::default(), 100).await?;
+    let counts = reader.job_state_counts().await?;
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let costs = crate::store::usage::job_costs(reader.reader(), &ids).await?;
+    let costs = reader.job_costs(&ids).await?;
     reader.close().await;
     let mut summary = format!(
         "\n{}\n",

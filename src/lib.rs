@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod queue;
 pub mod report;
+pub mod store;
 pub mod usage;
 
 // The domain, the provider and the simulator live in crates of their own; their old paths stay for the code
@@ -22,4 +23,3 @@ pub use batchwatch_core::{
 };
 pub use batchwatch_provider as api;
 pub use batchwatch_sim as sim;
-pub use batchwatch_store_sqlite as store;

@@ -15,9 +15,10 @@ use crate::daemon::submit::{UNSENT, reconcile};
 use crate::daemon::track::observe::observe;
 use crate::daemon::track::poll;
 use crate::model::SubmissionState;
-use crate::store::jobs::{self, Job};
+use crate::store::Store;
+use crate::store::jobs::Job;
+use crate::store::prelude::*;
 use crate::store::progress;
-use crate::store::{Store, batches};
 
 /// Why a job is cancelled; stored in `jobs.cancel_reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +69,7 @@ pub async fn request(
 /// Marks every job past its deadline for cancel.
 pub async fn enforce_deadlines(ctx: &Ctx) -> anyhow::Result<()> {
     let now = ctx.now();
-    for job_id in jobs::past_deadline(ctx.store.reader(), &now).await? {
+    for job_id in ctx.store.past_deadline(&now).await? {
         let done = request(&ctx.store, &job_id, Reason::Deadline, &now).await?;
         if done.asked {
             tracing::warn!(job = %job_id, deadline = %done.job.deadline_at, "deadline passed: cancelling");
@@ -82,12 +83,12 @@ pub async fn enforce_deadlines(ctx: &Ctx) -> anyhow::Result<()> {
 pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<Vec<i64>> {
     let now = ctx.now();
     let mut need_request = Vec::new();
-    for job_id in jobs::cancel_pending(ctx.store.reader()).await? {
+    for job_id in ctx.store.cancel_pending().await? {
         // What was never sent cannot be told before the service was asked.
         if ctx.unverified.contains(&job_id) {
             continue;
         }
-        let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
+        let rows = ctx.store.submissions_of(&job_id).await?;
         let states: Vec<SubmissionState> = rows.iter().map(|r| r.state).collect();
         let mut abandon = Vec::new();
         for row in rows {
@@ -112,9 +113,7 @@ pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<
         }
         // Write only when something changes: this runs at every round while a cancel is
         // pending.
-        let job_state = jobs::get(ctx.store.reader(), &job_id)
-            .await?
-            .map(|j| j.state);
+        let job_state = ctx.store.job(&job_id).await?.map(|j| j.state);
         if abandon.is_empty() && (states.is_empty() || job_state == progress::derive(&states, true))
         {
             continue;
@@ -128,13 +127,15 @@ pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<
 
 /// Sends the cancel for one submission (after reconciling a create of unknown outcome).
 pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
-    let Some(row) = batches::get(ctx.store.reader(), row_id).await? else {
+    let Some(row) = ctx.store.submission(row_id).await? else {
         return Ok(());
     };
     let now = ctx.now();
     if row.state == SubmissionState::Creating {
         // A create may have happened: find out before calling the submission abandoned.
-        let job = jobs::get(ctx.store.reader(), &row.job_id)
+        let job = ctx
+            .store
+            .job(&row.job_id)
             .await?
             .context("the job of a submission vanished")?;
         match reconcile::find_batch(&ctx, &row, &job).await {

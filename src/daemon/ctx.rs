@@ -11,6 +11,7 @@ use crate::daemon::schedule::Schedule;
 use crate::daemon::shared::{DuplicateWatch, Sweeps, Unverified};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
+use crate::store::prelude::*;
 use crate::store::{Lease, Store};
 
 /// What the daemon's tasks share.

@@ -2,6 +2,7 @@
 //! size is held to (for a reason's hint), whether it changed since its claim or since it was
 //! sent, and its last move from processing/ to done/ or failed/ (or finding where it went).
 
+use crate::store::prelude::*;
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use crate::failpoint;
 use crate::model::{JobId, JobState};
 use crate::queue::{self, Destination, FileLook, JobDir, Reason};
 use crate::store::batches::Submission;
-use crate::store::jobs::{self, Job};
+use crate::store::jobs::Job;
 
 /// The settings that decide a size limit, for the reason of a file (or a batch) over it: the
 /// operator's fix is in them.
@@ -39,7 +40,9 @@ pub async fn file_changed(
     ctx: &Ctx,
     job: &Job,
 ) -> anyhow::Result<Option<(Option<FileLook>, String)>> {
-    let recorded = jobs::recorded_file(ctx.store.reader(), &job.id)
+    let recorded = ctx
+        .store
+        .recorded_file(&job.id)
         .await?
         .context("a job vanished")?;
     let path = ctx.queue.root().join(&job.path);
@@ -121,7 +124,9 @@ pub async fn wait_for_file(
 /// Moves a finished job's file on: from processing/ when it is there, else finds where it went
 /// (see [`relocate`]).
 pub async fn move_on(ctx: &Ctx, job_id: &str) -> anyhow::Result<()> {
-    let job = jobs::get(ctx.store.reader(), job_id)
+    let job = ctx
+        .store
+        .job(job_id)
         .await?
         .context("a finished job vanished")?;
     let id = JobId::parse(&job.id).context("a job id in the database is malformed")?;

@@ -143,7 +143,8 @@ use crate::metrics::server::{self as endpoint, Health};
 use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::Queue;
 use crate::queue::scan::Scanner;
-use crate::store::{Access, Changes, Store, batches, jobs};
+use crate::store::prelude::*;
+use crate::store::{Access, Changes, Store};
 
 pub use ctx::{Ctx, Subject, Task};
 use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule, Timer, nearest};
@@ -293,13 +294,12 @@ impl Daemon {
         )
         .await
         .context("opening the database")?;
-        let changes = Changes::open(
-            &settings.database.path,
-            settings.database.busy_timeout.get(),
-        )
-        .await
-        .context("opening the database")?;
-        let usage = crate::store::usage::model_costs(store.reader())
+        let changes = store
+            .changes(settings.database.busy_timeout.get())
+            .await
+            .context("opening the database")?;
+        let usage = store
+            .model_costs()
             .await
             .context("reading the models' usage")?;
         let metrics = Metrics::new(ModelLabels::busiest_first(
@@ -384,7 +384,7 @@ impl Daemon {
             .context("recovering from the previous run")?;
         // The database may lag the service (a restored backup, lost writes): every job it
         // left unfinished is checked before anything is sent for it.
-        for job in jobs::unfinished(daemon.ctx.store.reader()).await? {
+        for job in daemon.ctx.store.unfinished_jobs().await? {
             daemon.ctx.unverified.add(&job);
         }
         daemon.health.recovered();
@@ -494,7 +494,11 @@ impl Daemon {
         self.stored_timer = None;
         if self.claiming {
             let room = budget.saturating_sub(self.in_flight.len());
-            for job in jobs::validating(ctx.store.reader(), room + self.in_flight.len()).await? {
+            for job in ctx
+                .store
+                .validating_jobs(room + self.in_flight.len())
+                .await?
+            {
                 if self.in_flight.len() >= budget {
                     break;
                 }
@@ -611,7 +615,7 @@ impl Daemon {
                 self.timers.housekeeping.arm_after(now, later);
             }
         }
-        for job in jobs::finishable(ctx.store.reader()).await? {
+        for job in ctx.store.finishable_jobs().await? {
             self.spawn(
                 Subject::Job(job.clone()),
                 T::Finish,
@@ -695,13 +699,15 @@ impl Daemon {
         }
         // A sweep under way does the polls due; it wakes the loop when it ends.
         let polls = !self.in_flight.contains(&Subject::Sweep);
-        let at = batches::next_due(
-            self.ctx.store.reader(),
-            &serde_json::Value::Array(submissions).to_string(),
-            &serde_json::Value::Array(jobs).to_string(),
-            polls,
-        )
-        .await?;
+        let at = self
+            .ctx
+            .store
+            .next_due(
+                &serde_json::Value::Array(submissions).to_string(),
+                &serde_json::Value::Array(jobs).to_string(),
+                polls,
+            )
+            .await?;
         // "" is a poll due now; anything unreadable counts as now too.
         Ok(at.map_or_else(Timer::default, |t| {
             Timer::at(clock::parse(&t).unwrap_or(now))

@@ -32,6 +32,7 @@
 //! * `/readyz` probes the database one request at a time, so a flood of probes holds one
 //!   connection's descriptors, not one each.
 
+use crate::store::prelude::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,7 @@ use crate::daemon::gate::Gate;
 use crate::daemon::runtime::instance::database_dir;
 use crate::queue::Queue;
 use crate::store::Store;
-use crate::store::figures::{self, Figures};
+use crate::store::figures::Figures;
 
 /// The main loop is called stalled when its last successful round ended longer ago than this.
 pub const LOOP_STALE: Duration = Duration::from_secs(30);
@@ -193,7 +194,7 @@ impl Endpoint {
         {
             return Some(figures.clone());
         }
-        match figures::read(self.store.reader(), &self.stuck_after, now).await {
+        match self.store.figures(&self.stuck_after, now).await {
             Ok(figures) => {
                 *cached = Some((Instant::now(), figures.clone()));
                 Some(figures)

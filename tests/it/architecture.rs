@@ -61,12 +61,24 @@ fn naming(dirs: &[&str], word: &str, allowed: &[&str]) -> Vec<String> {
 
 #[test]
 fn only_the_sqlite_store_speaks_sql_and_only_the_provider_and_the_simulator_speak_http() {
+    // The port turns a sqlx error into its own (behind its `sqlx` feature), and names no other.
     let sql = naming(
-        &["src", "crates/provider/src", "crates/sim/src"],
+        &[
+            "src",
+            "crates/store/src",
+            "crates/provider/src",
+            "crates/sim/src",
+        ],
         "sqlx",
-        &[],
+        &["crates/store/src/error.rs"],
     );
     assert!(sql.is_empty(), "sqlx outside the store crate:\n{sql:#?}");
+    // The binary reaches a backend only through the store port's enum.
+    let backend = naming(&["src"], "batchwatch_store_sqlite", &["src/store.rs"]);
+    assert!(
+        backend.is_empty(),
+        "the SQLite backend named outside src/store.rs:\n{backend:#?}"
+    );
     let http = naming(
         &[
             "src",

@@ -2,12 +2,12 @@
 //! and rate limits, refused keys. Nothing is lost, no job gets two live batches, and the key
 //! never shows. (Answers lost or late are in `daemon_reconcile`.)
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::{JobState, SubmissionState};
 use batchwatch::sim::{AuthFault, FaultKind, Faults, RetryAfter, ScriptedFault};
 use batchwatch::store::jobs::Job;
-use batchwatch::store::{batches, jobs};
 
 use crate::metrics::{get, samples, spawn_observed};
 use crate::support::daemon::{
@@ -57,7 +57,7 @@ async fn jobs_refused_for_the_token_limit_complete_once_it_clears_without_duplic
     }
     let retried = finished.iter().find(|j| j.attempts > 1).unwrap();
     let store = env.store().await;
-    let events = jobs::events(store.reader(), &retried.id).await.unwrap();
+    let events = store.job_events(&retried.id).await.unwrap();
     assert!(
         events
             .iter()
@@ -399,7 +399,11 @@ async fn a_token_limit_back_off_holds_the_next_attempt_until_it_expires() {
     })
     .await;
     assert_eq!(t.batches_created(&job).await, 1);
-    let next = batches::for_job(t.daemon.ctx.store.reader(), &job.id)
+    let next = t
+        .daemon
+        .ctx
+        .store
+        .submissions_of(&job.id)
         .await
         .unwrap()
         .into_iter()

@@ -2,11 +2,11 @@
 //! the daemon, which follows the batch through cancelling to its end and keeps the partial
 //! results.
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::sim::{Faults, SimConfig};
-use batchwatch::store::batches;
 
 use crate::support::daemon::{
     Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,
@@ -89,12 +89,10 @@ async fn a_batch_past_its_deadline_is_cancelled_and_its_partial_results_kept() {
         ["cancelling", "cancelled"]
     );
     let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    let sub = &store.submissions_of(&job.id).await.unwrap()[0];
     assert_eq!(sub.status.as_ref().map(|s| s.as_str()), Some("cancelled"));
     assert!(sub.cancel_requested_at.is_some() && sub.cancel_sent_at.is_some());
-    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
-        .await
-        .unwrap();
+    let events = store.job_events(&job.id).await.unwrap();
     assert!(
         events
             .iter()
@@ -261,9 +259,7 @@ async fn a_deadline_passing_on_the_clock_cancels_the_batch_at_that_round() {
     t.round(Duration::from_secs(61)).await;
     let after = t.job().await.unwrap();
     assert_eq!(after.cancel_reason.as_deref(), Some("deadline"));
-    let remote = batches::for_job(t.daemon.ctx.store.reader(), &job.id)
-        .await
-        .unwrap()[0]
+    let remote = t.daemon.ctx.store.submissions_of(&job.id).await.unwrap()[0]
         .remote_id
         .clone()
         .unwrap();
@@ -367,9 +363,7 @@ async fn a_cancel_asked_for_before_the_file_is_checked_never_shows_the_job_queue
     env.stop(daemon);
     assert_eq!(jobs[0].state, JobState::Cancelled);
     let store = env.store().await;
-    let events = batchwatch::store::jobs::events(store.reader(), &job.id)
-        .await
-        .unwrap();
+    let events = store.job_events(&job.id).await.unwrap();
     assert!(
         events.iter().all(|e| e.state != JobState::Queued),
         "{events:#?}"

@@ -3,6 +3,7 @@
 //! changes after its claim is validated again; one that changes after it was sent is named at
 //! its job's end.
 
+use batchwatch::store::prelude::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,8 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
-use batchwatch::store::batches;
-use batchwatch::store::jobs::{self, Job};
+use batchwatch::store::jobs::Job;
 
 use crate::support::daemon::{Env, quick_sim, requests, slow_sim};
 use crate::support::sim::spawn_sim;
@@ -56,10 +56,10 @@ async fn assert_whole_file_ran_once(env: &Env, job: &Job, content: &str) {
     );
     assert_eq!(env.output_lines(job), requests);
     let store = env.store().await;
-    let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+    let subs = store.submissions_of(&job.id).await.unwrap();
     assert_eq!(subs.len(), 1, "one submission, of the whole file");
     assert_eq!(subs[0].request_total, Some(requests as i64));
-    let events = jobs::events(store.reader(), &job.id).await.unwrap();
+    let events = store.job_events(&job.id).await.unwrap();
     assert!(
         !events
             .iter()
@@ -175,9 +175,7 @@ async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whol
     daemon.wait_for_line("rate limited (429)", Duration::from_secs(10));
     let store = env.store().await;
     let claimed = wait_until("the claimed file", Duration::from_secs(10), async || {
-        let jobs = jobs::in_states(store.reader(), JobState::ALL)
-            .await
-            .unwrap();
+        let jobs = store.jobs_in_states(JobState::ALL).await.unwrap();
         (!jobs.is_empty(), jobs)
     })
     .await;
@@ -207,11 +205,11 @@ async fn a_file_that_grows_after_its_claim_is_validated_again_and_submitted_whol
         std::fs::read_to_string(env.dir("done").join("slow.jsonl")).unwrap(),
         content
     );
-    let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+    let subs = store.submissions_of(&job.id).await.unwrap();
     assert_eq!(subs.len(), 1, "one submission, of the whole file");
     assert_eq!(subs[0].request_total, Some(8));
     assert_eq!(subs[0].part_end, content.len() as i64);
-    let events = jobs::events(store.reader(), &job.id).await.unwrap();
+    let events = store.job_events(&job.id).await.unwrap();
     assert!(
         events.iter().any(|e| e
             .message
@@ -289,7 +287,7 @@ async fn a_file_changed_after_it_was_sent_fails_its_job_naming_the_change() {
             )),
             "{name}: {reason}"
         );
-        let events = jobs::events(store.reader(), &job.id).await.unwrap();
+        let events = store.job_events(&job.id).await.unwrap();
         assert!(
             events.iter().any(|e| e.message.contains(reason)),
             "{name}: {events:?}"

@@ -1,10 +1,10 @@
 //! The daemon from file to results: many files, split files, vanished, failed or expired
 //! batches, results that cannot be downloaded, and what the database says about it all.
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
-use batchwatch::store::{batches, history};
 
 use crate::support::daemon::{
     Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,
@@ -87,7 +87,7 @@ async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
     let mut saw_in_progress = 0;
     for job in &jobs {
         assert_eq!(job.attempts, 1);
-        let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+        let subs = store.submissions_of(&job.id).await.unwrap();
         assert_eq!(subs.len(), 1);
         let remote = subs[0].remote_id.clone().unwrap();
         let sim_batch = stats
@@ -98,9 +98,7 @@ async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
         assert_eq!(sim_batch.job_id.as_deref(), Some(job.id.as_str()));
         let sim_statuses: Vec<String> =
             sim_batch.history.iter().map(|t| t.status.clone()).collect();
-        let rows = history::for_batch(store.reader(), subs[0].id)
-            .await
-            .unwrap();
+        let rows = store.history(subs[0].id).await.unwrap();
         let mut db_statuses: Vec<String> = rows.iter().map(|h| h.status.to_string()).collect();
         db_statuses.dedup();
         assert!(
@@ -153,7 +151,8 @@ async fn an_oversized_file_is_split_into_batches_and_its_results_merged() {
     let stats = sim.handle.stats().await;
     assert_eq!(stats.batches_by_job.get(&job.id), Some(&3));
     let store = env.store().await;
-    let parts: Vec<i64> = batches::for_job(store.reader(), &job.id)
+    let parts: Vec<i64> = store
+        .submissions_of(&job.id)
         .await
         .unwrap()
         .iter()
@@ -191,7 +190,7 @@ async fn a_vanished_batch_is_lost_never_running() {
     assert_eq!(jobs[0].state, JobState::Failed);
     assert_eq!(jobs[0].reason_code.as_deref(), Some("batch_lost"));
     let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &jobs[0].id).await.unwrap()[0];
+    let sub = &store.submissions_of(&jobs[0].id).await.unwrap()[0];
     assert_eq!(sub.state, batchwatch::model::SubmissionState::Lost);
     assert_eq!(
         read_json(&env.dir("failed").join("gone.jsonl.reason.json"))["code"],
@@ -267,7 +266,7 @@ async fn a_completed_batch_whose_output_is_gone_fails_its_job_and_keeps_what_rem
     env.stop(daemon);
     let job = &jobs[0];
     let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
+    let sub = &store.submissions_of(&job.id).await.unwrap()[0];
     let output_id = sub.output_id.clone().expect("the batch had an output file");
     assert!(sub.error_output_id.is_some(), "and an error file");
     assert_eq!(sub.status, Some(batchwatch::model::BatchStatus::Completed));

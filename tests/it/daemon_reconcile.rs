@@ -5,6 +5,7 @@
 //! but whose input file is not the job's (forged with another key of the same organisation)
 //! is neither adopted nor cancelled.
 
+use batchwatch::store::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -14,9 +15,9 @@ use batchwatch::config::Settings;
 use batchwatch::daemon::Daemon;
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, Faults, ScriptedFault, SimConfig};
-use batchwatch::store::batches::Submission;
-use batchwatch::store::jobs::Job;
-use batchwatch::store::{Access, Store, batches, jobs};
+use batchwatch_store_sqlite::batches::Submission;
+use batchwatch_store_sqlite::jobs::Job;
+use batchwatch_store_sqlite::{Access, Store};
 use serde_json::json;
 
 use crate::support::daemon::{
@@ -78,7 +79,7 @@ async fn a_create_whose_answer_is_lost_is_reconciled_and_never_repeated() {
         "it listed batches to reconcile (beyond the one page of the start-up check)"
     );
     let store = env.store().await;
-    let events = jobs::events(store.reader(), &jobs[0].id).await.unwrap();
+    let events = store.job_events(&jobs[0].id).await.unwrap();
     assert!(
         events
             .iter()
@@ -171,7 +172,7 @@ async fn a_create_that_lands_after_reconciliation_is_found_and_its_duplicate_can
         "the duplicate is reported"
     );
     let store = env.store().await;
-    let events = jobs::events(store.reader(), &job_id).await.unwrap();
+    let events = store.job_events(&job_id).await.unwrap();
     assert!(
         events.iter().any(|e| e
             .message
@@ -179,9 +180,7 @@ async fn a_create_that_lands_after_reconciliation_is_found_and_its_duplicate_can
         "{events:?}"
     );
     // The job's own batch is the one that completed, and its results are whole.
-    let subs = batchwatch::store::batches::for_job(store.reader(), &job_id)
-        .await
-        .unwrap();
+    let subs = store.submissions_of(&job_id).await.unwrap();
     assert_eq!(subs.len(), 1);
     assert_ne!(subs[0].remote_id.as_deref(), Some(duplicate.id.as_str()));
     assert!(subs[0].resent_at.is_some());
@@ -206,7 +205,7 @@ async fn a_create_whose_recording_fails_is_reconciled_not_repeated() {
     env.drop_file("busy.jsonl", requests("busy", 3, "gpt-4o-mini").as_bytes());
 
     // Wait for the create intent, i.e. the create request is in flight (1.5 s of latency).
-    let reader = env.store().await;
+    let reader = env.sqlite().await;
     wait_until("the create intent", Duration::from_secs(20), async || {
         let creating: i64 =
             sqlx::query_scalar("SELECT count(*) FROM batches WHERE state = 'creating'")
@@ -388,7 +387,11 @@ async fn resend(t: &mut InProcess, job: &Job) -> Submission {
         j.state == JobState::Running
     })
     .await;
-    let ours = batches::for_job(t.daemon.ctx.store.reader(), &job.id)
+    let ours = t
+        .daemon
+        .ctx
+        .store
+        .submissions_of(&job.id)
         .await
         .unwrap()
         .remove(0);
@@ -444,9 +447,7 @@ async fn the_duplicate_watch_cancels_a_late_duplicate_at_its_next_check() {
         "cancelling",
         "cancelled at the next duplicate check"
     );
-    let events = jobs::events(t.daemon.ctx.store.reader(), &job.id)
-        .await
-        .unwrap();
+    let events = t.daemon.ctx.store.job_events(&job.id).await.unwrap();
     assert!(
         events
             .iter()
@@ -534,12 +535,10 @@ async fn a_forged_batch_after_a_kill(attempt: &str) {
     env.drop_file("real.jsonl", requests("real", 2, "gpt-4o-mini").as_bytes());
     let (job_id, real) = wait_until("the job's batch", Duration::from_secs(30), async || {
         let store = env.store().await;
-        let running = jobs::in_states(store.reader(), &[JobState::Running])
-            .await
-            .unwrap();
+        let running = store.jobs_in_states(&[JobState::Running]).await.unwrap();
         let mut found = None;
         if let Some(job) = running.first() {
-            let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+            let subs = store.submissions_of(&job.id).await.unwrap();
             found = subs[0].remote_id.clone().map(|r| (job.id.clone(), r));
         }
         store.close().await;
@@ -575,7 +574,7 @@ async fn a_forged_batch_after_a_kill(attempt: &str) {
         "the job's own results, and only those"
     );
     let store = env.store().await;
-    let subs = batches::for_job(store.reader(), &job_id).await.unwrap();
+    let subs = store.submissions_of(&job_id).await.unwrap();
     let followed: Vec<_> = subs.iter().map(|s| s.remote_id.clone()).collect();
     assert_eq!(
         followed,
@@ -586,7 +585,7 @@ async fn a_forged_batch_after_a_kill(attempt: &str) {
         !was_cancelled(&sim, &forged).await,
         "someone else's batch was cancelled"
     );
-    let events = jobs::events(store.reader(), &job_id).await.unwrap();
+    let events = store.job_events(&job_id).await.unwrap();
     assert!(
         events
             .iter()
@@ -642,9 +641,7 @@ async fn a_forged_batch_around_a_resent_create(before_reconcile: bool) {
         !was_cancelled(&t.sim, &forged).await,
         "someone else's batch was cancelled"
     );
-    let events = jobs::events(t.daemon.ctx.store.reader(), &job.id)
-        .await
-        .unwrap();
+    let events = t.daemon.ctx.store.job_events(&job.id).await.unwrap();
     assert!(
         !events.iter().any(|e| e.message.contains(&forged)),
         "{events:#?}"

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault};
-use batchwatch::store::{Access, Store};
+use batchwatch_store_sqlite::{Access, Store};
 
 use crate::support::daemon::{Env, assert_each_completed_once, requests, slow_sim, wait_crash};
 use crate::support::process::Running;
@@ -44,7 +44,7 @@ fn restore(env: &Env, backup: &Path) {
 
 /// How many submissions are in `state` now.
 async fn submissions_in(env: &Env, state: &str) -> i64 {
-    let store = env.store().await;
+    let store = env.sqlite().await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM batches WHERE state = ?")
         .bind(state)
         .fetch_one(store.reader())

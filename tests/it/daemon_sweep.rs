@@ -48,7 +48,7 @@ async fn counts(sim: &TestSim) -> Counts {
 
 /// The batch ids the daemon follows, by job.
 async fn remote_ids(env: &Env) -> BTreeMap<String, String> {
-    let store = env.store().await;
+    let store = env.sqlite().await;
     let rows = sqlx::query("SELECT job_id, remote_id FROM batches WHERE remote_id IS NOT NULL")
         .fetch_all(store.reader())
         .await
@@ -60,7 +60,7 @@ async fn remote_ids(env: &Env) -> BTreeMap<String, String> {
 
 /// The statuses recorded for a batch, in order.
 async fn history(env: &Env, remote_id: &str) -> Vec<String> {
-    let store = env.store().await;
+    let store = env.sqlite().await;
     sqlx::query(
         "SELECT h.status FROM status_history h JOIN batches b ON b.id = h.batch_id
          WHERE b.remote_id = ? ORDER BY h.id",
@@ -162,7 +162,7 @@ async fn sweep_follows_a_fleet(order: ListOrder) {
     let c = counts(&sim).await;
     assert!(c.foreign > 0, "the list had no foreign batches");
     assert_eq!(requests_of(&c, "POST /v1/batches/{batch_id}/cancel"), 0);
-    let store = env.store().await;
+    let store = env.sqlite().await;
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM batches WHERE remote_id IS NOT NULL")
         .fetch_one(store.reader())
         .await
@@ -219,7 +219,7 @@ async fn batches_beyond_the_page_budget_or_vanished_are_still_observed_by_retrie
         "the vanished batch lost",
         Duration::from_secs(20),
         async || {
-            let store = env.store().await;
+            let store = env.sqlite().await;
             let state: String = sqlx::query_scalar("SELECT state FROM batches WHERE remote_id = ?")
                 .bind(gone)
                 .fetch_one(store.reader())

@@ -1,9 +1,10 @@
 //! `batchwatch demo`, README's first command: the whole lifecycle with no key and no configuration.
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
-use batchwatch::store::{Access, Store, jobs};
+use batchwatch::store::{Access, Store};
 
 use crate::support::Sandbox;
 
@@ -64,9 +65,7 @@ async fn the_demo_runs_every_kind_of_job_to_its_end_without_a_key_or_a_configura
     )
     .await
     .unwrap();
-    let all = jobs::in_states(store.reader(), JobState::ALL)
-        .await
-        .unwrap();
+    let all = store.jobs_in_states(JobState::ALL).await.unwrap();
     let state = |name: &str| {
         all.iter()
             .find(|j| j.file_name == name)

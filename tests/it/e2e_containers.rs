@@ -2,11 +2,11 @@
 //! container, paused, stopped and restarted under a running daemon (at its old port, or at a
 //! new one the daemon is restarted for); and the daemon itself in a container, killed hard.
 
+use batchwatch::store::prelude::*;
 use std::time::{Duration, Instant};
 
 use batchwatch::model::{JobState, SubmissionState};
 use batchwatch::sim::{FaultKind, ScriptedFault};
-use batchwatch::store::batches;
 
 use crate::support::containers::{DaemonContainer, QUICK_SIM, Scenario, SimContainer};
 use crate::support::daemon::Env;
@@ -65,7 +65,7 @@ async fn wait_polls_failed(env: &Env, prefix: &str, n: usize) {
                 if !job.file_name.starts_with(prefix) {
                     continue;
                 }
-                let subs = batches::for_job(store.reader(), &job.id).await.unwrap();
+                let subs = store.submissions_of(&job.id).await.unwrap();
                 errors.extend(subs.into_iter().filter_map(|s| {
                     (s.state == SubmissionState::Active)
                         .then_some(s.last_error)

@@ -2,6 +2,7 @@
 //! `gc-remote` for what is left), local retention, live reload and key rotation, and the
 //! requests a batch left undone sent again.
 
+use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use std::time::Duration;
 use batchwatch::api::CreateBatchRequest;
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault, SimConfig};
-use batchwatch::store::deletions;
-use batchwatch::store::jobs::Job;
+use batchwatch_store_sqlite::deletions;
+use batchwatch_store_sqlite::jobs::Job;
 
 use crate::support::KEY;
 use crate::support::daemon::{Env, custom_ids, quick_sim, requests, slow_sim, wait_crash};
@@ -25,7 +26,7 @@ async fn deletions_of(env: &Env) -> Vec<deletions::Deletion> {
     let store = env.store().await;
     let mut all = Vec::new();
     for job in env.jobs().await {
-        all.extend(deletions::for_job(store.reader(), &job.id).await.unwrap());
+        all.extend(store.deletions_of(&job.id).await.unwrap());
     }
     store.close().await;
     all
@@ -313,7 +314,7 @@ async fn gc_remote_deletes_what_finished_jobs_left_and_never_a_live_or_foreign_f
     // The two finished jobs' inputs and outputs.
     assert_eq!(gone.len(), 4, "{out}\n{gone:#?}");
     let store = env.store().await;
-    let known = deletions::known_files(store.reader()).await.unwrap();
+    let known = store.known_files().await.unwrap();
     store.close().await;
     for f in &gone {
         let k = known
@@ -369,7 +370,7 @@ async fn gc_remote_keeps_a_finished_jobs_input_while_another_batch_runs_on_it() 
     .await
     .unwrap();
     let store = env.store().await;
-    let known = deletions::known_files(store.reader()).await.unwrap();
+    let known = store.known_files().await.unwrap();
     store.close().await;
     let input = known
         .iter()
@@ -728,7 +729,7 @@ async fn retention_removes_old_finished_jobs_files_and_rows_and_the_database_shr
         Duration::from_secs(30),
         async || {
             let store = env.store().await;
-            let n = deletions::pending_count(store.reader()).await.unwrap();
+            let n = store.pending_deletions().await.unwrap();
             store.close().await;
             (n == 0, n)
         },
@@ -778,7 +779,7 @@ async fn retention_removes_old_finished_jobs_files_and_rows_and_the_database_shr
         "{:?}",
         env.names("results")
     );
-    let store = env.store().await;
+    let store = env.sqlite().await;
     let history: i64 = sqlx::query_scalar("SELECT count(*) FROM status_history")
         .fetch_one(store.reader())
         .await
@@ -957,16 +958,15 @@ async fn an_expired_batch_is_resubmitted_with_exactly_its_missing_requests() {
     assert_eq!(all, want, "every request once across the chain");
 
     let store = env.store().await;
-    let parent = batchwatch::store::chain::parent_of(store.reader(), &again.id)
-        .await
-        .unwrap();
+    let parent = store.parent_of(&again.id).await.unwrap();
     assert_eq!(parent.as_deref(), Some(original.id.as_str()));
     // Both jobs' events say what was chosen: which requests, and how many.
     let events = |id: &str| {
         let store = &store;
         let id = id.to_owned();
         async move {
-            batchwatch::store::jobs::events(store.reader(), &id)
+            store
+                .job_events(&id)
                 .await
                 .unwrap()
                 .into_iter()

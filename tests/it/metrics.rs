@@ -3,6 +3,7 @@
 //! dashboard's and the alerting rules' expressions, usage and cost booked once, `/readyz`, stuck
 //! batches, and the endpoint turned off or refused its port.
 
+use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,6 @@ use batchwatch::daemon::Daemon;
 use batchwatch::daemon::track::observe;
 use batchwatch::model::{BatchStatus, JobState};
 use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault, SimConfig};
-use batchwatch::store::{batches, usage};
 use sqlx::Connection;
 
 use crate::support::daemon::{Env, quick_sim, requests};
@@ -149,9 +149,7 @@ async fn run_lifecycle(env: &Env, daemon: &mut Running) -> Vec<batchwatch::store
     // `big` goes in once `late` is running, so the two together pass the token limit.
     wait_until("late running", Duration::from_secs(30), async || {
         let store = env.store().await;
-        let counts = batchwatch::store::batches::status_counts(store.reader())
-            .await
-            .unwrap();
+        let counts = store.batch_status_counts().await.unwrap();
         store.close().await;
         let running = counts
             .iter()
@@ -233,10 +231,7 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     let store = env.store().await;
 
     // Rows: jobs by state, batches by status, transitions, cancels, as the database has them.
-    for (state, n) in batchwatch::store::jobs::state_counts(store.reader())
-        .await
-        .unwrap()
-    {
+    for (state, n) in store.job_state_counts().await.unwrap() {
         let s_ = state.as_str();
         assert_eq!(
             sum(&s, "batchwatch_jobs", &[("state", s_)]),
@@ -252,7 +247,7 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
             "jobs that became {terminal}"
         );
     }
-    for (status, n) in batches::status_counts(store.reader()).await.unwrap() {
+    for (status, n) in store.batch_status_counts().await.unwrap() {
         assert_eq!(
             sum(&s, "batchwatch_batches", &[("status", status.as_str())]),
             n as f64,
@@ -335,7 +330,8 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     let scraped = sum(&s, "batchwatch_cost_usd_total", &mini);
     assert!((scraped - expected).abs() < 1e-9, "{scraped} != {expected}");
     let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-    let in_db: f64 = usage::job_costs(store.reader(), &ids)
+    let in_db: f64 = store
+        .job_costs(&ids)
         .await
         .unwrap()
         .iter()
@@ -371,7 +367,7 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
     let mut completed = 0;
     let mut uploaded = 0;
     for job in &jobs {
-        for b in batches::for_job(store.reader(), &job.id).await.unwrap() {
+        for b in store.submissions_of(&job.id).await.unwrap() {
             if b.status.as_ref().is_some_and(BatchStatus::is_terminal) {
                 completed += b.request_completed.unwrap_or(0);
             }
@@ -791,11 +787,9 @@ async fn cost_is_booked_once_across_a_kill_a_restart_and_re_observations() {
             )
             .await
             .unwrap();
-            let job = batchwatch::store::jobs::in_states(store.reader(), JobState::ALL)
-                .await
-                .unwrap();
+            let job = store.jobs_in_states(JobState::ALL).await.unwrap();
             let rows = match job.first() {
-                Some(job) => usage::for_job(store.reader(), &job.id).await.unwrap(),
+                Some(job) => store.usage_of(&job.id).await.unwrap(),
                 None => Vec::new(),
             };
             store.close().await;
@@ -836,7 +830,10 @@ async fn cost_is_booked_once_across_a_kill_a_restart_and_re_observations() {
         let daemon = Daemon::start(settings.clone(), ApiKey::new(KEY).unwrap(), Clock::System)
             .await
             .unwrap();
-        let row = batches::by_remote_id(daemon.ctx.store.reader(), &remote[0].id)
+        let row = daemon
+            .ctx
+            .store
+            .submission_by_remote_id(&remote[0].id)
             .await
             .unwrap()
             .unwrap();

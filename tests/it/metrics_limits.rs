@@ -2,6 +2,7 @@
 //! the daemon of file descriptors nor holds the endpoint, `/readyz` while every round of the
 //! main loop fails, and a bounded number of series for the models of users' files.
 
+use batchwatch::store::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batchwatch::metrics::server::{HEADER_TIMEOUT, LOOP_STALE, MAX_CONNECTIONS};
-use batchwatch::store::usage;
 
 use crate::metrics::{endpoint_addr, get, samples, sockets_of, spawn_observed};
 use crate::support::daemon::{Env, quick_sim, requests};
@@ -331,7 +331,7 @@ fn tokens_by_model(samples: &BTreeMap<String, f64>) -> (BTreeSet<String>, f64) {
 /// Every token the database holds, of every model.
 async fn tokens_in_database(env: &Env) -> f64 {
     let store = env.store().await;
-    let costs = usage::model_costs(store.reader()).await.unwrap();
+    let costs = store.model_costs().await.unwrap();
     store.close().await;
     costs
         .iter()

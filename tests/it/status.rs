@@ -3,6 +3,7 @@
 use crate::support::Sandbox;
 use crate::support::fixtures::{fill, open};
 use crate::support::process::{run, stdout_ok};
+use batchwatch::store::prelude::*;
 
 async fn filled() -> (Sandbox, crate::support::fixtures::Filled) {
     let sandbox = Sandbox::new();
@@ -268,7 +269,8 @@ async fn status_shows_the_last_error_of_a_running_job_as_its_reason() {
 /// seconds later.
 async fn fail_latest_batch(sandbox: &Sandbox, job: &str, error: &str, at: &str) {
     let store = open(&sandbox.db_path()).await;
-    let latest = batchwatch::store::batches::for_job(store.reader(), job)
+    let latest = store
+        .submissions_of(job)
         .await
         .unwrap()
         .into_iter()
@@ -279,7 +281,7 @@ async fn fail_latest_batch(sandbox: &Sandbox, job: &str, error: &str, at: &str) 
         std::time::Duration::from_secs(10),
     ));
     let mut tx = store.begin().await.unwrap();
-    batchwatch::store::transitions::defer_poll(&mut tx, latest.id, &next, error, at)
+    batchwatch_store_sqlite::transitions::defer_poll(&mut tx, latest.id, &next, error, at)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -288,14 +290,14 @@ async fn fail_latest_batch(sandbox: &Sandbox, job: &str, error: &str, at: &str) 
 
 /// Inserts a job of `name` for `model`, claimed at `at`, with its file at `path`.
 async fn job_at(
-    store: &batchwatch::store::Store,
+    store: &batchwatch_store_sqlite::Store,
     id: &str,
     name: &str,
     model: &str,
     at: &str,
     path: &str,
 ) {
-    use batchwatch::store::jobs::{self, NewJob};
+    use batchwatch_store_sqlite::jobs::{self, NewJob};
     let mut tx = store.begin().await.unwrap();
     jobs::insert(
         &mut tx,

@@ -1,12 +1,13 @@
 //! The store: migrations, schema version checks, every query, and reading while another
 //! connection writes.
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
-use batchwatch::store::batches::{self, NewSubmission, Recorded};
-use batchwatch::store::{
-    Access, Store, StoreError, deletions, history, jobs, known_schema_version, transitions,
+use batchwatch_store_sqlite::batches::{self, NewSubmission, Recorded};
+use batchwatch_store_sqlite::{
+    Access, Store, StoreError, deletions, jobs, known_schema_version, transitions,
 };
 
 use crate::support::Sandbox;
@@ -112,7 +113,8 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
         store.schema_version().await.unwrap(),
         Some(known_schema_version())
     );
-    let batch = batches::get(store.reader(), filled.completed_batch)
+    let batch = store
+        .submission(filled.completed_batch)
         .await
         .unwrap()
         .expect("the batch row survived");
@@ -121,7 +123,7 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
         Some(filled.completed_remote.as_str())
     );
     assert_eq!(batch.results_missing, None);
-    let job = jobs::get(store.reader(), &filled.completed).await.unwrap();
+    let job = store.job(&filled.completed).await.unwrap();
     assert_eq!(job.map(|j| j.state), Some(JobState::Completed));
 }
 
@@ -136,17 +138,15 @@ async fn migrating_an_already_migrated_database_keeps_its_data() {
         store.schema_version().await.unwrap(),
         Some(known_schema_version())
     );
-    assert!(
-        jobs::get(store.reader(), &filled.completed)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(store.job(&filled.completed).await.unwrap().is_some());
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(store.reader())
         .await
         .unwrap();
-    assert_eq!(applied, batchwatch::store::MIGRATOR.iter().count() as i64);
+    assert_eq!(
+        applied,
+        batchwatch_store_sqlite::MIGRATOR.iter().count() as i64
+    );
 }
 
 /// A filled database in a sandbox, then altered by `sql`.
@@ -375,18 +375,13 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
     let id = job_id(10);
     new_job(&store, &id, "a.jsonl", 4).await;
 
-    let job = jobs::get(store.reader(), &id).await.unwrap().unwrap();
+    let job = store.job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Validating);
     assert_eq!(job.file_name, "a.jsonl");
     assert_eq!(job.request_count, Some(4));
     assert_eq!(job.model.as_deref(), Some("gpt-4o-mini"));
     assert_eq!(job.metadata, r#"{"team":"research"}"#);
-    assert!(
-        jobs::get(store.reader(), "job_unknown")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.job("job_unknown").await.unwrap().is_none());
 
     let mut tx = store.begin().await.unwrap();
     jobs::set_state(
@@ -444,7 +439,7 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
     .unwrap();
     tx.commit().await.unwrap();
 
-    let job = jobs::get(store.reader(), &id).await.unwrap().unwrap();
+    let job = store.job(&id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(job.path, "processing/x");
     assert_eq!(job.attempts, 1);
@@ -461,7 +456,7 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
     assert_eq!(job.finished_at.as_deref(), Some("2026-11-22T10:00:07.000Z"));
     assert_eq!(job.results_dir, Some(format!("results/{id}")));
 
-    let events = jobs::events(store.reader(), &id).await.unwrap();
+    let events = store.job_events(&id).await.unwrap();
     let states: Vec<JobState> = events.iter().map(|e| e.state).collect();
     assert_eq!(
         states,
@@ -487,7 +482,8 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
     );
     drop(tx);
 
-    let in_states = jobs::in_states(store.reader(), &[JobState::Cancelled, JobState::Queued])
+    let in_states = store
+        .jobs_in_states(&[JobState::Cancelled, JobState::Queued])
         .await
         .unwrap();
     assert_eq!(
@@ -495,7 +491,8 @@ async fn job_queries_insert_read_and_move_jobs_through_their_states() {
         [id.as_str()]
     );
     assert!(
-        jobs::in_states(store.reader(), &[JobState::Running])
+        store
+            .jobs_in_states(&[JobState::Running])
             .await
             .unwrap()
             .is_empty()
@@ -526,7 +523,7 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
     tx.commit().await.unwrap();
 
-    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let s = store.submission(id).await.unwrap().unwrap();
     assert_eq!(
         (s.state, s.remote_id.as_deref(), s.not_before.as_deref()),
         (
@@ -556,7 +553,7 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
         .unwrap();
     tx.commit().await.unwrap();
 
-    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let s = store.submission(id).await.unwrap().unwrap();
     assert_eq!(s.state, SubmissionState::Active);
     assert_eq!(s.upload_id.as_deref(), Some("file-abc"));
     assert_eq!(s.outcome_unknown_at, None, "activation settles the outcome");
@@ -568,11 +565,7 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
         Some("2026-11-22T10:00:20.000Z"),
         "the first decision stands"
     );
-    let attempts = jobs::get(store.reader(), &job)
-        .await
-        .unwrap()
-        .unwrap()
-        .attempts;
+    let attempts = store.job(&job).await.unwrap().unwrap().attempts;
     assert_eq!(attempts, 1, "activation counts the attempt");
 
     let mut tx = store.begin().await.unwrap();
@@ -585,7 +578,8 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
     tx.commit().await.unwrap();
     assert_eq!(
-        batches::by_remote_id(store.reader(), "batch_x1")
+        store
+            .submission_by_remote_id("batch_x1")
             .await
             .unwrap()
             .unwrap()
@@ -593,15 +587,13 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
         id
     );
     assert!(
-        batches::by_remote_id(store.reader(), "batch_nope")
+        store
+            .submission_by_remote_id("batch_nope")
             .await
             .unwrap()
             .is_none()
     );
-    assert_eq!(
-        batches::for_job(store.reader(), &job).await.unwrap().len(),
-        1
-    );
+    assert_eq!(store.submissions_of(&job).await.unwrap().len(), 1);
 
     let mut tx = store.begin().await.unwrap();
     transitions::lose(&mut tx, id, "gone", T0).await.unwrap();
@@ -650,7 +642,7 @@ async fn seen_unchanged_moves_only_the_named_active_rows_not_yet_seen_later() {
     let row = |id| {
         let store = store.clone();
         async move {
-            let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+            let s = store.submission(id).await.unwrap().unwrap();
             (s.next_poll_at, s.last_polled_at)
         }
     };
@@ -828,11 +820,7 @@ async fn every_transition_moves_only_from_the_states_the_diagram_allows() {
                 }
                 Err(other) => panic!("{name} from {state}: {other}"),
             }
-            let after = batches::get(store.reader(), id)
-                .await
-                .unwrap()
-                .unwrap()
-                .state;
+            let after = store.submission(id).await.unwrap().unwrap().state;
             let expected = if allowed { to.unwrap_or(state) } else { state };
             assert_eq!(after, expected, "{name} from {state}");
         }
@@ -864,13 +852,7 @@ async fn every_job_move_follows_an_edge_of_the_job_state_machine() {
     let store = open(&sandbox.db_path()).await;
     let job = job_id(78);
     new_job(&store, &job, "job-edges.jsonl", 1).await;
-    let state_now = || async {
-        jobs::get(store.reader(), &job)
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-    };
+    let state_now = || async { store.job(&job).await.unwrap().unwrap().state };
     for from in J::ALL.iter().copied() {
         for to in J::ALL.iter().copied() {
             sqlx::query("UPDATE jobs SET state = ? WHERE id = ?")
@@ -933,7 +915,7 @@ async fn a_local_fault_and_the_services_failures_are_counted_apart() {
         .unwrap();
     assert_eq!(since, t1, "the wait began at its first failure");
     tx.commit().await.unwrap();
-    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let row = store.submission(id).await.unwrap().unwrap();
     assert_eq!(
         (
             row.collect_failing_since.as_deref(),
@@ -952,7 +934,7 @@ async fn a_local_fault_and_the_services_failures_are_counted_apart() {
         "the service's failures count from the end of the wait"
     );
     tx.commit().await.unwrap();
-    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let row = store.submission(id).await.unwrap().unwrap();
     assert_eq!(row.local_fault_since, None);
     let mut tx = store.begin().await.unwrap();
     transitions::wait_on_local_fault(&mut tx, id, "disk full", t3, t3)
@@ -960,7 +942,7 @@ async fn a_local_fault_and_the_services_failures_are_counted_apart() {
         .unwrap();
     transitions::collected(&mut tx, id, None, t3).await.unwrap();
     tx.commit().await.unwrap();
-    let row = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let row = store.submission(id).await.unwrap().unwrap();
     assert_eq!(
         (row.local_fault_since, row.collect_failing_since),
         (None, None)
@@ -1000,7 +982,8 @@ async fn remote_clean_up_plans_only_the_result_files_that_are_on_disk() {
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(added, 3);
-    let planned: Vec<(String, String)> = deletions::for_job(store.reader(), &job)
+    let planned: Vec<(String, String)> = store
+        .deletions_of(&job)
         .await
         .unwrap()
         .into_iter()
@@ -1058,9 +1041,7 @@ async fn observations_append_history_only_when_something_changed_and_terminal_st
     let store = open(&sandbox.db_path()).await;
     let filled = fill(&store).await;
 
-    let rows = history::for_batch(store.reader(), filled.completed_batch)
-        .await
-        .unwrap();
+    let rows = store.history(filled.completed_batch).await.unwrap();
     let seen_statuses: Vec<(String, Option<i64>)> = rows
         .iter()
         .map(|h| (h.status.to_string(), h.request_completed))
@@ -1112,12 +1093,9 @@ async fn observations_append_history_only_when_something_changed_and_terminal_st
         "a capitalised known status is the same status"
     );
     tx.commit().await.unwrap();
-    let s = batches::get(store.reader(), id).await.unwrap().unwrap();
+    let s = store.submission(id).await.unwrap().unwrap();
     assert_eq!(s.status, Some(BatchStatus::Completed));
-    assert_eq!(
-        history::for_batch(store.reader(), id).await.unwrap().len(),
-        4
-    );
+    assert_eq!(store.history(id).await.unwrap().len(), 4);
 
     // An unknown status is stored exactly as it came.
     let job = job_id(20);
@@ -1182,9 +1160,7 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
     let store = open(&sandbox.db_path()).await;
     let f = fill(&store).await;
 
-    let all = jobs::overview(store.reader(), &jobs::Filter::default(), 100)
-        .await
-        .unwrap();
+    let all = store.overview(&jobs::Filter::default(), 100).await.unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(all[0].id, f.queued, "newest first");
     let running = all.iter().find(|r| r.id == f.running).unwrap();
@@ -1207,16 +1183,16 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
         (None, None)
     );
 
-    let failed_only = jobs::overview(
-        store.reader(),
-        &jobs::Filter {
-            state: Some(JobState::Rejected),
-            ..jobs::Filter::default()
-        },
-        100,
-    )
-    .await
-    .unwrap();
+    let failed_only = store
+        .overview(
+            &jobs::Filter {
+                state: Some(JobState::Rejected),
+                ..jobs::Filter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         failed_only
             .iter()
@@ -1225,14 +1201,15 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
         [f.rejected.as_str()]
     );
     assert_eq!(
-        jobs::overview(store.reader(), &jobs::Filter::default(), 2)
+        store
+            .overview(&jobs::Filter::default(), 2)
             .await
             .unwrap()
             .len(),
         2
     );
 
-    let counts = jobs::state_counts(store.reader()).await.unwrap();
+    let counts = store.job_state_counts().await.unwrap();
     for (state, n) in [
         (JobState::Completed, 1),
         (JobState::Running, 1),
@@ -1241,7 +1218,7 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
     ] {
         assert!(counts.contains(&(state, n)), "{counts:?}");
     }
-    let statuses = batches::status_counts(store.reader()).await.unwrap();
+    let statuses = store.batch_status_counts().await.unwrap();
     for (status, n) in [
         (BatchStatus::Completed, 1),
         (BatchStatus::InProgress, 2),
@@ -1322,12 +1299,7 @@ async fn a_status_query_succeeds_while_another_connection_is_writing() {
     tx.commit().await.unwrap();
 
     let reader = fixtures::open(&sandbox.db_path()).await;
-    assert!(
-        jobs::get(reader.reader(), &uncommitted)
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(reader.job(&uncommitted).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -1347,7 +1319,8 @@ async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
         .unwrap();
     assert_eq!(mode, "delete");
     assert_eq!(
-        jobs::overview(reader.reader(), &jobs::Filter::default(), 10)
+        reader
+            .overview(&jobs::Filter::default(), 10)
             .await
             .unwrap()
             .len(),
@@ -1412,9 +1385,7 @@ async fn a_write_that_fails_on_a_full_disk_leaves_the_writer_usable_once_space_r
     assert!(failures > 0, "the disk was full: writes must have failed");
     std::fs::remove_file(&filler).unwrap();
     new_job(&store, &job_id(2), "after.jsonl", 1).await;
-    let all = jobs::in_states(store.reader(), JobState::ALL)
-        .await
-        .unwrap();
+    let all = store.jobs_in_states(JobState::ALL).await.unwrap();
     let names: Vec<&str> = all.iter().map(|j| j.file_name.as_str()).collect();
     assert_eq!(
         names,

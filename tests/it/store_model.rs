@@ -22,17 +22,18 @@
 //! shrunk and printed; its core becomes a fixed sequence below (and a test through the daemon
 //! where the daemon was at fault).
 
+use batchwatch::store::prelude::*;
 use std::path::Path;
 use std::time::Duration;
 
 use batchwatch::daemon::finish;
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
-use batchwatch::store::batches::{self, Observation, Submission};
-use batchwatch::store::jobs::{self, Job, NewJob, Why};
-use batchwatch::store::ops::finish::Ending;
-use batchwatch::store::ops::intake::{Part, Validated};
-use batchwatch::store::ops::track::{Next, Plan, Sighting};
-use batchwatch::store::{Access, Lease, Store, StoreError};
+use batchwatch_store_sqlite::batches::{Observation, Submission};
+use batchwatch_store_sqlite::jobs::{Job, NewJob, Why};
+use batchwatch_store_sqlite::ops::finish::Ending;
+use batchwatch_store_sqlite::ops::intake::{Part, Validated};
+use batchwatch_store_sqlite::ops::track::{Next, Plan, Sighting};
+use batchwatch_store_sqlite::{Access, Lease, Store, StoreError};
 use proptest::prelude::*;
 
 const NOW: &str = "2026-12-01T10:00:00.000Z";
@@ -347,10 +348,9 @@ async fn operate(store: &Store, model: &Model, event: &Event) -> Result<bool, St
     let lease = &Lease::SOLE;
     let pick_job = |i: &Pick| (!model.jobs.is_empty()).then(|| &model.jobs[i.of(model.jobs.len())]);
     let pick_sub = |i: &Pick| (!model.subs.is_empty()).then(|| &model.subs[i.of(model.subs.len())]);
-    let job_of =
-        async |id: &str| Ok::<Job, StoreError>(jobs::get(store.reader(), id).await?.expect("job"));
+    let job_of = async |id: &str| Ok::<Job, StoreError>(store.job(id).await?.expect("job"));
     let row_of = async |id: i64| {
-        Ok::<Submission, StoreError>(batches::get(store.reader(), id).await?.expect("submission"))
+        Ok::<Submission, StoreError>(store.submission(id).await?.expect("submission"))
     };
     match event {
         Event::Claim { .. } => {
@@ -423,10 +423,10 @@ async fn operate(store: &Store, model: &Model, event: &Event) -> Result<bool, St
                 (JobState::Completed, None)
             } else {
                 // The daemon finishes the jobs the store lists as finishable.
-                if !jobs::finishable(store.reader()).await?.contains(&j.id) {
+                if !store.finishable_jobs().await?.contains(&j.id) {
                     return Ok(false);
                 }
-                let rows = batches::for_job(store.reader(), &j.id).await?;
+                let rows = store.submissions_of(&j.id).await?;
                 finish::outcome(&stored, &finish::latest(&rows), true)
             };
             let ending = Ending {
@@ -815,7 +815,8 @@ async fn run(steps: &[Step]) -> Result<(), String> {
             (Applied::Committed, Expected::Commit) => model = next,
             (Applied::Committed, Expected::Finish(j)) => {
                 model = next;
-                let stored = jobs::get(store.reader(), &model.jobs[*j].id)
+                let stored = store
+                    .job(&model.jobs[*j].id)
                     .await
                     .map_err(|e| e.to_string())?
                     .expect("job");

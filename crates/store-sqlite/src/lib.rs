@@ -2,14 +2,13 @@
 //! (`status_history`) and job events. The schema is in `migrations/sqlite/` and documented in README.md;
 //! it is a contract for users' own queries.
 //!
-//! Its rows and the inputs of its operations are the store port's ([`batchwatch_store`]),
-//! re-exported from the modules that always had them.
-//!
-//! What the daemon, its housekeeping and the commands write, they write through the store's
-//! operations ([`ops`]), each one transaction that moves a job or a submission along a guarded
+//! It implements the store port ([`batchwatch_store`]): its rows and the inputs of its
+//! operations are the port's, re-exported from the modules that always had them. What the
+//! daemon, its housekeeping and the commands write, they write through the port's operations
+//! (here in [`ops`]), each one transaction that moves a job or a submission along a guarded
 //! edge ([`transitions`] for submissions, [`batchwatch_core::model::JobState::sources`] for
-//! jobs) under the writer's [`Lease`]; the query modules below them are the operations' parts,
-//! and what status commands and tests read.
+//! jobs) under the writer's [`Lease`]; what they read, through the port's reads (answered by
+//! the query modules, which are also the operations' parts).
 //!
 //! One writer connection (SQLite allows one writer at a time; one connection makes that explicit
 //! and keeps write transactions short and ordered) and a separate read pool. WAL lets readers,
@@ -24,12 +23,11 @@ pub mod batches;
 pub mod chain;
 pub mod deletions;
 pub mod figures;
-#[cfg(any(test, feature = "fixtures"))]
-pub mod fixtures;
 pub mod history;
 pub mod jobs;
 pub mod ops;
 pub mod progress;
+mod reads;
 pub mod retention;
 pub mod transitions;
 pub mod usage;
@@ -49,7 +47,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-pub use batchwatch_store::{json_text, json_text_or_null};
+pub use batchwatch_store::{StoreError, json_text, json_text_or_null};
 
 /// The WAL is checkpointed once it holds this many pages (of 4 KiB): 1 MiB.
 pub const WAL_CHECKPOINT_PAGES: u32 = 256;
@@ -60,74 +58,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// The schema version this build knows: its newest migration.
 pub fn known_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
-}
-
-/// What can go wrong opening or using the store.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database {} does not exist; the daemon creates it when it first starts (database.path)", .0.display())]
-    Missing(PathBuf),
-    #[error(
-        "database {} was migrated by a newer batchwatch (schema version {found}; this version knows up to {known}): \
-         run the newer version, or restore a backup taken before the upgrade",
-        path.display()
-    )]
-    NewerSchema {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error(
-        "database {} has schema version {found}, older than this batchwatch's {known}: \
-         start the daemon or run `batchwatch migrate` to upgrade it",
-        path.display()
-    )]
-    OlderSchema {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
-    #[error("database {} is not a batchwatch database (it has no migration table)", .0.display())]
-    NotOurs(PathBuf),
-    #[error(
-        "database {} does not have the schema its migrations make: {}; restore a backup \
-         (README: Back up), or move the file away to start afresh",
-        path.display(),
-        problems.join("; ")
-    )]
-    Damaged {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
-    #[error("cannot open database {}", path.display())]
-    Open { path: PathBuf, source: sqlx::Error },
-    #[error("cannot migrate database {}", path.display())]
-    Migrate {
-        path: PathBuf,
-        source: sqlx::migrate::MigrateError,
-    },
-    #[error("{what} is finished or unknown; it cannot move to {to}")]
-    Finished { what: String, to: String },
-    #[error("submission {id} cannot {edge}: it is not {from}")]
-    Illegal {
-        id: i64,
-        edge: &'static str,
-        from: &'static str,
-    },
-    #[error("job {id} cannot move from {from} to {to}")]
-    IllegalJob {
-        id: String,
-        from: batchwatch_core::model::JobState,
-        to: batchwatch_core::model::JobState,
-    },
-    /// A test's crash point: the operation was dropped before its commit, as SIGKILL leaves it.
-    #[cfg(feature = "fixtures")]
-    #[error("killed before its commit (a test's crash point)")]
-    Killed,
-    #[error("this store was opened read-only")]
-    ReadOnly,
-    #[error(transparent)]
-    Query(#[from] sqlx::Error),
 }
 
 /// An open database.
@@ -168,9 +98,9 @@ impl Store {
         busy_timeout: Duration,
         access: Access,
     ) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: sqlx::Error| StoreError::Open {
             path: path.to_owned(),
-            source,
+            source: source.into(),
         };
         if access != Access::Migrate {
             match std::fs::metadata(path) {
@@ -227,7 +157,10 @@ impl Store {
         };
 
         let as_open_err = |e| match e {
-            StoreError::Query(source) => open_err(source),
+            StoreError::Backend(source) => StoreError::Open {
+                path: path.to_owned(),
+                source,
+            },
             other => other,
         };
         let found = store.schema_version().await.map_err(as_open_err)?;
@@ -260,7 +193,7 @@ impl Store {
                 .await
                 .map_err(|source| StoreError::Migrate {
                     path: path.to_owned(),
-                    source,
+                    source: source.into(),
                 })?;
             // An integer of ours: nothing from outside goes into this statement.
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -484,7 +417,7 @@ impl Changes {
             .await
             .map_err(|source| StoreError::Open {
                 path: path.to_owned(),
-                source,
+                source: source.into(),
             })?;
         Ok(Changes { conn, last: None })
     }
@@ -590,7 +523,7 @@ async fn expected_objects() -> Result<BTreeMap<(String, String), String>, StoreE
         .await
         .map_err(|source| StoreError::Migrate {
             path: PathBuf::from(":memory:"),
-            source,
+            source: source.into(),
         })?;
     let objects = schema_objects(&mut conn).await?;
     conn.close().await?;

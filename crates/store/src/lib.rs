@@ -3,18 +3,43 @@
 //! observation, a job's ending, the writer's lease) live here, so that a second backend
 //! (PostgreSQL, for several daemons on one fleet) speaks the same words as the SQLite store,
 //! and the daemon names no backend's types.
+//!
+//! The operations are traits, one per activity that asks for them ([`ops`]), and the reads
+//! one more ([`Reads`]); a backend implements them all, and its errors reach the daemon as a
+//! [`StoreError`]. The traits use `async fn`: every caller holds a concrete store (the
+//! binary's `Store`, an enum over the backends), so whether a future is `Send` is known where
+//! it is spawned, and nothing is boxed.
+#![allow(async_fn_in_trait)]
 
 pub mod batches;
 pub mod chain;
 pub mod deletions;
+mod error;
 pub mod figures;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod history;
 pub mod jobs;
 pub mod ops;
+pub mod progress;
+mod reads;
 pub mod retention;
 pub mod usage;
 
+pub use error::{BackendError, StoreError};
 pub use ops::Lease;
+pub use reads::Reads;
+
+/// The store's traits, to bring their methods into scope: `use batchwatch_store::prelude::*`.
+pub mod prelude {
+    pub use crate::Reads as _;
+    pub use crate::ops::cancel::Cancel as _;
+    pub use crate::ops::finish::Finish as _;
+    pub use crate::ops::housekeeping::Housekeeping as _;
+    pub use crate::ops::intake::Intake as _;
+    pub use crate::ops::submit::Submit as _;
+    pub use crate::ops::track::Track as _;
+}
 
 /// Writes a column that holds JSON text (a batch object, metadata) into JSON output as the
 /// JSON it holds, an object rather than a string; text that is not JSON stays a string.

@@ -28,6 +28,7 @@
 //! error (the REASON of `batchwatch status`), and the metric
 //! `batchwatch_results_waiting_on_local_fault`.
 
+use crate::store::prelude::*;
 use std::path::Path;
 use std::time::Duration;
 
@@ -38,17 +39,19 @@ use crate::clock;
 use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::failpoint;
 use crate::model::SubmissionState;
-use crate::store::batches::{self, Submission};
-use crate::store::jobs;
+use crate::store::batches::Submission;
 
 /// Submissions whose batch ended and whose files are due to be downloaded.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
-    Ok(batches::due_in_state(ctx.store.reader(), SubmissionState::Collecting, &ctx.now()).await?)
+    Ok(ctx
+        .store
+        .due_in_state(SubmissionState::Collecting, &ctx.now())
+        .await?)
 }
 
 /// Downloads the output and error files of one ended batch.
 pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
-    let Some(row) = batches::get(ctx.store.reader(), row_id).await? else {
+    let Some(row) = ctx.store.submission(row_id).await? else {
         return Ok(());
     };
     if row.state != SubmissionState::Collecting {
@@ -191,7 +194,9 @@ async fn download_failed(
         .store
         .note_collect_failure(&ctx.lease, row.id, &now)
         .await?;
-    let job = jobs::get(ctx.store.reader(), &row.job_id)
+    let job = ctx
+        .store
+        .job(&row.job_id)
         .await?
         .context("the job of a submission vanished")?;
     let failing_for = clock::parse(&since).map_or(Duration::ZERO, |s| clock::between(s, now_ts));

@@ -7,6 +7,7 @@
 
 pub mod collect;
 
+use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -17,11 +18,9 @@ use crate::failpoint;
 use crate::model::{BatchStatus, JobState, SubmissionState};
 use crate::queue;
 use crate::queue::manifest::{self, Counts};
-use crate::store::batches::{self, Submission};
-use crate::store::chain;
-use crate::store::jobs::{self, Job, Why};
+use crate::store::batches::Submission;
+use crate::store::jobs::{Job, Why};
 use crate::store::ops::finish::Ending;
-use crate::store::usage;
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {
@@ -225,17 +224,15 @@ fn first_error(errors: Option<&str>) -> (Option<String>, String) {
 
 /// Finishes a job whose submissions are all done with: results, final state, file move.
 pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
-    let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
+    let Some(job) = ctx.store.job(&job_id).await? else {
         return Ok(());
     };
     if job.state.is_terminal() {
         return Ok(());
     }
-    let rows = batches::for_job(ctx.store.reader(), &job_id).await?;
-    let used = usage::for_job(ctx.store.reader(), &job_id).await?;
-    let job_cost = usage::job_costs(ctx.store.reader(), &[&job_id])
-        .await?
-        .pop();
+    let rows = ctx.store.submissions_of(&job_id).await?;
+    let used = ctx.store.usage_of(&job_id).await?;
+    let job_cost = ctx.store.job_costs(&[&job_id]).await?.pop();
     let last = latest(&rows);
     let now = ctx.now();
 
@@ -274,7 +271,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
                 failed: sum(|r| r.request_failed),
             },
             usage: job_cost.as_ref(),
-            parent_job_id: chain::parent_of(ctx.store.reader(), &job.id).await?,
+            parent_job_id: ctx.store.parent_of(&job.id).await?,
             output_file: merged.output.clone(),
             error_file: merged.errors.clone(),
             batches: rows

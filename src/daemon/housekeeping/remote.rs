@@ -43,6 +43,7 @@ use crate::daemon::ctx::Ctx;
 use crate::failpoint;
 use crate::store::deletions::{self, Deletion, Done};
 use crate::store::ops::housekeeping::Deleted;
+use crate::store::prelude::*;
 use crate::store::{Lease, Store};
 
 /// The longest a failed deletion waits before it is tried again.
@@ -215,15 +216,13 @@ pub async fn survey(
         batches.push(batch?);
     }
     let index = BatchIndex::new(batches);
-    let known: HashMap<String, deletions::KnownFile> = deletions::known_files(store.reader())
+    let known: HashMap<String, deletions::KnownFile> = store
+        .known_files()
         .await?
         .into_iter()
         .map(|k| (k.file_id.clone(), k))
         .collect();
-    let job_states: HashMap<String, bool> = deletions::job_states(store.reader())
-        .await?
-        .into_iter()
-        .collect();
+    let job_states: HashMap<String, bool> = store.jobs_finished().await?.into_iter().collect();
     let mut files = Vec::new();
     let mut listed = std::pin::pin!(client.list_batch_files());
     while let Some(file) = listed.next().await {
@@ -364,14 +363,16 @@ const PER_TASK: i64 = 50;
 
 /// When the next pending deletion is due; `now` when one is due already.
 pub async fn next_due(ctx: &Ctx, now: Timestamp) -> anyhow::Result<Option<Timestamp>> {
-    Ok(deletions::next_due(ctx.store.reader())
+    Ok(ctx
+        .store
+        .next_deletion_due()
         .await?
         .map(|at| clock::parse(&at).unwrap_or(now)))
 }
 
 /// Sends the deletions that are due, one after the other, until the gate closes.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let rows = deletions::due(ctx.store.reader(), &ctx.now(), PER_TASK).await?;
+    let rows = ctx.store.deletions_due(&ctx.now(), PER_TASK).await?;
     for row in rows {
         if ctx.gate.paused().is_some() {
             break;

@@ -66,8 +66,9 @@ use anyhow::Context;
 use crate::daemon::ctx::Ctx;
 use crate::failpoint;
 use crate::queue::{self, Queue};
-use crate::store::chain::{self, Member, NewResubmission, Pending, View};
-use crate::store::jobs::{self, Job};
+use crate::store::chain::{Member, NewResubmission, Pending, View};
+use crate::store::jobs::Job;
+use crate::store::prelude::*;
 use crate::store::{Lease, Store};
 
 /// Which undone requests to send again.
@@ -703,17 +704,17 @@ pub async fn resubmit(
     now: &str,
 ) -> anyhow::Result<Outcome> {
     for _ in 0..ATTEMPTS {
-        let mut conn = store.reader().acquire().await?;
-        let view = chain::view(&mut conn, job_id).await?;
-        let taken: HashSet<String> = chain::all_pending(&mut *conn)
+        let view = store.resubmission_view(job_id).await?;
+        let taken: HashSet<String> = store
+            .pending_resubmissions()
             .await?
             .into_iter()
             .map(|p| p.file_name)
             .collect();
-        let job = jobs::get(&mut *conn, job_id)
+        let job = store
+            .job(job_id)
             .await?
             .with_context(|| format!("no job {job_id}"))?;
-        drop(conn);
         let prepared = {
             let (queue, view) = (queue.clone(), view.clone());
             tokio::task::spawn_blocking(move || prepare(&queue, &job, &view, &taken, ask)).await??
@@ -773,7 +774,7 @@ const UNRECORDED_STAGE_KEPT: Duration = Duration::from_secs(3600);
 /// resubmission records once they are older than [`UNRECORDED_STAGE_KEPT`]. Returns how many
 /// it removed. A file it cannot move or remove is logged and left for the next start.
 pub async fn pick_up_stages(store: &Store, queue: &Queue) -> anyhow::Result<usize> {
-    let pending = chain::all_pending(store.reader()).await?;
+    let pending = store.pending_resubmissions().await?;
     for p in &pending {
         if let Err(e) = publish(queue, &p.file_name, &p.stage) {
             tracing::warn!(file = %p.file_name, error = %e, "a recorded resubmission could not be moved into incoming/; trying again at the next start");
@@ -841,12 +842,12 @@ fn sidecar_text(job: &Job) -> anyhow::Result<String> {
 
 /// Whether a resubmission is due.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
-    Ok(!chain::resubmit_due(ctx.store.reader()).await?.is_empty())
+    Ok(!ctx.store.resubmit_due().await?.is_empty())
 }
 
 /// Carries out every due resubmission.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    for (id, only) in chain::resubmit_due(ctx.store.reader()).await? {
+    for (id, only) in ctx.store.resubmit_due().await? {
         let ask = Ask {
             only: Only::parse(&only).unwrap_or(Only::Expired),
             force: false,

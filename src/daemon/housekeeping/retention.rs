@@ -30,7 +30,8 @@ use crate::config::RetentionSettings;
 use crate::daemon::ctx::Ctx;
 use crate::model::JobState;
 use crate::queue::{self, Queue};
-use crate::store::{Lease, Store, retention};
+use crate::store::prelude::*;
+use crate::store::{Lease, Store};
 
 /// Rows deleted per transaction, so the writer is never held long.
 const JOBS_PER_TX: i64 = 200;
@@ -105,7 +106,10 @@ pub async fn prune(
     ];
     for (keep, dir, states, key) in sets {
         let Some(keep) = keep else { continue };
-        for job in retention::with_files(store.reader(), states, &cutoff(now, keep.get())).await? {
+        for job in store
+            .old_with_files(states, &cutoff(now, keep.get()))
+            .await?
+        {
             // Only the job's own file where a finished file belongs; one still on its way
             // (in processing/) is left for the next run.
             if !job.path.starts_with(dir) {
@@ -133,7 +137,7 @@ pub async fn prune(
         }
     }
     if let Some(keep) = settings.results {
-        for job in retention::with_results(store.reader(), &cutoff(now, keep.get())).await? {
+        for job in store.old_with_results(&cutoff(now, keep.get())).await? {
             let Some(rel) = job
                 .results_dir
                 .as_deref()
@@ -160,12 +164,10 @@ pub async fn prune(
     if let Some(keep) = settings.history {
         let before = cutoff(now, keep.get());
         if dry_run {
-            pruned.jobs = retention::rows_due(store.reader(), &before, i64::MAX)
-                .await?
-                .len() as u64;
+            pruned.jobs = store.prunable_jobs(&before, i64::MAX).await?.len() as u64;
         } else {
             loop {
-                let due = retention::rows_due(store.reader(), &before, JOBS_PER_TX).await?;
+                let due = store.prunable_jobs(&before, JOBS_PER_TX).await?;
                 if due.is_empty() {
                     break;
                 }

@@ -18,6 +18,7 @@
 
 pub mod recover;
 
+use crate::store::prelude::*;
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -35,7 +36,7 @@ use crate::queue::scan::{Kind, Scanner};
 use crate::queue::sidecar::{self, JobOptions};
 use crate::queue::writers::{Event, WriteRecord};
 use crate::queue::{self, FileLook, Queue};
-use crate::store::jobs::{self, NewJob, Why};
+use crate::store::jobs::{NewJob, Why};
 use crate::store::ops::intake::{Part, Validated};
 
 /// inotify on incoming/: wakes the loop early when an entry may have become ready, and keeps
@@ -325,13 +326,15 @@ async fn insert_job(
 /// valid file becomes one queued submission per part. A file that changed since its claim, or
 /// while it was read, is not judged: it waits to hold still and is validated again.
 pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
-    let Some(job) = jobs::get(ctx.store.reader(), &job_id).await? else {
+    let Some(job) = ctx.store.job(&job_id).await? else {
         return Ok(());
     };
     if job.state != JobState::Validating {
         return Ok(());
     }
-    let recorded = jobs::recorded_file(ctx.store.reader(), &job_id)
+    let recorded = ctx
+        .store
+        .recorded_file(&job_id)
         .await?
         .context("a job vanished")?;
     if recorded

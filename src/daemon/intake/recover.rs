@@ -11,6 +11,7 @@
 //! happened, and finishes the move of a finished job's file that a crash or an error
 //! interrupted. One file it cannot handle is logged and left for the next sweep, never fatal.
 
+use crate::store::prelude::*;
 use std::collections::HashSet;
 
 use anyhow::Context;
@@ -20,7 +21,6 @@ use crate::daemon::file;
 use crate::daemon::intake;
 use crate::queue::JobDir;
 use crate::queue::scan::Kind;
-use crate::store::jobs;
 
 /// Picks up what the previous run left: marks uploads and creates that were under way as of
 /// unknown outcome, moves recorded resubmissions into place, then sweeps processing/.
@@ -63,10 +63,7 @@ pub async fn sweep(ctx: &Ctx, busy: impl Fn(&str) -> bool) -> anyhow::Result<Opt
     let mut left = None;
     // One read for all: a job the database holds unfinished needs no row read of its own
     // (with 10,000 jobs in flight, one query each cost about a second).
-    let unfinished_jobs: HashSet<String> = jobs::unfinished(ctx.store.reader())
-        .await?
-        .into_iter()
-        .collect();
+    let unfinished_jobs: HashSet<String> = ctx.store.unfinished_jobs().await?.into_iter().collect();
     for job_dir in ctx.queue.job_dirs().context("listing processing/")? {
         if busy(job_dir.job.as_str()) {
             continue;
@@ -93,10 +90,7 @@ async fn sweep_one(ctx: &Ctx, job_dir: &JobDir, unfinished: bool) -> anyhow::Res
         // Its file stays until the job ends (a job that ended since moves its file itself).
         return Ok(());
     }
-    match (
-        jobs::get(ctx.store.reader(), job_dir.job.as_str()).await?,
-        &job_dir.file,
-    ) {
+    match (ctx.store.job(job_dir.job.as_str()).await?, &job_dir.file) {
         (None, Some((name, path))) => {
             tracing::info!(job = %job_dir.job, file = %name.to_string_lossy(), "adopting a file claimed just before a stop");
             let meta = std::fs::symlink_metadata(path)?;

@@ -2,6 +2,7 @@
 //! STATUS= with the job counts, WATCHDOG=1 from the main loop (so a stuck loop gets the service
 //! restarted), STOPPING=1 at shutdown. Outside systemd (no NOTIFY_SOCKET) these do nothing.
 
+use crate::store::prelude::*;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -10,7 +11,6 @@ use crate::clock::{self, Timestamp};
 use crate::daemon::ctx::Ctx;
 use crate::daemon::schedule::STATUS_EVERY;
 use crate::model::JobState;
-use crate::store::jobs;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -106,9 +106,7 @@ async fn status_line(ctx: &Ctx, in_flight: usize) -> String {
             pause.message
         );
     }
-    let counts = jobs::state_counts(ctx.store.reader())
-        .await
-        .unwrap_or_default();
+    let counts = ctx.store.job_state_counts().await.unwrap_or_default();
     let count = |s: JobState| counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
     let active = [
         JobState::Submitting,
@@ -117,10 +115,11 @@ async fn status_line(ctx: &Ctx, in_flight: usize) -> String {
         JobState::Collecting,
     ];
     let now = ctx.clock.now();
-    let stuck =
-        crate::store::figures::stuck(ctx.store.reader(), &ctx.settings.alerts.stuck_after, now)
-            .await
-            .unwrap_or_default();
+    let stuck = ctx
+        .store
+        .stuck(&ctx.settings.alerts.stuck_after, now)
+        .await
+        .unwrap_or_default();
     format!(
         "{} running, {} queued, {} completed, {} failed or rejected; {in_flight} tasks{}",
         active.iter().map(|s| count(*s)).sum::<i64>(),

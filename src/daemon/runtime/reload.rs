@@ -20,6 +20,7 @@
 //! the old one), and `log.level`. A shorter `poll.max_interval` brings every poll planned later
 //! than that forward. What cannot change without a restart ([`RESTART_ONLY`]) keeps its old value.
 
+use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;

@@ -9,6 +9,7 @@
 
 pub mod reconcile;
 
+use crate::store::prelude::*;
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -20,8 +21,8 @@ use crate::daemon::file;
 use crate::daemon::track::observe::{hold_for_token_limit, observe};
 use crate::failpoint;
 use crate::model::SubmissionState;
-use crate::store::batches::{self, Submission};
-use crate::store::jobs::{self, Job};
+use crate::store::batches::Submission;
+use crate::store::jobs::Job;
 use crate::store::ops::submit::CreateIntent;
 
 /// Why a submission of a cancelled job that never became a batch is given up.
@@ -39,15 +40,20 @@ pub async fn due(ctx: &Ctx, limit: usize) -> anyhow::Result<Vec<i64>> {
     let unverified = serde_json::to_string(&ctx.unverified.ids())?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let now = clock::format(now);
-    Ok(batches::due_for_submit(ctx.store.reader(), &now, &held, &unverified, limit).await?)
+    Ok(ctx
+        .store
+        .due_for_submit(&now, &held, &unverified, limit)
+        .await?)
 }
 
 /// Takes a submission as far as it goes now: upload, then create.
 pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
-    let Some(mut row) = batches::get(ctx.store.reader(), row_id).await? else {
+    let Some(mut row) = ctx.store.submission(row_id).await? else {
         return Ok(());
     };
-    let job = jobs::get(ctx.store.reader(), &row.job_id)
+    let job = ctx
+        .store
+        .job(&row.job_id)
         .await?
         .context("the job of a submission vanished")?;
     if job.cancel_requested_at.is_some() {
@@ -76,7 +82,9 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
             return Ok(());
         }
         failpoint::hit("submit:after-create-intent");
-        row = batches::get(ctx.store.reader(), row_id)
+        row = ctx
+            .store
+            .submission(row_id)
             .await?
             .context("a submission vanished")?;
         fresh = true;
@@ -252,7 +260,9 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
     // Every other failure shows the request was not carried out.
     ctx.store.not_sent(&ctx.lease, row.id, &now).await?;
     if err.is_token_limit() {
-        let model = jobs::get(ctx.store.reader(), &row.job_id)
+        let model = ctx
+            .store
+            .job(&row.job_id)
             .await?
             .and_then(|j| j.model)
             .unwrap_or_default();

@@ -34,6 +34,7 @@
 //! expired under a short `batch.input_expires_after`) is left alone, and its submission goes
 //! on as the database says.
 
+use crate::store::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
@@ -45,8 +46,8 @@ use crate::daemon::ctx::Ctx;
 use crate::daemon::track::observe::observe;
 use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
-use crate::store::batches::{self, NewSubmission, Submission};
-use crate::store::jobs::{self, Job};
+use crate::store::batches::{NewSubmission, Submission};
+use crate::store::jobs::Job;
 
 /// Submission `row` of `job`, as the provider is asked about it.
 pub fn part_of<'a>(row: &'a Submission, job: &'a Job) -> Part<'a> {
@@ -102,8 +103,10 @@ pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
             ctx.schedule.duplicate_watch,
         )?)
         .unwrap_or(now);
-    let watched =
-        batches::watched_for_duplicates(ctx.store.reader(), &clock::format(since)).await?;
+    let watched = ctx
+        .store
+        .watched_for_duplicates(&clock::format(since))
+        .await?;
     let Some(oldest) = watched
         .iter()
         .filter_map(|r| clock::parse(&r.created_at))
@@ -114,7 +117,7 @@ pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
     let mut jobs_of = HashMap::new();
     for row in &watched {
         if !jobs_of.contains_key(&row.job_id)
-            && let Some(job) = jobs::get(ctx.store.reader(), &row.job_id).await?
+            && let Some(job) = ctx.store.job(&row.job_id).await?
         {
             jobs_of.insert(row.job_id.clone(), job);
         }
@@ -196,7 +199,7 @@ fn claimed_at(job: &Job) -> Option<Timestamp> {
 pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     let mut pending = Vec::new();
     for id in ctx.unverified.ids() {
-        match jobs::get(ctx.store.reader(), &id).await? {
+        match ctx.store.job(&id).await? {
             Some(job) if job.state == JobState::Validating => {}
             Some(job) if !job.state.is_terminal() => pending.push(job),
             _ => ctx.unverified.remove(&id),
@@ -211,7 +214,9 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
     // A batch the database records for the submission its tags name is known (`adopt` would
     // find it recorded and leave it): only the others are kept (with 10,000 jobs to check,
     // keeping all held some 100 MB).
-    let recorded: HashMap<String, (String, i64, i64)> = batches::recorded(ctx.store.reader())
+    let recorded: HashMap<String, (String, i64, i64)> = ctx
+        .store
+        .recorded_submissions()
         .await?
         .into_iter()
         .map(|(remote, job, part, attempt)| (remote, (job, part, attempt)))
@@ -256,7 +261,7 @@ async fn adopt(
     } in &found
     {
         let (part, attempt) = (*part, *attempt);
-        let rows = batches::for_job(ctx.store.reader(), &job.id).await?;
+        let rows = ctx.store.submissions_of(&job.id).await?;
         let recorded = rows.iter().find(|r| r.part == part && r.attempt == attempt);
         let Some(of_part) = recorded.or_else(|| rows.iter().find(|r| r.part == part)) else {
             let why = format!("the job has no part {part}");
@@ -291,7 +296,8 @@ async fn adopt(
                 ctx.store
                     .add_submission(&ctx.lease, &found, &ctx.now())
                     .await?;
-                batches::by_attempt(ctx.store.reader(), &job.id, part, attempt)
+                ctx.store
+                    .submission_by_attempt(&job.id, part, attempt)
                     .await?
                     .context("a submission just inserted vanished")?
             }
@@ -318,7 +324,7 @@ async fn adopt(
             }
         }
     }
-    for row in batches::for_job(ctx.store.reader(), &job.id).await? {
+    for row in ctx.store.submissions_of(&job.id).await? {
         let unrecorded = matches!(
             row.state,
             SubmissionState::Queued | SubmissionState::Uploading

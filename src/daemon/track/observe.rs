@@ -5,6 +5,7 @@
 //! refused for the enqueued-token limit, or to lost when the batch vanished. A submission
 //! already past active (collecting, finished) only gets the observation recorded.
 
+use crate::store::prelude::*;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use crate::daemon::gate;
 use crate::daemon::track::poll::{jitter, next_poll_delay};
 use crate::model::{BatchStatus, SubmissionState};
 use crate::store::batches::{Observation, Recorded, Submission};
-use crate::store::jobs::{self, Job, Why};
+use crate::store::jobs::{Job, Why};
 use crate::store::ops::track::{Next, Observed, Plan, Sighting};
 use crate::usage;
 
@@ -25,7 +26,9 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
     let now = ctx.clock.now();
     if row.state == SubmissionState::Active && unchanged(row.status.as_ref(), counts(row), batch) {
         // The quiet case of a poll: nothing history tracks changed, one statement.
-        let deadline = jobs::get(ctx.store.reader(), &row.job_id)
+        let deadline = ctx
+            .store
+            .job(&row.job_id)
             .await?
             .context("the job of a submission vanished")?
             .deadline_at;

@@ -6,6 +6,7 @@
 //! cancelling (those end soon), growing with the batch's age while in progress, and never
 //! past the job's deadline.
 
+use crate::store::prelude::*;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,17 +15,16 @@ use crate::api::ApiError;
 use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::daemon::track::observe::{lost, observe};
 use crate::model::{BatchStatus, SubmissionState};
-use crate::store::batches;
 
 /// Active submissions whose poll is due.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
     let limit = i64::try_from(ctx.settings.limits.tasks()).unwrap_or(i64::MAX);
-    Ok(batches::due_for_poll(ctx.store.reader(), &ctx.now(), limit).await?)
+    Ok(ctx.store.due_for_poll(&ctx.now(), limit).await?)
 }
 
 /// Polls one submission's batch and records what it says.
 pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
-    let Some(row) = batches::get(ctx.store.reader(), row_id).await? else {
+    let Some(row) = ctx.store.submission(row_id).await? else {
         return Ok(());
     };
     if row.state != SubmissionState::Active {

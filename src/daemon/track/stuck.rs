@@ -7,6 +7,7 @@
 //! at most every quarter of the shortest limit (between 1 s and a minute), and logs each batch
 //! once per status it is stuck in, as a warning, while this process runs.
 
+use crate::store::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::clock::{self, Timestamp};
 use crate::config::StuckAfter;
 use crate::daemon::ctx::Ctx;
 use crate::model::BatchStatus;
-use crate::store::figures::{self, StuckBatch};
+use crate::store::figures::StuckBatch;
 
 /// How often the loop looks for stuck batches: a quarter of the shortest limit, between a
 /// second and a minute.
@@ -43,7 +44,7 @@ impl Watch {
         }
         let after = &ctx.settings.alerts.stuck_after;
         self.next = Some(clock::add(at, check_every(after)));
-        let stuck = match figures::stuck(ctx.store.reader(), after, ctx.clock.now()).await {
+        let stuck = match ctx.store.stuck(after, ctx.clock.now()).await {
             Ok(stuck) => stuck,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look for stuck batches");

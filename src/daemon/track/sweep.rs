@@ -29,6 +29,7 @@
 //! handful), that is, when a sweep costs fewer requests than retrieving them; never in
 //! `retrieve` mode.
 
+use crate::store::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
@@ -45,7 +46,7 @@ use crate::daemon::track::observe::{
 };
 use crate::daemon::track::poll;
 use crate::model::BatchStatus;
-use crate::store::batches::{self, Observation, PollLoad, Submission, Tracked};
+use crate::store::batches::{Observation, PollLoad, Submission, Tracked};
 use crate::store::jobs::Job;
 use crate::store::ops::track::Sighting;
 
@@ -78,13 +79,13 @@ pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
     let now = ctx.clock.now();
     let soon = clock::add(now, ctx.settings.poll.min_interval.get());
     let (now, soon) = (clock::format(now), clock::format(soon));
-    let load = batches::poll_load(ctx.store.reader(), &now, &soon).await?;
+    let load = ctx.store.poll_load(&now, &soon).await?;
     Ok(wanted(mode, &ctx.sweeps, load))
 }
 
 /// One sweep; `busy` are submissions another task is working on, left to it.
 pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
-    let plan = batches::tracked(ctx.store.reader()).await?;
+    let plan = ctx.store.tracked().await?;
     let index: HashMap<&str, usize> = plan
         .iter()
         .enumerate()

@@ -1,6 +1,7 @@
 //! The real daemon binary against an in-process simulator, with a queue, database and
 //! configuration of its own, fast intervals, and an API key that must never show up anywhere.
 
+use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::sim::SimConfig;
-use batchwatch::store::jobs::{self, Job};
+use batchwatch::store::jobs::Job;
 use batchwatch::store::{Access, Store, batches};
 
 use super::process::{Running, command};
@@ -258,14 +259,24 @@ impl Env {
 
     /// Opens the database read-only, once it exists.
     pub async fn store(&self) -> Store {
-        let opened = wait_until(
-            "the database",
-            Duration::from_secs(30),
-            async || match Store::open(&self.db, Duration::from_secs(5), Access::ReadOnly).await {
+        Store::Sqlite(self.sqlite().await)
+    }
+
+    /// Opens the database read-only as the SQLite store, once it exists: for the tests that
+    /// query its schema as users do.
+    pub async fn sqlite(&self) -> batchwatch_store_sqlite::Store {
+        let opened = wait_until("the database", Duration::from_secs(30), async || {
+            match batchwatch_store_sqlite::Store::open(
+                &self.db,
+                Duration::from_secs(5),
+                Access::ReadOnly,
+            )
+            .await
+            {
                 Ok(store) => (true, Ok(store)),
                 Err(e) => (false, Err(e.to_string())),
-            },
-        )
+            }
+        })
         .await;
         opened.expect("opened")
     }
@@ -273,9 +284,7 @@ impl Env {
     /// Every job, oldest first.
     pub async fn jobs(&self) -> Vec<Job> {
         let store = self.store().await;
-        let all = jobs::in_states(store.reader(), JobState::ALL)
-            .await
-            .unwrap();
+        let all = store.jobs_in_states(JobState::ALL).await.unwrap();
         store.close().await;
         all
     }
@@ -283,7 +292,7 @@ impl Env {
     /// The submissions of job `job_id`, in order (none for an unknown job).
     pub async fn submissions(&self, job_id: &str) -> Vec<batches::Submission> {
         let store = self.store().await;
-        let all = batches::for_job(store.reader(), job_id).await.unwrap();
+        let all = store.submissions_of(job_id).await.unwrap();
         store.close().await;
         all
     }
@@ -522,8 +531,8 @@ pub async fn assert_gave_up_on_results(env: &Env, job: &Job, name: &str, after: 
     assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
     assert_eq!(job.reason_code.as_deref(), Some("results_unavailable"));
     let store = env.store().await;
-    let sub = &batches::for_job(store.reader(), &job.id).await.unwrap()[0];
-    let events = jobs::events(store.reader(), &job.id).await.unwrap();
+    let sub = &store.submissions_of(&job.id).await.unwrap()[0];
+    let events = store.job_events(&job.id).await.unwrap();
     store.close().await;
     let output = sub.output_id.clone().expect("an output file");
     let reason = job.reason.as_deref().unwrap();

@@ -1,9 +1,9 @@
 //! A database filled through the store's own functions, for the store and status tests.
 
 use batchwatch::model::{BatchStatus, JobState};
-use batchwatch::store::batches::{self, NewSubmission, Observation};
-use batchwatch::store::jobs::{self, NewJob, Why};
-use batchwatch::store::{Access, Store, transitions};
+use batchwatch_store_sqlite::batches::{self, NewSubmission, Observation};
+use batchwatch_store_sqlite::jobs::{self, NewJob, Why};
+use batchwatch_store_sqlite::{Access, Store, transitions};
 
 /// The ids of what [`fill`] made.
 pub struct Filled {

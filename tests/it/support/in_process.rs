@@ -3,6 +3,7 @@
 //! `Daemon::drain` for the tasks a round starts). Timers of minutes and hours pass at once,
 //! and nothing waits for one.
 
+use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::api::ApiKey;
@@ -11,7 +12,6 @@ use batchwatch::config::Settings;
 use batchwatch::daemon::Daemon;
 use batchwatch::model::JobState;
 use batchwatch::sim::Faults;
-use batchwatch::store::jobs;
 use batchwatch::store::jobs::Job;
 
 use super::KEY;
@@ -72,7 +72,10 @@ impl InProcess {
 
     /// The one job of the test.
     pub async fn job(&self) -> Option<Job> {
-        jobs::in_states(self.daemon.ctx.store.reader(), JobState::ALL)
+        self.daemon
+            .ctx
+            .store
+            .jobs_in_states(JobState::ALL)
             .await
             .unwrap()
             .into_iter()

@@ -5,13 +5,10 @@ use super::Lease;
 use crate::jobs::{self, Job};
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, transitions};
+use batchwatch_store::ops::cancel::Cancel;
 
-impl Store {
-    /// Marks job `job_id` for cancel for `reason`, and records `message(job)` as its event when
-    /// this asked for it (not when the job is finished or a cancel was asked for already: the
-    /// first reason stands). Returns whether it asked, and the job as it is now. A request, not
-    /// a move: the daemon carries it out, so it takes no lease.
-    pub async fn request_cancel(
+impl Cancel for Store {
+    async fn request_cancel(
         &self,
         job_id: &str,
         reason: &str,
@@ -29,9 +26,7 @@ impl Store {
         .await
     }
 
-    /// Abandons the submissions `unsent` of cancelled job `job_id` (they never became
-    /// batches), and brings the job in line with `message`.
-    pub async fn cancel_unsent(
+    async fn cancel_unsent(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -51,8 +46,7 @@ impl Store {
         .await
     }
 
-    /// Arms the cancel of the live batch of submission `id`: written before it is sent.
-    pub async fn arm_cancel(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
+    async fn arm_cancel(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
             transitions::arm_cancel(tx, id, now).await?;
             Ok(())
@@ -60,8 +54,7 @@ impl Store {
         .await
     }
 
-    /// The cancel of submission `id` was sent (or needs no sending): it is polled at once.
-    pub async fn cancel_sent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
+    async fn cancel_sent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
             transitions::cancel_sent(tx, id, now).await?;
             Ok(())

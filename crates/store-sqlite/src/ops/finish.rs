@@ -10,11 +10,10 @@ use crate::jobs::{self};
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, chain, deletions, transitions};
 pub use batchwatch_store::ops::finish::Ending;
+use batchwatch_store::ops::finish::Finish;
 
-impl Store {
-    /// Ends a job as `ending` says: one transaction, so an ended job always has its remote
-    /// deletions recorded and its resubmission planned.
-    pub async fn finish_job(
+impl Finish for Store {
+    async fn finish_job(
         &self,
         lease: &Lease,
         ending: &Ending<'_>,
@@ -40,8 +39,7 @@ impl Store {
         .await
     }
 
-    /// Records that job `job_id`'s file is now at `path` (relative to the queue).
-    pub async fn set_path(
+    async fn set_path(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -55,9 +53,7 @@ impl Store {
         .await
     }
 
-    /// The results of submission `row` are collected (`missing` names those the service did not
-    /// have); its job follows with `message`.
-    pub async fn collected(
+    async fn collected(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -73,10 +69,7 @@ impl Store {
         .await
     }
 
-    /// The results of submission `row` cannot be written here (a local fault): it
-    /// waits until `retry_at`, and `message`, when given, becomes the job's event. Returns
-    /// since when it has been waiting.
-    pub async fn wait_on_local_fault(
+    async fn wait_on_local_fault(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -95,9 +88,7 @@ impl Store {
         .await
     }
 
-    /// A download of submission `id`'s results failed on the service's side; returns since
-    /// when they have been failing.
-    pub async fn note_collect_failure(
+    async fn note_collect_failure(
         &self,
         lease: &Lease,
         id: i64,
@@ -110,9 +101,7 @@ impl Store {
         .await
     }
 
-    /// Gives up the results of submission `row` for `why`, with `message` as its job's event;
-    /// the job follows.
-    pub async fn give_up_results(
+    async fn give_up_results(
         &self,
         lease: &Lease,
         row: &Submission,

@@ -6,11 +6,10 @@ use crate::chain::{self, NewResubmission, View};
 use crate::deletions::{self, Deletion, Origin};
 use crate::{Store, StoreError, retention};
 pub use batchwatch_store::ops::housekeeping::Deleted;
+use batchwatch_store::ops::housekeeping::Housekeeping;
 
-impl Store {
-    /// Records that job `job_id`'s file (or with `results`, its results directory) was removed
-    /// by retention, with `message` as its event.
-    pub async fn mark_pruned(
+impl Housekeeping for Store {
+    async fn mark_pruned(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -25,9 +24,7 @@ impl Store {
         .await
     }
 
-    /// Deletes the rows of the finished jobs `ids` (a job not finished is left); returns how
-    /// many went.
-    pub async fn delete_jobs(&self, lease: &Lease, ids: &[String]) -> Result<u64, StoreError> {
+    async fn delete_jobs(&self, lease: &Lease, ids: &[String]) -> Result<u64, StoreError> {
         self.unit(lease, async |tx| {
             let mut deleted = 0;
             for id in ids {
@@ -38,9 +35,7 @@ impl Store {
         .await
     }
 
-    /// Plans the deletion of remote file `file_id` (of `kind`, job `job_id` if known) for
-    /// `origin`, or finds the one planned; returns it.
-    pub async fn plan_deletion(
+    async fn plan_deletion(
         &self,
         lease: &Lease,
         file_id: &str,
@@ -56,9 +51,7 @@ impl Store {
         .await
     }
 
-    /// Records how a try at deletion `row` ended, with `message` as its job's event; returns
-    /// false when another process settled it first (then nothing is written).
-    pub async fn record_deletion(
+    async fn record_deletion(
         &self,
         lease: &Lease,
         row: &Deletion,
@@ -81,12 +74,7 @@ impl Store {
         .await
     }
 
-    /// Records resubmission `new` of job `job_id` (withdrawing the pending ones `withdrawn`
-    /// replaces) with `message` as the job's event, if the job's chain is still as `view`
-    /// saw it; `clear_due` clears the daemon's mark that the job is to be resubmitted.
-    /// Returns false when the chain changed meanwhile (then nothing is written).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn record_resubmission(
+    async fn record_resubmission(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -116,8 +104,7 @@ impl Store {
         .await
     }
 
-    /// Clears job `job_id`'s mark that it is to be resubmitted, with `message` as its event.
-    pub async fn resubmit_done(
+    async fn resubmit_done(
         &self,
         lease: &Lease,
         job_id: &str,

@@ -7,12 +7,11 @@ use super::Lease;
 use crate::batches::NewSubmission;
 use crate::jobs::{self, NewJob, Why};
 use crate::{Store, StoreError, batches, chain};
+use batchwatch_store::ops::intake::Intake;
 pub use batchwatch_store::ops::intake::{Part, Validated};
 
-impl Store {
-    /// Records a claimed file as job `job` (validating), with what its file looked like and the
-    /// job it resubmits, if any.
-    pub async fn claim(
+impl Intake for Store {
+    async fn claim(
         &self,
         lease: &Lease,
         job: &NewJob<'_>,
@@ -33,10 +32,7 @@ impl Store {
         .await
     }
 
-    /// Records that job `job_id`'s file is valid: its parts become queued submissions, and the
-    /// job is queued, or cancelling when a cancel was asked for while the file was checked (it
-    /// holds; the job is never shown queued). Returns the state the job went to.
-    pub async fn record_valid(
+    async fn record_valid(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -84,8 +80,7 @@ impl Store {
         .await
     }
 
-    /// Rejects job `job_id` for `why`; returns when it was claimed.
-    pub async fn reject(
+    async fn reject(
         &self,
         lease: &Lease,
         job_id: &str,
@@ -101,12 +96,7 @@ impl Store {
         .await
     }
 
-    /// Sends job `job_id`, whose file now looks like `look`, back to validating after
-    /// `validate_after`, unless part of it may already have reached the service (`sending` is
-    /// the submission its caller was about to upload). Returns whether it was sent back; when
-    /// not, nothing changed.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn validate_again(
+    async fn validate_again(
         &self,
         lease: &Lease,
         job_id: &str,

@@ -1,6 +1,6 @@
-//! The store's operations: what the daemon, its housekeeping and the commands ask of the
-//! database, each one unit of work that owns its transaction (begun, written, committed here,
-//! never by the caller). A job's state is derived from its submissions inside the same
+//! The store port's operations ([`batchwatch_store::ops`]) in SQLite: what the daemon, its
+//! housekeeping and the commands ask of the database, each one unit of work that owns its
+//! transaction (begun, written, committed here, never by the caller). A job's state is derived from its submissions inside the same
 //! transaction that moves one of them ([`crate::progress::refresh_job`]).
 //!
 //! Every operation that moves a job or a submission takes the writer's [`Lease`]. One daemon

@@ -8,10 +8,10 @@ use crate::progress::refresh_job;
 use crate::{Store, StoreError, jobs, transitions};
 use batchwatch_core::model::JobState;
 pub use batchwatch_store::ops::submit::CreateIntent;
+use batchwatch_store::ops::submit::Submit;
 
-impl Store {
-    /// Arms the upload of queued submission `row` (its job moves to submitting).
-    pub async fn start_upload(
+impl Submit for Store {
+    async fn start_upload(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -25,10 +25,7 @@ impl Store {
         .await
     }
 
-    /// Records the uploaded `file_id` and arms the create, unless a cancel was asked for
-    /// meanwhile (the deadline may have passed during the upload): then no batch is created at
-    /// all, and the submission is abandoned as [`Store::abandon`] does with `unsent`.
-    pub async fn start_create(
+    async fn start_create(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -54,8 +51,7 @@ impl Store {
         .await
     }
 
-    /// Takes up `file_id`, an upload a reconcile found for submission `row`, and arms the create.
-    pub async fn adopt_upload(
+    async fn adopt_upload(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -71,8 +67,7 @@ impl Store {
         .await
     }
 
-    /// Notes that the create of submission `id` is sent again: a reconcile found none.
-    pub async fn note_resent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
+    async fn note_resent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
             transitions::note_resent(tx, id, now).await?;
             Ok(())
@@ -80,8 +75,7 @@ impl Store {
         .await
     }
 
-    /// Puts the next step of submission `id` off until `until`, recording `error` if given.
-    pub async fn postpone(
+    async fn postpone(
         &self,
         lease: &Lease,
         id: i64,
@@ -96,9 +90,7 @@ impl Store {
         .await
     }
 
-    /// Gives submission `row` up (it will not become a batch) with `why`; its job follows, with
-    /// `message` as its event.
-    pub async fn abandon(
+    async fn abandon(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -114,9 +106,7 @@ impl Store {
         .await
     }
 
-    /// The request of submission `row` may or may not have been carried out: nothing is sent
-    /// again before a reconcile, from `retry_at`, says which. `message` is the job's event.
-    pub async fn await_reconcile(
+    async fn await_reconcile(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -133,8 +123,7 @@ impl Store {
         .await
     }
 
-    /// The request of submission `id` was refused: it was not carried out.
-    pub async fn not_sent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
+    async fn not_sent(&self, lease: &Lease, id: i64, now: &str) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
             transitions::not_sent(tx, id, now).await?;
             Ok(())
@@ -142,8 +131,7 @@ impl Store {
         .await
     }
 
-    /// Adds a submission: one a reconcile found on the service that the database lacks.
-    pub async fn add_submission(
+    async fn add_submission(
         &self,
         lease: &Lease,
         submission: &NewSubmission<'_>,
@@ -156,8 +144,7 @@ impl Store {
         .await
     }
 
-    /// Appends `message` to the story of job `job_id`, in the state the job is in.
-    pub async fn note(
+    async fn note(
         &self,
         lease: &Lease,
         job_id: &str,

@@ -11,11 +11,11 @@ use crate::batches::{self, NewSubmission, Recorded, Submission};
 use crate::jobs::{self, Job};
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, Tx, transitions, usage};
+use batchwatch_store::ops::track::Track;
 pub use batchwatch_store::ops::track::{Next, Observed, Plan, Sighting};
 
-impl Store {
-    /// Records `sighting`, seen at `now`, and moves its submission on as `decide` says.
-    pub async fn observe(
+impl Track for Store {
+    async fn observe(
         &self,
         lease: &Lease,
         sighting: &Sighting<'_>,
@@ -32,11 +32,7 @@ impl Store {
         .await
     }
 
-    /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `quiet`
-    /// submissions (nothing history tracks changed) get their next poll, as `(id, at)`; each
-    /// of the `changed` is recorded as [`Store::observe`] does, unless its submission moved on
-    /// or was looked at after `seen_at` by another step (then the page is not news for it).
-    pub async fn observe_page(
+    async fn observe_page(
         &self,
         lease: &Lease,
         quiet: &[(i64, String)],
@@ -69,9 +65,7 @@ impl Store {
         .await
     }
 
-    /// Sets the next poll of each of the quiet submissions `polls`, as `(id, at)`, seen at
-    /// `now` with nothing history tracks changed.
-    pub async fn seen_unchanged(
+    async fn seen_unchanged(
         &self,
         lease: &Lease,
         polls: &[(i64, String)],
@@ -84,8 +78,7 @@ impl Store {
         .await
     }
 
-    /// A poll of submission `id` failed with `error`: it is polled again at `at`.
-    pub async fn defer_poll(
+    async fn defer_poll(
         &self,
         lease: &Lease,
         id: i64,
@@ -100,8 +93,7 @@ impl Store {
         .await
     }
 
-    /// Puts the polls of `ids` off to `at` after `error`, leaving those that moved on since.
-    pub async fn defer_polls(
+    async fn defer_polls(
         &self,
         lease: &Lease,
         ids: &[i64],
@@ -121,9 +113,7 @@ impl Store {
         .await
     }
 
-    /// The batch of submission `row` vanished: the submission is lost, and its job follows with
-    /// `why`.
-    pub async fn lose(
+    async fn lose(
         &self,
         lease: &Lease,
         row: &Submission,
@@ -138,13 +128,7 @@ impl Store {
         .await
     }
 
-    /// Marks the uploads and creates a stop left under way as of unknown outcome; returns how
-    /// many.
-    pub async fn mark_in_flight_unknown(
-        &self,
-        lease: &Lease,
-        now: &str,
-    ) -> Result<u64, StoreError> {
+    async fn mark_in_flight_unknown(&self, lease: &Lease, now: &str) -> Result<u64, StoreError> {
         self.unit(lease, async |tx| {
             let n = batches::mark_in_flight_unknown(tx, now).await?;
             Ok(n)
@@ -152,8 +136,7 @@ impl Store {
         .await
     }
 
-    /// Brings every poll planned after `latest` forward to it; returns how many moved.
-    pub async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError> {
+    async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError> {
         self.unit(lease, async |tx| {
             let n = batches::poll_by(tx, latest).await?;
             Ok(n)

@@ -1,5 +1,9 @@
 //! What finishing a job hands the store.
 
+use super::Lease;
+use crate::StoreError;
+use crate::batches::Submission;
+
 use crate::jobs::Why;
 use batchwatch_core::model::JobState;
 
@@ -18,4 +22,65 @@ pub struct Ending<'a> {
     pub delete_remote: Option<&'a [String]>,
     /// An expired job is resubmitted when fewer than this many resubmissions came before it.
     pub resubmit_at_most: i64,
+}
+
+/// What finishing asks of the store: a submission's results collected, waited for or given up
+/// on, and the job's end.
+pub trait Finish {
+    /// Ends a job as `ending` says: one transaction, so an ended job always has its remote
+    /// deletions recorded and its resubmission planned.
+    async fn finish_job(
+        &self,
+        lease: &Lease,
+        ending: &Ending<'_>,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// Records that job `job_id`'s file is now at `path` (relative to the queue).
+    async fn set_path(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        path: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// The results of submission `row` are collected (`missing` names those the service did not
+    /// have); its job follows with `message`.
+    async fn collected(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        missing: Option<&str>,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// The results of submission `row` cannot be written here (a local fault): it
+    /// waits until `retry_at`, and `message`, when given, becomes the job's event. Returns
+    /// since when it has been waiting.
+    async fn wait_on_local_fault(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        error: &str,
+        retry_at: &str,
+        message: Option<&str>,
+        now: &str,
+    ) -> Result<String, StoreError>;
+    /// A download of submission `id`'s results failed on the service's side; returns since
+    /// when they have been failing.
+    async fn note_collect_failure(
+        &self,
+        lease: &Lease,
+        id: i64,
+        now: &str,
+    ) -> Result<String, StoreError>;
+    /// Gives up the results of submission `row` for `why`, with `message` as its job's event;
+    /// the job follows.
+    async fn give_up_results(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        why: &str,
+        message: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
 }

@@ -1,6 +1,9 @@
-//! The inputs and answers of the store's operations, grouped by the activity that asks, and
-//! the writer's lease every operation that moves a job or a submission carries.
+//! The store's operations, one trait per activity that asks for them, with their inputs and
+//! answers, and the writer's lease every operation that moves a job or a submission carries.
+//! Each operation is one unit of work: the backend begins, writes and commits its transaction,
+//! never the caller.
 
+pub mod cancel;
 pub mod finish;
 pub mod housekeeping;
 pub mod intake;

@@ -1,5 +1,10 @@
 //! A sighting of a batch, the plan the daemon decides for it, and what recording it did.
 
+use super::Lease;
+use crate::StoreError;
+use crate::batches::Submission;
+use batchwatch_core::clock::Timestamp;
+
 use crate::batches::{Observation, Recorded};
 use crate::jobs::{Job, Why};
 use batchwatch_core::config::ModelPrice;
@@ -58,4 +63,69 @@ pub struct Observed {
     pub moved: Option<Next>,
     /// The job, as read before the move.
     pub job: Job,
+}
+
+/// What tracking asks of the store: observations of batches (one, or a sweep's page), polls
+/// deferred or rescheduled, batches lost, and the start that cannot trust what was in flight.
+pub trait Track {
+    /// Records `sighting`, seen at `now`, and moves its submission on as `decide` says.
+    async fn observe(
+        &self,
+        lease: &Lease,
+        sighting: &Sighting<'_>,
+        decide: impl FnOnce(&Job, &Submission, &BatchStatus) -> Plan,
+        now: &str,
+    ) -> Result<Observed, StoreError>;
+    /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `quiet`
+    /// submissions (nothing history tracks changed) get their next poll, as `(id, at)`; each
+    /// of the `changed` is recorded as [`Store::observe`] does, unless its submission moved on
+    /// or was looked at after `seen_at` by another step (then the page is not news for it).
+    async fn observe_page(
+        &self,
+        lease: &Lease,
+        quiet: &[(i64, String)],
+        changed: &[Sighting<'_>],
+        decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan,
+        seen_at: Timestamp,
+    ) -> Result<Vec<Observed>, StoreError>;
+    /// Sets the next poll of each of the quiet submissions `polls`, as `(id, at)`, seen at
+    /// `now` with nothing history tracks changed.
+    async fn seen_unchanged(
+        &self,
+        lease: &Lease,
+        polls: &[(i64, String)],
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// A poll of submission `id` failed with `error`: it is polled again at `at`.
+    async fn defer_poll(
+        &self,
+        lease: &Lease,
+        id: i64,
+        at: &str,
+        error: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// Puts the polls of `ids` off to `at` after `error`, leaving those that moved on since.
+    async fn defer_polls(
+        &self,
+        lease: &Lease,
+        ids: &[i64],
+        at: &str,
+        error: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// The batch of submission `row` vanished: the submission is lost, and its job follows with
+    /// `why`.
+    async fn lose(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        why: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
+    /// Marks the uploads and creates a stop left under way as of unknown outcome; returns how
+    /// many.
+    async fn mark_in_flight_unknown(&self, lease: &Lease, now: &str) -> Result<u64, StoreError>;
+    /// Brings every poll planned after `latest` forward to it; returns how many moved.
+    async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError>;
 }

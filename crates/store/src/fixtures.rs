@@ -1,7 +1,7 @@
 //! Rows for unit tests of decisions over a job and its submissions, without a database.
 
-use super::batches::Submission;
-use super::jobs::Job;
+use crate::batches::Submission;
+use crate::jobs::Job;
 use batchwatch_core::model::{JobState, SubmissionState};
 
 /// A running job `job_x` of one file, `f.jsonl`, of two requests.

@@ -1,0 +1,200 @@
+//! The port's reads, answered by the query modules on the read pool.
+
+use batchwatch_core::clock::Timestamp;
+use batchwatch_core::config::StuckAfter;
+use batchwatch_core::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch_store::Reads;
+
+use crate::batches::{PollLoad, Submission, Tracked};
+use crate::chain::{Link, Pending, View};
+use crate::deletions::{Deletion, KnownFile};
+use crate::figures::{Figures, StuckBatch};
+use crate::history::HistoryRow;
+use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
+use crate::retention::Old;
+use crate::usage::{BatchUsage, JobCost, ModelCost};
+use crate::{
+    Store, StoreError, batches, chain, deletions, figures, history, jobs, retention, usage,
+};
+
+impl Reads for Store {
+    // Jobs
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        jobs::get(&self.read, id).await
+    }
+    async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<Job>, StoreError> {
+        jobs::in_states(&self.read, states).await
+    }
+    async fn recorded_file(&self, id: &str) -> Result<Option<RecordedFile>, StoreError> {
+        jobs::recorded_file(&self.read, id).await
+    }
+    async fn job_events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        jobs::events(&self.read, id).await
+    }
+    async fn overview(&self, filter: &Filter, limit: i64) -> Result<Vec<JobOverview>, StoreError> {
+        jobs::overview(&self.read, filter, limit).await
+    }
+    async fn jobs_of_file(&self, name: &str, paths: &[String]) -> Result<Vec<String>, StoreError> {
+        jobs::of_file(&self.read, name, paths).await
+    }
+    async fn job_state_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
+        jobs::state_counts(&self.read).await
+    }
+    async fn past_deadline(&self, now: &str) -> Result<Vec<String>, StoreError> {
+        jobs::past_deadline(&self.read, now).await
+    }
+    async fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
+        jobs::unfinished(&self.read).await
+    }
+    async fn cancel_pending(&self) -> Result<Vec<String>, StoreError> {
+        jobs::cancel_pending(&self.read).await
+    }
+    async fn validating_jobs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        jobs::validating(&self.read, limit).await
+    }
+    async fn finishable_jobs(&self) -> Result<Vec<String>, StoreError> {
+        jobs::finishable(&self.read).await
+    }
+
+    // Submissions
+    async fn submission(&self, id: i64) -> Result<Option<Submission>, StoreError> {
+        batches::get(&self.read, id).await
+    }
+    async fn submission_by_remote_id(
+        &self,
+        remote_id: &str,
+    ) -> Result<Option<Submission>, StoreError> {
+        batches::by_remote_id(&self.read, remote_id).await
+    }
+    async fn submission_by_attempt(
+        &self,
+        job_id: &str,
+        part: i64,
+        attempt: i64,
+    ) -> Result<Option<Submission>, StoreError> {
+        batches::by_attempt(&self.read, job_id, part, attempt).await
+    }
+    async fn submissions_of(&self, job_id: &str) -> Result<Vec<Submission>, StoreError> {
+        batches::for_job(&self.read, job_id).await
+    }
+    async fn recorded_submissions(&self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        batches::recorded(&self.read).await
+    }
+    async fn watched_for_duplicates(&self, since: &str) -> Result<Vec<Submission>, StoreError> {
+        batches::watched_for_duplicates(&self.read, since).await
+    }
+    async fn batch_status_counts(&self) -> Result<Vec<(BatchStatus, i64)>, StoreError> {
+        batches::status_counts(&self.read).await
+    }
+    async fn due_in_state(
+        &self,
+        state: SubmissionState,
+        now: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        batches::due_in_state(&self.read, state, now).await
+    }
+    async fn due_for_submit(
+        &self,
+        now: &str,
+        held_models: &str,
+        unverified_jobs: &str,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        batches::due_for_submit(&self.read, now, held_models, unverified_jobs, limit).await
+    }
+    async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError> {
+        batches::due_for_poll(&self.read, now, limit).await
+    }
+    async fn tracked(&self) -> Result<Vec<Tracked>, StoreError> {
+        batches::tracked(&self.read).await
+    }
+    async fn poll_load(&self, now: &str, soon: &str) -> Result<PollLoad, StoreError> {
+        batches::poll_load(&self.read, now, soon).await
+    }
+    async fn next_due(
+        &self,
+        busy_submissions: &str,
+        busy_jobs: &str,
+        polls: bool,
+    ) -> Result<Option<String>, StoreError> {
+        batches::next_due(&self.read, busy_submissions, busy_jobs, polls).await
+    }
+    async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError> {
+        history::for_batch(&self.read, batch_id).await
+    }
+
+    // Resubmission chains
+    async fn parent_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        chain::parent_of(&self.read, id).await
+    }
+    async fn chain(&self, id: &str) -> Result<Vec<Link>, StoreError> {
+        chain::chain(&self.read, id).await
+    }
+    async fn resubmission_view(&self, id: &str) -> Result<View, StoreError> {
+        chain::view(&mut *self.read.acquire().await?, id).await
+    }
+    async fn pending_resubmissions(&self) -> Result<Vec<Pending>, StoreError> {
+        chain::all_pending(&self.read).await
+    }
+    async fn resubmit_due(&self) -> Result<Vec<(String, String)>, StoreError> {
+        chain::resubmit_due(&self.read).await
+    }
+
+    // Remote deletions
+    async fn deletions_due(&self, now: &str, limit: i64) -> Result<Vec<Deletion>, StoreError> {
+        deletions::due(&self.read, now, limit).await
+    }
+    async fn next_deletion_due(&self) -> Result<Option<String>, StoreError> {
+        deletions::next_due(&self.read).await
+    }
+    async fn deletions_of(&self, job_id: &str) -> Result<Vec<Deletion>, StoreError> {
+        deletions::for_job(&self.read, job_id).await
+    }
+    async fn pending_deletions(&self) -> Result<i64, StoreError> {
+        deletions::pending_count(&self.read).await
+    }
+    async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError> {
+        deletions::known_files(&self.read).await
+    }
+    async fn jobs_finished(&self) -> Result<Vec<(String, bool)>, StoreError> {
+        deletions::job_states(&self.read).await
+    }
+
+    // Figures, retention, usage
+    async fn figures(
+        &self,
+        stuck_after: &StuckAfter,
+        now: Timestamp,
+    ) -> Result<Figures, StoreError> {
+        figures::read(&self.read, stuck_after, now).await
+    }
+    async fn stuck(
+        &self,
+        after: &StuckAfter,
+        now: Timestamp,
+    ) -> Result<Vec<StuckBatch>, StoreError> {
+        figures::stuck(&self.read, after, now).await
+    }
+    async fn old_with_files(
+        &self,
+        states: &[JobState],
+        before: &str,
+    ) -> Result<Vec<Old>, StoreError> {
+        retention::with_files(&self.read, states, before).await
+    }
+    async fn old_with_results(&self, before: &str) -> Result<Vec<Old>, StoreError> {
+        retention::with_results(&self.read, before).await
+    }
+    async fn prunable_jobs(&self, before: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        retention::rows_due(&self.read, before, limit).await
+    }
+    async fn usage_of(&self, job_id: &str) -> Result<Vec<BatchUsage>, StoreError> {
+        usage::for_job(&self.read, job_id).await
+    }
+    async fn job_costs(&self, job_ids: &[&str]) -> Result<Vec<JobCost>, StoreError> {
+        usage::job_costs(&self.read, job_ids).await
+    }
+    async fn model_costs(&self) -> Result<Vec<ModelCost>, StoreError> {
+        usage::model_costs(&self.read).await
+    }
+}

@@ -1,0 +1,83 @@
+//! What can go wrong opening or using a store, in the port's words: the backend's own error
+//! (a driver's, a file system's) travels as the source of [`StoreError::Backend`],
+//! [`StoreError::Open`] or [`StoreError::Migrate`], so the daemon names no backend's types.
+
+use std::path::PathBuf;
+
+use batchwatch_core::model::JobState;
+
+/// A backend's error, carried as a source.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What can go wrong opening or using the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database {} does not exist; the daemon creates it when it first starts (database.path)", .0.display())]
+    Missing(PathBuf),
+    #[error(
+        "database {} was migrated by a newer batchwatch (schema version {found}; this version knows up to {known}): \
+         run the newer version, or restore a backup taken before the upgrade",
+        path.display()
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error(
+        "database {} has schema version {found}, older than this batchwatch's {known}: \
+         start the daemon or run `batchwatch migrate` to upgrade it",
+        path.display()
+    )]
+    OlderSchema {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("database {} is not a batchwatch database (it has no migration table)", .0.display())]
+    NotOurs(PathBuf),
+    #[error(
+        "database {} does not have the schema its migrations make: {}; restore a backup \
+         (README: Back up), or move the file away to start afresh",
+        path.display(),
+        problems.join("; ")
+    )]
+    Damaged {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("cannot open database {}", path.display())]
+    Open { path: PathBuf, source: BackendError },
+    #[error("cannot migrate database {}", path.display())]
+    Migrate { path: PathBuf, source: BackendError },
+    #[error("{what} is finished or unknown; it cannot move to {to}")]
+    Finished { what: String, to: String },
+    #[error("submission {id} cannot {edge}: it is not {from}")]
+    Illegal {
+        id: i64,
+        edge: &'static str,
+        from: &'static str,
+    },
+    #[error("job {id} cannot move from {from} to {to}")]
+    IllegalJob {
+        id: String,
+        from: JobState,
+        to: JobState,
+    },
+    /// A test's crash point: the operation was dropped before its commit, as SIGKILL leaves it.
+    #[cfg(feature = "fixtures")]
+    #[error("killed before its commit (a test's crash point)")]
+    Killed,
+    #[error("this store was opened read-only")]
+    ReadOnly,
+    /// The backend could not do what was asked (a query failed, the disk is full).
+    #[error(transparent)]
+    Backend(BackendError),
+}
+
+#[cfg(feature = "sqlx")]
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        StoreError::Backend(Box::new(e))
+    }
+}

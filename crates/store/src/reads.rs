@@ -1,0 +1,166 @@
+//! What the daemon, its housekeeping, the commands and the monitoring endpoint read from the
+//! store. Reads take no lease: they move nothing, and a reader sees what was committed.
+
+use batchwatch_core::clock::Timestamp;
+use batchwatch_core::config::StuckAfter;
+use batchwatch_core::model::{BatchStatus, JobState, SubmissionState};
+
+use crate::StoreError;
+use crate::batches::{PollLoad, Submission, Tracked};
+use crate::chain::{Link, Pending, View};
+use crate::deletions::{Deletion, KnownFile};
+use crate::figures::{Figures, StuckBatch};
+use crate::history::HistoryRow;
+use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
+use crate::retention::Old;
+use crate::usage::{BatchUsage, JobCost, ModelCost};
+
+/// The store's reads.
+pub trait Reads {
+    // Jobs
+    /// One job by id.
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// Every job in one of `states`, oldest first.
+    async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<Job>, StoreError>;
+    /// The job's file as recorded, and until when its validation waits.
+    async fn recorded_file(&self, id: &str) -> Result<Option<RecordedFile>, StoreError>;
+    /// A job's events, in order.
+    async fn job_events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError>;
+    /// Jobs with their progress, newest first, those `filter` lets through, at most `limit`.
+    async fn overview(&self, filter: &Filter, limit: i64) -> Result<Vec<JobOverview>, StoreError>;
+    /// The jobs of a file, newest first: those whose file had this name, or whose file is at one
+    /// of `paths` (relative to queue.dir, as `jobs.path` holds it).
+    async fn jobs_of_file(&self, name: &str, paths: &[String]) -> Result<Vec<String>, StoreError>;
+    /// The number of jobs in each state.
+    async fn job_state_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError>;
+    /// Jobs past their deadline that are not finished and not yet marked for cancel.
+    async fn past_deadline(&self, now: &str) -> Result<Vec<String>, StoreError>;
+    /// The ids of the jobs that are not finished, oldest first.
+    async fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError>;
+    /// Jobs marked for cancel that are not finished yet.
+    async fn cancel_pending(&self) -> Result<Vec<String>, StoreError>;
+    /// Up to `limit` claimed jobs waiting for validation, oldest first.
+    async fn validating_jobs(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// Jobs whose every submission is done with (a job in `collecting`, derived from its
+    /// submissions, with none left to collect): ready to be finished.
+    async fn finishable_jobs(&self) -> Result<Vec<String>, StoreError>;
+
+    // Submissions
+    /// One submission by its local id.
+    async fn submission(&self, id: i64) -> Result<Option<Submission>, StoreError>;
+    /// One submission by its remote batch id.
+    async fn submission_by_remote_id(
+        &self,
+        remote_id: &str,
+    ) -> Result<Option<Submission>, StoreError>;
+    /// One submission by its job, part and attempt.
+    async fn submission_by_attempt(
+        &self,
+        job_id: &str,
+        part: i64,
+        attempt: i64,
+    ) -> Result<Option<Submission>, StoreError>;
+    /// A job's submissions, in the order they were made.
+    async fn submissions_of(&self, job_id: &str) -> Result<Vec<Submission>, StoreError>;
+    /// Every remote batch the database records for an unfinished job, with the submission it
+    /// belongs to: (remote id, job, part, attempt). Finished jobs' batches are left out: they are
+    /// never checked again, and a long history holds many.
+    async fn recorded_submissions(&self) -> Result<Vec<(String, String, i64, i64)>, StoreError>;
+    /// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
+    /// the earlier request may still appear.
+    async fn watched_for_duplicates(&self, since: &str) -> Result<Vec<Submission>, StoreError>;
+    /// The number of remote batches in each remote status.
+    async fn batch_status_counts(&self) -> Result<Vec<(BatchStatus, i64)>, StoreError>;
+    /// The ids of the submissions in `state` whose next step is due at `now`.
+    async fn due_in_state(&self, state: SubmissionState, now: &str)
+    -> Result<Vec<i64>, StoreError>;
+    /// Submissions to upload, create or reconcile whose time has come, oldest first, at most
+    /// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
+    /// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
+    /// service (`unverified_jobs`, both JSON arrays) wait.
+    async fn due_for_submit(
+        &self,
+        now: &str,
+        held_models: &str,
+        unverified_jobs: &str,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError>;
+    /// Active submissions whose poll is due, most overdue first.
+    async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError>;
+    /// Every active submission with its batch, for a list sweep.
+    async fn tracked(&self) -> Result<Vec<Tracked>, StoreError>;
+    /// How many active submissions are due for a poll at `now` and by `soon`, of how many.
+    async fn poll_load(&self, now: &str, soon: &str) -> Result<PollLoad, StoreError>;
+    /// The earliest stored time at which something becomes due: a poll (`""` when one is due
+    /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
+    /// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
+    /// retry) are left out, so their stale times do not wake the daemon for nothing; polls are
+    /// left out entirely unless `polls` (a list sweep under way does them).
+    async fn next_due(
+        &self,
+        busy_submissions: &str,
+        busy_jobs: &str,
+        polls: bool,
+    ) -> Result<Option<String>, StoreError>;
+    /// A submission's history, oldest first.
+    async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError>;
+
+    // Resubmission chains
+    /// The job a job was resubmitted from.
+    async fn parent_of(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// The chain as `show` lists it.
+    async fn chain(&self, id: &str) -> Result<Vec<Link>, StoreError>;
+    /// The chain `id` belongs to, as a resubmission of it sees it.
+    async fn resubmission_view(&self, id: &str) -> Result<View, StoreError>;
+    /// Every resubmission not yet claimed, of every chain.
+    async fn pending_resubmissions(&self) -> Result<Vec<Pending>, StoreError>;
+    /// The jobs whose undone requests are due to be queued again, with what to queue.
+    async fn resubmit_due(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    // Remote deletions
+    /// Pending deletions due at `now`, oldest first, at most `limit`.
+    async fn deletions_due(&self, now: &str, limit: i64) -> Result<Vec<Deletion>, StoreError>;
+    /// When the next pending deletion is due: "" when one is due now, `None` when none is pending.
+    async fn next_deletion_due(&self) -> Result<Option<String>, StoreError>;
+    /// The deletions of a job, in order.
+    async fn deletions_of(&self, job_id: &str) -> Result<Vec<Deletion>, StoreError>;
+    /// How many deletions are still pending.
+    async fn pending_deletions(&self) -> Result<i64, StoreError>;
+    /// Every input, output and error file the database records, with its job and whether that job
+    /// ended: what `gc-remote` matches the service's files against.
+    async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError>;
+    /// Every job id with whether it ended.
+    async fn jobs_finished(&self) -> Result<Vec<(String, bool)>, StoreError>;
+
+    // Figures, retention, usage
+    /// Reads the figures of one scrape.
+    async fn figures(
+        &self,
+        stuck_after: &StuckAfter,
+        now: Timestamp,
+    ) -> Result<Figures, StoreError>;
+    /// The batches stuck at `now`: longest stuck first.
+    async fn stuck(
+        &self,
+        after: &StuckAfter,
+        now: Timestamp,
+    ) -> Result<Vec<StuckBatch>, StoreError>;
+    /// Finished jobs in `states` that ended before `before` and still have their file in done/ or
+    /// failed/.
+    async fn old_with_files(
+        &self,
+        states: &[JobState],
+        before: &str,
+    ) -> Result<Vec<Old>, StoreError>;
+    /// Finished jobs that ended before `before` and still have a results directory.
+    async fn old_with_results(&self, before: &str) -> Result<Vec<Old>, StoreError>;
+    /// Finished jobs that ended before `before` whose rows may be deleted: none of their remote
+    /// deletions is still pending. At most `limit`, oldest first.
+    async fn prunable_jobs(&self, before: &str, limit: i64) -> Result<Vec<String>, StoreError>;
+    /// The usage of a job's batches, by local batch number.
+    async fn usage_of(&self, job_id: &str) -> Result<Vec<BatchUsage>, StoreError>;
+    /// The tokens and cost of the jobs given (a JSON array of ids), from `job_costs`.
+    async fn job_costs(&self, job_ids: &[&str]) -> Result<Vec<JobCost>, StoreError>;
+    /// Every model's tokens and cost so far, from `model_costs`.
+    async fn model_costs(&self) -> Result<Vec<ModelCost>, StoreError>;
+}
