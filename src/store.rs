@@ -5,7 +5,7 @@
 //! store: the set of backends is closed (SQLite today, PostgreSQL next), the port's `async fn`s
 //! would have to box every future to be called through `dyn`, and a generic daemon would be
 //! compiled once per backend. Each of the port's traits is implemented for the enum by passing
-//! the call to the backend it holds ([`delegate!`]); what only a backend knows how to do
+//! the call to the backend it holds (`delegate!`); what only a backend knows how to do
 //! (open, close, watch for commits, give space back) is the enum's own.
 
 use std::path::Path;

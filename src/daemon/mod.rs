@@ -27,7 +27,7 @@
 //! ```
 //!
 //! A job's state is derived from its submissions' states in the same transaction that changes
-//! them ([`crate::store::progress::refresh_job`]), so the two never disagree.
+//! them (by the rule of [`crate::store::progress::derive`]), so the two never disagree.
 //!
 //! # A submission (a row of `batches`)
 //!
@@ -42,7 +42,7 @@
 //!                                          lost ◀─┘ (the batch vanished: 404)
 //! ```
 //!
-//! Every edge is one guarded write of the store ([`crate::store::transitions`]), which
+//! Every edge is one guarded write of the store (the SQLite store's `transitions`), which
 //! refuses a move the diagram does not have.
 //!
 //! * `uploading` and `creating` are committed before the request goes out. When a request's

@@ -24,7 +24,7 @@
 //!
 //! When a job ends with `cleanup.remote_files` on, the transaction that records its end also
 //! records the intent to delete its input files and those of its output and error files whose
-//! results are on disk ([`crate::store::deletions::plan_for_job`], from what
+//! results are on disk ([`crate::store::Finish::finish_job`], from what
 //! [`crate::daemon::finish`] found in the job's results directory): nothing is deleted from the
 //! service that is not here. [`run`] carries the intents out with [`delete`]: a deletion that
 //! fails is tried again after a growing delay, a refused key closes the gate as any request

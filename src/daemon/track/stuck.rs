@@ -2,7 +2,7 @@
 //! `alerts.stuck_after` allows for that status (the time counted from when batchwatch first saw
 //! it in the status, kept in `status_history`, so a restart does not reset it).
 //!
-//! The database says which batches are stuck ([`crate::store::figures::stuck`]); the metrics,
+//! The database says which batches are stuck ([`crate::store::Reads::stuck`]); the metrics,
 //! `status`, `show` and the systemd status line read it there. The loop looks after its rounds,
 //! at most every quarter of the shortest limit (between 1 s and a minute), and logs each batch
 //! once per status it is stuck in, as a warning, while this process runs.

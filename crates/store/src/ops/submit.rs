@@ -26,7 +26,7 @@ pub trait Submit {
     ) -> Result<(), StoreError>;
     /// Records the uploaded `file_id` and arms the create, unless a cancel was asked for
     /// meanwhile (the deadline may have passed during the upload): then no batch is created at
-    /// all, and the submission is abandoned as [`Store::abandon`] does with `unsent`.
+    /// all, and the submission is abandoned as [`Submit::abandon`] does with `unsent`.
     async fn start_create(
         &self,
         lease: &Lease,

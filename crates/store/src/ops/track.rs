@@ -78,7 +78,7 @@ pub trait Track {
     ) -> Result<Observed, StoreError>;
     /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `quiet`
     /// submissions (nothing history tracks changed) get their next poll, as `(id, at)`; each
-    /// of the `changed` is recorded as [`Store::observe`] does, unless its submission moved on
+    /// of the `changed` is recorded as [`Track::observe`] does, unless its submission moved on
     /// or was looked at after `seen_at` by another step (then the page is not news for it).
     async fn observe_page(
         &self,
