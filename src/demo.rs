@@ -4,7 +4,6 @@
 //! the daemon, shows the jobs moving to their end, then prints the final status and where the
 //! results are.
 
-use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use crate::process::emit;
 use crate::report;
 use crate::sim::{self, SimConfig};
 use crate::store::jobs;
+use crate::store::prelude::*;
 
 /// `batchwatch demo` options.
 #[derive(Debug, clap::Args)]

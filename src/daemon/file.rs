@@ -2,7 +2,6 @@
 //! size is held to (for a reason's hint), whether it changed since its claim or since it was
 //! sent, and its last move from processing/ to done/ or failed/ (or finding where it went).
 
-use crate::store::prelude::*;
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -16,6 +15,7 @@ use crate::model::{JobId, JobState};
 use crate::queue::{self, Destination, FileLook, JobDir, Reason};
 use crate::store::batches::Submission;
 use crate::store::jobs::Job;
+use crate::store::prelude::*;
 
 /// The settings that decide a size limit, for the reason of a file (or a batch) over it: the
 /// operator's fix is in them.

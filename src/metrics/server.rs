@@ -32,7 +32,6 @@
 //! * `/readyz` probes the database one request at a time, so a flood of probes holds one
 //!   connection's descriptors, not one each.
 
-use crate::store::prelude::*;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,6 +55,7 @@ use crate::daemon::runtime::instance::database_dir;
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::store::figures::Figures;
+use crate::store::prelude::*;
 
 /// The main loop is called stalled when its last successful round ended longer ago than this.
 pub const LOOP_STALE: Duration = Duration::from_secs(30);

@@ -2,12 +2,12 @@
 //! and rate limits, refused keys. Nothing is lost, no job gets two live batches, and the key
 //! never shows. (Answers lost or late are in `daemon_reconcile`.)
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::{JobState, SubmissionState};
 use batchwatch::sim::{AuthFault, FaultKind, Faults, RetryAfter, ScriptedFault};
 use batchwatch::store::jobs::Job;
+use batchwatch::store::prelude::*;
 
 use crate::metrics::{get, samples, spawn_observed};
 use crate::support::daemon::{

@@ -2,11 +2,11 @@
 //! the daemon, which follows the batch through cancelling to its end and keeps the partial
 //! results.
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::sim::{Faults, SimConfig};
+use batchwatch::store::prelude::*;
 
 use crate::support::daemon::{
     Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,

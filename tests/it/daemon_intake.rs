@@ -3,7 +3,6 @@
 //! changes after its claim is validated again; one that changes after it was sent is named at
 //! its job's end.
 
-use batchwatch::store::prelude::*;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,7 @@ use std::time::Duration;
 
 use batchwatch::model::JobState;
 use batchwatch::store::jobs::Job;
+use batchwatch::store::prelude::*;
 
 use crate::support::daemon::{Env, quick_sim, requests, slow_sim};
 use crate::support::sim::spawn_sim;

@@ -1,10 +1,10 @@
 //! The daemon from file to results: many files, split files, vanished, failed or expired
 //! batches, results that cannot be downloaded, and what the database says about it all.
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
+use batchwatch::store::prelude::*;
 
 use crate::support::daemon::{
     Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,

@@ -5,7 +5,6 @@
 //! but whose input file is not the job's (forged with another key of the same organisation)
 //! is neither adopted nor cancelled.
 
-use batchwatch::store::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use batchwatch::config::Settings;
 use batchwatch::daemon::Daemon;
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, Faults, ScriptedFault, SimConfig};
+use batchwatch::store::prelude::*;
 use batchwatch_store_sqlite::batches::Submission;
 use batchwatch_store_sqlite::jobs::Job;
 use batchwatch_store_sqlite::{Access, Store};

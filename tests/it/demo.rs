@@ -1,9 +1,9 @@
 //! `batchwatch demo`, README's first command: the whole lifecycle with no key and no configuration.
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::JobState;
+use batchwatch::store::prelude::*;
 use batchwatch::store::{Access, Store};
 
 use crate::support::Sandbox;

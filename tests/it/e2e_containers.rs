@@ -2,11 +2,11 @@
 //! container, paused, stopped and restarted under a running daemon (at its old port, or at a
 //! new one the daemon is restarted for); and the daemon itself in a container, killed hard.
 
-use batchwatch::store::prelude::*;
 use std::time::{Duration, Instant};
 
 use batchwatch::model::{JobState, SubmissionState};
 use batchwatch::sim::{FaultKind, ScriptedFault};
+use batchwatch::store::prelude::*;
 
 use crate::support::containers::{DaemonContainer, QUICK_SIM, Scenario, SimContainer};
 use crate::support::daemon::Env;

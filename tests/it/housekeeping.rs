@@ -2,7 +2,6 @@
 //! `gc-remote` for what is left), local retention, live reload and key rotation, and the
 //! requests a batch left undone sent again.
 
-use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use batchwatch::api::CreateBatchRequest;
 use batchwatch::model::JobState;
 use batchwatch::sim::{FaultKind, ScriptedFault, SimConfig};
+use batchwatch::store::prelude::*;
 use batchwatch_store_sqlite::deletions;
 use batchwatch_store_sqlite::jobs::Job;
 

@@ -3,7 +3,6 @@
 //! dashboard's and the alerting rules' expressions, usage and cost booked once, `/readyz`, stuck
 //! batches, and the endpoint turned off or refused its port.
 
-use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,7 @@ use batchwatch::daemon::Daemon;
 use batchwatch::daemon::track::observe;
 use batchwatch::model::{BatchStatus, JobState};
 use batchwatch::sim::{FaultKind, RetryAfter, ScriptedFault, SimConfig};
+use batchwatch::store::prelude::*;
 use sqlx::Connection;
 
 use crate::support::daemon::{Env, quick_sim, requests};

@@ -2,7 +2,6 @@
 //! the daemon of file descriptors nor holds the endpoint, `/readyz` while every round of the
 //! main loop fails, and a bounded number of series for the models of users' files.
 
-use batchwatch::store::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use batchwatch::metrics::server::{HEADER_TIMEOUT, LOOP_STALE, MAX_CONNECTIONS};
+use batchwatch::store::prelude::*;
 
 use crate::metrics::{endpoint_addr, get, samples, sockets_of, spawn_observed};
 use crate::support::daemon::{Env, quick_sim, requests};

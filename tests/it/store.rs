@@ -1,10 +1,10 @@
 //! The store: migrations, schema version checks, every query, and reading while another
 //! connection writes.
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch::store::prelude::*;
 use batchwatch_store_sqlite::batches::{self, NewSubmission, Recorded};
 use batchwatch_store_sqlite::{
     Access, Store, StoreError, deletions, jobs, known_schema_version, transitions,

@@ -22,12 +22,12 @@
 //! shrunk and printed; its core becomes a fixed sequence below (and a test through the daemon
 //! where the daemon was at fault).
 
-use batchwatch::store::prelude::*;
 use std::path::Path;
 use std::time::Duration;
 
 use batchwatch::daemon::finish;
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch::store::prelude::*;
 use batchwatch_store_sqlite::batches::{Observation, Submission};
 use batchwatch_store_sqlite::jobs::{Job, NewJob, Why};
 use batchwatch_store_sqlite::ops::finish::Ending;

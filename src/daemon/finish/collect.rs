@@ -28,7 +28,6 @@
 //! error (the REASON of `batchwatch status`), and the metric
 //! `batchwatch_results_waiting_on_local_fault`.
 
-use crate::store::prelude::*;
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,6 +39,7 @@ use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::failpoint;
 use crate::model::SubmissionState;
 use crate::store::batches::Submission;
+use crate::store::prelude::*;
 
 /// Submissions whose batch ended and whose files are due to be downloaded.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {

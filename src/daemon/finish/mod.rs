@@ -7,7 +7,6 @@
 
 pub mod collect;
 
-use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use crate::queue::manifest::{self, Counts};
 use crate::store::batches::Submission;
 use crate::store::jobs::{Job, Why};
 use crate::store::ops::finish::Ending;
+use crate::store::prelude::*;
 
 /// The latest attempt of each part.
 pub fn latest(rows: &[Submission]) -> Vec<&Submission> {

@@ -18,7 +18,6 @@
 
 pub mod recover;
 
-use crate::store::prelude::*;
 use std::ffi::OsStr;
 use std::path::Path;
 
@@ -38,6 +37,7 @@ use crate::queue::writers::{Event, WriteRecord};
 use crate::queue::{self, FileLook, Queue};
 use crate::store::jobs::{NewJob, Why};
 use crate::store::ops::intake::{Part, Validated};
+use crate::store::prelude::*;
 
 /// inotify on incoming/: wakes the loop early when an entry may have become ready, and keeps
 /// the record of writes and closes there ([`WriteRecord`]) that decides for the files whose

@@ -11,7 +11,6 @@
 //! happened, and finishes the move of a finished job's file that a crash or an error
 //! interrupted. One file it cannot handle is logged and left for the next sweep, never fatal.
 
-use crate::store::prelude::*;
 use std::collections::HashSet;
 
 use anyhow::Context;
@@ -21,6 +20,7 @@ use crate::daemon::file;
 use crate::daemon::intake;
 use crate::queue::JobDir;
 use crate::queue::scan::Kind;
+use crate::store::prelude::*;
 
 /// Picks up what the previous run left: marks uploads and creates that were under way as of
 /// unknown outcome, moves recorded resubmissions into place, then sweeps processing/.

@@ -2,7 +2,6 @@
 //! STATUS= with the job counts, WATCHDOG=1 from the main loop (so a stuck loop gets the service
 //! restarted), STOPPING=1 at shutdown. Outside systemd (no NOTIFY_SOCKET) these do nothing.
 
-use crate::store::prelude::*;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -11,6 +10,7 @@ use crate::clock::{self, Timestamp};
 use crate::daemon::ctx::Ctx;
 use crate::daemon::schedule::STATUS_EVERY;
 use crate::model::JobState;
+use crate::store::prelude::*;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {

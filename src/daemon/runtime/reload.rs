@@ -20,7 +20,6 @@
 //! the old one), and `log.level`. A shorter `poll.max_interval` brings every poll planned later
 //! than that forward. What cannot change without a restart ([`RESTART_ONLY`]) keeps its old value.
 
-use crate::store::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use std::sync::Arc;
 use crate::api::{ApiKey, Client};
 use crate::clock;
 use crate::config::{ConfigError, Settings};
+use crate::store::prelude::*;
 use crate::telemetry::Logging;
 
 use crate::daemon::Daemon;

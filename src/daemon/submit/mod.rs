@@ -9,7 +9,6 @@
 
 pub mod reconcile;
 
-use crate::store::prelude::*;
 use std::collections::BTreeMap;
 
 use anyhow::Context;
@@ -24,6 +23,7 @@ use crate::model::SubmissionState;
 use crate::store::batches::Submission;
 use crate::store::jobs::Job;
 use crate::store::ops::submit::CreateIntent;
+use crate::store::prelude::*;
 
 /// Why a submission of a cancelled job that never became a batch is given up.
 pub const UNSENT: &str = "cancelled before its batch was created";

@@ -34,7 +34,6 @@
 //! expired under a short `batch.input_expires_after`) is left alone, and its submission goes
 //! on as the database says.
 
-use crate::store::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 
 use anyhow::Context;
@@ -48,6 +47,7 @@ use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{NewSubmission, Submission};
 use crate::store::jobs::Job;
+use crate::store::prelude::*;
 
 /// Submission `row` of `job`, as the provider is asked about it.
 pub fn part_of<'a>(row: &'a Submission, job: &'a Job) -> Part<'a> {

@@ -5,7 +5,6 @@
 //! refused for the enqueued-token limit, or to lost when the batch vanished. A submission
 //! already past active (collecting, finished) only gets the observation recorded.
 
-use crate::store::prelude::*;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -19,6 +18,7 @@ use crate::model::{BatchStatus, SubmissionState};
 use crate::store::batches::{Observation, Recorded, Submission};
 use crate::store::jobs::{Job, Why};
 use crate::store::ops::track::{Next, Observed, Plan, Sighting};
+use crate::store::prelude::*;
 use crate::usage;
 
 /// Records `batch` as seen now for the submission `row`, and moves the submission on.

@@ -6,7 +6,6 @@
 //! cancelling (those end soon), growing with the batch's age while in progress, and never
 //! past the job's deadline.
 
-use crate::store::prelude::*;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +14,7 @@ use crate::api::ApiError;
 use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::daemon::track::observe::{lost, observe};
 use crate::model::{BatchStatus, SubmissionState};
+use crate::store::prelude::*;
 
 /// Active submissions whose poll is due.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {

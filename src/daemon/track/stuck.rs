@@ -7,7 +7,6 @@
 //! at most every quarter of the shortest limit (between 1 s and a minute), and logs each batch
 //! once per status it is stuck in, as a warning, while this process runs.
 
-use crate::store::prelude::*;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use crate::config::StuckAfter;
 use crate::daemon::ctx::Ctx;
 use crate::model::BatchStatus;
 use crate::store::figures::StuckBatch;
+use crate::store::prelude::*;
 
 /// How often the loop looks for stuck batches: a quarter of the shortest limit, between a
 /// second and a minute.

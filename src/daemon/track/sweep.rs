@@ -29,7 +29,6 @@
 //! handful), that is, when a sweep costs fewer requests than retrieving them; never in
 //! `retrieve` mode.
 
-use crate::store::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
@@ -49,6 +48,7 @@ use crate::model::BatchStatus;
 use crate::store::batches::{Observation, PollLoad, Submission, Tracked};
 use crate::store::jobs::Job;
 use crate::store::ops::track::Sighting;
+use crate::store::prelude::*;
 
 /// Below this many polls due, `auto` retrieves: a sweep is not worth its first page.
 pub const HANDFUL: i64 = 4;

@@ -1,7 +1,6 @@
 //! The real daemon binary against an in-process simulator, with a queue, database and
 //! configuration of its own, fast intervals, and an API key that must never show up anywhere.
 
-use batchwatch::store::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use batchwatch::model::JobState;
 use batchwatch::sim::SimConfig;
 use batchwatch::store::jobs::Job;
+use batchwatch::store::prelude::*;
 use batchwatch::store::{Access, Store, batches};
 
 use super::process::{Running, command};

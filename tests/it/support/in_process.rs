@@ -3,7 +3,6 @@
 //! `Daemon::drain` for the tasks a round starts). Timers of minutes and hours pass at once,
 //! and nothing waits for one.
 
-use batchwatch::store::prelude::*;
 use std::time::Duration;
 
 use batchwatch::api::ApiKey;
@@ -13,6 +12,7 @@ use batchwatch::daemon::Daemon;
 use batchwatch::model::JobState;
 use batchwatch::sim::Faults;
 use batchwatch::store::jobs::Job;
+use batchwatch::store::prelude::*;
 
 use super::KEY;
 use super::daemon::Env;
