@@ -142,3 +142,44 @@ pub fn shared_temp_file(
         .permissions(std::fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
 }
+
+/// The signals a process of ours stops on (SIGTERM, SIGINT) and, for the daemon, reloads on
+/// (SIGHUP), caught from the moment they are installed: a signal that comes during start-up is
+/// not fatal.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Catches SIGTERM and SIGINT, and SIGHUP too when `hangup`.
+    pub fn install(hangup: bool) -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: match hangup {
+                true => {
+                    Some(signal(SignalKind::hangup()).context("installing the SIGHUP handler")?)
+                }
+                false => None,
+            },
+        })
+    }
+
+    /// Waits for the next signal and says which it was.
+    pub async fn recv(&mut self) -> &'static str {
+        let hup = async {
+            match &mut self.hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = hup => "SIGHUP",
+        }
+    }
+}

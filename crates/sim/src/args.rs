@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use secrecy::SecretString;
 
 use crate::model::{Faults, ListOrder, RetryAfter, SimConfig};
@@ -188,7 +187,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         // Caught from before the banner: a script that reads it and sends SIGTERM at once
         // must get a clean stop (the state saved), not the default action.
-        let mut signals = StopSignals::install()?;
+        let mut signals = batchwatch_core::process::Signals::install(false)?;
         let handle = start(args.listen, SimConfig::from(&args)).await?;
         // Tests and scripts read the address from the first line. Nobody has to read the rest,
         // or even keep stdout open: a write error must not stop a server, so it is ignored.
@@ -209,27 +208,4 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
     // going away, and a kept one was waited for before the state was saved.
     runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
-}
-
-/// SIGTERM and SIGINT, caught from the moment they are installed.
-struct StopSignals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl StopSignals {
-    fn install() -> anyhow::Result<StopSignals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }
