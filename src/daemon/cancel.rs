@@ -10,7 +10,8 @@ use std::collections::HashSet;
 use anyhow::Context;
 
 use crate::api::ApiError;
-use crate::daemon::ctx::{Ctx, Next, Subject, defer};
+use crate::daemon::ctx::{Ctx, Next, defer};
+use crate::daemon::shared::Subject;
 use crate::daemon::submit::{UNSENT, reconcile};
 use crate::daemon::track::observe::observe;
 use crate::daemon::track::poll;

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use crate::api::ApiError;
 use crate::clock::{self, Timestamp};
-use crate::daemon::ctx::{Ctx, Task};
-use crate::doctor::Outcome;
+use crate::daemon::shared::Task;
 use crate::metrics::Metrics;
 
 /// What closed the gate: what the operator has to fix.
@@ -176,7 +175,8 @@ impl Gate {
             .is_some_and(|p| !p.key_reread || p.next_probe <= now)
     }
 
-    fn reopen(&self) {
+    /// A probe showed the key and the routes work: everything goes again.
+    pub fn reopen(&self) {
         match self
             .pause
             .lock()
@@ -195,7 +195,7 @@ impl Gate {
 
     /// The log said what a missing route means for `api.base_url`: no hint is due in this
     /// pause.
-    fn route_explained(&self) {
+    pub fn route_explained(&self) {
         if let Some(p) = self.pause.lock().expect("gate lock").as_mut() {
             p.route_hinted = true;
         }
@@ -203,7 +203,7 @@ impl Gate {
 
     /// Whether a missing route's meaning for `api.base_url` is still to be logged in this
     /// pause; true once.
-    fn route_hint_due(&self) -> bool {
+    pub fn route_hint_due(&self) -> bool {
         let mut pause = self.pause.lock().expect("gate lock");
         match pause.as_mut() {
             Some(p) if p.cause == Closed::RouteMissing && !p.route_hinted => {
@@ -254,83 +254,6 @@ impl Gate {
             .get(model)
             .copied()
             .filter(|until| *until > now)
-    }
-}
-
-/// Reads the key again from its source (it may have been rotated), then tries it with the
-/// cheapest call there is; reopens the gate when it works.
-pub async fn probe(ctx: Ctx) -> anyhow::Result<()> {
-    match ctx.client.reload_key(&ctx.settings.api.key_source()) {
-        Ok(changed) => {
-            if changed {
-                tracing::warn!(source = %ctx.settings.api.key_source(), "the API key changed at its source; trying the new one");
-            }
-            ctx.gate.key_reread(changed, ctx.clock.now());
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "the API key cannot be read again from its source; trying the one in use");
-            ctx.gate.key_reread(false, ctx.clock.now());
-        }
-    }
-    match ctx.client.check_routes().await {
-        Ok(()) => {
-            ctx.gate.reopen();
-            Ok(())
-        }
-        Err(e) => {
-            let now = ctx.clock.now();
-            if !ctx
-                .gate
-                .note(&e, now, ctx.settings.backoff.auth_retry.get())
-            {
-                // Not a refusal (the network, say): the key may be fine; try the work again.
-                ctx.gate.reopen();
-            } else if ctx.gate.route_hint_due() {
-                hint_base_url(&ctx).await;
-            }
-            Err(e.into())
-        }
-    }
-}
-
-/// What `doctor` asks the service, asked at start and logged, one line a check: a refused key
-/// or a missing route closes the gate before the first file arrives (and `/readyz` says so).
-pub async fn check_at_start(ctx: Ctx) -> anyhow::Result<()> {
-    let (checks, error) = crate::doctor::online(&ctx.settings.api.base_url, &ctx.client).await;
-    for c in &checks {
-        match c.outcome {
-            Outcome::Pass => tracing::info!(check = c.check, "start-up check passed: {}", c.detail),
-            Outcome::Skip => {
-                tracing::warn!(check = c.check, "start-up check skipped: {}", c.detail)
-            }
-            Outcome::Fail => {
-                tracing::error!(check = c.check, "start-up check failed: {}", c.detail)
-            }
-        }
-    }
-    if let Some(e) = error {
-        ctx.gate
-            .note(&e, ctx.clock.now(), ctx.settings.backoff.auth_retry.get());
-        // The checks' lines said what to set api.base_url to: no second hint.
-        ctx.gate.route_explained();
-    }
-    Ok(())
-}
-
-/// Says in the log which setting is wrong when a route is missing, and whether the API answers
-/// with `/v1` added to `api.base_url`.
-async fn hint_base_url(ctx: &Ctx) {
-    let base_url = &ctx.settings.api.base_url;
-    match ctx.client.answers_with_version_path().await {
-        Some(fixed) => tracing::error!(
-            api.base_url = %base_url,
-            answers = %fixed,
-            "api.base_url has no Batch API routes, and the API answers at {fixed}: set api.base_url = \"{fixed}\" and reload"
-        ),
-        None => tracing::error!(
-            api.base_url = %base_url,
-            "api.base_url has no Batch API routes (nor with /v1 added): set it to the API root, version path included (https://api.openai.com/v1), and reload"
-        ),
     }
 }
 

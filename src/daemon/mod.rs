@@ -90,9 +90,10 @@
 //! One folder per activity; each imports only the shared modules below it and the activities
 //! before it in this list, never one after it:
 //!
-//! * shared: [`ctx`] (what the tasks share, what a task works on), [`schedule`] (every timer),
-//!   [`gate`] (what holds everyone back), [`shared`] (what the activities keep in memory),
-//!   [`file`](mod@file) (the job's file: its changes and its last move);
+//! * shared, each importing only those before it: [`shared`] (what the activities keep in
+//!   memory, what a task works on and does), [`schedule`] (every timer), [`gate`] (what holds
+//!   everyone back), [`ctx`] (what the tasks share), [`file`](mod@file) (the job's file: its
+//!   changes and its last move);
 //! * [`housekeeping`]: remote files, retention and resubmissions, for the daemon and for the
 //!   commands that do the same on demand;
 //! * [`track`]: following a batch ([`track::poll`], [`track::sweep`]), recording what is seen
@@ -103,8 +104,9 @@
 //!   not know ([`submit::reconcile`]);
 //! * [`cancel`]: deadlines and cancels;
 //! * [`finish`]: downloads ([`finish::collect`]), a job's outcome, merged results and manifest;
-//! * [`runtime`]: reload (a new configuration applied to the running engine, the one activity
-//!   that reaches it), the service manager's status, and the instance lock
+//! * [`runtime`]: the API key's checks ([`runtime::key`]), reload (a new configuration applied
+//!   to the running engine, the one activity that reaches it), the service manager's status,
+//!   and the instance lock
 //!   ([`runtime::instance`]): only one daemon runs on a queue tree and a database at a time.
 //!
 //! This module is the engine: the loop, its tasks and their failures, and its timers.
@@ -132,7 +134,6 @@ use housekeeping::{remote, resubmit, retention};
 use intake::recover;
 use runtime::{instance, notify};
 use submit::reconcile;
-use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::task::{AbortHandle, JoinSet};
 use track::{poll, stuck, sweep};
 
@@ -146,8 +147,9 @@ use crate::queue::scan::Scanner;
 use crate::store::prelude::*;
 use crate::store::{Access, Changes, Store};
 
-pub use ctx::{Ctx, Subject, Task};
+pub use ctx::Ctx;
 use schedule::{MAX_SLEEP, MIN_SLEEP, Schedule, Timer, nearest};
+pub use shared::{Subject, Task};
 
 /// How often a task failed in a row, and when it may run again.
 #[derive(Debug, Clone, Copy)]
@@ -257,7 +259,7 @@ pub async fn run(
     log: crate::telemetry::Logging,
 ) -> anyhow::Result<()> {
     // Before anything else, so a signal that comes during start-up is not fatal.
-    let mut signals = Signals::install()?;
+    let mut signals = crate::process::Signals::install(true)?;
     match crate::process::raise_open_file_limit() {
         Ok(Some((from, to))) => tracing::info!(from, to, "raised the open-file limit"),
         Ok(None) => {}
@@ -391,7 +393,7 @@ impl Daemon {
         daemon.spawn(
             Subject::Key,
             Task::ProbeKey,
-            gate::check_at_start(daemon.ctx.clone()),
+            runtime::key::check_at_start(daemon.ctx.clone()),
         );
         daemon.step().await;
         Ok(daemon)
@@ -513,7 +515,7 @@ impl Daemon {
         let cancels = cancel::pending(&ctx, &self.in_flight).await?;
         if ctx.gate.paused().is_some() {
             if ctx.gate.probe_due(now) {
-                self.spawn(Subject::Key, T::ProbeKey, gate::probe(ctx.clone()));
+                self.spawn(Subject::Key, T::ProbeKey, runtime::key::probe(ctx.clone()));
             }
             return Ok(());
         }
@@ -850,31 +852,5 @@ impl Daemon {
     /// What tasks are working on now.
     pub fn in_flight(&self) -> &HashSet<Subject> {
         &self.in_flight
-    }
-}
-
-/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    pub fn install() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
-        })
-    }
-
-    /// Waits for the next signal and says which it was.
-    pub async fn recv(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-            _ = self.hup.recv() => "SIGHUP",
-        }
     }
 }

@@ -1,5 +1,6 @@
-//! What the activities share in memory, held by [`Ctx`](crate::daemon::ctx::Ctx): below
-//! every activity, so none imports another for it.
+//! What the activities share in memory, held by [`Ctx`](crate::daemon::ctx::Ctx), and the
+//! names of the daemon's work ([`Subject`], [`Task`]): below every activity and every other
+//! shared module, so none imports another for it.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
@@ -73,5 +74,72 @@ impl Sweeps {
             0 => (active + i64::from(PAGE) - 1) / i64::from(PAGE),
             n => i64::from(n),
         }
+    }
+}
+
+/// What a task works on. At most one task per subject runs at a time, whatever it does, so
+/// a poll and a cancel of one batch, say, never race each other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Job(String),
+    Submission(i64),
+    Key,
+    Duplicates,
+    /// The check of unverified jobs against the service.
+    Unverified,
+    /// The list sweep over every active batch.
+    Sweep,
+    /// Deleting remote files ([`crate::daemon::housekeeping::remote`]).
+    RemoteFiles,
+    /// Removing what old finished jobs left ([`crate::daemon::housekeeping::retention`]).
+    Retention,
+    /// Writing the undone requests of expired jobs ([`crate::daemon::housekeeping::resubmit`]).
+    Resubmissions,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Job(id) => write!(f, "job {id}"),
+            Subject::Submission(id) => write!(f, "batch {id}"),
+            Subject::Key => f.write_str("the API key"),
+            Subject::Duplicates => f.write_str("late duplicates"),
+            Subject::Unverified => f.write_str("unverified jobs"),
+            Subject::Sweep => f.write_str("the batch list"),
+            Subject::RemoteFiles => f.write_str("remote files"),
+            Subject::Retention => f.write_str("retention"),
+            Subject::Resubmissions => f.write_str("resubmissions"),
+        }
+    }
+}
+
+/// What a task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+pub enum Task {
+    Validate,
+    Submit,
+    Poll,
+    Cancel,
+    Collect,
+    Finish,
+    ProbeKey,
+    CancelDuplicates,
+    Verify,
+    Sweep,
+    DeleteRemoteFiles,
+    Prune,
+    Resubmit,
+}
+
+impl Task {
+    /// Whether the task is dropped at once when the daemon stops, rather than given
+    /// `daemon.shutdown_timeout` to finish. Deleting remote files is housekeeping whose intents
+    /// are rows: a deletion cut short is sent again at the next start (a repeat meets a 404),
+    /// and waiting for a service that does not answer would only hold the stop. The rest
+    /// finish what they started (an upload or create whose outcome would otherwise have to be
+    /// reconciled, a download, a file's move); retention and resubmission are local and short.
+    pub fn stops_at_once(self) -> bool {
+        matches!(self, Task::DeleteRemoteFiles)
     }
 }

@@ -1,7 +1,8 @@
-//! What the running process does besides the work: reloading its configuration on SIGHUP
-//! ([`reload`]), telling the service manager how it is ([`notify`]), and holding the instance
-//! lock ([`instance`]).
+//! What the running process does besides the work: checking the API key and the service's
+//! routes ([`key`]), reloading its configuration on SIGHUP ([`reload`]), telling the service
+//! manager how it is ([`notify`]), and holding the instance lock ([`instance`]).
 
 pub mod instance;
+pub mod key;
 pub mod notify;
 pub mod reload;
