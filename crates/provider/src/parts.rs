@@ -36,20 +36,27 @@ pub const CLOCK_SLACK: Duration = Duration::from_secs(3600);
 /// the service lists newest first, and a page of disorder is tolerated.
 const OLDER_BEFORE_STOP: usize = 100;
 
-/// One part of a job, attempt `attempt`: what becomes one batch.
+/// Attempt `attempt` at part `part` of job `job_id`, and the upload the database records for
+/// it: all that proves a batch the attempt's ([`Batch::is_of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part<'a> {
+pub struct Attempt<'a> {
     pub job_id: &'a str,
     pub part: i64,
     pub attempt: i64,
+    /// The attempt's upload, when the database records one.
+    pub upload_id: Option<&'a str>,
+}
+
+/// One part of a job, at one attempt: what becomes one batch, with what its upload is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part<'a> {
+    pub id: Attempt<'a>,
     /// The name of the job's file in the queue.
     pub file_name: &'a str,
     /// The part's size in bytes.
     pub bytes: Option<u64>,
     /// The digest of the job's whole file, when known.
     pub sha256: Option<&'a str>,
-    /// The part's upload, when the database records one.
-    pub upload_id: Option<&'a str>,
 }
 
 /// What a new batch is made with besides its part.
@@ -65,15 +72,16 @@ pub struct BatchOptions<'a> {
 }
 
 impl Batch {
-    /// Whether this is the batch of `part`, whose upload the database records: a batch of
-    /// that very upload that names no other part. A batch that only claims `part` is not; a
-    /// part with no recorded upload has no batch this can prove (see [`Survey::proves`]).
-    pub fn is_of(&self, part: &Part<'_>) -> bool {
-        part.upload_id.is_some()
-            && self.upload_id.as_deref() == part.upload_id
+    /// Whether this is the batch of `attempt`, whose upload the database records: a batch of
+    /// that very upload that names no other attempt. A batch that only claims `attempt` is
+    /// not; an attempt with no recorded upload has no batch this can prove (see
+    /// [`Survey::proves`]).
+    pub fn is_of(&self, attempt: &Attempt<'_>) -> bool {
+        attempt.upload_id.is_some()
+            && self.upload_id.as_deref() == attempt.upload_id
             && self
                 .claim()
-                .is_none_or(|c| c.names(part.job_id, part.part, part.attempt))
+                .is_none_or(|c| c.names(attempt.job_id, attempt.part, attempt.attempt))
     }
 
     /// The part this batch's tags name: a claim, not a proof.
@@ -84,7 +92,12 @@ impl Batch {
 
 /// The name `part` is uploaded under.
 fn name_of(part: &Part<'_>) -> String {
-    upload_name(part.job_id, part.part, part.attempt, part.file_name)
+    upload_name(
+        part.id.job_id,
+        part.id.part,
+        part.id.attempt,
+        part.file_name,
+    )
 }
 
 /// Whether `file` is the upload named `name` of a part of `bytes` bytes. A file whose size the
@@ -127,9 +140,9 @@ impl Client {
         let mut metadata = options.metadata;
         tags::tag(
             &mut metadata,
-            part.job_id,
-            part.part,
-            part.attempt,
+            part.id.job_id,
+            part.id.part,
+            part.id.attempt,
             part.sha256,
         );
         let request = CreateBatchRequest {
@@ -160,7 +173,8 @@ impl Client {
         sent_at: Option<Timestamp>,
     ) -> Result<Option<Batch>, ApiError> {
         let listed = back_to(self.list_batches(100), sent_at, 1, |b| b.created_at);
-        let mut found = std::pin::pin!(listed.try_filter(|b| std::future::ready(b.is_of(part))));
+        let mut found =
+            std::pin::pin!(listed.try_filter(|b| std::future::ready(b.is_of(&part.id))));
         found.try_next().await
     }
 
@@ -272,8 +286,8 @@ impl Survey {
     /// when there is one, else by an upload listed under the part's name and size and the
     /// file's digest in the batch's tags.
     pub fn proves(&self, batch: &Batch, part: &Part<'_>) -> bool {
-        if part.upload_id.is_some() {
-            return batch.is_of(part);
+        if part.id.upload_id.is_some() {
+            return batch.is_of(&part.id);
         }
         let name = name_of(part);
         let listed = self.uploads_of(part).any(|f| {
@@ -292,7 +306,7 @@ impl Survey {
 
     fn uploads_of<'s>(&'s self, part: &Part<'_>) -> impl Iterator<Item = &'s FileObject> {
         self.uploads
-            .get(&(part.job_id.to_owned(), part.part, part.attempt))
+            .get(&(part.id.job_id.to_owned(), part.id.part, part.id.attempt))
             .into_iter()
             .flatten()
     }
@@ -323,13 +337,15 @@ mod tests {
 
     fn part(attempt: i64, upload_id: Option<&str>) -> Part<'_> {
         Part {
-            job_id: "job_x",
-            part: 0,
-            attempt,
+            id: Attempt {
+                job_id: "job_x",
+                part: 0,
+                attempt,
+                upload_id,
+            },
             file_name: "f.jsonl",
             bytes: Some(10),
             sha256: Some(SHA),
-            upload_id,
         }
     }
 
@@ -378,21 +394,21 @@ mod tests {
     #[test]
     fn a_batch_is_a_parts_only_when_it_runs_the_recorded_upload_and_names_no_other_part() {
         let ours = part(2, Some("file_ours"));
-        assert!(batch("file_ours", tags("2")).is_of(&ours));
+        assert!(batch("file_ours", tags("2")).is_of(&ours.id));
         assert!(
-            batch("file_ours", Value::Null).is_of(&ours),
+            batch("file_ours", Value::Null).is_of(&ours.id),
             "a service that drops metadata"
         );
         assert!(
-            !batch("file_ours", tags("3")).is_of(&ours),
+            !batch("file_ours", tags("3")).is_of(&ours.id),
             "the same upload, another attempt's tags"
         );
         assert!(
-            !batch("file_theirs", tags("2")).is_of(&ours),
+            !batch("file_theirs", tags("2")).is_of(&ours.id),
             "only the tags are ours"
         );
         assert!(
-            !batch("file_ours", tags("2")).is_of(&part(2, None)),
+            !batch("file_ours", tags("2")).is_of(&part(2, None).id),
             "no recorded upload proves nothing by itself"
         );
     }

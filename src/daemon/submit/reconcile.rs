@@ -39,7 +39,7 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context;
 use futures_util::StreamExt;
 
-use crate::api::{ApiError, Batch, Claimed, Part, Survey};
+use crate::api::{ApiError, Attempt, Batch, Claimed, Part, Survey};
 use crate::clock::{self, Timestamp};
 use crate::daemon::ctx::Ctx;
 use crate::daemon::track::observe::observe;
@@ -49,16 +49,23 @@ use crate::store::batches::{NewSubmission, Submission};
 use crate::store::jobs::Job;
 use crate::store::prelude::*;
 
-/// Submission `row` of `job`, as the provider is asked about it.
-pub fn part_of<'a>(row: &'a Submission, job: &'a Job) -> Part<'a> {
-    Part {
+/// The attempt submission `row` is, as the provider is asked about it.
+pub fn attempt_of(row: &Submission) -> Attempt<'_> {
+    Attempt {
         job_id: &row.job_id,
         part: row.part,
         attempt: row.attempt,
+        upload_id: row.upload_id.as_deref(),
+    }
+}
+
+/// Submission `row` of `job`, as the provider is asked about it.
+pub fn part_of<'a>(row: &'a Submission, job: &'a Job) -> Part<'a> {
+    Part {
+        id: attempt_of(row),
         file_name: &job.file_name,
         bytes: u64::try_from(row.part_end - row.part_start).ok(),
         sha256: job.sha256.as_deref(),
-        upload_id: row.upload_id.as_deref(),
     }
 }
 
@@ -114,23 +121,13 @@ pub async fn cancel_duplicates(ctx: Ctx) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    let mut jobs_of = HashMap::new();
-    for row in &watched {
-        if !jobs_of.contains_key(&row.job_id)
-            && let Some(job) = ctx.store.job(&row.job_id).await?
-        {
-            jobs_of.insert(row.job_id.clone(), job);
-        }
-    }
-    let parts: Vec<(&Submission, Part)> = watched
-        .iter()
-        .filter_map(|r| Some((r, part_of(r, jobs_of.get(&r.job_id)?))))
-        .collect();
+    let attempts: Vec<(&Submission, Attempt)> =
+        watched.iter().map(|r| (r, attempt_of(r))).collect();
     let mut listed = std::pin::pin!(ctx.client.batches_since(oldest));
     while let Some(batch) = listed.next().await {
         let batch = batch?;
-        let duplicate_of = parts.iter().find(|(r, part)| {
-            batch.is_of(part) && r.remote_id.as_deref() != Some(batch.id.as_str())
+        let duplicate_of = attempts.iter().find(|(r, attempt)| {
+            batch.is_of(attempt) && r.remote_id.as_deref() != Some(batch.id.as_str())
         });
         let live = !batch.status.is_terminal() && batch.status != BatchStatus::Cancelling;
         if let Some((row, _)) = duplicate_of
@@ -268,11 +265,9 @@ async fn adopt(
             leave_alone(ctx, job, batch, part, attempt, &why).await?;
             continue;
         };
-        let claimed_part = Part {
-            attempt,
-            upload_id: recorded.and_then(|r| r.upload_id.as_deref()),
-            ..part_of(of_part, job)
-        };
+        let mut claimed_part = part_of(of_part, job);
+        claimed_part.id.attempt = attempt;
+        claimed_part.id.upload_id = recorded.and_then(|r| r.upload_id.as_deref());
         if !survey.proves(batch, &claimed_part) {
             let why = format!(
                 "the upload it runs ({}) is not one batchwatch made for it",
