@@ -168,11 +168,11 @@ Reads {
     watched_for_duplicates(since: &str) -> Vec<Submission>;
     batch_status_counts() -> Vec<(BatchStatus, i64)>;
     due_in_state(state: SubmissionState, now: &str) -> Vec<i64>;
-    due_for_submit(now: &str, held_models: &str, unverified_jobs: &str, limit: i64) -> Vec<i64>;
+    due_for_submit(now: &str, held_models: &[String], unverified_jobs: &[String], limit: i64) -> Vec<i64>;
     due_for_poll(now: &str, limit: i64) -> Vec<i64>;
     tracked() -> Vec<Tracked>;
     poll_load(now: &str, soon: &str) -> PollLoad;
-    next_due(busy_submissions: &str, busy_jobs: &str, polls: bool) -> Option<String>;
+    next_due(busy_submissions: &[i64], busy_jobs: &[&str], polls: bool) -> Option<String>;
     history(batch_id: i64) -> Vec<HistoryRow>;
     parent_of(id: &str) -> Option<String>;
     chain(id: &str) -> Vec<Link>;
@@ -184,7 +184,7 @@ Reads {
     deletions_of(job_id: &str) -> Vec<Deletion>;
     pending_deletions() -> i64;
     known_files() -> Vec<KnownFile>;
-    jobs_finished() -> Vec<(String, bool)>;
+    jobs_ended() -> Vec<(String, bool)>;
     figures(stuck_after: &StuckAfter, now: Timestamp) -> Figures;
     stuck(after: &StuckAfter, now: Timestamp) -> Vec<StuckBatch>;
     old_with_files(states: &[JobState], before: &str) -> Vec<Old>;

@@ -694,22 +694,14 @@ impl Daemon {
         let (mut submissions, mut jobs) = (Vec::new(), Vec::new());
         for subject in self.in_flight.iter().chain(waiting) {
             match subject {
-                Subject::Submission(id) => submissions.push(serde_json::Value::from(*id)),
-                Subject::Job(id) => jobs.push(serde_json::Value::from(id.as_str())),
+                Subject::Submission(id) => submissions.push(*id),
+                Subject::Job(id) => jobs.push(id.as_str()),
                 _ => {}
             }
         }
         // A sweep under way does the polls due; it wakes the loop when it ends.
         let polls = !self.in_flight.contains(&Subject::Sweep);
-        let at = self
-            .ctx
-            .store
-            .next_due(
-                &serde_json::Value::Array(submissions).to_string(),
-                &serde_json::Value::Array(jobs).to_string(),
-                polls,
-            )
-            .await?;
+        let at = self.ctx.store.next_due(&submissions, &jobs, polls).await?;
         // "" is a poll due now; anything unreadable counts as now too.
         Ok(at.map_or_else(Timer::default, |t| {
             Timer::at(clock::parse(&t).unwrap_or(now))

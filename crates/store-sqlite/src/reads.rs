@@ -96,11 +96,12 @@ impl Reads for Store {
     async fn due_for_submit(
         &self,
         now: &str,
-        held_models: &str,
-        unverified_jobs: &str,
+        held_models: &[String],
+        unverified_jobs: &[String],
         limit: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        batches::due_for_submit(&self.read, now, held_models, unverified_jobs, limit).await
+        let (held, unverified) = (json_array(held_models), json_array(unverified_jobs));
+        batches::due_for_submit(&self.read, now, &held, &unverified, limit).await
     }
     async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError> {
         batches::due_for_poll(&self.read, now, limit).await
@@ -113,11 +114,12 @@ impl Reads for Store {
     }
     async fn next_due(
         &self,
-        busy_submissions: &str,
-        busy_jobs: &str,
+        busy_submissions: &[i64],
+        busy_jobs: &[&str],
         polls: bool,
     ) -> Result<Option<String>, StoreError> {
-        batches::next_due(&self.read, busy_submissions, busy_jobs, polls).await
+        let (submissions, jobs) = (json_array(busy_submissions), json_array(busy_jobs));
+        batches::next_due(&self.read, &submissions, &jobs, polls).await
     }
     async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError> {
         history::for_batch(&self.read, batch_id).await
@@ -156,7 +158,7 @@ impl Reads for Store {
     async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError> {
         deletions::known_files(&self.read).await
     }
-    async fn jobs_finished(&self) -> Result<Vec<(String, bool)>, StoreError> {
+    async fn jobs_ended(&self) -> Result<Vec<(String, bool)>, StoreError> {
         deletions::job_states(&self.read).await
     }
 
@@ -197,4 +199,9 @@ impl Reads for Store {
     async fn model_costs(&self) -> Result<Vec<ModelCost>, StoreError> {
         usage::model_costs(&self.read).await
     }
+}
+
+/// `items` as a JSON array, which the queries read with `json_each`.
+fn json_array<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("a list of strings or numbers is JSON")
 }

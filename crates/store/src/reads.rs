@@ -77,12 +77,12 @@ pub trait Reads {
     /// Submissions to upload, create or reconcile whose time has come, oldest first, at most
     /// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
     /// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
-    /// service (`unverified_jobs`, both JSON arrays) wait.
+    /// service (`unverified_jobs`) wait.
     async fn due_for_submit(
         &self,
         now: &str,
-        held_models: &str,
-        unverified_jobs: &str,
+        held_models: &[String],
+        unverified_jobs: &[String],
         limit: i64,
     ) -> Result<Vec<i64>, StoreError>;
     /// Active submissions whose poll is due, most overdue first.
@@ -92,14 +92,14 @@ pub trait Reads {
     /// How many active submissions are due for a poll at `now` and by `soon`, of how many.
     async fn poll_load(&self, now: &str, soon: &str) -> Result<PollLoad, StoreError>;
     /// The earliest stored time at which something becomes due: a poll (`""` when one is due
-    /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
-    /// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
-    /// retry) are left out, so their stale times do not wake the daemon for nothing; polls are
-    /// left out entirely unless `polls` (a list sweep under way does them).
+    /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs in
+    /// `busy_submissions` and `busy_jobs` (work under way or waiting for a retry) are left out,
+    /// so their stale times do not wake the daemon for nothing; polls are left out entirely
+    /// unless `polls` (a list sweep under way does them).
     async fn next_due(
         &self,
-        busy_submissions: &str,
-        busy_jobs: &str,
+        busy_submissions: &[i64],
+        busy_jobs: &[&str],
         polls: bool,
     ) -> Result<Option<String>, StoreError>;
     /// A submission's history, oldest first.
@@ -130,7 +130,7 @@ pub trait Reads {
     /// ended: what `gc-remote` matches the service's files against.
     async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError>;
     /// Every job id with whether it ended.
-    async fn jobs_finished(&self) -> Result<Vec<(String, bool)>, StoreError>;
+    async fn jobs_ended(&self) -> Result<Vec<(String, bool)>, StoreError>;
 
     // Figures, retention, usage
     /// Reads the figures of one scrape.
@@ -159,8 +159,8 @@ pub trait Reads {
     async fn prunable_jobs(&self, before: &str, limit: i64) -> Result<Vec<String>, StoreError>;
     /// The usage of a job's batches, by local batch number.
     async fn usage_of(&self, job_id: &str) -> Result<Vec<BatchUsage>, StoreError>;
-    /// The tokens and cost of the jobs given (a JSON array of ids), from `job_costs`.
+    /// The tokens and cost of the jobs `job_ids`.
     async fn job_costs(&self, job_ids: &[&str]) -> Result<Vec<JobCost>, StoreError>;
-    /// Every model's tokens and cost so far, from `model_costs`.
+    /// Every model's tokens and cost so far.
     async fn model_costs(&self) -> Result<Vec<ModelCost>, StoreError>;
 }

@@ -222,7 +222,7 @@ pub async fn survey(
         .into_iter()
         .map(|k| (k.file_id.clone(), k))
         .collect();
-    let job_states: HashMap<String, bool> = store.jobs_finished().await?.into_iter().collect();
+    let ended: HashMap<String, bool> = store.jobs_ended().await?.into_iter().collect();
     let mut files = Vec::new();
     let mut listed = std::pin::pin!(client.list_batch_files());
     while let Some(file) = listed.next().await {
@@ -231,7 +231,7 @@ pub async fn survey(
     let owners = Owners::new(&files, &known);
     Ok(files
         .iter()
-        .map(|file| decide(file, &index, &owners, &known, &job_states, older_than, now))
+        .map(|file| decide(file, &index, &owners, &known, &ended, older_than, now))
         .collect())
 }
 
@@ -267,7 +267,7 @@ fn decide(
     index: &BatchIndex,
     owners: &Owners,
     known: &HashMap<String, deletions::KnownFile>,
-    job_states: &HashMap<String, bool>,
+    ended: &HashMap<String, bool>,
     older_than: Duration,
     now: Timestamp,
 ) -> Found {
@@ -310,7 +310,7 @@ fn decide(
         out.why = format!("batch {} that uses it is still {}", b.id, b.status);
         return out;
     }
-    match job_states.get(&job_id) {
+    match ended.get(&job_id) {
         Some(false) => {
             out.why = format!("job {job_id} is not finished");
             return out;

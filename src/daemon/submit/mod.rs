@@ -36,8 +36,8 @@ pub async fn due(ctx: &Ctx, limit: usize) -> anyhow::Result<Vec<i64>> {
     if ctx.gate.submissions_held_until(now).is_some() {
         return Ok(Vec::new());
     }
-    let held = serde_json::to_string(&ctx.gate.held_models(now))?;
-    let unverified = serde_json::to_string(&ctx.unverified.ids())?;
+    let held = ctx.gate.held_models(now);
+    let unverified = ctx.unverified.ids();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let now = clock::format(now);
     Ok(ctx
