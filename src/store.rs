@@ -202,8 +202,8 @@ Intake {
 }
 Submit {
     start_upload(lease: &Lease, row: &Submission, now: &str) -> ();
-    start_create(lease: &Lease, row: &Submission, file_id: &str, unsent: &str, now: &str) -> CreateIntent;
-    adopt_upload(lease: &Lease, row: &Submission, file_id: &str, message: &str, now: &str) -> ();
+    start_create(lease: &Lease, row: &Submission, upload_id: &str, unsent: &str, now: &str) -> CreateIntent;
+    adopt_upload(lease: &Lease, row: &Submission, upload_id: &str, message: &str, now: &str) -> ();
     note_resent(lease: &Lease, id: i64, now: &str) -> ();
     postpone(lease: &Lease, id: i64, until: &str, error: Option<&str>, now: &str) -> ();
     abandon(lease: &Lease, row: &Submission, why: &str, message: &str, now: &str) -> ();

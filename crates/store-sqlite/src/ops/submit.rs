@@ -29,12 +29,12 @@ impl Submit for Store {
         &self,
         lease: &Lease,
         row: &Submission,
-        file_id: &str,
+        upload_id: &str,
         unsent: &str,
         now: &str,
     ) -> Result<CreateIntent, StoreError> {
         self.unit(lease, async |tx| {
-            transitions::arm_create(tx, row.id, file_id, now).await?;
+            transitions::arm_create(tx, row.id, upload_id, now).await?;
             let cancelled = jobs::get(&mut **tx, &row.job_id)
                 .await?
                 .is_some_and(|j| j.cancel_requested_at.is_some());
@@ -55,12 +55,12 @@ impl Submit for Store {
         &self,
         lease: &Lease,
         row: &Submission,
-        file_id: &str,
+        upload_id: &str,
         message: &str,
         now: &str,
     ) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
-            transitions::adopt_upload(tx, row.id, file_id, now).await?;
+            transitions::adopt_upload(tx, row.id, upload_id, now).await?;
             refresh_job(tx, &row.job_id, None, message, now).await?;
             Ok(())
         })

@@ -24,23 +24,23 @@ pub trait Submit {
         row: &Submission,
         now: &str,
     ) -> Result<(), StoreError>;
-    /// Records the uploaded `file_id` and arms the create, unless a cancel was asked for
+    /// Records the uploaded `upload_id` and arms the create, unless a cancel was asked for
     /// meanwhile (the deadline may have passed during the upload): then no batch is created at
     /// all, and the submission is abandoned as [`Submit::abandon`] does with `unsent`.
     async fn start_create(
         &self,
         lease: &Lease,
         row: &Submission,
-        file_id: &str,
+        upload_id: &str,
         unsent: &str,
         now: &str,
     ) -> Result<CreateIntent, StoreError>;
-    /// Takes up `file_id`, an upload a reconcile found for submission `row`, and arms the create.
+    /// Takes up `upload_id`, an upload a reconcile found for submission `row`, and arms the create.
     async fn adopt_upload(
         &self,
         lease: &Lease,
         row: &Submission,
-        file_id: &str,
+        upload_id: &str,
         message: &str,
         now: &str,
     ) -> Result<(), StoreError>;
