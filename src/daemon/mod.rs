@@ -576,20 +576,19 @@ impl Daemon {
                 collect::collect(ctx.clone(), row),
             );
         }
-        if self.timers.duplicate_check.due(now) {
-            let every = ctx.schedule.duplicate_check_every;
-            self.timers.duplicate_check.arm_after(now, every);
+        if self
+            .timers
+            .duplicate_check
+            .fire(now, ctx.schedule.duplicate_check_every)
+        {
             self.spawn(
                 Subject::Duplicates,
                 T::CancelDuplicates,
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
-        if self.timers.prune.due(now) {
-            self.timers.prune.arm_after(now, retention::EVERY);
-            if ctx.settings.retention.any() {
-                self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
-            }
+        if self.timers.prune.fire(now, retention::EVERY) && ctx.settings.retention.any() {
+            self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
         }
         if self.timers.housekeeping.take_due(now) {
             let mut busy = false;

@@ -39,6 +39,16 @@ impl Timer {
         due
     }
 
+    /// Whether a periodic timer is due at `now`; if it is, it is armed again for `every` from
+    /// `now`.
+    pub fn fire(&mut self, now: Timestamp, every: Duration) -> bool {
+        let due = self.due(now);
+        if due {
+            self.arm_after(now, every);
+        }
+        due
+    }
+
     /// When it is due, if it is armed.
     pub fn when(&self) -> Option<Timestamp> {
         self.0
@@ -150,6 +160,23 @@ mod tests {
         let armed = [Timer::at(later), Timer::default(), Timer::at(t0)];
         assert_eq!(nearest(armed), Some(t0));
         assert_eq!(nearest([Timer::default()]), None);
+    }
+
+    #[test]
+    fn a_periodic_timer_fires_from_its_time_on_and_is_armed_again_from_then() {
+        let t0: Timestamp = "2026-12-06T10:00:00Z".parse().unwrap();
+        let every = Duration::from_secs(60);
+        let mut timer = Timer::default();
+        assert!(!timer.fire(t0, every), "unarmed");
+        timer.arm(t0);
+        let late = clock::add(t0, Duration::from_secs(5));
+        assert!(timer.fire(late, every), "due, fired late");
+        assert_eq!(
+            timer.when(),
+            Some(clock::add(late, every)),
+            "armed from when it fired"
+        );
+        assert!(!timer.fire(late, every), "once");
     }
 
     #[test]
