@@ -7,8 +7,6 @@
 
 use std::collections::HashSet;
 
-use anyhow::Context;
-
 use crate::api::ApiError;
 use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::daemon::shared::Subject;
@@ -134,12 +132,7 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let now = ctx.now();
     if row.state == SubmissionState::Creating {
         // A create may have happened: find out before calling the submission abandoned.
-        let job = ctx
-            .store
-            .job(&row.job_id)
-            .await?
-            .context("the job of a submission vanished")?;
-        match reconcile::find_batch(&ctx, &row, &job).await {
+        match reconcile::find_batch(&ctx, &row).await {
             Ok(Some(batch)) => return observe(&ctx, &row, &batch).await,
             Ok(None) => {
                 ctx.store

@@ -166,15 +166,14 @@ impl Client {
         back_to(self.list_batches(100), Some(since), 1, |b| b.created_at)
     }
 
-    /// The batch a create for `part` sent at `sent_at` made, if it made one.
+    /// The batch a create for `attempt` sent at `sent_at` made, if it made one.
     pub async fn find_batch(
         &self,
-        part: &Part<'_>,
+        attempt: &Attempt<'_>,
         sent_at: Option<Timestamp>,
     ) -> Result<Option<Batch>, ApiError> {
         let listed = back_to(self.list_batches(100), sent_at, 1, |b| b.created_at);
-        let mut found =
-            std::pin::pin!(listed.try_filter(|b| std::future::ready(b.is_of(&part.id))));
+        let mut found = std::pin::pin!(listed.try_filter(|b| std::future::ready(b.is_of(attempt))));
         found.try_next().await
     }
 

@@ -161,7 +161,7 @@ async fn upload(
 /// Creates the batch (or finds the one an earlier attempt made).
 async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::Result<()> {
     if !fresh && row.outcome_unknown_at.is_some() {
-        match reconcile::find_batch(ctx, row, job).await {
+        match reconcile::find_batch(ctx, row).await {
             Ok(Some(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
                 return observe(ctx, row, &batch).await;

@@ -74,12 +74,9 @@ fn sent_at(row: &Submission) -> Option<Timestamp> {
     clock::parse(row.outcome_unknown_at.as_deref().unwrap_or(&row.created_at))
 }
 
-/// The batch a create for `row` (of `job`) made, if it made one.
-pub async fn find_batch(ctx: &Ctx, row: &Submission, job: &Job) -> Result<Option<Batch>, ApiError> {
-    let found = ctx
-        .client
-        .find_batch(&part_of(row, job), sent_at(row))
-        .await;
+/// The batch a create for `row` made, if it made one.
+pub async fn find_batch(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, ApiError> {
+    let found = ctx.client.find_batch(&attempt_of(row), sent_at(row)).await;
     ctx.metrics.reconciliation(Reconciled::Create, &found);
     found
 }
