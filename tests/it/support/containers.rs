@@ -370,13 +370,17 @@ impl DaemonContainer {
         .expect("an exit code")
     }
 
-    /// Waits until there are `n` jobs, all finished; panics with their states and the log
-    /// tail after `timeout`, and at once if the daemon exits.
+    /// Waits until there are `n` jobs, all finished and their files moved on; panics with
+    /// their states and the log tail after `timeout`, and at once if the daemon exits.
     pub async fn wait_finished(&self, env: &Env, n: usize, timeout: Duration) -> Vec<Job> {
         let waited = poll_until(timeout, async || {
             let jobs = env.jobs().await;
             let running = self.container.is_running().await.expect("container state");
-            let finished = jobs.len() == n && jobs.iter().all(|j| j.state.is_terminal());
+            // Finished, as for [`Env::wait_finished`]: a final state, and the file moved on out
+            // of processing/. The final state is committed before the file's last move, so a
+            // job only in a final state may still be recorded in processing/ a moment longer.
+            let done = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
+            let finished = jobs.len() == n && jobs.iter().all(done);
             // A daemon that exited ends the wait at once, as a failure.
             (finished || !running, (finished, running, jobs))
         })
@@ -387,7 +391,7 @@ impl DaemonContainer {
         }
         let states: Vec<String> = jobs
             .iter()
-            .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
+            .map(|j| format!("{} {} {:?} at {}", j.file_name, j.state, j.reason, j.path))
             .collect();
         let log = self.logs().await;
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
