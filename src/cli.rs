@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use crate::config::{ConfigError, Settings, StuckAfter};
+use crate::config::{ConfigError, DatabaseLocation, Settings, StuckAfter};
 use crate::daemon::cancel;
 use crate::model::JobState;
 use crate::preflight::{self, Checked};
@@ -119,9 +119,10 @@ pub struct ManArgs {
 /// Where the status commands find the database.
 #[derive(Debug, Args)]
 pub struct DatabaseArg {
-    /// The database file (default: database.path from the configuration).
-    #[arg(long, value_name = "PATH")]
-    pub database: Option<PathBuf>,
+    /// The database: a SQLite file, sqlite:PATH or a postgres:// URL (default: database.url or
+    /// database.path from the configuration).
+    #[arg(long, value_name = "PATH|URL")]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -360,14 +361,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let settings = Settings::load(config)?;
-            let path = settings.database.path;
             runtime()?.block_on(async {
-                let store =
-                    Store::open(&path, settings.database.busy_timeout.get(), Access::Migrate)
-                        .await?;
+                let store = Store::open_configured(&settings.database, Access::Migrate).await?;
                 emit(&format!(
                     "database {} is at schema version {}\n",
-                    path.display(),
+                    store.place(),
                     store.schema_version().await?.unwrap_or(0)
                 ))?;
                 store.close().await;
@@ -376,8 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Cancel(args) => {
             let out = runtime()?.block_on(async {
-                let (path, busy) = database_path(config, &args.db)?;
-                let store = Store::open(&path, busy, Access::Write).await?;
+                let store = open_database(config, &args.db, Access::Write).await?;
                 let job_id = resolve_job(&store, &args.id).await?;
                 let now = crate::clock::format(crate::clock::Timestamp::now());
                 let done = cancel::request(&store, &job_id, cancel::Reason::Operator, &now).await?;
@@ -400,12 +397,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use crate::daemon::housekeeping::resubmit::{self, Ask, Origin, Outcome, counts};
             let settings = Settings::load(config)?;
             let out = runtime()?.block_on(async {
-                let store = Store::open(
-                    &settings.database.path,
-                    settings.database.busy_timeout.get(),
-                    Access::Write,
-                )
-                .await?;
+                let store = Store::open_configured(&settings.database, Access::Write).await?;
                 let job_id = resolve_job(&store, &args.id).await?;
                 let queue = crate::queue::Queue::open(&settings.queue.dir)
                     .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
@@ -453,12 +445,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     Access::Write
                 };
-                let store = Store::open(
-                    &settings.database.path,
-                    settings.database.busy_timeout.get(),
-                    access,
-                )
-                .await?;
+                let store = Store::open_configured(&settings.database, access).await?;
                 let queue = crate::queue::Queue::open(&settings.queue.dir)
                     .with_context(|| format!("opening {}", settings.queue.dir.display()))?;
                 let pruned = crate::daemon::housekeeping::retention::prune(
@@ -552,9 +539,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History(args) => {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
-                let submission = resolve_batch(&store, &args.id).await?.with_context(|| {
-                    format!("no batch {:?} in {}", args.id, store.path().display())
-                })?;
+                let submission = resolve_batch(&store, &args.id)
+                    .await?
+                    .with_context(|| format!("no batch {:?} in {}", args.id, store.place()))?;
                 let rows = store.history(submission.id).await?;
                 store.close().await;
                 anyhow::Ok(if args.json {
@@ -584,12 +571,7 @@ async fn gc_remote(
     } else {
         Access::ReadOnly
     };
-    let store = Store::open(
-        &settings.database.path,
-        settings.database.busy_timeout.get(),
-        access,
-    )
-    .await?;
+    let store = Store::open_configured(&settings.database, access).await?;
     let now = crate::clock::Timestamp::now();
     let mut found = remote::survey(&client, &store, args.older_than.get(), now).await?;
     let mut outcomes = Vec::new();
@@ -664,21 +646,29 @@ fn key_line(checked: &Checked) -> String {
     }
 }
 
-/// Opens the database read-only for a status command: `--database`, else database.path from
-/// the configuration.
+/// Opens the database read-only for a status command: `--database`, else the configuration's.
 async fn open_for_reading(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<Store> {
-    let (path, busy) = database_path(config, arg)?;
-    Ok(Store::open(&path, busy, Access::ReadOnly).await?)
+    open_database(config, arg, Access::ReadOnly).await
 }
 
-/// `--database`, else database.path from the configuration, with its busy timeout.
-fn database_path(config: Option<&Path>, arg: &DatabaseArg) -> anyhow::Result<(PathBuf, Duration)> {
+/// Opens `--database` for `access`, else the database of the configuration. A plain path is a
+/// SQLite file; a PostgreSQL URL given this way takes its password from `PGPASSWORD` or
+/// `~/.pgpass`.
+async fn open_database(
+    config: Option<&Path>,
+    arg: &DatabaseArg,
+    access: Access,
+) -> anyhow::Result<Store> {
     Ok(match &arg.database {
-        Some(path) => (path.clone(), Duration::from_secs(5)),
-        None => {
-            let settings = Settings::load(config)?;
-            (settings.database.path, settings.database.busy_timeout.get())
+        Some(text) => {
+            let location = if text.starts_with("sqlite:") || text.contains("://") {
+                DatabaseLocation::parse(text, "--database")?
+            } else {
+                DatabaseLocation::Sqlite(PathBuf::from(text))
+            };
+            Store::open_at(&location, None, Duration::from_secs(5), access).await?
         }
+        None => Store::open_configured(&Settings::load(config)?.database, access).await?,
     })
 }
 
@@ -694,7 +684,7 @@ async fn resolve_batch(store: &Store, id: &str) -> Result<Option<batches::Submis
 async fn resolve_job(store: &Store, id: &str) -> anyhow::Result<String> {
     match job_of_id(store, id).await? {
         Some(job) => Ok(job),
-        None => anyhow::bail!("no job or batch {id:?} in {}", store.path().display()),
+        None => anyhow::bail!("no job or batch {id:?} in {}", store.place()),
     }
 }
 
@@ -748,7 +738,7 @@ async fn resolve_jobs(store: &Store, id: &str) -> anyhow::Result<Found> {
     if found.is_empty() {
         anyhow::bail!(
             "no job, batch or file {id:?} in {} (a file is found by its name, or by its path: done/NAME.jsonl)",
-            store.path().display()
+            store.place()
         );
     }
     Ok(Found::File(found))

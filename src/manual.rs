@@ -71,15 +71,15 @@ const FILES: [(&str, &str); 6] = [
     ),
     (
         "/var/lib/batchwatch/state.db",
-        "The SQLite database (database.path): jobs, batches and their status history.",
+        "The SQLite database (database.path): jobs, batches and their status history; database.url may name a PostgreSQL database instead.",
     ),
     (
         "QUEUE/.batchwatch.lock, DATABASE.lock",
-        "Held by the running daemon: one daemon per queue tree and per database.",
+        "Held by the running daemon: one daemon per queue tree and per database (a PostgreSQL database is held by an advisory lock instead).",
     ),
     (
         "$CREDENTIALS_DIRECTORY/NAME",
-        "The API key as a systemd credential (api.key_credential).",
+        "The API key as a systemd credential (api.key_credential); the PostgreSQL password likewise (database.password_credential).",
     ),
     (
         "/usr/share/batchwatch/",
@@ -87,7 +87,7 @@ const FILES: [(&str, &str); 6] = [
     ),
 ];
 
-const ENVIRONMENT: [(&str, &str); 6] = [
+const ENVIRONMENT: [(&str, &str); 7] = [
     (
         "BATCHWATCH_SECTION__KEY",
         "Sets a configuration key over the file, two underscores between levels: BATCHWATCH_QUEUE__DIR=/srv/q sets queue.dir.",
@@ -98,7 +98,11 @@ const ENVIRONMENT: [(&str, &str); 6] = [
     ),
     (
         "CREDENTIALS_DIRECTORY",
-        "Set by systemd for the service: where api.key_credential is read.",
+        "Set by systemd for the service: where api.key_credential and database.password_credential are read.",
+    ),
+    (
+        "PGPASSWORD",
+        "The PostgreSQL password when database.url names a PostgreSQL database and database.password_credential is not set (~/.pgpass is read too, as by any PostgreSQL client).",
     ),
     ("RUST_LOG", "The log filter; wins over log.level."),
     (

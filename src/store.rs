@@ -2,13 +2,13 @@
 //! port's traits ([`batchwatch_store`]), chosen when the database is opened.
 //!
 //! Dispatch is an enum, [`Store`], rather than a trait object or a daemon generic over its
-//! store: the set of backends is closed (SQLite today, PostgreSQL next), the port's `async fn`s
+//! store: the set of backends is closed (SQLite and PostgreSQL), the port's `async fn`s
 //! would have to box every future to be called through `dyn`, and a generic daemon would be
 //! compiled once per backend. Each of the port's traits is implemented for the enum by passing
 //! the call to the backend it holds (`delegate!`); what only a backend knows how to do
 //! (open, close, watch for commits, give space back) is the enum's own.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use batchwatch_store::ops::cancel::Cancel;
@@ -18,10 +18,11 @@ pub use batchwatch_store::ops::intake::Intake;
 pub use batchwatch_store::ops::submit::Submit;
 pub use batchwatch_store::ops::track::Track;
 pub use batchwatch_store::*;
-pub use batchwatch_store_sqlite::{Access, known_schema_version};
+pub use batchwatch_store_postgres::SoleWriter;
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
+use batchwatch_core::config::{DatabaseLocation, DatabaseSettings};
 use batchwatch_core::model::{BatchStatus, FileLook, JobState, SubmissionState};
 use batchwatch_store::batches::{NewSubmission, PollLoad, Submission, Tracked};
 use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
@@ -36,18 +37,21 @@ use batchwatch_store::ops::submit::CreateIntent;
 use batchwatch_store::ops::track::{Observed, Plan, Sighting};
 use batchwatch_store::retention::Old;
 use batchwatch_store::usage::{BatchUsage, JobCost, ModelCost};
+use batchwatch_store_postgres as postgres;
 use batchwatch_store_sqlite as sqlite;
 
 /// An open database, in one of the backends.
 #[derive(Clone, Debug)]
 pub enum Store {
     Sqlite(sqlite::Store),
+    Postgres(postgres::Store),
 }
 
 /// Tells whether anything was committed since it last asked, by this process or another.
 #[derive(Debug)]
 pub enum Changes {
     Sqlite(sqlite::Changes),
+    Postgres(postgres::Changes),
 }
 
 impl Store {
@@ -62,10 +66,68 @@ impl Store {
         ))
     }
 
-    /// Where the database is.
-    pub fn path(&self) -> &Path {
+    /// Opens the database `settings` name for `access`: SQLite's file, or a PostgreSQL
+    /// database with its password from the systemd credential, `PGPASSWORD` or `~/.pgpass`.
+    pub async fn open_configured(
+        settings: &DatabaseSettings,
+        access: Access,
+    ) -> Result<Store, StoreError> {
+        Store::open_at(
+            &settings.location(),
+            settings.password_credential.as_deref(),
+            settings.busy_timeout.get(),
+            access,
+        )
+        .await
+    }
+
+    /// Opens the database at `location` for `access`; `password_credential` names the systemd
+    /// credential a PostgreSQL password is read from.
+    pub async fn open_at(
+        location: &DatabaseLocation,
+        password_credential: Option<&str>,
+        wait: Duration,
+        access: Access,
+    ) -> Result<Store, StoreError> {
+        match location {
+            DatabaseLocation::Sqlite(path) => Store::open(path, wait, access).await,
+            DatabaseLocation::Postgres(url) => {
+                let password = match password_credential {
+                    Some(name) => Some(read_credential(name).map_err(|e| StoreError::Open {
+                        path: PathBuf::from(postgres::shown(url)),
+                        source: e.into(),
+                    })?),
+                    None => None,
+                };
+                Ok(Store::Postgres(
+                    postgres::Store::open(url, password.as_deref(), wait, access).await?,
+                ))
+            }
+        }
+    }
+
+    /// Holds a PostgreSQL database for this daemon alone, for as long as the guard lives; a
+    /// SQLite database is held by the instance lock's file instead (`None`).
+    pub async fn hold_sole_writer(&self) -> Result<Option<postgres::SoleWriter>, StoreError> {
         match self {
-            Store::Sqlite(s) => s.path(),
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.hold_sole_writer().await?)),
+        }
+    }
+
+    /// The SQLite file, when the database is one.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Store::Sqlite(s) => Some(s.path()),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    /// The database, for messages: a path, or a URL without its password.
+    pub fn place(&self) -> String {
+        match self {
+            Store::Sqlite(s) => s.path().display().to_string(),
+            Store::Postgres(s) => s.url().to_owned(),
         }
     }
 
@@ -73,6 +135,15 @@ impl Store {
     pub async fn schema_version(&self) -> Result<Option<i64>, StoreError> {
         match self {
             Store::Sqlite(s) => s.schema_version().await,
+            Store::Postgres(s) => s.schema_version().await,
+        }
+    }
+
+    /// The schema version this build knows, in the backend the database is in.
+    pub fn known_schema_version(&self) -> i64 {
+        match self {
+            Store::Sqlite(_) => sqlite::known_schema_version(),
+            Store::Postgres(_) => postgres::known_schema_version(),
         }
     }
 
@@ -80,13 +151,15 @@ impl Store {
     pub async fn probe_write(&self, wait: Duration) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.probe_write(wait).await,
+            Store::Postgres(s) => s.probe_write(wait).await,
         }
     }
 
-    /// Gives the space of deleted rows back to the file system; the size before and after.
+    /// Gives the space of deleted rows back; the size before and after.
     pub async fn give_space_back(&self) -> Result<(u64, u64), StoreError> {
         match self {
             Store::Sqlite(s) => s.give_space_back().await,
+            Store::Postgres(s) => s.give_space_back().await,
         }
     }
 
@@ -96,6 +169,7 @@ impl Store {
             Store::Sqlite(s) => Ok(Changes::Sqlite(
                 sqlite::Changes::open(s.path(), busy_timeout).await?,
             )),
+            Store::Postgres(s) => Ok(Changes::Postgres(postgres::Changes::open(s).await?)),
         }
     }
 
@@ -104,6 +178,7 @@ impl Store {
     pub async fn close_for_readers(&self) {
         match self {
             Store::Sqlite(s) => s.close_for_readers().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
 
@@ -111,8 +186,24 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
         }
     }
+}
+
+/// The systemd credential `name`: its file under `$CREDENTIALS_DIRECTORY`, without a final
+/// newline.
+fn read_credential(name: &str) -> Result<String, String> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+        format!(
+            "database.password_credential names {name}, but $CREDENTIALS_DIRECTORY is not set \
+             (it is set only inside the systemd service)"
+        )
+    })?;
+    let path = Path::new(&dir).join(name);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("the credential {} cannot be read: {e}", path.display()))?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 impl Changes {
@@ -121,12 +212,14 @@ impl Changes {
     pub async fn any(&mut self) -> bool {
         match self {
             Changes::Sqlite(c) => c.any().await,
+            Changes::Postgres(c) => c.any().await,
         }
     }
 
     pub async fn close(self) {
         match self {
             Changes::Sqlite(c) => c.close().await,
+            Changes::Postgres(c) => c.close().await,
         }
     }
 }
@@ -140,6 +233,7 @@ macro_rules! delegate {
             $(async fn $name(&self, $($arg: $ty),*) -> Result<$ok, StoreError> {
                 match self {
                     Store::Sqlite(s) => s.$name($($arg),*).await,
+                    Store::Postgres(s) => s.$name($($arg),*).await,
                 }
             })*
         })*

@@ -139,7 +139,7 @@ use track::{poll, stuck, sweep};
 
 use crate::api::{ApiKey, Client};
 use crate::clock::{self, Clock, Timestamp};
-use crate::config::Settings;
+use crate::config::{DatabaseLocation, Settings};
 use crate::metrics::server::{self as endpoint, Health};
 use crate::metrics::{Metrics, ModelLabels};
 use crate::queue::Queue;
@@ -247,6 +247,8 @@ pub struct Daemon {
     stuck: stuck::Watch,
     /// Held until the daemon is dropped, so no second one starts on the same queue or database.
     _instance: instance::InstanceLock,
+    /// A PostgreSQL database held for this daemon alone, for its whole life.
+    _sole_writer: Option<crate::store::SoleWriter>,
 }
 
 /// Runs the daemon on `settings` and `key` (as [`crate::preflight::check`] passed them) until
@@ -287,15 +289,19 @@ impl Daemon {
                 format!("cannot use {}: {e}", settings.queue.dir.display()),
             )
         })?;
-        let instance =
-            instance::InstanceLock::acquire(&settings.queue.dir, &settings.database.path)?;
-        let store = Store::open(
-            &settings.database.path,
-            settings.database.busy_timeout.get(),
-            Access::Migrate,
-        )
-        .await
-        .context("opening the database")?;
+        let location = settings.database.location();
+        let file = match &location {
+            DatabaseLocation::Sqlite(path) => Some(path.as_path()),
+            DatabaseLocation::Postgres(_) => None,
+        };
+        let instance = instance::InstanceLock::acquire(&settings.queue.dir, file)?;
+        let store = Store::open_configured(&settings.database, Access::Migrate)
+            .await
+            .context("opening the database")?;
+        let sole_writer = store
+            .hold_sole_writer()
+            .await
+            .context("opening the database")?;
         let changes = store
             .changes(settings.database.busy_timeout.get())
             .await
@@ -351,10 +357,10 @@ impl Daemon {
         // Before anyone is told it started: files dropped from then on are in its record.
         let watcher = intake::Watcher::new(&ctx.queue, settings.queue.watch);
         tracing::info!(
-            database = %settings.database.path.display(),
+            database = %ctx.store.place(),
             queue = %settings.queue.dir.display(),
             api = %settings.api.base_url,
-            schema_version = crate::store::known_schema_version(),
+            schema_version = ctx.store.known_schema_version(),
             "batchwatch started"
         );
         let mut daemon = Daemon {
@@ -379,6 +385,7 @@ impl Daemon {
             endpoint,
             stuck: stuck::Watch::default(),
             _instance: instance,
+            _sole_writer: sole_writer,
             ctx,
         };
         recover::recover(&daemon.ctx)

@@ -206,12 +206,13 @@ impl Endpoint {
         }
     }
 
-    /// The filesystems of the queue tree and the database, as they are now (one that cannot
-    /// be asked is left out).
+    /// The filesystems of the queue tree and the SQLite database, as they are now (one that
+    /// cannot be asked is left out; a PostgreSQL server's disks are its own to watch).
     fn disks(&self) -> Vec<Disk> {
-        let database = database_dir(self.store.path());
-        [("queue", self.queue.root()), ("database", database)]
+        let database = self.store.file().map(database_dir);
+        [("queue", Some(self.queue.root())), ("database", database)]
             .into_iter()
+            .filter_map(|(dir, path)| Some((dir, path?)))
             .filter_map(|(dir, path)| {
                 let space = crate::process::disk_space(path).ok()?;
                 Some(Disk { dir, space })
@@ -228,7 +229,7 @@ impl Endpoint {
         if let Err(e) = self.probe_write().await {
             reasons.push(format!(
                 "database {} is not writable: {e}",
-                self.store.path().display()
+                self.store.place()
             ));
         }
         for dir in self.queue.dirs() {

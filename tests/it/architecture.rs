@@ -60,31 +60,37 @@ fn naming(dirs: &[&str], word: &str, allowed: &[&str]) -> Vec<String> {
 }
 
 #[test]
-fn only_the_sqlite_store_speaks_sql_and_only_the_provider_and_the_simulator_speak_http() {
-    // The port turns a sqlx error into its own (behind its `sqlx` feature), and names no other.
+fn only_the_store_backends_speak_sql_and_only_the_provider_and_the_simulator_speak_http() {
+    // The port turns a sqlx error into its own (behind its `sqlx` feature), and names no other;
+    // the operations both backends share (crates/store/shared) name none either.
     let sql = naming(
         &[
             "src",
             "crates/store/src",
+            "crates/store/shared",
             "crates/provider/src",
             "crates/sim/src",
         ],
         "sqlx",
         &["crates/store/src/error.rs"],
     );
-    assert!(sql.is_empty(), "sqlx outside the store crate:\n{sql:#?}");
+    assert!(sql.is_empty(), "sqlx outside the store backends:\n{sql:#?}");
     // The binary reaches a backend only through the store port's enum.
-    let backend = naming(&["src"], "batchwatch_store_sqlite", &["src/store.rs"]);
-    assert!(
-        backend.is_empty(),
-        "the SQLite backend named outside src/store.rs:\n{backend:#?}"
-    );
+    for backend in ["batchwatch_store_sqlite", "batchwatch_store_postgres"] {
+        let named = naming(&["src"], backend, &["src/store.rs"]);
+        assert!(
+            named.is_empty(),
+            "{backend} named outside src/store.rs:\n{named:#?}"
+        );
+    }
     let http = naming(
         &[
             "src",
             "crates/core/src",
             "crates/store/src",
+            "crates/store/shared",
             "crates/store-sqlite/src",
+            "crates/store-postgres/src",
         ],
         "reqwest",
         &[],

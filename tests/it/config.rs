@@ -69,6 +69,30 @@ type Case = (
 
 const CASES: &[Case] = &[
     (
+        "[database]\nurl = \"mysql://db/batchwatch\"\n",
+        &[],
+        "`database.url`",
+        "is neither sqlite:PATH nor a postgres:// URL",
+    ),
+    (
+        "[database]\nurl = \"sqlite:state.db\"\n",
+        &[],
+        "`database.url`",
+        "an absolute path is required",
+    ),
+    (
+        "[database]\nurl = \"postgres://bw:hunter2@db/batchwatch\"\n",
+        &[],
+        "`database.url`",
+        "must not hold the password",
+    ),
+    (
+        "[database]\nurl = \"postgres://db/batchwatch\"\npassword_credential = \"a/b\"\n",
+        &[],
+        "`database.password_credential`",
+        "is not a valid name",
+    ),
+    (
         "[queue]\ndirr = \"/x\"\n",
         &[],
         "`queue.dirr`",

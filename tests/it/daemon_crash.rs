@@ -7,13 +7,15 @@ use std::time::Duration;
 use batchwatch::model::JobState;
 
 use crate::support::daemon::{
-    Env, assert_each_completed_once, assert_key_absent, quick_sim, requests, wait_crash,
+    Backend, Env, assert_each_completed_once, assert_key_absent, quick_sim, requests, wait_crash,
 };
 use crate::support::sim::spawn_sim;
 
-async fn crash_then_restart(point: &str) {
+async fn crash_then_restart(point: &str, backend: Backend) {
     let sim = spawn_sim(quick_sim()).await;
-    let env = Env::new(&sim.handle.base_url(), "");
+    let Some(env) = Env::on(backend, &sim.handle.base_url(), "").await else {
+        return;
+    };
     let mut daemon = env.spawn_with(&[(batchwatch::failpoint::ENV, point)]);
     let mut contents = Vec::new();
     for i in 0..3 {
@@ -56,9 +58,20 @@ macro_rules! crash_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                crash_then_restart($point).await;
+                crash_then_restart($point, Backend::Sqlite).await;
             }
         )+
+
+        /// The same crash points with the database in PostgreSQL.
+        mod on_postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    crash_then_restart($point, Backend::Postgres).await;
+                }
+            )+
+        }
     };
 }
 

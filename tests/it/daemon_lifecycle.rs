@@ -7,7 +7,8 @@ use batchwatch::model::JobState;
 use batchwatch::store::prelude::*;
 
 use crate::support::daemon::{
-    Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results, slow_sim,
+    Backend, Env, assert_gave_up_on_results, quick_sim, requests, sim_that_never_serves_results,
+    slow_sim,
 };
 use crate::support::sim::spawn_sim;
 use crate::support::{read_json, wait_until};
@@ -20,8 +21,19 @@ fn is_subsequence(part: &[String], whole: &[String]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history() {
+    fifty_files(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_files_complete_with_one_batch_each_and_a_truthful_history_on_postgres() {
+    fifty_files(Backend::Postgres).await;
+}
+
+async fn fifty_files(backend: Backend) {
     let sim = spawn_sim(quick_sim()).await;
-    let env = Env::new(&sim.handle.base_url(), "");
+    let Some(env) = Env::on(backend, &sim.handle.base_url(), "").await else {
+        return;
+    };
     let mut daemon = env.spawn();
     let mut originals = Vec::new();
     for i in 0..50 {

@@ -23,6 +23,7 @@ mod housekeeping;
 mod metrics;
 mod metrics_limits;
 mod packaging;
+mod postgres;
 mod run;
 mod sim_process;
 mod skips;

@@ -627,14 +627,14 @@ async fn seen_unchanged_moves_only_the_named_active_rows_not_yet_seen_later() {
     force_state(&store, ids[2], SubmissionState::Collecting).await;
 
     let seen_at = "2026-11-22T10:01:00.000Z";
-    let polls = serde_json::json!([
-        [ids[0], "2026-11-22T10:02:00.000Z"],
-        [ids[1], "2026-11-22T10:02:01.000Z"],
-        [ids[2], "2026-11-22T10:02:02.000Z"],
-        [9999, "2026-11-22T10:02:03.000Z"]
-    ]);
+    let polls = [
+        (ids[0], "2026-11-22T10:02:00.000Z".to_owned()),
+        (ids[1], "2026-11-22T10:02:01.000Z".to_owned()),
+        (ids[2], "2026-11-22T10:02:02.000Z".to_owned()),
+        (9999, "2026-11-22T10:02:03.000Z".to_owned()),
+    ];
     let mut tx = store.begin().await.unwrap();
-    let n = transitions::seen_unchanged(&mut tx, &polls.to_string(), seen_at)
+    let n = transitions::seen_unchanged(&mut tx, &polls, seen_at)
         .await
         .unwrap();
     tx.commit().await.unwrap();

@@ -25,16 +25,18 @@
 use std::path::Path;
 use std::time::Duration;
 
+use batchwatch::config::DatabaseLocation;
 use batchwatch::daemon::finish;
 use batchwatch::model::{BatchStatus, JobState, SubmissionState};
+use batchwatch::store::batches::{Observation, Submission};
+use batchwatch::store::jobs::{Job, NewJob, Why};
+use batchwatch::store::ops::finish::Ending;
+use batchwatch::store::ops::intake::{Part, Validated};
+use batchwatch::store::ops::track::{Next, Plan, Sighting};
 use batchwatch::store::prelude::*;
-use batchwatch_store_sqlite::batches::{Observation, Submission};
-use batchwatch_store_sqlite::jobs::{Job, NewJob, Why};
-use batchwatch_store_sqlite::ops::finish::Ending;
-use batchwatch_store_sqlite::ops::intake::{Part, Validated};
-use batchwatch_store_sqlite::ops::track::{Next, Plan, Sighting};
-use batchwatch_store_sqlite::{Access, Lease, Store, StoreError};
+use batchwatch::store::{Access, Lease, Store, StoreError};
 use proptest::prelude::*;
+use strum::VariantArray;
 
 const NOW: &str = "2026-12-01T10:00:00.000Z";
 
@@ -327,9 +329,9 @@ async fn apply(
     event: &Event,
     crash: bool,
 ) -> Result<Applied, StoreError> {
-    store.kill_before_next_commit(crash);
+    kill_before_next_commit(store, crash);
     let done = operate(store, model, event).await;
-    store.kill_before_next_commit(false);
+    kill_before_next_commit(store, false);
     match done {
         Ok(true) => Ok(Applied::Committed),
         Ok(false) => Ok(Applied::Skipped),
@@ -507,8 +509,9 @@ fn job_name(n: usize) -> String {
 
 /// What the model expects of `event`: it moves the model when the event is allowed and returns
 /// whether it is (false: the store must refuse it, or the daemon would not make the call).
-/// `db_ids` gives the ids the store assigned to submissions inserted by the event.
-fn expect(model: &mut Model, event: &Event, mut db_ids: impl FnMut() -> i64) -> Expected {
+/// A submission the event inserts has no id yet ([`UNSTORED`]): it takes the store's once the
+/// event committed ([`take_stored_ids`]).
+fn expect(model: &mut Model, event: &Event) -> Expected {
     let pick_job = |m: &Model, i: &Pick| (!m.jobs.is_empty()).then(|| i.of(m.jobs.len()));
     let pick_sub = |m: &Model, i: &Pick| (!m.subs.is_empty()).then(|| i.of(m.subs.len()));
     match event {
@@ -533,7 +536,7 @@ fn expect(model: &mut Model, event: &Event, mut db_ids: impl FnMut() -> i64) -> 
             } else {
                 for part in 0..i64::from(model.jobs[j].parts) {
                     model.subs.push(ModelSub {
-                        db: db_ids(),
+                        db: UNSTORED,
                         job: j,
                         part,
                         attempt: 1,
@@ -584,14 +587,7 @@ fn expect(model: &mut Model, event: &Event, mut db_ids: impl FnMut() -> i64) -> 
             token_limit,
         } => match pick_sub(model, sub) {
             Some(i) => {
-                see(
-                    model,
-                    i,
-                    status,
-                    i64::from(*done),
-                    *token_limit,
-                    &mut db_ids,
-                );
+                see(model, i, status, i64::from(*done), *token_limit);
                 Expected::Commit
             }
             None => Expected::Skip,
@@ -621,14 +617,7 @@ fn expect(model: &mut Model, event: &Event, mut db_ids: impl FnMut() -> i64) -> 
 }
 
 /// The model's side of [`seen`].
-fn see(
-    model: &mut Model,
-    i: usize,
-    status: &BatchStatus,
-    done: i64,
-    token_limit: bool,
-    db_ids: &mut impl FnMut() -> i64,
-) {
+fn see(model: &mut Model, i: usize, status: &BatchStatus, done: i64, token_limit: bool) {
     let status = model.observe(i, status, done);
     let state = model.subs[i].state;
     if leaves(state, &NOT_YET_A_BATCH) {
@@ -641,7 +630,7 @@ fn see(
         model.subs[i].state = S::Finished;
         let (part, attempt) = (model.subs[i].part, model.subs[i].attempt);
         model.subs.push(ModelSub {
-            db: db_ids(),
+            db: UNSTORED,
             job,
             part,
             attempt: attempt + 1,
@@ -669,23 +658,43 @@ enum Expected {
 
 /// Every job, submission and history row, read as a user's query would.
 async fn check(store: &Store, model: &Model, step: usize) -> Result<(), String> {
-    let db = store.reader();
-    let jobs: Vec<(String, String, Option<String>)> =
-        sqlx::query_as("SELECT id, state, cancel_requested_at FROM jobs ORDER BY id")
-            .fetch_all(db)
-            .await
-            .map_err(|e| e.to_string())?;
-    let subs: Vec<(i64, String, i64, String, Option<String>)> =
-        sqlx::query_as("SELECT id, job_id, part, state, status FROM batches ORDER BY id")
-            .fetch_all(db)
-            .await
-            .map_err(|e| e.to_string())?;
-    let history: Vec<(i64, String, Option<i64>)> = sqlx::query_as(
-        "SELECT batch_id, status, request_completed FROM status_history ORDER BY id",
-    )
-    .fetch_all(db)
-    .await
-    .map_err(|e| e.to_string())?;
+    let read = |e: StoreError| e.to_string();
+    let jobs: Vec<(String, String, Option<String>)> = store
+        .jobs_in_states(JobState::VARIANTS)
+        .await
+        .map_err(read)?
+        .into_iter()
+        .map(|j| (j.id, j.state.as_str().to_owned(), j.cancel_requested_at))
+        .collect();
+    let mut stored_subs = Vec::new();
+    for (id, ..) in &jobs {
+        stored_subs.extend(store.submissions_of(id).await.map_err(read)?);
+    }
+    stored_subs.sort_by_key(|s| s.id);
+    let mut history: Vec<(i64, String, Option<i64>)> = Vec::new();
+    for sub in &stored_subs {
+        history.extend(
+            store
+                .history(sub.id)
+                .await
+                .map_err(read)?
+                .into_iter()
+                .map(|h| {
+                    (
+                        h.batch_id,
+                        h.status.as_str().to_owned(),
+                        h.request_completed,
+                    )
+                }),
+        );
+    }
+    let subs: Vec<(i64, String, i64, String, Option<String>)> = stored_subs
+        .into_iter()
+        .map(|s| {
+            let status = s.status.map(|st| st.as_str().to_owned());
+            (s.id, s.job_id, s.part, s.state.as_str().to_owned(), status)
+        })
+        .collect();
     let fail = |what: String| Err(format!("after step {step}: {what}"));
 
     if jobs.len() != model.jobs.len() || subs.len() != model.subs.len() {
@@ -765,26 +774,67 @@ async fn check(store: &Store, model: &Model, step: usize) -> Result<(), String> 
     Ok(())
 }
 
-/// A place for the database: tmpfs when there is one (thousands of commits per sequence).
-fn scratch() -> tempfile::TempDir {
-    match Path::new("/dev/shm").is_dir() {
-        true => tempfile::tempdir_in("/dev/shm"),
-        false => tempfile::tempdir(),
-    }
-    .expect("a scratch directory")
+/// Where a sequence's database is: a SQLite file in a scratch directory (on tmpfs when there
+/// is one: thousands of commits per sequence), or a fresh PostgreSQL database.
+struct Place {
+    location: DatabaseLocation,
+    _scratch: Option<tempfile::TempDir>,
 }
 
-async fn open(path: &Path) -> Store {
-    Store::open(path, Duration::from_secs(5), Access::Migrate)
+impl Place {
+    async fn new(backend: Backend) -> Option<Place> {
+        Some(match backend {
+            Backend::Sqlite => {
+                let scratch = match Path::new("/dev/shm").is_dir() {
+                    true => tempfile::tempdir_in("/dev/shm"),
+                    false => tempfile::tempdir(),
+                }
+                .expect("a scratch directory");
+                Place {
+                    location: DatabaseLocation::Sqlite(scratch.path().join("state.db")),
+                    _scratch: Some(scratch),
+                }
+            }
+            Backend::Postgres => Place {
+                location: DatabaseLocation::Postgres(crate::support::postgres::database().await?),
+                _scratch: None,
+            },
+        })
+    }
+
+    async fn open(&self) -> Store {
+        Store::open_at(
+            &self.location,
+            None,
+            Duration::from_secs(5),
+            Access::Migrate,
+        )
         .await
         .expect("open the store")
+    }
+}
+
+/// The store a sequence runs against.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A test's crash point, in whichever backend the store is.
+fn kill_before_next_commit(store: &Store, armed: bool) {
+    match store {
+        Store::Sqlite(s) => s.kill_before_next_commit(armed),
+        Store::Postgres(s) => s.kill_before_next_commit(armed),
+    };
 }
 
 /// Runs `steps` against a fresh store and the model; the first divergence is the error.
-async fn run(steps: &[Step]) -> Result<(), String> {
-    let scratch = scratch();
-    let path = scratch.path().join("state.db");
-    let mut store = open(&path).await;
+async fn run(backend: Backend, steps: &[Step]) -> Result<(), String> {
+    let Some(place) = Place::new(backend).await else {
+        return Ok(());
+    };
+    let mut store = place.open().await;
     let mut model = Model::default();
     // Terminal states seen so far: a finished job or submission never leaves its state.
     let mut finished_jobs: Vec<(usize, JobState)> = Vec::new();
@@ -792,29 +842,29 @@ async fn run(steps: &[Step]) -> Result<(), String> {
     for (n, step) in steps.iter().enumerate() {
         let (event, crash) = match step {
             Step::Restart => {
-                store = restart(store, &path).await;
+                store = restart(store, &place).await;
                 check(&store, &model, n).await?;
                 continue;
             }
             Step::Do(event) => (event, false),
             Step::Crash(event) => (event, true),
         };
-        let mut ids = last_id(&store).await;
         let applied = apply(&store, &model, event, crash)
             .await
             .map_err(|e| format!("step {n} {event:?}: unexpected store error: {e}"))?;
         let mut next = model.clone();
-        let expected = expect(&mut next, event, || {
-            ids += 1;
-            ids
-        });
+        let expected = expect(&mut next, event);
         match (&applied, &expected) {
             (Applied::Crashed, _) => {
-                store = restart(store, &path).await;
+                store = restart(store, &place).await;
             }
-            (Applied::Committed, Expected::Commit) => model = next,
+            (Applied::Committed, Expected::Commit) => {
+                model = next;
+                take_stored_ids(&store, &mut model).await?;
+            }
             (Applied::Committed, Expected::Finish(j)) => {
                 model = next;
+                take_stored_ids(&store, &mut model).await?;
                 let stored = store
                     .job(&model.jobs[*j].id)
                     .await
@@ -863,21 +913,36 @@ async fn run(steps: &[Step]) -> Result<(), String> {
     Ok(())
 }
 
-/// The highest submission id so far: the next insert takes the one after (no row is deleted
-/// in these sequences, and a rolled-back insert gives its id back).
-async fn last_id(store: &Store) -> i64 {
-    sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM batches")
-        .fetch_one(store.reader())
-        .await
-        .expect("max id")
-        .unwrap_or(0)
+/// The id of a submission the model expects and the store has not given one yet.
+const UNSTORED: i64 = 0;
+
+/// Gives the model's new submissions the ids the store gave them (which the model cannot
+/// foresee: PostgreSQL's sequences do not give an id back when an insert is rolled back).
+async fn take_stored_ids(store: &Store, model: &mut Model) -> Result<(), String> {
+    for i in 0..model.subs.len() {
+        if model.subs[i].db != UNSTORED {
+            continue;
+        }
+        let (job, part, attempt) = {
+            let m = &model.subs[i];
+            (model.jobs[m.job].id.clone(), m.part, m.attempt)
+        };
+        if let Some(row) = store
+            .submission_by_attempt(&job, part, attempt)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            model.subs[i].db = row.id;
+        }
+    }
+    Ok(())
 }
 
 /// What a kill and a new start do to the store: closed (an open transaction rolled back),
 /// opened again, and every upload or create that was under way marked of unknown outcome.
-async fn restart(store: Store, path: &Path) -> Store {
+async fn restart(store: Store, place: &Place) -> Store {
     store.close().await;
-    let store = open(path).await;
+    let store = place.open().await;
     store
         .mark_in_flight_unknown(&Lease::SOLE, NOW)
         .await
@@ -911,7 +976,16 @@ proptest! {
     fn random_sequences_keep_the_store_and_the_model_in_step(
         steps in prop::collection::vec(step(), 50..100)
     ) {
-        if let Err(e) = block_on(run(&steps)) {
+        if let Err(e) = block_on(run(Backend::Sqlite, &steps)) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+
+    #[test]
+    fn random_sequences_keep_the_postgres_store_and_the_model_in_step(
+        steps in prop::collection::vec(step(), 50..100)
+    ) {
+        if let Err(e) = block_on(run(Backend::Postgres, &steps)) {
             return Err(TestCaseError::fail(e));
         }
     }
@@ -936,5 +1010,7 @@ fn a_cancel_asked_for_while_the_file_is_checked_holds_once_it_is_valid() {
         }),
         Step::Do(Event::Finish { job }),
     ];
-    block_on(run(&steps)).unwrap();
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        block_on(run(backend, &steps)).unwrap();
+    }
 }

@@ -104,7 +104,91 @@ pub struct QueueSettings {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub path: PathBuf,
+    /// `sqlite:PATH` or `postgres://USER@HOST/NAME`; when set, it is the database and `path`
+    /// is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The PostgreSQL password as a systemd credential, by name (else `PGPASSWORD` or
+    /// `~/.pgpass`, as for any PostgreSQL client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_credential: Option<String>,
     pub busy_timeout: Dur,
+}
+
+/// Where the database is, and in which backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by its URL (which holds no password).
+    Postgres(String),
+}
+
+impl fmt::Display for DatabaseLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseLocation::Sqlite(path) => write!(f, "{}", path.display()),
+            DatabaseLocation::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+impl DatabaseLocation {
+    /// Reads `text`, a `database.url` or a `--database` argument: `sqlite:PATH`, a
+    /// `postgres://` or `postgresql://` URL without a password, or (for an argument) a plain
+    /// path, which is a SQLite file. `key` names where it came from in the error.
+    pub fn parse(text: &str, key: &str) -> Result<DatabaseLocation, ConfigError> {
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            let path = PathBuf::from(path.strip_prefix("//").unwrap_or(path));
+            absolute(key, &path)?;
+            return Ok(DatabaseLocation::Sqlite(path));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            if has_password(text) {
+                return Err(ConfigError::key(
+                    key,
+                    "a PostgreSQL URL must not hold the password: set PGPASSWORD, use ~/.pgpass, \
+                     or name a systemd credential in database.password_credential",
+                ));
+            }
+            return Ok(DatabaseLocation::Postgres(text.to_owned()));
+        }
+        Err(ConfigError::key(
+            key,
+            format!(
+                "{:?} is neither sqlite:PATH nor a postgres:// URL",
+                text.chars().take(40).collect::<String>()
+            ),
+        ))
+    }
+}
+
+/// Whether a PostgreSQL URL carries a password, in its user part or as a parameter.
+fn has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let in_user = authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'));
+    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("password"))
+        })
+    });
+    in_user || in_query
+}
+
+impl DatabaseSettings {
+    /// The database: `url` when set, else the SQLite file at `path`.
+    pub fn location(&self) -> DatabaseLocation {
+        match &self.url {
+            Some(url) => DatabaseLocation::parse(url, "database.url")
+                .expect("database.url was checked when the configuration was loaded"),
+            None => DatabaseLocation::Sqlite(self.path.clone()),
+        }
+    }
 }
 
 /// How requests are authenticated.
@@ -759,6 +843,17 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         absolute("queue.dir", &self.queue.dir)?;
         absolute("database.path", &self.database.path)?;
+        if let Some(url) = &self.database.url {
+            DatabaseLocation::parse(url, "database.url")?;
+        }
+        if let Some(name) = &self.database.password_credential
+            && (name.is_empty() || name.contains(['/', '=', '\0']))
+        {
+            return Err(ConfigError::key(
+                "database.password_credential",
+                format!("{name:?} is not a valid name"),
+            ));
+        }
         if let Some(path) = &self.api.key_file {
             absolute("api.key_file", path)?;
         }
@@ -1205,6 +1300,51 @@ fn unknown_field_key(mut err: ConfigError) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_database_url_names_sqlite_or_postgres_without_a_password() {
+        let parse = |text| DatabaseLocation::parse(text, "database.url");
+        assert_eq!(
+            parse("sqlite:/var/lib/batchwatch/state.db").unwrap(),
+            DatabaseLocation::Sqlite("/var/lib/batchwatch/state.db".into())
+        );
+        assert_eq!(
+            parse("sqlite:///srv/state.db").unwrap(),
+            DatabaseLocation::Sqlite("/srv/state.db".into())
+        );
+        for url in [
+            "postgres://bw@db.internal/batchwatch",
+            "postgresql://db:5433/batchwatch?sslmode=disable",
+            "postgres://bw@[::1]/batchwatch",
+        ] {
+            assert_eq!(
+                parse(url).unwrap(),
+                DatabaseLocation::Postgres(url.to_owned())
+            );
+        }
+        for (url, rule) in [
+            (
+                "postgres://bw:s3cret@db/batchwatch",
+                "must not hold the password",
+            ),
+            (
+                "postgres://db/batchwatch?PassWord=s3cret",
+                "must not hold the password",
+            ),
+            ("sqlite:relative.db", "an absolute path is required"),
+            ("mysql://db/x", "neither sqlite:PATH nor a postgres:// URL"),
+        ] {
+            let e = parse(url).unwrap_err();
+            assert!(e.problem.contains(rule), "{url}: {e}");
+            assert!(!e.problem.contains("s3cret"), "{url}: {e}");
+        }
+        let settings = Settings::load_text("", "f.toml", []).unwrap();
+        assert_eq!(
+            settings.database.location(),
+            DatabaseLocation::Sqlite(settings.database.path.clone()),
+            "no url: the SQLite file at database.path"
+        );
+    }
 
     // Found by fuzzing (fuzz/fuzz_targets/config.rs): the config crate reported this as "not
     // valid TOML: number too large to fit in target type", with neither line nor key.

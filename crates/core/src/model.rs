@@ -70,11 +70,6 @@ impl fmt::Display for JobId {
     strum::VariantArray,
 )]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(
-    feature = "sqlx",
-    derive(sqlx::Type),
-    sqlx(type_name = "TEXT", rename_all = "snake_case")
-)]
 #[strum(serialize_all = "snake_case")]
 pub enum JobState {
     /// Claimed into processing/; being checked.
@@ -187,11 +182,6 @@ impl JobState {
     strum::VariantArray,
 )]
 #[serde(rename_all = "snake_case")]
-#[cfg_attr(
-    feature = "sqlx",
-    derive(sqlx::Type),
-    sqlx(type_name = "TEXT", rename_all = "snake_case")
-)]
 #[strum(serialize_all = "snake_case")]
 pub enum SubmissionState {
     /// Intent recorded; not yet uploaded (may wait for `not_before`).
@@ -324,42 +314,64 @@ impl<'de> Deserialize<'de> for BatchStatus {
     }
 }
 
-// Stored as its `as_str`, read back with `parse`: by hand, not derived, because a status the
-// service sends that batchwatch does not know is kept verbatim.
+// Stored as text, the way serde spells them; read back the same way. By hand rather than
+// derived, once for every backend sqlx has: a status the service sends that batchwatch does
+// not know is kept verbatim ([`BatchStatus::parse`]), and a job or submission state that is
+// not one of ours is an error naming it.
 #[cfg(feature = "sqlx")]
 mod sql {
-    use sqlx::Sqlite;
+    use sqlx::encode::IsNull;
+    use sqlx::error::BoxDynError;
+    use sqlx::{Database, Decode, Encode, Type};
 
-    use super::BatchStatus;
+    use super::{BatchStatus, JobState, SubmissionState};
 
-    impl sqlx::Type<Sqlite> for BatchStatus {
-        fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
-            <str as sqlx::Type<Sqlite>>::type_info()
-        }
+    macro_rules! text_column {
+        ($ty:ty, $parse:expr) => {
+            impl<DB: Database> Type<DB> for $ty
+            where
+                str: Type<DB>,
+            {
+                fn type_info() -> DB::TypeInfo {
+                    <str as Type<DB>>::type_info()
+                }
 
-        fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
-            <str as sqlx::Type<Sqlite>>::compatible(ty)
-        }
+                fn compatible(ty: &DB::TypeInfo) -> bool {
+                    <str as Type<DB>>::compatible(ty)
+                }
+            }
+
+            impl<'q, DB: Database> Encode<'q, DB> for $ty
+            where
+                String: Encode<'q, DB>,
+            {
+                fn encode_by_ref(
+                    &self,
+                    buf: &mut <DB as Database>::ArgumentBuffer,
+                ) -> Result<IsNull, BoxDynError> {
+                    <String as Encode<'q, DB>>::encode(self.as_str().to_owned(), buf)
+                }
+            }
+
+            impl<'r, DB: Database> Decode<'r, DB> for $ty
+            where
+                &'r str: Decode<'r, DB>,
+            {
+                fn decode(value: <DB as Database>::ValueRef<'r>) -> Result<Self, BoxDynError> {
+                    let text = <&'r str as Decode<'r, DB>>::decode(value)?;
+                    $parse(text)
+                }
+            }
+        };
     }
 
-    impl sqlx::Encode<'_, Sqlite> for BatchStatus {
-        fn encode_by_ref(
-            &self,
-            buf: &mut sqlx::sqlite::SqliteArgumentsBuffer,
-        ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-            <String as sqlx::Encode<Sqlite>>::encode(self.as_str().to_owned(), buf)
-        }
-    }
-
-    impl<'r> sqlx::Decode<'r, Sqlite> for BatchStatus {
-        fn decode(
-            value: sqlx::sqlite::SqliteValueRef<'r>,
-        ) -> Result<Self, sqlx::error::BoxDynError> {
-            Ok(BatchStatus::parse(<&str as sqlx::Decode<Sqlite>>::decode(
-                value,
-            )?))
-        }
-    }
+    text_column!(BatchStatus, |text| Ok(BatchStatus::parse(text)));
+    text_column!(JobState, |text: &str| text
+        .parse::<JobState>()
+        .map_err(|_| format!("{text:?} is not a job state").into()));
+    text_column!(SubmissionState, |text: &str| text
+        .parse::<SubmissionState>()
+        .map_err(|_| format!("{text:?} is not a submission state").into()));
 }
 
 /// What a file looks like from outside: its size, modification time and inode. When none of

@@ -3,7 +3,7 @@
 
 use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::StoreError;
+use super::{StoreError, json_list};
 use batchwatch_core::model::{BatchStatus, SubmissionState};
 pub use batchwatch_store::batches::{
     NewSubmission, Observation, PollLoad, Recorded, Submission, Tracked,
@@ -260,14 +260,15 @@ pub async fn due_in_state(
 /// Submissions to upload, create or reconcile whose time has come, oldest first, at most
 /// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
 /// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
-/// service (`unverified_jobs`, both JSON arrays) wait.
+/// service (`unverified_jobs`) wait.
 pub async fn due_for_submit(
     db: impl SqliteExecutor<'_>,
     now: &str,
-    held_models: &str,
-    unverified_jobs: &str,
+    held_models: &[String],
+    unverified_jobs: &[String],
     limit: i64,
 ) -> Result<Vec<i64>, StoreError> {
+    let (held_models, unverified_jobs) = (json_list(held_models), json_list(unverified_jobs));
     Ok(sqlx::query_scalar!(
         r#"SELECT b.id AS "id!"
            FROM batches b JOIN jobs j ON j.id = b.job_id
@@ -338,15 +339,16 @@ pub async fn poll_load(
 
 /// The earliest stored time at which something becomes due: a poll (`""` when one is due
 /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
-/// in `busy_submissions` and `busy_jobs` (JSON arrays of ids: work under way or waiting for a
-/// retry) are left out, so their stale times do not wake the daemon for nothing; polls are
-/// left out entirely unless `polls` (a list sweep under way does them).
+/// in `busy_submissions` and `busy_jobs` (work under way or waiting for a retry) are left out,
+/// so their stale times do not wake the daemon for nothing; polls are left out entirely unless
+/// `polls` (a list sweep under way does them).
 pub async fn next_due(
     db: impl SqliteExecutor<'_>,
-    busy_submissions: &str,
-    busy_jobs: &str,
+    busy_submissions: &[i64],
+    busy_jobs: &[&str],
     polls: bool,
 ) -> Result<Option<String>, StoreError> {
+    let (busy_submissions, busy_jobs) = (json_list(busy_submissions), json_list(busy_jobs));
     Ok(sqlx::query_scalar!(
         r#"SELECT min(t) AS "t: String" FROM (
                SELECT CASE WHEN NOT ?3 THEN NULL WHEN EXISTS (

@@ -112,17 +112,8 @@ pub async fn set_state(
     .await?
     .rows_affected();
     if updated == 0 {
-        return Err(match get(&mut *conn, id).await?.map(|j| j.state) {
-            Some(from) if !from.is_terminal() => StoreError::IllegalJob {
-                id: id.to_owned(),
-                from,
-                to: state,
-            },
-            _ => StoreError::Finished {
-                what: format!("job {id}"),
-                to: state.to_string(),
-            },
-        });
+        let found = get(&mut *conn, id).await?.map(|j| j.state);
+        return Err(StoreError::job_move_refused(id, found, state));
     }
     add_event(conn, id, state, message, now).await
 }

@@ -26,7 +26,9 @@ pub mod figures;
 pub mod history;
 pub mod jobs;
 pub mod ops;
+#[path = "../../store/shared/progress.rs"]
 pub mod progress;
+#[path = "../../store/shared/reads.rs"]
 mod reads;
 pub mod retention;
 pub mod transitions;
@@ -47,7 +49,16 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
-pub use batchwatch_store::{StoreError, json_text, json_text_or_null};
+pub use batchwatch_store::{Access, StoreError, json_text, json_text_or_null};
+
+/// `items` as a JSON array, which the queries read with `json_each`: SQLite's way of taking a
+/// list as one parameter.
+pub(crate) fn json_list<T: serde::Serialize>(items: &[T]) -> String {
+    serde_json::to_string(items).expect("a list of strings or numbers is JSON")
+}
+
+/// The connection the query functions run on.
+pub type Conn = SqliteConnection;
 
 /// The WAL is checkpointed once it holds this many pages (of 4 KiB): 1 MiB.
 pub const WAL_CHECKPOINT_PAGES: u32 = 256;
@@ -71,17 +82,6 @@ pub struct Store {
     /// Set by a test: the next operation is dropped before its commit.
     #[cfg(feature = "fixtures")]
     kill_before_commit: Arc<AtomicBool>,
-}
-
-/// How an existing database is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Create it when missing and apply pending migrations (the daemon, `migrate`).
-    Migrate,
-    /// Read and write an existing database whose schema is current (`cancel`).
-    Write,
-    /// Read an existing database whose schema is current (`status`, `show`, `history`).
-    ReadOnly,
 }
 
 fn options(path: &Path, busy_timeout: Duration) -> SqliteConnectOptions {
@@ -165,24 +165,7 @@ impl Store {
         };
         let found = store.schema_version().await.map_err(as_open_err)?;
         let known = known_schema_version();
-        match found {
-            Some(found) if found > known => {
-                return Err(StoreError::NewerSchema {
-                    path: path.to_owned(),
-                    found,
-                    known,
-                });
-            }
-            Some(found) if found < known && access != Access::Migrate => {
-                return Err(StoreError::OlderSchema {
-                    path: path.to_owned(),
-                    found,
-                    known,
-                });
-            }
-            None if access != Access::Migrate => return Err(StoreError::NotOurs(path.to_owned())),
-            _ => {}
-        }
+        access.may_open(found, known, path)?;
         let mut problems = match found {
             Some(_) => store.check_migrations().await.map_err(as_open_err)?,
             None => Vec::new(),

@@ -24,20 +24,6 @@ use sqlx::SqliteConnection;
 
 use super::StoreError;
 
-/// Ok when the guarded UPDATE matched the row; the error names the edge and what it leaves.
-fn guarded(
-    updated: u64,
-    id: i64,
-    edge: &'static str,
-    from: &'static str,
-) -> Result<(), StoreError> {
-    if updated == 1 {
-        Ok(())
-    } else {
-        Err(StoreError::Illegal { id, edge, from })
-    }
-}
-
 /// queued → uploading: the upload is about to go out; until its answer is recorded, whether it
 /// arrived is unknown.
 pub async fn arm_upload(conn: &mut SqliteConnection, id: i64, now: &str) -> Result<(), StoreError> {
@@ -51,7 +37,7 @@ pub async fn arm_upload(conn: &mut SqliteConnection, id: i64, now: &str) -> Resu
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "arm its upload", "queued")
+    StoreError::guarded(n, id, "arm its upload", "queued")
 }
 
 /// uploading → creating: the upload is recorded and the create is about to go out.
@@ -73,7 +59,7 @@ pub async fn arm_create(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "arm its create", "uploading")
+    StoreError::guarded(n, id, "arm its create", "uploading")
 }
 
 /// queued or uploading → creating: an input file the database did not record was found on the
@@ -95,7 +81,7 @@ pub async fn adopt_upload(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "adopt an upload", "queued or uploading")
+    StoreError::guarded(n, id, "adopt an upload", "queued or uploading")
 }
 
 /// queued, uploading or creating → active: its batch exists (record the observation first).
@@ -112,7 +98,7 @@ pub async fn activate(conn: &mut SqliteConnection, id: i64, now: &str) -> Result
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    guarded(n, id, "become active", "queued, uploading or creating")?;
+    StoreError::guarded(n, id, "become active", "queued, uploading or creating")?;
     sqlx::query!(
         "UPDATE jobs SET attempts = attempts + 1, updated_at = ?
          WHERE id = (SELECT job_id FROM batches WHERE id = ?)",
@@ -140,7 +126,7 @@ pub async fn to_collecting(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "start collecting", "active")
+    StoreError::guarded(n, id, "start collecting", "active")
 }
 
 /// collecting → finished: its result files are downloaded; `missing` names those that were
@@ -162,7 +148,7 @@ pub async fn collected(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "finish collecting", "collecting")
+    StoreError::guarded(n, id, "finish collecting", "collecting")
 }
 
 /// collecting → finished: its result files could not be downloaded and the daemon gave up.
@@ -184,7 +170,7 @@ pub async fn give_up_results(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "give up its results", "collecting")
+    StoreError::guarded(n, id, "give up its results", "collecting")
 }
 
 /// active → finished: its batch was refused for the enqueued-token limit; the next attempt is
@@ -199,7 +185,7 @@ pub async fn refused(conn: &mut SqliteConnection, id: i64, now: &str) -> Result<
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be refused", "active")
+    StoreError::guarded(n, id, "be refused", "active")
 }
 
 /// queued, uploading or creating → abandoned: it will never become a batch (cancelled first,
@@ -221,7 +207,7 @@ pub async fn abandon(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be abandoned", "queued, uploading or creating")
+    StoreError::guarded(n, id, "be abandoned", "queued, uploading or creating")
 }
 
 /// active → lost: its batch vanished from the service.
@@ -241,7 +227,7 @@ pub async fn lose(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be lost", "active")
+    StoreError::guarded(n, id, "be lost", "active")
 }
 
 /// An upload or create whose answer never came (uploading, creating): its outcome stays
@@ -267,7 +253,7 @@ pub async fn await_reconcile(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "await reconciliation", "uploading or creating")
+    StoreError::guarded(n, id, "await reconciliation", "uploading or creating")
 }
 
 /// An upload or create that was refused or never left (uploading, creating): its outcome is
@@ -282,7 +268,7 @@ pub async fn not_sent(conn: &mut SqliteConnection, id: i64, now: &str) -> Result
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be marked not sent", "uploading or creating")
+    StoreError::guarded(n, id, "be marked not sent", "uploading or creating")
 }
 
 /// Puts the next upload, create, cancel or download off until `until` (any state that is not
@@ -305,7 +291,7 @@ pub async fn postpone(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be postponed", "unfinished")
+    StoreError::guarded(n, id, "be postponed", "unfinished")
 }
 
 /// A poll answered (active): the next one is at `at`, and no error stands.
@@ -325,7 +311,7 @@ pub async fn schedule_poll(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be polled", "active")
+    StoreError::guarded(n, id, "be polled", "active")
 }
 
 /// Active batches were seen and nothing history tracks had changed (the quiet case of a poll
@@ -335,9 +321,16 @@ pub async fn schedule_poll(
 /// (an old page must not undo a newer look). Returns how many rows were updated.
 pub async fn seen_unchanged(
     conn: &mut SqliteConnection,
-    polls: &str,
+    polls: &[(i64, String)],
     observed_at: &str,
 ) -> Result<u64, StoreError> {
+    let polls = serde_json::Value::Array(
+        polls
+            .iter()
+            .map(|(id, at)| serde_json::json!([id, at]))
+            .collect(),
+    )
+    .to_string();
     Ok(sqlx::query!(
         // The pairs drive the join, each row found by its id: `+` keeps the planner off the
         // state index, which would scan every active row and parse the pairs once per row.
@@ -372,7 +365,7 @@ pub async fn defer_poll(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "have its poll deferred", "active")
+    StoreError::guarded(n, id, "have its poll deferred", "active")
 }
 
 /// The create is sent again (creating) after reconciliation found no batch: for a while, a
@@ -391,7 +384,7 @@ pub async fn note_resent(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "be sent again", "creating")
+    StoreError::guarded(n, id, "be sent again", "creating")
 }
 
 /// A cancel is about to be sent (active); the first decision stands.
@@ -406,7 +399,7 @@ pub async fn arm_cancel(conn: &mut SqliteConnection, id: i64, now: &str) -> Resu
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "arm a cancel", "active")
+    StoreError::guarded(n, id, "arm a cancel", "active")
 }
 
 /// The cancel went out, or is pointless (active): it is not sent again, and the batch is
@@ -428,7 +421,7 @@ pub async fn cancel_sent(
     .execute(conn)
     .await?
     .rows_affected();
-    guarded(n, id, "record its cancel", "active")
+    StoreError::guarded(n, id, "record its cancel", "active")
 }
 
 /// A download of its results failed on the service's side (collecting); returns the time of

@@ -75,6 +75,38 @@ pub enum StoreError {
     Backend(BackendError),
 }
 
+impl StoreError {
+    /// Ok when a guarded update of submission `id` along `edge` matched its row (`updated`
+    /// rows); else the error that names the edge and the state it leaves.
+    pub fn guarded(
+        updated: u64,
+        id: i64,
+        edge: &'static str,
+        from: &'static str,
+    ) -> Result<(), StoreError> {
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Illegal { id, edge, from })
+        }
+    }
+
+    /// Why job `id`, found in state `found` (`None`: no such job), could not move to `to`.
+    pub fn job_move_refused(id: &str, found: Option<JobState>, to: JobState) -> StoreError {
+        match found {
+            Some(from) if !from.is_terminal() => StoreError::IllegalJob {
+                id: id.to_owned(),
+                from,
+                to,
+            },
+            _ => StoreError::Finished {
+                what: format!("job {id}"),
+                to: to.to_string(),
+            },
+        }
+    }
+}
+
 #[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {

@@ -30,6 +30,46 @@ pub use error::{BackendError, StoreError};
 pub use ops::Lease;
 pub use reads::Reads;
 
+/// How an existing database is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Create it when missing and apply pending migrations (the daemon, `migrate`).
+    Migrate,
+    /// Read and write an existing database whose schema is current (`cancel`).
+    Write,
+    /// Read an existing database whose schema is current (`status`, `show`, `history`).
+    ReadOnly,
+}
+
+impl Access {
+    /// Whether a database of schema version `found` (`None`: not a batchwatch database) at
+    /// `at` may be opened for this access by a build that knows up to version `known`: a
+    /// newer schema never; an older one, or none, only to migrate it.
+    pub fn may_open(
+        self,
+        found: Option<i64>,
+        known: i64,
+        at: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        match found {
+            Some(found) if found > known => Err(StoreError::NewerSchema {
+                path: at.to_owned(),
+                found,
+                known,
+            }),
+            Some(found) if found < known && self != Access::Migrate => {
+                Err(StoreError::OlderSchema {
+                    path: at.to_owned(),
+                    found,
+                    known,
+                })
+            }
+            None if self != Access::Migrate => Err(StoreError::NotOurs(at.to_owned())),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The store's traits, to bring their methods into scope: `use batchwatch_store::prelude::*`.
 pub mod prelude {
     pub use crate::Reads as _;

@@ -6,7 +6,9 @@
 //! and on `DATABASE.lock` for its whole life, and a second one refuses to start, naming the
 //! lock and the process that holds it. The locks are `flock(2)` locks: the kernel drops them
 //! when the process ends, however it ends, so a crash never leaves a stale lock behind. Status
-//! queries and `batchwatch cancel` take no lock.
+//! queries and `batchwatch cancel` take no lock. A PostgreSQL database has no file to lock: the
+//! store holds an advisory lock for the daemon instead (`Store::hold_sole_writer`), which the
+//! server drops with the connection.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -24,35 +26,40 @@ pub struct InstanceLock {
 }
 
 impl InstanceLock {
-    /// Locks the queue tree and the database, or says which one another process holds.
-    pub fn acquire(queue_dir: &Path, database: &Path) -> anyhow::Result<InstanceLock> {
-        // The lock must be the same file whatever path reaches the database (SQLite follows
-        // symlinks), so its directory is resolved; the queue's directory is one inode anyway.
-        let parent = database_dir(database);
-        let unusable = |what: &str, e: std::io::Error| {
-            ConfigError::key(
-                "database.path",
-                format!("cannot {what} {}: {}", parent.display(), as_user(&e)),
-            )
-        };
-        std::fs::create_dir_all(parent).map_err(|e| unusable("create", e))?;
-        let parent = parent.canonicalize().map_err(|e| unusable("resolve", e))?;
-        let database = parent.join(database.file_name().unwrap_or_default());
-        let held = [
-            ("queue.dir", queue_lock(queue_dir)),
-            ("database.path", database_lock(&database)),
-        ]
-        .iter()
-        .map(|(key, path)| lock(key, path))
-        .collect::<anyhow::Result<_>>()?;
-        database_writable(&database).map_err(|e| {
-            ConfigError::key(
-                "database.path",
-                format!("cannot write {}: {}", database.display(), as_user(&e)),
-            )
-        })?;
+    /// Locks the queue tree and, for a SQLite database, the database, or says which one
+    /// another process holds. (A PostgreSQL database is held by the store itself, see
+    /// `Store::hold_sole_writer`.)
+    pub fn acquire(queue_dir: &Path, database: Option<&Path>) -> anyhow::Result<InstanceLock> {
+        let mut held = vec![lock("queue.dir", &queue_lock(queue_dir))?];
+        if let Some(database) = database {
+            held.push(lock_database(database)?);
+        }
         Ok(InstanceLock { _held: held })
     }
+}
+
+/// Locks the SQLite database at `database` and checks that this user may write it.
+fn lock_database(database: &Path) -> anyhow::Result<File> {
+    // The lock must be the same file whatever path reaches the database (SQLite follows
+    // symlinks), so its directory is resolved; the queue's directory is one inode anyway.
+    let parent = database_dir(database);
+    let unusable = |what: &str, e: std::io::Error| {
+        ConfigError::key(
+            "database.path",
+            format!("cannot {what} {}: {}", parent.display(), as_user(&e)),
+        )
+    };
+    std::fs::create_dir_all(parent).map_err(|e| unusable("create", e))?;
+    let parent = parent.canonicalize().map_err(|e| unusable("resolve", e))?;
+    let database = parent.join(database.file_name().unwrap_or_default());
+    let held = lock("database.path", &database_lock(&database))?;
+    database_writable(&database).map_err(|e| {
+        ConfigError::key(
+            "database.path",
+            format!("cannot write {}: {}", database.display(), as_user(&e)),
+        )
+    })?;
+    Ok(held)
 }
 
 /// The directory the database at `database` lives in (`.` for a bare file name): where SQLite
@@ -189,14 +196,16 @@ mod tests {
         let queue = dir.join("queue");
         std::fs::create_dir(&queue).unwrap();
         let db = dir.join("state.db");
-        let first = InstanceLock::acquire(&queue, &db).unwrap();
+        let first = InstanceLock::acquire(&queue, Some(&db)).unwrap();
         let pid = std::process::id();
         assert_eq!(
             std::fs::read_to_string(queue.join(QUEUE_LOCK)).unwrap(),
             format!("{pid}\n")
         );
 
-        let err = InstanceLock::acquire(&queue, &db).unwrap_err().to_string();
+        let err = InstanceLock::acquire(&queue, Some(&db))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with(&format!(
                 "another batchwatch daemon (pid {pid}) holds {}",
@@ -209,7 +218,7 @@ mod tests {
         // Another queue on the same database is refused too, at the database.
         let other_queue = dir.join("other");
         std::fs::create_dir(&other_queue).unwrap();
-        let err = InstanceLock::acquire(&other_queue, &db)
+        let err = InstanceLock::acquire(&other_queue, Some(&db))
             .unwrap_err()
             .to_string();
         assert!(err.contains(&format!("holds {}", db.display())), "{err}");
@@ -218,12 +227,12 @@ mod tests {
         // The same database through a symlinked directory is the same lock.
         let link = dir.join("link");
         std::os::unix::fs::symlink(&dir, &link).unwrap();
-        let err = InstanceLock::acquire(&other_queue, &link.join("state.db"))
+        let err = InstanceLock::acquire(&other_queue, Some(&link.join("state.db")))
             .unwrap_err()
             .to_string();
         assert!(err.contains("state.db.lock"), "{err}");
 
         drop(first);
-        InstanceLock::acquire(&queue, &db).unwrap();
+        InstanceLock::acquire(&queue, Some(&db)).unwrap();
     }
 }

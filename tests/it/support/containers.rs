@@ -17,7 +17,7 @@ use tokio::sync::OnceCell;
 
 use super::KEY;
 use super::daemon::Env;
-use super::daemon::{assert_each_completed_once, requests};
+use super::daemon::{assert_each_completed_once, requests, settled};
 use super::docker;
 use super::sim::http_client;
 use super::static_bin::static_bin;
@@ -376,11 +376,7 @@ impl DaemonContainer {
         let waited = poll_until(timeout, async || {
             let jobs = env.jobs().await;
             let running = self.container.is_running().await.expect("container state");
-            // Finished, as for [`Env::wait_finished`]: a final state, and the file moved on out
-            // of processing/. The final state is committed before the file's last move, so a
-            // job only in a final state may still be recorded in processing/ a moment longer.
-            let done = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
-            let finished = jobs.len() == n && jobs.iter().all(done);
+            let finished = jobs.len() == n && jobs.iter().all(settled);
             // A daemon that exited ends the wait at once, as a failure.
             (finished || !running, (finished, running, jobs))
         })

@@ -104,6 +104,40 @@ pub struct Env {
     pub queue: PathBuf,
     /// database.path: the sandbox's `state.db` unless placed elsewhere.
     pub db: PathBuf,
+    /// database.url, when the database is a PostgreSQL one ([`Env::on`]).
+    pub postgres: Option<String>,
+}
+
+/// Whether a job is done with: a final state, and its file moved on out of processing/. The
+/// final state is committed before the file's last move, so a job only in a final state may
+/// still be recorded in processing/ a moment longer.
+pub fn settled(job: &Job) -> bool {
+    job.state.is_terminal() && !job.path.starts_with("processing/")
+}
+
+/// The store a daemon test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Env {
+    /// As [`Env::new`], on `backend`: a fresh PostgreSQL database of the test server for
+    /// `Backend::Postgres` (None, after saying why, when there is no server).
+    pub async fn on(backend: Backend, base_url: &str, extra: &str) -> Option<Env> {
+        Some(match backend {
+            Backend::Sqlite => Env::new(base_url, extra),
+            Backend::Postgres => {
+                let url = crate::support::postgres::database().await?;
+                let env = Env::new(base_url, &format!("{extra}\n[database]\nurl = {url:?}\n"));
+                Env {
+                    postgres: Some(url),
+                    ..env
+                }
+            }
+        })
+    }
 }
 
 impl Env {
@@ -134,6 +168,7 @@ impl Env {
             config,
             queue,
             db,
+            postgres: None,
         }
     }
 
@@ -259,7 +294,28 @@ impl Env {
 
     /// Opens the database read-only, once it exists.
     pub async fn store(&self) -> Store {
-        Store::Sqlite(self.sqlite().await)
+        let Some(url) = &self.postgres else {
+            return Store::Sqlite(self.sqlite().await);
+        };
+        let location = batchwatch::config::DatabaseLocation::Postgres(url.clone());
+        let opened =
+            wait_until(
+                "the database",
+                Duration::from_secs(30),
+                async || match Store::open_at(
+                    &location,
+                    None,
+                    Duration::from_secs(5),
+                    Access::ReadOnly,
+                )
+                .await
+                {
+                    Ok(store) => (true, Ok(store)),
+                    Err(e) => (false, Err(e.to_string())),
+                },
+            )
+            .await;
+        opened.expect("opened")
     }
 
     /// Opens the database read-only as the SQLite store, once it exists: for the tests that
@@ -314,9 +370,7 @@ impl Env {
                     daemon.seen.join("\n")
                 );
             }
-            // Finished: a final state, and the file moved on out of processing/.
-            let finished = |j: &Job| j.state.is_terminal() && !j.path.starts_with("processing/");
-            (jobs.len() == n && jobs.iter().all(finished), jobs)
+            (jobs.len() == n && jobs.iter().all(settled), jobs)
         })
         .await;
         waited.unwrap_or_else(|jobs| {

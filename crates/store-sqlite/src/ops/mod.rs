@@ -13,14 +13,20 @@
 //! lost batches), [`cancel`], [`finish`] (results, the job's end) and [`housekeeping`]
 //! (retention, remote deletions, resubmission).
 
+#[path = "../../../store/shared/ops/cancel.rs"]
 pub mod cancel;
+#[path = "../../../store/shared/ops/finish.rs"]
 pub mod finish;
+#[path = "../../../store/shared/ops/housekeeping.rs"]
 pub mod housekeeping;
+#[path = "../../../store/shared/ops/intake.rs"]
 pub mod intake;
+#[path = "../../../store/shared/ops/submit.rs"]
 pub mod submit;
+#[path = "../../../store/shared/ops/track.rs"]
 pub mod track;
 
-use crate::{Store, StoreError, Tx, jobs};
+use crate::{Store, StoreError, Tx};
 pub use batchwatch_store::ops::Lease;
 
 impl Store {
@@ -62,19 +68,5 @@ impl Store {
     pub fn kill_before_next_commit(&self, armed: bool) -> bool {
         self.kill_before_commit
             .swap(armed, std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-/// Appends `message` to the story of job `job_id`, in the state the job is in (nothing when
-/// the job is gone).
-pub(crate) async fn add_event(
-    tx: &mut Tx,
-    job_id: &str,
-    message: &str,
-    now: &str,
-) -> Result<(), StoreError> {
-    match jobs::get(&mut **tx, job_id).await? {
-        Some(job) => jobs::add_event(tx, job_id, job.state, message, now).await,
-        None => Ok(()),
     }
 }

@@ -1,9 +1,10 @@
 //! Housekeeping: retention's pruning, the deletion of the service's copies of files, and
 //! resubmissions recorded before their file is published.
 
-use super::{Lease, add_event};
+use super::Lease;
 use crate::chain::{self, NewResubmission, View};
 use crate::deletions::{self, Deletion, Origin};
+use crate::progress::add_event;
 use crate::{Store, StoreError, retention};
 pub use batchwatch_store::ops::housekeeping::Deleted;
 use batchwatch_store::ops::housekeeping::Housekeeping;

@@ -1,10 +1,11 @@
 //! A job's state, derived from its submissions: called in every transaction that changes a
 //! submission, so the job and its batches never disagree.
-
-use sqlx::SqliteConnection;
+//!
+//! Shared by the backends: each includes this file as its `progress` module, and `crate::` is
+//! the backend (its `jobs` and `batches` queries, its connection type `Conn`).
 
 use crate::jobs::{self, Why};
-use crate::{StoreError, batches};
+use crate::{Conn, StoreError, batches};
 use batchwatch_core::model::{JobState, SubmissionState};
 use batchwatch_store::progress::derive;
 
@@ -12,7 +13,7 @@ use batchwatch_store::progress::derive;
 /// `why` as the reason when the state changes (or when `why` is given). Finished and
 /// still-validating jobs are left alone.
 pub async fn refresh_job(
-    conn: &mut SqliteConnection,
+    conn: &mut Conn,
     job_id: &str,
     why: Option<&Why>,
     message: &str,
@@ -37,4 +38,18 @@ pub async fn refresh_job(
         jobs::set_state(conn, job_id, target, why, message, now).await?;
     }
     Ok(())
+}
+
+/// Appends `message` to the story of job `job_id`, in the state the job is in (nothing when
+/// the job is gone).
+pub async fn add_event(
+    conn: &mut Conn,
+    job_id: &str,
+    message: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    match jobs::get(&mut *conn, job_id).await? {
+        Some(job) => jobs::add_event(conn, job_id, job.state, message, now).await,
+        None => Ok(()),
+    }
 }

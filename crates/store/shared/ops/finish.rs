@@ -4,9 +4,10 @@
 
 use batchwatch_core::model::JobState;
 
-use super::{Lease, add_event};
+use super::Lease;
 use crate::batches::Submission;
 use crate::jobs::{self};
+use crate::progress::add_event;
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, chain, deletions, transitions};
 pub use batchwatch_store::ops::finish::Ending;

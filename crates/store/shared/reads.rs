@@ -1,4 +1,7 @@
 //! The port's reads, answered by the query modules on the read pool.
+//!
+//! Shared by the backends: each includes this file as its `reads` module, and `crate::` is the
+//! backend (its query modules and its `Store`, whose `read` pool the reads use).
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
@@ -100,8 +103,7 @@ impl Reads for Store {
         unverified_jobs: &[String],
         limit: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        let (held, unverified) = (json_array(held_models), json_array(unverified_jobs));
-        batches::due_for_submit(&self.read, now, &held, &unverified, limit).await
+        batches::due_for_submit(&self.read, now, held_models, unverified_jobs, limit).await
     }
     async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError> {
         batches::due_for_poll(&self.read, now, limit).await
@@ -118,8 +120,7 @@ impl Reads for Store {
         busy_jobs: &[&str],
         polls: bool,
     ) -> Result<Option<String>, StoreError> {
-        let (submissions, jobs) = (json_array(busy_submissions), json_array(busy_jobs));
-        batches::next_due(&self.read, &submissions, &jobs, polls).await
+        batches::next_due(&self.read, busy_submissions, busy_jobs, polls).await
     }
     async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError> {
         history::for_batch(&self.read, batch_id).await
@@ -199,9 +200,4 @@ impl Reads for Store {
     async fn model_costs(&self) -> Result<Vec<ModelCost>, StoreError> {
         usage::model_costs(&self.read).await
     }
-}
-
-/// `items` as a JSON array, which the queries read with `json_each`.
-fn json_array<T: serde::Serialize>(items: &[T]) -> String {
-    serde_json::to_string(items).expect("a list of strings or numbers is JSON")
 }

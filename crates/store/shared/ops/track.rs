@@ -43,7 +43,7 @@ impl Track for Store {
         let now = clock::format(seen_at);
         self.unit(lease, async |tx| {
             if !quiet.is_empty() {
-                transitions::seen_unchanged(tx, &polls_json(quiet), &now).await?;
+                transitions::seen_unchanged(tx, quiet, &now).await?;
             }
             let mut observed = Vec::new();
             for sighting in changed {
@@ -72,7 +72,7 @@ impl Track for Store {
         now: &str,
     ) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
-            transitions::seen_unchanged(tx, &polls_json(polls), now).await?;
+            transitions::seen_unchanged(tx, polls, now).await?;
             Ok(())
         })
         .await
@@ -150,17 +150,6 @@ fn vanished(id: i64) -> StoreError {
         what: format!("submission {id}"),
         to: "an observation".to_owned(),
     }
-}
-
-/// The `(id, at)` pairs as the JSON array `seen_unchanged` joins on.
-fn polls_json(polls: &[(i64, String)]) -> String {
-    serde_json::Value::Array(
-        polls
-            .iter()
-            .map(|(id, at)| serde_json::json!([id, at]))
-            .collect(),
-    )
-    .to_string()
 }
 
 /// Records `sighting` for `row` in `tx` and moves the submission on.

@@ -152,7 +152,7 @@ impl Submit for Store {
         now: &str,
     ) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
-            super::add_event(tx, job_id, message, now).await?;
+            crate::progress::add_event(tx, job_id, message, now).await?;
             Ok(())
         })
         .await

@@ -1,0 +1,463 @@
+//! How a submission (a row of `batches`) moves: one function per edge of the diagram in
+//! `daemon/mod.rs`, and one per mark a step leaves on a row without moving it. Nothing else
+//! writes `batches.state`.
+//!
+//! Each is one guarded UPDATE (`WHERE state IN (the states it leaves)`) that sets every column
+//! it implies, so a caller never combines setters by hand, and a move the diagram does not have
+//! fails with [`StoreError::Illegal`] instead of happening. (A guarded write is also a fenced
+//! write: two writers cannot both take the same edge.)
+//!
+//! | edge | from | to | also |
+//! | --- | --- | --- | --- |
+//! | [`arm_upload`] | queued | uploading | outcome unknown from now |
+//! | [`arm_create`] | uploading | creating | the input file; outcome unknown from now |
+//! | [`adopt_upload`] | queued, uploading | creating | an input file found on the service; outcome known |
+//! | [`activate`] | queued, uploading, creating | active | outcome known, no back-off, no error; the job's attempt counted |
+//! | [`to_collecting`] | active | collecting | no back-off |
+//! | [`collected`] | collecting | finished | which result files were gone |
+//! | [`give_up_results`] | collecting | finished | why the results are unavailable |
+//! | [`refused`] | active | finished | (its batch was refused for the token limit) |
+//! | [`abandon`] | queued, uploading, creating | abandoned | outcome known; why |
+//! | [`lose`] | active | lost | why |
+
+use sqlx::PgConnection;
+
+use super::StoreError;
+
+/// queued → uploading: the upload is about to go out; until its answer is recorded, whether it
+/// arrived is unknown.
+pub async fn arm_upload(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'uploading', outcome_unknown_at = $1, updated_at = $2
+         WHERE id = $3 AND state = 'queued'",
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "arm its upload", "queued")
+}
+
+/// uploading → creating: the upload is recorded and the create is about to go out.
+pub async fn arm_create(
+    conn: &mut PgConnection,
+    id: i64,
+    file_id: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'creating', input_file_id = $1, outcome_unknown_at = $2,
+                            last_error = NULL, updated_at = $3
+         WHERE id = $4 AND state = 'uploading'",
+        file_id,
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "arm its create", "uploading")
+}
+
+/// queued or uploading → creating: an input file the database did not record was found on the
+/// service (and no batch for it), so the create comes next, with nothing under way.
+pub async fn adopt_upload(
+    conn: &mut PgConnection,
+    id: i64,
+    file_id: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'creating', input_file_id = $1, outcome_unknown_at = NULL,
+                            last_error = NULL, updated_at = $2
+         WHERE id = $3 AND state IN ('queued', 'uploading')",
+        file_id,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "adopt an upload", "queued or uploading")
+}
+
+/// queued, uploading or creating → active: its batch exists (record the observation first).
+/// The job's attempt is counted in the same write, so a kill can neither lose the count nor
+/// make a restart count it twice.
+pub async fn activate(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'active', outcome_unknown_at = NULL, not_before = NULL,
+                            last_error = NULL, updated_at = $1
+         WHERE id = $2 AND state IN ('queued', 'uploading', 'creating')",
+        now,
+        id
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "become active", "queued, uploading or creating")?;
+    sqlx::query!(
+        "UPDATE jobs SET attempts = attempts + 1, updated_at = $1
+         WHERE id = (SELECT job_id FROM batches WHERE id = $2)",
+        now,
+        id
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// active → collecting: its batch ended; its files are to be downloaded now, whatever back-off
+/// a deferred cancel left.
+pub async fn to_collecting(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'collecting', not_before = NULL, updated_at = $1
+         WHERE id = $2 AND state = 'active'",
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "start collecting", "active")
+}
+
+/// collecting → finished: its result files are downloaded; `missing` names those that were
+/// gone from the service.
+pub async fn collected(
+    conn: &mut PgConnection,
+    id: i64,
+    missing: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'finished', results_missing = $1, collect_failing_since = NULL,
+                            local_fault_since = NULL, updated_at = $2
+         WHERE id = $3 AND state = 'collecting'",
+        missing,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "finish collecting", "collecting")
+}
+
+/// collecting → finished: its result files could not be downloaded and the daemon gave up.
+pub async fn give_up_results(
+    conn: &mut PgConnection,
+    id: i64,
+    why: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'finished', results_unavailable = $1, last_error = $2,
+                            updated_at = $3
+         WHERE id = $4 AND state = 'collecting'",
+        why,
+        why,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "give up its results", "collecting")
+}
+
+/// active → finished: its batch was refused for the enqueued-token limit; the next attempt is
+/// a new submission.
+pub async fn refused(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'finished', updated_at = $1
+         WHERE id = $2 AND state = 'active'",
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be refused", "active")
+}
+
+/// queued, uploading or creating → abandoned: it will never become a batch (cancelled first,
+/// or refused for good); `why` is kept as its last error.
+pub async fn abandon(
+    conn: &mut PgConnection,
+    id: i64,
+    why: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'abandoned', outcome_unknown_at = NULL, last_error = $1,
+                            updated_at = $2
+         WHERE id = $3 AND state IN ('queued', 'uploading', 'creating')",
+        why,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be abandoned", "queued, uploading or creating")
+}
+
+/// active → lost: its batch vanished from the service.
+pub async fn lose(
+    conn: &mut PgConnection,
+    id: i64,
+    why: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'lost', last_error = $1, updated_at = $2
+         WHERE id = $3 AND state = 'active'",
+        why,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be lost", "active")
+}
+
+/// An upload or create whose answer never came (uploading, creating): its outcome stays
+/// unknown since it first was, `error` says why, and nothing happens before `retry_at`, when
+/// the service is asked what became of it.
+pub async fn await_reconcile(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_at: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, $1), last_error = $2,
+                            not_before = $3, updated_at = $4
+         WHERE id = $5 AND state IN ('uploading', 'creating')",
+        now,
+        error,
+        retry_at,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "await reconciliation", "uploading or creating")
+}
+
+/// An upload or create that was refused or never left (uploading, creating): its outcome is
+/// known, it did not happen.
+pub async fn not_sent(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = NULL, updated_at = $1
+         WHERE id = $2 AND state IN ('uploading', 'creating')",
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be marked not sent", "uploading or creating")
+}
+
+/// Puts the next upload, create, cancel or download off until `until` (any state that is not
+/// final), with `error` as the last error when one caused it.
+pub async fn postpone(
+    conn: &mut PgConnection,
+    id: i64,
+    until: &str,
+    error: Option<&str>,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET not_before = $1, last_error = coalesce($2, last_error), updated_at = $3
+         WHERE id = $4 AND NOT terminal",
+        until,
+        error,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be postponed", "unfinished")
+}
+
+/// A poll answered (active): the next one is at `at`, and no error stands.
+pub async fn schedule_poll(
+    conn: &mut PgConnection,
+    id: i64,
+    at: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET next_poll_at = $1, last_error = NULL, updated_at = $2
+         WHERE id = $3 AND state = 'active'",
+        at,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be polled", "active")
+}
+
+/// Active batches were seen and nothing history tracks had changed (the quiet case of a poll
+/// or a list sweep): each row's next poll is set, its last poll noted, nothing else written.
+/// `polls` is a JSON array of `[id, next_poll_at]` pairs. A row that left `active`
+/// meanwhile, or that a newer observation than `observed_at` already reached, is left alone
+/// (an old page must not undo a newer look). Returns how many rows were updated.
+pub async fn seen_unchanged(
+    conn: &mut PgConnection,
+    polls: &[(i64, String)],
+    observed_at: &str,
+) -> Result<u64, StoreError> {
+    let (ids, ats): (Vec<i64>, Vec<String>) = polls.iter().cloned().unzip();
+    Ok(sqlx::query!(
+        // The pairs drive the join, each row found by its primary key. Should an id come
+        // twice, one of its pairs is applied, as in SQLite.
+        "UPDATE batches SET next_poll_at = p.at, last_polled_at = $3, last_error = NULL
+         FROM UNNEST($1::bigint[], $2::text[]) AS p (id, at)
+         WHERE batches.id = p.id AND batches.state = 'active'
+           AND (batches.last_polled_at IS NULL OR batches.last_polled_at <= $3)",
+        &ids,
+        &ats,
+        observed_at,
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// A poll failed (active): `error` stands, and the next try is at `at`.
+pub async fn defer_poll(
+    conn: &mut PgConnection,
+    id: i64,
+    at: &str,
+    error: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET next_poll_at = $1, last_error = $2, updated_at = $3
+         WHERE id = $4 AND state = 'active'",
+        at,
+        error,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "have its poll deferred", "active")
+}
+
+/// The create is sent again (creating) after reconciliation found no batch: for a while, a
+/// late duplicate of the earlier request is watched for.
+pub async fn note_resent(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET resent_at = $1, updated_at = $2 WHERE id = $3 AND state = 'creating'",
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be sent again", "creating")
+}
+
+/// A cancel is about to be sent (active); the first decision stands.
+pub async fn arm_cancel(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET cancel_requested_at = coalesce(cancel_requested_at, $1), updated_at = $2
+         WHERE id = $3 AND state = 'active'",
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "arm a cancel", "active")
+}
+
+/// The cancel went out, or is pointless (active): it is not sent again, and the batch is
+/// polled at once to follow it to its end.
+pub async fn cancel_sent(conn: &mut PgConnection, id: i64, now: &str) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET cancel_sent_at = coalesce(cancel_sent_at, $1), next_poll_at = $2,
+                            updated_at = $3
+         WHERE id = $4 AND state = 'active'",
+        now,
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "record its cancel", "active")
+}
+
+/// A download of its results failed on the service's side (collecting); returns the time of
+/// the first such failure in a row. Results waiting on a local fault wait no more.
+pub async fn note_collect_failure(
+    conn: &mut PgConnection,
+    id: i64,
+    now: &str,
+) -> Result<String, StoreError> {
+    sqlx::query_scalar!(
+        r#"UPDATE batches SET collect_failing_since = coalesce(collect_failing_since, $1),
+                              local_fault_since = NULL, updated_at = $2
+           WHERE id = $3 AND state = 'collecting' RETURNING collect_failing_since AS "since!""#,
+        now,
+        now,
+        id
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::Illegal {
+        id,
+        edge: "note a failed download",
+        from: "collecting",
+    })
+}
+
+/// Its results cannot be written here (collecting): a local fault, the host's and not the
+/// service's. `error` stands and the next try is at `retry_at`; the failures of the service
+/// counted so far are forgotten, as none of this time may count towards giving up. Returns
+/// when the wait began.
+pub async fn wait_on_local_fault(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_at: &str,
+    now: &str,
+) -> Result<String, StoreError> {
+    sqlx::query_scalar!(
+        r#"UPDATE batches SET local_fault_since = coalesce(local_fault_since, $1),
+                              collect_failing_since = NULL, last_error = $2, not_before = $3,
+                              updated_at = $4
+           WHERE id = $5 AND state = 'collecting' RETURNING local_fault_since AS "since!""#,
+        now,
+        error,
+        retry_at,
+        now,
+        id
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(StoreError::Illegal {
+        id,
+        edge: "wait on a local fault",
+        from: "collecting",
+    })
+}
