@@ -15,6 +15,7 @@ pub use batchwatch_store::ops::cancel::Cancel;
 pub use batchwatch_store::ops::finish::Finish;
 pub use batchwatch_store::ops::housekeeping::Housekeeping;
 pub use batchwatch_store::ops::intake::Intake;
+pub use batchwatch_store::ops::lease::Leases;
 pub use batchwatch_store::ops::submit::Submit;
 pub use batchwatch_store::ops::track::Track;
 pub use batchwatch_store::*;
@@ -33,6 +34,7 @@ use batchwatch_store::jobs::{Filter, Job, JobEvent, JobOverview, NewJob, Recorde
 use batchwatch_store::ops::finish::Ending;
 use batchwatch_store::ops::housekeeping::Deleted;
 use batchwatch_store::ops::intake::Validated;
+use batchwatch_store::ops::lease::{Instance, InstanceRow};
 use batchwatch_store::ops::submit::CreateIntent;
 use batchwatch_store::ops::track::{Observed, Plan, Sighting};
 use batchwatch_store::retention::Old;
@@ -329,6 +331,13 @@ Finish {
     wait_on_local_fault(lease: &Lease, row: &Submission, error: &str, retry_at: &str, message: Option<&str>, now: &str) -> String;
     note_collect_failure(lease: &Lease, id: i64, now: &str) -> String;
     give_up_results(lease: &Lease, row: &Submission, why: &str, message: &str, now: &str) -> ();
+}
+Leases {
+    register(who: &Instance, ttl: Duration, now: &str) -> Lease;
+    renew(lease: &Lease, ttl: Duration, now: &str) -> ();
+    take_over(lease: &Lease, limit: i64, now: &str) -> Vec<String>;
+    resign(lease: &Lease) -> ();
+    instances() -> Vec<InstanceRow>;
 }
 Housekeeping {
     mark_pruned(lease: &Lease, job_id: &str, results: bool, message: &str, now: &str) -> ();

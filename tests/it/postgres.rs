@@ -1,13 +1,18 @@
 //! The database in PostgreSQL (`database.url`): the commands read and write it as they do
 //! SQLite's, and its password comes from `PGPASSWORD` or a systemd credential, never from the
-//! URL, and shows nowhere. (The store suite runs against it in `store_model`, the daemon's
-//! crash points in `daemon_crash::on_postgres`, a whole fleet in `daemon_lifecycle`.)
+//! URL, and shows nowhere; leases fence the writers that share it. (The store suite runs
+//! against it in `store_model`, with a writer that holds nothing trying every step; the
+//! daemon's crash points in `daemon_crash::on_postgres`; a whole fleet in `daemon_lifecycle`.)
 
 use std::time::Duration;
 
 use batchwatch::config::DatabaseLocation;
+use batchwatch::model::{JobState, SubmissionState};
+use batchwatch::store::jobs::NewJob;
+use batchwatch::store::ops::intake::{Part, Validated};
+use batchwatch::store::ops::lease::Instance;
 use batchwatch::store::prelude::*;
-use batchwatch::store::{Access, Store};
+use batchwatch::store::{Access, Lease, Store, StoreError};
 
 use crate::support::daemon::{Backend, Env, quick_sim, requests};
 use crate::support::postgres::{self, PASSWORD};
@@ -71,7 +76,10 @@ async fn status_show_history_and_migrate_read_the_postgres_database_the_daemon_w
     let migrated = stdout_ok(config, &["migrate"]);
     assert_eq!(
         migrated,
-        format!("database {url} is at schema version 1\n"),
+        format!(
+            "database {url} is at schema version {}\n",
+            batchwatch_store_postgres::known_schema_version()
+        ),
         "{migrated}"
     );
 }
@@ -124,7 +132,10 @@ async fn the_password_comes_from_pgpassword_or_a_credential_and_shows_nowhere() 
     assert!(out.status.success(), "{text}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        format!("database {url} is at schema version 1\n")
+        format!(
+            "database {url} is at schema version {}\n",
+            batchwatch_store_postgres::known_schema_version()
+        )
     );
 
     // From a systemd credential.
@@ -181,4 +192,150 @@ async fn the_password_comes_from_pgpassword_or_a_credential_and_shows_nowhere() 
     .expect_err("the server refuses a wrong password");
     let shown = format!("{refused:?} {refused}");
     assert!(!shown.contains("wrong-0451"), "{shown}");
+}
+
+/// An instance registered as `name` with a lease of `ttl`.
+async fn register(store: &Store, name: &str, ttl: Duration) -> Lease {
+    let who = Instance {
+        name: name.to_owned(),
+        host: "test".to_owned(),
+        pid: std::process::id(),
+    };
+    store.register(&who, ttl, NOW).await.expect("register")
+}
+
+const NOW: &str = "2026-12-07T10:00:00.000Z";
+
+#[tokio::test]
+async fn a_lease_that_ran_out_moves_nothing_and_its_jobs_are_taken_over_under_a_greater_epoch() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let location = DatabaseLocation::Postgres(url);
+    let store = Store::open_at(&location, None, Duration::from_secs(5), Access::Migrate)
+        .await
+        .expect("open");
+    let a = register(&store, "a", Duration::from_secs(1)).await;
+    let b = register(&store, "b", Duration::from_secs(600)).await;
+    assert!(b.epoch() > a.epoch());
+
+    // A claims a job: A holds it, and B may not move it.
+    let job = NewJob {
+        id: "job_leased",
+        file_name: "f.jsonl",
+        path: "processing/job_leased/f.jsonl",
+        size_bytes: 10,
+        endpoint: None,
+        completion_window: "24h",
+        deadline_at: "2026-12-08T10:00:00.000Z",
+        metadata: "{}",
+        output_expires_after: None,
+    };
+    store.claim(&a, &job, None, None, NOW).await.expect("claim");
+    let parts = [Part {
+        start: 0,
+        end: 10,
+        requests: 1,
+    }];
+    let sha = "ab".repeat(32);
+    let valid = Validated {
+        sha256: &sha,
+        requests: 1,
+        endpoint: "/v1/chat/completions",
+        model: "gpt-4o-mini",
+        parts: &parts,
+        queued: "valid",
+        cancelling: "valid; cancelling",
+    };
+    let refused = store.record_valid(&b, "job_leased", &valid, NOW).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotHeld(_))),
+        "{refused:?}"
+    );
+    let state = |store: &Store| {
+        let store = store.clone();
+        async move { store.job("job_leased").await.unwrap().unwrap().state }
+    };
+    assert_eq!(state(&store).await, JobState::Validating, "nothing moved");
+    let held: Vec<(i64, i64)> = store
+        .instances()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| (i.epoch, i.jobs))
+        .collect();
+    assert_eq!(held, [(a.epoch(), 1), (b.epoch(), 0)]);
+    store
+        .record_valid(&a, "job_leased", &valid, NOW)
+        .await
+        .expect("the holder moves it");
+    assert_eq!(state(&store).await, JobState::Queued);
+    let row = store.submissions_of("job_leased").await.unwrap().remove(0);
+
+    // A's lease runs out: its next write is refused, before any row is touched.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let refused = store.start_upload(&a, &row, NOW).await;
+    assert!(
+        matches!(&refused, Err(StoreError::NotHeld(m)) if m.contains("ran out")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.submission(row.id).await.unwrap().unwrap().state,
+        SubmissionState::Queued
+    );
+
+    // B reaps A and takes the job, and the job's events say so; A has lost its lease.
+    let taken = store.take_over(&b, 100, NOW).await.expect("take over");
+    assert_eq!(taken, ["job_leased"]);
+    let events = store.job_events("job_leased").await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message == format!("taken over by b (lease epoch {})", b.epoch())),
+        "{events:?}"
+    );
+    let lost = store.renew(&a, Duration::from_secs(600), NOW).await;
+    assert!(
+        matches!(lost, Err(StoreError::LeaseLost { epoch }) if epoch == a.epoch()),
+        "{lost:?}"
+    );
+    store
+        .start_upload(&b, &row, NOW)
+        .await
+        .expect("B holds it now");
+    assert_eq!(
+        store.submission(row.id).await.unwrap().unwrap().state,
+        SubmissionState::Uploading
+    );
+
+    // A starts again as a new instance: a greater epoch, and still nothing of B's to move,
+    // until B stops cleanly and A takes the job.
+    let a2 = register(&store, "a", Duration::from_secs(600)).await;
+    assert!(a2.epoch() > b.epoch());
+    let fresh = store.submission(row.id).await.unwrap().unwrap();
+    let refused = store
+        .start_create(&a2, &fresh, "file-1", "cancelled", NOW)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotHeld(_))),
+        "{refused:?}"
+    );
+    assert!(store.take_over(&a2, 100, NOW).await.unwrap().is_empty());
+    store.resign(&b).await.unwrap();
+    assert_eq!(
+        store.take_over(&a2, 100, NOW).await.unwrap(),
+        ["job_leased"]
+    );
+    store
+        .start_create(&a2, &fresh, "file-1", "cancelled", NOW)
+        .await
+        .expect("A holds it again");
+
+    // An operator's cancel takes no lease, and is not fenced.
+    let (asked, _) = store
+        .request_cancel("job_leased", "operator", |_| "asked".to_owned(), NOW)
+        .await
+        .unwrap();
+    assert!(asked);
+    store.close().await;
 }

@@ -32,6 +32,7 @@ use batchwatch::store::batches::{Observation, Submission};
 use batchwatch::store::jobs::{Job, NewJob, Why};
 use batchwatch::store::ops::finish::Ending;
 use batchwatch::store::ops::intake::{Part, Validated};
+use batchwatch::store::ops::lease::Instance;
 use batchwatch::store::ops::track::{Next, Plan, Sighting};
 use batchwatch::store::prelude::*;
 use batchwatch::store::{Access, Lease, Store, StoreError};
@@ -116,9 +117,9 @@ impl Edge {
         }
     }
 
-    /// The daemon's operation for the edge, on submission `row`.
-    async fn take(self, store: &Store, row: &Submission) -> Result<(), StoreError> {
-        let (lease, file) = (&Lease::SOLE, format!("file-{}", row.id));
+    /// The daemon's operation for the edge, on submission `row`, under `lease`.
+    async fn take(self, store: &Store, lease: &Lease, row: &Submission) -> Result<(), StoreError> {
+        let file = format!("file-{}", row.id);
         match self {
             Edge::ArmUpload => store.start_upload(lease, row, NOW).await,
             Edge::ArmCreate => store
@@ -325,12 +326,13 @@ fn observation(remote: &str, status: &BatchStatus, done: i64) -> Observation {
 /// error is an `Err`.
 async fn apply(
     store: &Store,
+    lease: &Lease,
     model: &Model,
     event: &Event,
     crash: bool,
 ) -> Result<Applied, StoreError> {
     kill_before_next_commit(store, crash);
-    let done = operate(store, model, event).await;
+    let done = operate(store, lease, model, event).await;
     kill_before_next_commit(store, false);
     match done {
         Ok(true) => Ok(Applied::Committed),
@@ -345,9 +347,14 @@ async fn apply(
     }
 }
 
-/// The operations for `event`; false when the daemon would not ask for any (it reads first).
-async fn operate(store: &Store, model: &Model, event: &Event) -> Result<bool, StoreError> {
-    let lease = &Lease::SOLE;
+/// The operations for `event` under `lease`; false when the daemon would not ask for any (it
+/// reads first).
+async fn operate(
+    store: &Store,
+    lease: &Lease,
+    model: &Model,
+    event: &Event,
+) -> Result<bool, StoreError> {
     let pick_job = |i: &Pick| (!model.jobs.is_empty()).then(|| &model.jobs[i.of(model.jobs.len())]);
     let pick_sub = |i: &Pick| (!model.subs.is_empty()).then(|| &model.subs[i.of(model.subs.len())]);
     let job_of = async |id: &str| Ok::<Job, StoreError>(store.job(id).await?.expect("job"));
@@ -446,7 +453,7 @@ async fn operate(store: &Store, model: &Model, event: &Event) -> Result<bool, St
             let Some(s) = pick_sub(sub) else {
                 return Ok(false);
             };
-            edge.take(store, &row_of(s.db).await?).await?;
+            edge.take(store, lease, &row_of(s.db).await?).await?;
         }
         Event::Seen {
             sub,
@@ -835,6 +842,13 @@ async fn run(backend: Backend, steps: &[Step]) -> Result<(), String> {
         return Ok(());
     };
     let mut store = place.open().await;
+    let mut lease = register(&store, "model").await;
+    // A writer that holds none of the jobs: each of its writes must be refused (a store that
+    // one daemon writes alone has no such writer).
+    let mut rival = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(register(&store, "rival").await),
+    };
     let mut model = Model::default();
     // Terminal states seen so far: a finished job or submission never leaves its state.
     let mut finished_jobs: Vec<(usize, JobState)> = Vec::new();
@@ -842,21 +856,47 @@ async fn run(backend: Backend, steps: &[Step]) -> Result<(), String> {
     for (n, step) in steps.iter().enumerate() {
         let (event, crash) = match step {
             Step::Restart => {
-                store = restart(store, &place).await;
+                (store, lease, rival) = restart(store, lease, rival, &place).await;
                 check(&store, &model, n).await?;
                 continue;
             }
             Step::Do(event) => (event, false),
             Step::Crash(event) => (event, true),
         };
-        let applied = apply(&store, &model, event, crash)
+        if let Some(rival) = &rival
+            && rivalled(&model, event)
+        {
+            // Refused by the fence, or by the state machine before any row was written (an
+            // edge its submission cannot take), or an operation with nothing to write (an
+            // observation of a batch not yet running); whichever, nothing moves, which `check`
+            // shows.
+            match operate(&store, rival, &model, event).await {
+                Err(
+                    StoreError::NotHeld(_)
+                    | StoreError::Illegal { .. }
+                    | StoreError::IllegalJob { .. }
+                    | StoreError::Finished { .. },
+                )
+                | Ok(_) => {}
+                other => {
+                    return Err(format!(
+                        "step {n} {event:?}: a write under lease epoch {} that holds none of the jobs was not refused: {other:?}",
+                        rival.epoch()
+                    ));
+                }
+            }
+            check(&store, &model, n)
+                .await
+                .map_err(|e| format!("a refused write moved something: {e}"))?;
+        }
+        let applied = apply(&store, &lease, &model, event, crash)
             .await
             .map_err(|e| format!("step {n} {event:?}: unexpected store error: {e}"))?;
         let mut next = model.clone();
         let expected = expect(&mut next, event);
         match (&applied, &expected) {
             (Applied::Crashed, _) => {
-                store = restart(store, &place).await;
+                (store, lease, rival) = restart(store, lease, rival, &place).await;
             }
             (Applied::Committed, Expected::Commit) => {
                 model = next;
@@ -939,15 +979,63 @@ async fn take_stored_ids(store: &Store, model: &mut Model) -> Result<(), String>
 }
 
 /// What a kill and a new start do to the store: closed (an open transaction rolled back),
-/// opened again, and every upload or create that was under way marked of unknown outcome.
-async fn restart(store: Store, place: &Place) -> Store {
+/// opened again, and every upload or create that was under way marked of unknown outcome. In a
+/// shared store the new start is a new instance: the old one's lease ends, the new one takes
+/// its jobs over, and the old lease becomes the rival, whose writes must all be refused.
+async fn restart(
+    store: Store,
+    lease: Lease,
+    rival: Option<Lease>,
+    place: &Place,
+) -> (Store, Lease, Option<Lease>) {
     store.close().await;
     let store = place.open().await;
+    let mut rival = rival;
+    let mut lease = lease;
+    if rival.is_some() {
+        store.resign(&lease).await.expect("resign");
+        let stale = lease;
+        lease = register(&store, "model").await;
+        store
+            .take_over(&lease, 10_000, NOW)
+            .await
+            .expect("take over");
+        rival = Some(stale);
+    }
     store
         .mark_in_flight_unknown(&Lease::SOLE, NOW)
         .await
         .expect("mark in flight");
+    (store, lease, rival)
+}
+
+/// Registers an instance named `name`, its lease long enough for any sequence.
+async fn register(store: &Store, name: &str) -> Lease {
+    let who = Instance {
+        name: name.to_owned(),
+        host: "test".to_owned(),
+        pid: std::process::id(),
+    };
     store
+        .register(&who, Duration::from_secs(3600), NOW)
+        .await
+        .expect("register")
+}
+
+/// Whether a rival's attempt at `event` must be refused: the event moves an unfinished job
+/// (a claim makes a new one, which any instance may; a cancel is asked for by an operator,
+/// with no lease, before the holder carries it out).
+fn rivalled(model: &Model, event: &Event) -> bool {
+    let job = match event {
+        Event::Claim { .. } | Event::Cancel { .. } => None,
+        Event::Validate { job } | Event::Reject { job } | Event::Finish { job } => {
+            (!model.jobs.is_empty()).then(|| job.of(model.jobs.len()))
+        }
+        Event::Move { sub, .. } | Event::Seen { sub, .. } => {
+            (!model.subs.is_empty()).then(|| model.subs[sub.of(model.subs.len())].job)
+        }
+    };
+    job.is_some_and(|j| !model.jobs[j].state.is_terminal())
 }
 
 fn cases() -> u32 {

@@ -19,6 +19,7 @@ pub mod deletions;
 pub mod figures;
 pub mod history;
 pub mod jobs;
+mod leases;
 pub mod ops;
 #[path = "../../store/shared/progress.rs"]
 pub mod progress;

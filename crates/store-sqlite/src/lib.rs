@@ -25,6 +25,7 @@ pub mod deletions;
 pub mod figures;
 pub mod history;
 pub mod jobs;
+mod leases;
 pub mod ops;
 #[path = "../../store/shared/progress.rs"]
 pub mod progress;

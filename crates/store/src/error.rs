@@ -70,6 +70,13 @@ pub enum StoreError {
     Killed,
     #[error("this store was opened read-only")]
     ReadOnly,
+    /// The writer does not hold what it tried to move (its lease ran out or was reaped, or
+    /// another instance holds the job): nothing was written.
+    #[error("not held under this lease: {0}")]
+    NotHeld(String),
+    /// The instance's lease was reaped: it must register again to go on.
+    #[error("the lease of epoch {epoch} was lost (it ran out and another instance reaped it)")]
+    LeaseLost { epoch: i64 },
     /// The backend could not do what was asked (a query failed, the disk is full).
     #[error(transparent)]
     Backend(BackendError),
@@ -107,9 +114,18 @@ impl StoreError {
     }
 }
 
+/// The SQLSTATE a shared store's fence raises for a write by a writer that does not hold the
+/// job (migrations/postgres/0002_leases.sql).
+pub const NOT_HELD_SQLSTATE: &str = "BW001";
+
 #[cfg(feature = "sqlx")]
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> StoreError {
+        if let Some(db) = e.as_database_error()
+            && db.code().as_deref() == Some(NOT_HELD_SQLSTATE)
+        {
+            return StoreError::NotHeld(db.message().to_owned());
+        }
         StoreError::Backend(Box::new(e))
     }
 }

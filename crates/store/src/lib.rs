@@ -26,7 +26,7 @@ mod reads;
 pub mod retention;
 pub mod usage;
 
-pub use error::{BackendError, StoreError};
+pub use error::{BackendError, NOT_HELD_SQLSTATE, StoreError};
 pub use ops::Lease;
 pub use reads::Reads;
 
@@ -77,6 +77,7 @@ pub mod prelude {
     pub use crate::ops::finish::Finish as _;
     pub use crate::ops::housekeeping::Housekeeping as _;
     pub use crate::ops::intake::Intake as _;
+    pub use crate::ops::lease::Leases as _;
     pub use crate::ops::submit::Submit as _;
     pub use crate::ops::track::Track as _;
 }

@@ -3,8 +3,7 @@
 //! operations these follow step for step.
 //!
 //! Every operation that moves a job or a submission takes the writer's [`Lease`]; [`Store::unit`]
-//! is the one place every such operation begins, and where a write under an epoch that is no
-//! longer current will be refused once several daemons share the database.
+//! is the one place every such operation begins, and fences it ([`crate::leases::fence`]).
 
 #[path = "../../../store/shared/ops/cancel.rs"]
 pub mod cancel;
@@ -23,23 +22,16 @@ use crate::{Store, StoreError, Tx};
 pub use batchwatch_store::ops::Lease;
 
 impl Store {
-    /// Runs `work` as one operation's transaction under `lease`: committed when it returns
-    /// `Ok`, rolled back otherwise.
+    /// Runs `work` as one operation's transaction under `lease`: fenced first (a lease that
+    /// ran out or was reaped moves nothing), committed when it returns `Ok`, rolled back
+    /// otherwise.
     pub(crate) async fn unit<T>(
         &self,
-        _lease: &Lease,
-        work: impl AsyncFnOnce(&mut Tx) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        self.transaction(work).await
-    }
-
-    /// Runs `work` in one write transaction: committed when it returns `Ok`, rolled back
-    /// otherwise. For the operations that move nothing, so take no lease (a cancel asked for).
-    pub(crate) async fn transaction<T>(
-        &self,
+        lease: &Lease,
         work: impl AsyncFnOnce(&mut Tx) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut tx = self.begin().await?;
+        crate::leases::fence(&mut tx, lease).await?;
         let out = work(&mut tx).await?;
         #[cfg(feature = "fixtures")]
         if self
@@ -51,5 +43,14 @@ impl Store {
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Runs `work` in one write transaction: committed when it returns `Ok`, rolled back
+    /// otherwise. For the operations that move nothing, so take no lease (a cancel asked for).
+    pub(crate) async fn transaction<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut Tx) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.unit(&Lease::SOLE, work).await
     }
 }

@@ -1,0 +1,89 @@
+//! Leases: which daemon may move which job, when several share one database.
+//!
+//! # States and transitions
+//!
+//! An **instance** is one run of one daemon. It *registers* at its start and gets a new
+//! **epoch** (a number no instance had before: a restart is a new instance), with a lease that
+//! runs for the lease's time to live from the database server's clock. It *renews* the lease
+//! well before it ends (a heartbeat). An instance whose lease ran out is *reaped* by any other:
+//! its row goes, and it has lost its lease for good; its next renewal says so
+//! ([`StoreError::LeaseLost`]), and it registers again, as a new instance, to go on.
+//!
+//! A **job** is held by one instance (its epoch in the job's row) or by none:
+//!
+//! ```text
+//!   (file claimed) ──claim──▶ held by E ──(E reaped)──▶ free ──take_over by F──▶ held by F
+//!                                  │                                               │
+//!                                  └──resign (E stops cleanly)──▶ free ◀───────────┘ (F reaped)
+//! ```
+//!
+//! A job claimed by instance E is held by E. When E is reaped or resigns, its unfinished jobs
+//! are free, and another instance *takes them over* (`take_over`), a few at a time, with row
+//! locks that skip rows another instance is taking (`FOR UPDATE SKIP LOCKED`). The taker's
+//! epoch is greater than any the job had before, so "the epoch grows each time the job changes
+//! hands" holds. The new holder knows nothing of what the old one had under way: it treats
+//! the job as after a restore (its uploads and creates of unknown outcome, the job unverified
+//! until the service was asked) before it sends anything.
+//!
+//! # The fence
+//!
+//! Every operation that moves a job, a submission, their history or the job's events carries
+//! the writer's [`Lease`]. The store refuses it ([`StoreError::NotHeld`]) and moves nothing
+//! when the writer's lease has run out or been reaped, or the job is not held by the writer:
+//! an instance that was paused, partitioned or slow learns it from its first refused write,
+//! and drops that work. The check is the store's (a PostgreSQL store checks it in one place
+//! for every operation, and in triggers for every row it writes), never the caller's, so no
+//! write can forget it. A finished job is not fenced: it never moves again.
+//!
+//! [`Lease::SOLE`] is the lease of a store one daemon writes alone (SQLite, behind its
+//! instance lock) and of an operator's command: it is never refused.
+
+use std::time::Duration;
+
+use super::Lease;
+use crate::StoreError;
+
+/// Who an instance is: what it registers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// `instance.name`, else HOST-PID.
+    pub name: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+/// An instance as the database records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceRow {
+    pub epoch: i64,
+    pub name: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Whether its lease has not run out (by the database's clock).
+    pub live: bool,
+    /// How many unfinished jobs it holds.
+    pub jobs: i64,
+}
+
+/// What the instances of a shared store ask of it.
+pub trait Leases {
+    /// Registers `who` as a new instance whose lease runs for `ttl`: its lease.
+    async fn register(&self, who: &Instance, ttl: Duration, now: &str)
+    -> Result<Lease, StoreError>;
+    /// Renews `lease` for another `ttl`; [`StoreError::LeaseLost`] when it was reaped.
+    async fn renew(&self, lease: &Lease, ttl: Duration, now: &str) -> Result<(), StoreError>;
+    /// Reaps the instances whose lease ran out, then takes up to `limit` of the unfinished jobs
+    /// nobody holds for `lease`'s instance, each with an event that says so: their ids.
+    async fn take_over(
+        &self,
+        lease: &Lease,
+        limit: i64,
+        now: &str,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Ends `lease` (a clean stop): its jobs are free at once.
+    async fn resign(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// The instances registered, oldest first.
+    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError>;
+}
