@@ -249,6 +249,8 @@ pub struct Daemon {
     _instance: instance::InstanceLock,
     /// A PostgreSQL database held for this daemon alone, for its whole life.
     _sole_writer: Option<crate::store::SoleWriter>,
+    /// Renews the daemon's lease ([`runtime::lease::renew`]) until the daemon stops.
+    renewing: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the daemon on `settings` and `key` (as [`crate::preflight::check`] passed them) until
@@ -302,6 +304,9 @@ impl Daemon {
             .hold_sole_writer()
             .await
             .context("opening the database")?;
+        let lease = runtime::lease::begin(&store, &clock)
+            .await
+            .context("taking the database's lease")?;
         let changes = store
             .changes(settings.database.busy_timeout.get())
             .await
@@ -344,7 +349,7 @@ impl Daemon {
             settings: settings.clone(),
             schedule: Arc::new(schedule.clone()),
             store,
-            lease: crate::store::Lease::SOLE,
+            lease,
             queue,
             client,
             clock,
@@ -386,6 +391,11 @@ impl Daemon {
             stuck: stuck::Watch::default(),
             _instance: instance,
             _sole_writer: sole_writer,
+            renewing: tokio::spawn(runtime::lease::renew(
+                ctx.store.clone(),
+                ctx.lease,
+                ctx.clock.clone(),
+            )),
             ctx,
         };
         recover::recover(&daemon.ctx)
@@ -837,6 +847,11 @@ impl Daemon {
         }
         if let Some(changes) = self.changes.take() {
             changes.close().await;
+        }
+        self.renewing.abort();
+        // A clean stop ends the lease at once: the next run need not wait for it to run out.
+        if let Err(e) = self.ctx.store.resign(&self.ctx.lease).await {
+            tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be ended; it runs out by itself");
         }
         self.ctx.store.close_for_readers().await;
         tracing::info!("stopped");

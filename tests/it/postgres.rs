@@ -41,7 +41,24 @@ async fn status_show_history_and_migrate_read_the_postgres_database_the_daemon_w
             .any(|l| l.contains("batchwatch started") && l.contains(&url)),
         "the start names the database"
     );
+    // The daemon is an instance with a live lease, and wrote every job under it.
+    let store = env.store().await;
+    let instances = store.instances().await.unwrap();
+    assert!(instances.len() == 1 && instances[0].live, "{instances:?}");
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let held: Vec<Option<i64>> = sqlx::query_scalar("SELECT owner_epoch FROM jobs")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(held, vec![Some(instances[0].epoch); 3]);
     env.stop(daemon);
+    assert!(
+        store.instances().await.unwrap().is_empty(),
+        "a clean stop ends the lease"
+    );
+    store.close().await;
+    let _ = conn.close().await;
 
     let config = Some(env.config.as_path());
     let status = stdout_ok(config, &["status"]);
