@@ -148,6 +148,10 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List the daemons a PostgreSQL database records (their leases and the jobs each holds)
+    /// instead of the jobs.
+    #[arg(long)]
+    pub instances: bool,
     #[command(flatten)]
     pub db: DatabaseArg,
 }
@@ -465,6 +469,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
+                if args.instances {
+                    let instances = store.instances().await?;
+                    store.close().await;
+                    return anyhow::Ok(match args.json {
+                        true => report::json(&instances),
+                        false => report::instances(&instances, store.file().is_some()),
+                    });
+                }
                 let now = crate::clock::Timestamp::now();
                 let filter = jobs::Filter {
                     state: args.state,

@@ -17,6 +17,7 @@ use crate::store::batches::Submission;
 use crate::store::figures::StuckBatch;
 use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
+use crate::store::ops::lease::InstanceRow;
 use crate::store::usage::{BatchUsage, JobCost};
 
 /// How text output looks: coloured (on a terminal), and wide (nothing cut short).
@@ -572,6 +573,44 @@ pub fn history(rows: &[HistoryRow], look: &Look) -> String {
                 .then(|| Colour::of_status(&rows[row].status))
                 .flatten()
         },
+    )
+}
+
+/// The daemons a shared database records, oldest first; for a SQLite database (`sole`), that
+/// it has one daemon and no record of it.
+pub fn instances(rows: &[InstanceRow], sole: bool) -> String {
+    if sole {
+        return "One daemon writes a SQLite database, behind its lock file; no instances are recorded.\n"
+            .to_owned();
+    }
+    if rows.is_empty() {
+        return "No daemon holds a lease on this database.\n".to_owned();
+    }
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|i| {
+            vec![
+                i.epoch.to_string(),
+                i.name.clone(),
+                format!("{} (pid {})", i.host, i.pid),
+                i.started_at.clone(),
+                i.heartbeat_at.clone(),
+                if i.live { "live" } else { "ran out" }.to_owned(),
+                i.jobs.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "EPOCH",
+            "NAME",
+            "HOST",
+            "STARTED",
+            "HEARTBEAT",
+            "LEASE",
+            "JOBS HELD",
+        ],
+        &body,
     )
 }
 

@@ -52,10 +52,20 @@ async fn status_show_history_and_migrate_read_the_postgres_database_the_daemon_w
         .await
         .unwrap();
     assert_eq!(held, vec![Some(instances[0].epoch); 3]);
+    let listed = stdout_ok(Some(env.config.as_path()), &["status", "--instances"]);
+    let line = listed.lines().nth(1).unwrap_or_default();
+    assert!(
+        listed.starts_with("EPOCH") && line.contains(&instances[0].name) && line.contains("live"),
+        "{listed}"
+    );
     env.stop(daemon);
     assert!(
         store.instances().await.unwrap().is_empty(),
         "a clean stop ends the lease"
+    );
+    assert_eq!(
+        stdout_ok(Some(env.config.as_path()), &["status", "--instances"]),
+        "No daemon holds a lease on this database.\n"
     );
     store.close().await;
     let _ = conn.close().await;

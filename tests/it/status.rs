@@ -656,3 +656,13 @@ async fn status_cuts_long_names_short_and_says_so_and_wide_shows_them_whole() {
     assert!(wide.contains(&name), "{wide}");
     assert!(!wide.contains('…') && !wide.contains("--wide"), "{wide}");
 }
+
+#[tokio::test]
+async fn status_instances_says_a_sqlite_database_has_one_daemon_and_no_record_of_it() {
+    let (sandbox, _) = filled().await;
+    assert_eq!(
+        cli(&sandbox, &["status", "--instances"]),
+        "One daemon writes a SQLite database, behind its lock file; no instances are recorded.\n"
+    );
+    assert_eq!(cli(&sandbox, &["status", "--instances", "--json"]), "[]\n");
+}
