@@ -366,3 +366,55 @@ async fn a_lease_that_ran_out_moves_nothing_and_its_jobs_are_taken_over_under_a_
     assert!(asked);
     store.close().await;
 }
+
+#[tokio::test]
+async fn tls_to_the_server_is_verified_against_the_ca_the_url_names() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let ca = postgres::server()
+        .expect("a server")
+        .ca()
+        .display()
+        .to_string();
+    let open = async |url: String| {
+        Store::open_at(
+            &DatabaseLocation::Postgres(url),
+            None,
+            Duration::from_secs(5),
+            Access::Migrate,
+        )
+        .await
+    };
+
+    // Verified against the server's CA, name included: the connection is TLS.
+    let verified = format!("{url}?sslmode=verify-full&sslrootcert={ca}");
+    open(verified.clone())
+        .await
+        .expect("verified")
+        .close()
+        .await;
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&verified).await.unwrap();
+    let tls: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(tls, "the connection is TLS");
+    let _ = conn.close().await;
+
+    // A server whose certificate another CA signed is refused, naming the database.
+    let stranger = tempfile::tempdir().unwrap();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let other = stranger.path().join("other-ca.crt");
+    std::fs::write(&other, other_ca.cert.pem()).unwrap();
+    let refused = open(format!(
+        "{url}?sslmode=verify-ca&sslrootcert={}",
+        other.display()
+    ))
+    .await
+    .expect_err("a certificate from another CA");
+    let shown = batchwatch::telemetry::chain(&refused);
+    assert!(shown.contains(&url), "{shown}");
+    assert!(shown.to_lowercase().contains("certificate"), "{shown}");
+}

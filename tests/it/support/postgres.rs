@@ -16,10 +16,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// A running server: its port, reached as the `postgres` role without a password, and as
-/// [`PASSWORD_ROLE`] only with its password (scram-sha-256).
+/// [`PASSWORD_ROLE`] only with its password (scram-sha-256); over TLS when the client asks,
+/// with a certificate for 127.0.0.1 from a CA of its own.
 #[derive(Debug)]
 pub struct Server {
     port: u16,
+    /// The CA's certificate (PEM), for `sslrootcert`.
+    ca: std::path::PathBuf,
 }
 
 /// A role the server admits only with its password, [`PASSWORD`].
@@ -78,6 +81,11 @@ pub async fn database_of_password_role() -> Option<String> {
 }
 
 impl Server {
+    /// The file of the CA that signed the server's certificate.
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
@@ -184,6 +192,7 @@ fn start() -> Result<Server, String> {
         ));
     }
     std::fs::write(data.join("pg_hba.conf"), HBA).map_err(|e| format!("pg_hba.conf: {e}"))?;
+    let ca = certificates(&dir, &data, user)?;
     let port = super::unused_port();
     let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
     if let Some((uid, gid)) = user {
@@ -206,6 +215,8 @@ fn start() -> Result<Server, String> {
             "full_page_writes=off",
             "-c",
             "max_connections=300",
+            "-c",
+            "ssl=on",
         ])
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
@@ -277,7 +288,7 @@ fn start() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(Server { port })
+    Ok(Server { port, ca })
 }
 
 /// Removes the directories of earlier test processes that no longer run.
@@ -298,4 +309,45 @@ fn remove_stale_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// A CA of its own (its certificate in `dir`, returned) and a certificate it signed for
+/// 127.0.0.1, which the server finds in its data directory (`server.crt`, `server.key`, the
+/// key readable by the server's user alone, as it demands).
+fn certificates(
+    dir: &Path,
+    data: &Path,
+    user: Option<(u32, u32)>,
+) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: &dyn std::fmt::Display| format!("making the test certificates: {e}");
+    let ca_key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let mut ca_params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| fail(&e))?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "batchwatch test PostgreSQL CA");
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(|e| fail(&e))?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .map_err(|e| fail(&e))?
+        .signed_by(&key, &issuer)
+        .map_err(|e| fail(&e))?;
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, ca_cert.pem()).map_err(|e| fail(&e))?;
+    for (name, text, mode) in [
+        ("server.crt", cert.pem(), 0o644),
+        ("server.key", key.serialize_pem(), 0o600),
+    ] {
+        let path = data.join(name);
+        std::fs::write(&path, text).map_err(|e| fail(&e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| fail(&e))?;
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| fail(&e))?;
+        }
+    }
+    Ok(ca)
 }
