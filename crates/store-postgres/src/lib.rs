@@ -41,6 +41,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
+use batchwatch_store::schema::{Applied, Objects, embedded, migration_problems, object_problems};
 pub use batchwatch_store::{Access, Lease, StoreError};
 
 /// The migrations, embedded in the binary and applied when the daemon starts.
@@ -228,29 +229,12 @@ impl Store {
     /// What is wrong with the applied migrations: one that did not complete, or one applied
     /// from other text than this build's.
     async fn check_migrations(&self) -> Result<Vec<String>, StoreError> {
-        let applied: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+        let applied: Vec<Applied> = sqlx::query_as(
             "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
         )
         .fetch_all(&self.read)
         .await?;
-        let mut problems = Vec::new();
-        for (version, checksum, success) in applied {
-            let Some(m) = MIGRATOR.iter().find(|m| m.version == version) else {
-                continue;
-            };
-            if !success {
-                problems.push(format!(
-                    "migration {version} ({}) did not complete",
-                    m.description
-                ));
-            } else if m.checksum.as_ref() != checksum.as_slice() {
-                problems.push(format!(
-                    "migration {version} ({}) was applied from other text than this batchwatch's",
-                    m.description
-                ));
-            }
-        }
-        Ok(problems)
+        Ok(migration_problems(&applied, &embedded(&MIGRATOR)))
     }
 
     /// What is missing or different among the tables' columns, the views, indexes and
@@ -271,17 +255,7 @@ impl Store {
             }
             Err(e) => return Err(e),
         };
-        let mut problems = Vec::new();
-        for ((kind, name), definition) in expected.iter() {
-            match found.get(&(kind.clone(), name.clone())) {
-                None => problems.push(format!("{kind} {name} is missing")),
-                Some(have) if have != definition => problems.push(format!(
-                    "{kind} {name} differs from the one the migrations make"
-                )),
-                Some(_) => {}
-            }
-        }
-        Ok(problems)
+        Ok(object_problems(&expected, &found))
     }
 
     /// The schema version: the newest migration recorded; `None` when the database has no
@@ -475,9 +449,6 @@ async fn expected_objects(conn: &mut PgConnection) -> Result<Arc<Objects>, Store
         .insert(version, expected.clone());
     Ok(expected)
 }
-
-/// Schema objects by (kind, name), with what defines them.
-type Objects = BTreeMap<(String, String), String>;
 
 /// The schema batchwatch's tables are in: the first of the connection's search path.
 async fn current_schema(conn: &mut PgConnection) -> Result<String, StoreError> {

@@ -35,7 +35,6 @@ pub mod retention;
 pub mod transitions;
 pub mod usage;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -50,6 +49,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqliteConnection};
 
+use batchwatch_store::schema::{Applied, Objects, embedded, migration_problems, object_problems};
 pub use batchwatch_store::{Access, StoreError, json_text, json_text_or_null};
 
 /// `items` as a JSON array, which the queries read with `json_each`: SQLite's way of taking a
@@ -201,29 +201,12 @@ impl Store {
     /// What is wrong with the applied migrations: one that did not complete, or one applied
     /// from other text than this build's (a checksum that differs).
     async fn check_migrations(&self) -> Result<Vec<String>, StoreError> {
-        let applied: Vec<(i64, Vec<u8>, bool)> = sqlx::query_as(
+        let applied: Vec<Applied> = sqlx::query_as(
             "SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version",
         )
         .fetch_all(&self.read)
         .await?;
-        let mut problems = Vec::new();
-        for (version, checksum, success) in applied {
-            let Some(m) = MIGRATOR.iter().find(|m| m.version == version) else {
-                continue;
-            };
-            if !success {
-                problems.push(format!(
-                    "migration {version} ({}) did not complete",
-                    m.description
-                ));
-            } else if m.checksum.as_ref() != checksum.as_slice() {
-                problems.push(format!(
-                    "migration {version} ({}) was applied from other text than this batchwatch's",
-                    m.description
-                ));
-            }
-        }
-        Ok(problems)
+        Ok(migration_problems(&applied, &embedded(&MIGRATOR)))
     }
 
     /// What is missing or different among the tables, views, indexes and triggers, compared
@@ -232,17 +215,7 @@ impl Store {
     async fn check_objects(&self) -> Result<Vec<String>, StoreError> {
         let expected = expected_objects().await?;
         let found = schema_objects(&self.read).await?;
-        let mut problems = Vec::new();
-        for ((kind, name), sql) in &expected {
-            match found.get(&(kind.clone(), name.clone())) {
-                None => problems.push(format!("{kind} {name} is missing")),
-                Some(have) if normalise(have) != normalise(sql) => problems.push(format!(
-                    "{kind} {name} differs from the one the migrations make"
-                )),
-                Some(_) => {}
-            }
-        }
-        Ok(problems)
+        Ok(object_problems(&expected, &found))
     }
 
     /// The schema version: the newest migration recorded, or the database's `user_version` when
@@ -478,11 +451,10 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
-/// Tables, views, indexes and triggers by (type, name), with their SQL; SQLite's own objects
-/// and the migration table left out.
-async fn schema_objects(
-    db: impl sqlx::SqliteExecutor<'_>,
-) -> Result<BTreeMap<(String, String), String>, StoreError> {
+/// Tables, views, indexes and triggers by (type, name), with their SQL (its runs of whitespace
+/// made one space, so layout alone is no difference); SQLite's own objects and the migration
+/// table left out.
+async fn schema_objects(db: impl sqlx::SqliteExecutor<'_>) -> Result<Objects, StoreError> {
     let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT type, name, sql FROM sqlite_master
          WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> '_sqlx_migrations'",
@@ -491,12 +463,12 @@ async fn schema_objects(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(kind, name, sql)| ((kind, name), sql.unwrap_or_default()))
+        .map(|(kind, name, sql)| ((kind, name), normalise(&sql.unwrap_or_default())))
         .collect())
 }
 
 /// The objects the embedded migrations make of an empty in-memory database.
-async fn expected_objects() -> Result<BTreeMap<(String, String), String>, StoreError> {
+async fn expected_objects() -> Result<Objects, StoreError> {
     use sqlx::Connection;
     let mut conn = sqlx::SqliteConnection::connect_with(
         &SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true),

@@ -24,6 +24,7 @@ pub mod ops;
 pub mod progress;
 mod reads;
 pub mod retention;
+pub mod schema;
 pub mod usage;
 
 pub use error::{BackendError, NOT_HELD_SQLSTATE, StoreError};
