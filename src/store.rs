@@ -23,7 +23,7 @@ pub use batchwatch_store_postgres::SoleWriter;
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
-use batchwatch_core::config::{DatabaseLocation, DatabaseSettings};
+use batchwatch_core::config::{DatabaseLocation, DatabaseSettings, without_password};
 use batchwatch_core::model::{BatchStatus, FileLook, JobState, SubmissionState};
 use batchwatch_store::batches::{NewSubmission, PollLoad, Submission, Tracked};
 use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
@@ -96,7 +96,7 @@ impl Store {
             DatabaseLocation::Postgres(url) => {
                 let password = match password_credential {
                     Some(name) => Some(read_credential(name).map_err(|e| StoreError::Open {
-                        path: PathBuf::from(postgres::shown(url)),
+                        path: PathBuf::from(without_password(url)),
                         source: e.into(),
                     })?),
                     None => None,

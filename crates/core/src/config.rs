@@ -163,21 +163,51 @@ impl DatabaseLocation {
     }
 }
 
+/// Where a PostgreSQL URL holds a password: after the `:` of its user part, and the value of
+/// each `password` parameter (an empty range for one without a value).
+fn password_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let mut ranges = Vec::new();
+    if let Some(at) = rest[..authority_end].rfind('@')
+        && let Some(colon) = rest[..at].find(':')
+    {
+        ranges.push(start + colon + 1..start + at);
+    }
+    if let Some(q) = rest[authority_end..].find('?') {
+        let mut at = start + authority_end + q + 1;
+        for kv in url[at..].split('&') {
+            let (key, value_at) = match kv.find('=') {
+                Some(eq) => (&kv[..eq], at + eq + 1),
+                None => (kv, at + kv.len()),
+            };
+            if key.eq_ignore_ascii_case("password") {
+                ranges.push(value_at..at + kv.len());
+            }
+            at += kv.len() + 1;
+        }
+    }
+    ranges
+}
+
 /// Whether a PostgreSQL URL carries a password, in its user part or as a parameter.
 fn has_password(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let in_user = authority
-        .rsplit_once('@')
-        .is_some_and(|(user, _)| user.contains(':'));
-    let in_query = rest.split_once('?').is_some_and(|(_, query)| {
-        query.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("password"))
-        })
-    });
-    in_user || in_query
+    !password_ranges(url).is_empty()
+}
+
+/// `url` with every password it holds (in its user part, or a `password` parameter) replaced
+/// by `***`: how messages and `Debug` name a database.
+pub fn without_password(url: &str) -> String {
+    let mut shown = String::with_capacity(url.len());
+    let mut from = 0;
+    for range in password_ranges(url) {
+        shown.push_str(&url[from..range.start]);
+        shown.push_str("***");
+        from = range.end;
+    }
+    shown.push_str(&url[from..]);
+    shown
 }
 
 impl DatabaseSettings {
@@ -1338,6 +1368,25 @@ mod tests {
             assert!(e.problem.contains(rule), "{url}: {e}");
             assert!(!e.problem.contains("s3cret"), "{url}: {e}");
         }
+        for (url, shown) in [
+            (
+                "postgres://bw:s3cret@db.internal:5432/batchwatch?sslmode=require",
+                "postgres://bw:***@db.internal:5432/batchwatch?sslmode=require",
+            ),
+            (
+                "postgres://bw@db/batchwatch?password=s3cret&application_name=x",
+                "postgres://bw@db/batchwatch?password=***&application_name=x",
+            ),
+            ("postgresql://db/batchwatch", "postgresql://db/batchwatch"),
+            ("postgres://a:b:c@h/d", "postgres://a:***@h/d"),
+        ] {
+            assert_eq!(without_password(url), shown);
+            assert_eq!(has_password(url), url != shown, "{url}");
+        }
+        assert!(
+            has_password("postgres://db/x?password"),
+            "a key without a value"
+        );
         let settings = Settings::load_text("", "f.toml", []).unwrap();
         assert_eq!(
             settings.database.location(),

@@ -11,7 +11,7 @@
 //! daemon in between. Reads use a pool of their own.
 //!
 //! The URL's password never leaves the connection options: errors and `Debug` name the
-//! database by its URL with the password taken out ([`shown`]).
+//! database by its URL with the password taken out (`without_password`).
 
 pub mod batches;
 pub mod chain;
@@ -41,6 +41,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
+use batchwatch_core::config::without_password;
 use batchwatch_store::schema::{Applied, Objects, embedded, migration_problems, object_problems};
 pub use batchwatch_store::{Access, Lease, StoreError};
 
@@ -120,39 +121,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// `url` with any password replaced by `***`: what messages and `Debug` show.
-pub fn shown(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(at) => rest.split_at(at),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    // A password given as a query parameter (`?password=`) is hidden too.
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 impl Store {
     /// Opens the database at `url` (`postgres://…`) for `access`, waiting up to
     /// `connect_timeout` for a connection. The password is `password` when given, else what
@@ -163,7 +131,7 @@ impl Store {
         connect_timeout: Duration,
         access: Access,
     ) -> Result<Store, StoreError> {
-        let shown = shown(url);
+        let shown = without_password(url);
         let at = PathBuf::from(&shown);
         let open_err = |source: sqlx::Error| StoreError::Open {
             path: at.clone(),
@@ -494,31 +462,5 @@ impl Store {
     /// already.
     pub fn kill_before_next_commit(&self, armed: bool) -> bool {
         self.kill_before_commit.swap(armed, Ordering::SeqCst)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shown;
-
-    #[test]
-    fn a_password_never_shows() {
-        assert_eq!(
-            shown("postgres://bw:s3cret@db.internal:5432/batchwatch?sslmode=require"),
-            "postgres://bw:***@db.internal:5432/batchwatch?sslmode=require"
-        );
-        assert_eq!(
-            shown("postgres://bw@db/batchwatch?password=s3cret&application_name=x"),
-            "postgres://bw@db/batchwatch?password=***&application_name=x"
-        );
-        assert_eq!(
-            shown("postgresql://db/batchwatch"),
-            "postgresql://db/batchwatch"
-        );
-        assert_eq!(
-            shown("postgres://a:b:c@h/d"),
-            "postgres://a:***@h/d",
-            "a colon inside the password"
-        );
     }
 }
