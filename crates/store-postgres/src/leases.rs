@@ -24,9 +24,13 @@ pub(crate) async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<(), 
         return Ok(());
     }
     let epoch = lease.epoch();
+    // One round trip: the row is found (and held for share) only while the lease runs, and
+    // naming the writer is what selecting it does.
     let held = sqlx::query_scalar!(
-        "SELECT epoch FROM instances WHERE epoch = $1 AND expires_at > now() FOR SHARE",
-        epoch
+        "SELECT set_config('batchwatch.epoch', $2, true) FROM instances
+         WHERE epoch = $1 AND expires_at > now() FOR SHARE",
+        epoch,
+        epoch.to_string()
     )
     .fetch_optional(&mut *conn)
     .await?;
@@ -35,12 +39,6 @@ pub(crate) async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<(), 
             "the lease of epoch {epoch} ran out"
         )));
     }
-    sqlx::query_scalar!(
-        "SELECT set_config('batchwatch.epoch', $1, true)",
-        epoch.to_string()
-    )
-    .fetch_one(&mut *conn)
-    .await?;
     Ok(())
 }
 
