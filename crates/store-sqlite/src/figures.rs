@@ -82,10 +82,8 @@ pub async fn stuck(
     after: &StuckAfter,
     now: Timestamp,
 ) -> Result<Vec<StuckBatch>, StoreError> {
-    let before = |d: batchwatch_core::config::Dur| {
-        let d = jiff::SignedDuration::try_from(d.get()).unwrap_or(jiff::SignedDuration::MAX);
-        clock::format(now.checked_sub(d).unwrap_or(Timestamp::MIN))
-    };
+    // `now` less the duration, saturating at the earliest time.
+    let before = |d: batchwatch_core::config::Dur| clock::format(clock::sub(now, d.get()));
     let (validating, finalizing, cancelling) = (
         before(after.validating),
         before(after.finalizing),
