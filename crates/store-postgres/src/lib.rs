@@ -263,7 +263,7 @@ impl Store {
             let _ = conn.close().await;
             Ok::<_, sqlx::Error>(standby)
         };
-        match tokio_timeout(wait, probe).await {
+        match tokio::time::timeout(wait, probe).await.ok() {
             Some(Ok(false)) => Ok(()),
             Some(Ok(true)) => Err(StoreError::ReadOnly),
             Some(Err(e)) => Err(e.into()),
@@ -340,11 +340,6 @@ impl Store {
         }
         Ok(SoleWriter { _conn: conn })
     }
-}
-
-/// Runs `work`, giving up after `wait`.
-async fn tokio_timeout<T>(wait: Duration, work: impl Future<Output = T>) -> Option<T> {
-    tokio::time::timeout(wait, work).await.ok()
 }
 
 /// Tells whether anything was committed since it last asked, by this process or another: the
