@@ -75,7 +75,7 @@ const FILES: [(&str, &str); 6] = [
     ),
     (
         "QUEUE/.batchwatch.lock, DATABASE.lock",
-        "Held by the running daemon: one daemon per queue tree and per database (a PostgreSQL database is held by an advisory lock instead).",
+        "Held by the running daemon: one daemon per queue tree and per SQLite database; daemons on a PostgreSQL database share the queue tree and hold its lock file shared.",
     ),
     (
         "$CREDENTIALS_DIRECTORY/NAME",

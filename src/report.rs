@@ -576,7 +576,7 @@ pub fn history(rows: &[HistoryRow], look: &Look) -> String {
     )
 }
 
-/// The daemons a shared database records, oldest first; for a SQLite database (`sole`), that
+/// The daemons a shared database records, oldest first, the leader among them; for a SQLite database (`sole`), that
 /// it has one daemon and no record of it.
 pub fn instances(rows: &[InstanceRow], sole: bool) -> String {
     if sole {
@@ -596,6 +596,7 @@ pub fn instances(rows: &[InstanceRow], sole: bool) -> String {
                 i.started_at.clone(),
                 i.heartbeat_at.clone(),
                 if i.live { "live" } else { "ran out" }.to_owned(),
+                if i.leader { "leader" } else { "" }.to_owned(),
                 i.jobs.to_string(),
             ]
         })
@@ -608,6 +609,7 @@ pub fn instances(rows: &[InstanceRow], sole: bool) -> String {
             "STARTED",
             "HEARTBEAT",
             "LEASE",
+            "ROLE",
             "JOBS HELD",
         ],
         &body,

@@ -19,7 +19,6 @@ pub use batchwatch_store::ops::lease::Leases;
 pub use batchwatch_store::ops::submit::Submit;
 pub use batchwatch_store::ops::track::Track;
 pub use batchwatch_store::*;
-pub use batchwatch_store_postgres::SoleWriter;
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
@@ -105,15 +104,6 @@ impl Store {
                     postgres::Store::open(url, password.as_deref(), wait, access).await?,
                 ))
             }
-        }
-    }
-
-    /// Holds a PostgreSQL database for this daemon alone, for as long as the guard lives; a
-    /// SQLite database is held by the instance lock's file instead (`None`).
-    pub async fn hold_sole_writer(&self) -> Result<Option<postgres::SoleWriter>, StoreError> {
-        match self {
-            Store::Sqlite(_) => Ok(None),
-            Store::Postgres(s) => Ok(Some(s.hold_sole_writer().await?)),
         }
     }
 
@@ -251,11 +241,11 @@ Reads {
     overview(filter: &Filter, limit: i64) -> Vec<JobOverview>;
     jobs_of_file(name: &str, paths: &[String]) -> Vec<String>;
     job_state_counts() -> Vec<(JobState, i64)>;
-    past_deadline(now: &str) -> Vec<String>;
-    unfinished_jobs() -> Vec<String>;
-    cancel_pending() -> Vec<String>;
-    validating_jobs(limit: usize) -> Vec<String>;
-    finishable_jobs() -> Vec<String>;
+    past_deadline(held_by: &Lease, now: &str) -> Vec<String>;
+    unfinished_jobs(held_by: &Lease) -> Vec<String>;
+    cancel_pending(held_by: &Lease) -> Vec<String>;
+    validating_jobs(held_by: &Lease, limit: usize) -> Vec<String>;
+    finishable_jobs(held_by: &Lease) -> Vec<String>;
     submission(id: i64) -> Option<Submission>;
     submission_by_remote_id(remote_id: &str) -> Option<Submission>;
     submission_by_attempt(job_id: &str, part: i64, attempt: i64) -> Option<Submission>;
@@ -263,12 +253,12 @@ Reads {
     recorded_submissions() -> Vec<(String, String, i64, i64)>;
     watched_for_duplicates(since: &str) -> Vec<Submission>;
     batch_status_counts() -> Vec<(BatchStatus, i64)>;
-    due_in_state(state: SubmissionState, now: &str) -> Vec<i64>;
-    due_for_submit(now: &str, held_models: &[String], unverified_jobs: &[String], limit: i64) -> Vec<i64>;
+    due_in_state(held_by: &Lease, state: SubmissionState, now: &str) -> Vec<i64>;
+    due_for_submit(held_by: &Lease, now: &str, held_models: &[String], unverified_jobs: &[String], limit: i64) -> Vec<i64>;
     due_for_poll(now: &str, limit: i64) -> Vec<i64>;
     tracked() -> Vec<Tracked>;
     poll_load(now: &str, soon: &str) -> PollLoad;
-    next_due(busy_submissions: &[i64], busy_jobs: &[&str], polls: bool) -> Option<String>;
+    next_due(held_by: &Lease, busy_submissions: &[i64], busy_jobs: &[&str], polls: bool) -> Option<String>;
     history(batch_id: i64) -> Vec<HistoryRow>;
     parent_of(id: &str) -> Option<String>;
     chain(id: &str) -> Vec<Link>;
@@ -336,6 +326,7 @@ Leases {
     register(who: &Instance, ttl: Duration, now: &str) -> Lease;
     renew(lease: &Lease, ttl: Duration, now: &str) -> ();
     take_over(lease: &Lease, limit: i64, now: &str) -> Vec<String>;
+    elect(lease: &Lease, term: Duration) -> bool;
     resign(lease: &Lease) -> ();
     instances() -> Vec<InstanceRow>;
 }

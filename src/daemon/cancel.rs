@@ -65,10 +65,11 @@ pub async fn request(
     Ok(Requested { asked, job })
 }
 
-/// Marks every job past its deadline for cancel.
+/// Marks every job this instance holds past its deadline for cancel (on a shared store, a job
+/// nobody holds is marked by the instance that takes it over, within a third of a lease).
 pub async fn enforce_deadlines(ctx: &Ctx) -> anyhow::Result<()> {
     let now = ctx.now();
-    for job_id in ctx.store.past_deadline(&now).await? {
+    for job_id in ctx.store.past_deadline(&ctx.lease, &now).await? {
         let done = request(&ctx.store, &job_id, Reason::Deadline, &now).await?;
         if done.asked {
             tracing::warn!(job = %job_id, deadline = %done.job.deadline_at, "deadline passed: cancelling");
@@ -82,7 +83,7 @@ pub async fn enforce_deadlines(ctx: &Ctx) -> anyhow::Result<()> {
 pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<Vec<i64>> {
     let now = ctx.now();
     let mut need_request = Vec::new();
-    for job_id in ctx.store.cancel_pending().await? {
+    for job_id in ctx.store.cancel_pending(&ctx.lease).await? {
         // What was never sent cannot be told before the service was asked.
         if ctx.unverified.contains(&job_id) {
             continue;
@@ -153,6 +154,7 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         return Ok(());
     };
     ctx.store.arm_cancel(&ctx.lease, row.id, &now).await?;
+    ctx.may_send()?;
     match ctx.client.cancel_batch(&remote).await {
         Ok(batch) => {
             mark_sent(&ctx, row.id).await?;

@@ -8,7 +8,7 @@ use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::daemon::gate::Gate;
 use crate::daemon::schedule::Schedule;
-use crate::daemon::shared::{DuplicateWatch, Sweeps, Unverified};
+use crate::daemon::shared::{DuplicateWatch, Sweeps, Tenure, Unverified};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::prelude::*;
@@ -23,6 +23,8 @@ pub struct Ctx {
     pub store: Store,
     /// The lease every write that moves a job or a submission carries.
     pub lease: Lease,
+    /// Whether this instance leads, and whether a request may start under its lease.
+    pub tenure: Arc<Tenure>,
     pub queue: Queue,
     pub client: Client,
     /// The one clock: stored times, timers and back-offs all read it.
@@ -43,6 +45,20 @@ impl Ctx {
     pub fn now(&self) -> String {
         clock::format(self.clock.now())
     }
+
+    /// The lease the leader's work writes under (tracking, housekeeping, the duplicate watch):
+    /// let through for jobs other instances hold while this instance's term as leader runs.
+    pub fn leader_lease(&self) -> Lease {
+        self.lease.as_leader()
+    }
+
+    /// Whether a request to the service that changes something there (an upload, a create, a
+    /// cancel, a deletion) may start: only while the lease it was intended under has more
+    /// than a request's timeout left.
+    pub fn may_send(&self) -> anyhow::Result<()> {
+        self.tenure
+            .may_send(self.settings.api.request_timeout.get())
+    }
 }
 
 /// Which time a deferred step waits on.
@@ -62,12 +78,14 @@ pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::R
     let at = clock::format(clock::add(now_ts, delay));
     let now = clock::format(now_ts);
     let error = err.to_string();
-    let lease = &ctx.lease;
     match next {
-        Next::Poll => ctx.store.defer_poll(lease, row, &at, &error, &now).await?,
+        Next::Poll => {
+            let lease = &ctx.leader_lease();
+            ctx.store.defer_poll(lease, row, &at, &error, &now).await?
+        }
         Next::Step => {
             ctx.store
-                .postpone(lease, row, &at, Some(&error), &now)
+                .postpone(&ctx.lease, row, &at, Some(&error), &now)
                 .await?
         }
     }

@@ -106,8 +106,10 @@
 //! * [`finish`]: downloads ([`finish::collect`]), a job's outcome, merged results and manifest;
 //! * [`runtime`]: the API key's checks ([`runtime::key`]), reload (a new configuration applied
 //!   to the running engine, the one activity that reaches it), the service manager's status,
-//!   and the instance lock
-//!   ([`runtime::instance`]): only one daemon runs on a queue tree and a database at a time.
+//!   the instance lock ([`runtime::instance`]: one daemon per queue tree and SQLite database),
+//!   and the lease and the leader's term on a shared PostgreSQL database ([`runtime::lease`]):
+//!   each instance works on the jobs it holds, and the leader alone tracks the batches and
+//!   keeps house.
 //!
 //! This module is the engine: the loop, its tasks and their failures, and its timers.
 
@@ -176,6 +178,9 @@ struct Timers {
     /// finished or such a task ended, and at the next deletion's retry time. Never in every
     /// round, which stays free of their queries.
     housekeeping: Timer,
+    /// When to take over the jobs of instances whose lease ran out (a shared store): every
+    /// renewal period.
+    takeover: Timer,
 }
 
 impl Timers {
@@ -187,13 +192,20 @@ impl Timers {
             duplicate_check: Timer::at(now),
             prune: Timer::at(now),
             housekeeping: Timer::at(now),
+            takeover: Timer::at(now),
         }
     }
 
     /// The timers of the work a full round starts (the scan, and the sweep of processing/ that
     /// rides on it, run in quiet rounds too).
     fn for_rounds(&self) -> impl Iterator<Item = Timer> {
-        [self.duplicate_check, self.prune, self.housekeeping].into_iter()
+        [
+            self.duplicate_check,
+            self.prune,
+            self.housekeeping,
+            self.takeover,
+        ]
+        .into_iter()
     }
 }
 
@@ -245,12 +257,16 @@ pub struct Daemon {
     health: Arc<Health>,
     endpoint: Option<endpoint::Server>,
     stuck: stuck::Watch,
-    /// Held until the daemon is dropped, so no second one starts on the same queue or database.
+    /// Held until the daemon is dropped, so no second one starts on the same queue or SQLite
+    /// database.
     _instance: instance::InstanceLock,
-    /// A PostgreSQL database held for this daemon alone, for its whole life.
-    _sole_writer: Option<crate::store::SoleWriter>,
-    /// Renews the daemon's lease ([`runtime::lease::renew`]) until the daemon stops.
-    renewing: tokio::task::JoinHandle<()>,
+    /// The lengths of the lease and of a leader's term.
+    terms: runtime::lease::Terms,
+    /// Whether this instance led at the last round: a change makes the next round a full one.
+    led: bool,
+    /// Renews the daemon's lease and stands for leader ([`runtime::lease::keep`]) until the
+    /// daemon stops.
+    keeping: tokio::task::JoinHandle<()>,
 }
 
 /// Runs the daemon on `settings` and `key` (as [`crate::preflight::check`] passed them) until
@@ -271,16 +287,33 @@ pub async fn run(
     }
     let mut daemon = Daemon::start(settings, key, Clock::System).await?;
     daemon.notifier.ready(&daemon.ctx).await;
-    let signal = loop {
-        match daemon.run_until(signals.recv()).await {
+    let tenure = daemon.ctx.tenure.clone();
+    let stop = loop {
+        let stop = async {
+            tokio::select! {
+                signal = signals.recv() => signal,
+                () = tenure.lost() => LEASE_LOST,
+            }
+        };
+        match daemon.run_until(stop).await {
             "SIGHUP" => daemon.reload(file.as_deref(), &log).await,
             other => break other,
         }
     };
-    tracing::info!(signal, "stopping");
+    tracing::info!(signal = stop, "stopping");
     daemon.shutdown().await;
+    if stop == LEASE_LOST {
+        anyhow::bail!(
+            "the daemon's lease on the database was lost (it did not renew it within \
+             database.lease): another instance may hold its jobs now, so it stopped; started \
+             again, it registers anew"
+        );
+    }
     Ok(())
 }
+
+/// What stops the loop when the lease was lost, beside the signals' names.
+const LEASE_LOST: &str = "lease lost";
 
 impl Daemon {
     /// Opens everything, recovers what a previous run left, and does the first round.
@@ -300,11 +333,8 @@ impl Daemon {
         let store = Store::open_configured(&settings.database, Access::Migrate)
             .await
             .context("opening the database")?;
-        let sole_writer = store
-            .hold_sole_writer()
-            .await
-            .context("opening the database")?;
-        let lease = runtime::lease::begin(&store, &clock)
+        let terms = runtime::lease::Terms::of(settings.database.lease.get());
+        let (lease, tenure) = runtime::lease::begin(&store, &clock, terms)
             .await
             .context("taking the database's lease")?;
         let changes = store
@@ -350,6 +380,7 @@ impl Daemon {
             schedule: Arc::new(schedule.clone()),
             store,
             lease,
+            tenure: Arc::new(tenure),
             queue,
             client,
             clock,
@@ -390,20 +421,24 @@ impl Daemon {
             endpoint,
             stuck: stuck::Watch::default(),
             _instance: instance,
-            _sole_writer: sole_writer,
-            renewing: tokio::spawn(runtime::lease::renew(
+            terms,
+            led: false,
+            keeping: tokio::spawn(runtime::lease::keep(
                 ctx.store.clone(),
                 ctx.lease,
+                ctx.tenure.clone(),
                 ctx.clock.clone(),
+                terms,
             )),
             ctx,
         };
         recover::recover(&daemon.ctx)
             .await
             .context("recovering from the previous run")?;
-        // The database may lag the service (a restored backup, lost writes): every job it
-        // left unfinished is checked before anything is sent for it.
-        for job in daemon.ctx.store.unfinished_jobs().await? {
+        // The database may lag the service (a restored backup, lost writes), and a job taken
+        // over may have had anything under way: every unfinished job this daemon holds is
+        // checked before anything is sent for it.
+        for job in daemon.ctx.store.unfinished_jobs(&daemon.ctx.lease).await? {
             daemon.ctx.unverified.add(&job);
         }
         daemon.health.recovered();
@@ -471,7 +506,9 @@ impl Daemon {
                 self.health.round_failed(error);
             }
         }
-        self.stuck.check(&self.ctx).await;
+        if self.ctx.tenure.leads() {
+            self.stuck.check(&self.ctx).await;
+        }
         self.notifier.status(&self.ctx, self.in_flight.len()).await;
     }
 
@@ -479,6 +516,13 @@ impl Daemon {
         use Task as T;
         let ctx = self.ctx.clone();
         let now = ctx.clock.now();
+        if ctx.tenure.leads() != self.led {
+            // Elected, or no longer leading: the leader's work starts or stops now.
+            self.led = !self.led;
+            ctx.metrics.leading(self.led);
+            self.quiet_until = None;
+            self.stored_timer = None;
+        }
         let budget = ctx.settings.limits.tasks();
         if self.claiming && self.timers.scan.due(now) {
             let unsettled =
@@ -515,7 +559,7 @@ impl Daemon {
             let room = budget.saturating_sub(self.in_flight.len());
             for job in ctx
                 .store
-                .validating_jobs(room + self.in_flight.len())
+                .validating_jobs(&ctx.lease, room + self.in_flight.len())
                 .await?
             {
                 if self.in_flight.len() >= budget {
@@ -527,6 +571,9 @@ impl Daemon {
                     intake::validate(ctx.clone(), job),
                 );
             }
+        }
+        if !ctx.lease.is_sole() && self.timers.takeover.fire(now, self.terms.renew_every) {
+            self.take_over().await;
         }
         cancel::enforce_deadlines(&ctx).await?;
         let cancels = cancel::pending(&ctx, &self.in_flight).await?;
@@ -565,7 +612,9 @@ impl Daemon {
                 );
             }
         }
-        if !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx).await? {
+        // What must run once for the fleet runs on the leader alone.
+        let leads = ctx.tenure.leads();
+        if leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx).await? {
             let busy = self.in_flight.iter().filter_map(|s| match s {
                 Subject::Submission(id) => Some(*id),
                 _ => None,
@@ -574,7 +623,7 @@ impl Daemon {
             self.spawn(Subject::Sweep, T::Sweep, sweep::sweep(ctx.clone(), busy));
         }
         // While a sweep runs, it does the polls (and retrieves what it did not see).
-        if !self.in_flight.contains(&Subject::Sweep) {
+        if leads && !self.in_flight.contains(&Subject::Sweep) {
             for row in poll::due(&ctx).await? {
                 if self.in_flight.len() >= budget {
                     break;
@@ -593,10 +642,11 @@ impl Daemon {
                 collect::collect(ctx.clone(), row),
             );
         }
-        if self
-            .timers
-            .duplicate_check
-            .fire(now, ctx.schedule.duplicate_check_every)
+        if leads
+            && self
+                .timers
+                .duplicate_check
+                .fire(now, ctx.schedule.duplicate_check_every)
         {
             self.spawn(
                 Subject::Duplicates,
@@ -604,10 +654,10 @@ impl Daemon {
                 reconcile::cancel_duplicates(ctx.clone()),
             );
         }
-        if self.timers.prune.fire(now, retention::EVERY) && ctx.settings.retention.any() {
+        if leads && self.timers.prune.fire(now, retention::EVERY) && ctx.settings.retention.any() {
             self.spawn(Subject::Retention, T::Prune, retention::run(ctx.clone()));
         }
-        if self.timers.housekeeping.take_due(now) {
+        if leads && self.timers.housekeeping.take_due(now) {
             let mut busy = false;
             if resubmit::due(&ctx).await? {
                 busy |= !self.spawn(
@@ -633,7 +683,7 @@ impl Daemon {
                 self.timers.housekeeping.arm_after(now, later);
             }
         }
-        for job in ctx.store.finishable_jobs().await? {
+        for job in ctx.store.finishable_jobs(&ctx.lease).await? {
             self.spawn(
                 Subject::Job(job.clone()),
                 T::Finish,
@@ -641,6 +691,32 @@ impl Daemon {
             );
         }
         Ok(())
+    }
+
+    /// Takes over the unfinished jobs of instances whose lease ran out: each is checked against
+    /// the service before anything is sent for it, as after a restart. A takeover that fails
+    /// (a lock held by a stopped instance's transaction, the database away) is tried again at
+    /// the next period; the round goes on.
+    async fn take_over(&mut self) {
+        let ctx = &self.ctx;
+        let taken = match ctx.store.take_over(&ctx.lease, i64::MAX, &ctx.now()).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::chain(&e), "cannot take over the jobs of instances whose lease ran out; trying again later");
+                return;
+            }
+        };
+        if !taken.is_empty() {
+            tracing::warn!(
+                jobs = taken.len(),
+                "took over the jobs of an instance whose lease ran out; checking them against the service first"
+            );
+            ctx.metrics.jobs_taken_over(taken.len());
+            for job in &taken {
+                ctx.unverified.add(job);
+            }
+            self.verify_due = true;
+        }
     }
 
     /// Whether this round may stop after its scan: no task ended, nothing was committed (by
@@ -696,7 +772,12 @@ impl Daemon {
         let scan = self.timers.scan.when().filter(|_| self.claiming);
         let next = [for_rounds, scan, self.notifier.next_due()];
         let nearest = next.into_iter().flatten().min().unwrap_or(now);
-        clock::between(now, nearest).clamp(MIN_SLEEP, MAX_SLEEP)
+        // On a shared store, who leads may change between elections: the loop looks as often.
+        let longest = match self.ctx.lease.is_sole() {
+            true => MAX_SLEEP,
+            false => self.terms.elect_every.clamp(MIN_SLEEP, MAX_SLEEP),
+        };
+        clock::between(now, nearest).clamp(MIN_SLEEP, longest)
     }
 
     /// The nearest time the database holds for work not under way and not waiting to retry.
@@ -715,9 +796,15 @@ impl Daemon {
                 _ => {}
             }
         }
-        // A sweep under way does the polls due; it wakes the loop when it ends.
-        let polls = !self.in_flight.contains(&Subject::Sweep);
-        let at = self.ctx.store.next_due(&submissions, &jobs, polls).await?;
+        // A sweep under way does the polls due; it wakes the loop when it ends. Another
+        // instance that leads does them all.
+        let polls = self.ctx.tenure.leads() && !self.in_flight.contains(&Subject::Sweep);
+        let lease = &self.ctx.lease;
+        let at = self
+            .ctx
+            .store
+            .next_due(lease, &submissions, &jobs, polls)
+            .await?;
         // "" is a poll due now; anything unreadable counts as now too.
         Ok(at.map_or_else(Timer::default, |t| {
             Timer::at(clock::parse(&t).unwrap_or(now))
@@ -848,7 +935,7 @@ impl Daemon {
         if let Some(changes) = self.changes.take() {
             changes.close().await;
         }
-        self.renewing.abort();
+        self.keeping.abort();
         // A clean stop ends the lease at once: the next run need not wait for it to run out.
         if let Err(e) = self.ctx.store.resign(&self.ctx.lease).await {
             tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be ended; it runs out by itself");

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// Batches per list page: the most the API gives.
 pub const PAGE: u32 = 100;
@@ -141,5 +142,116 @@ impl Task {
     /// reconciled, a download, a file's move); retention and resubmission are local and short.
     pub fn stops_at_once(self) -> bool {
         matches!(self, Task::DeleteRemoteFiles)
+    }
+}
+
+/// What this instance knows of its lease and of its term as leader (`runtime::lease` keeps it
+/// current), by the process's own monotonic clock: whether it leads now, and whether a request
+/// to the service may start. Each runs from when the renewal that granted it was sent, so the
+/// instance never believes it holds longer than the database does.
+#[derive(Debug)]
+pub struct Tenure {
+    /// `None`: a store this daemon writes alone (`Lease::SOLE`): it always leads, and its
+    /// lease never runs out.
+    times: Option<Mutex<Times>>,
+    /// Set once the lease was found lost: the daemon stops (`Tenure::lost`).
+    lost: tokio::sync::Notify,
+    is_lost: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    lease_until: Instant,
+    leads_until: Option<Instant>,
+}
+
+/// How long before its term ends by its own clock a leader stops leading, so that it has
+/// stopped before the database lets another instance be elected (a quarter of a term shorter
+/// than four seconds).
+pub const STEP_DOWN_EARLY: Duration = Duration::from_secs(1);
+
+impl Tenure {
+    /// The tenure of the one daemon that writes its store.
+    pub fn sole() -> Tenure {
+        Tenure {
+            times: None,
+            lost: tokio::sync::Notify::new(),
+            is_lost: AtomicBool::new(false),
+        }
+    }
+
+    /// The tenure of an instance registered at `registered` (when the registration was sent)
+    /// for `ttl`, not leading yet.
+    pub fn shared(registered: Instant, ttl: Duration) -> Tenure {
+        Tenure {
+            times: Some(Mutex::new(Times {
+                lease_until: registered + ttl,
+                leads_until: None,
+            })),
+            ..Tenure::sole()
+        }
+    }
+
+    /// Whether this instance leads now.
+    pub fn leads(&self) -> bool {
+        self.times.as_ref().is_none_or(|times| {
+            let times = times.lock().expect("lock");
+            times
+                .leads_until
+                .is_some_and(|until| Instant::now() < until)
+        })
+    }
+
+    /// The lease was renewed by a request sent at `sent`, for `ttl`.
+    pub fn renewed(&self, sent: Instant, ttl: Duration) {
+        if let Some(times) = &self.times {
+            times.lock().expect("lock").lease_until = sent + ttl;
+        }
+    }
+
+    /// An election sent at `sent` made this instance leader for `term` (`Some`), or another
+    /// instance leads (`None`).
+    pub fn elected(&self, sent: Instant, term: Option<Duration>) {
+        if let Some(times) = &self.times {
+            times.lock().expect("lock").leads_until =
+                term.map(|term| sent + term.saturating_sub(STEP_DOWN_EARLY.min(term / 4)));
+        }
+    }
+
+    /// Whether a request that may take up to `timeout` may start: only while the lease has
+    /// at least that long left, so no request goes out under a lease that ends before it
+    /// does. The error says how much is left.
+    pub fn may_send(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(times) = &self.times else {
+            return Ok(());
+        };
+        let left = times
+            .lock()
+            .expect("lock")
+            .lease_until
+            .saturating_duration_since(Instant::now());
+        if self.is_lost.load(Ordering::Relaxed) || left < timeout {
+            anyhow::bail!(
+                "the lease has {} left, less than the request's timeout ({}); the request waits for its renewal",
+                crate::clock::humanize(left),
+                crate::clock::humanize(timeout)
+            );
+        }
+        Ok(())
+    }
+
+    /// The lease was found lost: nothing more may be sent, and the daemon stops.
+    pub fn lose(&self) {
+        self.is_lost.store(true, Ordering::Relaxed);
+        self.lost.notify_waiters();
+        self.lost.notify_one();
+    }
+
+    /// Resolves once the lease was found lost.
+    pub async fn lost(&self) {
+        if self.is_lost.load(Ordering::Relaxed) {
+            return;
+        }
+        self.lost.notified().await;
     }
 }

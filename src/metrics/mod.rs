@@ -240,6 +240,8 @@ struct Inner {
     token_limit_refusals: Family<ModelLabel, Counter>,
     reconciliations: Family<ReconcileLabels, Counter>,
     duplicates_cancelled: Counter,
+    jobs_taken_over: Counter,
+    leader: Gauge,
     job_duration: Histograms<StateLabel>,
     batch_duration: Histograms<StatusLabel>,
     status_duration: Histograms<StatusLabel>,
@@ -443,6 +445,18 @@ impl Metrics {
             "Late duplicate batches of re-sent creates found and cancelled",
             duplicates_cancelled.clone(),
         );
+        let jobs_taken_over = Counter::default();
+        registry.register(
+            "jobs_taken_over",
+            "Unfinished jobs this instance took over from instances whose lease ran out (several daemons on PostgreSQL)",
+            jobs_taken_over.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance leads (tracks the batches and keeps house for every daemon on its database), else 0",
+            leader.clone(),
+        );
         let job_duration: Histograms<StateLabel> = Family::new_with_constructor(life_histogram);
         registry.register(
             "job_duration_seconds",
@@ -554,6 +568,8 @@ impl Metrics {
                 token_limit_refusals,
                 reconciliations,
                 duplicates_cancelled,
+                jobs_taken_over,
+                leader,
                 job_duration,
                 batch_duration,
                 status_duration,
@@ -644,6 +660,18 @@ impl Metrics {
     /// A late duplicate batch was cancelled.
     pub fn duplicate_cancelled(&self) {
         self.inner.duplicates_cancelled.inc();
+    }
+
+    /// `jobs` unfinished jobs were taken over from instances whose lease ran out.
+    pub fn jobs_taken_over(&self, jobs: usize) {
+        self.inner
+            .jobs_taken_over
+            .inc_by(u64::try_from(jobs).unwrap_or(u64::MAX));
+    }
+
+    /// Whether this instance leads now.
+    pub fn leading(&self, leads: bool) {
+        self.inner.leader.set(i64::from(leads));
     }
 
     /// A job ended in `state`, `claimed_at` (its `created_at`) to `now`.

@@ -93,6 +93,12 @@ const CASES: &[Case] = &[
         "is not a valid name",
     ),
     (
+        "[database]\nurl = \"postgres://db/batchwatch\"\nlease = \"60s\"\n",
+        &[],
+        "`database.lease`",
+        "must be at least 91s (1.5 × api.request_timeout, and a second)",
+    ),
+    (
         "[queue]\ndirr = \"/x\"\n",
         &[],
         "`queue.dirr`",

@@ -21,7 +21,8 @@ use batchwatch_store_sqlite::{Access, Store};
 use serde_json::json;
 
 use crate::support::daemon::{
-    Env, assert_never_two_live_batches, quick_sim, requests, slow_sim, wait_crash,
+    Env, assert_duplicate_reported, assert_never_two_live_batches, quick_sim, requests, slow_sim,
+    wait_crash, wait_duplicate_cancelled,
 };
 use crate::support::in_process::InProcess;
 use crate::support::sim::{TestSim, spawn_sim};
@@ -149,41 +150,10 @@ async fn a_create_that_lands_after_reconciliation_is_found_and_its_duplicate_can
     let job_id = jobs[0].id.clone();
 
     // The late batch appears, and is cancelled as the duplicate it is.
-    let duplicate = wait_until(
-        "the late batch cancelled as a duplicate",
-        Duration::from_secs(20),
-        async || {
-            let stats = sim.handle.stats().await;
-            let mine: Vec<_> = stats
-                .batches
-                .into_iter()
-                .filter(|b| b.job_id.as_deref() == Some(job_id.as_str()))
-                .collect();
-            let cancelled = mine.iter().find(|b| b.status == "cancelled").cloned();
-            (mine.len() == 2 && cancelled.is_some(), (cancelled, mine))
-        },
-    )
-    .await
-    .0
-    .unwrap();
+    let duplicate = wait_duplicate_cancelled(&sim, &job_id, Duration::from_secs(20)).await;
     let log = env.stop(daemon);
-    assert!(
-        log.iter().any(|l| l.contains("duplicated batch")),
-        "the duplicate is reported"
-    );
-    let store = env.store().await;
-    let events = store.job_events(&job_id).await.unwrap();
-    assert!(
-        events.iter().any(|e| e
-            .message
-            .contains(&format!("batch {} duplicated", duplicate.id))),
-        "{events:?}"
-    );
     // The job's own batch is the one that completed, and its results are whole.
-    let subs = store.submissions_of(&job_id).await.unwrap();
-    assert_eq!(subs.len(), 1);
-    assert_ne!(subs[0].remote_id.as_deref(), Some(duplicate.id.as_str()));
-    assert!(subs[0].resent_at.is_some());
+    assert_duplicate_reported(&log, &env.store().await, &job_id, &duplicate.id).await;
 }
 
 /// A create whose answer cannot be recorded (here SQLITE_BUSY: another process holds the write

@@ -19,6 +19,7 @@ mod daemon_upgrade;
 mod demo;
 mod doctor;
 mod e2e_containers;
+mod fleet;
 mod housekeeping;
 mod metrics;
 mod metrics_limits;

@@ -233,31 +233,40 @@ async fn register(store: &Store, name: &str, ttl: Duration) -> Lease {
 
 const NOW: &str = "2026-12-07T10:00:00.000Z";
 
-#[tokio::test]
-async fn a_lease_that_ran_out_moves_nothing_and_its_jobs_are_taken_over_under_a_greater_epoch() {
-    let Some(url) = postgres::database().await else {
-        return;
-    };
-    let location = DatabaseLocation::Postgres(url);
-    let store = Store::open_at(&location, None, Duration::from_secs(5), Access::Migrate)
-        .await
-        .expect("open");
-    let a = register(&store, "a", Duration::from_secs(1)).await;
-    let b = register(&store, "b", Duration::from_secs(600)).await;
-    assert!(b.epoch() > a.epoch());
+/// A fresh database of the test server, opened as a daemon opens it (None, after saying why,
+/// when there is no server).
+async fn fresh_store() -> Option<Store> {
+    let location = DatabaseLocation::Postgres(postgres::database().await?);
+    let store = Store::open_at(&location, None, Duration::from_secs(5), Access::Migrate).await;
+    Some(store.expect("open"))
+}
 
-    // A claims a job: A holds it, and B may not move it.
-    let job = NewJob {
-        id: "job_leased",
+/// A job claimed from `path`, of ten bytes, due in a day.
+fn new_job<'a>(id: &'a str, path: &'a str) -> NewJob<'a> {
+    NewJob {
+        id,
         file_name: "f.jsonl",
-        path: "processing/job_leased/f.jsonl",
+        path,
         size_bytes: 10,
         endpoint: None,
         completion_window: "24h",
         deadline_at: "2026-12-08T10:00:00.000Z",
         metadata: "{}",
         output_expires_after: None,
+    }
+}
+
+#[tokio::test]
+async fn a_lease_that_ran_out_moves_nothing_and_its_jobs_are_taken_over_under_a_greater_epoch() {
+    let Some(store) = fresh_store().await else {
+        return;
     };
+    let a = register(&store, "a", Duration::from_secs(1)).await;
+    let b = register(&store, "b", Duration::from_secs(600)).await;
+    assert!(b.epoch() > a.epoch());
+
+    // A claims a job: A holds it, and B may not move it.
+    let job = new_job("job_leased", "processing/job_leased/f.jsonl");
     store.claim(&a, &job, None, None, NOW).await.expect("claim");
     let parts = [Part {
         start: 0,
@@ -364,6 +373,108 @@ async fn a_lease_that_ran_out_moves_nothing_and_its_jobs_are_taken_over_under_a_
         .await
         .unwrap();
     assert!(asked);
+    store.close().await;
+}
+
+/// One leader at a time, elected through its row: a term is renewed by its holder, passes to
+/// another instance only once it ran out, never to an instance whose lease ran out; and a
+/// write as leader on a job another instance holds goes through while, and only while, the
+/// writer's term runs.
+#[tokio::test]
+async fn one_leader_at_a_time_whose_writes_on_others_jobs_pass_only_while_its_term_runs() {
+    let Some(store) = fresh_store().await else {
+        return;
+    };
+    let term = Duration::from_millis(800);
+    let a = register(&store, "a", Duration::from_secs(600)).await;
+    let b = register(&store, "b", Duration::from_secs(600)).await;
+    assert!(
+        store.elect(&a, term).await.unwrap(),
+        "nobody led: a is elected"
+    );
+    assert!(!store.elect(&b, term).await.unwrap(), "a's term runs");
+    assert!(store.elect(&a, term).await.unwrap(), "a renews its term");
+    let leaders = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let rows = store.instances().await.unwrap();
+            rows.iter()
+                .filter(|i| i.leader)
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(leaders(&store).await, ["a"]);
+
+    // A holds a job; B, not leading, may not write on it, even as leader.
+    let job = new_job("job_led", "processing/job_led/f.jsonl");
+    store.claim(&a, &job, None, None, NOW).await.expect("claim");
+    for lease in [b, b.as_leader()] {
+        let refused = store.note(&lease, "job_led", "seen by b", NOW).await;
+        assert!(
+            matches!(refused, Err(StoreError::NotHeld(_))),
+            "{refused:?}"
+        );
+    }
+
+    // A's term runs out unrenewed: B is elected, and its writes as leader pass; A's as
+    // leader pass only on the job it holds itself.
+    tokio::time::sleep(term + Duration::from_millis(200)).await;
+    assert!(store.elect(&b, term).await.unwrap(), "a's term ran out");
+    assert!(!store.elect(&a, term).await.unwrap(), "b's term runs");
+    assert_eq!(leaders(&store).await, ["b"]);
+    store
+        .note(&b.as_leader(), "job_led", "seen by the leader", NOW)
+        .await
+        .expect("the leader writes on a job it does not hold");
+    let refused = store
+        .note(&b, "job_led", "seen by b, not as leader", NOW)
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::NotHeld(_))),
+        "{refused:?}"
+    );
+    store
+        .note(&a.as_leader(), "job_led", "seen by its holder", NOW)
+        .await
+        .expect("the holder writes on its job, leading or not");
+
+    // B's term runs out in turn: its writes as leader are refused from then on.
+    tokio::time::sleep(term + Duration::from_millis(200)).await;
+    let refused = store.note(&b.as_leader(), "job_led", "late", NOW).await;
+    assert!(
+        matches!(refused, Err(StoreError::NotHeld(_))),
+        "{refused:?}"
+    );
+    let events: Vec<String> = store
+        .job_events("job_led")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        events.contains(&"seen by the leader".to_owned()),
+        "{events:?}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.starts_with("seen by b") || e == "late"),
+        "{events:?}"
+    );
+
+    // An instance whose lease ran out is not elected, even with nobody leading.
+    let c = register(&store, "c", Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!store.elect(&c, term).await.unwrap(), "c's lease ran out");
+    // A clean stop ends the term at once.
+    assert!(store.elect(&a, term).await.unwrap());
+    store.resign(&a).await.unwrap();
+    assert!(
+        store.elect(&b, term).await.unwrap(),
+        "a resigned: b is elected at once"
+    );
     store.close().await;
 }
 

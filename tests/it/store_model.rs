@@ -433,7 +433,7 @@ async fn operate(
                 (JobState::Completed, None)
             } else {
                 // The daemon finishes the jobs the store lists as finishable.
-                if !store.finishable_jobs().await?.contains(&j.id) {
+                if !store.finishable_jobs(lease).await?.contains(&j.id) {
                     return Ok(false);
                 }
                 let rows = store.submissions_of(&j.id).await?;

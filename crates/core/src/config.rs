@@ -113,6 +113,10 @@ pub struct DatabaseSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_credential: Option<String>,
     pub busy_timeout: Dur,
+    /// How long an instance's lease on the jobs it holds runs without a renewal (several
+    /// daemons on one PostgreSQL database): how long a daemon that stopped answering keeps its
+    /// jobs from the others.
+    pub lease: Dur,
 }
 
 /// Where the database is, and in which backend.
@@ -889,6 +893,22 @@ impl Settings {
         }
         positive("queue.scan_interval", self.queue.scan_interval)?;
         positive("database.busy_timeout", self.database.busy_timeout)?;
+        if matches!(self.database.location(), DatabaseLocation::Postgres(_)) {
+            // A renewal comes every third of the lease, so two thirds of it are left at worst,
+            // and a request is started only while more than its timeout is left.
+            let least = self.api.request_timeout.get() * 3 / 2 + Duration::from_secs(1);
+            if self.database.lease.get() < least {
+                return Err(ConfigError::key(
+                    "database.lease",
+                    format!(
+                        "must be at least {}s (1.5 × api.request_timeout, and a second): a request \
+                         is started only while the lease has more than api.request_timeout left, \
+                         and it is renewed every third of its length",
+                        least.as_secs()
+                    ),
+                ));
+            }
+        }
 
         let url = self.api.base_url.trim();
         if url.is_empty() {

@@ -3,7 +3,7 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
-use super::StoreError;
+use super::{Lease, StoreError};
 use batchwatch_core::model::{BatchStatus, SubmissionState};
 pub use batchwatch_store::batches::{
     NewSubmission, Observation, PollLoad, Recorded, Submission, Tracked,
@@ -239,15 +239,18 @@ pub async fn status_counts(db: impl PgExecutor<'_>) -> Result<Vec<(BatchStatus, 
 /// The ids of the submissions in `state` whose next step is due at `now`.
 pub async fn due_in_state(
     db: impl PgExecutor<'_>,
+    held_by: &Lease,
     state: SubmissionState,
     now: &str,
 ) -> Result<Vec<i64>, StoreError> {
     Ok(sqlx::query_scalar!(
-        r#"SELECT id AS "id!" FROM batches
-           WHERE state = $1 AND (not_before IS NULL OR not_before <= $2)
-           ORDER BY id"#,
+        r#"SELECT b.id AS "id!" FROM batches b JOIN jobs j ON j.id = b.job_id
+           WHERE b.state = $1 AND (b.not_before IS NULL OR b.not_before <= $2)
+             AND ($3::BIGINT = 0 OR j.owner_epoch = $3)
+           ORDER BY b.id"#,
         state.as_str(),
-        now
+        now,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
@@ -259,6 +262,7 @@ pub async fn due_in_state(
 /// service (`unverified_jobs`) wait.
 pub async fn due_for_submit(
     db: impl PgExecutor<'_>,
+    held_by: &Lease,
     now: &str,
     held_models: &[String],
     unverified_jobs: &[String],
@@ -272,11 +276,13 @@ pub async fn due_for_submit(
              AND j.cancel_requested_at IS NULL
              AND (j.model IS NULL OR NOT (j.model = ANY($2)))
              AND NOT (j.id = ANY($3))
+             AND ($5::BIGINT = 0 OR j.owner_epoch = $5)
            ORDER BY b.id LIMIT $4"#,
         now,
         held_models,
         unverified_jobs,
-        limit
+        limit,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
@@ -341,6 +347,7 @@ pub async fn poll_load(
 /// unless `polls` (a list sweep under way does them).
 pub async fn next_due(
     db: impl PgExecutor<'_>,
+    held_by: &Lease,
     busy_submissions: &[i64],
     busy_jobs: &[&str],
     polls: bool,
@@ -357,23 +364,25 @@ pub async fn next_due(
                             ORDER BY next_poll_at LIMIT 1)
                       END AS t
                UNION ALL
-               SELECT (SELECT not_before FROM batches
-                       WHERE NOT terminal AND not_before IS NOT NULL
-                         AND NOT (id = ANY($1))
-                       ORDER BY not_before LIMIT 1)
+               SELECT (SELECT b.not_before FROM batches b JOIN jobs j ON j.id = b.job_id
+                       WHERE NOT b.terminal AND b.not_before IS NOT NULL
+                         AND NOT (b.id = ANY($1)) AND ($4::BIGINT = 0 OR j.owner_epoch = $4)
+                       ORDER BY b.not_before LIMIT 1)
                UNION ALL
                SELECT (SELECT deadline_at FROM jobs
                        WHERE NOT terminal AND cancel_requested_at IS NULL
+                         AND ($4::BIGINT = 0 OR owner_epoch = $4)
                        ORDER BY deadline_at LIMIT 1)
                UNION ALL
                SELECT (SELECT validate_after FROM jobs
                        WHERE state = 'validating' AND validate_after IS NOT NULL
-                         AND NOT (id = ANY($2))
+                         AND NOT (id = ANY($2)) AND ($4::BIGINT = 0 OR owner_epoch = $4)
                        ORDER BY validate_after LIMIT 1)
            ) AS due"#,
         busy_submissions,
         busy_jobs as &[&str],
         polls,
+        held_by.epoch(),
     )
     .fetch_one(db)
     .await?)
@@ -381,12 +390,18 @@ pub async fn next_due(
 
 /// Marks every upload or create that was under way as of unknown outcome: after a restart
 /// nobody knows whether it reached the server. Returns how many.
-pub async fn mark_in_flight_unknown(conn: &mut PgConnection, now: &str) -> Result<u64, StoreError> {
+pub async fn mark_in_flight_unknown(
+    conn: &mut PgConnection,
+    held_by: &Lease,
+    now: &str,
+) -> Result<u64, StoreError> {
     Ok(sqlx::query!(
         "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, $1), updated_at = $2
-         WHERE state IN ('uploading', 'creating')",
+         WHERE state IN ('uploading', 'creating')
+           AND ($3::BIGINT = 0 OR job_id IN (SELECT id FROM jobs WHERE owner_epoch = $3))",
         now,
-        now
+        now,
+        held_by.epoch()
     )
     .execute(conn)
     .await?

@@ -2,7 +2,7 @@
 
 use sqlx::{PgConnection, PgExecutor};
 
-use super::StoreError;
+use super::{Lease, StoreError};
 use batchwatch_core::model::FileLook;
 use batchwatch_core::model::JobState;
 pub use batchwatch_store::jobs::{Filter, Job, JobEvent, JobOverview, NewJob, RecordedFile, Why};
@@ -479,46 +479,66 @@ pub async fn state_counts(db: impl PgExecutor<'_>) -> Result<Vec<(JobState, i64)
 }
 
 /// Jobs past their deadline that are not finished and not yet marked for cancel.
-pub async fn past_deadline(db: impl PgExecutor<'_>, now: &str) -> Result<Vec<String>, StoreError> {
+pub async fn past_deadline(
+    db: impl PgExecutor<'_>,
+    held_by: &Lease,
+    now: &str,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE deadline_at <= $1 AND cancel_requested_at IS NULL
-             AND NOT terminal
+             AND NOT terminal AND ($2::BIGINT = 0 OR owner_epoch = $2)
            ORDER BY id"#,
-        now
+        now,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
 }
 
 /// The ids of the jobs that are not finished, oldest first.
-pub async fn unfinished(db: impl PgExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn unfinished(
+    db: impl PgExecutor<'_>,
+    held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
-           WHERE NOT terminal
-           ORDER BY id"#
+           WHERE NOT terminal AND ($1::BIGINT = 0 OR owner_epoch = $1)
+           ORDER BY id"#,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
 }
 
 /// Jobs marked for cancel that are not finished yet.
-pub async fn cancel_pending(db: impl PgExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn cancel_pending(
+    db: impl PgExecutor<'_>,
+    held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE cancel_requested_at IS NOT NULL
-             AND NOT terminal"#
+             AND NOT terminal AND ($1::BIGINT = 0 OR owner_epoch = $1)"#,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
 }
 
 /// Up to `limit` claimed jobs waiting for validation, oldest first.
-pub async fn validating(db: impl PgExecutor<'_>, limit: usize) -> Result<Vec<String>, StoreError> {
+pub async fn validating(
+    db: impl PgExecutor<'_>,
+    held_by: &Lease,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     Ok(sqlx::query_scalar!(
-        r#"SELECT id AS "id!" FROM jobs WHERE state = 'validating' ORDER BY id LIMIT $1"#,
-        limit
+        r#"SELECT id AS "id!" FROM jobs
+           WHERE state = 'validating' AND ($2::BIGINT = 0 OR owner_epoch = $2)
+           ORDER BY id LIMIT $1"#,
+        limit,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)
@@ -526,14 +546,18 @@ pub async fn validating(db: impl PgExecutor<'_>, limit: usize) -> Result<Vec<Str
 
 /// Jobs whose every submission is done with (a job in `collecting`, derived from its
 /// submissions, with none left to collect): ready to be finished.
-pub async fn finishable(db: impl PgExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn finishable(
+    db: impl PgExecutor<'_>,
+    held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT j.id AS "id!" FROM jobs j
-           WHERE j.state = 'collecting'
+           WHERE j.state = 'collecting' AND ($1::BIGINT = 0 OR j.owner_epoch = $1)
              AND EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id)
              AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.job_id = j.id
                              AND NOT b.terminal)
-           ORDER BY j.id"#
+           ORDER BY j.id"#,
+        held_by.epoch()
     )
     .fetch_all(db)
     .await?)

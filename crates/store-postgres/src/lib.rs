@@ -137,9 +137,13 @@ impl Store {
             path: at.clone(),
             source: source.into(),
         };
+        // A transaction left open by a process that stopped (SIGSTOP, a pause of its host)
+        // holds its instance's row for share, which keeps the others from reaping it: the
+        // server ends such a session after a while. Ours take milliseconds.
         let mut options = PgConnectOptions::from_str(url)
             .map_err(open_err)?
-            .application_name("batchwatch");
+            .application_name("batchwatch")
+            .options([("idle_in_transaction_session_timeout", "10s")]);
         if let Some(password) = password {
             options = options.password(password);
         }
@@ -308,37 +312,6 @@ impl Store {
         if let Some(w) = &self.write {
             w.close().await;
         }
-    }
-}
-
-/// The key of the advisory lock a daemon holds on its database: "batchwatch" in ASCII.
-const SOLE_WRITER_LOCK: i64 = 0x6261_7463_6877_6174;
-
-/// The database held for one daemon: a session-level advisory lock on a connection of its
-/// own, which the server lets go when that connection ends, however the process ends. Until
-/// several daemons share a database by lease, a second `batchwatch run` on it is refused.
-#[derive(Debug)]
-pub struct SoleWriter {
-    _conn: PgConnection,
-}
-
-impl Store {
-    /// Takes the database for this daemon alone, or says that another holds it.
-    pub async fn hold_sole_writer(&self) -> Result<SoleWriter, StoreError> {
-        let mut conn = PgConnection::connect_with(&self.options).await?;
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(SOLE_WRITER_LOCK)
-            .fetch_one(&mut conn)
-            .await?;
-        if !taken {
-            let _ = conn.close().await;
-            return Err(StoreError::Open {
-                path: PathBuf::from(&self.shown),
-                source: "another batchwatch run holds this database (one daemon per database)"
-                    .into(),
-            });
-        }
-        Ok(SoleWriter { _conn: conn })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::{StoreError, json_list};
+use super::{Lease, StoreError, json_list};
 use batchwatch_core::model::{BatchStatus, SubmissionState};
 pub use batchwatch_store::batches::{
     NewSubmission, Observation, PollLoad, Recorded, Submission, Tracked,
@@ -243,6 +243,7 @@ pub async fn status_counts(
 /// The ids of the submissions in `state` whose next step is due at `now`.
 pub async fn due_in_state(
     db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
     state: SubmissionState,
     now: &str,
 ) -> Result<Vec<i64>, StoreError> {
@@ -263,6 +264,7 @@ pub async fn due_in_state(
 /// service (`unverified_jobs`) wait.
 pub async fn due_for_submit(
     db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
     now: &str,
     held_models: &[String],
     unverified_jobs: &[String],
@@ -344,6 +346,7 @@ pub async fn poll_load(
 /// `polls` (a list sweep under way does them).
 pub async fn next_due(
     db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
     busy_submissions: &[i64],
     busy_jobs: &[&str],
     polls: bool,
@@ -387,6 +390,7 @@ pub async fn next_due(
 /// nobody knows whether it reached the server. Returns how many.
 pub async fn mark_in_flight_unknown(
     conn: &mut SqliteConnection,
+    _held_by: &Lease,
     now: &str,
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query!(

@@ -2,7 +2,7 @@
 
 use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::StoreError;
+use super::{Lease, StoreError};
 use batchwatch_core::model::FileLook;
 use batchwatch_core::model::JobState;
 pub use batchwatch_store::jobs::{Filter, Job, JobEvent, JobOverview, NewJob, RecordedFile, Why};
@@ -411,6 +411,7 @@ pub async fn state_counts(db: impl SqliteExecutor<'_>) -> Result<Vec<(JobState, 
 /// Jobs past their deadline that are not finished and not yet marked for cancel.
 pub async fn past_deadline(
     db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
     now: &str,
 ) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
@@ -425,7 +426,10 @@ pub async fn past_deadline(
 }
 
 /// The ids of the jobs that are not finished, oldest first.
-pub async fn unfinished(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn unfinished(
+    db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE terminal = 0
@@ -436,7 +440,10 @@ pub async fn unfinished(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, Stor
 }
 
 /// Jobs marked for cancel that are not finished yet.
-pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn cancel_pending(
+    db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT id AS "id!" FROM jobs
            WHERE cancel_requested_at IS NOT NULL
@@ -449,6 +456,7 @@ pub async fn cancel_pending(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, 
 /// Up to `limit` claimed jobs waiting for validation, oldest first.
 pub async fn validating(
     db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
     limit: usize,
 ) -> Result<Vec<String>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -462,7 +470,10 @@ pub async fn validating(
 
 /// Jobs whose every submission is done with (a job in `collecting`, derived from its
 /// submissions, with none left to collect): ready to be finished.
-pub async fn finishable(db: impl SqliteExecutor<'_>) -> Result<Vec<String>, StoreError> {
+pub async fn finishable(
+    db: impl SqliteExecutor<'_>,
+    _held_by: &Lease,
+) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT j.id AS "id!" FROM jobs j
            WHERE j.state = 'collecting'

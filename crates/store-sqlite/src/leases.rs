@@ -1,6 +1,6 @@
 //! Leases in SQLite: one daemon writes a SQLite database, behind its instance lock, so the one
-//! lease there is [`Lease::SOLE`], which is never refused, and there is nobody to take over
-//! from.
+//! lease there is [`Lease::SOLE`], which is never refused, there is nobody to take over
+//! from, and that daemon leads.
 
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ impl Leases for Store {
         _now: &str,
     ) -> Result<Vec<String>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn elect(&self, _lease: &Lease, _term: Duration) -> Result<bool, StoreError> {
+        Ok(true)
     }
     async fn resign(&self, _lease: &Lease) -> Result<(), StoreError> {
         Ok(())

@@ -17,7 +17,7 @@ use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
 use crate::{
-    Store, StoreError, batches, chain, deletions, figures, history, jobs, retention, usage,
+    Lease, Store, StoreError, batches, chain, deletions, figures, history, jobs, retention, usage,
 };
 
 impl Reads for Store {
@@ -43,20 +43,24 @@ impl Reads for Store {
     async fn job_state_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError> {
         jobs::state_counts(&self.read).await
     }
-    async fn past_deadline(&self, now: &str) -> Result<Vec<String>, StoreError> {
-        jobs::past_deadline(&self.read, now).await
+    async fn past_deadline(&self, held_by: &Lease, now: &str) -> Result<Vec<String>, StoreError> {
+        jobs::past_deadline(&self.read, held_by, now).await
     }
-    async fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError> {
-        jobs::unfinished(&self.read).await
+    async fn unfinished_jobs(&self, held_by: &Lease) -> Result<Vec<String>, StoreError> {
+        jobs::unfinished(&self.read, held_by).await
     }
-    async fn cancel_pending(&self) -> Result<Vec<String>, StoreError> {
-        jobs::cancel_pending(&self.read).await
+    async fn cancel_pending(&self, held_by: &Lease) -> Result<Vec<String>, StoreError> {
+        jobs::cancel_pending(&self.read, held_by).await
     }
-    async fn validating_jobs(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        jobs::validating(&self.read, limit).await
+    async fn validating_jobs(
+        &self,
+        held_by: &Lease,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        jobs::validating(&self.read, held_by, limit).await
     }
-    async fn finishable_jobs(&self) -> Result<Vec<String>, StoreError> {
-        jobs::finishable(&self.read).await
+    async fn finishable_jobs(&self, held_by: &Lease) -> Result<Vec<String>, StoreError> {
+        jobs::finishable(&self.read, held_by).await
     }
 
     // Submissions
@@ -91,19 +95,29 @@ impl Reads for Store {
     }
     async fn due_in_state(
         &self,
+        held_by: &Lease,
         state: SubmissionState,
         now: &str,
     ) -> Result<Vec<i64>, StoreError> {
-        batches::due_in_state(&self.read, state, now).await
+        batches::due_in_state(&self.read, held_by, state, now).await
     }
     async fn due_for_submit(
         &self,
+        held_by: &Lease,
         now: &str,
         held_models: &[String],
         unverified_jobs: &[String],
         limit: i64,
     ) -> Result<Vec<i64>, StoreError> {
-        batches::due_for_submit(&self.read, now, held_models, unverified_jobs, limit).await
+        batches::due_for_submit(
+            &self.read,
+            held_by,
+            now,
+            held_models,
+            unverified_jobs,
+            limit,
+        )
+        .await
     }
     async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError> {
         batches::due_for_poll(&self.read, now, limit).await
@@ -116,11 +130,12 @@ impl Reads for Store {
     }
     async fn next_due(
         &self,
+        held_by: &Lease,
         busy_submissions: &[i64],
         busy_jobs: &[&str],
         polls: bool,
     ) -> Result<Option<String>, StoreError> {
-        batches::next_due(&self.read, busy_submissions, busy_jobs, polls).await
+        batches::next_due(&self.read, held_by, busy_submissions, busy_jobs, polls).await
     }
     async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError> {
         history::for_batch(&self.read, batch_id).await

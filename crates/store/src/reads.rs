@@ -1,5 +1,7 @@
 //! What the daemon, its housekeeping, the commands and the monitoring endpoint read from the
-//! store. Reads take no lease: they move nothing, and a reader sees what was committed.
+//! store. Reads take no lease: they move nothing, and a reader sees what was committed. The
+//! reads that pick an instance's work (`held_by`) give only the jobs that instance holds
+//! ([`crate::ops::lease`]): [`Lease::SOLE`] holds every job.
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
@@ -12,6 +14,7 @@ use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
 use crate::history::HistoryRow;
 use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
+use crate::ops::Lease;
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
 
@@ -34,16 +37,20 @@ pub trait Reads {
     /// The number of jobs in each state.
     async fn job_state_counts(&self) -> Result<Vec<(JobState, i64)>, StoreError>;
     /// Jobs past their deadline that are not finished and not yet marked for cancel.
-    async fn past_deadline(&self, now: &str) -> Result<Vec<String>, StoreError>;
+    async fn past_deadline(&self, held_by: &Lease, now: &str) -> Result<Vec<String>, StoreError>;
     /// The ids of the jobs that are not finished, oldest first.
-    async fn unfinished_jobs(&self) -> Result<Vec<String>, StoreError>;
+    async fn unfinished_jobs(&self, held_by: &Lease) -> Result<Vec<String>, StoreError>;
     /// Jobs marked for cancel that are not finished yet.
-    async fn cancel_pending(&self) -> Result<Vec<String>, StoreError>;
+    async fn cancel_pending(&self, held_by: &Lease) -> Result<Vec<String>, StoreError>;
     /// Up to `limit` claimed jobs waiting for validation, oldest first.
-    async fn validating_jobs(&self, limit: usize) -> Result<Vec<String>, StoreError>;
+    async fn validating_jobs(
+        &self,
+        held_by: &Lease,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// Jobs whose every submission is done with (a job in `collecting`, derived from its
     /// submissions, with none left to collect): ready to be finished.
-    async fn finishable_jobs(&self) -> Result<Vec<String>, StoreError>;
+    async fn finishable_jobs(&self, held_by: &Lease) -> Result<Vec<String>, StoreError>;
 
     // Submissions
     /// One submission by its local id.
@@ -72,14 +79,19 @@ pub trait Reads {
     /// The number of remote batches in each remote status.
     async fn batch_status_counts(&self) -> Result<Vec<(BatchStatus, i64)>, StoreError>;
     /// The ids of the submissions in `state` whose next step is due at `now`.
-    async fn due_in_state(&self, state: SubmissionState, now: &str)
-    -> Result<Vec<i64>, StoreError>;
+    async fn due_in_state(
+        &self,
+        held_by: &Lease,
+        state: SubmissionState,
+        now: &str,
+    ) -> Result<Vec<i64>, StoreError>;
     /// Submissions to upload, create or reconcile whose time has come, oldest first, at most
     /// `limit`: those of jobs marked for cancel are left to the cancel step, those of models held
     /// for the enqueued-token limit (`held_models`) and of jobs not yet checked against the
     /// service (`unverified_jobs`) wait.
     async fn due_for_submit(
         &self,
+        held_by: &Lease,
         now: &str,
         held_models: &[String],
         unverified_jobs: &[String],
@@ -95,9 +107,11 @@ pub trait Reads {
     /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs in
     /// `busy_submissions` and `busy_jobs` (work under way or waiting for a retry) are left out,
     /// so their stale times do not wake the daemon for nothing; polls are left out entirely
-    /// unless `polls` (a list sweep under way does them).
+    /// unless `polls` (a list sweep under way does them, or another instance leads). Only the
+    /// polls concern jobs not `held_by`.
     async fn next_due(
         &self,
+        held_by: &Lease,
         busy_submissions: &[i64],
         busy_jobs: &[&str],
         polls: bool,

@@ -45,7 +45,7 @@ use crate::store::prelude::*;
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
     Ok(ctx
         .store
-        .due_in_state(SubmissionState::Collecting, &ctx.now())
+        .due_in_state(&ctx.lease, SubmissionState::Collecting, &ctx.now())
         .await?)
 }
 

@@ -377,10 +377,11 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         if ctx.gate.paused().is_some() {
             break;
         }
+        ctx.may_send()?;
         let outcome = delete(
             &ctx.client,
             &ctx.store,
-            &ctx.lease,
+            &ctx.leader_lease(),
             &row,
             || ctx.clock.now(),
             ctx.schedule.failed_request,

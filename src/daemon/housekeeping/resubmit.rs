@@ -853,7 +853,15 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             force: false,
             origin: Origin::Daemon,
         };
-        let message = match resubmit(&ctx.store, &ctx.lease, &ctx.queue, &id, ask, &ctx.now()).await
+        let message = match resubmit(
+            &ctx.store,
+            &ctx.leader_lease(),
+            &ctx.queue,
+            &id,
+            ask,
+            &ctx.now(),
+        )
+        .await
         {
             Ok(Outcome::Written(w)) => {
                 tracing::info!(job = %id, file = %w.file, requests = w.requests, "undone requests resubmitted");
@@ -876,7 +884,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             }
         };
         ctx.store
-            .resubmit_done(&ctx.lease, &id, &message, &ctx.now())
+            .resubmit_done(&ctx.leader_lease(), &id, &message, &ctx.now())
             .await?;
     }
     Ok(())

@@ -221,7 +221,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     }
     let pruned = prune(
         &ctx.store,
-        &ctx.lease,
+        &ctx.leader_lease(),
         &ctx.queue,
         settings,
         ctx.clock.now(),

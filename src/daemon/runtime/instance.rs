@@ -1,14 +1,18 @@
-//! One daemon per queue tree and per database.
+//! One daemon per queue tree and SQLite database; several on a PostgreSQL database.
 //!
-//! Two daemons on one database would both pick up the same submission intents and could create
-//! two batches for one job; two on one queue tree would each recover the other's files in
-//! `processing/`. So `batchwatch run` holds an exclusive lock on `QUEUE_DIR/.batchwatch.lock`
-//! and on `DATABASE.lock` for its whole life, and a second one refuses to start, naming the
-//! lock and the process that holds it. The locks are `flock(2)` locks: the kernel drops them
-//! when the process ends, however it ends, so a crash never leaves a stale lock behind. Status
-//! queries and `batchwatch cancel` take no lock. A PostgreSQL database has no file to lock: the
-//! store holds an advisory lock for the daemon instead (`Store::hold_sole_writer`), which the
-//! server drops with the connection.
+//! Two daemons on one SQLite database would both pick up the same submission intents and could
+//! create two batches for one job; two on one queue tree would each recover the other's files
+//! in `processing/`. So a daemon on SQLite holds an exclusive lock on
+//! `QUEUE_DIR/.batchwatch.lock` and on `DATABASE.lock` for its whole life, and a second one
+//! refuses to start, naming the lock and the process that holds it. The locks are `flock(2)`
+//! locks: the kernel drops them when the process ends, however it ends, so a crash never leaves
+//! a stale lock behind. Status queries and `batchwatch cancel` take no lock.
+//!
+//! Daemons on one PostgreSQL database share the queue tree: each registers in the database as
+//! an instance with a lease, and the leases decide who moves which job (`runtime::lease`).
+//! They hold the queue's lock file shared, so that a daemon on a SQLite database is refused
+//! on a tree they use, and they on its. Across hosts (NFS, CephFS) flock is not relied on: the
+//! leases are what keeps the instances apart there.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -27,13 +31,19 @@ pub struct InstanceLock {
 
 impl InstanceLock {
     /// Locks the queue tree and, for a SQLite database, the database, or says which one
-    /// another process holds. (A PostgreSQL database is held by the store itself, see
-    /// `Store::hold_sole_writer`.)
+    /// another process holds. Without a SQLite database (on PostgreSQL), the queue tree is
+    /// locked shared: other daemons on PostgreSQL may share it.
     pub fn acquire(queue_dir: &Path, database: Option<&Path>) -> anyhow::Result<InstanceLock> {
-        let mut held = vec![lock("queue.dir", &queue_lock(queue_dir))?];
-        if let Some(database) = database {
-            held.push(lock_database(database)?);
-        }
+        let Some(database) = database else {
+            let shared = lock("queue.dir", &queue_lock(queue_dir), Mode::Shared)?;
+            return Ok(InstanceLock {
+                _held: vec![shared],
+            });
+        };
+        let held = vec![
+            lock("queue.dir", &queue_lock(queue_dir), Mode::Exclusive)?,
+            lock_database(database)?,
+        ];
         Ok(InstanceLock { _held: held })
     }
 }
@@ -52,7 +62,7 @@ fn lock_database(database: &Path) -> anyhow::Result<File> {
     std::fs::create_dir_all(parent).map_err(|e| unusable("create", e))?;
     let parent = parent.canonicalize().map_err(|e| unusable("resolve", e))?;
     let database = parent.join(database.file_name().unwrap_or_default());
-    let held = lock("database.path", &database_lock(&database))?;
+    let held = lock("database.path", &database_lock(&database), Mode::Exclusive)?;
     database_writable(&database).map_err(|e| {
         ConfigError::key(
             "database.path",
@@ -110,10 +120,19 @@ fn as_user(e: &std::io::Error) -> String {
     format!("{e} (batchwatch runs as uid {uid}, gid {gid}: that user needs write access there)")
 }
 
-/// Takes the exclusive lock on `path` without waiting, and writes our pid into the file. A
-/// lock file that cannot be opened is a fault of the configuration (`key`'s path, its owner or
-/// mode), as the queue tree or database that cannot be used is.
-fn lock(key: &str, path: &Path) -> anyhow::Result<File> {
+/// How a lock file is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// By one daemon alone, whose pid the file holds.
+    Exclusive,
+    /// By the daemons of a shared database together.
+    Shared,
+}
+
+/// Takes the lock on `path` without waiting, and, held exclusively, writes our pid into the
+/// file. A lock file that cannot be opened is a fault of the configuration (`key`'s path, its
+/// owner or mode), as the queue tree or database that cannot be used is.
+fn lock(key: &str, path: &Path, mode: Mode) -> anyhow::Result<File> {
     let opened = OpenOptions::new()
         .read(true)
         .write(true)
@@ -139,8 +158,20 @@ fn lock(key: &str, path: &Path) -> anyhow::Result<File> {
             ),
         )
     })?;
-    match file.try_lock() {
+    let locked = match mode {
+        Mode::Exclusive => file.try_lock(),
+        Mode::Shared => file.try_lock_shared(),
+    };
+    match locked {
         Ok(()) => {}
+        Err(TryLockError::WouldBlock) if mode == Mode::Shared => {
+            anyhow::bail!(
+                "a batchwatch daemon on a SQLite database holds {} alone: daemons on a \
+                 PostgreSQL database may share a queue directory only with each other; stop it \
+                 first",
+                path.display()
+            );
+        }
         Err(TryLockError::WouldBlock) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
@@ -150,14 +181,19 @@ fn lock(key: &str, path: &Path) -> anyhow::Result<File> {
             };
             anyhow::bail!(
                 "another batchwatch daemon{holder} holds {}: only one may run on a queue \
-                 directory and a database at a time, or a job could be submitted twice; stop \
-                 it first",
+                 directory and a SQLite database at a time, or a job could be submitted twice; \
+                 stop it first",
                 path.display()
             );
         }
         Err(TryLockError::Error(e)) => {
             anyhow::bail!("cannot lock {}: {e}", path.display());
         }
+    }
+    if mode == Mode::Shared {
+        // No single holder to name: a pid left by a daemon on SQLite would mislead.
+        let _ = file.set_len(0);
+        return Ok(file);
     }
     // The pid is for the message a second daemon prints; a read-only lock file goes without.
     let pid = std::process::id();
@@ -234,5 +270,34 @@ mod tests {
 
         drop(first);
         InstanceLock::acquire(&queue, Some(&db)).unwrap();
+    }
+
+    #[test]
+    fn daemons_on_postgresql_share_a_queue_tree_with_each_other_and_never_with_one_on_sqlite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let queue = tmp.path().join("queue");
+        std::fs::create_dir(&queue).unwrap();
+        let db = tmp.path().join("state.db");
+        let first = InstanceLock::acquire(&queue, None).unwrap();
+        let second = InstanceLock::acquire(&queue, None).unwrap();
+        let err = InstanceLock::acquire(&queue, Some(&db))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "another batchwatch daemon holds {}",
+                queue.join(QUEUE_LOCK).display()
+            )),
+            "{err}"
+        );
+        drop((first, second));
+        let alone = InstanceLock::acquire(&queue, Some(&db)).unwrap();
+        let err = InstanceLock::acquire(&queue, None).unwrap_err().to_string();
+        assert!(
+            err.contains("a batchwatch daemon on a SQLite database holds")
+                && err.contains(".batchwatch.lock alone"),
+            "{err}"
+        );
+        drop(alone);
     }
 }

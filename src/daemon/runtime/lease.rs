@@ -1,26 +1,49 @@
-//! The daemon's lease on a shared store (`batchwatch_store::ops::lease` has the states): it
-//! registers as a new instance at its start, takes over the jobs earlier runs held, renews
-//! its lease while it runs, and ends it at a clean stop, so every write it makes is fenced by
-//! its own epoch.
+//! The daemon's lease on a shared store, and its term as leader (`batchwatch_store::ops::lease`
+//! has the states): it registers as a new instance at its start, ends the leases of earlier
+//! runs on this host that are gone, renews its lease and stands for leader while it runs
+//! ([`keep`]), and ends both at a clean stop. What it learns it keeps in the [`Tenure`] the
+//! tasks read: whether it leads, and whether a request may start.
 //!
-//! One daemon writes a database for now (a PostgreSQL one behind the store's advisory lock):
-//! whatever other instance the database records is an earlier run that did not stop cleanly,
-//! so the daemon ends those leases at once rather than waiting for them to run out. A SQLite
-//! store has one lease, `Lease::SOLE`, and nothing here does anything to it.
+//! A lease found lost (the instance was paused or cut off for longer than `database.lease`,
+//! and another instance may have taken its jobs over) stops the daemon: everything it had
+//! under way was under that lease, so it drops it all, and its service manager starts it again
+//! as a new instance. A SQLite store has one lease, `Lease::SOLE`, and one daemon, which leads;
+//! nothing here does anything to it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::{self, Clock};
+use crate::daemon::shared::Tenure;
 use crate::store::ops::lease::Instance;
 use crate::store::prelude::*;
 use crate::store::{Lease, Store, StoreError};
 
-/// How long a lease runs from its last renewal.
-pub const TTL: Duration = Duration::from_secs(60);
+/// The lengths derived from `database.lease`.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms {
+    /// How long the lease runs from its last renewal.
+    pub ttl: Duration,
+    /// How often it is renewed: three times within its time to live, so one renewal lost to a
+    /// slow database costs nothing.
+    pub renew_every: Duration,
+    /// A leader's term: a quarter of the lease, so a leader that is gone is replaced sooner
+    /// than its jobs are taken over (the sweep keeps every batch tracked meanwhile).
+    pub term: Duration,
+    /// How often an instance stands for leader (the leader renews its term): three times a
+    /// term.
+    pub elect_every: Duration,
+}
 
-/// How often the lease is renewed: three times within its time to live, so one renewal lost
-/// to a slow database costs nothing.
-pub const RENEW_EVERY: Duration = Duration::from_secs(20);
+impl Terms {
+    pub fn of(lease: Duration) -> Terms {
+        Terms {
+            ttl: lease,
+            renew_every: lease / 3,
+            term: lease / 4,
+            elect_every: lease / 12,
+        }
+    }
+}
 
 /// This process, as it registers: `name` (else HOST-PID), its host and pid.
 pub fn this_process(name: Option<&str>) -> Instance {
@@ -35,51 +58,112 @@ pub fn this_process(name: Option<&str>) -> Instance {
     }
 }
 
-/// Registers this daemon, ends the leases of earlier runs, and takes over every unfinished
-/// job: the daemon's lease.
-pub async fn begin(store: &Store, clock: &Clock) -> anyhow::Result<Lease> {
+/// Whether a process `pid` runs on this host (it may be another user's).
+fn runs(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Registers this daemon, ends the leases of earlier runs on this host that are gone (a
+/// restart after a crash need not wait for them to run out), takes over every unfinished job
+/// nobody holds, and stands for leader: the daemon's lease and what it knows of it.
+pub async fn begin(store: &Store, clock: &Clock, terms: Terms) -> anyhow::Result<(Lease, Tenure)> {
     let now = clock::format(clock.now());
-    let lease = store.register(&this_process(None), TTL, &now).await?;
+    let me = this_process(None);
+    let registered = Instant::now();
+    let lease = store.register(&me, terms.ttl, &now).await?;
     if lease.is_sole() {
-        return Ok(lease);
+        return Ok((lease, Tenure::sole()));
     }
+    let tenure = Tenure::shared(registered, terms.ttl);
     for earlier in store.instances().await? {
-        if earlier.epoch != lease.epoch() {
+        let gone = earlier.pid == i64::from(me.pid) || !runs(earlier.pid);
+        if earlier.epoch != lease.epoch() && earlier.host == me.host && gone {
             store.resign(&Lease::of(earlier.epoch)).await?;
             tracing::info!(
                 instance = %earlier.name,
                 epoch = earlier.epoch,
-                "ended the lease of an earlier run"
+                "ended the lease of an earlier run on this host"
             );
         }
     }
     let taken = store.take_over(&lease, i64::MAX, &now).await?;
+    stand(store, &lease, &tenure, terms).await;
     tracing::info!(
+        instance = %me.name,
         epoch = lease.epoch(),
-        jobs = taken.len(),
-        "holding the database under a new lease"
+        jobs_taken_over = taken.len(),
+        leader = tenure.leads(),
+        "registered on the shared database"
     );
-    Ok(lease)
+    Ok((lease, tenure))
 }
 
-/// Renews `lease` every [`RENEW_EVERY`] until the task is aborted. A renewal that fails is
-/// tried again at the next; a lease found lost is said once: from then on the store refuses
-/// every move, so the rounds fail and `/readyz` says why, until the daemon is restarted.
-pub async fn renew(store: Store, lease: Lease, clock: Clock) {
+/// Stands for leader (or renews the term), and says when that changes who leads.
+async fn stand(store: &Store, lease: &Lease, tenure: &Tenure, terms: Terms) {
+    let led = tenure.leads();
+    let sent = Instant::now();
+    match store.elect(lease, terms.term).await {
+        Ok(leads) => {
+            tenure.elected(sent, leads.then_some(terms.term));
+            if leads && !led {
+                tracing::info!(
+                    epoch = lease.epoch(),
+                    "this instance leads now: it tracks the batches and keeps house"
+                );
+            } else if !leads && led {
+                tracing::warn!(epoch = lease.epoch(), "another instance leads now");
+            }
+        }
+        // The term runs out by itself: the tenure stops leading before the database lets
+        // another instance be elected.
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot stand for leader; trying again")
+        }
+    }
+}
+
+/// Renews `lease` every [`Terms::renew_every`] and stands for leader every
+/// [`Terms::elect_every`] until the task is aborted or the lease is found lost. A renewal that
+/// fails is tried again at the next; a lease found lost is said, the tenure learns it (the
+/// daemon stops), and the task ends.
+pub async fn keep(
+    store: Store,
+    lease: Lease,
+    tenure: std::sync::Arc<Tenure>,
+    clock: Clock,
+    terms: Terms,
+) {
     if lease.is_sole() {
         return;
     }
+    let mut renewed = Instant::now();
     loop {
-        tokio::time::sleep(RENEW_EVERY).await;
-        match store.renew(&lease, TTL, &clock::format(clock.now())).await {
-            Ok(()) => {}
-            Err(e @ StoreError::LeaseLost { .. }) => {
-                tracing::error!(error = %e, "this daemon can move nothing more; restart it");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be renewed; trying again")
+        tokio::time::sleep(terms.elect_every).await;
+        if renewed.elapsed() >= terms.renew_every {
+            let sent = Instant::now();
+            match store
+                .renew(&lease, terms.ttl, &clock::format(clock.now()))
+                .await
+            {
+                Ok(()) => {
+                    tenure.renewed(sent, terms.ttl);
+                    renewed = sent;
+                }
+                Err(e @ StoreError::LeaseLost { .. }) => {
+                    tracing::error!(error = %e, "the lease is lost: this daemon stops, dropping everything it had under way");
+                    tenure.lose();
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be renewed; trying again")
+                }
             }
         }
+        stand(&store, &lease, &tenure, terms).await;
     }
 }

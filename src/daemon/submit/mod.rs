@@ -42,7 +42,7 @@ pub async fn due(ctx: &Ctx, limit: usize) -> anyhow::Result<Vec<i64>> {
     let now = clock::format(now);
     Ok(ctx
         .store
-        .due_for_submit(&now, &held, &unverified, limit)
+        .due_for_submit(&ctx.lease, &now, &held, &unverified, limit)
         .await?)
 }
 
@@ -141,6 +141,7 @@ async fn upload(
         .input_expires_after
         .map(|d| d.get().as_secs());
     let part = reconcile::part_of(row, job);
+    ctx.may_send()?;
     match ctx
         .client
         .upload_part(&part, &path, range, expires_after)
@@ -200,6 +201,7 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         .as_deref()
         .context("creating a batch without an upload")?;
     let part = reconcile::part_of(row, job);
+    ctx.may_send()?;
     match ctx
         .client
         .create_batch_of(&part, upload, batch_options(job)?)
@@ -255,6 +257,7 @@ async fn handle_failure(ctx: &Ctx, row: &Submission, err: ApiError) -> anyhow::R
         ctx.store
             .await_reconcile(&ctx.lease, row, &err.to_string(), &later, &event, &now)
             .await?;
+        failpoint::hit("submit:after-unknown-outcome");
         return Ok(());
     }
     // Every other failure shows the request was not carried out.

@@ -154,6 +154,7 @@ async fn cancel_duplicate(
     let live = !batch.status.is_terminal() && batch.status != BatchStatus::Cancelling;
     let ours = row.remote_id.as_deref().unwrap_or("none");
     let what = if live {
+        ctx.may_send()?;
         ctx.client.cancel_batch(&batch.id).await?;
         ctx.metrics.duplicate_cancelled();
         "cancelled it".to_owned()
@@ -171,7 +172,7 @@ async fn cancel_duplicate(
 /// Appends an event to a job's story, in the job's current state.
 async fn event(ctx: &Ctx, job_id: &str, message: &str) -> anyhow::Result<()> {
     ctx.store
-        .note(&ctx.lease, job_id, message, &ctx.now())
+        .note(&ctx.leader_lease(), job_id, message, &ctx.now())
         .await?;
     Ok(())
 }

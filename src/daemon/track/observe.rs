@@ -42,7 +42,7 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
         );
         let polls = [(row.id, clock::format(at))];
         ctx.store
-            .seen_unchanged(&ctx.lease, &polls, &clock::format(now))
+            .seen_unchanged(&ctx.leader_lease(), &polls, &clock::format(now))
             .await?;
         return Ok(());
     }
@@ -50,7 +50,7 @@ pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Resu
     let observed = ctx
         .store
         .observe(
-            &ctx.lease,
+            &ctx.leader_lease(),
             &sighting(row.id, batch, &observation),
             |job, row, status| plan(ctx, batch, job, row, status, now),
             &clock::format(now),
@@ -284,7 +284,9 @@ pub async fn lost(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<
         "batch {} no longer exists (404): {message}",
         row.remote_id.as_deref().unwrap_or("?")
     );
-    ctx.store.lose(&ctx.lease, row, &text, &now).await?;
+    ctx.store
+        .lose(&ctx.leader_lease(), row, &text, &now)
+        .await?;
     tracing::warn!(job = %row.job_id, "{text}");
     Ok(())
 }

@@ -198,7 +198,7 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
     };
     let observed = ctx
         .store
-        .observe_page(&ctx.lease, &quiet, &sightings, decide, now)
+        .observe_page(&ctx.leader_lease(), &quiet, &sightings, decide, now)
         .await?;
     for o in observed {
         let batch = batch_of[&o.id];
@@ -315,7 +315,7 @@ async fn postpone(
     let (now, error) = (clock::format(now), err.to_string());
     // Those that moved on since the sweep began are left.
     ctx.store
-        .defer_polls(&ctx.lease, ids, &at, &error, &now)
+        .defer_polls(&ctx.leader_lease(), ids, &at, &error, &now)
         .await?;
     Ok(())
 }

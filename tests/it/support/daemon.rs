@@ -130,7 +130,8 @@ impl Env {
             Backend::Sqlite => Env::new(base_url, extra),
             Backend::Postgres => {
                 let url = crate::support::postgres::database().await?;
-                let env = Env::new(base_url, &format!("{extra}\n[database]\nurl = {url:?}\n"));
+                let env = Env::new(base_url, extra);
+                env.configure(&format!("[database]\nurl = {url:?}\n"));
                 Env {
                     postgres: Some(url),
                     ..env
@@ -174,12 +175,14 @@ impl Env {
 
     /// Points the configuration at another API address, as an operator would edit it.
     pub fn set_base_url(&self, base_url: &str) {
+        self.configure(&format!("[api]\nbase_url = {base_url:?}\n"));
+    }
+
+    /// Merges `extra` TOML into the configuration file, as an operator would edit it.
+    pub fn configure(&self, extra: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let mut table: toml::Table = text.parse().expect("the configuration is TOML");
-        merge(
-            &mut table,
-            format!("[api]\nbase_url = {base_url:?}\n").parse().unwrap(),
-        );
+        merge(&mut table, extra.parse().expect("extra is TOML"));
         std::fs::write(&self.config, toml::to_string(&table).unwrap()).unwrap();
     }
 
@@ -639,4 +642,63 @@ pub async fn assert_never_two_live_batches(sim: &TestSim) -> BTreeMap<String, u6
         }
     }
     stats.batches_by_job
+}
+
+/// Waits until job `job_id` has two batches on the service, one of them cancelled (a late
+/// duplicate, found and cancelled): that one.
+pub async fn wait_duplicate_cancelled(
+    sim: &TestSim,
+    job_id: &str,
+    timeout: Duration,
+) -> batchwatch::sim::BatchStats {
+    wait_until(
+        "the late batch cancelled as a duplicate",
+        timeout,
+        async || {
+            let stats = sim.handle.stats().await;
+            let mine: Vec<_> = stats
+                .batches
+                .into_iter()
+                .filter(|b| b.job_id.as_deref() == Some(job_id))
+                .collect();
+            let cancelled = mine.iter().find(|b| b.status == "cancelled").cloned();
+            let seen: Vec<(String, String)> = mine
+                .iter()
+                .map(|b| (b.id.clone(), b.status.clone()))
+                .collect();
+            (mine.len() == 2 && cancelled.is_some(), (cancelled, seen))
+        },
+    )
+    .await
+    .0
+    .expect("a cancelled batch")
+}
+
+/// Checks that the late duplicate `duplicate` of job `job_id` was reported in the daemon's
+/// `log` and in the job's events, and that the job's one submission is its own batch, created
+/// again after reconciliation found none.
+pub async fn assert_duplicate_reported(
+    log: &[String],
+    store: &Store,
+    job_id: &str,
+    duplicate: &str,
+) {
+    assert!(
+        log.iter().any(|l| l.contains("duplicated batch")),
+        "the duplicate is reported"
+    );
+    let events = store.job_events(job_id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains(&format!("batch {duplicate} duplicated"))),
+        "{events:?}"
+    );
+    let subs = store.submissions_of(job_id).await.unwrap();
+    assert_eq!(subs.len(), 1, "{subs:?}");
+    assert_ne!(subs[0].remote_id.as_deref(), Some(duplicate));
+    assert!(
+        subs[0].resent_at.is_some(),
+        "the job's own create was a re-send"
+    );
 }

@@ -130,7 +130,7 @@ impl Track for Store {
 
     async fn mark_in_flight_unknown(&self, lease: &Lease, now: &str) -> Result<u64, StoreError> {
         self.unit(lease, async |tx| {
-            let n = batches::mark_in_flight_unknown(tx, now).await?;
+            let n = batches::mark_in_flight_unknown(tx, lease, now).await?;
             Ok(n)
         })
         .await

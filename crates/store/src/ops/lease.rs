@@ -35,6 +35,26 @@
 //! for every operation, and in triggers for every row it writes), never the caller's, so no
 //! write can forget it. A finished job is not fenced: it never moves again.
 //!
+//! # The leader
+//!
+//! What must run once for the whole fleet (tracking the batches: the list sweep and the polls;
+//! the stuck check; retention, remote clean-up, resubmissions and the duplicate watch) runs on
+//! one instance, the **leader**, elected through a row rather than a session lock, so a dropped
+//! connection cannot leave two instances believing they lead:
+//!
+//! ```text
+//!   follower ──elect (no leader, or its term ran out)──▶ leader ──elect (renew)──▶ leader
+//!      ▲                                                    │
+//!      └────────── term ran out, or resign ─────────────────┘
+//! ```
+//!
+//! A term is short (a quarter of the lease's time to live) and renewed at a third of it; the
+//! leader stops leading a little before its term ends by its own clock, and a new one is
+//! elected only once the term ended by the database's. A write the leader makes as leader
+//! ([`Lease::as_leader`]) is let through for a job it does not hold while its term runs, and
+//! refused once it ended (for the jobs it holds, as any write of theirs): the sweep is the
+//! leader's lease on tracking.
+//!
 //! [`Lease::SOLE`] is the lease of a store one daemon writes alone (SQLite, behind its
 //! instance lock) and of an operator's command: it is never refused.
 
@@ -65,6 +85,8 @@ pub struct InstanceRow {
     pub live: bool,
     /// How many unfinished jobs it holds.
     pub jobs: i64,
+    /// Whether it is the leader, its term running.
+    pub leader: bool,
 }
 
 /// What the instances of a shared store ask of it.
@@ -75,14 +97,20 @@ pub trait Leases {
     /// Renews `lease` for another `ttl`; [`StoreError::LeaseLost`] when it was reaped.
     async fn renew(&self, lease: &Lease, ttl: Duration, now: &str) -> Result<(), StoreError>;
     /// Reaps the instances whose lease ran out, then takes up to `limit` of the unfinished jobs
-    /// nobody holds for `lease`'s instance, each with an event that says so: their ids.
+    /// nobody holds for `lease`'s instance, each with an event that says so, their uploads and
+    /// creates under way marked as of unknown outcome: their ids.
     async fn take_over(
         &self,
         lease: &Lease,
         limit: i64,
         now: &str,
     ) -> Result<Vec<String>, StoreError>;
-    /// Ends `lease` (a clean stop): its jobs are free at once.
+    /// Elects `lease`'s instance leader for a `term`, or renews its term: whether it leads
+    /// now. Nobody leads, or the last term ran out by the database's clock: it becomes
+    /// leader; it leads already: its term is renewed; another leads: it does not.
+    async fn elect(&self, lease: &Lease, term: Duration) -> Result<bool, StoreError>;
+    /// Ends `lease` (a clean stop): its jobs are free at once, and its term as leader, if it
+    /// leads.
     async fn resign(&self, lease: &Lease) -> Result<(), StoreError>;
     /// The instances registered, oldest first.
     async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError>;

@@ -17,16 +17,39 @@ pub mod track;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     epoch: i64,
+    /// Whether the writer writes as the leader ([`Lease::as_leader`]).
+    leader: bool,
 }
 
 impl Lease {
     /// The lease of the one daemon that writes a database alone (SQLite, behind its instance
     /// lock), and of an operator's commands: never refused.
-    pub const SOLE: Lease = Lease { epoch: 0 };
+    pub const SOLE: Lease = Lease {
+        epoch: 0,
+        leader: false,
+    };
 
     /// The lease of the instance registered as `epoch` (a store gives it out at registration).
     pub fn of(epoch: i64) -> Lease {
-        Lease { epoch }
+        Lease {
+            epoch,
+            leader: false,
+        }
+    }
+
+    /// The same instance writing as the leader: what it records of a job it does not hold
+    /// (an observation of the sweep, a duplicate found) is let through while, and only while,
+    /// its term as leader runs ([`lease`] has the terms); the jobs it holds, as always.
+    pub fn as_leader(self) -> Lease {
+        Lease {
+            leader: true,
+            ..self
+        }
+    }
+
+    /// Whether the writer writes as the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader
     }
 
     pub fn epoch(&self) -> i64 {

@@ -1,0 +1,310 @@
+//! Several daemons on one PostgreSQL database and one queue tree: they share the files, one of
+//! them leads (tracks every batch, keeps house), and whatever happens to one of them (killed
+//! hard, paused past its lease) every file is finished once, with one batch per job, by the
+//! others. Real processes, a real PostgreSQL server, the simulator over loopback.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use batchwatch::store::Store;
+use batchwatch::store::jobs::Job;
+use batchwatch::store::ops::lease::InstanceRow;
+use batchwatch::store::prelude::*;
+
+use crate::support::daemon::{
+    Backend, Env, assert_duplicate_reported, assert_each_completed_once, assert_key_absent,
+    assert_never_two_live_batches, quick_sim, requests, settled, slow_sim,
+    wait_duplicate_cancelled,
+};
+use crate::support::process::Running;
+use crate::support::sim::spawn_sim;
+use crate::support::{poll_until, wait_until};
+
+/// A short lease, so a takeover comes within seconds: 4 s (renewed every 1.3 s; a leader's
+/// term 1 s, stood for every 0.33 s), the least a request timeout of 2 s allows.
+const SHARED: &str = "[api]\nrequest_timeout = \"2s\"\n[database]\nlease = \"4s\"\n";
+
+/// `n` files of `requests` requests each, dropped into incoming/: their names and contents.
+fn drop_files(env: &Env, tag: &str, n: usize, requests_each: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{tag}-{i:02}.jsonl");
+            let content = requests(&format!("{tag}-{i}"), requests_each, "gpt-4o-mini");
+            env.drop_file(&name, content.as_bytes());
+            (name, content)
+        })
+        .collect()
+}
+
+/// Waits until `n` jobs are settled; panics with their states and the daemons' logs after
+/// `timeout`, or at once when one of `daemons` exits.
+async fn wait_settled(
+    env: &Env,
+    n: usize,
+    timeout: Duration,
+    daemons: &mut [&mut Running],
+) -> Vec<Job> {
+    let waited = poll_until(timeout, async || {
+        for daemon in daemons.iter_mut() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                daemon.drain();
+                panic!(
+                    "a daemon exited ({status}); saw:\n{}",
+                    daemon.seen.join("\n")
+                );
+            }
+        }
+        let jobs = env.jobs().await;
+        (jobs.len() == n && jobs.iter().all(settled), jobs)
+    })
+    .await;
+    waited.unwrap_or_else(|jobs| {
+        let states: Vec<String> = jobs
+            .iter()
+            .map(|j| format!("{} {} {}", j.file_name, j.state, j.path))
+            .collect();
+        let mut logs = String::new();
+        for daemon in daemons.iter_mut() {
+            daemon.drain();
+            let tail = daemon.seen.len().saturating_sub(30);
+            logs.push_str(&daemon.seen[tail..].join("\n"));
+            logs.push_str("\n---\n");
+        }
+        panic!(
+            "after {timeout:?}: {} jobs:\n{}\nlogs:\n{logs}",
+            jobs.len(),
+            states.join("\n")
+        );
+    })
+}
+
+/// The instances the database records.
+async fn instances(store: &Store) -> Vec<InstanceRow> {
+    store.instances().await.expect("instances")
+}
+
+/// The instance of `daemon`'s process.
+fn of(rows: &[InstanceRow], daemon: &Running) -> Option<InstanceRow> {
+    let pid = i64::from(daemon.child.id());
+    rows.iter().find(|i| i.pid == pid).cloned()
+}
+
+/// How many distinct instances claimed the jobs (each job keeps its holder's epoch).
+async fn holders(env: &Env) -> usize {
+    let url = env.postgres.as_deref().expect("a PostgreSQL database");
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    let epochs: Vec<Option<i64>> = sqlx::query_scalar("SELECT DISTINCT owner_epoch FROM jobs")
+        .fetch_all(&pool)
+        .await
+        .expect("owners");
+    pool.close().await;
+    epochs.into_iter().flatten().collect::<BTreeSet<_>>().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_on_one_database_and_one_queue_finish_every_file_once() {
+    let sim = spawn_sim(quick_sim()).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let mut daemons = [env.spawn(), env.spawn(), env.spawn()];
+    let files = drop_files(&env, "three", 30, 2);
+    let [a, b, c] = &mut daemons;
+    let jobs = wait_settled(&env, files.len(), Duration::from_secs(120), &mut [a, b, c]).await;
+
+    let store = env.store().await;
+    let rows = instances(&store).await;
+    assert_eq!(rows.iter().filter(|i| i.live).count(), 3, "{rows:?}");
+    assert_eq!(
+        rows.iter().filter(|i| i.leader).count(),
+        1,
+        "one leader: {rows:?}"
+    );
+    let claimed_by = holders(&env).await;
+    println!("30 files claimed by {claimed_by} of 3 instances");
+    for daemon in daemons {
+        let seen = env.stop(daemon);
+        assert_key_absent(&seen);
+    }
+    assert!(
+        instances(&store).await.is_empty(),
+        "each clean stop ends its lease"
+    );
+    let stats = sim.handle.stats().await;
+    assert_each_completed_once(&env, &jobs, &stats, &files, "three daemons");
+    assert_never_two_live_batches(&sim).await;
+    env.assert_key_nowhere_on_disk();
+}
+
+/// The leader, holding every job, is killed with SIGKILL while their batches run: the other
+/// instance is elected, sweeps, takes the jobs over once the lease ran out, checks them
+/// against the service, and finishes each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_killed_hard_is_replaced_and_its_jobs_are_taken_over_and_finished_once() {
+    let sim = spawn_sim(slow_sim(4.0)).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let mut first = env.spawn();
+    first.wait_for_line("this instance leads now", Duration::from_secs(10));
+    let files = drop_files(&env, "failover", 8, 3);
+    // Every batch created, all by the first instance, before the second starts.
+    wait_until("every batch created", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        (
+            jobs.len() == files.len() && jobs.iter().all(|j| j.attempts == 1),
+            (),
+        )
+    })
+    .await;
+    let mut second = env.spawn();
+    let store = env.store().await;
+    let rows = instances(&store).await;
+    let leader = of(&rows, &first).expect("the first instance is registered");
+    assert!(leader.leader, "{rows:?}");
+    assert_eq!(leader.jobs, files.len() as i64, "{rows:?}");
+
+    first.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    second.wait_for_line("this instance leads now", Duration::from_secs(30));
+    let elected = killed.elapsed();
+    second.wait_for_line("list sweep", Duration::from_secs(30));
+    let swept = killed.elapsed();
+    second.wait_for_line("took over the jobs", Duration::from_secs(30));
+    let taken = killed.elapsed();
+    println!(
+        "leader killed: another elected after {elected:?}, sweeping after {swept:?}, its jobs taken over after {taken:?} (lease 4 s, term 1 s)"
+    );
+    let jobs = wait_settled(
+        &env,
+        files.len(),
+        Duration::from_secs(120),
+        &mut [&mut second],
+    )
+    .await;
+    for job in &jobs {
+        let events = store.job_events(&job.id).await.unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.starts_with("taken over by")),
+            "{}: {events:?}",
+            job.file_name
+        );
+    }
+    env.stop(second);
+    let stats = sim.handle.stats().await;
+    assert_each_completed_once(&env, &jobs, &stats, &files, "leader killed");
+    assert_never_two_live_batches(&sim).await;
+}
+
+/// An instance paused (SIGSTOP) for longer than its lease, while it holds jobs being
+/// submitted: the other takes them over; when the paused one resumes, its lease is lost: it
+/// stops (exit 1, saying why) rather than send anything, and every file is finished once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_paused_past_its_lease_stops_when_it_resumes_and_nothing_is_paid_twice() {
+    let sim = spawn_sim(slow_sim(3.0)).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let mut paused = env.spawn();
+    paused.wait_for_line("this instance leads now", Duration::from_secs(10));
+    let files = drop_files(&env, "paused", 10, 2);
+    wait_until(
+        "some batches created",
+        Duration::from_secs(60),
+        async || {
+            let jobs = env.jobs().await;
+            (
+                jobs.len() == files.len() && jobs.iter().any(|j| j.attempts == 1),
+                (),
+            )
+        },
+    )
+    .await;
+    let mut other = env.spawn();
+    paused.signal(libc::SIGSTOP);
+    other.wait_for_line("took over the jobs", Duration::from_secs(30));
+    paused.signal(libc::SIGCONT);
+    let (status, _) = paused.wait_exit(Duration::from_secs(30));
+    paused.drain();
+    assert_eq!(status.code(), Some(1), "{}", paused.seen.join("\n"));
+    assert!(
+        paused.seen.iter().any(|l| l.contains("the lease is lost")),
+        "{}",
+        paused.seen.join("\n")
+    );
+    let jobs = wait_settled(
+        &env,
+        files.len(),
+        Duration::from_secs(120),
+        &mut [&mut other],
+    )
+    .await;
+    env.stop(other);
+    let stats = sim.handle.stats().await;
+    assert_each_completed_once(&env, &jobs, &stats, &files, "an instance paused");
+    assert_never_two_live_batches(&sim).await;
+}
+
+/// Whether the process `daemon` is stopped (SIGSTOP): its state in /proc is `T`.
+fn is_stopped(daemon: &Running) -> bool {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", daemon.child.id())).unwrap_or_default();
+    // After "PID (COMM) ": the state letter.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('T'))
+}
+
+/// The case the lease cannot prevent: an instance sent a create inside its lease, the request
+/// is held up on its way (the service carries it out twelve seconds later), and the instance
+/// is paused past its lease. The other instance takes the job over, finds no batch on the
+/// service, and creates one; then the held-up create lands. The leader's duplicate watch finds
+/// that second batch and cancels it, the job's events say so, and the job completes with its
+/// own batch; the paused instance, resumed, stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the_duplicate_watch() {
+    use batchwatch::sim::{FaultKind, ScriptedFault};
+    // Batches run about eight seconds, so the duplicate is still live when it is found.
+    let sim = spawn_sim(slow_sim(8.0)).await;
+    sim.handle
+        .push_fault(
+            ScriptedFault::new(FaultKind::CarriedOutLate { ms: 12_000 })
+                .on("POST", "/v1/batches")
+                .times(1),
+        )
+        .await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let mut stale = env.spawn_with(&[(
+        batchwatch::failpoint::STOP_ENV,
+        "submit:after-unknown-outcome",
+    )]);
+    let files = drop_files(&env, "stale", 1, 3);
+    wait_until(
+        "the sender paused after its create",
+        Duration::from_secs(30),
+        async || (is_stopped(&stale), ()),
+    )
+    .await;
+    let mut other = env.spawn();
+    other.wait_for_line("took over the jobs", Duration::from_secs(30));
+    let job_id = env.jobs().await[0].id.clone();
+    let duplicate = wait_duplicate_cancelled(&sim, &job_id, Duration::from_secs(40)).await;
+
+    stale.signal(libc::SIGCONT);
+    let (status, _) = stale.wait_exit(Duration::from_secs(30));
+    stale.drain();
+    assert_eq!(status.code(), Some(1), "{}", stale.seen.join("\n"));
+    let jobs = wait_settled(
+        &env,
+        files.len(),
+        Duration::from_secs(60),
+        &mut [&mut other],
+    )
+    .await;
+    let log = env.stop(other);
+    assert_eq!(jobs[0].state, batchwatch::model::JobState::Completed);
+    assert_duplicate_reported(&log, &env.store().await, &job_id, &duplicate.id).await;
+}
