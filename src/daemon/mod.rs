@@ -312,6 +312,14 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether a task failed because the store refused its write: this instance's lease (or its
+/// term as leader) had run out, or the job is held by another instance.
+fn fenced(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| matches!(e.downcast_ref(), Some(crate::store::StoreError::NotHeld(_))))
+}
+
 /// What stops the loop when the lease was lost, beside the signals' names.
 const LEASE_LOST: &str = "lease lost";
 
@@ -836,7 +844,12 @@ impl Daemon {
         done: Result<(tokio::task::Id, anyhow::Result<()>), tokio::task::JoinError>,
     ) {
         let (id, outcome) = match done {
-            Ok((id, result)) => (id, result.map_err(|e| format!("{e:#}"))),
+            Ok((id, result)) => {
+                if result.as_ref().is_err_and(fenced) {
+                    self.ctx.metrics.write_fenced();
+                }
+                (id, result.map_err(|e| format!("{e:#}")))
+            }
             // Dropped at shutdown: it failed at nothing, and the next start takes it up.
             Err(e) if e.is_cancelled() => {
                 if let Some((subject, ..)) = self.running.remove(&e.id()) {
@@ -952,5 +965,22 @@ impl Daemon {
     /// What tasks are working on now.
     pub fn in_flight(&self) -> &HashSet<Subject> {
         &self.in_flight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fenced;
+    use crate::store::StoreError;
+    use anyhow::Context;
+
+    #[test]
+    fn a_write_the_fence_refused_is_told_from_other_failures_through_any_context() {
+        let refused: anyhow::Result<()> =
+            Err(StoreError::NotHeld("the lease of epoch 3 ran out".into())).context("recording");
+        assert!(fenced(&refused.unwrap_err()));
+        let other: anyhow::Result<()> = Err(StoreError::LeaseLost { epoch: 3 }).context("renewing");
+        assert!(!fenced(&other.unwrap_err()));
+        assert!(!fenced(&anyhow::anyhow!("a full disk")));
     }
 }

@@ -241,6 +241,7 @@ struct Inner {
     reconciliations: Family<ReconcileLabels, Counter>,
     duplicates_cancelled: Counter,
     jobs_taken_over: Counter,
+    writes_fenced: Counter,
     leader: Gauge,
     job_duration: Histograms<StateLabel>,
     batch_duration: Histograms<StatusLabel>,
@@ -451,6 +452,12 @@ impl Metrics {
             "Unfinished jobs this instance took over from instances whose lease ran out (several daemons on PostgreSQL)",
             jobs_taken_over.clone(),
         );
+        let writes_fenced = Counter::default();
+        registry.register(
+            "writes_fenced",
+            "Tasks whose write the database refused: this instance's lease or term as leader had run out, or another instance holds the job",
+            writes_fenced.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -569,6 +576,7 @@ impl Metrics {
                 reconciliations,
                 duplicates_cancelled,
                 jobs_taken_over,
+                writes_fenced,
                 leader,
                 job_duration,
                 batch_duration,
@@ -667,6 +675,11 @@ impl Metrics {
         self.inner
             .jobs_taken_over
             .inc_by(u64::try_from(jobs).unwrap_or(u64::MAX));
+    }
+
+    /// A task's write was refused by the fence.
+    pub fn write_fenced(&self) {
+        self.inner.writes_fenced.inc();
     }
 
     /// Whether this instance leads now.
