@@ -308,3 +308,175 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
     assert_eq!(jobs[0].state, batchwatch::model::JobState::Completed);
     assert_duplicate_reported(&log, &env.store().await, &job_id, &duplicate.id).await;
 }
+
+/// Three daemons on one database and one queue tree, a simulator with faults (429s, 500s,
+/// creates carried out but never answered), files split into several batches and files whose
+/// deadline passes while they run; meanwhile one daemon is killed (SIGKILL) and started again
+/// every four seconds, and one is paused (SIGSTOP) for longer than its lease, then resumed (it
+/// stops: its lease is lost) and started again. Afterwards every file is in exactly one of
+/// done/ or failed/, nothing is left in processing/, each job has one batch per part on the
+/// service (any other was a late duplicate, cancelled, and the job's events say so), every
+/// batch's history ends with its final status, and every deadline was enforced within a lease
+/// and a takeover period of its passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_nothing_twice() {
+    use batchwatch::model::JobState;
+    use batchwatch::sim::{Faults, SimConfig};
+    let sim = spawn_sim(SimConfig {
+        faults: Faults {
+            rate_limit: 0.03,
+            server_error: 0.03,
+            drop_after_create: 0.05,
+            ..Faults::default()
+        },
+        ..slow_sim(4.0)
+    })
+    .await;
+    let extra = format!("{SHARED}[batch]\nmax_requests = 4\nsplit_oversized = true\n");
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), &extra).await else {
+        return;
+    };
+    let mut daemons = [env.spawn(), env.spawn(), env.spawn()];
+    // 60 files of 2 to 10 requests (up to three batches each); every sixth must end within
+    // three seconds of its claim.
+    let mut files = Vec::new();
+    for i in 0..60 {
+        let name = format!("chaos-{i:02}.jsonl");
+        if i % 6 == 0 {
+            env.drop_file(&format!("{name}.toml"), b"deadline = \"3s\"\n");
+        }
+        let content = requests(&format!("chaos-{i}"), 2 + i % 9, "gpt-4o-mini");
+        env.drop_file(&name, content.as_bytes());
+        files.push(name);
+    }
+
+    let started = Instant::now();
+    let mut round = 0;
+    let mut paused: Option<(usize, Instant)> = None;
+    let mut logs = Vec::new();
+    while started.elapsed() < Duration::from_secs(24) {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        round += 1;
+        // One paused past its lease (4 s): resumed six seconds on, it stops, and starts again.
+        match paused {
+            None if round == 2 => {
+                daemons[1].signal(libc::SIGSTOP);
+                paused = Some((1, Instant::now()));
+            }
+            Some((i, at)) if at.elapsed() >= Duration::from_secs(6) => {
+                daemons[i].signal(libc::SIGCONT);
+                let (status, _) = daemons[i].wait_exit(Duration::from_secs(30));
+                daemons[i].drain();
+                assert_eq!(status.code(), Some(1), "{}", daemons[i].seen.join("\n"));
+                logs.append(&mut daemons[i].seen);
+                daemons[i] = env.spawn();
+                paused = None;
+            }
+            _ => {}
+        }
+        // One killed hard, and started again, in turn (not the paused one).
+        let victim = if round % 2 == 0 { 0 } else { 2 };
+        daemons[victim].signal(libc::SIGKILL);
+        daemons[victim].wait_exit(Duration::from_secs(10));
+        daemons[victim].drain();
+        logs.append(&mut daemons[victim].seen);
+        daemons[victim] = env.spawn();
+    }
+    if let Some((i, _)) = paused {
+        daemons[i].signal(libc::SIGCONT);
+    }
+    let [a, b, c] = &mut daemons;
+    let jobs = wait_settled(&env, files.len(), Duration::from_secs(180), &mut [a, b, c]).await;
+    for daemon in daemons {
+        logs.extend(env.stop(daemon));
+    }
+    assert_key_absent(&logs);
+
+    // Every file once, in done/ or failed/; nothing left behind.
+    let files_in = |sub: &str| -> BTreeSet<String> {
+        let names = env.names(sub).into_iter();
+        names.filter(|n| n.ends_with(".jsonl")).collect()
+    };
+    let (done, failed) = (files_in("done"), files_in("failed"));
+    assert!(done.is_disjoint(&failed), "{done:?} {failed:?}");
+    let ended: BTreeSet<String> = done.union(&failed).cloned().collect();
+    let dropped: BTreeSet<String> = files.iter().cloned().collect();
+    assert_eq!(ended, dropped, "every file in done/ or failed/");
+    for sub in ["incoming", "processing"] {
+        assert!(
+            env.names(sub).is_empty(),
+            "{sub}/ holds {:?}",
+            env.names(sub)
+        );
+    }
+    assert_eq!(jobs.len(), files.len(), "one job per file");
+
+    let store = env.store().await;
+    let stats = sim.handle.stats().await;
+    let (mut duplicates, mut taken, mut late) = (0, 0, Duration::ZERO);
+    for job in &jobs {
+        let subs = store.submissions_of(&job.id).await.unwrap();
+        let ours: BTreeSet<&str> = subs.iter().filter_map(|s| s.remote_id.as_deref()).collect();
+        let events = store.job_events(&job.id).await.unwrap();
+        taken += events
+            .iter()
+            .filter(|e| e.message.starts_with("taken over by"))
+            .count();
+        for batch in stats
+            .batches
+            .iter()
+            .filter(|b| b.job_id.as_deref() == Some(&job.id))
+        {
+            if ours.contains(batch.id.as_str()) {
+                continue;
+            }
+            duplicates += 1;
+            assert_eq!(batch.status, "cancelled", "{}: {batch:?}", job.file_name);
+            assert!(
+                events.iter().any(|e| e
+                    .message
+                    .contains(&format!("batch {} duplicated", batch.id))),
+                "{}: {events:?}",
+                job.file_name
+            );
+        }
+        // One batch per part: nothing here makes a second attempt (no token limit, no expiry).
+        let mut parts = BTreeSet::new();
+        for sub in subs.iter().filter(|s| s.remote_id.is_some()) {
+            assert!(
+                parts.insert(sub.part),
+                "{}: two batches of part {}",
+                job.file_name,
+                sub.part
+            );
+        }
+        for sub in subs.iter().filter(|s| s.remote_id.is_some()) {
+            let history = store.history(sub.id).await.unwrap();
+            let last = history.last().expect("a history");
+            assert!(last.status.is_terminal(), "{}: {history:?}", job.file_name);
+            assert_eq!(Some(&last.status), sub.status.as_ref(), "{}", job.file_name);
+        }
+        if let Some(asked) = &job.cancel_requested_at
+            && job.cancel_reason.as_deref() == Some("deadline")
+        {
+            let (deadline, asked) = (
+                batchwatch::clock::parse(&job.deadline_at).unwrap(),
+                batchwatch::clock::parse(asked).unwrap(),
+            );
+            late = late.max(batchwatch::clock::between(deadline, asked));
+        }
+    }
+    let completed = jobs.iter().filter(|j| j.state == JobState::Completed);
+    println!(
+        "chaos: {} jobs ({} completed), {taken} takeovers, {duplicates} late duplicates cancelled, deadlines enforced at most {late:?} after they passed, faults {:?}",
+        jobs.len(),
+        completed.count(),
+        stats.faults_injected,
+    );
+    assert!(taken > 0, "no job changed hands");
+    // The lease (4 s), a takeover period (a third of it) and a round.
+    assert!(
+        late < Duration::from_secs(7),
+        "a deadline enforced {late:?} late"
+    );
+}
