@@ -16,6 +16,7 @@ use crate::support::daemon::{
     assert_never_two_live_batches, quick_sim, requests, settled, slow_sim,
     wait_duplicate_cancelled,
 };
+use crate::support::partition::Partition;
 use crate::support::process::Running;
 use crate::support::sim::spawn_sim;
 use crate::support::{poll_until, wait_until};
@@ -312,8 +313,9 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
 /// Three daemons on one database and one queue tree, a simulator with faults (429s, 500s,
 /// creates carried out but never answered), files split into several batches and files whose
 /// deadline passes while they run; meanwhile one daemon is killed (SIGKILL) and started again
-/// every four seconds, and one is paused (SIGSTOP) for longer than its lease, then resumed (it
-/// stops: its lease is lost) and started again. Afterwards every file is in exactly one of
+/// every eight seconds, one is paused (SIGSTOP) for longer than its lease, and one is cut off
+/// from the database (a relay that passes nothing) for three leases; each of those two stops
+/// once back (its lease is lost) and is started again, and the third is killed at the end. Afterwards every file is in exactly one of
 /// done/ or failed/, nothing is left in processing/, each job has one batch per part on the
 /// service (any other was a late duplicate, cancelled, and the job's events say so), every
 /// batch's history ends with its final status, and every deadline was enforced within a lease
@@ -336,7 +338,37 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
     let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), &extra).await else {
         return;
     };
-    let mut daemons = [env.spawn(), env.spawn(), env.spawn()];
+    // The third daemon reaches the database through a relay the test cuts.
+    let url = env.postgres.clone().expect("a PostgreSQL database");
+    let (server, name) = url
+        .strip_prefix("postgres://postgres@")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("postgres://postgres@HOST:PORT/NAME");
+    let partition = Partition::to(server.parse().expect("HOST:PORT")).await;
+    let behind = format!("postgres://postgres@{}/{name}", partition.addr);
+    let start = |i: usize| match i {
+        2 => env.spawn_with(&[("BATCHWATCH_DATABASE__URL", behind.as_str())]),
+        _ => env.spawn(),
+    };
+    let mut daemons = [start(0), start(1), start(2)];
+    let mut logs = Vec::new();
+    // A daemon that stopped by itself did so because its lease was lost (paused, cut off):
+    // its service manager would start it again.
+    let revive = |daemons: &mut [Running; 3], logs: &mut Vec<String>| {
+        for (i, daemon) in daemons.iter_mut().enumerate() {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                daemon.drain();
+                assert_eq!(status.code(), Some(1), "{}", daemon.seen.join("\n"));
+                assert!(
+                    daemon.seen.iter().any(|l| l.contains("the lease is lost")),
+                    "{}",
+                    daemon.seen.join("\n")
+                );
+                logs.append(&mut daemon.seen);
+                *daemon = start(i);
+            }
+        }
+    };
     // 60 files of 2 to 10 requests (up to three batches each); every sixth must end within
     // three seconds of its claim.
     let mut files = Vec::new();
@@ -350,41 +382,37 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
         files.push(name);
     }
 
-    let started = Instant::now();
-    let mut round = 0;
-    let mut paused: Option<(usize, Instant)> = None;
-    let mut logs = Vec::new();
-    while started.elapsed() < Duration::from_secs(24) {
+    // Every four seconds for 24 s: the first daemon killed hard and started again every other
+    // round; the second paused (SIGSTOP) at 8 s for six seconds, past its lease; the third cut
+    // off from the database at 4 s for twelve (three leases), then killed at the end.
+    for round in 1..=6 {
         tokio::time::sleep(Duration::from_secs(4)).await;
-        round += 1;
-        // One paused past its lease (4 s): resumed six seconds on, it stops, and starts again.
-        match paused {
-            None if round == 2 => {
-                daemons[1].signal(libc::SIGSTOP);
-                paused = Some((1, Instant::now()));
-            }
-            Some((i, at)) if at.elapsed() >= Duration::from_secs(6) => {
-                daemons[i].signal(libc::SIGCONT);
-                let (status, _) = daemons[i].wait_exit(Duration::from_secs(30));
-                daemons[i].drain();
-                assert_eq!(status.code(), Some(1), "{}", daemons[i].seen.join("\n"));
-                logs.append(&mut daemons[i].seen);
-                daemons[i] = env.spawn();
-                paused = None;
+        match round {
+            1 => partition.cut(),
+            2 => daemons[1].signal(libc::SIGSTOP),
+            4 => {
+                daemons[1].signal(libc::SIGCONT);
+                partition.mend();
             }
             _ => {}
         }
-        // One killed hard, and started again, in turn (not the paused one).
-        let victim = if round % 2 == 0 { 0 } else { 2 };
-        daemons[victim].signal(libc::SIGKILL);
-        daemons[victim].wait_exit(Duration::from_secs(10));
-        daemons[victim].drain();
-        logs.append(&mut daemons[victim].seen);
-        daemons[victim] = env.spawn();
+        let victim = match round {
+            1 | 3 | 5 => Some(0),
+            6 => Some(2),
+            _ => None,
+        };
+        if let Some(i) = victim {
+            daemons[i].signal(libc::SIGKILL);
+            daemons[i].wait_exit(Duration::from_secs(10));
+            daemons[i].drain();
+            logs.append(&mut daemons[i].seen);
+            daemons[i] = start(i);
+        }
+        revive(&mut daemons, &mut logs);
     }
-    if let Some((i, _)) = paused {
-        daemons[i].signal(libc::SIGCONT);
-    }
+    // Those whose lease was lost stop within a renewal of their return.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    revive(&mut daemons, &mut logs);
     let [a, b, c] = &mut daemons;
     let jobs = wait_settled(&env, files.len(), Duration::from_secs(180), &mut [a, b, c]).await;
     for daemon in daemons {
@@ -468,12 +496,21 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
     }
     let completed = jobs.iter().filter(|j| j.state == JobState::Completed);
     println!(
-        "chaos: {} jobs ({} completed), {taken} takeovers, {duplicates} late duplicates cancelled, deadlines enforced at most {late:?} after they passed, faults {:?}",
+        "chaos: {} jobs ({} completed), {taken} takeovers, {} leases lost, {duplicates} late duplicates cancelled, deadlines enforced at most {late:?} after they passed, faults {:?}",
         jobs.len(),
         completed.count(),
+        logs.iter()
+            .filter(|l| l.contains("the lease is lost"))
+            .count(),
         stats.faults_injected,
     );
     assert!(taken > 0, "no job changed hands");
+    // The paused daemon and the one cut off each stopped once back, their lease lost.
+    let lost = logs
+        .iter()
+        .filter(|l| l.contains("the lease is lost"))
+        .count();
+    assert!(lost >= 2, "{lost} daemons stopped for a lost lease");
     // The lease (4 s), a takeover period (a third of it) and a round.
     assert!(
         late < Duration::from_secs(7),

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod fixtures;
 pub mod in_process;
 pub mod notify;
+pub mod partition;
 pub mod postgres;
 pub mod process;
 pub mod static_bin;
