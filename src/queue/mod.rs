@@ -183,14 +183,16 @@ impl Queue {
     }
 
     /// Removes the temporary files that downloads killed midway left in `results/JOBID/`
-    /// (only names starting with [`DOWNLOAD_PREFIX`], only in job directories); returns how
-    /// many. Called at start, when no download runs.
-    pub fn remove_download_leftovers(&self) -> io::Result<usize> {
+    /// (only names starting with [`DOWNLOAD_PREFIX`], only in job directories, except the jobs
+    /// `spare` names: another daemon's, whose downloads may be under way); returns how many.
+    /// Called at start, when none of this daemon's downloads runs.
+    pub fn remove_download_leftovers(&self, spare: impl Fn(&str) -> bool) -> io::Result<usize> {
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.results)? {
             let entry = entry?;
-            let is_job = entry.file_name().to_str().and_then(JobId::parse).is_some();
-            if !is_job || !entry.file_type()?.is_dir() {
+            let name = entry.file_name();
+            let job = name.to_str().filter(|n| JobId::parse(n).is_some());
+            if job.is_none_or(&spare) || !entry.file_type()?.is_dir() {
                 continue;
             }
             for inner in std::fs::read_dir(entry.path())? {
@@ -463,6 +465,29 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_leftovers_go_except_in_the_job_directories_spared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let queue = Queue::open(tmp.path()).unwrap();
+        let (mine, theirs) = (JobId::generate(1), JobId::generate(2));
+        for job in [&mine, &theirs] {
+            let dir = queue.results_dir(job.as_str());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("{DOWNLOAD_PREFIX}x")), "part").unwrap();
+            std::fs::write(dir.join("output.jsonl"), "{}").unwrap();
+        }
+        let removed = queue
+            .remove_download_leftovers(|job| job == theirs.as_str())
+            .unwrap();
+        assert_eq!(removed, 1);
+        let left = |job: &JobId| {
+            std::fs::read_dir(queue.results_dir(job.as_str()))
+                .unwrap()
+                .count()
+        };
+        assert_eq!((left(&mine), left(&theirs)), (1, 2));
+    }
 
     fn reason() -> Reason {
         Reason {

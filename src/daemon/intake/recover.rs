@@ -46,7 +46,12 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             "uploads or creates were under way at the last stop; reconciling them first"
         );
     }
-    match ctx.queue.remove_download_leftovers() {
+    // Another live instance's downloads are its own, under way.
+    let others = jobs_of_others(ctx).await?;
+    match ctx
+        .queue
+        .remove_download_leftovers(|job| others.contains(job))
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             files = n,
@@ -152,6 +157,23 @@ async fn sweep_one(
         (Some(_), _) => {}
     }
     Ok(())
+}
+
+/// The unfinished jobs other instances hold (none on a store this daemon writes alone).
+async fn jobs_of_others(ctx: &Ctx) -> anyhow::Result<HashSet<String>> {
+    if ctx.lease.is_sole() {
+        return Ok(HashSet::new());
+    }
+    let mut all: HashSet<String> = ctx
+        .store
+        .unfinished_jobs(&Lease::SOLE)
+        .await?
+        .into_iter()
+        .collect();
+    for mine in ctx.store.unfinished_jobs(&ctx.lease).await? {
+        all.remove(&mine);
+    }
+    Ok(all)
 }
 
 /// Whether another instance shares the store and is live (its lease runs).
