@@ -196,16 +196,14 @@ impl Timers {
         }
     }
 
-    /// The timers of the work a full round starts (the scan, and the sweep of processing/ that
-    /// rides on it, run in quiet rounds too).
-    fn for_rounds(&self) -> impl Iterator<Item = Timer> {
-        [
-            self.duplicate_check,
-            self.prune,
-            self.housekeeping,
-            self.takeover,
-        ]
-        .into_iter()
+    /// The timers of the work a full round starts here (the scan, and the sweep of processing/
+    /// that rides on it, run in quiet rounds too): the leader's work only while this instance
+    /// `leads`, takeovers only on a `shared` store. A timer of work that does not run here
+    /// stays due, and would make every round a full one.
+    fn for_rounds(&self, leads: bool, shared: bool) -> impl Iterator<Item = Timer> {
+        let leader = [self.duplicate_check, self.prune, self.housekeeping];
+        let leader = leader.into_iter().filter(move |_| leads);
+        leader.chain(Some(self.takeover).filter(|_| shared))
     }
 }
 
@@ -766,9 +764,10 @@ impl Daemon {
         // A back-off that has run out is no timer: its task runs when its work is next due
         // (a failed poll's submission may since be swept, never polled alone again).
         let backoffs = self.failures.values().map(|f| f.retry_at);
+        let (leads, shared) = (self.ctx.tenure.leads(), !self.ctx.lease.is_sole());
         let for_rounds = nearest(
             self.timers
-                .for_rounds()
+                .for_rounds(leads, shared)
                 .chain([stored])
                 .chain(self.ctx.gate.next_change(now).map(Timer::at))
                 .chain(backoffs.filter(|at| *at > now).map(Timer::at)),
