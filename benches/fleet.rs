@@ -5,21 +5,24 @@
 //! cargo bench --bench fleet -- --n 10000             # 10,000 batches, 100 s interval, 300 s window
 //! cargo bench --bench fleet -- --n 10000 --rps 5     # batchwatch alone, default limits
 //! cargo bench --bench fleet -- --idle 600            # batchwatch with nothing to do
+//! cargo bench --bench fleet -- --db postgres         # also batchwatch on PostgreSQL
+//! cargo bench --bench fleet -- --db postgres --instances 3   # three daemons on one database
 //! ```
 //!
 //! Two simulators (`batchwatch sim`, separate processes, time scale 1), each holding its
 //! batches in progress (validating 1 s, then in progress and finalizing for 10^7 s). On one,
 //! batchwatch (the `batchwatch run` cargo built for this bench) with a configuration the bench
 //! writes: `poll.min_interval = poll.max_interval = --interval`, `limits.requests_per_second`
-//! unbounded (10^6) and `limits.concurrency = --concurrency`. It gets its N batches through
-//! intake: N files of 10 requests are moved into `incoming/` at once; its intake rate is N over
-//! the time from the first claim (`jobs.created_at`) to the last batch created in the
-//! simulator. On the other, `benches/sdk_poller.py`: asyncio, `AsyncOpenAI`, creating its N
+//! unbounded (10^6), `limits.concurrency = --concurrency` and no monitoring endpoint
+//! (`metrics.listen = ""`: daemons side by side would want one port). It gets its N batches
+//! through intake: N files of 10 requests are moved into `incoming/` at once; its intake rate
+//! is N over the time from the first claim (`jobs.created_at`) to the last batch created in
+//! the simulator. On the other, `benches/sdk_poller.py`: asyncio, `AsyncOpenAI`, creating its N
 //! batches itself (upload and create, `--concurrency` at a time; that is its intake rate),
 //! then retrieving every active batch once per interval and writing a SQLite row per change.
 //! Without the `openai` package it is skipped, with the reason, and batchwatch runs alone.
 //!
-//! Once both track their fleet and a first interval has passed, the window opens. Over it,
+//! Once every side tracks its fleet and a first interval has passed, the window opens. Over it,
 //! for each: CPU seconds (`utime + stime` of `/proc/PID/stat`) and API requests (the
 //! simulator's count, every route) per tracked batch per cycle (window / interval), and peak
 //! RSS (`VmHWM`). During the window both simulators move `--changes` batches each from
@@ -28,6 +31,22 @@
 //! time, to the millisecond, which runs with the real clock) to its row in the database
 //! (`status_history.observed_at`, or the poller's row), reported as median and max, with any
 //! change not recorded an interval after the window named as such.
+//!
+//! `--db postgres`: a third simulator, and on it batchwatch again, its `database.url` a
+//! scratch PostgreSQL server the bench starts (Debian's postgresql package, the highest version
+//! under `/usr/lib/postgresql`; a cluster made by `initdb` in the run's directory, run as the
+//! postgres user when the bench runs as root; fsync and synchronous commit as by default, since
+//! their cost is part of what is measured), with the same N files through intake and the same
+//! window. Its CPU counts the server too: the postmaster and every child of it (those that
+//! ended through the postmaster's `cutime + cstime`), shown apart from the daemon's and summed,
+//! and divided by SQLite's. The server's own counters (`pg_stat_database`, `pg_stat_wal`) give
+//! the commits, rows written and WAL flushes per file of intake (read 11 s after it ends: an
+//! idle backend publishes its counters within 10 s, so they hold a little tracking too) and
+//! per batch per cycle of the window, and the daemons' and the server's CPU per file of
+//! intake. `--instances K` (1 to 3): K daemons on that database and one queue directory, as
+//! several hosts would run them; the intake rate is theirs together (first claim to last
+//! batch created), the window's figures are the group's (every daemon's CPU and the
+//! server's), and each daemon's CPU, peak RSS and the jobs it holds at the end are listed.
 //!
 //! `--rps R`: batchwatch alone; after intake (unbounded) it is restarted with the built-in
 //! limits and poll bounds but `limits.requests_per_second = R`, given two `poll.max_interval`
@@ -38,6 +57,7 @@
 //! `--idle SECONDS`: batchwatch with an empty queue and nothing in flight; its CPU over the
 //! period, as a share of one core.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -46,11 +66,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use batchwatch::sim::{Counts, Observations, Stepped};
 use serde_json::{Value, json};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
+#[path = "support/postgres.rs"]
+mod postgres;
 #[path = "support/procs.rs"]
 mod procs;
 
+use postgres::Server;
 use procs::{Simulator, cpu_secs, status_kib};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchwatch");
@@ -62,7 +86,22 @@ const REQUESTS_PER_FILE: usize = 10;
 
 const USAGE: &str = "cargo bench --bench fleet -- [--n N] [--interval SECS] [--window SECS] \
                      [--concurrency C] [--changes K] [--foreign N] [--list-order ORDER] \
-                     [--rps R] [--idle SECS] [--keep]";
+                     [--rps R] [--idle SECS] [--db sqlite|postgres] [--instances K] [--keep]";
+
+/// The most daemons `--instances` runs on one PostgreSQL database.
+const MAX_INSTANCES: usize = 3;
+
+/// The database the bench makes on its PostgreSQL server for the daemons.
+const PG_DATABASE: &str = "bench";
+
+/// Which databases the daemons are measured on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// SQLite only, as the daemon is run by default.
+    Sqlite,
+    /// SQLite, and beside it PostgreSQL on its own simulator.
+    Postgres,
+}
 
 #[derive(Debug)]
 struct Opts {
@@ -75,6 +114,9 @@ struct Opts {
     list_order: Option<String>,
     rps: Option<f64>,
     idle: Option<f64>,
+    db: Backend,
+    /// How many daemons share the PostgreSQL database.
+    instances: usize,
     keep: bool,
 }
 
@@ -96,8 +138,11 @@ impl Opts {
             list_order: None,
             rps: None,
             idle: None,
+            db: Backend::Sqlite,
+            instances: 1,
             keep: false,
         };
+        let mut instances = None;
         let mut interval = None;
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -111,6 +156,15 @@ impl Opts {
                 "--list-order" => opts.list_order = args.next(),
                 "--rps" => opts.rps = Some(number(&arg, args.next())?),
                 "--idle" => opts.idle = Some(number(&arg, args.next())?),
+                "--db" => {
+                    opts.db = match args.next().as_deref() {
+                        Some("sqlite") => Backend::Sqlite,
+                        Some("postgres") => Backend::Postgres,
+                        Some(other) => bail!("--db takes sqlite or postgres, not {other:?}"),
+                        None => bail!("--db needs a value: sqlite or postgres"),
+                    }
+                }
+                "--instances" => instances = Some(number(&arg, args.next())?),
                 "--keep" => opts.keep = true,
                 "--bench" => {}
                 other => bail!("unknown argument {other:?}; usage: {USAGE}"),
@@ -118,6 +172,23 @@ impl Opts {
         }
         anyhow::ensure!(opts.n > 0, "--n must be at least 1");
         anyhow::ensure!(opts.concurrency > 0, "--concurrency must be at least 1");
+        if let Some(k) = instances {
+            anyhow::ensure!(
+                opts.db == Backend::Postgres,
+                "--instances needs --db postgres: only daemons on PostgreSQL share a database"
+            );
+            anyhow::ensure!(
+                (1..=MAX_INSTANCES).contains(&k),
+                "--instances must be 1 to {MAX_INSTANCES}"
+            );
+            opts.instances = k;
+        }
+        if opts.db == Backend::Postgres {
+            anyhow::ensure!(
+                opts.rps.is_none() && opts.idle.is_none(),
+                "--db postgres measures the comparison only, not --rps or --idle"
+            );
+        }
         // 10 s per 1,000 batches keeps today's daemon and the SDK poller within their cycle.
         opts.interval = interval.unwrap_or((opts.n as f64 / 100.0).max(10.0));
         anyhow::ensure!(opts.interval >= 1.0, "--interval must be at least 1 second");
@@ -167,15 +238,72 @@ fn note(text: impl AsRef<str>) {
 struct Side {
     intake_rate: Option<f64>,
     tracked: usize,
+    /// The CPU of the side's own processes: its daemons, or the poller.
     cpu_secs: f64,
+    /// The CPU of its database server, for PostgreSQL.
+    server_cpu_secs: Option<f64>,
     requests: u64,
     peak_rss_kib: u64,
     lags_ms: Vec<i64>,
     unseen_changes: usize,
 }
 
+impl Side {
+    /// Its CPU with its database server's.
+    fn total_cpu_secs(&self) -> f64 {
+        self.cpu_secs + self.server_cpu_secs.unwrap_or(0.0)
+    }
+}
+
+/// A side's figures at the window's opening or close.
+struct Reading {
+    /// The requests its simulator received so far.
+    requests: u64,
+    /// CPU seconds so far, per process of the side.
+    cpu_secs: Vec<f64>,
+    /// CPU seconds of its database server so far, for PostgreSQL.
+    server_cpu_secs: Option<f64>,
+}
+
+impl Reading {
+    async fn take(sim: &SimApi, pids: &[u32], server: Option<&Server>) -> anyhow::Result<Reading> {
+        Ok(Reading {
+            requests: requests(&sim.counts().await?),
+            cpu_secs: pids
+                .iter()
+                .map(|&pid| cpu_secs(pid))
+                .collect::<Result<_, _>>()?,
+            server_cpu_secs: server.map(Server::cpu_secs).transpose()?,
+        })
+    }
+
+    /// The side over the window from `self` to `after`, its peak RSS the sum of its processes'.
+    fn side(&self, after: &Reading, tracked: usize, pids: &[u32]) -> anyhow::Result<Side> {
+        let mut peak_rss_kib = 0;
+        for &pid in pids {
+            peak_rss_kib += status_kib(Some(pid), "VmHWM")?;
+        }
+        Ok(Side {
+            tracked,
+            cpu_secs: after.cpu_secs.iter().sum::<f64>() - self.cpu_secs.iter().sum::<f64>(),
+            server_cpu_secs: after
+                .server_cpu_secs
+                .zip(self.server_cpu_secs)
+                .map(|(a, b)| a - b),
+            requests: after.requests - self.requests,
+            peak_rss_kib,
+            ..Side::default()
+        })
+    }
+}
+
 async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
+    // PostgreSQL first, so that a run without it fails before anything else starts.
+    let mut on_postgres = match opts.db {
+        Backend::Postgres => Some(OnPostgres::start(opts, dir, &http).await?),
+        Backend::Sqlite => None,
+    };
     let ours = SimApi::start(opts, dir, "sim-batchwatch", &http)?;
     let (theirs, skipped) = if opts.rps.is_none() {
         let sim = SimApi::start(opts, dir, "sim-sdk", &http)?;
@@ -190,10 +318,14 @@ async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
         (None, None)
     };
 
-    let mut daemon = Daemon::new(dir, &ours.sim.base_url)?;
+    let mut daemon = Daemon::on_sqlite(dir, &ours.sim.base_url)?;
     daemon.configure(&unbounded_limits(opts))?;
     daemon.start().await?;
-    let intake_rate = intake(opts, dir, &daemon, &ours).await?;
+    let intake_rate = intake(opts, dir, std::slice::from_ref(&daemon), &ours).await?;
+    let postgres_intake = match &mut on_postgres {
+        Some(pg) => Some(pg.intake(opts, dir).await?),
+        None => None,
+    };
 
     let (interval, window) = match opts.rps {
         Some(rps) => {
@@ -220,7 +352,7 @@ async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
                 poller.go()?;
             }
             note(format!(
-                "both are tracking; settling for one interval ({interval} s)"
+                "all are tracking; settling for one interval ({interval} s)"
             ));
             tokio::time::sleep(Duration::from_secs_f64(interval + 2.0)).await;
             (interval, window)
@@ -228,34 +360,58 @@ async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
     };
 
     // The window.
-    let daemon_pid = daemon.pid()?;
-    let ours_before = ours.counts().await?;
+    let daemon_pids = [daemon.pid()?];
+    let postgres_pids = match &on_postgres {
+        Some(pg) => pg.pids()?,
+        None => Vec::new(),
+    };
+    let ours_before = Reading::take(&ours, &daemon_pids, None).await?;
     ours.reset_observations().await?;
-    let theirs_before = match &theirs {
-        Some(p) => Some((p.sim.counts().await?, cpu_secs(p.pid())?)),
+    let postgres_before = match &on_postgres {
+        Some(pg) => Some((
+            Reading::take(&pg.sim, &postgres_pids, Some(&pg.server)).await?,
+            ServerCounts::read(&pg.pool).await?,
+        )),
         None => None,
     };
-    let cpu_before = cpu_secs(daemon_pid)?;
+    let theirs_before = match &theirs {
+        Some(p) => Some(Reading::take(&p.sim, &[p.pid()], None).await?),
+        None => None,
+    };
     let opened = Instant::now();
     note(format!(
         "window open for {window} s ({:.1} cycles of {interval} s); moving {} batches on in each simulator meanwhile",
         window / interval,
         opts.changes()
     ));
-    let (ours_steps, theirs_steps) = change_during(
-        opts,
-        interval,
-        window,
-        &ours,
+    let sims: Vec<&SimApi> = [
+        Some(&ours),
+        on_postgres.as_ref().map(|pg| &pg.sim),
         theirs.as_ref().map(|p| &p.sim),
-        opened,
-    )
-    .await?;
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut steps = change_during(opts, interval, window, &sims, opened)
+        .await?
+        .into_iter();
+    let ours_steps = steps.next().unwrap_or_default();
+    let postgres_steps = on_postgres
+        .as_ref()
+        .and_then(|_| steps.next())
+        .unwrap_or_default();
+    let theirs_steps = steps.next().unwrap_or_default();
     tokio::time::sleep_until((opened + Duration::from_secs_f64(window)).into()).await;
-    let cpu_after = cpu_secs(daemon_pid)?;
-    let ours_after = ours.counts().await?;
+    let ours_after = Reading::take(&ours, &daemon_pids, None).await?;
+    let postgres_after = match &on_postgres {
+        Some(pg) => Some((
+            Reading::take(&pg.sim, &postgres_pids, Some(&pg.server)).await?,
+            ServerCounts::read(&pg.pool).await?,
+        )),
+        None => None,
+    };
     let theirs_after = match &theirs {
-        Some(p) => Some((p.sim.counts().await?, cpu_secs(p.pid())?)),
+        Some(p) => Some(Reading::take(&p.sim, &[p.pid()], None).await?),
         None => None,
     };
     let observations = ours.observations().await?;
@@ -266,31 +422,58 @@ async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
 
     let mut batchwatch = Side {
         intake_rate: Some(intake_rate),
-        tracked: opts.n,
-        cpu_secs: cpu_after - cpu_before,
-        requests: requests(&ours_after) - requests(&ours_before),
-        peak_rss_kib: status_kib(Some(daemon_pid), "VmHWM")?,
-        ..Side::default()
+        ..ours_before.side(&ours_after, opts.n, &daemon_pids)?
     };
     (batchwatch.lags_ms, batchwatch.unseen_changes) =
-        lags(&daemon.db_path(), DAEMON_SEEN, &ours_steps).await?;
+        lags(&ours_steps, &daemon.db().await?.first_finalizing().await?);
+    let on_pg = match (&on_postgres, postgres_before, postgres_after) {
+        (Some(pg), Some((before, counts_before)), Some((after, counts_after))) => {
+            let mut side = Side {
+                intake_rate: postgres_intake.as_ref().map(|i| i.rate),
+                ..before.side(&after, opts.n, &postgres_pids)?
+            };
+            (side.lags_ms, side.unseen_changes) = lags(
+                &postgres_steps,
+                &Reader::Postgres(pg.pool.clone()).first_finalizing().await?,
+            );
+            let instances = postgres_pids
+                .iter()
+                .zip(before.cpu_secs.iter().zip(&after.cpu_secs))
+                .map(|(&pid, (b, a))| {
+                    Ok(Instance {
+                        pid,
+                        cpu_secs: a - b,
+                        peak_rss_kib: status_kib(Some(pid), "VmHWM")?,
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some((
+                side,
+                counts_after.minus(&counts_before),
+                instances,
+                pg.holders().await?,
+            ))
+        }
+        _ => None,
+    };
     let sdk = match (&theirs, theirs_before, theirs_after) {
-        (Some(poller), Some((counts_before, cpu0)), Some((counts_after, cpu1))) => {
+        (Some(poller), Some(before), Some(after)) => {
             let mut side = Side {
                 intake_rate: Some(poller.created as f64 / poller.create_secs),
-                tracked: opts.n,
-                cpu_secs: cpu1 - cpu0,
-                requests: requests(&counts_after) - requests(&counts_before),
-                peak_rss_kib: status_kib(Some(poller.pid()), "VmHWM")?,
-                ..Side::default()
+                ..before.side(&after, opts.n, &[poller.pid()])?
             };
             (side.lags_ms, side.unseen_changes) =
-                lags(&poller.db, POLLER_SEEN, &theirs_steps).await?;
+                lags(&theirs_steps, &poller_seen(&poller.db).await?);
             Some(side)
         }
         _ => None,
     };
     daemon.stop()?;
+    if let Some(pg) = &mut on_postgres {
+        for daemon in &mut pg.daemons {
+            daemon.stop()?;
+        }
+    }
 
     let cycles = window / interval;
     println!();
@@ -315,7 +498,53 @@ async fn fleet(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
             opts.list_order.as_deref().unwrap_or("newest-first")
         );
     }
-    print_table(&batchwatch, sdk.as_ref(), cycles, interval);
+    if let Some(pg) = &on_postgres {
+        println!(
+            "PostgreSQL {}: {} daemon(s) on one database and one queue directory; fsync on, synchronous_commit on",
+            pg.server.version, opts.instances
+        );
+    }
+    let mut columns = vec![("batchwatch SQLite".to_owned(), &batchwatch)];
+    if let Some((side, ..)) = &on_pg {
+        let heading = match opts.instances {
+            1 => "batchwatch PG".to_owned(),
+            k => format!("batchwatch PG ×{k}"),
+        };
+        columns.push((heading, side));
+    }
+    if let Some(side) = &sdk {
+        columns.push(("SDK poller".to_owned(), side));
+    }
+    print_table(&columns, cycles, interval);
+    if let Some(sdk) = &sdk {
+        print_ratios("batchwatch (SQLite) / SDK poller", &batchwatch, sdk, cycles);
+    }
+    if let Some((side, window_counts, instances, holders)) = &on_pg {
+        print_ratios("batchwatch, PostgreSQL / SQLite", side, &batchwatch, cycles);
+        print_instances(instances, holders, cycles, opts.n);
+        if let Some(intake) = &postgres_intake {
+            println!();
+            println!("PostgreSQL server counters (database {PG_DATABASE}; WAL cluster-wide):");
+            intake.counts.print(
+                &format!(
+                    "intake, per file (over {:.1} s: from before the drop to {:.0} s after the last batch)",
+                    intake.secs,
+                    STATS_DELAY.as_secs_f64()
+                ),
+                opts.n as f64,
+            );
+            let (daemons, server) = intake.cpu_secs;
+            println!(
+                "  intake CPU per file over that span: daemon(s) {:.2} ms, server {:.2} ms",
+                daemons * 1000.0 / opts.n as f64,
+                server * 1000.0 / opts.n as f64
+            );
+        }
+        window_counts.print(
+            "window, per tracked batch per cycle",
+            opts.n as f64 * cycles,
+        );
+    }
     if let Some(reason) = &skipped {
         println!("SDK poller skipped: {reason} (install it: python3 -m pip install openai)");
     }
@@ -340,34 +569,40 @@ fn requests(counts: &Counts) -> u64 {
 }
 
 /// Moves `changes` batches on in each simulator, spread over the part of the window that
-/// leaves every change an interval (plus 2 s) to be seen before the window closes.
+/// leaves every change an interval (plus 2 s) to be seen before the window closes; the batches
+/// moved in each, in the order of `sims`.
 async fn change_during(
     opts: &Opts,
     interval: f64,
     window: f64,
-    ours: &SimApi,
-    theirs: Option<&SimApi>,
+    sims: &[&SimApi],
     opened: Instant,
-) -> anyhow::Result<(Vec<Stepped>, Vec<Stepped>)> {
+) -> anyhow::Result<Vec<Vec<Stepped>>> {
     let total = opts.changes();
     let span = (window - interval - 2.0).max(window / 2.0);
     let rounds = total.min((span / 0.5) as usize).max(1);
-    let (mut ours_steps, mut theirs_steps) = (Vec::new(), Vec::new());
+    let mut steps = vec![Vec::new(); sims.len()];
     for round in 0..rounds {
         let at = opened + Duration::from_secs_f64(span * round as f64 / rounds as f64);
         tokio::time::sleep_until(at.into()).await;
         let count = total * (round + 1) / rounds - total * round / rounds;
-        ours_steps.extend(ours.step(count).await?);
-        if let Some(sim) = theirs {
-            theirs_steps.extend(sim.step(count).await?);
+        for (sim, stepped) in sims.iter().zip(&mut steps) {
+            stepped.extend(sim.step(count).await?);
         }
     }
-    Ok((ours_steps, theirs_steps))
+    Ok(steps)
 }
 
-/// Drops the N files into the queue and waits until batchwatch tracks every batch; returns
-/// the intake rate, files per second from the first claim to the last batch created.
-async fn intake(opts: &Opts, dir: &Path, daemon: &Daemon, sim: &SimApi) -> anyhow::Result<f64> {
+/// Drops the N files into the queue the `daemons` share and waits until they track every
+/// batch; returns the intake rate, files per second from the first claim to the last batch
+/// created.
+async fn intake(opts: &Opts, dir: &Path, daemons: &[Daemon], sim: &SimApi) -> anyhow::Result<f64> {
+    let first = daemons.first().context("intake needs a daemon")?;
+    let logs = daemons
+        .iter()
+        .map(|d| d.log.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let staging = dir.join("staging");
     std::fs::create_dir_all(&staging)?;
     for k in 0..opts.n {
@@ -381,29 +616,30 @@ async fn intake(opts: &Opts, dir: &Path, daemon: &Daemon, sim: &SimApi) -> anyho
             .collect();
         std::fs::write(staging.join(format!("f{k:06}.jsonl")), lines)?;
     }
-    let incoming = daemon.queue.join("incoming");
+    let incoming = first.queue.join("incoming");
     for k in 0..opts.n {
         let name = format!("f{k:06}.jsonl");
         std::fs::rename(staging.join(&name), incoming.join(&name))?;
     }
-    note(format!("dropped {} files into incoming/", opts.n));
+    note(format!(
+        "dropped {} files into {}",
+        opts.n,
+        incoming.display()
+    ));
 
-    let db = daemon.db().await?;
+    let db = first.db().await?;
     let started = Instant::now();
     let limit = Duration::from_secs(120 + opts.n as u64 / 5);
     let mut reported = Instant::now();
     loop {
-        let active: i64 = sqlx::query_scalar("SELECT count(*) FROM batches WHERE state = 'active'")
-            .fetch_one(&db)
-            .await?;
+        let active = db.active_batches().await?;
         if active as usize >= opts.n {
             break;
         }
         if started.elapsed() > limit {
             bail!(
-                "after {limit:?} batchwatch tracks {active} of {} batches; see {}",
-                opts.n,
-                daemon.log.display()
+                "after {limit:?} batchwatch tracks {active} of {} batches; see {logs}",
+                opts.n
             );
         }
         if reported.elapsed() > Duration::from_secs(15) {
@@ -412,9 +648,7 @@ async fn intake(opts: &Opts, dir: &Path, daemon: &Daemon, sim: &SimApi) -> anyho
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let first_claim: String = sqlx::query_scalar("SELECT min(created_at) FROM jobs")
-        .fetch_one(&db)
-        .await?;
+    let first_claim = db.first_claim().await?;
     let first_claim = batchwatch::clock::parse(&first_claim)
         .context("jobs.created_at is not a timestamp")?
         .as_millisecond();
@@ -429,42 +663,47 @@ async fn intake(opts: &Opts, dir: &Path, daemon: &Daemon, sim: &SimApi) -> anyho
         .context("the simulator has no batches")?;
     let secs = (last_created - first_claim).max(1) as f64 / 1000.0;
     note(format!(
-        "batchwatch took in {} files in {secs:.1} s (first claim to last batch created)",
+        "batchwatch ({} on {}) took in {} files in {secs:.1} s (first claim to last batch created)",
+        match daemons.len() {
+            1 => "one daemon".to_owned(),
+            k => format!("{k} daemons"),
+        },
+        db.backend(),
         opts.n
     ));
     Ok(opts.n as f64 / secs)
 }
 
-/// The first `finalizing` row of a batch in batchwatch's history, unix ms.
-const DAEMON_SEEN: &str = "SELECT CAST(round(unixepoch(min(h.observed_at), 'subsec') * 1000) AS INTEGER) \
+/// Each batch's first `finalizing` row in batchwatch's history: its remote id, and when
+/// (the stored timestamp, the same text in either database).
+const FIRST_FINALIZING: &str = "SELECT b.remote_id, min(h.observed_at) \
      FROM status_history h JOIN batches b ON b.id = h.batch_id \
-     WHERE b.remote_id = ? AND h.status = 'finalizing'";
+     WHERE h.status = 'finalizing' AND b.remote_id IS NOT NULL GROUP BY b.remote_id";
 
-/// The same in the SDK poller's rows.
+/// The same in the SDK poller's rows, unix ms.
 const POLLER_SEEN: &str =
-    "SELECT min(observed_ms) FROM changes WHERE batch_id = ? AND status = 'finalizing'";
+    "SELECT batch_id, min(observed_ms) FROM changes WHERE status = 'finalizing' GROUP BY batch_id";
 
-/// The lag of each stepped batch's first `finalizing` row (found by `seen`, in the database at
-/// `db`) after its change, in ms; and how many have no such row.
-async fn lags(
-    db: &Path,
-    seen: &'static str,
-    steps: &[Stepped],
-) -> anyhow::Result<(Vec<i64>, usize)> {
-    let pool = read_only(db).await?;
+/// When the poller in its database at `db` first saw each batch finalizing: id, unix ms.
+async fn poller_seen(db: &Path) -> anyhow::Result<HashMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(POLLER_SEEN)
+        .fetch_all(&read_only(db).await?)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The lag of each stepped batch's first `finalizing` row (`seen`: remote id to unix ms) after
+/// its change, in ms; and how many have no such row.
+fn lags(steps: &[Stepped], seen: &HashMap<String, i64>) -> (Vec<i64>, usize) {
     let mut lags = Vec::new();
     let mut unseen = 0;
     for step in steps.iter().filter(|s| s.moved) {
-        let at: Option<i64> = sqlx::query_scalar(seen)
-            .bind(&step.id)
-            .fetch_one(&pool)
-            .await?;
-        match at {
+        match seen.get(&step.id) {
             Some(at) => lags.push(at - step.at_ms),
             None => unseen += 1,
         }
     }
-    Ok((lags, unseen))
+    (lags, unseen)
 }
 
 async fn read_only(path: &Path) -> anyhow::Result<SqlitePool> {
@@ -473,6 +712,272 @@ async fn read_only(path: &Path) -> anyhow::Result<SqlitePool> {
         .connect_with(SqliteConnectOptions::new().filename(path).read_only(true))
         .await
         .with_context(|| format!("opening {}", path.display()))
+}
+
+/// A daemon's database as the bench reads it, in either backend; the queries are the same
+/// text in both.
+enum Reader {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Reader {
+    fn backend(&self) -> &'static str {
+        match self {
+            Reader::Sqlite(_) => "SQLite",
+            Reader::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    async fn active_batches(&self) -> anyhow::Result<i64> {
+        const SQL: &str = "SELECT count(*) FROM batches WHERE state = 'active'";
+        Ok(match self {
+            Reader::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+            Reader::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        })
+    }
+
+    /// The first claim: the earliest `jobs.created_at`.
+    async fn first_claim(&self) -> anyhow::Result<String> {
+        const SQL: &str = "SELECT min(created_at) FROM jobs";
+        Ok(match self {
+            Reader::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+            Reader::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        })
+    }
+
+    /// When the daemon first recorded each batch as finalizing: remote id, unix ms.
+    async fn first_finalizing(&self) -> anyhow::Result<HashMap<String, i64>> {
+        let rows: Vec<(String, String)> = match self {
+            Reader::Sqlite(pool) => sqlx::query_as(FIRST_FINALIZING).fetch_all(pool).await?,
+            Reader::Postgres(pool) => sqlx::query_as(FIRST_FINALIZING).fetch_all(pool).await?,
+        };
+        rows.into_iter()
+            .map(|(id, at)| {
+                let at = batchwatch::clock::parse(&at)
+                    .with_context(|| format!("status_history.observed_at {at:?}"))?;
+                Ok((id, at.as_millisecond()))
+            })
+            .collect()
+    }
+}
+
+/// How long PostgreSQL may take to publish a backend's counters: an idle backend flushes
+/// them within 10 s (`PGSTAT_IDLE_INTERVAL`), so intake's are read this long after it ends.
+const STATS_DELAY: Duration = Duration::from_secs(11);
+
+/// The server's counters of the bench database (`pg_stat_database`) and of the cluster's WAL
+/// (`pg_stat_wal`), or the difference of two readings.
+struct ServerCounts {
+    commits: i64,
+    rollbacks: i64,
+    inserted: i64,
+    updated: i64,
+    deleted: i64,
+    wal_records: i64,
+    wal_bytes: i64,
+    wal_syncs: i64,
+}
+
+impl ServerCounts {
+    async fn read(pool: &PgPool) -> anyhow::Result<ServerCounts> {
+        let row: (i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT d.xact_commit, d.xact_rollback, d.tup_inserted, d.tup_updated, \
+             d.tup_deleted, w.wal_records, w.wal_bytes::bigint, w.wal_sync \
+             FROM pg_stat_database d, pg_stat_wal w WHERE d.datname = $1",
+        )
+        .bind(PG_DATABASE)
+        .fetch_one(pool)
+        .await
+        .context("reading pg_stat_database and pg_stat_wal")?;
+        let (commits, rollbacks, inserted, updated, deleted, wal_records, wal_bytes, wal_syncs) =
+            row;
+        Ok(ServerCounts {
+            commits,
+            rollbacks,
+            inserted,
+            updated,
+            deleted,
+            wal_records,
+            wal_bytes,
+            wal_syncs,
+        })
+    }
+
+    fn minus(&self, before: &ServerCounts) -> ServerCounts {
+        ServerCounts {
+            commits: self.commits - before.commits,
+            rollbacks: self.rollbacks - before.rollbacks,
+            inserted: self.inserted - before.inserted,
+            updated: self.updated - before.updated,
+            deleted: self.deleted - before.deleted,
+            wal_records: self.wal_records - before.wal_records,
+            wal_bytes: self.wal_bytes - before.wal_bytes,
+            wal_syncs: self.wal_syncs - before.wal_syncs,
+        }
+    }
+
+    /// One line of the counters divided by `per` (files, or batches × cycles).
+    fn print(&self, what: &str, per: f64) {
+        let each = |x: i64| x as f64 / per;
+        println!(
+            "  {what}: {:.2} commits, {:.2} rollbacks, rows {:.2} inserted, {:.2} updated, \
+             {:.2} deleted; WAL {:.1} records, {:.0} bytes, {:.2} flushes (fsync)",
+            each(self.commits),
+            each(self.rollbacks),
+            each(self.inserted),
+            each(self.updated),
+            each(self.deleted),
+            each(self.wal_records),
+            each(self.wal_bytes),
+            each(self.wal_syncs),
+        );
+    }
+}
+
+/// What intake on PostgreSQL measured.
+struct PostgresIntake {
+    rate: f64,
+    /// The server's counters from just before the drop to [`STATS_DELAY`] after intake.
+    counts: ServerCounts,
+    /// The daemons' CPU seconds and the server's over the same span.
+    cpu_secs: (f64, f64),
+    /// How long that was.
+    secs: f64,
+}
+
+/// batchwatch on PostgreSQL: a scratch server, a simulator of its own, and `--instances`
+/// daemons on one database and one queue directory. (Fields drop in order: the daemons end
+/// before the server.)
+struct OnPostgres {
+    daemons: Vec<Daemon>,
+    sim: SimApi,
+    /// The bench's own connection, for its reads.
+    pool: PgPool,
+    server: Server,
+}
+
+impl OnPostgres {
+    /// Starts the server with an empty database, the simulator, and configures the daemons.
+    async fn start(opts: &Opts, dir: &Path, http: &reqwest::Client) -> anyhow::Result<OnPostgres> {
+        let server = Server::start(dir)?;
+        server.create_database(PG_DATABASE).await?;
+        note(format!(
+            "PostgreSQL {} listens on 127.0.0.1:{} (log: {})",
+            server.version,
+            server.port,
+            server.log.display()
+        ));
+        let url = server.url(PG_DATABASE);
+        let sim = SimApi::start(opts, dir, "sim-postgres", http)?;
+        let queue = dir.join("queue-postgres");
+        let daemons = (1..=opts.instances)
+            .map(|k| {
+                let daemon = Daemon::new(
+                    dir.join(format!("batchwatch-postgres-{k}")),
+                    queue.clone(),
+                    Database::Postgres(url.clone()),
+                    &sim.sim.base_url,
+                )?;
+                daemon.configure(&unbounded_limits(opts))?;
+                Ok(daemon)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(OnPostgres {
+            daemons,
+            sim,
+            pool,
+            server,
+        })
+    }
+
+    /// Starts the daemons, one after the other (the first makes the tables), and takes the N
+    /// files in through them.
+    async fn intake(&mut self, opts: &Opts, dir: &Path) -> anyhow::Result<PostgresIntake> {
+        for daemon in &mut self.daemons {
+            daemon.start().await?;
+        }
+        let daemons_cpu =
+            |pids: &[u32]| -> anyhow::Result<f64> { pids.iter().map(|&pid| cpu_secs(pid)).sum() };
+        let pids = self.pids()?;
+        let before = ServerCounts::read(&self.pool).await?;
+        let cpu_before = (daemons_cpu(&pids)?, self.server.cpu_secs()?);
+        let started = Instant::now();
+        let rate = intake(opts, dir, &self.daemons, &self.sim).await?;
+        tokio::time::sleep(STATS_DELAY).await;
+        let counts = ServerCounts::read(&self.pool).await?.minus(&before);
+        Ok(PostgresIntake {
+            rate,
+            counts,
+            cpu_secs: (
+                daemons_cpu(&pids)? - cpu_before.0,
+                self.server.cpu_secs()? - cpu_before.1,
+            ),
+            secs: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn pids(&self) -> anyhow::Result<Vec<u32>> {
+        self.daemons.iter().map(Daemon::pid).collect()
+    }
+
+    /// How many jobs each instance holds: its pid (None: no live instance) and the count.
+    async fn holders(&self) -> anyhow::Result<Vec<(Option<i64>, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT i.pid, count(*) FROM jobs j LEFT JOIN instances i ON i.epoch = j.owner_epoch \
+             GROUP BY j.owner_epoch, i.pid ORDER BY j.owner_epoch",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+/// One daemon of several on PostgreSQL, over the window.
+struct Instance {
+    pid: u32,
+    cpu_secs: f64,
+    peak_rss_kib: u64,
+}
+
+/// Per daemon on PostgreSQL: its CPU and peak RSS over the window, and the jobs it holds.
+fn print_instances(
+    instances: &[Instance],
+    holders: &[(Option<i64>, i64)],
+    cycles: f64,
+    tracked: usize,
+) {
+    println!();
+    println!(
+        "daemons on PostgreSQL (jobs held at the end: SELECT owner_epoch, count(*) FROM jobs GROUP BY 1):"
+    );
+    for (k, instance) in instances.iter().enumerate() {
+        let held = holders
+            .iter()
+            .filter(|(pid, _)| *pid == Some(i64::from(instance.pid)))
+            .map(|(_, count)| count)
+            .sum::<i64>();
+        println!(
+            "  instance {} (pid {}): {held} jobs; CPU {:.2} s over the window ({:.3} ms per tracked batch per cycle); peak RSS {:.1} MiB",
+            k + 1,
+            instance.pid,
+            instance.cpu_secs,
+            instance.cpu_secs * 1000.0 / (tracked as f64 * cycles),
+            instance.peak_rss_kib as f64 / 1024.0
+        );
+    }
+    let unheld: i64 = holders
+        .iter()
+        .filter(|(pid, _)| pid.is_none())
+        .map(|(_, count)| count)
+        .sum();
+    if unheld > 0 {
+        println!("  held by no live instance: {unheld} jobs");
+    }
 }
 
 /// With `--rps`: how many active batches went unseen for longer than `max_interval`.
@@ -512,11 +1017,14 @@ fn median_max(lags: &[i64]) -> Option<(f64, f64)> {
     Some((median, *sorted.last().unwrap() as f64 / 1000.0))
 }
 
-fn print_table(ours: &Side, theirs: Option<&Side>, cycles: f64, interval: f64) {
-    let per_cycle = |side: &Side, x: f64| x / (side.tracked as f64 * cycles);
-    let cpu_ms = |s: &Side| per_cycle(s, s.cpu_secs) * 1000.0;
-    let reqs = |s: &Side| per_cycle(s, s.requests as f64);
-    let rss = |s: &Side| s.peak_rss_kib as f64 / 1024.0;
+/// Per tracked batch per cycle.
+fn per_batch_cycle(side: &Side, x: f64, cycles: f64) -> f64 {
+    x / (side.tracked as f64 * cycles)
+}
+
+/// The figures of each side, a column each under its heading.
+fn print_table(columns: &[(String, &Side)], cycles: f64, interval: f64) {
+    let cpu_ms = move |x: f64, s: &Side| format!("{:.3}", per_batch_cycle(s, x, cycles) * 1000.0);
     let lag = |s: &Side| {
         let text = match median_max(&s.lags_ms) {
             Some((median, max)) => format!("{median:.1} / {max:.1}"),
@@ -535,6 +1043,8 @@ fn print_table(ours: &Side, theirs: Option<&Side>, cycles: f64, interval: f64) {
         let within = s.lags_ms.iter().filter(|&&lag| lag <= limit).count();
         format!("{within} of {changes}")
     };
+    let server =
+        |text: &dyn Fn(f64) -> String, s: &Side| s.server_cpu_secs.map_or("-".to_owned(), text);
     type Row<'a> = (&'a str, Box<dyn Fn(&Side) -> String + 'a>);
     let rows: Vec<Row> = vec![
         (
@@ -543,19 +1053,37 @@ fn print_table(ours: &Side, theirs: Option<&Side>, cycles: f64, interval: f64) {
         ),
         (
             "CPU per tracked batch per cycle (ms)",
-            Box::new(move |s: &Side| format!("{:.3}", cpu_ms(s))),
+            Box::new(move |s: &Side| cpu_ms(s.total_cpu_secs(), s)),
         ),
         (
-            "  CPU over the window (s)",
+            "  of which the daemon(s) or poller",
+            Box::new(move |s: &Side| cpu_ms(s.cpu_secs, s)),
+        ),
+        (
+            "  of which the database server",
+            Box::new(move |s: &Side| server(&|x| cpu_ms(x, s), s)),
+        ),
+        (
+            "CPU over the window (s)",
+            Box::new(|s: &Side| format!("{:.2}", s.total_cpu_secs())),
+        ),
+        (
+            "  of which the daemon(s) or poller",
             Box::new(|s: &Side| format!("{:.2}", s.cpu_secs)),
         ),
         (
-            "API requests per tracked batch per cycle",
-            Box::new(move |s: &Side| format!("{:.3}", reqs(s))),
+            "  of which the database server",
+            Box::new(move |s: &Side| server(&|x| format!("{x:.2}"), s)),
         ),
         (
-            "peak RSS (MiB)",
-            Box::new(move |s: &Side| format!("{:.1}", rss(s))),
+            "API requests per tracked batch per cycle",
+            Box::new(move |s: &Side| {
+                format!("{:.3}", per_batch_cycle(s, s.requests as f64, cycles))
+            }),
+        ),
+        (
+            "peak RSS (MiB; daemons summed, not the server)",
+            Box::new(|s: &Side| format!("{:.1}", s.peak_rss_kib as f64 / 1024.0)),
         ),
         (
             "lag, change to database row (s): median / max",
@@ -565,52 +1093,60 @@ fn print_table(ours: &Side, theirs: Option<&Side>, cycles: f64, interval: f64) {
         ("intake (files/s)", Box::new(intake)),
     ];
     println!();
-    println!(
-        "{:<48} {:>16} {:>16}",
-        "",
-        "batchwatch",
-        if theirs.is_some() { "SDK poller" } else { "" }
-    );
-    for (name, value) in &rows {
-        println!(
-            "{name:<48} {:>16} {:>16}",
-            value(ours),
-            theirs.map(value).unwrap_or_default()
-        );
+    print!("{:<48}", "");
+    for (heading, _) in columns {
+        print!(" {heading:>18}");
     }
-    let Some(theirs) = theirs else {
-        return;
-    };
-    let ratio = |a: f64, b: f64| {
-        if b > 0.0 {
-            format!("{:.3}", a / b)
+    println!();
+    for (name, value) in &rows {
+        print!("{name:<48}");
+        for (_, side) in columns {
+            print!(" {:>18}", value(side));
+        }
+        println!();
+    }
+}
+
+/// The ratios of side `a` to side `b`, under `title`.
+fn print_ratios(title: &str, a: &Side, b: &Side, cycles: f64) {
+    let ratio = |x: f64, y: f64| {
+        if y > 0.0 {
+            format!("{:.3}", x / y)
         } else {
             "-".to_owned()
         }
     };
+    let cpu = |s: &Side, x: f64| per_batch_cycle(s, x, cycles);
+    let reqs = |s: &Side| per_batch_cycle(s, s.requests as f64, cycles);
     println!();
-    println!("ratios, batchwatch / SDK poller:");
+    println!("ratios, {title}:");
     println!(
         "  CPU per tracked batch per cycle   {}",
-        ratio(cpu_ms(ours), cpu_ms(theirs))
+        ratio(cpu(a, a.total_cpu_secs()), cpu(b, b.total_cpu_secs()))
     );
+    if a.server_cpu_secs.is_some() || b.server_cpu_secs.is_some() {
+        println!(
+            "    daemons alone, no server        {}",
+            ratio(cpu(a, a.cpu_secs), cpu(b, b.cpu_secs))
+        );
+    }
     println!(
         "  API requests per batch per cycle  {}",
-        ratio(reqs(ours), reqs(theirs))
+        ratio(reqs(a), reqs(b))
     );
     println!(
         "  peak RSS                          {}",
-        ratio(rss(ours), rss(theirs))
+        ratio(a.peak_rss_kib as f64, b.peak_rss_kib as f64)
     );
-    let lag_ratio = match (median_max(&ours.lags_ms), median_max(&theirs.lags_ms)) {
+    let lag_ratio = match (median_max(&a.lags_ms), median_max(&b.lags_ms)) {
         (Some((m1, x1)), Some((m2, x2))) => format!("{} / {}", ratio(m1, m2), ratio(x1, x2)),
         _ => "-".to_owned(),
     };
     println!("  lag, median / max                 {lag_ratio}");
     println!(
         "  intake rate                       {}",
-        match (ours.intake_rate, theirs.intake_rate) {
-            (Some(a), Some(b)) => ratio(a, b),
+        match (a.intake_rate, b.intake_rate) {
+            (Some(x), Some(y)) => ratio(x, y),
             _ => "-".to_owned(),
         }
     );
@@ -620,7 +1156,7 @@ fn print_table(ours: &Side, theirs: Option<&Side>, cycles: f64, interval: f64) {
 async fn idle(opts: &Opts, dir: &Path, secs: f64) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let sim = SimApi::start(opts, dir, "sim-idle", &http)?;
-    let mut daemon = Daemon::new(dir, &sim.sim.base_url)?;
+    let mut daemon = Daemon::on_sqlite(dir, &sim.sim.base_url)?;
     daemon.configure("")?;
     daemon.start().await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -724,21 +1260,36 @@ impl SimApi {
     }
 }
 
-/// `batchwatch run` in its own directory.
+/// Where a daemon keeps its state.
+enum Database {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
+}
+
+/// `batchwatch run` with its configuration and log in a directory of its own.
 struct Daemon {
     dir: PathBuf,
     queue: PathBuf,
+    database: Database,
     base_url: String,
     log: PathBuf,
     child: Option<Child>,
 }
 
 impl Daemon {
-    fn new(dir: &Path, base_url: &str) -> anyhow::Result<Daemon> {
-        let dir = dir.join("batchwatch");
+    /// A daemon on `queue` and `database`, its configuration and log in `dir`.
+    fn new(
+        dir: PathBuf,
+        queue: PathBuf,
+        database: Database,
+        base_url: &str,
+    ) -> anyhow::Result<Daemon> {
         std::fs::create_dir_all(&dir)?;
         Ok(Daemon {
-            queue: dir.join("queue"),
+            queue,
+            database,
             log: dir.join("daemon.log"),
             dir,
             base_url: base_url.to_owned(),
@@ -746,20 +1297,32 @@ impl Daemon {
         })
     }
 
+    /// The daemon on SQLite: `batchwatch/` in the bench's directory, queue and database inside.
+    fn on_sqlite(dir: &Path, base_url: &str) -> anyhow::Result<Daemon> {
+        let dir = dir.join("batchwatch");
+        Daemon::new(
+            dir.clone(),
+            dir.join("queue"),
+            Database::Sqlite(dir.join("state.db")),
+            base_url,
+        )
+    }
+
     fn config_path(&self) -> PathBuf {
         self.dir.join("batchwatch.toml")
     }
 
-    fn db_path(&self) -> PathBuf {
-        self.dir.join("state.db")
-    }
-
-    /// Writes the configuration: paths and the simulator's URL, then `extra` TOML.
+    /// Writes the configuration: paths, the database and the simulator's URL, no monitoring
+    /// endpoint (daemons side by side would want the same port), then `extra` TOML.
     fn configure(&self, extra: &str) -> anyhow::Result<()> {
+        let database = match &self.database {
+            Database::Sqlite(path) => format!("path = {:?}", path.display().to_string()),
+            Database::Postgres(url) => format!("url = {url:?}"),
+        };
         let text = format!(
-            "[queue]\ndir = {:?}\n\n[database]\npath = {:?}\n\n[api]\nbase_url = {:?}\n\n{extra}",
+            "[queue]\ndir = {:?}\n\n[database]\n{database}\n\n[api]\nbase_url = {:?}\n\n\
+             [metrics]\nlisten = \"\"\n\n{extra}",
             self.queue.display().to_string(),
-            self.db_path().display().to_string(),
             self.base_url,
         );
         std::fs::write(self.config_path(), text)?;
@@ -821,9 +1384,18 @@ impl Daemon {
             .context("batchwatch is not running")
     }
 
-    /// A read-only pool on its database.
-    async fn db(&self) -> anyhow::Result<SqlitePool> {
-        read_only(&self.db_path()).await
+    /// A pool on its database for the bench's reads (read-only on SQLite).
+    async fn db(&self) -> anyhow::Result<Reader> {
+        Ok(match &self.database {
+            Database::Sqlite(path) => Reader::Sqlite(read_only(path).await?),
+            Database::Postgres(url) => Reader::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?,
+            ),
+        })
     }
 
     /// SIGTERM, then waits for it to exit (killing it after 30 s).

@@ -1,5 +1,5 @@
 //! What the benches share: `batchwatch sim` as a child process, and the figures a process
-//! shows in `/proc` (peak resident memory, CPU time).
+//! shows in `/proc` (peak resident memory, CPU time, children).
 
 #![allow(dead_code)] // Each bench uses its own part.
 
@@ -81,6 +81,17 @@ pub fn status_kib(pid: Option<u32>, key: &str) -> anyhow::Result<u64> {
 /// CPU time a process has used so far, user and system, in seconds (`utime + stime` of
 /// `/proc/PID/stat`; every thread's, the ones that ended included).
 pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    stat_secs(pid, [14, 15])
+}
+
+/// CPU time of the children a process waited for, user and system, in seconds (`cutime +
+/// cstime` of `/proc/PID/stat`): what its children that ended used.
+pub fn reaped_children_cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    stat_secs(pid, [16, 17])
+}
+
+/// The sum of two clock-tick fields of `/proc/PID/stat`, numbered as in proc(5), in seconds.
+fn stat_secs(pid: u32, fields: [usize; 2]) -> anyhow::Result<f64> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name, in parentheses, may hold spaces: count fields after its end.
@@ -88,10 +99,10 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .with_context(|| format!("{path} has no command name"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5); the first after the name is field 3.
+    let values: Vec<&str> = rest.split_whitespace().collect();
+    // The first field after the name is field 3.
     let ticks = |n: usize| -> anyhow::Result<u64> {
-        fields
+        values
             .get(n - 3)
             .and_then(|f| f.parse().ok())
             .with_context(|| format!("{path}: field {n} is not a number"))
@@ -99,5 +110,27 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     anyhow::ensure!(per_sec > 0, "sysconf(_SC_CLK_TCK) failed");
-    Ok((ticks(14)? + ticks(15)?) as f64 / per_sec as f64)
+    Ok((ticks(fields[0])? + ticks(fields[1])?) as f64 / per_sec as f64)
+}
+
+/// The pids of the processes whose parent is `pid` now (the `PPid` of `/proc/*/status`).
+pub fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(child) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A process that ended since the listing has no status left: not a child any more.
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{child}/status")) else {
+            continue;
+        };
+        let parent = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        if parent == Some(pid) {
+            found.push(child);
+        }
+    }
+    Ok(found)
 }
