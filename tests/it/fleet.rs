@@ -7,19 +7,17 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use batchwatch::store::Store;
-use batchwatch::store::jobs::Job;
 use batchwatch::store::ops::lease::InstanceRow;
 use batchwatch::store::prelude::*;
 
 use crate::support::daemon::{
     Backend, Env, assert_duplicate_reported, assert_each_completed_once, assert_key_absent,
-    assert_never_two_live_batches, quick_sim, requests, settled, slow_sim,
-    wait_duplicate_cancelled,
+    assert_never_two_live_batches, quick_sim, requests, slow_sim, wait_duplicate_cancelled,
 };
 use crate::support::partition::Partition;
 use crate::support::process::Running;
 use crate::support::sim::spawn_sim;
-use crate::support::{poll_until, wait_until};
+use crate::support::wait_until;
 
 /// A short lease, so a takeover comes within seconds: 4 s (renewed every 1.3 s; a leader's
 /// term 1 s, stood for every 0.33 s), the least a request timeout of 2 s allows.
@@ -35,48 +33,6 @@ fn drop_files(env: &Env, tag: &str, n: usize, requests_each: usize) -> Vec<(Stri
             (name, content)
         })
         .collect()
-}
-
-/// Waits until `n` jobs are settled; panics with their states and the daemons' logs after
-/// `timeout`, or at once when one of `daemons` exits.
-async fn wait_settled(
-    env: &Env,
-    n: usize,
-    timeout: Duration,
-    daemons: &mut [&mut Running],
-) -> Vec<Job> {
-    let waited = poll_until(timeout, async || {
-        for daemon in daemons.iter_mut() {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                daemon.drain();
-                panic!(
-                    "a daemon exited ({status}); saw:\n{}",
-                    daemon.seen.join("\n")
-                );
-            }
-        }
-        let jobs = env.jobs().await;
-        (jobs.len() == n && jobs.iter().all(settled), jobs)
-    })
-    .await;
-    waited.unwrap_or_else(|jobs| {
-        let states: Vec<String> = jobs
-            .iter()
-            .map(|j| format!("{} {} {}", j.file_name, j.state, j.path))
-            .collect();
-        let mut logs = String::new();
-        for daemon in daemons.iter_mut() {
-            daemon.drain();
-            let tail = daemon.seen.len().saturating_sub(30);
-            logs.push_str(&daemon.seen[tail..].join("\n"));
-            logs.push_str("\n---\n");
-        }
-        panic!(
-            "after {timeout:?}: {} jobs:\n{}\nlogs:\n{logs}",
-            jobs.len(),
-            states.join("\n")
-        );
-    })
 }
 
 /// The instances the database records.
@@ -111,7 +67,9 @@ async fn three_daemons_on_one_database_and_one_queue_finish_every_file_once() {
     let mut daemons = [env.spawn(), env.spawn(), env.spawn()];
     let files = drop_files(&env, "three", 30, 2);
     let [a, b, c] = &mut daemons;
-    let jobs = wait_settled(&env, files.len(), Duration::from_secs(120), &mut [a, b, c]).await;
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(120), &mut [a, b, c])
+        .await;
 
     let store = env.store().await;
     let rows = instances(&store).await;
@@ -176,13 +134,9 @@ async fn a_leader_killed_hard_is_replaced_and_its_jobs_are_taken_over_and_finish
     println!(
         "leader killed: another elected after {elected:?}, sweeping after {swept:?}, its jobs taken over after {taken:?} (lease 4 s, term 1 s)"
     );
-    let jobs = wait_settled(
-        &env,
-        files.len(),
-        Duration::from_secs(120),
-        &mut [&mut second],
-    )
-    .await;
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(120), &mut [&mut second])
+        .await;
     for job in &jobs {
         let events = store.job_events(&job.id).await.unwrap();
         assert!(
@@ -235,13 +189,9 @@ async fn an_instance_paused_past_its_lease_stops_when_it_resumes_and_nothing_is_
         "{}",
         paused.seen.join("\n")
     );
-    let jobs = wait_settled(
-        &env,
-        files.len(),
-        Duration::from_secs(120),
-        &mut [&mut other],
-    )
-    .await;
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(120), &mut [&mut other])
+        .await;
     env.stop(other);
     let stats = sim.handle.stats().await;
     assert_each_completed_once(&env, &jobs, &stats, &files, "an instance paused");
@@ -298,13 +248,9 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
     let (status, _) = stale.wait_exit(Duration::from_secs(30));
     stale.drain();
     assert_eq!(status.code(), Some(1), "{}", stale.seen.join("\n"));
-    let jobs = wait_settled(
-        &env,
-        files.len(),
-        Duration::from_secs(60),
-        &mut [&mut other],
-    )
-    .await;
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(60), &mut [&mut other])
+        .await;
     let log = env.stop(other);
     assert_eq!(jobs[0].state, batchwatch::model::JobState::Completed);
     assert_duplicate_reported(&log, &env.store().await, &job_id, &duplicate.id).await;
@@ -414,7 +360,9 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
     tokio::time::sleep(Duration::from_secs(3)).await;
     revive(&mut daemons, &mut logs);
     let [a, b, c] = &mut daemons;
-    let jobs = wait_settled(&env, files.len(), Duration::from_secs(180), &mut [a, b, c]).await;
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(180), &mut [a, b, c])
+        .await;
     for daemon in daemons {
         logs.extend(env.stop(daemon));
     }

@@ -364,30 +364,47 @@ impl Env {
         timeout: Duration,
         daemon: &mut Running,
     ) -> Vec<Job> {
+        self.wait_finished_by(n, timeout, &mut [daemon]).await
+    }
+
+    /// As [`Env::wait_finished`], with several daemons at work: panics at once if any exits,
+    /// and with each one's log tail after `timeout`.
+    pub async fn wait_finished_by(
+        &self,
+        n: usize,
+        timeout: Duration,
+        daemons: &mut [&mut Running],
+    ) -> Vec<Job> {
         let waited = poll_until(timeout, async || {
             let jobs = self.jobs().await;
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                daemon.drain();
-                panic!(
-                    "the daemon exited ({status}) before the jobs finished; saw:\n{}",
-                    daemon.seen.join("\n")
-                );
+            for daemon in daemons.iter_mut() {
+                if let Some(status) = daemon.child.try_wait().unwrap() {
+                    daemon.drain();
+                    panic!(
+                        "a daemon exited ({status}) before the jobs finished; saw:\n{}",
+                        daemon.seen.join("\n")
+                    );
+                }
             }
             (jobs.len() == n && jobs.iter().all(settled), jobs)
         })
         .await;
         waited.unwrap_or_else(|jobs| {
-            daemon.drain();
             let states: Vec<String> = jobs
                 .iter()
-                .map(|j| format!("{} {} {:?}", j.file_name, j.state, j.reason))
+                .map(|j| format!("{} {} {:?} at {}", j.file_name, j.state, j.reason, j.path))
                 .collect();
-            let tail = daemon.seen.len().saturating_sub(40);
+            let mut tails = Vec::new();
+            for daemon in daemons.iter_mut() {
+                daemon.drain();
+                let tail = daemon.seen.len().saturating_sub(40);
+                tails.push(daemon.seen[tail..].join("\n"));
+            }
             panic!(
                 "after {timeout:?}: {} jobs, states:\n{}\nlog tail:\n{}",
                 jobs.len(),
                 states.join("\n"),
-                daemon.seen[tail..].join("\n")
+                tails.join("\n---\n")
             );
         })
     }
