@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Batches per list page: the most the API gives.
@@ -154,9 +154,8 @@ pub struct Tenure {
     /// `None`: a store this daemon writes alone (`Lease::SOLE`): it always leads, and its
     /// lease never runs out.
     times: Option<Mutex<Times>>,
-    /// Set once the lease was found lost: the daemon stops (`Tenure::lost`).
-    lost: tokio::sync::Notify,
-    is_lost: AtomicBool,
+    /// True once the lease was found lost: the daemon stops (`Tenure::lost`).
+    lost: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -168,15 +167,14 @@ struct Times {
 /// How long before its term ends by its own clock a leader stops leading, so that it has
 /// stopped before the database lets another instance be elected (a quarter of a term shorter
 /// than four seconds).
-pub const STEP_DOWN_EARLY: Duration = Duration::from_secs(1);
+const STEP_DOWN_EARLY: Duration = Duration::from_secs(1);
 
 impl Tenure {
     /// The tenure of the one daemon that writes its store.
     pub fn sole() -> Tenure {
         Tenure {
             times: None,
-            lost: tokio::sync::Notify::new(),
-            is_lost: AtomicBool::new(false),
+            lost: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -230,7 +228,7 @@ impl Tenure {
             .expect("lock")
             .lease_until
             .saturating_duration_since(Instant::now());
-        if self.is_lost.load(Ordering::Relaxed) || left < timeout {
+        if *self.lost.borrow() || left < timeout {
             anyhow::bail!(
                 "the lease has {} left, less than the request's timeout ({}); the request waits for its renewal",
                 crate::clock::humanize(left),
@@ -242,16 +240,12 @@ impl Tenure {
 
     /// The lease was found lost: nothing more may be sent, and the daemon stops.
     pub fn lose(&self) {
-        self.is_lost.store(true, Ordering::Relaxed);
-        self.lost.notify_waiters();
-        self.lost.notify_one();
+        self.lost.send_replace(true);
     }
 
-    /// Resolves once the lease was found lost.
+    /// Resolves once the lease was found lost (at once, if it was already).
     pub async fn lost(&self) {
-        if self.is_lost.load(Ordering::Relaxed) {
-            return;
-        }
-        self.lost.notified().await;
+        // The sender lives as long as `self`: the wait ends only when the lease is lost.
+        let _ = self.lost.subscribe().wait_for(|lost| *lost).await;
     }
 }
