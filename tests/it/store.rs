@@ -1336,6 +1336,43 @@ async fn a_daemon_stop_leaves_the_database_readable_without_its_wal_files() {
     assert_eq!(mode, "wal");
 }
 
+/// After a daemon's stop the database is in rollback-journal mode, and every process that
+/// opens it for writing switches it back to WAL. Several at once (a starting daemon and
+/// `batchwatch cancel`, four operators' `resubmit`) race for that switch, which SQLite refuses
+/// the losers at once rather than after the busy timeout: each must still open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_opening_a_stopped_daemons_database_at_once_all_open_it() {
+    let env = crate::support::daemon::Env::new("http://127.0.0.1:9", "");
+    for round in 0..60 {
+        open(&env.db).await.close_for_readers().await;
+        let running: Vec<_> = (0..6)
+            .map(|_| {
+                crate::support::process::command(Some(&env.config))
+                    .arg("migrate")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in running {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let store = Store::open(&env.db, BUSY, Access::ReadOnly).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal", "round {round}");
+        store.close().await;
+    }
+}
+
 /// A full disk makes a write fail in the middle of a transaction, or at its commit. The failed
 /// transaction must be rolled back and the writer stay usable: once space is back, the next
 /// transaction succeeds (not "attempted to call begin_with at non-zero transaction depth" for

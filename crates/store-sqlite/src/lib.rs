@@ -44,9 +44,7 @@ use std::time::Duration;
 pub use ops::Lease;
 
 use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection};
 
 use batchwatch_store::schema::{Applied, Objects, embedded, migration_problems, object_problems};
@@ -92,6 +90,46 @@ fn options(path: &Path, busy_timeout: Duration) -> SqliteConnectOptions {
         .busy_timeout(busy_timeout)
 }
 
+/// Puts the database in WAL mode, which is persistent: it is in rollback-journal mode after a
+/// daemon's stop ([`Store::close_for_readers`]). Processes that open it for writing at once
+/// (a daemon starting beside `batchwatch cancel`, two operators' commands) race to switch it,
+/// and SQLite refuses the switch to the losers with SQLITE_BUSY at once rather than after
+/// `busy_timeout` (waiting for the lock it needs could deadlock), or answers with the mode it
+/// kept. So the switch is tried again, with a growing pause, until `busy_timeout` has passed.
+async fn use_wal(pool: &SqlitePool, busy_timeout: Duration) -> Result<(), sqlx::Error> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let refused = match sqlx::query_scalar::<_, String>("PRAGMA journal_mode = WAL")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(kept) => sqlx::Error::Io(std::io::Error::other(format!(
+                "it stayed in {kept} journal mode: another process held it for longer than \
+                 database.busy_timeout"
+            ))),
+            Err(sqlx::Error::Database(e))
+                if e.code()
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| code & 0xff == SQLITE_BUSY) =>
+            {
+                sqlx::Error::Database(e)
+            }
+            Err(e) => return Err(e),
+        };
+        if std::time::Instant::now() + pause > deadline {
+            return Err(refused);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// SQLite's primary result code for a lock another connection holds (the extended codes keep
+/// it in their low byte).
+const SQLITE_BUSY: i32 = 5;
+
 impl Store {
     /// Opens the database at `path` for `access`.
     pub async fn open(
@@ -124,23 +162,22 @@ impl Store {
             let opts = options(path, busy_timeout)
                 .create_if_missing(access == Access::Migrate)
                 .auto_vacuum(sqlx::sqlite::SqliteAutoVacuum::Incremental)
-                .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
                 .pragma(
                     "journal_size_limit",
                     (WAL_CHECKPOINT_PAGES * 4096).to_string(),
                 );
-            Some(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    // A local file: a ping before every query doubles the hand-offs to
-                    // SQLite's thread and finds nothing a failed query would not.
-                    .test_before_acquire(false)
-                    .connect_with(opts)
-                    .await
-                    .map_err(open_err)?,
-            )
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                // A local file: a ping before every query doubles the hand-offs to
+                // SQLite's thread and finds nothing a failed query would not.
+                .test_before_acquire(false)
+                .connect_with(opts)
+                .await
+                .map_err(open_err)?;
+            use_wal(&pool, busy_timeout).await.map_err(open_err)?;
+            Some(pool)
         };
         let read = SqlitePoolOptions::new()
             .max_connections(4)
