@@ -340,9 +340,10 @@ impl Daemon {
             .await
             .context("opening the database")?;
         let terms = runtime::lease::Terms::of(settings.database.lease.get());
-        let (lease, tenure) = runtime::lease::begin(&store, &clock, terms)
-            .await
-            .context("taking the database's lease")?;
+        let (lease, tenure) =
+            runtime::lease::begin(&store, &clock, terms, settings.daemon.name.as_deref())
+                .await
+                .context("taking the database's lease")?;
         let changes = store
             .changes(settings.database.busy_timeout.get())
             .await

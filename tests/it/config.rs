@@ -99,6 +99,24 @@ const CASES: &[Case] = &[
         "must be at least 91s (1.5 × api.request_timeout, and a second)",
     ),
     (
+        "[daemon]\nname = \"  \"\n",
+        &[],
+        "`daemon.name`",
+        "must not be empty or blank",
+    ),
+    (
+        "[daemon]\nname = \"worker\\nb\"\n",
+        &[],
+        "`daemon.name`",
+        "holds a control character",
+    ),
+    (
+        "[daemon]\nname = \"wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww\"\n",
+        &[],
+        "`daemon.name`",
+        "is 74 characters long; at most 64 are allowed",
+    ),
+    (
         "[queue]\ndirr = \"/x\"\n",
         &[],
         "`queue.dirr`",

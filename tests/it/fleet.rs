@@ -95,6 +95,52 @@ async fn three_daemons_on_one_database_and_one_queue_finish_every_file_once() {
     env.assert_key_nowhere_on_disk();
 }
 
+/// A daemon registers under the name its configuration gives it (`daemon.name`), which `status
+/// --instances` shows; a second daemon given the same name while the first runs is refused,
+/// naming the key and the first's host, and leaves no instance behind; once the first stopped,
+/// the name is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_runs_under_its_configured_name_and_a_second_of_that_name_is_refused() {
+    let sim = spawn_sim(quick_sim()).await;
+    let extra = format!("{SHARED}[daemon]\nname = \"worker-a\"\n");
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), &extra).await else {
+        return;
+    };
+    let mut first = env.spawn();
+    first.wait_for_line("registered on the shared database", Duration::from_secs(30));
+    let store = env.store().await;
+    let rows = instances(&store).await;
+    assert_eq!(
+        of(&rows, &first).map(|i| i.name).as_deref(),
+        Some("worker-a")
+    );
+    let listed = crate::support::process::stdout_ok(Some(&env.config), &["status", "--instances"]);
+    assert!(listed.contains("worker-a"), "{listed}");
+
+    let mut second = env.spawn_refused();
+    let (status, _) = second.wait_exit(Duration::from_secs(30));
+    let said = second.seen.join("\n");
+    assert_eq!(status.code(), Some(1), "{said}");
+    let host = &rows[0].host;
+    assert!(
+        said.contains(&format!(
+            "daemon.name \"worker-a\" is taken by a running daemon on host {host}"
+        )),
+        "{said}"
+    );
+    assert_eq!(instances(&store).await.len(), 1, "the refused one resigned");
+
+    env.stop(first);
+    let mut again = env.spawn();
+    again.wait_for_line("registered on the shared database", Duration::from_secs(30));
+    let rows = instances(&store).await;
+    assert_eq!(
+        of(&rows, &again).map(|i| i.name).as_deref(),
+        Some("worker-a")
+    );
+    env.stop(again);
+}
+
 /// The leader, holding every job, is killed with SIGKILL while their batches run: the other
 /// instance is elected, sweeps, takes the jobs over once the lease ran out, checks them
 /// against the service, and finishes each once.

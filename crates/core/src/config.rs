@@ -506,6 +506,10 @@ pub struct LogSettings {
 #[serde(deny_unknown_fields)]
 pub struct DaemonSettings {
     pub shutdown_timeout: Dur,
+    /// This daemon's name among the instances on a shared PostgreSQL database (`status
+    /// --instances`, its logs); none: HOST-PID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -891,6 +895,9 @@ impl Settings {
         if let Some(path) = &self.api.key_file {
             absolute("api.key_file", path)?;
         }
+        if let Some(name) = &self.daemon.name {
+            instance_name(name)?;
+        }
         positive("queue.scan_interval", self.queue.scan_interval)?;
         positive("database.busy_timeout", self.database.busy_timeout)?;
         if matches!(self.database.location(), DatabaseLocation::Postgres(_)) {
@@ -1161,6 +1168,30 @@ fn keep_written_durations(table: &mut toml::Table, written: &toml::Table) {
 }
 
 /// Checks an `output_expires_after` duration against the API's bounds.
+/// The longest `daemon.name`, in characters.
+pub const INSTANCE_NAME_MAX: usize = 64;
+
+/// `daemon.name`: one line of printable characters, not blank, at most
+/// [`INSTANCE_NAME_MAX`] long (it is shown in a column of `status --instances`).
+fn instance_name(name: &str) -> Result<(), ConfigError> {
+    let problem = if name.trim().is_empty() {
+        Some("must not be empty or blank".to_owned())
+    } else if name.chars().count() > INSTANCE_NAME_MAX {
+        Some(format!(
+            "is {} characters long; at most {INSTANCE_NAME_MAX} are allowed",
+            name.chars().count()
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some(format!("{name:?} holds a control character"))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::key("daemon.name", problem)),
+        None => Ok(()),
+    }
+}
+
 pub fn output_expiry(key: &str, after: Dur) -> Result<(), ConfigError> {
     let secs = after.get().as_secs();
     if !(3_600..=2_592_000).contains(&secs) || after.get().subsec_nanos() != 0 {

@@ -68,12 +68,18 @@ fn runs(pid: i64) -> bool {
     sent == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-/// Registers this daemon, ends the leases of earlier runs on this host that are gone (a
-/// restart after a crash need not wait for them to run out), takes over every unfinished job
-/// nobody holds, and stands for leader: the daemon's lease and what it knows of it.
-pub async fn begin(store: &Store, clock: &Clock, terms: Terms) -> anyhow::Result<(Lease, Tenure)> {
+/// Registers this daemon as `name` (else HOST-PID), ends the leases of earlier runs on this
+/// host that are gone (a restart after a crash need not wait for them to run out), takes over
+/// every unfinished job nobody holds, and stands for leader: the daemon's lease and what it
+/// knows of it. A name that another running daemon holds is refused (its own lease ended).
+pub async fn begin(
+    store: &Store,
+    clock: &Clock,
+    terms: Terms,
+    name: Option<&str>,
+) -> anyhow::Result<(Lease, Tenure)> {
     let now = clock::format(clock.now());
-    let me = this_process(None);
+    let me = this_process(name);
     let registered = Instant::now();
     let lease = store.register(&me, terms.ttl, &now).await?;
     if lease.is_sole() {
@@ -81,13 +87,28 @@ pub async fn begin(store: &Store, clock: &Clock, terms: Terms) -> anyhow::Result
     }
     let tenure = Tenure::shared(registered, terms.ttl);
     for earlier in store.instances().await? {
+        if earlier.epoch == lease.epoch() || !earlier.live {
+            continue;
+        }
         let gone = earlier.pid == i64::from(me.pid) || !runs(earlier.pid);
-        if earlier.epoch != lease.epoch() && earlier.host == me.host && gone {
+        if earlier.host == me.host && gone {
             store.resign(&Lease::of(earlier.epoch)).await?;
             tracing::info!(
                 instance = %earlier.name,
                 epoch = earlier.epoch,
                 "ended the lease of an earlier run on this host"
+            );
+        } else if earlier.name == me.name {
+            store.resign(&lease).await?;
+            anyhow::bail!(
+                "daemon.name {:?} is taken by a running daemon on host {} (pid {}, epoch {}, \
+                 last heard of at {}): each daemon on a database needs a name of its own; one \
+                 that stopped without a goodbye frees its name within database.lease",
+                me.name,
+                earlier.host,
+                earlier.pid,
+                earlier.epoch,
+                earlier.heartbeat_at,
             );
         }
     }

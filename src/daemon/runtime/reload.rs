@@ -35,12 +35,17 @@ use crate::daemon::ctx::Ctx;
 use crate::daemon::schedule::Schedule;
 
 /// Keys that only a restart changes: the queue tree and the database are locked and open,
-/// the endpoint listens and its models are chosen, the log format is installed.
-pub const RESTART_ONLY: [&str; 7] = [
+/// the instance is registered under its name and lease, the endpoint listens and its models
+/// are chosen, the log format is installed.
+pub const RESTART_ONLY: [&str; 11] = [
     "queue.dir",
     "queue.watch",
     "database.path",
+    "database.url",
+    "database.password_credential",
     "database.busy_timeout",
+    "database.lease",
+    "daemon.name",
     "metrics.listen",
     "metrics.max_models",
     "log.format",
@@ -104,6 +109,7 @@ pub fn plan(old: &Settings, mut new: Settings) -> Plan {
     new.queue.dir = old.queue.dir.clone();
     new.queue.watch = old.queue.watch;
     new.database = old.database.clone();
+    new.daemon.name = old.daemon.name.clone();
     new.metrics = old.metrics.clone();
     new.log.format = old.log.format;
     Plan {
@@ -217,15 +223,25 @@ mod tests {
         let old = settings("[poll]\nmax_interval = \"60s\"\n");
         let new = settings(
             "[poll]\nmax_interval = \"10s\"\n[queue]\ndir = \"/elsewhere\"\n\
-             [metrics]\nlisten = \"\"\nmax_models = 3\n[retention]\ndone = \"7d\"\n",
+             [metrics]\nlisten = \"\"\nmax_models = 3\n[retention]\ndone = \"7d\"\n\
+             [database]\nurl = \"postgres://db/bw\"\nlease = \"5m\"\n[daemon]\nname = \"w\"\n",
         );
         let plan = plan(&old, new);
         assert_eq!(plan.changed, ["poll.max_interval", "retention.done"]);
         assert_eq!(
             plan.kept,
-            ["metrics.listen", "metrics.max_models", "queue.dir"]
+            [
+                "daemon.name",
+                "database.lease",
+                "database.url",
+                "metrics.listen",
+                "metrics.max_models",
+                "queue.dir"
+            ]
         );
         assert_eq!(plan.settings.queue.dir, old.queue.dir);
+        assert_eq!(plan.settings.database, old.database);
+        assert_eq!(plan.settings.daemon.name, None);
         assert_eq!(plan.settings.metrics, old.metrics);
         assert_eq!(plan.settings.poll.max_interval.get().as_secs(), 10);
     }

@@ -208,6 +208,11 @@ impl Env {
         daemon
     }
 
+    /// Starts `batchwatch run` without waiting for it to start: for one that should not.
+    pub fn spawn_refused(&self) -> Running {
+        Running::spawn(self.run_command(&[]))
+    }
+
     /// Starts `batchwatch run`, with `vars` added to its environment.
     pub fn spawn_with(&self, vars: &[(&str, &str)]) -> Running {
         Self::start(self.run_command(vars))
