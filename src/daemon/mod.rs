@@ -557,7 +557,9 @@ impl Daemon {
                 },
             );
         }
-        if self.quiet(now).await {
+        let quiet = self.quiet(now).await;
+        ctx.metrics.round(quiet);
+        if quiet {
             return Ok(());
         }
         self.quiet_until = None;

@@ -243,6 +243,7 @@ struct Inner {
     jobs_taken_over: Counter,
     writes_fenced: Counter,
     leader: Gauge,
+    rounds: Family<KindLabel, Counter>,
     job_duration: Histograms<StateLabel>,
     batch_duration: Histograms<StatusLabel>,
     status_duration: Histograms<StatusLabel>,
@@ -458,6 +459,12 @@ impl Metrics {
             "Tasks whose write the database refused: this instance's lease or term as leader had run out, or another instance holds the job",
             writes_fenced.clone(),
         );
+        let rounds = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "loop_rounds",
+            "Rounds of the main loop: full (the database asked for due work) or quiet (nothing changed and nothing came due: incoming/ scanned, nothing else)",
+            rounds.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -578,6 +585,7 @@ impl Metrics {
                 jobs_taken_over,
                 writes_fenced,
                 leader,
+                rounds,
                 job_duration,
                 batch_duration,
                 status_duration,
@@ -680,6 +688,12 @@ impl Metrics {
     /// A task's write was refused by the fence.
     pub fn write_fenced(&self) {
         self.inner.writes_fenced.inc();
+    }
+
+    /// A round of the main loop ran, `quiet` (it stopped after its scan) or full.
+    pub fn round(&self, quiet: bool) {
+        let kind = if quiet { "quiet" } else { "full" };
+        self.inner.rounds.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Whether this instance leads now.

@@ -477,6 +477,54 @@ async fn counters_start_at_zero_an_unpriced_model_has_no_cost_and_readme_lists_e
 }
 
 /// A real Prometheus, when the machine has one (Debian's `prometheus` package).
+/// An idle daemon's rounds are quiet: it scans incoming/ and asks the database nothing, until
+/// something changes or comes due (at the latest a minute on). A timer of work that never runs
+/// would stay due and make every round a full one (as it once did on a follower); so would a
+/// write in a quiet round. A file dropped makes rounds full again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_daemons_rounds_are_quiet_and_a_dropped_file_makes_them_full() {
+    let sim = spawn_sim(quick_sim()).await;
+    let env = observed_env(&sim, "[reconcile]\nduplicate_check_interval = \"1h\"\n");
+    let (mut daemon, addr) = spawn_observed(&env);
+    for i in 0..3 {
+        let name = format!("idle-{i}.jsonl");
+        env.drop_file(
+            &name,
+            requests(&format!("idle{i}"), 2, "gpt-4o-mini").as_bytes(),
+        );
+    }
+    env.wait_finished(3, Duration::from_secs(60), &mut daemon)
+        .await;
+    let rounds = async || {
+        let (_, text) = get(addr, "/metrics").await;
+        let s = samples(&text);
+        let kind = |k| sum(&s, "batchwatch_loop_rounds_total", &[("kind", k)]);
+        (kind("quiet"), kind("full"))
+    };
+    // What finishing the jobs left due (a last full round after the last commit) passes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (quiet_before, full_before) = rounds().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (quiet, full) = rounds().await;
+    let (quiet, full) = (quiet - quiet_before, full - full_before);
+    println!("idle for 5 s, scanning every 50 ms: {quiet} quiet rounds, {full} full");
+    assert!(
+        quiet >= 20.0,
+        "{quiet} quiet rounds in 5 s of scans every 50 ms"
+    );
+    assert!(full <= 1.0, "{full} full rounds in 5 s of idling");
+
+    env.drop_file("busy.jsonl", requests("busy", 2, "gpt-4o-mini").as_bytes());
+    env.wait_finished(4, Duration::from_secs(60), &mut daemon)
+        .await;
+    let (_, busy) = rounds().await;
+    assert!(
+        busy - (full_before + full) >= 3.0,
+        "a file's life takes full rounds"
+    );
+    env.stop(daemon);
+}
+
 fn prometheus_missing() -> bool {
     let found = ["prometheus", "promtool"].iter().all(|tool| {
         Command::new(tool)
