@@ -152,7 +152,9 @@ impl DatabaseLocation {
                 return Err(ConfigError::key(
                     key,
                     "a PostgreSQL URL must not hold the password: set PGPASSWORD, use ~/.pgpass, \
-                     or name a systemd credential in database.password_credential",
+                     or name a systemd credential in database.password_credential (what follows \
+                     a ':' up to the last '@' reads as a password: write an '@' elsewhere as \
+                     %40)",
                 ));
             }
             return Ok(DatabaseLocation::Postgres(text.to_owned()));
@@ -167,29 +169,27 @@ impl DatabaseLocation {
     }
 }
 
-/// Where a PostgreSQL URL holds a password: after the `:` of its user part, and the value of
-/// each `password` parameter (an empty range for one without a value).
+/// Where a PostgreSQL URL holds a password: after the first `:` of its user part, which ends at
+/// the last `@` (a password may hold an unencoded `/`, `?` or `@` that a URL parser would take
+/// for the path, the query or the host, and then show it in its error), and the value of each
+/// `password` parameter (an empty range for one without a value). Reading too much as a
+/// password refuses a URL with a clear message; reading too little would show a password.
 fn password_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
     let start = url.find("://").map_or(0, |i| i + 3);
     let rest = &url[start..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let mut ranges = Vec::new();
-    if let Some(at) = rest[..authority_end].rfind('@')
+    if let Some(at) = rest.rfind('@')
         && let Some(colon) = rest[..at].find(':')
     {
         ranges.push(start + colon + 1..start + at);
     }
-    if let Some(q) = rest[authority_end..].find('?') {
-        let mut at = start + authority_end + q + 1;
-        for kv in url[at..].split('&') {
-            let (key, value_at) = match kv.find('=') {
-                Some(eq) => (&kv[..eq], at + eq + 1),
-                None => (kv, at + kv.len()),
-            };
-            if key.eq_ignore_ascii_case("password") {
-                ranges.push(value_at..at + kv.len());
-            }
-            at += kv.len() + 1;
+    for (i, _) in rest.match_indices(['?', '&']) {
+        let param = &rest[i + 1..];
+        let end = param.find('&').unwrap_or(param.len());
+        let (key, value) = param[..end].split_once('=').unwrap_or((&param[..end], ""));
+        if key.eq_ignore_ascii_case("password") {
+            let value_at = start + i + 1 + end - value.len();
+            ranges.push(value_at..start + i + 1 + end);
         }
     }
     ranges
@@ -205,7 +205,8 @@ fn has_password(url: &str) -> bool {
 pub fn without_password(url: &str) -> String {
     let mut shown = String::with_capacity(url.len());
     let mut from = 0;
-    for range in password_ranges(url) {
+    // An empty password hides nothing.
+    for range in password_ranges(url).into_iter().filter(|r| !r.is_empty()) {
         shown.push_str(&url[from..range.start]);
         shown.push_str("***");
         from = range.end;
@@ -1430,6 +1431,13 @@ mod tests {
             ),
             ("postgresql://db/batchwatch", "postgresql://db/batchwatch"),
             ("postgres://a:b:c@h/d", "postgres://a:***@h/d"),
+            // Unencoded, a '/', '?' or '@' in the password would end the user part early.
+            ("postgres://bw:s3/cret@db/x", "postgres://bw:***@db/x"),
+            ("postgres://bw:s3?c@ret@db/x", "postgres://bw:***@db/x"),
+            (
+                "postgres://db/x?application_name=a&PASSWORD=s3cret",
+                "postgres://db/x?application_name=a&PASSWORD=***",
+            ),
         ] {
             assert_eq!(without_password(url), shown);
             assert_eq!(has_password(url), url != shown, "{url}");
@@ -1437,6 +1445,11 @@ mod tests {
         assert!(
             has_password("postgres://db/x?password"),
             "a key without a value"
+        );
+        assert_eq!(
+            without_password("postgres://db/x?password"),
+            "postgres://db/x?password",
+            "an empty password hides nothing"
         );
         let settings = Settings::load_text("", "f.toml", []).unwrap();
         assert_eq!(
