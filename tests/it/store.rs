@@ -1373,6 +1373,128 @@ async fn processes_opening_a_stopped_daemons_database_at_once_all_open_it() {
     }
 }
 
+/// A resubmission whose file left incoming/ unclaimed is withdrawn, and its name is free to be
+/// written again. A file of that name claimed then is the new resubmission, not the withdrawn
+/// one: only the pending row becomes claimed, and the child's event tells what it holds. On
+/// SQLite and on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_file_is_the_pending_resubmission_of_its_name_not_a_withdrawn_one() {
+    use batchwatch::config::DatabaseLocation;
+    use batchwatch::store::chain::NewResubmission;
+    use batchwatch::store::jobs::NewJob;
+    use batchwatch::store::{Lease, Store as Port};
+
+    let sandbox = Sandbox::new();
+    let mut places = vec![("sqlite", DatabaseLocation::Sqlite(sandbox.db_path()))];
+    if let Some(url) = crate::support::postgres::database().await {
+        places.push(("postgres", DatabaseLocation::Postgres(url)));
+    }
+    for (backend, location) in places {
+        let store = Port::open_at(&location, None, BUSY, Access::Migrate)
+            .await
+            .unwrap();
+        let lease = Lease::SOLE;
+        let claim = async |id: &str, name: &str, parent: Option<&str>| {
+            let path = format!("processing/{id}__{name}");
+            let job = NewJob {
+                id,
+                file_name: name,
+                path: &path,
+                size_bytes: 100,
+                endpoint: None,
+                completion_window: "24h",
+                deadline_at: "2026-11-23T06:00:00.000Z",
+                metadata: "{}",
+                output_expires_after: None,
+            };
+            store.claim(&lease, &job, None, parent, T0).await.unwrap();
+        };
+        let parent = job_id(40);
+        claim(&parent, "p.jsonl", None).await;
+        let resubmit = async |name: &str, requests: i64, only: &str, withdrawn: &[i64]| {
+            let view = store.resubmission_view(&parent).await.unwrap();
+            let row = NewResubmission {
+                job_id: &parent,
+                file_name: name,
+                stage: only,
+                requests,
+                only,
+                forced: false,
+                origin: "cli",
+            };
+            let recorded = store
+                .record_resubmission(
+                    &lease,
+                    &parent,
+                    &view,
+                    withdrawn,
+                    &row,
+                    "resubmitted",
+                    false,
+                    T0,
+                )
+                .await
+                .unwrap();
+            assert!(recorded, "{backend}");
+        };
+        resubmit("p.resubmit-1.jsonl", 3, "expired", &[]).await;
+        let first = store.pending_resubmissions().await.unwrap();
+        // Its file was removed by hand: the next resubmission withdraws it (under another
+        // name, the first one's still taken); that one's file was removed too, and the third
+        // withdraws it and takes the first name, free again.
+        resubmit("p.resubmit-2.jsonl", 4, "failed", &[first[0].id]).await;
+        let second = store.pending_resubmissions().await.unwrap();
+        resubmit("p.resubmit-1.jsonl", 5, "unfinished", &[second[0].id]).await;
+        let third = store.pending_resubmissions().await.unwrap();
+        assert_eq!(third.len(), 1, "{backend}");
+
+        let child = job_id(41);
+        claim(&child, "p.resubmit-1.jsonl", Some(&parent)).await;
+        assert!(
+            store.pending_resubmissions().await.unwrap().is_empty(),
+            "{backend}"
+        );
+        let events = store.job_events(&child).await.unwrap();
+        assert!(
+            events.iter().any(|e| e
+                .message
+                .contains("5 unfinished requests (--only unfinished)")),
+            "{backend}: {events:?}"
+        );
+        let view = store.resubmission_view(&parent).await.unwrap();
+        assert!(
+            view.members.iter().any(|m| m.id == child),
+            "{backend}: {view:?}"
+        );
+        // The withdrawn rows stay withdrawn; the pending one was claimed.
+        let states: Vec<(i64, String)> = match &location {
+            DatabaseLocation::Sqlite(path) => {
+                let reader = Store::open(path, BUSY, Access::ReadOnly).await.unwrap();
+                sqlx::query_as("SELECT id, state FROM resubmissions ORDER BY id")
+                    .fetch_all(reader.reader())
+                    .await
+                    .unwrap()
+            }
+            DatabaseLocation::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                sqlx::query_as("SELECT id, state FROM resubmissions ORDER BY id")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(
+            states,
+            [
+                (first[0].id, "withdrawn".to_owned()),
+                (second[0].id, "withdrawn".to_owned()),
+                (third[0].id, "claimed".to_owned())
+            ],
+            "{backend}"
+        );
+    }
+}
+
 /// A full disk makes a write fail in the middle of a transaction, or at its commit. The failed
 /// transaction must be rolled back and the writer stay usable: once space is back, the next
 /// transaction succeeds (not "attempted to call begin_with at non-zero transaction depth" for

@@ -27,11 +27,14 @@ pub async fn link(
     // unfinished)`; a file not written as one (made by hand) holds some undone requests.
     let mut what = "undone requests".to_owned();
     if let Some(job) = super::jobs::get(&mut *conn, child).await? {
-        // The resubmission this file was written as, if it was one (a file put back by hand
-        // after a later resubmit saw it gone is still that one).
+        // The resubmission this file was written as, if it was one: the pending one of that
+        // name, else the newest withdrawn one (a file put back by hand after a later resubmit
+        // saw it gone is still that one; a name withdrawn is free to be written again).
         let row = sqlx::query!(
             "UPDATE resubmissions SET state = 'claimed', child_job_id = ?, updated_at = ?
-             WHERE job_id = ? AND file_name = ? AND state IN ('pending', 'withdrawn')
+             WHERE id = (SELECT id FROM resubmissions
+                         WHERE job_id = ? AND file_name = ? AND state IN ('pending', 'withdrawn')
+                         ORDER BY state = 'pending' DESC, id DESC LIMIT 1)
              RETURNING requests, only, forced",
             child,
             now,
