@@ -1226,6 +1226,21 @@ async fn the_overview_and_the_views_answer_the_common_questions() {
     ] {
         assert!(statuses.contains(&(status.clone(), n)), "{statuses:?}");
     }
+    // A batch whose status was never told (a row edited by hand) is counted under none, and
+    // does not make the counts unreadable.
+    sqlx::query("UPDATE batches SET status = NULL WHERE remote_id = 'batch_second'")
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+    let without = store.batch_status_counts().await.unwrap();
+    assert!(
+        without.contains(&(BatchStatus::InProgress, 1)),
+        "{without:?}"
+    );
+    sqlx::query("UPDATE batches SET status = 'in_progress' WHERE remote_id = 'batch_second'")
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
 
     let active: Vec<String> =
         sqlx::query_scalar("SELECT remote_id FROM active_batches ORDER BY remote_id")

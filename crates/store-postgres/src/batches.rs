@@ -229,11 +229,16 @@ pub async fn record_observation(
 /// The number of remote batches in each remote status.
 pub async fn status_counts(db: impl PgExecutor<'_>) -> Result<Vec<(BatchStatus, i64)>, StoreError> {
     let rows = sqlx::query!(
-        r#"SELECT status AS "status!: BatchStatus", batches AS "batches!: i64" FROM batch_status_counts"#
+        r#"SELECT status AS "status: BatchStatus", batches AS "batches!: i64" FROM batch_status_counts"#
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(|r| (r.status, r.batches)).collect())
+    // A batch the service named without ever telling its status (a row written by hand, say)
+    // has none to count under.
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| Some((r.status?, r.batches)))
+        .collect())
 }
 
 /// The ids of the submissions in `state` whose next step is due at `now`.
