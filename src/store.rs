@@ -22,7 +22,9 @@ pub use batchwatch_store::*;
 
 use batchwatch_core::clock::Timestamp;
 use batchwatch_core::config::StuckAfter;
-use batchwatch_core::config::{DatabaseLocation, DatabaseSettings, without_password};
+use batchwatch_core::config::{
+    DatabaseLocation, DatabaseSettings, credential_path, without_password,
+};
 use batchwatch_core::model::{BatchStatus, FileLook, JobState, SubmissionState};
 use batchwatch_store::batches::{NewSubmission, PollLoad, Submission, Tracked};
 use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
@@ -96,7 +98,7 @@ impl Store {
                 let password = match password_credential {
                     Some(name) => Some(read_credential(name).map_err(|e| StoreError::Open {
                         path: PathBuf::from(without_password(url)),
-                        source: e.into(),
+                        source: e.to_string().into(),
                     })?),
                     None => None,
                 };
@@ -183,18 +185,13 @@ impl Store {
     }
 }
 
-/// The systemd credential `name`: its file under `$CREDENTIALS_DIRECTORY`, without a final
-/// newline.
-fn read_credential(name: &str) -> Result<String, String> {
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-        format!(
-            "database.password_credential names {name}, but $CREDENTIALS_DIRECTORY is not set \
-             (it is set only inside the systemd service)"
-        )
+/// The PostgreSQL password from the systemd credential `name`, its line end dropped.
+fn read_credential(name: &str) -> Result<String, anyhow::Error> {
+    let path = credential_path("database.password_credential", name, |v| {
+        std::env::var_os(v)
     })?;
-    let path = Path::new(&dir).join(name);
     let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("the credential {} cannot be read: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("the credential {} cannot be read: {e}", path.display()))?;
     Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 

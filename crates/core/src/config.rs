@@ -1169,6 +1169,29 @@ fn keep_written_durations(table: &mut toml::Table, written: &toml::Table) {
 }
 
 /// Checks an `output_expires_after` duration against the API's bounds.
+/// The environment variable systemd sets inside the service: the directory of its credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+/// Where the systemd credential `name` that `key` names is, by `env` (the process's
+/// environment, or a test's); an error naming `key` outside the service, where there is none.
+pub fn credential_path(
+    key: &str,
+    name: &str,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<PathBuf, ConfigError> {
+    let dir = env(CREDENTIALS_DIRECTORY).ok_or_else(|| {
+        ConfigError::key(
+            key,
+            format!(
+                "$CREDENTIALS_DIRECTORY is not set (it is set only inside the systemd service, \
+                 for credentials given with LoadCredential= or SetCredentialEncrypted=); cannot \
+                 read credential {name}"
+            ),
+        )
+    })?;
+    Ok(PathBuf::from(dir).join(name))
+}
+
 /// The longest `daemon.name`, in characters.
 pub const INSTANCE_NAME_MAX: usize = 64;
 

@@ -9,16 +9,15 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};
 
-use batchwatch_core::config::{ConfigError, Flavor, KeySource};
-
-/// The environment variable systemd sets inside the service: the directory of its credentials.
-const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+use batchwatch_core::config::{
+    CREDENTIALS_DIRECTORY, ConfigError, Flavor, KeySource, credential_path,
+};
 
 /// Whether `source` is a systemd credential asked for outside the service, where it does not
 /// exist: it cannot be read, or checked, in this process.
@@ -90,19 +89,9 @@ impl ApiKey {
             KeySource::File(path) => read_key_file("api.key_file", path, true),
             KeySource::Credential(name) => {
                 let key = "api.key_credential";
-                let dir = env(CREDENTIALS_DIRECTORY).ok_or_else(|| {
-                    ConfigError::key(
-                        key,
-                        format!(
-                            "$CREDENTIALS_DIRECTORY is not set (it is set only inside the systemd \
-                             service, for credentials given with LoadCredential= or \
-                             SetCredentialEncrypted=); cannot read credential {name}"
-                        ),
-                    )
-                })?;
                 // systemd owns the credential directory and its modes; no check of ours
                 // would add anything.
-                read_key_file(key, &PathBuf::from(dir).join(name), false)
+                read_key_file(key, &credential_path(key, name, env)?, false)
             }
         }
     }
@@ -192,6 +181,7 @@ fn read_key_file(key: &str, path: &Path, check_mode: bool) -> Result<ApiKey, Con
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::path::PathBuf;
 
     const SECRET: &str = "sk-test-0123456789abcdefSECRET";
 
