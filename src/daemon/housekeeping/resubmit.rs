@@ -801,6 +801,8 @@ pub async fn pick_up_stages(store: &Store, queue: &Queue) -> anyhow::Result<usiz
         };
         match outcome {
             Ok(()) => removed += 1,
+            // Another daemon on the same tree, starting too, removed it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove what a killed resubmit left in incoming/; trying again at the next start")
             }
