@@ -15,7 +15,7 @@
 //! boundaries into parts that each respect both limits.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -170,50 +170,117 @@ fn is_object(raw: &str) -> bool {
     raw.trim_start().starts_with('{')
 }
 
+/// How much of the file one read asks for; a line longer than this grows the buffer (up to
+/// the longest line a batch may hold).
+const CHUNK: usize = 256 * 1024;
+
 /// Validates `reader` against `expect` in one pass, without holding more than one line in memory
 /// (plus the set of `custom_id`s).
-pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
-    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+pub fn validate(mut reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
     let mut hasher = Sha256::new();
-    let mut buf = Vec::with_capacity(4096);
-    let mut seen_ids: HashSet<String> = HashSet::new();
-    let mut endpoint: Option<String> = expect.endpoint.map(str::to_owned);
-    let mut model: Option<String> = None;
+    let mut pass = Pass::new(expect);
     let limits = expect.limits;
-    let mut offset: u64 = 0;
-    let mut line_no: u64 = 0;
-    let mut parts: Vec<Part> = Vec::new();
-    let mut current = Part {
-        start: 0,
-        end: 0,
-        requests: 0,
-    };
-
+    // Lines are checked where they were read: `buf[start..end]` is what is left to check, and
+    // `buf[start..scanned]` holds no newline.
+    let mut buf = vec![0u8; CHUNK];
+    let (mut start, mut scanned, mut end) = (0, 0, 0);
     loop {
-        buf.clear();
+        if let Some(at) = memchr::memchr(b'\n', &buf[scanned..end]) {
+            let stop = scanned + at + 1;
+            pass.line(&buf[start..stop])?;
+            (start, scanned) = (stop, stop);
+            continue;
+        }
+        scanned = end;
         // A line longer than a whole batch may be is refused without holding more of it.
-        let read = (&mut reader)
-            .take(limits.max_bytes + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| {
-                Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
-            })?;
+        if (end - start) as u64 > limits.max_bytes {
+            return Err(pass.line_too_large(pass.line_no + 1));
+        }
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            (scanned, end) = (end - start, end - start);
+            start = 0;
+        }
+        if end == buf.len() {
+            let longest = usize::try_from(limits.max_bytes + 1).unwrap_or(usize::MAX);
+            buf.resize(buf.len().saturating_mul(2).min(longest), 0);
+        }
+        let read = loop {
+            match reader.read(&mut buf[end..]) {
+                Ok(read) => break read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Violation::whole(
+                        Rule::Unreadable,
+                        format!("the file could not be read: {e}"),
+                    ));
+                }
+            }
+        };
         if read == 0 {
+            if end > start {
+                pass.line(&buf[start..end])?;
+            }
             break;
         }
-        line_no += 1;
-        if read as u64 > limits.max_bytes {
-            return Err(Violation::at(
-                Rule::TooLarge,
-                line_no,
-                format!(
-                    "the line alone is larger than the limit of {} bytes per batch",
-                    limits.max_bytes
-                ),
-            ));
+        hasher.update(&buf[end..end + read]);
+        end += read;
+    }
+    pass.finish(hex(&hasher.finalize()))
+}
+
+/// One validation pass between two lines: what the lines so far set and where they end.
+struct Pass<'a> {
+    expect: Expect<'a>,
+    seen_ids: HashSet<String>,
+    endpoint: Option<String>,
+    model: Option<String>,
+    /// Bytes in the lines so far.
+    offset: u64,
+    /// Lines so far: the 1-based number of the last one.
+    line_no: u64,
+    parts: Vec<Part>,
+    current: Part,
+}
+
+impl<'a> Pass<'a> {
+    fn new(expect: Expect<'a>) -> Self {
+        Pass {
+            expect,
+            seen_ids: HashSet::new(),
+            endpoint: expect.endpoint.map(str::to_owned),
+            model: None,
+            offset: 0,
+            line_no: 0,
+            parts: Vec::new(),
+            current: Part {
+                start: 0,
+                end: 0,
+                requests: 0,
+            },
         }
-        hasher.update(&buf);
-        let line_len = read as u64;
+    }
+
+    fn line_too_large(&self, line_no: u64) -> Violation {
+        Violation::at(
+            Rule::TooLarge,
+            line_no,
+            format!(
+                "the line alone is larger than the limit of {} bytes per batch",
+                self.expect.limits.max_bytes
+            ),
+        )
+    }
+
+    /// Checks the next line, `buf` with its newline (the last line may lack one).
+    fn line(&mut self, buf: &[u8]) -> Result<(), Violation> {
+        let limits = self.expect.limits;
+        self.line_no += 1;
+        let line_no = self.line_no;
+        let line_len = buf.len() as u64;
+        if line_len > limits.max_bytes {
+            return Err(self.line_too_large(line_no));
+        }
         if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
             return Err(Violation::at(
                 Rule::Bom,
@@ -221,8 +288,8 @@ pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violat
                 "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM",
             ));
         }
-        if !expect.split {
-            if offset + line_len > limits.max_bytes {
+        if !self.expect.split {
+            if self.offset + line_len > limits.max_bytes {
                 return Err(Violation::at(
                     Rule::TooLarge,
                     line_no,
@@ -243,7 +310,7 @@ pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violat
                 ));
             }
         }
-        let text = std::str::from_utf8(&buf).map_err(|e| {
+        let text = std::str::from_utf8(buf).map_err(|e| {
             Violation::at(
                 Rule::NotUtf8,
                 line_no,
@@ -259,58 +326,58 @@ pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violat
                 "the line is empty; every line must be one request",
             ));
         }
-        check_line(text, line_no, &mut seen_ids, &mut endpoint, &mut model)?;
+        check_line(
+            text,
+            line_no,
+            &mut self.seen_ids,
+            &mut self.endpoint,
+            &mut self.model,
+        )?;
 
-        if expect.split {
-            if line_len > limits.max_bytes {
-                return Err(Violation::at(
-                    Rule::TooLarge,
-                    line_no,
-                    format!(
-                        "the line alone is larger than the limit of {} bytes per batch",
-                        limits.max_bytes
-                    ),
-                ));
-            }
+        if self.expect.split {
+            let current = &mut self.current;
             let full = current.requests + 1 > limits.max_requests
                 || (current.end - current.start) + line_len > limits.max_bytes;
             if full && current.requests > 0 {
-                parts.push(current);
-                current = Part {
-                    start: offset,
-                    end: offset,
+                self.parts.push(*current);
+                *current = Part {
+                    start: self.offset,
+                    end: self.offset,
                     requests: 0,
                 };
             }
             current.end += line_len;
             current.requests += 1;
         }
-        offset += line_len;
+        self.offset += line_len;
+        Ok(())
     }
 
-    if line_no == 0 {
-        return Err(Violation::whole(
-            Rule::Empty,
-            "the file is empty; it must hold at least one request",
-        ));
+    fn finish(mut self, sha256: String) -> Result<Summary, Violation> {
+        if self.line_no == 0 {
+            return Err(Violation::whole(
+                Rule::Empty,
+                "the file is empty; it must hold at least one request",
+            ));
+        }
+        if self.expect.split {
+            self.parts.push(self.current);
+        } else {
+            self.parts.push(Part {
+                start: 0,
+                end: self.offset,
+                requests: self.line_no,
+            });
+        }
+        Ok(Summary {
+            sha256,
+            bytes: self.offset,
+            requests: self.line_no,
+            endpoint: self.endpoint.unwrap_or_default(),
+            model: self.model.unwrap_or_default(),
+            parts: self.parts,
+        })
     }
-    if expect.split {
-        parts.push(current);
-    } else {
-        parts.push(Part {
-            start: 0,
-            end: offset,
-            requests: line_no,
-        });
-    }
-    Ok(Summary {
-        sha256: hex(&hasher.finalize()),
-        bytes: offset,
-        requests: line_no,
-        endpoint: endpoint.unwrap_or_default(),
-        model: model.unwrap_or_default(),
-        parts,
-    })
 }
 
 fn check_line(
