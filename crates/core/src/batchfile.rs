@@ -13,7 +13,16 @@
 //! most [`MAX_MODEL_CHARS`] characters) is the same on every line; at most `max_requests`
 //! lines and `max_bytes` bytes, unless the file may be split, in which case it is cut at line
 //! boundaries into parts that each respect both limits.
+//!
+//! Each line is read twice at most: once by the fast path ([`scan`]), which reads a
+//! well-formed line in one pass and answers only for one that keeps every rule up to its
+//! fields' own, and, when it declines, by the reference path (serde_json, then a pass for what
+//! serde_json lets through), which names the fault. The rules of the fields are checked once,
+//! on what either read.
 
+mod scan;
+
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::io::Read;
 
@@ -143,6 +152,24 @@ impl Violation {
     }
 }
 
+/// The fields of a line the rules read: the string ones as strings (`None` when a field is
+/// missing or not a string), `body` as far as it was read.
+struct Probe<'a> {
+    custom_id: Option<Cow<'a, str>>,
+    method: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+    body: Body<'a>,
+}
+
+/// A line's `body`.
+enum Body<'a> {
+    /// An object, with this string `model` (read by the fast path, [`scan`]).
+    Model(Cow<'a, str>),
+    /// As written (read by the reference path, [`probe`]): its rules are checked after those of
+    /// the fields before it.
+    Raw(Option<&'a RawValue>),
+}
+
 #[derive(Deserialize)]
 struct LineProbe<'a> {
     #[serde(borrow, default)]
@@ -162,12 +189,169 @@ struct BodyProbe<'a> {
 }
 
 /// Reads a JSON string out of a raw value, or `None` when it is not a string.
-fn as_string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str::<String>(raw.get()).ok()
+fn as_string(raw: &RawValue) -> Option<Cow<'static, str>> {
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Cow::Owned)
 }
 
 fn is_object(raw: &str) -> bool {
     raw.trim_start().starts_with('{')
+}
+
+/// The reference path: reads any line with serde_json and names its fault, if it has one
+/// before its fields' own rules.
+fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
+    if !is_object(text) {
+        // Still report broken JSON as such, before complaining about its shape.
+        if let Err(e) = serde_json::from_str::<&RawValue>(text) {
+            return Err(Violation::at(
+                Rule::InvalidJson,
+                line_no,
+                format!("the line is not valid JSON: {e}"),
+            ));
+        }
+        return Err(Violation::at(
+            Rule::NotAnObject,
+            line_no,
+            "the line must be a JSON object",
+        ));
+    }
+    let probe: LineProbe<'_> = serde_json::from_str(text).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("the line is not valid JSON: {e}"),
+        )
+    })?;
+    check_values(text.as_bytes(), line_no)?;
+    Ok(Probe {
+        custom_id: probe.custom_id.and_then(as_string),
+        method: probe.method.and_then(as_string),
+        url: probe.url.and_then(as_string),
+        body: Body::Raw(probe.body),
+    })
+}
+
+/// The model of a line's `body`, or why it has none.
+fn body_model(body: Body<'_>, line_no: u64) -> Result<Option<Cow<'_, str>>, Violation> {
+    let body = match body {
+        Body::Model(model) => return Ok(Some(model)),
+        Body::Raw(body) => body,
+    };
+    let body = body.filter(|b| is_object(b.get())).ok_or_else(|| {
+        Violation::at(Rule::MissingBody, line_no, "the line has no `body` object")
+    })?;
+    let body: BodyProbe<'_> = serde_json::from_str(body.get()).map_err(|e| {
+        Violation::at(
+            Rule::InvalidJson,
+            line_no,
+            format!("`body` is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(body.model.and_then(as_string))
+}
+
+/// What the lines so far set, that the next must agree with.
+struct Seen {
+    ids: HashSet<String>,
+    endpoint: Option<String>,
+    model: Option<String>,
+}
+
+impl Seen {
+    /// Checks the rules of a line's fields, in their order, and records what it sets.
+    fn check(&mut self, probe: Probe<'_>, line_no: u64) -> Result<(), Violation> {
+        let custom_id = probe.custom_id.ok_or_else(|| {
+            Violation::at(
+                Rule::MissingCustomId,
+                line_no,
+                "the line has no string `custom_id`",
+            )
+        })?;
+        if custom_id.is_empty() {
+            return Err(Violation::at(
+                Rule::MissingCustomId,
+                line_no,
+                "`custom_id` is empty",
+            ));
+        }
+        if self.ids.contains(&*custom_id) {
+            return Err(Violation::at(
+                Rule::DuplicateCustomId,
+                line_no,
+                format!(
+                    "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
+                ),
+            ));
+        }
+        self.ids.insert(custom_id.into_owned());
+
+        match probe.method {
+            Some(m) if m == "POST" => {}
+            Some(m) => {
+                return Err(Violation::at(
+                    Rule::InvalidMethod,
+                    line_no,
+                    format!("`method` is {m:?}; it must be \"POST\""),
+                ));
+            }
+            None => {
+                return Err(Violation::at(
+                    Rule::InvalidMethod,
+                    line_no,
+                    "the line has no string `method`; it must be \"POST\"",
+                ));
+            }
+        }
+
+        let url = probe.url.ok_or_else(|| {
+            Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`")
+        })?;
+        match &self.endpoint {
+            Some(expected) if *expected != url => {
+                return Err(Violation::at(
+                    Rule::UrlMismatch,
+                    line_no,
+                    format!(
+                        "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => self.endpoint = Some(url.into_owned()),
+        }
+
+        let line_model = body_model(probe.body, line_no)?
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
+            })?;
+        if line_model.len() > MAX_MODEL_CHARS && line_model.chars().count() > MAX_MODEL_CHARS {
+            return Err(Violation::at(
+                Rule::ModelTooLong,
+                line_no,
+                format!(
+                    "`body.model` is {} characters long; a model name has at most {MAX_MODEL_CHARS}",
+                    line_model.chars().count()
+                ),
+            ));
+        }
+        match &self.model {
+            Some(first) if *first != line_model => Err(Violation::at(
+                Rule::MixedModels,
+                line_no,
+                format!(
+                    "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.model = Some(line_model.into_owned());
+                Ok(())
+            }
+        }
+    }
 }
 
 /// How much of the file one read asks for; a line longer than this grows the buffer (up to
@@ -232,9 +416,7 @@ pub fn validate(mut reader: impl Read, expect: Expect<'_>) -> Result<Summary, Vi
 /// One validation pass between two lines: what the lines so far set and where they end.
 struct Pass<'a> {
     expect: Expect<'a>,
-    seen_ids: HashSet<String>,
-    endpoint: Option<String>,
-    model: Option<String>,
+    seen: Seen,
     /// Bytes in the lines so far.
     offset: u64,
     /// Lines so far: the 1-based number of the last one.
@@ -247,9 +429,11 @@ impl<'a> Pass<'a> {
     fn new(expect: Expect<'a>) -> Self {
         Pass {
             expect,
-            seen_ids: HashSet::new(),
-            endpoint: expect.endpoint.map(str::to_owned),
-            model: None,
+            seen: Seen {
+                ids: HashSet::new(),
+                endpoint: expect.endpoint.map(str::to_owned),
+                model: None,
+            },
             offset: 0,
             line_no: 0,
             parts: Vec::new(),
@@ -326,13 +510,13 @@ impl<'a> Pass<'a> {
                 "the line is empty; every line must be one request",
             ));
         }
-        check_line(
-            text,
-            line_no,
-            &mut self.seen_ids,
-            &mut self.endpoint,
-            &mut self.model,
-        )?;
+        // The fast path reads a well-formed line in one pass; any other line is read (and its
+        // fault named) by the reference path.
+        let probe = match scan::fields(text) {
+            Some(fields) => fields,
+            None => probe(text, line_no)?,
+        };
+        self.seen.check(probe, line_no)?;
 
         if self.expect.split {
             let current = &mut self.current;
@@ -373,144 +557,10 @@ impl<'a> Pass<'a> {
             sha256,
             bytes: self.offset,
             requests: self.line_no,
-            endpoint: self.endpoint.unwrap_or_default(),
-            model: self.model.unwrap_or_default(),
+            endpoint: self.seen.endpoint.unwrap_or_default(),
+            model: self.seen.model.unwrap_or_default(),
             parts: self.parts,
         })
-    }
-}
-
-fn check_line(
-    text: &str,
-    line_no: u64,
-    seen_ids: &mut HashSet<String>,
-    endpoint: &mut Option<String>,
-    model: &mut Option<String>,
-) -> Result<(), Violation> {
-    if !is_object(text) {
-        // Still report broken JSON as such, before complaining about its shape.
-        if let Err(e) = serde_json::from_str::<&RawValue>(text) {
-            return Err(Violation::at(
-                Rule::InvalidJson,
-                line_no,
-                format!("the line is not valid JSON: {e}"),
-            ));
-        }
-        return Err(Violation::at(
-            Rule::NotAnObject,
-            line_no,
-            "the line must be a JSON object",
-        ));
-    }
-    let probe: LineProbe<'_> = serde_json::from_str(text).map_err(|e| {
-        Violation::at(
-            Rule::InvalidJson,
-            line_no,
-            format!("the line is not valid JSON: {e}"),
-        )
-    })?;
-    check_values(text.as_bytes(), line_no)?;
-
-    let custom_id = probe.custom_id.and_then(as_string).ok_or_else(|| {
-        Violation::at(
-            Rule::MissingCustomId,
-            line_no,
-            "the line has no string `custom_id`",
-        )
-    })?;
-    if custom_id.is_empty() {
-        return Err(Violation::at(
-            Rule::MissingCustomId,
-            line_no,
-            "`custom_id` is empty",
-        ));
-    }
-    if !seen_ids.insert(custom_id.clone()) {
-        return Err(Violation::at(
-            Rule::DuplicateCustomId,
-            line_no,
-            format!(
-                "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
-            ),
-        ));
-    }
-
-    match probe.method.and_then(as_string) {
-        Some(m) if m == "POST" => {}
-        Some(m) => {
-            return Err(Violation::at(
-                Rule::InvalidMethod,
-                line_no,
-                format!("`method` is {m:?}; it must be \"POST\""),
-            ));
-        }
-        None => {
-            return Err(Violation::at(
-                Rule::InvalidMethod,
-                line_no,
-                "the line has no string `method`; it must be \"POST\"",
-            ));
-        }
-    }
-
-    let url = probe
-        .url
-        .and_then(as_string)
-        .ok_or_else(|| Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`"))?;
-    match endpoint {
-        Some(expected) if *expected != url => {
-            return Err(Violation::at(
-                Rule::UrlMismatch,
-                line_no,
-                format!(
-                    "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
-                ),
-            ));
-        }
-        Some(_) => {}
-        None => *endpoint = Some(url),
-    }
-
-    let body = probe.body.filter(|b| is_object(b.get())).ok_or_else(|| {
-        Violation::at(Rule::MissingBody, line_no, "the line has no `body` object")
-    })?;
-    let body: BodyProbe<'_> = serde_json::from_str(body.get()).map_err(|e| {
-        Violation::at(
-            Rule::InvalidJson,
-            line_no,
-            format!("`body` is not valid JSON: {e}"),
-        )
-    })?;
-    let line_model = body
-        .model
-        .and_then(as_string)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
-        })?;
-    if line_model.len() > MAX_MODEL_CHARS && line_model.chars().count() > MAX_MODEL_CHARS {
-        return Err(Violation::at(
-            Rule::ModelTooLong,
-            line_no,
-            format!(
-                "`body.model` is {} characters long; a model name has at most {MAX_MODEL_CHARS}",
-                line_model.chars().count()
-            ),
-        ));
-    }
-    match model {
-        Some(first) if *first != line_model => Err(Violation::at(
-            Rule::MixedModels,
-            line_no,
-            format!(
-                "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
-            ),
-        )),
-        Some(_) => Ok(()),
-        None => {
-            *model = Some(line_model);
-            Ok(())
-        }
     }
 }
 
@@ -572,13 +622,10 @@ fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
 /// itself decides, because near the edge it refuses numbers that a correctly rounding parser
 /// (Rust's `str::parse`) reads as `f64::MAX`: -1.7976931348623158e308.
 fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
-    if token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E') {
+    if number_in_range(token) {
         return Ok(());
     }
     let text = std::str::from_utf8(token).unwrap_or_default();
-    if serde_json::from_str::<f64>(text).is_ok() {
-        return Ok(());
-    }
     let shown: String = if text.len() > 40 {
         format!("{}…", &text[..40])
     } else {
@@ -591,6 +638,12 @@ fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
             "the number {shown} is outside the range of a 64-bit float (about ±1.8e308); JSON readers refuse it"
         ),
     ))
+}
+
+/// Whether the number `token` (JSON's syntax) is within an f64's range: see [`check_number`].
+fn number_in_range(token: &[u8]) -> bool {
+    (token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E'))
+        || std::str::from_utf8(token).is_ok_and(|text| serde_json::from_str::<f64>(text).is_ok())
 }
 
 /// Skips a string whose opening quote is just before `i`; returns the index after its
