@@ -336,11 +336,9 @@ fn hex4(digits: &[u8]) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use proptest::prelude::*;
 
-    use super::super::{Seen, Violation, body_model, probe};
+    use super::super::{Ids, Seen, Violation, body_model, probe};
     use super::*;
 
     /// The verdict on each line, read by the fast path where it answers or by the reference
@@ -350,7 +348,7 @@ mod tests {
         fast: bool,
     ) -> (Vec<Result<(), Violation>>, Option<String>, Option<String>) {
         let mut seen = Seen {
-            ids: HashSet::new(),
+            ids: Ids::default(),
             endpoint: None,
             model: None,
         };
