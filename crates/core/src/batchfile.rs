@@ -20,6 +20,7 @@
 //! serde_json lets through), which names the fault. The rules of the fields are checked once,
 //! on what either read.
 
+mod hash;
 mod scan;
 
 use std::borrow::Cow;
@@ -389,9 +390,17 @@ impl Seen {
 const CHUNK: usize = 256 * 1024;
 
 /// Validates `reader` against `expect` in one pass, without holding more than one line in memory
-/// (plus the set of `custom_id`s).
-pub fn validate(mut reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
-    let mut hasher = Sha256::new();
+/// (plus the set of `custom_id`s). A large file is hashed on a second thread meanwhile.
+pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
+    std::thread::scope(|scope| validate_in(scope, reader, expect))
+}
+
+fn validate_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut reader: impl Read,
+    expect: Expect<'_>,
+) -> Result<Summary, Violation> {
+    let mut hash = hash::Hash::new(scope);
     let mut pass = Pass::new(expect);
     let limits = expect.limits;
     // Lines are checked where they were read: `buf[start..end]` is what is left to check, and
@@ -437,10 +446,10 @@ pub fn validate(mut reader: impl Read, expect: Expect<'_>) -> Result<Summary, Vi
             }
             break;
         }
-        hasher.update(&buf[end..end + read]);
+        hash.update(&buf[end..end + read]);
         end += read;
     }
-    pass.finish(hex(&hasher.finalize()))
+    pass.finish(hash.finish())
 }
 
 /// One validation pass between two lines: what the lines so far set and where they end.
@@ -1097,6 +1106,24 @@ mod tests {
                 proptest::prop_assert_eq!(set.insert(id), reference.insert(id.as_str()), "{}", id);
             }
         }
+    }
+
+    #[test]
+    fn a_large_file_gets_its_hash_and_a_fault_past_its_first_megabytes_its_line() {
+        let text = format!("\"{}\"", "lorem ipsum ".repeat(20));
+        let lines = 6 * 1024 * 1024 / with_value("r0000000", &text).len();
+        let content: String = (0..lines)
+            .map(|i| with_value(&format!("r{i:07}"), &text))
+            .collect();
+        let s = check(&content).unwrap();
+        assert_eq!(s.sha256, hex(&Sha256::digest(content.as_bytes())));
+        assert_eq!(s.requests, lines as u64);
+        let refused = content + &line("r0000001", "m");
+        let v = check(&refused).unwrap_err();
+        assert_eq!(
+            (v.rule, v.line),
+            (Rule::DuplicateCustomId, Some(lines as u64 + 1))
+        );
     }
 
     #[test]
