@@ -13,9 +13,19 @@
 //! most [`MAX_MODEL_CHARS`] characters) is the same on every line; at most `max_requests`
 //! lines and `max_bytes` bytes, unless the file may be split, in which case it is cut at line
 //! boundaries into parts that each respect both limits.
+//!
+//! Each line is read twice at most: once by the fast path ([`scan`]), which reads a
+//! well-formed line in one pass and answers only for one that keeps every rule up to its
+//! fields' own, and, when it declines, by the reference path (serde_json, then a pass for what
+//! serde_json lets through), which names the fault. The rules of the fields are checked once,
+//! on what either read.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+mod hash;
+mod scan;
+
+use std::borrow::Cow;
+use std::hash::{BuildHasher, RandomState};
+use std::io::Read;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -143,6 +153,24 @@ impl Violation {
     }
 }
 
+/// The fields of a line the rules read: the string ones as strings (`None` when a field is
+/// missing or not a string), `body` as far as it was read.
+struct Probe<'a> {
+    custom_id: Option<Cow<'a, str>>,
+    method: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+    body: Body<'a>,
+}
+
+/// A line's `body`.
+enum Body<'a> {
+    /// An object, with this string `model` (read by the fast path, [`scan`]).
+    Model(Cow<'a, str>),
+    /// As written (read by the reference path, [`probe`]): its rules are checked after those of
+    /// the fields before it.
+    Raw(Option<&'a RawValue>),
+}
+
 #[derive(Deserialize)]
 struct LineProbe<'a> {
     #[serde(borrow, default)]
@@ -162,164 +190,19 @@ struct BodyProbe<'a> {
 }
 
 /// Reads a JSON string out of a raw value, or `None` when it is not a string.
-fn as_string(raw: &RawValue) -> Option<String> {
-    serde_json::from_str::<String>(raw.get()).ok()
+fn as_string(raw: &RawValue) -> Option<Cow<'static, str>> {
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Cow::Owned)
 }
 
 fn is_object(raw: &str) -> bool {
     raw.trim_start().starts_with('{')
 }
 
-/// Validates `reader` against `expect` in one pass, without holding more than one line in memory
-/// (plus the set of `custom_id`s).
-pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
-    let mut reader = BufReader::with_capacity(256 * 1024, reader);
-    let mut hasher = Sha256::new();
-    let mut buf = Vec::with_capacity(4096);
-    let mut seen_ids: HashSet<String> = HashSet::new();
-    let mut endpoint: Option<String> = expect.endpoint.map(str::to_owned);
-    let mut model: Option<String> = None;
-    let limits = expect.limits;
-    let mut offset: u64 = 0;
-    let mut line_no: u64 = 0;
-    let mut parts: Vec<Part> = Vec::new();
-    let mut current = Part {
-        start: 0,
-        end: 0,
-        requests: 0,
-    };
-
-    loop {
-        buf.clear();
-        // A line longer than a whole batch may be is refused without holding more of it.
-        let read = (&mut reader)
-            .take(limits.max_bytes + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| {
-                Violation::whole(Rule::Unreadable, format!("the file could not be read: {e}"))
-            })?;
-        if read == 0 {
-            break;
-        }
-        line_no += 1;
-        if read as u64 > limits.max_bytes {
-            return Err(Violation::at(
-                Rule::TooLarge,
-                line_no,
-                format!(
-                    "the line alone is larger than the limit of {} bytes per batch",
-                    limits.max_bytes
-                ),
-            ));
-        }
-        hasher.update(&buf);
-        let line_len = read as u64;
-        if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
-            return Err(Violation::at(
-                Rule::Bom,
-                1,
-                "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM",
-            ));
-        }
-        if !expect.split {
-            if offset + line_len > limits.max_bytes {
-                return Err(Violation::at(
-                    Rule::TooLarge,
-                    line_no,
-                    format!(
-                        "the file is larger than the limit of {} bytes",
-                        limits.max_bytes
-                    ),
-                ));
-            }
-            if line_no > limits.max_requests {
-                return Err(Violation::at(
-                    Rule::TooManyRequests,
-                    line_no,
-                    format!(
-                        "the file has more than the limit of {} requests",
-                        limits.max_requests
-                    ),
-                ));
-            }
-        }
-        let text = std::str::from_utf8(&buf).map_err(|e| {
-            Violation::at(
-                Rule::NotUtf8,
-                line_no,
-                format!("the line is not valid UTF-8 ({e})"),
-            )
-        })?;
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        let text = text.strip_suffix('\r').unwrap_or(text);
-        if text.trim().is_empty() {
-            return Err(Violation::at(
-                Rule::BlankLine,
-                line_no,
-                "the line is empty; every line must be one request",
-            ));
-        }
-        check_line(text, line_no, &mut seen_ids, &mut endpoint, &mut model)?;
-
-        if expect.split {
-            if line_len > limits.max_bytes {
-                return Err(Violation::at(
-                    Rule::TooLarge,
-                    line_no,
-                    format!(
-                        "the line alone is larger than the limit of {} bytes per batch",
-                        limits.max_bytes
-                    ),
-                ));
-            }
-            let full = current.requests + 1 > limits.max_requests
-                || (current.end - current.start) + line_len > limits.max_bytes;
-            if full && current.requests > 0 {
-                parts.push(current);
-                current = Part {
-                    start: offset,
-                    end: offset,
-                    requests: 0,
-                };
-            }
-            current.end += line_len;
-            current.requests += 1;
-        }
-        offset += line_len;
-    }
-
-    if line_no == 0 {
-        return Err(Violation::whole(
-            Rule::Empty,
-            "the file is empty; it must hold at least one request",
-        ));
-    }
-    if expect.split {
-        parts.push(current);
-    } else {
-        parts.push(Part {
-            start: 0,
-            end: offset,
-            requests: line_no,
-        });
-    }
-    Ok(Summary {
-        sha256: hex(&hasher.finalize()),
-        bytes: offset,
-        requests: line_no,
-        endpoint: endpoint.unwrap_or_default(),
-        model: model.unwrap_or_default(),
-        parts,
-    })
-}
-
-fn check_line(
-    text: &str,
-    line_no: u64,
-    seen_ids: &mut HashSet<String>,
-    endpoint: &mut Option<String>,
-    model: &mut Option<String>,
-) -> Result<(), Violation> {
+/// The reference path: reads any line with serde_json and names its fault, if it has one
+/// before its fields' own rules.
+fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
     if !is_object(text) {
         // Still report broken JSON as such, before complaining about its shape.
         if let Err(e) = serde_json::from_str::<&RawValue>(text) {
@@ -343,68 +226,21 @@ fn check_line(
         )
     })?;
     check_values(text.as_bytes(), line_no)?;
+    Ok(Probe {
+        custom_id: probe.custom_id.and_then(as_string),
+        method: probe.method.and_then(as_string),
+        url: probe.url.and_then(as_string),
+        body: Body::Raw(probe.body),
+    })
+}
 
-    let custom_id = probe.custom_id.and_then(as_string).ok_or_else(|| {
-        Violation::at(
-            Rule::MissingCustomId,
-            line_no,
-            "the line has no string `custom_id`",
-        )
-    })?;
-    if custom_id.is_empty() {
-        return Err(Violation::at(
-            Rule::MissingCustomId,
-            line_no,
-            "`custom_id` is empty",
-        ));
-    }
-    if !seen_ids.insert(custom_id.clone()) {
-        return Err(Violation::at(
-            Rule::DuplicateCustomId,
-            line_no,
-            format!(
-                "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
-            ),
-        ));
-    }
-
-    match probe.method.and_then(as_string) {
-        Some(m) if m == "POST" => {}
-        Some(m) => {
-            return Err(Violation::at(
-                Rule::InvalidMethod,
-                line_no,
-                format!("`method` is {m:?}; it must be \"POST\""),
-            ));
-        }
-        None => {
-            return Err(Violation::at(
-                Rule::InvalidMethod,
-                line_no,
-                "the line has no string `method`; it must be \"POST\"",
-            ));
-        }
-    }
-
-    let url = probe
-        .url
-        .and_then(as_string)
-        .ok_or_else(|| Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`"))?;
-    match endpoint {
-        Some(expected) if *expected != url => {
-            return Err(Violation::at(
-                Rule::UrlMismatch,
-                line_no,
-                format!(
-                    "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
-                ),
-            ));
-        }
-        Some(_) => {}
-        None => *endpoint = Some(url),
-    }
-
-    let body = probe.body.filter(|b| is_object(b.get())).ok_or_else(|| {
+/// The model of a line's `body`, or why it has none.
+fn body_model(body: Body<'_>, line_no: u64) -> Result<Option<Cow<'_, str>>, Violation> {
+    let body = match body {
+        Body::Model(model) => return Ok(Some(model)),
+        Body::Raw(body) => body,
+    };
+    let body = body.filter(|b| is_object(b.get())).ok_or_else(|| {
         Violation::at(Rule::MissingBody, line_no, "the line has no `body` object")
     })?;
     let body: BodyProbe<'_> = serde_json::from_str(body.get()).map_err(|e| {
@@ -414,36 +250,356 @@ fn check_line(
             format!("`body` is not valid JSON: {e}"),
         )
     })?;
-    let line_model = body
-        .model
-        .and_then(as_string)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
-        })?;
-    if line_model.len() > MAX_MODEL_CHARS && line_model.chars().count() > MAX_MODEL_CHARS {
-        return Err(Violation::at(
-            Rule::ModelTooLong,
-            line_no,
-            format!(
-                "`body.model` is {} characters long; a model name has at most {MAX_MODEL_CHARS}",
-                line_model.chars().count()
-            ),
-        ));
+    Ok(body.model.and_then(as_string))
+}
+
+/// The `custom_id`s seen so far: their text one after the other, and a table of where each
+/// is: two allocations in all rather than one an id, and a third less memory than a set of
+/// strings (a file of 50,000 lines is common, and one of a million may be split).
+#[derive(Default)]
+struct Ids {
+    text: String,
+    /// Where each id is in `text`, hashed by its text.
+    at: hashbrown::HashTable<(usize, usize)>,
+    /// Keyed at random, as the standard library's sets are: a file cannot choose ids that
+    /// collide.
+    hasher: RandomState,
+}
+
+impl Ids {
+    /// Adds `id`; false when it was there already.
+    fn insert(&mut self, id: &str) -> bool {
+        let Ids { text, at, hasher } = self;
+        let entry = at.entry(
+            hasher.hash_one(id),
+            |&(start, end)| &text[start..end] == id,
+            |&(start, end)| hasher.hash_one(&text[start..end]),
+        );
+        let hashbrown::hash_table::Entry::Vacant(slot) = entry else {
+            return false;
+        };
+        slot.insert((text.len(), text.len() + id.len()));
+        text.push_str(id);
+        true
     }
-    match model {
-        Some(first) if *first != line_model => Err(Violation::at(
-            Rule::MixedModels,
+}
+
+/// What the lines so far set, that the next must agree with.
+struct Seen {
+    ids: Ids,
+    endpoint: Option<String>,
+    model: Option<String>,
+}
+
+impl Seen {
+    /// Checks the rules of a line's fields, in their order, and records what it sets.
+    fn check(&mut self, probe: Probe<'_>, line_no: u64) -> Result<(), Violation> {
+        let custom_id = probe.custom_id.ok_or_else(|| {
+            Violation::at(
+                Rule::MissingCustomId,
+                line_no,
+                "the line has no string `custom_id`",
+            )
+        })?;
+        if custom_id.is_empty() {
+            return Err(Violation::at(
+                Rule::MissingCustomId,
+                line_no,
+                "`custom_id` is empty",
+            ));
+        }
+        if !self.ids.insert(&custom_id) {
+            return Err(Violation::at(
+                Rule::DuplicateCustomId,
+                line_no,
+                format!(
+                    "`custom_id` {custom_id:?} appears more than once; each must be unique in the file"
+                ),
+            ));
+        }
+
+        match probe.method {
+            Some(m) if m == "POST" => {}
+            Some(m) => {
+                return Err(Violation::at(
+                    Rule::InvalidMethod,
+                    line_no,
+                    format!("`method` is {m:?}; it must be \"POST\""),
+                ));
+            }
+            None => {
+                return Err(Violation::at(
+                    Rule::InvalidMethod,
+                    line_no,
+                    "the line has no string `method`; it must be \"POST\"",
+                ));
+            }
+        }
+
+        let url = probe.url.ok_or_else(|| {
+            Violation::at(Rule::MissingUrl, line_no, "the line has no string `url`")
+        })?;
+        match &self.endpoint {
+            Some(expected) if *expected != url => {
+                return Err(Violation::at(
+                    Rule::UrlMismatch,
+                    line_no,
+                    format!(
+                        "`url` is {url:?}, but the batch endpoint is {expected:?}; every line must use the endpoint"
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => self.endpoint = Some(url.into_owned()),
+        }
+
+        let line_model = body_model(probe.body, line_no)?
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                Violation::at(Rule::MissingModel, line_no, "`body` has no string `model`")
+            })?;
+        if line_model.len() > MAX_MODEL_CHARS && line_model.chars().count() > MAX_MODEL_CHARS {
+            return Err(Violation::at(
+                Rule::ModelTooLong,
+                line_no,
+                format!(
+                    "`body.model` is {} characters long; a model name has at most {MAX_MODEL_CHARS}",
+                    line_model.chars().count()
+                ),
+            ));
+        }
+        match &self.model {
+            Some(first) if *first != line_model => Err(Violation::at(
+                Rule::MixedModels,
+                line_no,
+                format!(
+                    "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
+                ),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.model = Some(line_model.into_owned());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// How much of the file one read asks for; a line longer than this grows the buffer (up to
+/// the longest line a batch may hold).
+const CHUNK: usize = 256 * 1024;
+
+/// Validates `reader` against `expect` in one pass, without holding more than one line in memory
+/// (plus the set of `custom_id`s). A large file is hashed on a second thread meanwhile.
+pub fn validate(reader: impl Read, expect: Expect<'_>) -> Result<Summary, Violation> {
+    std::thread::scope(|scope| validate_in(scope, reader, expect))
+}
+
+fn validate_in<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    mut reader: impl Read,
+    expect: Expect<'_>,
+) -> Result<Summary, Violation> {
+    let mut hash = hash::Hash::new(scope);
+    let mut pass = Pass::new(expect);
+    let limits = expect.limits;
+    // Lines are checked where they were read: `buf[start..end]` is what is left to check, and
+    // `buf[start..scanned]` holds no newline.
+    let mut buf = vec![0u8; CHUNK];
+    let (mut start, mut scanned, mut end) = (0, 0, 0);
+    loop {
+        if let Some(at) = memchr::memchr(b'\n', &buf[scanned..end]) {
+            let stop = scanned + at + 1;
+            pass.line(&buf[start..stop])?;
+            (start, scanned) = (stop, stop);
+            continue;
+        }
+        scanned = end;
+        // A line longer than a whole batch may be is refused without holding more of it.
+        if (end - start) as u64 > limits.max_bytes {
+            return Err(pass.line_too_large(pass.line_no + 1));
+        }
+        if start > 0 {
+            buf.copy_within(start..end, 0);
+            (scanned, end) = (end - start, end - start);
+            start = 0;
+        }
+        if end == buf.len() {
+            let longest = usize::try_from(limits.max_bytes + 1).unwrap_or(usize::MAX);
+            buf.resize(buf.len().saturating_mul(2).min(longest), 0);
+        }
+        let read = loop {
+            match reader.read(&mut buf[end..]) {
+                Ok(read) => break read,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Violation::whole(
+                        Rule::Unreadable,
+                        format!("the file could not be read: {e}"),
+                    ));
+                }
+            }
+        };
+        if read == 0 {
+            if end > start {
+                pass.line(&buf[start..end])?;
+            }
+            break;
+        }
+        hash.update(&buf[end..end + read]);
+        end += read;
+    }
+    pass.finish(hash.finish())
+}
+
+/// One validation pass between two lines: what the lines so far set and where they end.
+struct Pass<'a> {
+    expect: Expect<'a>,
+    seen: Seen,
+    /// Bytes in the lines so far.
+    offset: u64,
+    /// Lines so far: the 1-based number of the last one.
+    line_no: u64,
+    parts: Vec<Part>,
+    current: Part,
+}
+
+impl<'a> Pass<'a> {
+    fn new(expect: Expect<'a>) -> Self {
+        Pass {
+            expect,
+            seen: Seen {
+                ids: Ids::default(),
+                endpoint: expect.endpoint.map(str::to_owned),
+                model: None,
+            },
+            offset: 0,
+            line_no: 0,
+            parts: Vec::new(),
+            current: Part {
+                start: 0,
+                end: 0,
+                requests: 0,
+            },
+        }
+    }
+
+    fn line_too_large(&self, line_no: u64) -> Violation {
+        Violation::at(
+            Rule::TooLarge,
             line_no,
             format!(
-                "`body.model` is {line_model:?}, but earlier lines use {first:?}; a batch holds one model"
+                "the line alone is larger than the limit of {} bytes per batch",
+                self.expect.limits.max_bytes
             ),
-        )),
-        Some(_) => Ok(()),
-        None => {
-            *model = Some(line_model);
-            Ok(())
+        )
+    }
+
+    /// Checks the next line, `buf` with its newline (the last line may lack one).
+    fn line(&mut self, buf: &[u8]) -> Result<(), Violation> {
+        let limits = self.expect.limits;
+        self.line_no += 1;
+        let line_no = self.line_no;
+        let line_len = buf.len() as u64;
+        if line_len > limits.max_bytes {
+            return Err(self.line_too_large(line_no));
         }
+        if line_no == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+            return Err(Violation::at(
+                Rule::Bom,
+                1,
+                "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM",
+            ));
+        }
+        if !self.expect.split {
+            if self.offset + line_len > limits.max_bytes {
+                return Err(Violation::at(
+                    Rule::TooLarge,
+                    line_no,
+                    format!(
+                        "the file is larger than the limit of {} bytes",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            if line_no > limits.max_requests {
+                return Err(Violation::at(
+                    Rule::TooManyRequests,
+                    line_no,
+                    format!(
+                        "the file has more than the limit of {} requests",
+                        limits.max_requests
+                    ),
+                ));
+            }
+        }
+        let text = std::str::from_utf8(buf).map_err(|e| {
+            Violation::at(
+                Rule::NotUtf8,
+                line_no,
+                format!("the line is not valid UTF-8 ({e})"),
+            )
+        })?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.trim().is_empty() {
+            return Err(Violation::at(
+                Rule::BlankLine,
+                line_no,
+                "the line is empty; every line must be one request",
+            ));
+        }
+        // The fast path reads a well-formed line in one pass; any other line is read (and its
+        // fault named) by the reference path.
+        let probe = match scan::fields(text) {
+            Some(fields) => fields,
+            None => probe(text, line_no)?,
+        };
+        self.seen.check(probe, line_no)?;
+
+        if self.expect.split {
+            let current = &mut self.current;
+            let full = current.requests + 1 > limits.max_requests
+                || (current.end - current.start) + line_len > limits.max_bytes;
+            if full && current.requests > 0 {
+                self.parts.push(*current);
+                *current = Part {
+                    start: self.offset,
+                    end: self.offset,
+                    requests: 0,
+                };
+            }
+            current.end += line_len;
+            current.requests += 1;
+        }
+        self.offset += line_len;
+        Ok(())
+    }
+
+    fn finish(mut self, sha256: String) -> Result<Summary, Violation> {
+        if self.line_no == 0 {
+            return Err(Violation::whole(
+                Rule::Empty,
+                "the file is empty; it must hold at least one request",
+            ));
+        }
+        if self.expect.split {
+            self.parts.push(self.current);
+        } else {
+            self.parts.push(Part {
+                start: 0,
+                end: self.offset,
+                requests: self.line_no,
+            });
+        }
+        Ok(Summary {
+            sha256,
+            bytes: self.offset,
+            requests: self.line_no,
+            endpoint: self.seen.endpoint.unwrap_or_default(),
+            model: self.seen.model.unwrap_or_default(),
+            parts: self.parts,
+        })
     }
 }
 
@@ -505,13 +661,10 @@ fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
 /// itself decides, because near the edge it refuses numbers that a correctly rounding parser
 /// (Rust's `str::parse`) reads as `f64::MAX`: -1.7976931348623158e308.
 fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
-    if token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E') {
+    if number_in_range(token) {
         return Ok(());
     }
     let text = std::str::from_utf8(token).unwrap_or_default();
-    if serde_json::from_str::<f64>(text).is_ok() {
-        return Ok(());
-    }
     let shown: String = if text.len() > 40 {
         format!("{}…", &text[..40])
     } else {
@@ -524,6 +677,12 @@ fn check_number(token: &[u8], line_no: u64) -> Result<(), Violation> {
             "the number {shown} is outside the range of a 64-bit float (about ±1.8e308); JSON readers refuse it"
         ),
     ))
+}
+
+/// Whether the number `token` (JSON's syntax) is within an f64's range: see [`check_number`].
+fn number_in_range(token: &[u8]) -> bool {
+    (token.len() < 300 && !token.iter().any(|&b| b == b'e' || b == b'E'))
+        || std::str::from_utf8(token).is_ok_and(|text| serde_json::from_str::<f64>(text).is_ok())
 }
 
 /// Skips a string whose opening quote is just before `i`; returns the index after its
@@ -931,6 +1090,40 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(v.rule, Rule::TooLarge);
+    }
+
+    proptest::proptest! {
+        // Each case grows the table several times.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn the_set_of_ids_finds_again_each_id_and_only_those(
+            ids in proptest::collection::vec("[ab]{1,4}|[a-z0-9]{5,12}", 1..2_000),
+        ) {
+            let mut set = Ids::default();
+            let mut reference = std::collections::HashSet::new();
+            for id in &ids {
+                proptest::prop_assert_eq!(set.insert(id), reference.insert(id.as_str()), "{}", id);
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_file_gets_its_hash_and_a_fault_past_its_first_megabytes_its_line() {
+        let text = format!("\"{}\"", "lorem ipsum ".repeat(20));
+        let lines = 6 * 1024 * 1024 / with_value("r0000000", &text).len();
+        let content: String = (0..lines)
+            .map(|i| with_value(&format!("r{i:07}"), &text))
+            .collect();
+        let s = check(&content).unwrap();
+        assert_eq!(s.sha256, hex(&Sha256::digest(content.as_bytes())));
+        assert_eq!(s.requests, lines as u64);
+        let refused = content + &line("r0000001", "m");
+        let v = check(&refused).unwrap_err();
+        assert_eq!(
+            (v.rule, v.line),
+            (Rule::DuplicateCustomId, Some(lines as u64 + 1))
+        );
     }
 
     #[test]
