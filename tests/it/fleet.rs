@@ -10,6 +10,7 @@ use batchwatch::store::Store;
 use batchwatch::store::ops::lease::InstanceRow;
 use batchwatch::store::prelude::*;
 
+use crate::support::chaos::{assert_nothing_lost_nothing_paid_twice, leases_lost};
 use crate::support::daemon::{
     Backend, Env, assert_duplicate_reported, assert_each_completed_once, assert_key_absent,
     assert_never_two_live_batches, quick_sim, requests, slow_sim, wait_duplicate_cancelled,
@@ -268,7 +269,6 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
 /// and a takeover period of its passing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_nothing_twice() {
-    use batchwatch::model::JobState;
     use batchwatch::sim::{Faults, SimConfig};
     let sim = spawn_sim(SimConfig {
         faults: Faults {
@@ -368,100 +368,21 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
     }
     assert_key_absent(&logs);
 
-    // Every file once, in done/ or failed/; nothing left behind.
-    let files_in = |sub: &str| -> BTreeSet<String> {
-        let names = env.names(sub).into_iter();
-        names.filter(|n| n.ends_with(".jsonl")).collect()
-    };
-    let (done, failed) = (files_in("done"), files_in("failed"));
-    assert!(done.is_disjoint(&failed), "{done:?} {failed:?}");
-    let ended: BTreeSet<String> = done.union(&failed).cloned().collect();
-    let dropped: BTreeSet<String> = files.iter().cloned().collect();
-    assert_eq!(ended, dropped, "every file in done/ or failed/");
-    for sub in ["incoming", "processing"] {
-        assert!(
-            env.names(sub).is_empty(),
-            "{sub}/ holds {:?}",
-            env.names(sub)
-        );
-    }
-    assert_eq!(jobs.len(), files.len(), "one job per file");
-
-    let store = env.store().await;
     let stats = sim.handle.stats().await;
-    let (mut duplicates, mut taken, mut late) = (0, 0, Duration::ZERO);
-    for job in &jobs {
-        let subs = store.submissions_of(&job.id).await.unwrap();
-        let ours: BTreeSet<&str> = subs.iter().filter_map(|s| s.remote_id.as_deref()).collect();
-        let events = store.job_events(&job.id).await.unwrap();
-        taken += events
-            .iter()
-            .filter(|e| e.message.starts_with("taken over by"))
-            .count();
-        for batch in stats
-            .batches
-            .iter()
-            .filter(|b| b.job_id.as_deref() == Some(&job.id))
-        {
-            if ours.contains(batch.id.as_str()) {
-                continue;
-            }
-            duplicates += 1;
-            assert_eq!(batch.status, "cancelled", "{}: {batch:?}", job.file_name);
-            assert!(
-                events.iter().any(|e| e
-                    .message
-                    .contains(&format!("batch {} duplicated", batch.id))),
-                "{}: {events:?}",
-                job.file_name
-            );
-        }
-        // One batch per part: nothing here makes a second attempt (no token limit, no expiry).
-        let mut parts = BTreeSet::new();
-        for sub in subs.iter().filter(|s| s.remote_id.is_some()) {
-            assert!(
-                parts.insert(sub.part),
-                "{}: two batches of part {}",
-                job.file_name,
-                sub.part
-            );
-        }
-        for sub in subs.iter().filter(|s| s.remote_id.is_some()) {
-            let history = store.history(sub.id).await.unwrap();
-            let last = history.last().expect("a history");
-            assert!(last.status.is_terminal(), "{}: {history:?}", job.file_name);
-            assert_eq!(Some(&last.status), sub.status.as_ref(), "{}", job.file_name);
-        }
-        if let Some(asked) = &job.cancel_requested_at
-            && job.cancel_reason.as_deref() == Some("deadline")
-        {
-            let (deadline, asked) = (
-                batchwatch::clock::parse(&job.deadline_at).unwrap(),
-                batchwatch::clock::parse(asked).unwrap(),
-            );
-            late = late.max(batchwatch::clock::between(deadline, asked));
-        }
-    }
-    let completed = jobs.iter().filter(|j| j.state == JobState::Completed);
+    let after = assert_nothing_lost_nothing_paid_twice(&env, &jobs, &stats, &files).await;
+    let lost = leases_lost(&logs);
     println!(
-        "chaos: {} jobs ({} completed), {taken} takeovers, {} leases lost, {duplicates} late duplicates cancelled, deadlines enforced at most {late:?} after they passed, faults {:?}",
-        jobs.len(),
-        completed.count(),
-        logs.iter()
-            .filter(|l| l.contains("the lease is lost"))
-            .count(),
+        "chaos: {after}, {lost} leases lost, faults {:?}",
         stats.faults_injected,
     );
-    assert!(taken > 0, "no job changed hands");
+    assert!(after.takeovers > 0, "no job changed hands");
     // The paused daemon and the one cut off each stopped once back, their lease lost.
-    let lost = logs
-        .iter()
-        .filter(|l| l.contains("the lease is lost"))
-        .count();
     assert!(lost >= 2, "{lost} daemons stopped for a lost lease");
     // The lease (4 s), a takeover period (a third of it) and a round.
     assert!(
-        late < Duration::from_secs(7),
-        "a deadline enforced {late:?} late"
+        after.late < Duration::from_secs(7),
+        "a deadline enforced {:?} late: {}",
+        after.late,
+        after.latest
     );
 }
