@@ -199,6 +199,56 @@ async fn an_instance_paused_past_its_lease_stops_when_it_resumes_and_nothing_is_
     assert_never_two_live_batches(&sim).await;
 }
 
+/// An instance paused (SIGSTOP) past its lease in the middle of a transaction holds its
+/// expired lease's row until the server ends its session, and no instance can take its jobs
+/// over meanwhile. One that starts then starts all the same (a takeover that fails at the
+/// start is tried again later, as one in the loop is), and takes the jobs over, and finishes
+/// them once, when they can be taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_that_cannot_take_jobs_over_at_its_start_starts_and_takes_them_over_later() {
+    use sqlx::Connection;
+    let sim = spawn_sim(slow_sim(3.0)).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let paused = env.spawn();
+    let files = drop_files(&env, "held", 4, 2);
+    wait_until("every batch created", Duration::from_secs(30), async || {
+        let jobs = env.jobs().await;
+        (
+            jobs.len() == files.len() && jobs.iter().all(|j| j.attempts == 1),
+            (),
+        )
+    })
+    .await;
+    let store = env.store().await;
+    let epoch = of(&instances(&store).await, &paused)
+        .expect("registered")
+        .epoch;
+    paused.signal(libc::SIGSTOP);
+    // Its lease runs out; the transaction it was in holds its row (here, one of the test's
+    // own, so that it is held for certain, and for as long as the test needs).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let url = env.postgres.as_deref().expect("a PostgreSQL database");
+    let mut holder = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("SELECT epoch FROM instances WHERE epoch = $1 FOR SHARE")
+        .bind(epoch)
+        .fetch_one(&mut holder)
+        .await
+        .expect("the expired lease's row");
+
+    let mut next = env.spawn();
+    next.wait_for_line("cannot take over the jobs", Duration::from_secs(10));
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    next.wait_for_line("took over the jobs", Duration::from_secs(30));
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(60), &mut [&mut next])
+        .await;
+    env.stop(next);
+    assert_each_completed_once(&env, &jobs, &sim.handle.stats().await, &files, "held");
+}
+
 /// Whether the process `daemon` is stopped (SIGSTOP): its state in /proc is `T`.
 fn is_stopped(daemon: &Running) -> bool {
     let stat =
