@@ -70,8 +70,9 @@ fn runs(pid: i64) -> bool {
 
 /// Registers this daemon as `name` (else HOST-PID), ends the leases of earlier runs on this
 /// host that are gone (a restart after a crash need not wait for them to run out), takes over
-/// every unfinished job nobody holds, and stands for leader: the daemon's lease and what it
-/// knows of it. A name that another running daemon holds is refused (its own lease ended).
+/// every unfinished job nobody holds (or leaves that to the loop when it cannot yet), and
+/// stands for leader: the daemon's lease and what it knows of it. A name that another running
+/// daemon holds is refused (its own lease ended).
 pub async fn begin(
     store: &Store,
     clock: &Clock,
@@ -112,12 +113,21 @@ pub async fn begin(
             );
         }
     }
-    let taken = store.take_over(&lease, i64::MAX, &now).await?;
+    // A takeover that fails (a lock held by a stopped instance's transaction until the server
+    // ends its session) is tried again at the loop's first round and each takeover period
+    // after, as any other: not a reason to stop at the start.
+    let taken = match store.take_over(&lease, i64::MAX, &now).await {
+        Ok(taken) => taken.len(),
+        Err(e) => {
+            tracing::warn!(error = %crate::telemetry::chain(&e), "cannot take over the jobs of instances whose lease ran out yet; trying again later");
+            0
+        }
+    };
     stand(store, &lease, &tenure, terms).await;
     tracing::info!(
         instance = %me.name,
         epoch = lease.epoch(),
-        jobs_taken_over = taken.len(),
+        jobs_taken_over = taken,
         leader = tenure.leads(),
         "registered on the shared database"
     );

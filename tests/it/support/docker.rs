@@ -1,7 +1,10 @@
 //! Whether tests that need a Docker engine can run. Without one they are skipped with a printed
 //! reason, unless `BATCHWATCH_REQUIRE_DOCKER=1` (which `.ci/run` sets): then they fail.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
@@ -64,4 +67,35 @@ pub async fn run_host(program: &str, args: &[&str]) -> Result<std::process::Outp
         .output()
         .await
         .map_err(|e| format!("cannot run {program}: {e}"))
+}
+
+/// The image `.ci/debian-image KIND` builds (`systemd`, `postgres`), built at the first call
+/// in this test process (the script caches it by its recipe, so later runs reuse it); Err says
+/// why Docker tests cannot use it here (no engine, not root for a first build).
+pub async fn debian_image(kind: &'static str) -> Result<String, String> {
+    /// A build's outcome, once it ran: the tag, or why there is none.
+    type Built = Arc<OnceCell<Result<String, String>>>;
+    static BUILT: std::sync::Mutex<BTreeMap<&str, Built>> = std::sync::Mutex::new(BTreeMap::new());
+    let cell = BUILT.lock().expect("lock").entry(kind).or_default().clone();
+    cell.get_or_init(|| async {
+        engine().await?;
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/debian-image");
+        let started = std::time::Instant::now();
+        let build = run_host(script.to_str().expect("UTF-8 path"), &[kind]).await?;
+        if !build.status.success() {
+            return Err(format!(
+                "the {kind} image could not be built by .ci/debian-image:\n{}",
+                String::from_utf8_lossy(&build.stderr).trim()
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&build.stdout);
+        let tag = stdout.lines().last().unwrap_or_default().trim().to_owned();
+        println!(
+            "{kind} image {tag} ready in {:?} (.ci/debian-image)",
+            started.elapsed()
+        );
+        Ok(tag)
+    })
+    .await
+    .clone()
 }

@@ -1,6 +1,7 @@
 //! Set-up shared by the integration tests.
 
 pub mod bigfile;
+pub mod chaos;
 pub mod client;
 pub mod containers;
 pub mod daemon;

@@ -1,6 +1,6 @@
 //! A container with systemd as PID 1 in which batchwatch.service is installed the way the
 //! README says and run for real: sysusers, tmpfiles, the unit, a config in /etc/batchwatch and
-//! the API key in /etc/credstore. The image comes from `.ci/systemd-image`.
+//! the API key in /etc/credstore. The image comes from `.ci/debian-image systemd`.
 //!
 //! What runs as `/usr/local/bin/batchwatch` is a [`Payload`]: the static `batchwatch` binary,
 //! with its configuration and credential.
@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use testcontainers::core::{CgroupnsMode, ExecCommand, Mount};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
-use tokio::sync::OnceCell;
 
-use crate::support::docker::{self, cannot_run, run_host};
+use crate::support::docker::{self, cannot_run};
 use crate::support::{poll_until, wait_until};
 
-/// The image `.ci/systemd-image` builds (its default tag).
+/// The image `.ci/debian-image systemd` builds (its default tag).
 const IMAGE: (&str, &str) = ("batchwatch-systemd", "test");
 pub const UNIT: &str = "batchwatch.service";
 pub const STATE_DIR: &str = "/var/lib/batchwatch";
@@ -447,22 +446,8 @@ pub fn copy_in(path: &str, mode: u32, source: impl Into<testcontainers::CopyData
 }
 
 /// Checks that a Docker engine answers and builds the image once per test process
-/// (`.ci/systemd-image` is idempotent and caches by tag). Err says why tests cannot run.
+/// (`.ci/debian-image systemd` is idempotent and caches by its recipe). Err says why tests
+/// cannot run.
 async fn ensure_image() -> Result<(), String> {
-    static READY: OnceCell<Result<(), String>> = OnceCell::const_new();
-    READY
-        .get_or_init(|| async {
-            docker::engine().await?;
-            let script = repo_path(".ci/systemd-image");
-            let build = run_host(script.to_str().expect("UTF-8 path"), &[]).await?;
-            if !build.status.success() {
-                return Err(format!(
-                    "the systemd image could not be built by .ci/systemd-image:\n{}",
-                    String::from_utf8_lossy(&build.stderr).trim()
-                ));
-            }
-            Ok(())
-        })
-        .await
-        .clone()
+    docker::debian_image("systemd").await.map(drop)
 }
