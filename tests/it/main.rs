@@ -20,6 +20,7 @@ mod demo;
 mod doctor;
 mod e2e_containers;
 mod fleet;
+mod fleet_containers;
 mod housekeeping;
 mod metrics;
 mod metrics_limits;

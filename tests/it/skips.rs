@@ -7,8 +7,9 @@ use std::process::Command;
 
 use crate::support::skips::{assert_failed, assert_skipped, run_tests};
 
-const DOCKER_TESTS: [&str; 3] = [
+const DOCKER_TESTS: [&str; 4] = [
     "e2e_containers::daemon_takes_files_to_done_against_the_simulator_in_a_container_with_one_batch_each",
+    "fleet_containers::three_daemon_containers_killed_paused_and_cut_off_lose_nothing_and_pay_nothing_twice",
     "systemd::real_daemon::daemon_reaches_ready_and_owns_its_paths",
     "systemd::debian_package::package_installs_runs_a_file_upgrades_keeping_the_config_removes_and_purges",
 ];

@@ -100,7 +100,7 @@ async fn prune_old_images() {
 }
 
 /// `UID:GID` of the owner of `dir`, for a container that writes there.
-fn owner_of(dir: &Path) -> String {
+pub fn owner_of(dir: &Path) -> String {
     let meta = std::fs::metadata(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     format!("{}:{}", meta.uid(), meta.gid())
 }
@@ -126,6 +126,18 @@ impl SimContainer {
     /// life (as it would for a real API), so a restarted simulator must answer where the old
     /// one did. A port taken between our probe and Docker's bind is retried with another.
     pub async fn start(image: GenericImage, data_dir: &Path, args: &[&str]) -> SimContainer {
+        // Named, not Docker's "default", so that testcontainers can find the address on it
+        // (see `base_url_for_containers`).
+        SimContainer::start_on(image, data_dir, args, "bridge").await
+    }
+
+    /// As [`SimContainer::start`], on the Docker network `network`.
+    pub async fn start_on(
+        image: GenericImage,
+        data_dir: &Path,
+        args: &[&str],
+        network: &str,
+    ) -> SimContainer {
         let mut cmd = vec![
             "sim".to_owned(),
             "--listen".to_owned(),
@@ -147,9 +159,7 @@ impl SimContainer {
                 ))
                 .with_user(owner_of(data_dir))
                 .with_mapped_port(port, SIM_PORT.tcp())
-                // Named, not Docker's "default", so that testcontainers can find the address
-                // on it (see `base_url_for_containers`).
-                .with_network("bridge")
+                .with_network(network)
                 .with_startup_timeout(Duration::from_secs(30))
                 .start()
                 .await;
@@ -179,7 +189,7 @@ impl SimContainer {
         format!("http://{}/v1", self.host_addr())
     }
 
-    /// The API's base URL from another container: the simulator's address on the bridge (a
+    /// The API's base URL from another container: the simulator's address on its network (a
     /// static binary in a scratch image cannot resolve names).
     pub async fn base_url_for_containers(&self) -> String {
         let ip = self
@@ -336,14 +346,7 @@ impl DaemonContainer {
     /// `docker kill`: SIGKILL to the daemon (PID 1), so the container dies at once. Returns
     /// its log.
     pub async fn kill(self) -> String {
-        let out = docker::cli(&["kill", "--signal", "KILL", self.container.id()])
-            .await
-            .expect("docker kill");
-        assert!(
-            out.status.success(),
-            "docker kill: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        docker::must(&["kill", "--signal", "KILL", self.container.id()]).await;
         let code = self.wait_exit(Duration::from_secs(10)).await;
         assert_eq!(code, 137, "killed by SIGKILL (128 + 9)");
         self.logs().await

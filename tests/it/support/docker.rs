@@ -59,10 +59,39 @@ pub async fn cli(args: &[&str]) -> Result<std::process::Output, String> {
     run_host("docker", args).await
 }
 
+/// Runs `docker ARGS`; panics with its error output unless it succeeds. Its output, trimmed.
+pub async fn must(args: &[&str]) -> String {
+    must_with_env(args, &[]).await
+}
+
+/// As [`must`], with `vars` added to the command's environment (for `docker create -e NAME`,
+/// which passes a secret without writing it on a command line).
+pub async fn must_with_env(args: &[&str], vars: &[(&str, &str)]) -> String {
+    let out = run_host_with_env("docker", args, vars)
+        .await
+        .unwrap_or_else(|e| panic!("docker {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// Runs a program on the host and collects its output.
 pub async fn run_host(program: &str, args: &[&str]) -> Result<std::process::Output, String> {
+    run_host_with_env(program, args, &[]).await
+}
+
+async fn run_host_with_env(
+    program: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Result<std::process::Output, String> {
     tokio::process::Command::new(program)
         .args(args)
+        .envs(vars.iter().copied())
         .stdin(Stdio::null())
         .output()
         .await

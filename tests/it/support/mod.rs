@@ -3,6 +3,7 @@
 pub mod bigfile;
 pub mod chaos;
 pub mod client;
+pub mod cluster;
 pub mod containers;
 pub mod daemon;
 pub mod docker;

@@ -45,17 +45,21 @@ pub async fn database() -> Option<String> {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    let admin = server.url("postgres");
+    create_database(&server.url("postgres"), &name).await;
+    Some(server.url(&name))
+}
+
+/// Creates the database `name` on the server whose `postgres` database is at `admin`.
+pub async fn create_database(admin: &str, name: &str) {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(&admin)
+    let mut conn = sqlx::PgConnection::connect(admin)
         .await
         .unwrap_or_else(|e| panic!("connecting to the test server at {admin}: {e}"));
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
-        .expect("creating a test database");
+        .unwrap_or_else(|e| panic!("creating the database {name}: {e}"));
     let _ = conn.close().await;
-    Some(server.url(&name))
 }
 
 /// A fresh database owned by [`PASSWORD_ROLE`], and its URL, which holds no password.
