@@ -29,8 +29,30 @@ async fn a_database_left_in_every_state_by_the_version_before_the_store_operatio
     copy_tree(&fixture.join("queue"), &queue);
     copy_tree(&fixture.join("sim"), &dir.path().join("sim"));
     std::fs::copy(fixture.join("batchwatch.db"), &db).unwrap();
+    // The fixture was made on 2026-12-06 at 13:53 UTC, its deadlines and its batches' windows
+    // counted from then: the unfinished jobs' deadlines are moved a day past now, and the
+    // simulator's clock starts where the fixture's stopped, so that neither passes while the
+    // test runs, whenever it runs.
+    let tomorrow = batchwatch::clock::format(batchwatch::clock::add(
+        jiff::Timestamp::now(),
+        Duration::from_secs(86_400),
+    ));
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("UPDATE jobs SET deadline_at = ? WHERE finished_at IS NULL")
+            .bind(&tomorrow)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let made = jiff::Timestamp::from_second(1_796_565_600).unwrap(); // 2026-12-06T14:00:00Z
     let sim = spawn_sim(SimConfig {
         data_dir: Some(dir.path().join("sim")),
+        start_time: Some(made.as_second()),
         ..quick_sim()
     })
     .await;
