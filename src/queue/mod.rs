@@ -246,7 +246,7 @@ impl Queue {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            out.push(read_job_dir(job, entry.path())?);
+            out.extend(read_job_dir(job, entry.path())?);
         }
         out.sort_by(|a, b| a.job.cmp(&b.job));
         Ok(out)
@@ -256,7 +256,7 @@ impl Queue {
     pub fn job_dir_of(&self, job: &JobId) -> io::Result<Option<JobDir>> {
         let dir = self.job_dir(job);
         match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => read_job_dir(job.clone(), dir).map(Some),
+            Ok(meta) if meta.is_dir() => read_job_dir(job.clone(), dir),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -337,8 +337,15 @@ impl Queue {
 }
 
 /// A job directory and the file in it: the entry that is not the sidecar of another one.
-fn read_job_dir(job: JobId, dir: PathBuf) -> io::Result<JobDir> {
-    let mut names: Vec<OsString> = std::fs::read_dir(&dir)?
+/// `None` when the directory is gone: since it was listed, the job's file was moved on (by
+/// another daemon on the same queue tree, say).
+fn read_job_dir(job: JobId, dir: PathBuf) -> io::Result<Option<JobDir>> {
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<OsString> = entries
         .map(|e| e.map(|e| e.file_name()))
         .collect::<io::Result<_>>()?;
     names.sort();
@@ -346,7 +353,7 @@ fn read_job_dir(job: JobId, dir: PathBuf) -> io::Result<JobDir> {
         .iter()
         .find(|n| !names.iter().any(|other| sidecar_name(other) == **n))
         .map(|n| (n.clone(), dir.join(n)));
-    Ok(JobDir { job, dir, file })
+    Ok(Some(JobDir { job, dir, file }))
 }
 
 /// Whether `name` plus `suffix` is still a valid file name length.
@@ -487,6 +494,28 @@ mod tests {
                 .count()
         };
         assert_eq!((left(&mine), left(&theirs)), (1, 2));
+    }
+
+    #[test]
+    fn a_job_directory_gone_since_it_was_listed_is_skipped_not_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let queue = Queue::open(tmp.path()).unwrap();
+        let (gone, kept) = (JobId::generate(1), JobId::generate(2));
+        std::fs::create_dir_all(queue.job_dir(&kept)).unwrap();
+        // What another daemon's move leaves between the listing and the read.
+        assert!(
+            read_job_dir(gone.clone(), queue.job_dir(&gone))
+                .unwrap()
+                .is_none()
+        );
+        assert!(queue.job_dir_of(&gone).unwrap().is_none());
+        let listed: Vec<JobId> = queue
+            .job_dirs()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.job)
+            .collect();
+        assert_eq!(listed, [kept]);
     }
 
     fn reason() -> Reason {
