@@ -79,11 +79,13 @@
 //! scan came due stops after its scan (`Daemon::quiet`): its queries would find what the
 //! last full round found. A full round still comes at least once a minute. Every timer reads
 //! the one clock in [`Ctx`], so a test can drive the rounds with a manual clock. On SIGTERM
-//! it stops claiming, stops housekeeping at once (deletions of remote files: each is an intent
-//! row that the next start carries out), gives the other tasks in flight
-//! `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is recorded
-//! as an intent, so the next start picks it up. SIGHUP reloads the configuration
-//! ([`runtime::reload`]).
+//! (seen at once, in the middle of a round too: the round is cut short, which leaves what a
+//! crash there would) it stops claiming, stops housekeeping at once (deletions of remote
+//! files: each is an intent row that the next start carries out), gives the other tasks in
+//! flight `daemon.shutdown_timeout` to finish, and drops the rest: what they were doing is
+//! recorded as an intent, so the next start picks it up. A lost lease stops it the same way,
+//! but drops every task at once. SIGHUP reloads the configuration ([`runtime::reload`]) after
+//! the round under way.
 //!
 //! # Where each activity is
 //!
@@ -276,37 +278,63 @@ pub async fn run(
     file: Option<std::path::PathBuf>,
     log: crate::telemetry::Logging,
 ) -> anyhow::Result<()> {
-    // Before anything else, so a signal that comes during start-up is not fatal.
+    // Before anything else, so a signal that comes during start-up is not fatal. The signals
+    // are taken by a task of their own, so that a stop is seen at once, in the middle of a
+    // round too (a round that waits on a database that stopped answering, say).
     let mut signals = crate::process::Signals::install(true)?;
+    let (stops_sent, mut stops) = tokio::sync::mpsc::unbounded_channel();
+    let (reloads_sent, mut reloads) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            // Sent to a loop that may have ended: nothing to do then.
+            match signals.recv().await {
+                "SIGHUP" => drop(reloads_sent.send(())),
+                stop => drop(stops_sent.send(stop)),
+            }
+        }
+    });
     match crate::process::raise_open_file_limit() {
         Ok(Some((from, to))) => tracing::info!(from, to, "raised the open-file limit"),
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
     }
-    let mut daemon = Daemon::start(settings, key, Clock::System).await?;
+    let mut daemon = tokio::select! {
+        started = Daemon::start(settings, key, Clock::System) => started?,
+        Some(signal) = stops.recv() => {
+            // What the start had done is what a crash at that point leaves: the next start
+            // recovers it.
+            tracing::info!(signal, "stopped during the start");
+            return Ok(());
+        }
+    };
     daemon.notifier.ready(&daemon.ctx).await;
     let tenure = daemon.ctx.tenure.clone();
+    let stopped = async {
+        tokio::select! {
+            Some(signal) = stops.recv() => signal,
+            () = tenure.lost() => LEASE_LOST,
+        }
+    };
+    tokio::pin!(stopped);
+    // A stop cuts the round under way short: what it had not committed is what a crash at that
+    // point leaves, which every step is made to survive. A reload waits for the round's end.
     let stop = loop {
-        let stop = async {
-            tokio::select! {
-                signal = signals.recv() => signal,
-                () = tenure.lost() => LEASE_LOST,
-            }
-        };
-        match daemon.run_until(stop).await {
-            "SIGHUP" => daemon.reload(file.as_deref(), &log).await,
-            other => break other,
+        tokio::select! {
+            biased;
+            stop = &mut stopped => break stop,
+            Some(()) = daemon.run_until(reloads.recv()) => daemon.reload(file.as_deref(), &log).await,
         }
     };
     tracing::info!(signal = stop, "stopping");
-    daemon.shutdown().await;
     if stop == LEASE_LOST {
+        daemon.shutdown_lease_lost().await;
         anyhow::bail!(
             "the daemon's lease on the database was lost (it did not renew it within \
              database.lease): another instance may hold its jobs now, so it stopped; started \
              again, it registers anew"
         );
     }
+    daemon.shutdown().await;
     Ok(())
 }
 
@@ -921,39 +949,70 @@ impl Daemon {
 
     /// Stops claiming, drops at once the work that may be ([`Task::stops_at_once`]), lets the
     /// rest finish within `daemon.shutdown_timeout`, then drops what is left (their intents
-    /// are recorded) and closes the store.
-    pub async fn shutdown(mut self) {
+    /// are recorded), ends the lease and closes the store.
+    pub async fn shutdown(self) {
+        self.stop(false).await;
+    }
+
+    /// Stops after the lease was found lost ([`Daemon::stop`]).
+    pub async fn shutdown_lease_lost(self) {
+        self.stop(true).await;
+    }
+
+    /// Stops as [`Daemon::shutdown`] says; when the lease was `lost`, every
+    /// task is dropped at once (all of it was under that lease: its writes would be refused
+    /// and its requests may not start; the instance that takes the jobs over reconciles
+    /// them), and the lease is not ended: it is no longer this daemon's. What waits on the
+    /// database (ending the lease, closing) waits at most `database.busy_timeout`, so a
+    /// database that stopped answering cannot hold the stop.
+    async fn stop(mut self, lost: bool) {
         self.notifier.stopping();
         self.claiming = false;
-        let mut dropped = Vec::new();
-        for (_, task, handle) in self.running.values() {
-            if task.stops_at_once() {
-                handle.abort();
-                dropped.push(task.to_string());
+        if lost {
+            self.tasks.abort_all();
+        } else {
+            let mut dropped = Vec::new();
+            for (_, task, handle) in self.running.values() {
+                if task.stops_at_once() {
+                    handle.abort();
+                    dropped.push(task.to_string());
+                }
+            }
+            if !dropped.is_empty() {
+                tracing::info!(
+                    tasks = %dropped.join(", "),
+                    "housekeeping stopped at once; its intents are rows, carried out at the next start"
+                );
+            }
+            let grace = self.ctx.settings.daemon.shutdown_timeout.get();
+            if tokio::time::timeout(grace, self.drain()).await.is_err() {
+                tracing::warn!(
+                    left = self.tasks.len(),
+                    "in-flight work did not finish within daemon.shutdown_timeout; it resumes at the next start"
+                );
+                self.tasks.abort_all();
             }
         }
-        if !dropped.is_empty() {
-            tracing::info!(
-                tasks = %dropped.join(", "),
-                "housekeeping stopped at once; its intents are rows, carried out at the next start"
-            );
-        }
-        let grace = self.ctx.settings.daemon.shutdown_timeout.get();
-        if tokio::time::timeout(grace, self.drain()).await.is_err() {
-            tracing::warn!(
-                left = self.tasks.len(),
-                "in-flight work did not finish within daemon.shutdown_timeout; it resumes at the next start"
-            );
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
-        }
+        while self.tasks.join_next().await.is_some() {}
         if let Some(changes) = self.changes.take() {
             changes.close().await;
         }
         self.keeping.abort();
-        // A clean stop ends the lease at once: the next run need not wait for it to run out.
-        if let Err(e) = self.ctx.store.resign(&self.ctx.lease).await {
-            tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be ended; it runs out by itself");
+        if !lost {
+            // A clean stop ends the lease at once: the next run need not wait for it to run out.
+            let wait = self.ctx.settings.database.busy_timeout.get();
+            let error =
+                match tokio::time::timeout(wait, self.ctx.store.resign(&self.ctx.lease)).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(crate::telemetry::chain(&e).to_string()),
+                    Err(_) => Some(format!(
+                        "the database did not answer within database.busy_timeout ({})",
+                        clock::humanize(wait)
+                    )),
+                };
+            if let Some(error) = error {
+                tracing::warn!(error, "the lease could not be ended; it runs out by itself");
+            }
         }
         self.ctx.store.close_for_readers().await;
         tracing::info!("stopped");

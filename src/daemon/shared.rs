@@ -220,14 +220,9 @@ impl Tenure {
     /// at least that long left, so no request goes out under a lease that ends before it
     /// does. The error says how much is left.
     pub fn may_send(&self, timeout: Duration) -> anyhow::Result<()> {
-        let Some(times) = &self.times else {
+        let Some(left) = self.left() else {
             return Ok(());
         };
-        let left = times
-            .lock()
-            .expect("lock")
-            .lease_until
-            .saturating_duration_since(Instant::now());
         if *self.lost.borrow() || left < timeout {
             anyhow::bail!(
                 "the lease has {} left, less than the request's timeout ({}); the request waits for its renewal",
@@ -236,6 +231,15 @@ impl Tenure {
             );
         }
         Ok(())
+    }
+
+    /// How long the lease has left by this process's own clock (`None`: it never runs out).
+    /// At zero, no renewal was confirmed for its time to live: the database may have let
+    /// another instance take its jobs.
+    pub fn left(&self) -> Option<Duration> {
+        let times = self.times.as_ref()?;
+        let until = times.lock().expect("lock").lease_until;
+        Some(until.saturating_duration_since(Instant::now()))
     }
 
     /// The lease was found lost: nothing more may be sent, and the daemon stops.

@@ -200,6 +200,50 @@ async fn a_leader_killed_hard_is_replaced_and_its_jobs_are_taken_over_and_finish
     assert_never_two_live_batches(&sim).await;
 }
 
+/// A daemon in a pid namespace of its own on this host (as in a container that has the host's
+/// name) starts beside a running one: it cannot see the other's process, and must not take
+/// that for gone. The running one's lease is left alone, and it runs on past several leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_in_another_pid_namespace_of_this_host_leaves_a_running_ones_lease_alone() {
+    let sim = spawn_sim(quick_sim()).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let mut first = env.spawn();
+    let Some(mut second) = env.spawn_in_own_pid_namespace() else {
+        env.stop(first);
+        return;
+    };
+    let store = env.store().await;
+    let rows = instances(&store).await;
+    assert!(
+        of(&rows, &first).is_some_and(|row| row.live)
+            && rows.iter().filter(|r| r.live).count() == 2,
+        "{rows:?}"
+    );
+    // Two leases: a lease ended under it would have been found lost at its next renewal.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    first.drain();
+    assert!(
+        first.child.try_wait().expect("try_wait").is_none()
+            && !first.seen.iter().any(|l| l.contains("the lease is lost")),
+        "{}",
+        first.seen.join("\n")
+    );
+    second.drain();
+    assert!(
+        !second
+            .seen
+            .iter()
+            .any(|l| l.contains("ended the lease of an earlier run")),
+        "{}",
+        second.seen.join("\n")
+    );
+    second.signal(libc::SIGKILL);
+    second.wait_exit(Duration::from_secs(10));
+    env.stop(first);
+}
+
 /// An instance paused (SIGSTOP) for longer than its lease, while it holds jobs being
 /// submitted: the other takes them over; when the paused one resumes, its lease is lost: it
 /// stops (exit 1, saying why) rather than send anything, and every file is finished once.
@@ -304,6 +348,110 @@ fn is_stopped(daemon: &Running) -> bool {
         .is_some_and(|(_, rest)| rest.starts_with('T'))
 }
 
+/// The database's address in `env`'s URL (`postgres://postgres@HOST:PORT/NAME`), and the URL
+/// of the same database reached through `partition`.
+fn behind(env: &Env, partition: &Partition) -> String {
+    let url = env.postgres.as_deref().expect("a PostgreSQL database");
+    let (_, name) = url
+        .strip_prefix("postgres://postgres@")
+        .and_then(|rest| rest.split_once('/'))
+        .expect("postgres://postgres@HOST:PORT/NAME");
+    format!("postgres://postgres@{}/{name}", partition.addr)
+}
+
+/// The PostgreSQL server's address in `env`'s URL.
+fn server(env: &Env) -> std::net::SocketAddr {
+    let url = env.postgres.as_deref().expect("a PostgreSQL database");
+    url.strip_prefix("postgres://postgres@")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(server, _)| server.parse().ok())
+        .expect("postgres://postgres@HOST:PORT/NAME")
+}
+
+/// Two instances cut off from the database while their jobs are under way (each reaches it
+/// through a relay that then passes nothing, as a partition does: no answer, no reset), beside
+/// a third that is not. The first learns by its own clock that its lease ran out: it stops
+/// while still cut off (exit 1, saying why) within its lease and the time closing may wait
+/// (`database.busy_timeout`, twice), rather than wait on connections that do not answer. The
+/// second is stopped by SIGTERM in the middle of that wait, at once: within
+/// `daemon.shutdown_timeout` and two `database.busy_timeout`s, not when the database answers
+/// again. The third takes their jobs over and finishes each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_cut_off_from_the_database_stop_by_their_own_clock_or_at_sigterm_while_cut_off() {
+    let sim = spawn_sim(slow_sim(3.0)).await;
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), SHARED).await else {
+        return;
+    };
+    let relays = [
+        Partition::to(server(&env)).await,
+        Partition::to(server(&env)).await,
+    ];
+    let mut cut_off: Vec<Running> = relays
+        .iter()
+        .map(|relay| {
+            let url = behind(&env, relay);
+            env.spawn_with(&[("BATCHWATCH_DATABASE__URL", url.as_str())])
+        })
+        .collect();
+    cut_off[0].wait_for_line("this instance leads now", Duration::from_secs(10));
+    let files = drop_files(&env, "cut", 10, 2);
+    wait_until("every batch created", Duration::from_secs(60), async || {
+        let jobs = env.jobs().await;
+        (
+            jobs.len() == files.len() && jobs.iter().all(|j| j.attempts == 1),
+            (),
+        )
+    })
+    .await;
+    let mut other = env.spawn();
+    other.wait_for_line("registered on the shared database", Duration::from_secs(10));
+
+    for relay in &relays {
+        relay.cut();
+    }
+    let cut = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cut_off[1].signal(libc::SIGTERM);
+    let (status, stopped_in) = cut_off[1].wait_exit(Duration::from_secs(30));
+    let sigterm_bound = Duration::from_secs(3 + 2 * 5 + 2);
+    assert!(
+        status.success() && stopped_in < sigterm_bound,
+        "SIGTERM while cut off: {status} after {stopped_in:?} (bound {sigterm_bound:?}):\n{}",
+        cut_off[1].seen.join("\n")
+    );
+    let (status, _) = cut_off[0].wait_exit(Duration::from_secs(60));
+    let stopped_after = cut.elapsed();
+    assert_eq!(status.code(), Some(1), "{}", cut_off[0].seen.join("\n"));
+    assert!(
+        cut_off[0]
+            .seen
+            .iter()
+            .any(|l| l.contains("the lease is lost") && l.contains("did not answer")),
+        "{}",
+        cut_off[0].seen.join("\n")
+    );
+    let lease_bound = Duration::from_secs(4 + 2 * 5 + 2);
+    assert!(
+        stopped_after < lease_bound,
+        "the instance cut off stopped {stopped_after:?} after the cut (bound {lease_bound:?})"
+    );
+    println!(
+        "cut off: stopped by its own clock {stopped_after:?} after the cut (lease 4 s), by SIGTERM {stopped_in:?} after the signal"
+    );
+
+    let jobs = env
+        .wait_finished_by(files.len(), Duration::from_secs(120), &mut [&mut other])
+        .await;
+    let mut logs = env.stop(other);
+    for daemon in &mut cut_off {
+        logs.append(&mut daemon.seen);
+    }
+    assert_key_absent(&logs);
+    let stats = sim.handle.stats().await;
+    assert_each_completed_once(&env, &jobs, &stats, &files, "instances cut off");
+    assert_never_two_live_batches(&sim).await;
+}
+
 /// The case the lease cannot prevent: an instance sent a create inside its lease, the request
 /// is held up on its way (the service carries it out twelve seconds later), and the instance
 /// is paused past its lease. The other instance takes the job over, finds no batch on the
@@ -358,7 +506,9 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
 /// deadline passes while they run; meanwhile one daemon is killed (SIGKILL) and started again
 /// every eight seconds, one is paused (SIGSTOP) for longer than its lease, and one is cut off
 /// from the database (a relay that passes nothing) for three leases; each of those two stops
-/// once back (its lease is lost) and is started again, and the third is killed at the end. Afterwards every file is in exactly one of
+/// for its lost lease (the paused one once resumed, the one cut off while it is) and is
+/// started again (the one cut off once it can reach the database), and the third is killed at
+/// the end. Afterwards every file is in exactly one of
 /// done/ or failed/, nothing is left in processing/, each job has one batch per part on the
 /// service (any other was a late duplicate, cancelled, and the job's events say so), every
 /// batch's history ends with its final status, and every deadline was enforced within a lease
@@ -381,13 +531,8 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
         return;
     };
     // The third daemon reaches the database through a relay the test cuts.
-    let url = env.postgres.clone().expect("a PostgreSQL database");
-    let (server, name) = url
-        .strip_prefix("postgres://postgres@")
-        .and_then(|rest| rest.split_once('/'))
-        .expect("postgres://postgres@HOST:PORT/NAME");
-    let partition = Partition::to(server.parse().expect("HOST:PORT")).await;
-    let behind = format!("postgres://postgres@{}/{name}", partition.addr);
+    let partition = Partition::to(server(&env)).await;
+    let behind = behind(&env, &partition);
     let start = |i: usize| match i {
         2 => env.spawn_with(&[("BATCHWATCH_DATABASE__URL", behind.as_str())]),
         _ => env.spawn(),
@@ -395,9 +540,13 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
     let mut daemons = [start(0), start(1), start(2)];
     let mut logs = Vec::new();
     // A daemon that stopped by itself did so because its lease was lost (paused, cut off):
-    // its service manager would start it again.
-    let revive = |daemons: &mut [Running; 3], logs: &mut Vec<String>| {
+    // its service manager would start it again; the one cut off, once it is no longer (a
+    // start that cannot reach the database fails).
+    let revive = |daemons: &mut [Running; 3], logs: &mut Vec<String>, cut: bool| {
         for (i, daemon) in daemons.iter_mut().enumerate() {
+            if cut && i == 2 {
+                continue;
+            }
             if let Some(status) = daemon.child.try_wait().unwrap() {
                 daemon.drain();
                 assert_eq!(status.code(), Some(1), "{}", daemon.seen.join("\n"));
@@ -450,11 +599,11 @@ async fn three_daemons_under_kills_pauses_and_api_faults_lose_nothing_and_pay_no
             logs.append(&mut daemons[i].seen);
             daemons[i] = start(i);
         }
-        revive(&mut daemons, &mut logs);
+        revive(&mut daemons, &mut logs, (1..4).contains(&round));
     }
     // Those whose lease was lost stop within a renewal of their return.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    revive(&mut daemons, &mut logs);
+    revive(&mut daemons, &mut logs, false);
     let [a, b, c] = &mut daemons;
     let jobs = env
         .wait_finished_by(files.len(), Duration::from_secs(180), &mut [a, b, c])

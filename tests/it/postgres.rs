@@ -227,6 +227,7 @@ async fn register(store: &Store, name: &str, ttl: Duration) -> Lease {
         name: name.to_owned(),
         host: "test".to_owned(),
         pid: std::process::id(),
+        pid_namespace: "test pid:[1]".to_owned(),
     };
     store.register(&who, ttl, NOW).await.expect("register")
 }

@@ -1016,6 +1016,7 @@ async fn register(store: &Store, name: &str) -> Lease {
         name: name.to_owned(),
         host: "test".to_owned(),
         pid: std::process::id(),
+        pid_namespace: "test pid:[1]".to_owned(),
     };
     store
         .register(&who, Duration::from_secs(3600), NOW)

@@ -58,12 +58,13 @@ impl Leases for Store {
         now: &str,
     ) -> Result<Lease, StoreError> {
         let epoch = sqlx::query_scalar!(
-            "INSERT INTO instances (name, host, pid, started_at, heartbeat_at, expires_at)
-             VALUES ($1, $2, $3, $4, $4, now() + $5 * interval '1 millisecond')
+            "INSERT INTO instances (name, host, pid, pid_namespace, started_at, heartbeat_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $5, now() + $6 * interval '1 millisecond')
              RETURNING epoch",
             who.name,
             who.host,
             i64::from(who.pid),
+            who.pid_namespace,
             now,
             millis(ttl) as f64,
         )
@@ -212,7 +213,7 @@ impl Leases for Store {
     async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
         Ok(sqlx::query_as!(
             InstanceRow,
-            r#"SELECT i.epoch, i.name, i.host, i.pid, i.started_at, i.heartbeat_at,
+            r#"SELECT i.epoch, i.name, i.host, i.pid, i.pid_namespace, i.started_at, i.heartbeat_at,
                       i.expires_at > now() AS "live!",
                       (SELECT count(*) FROM jobs j WHERE j.owner_epoch = i.epoch AND NOT j.terminal)
                           AS "jobs!",

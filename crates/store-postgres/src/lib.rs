@@ -107,6 +107,9 @@ pub struct Store {
     options: Arc<PgConnectOptions>,
     read: PgPool,
     write: Option<PgPool>,
+    /// How long a connection is waited for (the `connect_timeout` it was opened with); also
+    /// how long closing waits for a server that stopped answering.
+    wait: Duration,
     /// Set by a test: the next operation is dropped before its commit.
     #[cfg(feature = "fixtures")]
     kill_before_commit: Arc<AtomicBool>,
@@ -163,6 +166,7 @@ impl Store {
             options: Arc::new(options),
             read,
             write,
+            wait: connect_timeout,
             #[cfg(feature = "fixtures")]
             kill_before_commit: Arc::new(AtomicBool::new(false)),
         };
@@ -307,11 +311,17 @@ impl Store {
     }
 
     /// Closes both pools.
+    /// Closes the pools, waiting for the connections in use to come back for as long as a
+    /// connection is waited for: one that hangs on a server cut off from this host is left to
+    /// the process's end.
     pub async fn close(&self) {
-        self.read.close().await;
-        if let Some(w) = &self.write {
-            w.close().await;
-        }
+        let closing = async {
+            self.read.close().await;
+            if let Some(w) = &self.write {
+                w.close().await;
+            }
+        };
+        let _ = tokio::time::timeout(self.wait, closing).await;
     }
 }
 
@@ -320,35 +330,73 @@ impl Store {
 /// only costs a round of queries that find nothing new).
 #[derive(Debug)]
 pub struct Changes {
-    conn: PgConnection,
+    /// `None` after a question that failed or was not answered in time: the next one
+    /// connects again (a query cut short leaves its connection waiting for the answer).
+    conn: Option<PgConnection>,
+    options: Arc<PgConnectOptions>,
+    shown: String,
+    /// How long a connection and an answer are waited for.
+    wait: Duration,
     last: Option<String>,
 }
 
 impl Changes {
     pub async fn open(store: &Store) -> Result<Changes, StoreError> {
-        let conn = PgConnection::connect_with(&store.options)
-            .await
-            .map_err(|source| StoreError::Open {
-                path: PathBuf::from(&store.shown),
-                source: source.into(),
-            })?;
-        Ok(Changes { conn, last: None })
+        let mut changes = Changes {
+            conn: None,
+            options: store.options.clone(),
+            shown: store.shown.clone(),
+            wait: store.wait,
+            last: None,
+        };
+        changes.conn = Some(changes.connect().await?);
+        Ok(changes)
+    }
+
+    async fn connect(&self) -> Result<PgConnection, StoreError> {
+        let open_err = |source: batchwatch_store::BackendError| StoreError::Open {
+            path: PathBuf::from(&self.shown),
+            source,
+        };
+        match tokio::time::timeout(self.wait, PgConnection::connect_with(&self.options)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(open_err(e.into())),
+            Err(_) => Err(open_err(
+                format!("no connection within {:?}", self.wait).into(),
+            )),
+        }
     }
 
     /// Whether a commit happened since the last call; true at the first call, and when the
-    /// question cannot be answered.
+    /// question cannot be answered (within the connection's wait).
     pub async fn any(&mut self) -> bool {
-        let position = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
-            .fetch_one(&mut self.conn)
-            .await
-            .ok();
+        let conn = match self.conn.take() {
+            Some(conn) => Some(conn),
+            None => self.connect().await.ok(),
+        };
+        let position = match conn {
+            Some(mut conn) => {
+                let asked = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_lsn()::text")
+                    .fetch_one(&mut conn);
+                match tokio::time::timeout(self.wait, asked).await {
+                    Ok(Ok(position)) => {
+                        self.conn = Some(conn);
+                        Some(position)
+                    }
+                    _ => None,
+                }
+            }
+            None => None,
+        };
         let changed = position.is_none() || position != self.last;
         self.last = position;
         changed
     }
 
     pub async fn close(self) {
-        let _ = self.conn.close().await;
+        if let Some(conn) = self.conn {
+            let _ = tokio::time::timeout(self.wait, conn.close()).await;
+        }
     }
 }
 

@@ -45,20 +45,27 @@ impl Terms {
     }
 }
 
-/// This process, as it registers: `name` (else HOST-PID), its host and pid.
+/// This process, as it registers: `name` (else HOST-PID), its host, its pid and where that
+/// pid means it.
 pub fn this_process(name: Option<&str>) -> Instance {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned());
+    let host = read("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".to_owned());
     let pid = std::process::id();
+    // Unreadable (no /proc): a value of this process's own, which no other instance shares,
+    // so no other's lease is ever ended by its pid.
+    let boot = read("/proc/sys/kernel/random/boot_id").unwrap_or_else(|_| format!("unknown-{pid}"));
+    let space = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.display().to_string())
+        .unwrap_or_else(|_| format!("unknown-{pid}"));
     Instance {
         name: name.map_or_else(|| format!("{host}-{pid}"), str::to_owned),
         host,
         pid,
+        pid_namespace: format!("{boot} {space}"),
     }
 }
 
-/// Whether a process `pid` runs on this host (it may be another user's).
+/// Whether a process `pid` runs in this pid namespace (it may be another user's).
 fn runs(pid: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -69,7 +76,7 @@ fn runs(pid: i64) -> bool {
 }
 
 /// Registers this daemon as `name` (else HOST-PID), ends the leases of earlier runs on this
-/// host that are gone (a restart after a crash need not wait for them to run out), takes over
+/// host (in its pid namespace) that are gone (a restart after a crash need not wait for them to run out), takes over
 /// every unfinished job nobody holds (or leaves that to the loop when it cannot yet), and
 /// stands for leader: the daemon's lease and what it knows of it. A name that another running
 /// daemon holds is refused (its own lease ended).
@@ -91,8 +98,11 @@ pub async fn begin(
         if earlier.epoch == lease.epoch() || !earlier.live {
             continue;
         }
-        let gone = earlier.pid == i64::from(me.pid) || !runs(earlier.pid);
-        if earlier.host == me.host && gone {
+        // Only a process in the same pid namespace of the same boot can tell by the pid that
+        // another is gone (the pid it had is this one's, or nobody's).
+        let gone = earlier.pid_namespace.as_deref() == Some(me.pid_namespace.as_str())
+            && (earlier.pid == i64::from(me.pid) || !runs(earlier.pid));
+        if gone {
             store.resign(&Lease::of(earlier.epoch)).await?;
             tracing::info!(
                 instance = %earlier.name,
@@ -160,8 +170,13 @@ async fn stand(store: &Store, lease: &Lease, tenure: &Tenure, terms: Terms) {
 
 /// Renews `lease` every [`Terms::renew_every`] and stands for leader every
 /// [`Terms::elect_every`] until the task is aborted or the lease is found lost. A renewal that
-/// fails is tried again at the next; a lease found lost is said, the tenure learns it (the
-/// daemon stops), and the task ends.
+/// fails is tried again at the next. The lease is lost when the database says so, or when no
+/// renewal was confirmed for its time to live by this process's own clock (the database did
+/// not answer: the host is cut off from it, or it is down), since by then the database may
+/// have let another instance take the jobs over. A renewal is waited for only as long as the
+/// lease stands, an election for a term, so a connection that hangs cannot keep either from
+/// being decided. The lease found lost is said, the tenure learns it (the daemon stops), and
+/// the task ends.
 pub async fn keep(
     store: Store,
     lease: Lease,
@@ -173,28 +188,45 @@ pub async fn keep(
         return;
     }
     let mut renewed = Instant::now();
+    let lost = |why: &dyn std::fmt::Display| {
+        tracing::error!(
+            "the lease is lost ({why}): this daemon stops, dropping everything it had under way"
+        );
+        tenure.lose();
+    };
     loop {
         tokio::time::sleep(terms.elect_every).await;
         if renewed.elapsed() >= terms.renew_every {
             let sent = Instant::now();
-            match store
-                .renew(&lease, terms.ttl, &clock::format(clock.now()))
-                .await
-            {
-                Ok(()) => {
+            let left = tenure.left().unwrap_or(Duration::MAX);
+            let now = clock::format(clock.now());
+            let renewal = store.renew(&lease, terms.ttl, &now);
+            match tokio::time::timeout(left, renewal).await {
+                Ok(Ok(())) => {
                     tenure.renewed(sent, terms.ttl);
                     renewed = sent;
                 }
-                Err(e @ StoreError::LeaseLost { .. }) => {
-                    tracing::error!(error = %e, "the lease is lost: this daemon stops, dropping everything it had under way");
-                    tenure.lose();
-                    return;
-                }
-                Err(e) => {
+                Ok(Err(e @ StoreError::LeaseLost { .. })) => return lost(&e),
+                Ok(Err(e)) => {
                     tracing::warn!(error = %crate::telemetry::chain(&e), "the lease could not be renewed; trying again")
                 }
+                Err(_) => {}
             }
         }
-        stand(&store, &lease, &tenure, terms).await;
+        if tenure.left() == Some(Duration::ZERO) {
+            return lost(&format_args!(
+                "no renewal was confirmed within database.lease ({}): the database did not \
+                 answer, and another instance may hold its jobs now",
+                clock::humanize(terms.ttl)
+            ));
+        }
+        if tokio::time::timeout(terms.term, stand(&store, &lease, &tenure, terms))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the database did not answer the election within a term; standing again"
+            );
+        }
     }
 }

@@ -218,6 +218,48 @@ impl Env {
         Self::start(self.run_command(vars))
     }
 
+    /// Starts `batchwatch run` in a pid namespace of its own (`unshare --pid --fork`, which
+    /// needs root), as a container on this host runs; None, after saying why, where that is
+    /// not allowed, unless `BATCHWATCH_REQUIRE_NAMESPACES=1` (which `.ci/run` sets): then the
+    /// test fails. Its process is `unshare`'s child, killed with it.
+    pub fn spawn_in_own_pid_namespace(&self) -> Option<Running> {
+        let unshare = ["--pid", "--fork", "--kill-child", "--"];
+        let reason = match std::process::Command::new("unshare")
+            .args(unshare)
+            .arg("true")
+            .output()
+        {
+            Ok(out) if out.status.success() => None,
+            Ok(out) => Some(format!(
+                "cannot make a pid namespace ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Some(format!("cannot run unshare: {e}")),
+        };
+        if let Some(reason) = reason {
+            if std::env::var("BATCHWATCH_REQUIRE_NAMESPACES").as_deref() == Ok("1") {
+                panic!("BATCHWATCH_REQUIRE_NAMESPACES=1, but {reason}");
+            }
+            eprintln!("skipped: {reason}");
+            return None;
+        }
+        let inner = self.run_command(&[]);
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(unshare)
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (key, value) in inner.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        if let Some(dir) = inner.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        Some(Self::start(cmd))
+    }
+
     /// Starts `batchwatch run` under the file-creation mask `umask`, as systemd's `UMask=` does.
     pub fn spawn_with_umask(&self, umask: u32) -> Running {
         // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own mask.

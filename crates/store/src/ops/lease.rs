@@ -70,6 +70,11 @@ pub struct Instance {
     pub name: String,
     pub host: String,
     pub pid: u32,
+    /// Where `pid` names this process: the kernel's boot and the process's pid namespace
+    /// (`BOOT_ID pid:[INODE]`). Two instances with the same run on one kernel in one pid
+    /// namespace, where one can tell whether the other's process still runs; a host name
+    /// cannot say that (containers on one host may share one, each in its own namespace).
+    pub pid_namespace: String,
 }
 
 /// An instance as the database records it.
@@ -79,6 +84,9 @@ pub struct InstanceRow {
     pub name: String,
     pub host: String,
     pub pid: i64,
+    /// [`Instance::pid_namespace`]; `None` for an instance registered by a batchwatch that
+    /// did not record it.
+    pub pid_namespace: Option<String>,
     pub started_at: String,
     pub heartbeat_at: String,
     /// Whether its lease has not run out (by the database's clock).
