@@ -24,8 +24,11 @@
 //!
 //! Once every side tracks its fleet and a first interval has passed, the window opens. Over it,
 //! for each: CPU seconds (`utime + stime` of `/proc/PID/stat`) and API requests (the
-//! simulator's count, every route) per tracked batch per cycle (window / interval), and peak
-//! RSS (`VmHWM`). During the window both simulators move `--changes` batches each from
+//! simulator's count, every route) per tracked batch per cycle (window / interval), bytes
+//! written to storage per tracked batch per cycle (`write_bytes - cancelled_write_bytes` of
+//! `/proc/PID/io`: a SQLite database's file and WAL are written by the daemon, its log file
+//! too; for PostgreSQL the server's processes are added, as for CPU), and peak RSS (`VmHWM`).
+//! `--changes 0` leaves the window quiet: then the bytes are what a quiet cycle writes. During the window both simulators move `--changes` batches each from
 //! `in_progress` to `finalizing`, spread over the window's first part, so that every change
 //! can be seen before it closes; the lag of each is the time from the change (simulator
 //! time, to the millisecond, which runs with the real clock) to its row in the database
@@ -75,7 +78,7 @@ mod postgres;
 mod procs;
 
 use postgres::Server;
-use procs::{Simulator, cpu_secs, status_kib};
+use procs::{Simulator, cpu_secs, status_kib, write_bytes};
 
 const BIN: &str = env!("CARGO_BIN_EXE_batchwatch");
 const POLLER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/sdk_poller.py");
@@ -242,6 +245,10 @@ struct Side {
     cpu_secs: f64,
     /// The CPU of its database server, for PostgreSQL.
     server_cpu_secs: Option<f64>,
+    /// Bytes its own processes wrote to storage (a SQLite database is written by the daemon).
+    write_bytes: u64,
+    /// Bytes its database server wrote to storage, for PostgreSQL.
+    server_write_bytes: Option<u64>,
     requests: u64,
     peak_rss_kib: u64,
     lags_ms: Vec<i64>,
@@ -253,6 +260,11 @@ impl Side {
     fn total_cpu_secs(&self) -> f64 {
         self.cpu_secs + self.server_cpu_secs.unwrap_or(0.0)
     }
+
+    /// Bytes written to storage, its database server's included.
+    fn total_write_bytes(&self) -> u64 {
+        self.write_bytes + self.server_write_bytes.unwrap_or(0)
+    }
 }
 
 /// A side's figures at the window's opening or close.
@@ -263,6 +275,10 @@ struct Reading {
     cpu_secs: Vec<f64>,
     /// CPU seconds of its database server so far, for PostgreSQL.
     server_cpu_secs: Option<f64>,
+    /// Bytes written to storage so far, per process of the side.
+    write_bytes: Vec<u64>,
+    /// Bytes its database server wrote so far, for PostgreSQL.
+    server_write_bytes: Option<u64>,
 }
 
 impl Reading {
@@ -274,6 +290,11 @@ impl Reading {
                 .map(|&pid| cpu_secs(pid))
                 .collect::<Result<_, _>>()?,
             server_cpu_secs: server.map(Server::cpu_secs).transpose()?,
+            write_bytes: pids
+                .iter()
+                .map(|&pid| write_bytes(pid))
+                .collect::<Result<_, _>>()?,
+            server_write_bytes: server.map(Server::write_bytes).transpose()?,
         })
     }
 
@@ -289,6 +310,12 @@ impl Reading {
             server_cpu_secs: after
                 .server_cpu_secs
                 .zip(self.server_cpu_secs)
+                .map(|(a, b)| a - b),
+            write_bytes: after.write_bytes.iter().sum::<u64>()
+                - self.write_bytes.iter().sum::<u64>(),
+            server_write_bytes: after
+                .server_write_bytes
+                .zip(self.server_write_bytes)
                 .map(|(a, b)| a - b),
             requests: after.requests - self.requests,
             peak_rss_kib,
@@ -1074,6 +1101,23 @@ fn print_table(columns: &[(String, &Side)], cycles: f64, interval: f64) {
         (
             "  of which the database server",
             Box::new(move |s: &Side| server(&|x| format!("{x:.2}"), s)),
+        ),
+        (
+            "bytes written per tracked batch per cycle",
+            Box::new(move |s: &Side| {
+                format!(
+                    "{:.1}",
+                    per_batch_cycle(s, s.total_write_bytes() as f64, cycles)
+                )
+            }),
+        ),
+        (
+            "  of which the database server",
+            Box::new(move |s: &Side| {
+                s.server_write_bytes.map_or("-".to_owned(), |b| {
+                    format!("{:.1}", per_batch_cycle(s, b as f64, cycles))
+                })
+            }),
         ),
         (
             "API requests per tracked batch per cycle",

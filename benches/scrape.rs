@@ -10,8 +10,9 @@
 //! with its endpoint on a free port, every batch polled every 10 s (`--interval`). It drops one single-request
 //! file per batch and waits until every batch is active. Then it measures two phases of the
 //! same length, twice over: without scrapes, and with `GET /metrics` 100 times a second. Every 200 ms it
-//! reads the database: how many active batches are past their `next_poll_at`, and by how much
-//! (the polling lag). It prints, per phase, the polls per second the simulator received, the
+//! asks the simulator when each batch was last sent to the daemon (in a retrieve or a list
+//! page): how many were last sent more than an interval ago, and by how much (the polling lag;
+//! the daemon's poll schedule is in its memory, so the database cannot say). It prints, per phase, the polls per second the simulator received, the
 //! mean and 95th percentile of the lag, the daemon's CPU use (from /proc), and for the scraped
 //! phase the scrapes done and their latency.
 
@@ -73,22 +74,30 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// One look at the database: (batches active, of them overdue, mean and max lag in seconds).
-async fn lag(store: &Store) -> anyhow::Result<(i64, i64, f64, f64)> {
-    let now = batchwatch::clock::format(jiff::Timestamp::now());
+/// How many batches the database has active.
+async fn active(store: &Store) -> anyhow::Result<i64> {
     let (active,): (i64,) = sqlx::query_as("SELECT count(*) FROM batches WHERE state = 'active'")
         .fetch_one(store.reader())
         .await?;
-    let (overdue, mean, max): (i64, f64, f64) = sqlx::query_as(
-        "SELECT count(*),
-                coalesce(avg((julianday(?1) - julianday(next_poll_at)) * 86400.0), 0.0),
-                coalesce(max((julianday(?1) - julianday(next_poll_at)) * 86400.0), 0.0)
-         FROM batches WHERE state = 'active' AND next_poll_at < ?1",
-    )
-    .bind(&now)
-    .fetch_one(store.reader())
-    .await?;
-    Ok((active, overdue, mean, max))
+    Ok(active)
+}
+
+/// One look at the simulator: (batches overdue, their mean and max lag in seconds): a batch
+/// is overdue by how much longer than `interval` ago it was last sent to the daemon.
+async fn lag(sim: &sim::SimHandle, interval: Duration) -> (i64, f64, f64) {
+    let seen = sim.observations().await;
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    let lags: Vec<f64> = seen
+        .batches
+        .iter()
+        .filter(|b| !b.foreign && !b.vanished)
+        .map(|b| seen.now_ms - b.last_ms - interval_ms)
+        .filter(|&late| late > 0)
+        .map(|late| late as f64 / 1000.0)
+        .collect();
+    let mean = lags.iter().sum::<f64>() / lags.len().max(1) as f64;
+    let max = lags.iter().copied().fold(0.0, f64::max);
+    (lags.len() as i64, mean, max)
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
@@ -139,7 +148,7 @@ struct Phase {
 async fn measure(
     daemon: u32,
     sim: &sim::SimHandle,
-    store: &Store,
+    interval: Duration,
     seconds: u64,
     scrape: Option<String>,
 ) -> anyhow::Result<Phase> {
@@ -170,7 +179,7 @@ async fn measure(
     let started = Instant::now();
     let (mut means, mut maxes, mut overdue) = (Vec::new(), Vec::new(), Vec::new());
     while Instant::now() < stop {
-        let (_, late, mean, max) = lag(store).await?;
+        let (late, mean, max) = lag(sim, interval).await;
         means.push(mean);
         maxes.push(max);
         overdue.push(late as f64);
@@ -291,7 +300,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let (active, ..) = lag(&store).await?;
+        let active = active(&store).await?;
         if active as usize >= args.batches {
             break;
         }
@@ -314,8 +323,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{port}/metrics");
     let pid = daemon.0.id();
     for round in 1..=2 {
-        let quiet = measure(pid, &sim, &store, args.seconds, None).await?;
-        let scraped = measure(pid, &sim, &store, args.seconds, Some(url.clone())).await?;
+        let interval = Duration::from_secs(args.interval);
+        let quiet = measure(pid, &sim, interval, args.seconds, None).await?;
+        let scraped = measure(pid, &sim, interval, args.seconds, Some(url.clone())).await?;
         for (name, p) in [("no scrapes", &quiet), ("100 scrapes/s", &scraped)] {
             println!(
                 "round {round} {name:>13}: {:.1} polls/s; polling lag mean {:.3}s, p95 of the worst {:.3}s; {:.1} batches overdue on average; daemon CPU {:.1}% of a core",

@@ -26,7 +26,7 @@ use batchwatch_core::config::{
     DatabaseLocation, DatabaseSettings, credential_path, without_password,
 };
 use batchwatch_core::model::{BatchStatus, FileLook, JobState, SubmissionState};
-use batchwatch_store::batches::{NewSubmission, PollLoad, Submission, Tracked};
+use batchwatch_store::batches::{NewSubmission, StoredPoll, Submission, Tracked};
 use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
 use batchwatch_store::deletions::{Deletion, KnownFile, Origin};
 use batchwatch_store::figures::{Figures, StuckBatch};
@@ -252,10 +252,9 @@ Reads {
     batch_status_counts() -> Vec<(BatchStatus, i64)>;
     due_in_state(held_by: &Lease, state: SubmissionState, now: &str) -> Vec<i64>;
     due_for_submit(held_by: &Lease, now: &str, held_models: &[String], unverified_jobs: &[String], limit: i64) -> Vec<i64>;
-    due_for_poll(now: &str, limit: i64) -> Vec<i64>;
     tracked() -> Vec<Tracked>;
-    poll_load(now: &str, soon: &str) -> PollLoad;
-    next_due(held_by: &Lease, busy_submissions: &[i64], busy_jobs: &[&str], polls: bool) -> Option<String>;
+    stored_polls(between: Option<(&str, &str)>) -> Vec<StoredPoll>;
+    next_due(held_by: &Lease, busy_submissions: &[i64], busy_jobs: &[&str], polls_after: Option<&str>) -> Option<String>;
     history(batch_id: i64) -> Vec<HistoryRow>;
     parent_of(id: &str) -> Option<String>;
     chain(id: &str) -> Vec<Link>;
@@ -297,8 +296,8 @@ Submit {
 }
 Track {
     observe(lease: &Lease, sighting: &Sighting<'_>, decide: impl FnOnce(&Job, &Submission, &BatchStatus) -> Plan, now: &str) -> Observed;
-    observe_page(lease: &Lease, quiet: &[(i64, String)], changed: &[Sighting<'_>], decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan, seen_at: Timestamp) -> Vec<Observed>;
-    seen_unchanged(lease: &Lease, polls: &[(i64, String)], now: &str) -> ();
+    observe_page(lease: &Lease, answered: &[i64], changed: &[Sighting<'_>], decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan, seen_at: Timestamp) -> Vec<Observed>;
+    seen_unchanged(lease: &Lease, answered: &[i64], now: &str) -> ();
     defer_poll(lease: &Lease, id: i64, at: &str, error: &str, now: &str) -> ();
     defer_polls(lease: &Lease, ids: &[i64], at: &str, error: &str, now: &str) -> ();
     lose(lease: &Lease, row: &Submission, why: &str, now: &str) -> ();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use crate::procs::{children, cpu_secs, reaped_children_cpu_secs};
+use crate::procs::{children, cpu_secs, reaped_children_cpu_secs, write_bytes};
 
 /// Where Debian installs the server's binaries, one directory per major version.
 const INSTALL_ROOT: &str = "/usr/lib/postgresql";
@@ -115,6 +115,18 @@ impl Server {
         for child in children(postmaster)? {
             // A child that ended since the listing is counted by the postmaster once reaped.
             total += cpu_secs(child).unwrap_or(0.0);
+        }
+        Ok(total)
+    }
+
+    /// Bytes the whole server has written to storage so far (its data files, its WAL, its
+    /// statistics), counted as [`Server::cpu_secs`] counts CPU: the postmaster with the
+    /// children it reaped, and every child it runs now.
+    pub fn write_bytes(&self) -> anyhow::Result<u64> {
+        let postmaster = self.postmaster_pid()?;
+        let mut total = write_bytes(postmaster)?;
+        for child in children(postmaster)? {
+            total += write_bytes(child).unwrap_or(0);
         }
         Ok(total)
     }

@@ -84,6 +84,22 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     stat_secs(pid, [14, 15])
 }
 
+/// Bytes a process caused to be written to storage so far (`write_bytes` of `/proc/PID/io`,
+/// counted when a page is dirtied, less `cancelled_write_bytes`, the pages dirtied and then
+/// truncated away before they were written): every thread's, and the children it waited for
+/// (the kernel adds a reaped child's counters to its parent's).
+pub fn write_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/io");
+    let io = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |key: &str| -> anyhow::Result<u64> {
+        io.lines()
+            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {key} line in {path}"))
+    };
+    Ok(field("write_bytes")?.saturating_sub(field("cancelled_write_bytes")?))
+}
+
 /// CPU time of the children a process waited for, user and system, in seconds (`cutime +
 /// cstime` of `/proc/PID/stat`): what its children that ended used.
 pub fn reaped_children_cpu_secs(pid: u32) -> anyhow::Result<f64> {

@@ -177,9 +177,12 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     }
 }
 
+/// Records the cancel sent: the batch is polled at once ([`crate::store::ops::cancel::Cancel::cancel_sent`]).
 async fn mark_sent(ctx: &Ctx, row_id: i64) -> anyhow::Result<()> {
-    ctx.store
-        .cancel_sent(&ctx.lease, row_id, &ctx.now())
-        .await?;
+    let now = ctx.now();
+    ctx.store.cancel_sent(&ctx.lease, row_id, &now).await?;
+    if let Some(polls) = ctx.leader_polls() {
+        polls.stored(row_id, &now);
+    }
     Ok(())
 }

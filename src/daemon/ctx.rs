@@ -8,7 +8,7 @@ use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::daemon::gate::Gate;
 use crate::daemon::schedule::Schedule;
-use crate::daemon::shared::{DuplicateWatch, Sweeps, Tenure, Unverified};
+use crate::daemon::shared::{DuplicateWatch, Polls, Sweeps, Tenure, Unverified};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::prelude::*;
@@ -38,6 +38,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// What the last list sweep cost.
     pub sweeps: Arc<Sweeps>,
+    /// When each active batch is polled next, while this instance leads.
+    pub polls: Arc<Polls>,
 }
 
 impl Ctx {
@@ -50,6 +52,11 @@ impl Ctx {
     /// let through for jobs other instances hold while this instance's term as leader runs.
     pub fn leader_lease(&self) -> Lease {
         self.lease.as_leader()
+    }
+
+    /// The poll schedule, while this instance leads: a follower polls nothing, and keeps none.
+    pub fn leader_polls(&self) -> Option<&Polls> {
+        self.tenure.leads().then_some(&*self.polls)
     }
 
     /// Whether a request to the service that changes something there (an upload, a create, a
@@ -81,7 +88,10 @@ pub async fn defer(ctx: &Ctx, row: i64, err: &ApiError, next: Next) -> anyhow::R
     match next {
         Next::Poll => {
             let lease = &ctx.leader_lease();
-            ctx.store.defer_poll(lease, row, &at, &error, &now).await?
+            ctx.store.defer_poll(lease, row, &at, &error, &now).await?;
+            if let Some(polls) = ctx.leader_polls() {
+                polls.stored(row, &at);
+            }
         }
         Next::Step => {
             ctx.store

@@ -424,6 +424,7 @@ impl Daemon {
             duplicates: Arc::new(shared::DuplicateWatch::default()),
             metrics,
             sweeps: Arc::new(shared::Sweeps::default()),
+            polls: Arc::new(shared::Polls::default()),
         };
         // Before anyone is told it started: files dropped from then on are in its record.
         let watcher = intake::Watcher::new(&ctx.queue, settings.queue.watch);
@@ -555,6 +556,8 @@ impl Daemon {
             // Elected, or no longer leading: the leader's work starts or stops now.
             self.led = !self.led;
             ctx.metrics.leading(self.led);
+            // A new leader builds its poll schedule anew; one that stopped keeps none.
+            ctx.polls.forget();
             self.quiet_until = None;
             self.stored_timer = None;
         }
@@ -651,7 +654,10 @@ impl Daemon {
         }
         // What must run once for the fleet runs on the leader alone.
         let leads = ctx.tenure.leads();
-        if leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx).await? {
+        if leads && !self.in_flight.contains(&Subject::Sweep) {
+            poll::refresh(&ctx).await?;
+        }
+        if leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx) {
             let busy = self.in_flight.iter().filter_map(|s| match s {
                 Subject::Submission(id) => Some(*id),
                 _ => None,
@@ -661,7 +667,7 @@ impl Daemon {
         }
         // While a sweep runs, it does the polls (and retrieves what it did not see).
         if leads && !self.in_flight.contains(&Subject::Sweep) {
-            for row in poll::due(&ctx).await? {
+            for row in poll::due(&ctx) {
                 if self.in_flight.len() >= budget {
                     break;
                 }
@@ -835,18 +841,27 @@ impl Daemon {
             }
         }
         // A sweep under way does the polls due; it wakes the loop when it ends. Another
-        // instance that leads does them all.
-        let polls = self.ctx.tenure.leads() && !self.in_flight.contains(&Subject::Sweep);
+        // instance that leads does them all. The schedule's polls are in memory; the store
+        // has the plans it has not read yet.
+        let polls = self.ctx.leader_polls();
+        let polls = polls.filter(|_| !self.in_flight.contains(&Subject::Sweep));
+        let (planned, read_until) = match polls {
+            Some(polls) => polls.next(&submissions.iter().copied().collect()),
+            None => (None, None),
+        };
+        let after = read_until.map(clock::format);
         let lease = &self.ctx.lease;
         let at = self
             .ctx
             .store
-            .next_due(lease, &submissions, &jobs, polls)
+            .next_due(lease, &submissions, &jobs, after.as_deref())
             .await?;
-        // "" is a poll due now; anything unreadable counts as now too.
-        Ok(at.map_or_else(Timer::default, |t| {
-            Timer::at(clock::parse(&t).unwrap_or(now))
-        }))
+        // Anything unreadable counts as now.
+        let stored = at.map(|t| clock::parse(&t).unwrap_or(now));
+        Ok(
+            nearest([stored, planned].into_iter().flatten().map(Timer::at))
+                .map_or_else(Timer::default, Timer::at),
+        )
     }
 
     fn spawn(

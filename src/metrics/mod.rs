@@ -257,6 +257,8 @@ struct Inner {
     /// Requests gone unanswered in a row, since when, and the last one's error; `None` once
     /// one is answered (`/readyz` reads it).
     unanswered: Mutex<Option<Unanswered>>,
+    /// When the API last answered about a batch, in milliseconds since the epoch (0: never).
+    answered_ms: std::sync::atomic::AtomicI64,
 }
 
 /// API requests unanswered in a row.
@@ -597,6 +599,7 @@ impl Metrics {
                 api_last_success,
                 gate_closed,
                 unanswered: Mutex::new(None),
+                answered_ms: std::sync::atomic::AtomicI64::new(0),
             }),
         }
     }
@@ -696,6 +699,15 @@ impl Metrics {
         self.inner.rounds.get_or_create(&KindLabel { kind }).inc();
     }
 
+    /// The API answered about a batch at `at` (a poll, a page of the list, any observation):
+    /// kept here, as a quiet answer writes nothing to the database.
+    pub fn answered(&self, at: Timestamp) {
+        let ms = at.as_millisecond();
+        self.inner
+            .answered_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether this instance leads now.
     pub fn leading(&self, leads: bool) {
         self.inner.leader.set(i64::from(leads));
@@ -784,7 +796,14 @@ impl Metrics {
         classic: bool,
     ) -> String {
         let mut out = String::new();
-        let mut rows = rows_registry(figures, now, &self.inner.models);
+        let answered = self
+            .inner
+            .answered_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let answered = (answered > 0)
+            .then(|| Timestamp::from_millisecond(answered).ok())
+            .flatten();
+        let mut rows = rows_registry(figures, answered, now, &self.inner.models);
         register_disks(&mut rows, disks);
         prometheus_client::encoding::text::encode_registry(&mut out, &self.inner.registry)
             .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, &rows))
@@ -845,8 +864,14 @@ fn register_disks(registry: &mut Registry, disks: &[Disk]) {
     );
 }
 
-/// The metrics read from the database, in a registry of their own made for one scrape.
-fn rows_registry(figures: Option<&Figures>, now: Timestamp, models: &ModelLabels) -> Registry {
+/// The metrics read from the database, in a registry of their own made for one scrape, with
+/// `answered` (this process's last answer about a batch) beside them.
+fn rows_registry(
+    figures: Option<&Figures>,
+    answered: Option<Timestamp>,
+    now: Timestamp,
+    models: &ModelLabels,
+) -> Registry {
     let mut registry = Registry::with_prefix("batchwatch");
     let readable = Gauge::<i64>::default();
     readable.set(i64::from(figures.is_some()));
@@ -939,13 +964,15 @@ fn rows_registry(figures: Option<&Figures>, now: Timestamp, models: &ModelLabels
         waiting_since,
     );
 
+    // A quiet answer writes nothing: this process's last one, or the last change recorded
+    // (by any instance), whichever is later.
     let last_poll = FloatGauge::default();
-    if let Some(at) = f.last_poll {
+    if let Some(at) = f.last_poll.max(answered) {
         last_poll.set(at.as_millisecond() as f64 / 1000.0);
     }
     registry.register(
         "last_successful_poll_timestamp_seconds",
-        "Unix time of the last answer the API gave about a batch (0: none yet)",
+        "Unix time of the last answer the API gave about a batch: this daemon's, or the last change the database recorded (0: none yet)",
         last_poll,
     );
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use batchwatch::sim::{
     Counts, FaultKind, ListOrder, Observations, RetryAfter, ScriptedFault, SimConfig,
 };
+use batchwatch::store::Access;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -284,5 +285,103 @@ async fn failing_list_pages_lose_no_observation_and_do_not_spin() {
         (retrieves as f64) <= N as f64 * 10.0,
         "{retrieves} retrieves: failed pages must not turn into a retrieve storm"
     );
+    stop(&env, daemon);
+}
+
+/// Whether another connection committed to the database since `conn` last asked.
+async fn data_version(conn: &mut sqlx::SqliteConnection) -> i64 {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// What a quiet sweep could write of each row: its plans, its last observation, its error.
+async fn dump(conn: &mut sqlx::SqliteConnection) -> String {
+    sqlx::query_scalar(
+        "SELECT group_concat(quote(id) || quote(next_poll_at) || quote(last_polled_at)
+                || quote(updated_at) || quote(last_error) || quote(status), ';')
+         FROM (SELECT * FROM batches ORDER BY id)",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// A quiet fleet (nothing changes on the service) is swept page after page, and the database
+/// is not written at all: no commit, so no row's bytes change. The next polls are planned in
+/// the daemon's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_sweep_writes_nothing_to_the_database() {
+    const N: usize = 30;
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 1, 2.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("list", 50));
+    let daemon = env.spawn();
+    fleet_in_progress(&env, &sim, N).await;
+    let store = env.sqlite().await;
+    // Every batch seen in progress once (its first answer after the create is a change).
+    wait_until(
+        "every batch recorded in progress",
+        Duration::from_secs(30),
+        async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM batches WHERE state = 'active' AND status = 'in_progress'",
+            )
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+            (n as usize == N, n)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut conn = store.reader().acquire().await.unwrap();
+    let version = data_version(&mut conn).await;
+    let rows = dump(&mut conn).await;
+    let lists = requests_of(&counts(&sim).await, LIST);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let swept = requests_of(&counts(&sim).await, LIST) - lists;
+    assert!(swept >= 5, "{swept} list pages in 3 s at a 300 ms interval");
+    assert_eq!(dump(&mut conn).await, rows, "a row was written");
+    assert_eq!(
+        data_version(&mut conn).await,
+        version,
+        "something was committed during {swept} quiet sweeps"
+    );
+    drop(conn);
+
+    // The plans in memory still see every change.
+    let ids: Vec<String> = remote_ids(&env).await.into_values().step_by(5).collect();
+    step_and_check(&env, &sim, &ids).await;
+    stop(&env, daemon);
+}
+
+/// After a restart every active batch is due at once, whatever plan its row holds: the poll
+/// schedule is rebuilt, not read back. Here every stored plan lies a century ahead, and the
+/// changes made after the restart are still recorded within moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_polls_every_active_batch_whatever_its_stored_plan() {
+    const N: usize = 20;
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 1, 2.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("auto", 50));
+    let daemon = env.spawn();
+    let ids = fleet_in_progress(&env, &sim, N).await;
+    stop(&env, daemon);
+    let far = "2126-01-01T00:00:00.000Z";
+    let store =
+        batchwatch_store_sqlite::Store::open(&env.db, Duration::from_secs(5), Access::Write)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE batches SET next_poll_at = ? WHERE state = 'active'")
+        .bind(far)
+        .execute(store.writer().unwrap())
+        .await
+        .unwrap();
+    store.close().await;
+
+    let daemon = env.spawn();
+    let stepped: Vec<String> = ids.values().step_by(4).cloned().collect();
+    step_and_check(&env, &sim, &stepped).await;
     stop(&env, daemon);
 }

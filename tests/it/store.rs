@@ -604,66 +604,62 @@ async fn submission_queries_track_intent_remote_state_and_cancels() {
     );
 }
 
-/// The quiet case of a poll or sweep page: each named active row gets its own next poll and the
-/// time it was seen; a row that left `active`, or that a newer look already reached, is left
-/// as it was, and so is every row not named.
+/// The quiet case of a poll or sweep page after a failed poll: a named active row whose error
+/// stood is cleared of it, and nothing else of it changes (its planned poll stays as stored:
+/// the next poll is the daemon's, in memory). A row that left `active`, one whose error was
+/// stored after the look, one without an error and one not named are not written at all.
 #[tokio::test]
-async fn seen_unchanged_moves_only_the_named_active_rows_not_yet_seen_later() {
+async fn seen_unchanged_clears_only_the_errors_of_the_named_active_rows_stored_before() {
     let sandbox = Sandbox::new();
     let store = open(&sandbox.db_path()).await;
     let job = job_id(12);
-    new_job(&store, &job, "q.jsonl", 4).await;
+    new_job(&store, &job, "q.jsonl", 5).await;
     let mut ids = Vec::new();
-    for part in 0..4 {
+    for part in 0..5 {
         ids.push(fixtures::submission(&store, &job, part, 1, 1).await);
     }
+    let planned = "2026-11-22T10:00:10.000Z";
     let later = "2026-11-22T10:05:00.000Z";
-    sqlx::query("UPDATE batches SET last_polled_at = ? WHERE id = ?")
-        .bind(later)
-        .bind(ids[1])
-        .execute(store.writer().unwrap())
-        .await
-        .unwrap();
+    let mut tx = store.begin().await.unwrap();
+    for (id, at) in [(ids[0], T0), (ids[1], later), (ids[2], T0), (ids[3], T0)] {
+        transitions::defer_poll(&mut tx, id, planned, "HTTP 502", at)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
     force_state(&store, ids[2], SubmissionState::Collecting).await;
+    let rows = async || {
+        let mut rows = Vec::new();
+        for &id in &ids {
+            let s = store.submission(id).await.unwrap().unwrap();
+            rows.push((s.last_error, s.next_poll_at, s.last_polled_at, s.updated_at));
+        }
+        rows
+    };
+    let before = rows().await;
 
     let seen_at = "2026-11-22T10:01:00.000Z";
-    let polls = [
-        (ids[0], "2026-11-22T10:02:00.000Z".to_owned()),
-        (ids[1], "2026-11-22T10:02:01.000Z".to_owned()),
-        (ids[2], "2026-11-22T10:02:02.000Z".to_owned()),
-        (9999, "2026-11-22T10:02:03.000Z".to_owned()),
-    ];
+    let named = [ids[0], ids[1], ids[2], ids[4], 9999];
     let mut tx = store.begin().await.unwrap();
-    let n = transitions::seen_unchanged(&mut tx, &polls, seen_at)
+    let n = transitions::seen_unchanged(&mut tx, &named, seen_at)
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    assert_eq!(n, 1, "only the first row is active and not seen later");
-    let row = |id| {
-        let store = store.clone();
-        async move {
-            let s = store.submission(id).await.unwrap().unwrap();
-            (s.next_poll_at, s.last_polled_at)
-        }
-    };
     assert_eq!(
-        row(ids[0]).await,
-        (
-            Some("2026-11-22T10:02:00.000Z".to_owned()),
-            Some(seen_at.to_owned())
-        )
+        n, 1,
+        "only the first row is active with an error stored before the look"
     );
+    let after = rows().await;
+    assert_eq!(after[0].0, None, "the error no longer stands");
     assert_eq!(
-        row(ids[1]).await.1.as_deref(),
-        Some(later),
-        "a newer look stands"
+        after[0].1.as_deref(),
+        Some(planned),
+        "the stored plan is left"
     );
-    assert_eq!(
-        row(ids[2]).await.1,
-        None,
-        "a row that moved on is not touched"
-    );
-    assert_eq!(row(ids[3]).await.1, None, "a row not named is not touched");
+    assert_eq!(after[0].2, before[0].2, "no observation is recorded");
+    for k in 1..5 {
+        assert_eq!(after[k], before[k], "row {k} is not written");
+    }
 }
 
 /// Puts a submission in `state` directly, to try an edge from there.

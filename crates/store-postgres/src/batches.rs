@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{Lease, StoreError};
 use batchwatch_core::model::{BatchStatus, SubmissionState};
 pub use batchwatch_store::batches::{
-    NewSubmission, Observation, PollLoad, Recorded, Submission, Tracked,
+    NewSubmission, Observation, Recorded, StoredPoll, Submission, Tracked,
 };
 
 /// Records the intent to submit a part; returns the row's id.
@@ -293,32 +293,14 @@ pub async fn due_for_submit(
     .await?)
 }
 
-/// Active submissions whose poll is due, most overdue first.
-pub async fn due_for_poll(
-    db: impl PgExecutor<'_>,
-    now: &str,
-    limit: i64,
-) -> Result<Vec<i64>, StoreError> {
-    Ok(sqlx::query_scalar!(
-        // A submission never polled (no next poll yet) is the most overdue: first, as SQLite
-        // sorts NULL; PostgreSQL would put it last. Ties by id, as SQLite's index gives them.
-        r#"SELECT id AS "id!" FROM batches
-           WHERE state = 'active' AND (next_poll_at IS NULL OR next_poll_at <= $1)
-           ORDER BY next_poll_at NULLS FIRST, id LIMIT $2"#,
-        now,
-        limit
-    )
-    .fetch_all(db)
-    .await?)
-}
-
 /// Every active submission with its batch, for a list sweep.
 pub async fn tracked(db: impl PgExecutor<'_>) -> Result<Vec<Tracked>, StoreError> {
     Ok(sqlx::query_as!(
         Tracked,
         r#"SELECT b.id AS "id!", b.remote_id AS "remote_id!", b.status AS "status: BatchStatus",
                   b.request_total, b.request_completed, b.request_failed, b.remote_created_at,
-                  b.created_at, j.deadline_at, b.next_poll_at
+                  b.created_at, j.deadline_at, b.next_poll_at,
+                  b.last_error IS NOT NULL AS "erred!: bool"
            FROM batches b JOIN jobs j ON j.id = b.job_id
            WHERE b.state = 'active' AND b.remote_id IS NOT NULL"#
     )
@@ -326,48 +308,53 @@ pub async fn tracked(db: impl PgExecutor<'_>) -> Result<Vec<Tracked>, StoreError
     .await?)
 }
 
-/// How many active submissions are due for a poll at `now` and by `soon`, of how many.
-pub async fn poll_load(
+/// The stored poll plans of active submissions: every one, or those planned after `after`
+/// and at or before `until` (`between`), found through the `(state, next_poll_at)` index.
+pub async fn stored_polls(
     db: impl PgExecutor<'_>,
-    now: &str,
-    soon: &str,
-) -> Result<PollLoad, StoreError> {
-    Ok(sqlx::query_as!(
-        PollLoad,
-        r#"SELECT count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= $1) AS "due_now!: i64",
-                  count(*) FILTER (WHERE next_poll_at IS NULL OR next_poll_at <= $2) AS "due_soon!: i64",
-                  count(*) AS "active!: i64"
-           FROM batches WHERE state = 'active'"#,
-        now,
-        soon
-    )
-    .fetch_one(db)
-    .await?)
+    between: Option<(&str, &str)>,
+) -> Result<Vec<StoredPoll>, StoreError> {
+    Ok(match between {
+        None => {
+            sqlx::query_as!(
+                StoredPoll,
+                r#"SELECT id AS "id!", next_poll_at FROM batches WHERE state = 'active'"#
+            )
+            .fetch_all(db)
+            .await?
+        }
+        Some((after, until)) => {
+            sqlx::query_as!(
+                StoredPoll,
+                r#"SELECT id AS "id!", next_poll_at FROM batches
+               WHERE state = 'active' AND next_poll_at > $1 AND next_poll_at <= $2"#,
+                after,
+                until
+            )
+            .fetch_all(db)
+            .await?
+        }
+    })
 }
 
-/// The earliest stored time at which something becomes due: a poll (`""` when one is due
-/// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs named
-/// in `busy_submissions` and `busy_jobs` (ids: work under way or waiting for a retry) are left
-/// out, so their stale times do not wake the daemon for nothing; polls are left out entirely
-/// unless `polls` (a list sweep under way does them).
+/// The earliest stored time at which something becomes due: a back-off's end, a deadline, a
+/// file's re-validation, and with `polls_after` the first stored poll plan later than it (the
+/// leader's schedule has read those before). The submissions and jobs named in
+/// `busy_submissions` and `busy_jobs` (ids: work under way or waiting for a retry) are left
+/// out, so their stale times do not wake the daemon for nothing.
 pub async fn next_due(
     db: impl PgExecutor<'_>,
     held_by: &Lease,
     busy_submissions: &[i64],
     busy_jobs: &[&str],
-    polls: bool,
+    polls_after: Option<&str>,
 ) -> Result<Option<String>, StoreError> {
     Ok(sqlx::query_scalar!(
         r#"SELECT min(t) AS "t: String" FROM (
-               SELECT CASE WHEN NOT $3 THEN NULL WHEN EXISTS (
-                          SELECT 1 FROM batches WHERE state = 'active' AND next_poll_at IS NULL
-                            AND NOT (id = ANY($1)))
-                      THEN ''
-                      ELSE (SELECT next_poll_at FROM batches
-                            WHERE state = 'active' AND next_poll_at IS NOT NULL
-                              AND NOT (id = ANY($1))
-                            ORDER BY next_poll_at LIMIT 1)
-                      END AS t
+               SELECT (SELECT next_poll_at FROM batches
+                       WHERE $3::TEXT IS NOT NULL AND state = 'active' AND next_poll_at > $3
+                         AND NOT (id = ANY($1))
+                       ORDER BY next_poll_at LIMIT 1) AS t
                UNION ALL
                SELECT (SELECT b.not_before FROM batches b JOIN jobs j ON j.id = b.job_id
                        WHERE NOT b.terminal AND b.not_before IS NOT NULL
@@ -386,7 +373,7 @@ pub async fn next_due(
            ) AS due"#,
         busy_submissions,
         busy_jobs as &[&str],
-        polls,
+        polls_after,
         held_by.epoch(),
     )
     .fetch_one(db)

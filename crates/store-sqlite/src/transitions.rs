@@ -314,31 +314,22 @@ pub async fn schedule_poll(
     StoreError::guarded(n, id, "be polled", "active")
 }
 
-/// Active batches were seen and nothing history tracks had changed (the quiet case of a poll
-/// or a list sweep): each row's next poll is set, its last poll noted, nothing else written.
-/// `polls` is a JSON array of `[id, next_poll_at]` pairs. A row that left `active`
-/// meanwhile, or that a newer observation than `observed_at` already reached, is left alone
-/// (an old page must not undo a newer look). Returns how many rows were updated.
+/// Active batches were seen with nothing history tracks changed while a failed poll's error
+/// stood (the quiet case of a poll or a list sweep, after a failure): the error is cleared,
+/// nothing else written (a quiet batch's next poll is the daemon's, in memory). A row that
+/// left `active` meanwhile, or was written after `observed_at` (a newer failure's error), is
+/// left alone. Returns how many rows were updated.
 pub async fn seen_unchanged(
     conn: &mut SqliteConnection,
-    polls: &[(i64, String)],
+    answered: &[i64],
     observed_at: &str,
 ) -> Result<u64, StoreError> {
-    let polls = serde_json::Value::Array(
-        polls
-            .iter()
-            .map(|(id, at)| serde_json::json!([id, at]))
-            .collect(),
-    )
-    .to_string();
+    let ids = super::json_list(answered);
     Ok(sqlx::query!(
-        // The pairs drive the join, each row found by its id: `+` keeps the planner off the
-        // state index, which would scan every active row and parse the pairs once per row.
-        "UPDATE batches SET next_poll_at = p.value ->> 1, last_polled_at = ?2, last_error = NULL
-         FROM json_each(?1) AS p
-         WHERE batches.id = p.value ->> 0 AND +batches.state = 'active'
-           AND (batches.last_polled_at IS NULL OR batches.last_polled_at <= ?2)",
-        polls,
+        "UPDATE batches SET last_error = NULL, updated_at = ?2
+         WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'active'
+           AND last_error IS NOT NULL AND updated_at <= ?2",
+        ids,
         observed_at,
     )
     .execute(conn)

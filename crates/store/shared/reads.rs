@@ -8,7 +8,7 @@ use batchwatch_core::config::StuckAfter;
 use batchwatch_core::model::{BatchStatus, JobState, SubmissionState};
 use batchwatch_store::Reads;
 
-use crate::batches::{PollLoad, Submission, Tracked};
+use crate::batches::{StoredPoll, Submission, Tracked};
 use crate::chain::{Link, Pending, View};
 use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
@@ -119,23 +119,30 @@ impl Reads for Store {
         )
         .await
     }
-    async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError> {
-        batches::due_for_poll(&self.read, now, limit).await
-    }
     async fn tracked(&self) -> Result<Vec<Tracked>, StoreError> {
         batches::tracked(&self.read).await
     }
-    async fn poll_load(&self, now: &str, soon: &str) -> Result<PollLoad, StoreError> {
-        batches::poll_load(&self.read, now, soon).await
+    async fn stored_polls(
+        &self,
+        between: Option<(&str, &str)>,
+    ) -> Result<Vec<StoredPoll>, StoreError> {
+        batches::stored_polls(&self.read, between).await
     }
     async fn next_due(
         &self,
         held_by: &Lease,
         busy_submissions: &[i64],
         busy_jobs: &[&str],
-        polls: bool,
+        polls_after: Option<&str>,
     ) -> Result<Option<String>, StoreError> {
-        batches::next_due(&self.read, held_by, busy_submissions, busy_jobs, polls).await
+        batches::next_due(
+            &self.read,
+            held_by,
+            busy_submissions,
+            busy_jobs,
+            polls_after,
+        )
+        .await
     }
     async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError> {
         history::for_batch(&self.read, batch_id).await

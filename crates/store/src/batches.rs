@@ -113,8 +113,8 @@ pub enum Recorded {
     },
 }
 
-/// An active submission as the poll plan needs it: what was last seen of its batch, and when
-/// it is due.
+/// An active submission as a list sweep needs it: what was last seen of its batch, and the
+/// poll its row plans.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
     pub id: i64,
@@ -129,14 +129,13 @@ pub struct Tracked {
     pub created_at: String,
     pub deadline_at: String,
     pub next_poll_at: Option<String>,
+    /// A failed poll's error stands (`last_error`): the next answer clears it.
+    pub erred: bool,
 }
 
-/// How many polls are due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PollLoad {
-    /// Active submissions due for a poll now.
-    pub due_now: i64,
-    /// ... and by `soon`.
-    pub due_soon: i64,
-    pub active: i64,
+/// An active submission's stored plan for its next poll.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredPoll {
+    pub id: i64,
+    pub next_poll_at: Option<String>,
 }

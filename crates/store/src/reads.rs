@@ -8,7 +8,7 @@ use batchwatch_core::config::StuckAfter;
 use batchwatch_core::model::{BatchStatus, JobState, SubmissionState};
 
 use crate::StoreError;
-use crate::batches::{PollLoad, Submission, Tracked};
+use crate::batches::{StoredPoll, Submission, Tracked};
 use crate::chain::{Link, Pending, View};
 use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
@@ -97,24 +97,25 @@ pub trait Reads {
         unverified_jobs: &[String],
         limit: i64,
     ) -> Result<Vec<i64>, StoreError>;
-    /// Active submissions whose poll is due, most overdue first.
-    async fn due_for_poll(&self, now: &str, limit: i64) -> Result<Vec<i64>, StoreError>;
     /// Every active submission with its batch, for a list sweep.
     async fn tracked(&self) -> Result<Vec<Tracked>, StoreError>;
-    /// How many active submissions are due for a poll at `now` and by `soon`, of how many.
-    async fn poll_load(&self, now: &str, soon: &str) -> Result<PollLoad, StoreError>;
-    /// The earliest stored time at which something becomes due: a poll (`""` when one is due
-    /// now), a back-off's end, a deadline, a file's re-validation. The submissions and jobs in
-    /// `busy_submissions` and `busy_jobs` (work under way or waiting for a retry) are left out,
-    /// so their stale times do not wake the daemon for nothing; polls are left out entirely
-    /// unless `polls` (a list sweep under way does them, or another instance leads). Only the
-    /// polls concern jobs not `held_by`.
+    /// The stored poll plans (`next_poll_at`) of active submissions: every one, or with
+    /// `between` `(after, until)` those planned after `after` and at or before `until`.
+    async fn stored_polls(
+        &self,
+        between: Option<(&str, &str)>,
+    ) -> Result<Vec<StoredPoll>, StoreError>;
+    /// The earliest stored time at which something becomes due: a back-off's end, a deadline,
+    /// a file's re-validation, and with `polls_after` a stored poll plan later than it (one the
+    /// leader's schedule has not read yet). The submissions and jobs in `busy_submissions` and
+    /// `busy_jobs` (work under way or waiting for a retry) are left out, so their stale times
+    /// do not wake the daemon for nothing. Only the polls concern jobs not `held_by`.
     async fn next_due(
         &self,
         held_by: &Lease,
         busy_submissions: &[i64],
         busy_jobs: &[&str],
-        polls: bool,
+        polls_after: Option<&str>,
     ) -> Result<Option<String>, StoreError>;
     /// A submission's history, oldest first.
     async fn history(&self, batch_id: i64) -> Result<Vec<HistoryRow>, StoreError>;

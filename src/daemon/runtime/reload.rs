@@ -193,7 +193,9 @@ impl Daemon {
     async fn after_reload(&mut self, plan: &Plan) {
         let now = self.ctx.clock.now();
         if plan.changed.iter().any(|k| k == "poll.max_interval") {
-            let latest = clock::format(clock::add(now, self.ctx.settings.poll.max_interval.get()));
+            let latest = clock::add(now, self.ctx.settings.poll.max_interval.get());
+            self.ctx.polls.bring_forward(latest);
+            let latest = clock::format(latest);
             let moved = self.ctx.store.poll_by(&self.ctx.lease, &latest).await;
             if let Err(e) = moved {
                 tracing::warn!(

@@ -25,25 +25,31 @@ use crate::usage;
 pub async fn observe(ctx: &Ctx, row: &Submission, batch: &Batch) -> anyhow::Result<()> {
     let now = ctx.clock.now();
     if row.state == SubmissionState::Active && unchanged(row.status.as_ref(), counts(row), batch) {
-        // The quiet case of a poll: nothing history tracks changed, one statement.
-        let deadline = ctx
-            .store
-            .job(&row.job_id)
-            .await?
-            .context("the job of a submission vanished")?
-            .deadline_at;
-        let at = next_poll_at(
-            ctx,
-            &batch.status,
-            &row.created_at,
-            &deadline,
-            now,
-            Spread::Jittered,
-        );
-        let polls = [(row.id, clock::format(at))];
-        ctx.store
-            .seen_unchanged(&ctx.leader_lease(), &polls, &clock::format(now))
-            .await?;
+        // The quiet case of a poll: nothing history tracks changed, nothing is written (but a
+        // failed poll's error, which no longer stands); the next poll is planned in memory.
+        ctx.metrics.answered(now);
+        if let Some(polls) = ctx.leader_polls() {
+            let deadline = ctx
+                .store
+                .job(&row.job_id)
+                .await?
+                .context("the job of a submission vanished")?
+                .deadline_at;
+            let at = next_poll_at(
+                ctx,
+                &batch.status,
+                &row.created_at,
+                &deadline,
+                now,
+                Spread::Jittered,
+            );
+            polls.seen(row.id, row.next_poll_at.as_deref(), at);
+        }
+        if row.last_error.is_some() {
+            ctx.store
+                .seen_unchanged(&ctx.leader_lease(), &[row.id], &clock::format(now))
+                .await?;
+        }
         return Ok(());
     }
     let observation = observation(batch);
@@ -127,6 +133,13 @@ pub fn plan(
 /// What is left to do once `batch`'s observation is committed: a refusal for the token limit
 /// holds the model's submissions; the metrics and the log line follow ([`Seen::report`]).
 pub fn seen(ctx: &Ctx, batch: &Batch, observed: Observed, now: Timestamp) -> Seen {
+    ctx.metrics.answered(now);
+    if let Some(polls) = ctx.leader_polls() {
+        match &observed.moved {
+            Some(Next::Poll { at, .. }) => polls.stored(observed.id, at),
+            _ => polls.remove(observed.id),
+        }
+    }
     if let Recorded::RefusedAfterTerminal { stored, seen } = &observed.recorded {
         tracing::warn!(batch = %batch.id, %stored, %seen, "the API reports a finished batch as unfinished; keeping the final status");
     }
@@ -287,6 +300,7 @@ pub async fn lost(ctx: &Ctx, row: &Submission, message: &str) -> anyhow::Result<
     ctx.store
         .lose(&ctx.leader_lease(), row, &text, &now)
         .await?;
+    ctx.polls.remove(row.id);
     tracing::warn!(job = %row.job_id, "{text}");
     Ok(())
 }

@@ -19,10 +19,13 @@
 //!   polls wait that long. The sweep sets no timer of its own: it runs when polls are due, so
 //!   a failing list cannot make the loop spin.
 //!
-//! Each page is recorded in one transaction: a batch whose status and counts are unchanged costs
-//! a share of one UPDATE (its next poll); a changed one is recorded as any observation
-//! ([`crate::daemon::track::observe::observe`]), one history row per change, whichever way it
-//! was seen. A page older than a row's last observation does not overwrite it.
+//! A sweep reads every active submission first, and the poll schedule learns them whole
+//! ([`crate::daemon::track::poll`]). A batch whose status and counts are unchanged writes
+//! nothing: its next poll is planned in the schedule, in memory (only a failed poll's error
+//! that stood is cleared). The changed ones of a page are recorded in one transaction, each as
+//! any observation ([`crate::daemon::track::observe::observe`]), one history row per change,
+//! whichever way it was seen. A page older than a row's last observation does not overwrite
+//! it. A quiet page commits no transaction at all.
 //!
 //! When to sweep ([`wanted`]): in `list` mode whenever a poll is due; in `auto` mode when the
 //! polls due within `poll.min_interval` outnumber the pages the last sweep needed (and a
@@ -39,13 +42,13 @@ use crate::clock::{self, Timestamp};
 use crate::config::PollMode;
 use crate::daemon::ctx::Ctx;
 pub use crate::daemon::shared::PAGE;
-use crate::daemon::shared::Sweeps;
+use crate::daemon::shared::{PollLoad, Sweeps, Window};
 use crate::daemon::track::observe::{
     Spread, next_poll_at, observation, plan, seen, sighting, unchanged,
 };
 use crate::daemon::track::poll;
 use crate::model::BatchStatus;
-use crate::store::batches::{Observation, PollLoad, Submission, Tracked};
+use crate::store::batches::{Observation, Submission, Tracked};
 use crate::store::jobs::Job;
 use crate::store::ops::track::Sighting;
 use crate::store::prelude::*;
@@ -70,22 +73,26 @@ pub fn wanted(mode: PollMode, sweeps: &Sweeps, load: PollLoad) -> bool {
     }
 }
 
-/// Whether the loop should start a sweep now.
-pub async fn due(ctx: &Ctx) -> anyhow::Result<bool> {
+/// Whether the loop should start a sweep now (never on a follower).
+pub fn due(ctx: &Ctx) -> bool {
     let mode = ctx.settings.poll.mode;
-    if mode == PollMode::Retrieve {
-        return Ok(false);
-    }
+    let Some(polls) = ctx.leader_polls().filter(|_| mode != PollMode::Retrieve) else {
+        return false;
+    };
     let now = ctx.clock.now();
     let soon = clock::add(now, ctx.settings.poll.min_interval.get());
-    let (now, soon) = (clock::format(now), clock::format(soon));
-    let load = ctx.store.poll_load(&now, &soon).await?;
-    Ok(wanted(mode, &ctx.sweeps, load))
+    wanted(mode, &ctx.sweeps, polls.load(now, soon))
 }
 
 /// One sweep; `busy` are submissions another task is working on, left to it.
 pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
+    let read_at = ctx.clock.now();
     let plan = ctx.store.tracked().await?;
+    ctx.polls.learn(
+        plan.iter().map(|t| (t.id, t.next_poll_at.as_deref())),
+        Window::Whole,
+        read_at,
+    );
     let index: HashMap<&str, usize> = plan
         .iter()
         .enumerate()
@@ -139,7 +146,7 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
     let left: Vec<i64> = plan
         .iter()
         .zip(&unseen.seen)
-        .filter(|(t, seen)| !**seen && !busy.contains(&t.id) && is_due(t, now))
+        .filter(|(t, seen)| !**seen && !busy.contains(&t.id) && ctx.polls.is_due(t.id, now))
         .map(|(t, _)| t.id)
         .collect();
     tracing::debug!(
@@ -168,7 +175,7 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
     if ours.is_empty() {
         return Ok(());
     }
-    let mut quiet = Vec::new();
+    let mut answered = Vec::new();
     let mut changed = Vec::new();
     for (t, batch) in ours {
         let counts = [t.request_total, t.request_completed, t.request_failed];
@@ -181,10 +188,18 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
                 now,
                 Spread::Exact,
             );
-            quiet.push((t.id, clock::format(at)));
+            ctx.polls.seen(t.id, t.next_poll_at.as_deref(), at);
+            if t.erred {
+                answered.push(t.id);
+            }
         } else {
             changed.push((t.id, *batch));
         }
+    }
+    ctx.metrics.answered(now);
+    if answered.is_empty() && changed.is_empty() {
+        // A quiet page: nothing to record.
+        return Ok(());
     }
     let observations: Vec<Observation> = changed.iter().map(|(_, b)| observation(b)).collect();
     let sightings: Vec<Sighting> = changed
@@ -198,7 +213,7 @@ async fn record_page(ctx: &Ctx, ours: &[(&Tracked, &Batch)], now: Timestamp) -> 
     };
     let observed = ctx
         .store
-        .observe_page(&ctx.leader_lease(), &quiet, &sightings, decide, now)
+        .observe_page(&ctx.leader_lease(), &answered, &sightings, decide, now)
         .await?;
     for o in observed {
         let batch = batch_of[&o.id];
@@ -277,13 +292,6 @@ impl Unseen {
     }
 }
 
-fn is_due(t: &Tracked, now: Timestamp) -> bool {
-    t.next_poll_at
-        .as_deref()
-        .and_then(clock::parse)
-        .is_none_or(|at| at <= now)
-}
-
 /// Retrieves each of `ids` on its own, `limits.concurrency` at a time.
 async fn retrieve(ctx: &Ctx, ids: Vec<i64>) -> anyhow::Result<()> {
     let concurrency = ctx.settings.limits.concurrency as usize;
@@ -317,6 +325,11 @@ async fn postpone(
     ctx.store
         .defer_polls(&ctx.leader_lease(), ids, &at, &error, &now)
         .await?;
+    if let Some(polls) = ctx.leader_polls() {
+        for &id in ids {
+            polls.stored(id, &at);
+        }
+    }
     Ok(())
 }
 
@@ -359,6 +372,7 @@ mod tests {
             created_at: "2026-11-22T10:00:00.000Z".to_owned(),
             deadline_at: "2026-11-23T10:00:00.000Z".to_owned(),
             next_poll_at: None,
+            erred: false,
         }
     }
 

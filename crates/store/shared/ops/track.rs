@@ -35,15 +35,15 @@ impl Track for Store {
     async fn observe_page(
         &self,
         lease: &Lease,
-        quiet: &[(i64, String)],
+        answered: &[i64],
         changed: &[Sighting<'_>],
         mut decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan,
         seen_at: Timestamp,
     ) -> Result<Vec<Observed>, StoreError> {
         let now = clock::format(seen_at);
         self.unit(lease, async |tx| {
-            if !quiet.is_empty() {
-                transitions::seen_unchanged(tx, quiet, &now).await?;
+            if !answered.is_empty() {
+                transitions::seen_unchanged(tx, answered, &now).await?;
             }
             let mut observed = Vec::new();
             for sighting in changed {
@@ -68,11 +68,11 @@ impl Track for Store {
     async fn seen_unchanged(
         &self,
         lease: &Lease,
-        polls: &[(i64, String)],
+        answered: &[i64],
         now: &str,
     ) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
-            transitions::seen_unchanged(tx, polls, now).await?;
+            transitions::seen_unchanged(tx, answered, now).await?;
             Ok(())
         })
         .await

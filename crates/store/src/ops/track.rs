@@ -76,24 +76,28 @@ pub trait Track {
         decide: impl FnOnce(&Job, &Submission, &BatchStatus) -> Plan,
         now: &str,
     ) -> Result<Observed, StoreError>;
-    /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `quiet`
-    /// submissions (nothing history tracks changed) get their next poll, as `(id, at)`; each
-    /// of the `changed` is recorded as [`Track::observe`] does, unless its submission moved on
-    /// or was looked at after `seen_at` by another step (then the page is not news for it).
+    /// Records one page of a list sweep, seen at `seen_at`, in one transaction: the `answered`
+    /// submissions (nothing history tracks changed, and a failed poll's error stood) are
+    /// cleared of it, as [`Track::seen_unchanged`] does; each of the `changed` is recorded as
+    /// [`Track::observe`] does, unless its submission moved on or was looked at after `seen_at`
+    /// by another step (then the page is not news for it). Quiet batches without an error
+    /// are not written: their next poll is the daemon's, in memory.
     async fn observe_page(
         &self,
         lease: &Lease,
-        quiet: &[(i64, String)],
+        answered: &[i64],
         changed: &[Sighting<'_>],
         decide: impl FnMut(&Job, &Submission, &BatchStatus) -> Plan,
         seen_at: Timestamp,
     ) -> Result<Vec<Observed>, StoreError>;
-    /// Sets the next poll of each of the quiet submissions `polls`, as `(id, at)`, seen at
-    /// `now` with nothing history tracks changed.
+    /// The batches of the active submissions `answered` were seen at `now` with nothing
+    /// history tracks changed, after a failed poll: its error no longer stands. Nothing else is
+    /// written (the next poll is the daemon's, in memory), and an error stored after `now` is
+    /// kept.
     async fn seen_unchanged(
         &self,
         lease: &Lease,
-        polls: &[(i64, String)],
+        answered: &[i64],
         now: &str,
     ) -> Result<(), StoreError>;
     /// A poll of submission `id` failed with `error`: it is polled again at `at`.
@@ -126,6 +130,6 @@ pub trait Track {
     /// Marks the uploads and creates a stop left under way as of unknown outcome; returns how
     /// many.
     async fn mark_in_flight_unknown(&self, lease: &Lease, now: &str) -> Result<u64, StoreError>;
-    /// Brings every poll planned after `latest` forward to it; returns how many moved.
+    /// Brings every stored poll plan after `latest` forward to it; returns how many moved.
     async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError>;
 }
