@@ -10,10 +10,11 @@ use batchwatch::sim::{
     Counts, FaultKind, ListOrder, Observations, RetryAfter, ScriptedFault, SimConfig,
 };
 use batchwatch::store::Access;
+use batchwatch::store::prelude::*;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::support::daemon::{Env, requests, slow_sim};
+use crate::support::daemon::{Backend, Env, requests, slow_sim};
 use crate::support::process::Running;
 use crate::support::sim::{TestSim, spawn_sim};
 use crate::support::wait_until;
@@ -47,32 +48,26 @@ async fn counts(sim: &TestSim) -> Counts {
     serde_json::from_value(sim.admin_json("/counts", None).await).expect("counts")
 }
 
-/// The batch ids the daemon follows, by job.
+/// The batch ids the daemon follows, by job (in either backend).
 async fn remote_ids(env: &Env) -> BTreeMap<String, String> {
-    let store = env.sqlite().await;
-    let rows = sqlx::query("SELECT job_id, remote_id FROM batches WHERE remote_id IS NOT NULL")
-        .fetch_all(store.reader())
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+    let store = env.store().await;
+    let recorded = store.recorded_submissions().await.unwrap();
+    store.close().await;
+    recorded
+        .into_iter()
+        .map(|(remote, job, _, _)| (job, remote))
         .collect()
 }
 
-/// The statuses recorded for a batch, in order.
+/// The statuses recorded for a batch, in order (in either backend).
 async fn history(env: &Env, remote_id: &str) -> Vec<String> {
-    let store = env.sqlite().await;
-    sqlx::query(
-        "SELECT h.status FROM status_history h JOIN batches b ON b.id = h.batch_id
-         WHERE b.remote_id = ? ORDER BY h.id",
-    )
-    .bind(remote_id)
-    .fetch_all(store.reader())
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.get::<String, _>(0))
-    .collect()
+    let store = env.store().await;
+    let rows = match store.submission_by_remote_id(remote_id).await.unwrap() {
+        Some(batch) => store.history(batch.id).await.unwrap(),
+        None => Vec::new(),
+    };
+    store.close().await;
+    rows.iter().map(|h| h.status.to_string()).collect()
 }
 
 /// Drops `n` one-batch files and waits until the daemon follows each one's batch.
@@ -352,6 +347,59 @@ async fn a_quiet_sweep_writes_nothing_to_the_database() {
     drop(conn);
 
     // The plans in memory still see every change.
+    let ids: Vec<String> = remote_ids(&env).await.into_values().step_by(5).collect();
+    step_and_check(&env, &sim, &ids).await;
+    stop(&env, daemon);
+}
+
+/// The same on PostgreSQL: a quiet fleet swept page after page updates no row of `batches`
+/// (each row's `xmin`, the transaction that last wrote it, stays as it was), though the
+/// daemon's lease renewals and elections commit meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_sweep_on_postgresql_updates_no_row() {
+    const N: usize = 30;
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 1, 2.0)).await;
+    let config = format!(
+        "{}[api]\nrequest_timeout = \"2s\"\n[database]\nlease = \"4s\"\n",
+        sweep_config("list", 50)
+    );
+    let Some(env) = Env::on(Backend::Postgres, &sim.handle.base_url(), &config).await else {
+        return;
+    };
+    let daemon = env.spawn();
+    fleet_in_progress(&env, &sim, N).await;
+    let url = env.postgres.as_deref().expect("a PostgreSQL database");
+    let pool = sqlx::PgPool::connect(url).await.expect("connect");
+    wait_until(
+        "every batch recorded in progress",
+        Duration::from_secs(30),
+        async || {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM batches WHERE state = 'active' AND status = 'in_progress'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (n as usize == N, n)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let versions = async || -> Vec<(i64, String)> {
+        sqlx::query_as("SELECT id, xmin::text FROM batches ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let before = versions().await;
+    let lists = requests_of(&counts(&sim).await, LIST);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let swept = requests_of(&counts(&sim).await, LIST) - lists;
+    assert!(swept >= 5, "{swept} list pages in 3 s at a 300 ms interval");
+    assert_eq!(versions().await, before, "a row of batches was updated");
+    pool.close().await;
+
     let ids: Vec<String> = remote_ids(&env).await.into_values().step_by(5).collect();
     step_and_check(&env, &sim, &ids).await;
     stop(&env, daemon);
