@@ -453,7 +453,11 @@ async fn instances_cut_off_from_the_database_stop_by_their_own_clock_or_at_sigte
 }
 
 /// The case the lease cannot prevent: an instance sent a create inside its lease, the request
-/// is held up on its way (the service carries it out twelve seconds later), and the instance
+/// is held up on its way (the service carries it out twelve seconds later: well after the
+/// lease of 4 s, a takeover and a reconciliation, even on a loaded machine, as a create
+/// carried out before the reconciliation is adopted, not duplicated; and while the job's own
+/// batch runs, as a create carried out after the job ended and its input file was deleted
+/// makes no batch), and the instance
 /// is paused past its lease. The other instance takes the job over, finds no batch on the
 /// service, and creates one; then the held-up create lands. The leader's duplicate watch finds
 /// that second batch and cancels it, the job's events say so, and the job completes with its
@@ -461,8 +465,9 @@ async fn instances_cut_off_from_the_database_stop_by_their_own_clock_or_at_sigte
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the_duplicate_watch() {
     use batchwatch::sim::{FaultKind, ScriptedFault};
-    // Batches run about eight seconds, so the duplicate is still live when it is found.
-    let sim = spawn_sim(slow_sim(8.0)).await;
+    // Batches run about twenty seconds: the job's own is still running when the late create
+    // lands, and the duplicate is still live when it is found.
+    let sim = spawn_sim(slow_sim(20.0)).await;
     sim.handle
         .push_fault(
             ScriptedFault::new(FaultKind::CarriedOutLate { ms: 12_000 })
@@ -487,7 +492,7 @@ async fn a_create_that_lands_after_its_sender_lost_the_lease_is_cancelled_by_the
     let mut other = env.spawn();
     other.wait_for_line("took over the jobs", Duration::from_secs(30));
     let job_id = env.jobs().await[0].id.clone();
-    let duplicate = wait_duplicate_cancelled(&sim, &job_id, Duration::from_secs(40)).await;
+    let duplicate = wait_duplicate_cancelled(&sim, &job_id, Duration::from_secs(60)).await;
 
     stale.signal(libc::SIGCONT);
     let (status, _) = stale.wait_exit(Duration::from_secs(30));
