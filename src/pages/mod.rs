@@ -44,7 +44,7 @@ use crate::store::Store;
 use crate::store::jobs::Filter;
 use crate::store::prelude::*;
 
-pub use timeline::{Segment, segments};
+pub use timeline::{CAP, Segment, WIDTH, segments};
 pub use token::PagesToken;
 
 /// The Content-Security-Policy of every answer: nothing but this origin's stylesheet.
