@@ -15,7 +15,6 @@ use batchwatch::metrics::server::{self, Server};
 use batchwatch::model::JobState;
 use batchwatch::pages::{CSP, Pages};
 use batchwatch::store::jobs::{Filter, NewJob, Why};
-use batchwatch::store::ops::intake::{Part, Validated};
 use batchwatch::store::prelude::*;
 use batchwatch::store::{Access, Lease, Store};
 
@@ -111,34 +110,12 @@ async fn fill_many(store: &Store, n: u64) -> Vec<(String, JobState)> {
         let kind = if i % 2 == 0 { "eval" } else { "train" };
         let name = format!("{kind}-{i:03}.jsonl");
         let path = format!("processing/{id}__{name}");
-        let job = NewJob {
-            id: &id,
-            file_name: &name,
-            path: &path,
-            size_bytes: 100,
-            endpoint: None,
-            completion_window: "24h",
-            deadline_at: "2026-11-23T06:00:00.000Z",
-            metadata: "{}",
-            output_expires_after: None,
-        };
+        let job = fixtures::port_job(&id, &name, &path);
         store.claim(&lease, &job, None, None, T0).await.unwrap();
         let state = match i % 3 {
             0 => {
-                let parts = [Part {
-                    start: 0,
-                    end: 100,
-                    requests: 4,
-                }];
-                let valid = Validated {
-                    sha256: &"ab".repeat(32),
-                    requests: 4,
-                    endpoint: "/v1/chat/completions",
-                    model: if i % 2 == 0 { "m-a" } else { "m-b" },
-                    parts: &parts,
-                    queued: "valid",
-                    cancelling: "cancelling",
-                };
+                let model = if i % 2 == 0 { "m-a" } else { "m-b" };
+                let valid = fixtures::valid(model);
                 store.record_valid(&lease, &id, &valid, T0).await.unwrap()
             }
             1 => {
@@ -293,15 +270,8 @@ async fn a_hostile_file_name_and_reason_render_as_text_and_every_answer_carries_
     let claim = async |id: &str| {
         let path = format!("processing/{id}__x.jsonl");
         let job = NewJob {
-            id,
-            file_name: hostile,
-            path: &path,
-            size_bytes: 1,
-            endpoint: None,
-            completion_window: "24h",
-            deadline_at: "2026-11-23T06:00:00.000Z",
             metadata: r#"{"note":"<b onmouseover=alert(4)>x</b>"}"#,
-            output_expires_after: None,
+            ..fixtures::port_job(id, hostile, &path)
         };
         store.claim(&lease, &job, None, None, T0).await.unwrap();
     };
@@ -311,20 +281,7 @@ async fn a_hostile_file_name_and_reason_render_as_text_and_every_answer_carries_
     store.reject(&lease, &rejected, &why, T0).await.unwrap();
     let queued = job_id(2);
     claim(&queued).await;
-    let parts = [Part {
-        start: 0,
-        end: 1,
-        requests: 1,
-    }];
-    let valid = Validated {
-        sha256: &"cd".repeat(32),
-        requests: 1,
-        endpoint: "/v1/chat/completions",
-        model: "<svg onload=alert(3)>",
-        parts: &parts,
-        queued: "valid",
-        cancelling: "cancelling",
-    };
+    let valid = fixtures::valid("<svg onload=alert(3)>");
     store
         .record_valid(&lease, &queued, &valid, T0)
         .await
