@@ -57,6 +57,9 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print the example configuration, which is also the built-in defaults.
     PrintDefaultConfig,
+    /// Serve the status pages (jobs, a job, a batch) from the database, read-only, without
+    /// running the daemon: on metrics.listen, or --listen; until SIGTERM or SIGINT.
+    Serve(ServeArgs),
     /// Ask the running daemon to cancel a job (by job id or batch id); it follows the batch to
     /// its end and keeps the partial results.
     Cancel(CancelArgs),
@@ -152,6 +155,16 @@ pub struct StatusArgs {
     /// instead of the jobs.
     #[arg(long)]
     pub instances: bool,
+    #[command(flatten)]
+    pub db: DatabaseArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen, as IP:PORT (default: metrics.listen). Beyond loopback, the pages need
+    /// metrics.pages_token_file.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
     #[command(flatten)]
     pub db: DatabaseArg,
 }
@@ -466,6 +479,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             emit(&out)?;
         }
+        Command::Serve(args) => {
+            let logging = Logging::start();
+            let settings = Settings::load(config)?;
+            logging.set_format(settings.log.format);
+            runtime()?.block_on(serve(config, settings, &args))?;
+        }
         Command::Status(args) => {
             let out = runtime()?.block_on(async {
                 let store = open_for_reading(config, &args.db).await?;
@@ -522,7 +541,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let found = resolve_jobs(&store, &args.id).await?;
                 let mut reports = Vec::new();
                 for job_id in found.jobs() {
-                    reports.push(job_report(&store, job_id, &stuck_after(config)).await?);
+                    reports.push(report::job_report(&store, job_id, &stuck_after(config)).await?);
                 }
                 store.close().await;
                 let now = crate::clock::Timestamp::now();
@@ -632,6 +651,55 @@ async fn gc_remote(
     }
     store.close().await;
     Ok(report::gc_remote(&found, &outcomes, args.delete, args.json))
+}
+
+/// `batchwatch serve`: the status pages from the database opened read-only, until a signal.
+async fn serve(config: Option<&Path>, settings: Settings, args: &ServeArgs) -> anyhow::Result<()> {
+    let mut metrics = settings.metrics.clone();
+    // The pages are what this command serves, whatever metrics.pages says of the daemon's.
+    metrics.pages = true;
+    let (key, addr) = match &args.listen {
+        Some(text) => {
+            let addr = text.parse().map_err(|_| {
+                ConfigError::key(
+                    "--listen",
+                    format!("{text:?} is not an address and port such as \"127.0.0.1:9465\""),
+                )
+            })?;
+            ("--listen", addr)
+        }
+        None => match metrics.address()? {
+            Some(addr) => ("metrics.listen", addr),
+            None => {
+                return Err(ConfigError::key(
+                    "metrics.listen",
+                    "is empty: give the address to serve the pages on with --listen",
+                )
+                .into());
+            }
+        },
+    };
+    metrics.check_pages_guarded(key, addr)?;
+    let token = crate::pages::PagesToken::configured(&metrics)?;
+    let mut signals = crate::process::Signals::install(false)?;
+    let store = open_for_reading(config, &args.db).await?;
+    let pages = crate::pages::Pages {
+        store: store.clone(),
+        token,
+        stuck_after: settings.alerts.stuck_after,
+    };
+    let server = crate::metrics::server::serve(
+        addr,
+        key,
+        crate::metrics::server::pages_routes(pages),
+        &settings.limits,
+        "status pages listening (read-only)",
+    )?;
+    let signal = signals.recv().await;
+    tracing::info!(signal, "stopping");
+    drop(server);
+    store.close().await;
+    Ok(())
 }
 
 /// The completion script for `shell`, generated from the command-line definition.
@@ -760,52 +828,6 @@ async fn resolve_jobs(store: &Store, id: &str) -> anyhow::Result<Found> {
 /// (a status command given `--database` may run without one).
 fn stuck_after(config: Option<&Path>) -> StuckAfter {
     Settings::load(config).map_or_else(|_| StuckAfter::default(), |s| s.alerts.stuck_after)
-}
-
-/// Collects everything about one job; batches stuck by `stuck_after` are marked.
-pub async fn job_report(
-    store: &Store,
-    job_id: &str,
-    stuck_after: &StuckAfter,
-) -> anyhow::Result<report::JobReport> {
-    let job = store
-        .job(job_id)
-        .await?
-        .with_context(|| format!("no job {job_id}"))?;
-    let events = store.job_events(job_id).await?;
-    let mut used = store.usage_of(job_id).await?;
-    let stuck = store
-        .stuck(stuck_after, crate::clock::Timestamp::now())
-        .await?;
-    let mut batch_reports = Vec::new();
-    for submission in store.submissions_of(job_id).await? {
-        let history = store.history(submission.id).await?;
-        let stuck_over = stuck.iter().find(|s| s.id == submission.id).map(|s| {
-            format!(
-                "alerts.stuck_after.{} = {}",
-                s.status,
-                crate::daemon::track::stuck::limit(stuck_after, &s.status)
-            )
-        });
-        let usage = used
-            .iter()
-            .position(|u| u.batch_id == submission.id)
-            .map(|i| used.swap_remove(i));
-        batch_reports.push(report::BatchReport {
-            submission,
-            usage,
-            stuck_over,
-            history,
-        });
-    }
-    Ok(report::JobReport {
-        usage: store.job_costs(&[job_id]).await?.pop(),
-        parent_job_id: store.parent_of(job_id).await?,
-        chain: store.chain(job_id).await?,
-        job,
-        events,
-        batches: batch_reports,
-    })
 }
 
 #[cfg(test)]

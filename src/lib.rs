@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod fuzzing;
 pub mod manual;
 pub mod metrics;
+pub mod pages;
 pub mod preflight;
 pub mod queue;
 pub mod report;
@@ -19,7 +20,7 @@ pub mod usage;
 // that has not moved yet.
 pub use batchwatch_core::process::{EXIT_CONFIG, EXIT_NEWER_DATABASE};
 pub use batchwatch_core::{
-    batchfile, clock, config, failpoint, model, printable, process, telemetry,
+    batchfile, clock, config, failpoint, model, printable, process, secret, telemetry,
 };
 pub use batchwatch_provider as api;
 pub use batchwatch_sim as sim;

@@ -1,7 +1,7 @@
 //! The checks `batchwatch run` makes before it opens anything: the configuration (every key,
 //! as [`Settings::load`] checks them) and the API key, read from its source as the daemon
 //! reads it (a key file must exist, be a regular file, not a FIFO, and be readable by its
-//! owner only; see [`ApiKey::load`]).
+//! owner only; see [`ApiKey::load`]), and the status pages' token file when one is set.
 //!
 //! `check-config` runs this very function, and `doctor` its two parts, so a deployment gate
 //! built on it refuses what the daemon would refuse, with the same message and exit code (78).
@@ -29,6 +29,8 @@ pub struct Checked {
 /// Any fault is an error naming its key, but for a credential outside its service.
 pub fn check(file: Option<&Path>) -> Result<Checked, ConfigError> {
     let (settings, as_written) = Settings::load_as_written(file)?;
+    // The pages' token file, read as the daemon reads it at start.
+    crate::pages::PagesToken::configured(&settings.metrics)?;
     let key = read_key(&settings)?;
     Ok(Checked {
         settings,

@@ -8,9 +8,11 @@
 
 use std::fmt::Write;
 
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::clock::{self, Timestamp};
+use crate::config::StuckAfter;
 use crate::model::{BatchStatus, JobState};
 use crate::printable::escape;
 use crate::store::batches::Submission;
@@ -19,6 +21,7 @@ use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
 use crate::store::ops::lease::InstanceRow;
 use crate::store::usage::{BatchUsage, JobCost};
+use crate::store::{Store, prelude::*};
 
 /// How text output looks: coloured (on a terminal), and wide (nothing cut short).
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,6 +137,50 @@ pub struct StatusRow<'a> {
     pub stuck: Vec<&'a StuckBatch>,
 }
 
+/// Collects everything about one job; batches stuck by `stuck_after` are marked.
+pub async fn job_report(
+    store: &Store,
+    job_id: &str,
+    stuck_after: &StuckAfter,
+) -> anyhow::Result<JobReport> {
+    let job = store
+        .job(job_id)
+        .await?
+        .with_context(|| format!("no job {job_id}"))?;
+    let events = store.job_events(job_id).await?;
+    let mut used = store.usage_of(job_id).await?;
+    let stuck = store.stuck(stuck_after, Timestamp::now()).await?;
+    let mut batch_reports = Vec::new();
+    for submission in store.submissions_of(job_id).await? {
+        let history = store.history(submission.id).await?;
+        let stuck_over = stuck.iter().find(|s| s.id == submission.id).map(|s| {
+            format!(
+                "alerts.stuck_after.{} = {}",
+                s.status,
+                crate::daemon::track::stuck::limit(stuck_after, &s.status)
+            )
+        });
+        let usage = used
+            .iter()
+            .position(|u| u.batch_id == submission.id)
+            .map(|i| used.swap_remove(i));
+        batch_reports.push(BatchReport {
+            submission,
+            usage,
+            stuck_over,
+            history,
+        });
+    }
+    Ok(JobReport {
+        usage: store.job_costs(&[job_id]).await?.pop(),
+        parent_job_id: store.parent_of(job_id).await?,
+        chain: store.chain(job_id).await?,
+        job,
+        events,
+        batches: batch_reports,
+    })
+}
+
 /// An estimated cost in US dollars: cents for large sums, more digits for small ones.
 pub fn dollars(usd: f64) -> String {
     if usd >= 100.0 {
@@ -146,7 +193,7 @@ pub fn dollars(usd: f64) -> String {
 }
 
 /// `1200 in (200 cached), 300 out (50 reasoning)`.
-fn tokens(input: i64, cached: i64, output: i64, reasoning: i64) -> String {
+pub fn tokens(input: i64, cached: i64, output: i64, reasoning: i64) -> String {
     let mut text = format!("{input} in");
     if cached > 0 {
         let _ = write!(text, " ({cached} cached)");
@@ -217,7 +264,7 @@ fn or_dash(v: Option<&str>) -> &str {
 }
 
 /// `5/100` or `90/100, 10 failed`; `-` before anything is known.
-fn progress(total: Option<i64>, completed: Option<i64>, failed: Option<i64>) -> String {
+pub fn progress(total: Option<i64>, completed: Option<i64>, failed: Option<i64>) -> String {
     match (total, completed, failed) {
         (None, None, None) => "-".into(),
         (t, c, f) => {
@@ -247,7 +294,7 @@ fn deadline(deadline_at: &str, state: JobState, now: Timestamp) -> String {
 }
 
 /// `in 3h` or `passed 2h ago`.
-fn relative(at: &str, now: Timestamp) -> String {
+pub fn relative(at: &str, now: Timestamp) -> String {
     match clock::parse(at) {
         Some(t) if t > now => format!("in {}", clock::humanize(clock::between(now, t))),
         Some(t) => format!("passed {} ago", clock::humanize(clock::between(t, now))),

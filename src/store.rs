@@ -31,7 +31,9 @@ use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
 use batchwatch_store::deletions::{Deletion, KnownFile, Origin};
 use batchwatch_store::figures::{Figures, StuckBatch};
 use batchwatch_store::history::HistoryRow;
-use batchwatch_store::jobs::{Filter, Job, JobEvent, JobOverview, NewJob, RecordedFile, Why};
+use batchwatch_store::jobs::{
+    Filter, Job, JobEvent, JobLine, JobOverview, NewJob, RecordedFile, Why,
+};
 use batchwatch_store::ops::finish::Ending;
 use batchwatch_store::ops::housekeeping::Deleted;
 use batchwatch_store::ops::intake::Validated;
@@ -236,6 +238,7 @@ Reads {
     recorded_file(id: &str) -> Option<RecordedFile>;
     job_events(id: &str) -> Vec<JobEvent>;
     overview(filter: &Filter, limit: i64) -> Vec<JobOverview>;
+    jobs_page(filter: &Filter, after: Option<&str>, limit: i64) -> Vec<JobLine>;
     jobs_of_file(name: &str, paths: &[String]) -> Vec<String>;
     job_state_counts() -> Vec<(JobState, i64)>;
     past_deadline(held_by: &Lease, now: &str) -> Vec<String>;

@@ -393,18 +393,40 @@ impl Daemon {
         let health = Arc::new(Health::default());
         let gate = Arc::new(gate::Gate::observed(metrics.clone()));
         let endpoint = match settings.metrics.address()? {
-            Some(addr) => Some(endpoint::serve(
-                addr,
-                endpoint::Endpoint::new(
-                    metrics.clone(),
-                    store.clone(),
-                    queue.clone(),
-                    settings.alerts.stuck_after,
-                    health.clone(),
-                    gate.clone(),
-                ),
-                &settings.limits,
-            )?),
+            Some(addr) => {
+                let pages = match settings.metrics.pages {
+                    true => Some(crate::pages::Pages {
+                        store: store.clone(),
+                        token: crate::pages::PagesToken::configured(&settings.metrics)?,
+                        stuck_after: settings.alerts.stuck_after,
+                    }),
+                    false => None,
+                };
+                let what = match pages {
+                    Some(_) => {
+                        "metrics endpoint listening (/metrics, /healthz, /readyz, pages at /)"
+                    }
+                    None => "metrics endpoint listening (/metrics, /healthz, /readyz)",
+                };
+                let routes = endpoint::routes(
+                    endpoint::Endpoint::new(
+                        metrics.clone(),
+                        store.clone(),
+                        queue.clone(),
+                        settings.alerts.stuck_after,
+                        health.clone(),
+                        gate.clone(),
+                    ),
+                    pages,
+                );
+                Some(endpoint::serve(
+                    addr,
+                    "metrics.listen",
+                    routes,
+                    &settings.limits,
+                    what,
+                )?)
+            }
             None => None,
         };
         let schedule = Schedule::new(&settings);

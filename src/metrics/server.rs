@@ -1,4 +1,6 @@
-//! The monitoring endpoint on `metrics.listen`: `GET /metrics`, `/healthz` and `/readyz`.
+//! The monitoring endpoint on `metrics.listen`: `GET /metrics`, `/healthz` and `/readyz`,
+//! and the status pages beside them ([`crate::pages`], unless `metrics.pages = false`); the
+//! same server serves the pages alone for `batchwatch serve`.
 //!
 //! It binds before the daemon recovers, so a port in use stops the start at once (a
 //! configuration error, exit 78) and a probe gets an answer from the first second:
@@ -52,6 +54,7 @@ use crate::clock::{self, Timestamp};
 use crate::config::{ConfigError, LimitSettings, StuckAfter};
 use crate::daemon::gate::Gate;
 use crate::daemon::runtime::instance::database_dir;
+use crate::pages::Pages;
 use crate::queue::Queue;
 use crate::store::Store;
 use crate::store::figures::Figures;
@@ -288,12 +291,36 @@ impl Drop for Server {
     }
 }
 
-/// Binds `addr` and serves the endpoint there, leaving the reserve of descriptors `limits`
-/// call for. A port that cannot be had is a configuration error naming `metrics.listen`.
+/// The endpoint's routes: `/metrics`, `/healthz` and `/readyz`, and the status pages beside
+/// them when `pages` are served ([`crate::pages`]).
+pub fn routes(endpoint: Endpoint, pages: Option<Pages>) -> Router {
+    let monitoring = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(endpoint);
+    match pages {
+        Some(pages) => monitoring.merge(crate::pages::router(pages)),
+        None => monitoring,
+    }
+}
+
+/// The routes of `batchwatch serve`: the status pages and `/healthz`.
+pub fn pages_routes(pages: Pages) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(crate::pages::router(pages))
+}
+
+/// Binds `addr` and serves `app` there (as `what`, for the log), leaving the reserve of
+/// descriptors `limits` call for. A port that cannot be had is a configuration error naming
+/// `key` (`metrics.listen`).
 pub fn serve(
     addr: SocketAddr,
-    endpoint: Endpoint,
+    key: &str,
+    app: Router,
     limits: &LimitSettings,
+    what: &str,
 ) -> Result<Server, ConfigError> {
     let bound = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -304,7 +331,7 @@ pub fn serve(
                 _ => e.to_string(),
             };
             ConfigError::key(
-                "metrics.listen",
+                key,
                 format!(
                     "cannot listen on {addr}: {why}; choose another address, or set it to \"\" \
                      to turn the endpoint off"
@@ -312,14 +339,9 @@ pub fn serve(
             )
         })?;
     let addr = bound.local_addr().unwrap_or(addr);
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(endpoint);
     let reserve = Arc::new(AtomicU64::new(descriptor_reserve(limits)));
     let task = tokio::spawn(accept(bound, app, reserve.clone()));
-    tracing::info!(%addr, "metrics endpoint listening (/metrics, /healthz, /readyz)");
+    tracing::info!(%addr, "{what}");
     Ok(Server {
         addr,
         task,

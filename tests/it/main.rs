@@ -25,6 +25,7 @@ mod housekeeping;
 mod metrics;
 mod metrics_limits;
 mod packaging;
+mod pages;
 mod postgres;
 mod run;
 mod sim_process;

@@ -1392,7 +1392,6 @@ async fn processes_opening_a_stopped_daemons_database_at_once_all_open_it() {
 async fn a_claimed_file_is_the_pending_resubmission_of_its_name_not_a_withdrawn_one() {
     use batchwatch::config::DatabaseLocation;
     use batchwatch::store::chain::NewResubmission;
-    use batchwatch::store::jobs::NewJob;
     use batchwatch::store::{Lease, Store as Port};
 
     let sandbox = Sandbox::new();
@@ -1407,17 +1406,7 @@ async fn a_claimed_file_is_the_pending_resubmission_of_its_name_not_a_withdrawn_
         let lease = Lease::SOLE;
         let claim = async |id: &str, name: &str, parent: Option<&str>| {
             let path = format!("processing/{id}__{name}");
-            let job = NewJob {
-                id,
-                file_name: name,
-                path: &path,
-                size_bytes: 100,
-                endpoint: None,
-                completion_window: "24h",
-                deadline_at: "2026-11-23T06:00:00.000Z",
-                metadata: "{}",
-                output_expires_after: None,
-            };
+            let job = fixtures::port_job(id, name, &path);
             store.claim(&lease, &job, None, parent, T0).await.unwrap();
         };
         let parent = job_id(40);

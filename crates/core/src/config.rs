@@ -520,6 +520,12 @@ pub struct MetricsSettings {
     pub listen: String,
     /// How many models get series of their own; the others are counted as `model="other"`.
     pub max_models: usize,
+    /// Whether the status pages (`/`, `/jobs/ID`, `/batches/ID`) are served beside the metrics.
+    pub pages: bool,
+    /// A file holding the token every page request must bear (`Authorization: Bearer TOKEN`);
+    /// required when the pages are served on an address other than loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_token_file: Option<PathBuf>,
 }
 
 /// The most `metrics.max_models` may be: a bound on the series per scrape is only one when it
@@ -542,6 +548,28 @@ impl MetricsSettings {
                 ),
             )
         })
+    }
+
+    /// Checks that pages served at `addr` beyond loopback are guarded by a token: anyone who
+    /// reaches the port would otherwise read every job. `key` names the setting `addr` came
+    /// from (`metrics.listen`, or `serve --listen`).
+    pub fn check_pages_guarded(
+        &self,
+        key: &str,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() || self.pages_token_file.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError::key(
+            key,
+            format!(
+                "{addr} is not a loopback address, and the status pages would be served there to \
+                 anyone who reaches the port: set metrics.pages_token_file (a file holding the \
+                 token a reverse proxy sends as `Authorization: Bearer TOKEN`), or \
+                 metrics.pages = false to serve /metrics, /healthz and /readyz alone"
+            ),
+        ))
     }
 }
 
@@ -1086,7 +1114,14 @@ impl Settings {
                 ),
             ));
         }
-        self.metrics.address()?;
+        if let Some(addr) = self.metrics.address()?
+            && self.metrics.pages
+        {
+            self.metrics.check_pages_guarded("metrics.listen", addr)?;
+        }
+        if let Some(path) = &self.metrics.pages_token_file {
+            absolute("metrics.pages_token_file", path)?;
+        }
         if self.metrics.max_models > MAX_MODEL_SERIES {
             return Err(ConfigError::key(
                 "metrics.max_models",

@@ -7,8 +7,6 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -18,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use batchwatch_core::config::{
     CREDENTIALS_DIRECTORY, ConfigError, Flavor, KeySource, credential_path,
 };
+use batchwatch_core::secret::{self, Unfit};
 
 /// Whether `source` is a systemd credential asked for outside the service, where it does not
 /// exist: it cannot be read, or checked, in this process.
@@ -46,16 +45,13 @@ impl ApiKey {
     /// Refused when nothing is left or the key holds characters that cannot travel in an
     /// HTTP header; the reason never quotes the key.
     pub fn new(text: &str) -> Result<ApiKey, &'static str> {
-        let trimmed = text.trim();
-        if trimmed.is_empty() {
-            return Err("the key is empty");
+        match secret::checked(text) {
+            Ok(key) => Ok(ApiKey(SecretString::from(key))),
+            Err(Unfit::Empty) => Err("the key is empty"),
+            Err(Unfit::NotVisibleAscii) => {
+                Err("the key contains spaces, control characters or non-ASCII characters")
+            }
         }
-        // Visible ASCII only: anything else cannot go in a header, and a space inside a key
-        // means the file holds something other than one key.
-        if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("the key contains spaces, control characters or non-ASCII characters");
-        }
-        Ok(ApiKey(SecretString::from(trimmed)))
     }
 
     /// Reads the key from `source`, from the process environment.
@@ -127,52 +123,12 @@ impl ApiKey {
     }
 }
 
-/// Reads a key file. It must be a regular file: it is opened without blocking (a FIFO would
-/// otherwise wait for a writer forever, and `check-config` with it) and refused after a look
-/// at what was opened when it is anything else.
+/// Reads a key file ([`secret::read_file`]: a regular file, with `check_mode` its owner's
+/// alone) and wipes what was read once the key holds it.
 fn read_key_file(key: &str, path: &Path, check_mode: bool) -> Result<ApiKey, ConfigError> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let shown = path.display();
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| ConfigError::key(key, format!("cannot open {shown}: {e}")))?;
-    // The type and mode of the open file, not of the path: nothing can swap the file in between.
-    let meta = file
-        .metadata()
-        .map_err(|e| ConfigError::key(key, format!("cannot inspect {shown}: {e}")))?;
-    if !meta.is_file() {
-        let ft = meta.file_type();
-        let what = if ft.is_fifo() {
-            "a FIFO (named pipe)"
-        } else if ft.is_dir() {
-            "a directory"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "a device"
-        };
-        return Err(ConfigError::key(
-            key,
-            format!("{shown} is {what}; the key must be in a regular file"),
-        ));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if check_mode && mode & 0o077 != 0 {
-        return Err(ConfigError::key(
-            key,
-            format!(
-                "the key file {shown} can be read by group or others (mode {mode:04o}); \
-                 make it private to its owner with `chmod 600 {shown}`"
-            ),
-        ));
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text)
-        .map_err(|e| ConfigError::key(key, format!("cannot read {shown}: {e}")))?;
-    let loaded =
-        ApiKey::new(&text).map_err(|problem| ConfigError::key(key, format!("{shown}: {problem}")));
+    let mut text = secret::read_file(key, "key", path, check_mode)?;
+    let loaded = ApiKey::new(&text)
+        .map_err(|problem| ConfigError::key(key, format!("{}: {problem}", path.display())));
     text.zeroize();
     loaded
 }
@@ -181,6 +137,7 @@ fn read_key_file(key: &str, path: &Path, check_mode: bool) -> Result<ApiKey, Con
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
 
     const SECRET: &str = "sk-test-0123456789abcdefSECRET";

@@ -5,7 +5,9 @@ use sqlx::{PgConnection, PgExecutor};
 use super::{Lease, StoreError};
 use batchwatch_core::model::FileLook;
 use batchwatch_core::model::JobState;
-pub use batchwatch_store::jobs::{Filter, Job, JobEvent, JobOverview, NewJob, RecordedFile, Why};
+pub use batchwatch_store::jobs::{
+    Filter, Job, JobEvent, JobLine, JobOverview, NewJob, RecordedFile, Why,
+};
 
 /// Records a newly claimed job, in state `validating`, with its first event.
 pub async fn insert(
@@ -372,6 +374,57 @@ pub async fn overview(
         file,
         filter.since,
         filter.model,
+        limit,
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// One page of jobs, newest first: at most `limit` of those `filter` lets through, after the
+/// job `after` (keyset paging on the id, never an offset). The file filter is a glob, as in
+/// [`overview`].
+pub async fn page(
+    db: impl PgExecutor<'_>,
+    filter: &Filter,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<JobLine>, StoreError> {
+    let state = filter.state.map(|s| s.as_str());
+    let file = filter.file.as_deref().map(glob_to_regex);
+    Ok(sqlx::query_as!(
+        JobLine,
+        r#"WITH page AS (
+               SELECT id FROM jobs
+               WHERE ($1::text IS NULL OR state = $1)
+                 AND ($2::text IS NULL OR file_name ~ $2)
+                 AND ($3::text IS NULL OR created_at >= $3)
+                 AND ($4::text IS NULL OR model = $4)
+                 AND ($5::text IS NULL OR id < $5)
+               ORDER BY id DESC
+               LIMIT $6
+           ),
+           latest AS (
+               SELECT b.job_id, b.request_completed, b.request_failed, b.last_error, b.updated_at, b.id
+               FROM batches b JOIN page p ON p.id = b.job_id
+               WHERE b.attempt = (SELECT max(x.attempt) FROM batches x
+                                  WHERE x.job_id = b.job_id AND x.part = b.part)
+           )
+           SELECT j.id, j.file_name, j.state AS "state: JobState", j.model, j.request_count,
+                  (SELECT sum(l.request_completed) FROM latest l WHERE l.job_id = j.id)::BIGINT AS requests_completed,
+                  (SELECT sum(l.request_failed) FROM latest l WHERE l.job_id = j.id)::BIGINT AS requests_failed,
+                  (SELECT sum(u.cost_usd) FROM batch_usage u JOIN batches b ON b.id = u.batch_id
+                   WHERE b.job_id = j.id) AS cost_usd,
+                  j.reason_code, j.reason,
+                  (SELECT l.last_error FROM latest l WHERE l.job_id = j.id AND l.last_error IS NOT NULL
+                   ORDER BY l.updated_at DESC, l.id DESC LIMIT 1) AS last_error,
+                  j.deadline_at, j.created_at, j.finished_at
+           FROM page p JOIN jobs j ON j.id = p.id
+           ORDER BY j.id DESC"#,
+        state,
+        file,
+        filter.since,
+        filter.model,
+        after,
         limit,
     )
     .fetch_all(db)

@@ -13,7 +13,7 @@ use crate::chain::{Link, Pending, View};
 use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
 use crate::history::HistoryRow;
-use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
+use crate::jobs::{Filter, Job, JobEvent, JobLine, JobOverview, RecordedFile};
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
 use crate::{
@@ -36,6 +36,14 @@ impl Reads for Store {
     }
     async fn overview(&self, filter: &Filter, limit: i64) -> Result<Vec<JobOverview>, StoreError> {
         jobs::overview(&self.read, filter, limit).await
+    }
+    async fn jobs_page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<JobLine>, StoreError> {
+        jobs::page(&self.read, filter, after, limit).await
     }
     async fn jobs_of_file(&self, name: &str, paths: &[String]) -> Result<Vec<String>, StoreError> {
         jobs::of_file(&self.read, name, paths).await

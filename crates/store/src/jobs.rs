@@ -136,3 +136,25 @@ pub struct Filter {
     pub since: Option<String>,
     pub model: Option<String>,
 }
+
+/// A job as a page of the jobs list shows it: the essentials of its row, the progress of its
+/// latest batches (the last attempt of each part) and their estimated cost.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobLine {
+    pub id: String,
+    pub file_name: String,
+    pub state: JobState,
+    pub model: Option<String>,
+    pub request_count: Option<i64>,
+    pub requests_completed: Option<i64>,
+    pub requests_failed: Option<i64>,
+    /// The estimated cost of its batches in US dollars; `None`: none booked or priced.
+    pub cost_usd: Option<f64>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    /// The last error recorded on the job's latest submissions.
+    pub last_error: Option<String>,
+    pub deadline_at: String,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+}

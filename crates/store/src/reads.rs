@@ -13,7 +13,7 @@ use crate::chain::{Link, Pending, View};
 use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
 use crate::history::HistoryRow;
-use crate::jobs::{Filter, Job, JobEvent, JobOverview, RecordedFile};
+use crate::jobs::{Filter, Job, JobEvent, JobLine, JobOverview, RecordedFile};
 use crate::ops::Lease;
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
@@ -31,6 +31,16 @@ pub trait Reads {
     async fn job_events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError>;
     /// Jobs with their progress, newest first, those `filter` lets through, at most `limit`.
     async fn overview(&self, filter: &Filter, limit: i64) -> Result<Vec<JobOverview>, StoreError>;
+    /// One page of jobs, newest first: at most `limit` of those `filter` lets through, after
+    /// the job `after` (the last of the page before; `None`: from the newest). Keyset paging:
+    /// a page deep in a long list costs what the first does, and a job added or removed
+    /// meanwhile shifts no other from its page.
+    async fn jobs_page(
+        &self,
+        filter: &Filter,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<JobLine>, StoreError>;
     /// The jobs of a file, newest first: those whose file had this name, or whose file is at one
     /// of `paths` (relative to queue.dir, as `jobs.path` holds it).
     async fn jobs_of_file(&self, name: &str, paths: &[String]) -> Result<Vec<String>, StoreError>;

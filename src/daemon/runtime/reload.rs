@@ -37,7 +37,7 @@ use crate::daemon::schedule::Schedule;
 /// Keys that only a restart changes: the queue tree and the database are locked and open,
 /// the instance is registered under its name and lease, the endpoint listens and its models
 /// are chosen, the log format is installed.
-pub const RESTART_ONLY: [&str; 11] = [
+pub const RESTART_ONLY: [&str; 13] = [
     "queue.dir",
     "queue.watch",
     "database.path",
@@ -48,6 +48,8 @@ pub const RESTART_ONLY: [&str; 11] = [
     "daemon.name",
     "metrics.listen",
     "metrics.max_models",
+    "metrics.pages",
+    "metrics.pages_token_file",
     "log.format",
 ];
 

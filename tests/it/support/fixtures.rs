@@ -283,3 +283,44 @@ pub async fn fill(store: &Store) -> Filled {
         queued,
     }
 }
+
+/// A job claimed from `path` as `name`, of 100 bytes, due the day after [`T0`], for the
+/// store's port (`Intake::claim`).
+pub fn port_job<'a>(
+    id: &'a str,
+    name: &'a str,
+    path: &'a str,
+) -> batchwatch::store::jobs::NewJob<'a> {
+    batchwatch::store::jobs::NewJob {
+        id,
+        file_name: name,
+        path,
+        size_bytes: 100,
+        endpoint: None,
+        completion_window: "24h",
+        deadline_at: "2026-11-23T06:00:00.000Z",
+        metadata: "{}",
+        output_expires_after: None,
+    }
+}
+
+/// One part of four requests.
+pub const ONE_PART: [batchwatch::store::ops::intake::Part; 1] =
+    [batchwatch::store::ops::intake::Part {
+        start: 0,
+        end: 100,
+        requests: 4,
+    }];
+
+/// A validation of [`ONE_PART`] for `model` (`Intake::record_valid`).
+pub fn valid(model: &str) -> batchwatch::store::ops::intake::Validated<'_> {
+    batchwatch::store::ops::intake::Validated {
+        sha256: "abababababababababababababababababababababababababababababababab",
+        requests: 4,
+        endpoint: "/v1/chat/completions",
+        model,
+        parts: &ONE_PART,
+        queued: "valid",
+        cancelling: "cancelling",
+    }
+}

@@ -1,0 +1,282 @@
+//! The status pages: server-rendered HTML over the store's reads, served by the daemon on its
+//! monitoring endpoint (`metrics.listen`, beside `/metrics`) or by `batchwatch serve` from a
+//! database opened read-only. Read-only: no page changes anything.
+//!
+//! * `/`: counts per state, the stuck batches, a page of jobs (file, state, model, requests as
+//!   a bar, age, deadline, cost, reason), filtered by `state` and `file` (a glob when it holds
+//!   `*`, `?` or `[`, else a part of the name), paged by keyset (`after`, the last job of the
+//!   page before: [`crate::store::Reads::jobs_page`]), at most [`MAX_PAGE`] a page (`limit`).
+//! * `/jobs/{id}`: a job's facts, why it ended or waits, usage and cost, where its file and
+//!   results are (paths, never contents), its resubmission chain, each batch with its status
+//!   timeline ([`timeline`]) and history, and its events.
+//! * `/batches/{id}`: one batch (by local number or remote id).
+//! * [`STYLESHEET_PATH`]: the one stylesheet, in the binary; light and dark.
+//!
+//! # Safety
+//!
+//! Every value from outside (file names, metadata, reasons, the service's messages) reaches the
+//! HTML through maud, which escapes it ([`view`]). Every answer carries [`CSP`] (no script at
+//! all, styles from this origin only, no framing, forms only to this origin) and
+//! `X-Content-Type-Options: nosniff`. No page shows an API key, a request line or a result
+//! line: the pages read the store, which holds none of them. When a token is configured
+//! (`metrics.pages_token_file`, [`PagesToken`]), every request here must bear it as
+//! `Authorization: Bearer TOKEN` (a reverse proxy adds it after its own authentication), or is
+//! answered 401; the token is never logged. A non-loopback address without one is refused at
+//! start ([`crate::config::MetricsSettings::check_pages_guarded`]).
+
+mod timeline;
+mod token;
+mod view;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+
+use crate::clock::Timestamp;
+use crate::config::StuckAfter;
+use crate::model::JobState;
+use crate::report;
+use crate::store::Store;
+use crate::store::jobs::Filter;
+use crate::store::prelude::*;
+
+pub use timeline::{CAP, Segment, WIDTH, segments};
+pub use token::PagesToken;
+
+/// The Content-Security-Policy of every answer: nothing but this origin's stylesheet.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; \
+                       form-action 'self'; frame-ancestors 'none'";
+
+/// Where the stylesheet is served.
+pub const STYLESHEET_PATH: &str = "/style.css";
+
+/// The stylesheet.
+const STYLESHEET: &str = include_str!("style.css");
+
+/// Jobs on a page when the query does not say.
+pub const PAGE: i64 = 50;
+
+/// The most jobs on a page.
+pub const MAX_PAGE: i64 = 500;
+
+/// What the pages read, and the token they ask for.
+#[derive(Clone, Debug)]
+pub struct Pages {
+    pub store: Store,
+    pub token: Option<PagesToken>,
+    pub stuck_after: StuckAfter,
+}
+
+/// The pages' routes, each behind the token (when one is set) and with the safety headers.
+pub fn router(pages: Pages) -> Router {
+    Router::new()
+        .route("/", get(jobs))
+        .route("/jobs/{id}", get(job))
+        .route("/batches/{id}", get(batch))
+        .route(STYLESHEET_PATH, get(stylesheet))
+        .layer(axum::middleware::from_fn_with_state(pages.clone(), guard))
+        .with_state(pages)
+}
+
+/// Refuses a request without the token (when one is set), and adds the safety headers to
+/// every answer, refusals included.
+async fn guard(State(pages): State<Pages>, request: Request, next: Next) -> Response {
+    let allowed = match &pages.token {
+        None => true,
+        Some(token) => request
+            .headers()
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|given| token.matches(given.trim())),
+    };
+    let mut response = if allowed {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"batchwatch\"")],
+            "a token is needed: Authorization: Bearer TOKEN (metrics.pages_token_file)\n",
+        )
+            .into_response()
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// The query of `/`.
+#[derive(Debug, Default, Deserialize)]
+pub struct JobsQuery {
+    pub state: Option<String>,
+    pub file: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+impl JobsQuery {
+    /// The state asked for; `None` for any (or for a name that is no state).
+    fn state(&self) -> Option<JobState> {
+        self.state.as_deref().and_then(|s| s.parse().ok())
+    }
+
+    /// The file filter as typed, when one is.
+    fn file(&self) -> Option<&str> {
+        self.file.as_deref().filter(|f| !f.trim().is_empty())
+    }
+
+    /// The store's filter: a file filter with `*`, `?` or `[` is a glob, as `status --file`
+    /// takes it; other text is matched anywhere in the name.
+    fn filter(&self) -> Filter {
+        Filter {
+            state: self.state(),
+            file: self.file().map(|f| match f.contains(['*', '?', '[']) {
+                true => f.to_owned(),
+                false => format!("*{f}*"),
+            }),
+            since: None,
+            model: None,
+        }
+    }
+}
+
+fn html(markup: maud::Markup) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+/// A page that says what is wrong, with its status.
+fn problem(status: StatusCode, title: &str, message: &str) -> Response {
+    let mut response = html(view::problem(title, message, Timestamp::now()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The database could not be read: said in the log with its cause, and on the page without it.
+fn unreadable(error: impl std::fmt::Display) -> Response {
+    tracing::warn!(%error, "status pages: cannot read the database");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Database unavailable",
+        "The database cannot be read just now; the log says why.",
+    )
+}
+
+async fn jobs(State(pages): State<Pages>, Query(query): Query<JobsQuery>) -> Response {
+    if let Some(state) = query.state.as_deref().filter(|s| !s.is_empty())
+        && query.state().is_none()
+    {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "No such state",
+            &format!("{state:?} is not a job state; one of: {}", names.join(", ")),
+        );
+    }
+    let now = Timestamp::now();
+    let limit = query.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+    let read = async {
+        let after = query.after.as_deref().filter(|a| !a.is_empty());
+        // One more than shown: whether there is a next page.
+        let mut rows = pages
+            .store
+            .jobs_page(&query.filter(), after, limit + 1)
+            .await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let counts = pages.store.job_state_counts().await?;
+        let stuck = pages.store.stuck(&pages.stuck_after, now).await?;
+        Ok::<_, crate::store::StoreError>((rows, more, counts, stuck))
+    };
+    match read.await {
+        Ok((rows, more, counts, stuck)) => html(view::jobs(&view::Jobs {
+            query: &query,
+            counts: &counts,
+            stuck: &stuck,
+            next: more.then(|| rows.last().map(|r| r.id.as_str())).flatten(),
+            rows: &rows,
+            now,
+        })),
+        Err(e) => unreadable(e),
+    }
+}
+
+async fn job(State(pages): State<Pages>, Path(id): Path<String>) -> Response {
+    match pages.store.job(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return problem(StatusCode::NOT_FOUND, "No such job", "No job has this id."),
+        Err(e) => return unreadable(e),
+    }
+    match report::job_report(&pages.store, &id, &pages.stuck_after).await {
+        Ok(report) => html(view::job(&report, Timestamp::now())),
+        Err(e) => unreadable(crate::telemetry::join_causes(
+            e.chain().map(ToString::to_string),
+        )),
+    }
+}
+
+async fn batch(State(pages): State<Pages>, Path(id): Path<String>) -> Response {
+    let found = match id.parse::<i64>() {
+        Ok(n) => pages.store.submission(n).await,
+        Err(_) => pages.store.submission_by_remote_id(&id).await,
+    };
+    let submission = match found {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                "No such batch",
+                "No batch has this id.",
+            );
+        }
+        Err(e) => return unreadable(e),
+    };
+    match report::job_report(&pages.store, &submission.job_id, &pages.stuck_after).await {
+        Ok(mut report) => {
+            let Some(at) = report
+                .batches
+                .iter()
+                .position(|b| b.submission.id == submission.id)
+            else {
+                return problem(
+                    StatusCode::NOT_FOUND,
+                    "No such batch",
+                    "No batch has this id.",
+                );
+            };
+            let b = report.batches.swap_remove(at);
+            html(view::batch_page(
+                &b,
+                &report.job.file_name,
+                Timestamp::now(),
+            ))
+        }
+        Err(e) => unreadable(crate::telemetry::join_causes(
+            e.chain().map(ToString::to_string),
+        )),
+    }
+}
+
+async fn stylesheet() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLESHEET,
+    )
+        .into_response()
+}
