@@ -657,7 +657,7 @@ async fn gc_remote(
 async fn serve(config: Option<&Path>, settings: Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let mut metrics = settings.metrics.clone();
     // The pages are what this command serves, whatever metrics.pages says of the daemon's.
-    metrics.pages = true;
+    metrics.pages = Some(true);
     let (key, addr) = match &args.listen {
         Some(text) => {
             let addr = text.parse().map_err(|_| {

@@ -394,13 +394,21 @@ impl Daemon {
         let gate = Arc::new(gate::Gate::observed(metrics.clone()));
         let endpoint = match settings.metrics.address()? {
             Some(addr) => {
-                let pages = match settings.metrics.pages {
+                let pages = match settings.metrics.serves_pages("metrics.listen", addr)? {
                     true => Some(crate::pages::Pages {
                         store: store.clone(),
                         token: crate::pages::PagesToken::configured(&settings.metrics)?,
                         stuck_after: settings.alerts.stuck_after,
                     }),
-                    false => None,
+                    false => {
+                        if settings.metrics.pages.is_none() {
+                            tracing::warn!(
+                                %addr,
+                                "the status pages are not served: the endpoint listens beyond loopback and metrics.pages_token_file is not set (set it to serve them behind a token, or metrics.pages = false to say they are not wanted)"
+                            );
+                        }
+                        None
+                    }
                 };
                 let what = match pages {
                     Some(_) => {

@@ -29,7 +29,7 @@ impl PagesToken {
     /// no pages are served.
     pub fn configured(settings: &MetricsSettings) -> Result<Option<PagesToken>, ConfigError> {
         match &settings.pages_token_file {
-            Some(path) if settings.pages => PagesToken::read(path).map(Some),
+            Some(path) if settings.pages != Some(false) => PagesToken::read(path).map(Some),
             _ => Ok(None),
         }
     }
@@ -76,7 +76,7 @@ mod tests {
         MetricsSettings {
             listen: "0.0.0.0:9464".into(),
             max_models: 20,
-            pages: true,
+            pages: Some(true),
             pages_token_file: Some(path.to_owned()),
         }
     }
@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn no_token_is_read_when_no_pages_are_served() {
         let mut s = settings(Path::new("/nonexistent/token"));
-        s.pages = false;
+        s.pages = Some(false);
         assert!(PagesToken::configured(&s).unwrap().is_none());
     }
 }

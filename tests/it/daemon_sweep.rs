@@ -12,7 +12,6 @@ use batchwatch::sim::{
 use batchwatch::store::Access;
 use batchwatch::store::prelude::*;
 use serde_json::{Value, json};
-use sqlx::Row;
 
 use crate::support::daemon::{Backend, Env, requests, slow_sim};
 use crate::support::process::Running;

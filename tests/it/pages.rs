@@ -462,12 +462,18 @@ fn token_file(sandbox: &Sandbox, token: &str) -> std::path::PathBuf {
     path
 }
 
+/// Pages asked for (`metrics.pages = true`) beyond loopback without a token file: the start
+/// is refused (78, naming the keys) before the database is opened, and check-config says the
+/// same. Without `metrics.pages`, the same address serves the monitoring paths alone and the
+/// start says why there are no pages: a configuration written for a remote Prometheus before
+/// the pages existed starts as it did.
 #[tokio::test]
-async fn pages_beyond_loopback_without_a_token_file_stop_the_start_with_78_naming_the_key() {
+async fn pages_asked_for_beyond_loopback_without_a_token_file_stop_the_start_and_unasked_are_left_off()
+ {
     let sim = spawn_sim(quick_sim()).await;
     let env = Env::new(
         &sim.handle.base_url(),
-        "[metrics]\nlisten = \"0.0.0.0:0\"\n",
+        "[metrics]\nlisten = \"0.0.0.0:0\"\npages = true\n",
     );
     let mut daemon = env.spawn_refused();
     let (status, _) = daemon.wait_exit(Duration::from_secs(30));
@@ -476,7 +482,6 @@ async fn pages_beyond_loopback_without_a_token_file_stop_the_start_with_78_namin
     assert!(said.contains("`metrics.listen`"), "{said}");
     assert!(said.contains("metrics.pages_token_file"), "{said}");
     assert!(!env.db.exists(), "refused before the database was opened");
-    // check-config refuses the same; without the pages the address is fine.
     let check = |config: &std::path::Path| {
         output_within(
             command(Some(config))
@@ -486,14 +491,40 @@ async fn pages_beyond_loopback_without_a_token_file_stop_the_start_with_78_namin
         )
     };
     assert_eq!(check(&env.config).status.code(), Some(78));
-    env.configure("[metrics]\npages = false\n");
-    let out = check(&env.config);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for pages in ["false", "\"unset\""] {
+        let line = match pages {
+            "false" => "pages = false\n",
+            _ => "",
+        };
+        let env = Env::new(
+            &sim.handle.base_url(),
+            &format!("[metrics]\nlisten = \"0.0.0.0:0\"\n{line}"),
+        );
+        let out = check(&env.config);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "pages {pages}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut daemon = env.spawn();
+        let bound = crate::metrics::endpoint_addr(&mut daemon);
+        let addr: SocketAddr = format!("127.0.0.1:{}", bound.port()).parse().unwrap();
+        let (page, metrics) = (get(addr, "/").await, get(addr, "/metrics").await);
+        assert_eq!((page.status, metrics.status), (404, 200), "pages {pages}");
+        daemon.drain();
+        let warned = daemon
+            .seen
+            .iter()
+            .any(|l| l.contains("the status pages are not served"));
+        assert_eq!(
+            warned,
+            line.is_empty(),
+            "pages {pages}: {}",
+            daemon.seen.join("\n")
+        );
+        env.stop(daemon);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

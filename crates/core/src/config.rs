@@ -520,8 +520,12 @@ pub struct MetricsSettings {
     pub listen: String,
     /// How many models get series of their own; the others are counted as `model="other"`.
     pub max_models: usize,
-    /// Whether the status pages (`/`, `/jobs/ID`, `/batches/ID`) are served beside the metrics.
-    pub pages: bool,
+    /// Whether the status pages (`/`, `/jobs/ID`, `/batches/ID`) are served beside the metrics
+    /// ([`MetricsSettings::serves_pages`]): unset, wherever they are guarded (loopback, or a
+    /// token); `true`, always (a start beyond loopback without a token is refused); `false`,
+    /// never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages: Option<bool>,
     /// A file holding the token every page request must bear (`Authorization: Bearer TOKEN`);
     /// required when the pages are served on an address other than loopback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -548,6 +552,17 @@ impl MetricsSettings {
                 ),
             )
         })
+    }
+
+    /// Whether the pages are served at `addr`. Unset, they are where they are guarded (so a
+    /// configuration that listens beyond loopback for a remote Prometheus, written before the
+    /// pages existed, starts as it did, without them); asked for, they must be guarded.
+    pub fn serves_pages(&self, key: &str, addr: std::net::SocketAddr) -> Result<bool, ConfigError> {
+        match self.pages {
+            Some(false) => Ok(false),
+            Some(true) => self.check_pages_guarded(key, addr).map(|()| true),
+            None => Ok(self.check_pages_guarded(key, addr).is_ok()),
+        }
     }
 
     /// Checks that pages served at `addr` beyond loopback are guarded by a token: anyone who
@@ -1114,10 +1129,8 @@ impl Settings {
                 ),
             ));
         }
-        if let Some(addr) = self.metrics.address()?
-            && self.metrics.pages
-        {
-            self.metrics.check_pages_guarded("metrics.listen", addr)?;
+        if let Some(addr) = self.metrics.address()? {
+            self.metrics.serves_pages("metrics.listen", addr)?;
         }
         if let Some(path) = &self.metrics.pages_token_file {
             absolute("metrics.pages_token_file", path)?;
