@@ -119,6 +119,16 @@ async fn step_and_check(env: &Env, sim: &TestSim, ids: &[String]) {
     }
 }
 
+/// Lets the daemon sweep for three seconds, and checks that it did, at least five times (the
+/// tests' interval is 300 ms); returns how many list pages it read.
+async fn sweeps_for_three_seconds(sim: &TestSim) -> u64 {
+    let lists = requests_of(&counts(sim).await, LIST);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let swept = requests_of(&counts(sim).await, LIST) - lists;
+    assert!(swept >= 5, "{swept} list pages in 3 s at a 300 ms interval");
+    swept
+}
+
 fn requests_of(c: &Counts, route: &str) -> u64 {
     c.requests.get(route).copied().unwrap_or(0)
 }
@@ -333,10 +343,7 @@ async fn a_quiet_sweep_writes_nothing_to_the_database() {
     let mut conn = store.reader().acquire().await.unwrap();
     let version = data_version(&mut conn).await;
     let rows = dump(&mut conn).await;
-    let lists = requests_of(&counts(&sim).await, LIST);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let swept = requests_of(&counts(&sim).await, LIST) - lists;
-    assert!(swept >= 5, "{swept} list pages in 3 s at a 300 ms interval");
+    let swept = sweeps_for_three_seconds(&sim).await;
     assert_eq!(dump(&mut conn).await, rows, "a row was written");
     assert_eq!(
         data_version(&mut conn).await,
@@ -392,10 +399,7 @@ async fn a_quiet_sweep_on_postgresql_updates_no_row() {
             .unwrap()
     };
     let before = versions().await;
-    let lists = requests_of(&counts(&sim).await, LIST);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let swept = requests_of(&counts(&sim).await, LIST) - lists;
-    assert!(swept >= 5, "{swept} list pages in 3 s at a 300 ms interval");
+    sweeps_for_three_seconds(&sim).await;
     assert_eq!(versions().await, before, "a row of batches was updated");
     pool.close().await;
 

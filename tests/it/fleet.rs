@@ -348,24 +348,25 @@ fn is_stopped(daemon: &Running) -> bool {
         .is_some_and(|(_, rest)| rest.starts_with('T'))
 }
 
-/// The database's address in `env`'s URL (`postgres://postgres@HOST:PORT/NAME`), and the URL
-/// of the same database reached through `partition`.
-fn behind(env: &Env, partition: &Partition) -> String {
+/// The PostgreSQL server's address and the database's name in `env`'s URL
+/// (`postgres://postgres@HOST:PORT/NAME`).
+fn server_and_name(env: &Env) -> (std::net::SocketAddr, &str) {
     let url = env.postgres.as_deref().expect("a PostgreSQL database");
-    let (_, name) = url
-        .strip_prefix("postgres://postgres@")
+    url.strip_prefix("postgres://postgres@")
         .and_then(|rest| rest.split_once('/'))
-        .expect("postgres://postgres@HOST:PORT/NAME");
-    format!("postgres://postgres@{}/{name}", partition.addr)
+        .and_then(|(server, name)| Some((server.parse().ok()?, name)))
+        .expect("postgres://postgres@HOST:PORT/NAME")
 }
 
 /// The PostgreSQL server's address in `env`'s URL.
 fn server(env: &Env) -> std::net::SocketAddr {
-    let url = env.postgres.as_deref().expect("a PostgreSQL database");
-    url.strip_prefix("postgres://postgres@")
-        .and_then(|rest| rest.split_once('/'))
-        .and_then(|(server, _)| server.parse().ok())
-        .expect("postgres://postgres@HOST:PORT/NAME")
+    server_and_name(env).0
+}
+
+/// The URL of `env`'s database reached through `partition`.
+fn behind(env: &Env, partition: &Partition) -> String {
+    let (_, name) = server_and_name(env);
+    format!("postgres://postgres@{}/{name}", partition.addr)
 }
 
 /// Two instances cut off from the database while their jobs are under way (each reaches it
