@@ -687,6 +687,7 @@ async fn serve(config: Option<&Path>, settings: Settings, args: &ServeArgs) -> a
         store: store.clone(),
         token,
         stuck_after: settings.alerts.stuck_after,
+        gate: None,
     };
     let server = crate::metrics::server::serve(
         addr,

@@ -241,9 +241,20 @@ impl Gate {
 
     /// The models held back at `now`.
     pub fn held_models(&self, now: Timestamp) -> Vec<String> {
+        let held = self.held_models_until(now).into_iter();
+        held.map(|(model, _)| model).collect()
+    }
+
+    /// The models held back at `now`, each with the end of its hold, by name.
+    pub fn held_models_until(&self, now: Timestamp) -> Vec<(String, Timestamp)> {
         let models = self.models.lock().expect("gate lock");
-        let held = models.iter().filter(|(_, until)| **until > now);
-        held.map(|(model, _)| model.clone()).collect()
+        let mut held: Vec<(String, Timestamp)> = models
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(model, until)| (model.clone(), *until))
+            .collect();
+        held.sort();
+        held
     }
 
     /// When `model`'s hold ends, if it is held at `now`.

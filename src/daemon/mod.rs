@@ -399,6 +399,7 @@ impl Daemon {
                         store: store.clone(),
                         token: crate::pages::PagesToken::configured(&settings.metrics)?,
                         stuck_after: settings.alerts.stuck_after,
+                        gate: Some(gate.clone()),
                     }),
                     false => {
                         if settings.metrics.pages.is_none() {

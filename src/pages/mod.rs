@@ -10,14 +10,21 @@
 //!   results are (paths, never contents), its resubmission chain, each batch with its status
 //!   timeline ([`timeline`]) and history, and its events.
 //! * `/batches/{id}`: one batch (by local number or remote id).
+//! * `/instances`: the daemons that share the database, their leases and the leader.
 //! * [`STYLESHEET_PATH`]: the one stylesheet, in the binary; light and dark.
+//! * [`ICON_PATH`]: the pages' icon.
+//! * [`SCRIPT_PATH`]: the one script, in the binary, and all a page does with scripts on:
+//!   it refreshes the page's content every [`REFRESH_SECONDS`] (keeping the scroll position
+//!   and the open details; paused while the tab is hidden, text is selected or a field has
+//!   the focus) and shows absolute times in the browser's zone too. Every page works without
+//!   it.
 //!
 //! # Safety
 //!
 //! Every value from outside (file names, metadata, reasons, the service's messages) reaches the
 //! HTML through maud, which escapes it ([`view`]). Every answer carries [`CSP`] (no script at
-//! all, styles from this origin only, no framing, forms only to this origin) and
-//! `X-Content-Type-Options: nosniff`. No page shows an API key, a request line or a result
+//! script but this origin's one, styles from this origin only, no framing, forms only to this origin) and
+//! `X-Content-Type-Options: nosniff`; `Server-Timing` says how long the answer took to make. No page shows an API key, a request line or a result
 //! line: the pages read the store, which holds none of them. When a token is configured
 //! (`metrics.pages_token_file`, [`PagesToken`]), every request here must bear it as
 //! `Authorization: Bearer TOKEN` (a reverse proxy adds it after its own authentication), or is
@@ -35,9 +42,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use std::sync::Arc;
 
 use crate::clock::Timestamp;
 use crate::config::StuckAfter;
+use crate::daemon::gate::Gate;
 use crate::model::JobState;
 use crate::report;
 use crate::store::Store;
@@ -47,8 +56,10 @@ use crate::store::prelude::*;
 pub use timeline::{CAP, Segment, WIDTH, segments};
 pub use token::PagesToken;
 
-/// The Content-Security-Policy of every answer: nothing but this origin's stylesheet.
-pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; \
+/// The Content-Security-Policy of every answer: nothing but this origin's stylesheet and
+/// script, the script's requests to this origin only, no inline script or style.
+pub const CSP: &str = "default-src 'none'; style-src 'self'; script-src 'self'; \
+                       connect-src 'self'; img-src 'self'; base-uri 'none'; \
                        form-action 'self'; frame-ancestors 'none'";
 
 /// Where the stylesheet is served.
@@ -56,6 +67,22 @@ pub const STYLESHEET_PATH: &str = "/style.css";
 
 /// The stylesheet.
 const STYLESHEET: &str = include_str!("style.css");
+
+/// Where the icon is served (a page without one has the browser ask for `/favicon.ico`, in
+/// vain).
+pub const ICON_PATH: &str = "/icon.svg";
+
+/// The icon.
+const ICON: &str = include_str!("icon.svg");
+
+/// Where the script is served.
+pub const SCRIPT_PATH: &str = "/script.js";
+
+/// The script: live refresh and local times.
+const SCRIPT: &str = include_str!("script.js");
+
+/// How often a page refreshes itself when scripts run (the script reads it from the page).
+pub const REFRESH_SECONDS: u32 = 5;
 
 /// Jobs on a page when the query does not say.
 pub const PAGE: i64 = 50;
@@ -69,6 +96,9 @@ pub struct Pages {
     pub store: Store,
     pub token: Option<PagesToken>,
     pub stuck_after: StuckAfter,
+    /// What holds work back, when the pages are the running daemon's (`batchwatch serve`
+    /// has none: the gate lives in the daemon's memory).
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// The pages' routes, each behind the token (when one is set) and with the safety headers.
@@ -77,14 +107,18 @@ pub fn router(pages: Pages) -> Router {
         .route("/", get(jobs))
         .route("/jobs/{id}", get(job))
         .route("/batches/{id}", get(batch))
+        .route("/instances", get(instances))
         .route(STYLESHEET_PATH, get(stylesheet))
+        .route(SCRIPT_PATH, get(script))
+        .route(ICON_PATH, get(icon))
         .layer(axum::middleware::from_fn_with_state(pages.clone(), guard))
         .with_state(pages)
 }
 
-/// Refuses a request without the token (when one is set), and adds the safety headers to
-/// every answer, refusals included.
+/// Refuses a request without the token (when one is set), and adds the safety headers and the
+/// time the answer took (`Server-Timing`) to every answer, refusals included.
 async fn guard(State(pages): State<Pages>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let allowed = match &pages.token {
         None => true,
         Some(token) => request
@@ -115,14 +149,22 @@ async fn guard(State(pages): State<Pages>, request: Request, next: Next) -> Resp
     ] {
         headers.insert(name, HeaderValue::from_static(value));
     }
+    let took = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(timing) = HeaderValue::from_str(&format!("app;dur={took:.2}")) {
+        headers.insert(SERVER_TIMING, timing);
+    }
     response
 }
+
+/// `Server-Timing` (W3C Server Timing): how long the answer took to make, in ms.
+const SERVER_TIMING: header::HeaderName = header::HeaderName::from_static("server-timing");
 
 /// The query of `/`.
 #[derive(Debug, Default, Deserialize)]
 pub struct JobsQuery {
     pub state: Option<String>,
     pub file: Option<String>,
+    pub model: Option<String>,
     pub after: Option<String>,
     pub limit: Option<i64>,
 }
@@ -138,6 +180,14 @@ impl JobsQuery {
         self.file.as_deref().filter(|f| !f.trim().is_empty())
     }
 
+    /// The model filter as typed, when one is.
+    fn model(&self) -> Option<&str> {
+        self.model
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+    }
+
     /// The store's filter: a file filter with `*`, `?` or `[` is a glob, as `status --file`
     /// takes it; other text is matched anywhere in the name.
     fn filter(&self) -> Filter {
@@ -148,7 +198,7 @@ impl JobsQuery {
                 false => format!("*{f}*"),
             }),
             since: None,
-            model: None,
+            model: self.model().map(str::to_owned),
         }
     }
 }
@@ -209,6 +259,7 @@ async fn jobs(State(pages): State<Pages>, Query(query): Query<JobsQuery>) -> Res
             query: &query,
             counts: &counts,
             stuck: &stuck,
+            held: &Held::now(pages.gate.as_deref(), now),
             next: more.then(|| rows.last().map(|r| r.id.as_str())).flatten(),
             rows: &rows,
             now,
@@ -271,6 +322,56 @@ async fn batch(State(pages): State<Pages>, Path(id): Path<String>) -> Response {
             e.chain().map(ToString::to_string),
         )),
     }
+}
+
+/// What the gate holds back at a moment, for the jobs page: all API work (a refused key, a
+/// missing route), new submissions (exhausted quota), and new submissions per model (the
+/// enqueued-token limit).
+#[derive(Debug, Default)]
+pub struct Held {
+    pub paused: Option<crate::daemon::gate::Pause>,
+    pub submissions_until: Option<Timestamp>,
+    pub models: Vec<(String, Timestamp)>,
+}
+
+impl Held {
+    fn now(gate: Option<&Gate>, now: Timestamp) -> Held {
+        let Some(gate) = gate else {
+            return Held::default();
+        };
+        Held {
+            paused: gate.paused(),
+            submissions_until: gate.submissions_held_until(now),
+            models: gate.held_models_until(now),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.paused.is_none() && self.submissions_until.is_none() && self.models.is_empty()
+    }
+}
+
+async fn instances(State(pages): State<Pages>) -> Response {
+    match pages.store.instances().await {
+        Ok(rows) => html(view::instances(
+            &rows,
+            pages.store.file().is_some(),
+            Timestamp::now(),
+        )),
+        Err(e) => unreadable(e),
+    }
+}
+
+async fn icon() -> Response {
+    ([(header::CONTENT_TYPE, "image/svg+xml")], ICON).into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+        .into_response()
 }
 
 async fn stylesheet() -> Response {

@@ -1,20 +1,25 @@
 //! The pages' HTML, as maud templates: checked when the binary is compiled, and every value
 //! spliced in (`(...)`) escaped. Nothing here marks outside text as HTML: file names, reasons,
-//! metadata and the service's messages are all text. No script, no inline style (the CSP
-//! allows neither): widths are SVG attributes, looks are classes of the one stylesheet.
+//! metadata and the service's messages are all text. No inline script or style (the CSP
+//! allows neither): widths are SVG attributes, looks are classes of the one stylesheet, and
+//! the one script is a file of its own ([`super::SCRIPT_PATH`]) that finds what it needs in
+//! `data-` attributes.
 
 use maud::{DOCTYPE, Markup, html};
 
-use super::timeline::{self, CAP, WIDTH};
-use super::{JobsQuery, STYLESHEET_PATH};
+use super::timeline::{self, CAP, HEIGHT, WIDTH};
+use super::{Held, ICON_PATH, JobsQuery, REFRESH_SECONDS, SCRIPT_PATH, STYLESHEET_PATH};
 use crate::clock::{self, Timestamp};
 use crate::model::JobState;
 use crate::report::{BatchReport, JobReport, dollars, progress, relative, tokens};
 use crate::store::batches::Submission;
 use crate::store::figures::StuckBatch;
 use crate::store::jobs::JobLine;
+use batchwatch_store::ops::lease::InstanceRow;
 
-/// The frame of every page: the stylesheet, the title, the way back to the jobs.
+/// The frame of every page: the stylesheet and the script, the title, the way to the jobs and
+/// the instances, and when the page was made. With scripts on, the page refreshes itself
+/// every `data-refresh` seconds (the switch beside the time stops it).
 pub fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -25,11 +30,20 @@ pub fn page(title: &str, now: Timestamp, body: Markup) -> Markup {
                 meta name="referrer" content="no-referrer";
                 title { (title) " · batchwatch" }
                 link rel="stylesheet" href=(STYLESHEET_PATH);
+                link rel="icon" href=(ICON_PATH) type="image/svg+xml";
+                script src=(SCRIPT_PATH) defer {}
             }
-            body {
+            body data-refresh=(REFRESH_SECONDS) {
                 header.top {
-                    a.brand href="/" { "batchwatch" }
-                    span.muted { "as of " (absolute(now)) }
+                    nav.site {
+                        a.brand href="/" { "batchwatch" }
+                        a href="/" { "Jobs" }
+                        a href="/instances" { "Instances" }
+                    }
+                    span.muted {
+                        "as of " span.abs.asof data-at=(clock::format(now)) { (absolute(now)) }
+                        label.live hidden { input type="checkbox" checked; " live" }
+                    }
                 }
                 main { (body) }
             }
@@ -55,15 +69,15 @@ fn absolute(ts: Timestamp) -> String {
     ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// A stored time, relative to `now` and absolute (UTC); the text as stored when it does not
-/// parse.
+/// A stored time, relative to `now` and absolute (UTC; the script adds the browser's zone);
+/// the text as stored when it does not parse.
 fn when(at: &str, now: Timestamp) -> Markup {
     match clock::parse(at) {
         Some(t) => html! {
             time datetime=(at) {
                 (if t > now { relative(at, now) } else { format!("{} ago", clock::humanize(clock::between(t, now))) })
             }
-            " " span.abs { (absolute(t)) }
+            " " span.abs data-at=(at) { (absolute(t)) }
         },
         None => html! { (at) },
     }
@@ -137,6 +151,9 @@ pub fn jobs_href(query: &JobsQuery, state: Option<&str>, after: Option<&str>) ->
     if let Some(file) = query.file() {
         pairs.push(("file", file));
     }
+    if let Some(model) = query.model() {
+        pairs.push(("model", model));
+    }
     let limit = query.limit.map(|l| l.to_string());
     if let Some(limit) = &limit {
         pairs.push(("limit", limit));
@@ -172,6 +189,7 @@ pub struct Jobs<'a> {
     pub query: &'a JobsQuery,
     pub counts: &'a [(JobState, i64)],
     pub stuck: &'a [StuckBatch],
+    pub held: &'a Held,
     pub rows: &'a [JobLine],
     /// Where the next page starts, when there is one.
     pub next: Option<&'a str>,
@@ -198,6 +216,7 @@ pub fn jobs(j: &Jobs) -> Markup {
                 }
             }
         }
+        (held(j.held, j.now))
         @if !j.stuck.is_empty() {
             section.stuck {
                 h2 { "Stuck batches (" (j.stuck.len()) ")" }
@@ -227,8 +246,13 @@ pub fn jobs(j: &Jobs) -> Markup {
                 input type="search" name="file" value=(j.query.file().unwrap_or(""))
                     placeholder="part of a name, or a glob: eval-*.jsonl";
             }
+            label {
+                "Model "
+                input.model type="search" name="model" value=(j.query.model().unwrap_or(""))
+                    placeholder="gpt-4o-mini";
+            }
             button type="submit" { "Filter" }
-            @if chosen.is_some() || j.query.file().is_some() {
+            @if chosen.is_some() || j.query.file().is_some() || j.query.model().is_some() {
                 " " a href="/" { "clear" }
             }
         }
@@ -271,6 +295,45 @@ pub fn jobs(j: &Jobs) -> Markup {
         }
     };
     page("Jobs", j.now, body)
+}
+
+/// What the gate holds back, called out above the jobs: nothing when it holds nothing (or
+/// when the pages are not the daemon's: `batchwatch serve` cannot know).
+fn held(held: &Held, now: Timestamp) -> Markup {
+    if held.is_empty() {
+        return html! {};
+    }
+    html! {
+        section.held {
+            h2 { "Held back" }
+            ul {
+                @if let Some(p) = &held.paused {
+                    li {
+                        strong { "All API work is paused" }
+                        @match p.cause {
+                            crate::daemon::gate::Closed::KeyRefused => { " (the API refused the key)" }
+                            crate::daemon::gate::Closed::RouteMissing => { " (the API has no such route: api.base_url)" }
+                        }
+                        " since " (when(&clock::format(p.since), now))
+                        "; next try " (when(&clock::format(p.next_probe), now)) ": " (p.message)
+                    }
+                }
+                @if let Some(until) = held.submissions_until {
+                    li {
+                        strong { "New submissions are held" }
+                        " (the API quota is exhausted) until " (when(&clock::format(until), now))
+                        "; running batches are still followed"
+                    }
+                }
+                @for (model, until) in &held.models {
+                    li {
+                        "New batches of " strong { (model) } " are held (the enqueued-token limit) until "
+                        (when(&clock::format(*until), now))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Why a job ended or waits; while it runs, the last error of its latest batches.
@@ -355,11 +418,13 @@ pub fn job(report: &JobReport, now: Timestamp) -> Markup {
         }
         section.events {
             h2 { "Events" }
-            table {
-                thead { tr { th { "At" } th { "State" } th { "What" } } }
-                tbody {
-                    @for e in &report.events {
-                        tr { td { (when(&e.at, now)) } td { (state_badge(e.state)) } td { (e.message) } }
+            div.scroll {
+                table.events {
+                    thead { tr { th { "At" } th { "State" } th { "What" } } }
+                    tbody {
+                        @for e in &report.events {
+                            tr { td { (when(&e.at, now)) } td { (state_badge(e.state)) } td.what { (e.message) } }
+                        }
                     }
                 }
             }
@@ -384,6 +449,7 @@ pub fn batch(b: &BatchReport, now: Timestamp, link: bool) -> Markup {
                 p.stuck { "Stuck: longer in " (s.status.as_ref().map_or("–", |st| st.as_str())) " than " (limit) " allows" }
             }
             (timeline_svg(b, now))
+            (counts_svg(b, now))
             dl.facts {
                 dt { "Input file" } dd { code { (s.upload_id.as_deref().unwrap_or("–")) } }
                 dt { "Output file" } dd { code { (s.output_id.as_deref().unwrap_or("–")) } }
@@ -404,9 +470,9 @@ pub fn batch(b: &BatchReport, now: Timestamp, link: bool) -> Markup {
                 }
             }
             @if !b.history.is_empty() {
-                details {
+                details id={ "history-" (s.id) } {
                     summary { "Status history (" (b.history.len()) " rows)" }
-                    table.history {
+                    div.scroll { table.history {
                         thead { tr { th { "Observed" } th { "Status" } th { "Requests" } } }
                         tbody {
                             @for h in &b.history {
@@ -417,7 +483,7 @@ pub fn batch(b: &BatchReport, now: Timestamp, link: bool) -> Markup {
                                 }
                             }
                         }
-                    }
+                    } }
                 }
             }
         }
@@ -471,6 +537,63 @@ fn timeline_svg(b: &BatchReport, now: Timestamp) -> Markup {
     }
 }
 
+/// The batch's requests completed and failed over time, as two step lines over its life.
+fn counts_svg(b: &BatchReport, now: Timestamp) -> Markup {
+    let Some(c) = timeline::counts(&b.history, now) else {
+        return html! {};
+    };
+    html! {
+        figure.counts {
+            svg.counts viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) preserveAspectRatio="none"
+                role="img" aria-label={ "Requests over time, of " (c.total) ": completed and failed" } {
+                polyline.bad points=(c.failed) {}
+                polyline.done points=(c.completed) {}
+            }
+            figcaption {
+                span.key.done { "completed" } " " span.key.bad { "failed" }
+                " of " (c.total) " requests, " (when(&c.from, now)) " to " (when(&c.until, now))
+            }
+        }
+    }
+}
+
+/// `/instances`: the daemons that share the database, oldest first, with the one that leads;
+/// for a SQLite database (`sole`), that one daemon writes it and none is recorded.
+pub fn instances(rows: &[InstanceRow], sole: bool, now: Timestamp) -> Markup {
+    let body = html! {
+        h1 { "Instances" }
+        @if sole {
+            p.empty { "One daemon writes a SQLite database, behind its lock file; no instances are recorded." }
+        } @else if rows.is_empty() {
+            p.empty { "No daemon has registered with this database." }
+        } @else {
+            div.scroll {
+                table.instances {
+                    thead { tr {
+                        th { "Instance" } th { "Host" } th.num { "Pid" } th { "Lease" }
+                        th { "Started" } th { "Last renewed" } th.num { "Jobs held" }
+                    } }
+                    tbody {
+                        @for i in rows {
+                            tr {
+                                td { (i.name) " " span.id { "epoch " (i.epoch) }
+                                    @if i.leader { " " span.badge.leader { "leader" } } }
+                                td { (i.host) }
+                                td.num { (i.pid) }
+                                td { @if i.live { span.badge.st-running { "live" } } @else { span.badge.st-failed { "run out" } } }
+                                td { (when(&i.started_at, now)) }
+                                td { (when(&i.heartbeat_at, now)) }
+                                td.num { (i.jobs) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page("Instances", now, body)
+}
+
 /// `/batches/{id}`: one batch, and the job it belongs to.
 pub fn batch_page(b: &BatchReport, file_name: &str, now: Timestamp) -> Markup {
     let s = &b.submission;
@@ -484,6 +607,41 @@ pub fn batch_page(b: &BatchReport, file_name: &str, now: Timestamp) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_the_gate_holds_back_is_called_out_with_until_when_and_nothing_when_it_holds_nothing() {
+        let now = clock::parse("2026-11-22T10:00:00.000Z").unwrap();
+        let later = |secs| clock::add(now, std::time::Duration::from_secs(secs));
+        assert_eq!(held(&Held::default(), now).into_string(), "");
+        let shown = held(
+            &Held {
+                paused: Some(crate::daemon::gate::Pause {
+                    cause: crate::daemon::gate::Closed::KeyRefused,
+                    since: now,
+                    message: "401 <b>invalid_api_key</b>".into(),
+                    next_probe: later(60),
+                    key_reread: true,
+                    route_hinted: false,
+                }),
+                submissions_until: Some(later(600)),
+                models: vec![("gpt-4o".into(), later(120))],
+            },
+            now,
+        )
+        .into_string();
+        for expected in [
+            "All API work is paused",
+            "the API refused the key",
+            "401 &lt;b&gt;invalid_api_key&lt;/b&gt;",
+            "New submissions are held",
+            "in 10m",
+            "<strong>gpt-4o</strong>",
+            "the enqueued-token limit",
+            "in 2m",
+        ] {
+            assert!(shown.contains(expected), "{expected}: {shown}");
+        }
+    }
 
     #[test]
     fn query_values_are_percent_encoded_so_a_name_cannot_add_a_parameter() {

@@ -2,6 +2,7 @@
 //! Each module tests one part; shared set-up lives in `support`.
 
 mod architecture;
+mod browser;
 mod client;
 mod config;
 mod daemon_api_faults;

@@ -1,4 +1,4 @@
-//! The tests that need a Docker engine or Prometheus skip with a printed reason when it is
+//! The tests that need a Docker engine, Prometheus or Chromium skip with a printed reason when it is
 //! missing, and fail instead when CI requires it. Shown by running this very test binary on
 //! those tests with the thing taken away (the simulator's tests show the same of the Python
 //! SDK's test).
@@ -57,5 +57,30 @@ fn the_prometheus_test_skips_without_prometheus_and_fails_when_it_is_required() 
         &out,
         &tests,
         "BATCHWATCH_REQUIRE_PROMETHEUS is set, but prometheus or promtool is not installed",
+    );
+}
+
+const BROWSER_TEST: &str = "browser::the_pages_in_chromium_load_cleanly_draw_the_history_escape_a_hostile_name_and_refresh_live";
+
+#[test]
+fn the_browser_test_skips_without_chromium_and_fails_when_a_browser_is_required() {
+    let tests = [BROWSER_TEST];
+    let missing = "/nonexistent/batchwatch-test/chromium";
+    let out = run_tests(&tests, |cmd| {
+        cmd.env("BATCHWATCH_CHROMIUM", missing);
+    });
+    assert_skipped(
+        &out,
+        &tests,
+        &format!("skipped: Chromium is not installed at {missing}"),
+    );
+    let out = run_tests(&tests, |cmd| {
+        cmd.env("BATCHWATCH_CHROMIUM", missing)
+            .env("BATCHWATCH_REQUIRE_BROWSER", "1");
+    });
+    assert_failed(
+        &out,
+        &tests,
+        &format!("BATCHWATCH_REQUIRE_BROWSER is set, but Chromium is not installed at {missing}"),
     );
 }

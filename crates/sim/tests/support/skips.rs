@@ -1,15 +1,16 @@
 //! Tests that need something this machine may lack (a Docker engine, the Python SDK,
-//! Prometheus) skip with a printed reason when it is missing, and fail instead when CI requires
+//! Prometheus, Chromium) skip with a printed reason when it is missing, and fail instead when CI requires
 //! it (`BATCHWATCH_REQUIRE_*`). These helpers show both, by running the calling test binary on
 //! those tests with the thing taken away.
 
 use std::process::{Command, Output};
 
 /// The variables that turn a skip into a failure.
-const REQUIRE: [&str; 3] = [
+const REQUIRE: [&str; 4] = [
     "BATCHWATCH_REQUIRE_DOCKER",
     "BATCHWATCH_REQUIRE_SDK",
     "BATCHWATCH_REQUIRE_PROMETHEUS",
+    "BATCHWATCH_REQUIRE_BROWSER",
 ];
 
 /// Runs the named tests of this test binary, one at a time, with no `BATCHWATCH_REQUIRE_*`
