@@ -220,7 +220,9 @@ pub struct GcRemoteArgs {
 pub struct ResubmitArgs {
     /// A job id (job_…), a remote batch id (batch_…) or a local batch number.
     pub id: String,
-    /// Which undone requests: those never run (expired), those that failed, or both.
+    /// Which undone requests: those never run (expired), those that failed, those that failed
+    /// for a reason worth retrying (transient: a 408, 429 or 5xx), or those never run and
+    /// those that failed (unfinished).
     #[arg(long, value_enum, default_value = "unfinished")]
     pub only: crate::daemon::housekeeping::resubmit::Only,
     /// Write them even when a job of the chain completed them since, or while a resubmission

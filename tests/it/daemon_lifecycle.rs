@@ -381,3 +381,45 @@ async fn results_and_reasons_follow_the_umask() {
         );
     }
 }
+
+/// A batch that completes with every request failed is not a completed job: it fails with
+/// `all_requests_failed`, its file goes to failed/ with that reason, and its errors are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_whose_every_request_failed_fails_its_job_and_keeps_the_errors() {
+    let sim = spawn_sim(batchwatch::sim::SimConfig {
+        faults: batchwatch::sim::Faults {
+            request_failure_rate: 1.0,
+            ..batchwatch::sim::Faults::default()
+        },
+        ..quick_sim()
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    env.drop_file("doomed.jsonl", requests("d", 5, "gpt-4o-mini").as_bytes());
+    let jobs = env
+        .wait_finished(1, Duration::from_secs(30), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let job = &jobs[0];
+    assert_eq!(job.state, JobState::Failed, "{:?}", job.reason);
+    assert_eq!(job.reason_code.as_deref(), Some("all_requests_failed"));
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("every request failed (5 of 5); their errors are kept (errors.jsonl)")
+    );
+    assert_eq!(
+        env.names("failed"),
+        ["doomed.jsonl", "doomed.jsonl.reason.json"]
+    );
+    assert_eq!(
+        read_json(&env.dir("failed").join("doomed.jsonl.reason.json"))["code"],
+        "all_requests_failed"
+    );
+    let results = env.dir("results").join(&job.id);
+    let manifest = read_json(&results.join("manifest.json"));
+    assert_eq!(manifest["state"], "failed");
+    assert_eq!(manifest["request_counts"]["failed"], 5);
+    let errors = std::fs::read_to_string(results.join("errors.jsonl")).unwrap();
+    assert_eq!(errors.lines().count(), 5);
+}

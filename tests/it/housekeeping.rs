@@ -14,7 +14,7 @@ use batchwatch_store_sqlite::deletions;
 use batchwatch_store_sqlite::jobs::Job;
 
 use crate::support::KEY;
-use crate::support::daemon::{Env, custom_ids, quick_sim, requests, slow_sim, wait_crash};
+use crate::support::daemon::{Env, custom_ids, quick_sim, requests, settled, slow_sim, wait_crash};
 use crate::support::process::command;
 use crate::support::sim::spawn_sim;
 use crate::support::wait_until;
@@ -1442,4 +1442,118 @@ async fn a_stop_does_not_wait_for_deletions_the_service_does_not_answer() {
     let daemon = env.spawn();
     wait_no_files(&sim, "every file deleted after the restart").await;
     env.stop(daemon);
+}
+
+/// The failed requests of a job's results, split by status: (500s, the simulator's failures
+/// worth retrying; 400s, the request's own).
+fn failures(env: &Env, job: &Job) -> (Vec<String>, Vec<String>) {
+    let dir = env.queue.join(job.results_dir.as_deref().expect("results"));
+    let (mut transient, mut permanent) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(dir.join("errors.jsonl"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let id = v["custom_id"].as_str().unwrap().to_owned();
+        match v["response"]["status_code"].as_u64() {
+            Some(500) => transient.push(id),
+            Some(400) => permanent.push(id),
+            other => panic!("an error line the simulator does not write: {other:?} {line}"),
+        }
+    }
+    transient.sort();
+    permanent.sort();
+    (transient, permanent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_that_failed_for_a_reason_worth_retrying_are_resubmitted_up_to_n_times_and_never_the_request_s_own_failures()
+ {
+    // Half the requests of each batch fail: each a 500 (the service's fault) or a 400 (the
+    // request's).
+    let sim = spawn_sim(SimConfig {
+        faults: batchwatch::sim::Faults {
+            request_failure_rate: 0.5,
+            ..batchwatch::sim::Faults::default()
+        },
+        ..quick_sim()
+    })
+    .await;
+    let env = Env::new(&sim.handle.base_url(), "[batch]\nresubmit_failed = 2\n");
+    let daemon = env.spawn();
+    env.drop_file(
+        "flaky.jsonl",
+        requests("flaky", 40, "gpt-4o-mini").as_bytes(),
+    );
+    // The chain is done once its jobs are all finished and no resubmission is left to write.
+    let store = env.store().await;
+    let chain = wait_until("the chain to end", Duration::from_secs(90), async || {
+        let jobs = env.jobs().await;
+        let due = store.resubmit_due().await.unwrap();
+        // The last job ended, and with nothing more to retry, or as the second retry.
+        let last_was_last = jobs.last().is_some_and(|last| {
+            last.results_dir.is_some() && (failures(&env, last).0.is_empty() || jobs.len() == 3)
+        });
+        let ended = jobs.iter().all(settled)
+            && due.is_empty()
+            && env.names("incoming").is_empty()
+            && last_was_last;
+        (ended, jobs)
+    })
+    .await;
+    env.stop(daemon);
+
+    let names: Vec<&str> = chain.iter().map(|j| j.file_name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "flaky.jsonl",
+            "flaky.resubmit-1.jsonl",
+            "flaky.resubmit-2.jsonl"
+        ][..chain.len()],
+        "one original and at most two resubmissions"
+    );
+    assert!(chain.len() >= 2, "the original's 500s were resubmitted");
+    for pair in chain.windows(2) {
+        let (parent, child) = (&pair[0], &pair[1]);
+        let (transient, _) = failures(&env, parent);
+        let mut sent = custom_ids(&env.queue.join(&child.path));
+        sent.sort();
+        assert_eq!(
+            sent, transient,
+            "{}: its 500s, and only those",
+            child.file_name
+        );
+        let events: Vec<String> = store
+            .job_events(&parent.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        let told = format!(
+            "its {} transient requests (--only transient: those that failed for a reason worth retrying) are resubmitted as incoming/{} (batch.resubmit_failed)",
+            transient.len(),
+            child.file_name
+        );
+        assert!(events.iter().any(|e| e.contains(&told)), "{events:#?}");
+    }
+    // A request's own failure is never sent again.
+    let mut never: Vec<String> = Vec::new();
+    for job in &chain {
+        let sent = custom_ids(&env.queue.join(&job.path));
+        assert!(
+            sent.iter().all(|id| !never.contains(id)),
+            "{}: {sent:?} holds a 400 of an earlier job: {never:?}",
+            job.file_name
+        );
+        never.extend(failures(&env, job).1);
+    }
+    // Two resubmissions at most: the last job keeps its 500s (the simulator's seed makes the
+    // chain that long).
+    assert_eq!(chain.len(), 3, "{names:?}");
+    let left = failures(&env, &chain[2]).0;
+    assert!(!left.is_empty(), "the second retry had 500s of its own");
+    assert_eq!(sim.handle.stats().await.batches.len(), 3);
+    store.close().await;
 }

@@ -446,7 +446,7 @@ async fn operate(
                 message: "finished",
                 results_dir: None,
                 delete_remote: None,
-                resubmit_at_most: 0,
+                resubmit: None,
             };
             store.finish_job(lease, &ending, NOW).await?;
         }

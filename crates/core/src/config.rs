@@ -315,6 +315,10 @@ pub struct BatchSettings {
     /// How many times an expired job's undone requests are queued again, per original file.
     #[serde(default)]
     pub resubmit_expired: u32,
+    /// How many times the requests of a finished job that failed for a reason worth retrying
+    /// (a 429, a 5xx, a timeout) are queued again, per original file.
+    #[serde(default)]
+    pub resubmit_failed: u32,
     pub max_requests: u64,
     pub max_bytes: ByteSize,
     pub split_oversized: bool,

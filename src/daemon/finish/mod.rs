@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 
 use crate::daemon::ctx::Ctx;
 use crate::daemon::file;
+use crate::daemon::housekeeping::resubmit::{self, Only};
 use crate::failpoint;
 use crate::model::{BatchStatus, JobState, SubmissionState};
 use crate::queue;
 use crate::queue::manifest::{self, Counts};
 use crate::store::batches::Submission;
 use crate::store::jobs::{Job, Why};
-use crate::store::ops::finish::Ending;
+use crate::store::ops::finish::{Ending, Resubmit};
 use crate::store::prelude::*;
 
 /// The latest attempt of each part.
@@ -73,6 +74,24 @@ pub fn outcome(job: &Job, latest: &[&Submission], kept: bool) -> (JobState, Opti
                 s.remote_id.as_deref().unwrap_or("?"),
             );
             return (JobState::Failed, Some(Why::new("results_missing", message)));
+        }
+        // Completed on the service, but not one request succeeded: a failed job.
+        let (succeeded, failed) = latest.iter().fold((0, 0), |(ok, bad), s| {
+            (
+                ok + s.request_completed.unwrap_or(0),
+                bad + s.request_failed.unwrap_or(0),
+            )
+        });
+        if succeeded == 0 && failed > 0 {
+            let kept = match kept {
+                true => "their errors are kept (errors.jsonl)",
+                false => "no results to keep",
+            };
+            let message = format!("every request failed ({failed} of {failed}); {kept}");
+            return (
+                JobState::Failed,
+                Some(Why::new("all_requests_failed", message)),
+            );
         }
         return (JobState::Completed, None);
     }
@@ -201,6 +220,25 @@ pub fn with_file_change(
     }
 }
 
+/// Whether a job that ends as `state` for `why` has its failed requests worth retrying sent
+/// again (`batch.resubmit_failed`): one that completed, or failed because every request did.
+/// Not one cancelled (its deadline passed), expired (`batch.resubmit_expired`) or failed for
+/// anything else (its results are not all there, or its file changed).
+fn retries_failures(state: JobState, why: Option<&Why>) -> bool {
+    match state {
+        JobState::Completed => true,
+        JobState::Failed => why.is_some_and(|w| w.code == "all_requests_failed"),
+        _ => false,
+    }
+}
+
+/// Whether the results in `dir` hold a request that failed for a reason worth retrying.
+async fn failed_worth_retrying(dir: &Path) -> anyhow::Result<bool> {
+    let dir = dir.to_owned();
+    let classes = tokio::task::spawn_blocking(move || resubmit::classes(&dir)).await??;
+    Ok(classes.values().any(|c| *c == resubmit::Class::Transient))
+}
+
 /// The first entry of a batch's `errors`: (code, message).
 fn first_error(errors: Option<&str>) -> (Option<String>, String) {
     let parsed: Option<serde_json::Value> = errors.and_then(|e| serde_json::from_str(e).ok());
@@ -315,6 +353,22 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         ),
     };
     let on_disk = merged.as_ref().map_or(&[][..], |m| &m.on_disk[..]);
+    let resubmit = match state {
+        JobState::Expired => Some(Resubmit {
+            only: Only::Expired.as_str(),
+            at_most: i64::from(ctx.settings.batch.resubmit_expired),
+        }),
+        _ if ctx.settings.batch.resubmit_failed > 0
+            && retries_failures(state, why.as_ref())
+            && failed_worth_retrying(&dir).await? =>
+        {
+            Some(Resubmit {
+                only: Only::Transient.as_str(),
+                at_most: i64::from(ctx.settings.batch.resubmit_failed),
+            })
+        }
+        _ => None,
+    };
     let ending = Ending {
         job_id: &job_id,
         state,
@@ -322,7 +376,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         message: &message,
         results_dir: results_dir.as_deref(),
         delete_remote: ctx.settings.cleanup.remote_files.then_some(on_disk),
-        resubmit_at_most: i64::from(ctx.settings.batch.resubmit_expired),
+        resubmit,
     };
     ctx.store.finish_job(&ctx.lease, &ending, &now).await?;
     ctx.metrics
@@ -468,6 +522,35 @@ mod tests {
         let last = latest(&rows);
         assert_eq!(last.iter().map(|s| s.attempt).collect::<Vec<_>>(), [2, 1]);
         assert_eq!(outcome(&job(), &last, true), (JobState::Completed, None));
+    }
+
+    #[test]
+    fn a_completed_job_whose_every_request_failed_is_failed_and_one_success_completes_it() {
+        let counted = |part, completed, failed| Submission {
+            request_total: Some(completed + failed),
+            request_completed: Some(completed),
+            request_failed: Some(failed),
+            ..sub(part, 1, Finished, Some(BatchStatus::Completed))
+        };
+        let (all_failed, more_failed) = (counted(0, 0, 5), counted(1, 0, 3));
+        let (state, why) = outcome(&job(), &[&all_failed, &more_failed], true);
+        let why = why.unwrap();
+        assert_eq!(
+            (state, why.code.as_str()),
+            (JobState::Failed, "all_requests_failed")
+        );
+        assert_eq!(
+            why.message,
+            "every request failed (8 of 8); their errors are kept (errors.jsonl)"
+        );
+        let one_done = counted(2, 1, 4);
+        assert_eq!(
+            outcome(&job(), &[&all_failed, &one_done], true),
+            (JobState::Completed, None)
+        );
+        // No counts reported: nothing says every request failed.
+        let uncounted = sub(0, 1, Finished, Some(BatchStatus::Completed));
+        assert_eq!(outcome(&job(), &[&uncounted], true).0, JobState::Completed);
     }
 
     #[test]

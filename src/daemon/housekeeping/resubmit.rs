@@ -6,9 +6,14 @@
 //! * done: an output line with a 2xx response;
 //! * expired: an error line with `batch_expired` or `batch_cancelled`, or no line at all (the
 //!   batch ended before it ran);
-//! * failed: any other line (an error, or a response that is not 2xx).
+//! * failed: any other line (an error, or a response that is not 2xx); failed for a reason worth
+//!   retrying ([`transient`]) when the service, not the request, was at fault: a 408, a 429, a
+//!   5xx, or an error whose type or code says the same (`rate_limit_exceeded`, `server_error`,
+//!   `overloaded_error`, `api_error`, `timeout`, ...). Never a 4xx the request or the model
+//!   caused (`invalid_request_error`, a content policy refusal).
 //!
-//! `--only expired`, `--only failed` or `--only unfinished` (both) chooses which are written.
+//! `--only expired`, `--only failed`, `--only transient` (the failed ones worth retrying) or
+//! `--only unfinished` (expired and failed) chooses which are written.
 //!
 //! # A request is paid for once per chain
 //!
@@ -51,8 +56,10 @@
 //! # In the daemon
 //!
 //! `batch.resubmit_expired = N`: a job that ends expired, fewer than N resubmissions down its
-//! chain, is marked in the transaction that ends it (`jobs.resubmit_due`); [`run`] resubmits
-//! its undone requests ([`resubmit`], which clears the mark in the transaction that records the
+//! chain, is marked in the transaction that ends it (`jobs.resubmit_due = 'expired'`);
+//! `batch.resubmit_failed = N`: so is a job that ends completed, or failed with every request
+//! failed, with requests that failed for a reason worth retrying (`'transient'`). [`run`]
+//! resubmits those undone requests ([`resubmit`], which clears the mark in the transaction that records the
 //! new file) or, when there is nothing to write or the chain forbids it, clears the mark with
 //! an event that says why.
 
@@ -78,7 +85,9 @@ pub enum Only {
     Expired,
     /// Requests that ran and failed.
     Failed,
-    /// Both.
+    /// Requests that ran and failed for a reason worth retrying ([`transient`]).
+    Transient,
+    /// Expired and failed.
     Unfinished,
 }
 
@@ -87,14 +96,20 @@ impl Only {
         match self {
             Only::Expired => "expired",
             Only::Failed => "failed",
+            Only::Transient => "transient",
             Only::Unfinished => "unfinished",
         }
     }
 
     pub fn parse(text: &str) -> Option<Only> {
-        [Only::Expired, Only::Failed, Only::Unfinished]
-            .into_iter()
-            .find(|o| o.as_str() == text)
+        [
+            Only::Expired,
+            Only::Failed,
+            Only::Transient,
+            Only::Unfinished,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == text)
     }
 
     /// Which requests it takes, in words.
@@ -102,6 +117,7 @@ impl Only {
         match self {
             Only::Expired => "those never run",
             Only::Failed => "those that failed",
+            Only::Transient => "those that failed for a reason worth retrying",
             Only::Unfinished => "those never run and those that failed",
         }
     }
@@ -111,17 +127,50 @@ impl Only {
             (_, Class::Done) => false,
             (Only::Unfinished, _) => true,
             (Only::Expired, c) => c == Class::Expired,
-            (Only::Failed, c) => c == Class::Failed,
+            (Only::Failed, c) => matches!(c, Class::Failed | Class::Transient),
+            (Only::Transient, c) => c == Class::Transient,
         }
     }
 }
 
 /// What became of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Class {
+pub enum Class {
     Done,
+    /// Failed, for a reason the request or the model caused.
     Failed,
+    /// Failed, for a reason worth retrying ([`transient`]).
+    Transient,
     Expired,
+}
+
+/// The HTTP statuses of a failed request worth retrying: the service timed out, was rate
+/// limited, or failed on its side.
+pub const TRANSIENT_STATUSES: &[u64] = &[408, 429, 500, 502, 503, 504, 529];
+
+/// The error types and codes of a failed request worth retrying (OpenAI's and Anthropic's
+/// names for a rate limit, an overloaded or failing service, a timeout).
+pub const TRANSIENT_ERRORS: &[&str] = &[
+    "rate_limit_exceeded",
+    "rate_limit_error",
+    "server_error",
+    "api_error",
+    "overloaded_error",
+    "service_unavailable",
+    "timeout",
+    "request_timeout",
+];
+
+/// Whether a failed request's result line says it failed for a reason worth retrying: the
+/// service's fault, not the request's. A status decides when there is one (a 400 is the
+/// request's fault, whatever its error says); a line without a response decides by its error's
+/// code.
+pub fn transient(line: &serde_json::Value) -> bool {
+    let named = |v: &serde_json::Value| v.as_str().is_some_and(|s| TRANSIENT_ERRORS.contains(&s));
+    match line["response"]["status_code"].as_u64() {
+        Some(status) => TRANSIENT_STATUSES.contains(&status),
+        None => named(&line["error"]["code"]) || named(&line["error"]["type"]),
+    }
 }
 
 /// Who asks for a resubmission.
@@ -141,10 +190,12 @@ impl Origin {
         }
     }
 
-    fn named(self) -> &'static str {
-        match self {
-            Origin::Cli => "batchwatch resubmit",
-            Origin::Daemon => "batch.resubmit_expired",
+    /// Who asked, for a resubmission of `only`.
+    fn named(self, only: Only) -> &'static str {
+        match (self, only) {
+            (Origin::Cli, _) => "batchwatch resubmit",
+            (Origin::Daemon, Only::Transient) => "batch.resubmit_failed",
+            (Origin::Daemon, _) => "batch.resubmit_expired",
         }
     }
 }
@@ -262,7 +313,7 @@ impl Written {
             self.only.as_str(),
             self.only.means(),
             self.file,
-            origin.named()
+            origin.named(self.only)
         );
         if !self.left_out.is_empty() {
             message += &format!(
@@ -364,7 +415,7 @@ impl<'a> Selection<'a> {
 }
 
 /// The class of each request that has a result line.
-fn classes(dir: &Path) -> anyhow::Result<HashMap<String, Class>> {
+pub fn classes(dir: &Path) -> anyhow::Result<HashMap<String, Class>> {
     let mut seen = HashMap::new();
     for name in ["errors.jsonl", "output.jsonl"] {
         let path = dir.join(name);
@@ -388,6 +439,8 @@ fn classes(dir: &Path) -> anyhow::Result<HashMap<String, Class>> {
                     Class::Done
                 } else if matches!(code, Some("batch_expired" | "batch_cancelled")) {
                     Class::Expired
+                } else if transient(&value) {
+                    Class::Transient
                 } else {
                     Class::Failed
                 };
@@ -855,6 +908,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             force: false,
             origin: Origin::Daemon,
         };
+        let setting = ask.origin.named(ask.only);
         let message = match resubmit(
             &ctx.store,
             &ctx.leader_lease(),
@@ -878,7 +932,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             ),
             Ok(Outcome::Refused(refusal)) => {
                 tracing::warn!(job = %id, reason = %refusal, "the undone requests were not resubmitted");
-                format!("not resubmitted (batch.resubmit_expired): {refusal}")
+                format!("not resubmitted ({setting}): {refusal}")
             }
             Err(e) => {
                 tracing::error!(job = %id, error = format!("{e:#}"), "the undone requests could not be resubmitted");
@@ -944,11 +998,39 @@ mod tests {
         let c = classes(dir.path()).unwrap();
         assert_eq!(c["ok"], Class::Done);
         assert_eq!(c["bad"], Class::Failed);
-        assert_eq!(c["boom"], Class::Failed);
+        assert_eq!(c["boom"], Class::Transient);
         assert_eq!(c["late"], Class::Expired);
         assert!(Only::Unfinished.wants(Class::Failed) && Only::Unfinished.wants(Class::Expired));
+        assert!(Only::Unfinished.wants(Class::Transient) && Only::Failed.wants(Class::Transient));
         assert!(!Only::Expired.wants(Class::Failed) && !Only::Failed.wants(Class::Expired));
+        assert!(Only::Transient.wants(Class::Transient) && !Only::Transient.wants(Class::Failed));
         assert!(!Only::Unfinished.wants(Class::Done));
+    }
+
+    #[test]
+    fn a_failure_is_worth_retrying_when_the_service_was_at_fault_never_when_the_request_was() {
+        let line = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap();
+        for retried in [
+            r#"{"response":{"status_code":429,"body":{"error":{"code":"rate_limit_exceeded"}}}}"#,
+            r#"{"response":{"status_code":500,"body":{"error":{"type":"server_error"}}}}"#,
+            r#"{"response":{"status_code":503,"body":{}}}"#,
+            r#"{"response":{"status_code":529,"body":{"error":{"type":"overloaded_error"}}}}"#,
+            r#"{"response":null,"error":{"code":"server_error","message":"x"}}"#,
+            r#"{"response":null,"error":{"code":"timeout","message":"x"}}"#,
+        ] {
+            assert!(transient(&line(retried)), "{retried}");
+        }
+        for kept in [
+            r#"{"response":{"status_code":400,"body":{"error":{"type":"invalid_request_error"}}}}"#,
+            r#"{"response":{"status_code":400,"body":{"error":{"code":"content_policy_violation"}}}}"#,
+            r#"{"response":{"status_code":400,"body":{"error":{"type":"server_error"}}}}"#,
+            r#"{"response":{"status_code":401,"body":{}}}"#,
+            r#"{"response":{"status_code":404,"body":{}}}"#,
+            r#"{"response":null,"error":{"code":"invalid_request","message":"x"}}"#,
+            r#"{"response":null,"error":null}"#,
+        ] {
+            assert!(!transient(&line(kept)), "{kept}");
+        }
     }
 
     fn holder(job: &str) -> Holder {

@@ -1,8 +1,6 @@
 //! Finishing: a batch's results collected (or given up, or waiting on a local fault), and the
-//! job's end, with the remote files to delete and an expired job's resubmission planned in the
-//! same transaction.
-
-use batchwatch_core::model::JobState;
+//! job's end, with the remote files to delete and its resubmission (of what expired, or failed
+//! for a reason worth retrying) planned in the same transaction.
 
 use super::Lease;
 use crate::batches::Submission;
@@ -29,11 +27,11 @@ impl Finish for Store {
             if let Some(on_disk) = ending.delete_remote {
                 deletions::plan_for_job(tx, job_id, on_disk, now).await?;
             }
-            if ending.state == JobState::Expired
-                && ending.resubmit_at_most > 0
-                && chain::depth(tx, job_id).await? < ending.resubmit_at_most
+            if let Some(resubmit) = ending.resubmit
+                && resubmit.at_most > 0
+                && chain::depth(tx, job_id).await? < resubmit.at_most
             {
-                chain::set_resubmit_due(tx, job_id, Some("expired")).await?;
+                chain::set_resubmit_due(tx, job_id, Some(resubmit.only)).await?;
             }
             Ok(())
         })

@@ -20,8 +20,17 @@ pub struct Ending<'a> {
     /// When the service's copies of its files are to be deleted: the result files on disk
     /// (the others are deleted at once).
     pub delete_remote: Option<&'a [String]>,
-    /// An expired job is resubmitted when fewer than this many resubmissions came before it.
-    pub resubmit_at_most: i64,
+    /// What of the job to resubmit, if anything.
+    pub resubmit: Option<Resubmit<'a>>,
+}
+
+/// A resubmission to plan for a job that ends: its `only` requests (`expired`, `transient`:
+/// [`crate::chain`]'s `resubmit_due`), when fewer than `at_most` resubmissions came before it
+/// in its chain.
+#[derive(Debug, Clone, Copy)]
+pub struct Resubmit<'a> {
+    pub only: &'a str,
+    pub at_most: i64,
 }
 
 /// What finishing asks of the store: a submission's results collected, waited for or given up
