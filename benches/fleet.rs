@@ -5,6 +5,7 @@
 //! cargo bench --bench fleet -- --n 10000             # 10,000 batches, 100 s interval, 300 s window
 //! cargo bench --bench fleet -- --n 10000 --rps 5     # batchwatch alone, default limits
 //! cargo bench --bench fleet -- --idle 600            # batchwatch with nothing to do
+//! cargo bench --bench fleet -- --n 10000 --restart   # a kill -9 and a start with every job unfinished
 //! cargo bench --bench fleet -- --db postgres         # also batchwatch on PostgreSQL
 //! cargo bench --bench fleet -- --db postgres --instances 3   # three daemons on one database
 //! ```
@@ -57,6 +58,20 @@
 //! when each batch was sent to a client, and the bench reports how many active batches went
 //! unseen for longer than `poll.max_interval`.
 //!
+//! `--restart`: batchwatch alone; after intake (unbounded) it is killed (SIGKILL: what a crash
+//! leaves, every job unfinished and so unchecked against the service at the next start), the
+//! newest batch and `--changes` others move to `finalizing` while it is down, and it is started
+//! again with the built-in limits and poll bounds (`--rps R` sets the rate). Watched every
+//! 20 ms from the spawn: the first request the simulator sees and the first list page or
+//! retrieve (which the start-up check and a poll both send), when the first and the last of the
+//! changes are in the database (only a poll records one: the newest batch is on a sweep's first
+//! page, so the first row is the first poll's), when the log says the start-up checks are done
+//! (with the daemon's CPU, `utime + stime` of `/proc/PID/stat`, and the requests so far by
+//! kind: list pages, retrieves, file lists), and the CPU and requests when the last change is
+//! in. Then it is killed and started once more with sqlx's statement log on (`sqlx::query` at
+//! debug), which counts the database queries until the checks are done; that run's times are
+//! not reported (the log costs CPU).
+//!
 //! `--idle SECONDS`: batchwatch with an empty queue and nothing in flight; its CPU over the
 //! period, as a share of one core.
 
@@ -89,7 +104,8 @@ const REQUESTS_PER_FILE: usize = 10;
 
 const USAGE: &str = "cargo bench --bench fleet -- [--n N] [--interval SECS] [--window SECS] \
                      [--concurrency C] [--changes K] [--foreign N] [--list-order ORDER] \
-                     [--rps R] [--idle SECS] [--db sqlite|postgres] [--instances K] [--keep]";
+                     [--rps R] [--restart] [--idle SECS] [--db sqlite|postgres] [--instances K] \
+                     [--keep]";
 
 /// The most daemons `--instances` runs on one PostgreSQL database.
 const MAX_INSTANCES: usize = 3;
@@ -116,6 +132,8 @@ struct Opts {
     foreign: u64,
     list_order: Option<String>,
     rps: Option<f64>,
+    /// Measure a start after a kill -9 instead of the comparison.
+    restart: bool,
     idle: Option<f64>,
     db: Backend,
     /// How many daemons share the PostgreSQL database.
@@ -140,6 +158,7 @@ impl Opts {
             foreign: 0,
             list_order: None,
             rps: None,
+            restart: false,
             idle: None,
             db: Backend::Sqlite,
             instances: 1,
@@ -158,6 +177,7 @@ impl Opts {
                 "--foreign" => opts.foreign = number(&arg, args.next())?,
                 "--list-order" => opts.list_order = args.next(),
                 "--rps" => opts.rps = Some(number(&arg, args.next())?),
+                "--restart" => opts.restart = true,
                 "--idle" => opts.idle = Some(number(&arg, args.next())?),
                 "--db" => {
                     opts.db = match args.next().as_deref() {
@@ -188,10 +208,14 @@ impl Opts {
         }
         if opts.db == Backend::Postgres {
             anyhow::ensure!(
-                opts.rps.is_none() && opts.idle.is_none(),
-                "--db postgres measures the comparison only, not --rps or --idle"
+                opts.rps.is_none() && opts.idle.is_none() && !opts.restart,
+                "--db postgres measures the comparison only, not --rps, --restart or --idle"
             );
         }
+        anyhow::ensure!(
+            !(opts.restart && opts.idle.is_some()),
+            "--restart and --idle are separate measurements"
+        );
         // 10 s per 1,000 batches keeps today's daemon and the SDK poller within their cycle.
         opts.interval = interval.unwrap_or((opts.n as f64 / 100.0).max(10.0));
         anyhow::ensure!(opts.interval >= 1.0, "--interval must be at least 1 second");
@@ -220,6 +244,8 @@ fn main() -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         if let Some(secs) = opts.idle {
             idle(&opts, dir.path(), secs).await
+        } else if opts.restart {
+            restart(&opts, dir.path()).await
         } else {
             fleet(&opts, dir.path()).await
         }
@@ -1197,6 +1223,293 @@ fn print_ratios(title: &str, a: &Side, b: &Side, cycles: f64) {
 }
 
 /// `--idle`: batchwatch with nothing to do, its CPU over the period as a share of one core.
+/// The log line the daemon writes when its start-up checks against the service are done: one
+/// per job (`job=ID`), or one for all (`jobs=K`).
+const CHECKED: &str = "checked against the service";
+
+/// How many jobs a log line says were checked against the service (0 for any other line).
+fn jobs_checked(line: &str) -> usize {
+    if !line.contains(CHECKED) {
+        return 0;
+    }
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("jobs=")?.parse().ok())
+        .unwrap_or(1)
+}
+
+/// API requests by kind, from the simulator's counts.
+#[derive(Debug, Default, Clone, Copy)]
+struct ByKind {
+    list_pages: u64,
+    retrieves: u64,
+    file_lists: u64,
+    other: u64,
+}
+
+impl ByKind {
+    fn of(counts: &Counts) -> ByKind {
+        let mut kinds = ByKind::default();
+        for (route, &n) in &counts.requests {
+            let slot = match route.split_once(' ') {
+                Some(("GET", path)) if path.ends_with("/batches") => &mut kinds.list_pages,
+                Some(("GET", path)) if path.ends_with("/batches/{batch_id}") => {
+                    &mut kinds.retrieves
+                }
+                Some(("GET", path)) if path.ends_with("/files") => &mut kinds.file_lists,
+                _ => &mut kinds.other,
+            };
+            *slot += n;
+        }
+        kinds
+    }
+
+    fn since(self, before: ByKind) -> ByKind {
+        ByKind {
+            list_pages: self.list_pages - before.list_pages,
+            retrieves: self.retrieves - before.retrieves,
+            file_lists: self.file_lists - before.file_lists,
+            other: self.other - before.other,
+        }
+    }
+
+    fn total(self) -> u64 {
+        self.list_pages + self.retrieves + self.file_lists + self.other
+    }
+
+    /// List pages and retrieves: what a poll sends (and the start-up check's batch list).
+    fn batch_reads(self) -> u64 {
+        self.list_pages + self.retrieves
+    }
+}
+
+impl std::fmt::Display for ByKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} list pages, {} retrieves, {} file lists, {} other)",
+            self.total(),
+            self.list_pages,
+            self.retrieves,
+            self.file_lists,
+            self.other
+        )
+    }
+}
+
+/// A moment of the restart: seconds from the spawn, and the daemon's CPU seconds then.
+#[derive(Debug, Clone, Copy)]
+struct Moment {
+    secs: f64,
+    cpu_secs: f64,
+}
+
+/// What one watched start showed.
+#[derive(Debug, Default)]
+struct Start {
+    first_request: Option<f64>,
+    first_batch_read: Option<f64>,
+    ready: Option<f64>,
+    first_change: Option<Moment>,
+    last_change: Option<(Moment, ByKind)>,
+    checked: Option<(Moment, ByKind)>,
+    /// `sqlx::query` log lines until the checks were done, when they were logged.
+    queries: Option<u64>,
+}
+
+/// With `--restart`: intake, a kill -9, changes while the daemon is down, and a watched start
+/// (then a second one that counts the queries).
+async fn restart(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let sim = SimApi::start(opts, dir, "sim-batchwatch", &http)?;
+    let mut daemon = Daemon::on_sqlite(dir, &sim.sim.base_url)?;
+    daemon.configure(&unbounded_limits(opts))?;
+    daemon.start().await?;
+    intake(opts, dir, std::slice::from_ref(&daemon), &sim).await?;
+    let limits = match opts.rps {
+        Some(rps) => format!("[limits]\nrequests_per_second = {rps:?}\n"),
+        None => String::new(),
+    };
+    daemon.configure(&limits)?;
+
+    daemon.kill()?;
+    let changed = change_while_down(opts, &sim).await?;
+    note(format!(
+        "killed batchwatch (SIGKILL) with {} unfinished jobs; moved {} batches to finalizing meanwhile; starting it again",
+        opts.n,
+        changed.len()
+    ));
+    let measured = watch_start(opts, &mut daemon, &sim, &changed, None).await?;
+
+    daemon.kill()?;
+    note("killed it again; a start with sqlx's statement log on, to count the queries");
+    let counted = watch_start(opts, &mut daemon, &sim, &[], Some("info,sqlx::query=debug")).await?;
+    daemon.stop()?;
+
+    let secs = |m: Option<f64>| m.map_or_else(|| "never".to_owned(), |s| format!("{s:.2} s"));
+    let at = |m: Option<Moment>| {
+        m.map_or_else(
+            || "never".to_owned(),
+            |m| format!("{:.2} s (daemon CPU {:.2} s)", m.secs, m.cpu_secs),
+        )
+    };
+    println!();
+    println!(
+        "restart: {} unfinished jobs (one active batch each), killed with SIGKILL; {}; {} batches moved to finalizing while it was down (the newest among them)",
+        opts.n,
+        match opts.rps {
+            Some(rps) => format!("started again with the built-in limits but {rps} requests/s"),
+            None => "started again with the built-in limits and poll bounds".to_owned(),
+        },
+        changed.len()
+    );
+    let row = |label: &str, value: String| println!("  {label:<40} {value}");
+    println!("from the spawn:");
+    row("first API request:", secs(measured.first_request));
+    row(
+        "first list page or retrieve:",
+        secs(measured.first_batch_read),
+    );
+    row("ready (log):", secs(measured.ready));
+    row(
+        "first change in the database (a poll):",
+        at(measured.first_change),
+    );
+    row(
+        "start-up checks done (log):",
+        at(measured.checked.map(|c| c.0)),
+    );
+    if let Some((_, requests)) = measured.checked {
+        row("  API requests until then:", requests.to_string());
+    }
+    row(
+        "every change in the database:",
+        at(measured.last_change.map(|c| c.0)),
+    );
+    if let Some((_, requests)) = measured.last_change {
+        row("  API requests until then:", requests.to_string());
+    }
+    match counted.queries {
+        Some(n) => println!(
+            "database queries from the spawn to the checks' end (a second start, statements logged): {n}"
+        ),
+        None => println!("database queries: not counted (the second start's checks did not end)"),
+    }
+    Ok(())
+}
+
+/// Moves on, while the daemon is down, the newest batch (on a sweep's first page) and
+/// `--changes` others; returns the ids that moved.
+async fn change_while_down(opts: &Opts, sim: &SimApi) -> anyhow::Result<Vec<String>> {
+    let newest = sim
+        .observations()
+        .await?
+        .batches
+        .into_iter()
+        .filter(|b| !b.foreign)
+        .max_by_key(|b| b.created_ms)
+        .context("the simulator has no batches")?;
+    let mut steps = sim.step_these(json!({"ids": [newest.id]})).await?;
+    steps.extend(sim.step(opts.changes()).await?);
+    Ok(steps
+        .into_iter()
+        .filter(|s| s.moved)
+        .map(|s| s.id)
+        .collect())
+}
+
+/// Starts the daemon (its log filtered by `rust_log`) and watches it every 20 ms until its
+/// start-up checks are done and every batch of `changed` is recorded finalizing, or ten minutes
+/// passed.
+async fn watch_start(
+    opts: &Opts,
+    daemon: &mut Daemon,
+    sim: &SimApi,
+    changed: &[String],
+    rust_log: Option<&str>,
+) -> anyhow::Result<Start> {
+    let before = ByKind::of(&sim.counts().await?);
+    let db = daemon.db().await?;
+    let started = Instant::now();
+    let mut read = daemon.spawn(rust_log)?;
+    let pid = daemon.pid()?;
+    let moment = || -> anyhow::Result<Moment> {
+        Ok(Moment {
+            secs: started.elapsed().as_secs_f64(),
+            cpu_secs: cpu_secs(pid)?,
+        })
+    };
+    let mut start = Start::default();
+    let (mut checked, mut queries, mut partial) = (0, 0, String::new());
+    let mut next_db_read = started;
+    let give_up = started + Duration::from_secs(600);
+    loop {
+        let now = Instant::now();
+        // The log, from where it was read to its last whole line.
+        let mut file = std::fs::File::open(&daemon.log)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(read))?;
+        let mut text = String::new();
+        read += std::io::Read::read_to_string(&mut file, &mut text)? as u64;
+        partial.push_str(&text);
+        let whole = partial.rfind('\n').map_or(0, |i| i + 1);
+        for line in partial[..whole].lines() {
+            if start.ready.is_none() && line.trim_end().ends_with("ready") {
+                start.ready = Some(started.elapsed().as_secs_f64());
+            }
+            if start.checked.is_none() && line.contains("sqlx::query") {
+                queries += 1;
+            }
+            checked += jobs_checked(line);
+        }
+        partial.drain(..whole);
+        let requests = ByKind::of(&sim.counts().await?).since(before);
+        if start.first_request.is_none() && requests.total() > 0 {
+            start.first_request = Some(started.elapsed().as_secs_f64());
+        }
+        if start.first_batch_read.is_none() && requests.batch_reads() > 0 {
+            start.first_batch_read = Some(started.elapsed().as_secs_f64());
+        }
+        if start.checked.is_none() && checked >= opts.n {
+            start.checked = Some((moment()?, requests));
+            if rust_log.is_some() {
+                start.queries = Some(queries);
+            }
+        }
+        if start.last_change.is_none() && now >= next_db_read {
+            let seen = db.first_finalizing().await?;
+            let recorded = changed.iter().filter(|id| seen.contains_key(*id)).count();
+            if start.first_change.is_none() && recorded > 0 {
+                start.first_change = Some(moment()?);
+            }
+            if recorded == changed.len() {
+                start.last_change = Some((moment()?, requests));
+            }
+            next_db_read = now + Duration::from_millis(100);
+        }
+        if start.checked.is_some() && start.last_change.is_some() {
+            return Ok(start);
+        }
+        if let Some(status) = daemon
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            bail!(
+                "batchwatch exited with {status} during its start; see {}",
+                daemon.log.display()
+            );
+        }
+        if now > give_up {
+            note(format!(
+                "after 600 s the start is not done (checked {checked} of {} jobs); see {}",
+                opts.n,
+                daemon.log.display()
+            ));
+            return Ok(start);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn idle(opts: &Opts, dir: &Path, secs: f64) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let sim = SimApi::start(opts, dir, "sim-idle", &http)?;
@@ -1297,9 +1610,12 @@ impl SimApi {
     }
 
     async fn step(&self, count: usize) -> anyhow::Result<Vec<Stepped>> {
-        let answer: Value = self
-            .call("/batches/step", Some(json!({"count": count})))
-            .await?;
+        self.step_these(json!({"count": count})).await
+    }
+
+    /// Moves on the batches `which` names (`{"ids": [...]}` or `{"count": K}`).
+    async fn step_these(&self, which: Value) -> anyhow::Result<Vec<Stepped>> {
+        let answer: Value = self.call("/batches/step", Some(which)).await?;
         Ok(serde_json::from_value(answer["stepped"].clone())?)
     }
 }
@@ -1375,22 +1691,37 @@ impl Daemon {
 
     /// Starts the daemon and waits for its `ready` log line (recovery and first scan done).
     async fn start(&mut self) -> anyhow::Result<()> {
+        self.spawn(None)?;
+        self.wait_ready().await
+    }
+
+    /// Starts the daemon, its log filtered by `rust_log` (`None`: its own default), appending
+    /// to its log file; returns where in the file its lines begin.
+    fn spawn(&mut self, rust_log: Option<&str>) -> anyhow::Result<u64> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(BIN)
+        let offset = log.metadata()?.len();
+        let mut command = Command::new(BIN);
+        command
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
             .env("OPENAI_API_KEY", KEY)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting `batchwatch run`")?;
-        self.child = Some(child);
+            .stderr(log);
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        self.child = Some(command.spawn().context("starting `batchwatch run`")?);
+        Ok(offset)
+    }
+
+    /// Waits for the `ready` log line of the daemon just spawned.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut read = 0;
         loop {
@@ -1440,6 +1771,15 @@ impl Daemon {
                     .with_context(|| format!("connecting to {url}"))?,
             ),
         })
+    }
+
+    /// SIGKILL, as a crash: what it had not committed is lost.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
     }
 
     /// SIGTERM, then waits for it to exit (killing it after 30 s).

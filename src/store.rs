@@ -234,6 +234,7 @@ macro_rules! delegate {
 delegate! {
 Reads {
     job(id: &str) -> Option<Job>;
+    jobs_among(ids: &[String]) -> Vec<Job>;
     jobs_in_states(states: &[JobState]) -> Vec<Job>;
     recorded_file(id: &str) -> Option<RecordedFile>;
     job_events(id: &str) -> Vec<JobEvent>;
@@ -250,6 +251,7 @@ Reads {
     submission_by_remote_id(remote_id: &str) -> Option<Submission>;
     submission_by_attempt(job_id: &str, part: i64, attempt: i64) -> Option<Submission>;
     submissions_of(job_id: &str) -> Vec<Submission>;
+    submissions_of_jobs(job_ids: &[String]) -> Vec<Submission>;
     recorded_submissions() -> Vec<(String, String, i64, i64)>;
     watched_for_duplicates(since: &str) -> Vec<Submission>;
     batch_status_counts() -> Vec<(BatchStatus, i64)>;

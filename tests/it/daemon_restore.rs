@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use batchwatch::model::JobState;
-use batchwatch::sim::{FaultKind, ScriptedFault};
+use batchwatch::sim::{AuthFault, FaultKind, Faults, ScriptedFault};
 use batchwatch_store_sqlite::{Access, Store};
 
 use crate::support::daemon::{Env, assert_each_completed_once, requests, slow_sim, wait_crash};
@@ -179,6 +179,42 @@ async fn a_backup_from_after_a_completion_restored_under_newer_jobs_pays_for_non
     restore(&env, &after);
     let daemon = env.spawn();
     finish_and_check(&env, &sim, daemon, &files, "after a completion").await;
+}
+
+/// Many jobs, the backup from before any of their uploads: after the restore every one is
+/// unverified at the start, and the check, which reads them and their submissions once for
+/// all, adopts each job's upload and batch once: no job is paid twice, none is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_from_before_many_uploads_adopts_each_lost_batch_exactly_once() {
+    const JOBS: usize = 24;
+    let sim = spawn_sim(slow_sim(5.0)).await;
+    // A refused key holds every job queued: validated, nothing sent.
+    let refused = Faults {
+        auth: AuthFault::Unauthorized,
+        ..Faults::default()
+    };
+    sim.handle.set_faults(refused).await.unwrap();
+    let env = Env::new(&sim.handle.base_url(), "");
+    let mut daemon = env.spawn();
+    daemon.wait_for_line("THE API REFUSED THE KEY", Duration::from_secs(20));
+    let names: Vec<String> = (0..JOBS).map(|i| format!("many-{i:02}.jsonl")).collect();
+    let files = drop_files(&env, &names.iter().map(String::as_str).collect::<Vec<_>>());
+    jobs_in(&env, JobState::Queued, JOBS).await;
+    let queued = backup(&env, "before-uploads.db").await;
+    sim.handle.set_faults(Faults::default()).await.unwrap();
+    wait_until(
+        "a batch for every job",
+        Duration::from_secs(30),
+        async || {
+            let made = sim.handle.stats().await.batches_by_job.len();
+            (made == JOBS, made)
+        },
+    )
+    .await;
+    env.stop(daemon);
+    restore(&env, &queued);
+    let daemon = env.spawn();
+    finish_and_check(&env, &sim, daemon, &files, "before many uploads").await;
 }
 
 /// The database is deleted under the running daemon, which is then killed: the next start has

@@ -127,6 +127,19 @@ pub async fn for_job(db: impl PgExecutor<'_>, job_id: &str) -> Result<Vec<Submis
     )
 }
 
+/// The submissions of the jobs `job_ids`, by job, each job's in the order they were made.
+pub async fn for_jobs(
+    db: impl PgExecutor<'_>,
+    job_ids: &[String],
+) -> Result<Vec<Submission>, StoreError> {
+    Ok(select_submissions!(
+        "WHERE job_id = ANY($1) ORDER BY job_id, part, attempt",
+        job_ids
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
 /// the earlier request may still appear.
 pub async fn watched_for_duplicates(

@@ -44,19 +44,31 @@ pub async fn insert(
     .await
 }
 
-/// One job by id.
-pub async fn get(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Job>, StoreError> {
-    Ok(sqlx::query_as!(
-        Job,
-        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
+/// `query_as!` of whole [`Job`] rows: every column, `FROM jobs`, then `$tail`.
+macro_rules! select_jobs {
+    ($tail:literal, $($arg:expr),*) => {
+        sqlx::query_as!(
+            Job,
+            r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
                   reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
                   finished_at
-           FROM jobs WHERE id = $1"#,
-        id
-    )
-    .fetch_optional(db)
-    .await?)
+           FROM jobs "# + $tail,
+            $($arg),*
+        )
+    };
+}
+
+/// One job by id.
+pub async fn get(db: impl PgExecutor<'_>, id: &str) -> Result<Option<Job>, StoreError> {
+    Ok(select_jobs!("WHERE id = $1", id).fetch_optional(db).await?)
+}
+
+/// The jobs among `ids`, by id; an id of no job is left out.
+pub async fn among(db: impl PgExecutor<'_>, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+    Ok(select_jobs!("WHERE id = ANY($1) ORDER BY id", ids)
+        .fetch_all(db)
+        .await?)
 }
 
 /// Every job in one of `states`, oldest first.
@@ -67,17 +79,11 @@ pub async fn in_states(
     let wanted: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     // A list of `&str` for a `text[]` is given its type with `as`: the macros' own check of
     // an array parameter accepts only `&[String]`.
-    Ok(sqlx::query_as!(
-        Job,
-        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
-                  deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
-                  reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
-                  finished_at
-           FROM jobs WHERE state = ANY($1) ORDER BY id"#,
-        &wanted[..] as &[&str]
+    Ok(
+        select_jobs!("WHERE state = ANY($1) ORDER BY id", &wanted[..] as &[&str])
+            .fetch_all(db)
+            .await?,
     )
-    .fetch_all(db)
-    .await?)
 }
 
 /// Moves a job to `state` with `why` (which replaces any earlier reason: the reason always

@@ -130,6 +130,20 @@ pub async fn for_job(
     )
 }
 
+/// The submissions of the jobs `job_ids`, by job, each job's in the order they were made.
+pub async fn for_jobs(
+    db: impl SqliteExecutor<'_>,
+    job_ids: &[String],
+) -> Result<Vec<Submission>, StoreError> {
+    let job_ids = json_list(job_ids);
+    Ok(select_submissions!(
+        "WHERE job_id IN (SELECT value FROM json_each(?)) ORDER BY job_id, part, attempt",
+        job_ids
+    )
+    .fetch_all(db)
+    .await?)
+}
+
 /// Submissions whose create was sent again since `since`, with their batch: a late duplicate of
 /// the earlier request may still appear.
 pub async fn watched_for_duplicates(

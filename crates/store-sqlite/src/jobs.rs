@@ -2,7 +2,7 @@
 
 use sqlx::{SqliteConnection, SqliteExecutor};
 
-use super::{Lease, StoreError};
+use super::{Lease, StoreError, json_list};
 use batchwatch_core::model::FileLook;
 use batchwatch_core::model::JobState;
 pub use batchwatch_store::jobs::{
@@ -45,18 +45,34 @@ pub async fn insert(
     .await
 }
 
-/// One job by id.
-pub async fn get(db: impl SqliteExecutor<'_>, id: &str) -> Result<Option<Job>, StoreError> {
-    Ok(sqlx::query_as!(
-        Job,
-        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
+/// `query_as!` of whole [`Job`] rows: every column, `FROM jobs`, then `$tail`.
+macro_rules! select_jobs {
+    ($tail:literal, $($arg:expr),*) => {
+        sqlx::query_as!(
+            Job,
+            r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
                   reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
                   finished_at
-           FROM jobs WHERE id = ?"#,
-        id
+           FROM jobs "# + $tail,
+            $($arg),*
+        )
+    };
+}
+
+/// One job by id.
+pub async fn get(db: impl SqliteExecutor<'_>, id: &str) -> Result<Option<Job>, StoreError> {
+    Ok(select_jobs!("WHERE id = ?", id).fetch_optional(db).await?)
+}
+
+/// The jobs among `ids`, by id; an id of no job is left out.
+pub async fn among(db: impl SqliteExecutor<'_>, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+    let ids = json_list(ids);
+    Ok(select_jobs!(
+        "WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+        ids
     )
-    .fetch_optional(db)
+    .fetch_all(db)
     .await?)
 }
 
@@ -67,13 +83,8 @@ pub async fn in_states(
 ) -> Result<Vec<Job>, StoreError> {
     let wanted = serde_json::to_string(&states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
         .expect("strings serialise");
-    Ok(sqlx::query_as!(
-        Job,
-        r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
-                  deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
-                  reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
-                  finished_at
-           FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id"#,
+    Ok(select_jobs!(
+        "WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id",
         wanted
     )
     .fetch_all(db)

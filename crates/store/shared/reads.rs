@@ -25,6 +25,9 @@ impl Reads for Store {
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
         jobs::get(&self.read, id).await
     }
+    async fn jobs_among(&self, ids: &[String]) -> Result<Vec<Job>, StoreError> {
+        jobs::among(&self.read, ids).await
+    }
     async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<Job>, StoreError> {
         jobs::in_states(&self.read, states).await
     }
@@ -91,6 +94,9 @@ impl Reads for Store {
     }
     async fn submissions_of(&self, job_id: &str) -> Result<Vec<Submission>, StoreError> {
         batches::for_job(&self.read, job_id).await
+    }
+    async fn submissions_of_jobs(&self, job_ids: &[String]) -> Result<Vec<Submission>, StoreError> {
+        batches::for_jobs(&self.read, job_ids).await
     }
     async fn recorded_submissions(&self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
         batches::recorded(&self.read).await

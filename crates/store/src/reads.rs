@@ -23,6 +23,9 @@ pub trait Reads {
     // Jobs
     /// One job by id.
     async fn job(&self, id: &str) -> Result<Option<Job>, StoreError>;
+    /// The jobs among `ids`, by id; an id of no job is left out. One query for them all, where
+    /// [`Reads::job`] for each would be one each (10,000 at a start with 10,000 jobs unfinished).
+    async fn jobs_among(&self, ids: &[String]) -> Result<Vec<Job>, StoreError>;
     /// Every job in one of `states`, oldest first.
     async fn jobs_in_states(&self, states: &[JobState]) -> Result<Vec<Job>, StoreError>;
     /// The job's file as recorded, and until when its validation waits.
@@ -79,6 +82,9 @@ pub trait Reads {
     ) -> Result<Option<Submission>, StoreError>;
     /// A job's submissions, in the order they were made.
     async fn submissions_of(&self, job_id: &str) -> Result<Vec<Submission>, StoreError>;
+    /// The submissions of the jobs `job_ids`, by job, each job's in the order they were made:
+    /// [`Reads::submissions_of`] for many jobs in one query.
+    async fn submissions_of_jobs(&self, job_ids: &[String]) -> Result<Vec<Submission>, StoreError>;
     /// Every remote batch the database records for an unfinished job, with the submission it
     /// belongs to: (remote id, job, part, attempt). Finished jobs' batches are left out: they are
     /// never checked again, and a long history holds many.

@@ -190,15 +190,23 @@ fn claimed_at(job: &Job) -> Option<Timestamp> {
 
 /// Lists the service once for the batches and uploads of the unverified jobs and adopts what
 /// the database does not record. A job still being validated waits for the next pass: its
-/// submissions do not exist yet.
+/// submissions do not exist yet. The database is read once for all the jobs and once for all
+/// their submissions, whatever their number (a start with 10,000 unfinished jobs checks them
+/// all).
 pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
+    let ids = ctx.unverified.ids();
     let mut pending = Vec::new();
-    for id in ctx.unverified.ids() {
-        match ctx.store.job(&id).await? {
-            Some(job) if job.state == JobState::Validating => {}
-            Some(job) if !job.state.is_terminal() => pending.push(job),
-            _ => ctx.unverified.remove(&id),
+    let mut found = BTreeSet::new();
+    for job in ctx.store.jobs_among(&ids).await? {
+        found.insert(job.id.clone());
+        match job.state {
+            JobState::Validating => {}
+            state if state.is_terminal() => ctx.unverified.remove(&job.id),
+            _ => pending.push(job),
         }
+    }
+    for id in ids.iter().filter(|id| !found.contains(*id)) {
+        ctx.unverified.remove(id);
     }
     if pending.is_empty() {
         return Ok(());
@@ -230,20 +238,31 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
             ctx.gate.note(e, ctx.clock.now(), ctx.schedule.auth_retry);
         })?;
 
+    // Read after the survey, as one job's were when they were read one at a time: while a job
+    // is unverified, nothing else moves the rows `adopt` acts on (no submit, no cancel).
+    let pending_ids: Vec<String> = pending.iter().map(|j| j.id.clone()).collect();
+    let mut rows_of: HashMap<String, Vec<Submission>> = HashMap::new();
+    for row in ctx.store.submissions_of_jobs(&pending_ids).await? {
+        rows_of.entry(row.job_id.clone()).or_default().push(row);
+    }
     for job in &pending {
         let claimed = survey.take_claimed(&job.id);
-        adopt(&ctx, job, claimed, &survey).await?;
+        let rows = rows_of.remove(&job.id).unwrap_or_default();
+        adopt(&ctx, job, rows, claimed, &survey).await?;
         ctx.unverified.remove(&job.id);
-        tracing::info!(job = %job.id, "checked against the service");
+        tracing::debug!(job = %job.id, "checked against the service");
     }
+    tracing::info!(jobs = pending.len(), "checked against the service");
     Ok(())
 }
 
-/// Adopts for one job the batches and uploads the service has and the database does not
-/// record, those provably the job's; the others claimed for it are logged and left alone.
+/// Adopts for one job (its submissions `rows`) the batches and uploads the service has and the
+/// database does not record, those provably the job's; the others claimed for it are logged
+/// and left alone.
 async fn adopt(
     ctx: &Ctx,
     job: &Job,
+    mut rows: Vec<Submission>,
     mut found: Vec<Claimed>,
     survey: &Survey,
 ) -> anyhow::Result<()> {
@@ -256,7 +275,6 @@ async fn adopt(
     } in &found
     {
         let (part, attempt) = (*part, *attempt);
-        let rows = ctx.store.submissions_of(&job.id).await?;
         let recorded = rows.iter().find(|r| r.part == part && r.attempt == attempt);
         let Some(of_part) = recorded.or_else(|| rows.iter().find(|r| r.part == part)) else {
             let why = format!("the job has no part {part}");
@@ -316,8 +334,10 @@ async fn adopt(
                 .await?
             }
         }
+        // As this batch left them (a row added, one following it now), for the next.
+        rows = ctx.store.submissions_of(&job.id).await?;
     }
-    for row in ctx.store.submissions_of(&job.id).await? {
+    for row in rows {
         let unrecorded = matches!(
             row.state,
             SubmissionState::Queued | SubmissionState::Uploading
