@@ -1,8 +1,11 @@
-//! Whether scraping `/metrics` slows polling: 1,000 batches tracked, scraped 100 times a second.
+//! Whether scraping `/metrics`, or looking at the status pages, slows polling: 1,000 batches
+//! tracked, scraped 100 times a second; or 10,000 tracked among 100,000 jobs, the jobs page
+//! loaded every 2 s.
 //!
 //! ```text
 //! cargo bench --bench scrape                               # 1,000 batches, 20 s per phase
 //! cargo bench --bench scrape -- --batches 300 --seconds 10 --interval 5
+//! cargo bench --bench scrape -- --load pages --batches 10000 --finished 90000 --interval 100 --seconds 120
 //! ```
 //!
 //! The bench starts the simulator in this process (batches stay `in_progress` for an hour) and
@@ -12,9 +15,18 @@
 //! same length, twice over: without scrapes, and with `GET /metrics` 100 times a second. Every 200 ms it
 //! asks the simulator when each batch was last sent to the daemon (in a retrieve or a list
 //! page): how many were last sent more than an interval ago, and by how much (the polling lag;
-//! the daemon's poll schedule is in its memory, so the database cannot say). It prints, per phase, the polls per second the simulator received, the
+//! the daemon's poll schedule is in its memory, so the database cannot say). It prints, per phase, the polls per second the simulator received (retrieves and list pages), the
 //! mean and 95th percentile of the lag, the daemon's CPU use (from /proc), and for the scraped
 //! phase the scrapes done and their latency.
+//!
+//! `--load pages` loads the status pages instead, as a browser does every `--every-ms`
+//! (default 2,000): `/` and what it links to (the stylesheet, the script, the icon; every answer
+//! is `no-store`, so a browser fetches them again), and prints the server time of `/` (its
+//! `Server-Timing`) beside the latency. `--finished N` first adds N finished jobs to the
+//! database: the daemon completes one job on the simulator, and the bench copies it (row,
+//! batch, history, usage, events) N times in one transaction, as older jobs. At the end it
+//! times the pages themselves, 50 loads each: the jobs page unfiltered, by state, by a file
+//! glob, by model, a page deep in the list, and a job's page.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -26,10 +38,22 @@ use batchwatch_store_sqlite::{Access, Store};
 
 const KEY: &str = "sk-bench-scrape";
 
+/// What loads the daemon's endpoint in the measured phases.
+#[derive(Clone, Copy, PartialEq)]
+enum Load {
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /` and its stylesheet, script and icon.
+    Pages,
+}
+
 struct Args {
     batches: usize,
     seconds: u64,
     interval: u64,
+    load: Load,
+    every: Duration,
+    finished: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -37,18 +61,37 @@ fn args() -> anyhow::Result<Args> {
         batches: 1_000,
         seconds: 20,
         interval: 10,
+        load: Load::Metrics,
+        every: Duration::ZERO,
+        finished: 0,
     };
     let mut it = std::env::args().skip(1);
+    let mut every_ms = None;
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--batches" => out.batches = it.next().context("--batches N")?.parse()?,
             "--seconds" => out.seconds = it.next().context("--seconds S")?.parse()?,
             "--interval" => out.interval = it.next().context("--interval S")?.parse()?,
+            "--load" => {
+                out.load = match it.next().as_deref() {
+                    Some("metrics") => Load::Metrics,
+                    Some("pages") => Load::Pages,
+                    _ => bail!("--load metrics or --load pages"),
+                }
+            }
+            "--every-ms" => every_ms = Some(it.next().context("--every-ms MS")?.parse()?),
+            "--finished" => out.finished = it.next().context("--finished N")?.parse()?,
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
-            other => bail!("unknown argument {other:?}; use --batches N --seconds S --interval S"),
+            other => bail!(
+                "unknown argument {other:?}; use --batches N --seconds S --interval S --load metrics|pages --every-ms MS --finished N"
+            ),
         }
     }
+    out.every = Duration::from_millis(every_ms.unwrap_or(match out.load {
+        Load::Metrics => 10,
+        Load::Pages => 2_000,
+    }));
     Ok(out)
 }
 
@@ -108,13 +151,13 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
     values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The polls the simulator has answered: retrieves and list pages.
 async fn polls(sim: &sim::SimHandle) -> u64 {
-    sim.stats()
-        .await
-        .requests
-        .get("GET /v1/batches/{batch_id}")
-        .copied()
-        .unwrap_or(0)
+    let requests = sim.counts().await.requests;
+    ["GET /v1/batches/{batch_id}", "GET /v1/batches"]
+        .iter()
+        .filter_map(|route| requests.get(*route))
+        .sum()
 }
 
 /// CPU seconds (user and system) process `pid` has used so far.
@@ -143,6 +186,32 @@ struct Phase {
     scrapes: usize,
     scrape_p50_ms: f64,
     scrape_p99_ms: f64,
+    /// The server time of each page load (`Server-Timing`), for `--load pages`.
+    server_ms: Vec<f64>,
+}
+
+/// What one load of the endpoint asks: `/metrics`, or a page and what a browser fetches with it.
+fn paths(load: Load) -> &'static [&'static str] {
+    match load {
+        Load::Metrics => &["/metrics"],
+        Load::Pages => &["/", "/style.css", "/script.js", "/icon.svg"],
+    }
+}
+
+/// `GET base+path`: whether it answered 2xx in full, and the server time it gave, if any.
+async fn load_one(http: &reqwest::Client, url: &str) -> (bool, Option<f64>) {
+    match http.get(url).send().await {
+        Ok(r) => {
+            let server = r
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split("dur=").nth(1))
+                .and_then(|d| d.parse().ok());
+            (r.status().is_success() && r.bytes().await.is_ok(), server)
+        }
+        Err(_) => (false, None),
+    }
 }
 
 async fn measure(
@@ -150,28 +219,34 @@ async fn measure(
     sim: &sim::SimHandle,
     interval: Duration,
     seconds: u64,
-    scrape: Option<String>,
+    load: Option<(String, Load, Duration)>,
 ) -> anyhow::Result<Phase> {
     let stop = Instant::now() + Duration::from_secs(seconds);
-    let scraper = scrape.map(|url| {
+    let loader = load.map(|(base, load, period)| {
         tokio::spawn(async move {
             // reqwest is built without a TLS provider of its own.
             let _ = rustls::crypto::ring::default_provider().install_default();
             let http = reqwest::Client::new();
-            let mut every = tokio::time::interval(Duration::from_millis(10));
-            let mut took = Vec::new();
+            let mut every = tokio::time::interval(period);
+            let (mut took, mut server) = (Vec::new(), Vec::new());
             while Instant::now() < stop {
                 every.tick().await;
                 let started = Instant::now();
-                let ok = match http.get(&url).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
+                let mut ok = true;
+                for (i, path) in paths(load).iter().enumerate() {
+                    let (fine, timing) = load_one(&http, &format!("{base}{path}")).await;
+                    ok &= fine;
+                    if i == 0
+                        && let Some(ms) = timing
+                    {
+                        server.push(ms);
+                    }
+                }
                 if ok {
                     took.push(started.elapsed().as_secs_f64() * 1000.0);
                 }
             }
-            took
+            (took, server)
         })
     });
     let polls_before = polls(sim).await;
@@ -187,9 +262,9 @@ async fn measure(
     }
     let polled = polls(sim).await - polls_before;
     let cpu = cpu_seconds(daemon)? - cpu_before;
-    let mut took = match scraper {
+    let (mut took, server_ms) = match loader {
         Some(task) => task.await?,
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     Ok(Phase {
         daemon_cpu: cpu / started.elapsed().as_secs_f64() * 100.0,
@@ -200,7 +275,160 @@ async fn measure(
         scrapes: took.len(),
         scrape_p50_ms: percentile(&mut took.clone(), 0.5),
         scrape_p99_ms: percentile(&mut took, 0.99),
+        server_ms,
     })
+}
+
+/// Waits until the job of file `name` is completed, after stepping its batch on.
+async fn complete_one(store: &Store, sim: &sim::SimHandle, name: &str) -> anyhow::Result<String> {
+    let (job, remote): (String, String) = sqlx::query_as(
+        "SELECT j.id, b.remote_id FROM jobs j JOIN batches b ON b.job_id = j.id
+         WHERE j.file_name = ?1 AND b.remote_id IS NOT NULL",
+    )
+    .bind(name)
+    .fetch_one(store.reader())
+    .await?;
+    sim.step(sim::Step::Ids { ids: vec![remote] }).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (state,): (String,) = sqlx::query_as("SELECT state FROM jobs WHERE id = ?1")
+            .bind(&job)
+            .fetch_one(store.reader())
+            .await?;
+        if state == "completed" {
+            return Ok(job);
+        }
+        if Instant::now() > deadline {
+            bail!("the template job {job} is {state} after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The columns of `table`, as `INSERT ... SELECT` lists them: each column's own value but
+/// those `set` gives an expression for.
+async fn columns(
+    conn: &mut sqlx::SqliteConnection,
+    table: &str,
+    set: &[(&str, &str)],
+) -> anyhow::Result<(String, String)> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?1)")
+        .bind(table)
+        .fetch_all(&mut *conn)
+        .await?;
+    let values: Vec<String> = names
+        .iter()
+        .map(|name| match set.iter().find(|(n, _)| n == name) {
+            Some((_, expr)) => expr.to_string(),
+            None => format!("t.{name}"),
+        })
+        .collect();
+    Ok((names.join(", "), values.join(", ")))
+}
+
+/// One table's rows to copy: the expressions of the columns set anew, and which rows are the
+/// template's.
+struct Copied<'a> {
+    table: &'a str,
+    set: Vec<(&'a str, &'a str)>,
+    of_template: String,
+}
+
+/// Copies the finished job `template` (its row, its batch, the batch's history and usage, the
+/// job's events) `n` times in one transaction, as jobs older than any other
+/// (`job_00…` ids sort before the daemon's).
+async fn seed_finished(db: &Path, template: &str, n: usize) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .busy_timeout(Duration::from_secs(60));
+    let mut conn = sqlx::SqliteConnection::connect_with(&options).await?;
+    // A write transaction from the start: one that read first could not write after the
+    // daemon's next commit.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let (batch,): (i64,) = sqlx::query_as("SELECT id FROM batches WHERE job_id = ?1")
+        .bind(template)
+        .fetch_one(&mut *tx)
+        .await?;
+    let (base,): (i64,) = sqlx::query_as("SELECT max(id) FROM batches")
+        .fetch_one(&mut *tx)
+        .await?;
+    let numbers =
+        format!("WITH RECURSIVE k(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM k WHERE n < {n})");
+    let job = "printf('job_00%024d', k.n)";
+    let batch_id = format!("{base} + k.n");
+    let copies = [
+        Copied {
+            table: "jobs",
+            set: vec![
+                ("id", job),
+                ("file_name", "printf('seed-%06d.jsonl', k.n)"),
+                ("path", "printf('done/seed-%06d.jsonl', k.n)"),
+                ("results_dir", "printf('results/job_00%024d', k.n)"),
+            ],
+            of_template: format!("id = '{template}'"),
+        },
+        Copied {
+            table: "batches",
+            set: vec![
+                ("id", batch_id.as_str()),
+                ("job_id", job),
+                ("remote_id", "printf('batch_seed%06d', k.n)"),
+            ],
+            of_template: format!("id = {batch}"),
+        },
+        Copied {
+            table: "status_history",
+            set: vec![("id", "NULL"), ("batch_id", batch_id.as_str())],
+            of_template: format!("batch_id = {batch}"),
+        },
+        Copied {
+            table: "batch_usage",
+            set: vec![("batch_id", batch_id.as_str())],
+            of_template: format!("batch_id = {batch}"),
+        },
+        Copied {
+            table: "job_events",
+            set: vec![("id", "NULL"), ("job_id", job)],
+            of_template: format!("job_id = '{template}'"),
+        },
+    ];
+    for Copied {
+        table,
+        set,
+        of_template,
+    } in copies
+    {
+        let (names, values) = columns(&mut tx, table, &set).await?;
+        let sql = format!(
+            "{numbers} INSERT INTO {table} ({names}) SELECT {values} FROM {table} t, k WHERE t.{of_template}"
+        );
+        // Every name and expression in it is this bench's own, or the schema's column names.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("copying {table}"))?;
+    }
+    tx.commit().await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// Times `path` on the pages `times` times: the server time (`Server-Timing`) p50 and p99.
+async fn time_page(base: &str, path: &str, times: usize) -> anyhow::Result<(f64, f64)> {
+    let http = reqwest::Client::new();
+    let mut server = Vec::with_capacity(times);
+    for _ in 0..times {
+        let (ok, timing) = load_one(&http, &format!("{base}{path}")).await;
+        if !ok {
+            bail!("{path} did not answer 200");
+        }
+        server.push(timing.context("a Server-Timing header")?);
+    }
+    Ok((
+        percentile(&mut server.clone(), 0.5),
+        percentile(&mut server, 0.99),
+    ))
 }
 
 fn write_config(
@@ -250,6 +478,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             seed: Some(7),
             validating_secs: 0.5,
             in_progress_secs: 3_600.0,
+            finalizing_secs: 0.5,
             ..SimConfig::default()
         },
     )
@@ -278,13 +507,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let started = Instant::now();
-    for i in 0..args.batches {
+    // With --finished, one more file: the job the seeded ones are copies of.
+    let template = (args.finished > 0).then_some("template.jsonl");
+    let files = args.batches + usize::from(template.is_some());
+    for i in 0..files {
         let line = format!(
             "{{\"custom_id\":\"r\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"user\",\"content\":\"q{i}\"}}]}}}}\n"
         );
+        let name = match (i, template) {
+            (0, Some(template)) => template.to_owned(),
+            _ => format!("f{i}.jsonl"),
+        };
         let part = incoming.join(format!(".f{i}.part"));
         std::fs::write(&part, line)?;
-        std::fs::rename(&part, incoming.join(format!("f{i}.jsonl")))?;
+        std::fs::rename(&part, incoming.join(name))?;
     }
     let store = loop {
         if let Ok(store) = Store::open(
@@ -301,45 +537,101 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let active = active(&store).await?;
-        if active as usize >= args.batches {
+        if active as usize >= files {
             break;
         }
         if Instant::now() > deadline {
-            bail!("only {active} of {} batches became active", args.batches);
+            bail!("only {active} of {files} batches became active");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
         "{} batches active after {:.1}s; each polled every {}s; {}s per phase",
-        args.batches,
+        files,
         started.elapsed().as_secs_f64(),
         args.interval,
         args.seconds
     );
+    if let Some(template) = template {
+        let job = complete_one(&store, &sim, template).await?;
+        let seeding = Instant::now();
+        seed_finished(&dir.path().join("state.db"), &job, args.finished).await?;
+        let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+            .fetch_one(store.reader())
+            .await?;
+        println!(
+            "{} finished jobs copied from {job} in {:.1}s: {jobs} jobs, {} batches active",
+            args.finished,
+            seeding.elapsed().as_secs_f64(),
+            active(&store).await?
+        );
+    }
     // Let the first polls spread out before measuring.
     tokio::time::sleep(Duration::from_secs(args.interval + 1)).await;
 
     // Alternated, twice, so the machine's own noise shows beside the difference.
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let base = format!("http://127.0.0.1:{port}");
     let pid = daemon.0.id();
+    let (quiet_name, loaded_name) = match args.load {
+        Load::Metrics => (
+            "no scrapes".to_owned(),
+            format!("{:.0} scrapes/s", 1.0 / args.every.as_secs_f64()),
+        ),
+        Load::Pages => (
+            "no page loads".to_owned(),
+            format!("a page every {:.1} s", args.every.as_secs_f64()),
+        ),
+    };
     for round in 1..=2 {
         let interval = Duration::from_secs(args.interval);
         let quiet = measure(pid, &sim, interval, args.seconds, None).await?;
-        let scraped = measure(pid, &sim, interval, args.seconds, Some(url.clone())).await?;
-        for (name, p) in [("no scrapes", &quiet), ("100 scrapes/s", &scraped)] {
+        let load = Some((base.clone(), args.load, args.every));
+        let loaded = measure(pid, &sim, interval, args.seconds, load).await?;
+        for (name, p) in [(&quiet_name, &quiet), (&loaded_name, &loaded)] {
             println!(
-                "round {round} {name:>13}: {:.1} polls/s; polling lag mean {:.3}s, p95 of the worst {:.3}s; {:.1} batches overdue on average; daemon CPU {:.1}% of a core",
+                "round {round} {name:>18}: {:.2} polls/s (retrieves and list pages); polling lag mean {:.3}s, p95 of the worst {:.3}s; {:.1} batches overdue on average; daemon CPU {:.1}% of a core",
                 p.polls_per_second, p.mean_lag, p.p95_lag, p.overdue, p.daemon_cpu
             );
         }
         println!(
-            "round {round} {:>13}: {} ({:.1}/s), latency p50 {:.1} ms, p99 {:.1} ms",
-            "scrapes",
-            scraped.scrapes,
-            scraped.scrapes as f64 / args.seconds as f64,
-            scraped.scrape_p50_ms,
-            scraped.scrape_p99_ms
+            "round {round} {:>18}: {} ({:.2}/s), latency p50 {:.1} ms, p99 {:.1} ms",
+            "loads",
+            loaded.scrapes,
+            loaded.scrapes as f64 / args.seconds as f64,
+            loaded.scrape_p50_ms,
+            loaded.scrape_p99_ms
         );
+        if args.load == Load::Pages {
+            let mut server = loaded.server_ms.clone();
+            println!(
+                "round {round} {:>18}: server time of / p50 {:.1} ms, max {:.1} ms",
+                "pages",
+                percentile(&mut server.clone(), 0.5),
+                percentile(&mut server, 1.0)
+            );
+        }
+    }
+    if args.load == Load::Pages {
+        let (job,): (String,) = sqlx::query_as("SELECT id FROM jobs ORDER BY id DESC LIMIT 1")
+            .fetch_one(store.reader())
+            .await?;
+        let (middle,): (String,) = sqlx::query_as(
+            "SELECT id FROM jobs ORDER BY id LIMIT 1 OFFSET (SELECT count(*) / 2 FROM jobs)",
+        )
+        .fetch_one(store.reader())
+        .await?;
+        for path in [
+            "/".to_owned(),
+            "/?state=running".to_owned(),
+            "/?state=completed".to_owned(),
+            "/?file=f9*".to_owned(),
+            "/?model=gpt-4o-mini".to_owned(),
+            format!("/?after={middle}"),
+            format!("/jobs/{job}"),
+        ] {
+            let (p50, p99) = time_page(&base, &path, 50).await?;
+            println!("server time of {path}: p50 {p50:.1} ms, p99 {p99:.1} ms (50 loads)");
+        }
     }
     store.close().await;
     Ok(())
