@@ -680,3 +680,61 @@ async fn serve_shows_the_pages_of_a_database_it_opens_read_only() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instances_page_shows_each_daemon_s_lease_and_the_leader_or_that_sqlite_has_one() {
+    use batchwatch::store::ops::lease::Instance;
+    let sandbox = Sandbox::new();
+    for (backend, store) in backends(&sandbox).await {
+        let server = serve_pages(store.clone());
+        let page = get(server.addr, "/instances").await;
+        assert_eq!(page.status, 200, "{backend}");
+        if backend == "sqlite" {
+            assert!(
+                page.body
+                    .contains("One daemon writes a SQLite database, behind its lock file"),
+                "{}",
+                page.body
+            );
+            continue;
+        }
+        assert!(
+            page.body.contains("No daemon has registered"),
+            "{}",
+            page.body
+        );
+        let who = |name: &str, pid| Instance {
+            name: name.into(),
+            host: "<b>host</b>".into(),
+            pid,
+            pid_namespace: "boot pid:[1]".into(),
+        };
+        let ttl = Duration::from_secs(60);
+        let now = batchwatch::clock::format(batchwatch::clock::Timestamp::now());
+        let first = store.register(&who("alpha", 11), ttl, &now).await.unwrap();
+        store.register(&who("beta", 12), ttl, &now).await.unwrap();
+        assert!(store.elect(&first, Duration::from_secs(15)).await.unwrap());
+        let page = get(server.addr, "/instances").await;
+        let rows: Vec<&str> = page.body.split("<tr>").skip(2).collect();
+        assert_eq!(rows.len(), 2, "{}", page.body);
+        assert!(
+            rows[0].contains("alpha") && rows[0].contains(">leader<"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[1].contains("beta") && !rows[1].contains(">leader<"),
+            "{}",
+            rows[1]
+        );
+        for row in rows {
+            assert!(row.contains(">live<"), "{row}");
+            assert!(
+                row.contains("&lt;b&gt;host&lt;/b&gt;"),
+                "the host name escaped: {row}"
+            );
+        }
+        drop(server);
+        store.close().await;
+    }
+}
