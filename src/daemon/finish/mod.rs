@@ -83,11 +83,11 @@ pub fn outcome(job: &Job, latest: &[&Submission], kept: bool) -> (JobState, Opti
             )
         });
         if succeeded == 0 && failed > 0 {
-            let kept = match kept {
+            let errors = match kept {
                 true => "their errors are kept (errors.jsonl)",
                 false => "no results to keep",
             };
-            let message = format!("every request failed ({failed} of {failed}); {kept}");
+            let message = format!("every request failed ({failed} of {failed}); {errors}");
             return (
                 JobState::Failed,
                 Some(Why::new("all_requests_failed", message)),
@@ -235,8 +235,7 @@ fn retries_failures(state: JobState, why: Option<&Why>) -> bool {
 /// Whether the results in `dir` hold a request that failed for a reason worth retrying.
 async fn failed_worth_retrying(dir: &Path) -> anyhow::Result<bool> {
     let dir = dir.to_owned();
-    let classes = tokio::task::spawn_blocking(move || resubmit::classes(&dir)).await??;
-    Ok(classes.values().any(|c| *c == resubmit::Class::Transient))
+    tokio::task::spawn_blocking(move || resubmit::any_transient(&dir)).await?
 }
 
 /// The first entry of a batch's `errors`: (code, message).

@@ -135,7 +135,7 @@ impl Only {
 
 /// What became of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
+enum Class {
     Done,
     /// Failed, for a reason the request or the model caused.
     Failed,
@@ -414,43 +414,71 @@ impl<'a> Selection<'a> {
     }
 }
 
-/// The class of each request that has a result line.
-pub fn classes(dir: &Path) -> anyhow::Result<HashMap<String, Class>> {
-    let mut seen = HashMap::new();
-    for name in ["errors.jsonl", "output.jsonl"] {
-        let path = dir.join(name);
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        for line in BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            let Some(id) = value["custom_id"].as_str() else {
-                continue;
-            };
-            let status = value["response"]["status_code"].as_u64();
-            let code = value["error"]["code"].as_str();
-            let class =
-                if value["error"].is_null() && status.is_some_and(|s| (200..300).contains(&s)) {
-                    Class::Done
-                } else if matches!(code, Some("batch_expired" | "batch_cancelled")) {
-                    Class::Expired
-                } else if transient(&value) {
-                    Class::Transient
-                } else {
-                    Class::Failed
-                };
-            // A success anywhere wins (output is read last).
-            if seen.get(id) != Some(&Class::Done) {
-                seen.insert(id.to_owned(), class);
-            }
+/// What became of the request of one result line.
+fn class(line: &serde_json::Value) -> Class {
+    let status = line["response"]["status_code"].as_u64();
+    let code = line["error"]["code"].as_str();
+    if line["error"].is_null() && status.is_some_and(|s| (200..300).contains(&s)) {
+        Class::Done
+    } else if matches!(code, Some("batch_expired" | "batch_cancelled")) {
+        Class::Expired
+    } else if transient(line) {
+        Class::Transient
+    } else {
+        Class::Failed
+    }
+}
+
+/// Reads the result file `name` in `dir` (none when it is missing) line by line, giving
+/// `each` every line that is JSON, until `each` says to stop (false).
+fn read_results(
+    dir: &Path,
+    name: &str,
+    mut each: impl FnMut(&serde_json::Value) -> bool,
+) -> anyhow::Result<()> {
+    let path = dir.join(name);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+            && !each(&value)
+        {
+            break;
         }
     }
+    Ok(())
+}
+
+/// The class of each request that has a result line.
+fn classes(dir: &Path) -> anyhow::Result<HashMap<String, Class>> {
+    let mut seen = HashMap::new();
+    for name in ["errors.jsonl", "output.jsonl"] {
+        read_results(dir, name, |value| {
+            if let Some(id) = value["custom_id"].as_str()
+                // A success anywhere wins (output is read last).
+                && seen.get(id) != Some(&Class::Done)
+            {
+                seen.insert(id.to_owned(), class(value));
+            }
+            true
+        })?;
+    }
     Ok(seen)
+}
+
+/// Whether the results in `dir` hold a request that failed for a reason worth retrying: its
+/// errors file read up to the first such line (the output, however large, is not read).
+pub fn any_transient(dir: &Path) -> anyhow::Result<bool> {
+    let mut found = false;
+    read_results(dir, "errors.jsonl", |value| {
+        found = class(value) == Class::Transient;
+        !found
+    })?;
+    Ok(found)
 }
 
 /// The classes of a finished job's requests; `None` when its results are gone. A job that
@@ -1000,6 +1028,15 @@ mod tests {
         assert_eq!(c["bad"], Class::Failed);
         assert_eq!(c["boom"], Class::Transient);
         assert_eq!(c["late"], Class::Expired);
+        assert!(any_transient(dir.path()).unwrap(), "boom");
+        let none = tempfile::tempdir().unwrap();
+        assert!(!any_transient(none.path()).unwrap(), "no errors file");
+        std::fs::write(
+            none.path().join("errors.jsonl"),
+            r#"{"custom_id":"bad","response":{"status_code":400,"body":{}},"error":null}"#,
+        )
+        .unwrap();
+        assert!(!any_transient(none.path()).unwrap(), "a 400 only");
         assert!(Only::Unfinished.wants(Class::Failed) && Only::Unfinished.wants(Class::Expired));
         assert!(Only::Unfinished.wants(Class::Transient) && Only::Failed.wants(Class::Transient));
         assert!(!Only::Expired.wants(Class::Failed) && !Only::Failed.wants(Class::Expired));
