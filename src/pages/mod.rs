@@ -22,10 +22,11 @@
 //! # Safety
 //!
 //! Every value from outside (file names, metadata, reasons, the service's messages) reaches the
-//! HTML through maud, which escapes it ([`view`]). Every answer carries [`CSP`] (no script at
-//! script but this origin's one, styles from this origin only, no framing, forms only to this origin) and
-//! `X-Content-Type-Options: nosniff`; `Server-Timing` says how long the answer took to make. No page shows an API key, a request line or a result
-//! line: the pages read the store, which holds none of them. When a token is configured
+//! HTML through maud, which escapes it ([`view`]). Every answer carries [`CSP`] (no script
+//! but this origin's one, styles from this origin only, no framing, forms only to this
+//! origin) and `X-Content-Type-Options: nosniff`; `Server-Timing` says how long the answer
+//! took to make. No page shows an API key, a request line or a result line: the pages read
+//! the store, which holds none of them. When a token is configured
 //! (`metrics.pages_token_file`, [`PagesToken`]), every request here must bear it as
 //! `Authorization: Bearer TOKEN` (a reverse proxy adds it after its own authentication), or is
 //! answered 401; the token is never logged. A non-loopback address without one is refused at
@@ -108,9 +109,15 @@ pub fn router(pages: Pages) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/batches/{id}", get(batch))
         .route("/instances", get(instances))
-        .route(STYLESHEET_PATH, get(stylesheet))
-        .route(SCRIPT_PATH, get(script))
-        .route(ICON_PATH, get(icon))
+        .route(
+            STYLESHEET_PATH,
+            get(|| asset("text/css; charset=utf-8", STYLESHEET)),
+        )
+        .route(
+            SCRIPT_PATH,
+            get(|| asset("text/javascript; charset=utf-8", SCRIPT)),
+        )
+        .route(ICON_PATH, get(|| asset("image/svg+xml", ICON)))
         .layer(axum::middleware::from_fn_with_state(pages.clone(), guard))
         .with_state(pages)
 }
@@ -362,22 +369,7 @@ async fn instances(State(pages): State<Pages>) -> Response {
     }
 }
 
-async fn icon() -> Response {
-    ([(header::CONTENT_TYPE, "image/svg+xml")], ICON).into_response()
-}
-
-async fn script() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
-    )
-        .into_response()
-}
-
-async fn stylesheet() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        STYLESHEET,
-    )
-        .into_response()
+/// A file the binary holds (the stylesheet, the script, the icon), as `content_type`.
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }

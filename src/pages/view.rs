@@ -73,13 +73,19 @@ fn absolute(ts: Timestamp) -> String {
 /// the text as stored when it does not parse.
 fn when(at: &str, now: Timestamp) -> Markup {
     match clock::parse(at) {
-        Some(t) => html! {
-            time datetime=(at) {
-                (if t > now { relative(at, now) } else { format!("{} ago", clock::humanize(clock::between(t, now))) })
-            }
-            " " span.abs data-at=(at) { (absolute(t)) }
-        },
+        Some(t) => moment(t, now),
         None => html! { (at) },
+    }
+}
+
+/// A time, relative to `now` and absolute (UTC; the script adds the browser's zone).
+fn moment(t: Timestamp, now: Timestamp) -> Markup {
+    let at = clock::format(t);
+    html! {
+        time datetime=(at) {
+            (if t > now { relative(&at, now) } else { format!("{} ago", clock::humanize(clock::between(t, now))) })
+        }
+        " " span.abs data-at=(at) { (absolute(t)) }
     }
 }
 
@@ -314,21 +320,21 @@ fn held(held: &Held, now: Timestamp) -> Markup {
                             crate::daemon::gate::Closed::KeyRefused => { " (the API refused the key)" }
                             crate::daemon::gate::Closed::RouteMissing => { " (the API has no such route: api.base_url)" }
                         }
-                        " since " (when(&clock::format(p.since), now))
-                        "; next try " (when(&clock::format(p.next_probe), now)) ": " (p.message)
+                        " since " (moment(p.since, now))
+                        "; next try " (moment(p.next_probe, now)) ": " (p.message)
                     }
                 }
                 @if let Some(until) = held.submissions_until {
                     li {
                         strong { "New submissions are held" }
-                        " (the API quota is exhausted) until " (when(&clock::format(until), now))
+                        " (the API quota is exhausted) until " (moment(until, now))
                         "; running batches are still followed"
                     }
                 }
                 @for (model, until) in &held.models {
                     li {
                         "New batches of " strong { (model) } " are held (the enqueued-token limit) until "
-                        (when(&clock::format(*until), now))
+                        (moment(*until, now))
                     }
                 }
             }
