@@ -6,6 +6,7 @@
 //! cargo bench --bench scrape                               # 1,000 batches, 20 s per phase
 //! cargo bench --bench scrape -- --batches 300 --seconds 10 --interval 5
 //! cargo bench --bench scrape -- --load pages --batches 10000 --finished 90000 --interval 100 --seconds 120
+//! cargo bench --bench scrape -- --load hanging-receiver
 //! ```
 //!
 //! The bench starts the simulator in this process (batches stay `in_progress` for an hour) and
@@ -27,6 +28,13 @@
 //! batch, history, usage, events) N times in one transaction, as older jobs. At the end it
 //! times the pages themselves, 50 loads each: the jobs page unfiltered, by state, by a file
 //! glob, by model, a page deep in the list, and a job's page.
+//!
+//! `--load hanging-receiver` gives the daemon a `[[notify]]` webhook (timeout 30 s) on a
+//! receiver in this process, and completes one batch every `--every-ms` (default 500) through
+//! every phase, so jobs end and notifications go out all along: in the quiet phases the
+//! receiver answers at once (204), in the loaded ones it takes each request and never answers.
+//! It prints, per phase, the notifications the receiver took and answered, and how many were
+//! pending at the phase's end, beside the polling figures.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -45,6 +53,8 @@ enum Load {
     Metrics,
     /// `GET /` and its stylesheet, script and icon.
     Pages,
+    /// Jobs ending all along, their webhook's receiver answering or hanging.
+    HangingReceiver,
 }
 
 struct Args {
@@ -76,7 +86,8 @@ fn args() -> anyhow::Result<Args> {
                 out.load = match it.next().as_deref() {
                     Some("metrics") => Load::Metrics,
                     Some("pages") => Load::Pages,
-                    _ => bail!("--load metrics or --load pages"),
+                    Some("hanging-receiver") => Load::HangingReceiver,
+                    _ => bail!("--load metrics, pages or hanging-receiver"),
                 }
             }
             "--every-ms" => every_ms = Some(it.next().context("--every-ms MS")?.parse()?),
@@ -84,13 +95,14 @@ fn args() -> anyhow::Result<Args> {
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             other => bail!(
-                "unknown argument {other:?}; use --batches N --seconds S --interval S --load metrics|pages --every-ms MS --finished N"
+                "unknown argument {other:?}; use --batches N --seconds S --interval S --load metrics|pages|hanging-receiver --every-ms MS --finished N"
             ),
         }
     }
     out.every = Duration::from_millis(every_ms.unwrap_or(match out.load {
         Load::Metrics => 10,
         Load::Pages => 2_000,
+        Load::HangingReceiver => 500,
     }));
     Ok(out)
 }
@@ -195,6 +207,7 @@ fn paths(load: Load) -> &'static [&'static str] {
     match load {
         Load::Metrics => &["/metrics"],
         Load::Pages => &["/", "/style.css", "/script.js", "/icon.svg"],
+        Load::HangingReceiver => &[],
     }
 }
 
@@ -431,11 +444,104 @@ async fn time_page(base: &str, path: &str, times: usize) -> anyhow::Result<(f64,
     ))
 }
 
+/// The webhook receiver of `--load hanging-receiver`: takes every POST; answers 204 at once,
+/// or, while `hang` is set, never.
+struct Receiver {
+    hang: std::sync::atomic::AtomicBool,
+    took: std::sync::atomic::AtomicU64,
+    answered: std::sync::atomic::AtomicU64,
+}
+
+impl Receiver {
+    async fn start(port: u16) -> anyhow::Result<std::sync::Arc<Receiver>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let receiver = std::sync::Arc::new(Receiver {
+            hang: false.into(),
+            took: 0.into(),
+            answered: 0.into(),
+        });
+        let shared = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move || {
+                let r = shared.clone();
+                async move {
+                    r.took.fetch_add(1, SeqCst);
+                    if r.hang.load(SeqCst) {
+                        std::future::pending::<()>().await;
+                    }
+                    r.answered.fetch_add(1, SeqCst);
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(receiver)
+    }
+
+    /// (taken, answered) so far.
+    fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.took.load(SeqCst), self.answered.load(SeqCst))
+    }
+}
+
+/// The `[[notify]]` entry of `--load hanging-receiver`, its secret in `dir`.
+fn notify_config(dir: &Path, port: u16) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let secret = dir.join("webhook-secret");
+    // 32 bytes, base64: a Standard Webhooks secret.
+    std::fs::write(
+        &secret,
+        "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n",
+    )?;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    Ok(format!(
+        "\n[[notify]]\nname = \"hook\"\non = [\"completed\"]\nurl = \"http://127.0.0.1:{port}/hook\"\n\
+         secret_file = \"{}\"\ntimeout = \"30s\"\n",
+        secret.display()
+    ))
+}
+
+/// Completes one batch of a job not yet asked to complete every `every`, until `stop`.
+async fn complete_along(
+    store: Store,
+    sim: std::sync::Arc<sim::SimHandle>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let remotes: Vec<String> =
+        sqlx::query_scalar("SELECT remote_id FROM batches WHERE remote_id IS NOT NULL ORDER BY id")
+            .fetch_all(store.reader())
+            .await?;
+    let mut tick = tokio::time::interval(every);
+    for remote in remotes {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                sim.step(sim::Step::Ids { ids: vec![remote] }).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many notifications are pending.
+async fn pending_notifications(store: &Store) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE state = 'pending'")
+            .fetch_one(store.reader())
+            .await?,
+    )
+}
+
 fn write_config(
     dir: &Path,
     base_url: &str,
     port: u16,
     interval: u64,
+    extra: &str,
 ) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join("batchwatch.toml");
     std::fs::write(
@@ -462,7 +568,7 @@ concurrency = 16
 
 [metrics]
 listen = "127.0.0.1:{port}"
-"#,
+{extra}"#,
             dir = dir.display()
         ),
     )?;
@@ -471,20 +577,33 @@ listen = "127.0.0.1:{port}"
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let sim = sim::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            time_scale: 1.0,
-            seed: Some(7),
-            validating_secs: 0.5,
-            in_progress_secs: 3_600.0,
-            finalizing_secs: 0.5,
-            ..SimConfig::default()
-        },
-    )
-    .await?;
+    let sim = std::sync::Arc::new(
+        sim::start(
+            "127.0.0.1:0".parse()?,
+            SimConfig {
+                time_scale: 1.0,
+                seed: Some(7),
+                validating_secs: 0.5,
+                in_progress_secs: 3_600.0,
+                finalizing_secs: 0.5,
+                ..SimConfig::default()
+            },
+        )
+        .await?,
+    );
     let port = free_port()?;
-    let config = write_config(dir.path(), &sim.base_url(), port, args.interval)?;
+    let receiver = match args.load {
+        Load::HangingReceiver => {
+            let port = free_port()?;
+            Some((
+                Receiver::start(port).await?,
+                notify_config(dir.path(), port)?,
+            ))
+        }
+        _ => None,
+    };
+    let extra = receiver.as_ref().map_or("", |(_, extra)| extra.as_str());
+    let config = write_config(dir.path(), &sim.base_url(), port, args.interval, extra)?;
     let daemon = Daemon(
         Command::new(env!("CARGO_BIN_EXE_batchwatch"))
             .arg("--config")
@@ -581,17 +700,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "no page loads".to_owned(),
             format!("a page every {:.1} s", args.every.as_secs_f64()),
         ),
+        Load::HangingReceiver => ("receiver answers".to_owned(), "receiver hangs".to_owned()),
     };
+    let completing = tokio_util::sync::CancellationToken::new();
+    let completer = receiver.as_ref().map(|_| {
+        tokio::spawn(complete_along(
+            store.clone(),
+            sim.clone(),
+            args.every,
+            completing.clone(),
+        ))
+    });
     for round in 1..=2 {
         let interval = Duration::from_secs(args.interval);
+        let hang = |on: bool| {
+            if let Some((r, _)) = &receiver {
+                r.hang.store(on, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let before = receiver.as_ref().map(|(r, _)| r.counts());
+        hang(false);
         let quiet = measure(pid, &sim, interval, args.seconds, None).await?;
-        let load = Some((base.clone(), args.load, args.every));
+        let middle = receiver.as_ref().map(|(r, _)| r.counts());
+        let pending_quiet = match &receiver {
+            Some(_) => pending_notifications(&store).await?,
+            None => 0,
+        };
+        hang(true);
+        let load = Some((base.clone(), args.load, args.every)).filter(|_| receiver.is_none());
         let loaded = measure(pid, &sim, interval, args.seconds, load).await?;
         for (name, p) in [(&quiet_name, &quiet), (&loaded_name, &loaded)] {
             println!(
                 "round {round} {name:>18}: {:.2} polls/s (retrieves and list pages); polling lag mean {:.3}s, p95 of the worst {:.3}s; {:.1} batches overdue on average; daemon CPU {:.1}% of a core",
                 p.polls_per_second, p.mean_lag, p.p95_lag, p.overdue, p.daemon_cpu
             );
+        }
+        if let (Some((r, _)), Some(before), Some(middle)) = (&receiver, before, middle) {
+            let after = r.counts();
+            println!(
+                "round {round} {:>18}: receiver answering: {} notifications taken, {} answered, {pending_quiet} pending at the end; hanging: {} taken, {} answered, {} pending at the end",
+                "notifications",
+                middle.0 - before.0,
+                middle.1 - before.1,
+                after.0 - middle.0,
+                after.1 - middle.1,
+                pending_notifications(&store).await?,
+            );
+            continue;
         }
         println!(
             "round {round} {:>18}: {} ({:.2}/s), latency p50 {:.1} ms, p99 {:.1} ms",
@@ -610,6 +765,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 percentile(&mut server, 1.0)
             );
         }
+    }
+    completing.cancel();
+    if let Some(task) = completer {
+        task.await??;
     }
     if args.load == Load::Pages {
         let (job,): (String,) = sqlx::query_as("SELECT id FROM jobs ORDER BY id DESC LIMIT 1")

@@ -1,7 +1,8 @@
 //! The checks `batchwatch run` makes before it opens anything: the configuration (every key,
 //! as [`Settings::load`] checks them) and the API key, read from its source as the daemon
 //! reads it (a key file must exist, be a regular file, not a FIFO, and be readable by its
-//! owner only; see [`ApiKey::load`]), and the status pages' token file when one is set.
+//! owner only; see [`ApiKey::load`]), the status pages' token file when one is set, and the
+//! `[[notify]]` entries' signing secrets.
 //!
 //! `check-config` runs this very function, and `doctor` its two parts, so a deployment gate
 //! built on it refuses what the daemon would refuse, with the same message and exit code (78).
@@ -31,6 +32,8 @@ pub fn check(file: Option<&Path>) -> Result<Checked, ConfigError> {
     let (settings, as_written) = Settings::load_as_written(file)?;
     // The pages' token file, read as the daemon reads it at start.
     crate::pages::PagesToken::configured(&settings.metrics)?;
+    // The [[notify]] entries' signing secrets, as the daemon reads them at start.
+    crate::daemon::notifiers::Notifiers::check_secrets(&settings)?;
     let key = read_key(&settings)?;
     Ok(Checked {
         settings,

@@ -19,6 +19,7 @@ use crate::store::batches::Submission;
 use crate::store::figures::StuckBatch;
 use crate::store::history::HistoryRow;
 use crate::store::jobs::{Job, JobEvent, JobOverview};
+use crate::store::notifications::Notification;
 use crate::store::ops::lease::InstanceRow;
 use crate::store::usage::{BatchUsage, JobCost};
 use crate::store::{Store, prelude::*};
@@ -113,6 +114,8 @@ pub struct JobReport {
     /// The tokens and estimated cost of all its batches.
     pub usage: Option<JobCost>,
     pub events: Vec<JobEvent>,
+    /// Who was, or is to be, told of it (`[[notify]]`), and how each delivery went.
+    pub notifications: Vec<Notification>,
     pub batches: Vec<BatchReport>,
 }
 
@@ -175,6 +178,7 @@ pub async fn job_report(
         usage: store.job_costs(&[job_id]).await?.pop(),
         parent_job_id: store.parent_of(job_id).await?,
         chain: store.chain(job_id).await?,
+        notifications: store.notifications_of(job_id).await?,
         job,
         events,
         batches: batch_reports,
@@ -524,6 +528,49 @@ pub fn show(report: &JobReport, now: Timestamp, look: &Look) -> String {
                 .flatten()
         },
     )));
+
+    if !report.notifications.is_empty() {
+        out.push_str("\nNotifications:\n");
+        let rows: Vec<Vec<String>> = report
+            .notifications
+            .iter()
+            .map(|n| {
+                let when = match &n.done_at {
+                    Some(at) => at.clone(),
+                    None => format!("next try {}", n.next_attempt_at),
+                };
+                vec![
+                    n.target.clone(),
+                    n.event.clone(),
+                    n.state.clone(),
+                    n.attempts.to_string(),
+                    or_dash(n.last_outcome.as_deref()).to_owned(),
+                    when,
+                    n.webhook_id.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&styled_table(
+            &[
+                "TARGET",
+                "EVENT",
+                "STATE",
+                "TRIES",
+                "LAST",
+                "WHEN",
+                "WEBHOOK-ID",
+            ],
+            &rows,
+            look,
+            |row, column| {
+                (column == 2).then(|| match report.notifications[row].state.as_str() {
+                    "delivered" => Colour::Green,
+                    "abandoned" => Colour::Red,
+                    _ => Colour::Yellow,
+                })
+            },
+        )));
+    }
 
     for b in &report.batches {
         let s = &b.submission;

@@ -34,6 +34,7 @@ use batchwatch_store::history::HistoryRow;
 use batchwatch_store::jobs::{
     Filter, Job, JobEvent, JobLine, JobOverview, NewJob, RecordedFile, Why,
 };
+use batchwatch_store::notifications::{NewNotification, Notification, Tried};
 use batchwatch_store::ops::finish::Ending;
 use batchwatch_store::ops::housekeeping::Deleted;
 use batchwatch_store::ops::intake::Validated;
@@ -270,6 +271,9 @@ Reads {
     next_deletion_due() -> Option<String>;
     deletions_of(job_id: &str) -> Vec<Deletion>;
     pending_deletions() -> i64;
+    notifications_due(now: &str, limit: i64) -> Vec<Notification>;
+    next_notification_due() -> Option<String>;
+    notifications_of(job_id: &str) -> Vec<Notification>;
     known_files() -> Vec<KnownFile>;
     jobs_ended() -> Vec<(String, bool)>;
     figures(stuck_after: &StuckAfter, now: Timestamp) -> Figures;
@@ -284,7 +288,7 @@ Reads {
 Intake {
     claim(lease: &Lease, job: &NewJob<'_>, look: Option<&FileLook>, parent: Option<&str>, now: &str) -> ();
     record_valid(lease: &Lease, job_id: &str, valid: &Validated<'_>, now: &str) -> JobState;
-    reject(lease: &Lease, job_id: &str, why: &Why, now: &str) -> Option<String>;
+    reject(lease: &Lease, job_id: &str, why: &Why, notify: &[NewNotification<'_>], now: &str) -> Option<String>;
     validate_again(lease: &Lease, job_id: &str, look: &FileLook, sending: Option<i64>, validate_after: &str, message: &str, now: &str) -> bool;
 }
 Submit {
@@ -337,5 +341,7 @@ Housekeeping {
     plan_deletion(lease: &Lease, file_id: &str, job_id: Option<&str>, kind: &str, origin: Origin, now: &str) -> Deletion;
     record_deletion(lease: &Lease, row: &Deletion, outcome: &Deleted, message: Option<&str>, now: &str) -> bool;
     record_resubmission(lease: &Lease, job_id: &str, view: &View, withdrawn: &[i64], new: &NewResubmission<'_>, message: &str, clear_due: bool, now: &str) -> bool;
+    plan_notifications(lease: &Lease, job_id: &str, notify: &[NewNotification<'_>], now: &str) -> u64;
+    record_notification(lease: &Lease, row: &Notification, tried: &Tried, message: Option<&str>, now: &str) -> bool;
     resubmit_done(lease: &Lease, job_id: &str, message: &str, now: &str) -> ();
 }}

@@ -7,6 +7,7 @@ use crate::api::{ApiError, Client};
 use crate::clock::{self, Clock};
 use crate::config::Settings;
 use crate::daemon::gate::Gate;
+use crate::daemon::notifiers::Notifiers;
 use crate::daemon::schedule::Schedule;
 use crate::daemon::shared::{DuplicateWatch, Polls, Sweeps, Tenure, Unverified};
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct Ctx {
     pub duplicates: Arc<DuplicateWatch>,
     /// The counters and histograms `/metrics` shows.
     pub metrics: Metrics,
+    /// The `[[notify]]` entries, their secrets read; replaced whole by a reload.
+    pub notify: Arc<Notifiers>,
     /// What the last list sweep cost.
     pub sweeps: Arc<Sweeps>,
     /// When each active batch is polled next, while this instance leads.

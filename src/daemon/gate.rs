@@ -271,8 +271,7 @@ impl Gate {
 /// The back-off before attempt `attempt + 1` after `attempt` was refused for the token limit:
 /// `initial * 2^(attempt-1)`, at most `max`.
 pub fn token_backoff(attempt: i64, initial: Duration, max: Duration) -> Duration {
-    let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    initial.saturating_mul(1 << doublings).min(max)
+    crate::daemon::schedule::doubling(initial, attempt, max)
 }
 
 #[cfg(test)]

@@ -94,10 +94,11 @@
 //!
 //! * shared, each importing only those before it: [`shared`] (what the activities keep in
 //!   memory, what a task works on and does), [`schedule`] (every timer), [`gate`] (what holds
-//!   everyone back), [`ctx`] (what the tasks share), [`file`](mod@file) (the job's file: its
-//!   changes and its last move);
-//! * [`housekeeping`]: remote files, retention and resubmissions, for the daemon and for the
-//!   commands that do the same on demand;
+//!   everyone back), [`notifiers`] (the `[[notify]]` entries, their secrets read), [`ctx`]
+//!   (what the tasks share), [`file`](mod@file) (the job's file: its changes and its last
+//!   move);
+//! * [`housekeeping`]: remote files, retention, resubmissions and notifications, for the daemon
+//!   and for the commands that do the same on demand;
 //! * [`track`]: following a batch ([`track::poll`], [`track::sweep`]), recording what is seen
 //!   ([`track::observe`]), and jobs that stopped moving ([`track::stuck`]);
 //! * [`intake`]: claim and check, and the start-up recovery and sweep of processing/
@@ -122,6 +123,7 @@ pub mod finish;
 pub mod gate;
 pub mod housekeeping;
 pub mod intake;
+pub mod notifiers;
 pub mod runtime;
 pub mod schedule;
 pub mod shared;
@@ -134,8 +136,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use finish::collect;
+use housekeeping::notifications;
 use housekeeping::{remote, resubmit, retention};
 use intake::recover;
+use notifiers::Notifiers;
 use runtime::{instance, notify};
 use submit::reconcile;
 use tokio::task::{AbortHandle, JoinSet};
@@ -438,10 +442,12 @@ impl Daemon {
             }
             None => None,
         };
+        let notify = Arc::new(Notifiers::load(&settings)?);
         let schedule = Schedule::new(&settings);
         let settings = Arc::new(settings);
         let now = clock.now();
         let ctx = Ctx {
+            notify,
             settings: settings.clone(),
             schedule: Arc::new(schedule.clone()),
             store,
@@ -573,8 +579,8 @@ impl Daemon {
                 self.health.round_failed(error);
             }
         }
-        if self.ctx.tenure.leads() {
-            self.stuck.check(&self.ctx).await;
+        if self.ctx.tenure.leads() && self.stuck.check(&self.ctx).await {
+            self.timers.housekeeping.arm(self.ctx.clock.now());
         }
         self.notifier.status(&self.ctx, self.in_flight.len()).await;
     }
@@ -746,6 +752,17 @@ impl Daemon {
                         Subject::RemoteFiles,
                         T::DeleteRemoteFiles,
                         remote::run(ctx.clone()),
+                    );
+                }
+                Some(at) => self.timers.housekeeping.arm(at),
+                None => {}
+            }
+            match notifications::next_due(&ctx, now).await? {
+                Some(at) if at <= now => {
+                    busy |= !self.spawn(
+                        Subject::Notifications,
+                        T::Notify,
+                        notifications::run(ctx.clone()),
                     );
                 }
                 Some(at) => self.timers.housekeeping.arm(at),
@@ -940,10 +957,15 @@ impl Daemon {
         };
         self.reaped = true;
         self.in_flight.remove(&subject);
-        if matches!(
-            task,
-            Task::Finish | Task::DeleteRemoteFiles | Task::Resubmit
-        ) {
+        // What ends a job may have planned housekeeping: deletions, resubmissions and
+        // notifications (a rejection's, when anyone is told of one).
+        let rejects_told = task == Task::Validate && !self.ctx.settings.notify.is_empty();
+        if rejects_told
+            || matches!(
+                task,
+                Task::Finish | Task::DeleteRemoteFiles | Task::Resubmit | Task::Notify
+            )
+        {
             self.timers.housekeeping.arm(self.ctx.clock.now());
         }
         if let Subject::Job(job) = &subject

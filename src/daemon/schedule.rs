@@ -126,9 +126,11 @@ impl Schedule {
 
     /// How long a task waits after failing `failures` times in a row.
     pub fn task_retry(&self, failures: u32) -> Duration {
-        self.failed_task_initial
-            .saturating_mul(1 << failures.saturating_sub(1).min(16))
-            .min(self.failed_task_max)
+        doubling(
+            self.failed_task_initial,
+            i64::from(failures),
+            self.failed_task_max,
+        )
     }
 
     /// When processing/ is gone through again after a sweep, `left` sweeps in a row having
@@ -140,6 +142,13 @@ impl Schedule {
             n => self.task_retry(n),
         }
     }
+}
+
+/// The wait after the `nth` failure (or refusal) in a row: `first` after the first, doubling
+/// after each, at most `max`. Every back-off of the daemon is this one.
+pub fn doubling(first: Duration, nth: i64, max: Duration) -> Duration {
+    let doublings = u32::try_from(nth.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    first.saturating_mul(1 << doublings).min(max)
 }
 
 #[cfg(test)]

@@ -98,6 +98,8 @@ pub enum Subject {
     Retention,
     /// Writing the undone requests of expired jobs ([`crate::daemon::housekeeping::resubmit`]).
     Resubmissions,
+    /// Delivering notifications ([`crate::daemon::housekeeping::notifications`]).
+    Notifications,
 }
 
 impl std::fmt::Display for Subject {
@@ -112,6 +114,7 @@ impl std::fmt::Display for Subject {
             Subject::RemoteFiles => f.write_str("remote files"),
             Subject::Retention => f.write_str("retention"),
             Subject::Resubmissions => f.write_str("resubmissions"),
+            Subject::Notifications => f.write_str("notifications"),
         }
     }
 }
@@ -133,17 +136,20 @@ pub enum Task {
     DeleteRemoteFiles,
     Prune,
     Resubmit,
+    Notify,
 }
 
 impl Task {
     /// Whether the task is dropped at once when the daemon stops, rather than given
-    /// `daemon.shutdown_timeout` to finish. Deleting remote files is housekeeping whose intents
-    /// are rows: a deletion cut short is sent again at the next start (a repeat meets a 404),
-    /// and waiting for a service that does not answer would only hold the stop. The rest
+    /// `daemon.shutdown_timeout` to finish. Deleting remote files and delivering notifications
+    /// are housekeeping whose intents are rows: a deletion cut short is sent again at the next
+    /// start (a repeat meets a 404), a notification too (its receiver drops a repeat by its
+    /// id), and waiting for a service or receiver that does not answer would only hold the
+    /// stop. The rest
     /// finish what they started (an upload or create whose outcome would otherwise have to be
     /// reconciled, a download, a file's move); retention and resubmission are local and short.
     pub fn stops_at_once(self) -> bool {
-        matches!(self, Task::DeleteRemoteFiles)
+        matches!(self, Task::DeleteRemoteFiles | Task::Notify)
     }
 }
 

@@ -250,6 +250,7 @@ struct Inner {
     batch_requests: Histograms<StatusLabel>,
     requests: Family<OutcomeLabel, Counter>,
     remote_files_deleted: Family<OutcomeLabel, Counter>,
+    notifications: Family<OutcomeLabel, Counter>,
     pruned: Family<KindLabel, Counter>,
     reloads: Family<OutcomeLabel, Counter>,
     api_last_success: FloatGauge,
@@ -509,6 +510,17 @@ impl Metrics {
             "Deletions of files on the service, by outcome (deleted, gone: already gone, failed: tried again later)",
             remote_files_deleted.clone(),
         );
+        let notifications = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "notifications",
+            "Tries at delivering a notification ([[notify]]), by outcome (delivered, pending: failed, tried again later, abandoned: given up after notify.retry_for)",
+            notifications.clone(),
+        );
+        for outcome in ["delivered", "pending", "abandoned"] {
+            notifications
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(0);
+        }
         let pruned = Family::<KindLabel, Counter>::default();
         registry.register(
             "pruned",
@@ -594,6 +606,7 @@ impl Metrics {
                 batch_requests,
                 requests,
                 remote_files_deleted,
+                notifications,
                 pruned,
                 reloads,
                 api_last_success,
@@ -620,6 +633,15 @@ impl Metrics {
     pub fn remote_file_deleted(&self, outcome: &'static str) {
         self.inner
             .remote_files_deleted
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// A try at delivering a notification ended: `delivered`, `pending` (failed, tried again)
+    /// or `abandoned`.
+    pub fn notification_tried(&self, outcome: &'static str) {
+        self.inner
+            .notifications
             .get_or_create(&OutcomeLabel { outcome })
             .inc();
     }
@@ -1000,6 +1022,23 @@ fn rows_registry(
         "results_waiting_on_local_fault",
         "Ended batches whose results cannot be written here (a full disk, a quota, a permission): they wait, nothing is given up",
         waiting,
+    );
+
+    let undelivered = Gauge::<i64>::default();
+    undelivered.set(f.undelivered.count);
+    registry.register(
+        "notifications_undelivered",
+        "Notifications not delivered yet (pending: being tried)",
+        undelivered,
+    );
+    let oldest_undelivered = FloatGauge::default();
+    if let Some(at) = f.undelivered.oldest.as_deref().and_then(clock::parse) {
+        oldest_undelivered.set(clock::between(at, now).as_secs_f64());
+    }
+    registry.register(
+        "oldest_undelivered_notification_age_seconds",
+        "Age of the oldest notification not delivered yet (0 when none is pending)",
+        oldest_undelivered,
     );
 
     let tokens = Family::<TokenLabels, Counter>::default();

@@ -13,7 +13,7 @@ use crate::store::usage::{BatchUsage, JobCost};
 /// The manifest's file name.
 pub const FILE: &str = "manifest.json";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Counts {
     pub total: i64,
     pub completed: i64,

@@ -130,7 +130,7 @@ fn the_services_object_fields_and_tags_are_named_only_by_the_provider() {
 }
 
 /// The daemon's modules below every activity, each importing only those before it.
-const SHARED: [&str; 5] = ["shared", "schedule", "gate", "ctx", "file"];
+const SHARED: [&str; 6] = ["shared", "schedule", "gate", "notifiers", "ctx", "file"];
 
 /// The daemon's activities, in the order README and `daemon/mod.rs` give.
 const ACTIVITIES: [&str; 7] = [

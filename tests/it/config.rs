@@ -442,7 +442,8 @@ fn print_default_config_prints_the_example_that_is_also_the_defaults() {
 /// line itself, and the commented table header it belongs to when there is one (the pricing
 /// example).
 fn commented_settings(example: &str) -> Vec<Vec<(usize, String)>> {
-    // A commented table (the pricing example) is uncommented whole, header and keys.
+    // A commented table (the pricing example, a [[notify]] entry) is uncommented whole,
+    // header and keys.
     let mut table: Option<Vec<(usize, String)>> = None;
     let mut out = Vec::new();
     for (i, line) in example.lines().enumerate() {
@@ -450,7 +451,7 @@ fn commented_settings(example: &str) -> Vec<Vec<(usize, String)>> {
             out.extend(table.take().filter(|t| t.len() > 1));
             continue;
         };
-        if rest.starts_with("[pricing.") {
+        if rest.starts_with("[pricing.") || rest == "[[notify]]" {
             // A header with no keys under it is prose.
             out.extend(table.take().filter(|t| t.len() > 1));
             table = Some(vec![(i, rest.to_owned())]);

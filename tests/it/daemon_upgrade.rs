@@ -11,6 +11,13 @@ use batchwatch::sim::SimConfig;
 use crate::support::daemon::{Env, assert_never_two_live_batches, quick_sim};
 use crate::support::sim::spawn_sim;
 
+/// A job as the fixture holds it.
+struct Before {
+    id: String,
+    state: JobState,
+    updated_at: String,
+}
+
 /// `tests/fixtures/before-store-port/`, made by its `make` script with the batchwatch of commit
 /// b86437d (the last before the store's operations took over every transaction and job moves
 /// were checked against the job state machine): a database with a job in every state, the
@@ -37,7 +44,7 @@ async fn a_database_left_in_every_state_by_the_version_before_the_store_operatio
         jiff::Timestamp::now(),
         Duration::from_secs(86_400),
     ));
-    {
+    let before: Vec<Before> = {
         use sqlx::Connection;
         let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", db.display()))
             .await
@@ -47,8 +54,22 @@ async fn a_database_left_in_every_state_by_the_version_before_the_store_operatio
             .execute(&mut conn)
             .await
             .unwrap();
+        // Read as the version before left them: this build opens an older schema only to
+        // migrate it, which the daemon's start is to do.
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT id, state, updated_at FROM jobs")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
         conn.close().await.unwrap();
-    }
+        rows.into_iter()
+            .map(|(id, state, updated_at)| Before {
+                id,
+                state: *JobState::ALL.iter().find(|s| s.as_str() == state).unwrap(),
+                updated_at,
+            })
+            .collect()
+    };
     let made = jiff::Timestamp::from_second(1_796_565_600).unwrap(); // 2026-12-06T14:00:00Z
     let sim = spawn_sim(SimConfig {
         data_dir: Some(dir.path().join("sim")),
@@ -58,7 +79,6 @@ async fn a_database_left_in_every_state_by_the_version_before_the_store_operatio
     .await;
     let env = Env::placed(&sim.handle.base_url(), "", Some(&queue), Some(&db));
 
-    let before = env.jobs().await;
     let states: HashSet<JobState> = before.iter().map(|j| j.state).collect();
     assert_eq!(
         states,

@@ -25,6 +25,7 @@ mod fleet_containers;
 mod housekeeping;
 mod metrics;
 mod metrics_limits;
+mod notify;
 mod packaging;
 mod pages;
 mod postgres;

@@ -121,7 +121,7 @@ async fn fill_many(store: &Store, n: u64) -> Vec<(String, JobState)> {
             }
             1 => {
                 let why = Why::new("duplicate_custom_id", "line 2: a duplicate");
-                store.reject(&lease, &id, &why, T0).await.unwrap();
+                store.reject(&lease, &id, &why, &[], T0).await.unwrap();
                 JobState::Rejected
             }
             _ => JobState::Validating,
@@ -284,7 +284,10 @@ async fn a_hostile_file_name_and_reason_render_as_text_and_every_answer_carries_
     let rejected = job_id(1);
     claim(&rejected).await;
     let why = Why::new("bad_line", "line 1: <script>alert(2)</script>");
-    store.reject(&lease, &rejected, &why, T0).await.unwrap();
+    store
+        .reject(&lease, &rejected, &why, &[], T0)
+        .await
+        .unwrap();
     let queued = job_id(2);
     claim(&queued).await;
     let valid = fixtures::valid("<svg onload=alert(3)>");

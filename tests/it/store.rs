@@ -64,6 +64,7 @@ async fn a_database_of_the_first_schema_version_is_upgraded_keeping_its_rows() {
     // undone newest first.
     let writer = store.writer().unwrap();
     for undo in [
+        "DROP TABLE notifications",
         "ALTER TABLE batches DROP COLUMN local_fault_since",
         "DROP TABLE resubmissions",
         "DROP INDEX batches_resent",

@@ -389,7 +389,7 @@ async fn operate(
             }
             if let Event::Reject { .. } = event {
                 let why = Why::new("invalid_json_line", "line 1 is not JSON");
-                store.reject(lease, &j.id, &why, NOW).await?;
+                store.reject(lease, &j.id, &why, &[], NOW).await?;
             } else {
                 let parts: Vec<Part> = (0..i64::from(j.parts))
                     .map(|p| Part {
@@ -447,6 +447,7 @@ async fn operate(
                 results_dir: None,
                 delete_remote: None,
                 resubmit: None,
+                notify: &[],
             };
             store.finish_job(lease, &ending, NOW).await?;
         }

@@ -89,6 +89,9 @@ pub struct Settings {
     /// Prices per model, by the model name the request lines use; empty: no cost estimates.
     #[serde(default)]
     pub pricing: BTreeMap<String, ModelPrice>,
+    /// Who is told when a job ends or a batch is stuck (`[[notify]]`); empty: nobody.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -615,6 +618,213 @@ impl Default for StuckAfter {
             .ok()
             .and_then(|t| t.get("alerts")?.get("stuck_after")?.clone().try_into().ok())
             .expect("the built-in defaults have alerts.stuck_after")
+    }
+}
+
+/// What a notification tells of: a job's end in one of its final states, or one of its batches
+/// stuck (once per episode: a batch in one status past `alerts.stuck_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyOn {
+    Completed,
+    Failed,
+    Expired,
+    Cancelled,
+    Rejected,
+    Stuck,
+}
+
+impl NotifyOn {
+    pub const ALL: [NotifyOn; 6] = [
+        NotifyOn::Completed,
+        NotifyOn::Failed,
+        NotifyOn::Expired,
+        NotifyOn::Cancelled,
+        NotifyOn::Rejected,
+        NotifyOn::Stuck,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotifyOn::Completed => "completed",
+            NotifyOn::Failed => "failed",
+            NotifyOn::Expired => "expired",
+            NotifyOn::Cancelled => "cancelled",
+            NotifyOn::Rejected => "rejected",
+            NotifyOn::Stuck => "stuck",
+        }
+    }
+}
+
+impl fmt::Display for NotifyOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[notify]]` entry: what it is told of, and where: a program run with the event on its
+/// standard input, or a URL the event is posted to, signed as Standard Webhooks specifies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyTarget {
+    /// What the database calls it: its notifications outlive a reload or a restart, and are
+    /// delivered to the entry of that name.
+    pub name: String,
+    pub on: Vec<NotifyOn>,
+    /// The program and its arguments, run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The signing secret (`whsec_…`) in a file only its owner may read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// The signing secret as a systemd credential, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_credential: Option<String>,
+    /// How long one delivery may take: the request, or the program's run.
+    #[serde(default = "NotifyTarget::default_timeout")]
+    pub timeout: Dur,
+    /// How long a notification is tried again before it is given up.
+    #[serde(default = "NotifyTarget::default_retry_for")]
+    pub retry_for: Dur,
+}
+
+/// Where a `[[notify]]` entry delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyVia<'a> {
+    Command(&'a [String]),
+    Url(&'a str),
+}
+
+impl NotifyTarget {
+    fn default_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+
+    fn default_retry_for() -> Dur {
+        Dur(Duration::from_secs(72 * 3600))
+    }
+
+    /// Where it delivers (the settings are valid: exactly one of the two is set).
+    pub fn via(&self) -> NotifyVia<'_> {
+        match (&self.command, &self.url) {
+            (Some(command), _) => NotifyVia::Command(command),
+            (None, Some(url)) => NotifyVia::Url(url),
+            (None, None) => NotifyVia::Command(&[]),
+        }
+    }
+
+    /// Where its signing secret is read from: the setting's name and the source.
+    pub fn secret_source(&self) -> Option<(String, KeySource)> {
+        let key = |field: &str| format!("notify.{}.{field}", self.name);
+        match (&self.secret_file, &self.secret_credential) {
+            (Some(path), _) => Some((key("secret_file"), KeySource::File(path.clone()))),
+            (None, Some(name)) => Some((
+                key("secret_credential"),
+                KeySource::Credential(name.clone()),
+            )),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether it is told of `on`.
+    pub fn wants(&self, on: NotifyOn) -> bool {
+        self.on.contains(&on)
+    }
+
+    fn validate(&self, index: usize) -> Result<(), ConfigError> {
+        let name = &self.name;
+        let key = |field: &str| format!("notify[{index}].{field}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::key(
+                key("name"),
+                format!(
+                    "{name:?} is not a name: 1 to 64 letters, digits, '-' or '_' (the database \
+                     names the entry by it)"
+                ),
+            ));
+        }
+        let key = |field: &str| format!("notify.{name}.{field}");
+        if self.on.is_empty() {
+            return Err(ConfigError::key(
+                key("on"),
+                "name at least one of \"completed\", \"failed\", \"expired\", \"cancelled\", \
+                 \"rejected\", \"stuck\"",
+            ));
+        }
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::key(
+                    key("command"),
+                    "set exactly one of command (a program and its arguments) and url",
+                ));
+            }
+            (Some(command), None) => {
+                let Some(program) = command.first() else {
+                    return Err(ConfigError::key(
+                        key("command"),
+                        "must name a program: [\"/usr/local/bin/on-batch-done\", ...]",
+                    ));
+                };
+                absolute(&key("command"), Path::new(program))?;
+                if self.secret_file.is_some() || self.secret_credential.is_some() {
+                    return Err(ConfigError::key(
+                        key("secret_file"),
+                        "a secret signs what is posted to a url; a command is not signed",
+                    ));
+                }
+            }
+            (None, Some(url)) => {
+                let rest = url
+                    .strip_prefix("https://")
+                    .or_else(|| url.strip_prefix("http://"));
+                if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                    return Err(ConfigError::key(
+                        key("url"),
+                        format!("{url:?} is not a URL such as https://hooks.example.com/batches"),
+                    ));
+                }
+                match (&self.secret_file, &self.secret_credential) {
+                    (None, None) => {
+                        return Err(ConfigError::key(
+                            key("secret_file"),
+                            "a url needs its signing secret (whsec_...): set secret_file or \
+                             secret_credential",
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError::key(
+                            key("secret_credential"),
+                            "set only one of secret_file and secret_credential",
+                        ));
+                    }
+                    (Some(path), None) => absolute(&key("secret_file"), path)?,
+                    (None, Some(credential)) => {
+                        if credential.is_empty() || credential.contains(['/', '=', '\0']) {
+                            return Err(ConfigError::key(
+                                key("secret_credential"),
+                                format!("{credential:?} is not a valid name"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        positive(&key("timeout"), self.timeout)?;
+        if self.timeout.get() > Duration::from_secs(600) {
+            return Err(ConfigError::key(
+                key("timeout"),
+                "must be at most 10m: a delivery that takes longer holds one of the few at a time",
+            ));
+        }
+        positive(&key("retry_for"), self.retry_for)?;
+        Ok(())
     }
 }
 
@@ -1177,6 +1387,19 @@ impl Settings {
                 ));
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, target) in self.notify.iter().enumerate() {
+            target.validate(i)?;
+            if !names.insert(target.name.as_str()) {
+                return Err(ConfigError::key(
+                    format!("notify[{i}].name"),
+                    format!(
+                        "{:?} names another [[notify]] entry too; each needs its own",
+                        target.name
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1566,6 +1789,92 @@ mod tests {
         let text = format!("{}x = 1\n", "a.".repeat(200));
         let e = Settings::load_text(&text, "f.toml", []).unwrap_err();
         assert!(e.problem.contains("nested too deeply"), "{e}");
+    }
+
+    #[test]
+    fn a_notify_entry_names_its_target_and_each_broken_rule_is_named() {
+        let ok = "[[notify]]\nname = \"pipe\"\non = [\"completed\", \"stuck\"]\n\
+                  url = \"https://hooks.example.com/b\"\nsecret_file = \"/etc/s\"\n\
+                  [[notify]]\nname = \"run\"\non = [\"failed\"]\ncommand = [\"/bin/true\", \"-x\"]\n";
+        let s = Settings::load_text(ok, "f.toml", []).unwrap();
+        assert_eq!(s.notify.len(), 2);
+        assert!(s.notify[0].wants(NotifyOn::Stuck) && !s.notify[0].wants(NotifyOn::Failed));
+        assert_eq!(
+            s.notify[0].via(),
+            NotifyVia::Url("https://hooks.example.com/b")
+        );
+        assert_eq!(s.notify[1].timeout, Dur(Duration::from_secs(10)));
+        assert_eq!(s.notify[1].retry_for, Dur(Duration::from_secs(72 * 3600)));
+        // The effective configuration prints them back, and reads back the same.
+        let again = Settings::load_text(&s.to_toml(), "again.toml", []).unwrap();
+        assert_eq!(again.notify, s.notify);
+
+        let entry = |body: &str| format!("[[notify]]\nname = \"n\"\non = [\"completed\"]\n{body}");
+        for (text, key, problem) in [
+            (
+                entry("url = \"https://h/x\"\ncommand = [\"/bin/true\"]\n"),
+                "notify.n.command",
+                "exactly one",
+            ),
+            (entry(""), "notify.n.command", "exactly one"),
+            (
+                entry("url = \"https://h/x\"\n"),
+                "notify.n.secret_file",
+                "signing secret",
+            ),
+            (
+                entry("url = \"ftp://h/x\"\nsecret_file = \"/s\"\n"),
+                "notify.n.url",
+                "not a URL",
+            ),
+            (
+                entry("command = [\"on-done\"]\n"),
+                "notify.n.command",
+                "relative path",
+            ),
+            (
+                entry("command = []\n"),
+                "notify.n.command",
+                "must name a program",
+            ),
+            (
+                entry("command = [\"/bin/true\"]\nsecret_file = \"/s\"\n"),
+                "notify.n.secret_file",
+                "not signed",
+            ),
+            (
+                entry("command = [\"/bin/true\"]\ntimeout = \"11m\"\n"),
+                "notify.n.timeout",
+                "at most 10m",
+            ),
+            (
+                "[[notify]]\nname = \"a b\"\non = [\"completed\"]\ncommand = [\"/bin/true\"]\n"
+                    .to_owned(),
+                "notify[0].name",
+                "is not a name",
+            ),
+            (
+                "[[notify]]\nname = \"n\"\non = []\ncommand = [\"/bin/true\"]\n".to_owned(),
+                "notify.n.on",
+                "at least one",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    entry("command = [\"/bin/true\"]\n"),
+                    entry("command = [\"/bin/false\"]\n")
+                ),
+                "notify[1].name",
+                "names another",
+            ),
+        ] {
+            let e = Settings::load_text(&text, "f.toml", []).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert!(e.problem.contains(problem), "{text}: {e}");
+        }
+        let unknown = "[[notify]]\nname = \"n\"\non = [\"done\"]\ncommand = [\"/bin/true\"]\n";
+        let e = Settings::load_text(unknown, "f.toml", []).unwrap_err();
+        assert!(e.to_string().contains("done"), "{e}");
     }
 
     #[test]

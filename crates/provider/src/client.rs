@@ -775,26 +775,33 @@ fn parse_base_url(text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// The HTTP client's settings, shared by [`Client::new`] and the TLS test.
-fn http_builder(api: &ApiSettings) -> reqwest::ClientBuilder {
+/// A builder of HTTP clients with the daemon's TLS: the system's certificates when `https`
+/// is to be spoken, none otherwise (the API client's, and the notifications').
+pub(crate) fn http_client_builder(https: bool) -> reqwest::ClientBuilder {
     // reqwest is built without a bundled crypto provider; ring is ours. Installing twice is
     // harmless (the second attempt reports the first and is ignored).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let builder = if api.base_url.trim_start().starts_with("http://") {
+    let builder = if https {
+        reqwest::Client::builder().tls_backend_rustls()
+    } else {
         // Plain HTTP (the simulator, a local gateway) needs no certificates: do not load the
         // system's, so the daemon also runs where there are none (a minimal container).
         let no_roots = rustls::ClientConfig::builder()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         reqwest::Client::builder().tls_backend_preconfigured(no_roots)
-    } else {
-        reqwest::Client::builder().tls_backend_rustls()
     };
     builder
-        .connect_timeout(api.connect_timeout.get())
-        // An API does not redirect; following one would resend the key to another host.
+        // Nothing here follows a redirect: one would resend a key, or a signed event, to
+        // another host.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("batchwatch/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The HTTP client's settings, shared by [`Client::new`] and the TLS test.
+fn http_builder(api: &ApiSettings) -> reqwest::ClientBuilder {
+    http_client_builder(!api.base_url.trim_start().starts_with("http://"))
+        .connect_timeout(api.connect_timeout.get())
 }
 
 fn elapsed_ms(started: Instant) -> u64 {

@@ -4,7 +4,8 @@
 //! ([`parts`]: submit, find what a lost answer made, survey); how batchwatch's objects are named
 //! on the service (the metadata keys, upload names) stays in this crate. What the daemon learns
 //! of the requests, it learns through an [`Observer`]. No other crate of batchwatch speaks HTTP
-//! to the service.
+//! to the service; the signed webhooks the daemon's notifications send go out through
+//! [`webhook`] too.
 //!
 //! # Flavours
 //!
@@ -62,6 +63,7 @@ pub mod parts;
 mod retry;
 mod tags;
 mod types;
+pub mod webhook;
 
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

@@ -65,6 +65,7 @@ pub async fn read(
     )
     .fetch_one(&mut *tx)
     .await?;
+    let undelivered = super::notifications::undelivered(&mut *tx).await?;
     tx.commit().await?;
     Ok(Figures {
         jobs,
@@ -77,6 +78,7 @@ pub async fn read(
         models,
         stuck,
         waiting_on_local_fault,
+        undelivered,
     })
 }
 

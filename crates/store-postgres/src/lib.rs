@@ -20,6 +20,7 @@ pub mod figures;
 pub mod history;
 pub mod jobs;
 mod leases;
+pub mod notifications;
 pub mod ops;
 #[path = "../../store/shared/progress.rs"]
 pub mod progress;

@@ -88,6 +88,8 @@ pub async fn rows_due(
            WHERE terminal AND finished_at < $1
                  AND NOT EXISTS (SELECT 1 FROM remote_deletions d
                                  WHERE d.job_id = j.id AND d.state = 'pending')
+                 AND NOT EXISTS (SELECT 1 FROM notifications n
+                                 WHERE n.job_id = j.id AND n.state = 'pending')
            ORDER BY finished_at LIMIT $2"#,
         before,
         limit
@@ -110,6 +112,9 @@ pub async fn delete_job(conn: &mut PgConnection, id: &str) -> Result<bool, Store
     if !finished {
         return Ok(false);
     }
+    sqlx::query!("DELETE FROM notifications WHERE job_id = $1", id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query!("DELETE FROM remote_deletions WHERE job_id = $1", id)
         .execute(&mut *conn)
         .await?;

@@ -61,6 +61,7 @@ pub async fn read(
     )
     .fetch_one(&mut *tx)
     .await?;
+    let undelivered = super::notifications::undelivered(&mut *tx).await?;
     tx.commit().await?;
     Ok(Figures {
         jobs,
@@ -73,6 +74,7 @@ pub async fn read(
         models,
         stuck,
         waiting_on_local_fault,
+        undelivered,
     })
 }
 

@@ -94,6 +94,8 @@ pub async fn rows_due(
            WHERE terminal = 1 AND finished_at < ?
                  AND NOT EXISTS (SELECT 1 FROM remote_deletions d
                                  WHERE d.job_id = j.id AND d.state = 'pending')
+                 AND NOT EXISTS (SELECT 1 FROM notifications n
+                                 WHERE n.job_id = j.id AND n.state = 'pending')
            ORDER BY finished_at LIMIT ?"#,
         before,
         limit
@@ -116,6 +118,9 @@ pub async fn delete_job(conn: &mut SqliteConnection, id: &str) -> Result<bool, S
     if !finished {
         return Ok(false);
     }
+    sqlx::query!("DELETE FROM notifications WHERE job_id = ?", id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query!("DELETE FROM remote_deletions WHERE job_id = ?", id)
         .execute(&mut *conn)
         .await?;

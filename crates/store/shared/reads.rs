@@ -14,10 +14,12 @@ use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
 use crate::history::HistoryRow;
 use crate::jobs::{Filter, Job, JobEvent, JobLine, JobOverview, RecordedFile};
+use crate::notifications::Notification;
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
 use crate::{
-    Lease, Store, StoreError, batches, chain, deletions, figures, history, jobs, retention, usage,
+    Lease, Store, StoreError, batches, chain, deletions, figures, history, jobs, notifications,
+    retention, usage,
 };
 
 impl Reads for Store {
@@ -191,6 +193,19 @@ impl Reads for Store {
     }
     async fn pending_deletions(&self) -> Result<i64, StoreError> {
         deletions::pending_count(&self.read).await
+    }
+    async fn notifications_due(
+        &self,
+        now: &str,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
+        notifications::due(&self.read, now, limit).await
+    }
+    async fn next_notification_due(&self) -> Result<Option<String>, StoreError> {
+        notifications::next_due(&self.read).await
+    }
+    async fn notifications_of(&self, job_id: &str) -> Result<Vec<Notification>, StoreError> {
+        notifications::for_job(&self.read, job_id).await
     }
     async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError> {
         deletions::known_files(&self.read).await

@@ -21,6 +21,8 @@ pub struct Figures {
     pub stuck: Vec<StuckBatch>,
     /// Submissions whose results cannot be written here (a local fault) and wait.
     pub waiting_on_local_fault: i64,
+    /// Notifications not yet delivered.
+    pub undelivered: crate::notifications::Undelivered,
 }
 
 /// A batch that has stayed in a status longer than `alerts.stuck_after` allows.

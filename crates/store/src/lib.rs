@@ -20,6 +20,7 @@ pub mod figures;
 pub mod fixtures;
 pub mod history;
 pub mod jobs;
+pub mod notifications;
 pub mod ops;
 pub mod progress;
 mod reads;

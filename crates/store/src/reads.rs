@@ -14,6 +14,7 @@ use crate::deletions::{Deletion, KnownFile};
 use crate::figures::{Figures, StuckBatch};
 use crate::history::HistoryRow;
 use crate::jobs::{Filter, Job, JobEvent, JobLine, JobOverview, RecordedFile};
+use crate::notifications::Notification;
 use crate::ops::Lease;
 use crate::retention::Old;
 use crate::usage::{BatchUsage, JobCost, ModelCost};
@@ -157,6 +158,18 @@ pub trait Reads {
     async fn deletions_of(&self, job_id: &str) -> Result<Vec<Deletion>, StoreError>;
     /// How many deletions are still pending.
     async fn pending_deletions(&self) -> Result<i64, StoreError>;
+    // Notifications
+    /// Pending notifications due at `now`, soonest first, at most `limit`.
+    async fn notifications_due(
+        &self,
+        now: &str,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError>;
+    /// When the next pending notification is due; `None` when none is pending.
+    async fn next_notification_due(&self) -> Result<Option<String>, StoreError>;
+    /// The notifications of a job, in order.
+    async fn notifications_of(&self, job_id: &str) -> Result<Vec<Notification>, StoreError>;
+
     /// Every input, output and error file the database records, with its job and whether that job
     /// ended: what `gc-remote` matches the service's files against.
     async fn known_files(&self) -> Result<Vec<KnownFile>, StoreError>;

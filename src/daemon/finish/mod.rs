@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::daemon::ctx::Ctx;
 use crate::daemon::file;
+use crate::daemon::housekeeping::notifications;
 use crate::daemon::housekeeping::resubmit::{self, Only};
 use crate::failpoint;
 use crate::model::{BatchStatus, JobState, SubmissionState};
@@ -290,8 +291,8 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         Some(change) => with_file_change(state, why, &change),
         None => (state, why),
     };
+    let parent_job_id = ctx.store.parent_of(&job.id).await?;
     let results_dir = if let Some(merged) = &merged {
-        let sum = |f: fn(&Submission) -> Option<i64>| last.iter().filter_map(|r| f(r)).sum::<i64>();
         let manifest = manifest::Manifest {
             job_id: &job.id,
             file: &job.file_name,
@@ -302,13 +303,9 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
             endpoint: job.endpoint.as_deref(),
             model: job.model.as_deref(),
             requests: job.request_count,
-            request_counts: Counts {
-                total: sum(|r| r.request_total),
-                completed: sum(|r| r.request_completed),
-                failed: sum(|r| r.request_failed),
-            },
+            request_counts: counts(&last),
             usage: job_cost.as_ref(),
-            parent_job_id: ctx.store.parent_of(&job.id).await?,
+            parent_job_id: parent_job_id.clone(),
             output_file: merged.output.clone(),
             error_file: merged.errors.clone(),
             batches: rows
@@ -368,6 +365,33 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let notify = match notifications::on_end(state).filter(|on| ctx.notify.want(*on)) {
+        Some(on) => {
+            let retry_follows = match resubmit {
+                Some(r) => chain_depth(&ctx, &job_id, r.at_most).await? < r.at_most,
+                None => false,
+            };
+            let results = results_dir.as_deref().map(|r| ctx.queue.root().join(r));
+            let inside =
+                |name: Option<&str>| Some(results.as_ref()?.join(name?).display().to_string());
+            let facts = notifications::JobFacts {
+                request_counts: counts(&last),
+                usage: job_cost.as_ref().map(notifications::Usage::of),
+                cost_usd: job_cost.as_ref().and_then(|c| c.cost_usd),
+                results_dir: results.as_ref().map(|d| d.display().to_string()),
+                output_file: inside(merged.as_ref().and_then(|m| m.output.as_deref())),
+                errors_file: inside(merged.as_ref().and_then(|m| m.errors.as_deref())),
+                manifest_file: inside(Some(queue::MANIFEST_FILE)),
+                parent_job_id: parent_job_id.clone(),
+                retry_follows,
+                finished_at: Some(now.clone()),
+                ..notifications::JobFacts::of(&ctx.settings, &job, state, why.as_ref())
+            };
+            notifications::plan(&ctx, on, "end", &facts)?
+        }
+        None => Vec::new(),
+    };
+    let notify: Vec<_> = notify.iter().map(notifications::Planned::as_new).collect();
     let ending = Ending {
         job_id: &job_id,
         state,
@@ -376,6 +400,7 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         results_dir: results_dir.as_deref(),
         delete_remote: ctx.settings.cleanup.remote_files.then_some(on_disk),
         resubmit,
+        notify: &notify,
     };
     ctx.store.finish_job(&ctx.lease, &ending, &now).await?;
     ctx.metrics
@@ -383,6 +408,31 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     tracing::info!(job = %job_id, %state, results = results_dir.as_deref().unwrap_or("-"), "job finished");
     failpoint::hit("finish:after-state");
     file::move_on(&ctx, &job_id).await
+}
+
+/// The request counts of a job's latest attempts, summed.
+fn counts(last: &[&Submission]) -> Counts {
+    let sum = |f: fn(&Submission) -> Option<i64>| last.iter().filter_map(|r| f(r)).sum::<i64>();
+    Counts {
+        total: sum(|r| r.request_total),
+        completed: sum(|r| r.request_completed),
+        failed: sum(|r| r.request_failed),
+    }
+}
+
+/// How many resubmissions came before job `id` in its chain, counted up to `at_most`.
+async fn chain_depth(ctx: &Ctx, id: &str, at_most: i64) -> anyhow::Result<i64> {
+    let (mut depth, mut at) = (0, id.to_owned());
+    while depth < at_most {
+        match ctx.store.parent_of(&at).await? {
+            Some(parent) => {
+                depth += 1;
+                at = parent;
+            }
+            None => break,
+        }
+    }
+    Ok(depth)
 }
 
 /// The result files of one batch, as the database records them.

@@ -6,8 +6,11 @@
 //! * [`retention`]: removing the files and database rows of jobs that ended long ago
 //!   (`retention.*`, `batchwatch prune`);
 //! * [`resubmit`]: queueing again the requests a finished job left undone
-//!   (`batchwatch resubmit`, `batch.resubmit_expired`).
+//!   (`batchwatch resubmit`, `batch.resubmit_expired`, `batch.resubmit_failed`);
+//! * [`notifications`]: telling programs and URLs that a job ended or a batch is stuck
+//!   (`[[notify]]`).
 
+pub mod notifications;
 pub mod remote;
 pub mod resubmit;
 pub mod retention;

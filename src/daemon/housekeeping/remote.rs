@@ -66,8 +66,7 @@ pub enum Outcome {
 /// The wait before a deletion that failed `failures` times is tried again: `base`, doubling,
 /// up to [`RETRY_MAX`].
 pub fn retry_delay(base: Duration, failures: i64) -> Duration {
-    let doublings = u32::try_from(failures.clamp(1, 17) - 1).unwrap_or(0);
-    base.saturating_mul(1 << doublings).min(RETRY_MAX)
+    crate::daemon::schedule::doubling(base, failures, RETRY_MAX)
 }
 
 /// Sends the DELETE for a recorded intent and records what the service answered, with an

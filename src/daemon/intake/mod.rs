@@ -26,8 +26,10 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::batchfile::{self, Expect, Limits, Violation};
 use crate::clock;
+use crate::config::NotifyOn;
 use crate::daemon::ctx::Ctx;
 use crate::daemon::file;
+use crate::daemon::housekeeping::notifications;
 use crate::daemon::schedule::CLAIM_RETRY;
 use crate::failpoint;
 use crate::model::{JobId, JobState};
@@ -460,7 +462,26 @@ fn why_of(v: &Violation) -> Why {
 /// that to the next sweep when it cannot be moved now).
 pub async fn reject(ctx: &Ctx, job_id: &str, why: &Why) -> anyhow::Result<()> {
     let now = ctx.now();
-    let claimed_at = ctx.store.reject(&ctx.lease, job_id, why, &now).await?;
+    let wanted = ctx.notify.want(NotifyOn::Rejected);
+    let job = match wanted {
+        true => ctx.store.job(job_id).await?,
+        false => None,
+    };
+    let notify = match job {
+        Some(job) => {
+            let facts = notifications::JobFacts {
+                finished_at: Some(now.clone()),
+                ..notifications::JobFacts::of(&ctx.settings, &job, JobState::Rejected, Some(why))
+            };
+            notifications::plan(ctx, NotifyOn::Rejected, "end", &facts)?
+        }
+        None => Vec::new(),
+    };
+    let notify: Vec<_> = notify.iter().map(notifications::Planned::as_new).collect();
+    let claimed_at = ctx
+        .store
+        .reject(&ctx.lease, job_id, why, &notify, &now)
+        .await?;
     if let Some(at) = claimed_at {
         ctx.metrics
             .job_finished(JobState::Rejected, &at, ctx.clock.now());

@@ -32,6 +32,7 @@ use crate::telemetry::Logging;
 
 use crate::daemon::Daemon;
 use crate::daemon::ctx::Ctx;
+use crate::daemon::notifiers::Notifiers;
 use crate::daemon::schedule::Schedule;
 
 /// Keys that only a restart changes: the queue tree and the database are locked and open,
@@ -173,6 +174,7 @@ impl Daemon {
         if let Err(e) = log.set_level(&s.log.level) {
             return Err(ConfigError::key("log.level", e));
         }
+        let notify = Arc::new(Notifiers::load(s)?);
         let schedule = Schedule::new(s);
         self.scanner.set_settle(schedule.settle);
         if key_changed {
@@ -185,6 +187,7 @@ impl Daemon {
             settings: Arc::new(plan.settings.clone()),
             schedule: Arc::new(schedule),
             client,
+            notify,
             ..self.ctx.clone()
         };
         Ok(plan)

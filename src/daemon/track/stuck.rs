@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::clock::{self, Timestamp};
-use crate::config::StuckAfter;
+use crate::config::{NotifyOn, StuckAfter};
 use crate::daemon::ctx::Ctx;
+use crate::daemon::housekeeping::notifications;
 use crate::model::BatchStatus;
 use crate::store::figures::StuckBatch;
 use crate::store::prelude::*;
@@ -28,19 +29,23 @@ pub fn check_every(after: &StuckAfter) -> Duration {
     (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
-/// The stuck batches already warned about.
+/// The stuck batches already warned about, and those whose notifications are written.
 #[derive(Debug, Default)]
 pub struct Watch {
     warned: HashSet<(i64, BatchStatus)>,
+    told: HashSet<(i64, BatchStatus)>,
     next: Option<Timestamp>,
 }
 
 impl Watch {
-    /// Warns once about each batch that became stuck since the last check.
-    pub async fn check(&mut self, ctx: &Ctx) {
+    /// Warns once about each batch that became stuck since the last check, and writes the
+    /// notifications of each stuck episode (`[[notify]]` entries on `stuck`; the loop checks
+    /// while this instance leads): once per batch, status and time it entered it, whatever restarts come
+    /// between. Returns whether any was written.
+    pub async fn check(&mut self, ctx: &Ctx) -> bool {
         let at = ctx.clock.now();
         if self.next.is_some_and(|next| at < next) {
-            return;
+            return false;
         }
         let after = &ctx.settings.alerts.stuck_after;
         self.next = Some(clock::add(at, check_every(after)));
@@ -48,7 +53,7 @@ impl Watch {
             Ok(stuck) => stuck,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot look for stuck batches");
-                return;
+                return false;
             }
         };
         let now: HashSet<(i64, BatchStatus)> =
@@ -70,7 +75,51 @@ impl Watch {
             }
         }
         self.warned.retain(|k| now.contains(k));
+        self.told.retain(|k| now.contains(k));
+        let mut written = false;
+        if ctx.notify.want(NotifyOn::Stuck) {
+            for s in &stuck {
+                let episode = (s.id, s.status.clone());
+                if self.told.contains(&episode) {
+                    continue;
+                }
+                match tell(ctx, s).await {
+                    Ok(n) => {
+                        written |= n > 0;
+                        self.told.insert(episode);
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %s.job_id, error = format!("{e:#}"), "cannot write the notifications of a stuck batch; trying again at the next check");
+                    }
+                }
+            }
+        }
+        written
     }
+}
+
+/// Writes the notifications of stuck batch `s`; returns how many were new.
+async fn tell(ctx: &Ctx, s: &StuckBatch) -> anyhow::Result<u64> {
+    let Some(job) = ctx.store.job(&s.job_id).await? else {
+        return Ok(0);
+    };
+    let facts = notifications::JobFacts {
+        stuck: Some(notifications::Stuck {
+            batch_id: s.remote_id.clone(),
+            status: s.status.to_string(),
+            since: s.since.clone(),
+            limit: limit(&ctx.settings.alerts.stuck_after, &s.status),
+        }),
+        ..notifications::JobFacts::of(&ctx.settings, &job, job.state, None)
+    };
+    let key = format!("stuck/{}/{}/{}", s.id, s.status, s.since);
+    let planned = notifications::plan(ctx, NotifyOn::Stuck, &key, &facts)?;
+    let planned: Vec<_> = planned.iter().map(notifications::Planned::as_new).collect();
+    let lease = ctx.leader_lease();
+    Ok(ctx
+        .store
+        .plan_notifications(&lease, &s.job_id, &planned, &ctx.now())
+        .await?)
 }
 
 /// The `alerts.stuck_after` limit for `status`, as written in the configuration.

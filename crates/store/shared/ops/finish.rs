@@ -7,7 +7,7 @@ use crate::batches::Submission;
 use crate::jobs::{self};
 use crate::progress::add_event;
 use crate::progress::refresh_job;
-use crate::{Store, StoreError, chain, deletions, transitions};
+use crate::{Store, StoreError, chain, deletions, notifications, transitions};
 pub use batchwatch_store::ops::finish::Ending;
 use batchwatch_store::ops::finish::Finish;
 
@@ -33,6 +33,7 @@ impl Finish for Store {
             {
                 chain::set_resubmit_due(tx, job_id, Some(resubmit.only)).await?;
             }
+            notifications::plan(tx, job_id, ending.notify, now).await?;
             Ok(())
         })
         .await

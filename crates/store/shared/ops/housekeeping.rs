@@ -4,6 +4,7 @@
 use super::Lease;
 use crate::chain::{self, NewResubmission, View};
 use crate::deletions::{self, Deletion, Origin};
+use crate::notifications::{self, NewNotification, Notification, Tried};
 use crate::progress::add_event;
 use crate::{Store, StoreError, retention};
 pub use batchwatch_store::ops::housekeeping::Deleted;
@@ -101,6 +102,37 @@ impl Housekeeping for Store {
                 chain::set_resubmit_due(tx, job_id, None).await?;
             }
             Ok(true)
+        })
+        .await
+    }
+
+    async fn plan_notifications(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        notify: &[NewNotification<'_>],
+        now: &str,
+    ) -> Result<u64, StoreError> {
+        self.unit(lease, async |tx| {
+            notifications::plan(tx, job_id, notify, now).await
+        })
+        .await
+    }
+
+    async fn record_notification(
+        &self,
+        lease: &Lease,
+        row: &Notification,
+        tried: &Tried,
+        message: Option<&str>,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        self.unit(lease, async |tx| {
+            let recorded = notifications::record(tx, row.id, tried, now).await?;
+            if recorded && let Some(message) = message {
+                add_event(tx, &row.job_id, message, now).await?;
+            }
+            Ok(recorded)
         })
         .await
     }

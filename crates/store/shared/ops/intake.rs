@@ -6,6 +6,7 @@ use batchwatch_core::model::{FileLook, JobState};
 use super::Lease;
 use crate::batches::NewSubmission;
 use crate::jobs::{self, NewJob, Why};
+use crate::notifications::{self, NewNotification};
 use crate::{Store, StoreError, batches, chain};
 use batchwatch_store::ops::intake::Intake;
 pub use batchwatch_store::ops::intake::{Part, Validated};
@@ -85,11 +86,13 @@ impl Intake for Store {
         lease: &Lease,
         job_id: &str,
         why: &Why,
+        notify: &[NewNotification<'_>],
         now: &str,
     ) -> Result<Option<String>, StoreError> {
         self.unit(lease, async |tx| {
             let message = format!("rejected: {}", why.message);
             jobs::set_state(tx, job_id, JobState::Rejected, Some(why), &message, now).await?;
+            notifications::plan(tx, job_id, notify, now).await?;
             let claimed_at = jobs::get(&mut **tx, job_id).await?.map(|j| j.created_at);
             Ok(claimed_at)
         })

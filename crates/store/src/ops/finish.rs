@@ -5,6 +5,7 @@ use crate::StoreError;
 use crate::batches::Submission;
 
 use crate::jobs::Why;
+use crate::notifications::NewNotification;
 use batchwatch_core::model::JobState;
 
 /// How a job ends.
@@ -22,6 +23,8 @@ pub struct Ending<'a> {
     pub delete_remote: Option<&'a [String]>,
     /// What of the job to resubmit, if anything.
     pub resubmit: Option<Resubmit<'a>>,
+    /// Who is to be told of its end.
+    pub notify: &'a [NewNotification<'a>],
 }
 
 /// A resubmission to plan for a job that ends: its `only` requests (`expired`, `transient`:
@@ -37,7 +40,7 @@ pub struct Resubmit<'a> {
 /// on, and the job's end.
 pub trait Finish {
     /// Ends a job as `ending` says: one transaction, so an ended job always has its remote
-    /// deletions recorded and its resubmission planned.
+    /// deletions recorded, its resubmission planned and its notifications written.
     async fn finish_job(
         &self,
         lease: &Lease,

@@ -6,6 +6,7 @@ use crate::chain::{NewResubmission, View};
 use crate::deletions::{Deletion, Origin};
 
 use crate::deletions::Done;
+use crate::notifications::{NewNotification, Notification, Tried};
 
 /// How one try at deleting a remote file ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,7 +20,8 @@ pub enum Deleted {
 }
 
 /// What housekeeping asks of the store: retention's marks and deletions, remote files'
-/// deletions planned and recorded, and resubmissions.
+/// deletions planned and recorded, notifications planned and their tries recorded, and
+/// resubmissions.
 pub trait Housekeeping {
     /// Records that job `job_id`'s file (or with `results`, its results directory) was removed
     /// by retention, with `message` as its event.
@@ -69,6 +71,25 @@ pub trait Housekeeping {
         new: &NewResubmission<'_>,
         message: &str,
         clear_due: bool,
+        now: &str,
+    ) -> Result<bool, StoreError>;
+    /// Writes notifications `notify` of job `job_id`, each unless its target already has one of
+    /// its key; returns how many were written.
+    async fn plan_notifications(
+        &self,
+        lease: &Lease,
+        job_id: &str,
+        notify: &[NewNotification<'_>],
+        now: &str,
+    ) -> Result<u64, StoreError>;
+    /// Records how a try at delivering notification `row` ended, with `message` as its job's
+    /// event; returns false when another process settled it first (then nothing is written).
+    async fn record_notification(
+        &self,
+        lease: &Lease,
+        row: &Notification,
+        tried: &Tried,
+        message: Option<&str>,
         now: &str,
     ) -> Result<bool, StoreError>;
     /// Clears job `job_id`'s mark that it is to be resubmitted, with `message` as its event.

@@ -3,6 +3,7 @@
 use super::Lease;
 use crate::StoreError;
 use crate::jobs::{NewJob, Why};
+use crate::notifications::NewNotification;
 use batchwatch_core::model::{FileLook, JobState};
 
 /// One part of a validated file: a byte range and the requests in it.
@@ -51,12 +52,14 @@ pub trait Intake {
         valid: &Validated<'_>,
         now: &str,
     ) -> Result<JobState, StoreError>;
-    /// Rejects job `job_id` for `why`; returns when it was claimed.
+    /// Rejects job `job_id` for `why`, writing its notifications `notify` in the same
+    /// transaction; returns when it was claimed.
     async fn reject(
         &self,
         lease: &Lease,
         job_id: &str,
         why: &Why,
+        notify: &[NewNotification<'_>],
         now: &str,
     ) -> Result<Option<String>, StoreError>;
     /// Sends job `job_id`, whose file now looks like `look`, back to validating after
