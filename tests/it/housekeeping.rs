@@ -1479,7 +1479,12 @@ async fn requests_that_failed_for_a_reason_worth_retrying_are_resubmitted_up_to_
         ..quick_sim()
     })
     .await;
-    let env = Env::new(&sim.handle.base_url(), "[batch]\nresubmit_failed = 2\n");
+    // Each job of the chain notifies its end, saying whether a retry follows.
+    let env = Env::new(
+        &sim.handle.base_url(),
+        "[batch]\nresubmit_failed = 2\n[[notify]]\nname = \"pipeline\"\n\
+         on = [\"completed\", \"failed\"]\ncommand = [\"/bin/true\"]\n",
+    );
     let daemon = env.spawn();
     env.drop_file(
         "flaky.jsonl",
@@ -1501,7 +1506,31 @@ async fn requests_that_failed_for_a_reason_worth_retrying_are_resubmitted_up_to_
         (ended, jobs)
     })
     .await;
+    let told = wait_until("each job's end told", Duration::from_secs(30), async || {
+        let mut told = Vec::new();
+        for job in &chain {
+            told.extend(store.notifications_of(&job.id).await.unwrap());
+        }
+        (
+            told.len() == chain.len() && told.iter().all(|n| n.state == "delivered"),
+            told,
+        )
+    })
+    .await;
     env.stop(daemon);
+    for (i, (job, note)) in chain.iter().zip(&told).enumerate() {
+        let event: serde_json::Value = serde_json::from_str(&note.payload).unwrap();
+        let data = &event["data"];
+        assert_eq!(data["job_id"], job.id.as_str());
+        assert_eq!(
+            data["retry_follows"],
+            i + 1 < chain.len(),
+            "{}: a retry follows all but the last",
+            job.file_name
+        );
+        let parent = i.checked_sub(1).map(|p| chain[p].id.as_str());
+        assert_eq!(data["parent_job_id"].as_str(), parent, "{}", job.file_name);
+    }
 
     let names: Vec<&str> = chain.iter().map(|j| j.file_name.as_str()).collect();
     assert_eq!(
