@@ -34,7 +34,8 @@
 //! every phase, so jobs end and notifications go out all along: in the quiet phases the
 //! receiver answers at once (204), in the loaded ones it takes each request and never answers.
 //! It prints, per phase, the notifications the receiver took and answered, and how many were
-//! pending at the phase's end, beside the polling figures.
+//! pending at the phase's end, beside the polling figures; a batch the database records as
+//! ended (the daemon saw it end, and polls it no more) counts in no lag.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -139,20 +140,36 @@ async fn active(store: &Store) -> anyhow::Result<i64> {
 
 /// One look at the simulator: (batches overdue, their mean and max lag in seconds): a batch
 /// is overdue by how much longer than `interval` ago it was last sent to the daemon.
-async fn lag(sim: &sim::SimHandle, interval: Duration) -> (i64, f64, f64) {
+async fn lag(
+    sim: &sim::SimHandle,
+    interval: Duration,
+    ended: Option<&Store>,
+) -> anyhow::Result<(i64, f64, f64)> {
     let seen = sim.observations().await;
+    // Batches the daemon saw end are polled no more, rightly: left out.
+    let ended: std::collections::HashSet<String> = match ended {
+        Some(store) => sqlx::query_scalar(
+            "SELECT remote_id FROM batches
+             WHERE status IN ('completed', 'failed', 'expired', 'cancelled')",
+        )
+        .fetch_all(store.reader())
+        .await?
+        .into_iter()
+        .collect(),
+        None => Default::default(),
+    };
     let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
     let lags: Vec<f64> = seen
         .batches
         .iter()
-        .filter(|b| !b.foreign && !b.vanished)
+        .filter(|b| !b.foreign && !b.vanished && !ended.contains(&b.id))
         .map(|b| seen.now_ms - b.last_ms - interval_ms)
         .filter(|&late| late > 0)
         .map(|late| late as f64 / 1000.0)
         .collect();
     let mean = lags.iter().sum::<f64>() / lags.len().max(1) as f64;
     let max = lags.iter().copied().fold(0.0, f64::max);
-    (lags.len() as i64, mean, max)
+    Ok((lags.len() as i64, mean, max))
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
@@ -230,6 +247,7 @@ async fn load_one(http: &reqwest::Client, url: &str) -> (bool, Option<f64>) {
 async fn measure(
     daemon: u32,
     sim: &sim::SimHandle,
+    ended: Option<&Store>,
     interval: Duration,
     seconds: u64,
     load: Option<(String, Load, Duration)>,
@@ -267,7 +285,7 @@ async fn measure(
     let started = Instant::now();
     let (mut means, mut maxes, mut overdue) = (Vec::new(), Vec::new(), Vec::new());
     while Instant::now() < stop {
-        let (late, mean, max) = lag(sim, interval).await;
+        let (late, mean, max) = lag(sim, interval, ended).await?;
         means.push(mean);
         maxes.push(max);
         overdue.push(late as f64);
@@ -720,7 +738,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         let before = receiver.as_ref().map(|(r, _)| r.counts());
         hang(false);
-        let quiet = measure(pid, &sim, interval, args.seconds, None).await?;
+        let ended = receiver.as_ref().map(|_| &store);
+        let quiet = measure(pid, &sim, ended, interval, args.seconds, None).await?;
         let middle = receiver.as_ref().map(|(r, _)| r.counts());
         let pending_quiet = match &receiver {
             Some(_) => pending_notifications(&store).await?,
@@ -728,7 +747,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         hang(true);
         let load = Some((base.clone(), args.load, args.every)).filter(|_| receiver.is_none());
-        let loaded = measure(pid, &sim, interval, args.seconds, load).await?;
+        let loaded = measure(pid, &sim, ended, interval, args.seconds, load).await?;
         for (name, p) in [(&quiet_name, &quiet), (&loaded_name, &loaded)] {
             println!(
                 "round {round} {name:>18}: {:.2} polls/s (retrieves and list pages); polling lag mean {:.3}s, p95 of the worst {:.3}s; {:.1} batches overdue on average; daemon CPU {:.1}% of a core",

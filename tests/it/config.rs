@@ -676,6 +676,50 @@ fn check_config_refuses_every_key_that_run_refuses_with_the_same_message_and_exi
     );
 }
 
+/// A `[[notify]]` URL's signing secret is read as the key is: a file others may read, or one
+/// that holds no Standard Webhooks secret, is refused by `check-config` and `run` alike, exit 78,
+/// naming the entry's key, never quoting the file.
+#[test]
+fn a_webhook_secret_is_checked_as_the_key_is_by_check_config_and_run_alike() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, text, words) in [
+        (
+            0o644,
+            "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            "mode 0644",
+        ),
+        (0o600, "SECRET-not-whsec", "must start with whsec_"),
+        (0o600, "whsec_SECRET", "must be 24 to 64 bytes"),
+    ] {
+        let sandbox = Sandbox::new();
+        let secret = sandbox.path().join("webhook-secret");
+        std::fs::write(&secret, text).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let config = sandbox.write_config(&format!(
+            "[[notify]]\nname = \"hook\"\non = [\"completed\"]\nurl = \"https://hooks.invalid/b\"\n\
+             secret_file = {:?}\n",
+            secret.display().to_string()
+        ));
+        let env = [("OPENAI_API_KEY", std::path::Path::new("sk-test"))];
+        let checked = output_within(&config, &["check-config"], &env, Duration::from_secs(20));
+        let ran = output_within(&config, &["run"], &env, Duration::from_secs(20));
+        for (what, out) in [("check-config", &checked), ("run", &ran)] {
+            assert_eq!(out.status.code(), Some(78), "{text}: {what}: {out:?}");
+            let line = refusal(out);
+            assert!(
+                line.contains("`notify.hook.secret_file`") && line.contains(words),
+                "{text}: {what}: {line}"
+            );
+            assert!(
+                !line.contains("SECRET") && !line.contains("MDEy"),
+                "{what}: {line}"
+            );
+        }
+        assert_eq!(refusal(&checked), refusal(&ran));
+        assert!(!sandbox.db_path().exists(), "run created nothing");
+    }
+}
+
 /// A systemd credential exists only inside the service: outside it `check-config` says the key
 /// was not checked (and exits 0: the configuration is sound; `run` there would refuse it),
 /// inside it (`$CREDENTIALS_DIRECTORY` set, as `systemd-run -p LoadCredential=` does) it
