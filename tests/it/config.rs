@@ -689,7 +689,7 @@ fn a_webhook_secret_is_checked_as_the_key_is_by_check_config_and_run_alike() {
             "mode 0644",
         ),
         (0o600, "SECRET-not-whsec", "must start with whsec_"),
-        (0o600, "whsec_SECRET", "must be 24 to 64 bytes"),
+        (0o600, "whsec_U0VDUkVU", "must be 24 to 64 bytes"),
     ] {
         let sandbox = Sandbox::new();
         let secret = sandbox.path().join("webhook-secret");
