@@ -1,13 +1,14 @@
 //! Live reload: SIGHUP (`systemctl reload batchwatch`) reads the configuration again.
 //!
 //! ```text
-//!   running ──SIGHUP──▶ RELOADING=1 ──file invalid, key unreadable──▶ refused: one error line,
-//!                           │                                         the old configuration stays
+//!   running ──SIGHUP──▶ RELOADING=1 ──file invalid, key or a secret unreadable──▶ refused:
+//!                           │                     one error line, the old configuration stays
 //!                           ▼
 //!               restart-only keys changed? one warning naming them; they keep their values
 //!                           │
 //!                           ▼
-//!               applied: settings, timers, API client (key, limits, timeouts), log level;
+//!               applied: settings, timers, API client (key, limits, timeouts), [[notify]]
+//!               entries (secrets read again), log level;
 //!               logged: the keys that changed, and "the API key" when the key read differs
 //!                           │
 //!                        READY=1
@@ -17,8 +18,8 @@
 //! limits, deadlines, metadata and expiries of jobs claimed from now on, back-offs, retention,
 //! clean-up, collect, alerts), every timer of [`crate::daemon::schedule`] (derived again), the API
 //! client (built again with the key read again from its source: tasks already in flight finish with
-//! the old one), and `log.level`. A shorter `poll.max_interval` brings every poll planned later
-//! than that forward. What cannot change without a restart ([`RESTART_ONLY`]) keeps its old value.
+//! the old one), the `[[notify]]` entries (their secrets read again), and `log.level`. A shorter
+//! `poll.max_interval` brings every poll planned later than that forward. What cannot change without a restart ([`RESTART_ONLY`]) keeps its old value.
 
 use std::collections::BTreeMap;
 use std::path::Path;
