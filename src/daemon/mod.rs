@@ -654,16 +654,6 @@ impl Daemon {
             }
             return Ok(());
         }
-        if self.verify_due
-            && !ctx.unverified.is_empty()
-            && self.spawn(
-                Subject::Unverified,
-                T::Verify,
-                reconcile::verify(ctx.clone()),
-            )
-        {
-            self.verify_due = false;
-        }
         for id in cancels {
             self.spawn(
                 Subject::Submission(id),
@@ -688,13 +678,38 @@ impl Daemon {
         if leads && !self.in_flight.contains(&Subject::Sweep) {
             poll::refresh(&ctx).await?;
         }
-        if leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx) {
+        let sweep_due = leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx);
+        let verify = self.verify_due && !ctx.unverified.is_empty();
+        // A check and a sweep started together (a start, a takeover) read the batch list once:
+        // the check's pages feed the sweep (`track::sweep`'s docs). Either one refused leaves
+        // the other to read alone.
+        let (feeder, feed) = match verify && sweep_due {
+            true => {
+                let (feeder, feed) = sweep::feed();
+                (Some(feeder), Some(feed))
+            }
+            false => (None, None),
+        };
+        if verify
+            && self.spawn(
+                Subject::Unverified,
+                T::Verify,
+                reconcile::verify(ctx.clone(), feeder),
+            )
+        {
+            self.verify_due = false;
+        }
+        if sweep_due {
             let busy = self.in_flight.iter().filter_map(|s| match s {
                 Subject::Submission(id) => Some(*id),
                 _ => None,
             });
             let busy = busy.collect();
-            self.spawn(Subject::Sweep, T::Sweep, sweep::sweep(ctx.clone(), busy));
+            self.spawn(
+                Subject::Sweep,
+                T::Sweep,
+                sweep::sweep(ctx.clone(), busy, feed),
+            );
         }
         // While a sweep runs, it does the polls (and retrieves what it did not see).
         if leads && !self.in_flight.contains(&Subject::Sweep) {
