@@ -58,8 +58,11 @@
 //! when each batch was sent to a client, and the bench reports how many active batches went
 //! unseen for longer than `poll.max_interval`.
 //!
-//! `--restart`: batchwatch alone; after intake (unbounded) it is killed (SIGKILL: what a crash
-//! leaves, every job unfinished and so unchecked against the service at the next start), the
+//! `--restart`: batchwatch alone; after intake (unbounded), once the database has every batch
+//! in progress (so that what the start records is what the bench changes), it is killed
+//! (SIGKILL: what a crash leaves, every job unfinished and so unchecked against the service at
+//! the next start; with `--stale`, as soon as every batch is active, before the daemon has
+//! seen them leave `validating`: then the start records a change for nearly every batch), the
 //! newest batch and `--changes` others move to `finalizing` while it is down, and it is started
 //! again with the built-in limits and poll bounds (`--rps R` sets the rate). Watched every
 //! 20 ms from the spawn: the first request the simulator sees and the first list page or
@@ -67,8 +70,8 @@
 //! changes are in the database (only a poll records one: the newest batch is on a sweep's first
 //! page, so the first row is the first poll's), when the log says the start-up checks are done
 //! (with the daemon's CPU, `utime + stime` of `/proc/PID/stat`, and the requests so far by
-//! kind: list pages, retrieves, file lists), and the CPU and requests when the last change is
-//! in. Then it is killed and started once more with sqlx's statement log on (`sqlx::query` at
+//! kind: list pages, retrieves, file lists, and the status changes recorded so far, rows of
+//! `status_history`), and the CPU and requests when the last change is in. Then it is killed and started once more with sqlx's statement log on (`sqlx::query` at
 //! debug), which counts the database queries until the checks are done; that run's times are
 //! not reported (the log costs CPU).
 //!
@@ -104,7 +107,7 @@ const REQUESTS_PER_FILE: usize = 10;
 
 const USAGE: &str = "cargo bench --bench fleet -- [--n N] [--interval SECS] [--window SECS] \
                      [--concurrency C] [--changes K] [--foreign N] [--list-order ORDER] \
-                     [--rps R] [--restart] [--idle SECS] [--db sqlite|postgres] [--instances K] \
+                     [--rps R] [--restart [--stale]] [--idle SECS] [--db sqlite|postgres] [--instances K] \
                      [--keep]";
 
 /// The most daemons `--instances` runs on one PostgreSQL database.
@@ -134,6 +137,8 @@ struct Opts {
     rps: Option<f64>,
     /// Measure a start after a kill -9 instead of the comparison.
     restart: bool,
+    /// With `restart`: kill before the daemon has seen the batches in progress.
+    stale: bool,
     idle: Option<f64>,
     db: Backend,
     /// How many daemons share the PostgreSQL database.
@@ -159,6 +164,7 @@ impl Opts {
             list_order: None,
             rps: None,
             restart: false,
+            stale: false,
             idle: None,
             db: Backend::Sqlite,
             instances: 1,
@@ -178,6 +184,7 @@ impl Opts {
                 "--list-order" => opts.list_order = args.next(),
                 "--rps" => opts.rps = Some(number(&arg, args.next())?),
                 "--restart" => opts.restart = true,
+                "--stale" => opts.stale = true,
                 "--idle" => opts.idle = Some(number(&arg, args.next())?),
                 "--db" => {
                     opts.db = match args.next().as_deref() {
@@ -212,6 +219,7 @@ impl Opts {
                 "--db postgres measures the comparison only, not --rps, --restart or --idle"
             );
         }
+        anyhow::ensure!(!opts.stale || opts.restart, "--stale goes with --restart");
         anyhow::ensure!(
             !(opts.restart && opts.idle.is_some()),
             "--restart and --idle are separate measurements"
@@ -790,6 +798,25 @@ impl Reader {
         })
     }
 
+    /// Active batches the database has in progress.
+    async fn in_progress_batches(&self) -> anyhow::Result<i64> {
+        const SQL: &str =
+            "SELECT count(*) FROM batches WHERE state = 'active' AND status = 'in_progress'";
+        Ok(match self {
+            Reader::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+            Reader::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        })
+    }
+
+    /// Rows of `status_history`: every change recorded.
+    async fn history_rows(&self) -> anyhow::Result<i64> {
+        const SQL: &str = "SELECT count(*) FROM status_history";
+        Ok(match self {
+            Reader::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+            Reader::Postgres(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await?,
+        })
+    }
+
     /// The first claim: the earliest `jobs.created_at`.
     async fn first_claim(&self) -> anyhow::Result<String> {
         const SQL: &str = "SELECT min(created_at) FROM jobs";
@@ -1314,6 +1341,8 @@ struct Start {
     checked: Option<(Moment, ByKind)>,
     /// `sqlx::query` log lines until the checks were done, when they were logged.
     queries: Option<u64>,
+    /// Rows added to `status_history` until the checks were done.
+    recorded: Option<i64>,
 }
 
 /// With `--restart`: intake, a kill -9, changes while the daemon is down, and a watched start
@@ -1330,6 +1359,27 @@ async fn restart(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
         None => String::new(),
     };
     daemon.configure(&limits)?;
+    if !opts.stale {
+        let db = daemon.db().await?;
+        let started = Instant::now();
+        loop {
+            let seen = db.in_progress_batches().await?;
+            if seen as usize >= opts.n {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "after 600 s the database has {seen} of {} batches in progress",
+                    opts.n
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        note(format!(
+            "the database has every batch in progress ({:.0} s after intake)",
+            started.elapsed().as_secs_f64()
+        ));
+    }
 
     daemon.kill()?;
     let changed = change_while_down(opts, &sim).await?;
@@ -1354,8 +1404,12 @@ async fn restart(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
     };
     println!();
     println!(
-        "restart: {} unfinished jobs (one active batch each), killed with SIGKILL; {}; {} batches moved to finalizing while it was down (the newest among them)",
+        "restart: {} unfinished jobs (one active batch each), killed with SIGKILL {}; {}; {} batches moved to finalizing while it was down (the newest among them)",
         opts.n,
+        match opts.stale {
+            true => "as soon as every batch was active (--stale: most recorded validating)",
+            false => "once the database had every batch in progress",
+        },
         match opts.rps {
             Some(rps) => format!("started again with the built-in limits but {rps} requests/s"),
             None => "started again with the built-in limits and poll bounds".to_owned(),
@@ -1380,6 +1434,9 @@ async fn restart(opts: &Opts, dir: &Path) -> anyhow::Result<()> {
     );
     if let Some((_, requests)) = measured.checked {
         row("  API requests until then:", requests.to_string());
+    }
+    if let Some(n) = measured.recorded {
+        row("  status changes recorded until then:", n.to_string());
     }
     row(
         "every change in the database:",
@@ -1429,6 +1486,7 @@ async fn watch_start(
 ) -> anyhow::Result<Start> {
     let before = ByKind::of(&sim.counts().await?);
     let db = daemon.db().await?;
+    let history_before = db.history_rows().await?;
     let started = Instant::now();
     let mut read = daemon.spawn(rust_log)?;
     let pid = daemon.pid()?;
@@ -1470,6 +1528,7 @@ async fn watch_start(
         }
         if start.checked.is_none() && checked >= opts.n {
             start.checked = Some((moment()?, requests));
+            start.recorded = Some(db.history_rows().await? - history_before);
             if rust_log.is_some() {
                 start.queries = Some(queries);
             }

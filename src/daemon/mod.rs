@@ -172,8 +172,9 @@ struct Failures {
 struct Timers {
     /// The next scan of incoming/; inotify wakes the loop for one sooner.
     scan: Timer,
-    /// When processing/ is next gone through ([`recover::sweep`]), at a scan: at start, after
-    /// anything failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net.
+    /// When processing/ is next gone through ([`recover::sweep`]), at a scan: after anything
+    /// failed, and every [`schedule::PROCESSING_SWEEP`] as a safety net (the start's recovery
+    /// goes through it first).
     processing_sweep: Timer,
     /// When the late duplicates of re-sent creates are looked for
     /// ([`reconcile::cancel_duplicates`]).
@@ -505,9 +506,12 @@ impl Daemon {
             )),
             ctx,
         };
-        recover::recover(&daemon.ctx)
+        let left = recover::recover(&daemon.ctx)
             .await
             .context("recovering from the previous run")?;
+        // Nothing was claimed since that sweep of processing/ (the first scan comes in the
+        // first round): the next one is timed from it, as if a round had done it.
+        daemon.swept_processing(left, now);
         // The database may lag the service (a restored backup, lost writes), and a job taken
         // over may have had anything under way: every unfinished job this daemon holds is
         // checked before anything is sent for it.
@@ -550,6 +554,18 @@ impl Daemon {
         if self.sweeps_left == 0 {
             self.timers.processing_sweep.arm(self.ctx.clock.now());
         }
+    }
+
+    /// A sweep of processing/ at `now` left a file where it was (`Some`: why) or handled every
+    /// one: when the next comes.
+    fn swept_processing(&mut self, left: Option<String>, now: Timestamp) {
+        self.sweeps_left = match left {
+            None => 0,
+            Some(_) => self.sweeps_left + 1,
+        };
+        self.sweep_left = left;
+        let after = self.ctx.schedule.processing_sweep_after(self.sweeps_left);
+        self.timers.processing_sweep.arm_after(now, after);
     }
 
     /// One round: reap, claim, enforce deadlines and cancels, start due work.
@@ -604,16 +620,11 @@ impl Daemon {
                 intake::scan_and_claim(&ctx, &mut self.scanner, &mut self.watcher).await?;
             if self.timers.processing_sweep.due(now) {
                 let in_flight = &self.in_flight;
-                self.sweep_left = recover::sweep(&ctx, |job| {
+                let left = recover::sweep(&ctx, |job| {
                     in_flight.contains(&Subject::Job(job.to_owned()))
                 })
                 .await?;
-                self.sweeps_left = match self.sweep_left {
-                    None => 0,
-                    Some(_) => self.sweeps_left + 1,
-                };
-                let after = ctx.schedule.processing_sweep_after(self.sweeps_left);
-                self.timers.processing_sweep.arm_after(now, after);
+                self.swept_processing(left, now);
             }
             let schedule = &ctx.schedule;
             self.timers.scan.arm_after(
@@ -660,16 +671,6 @@ impl Daemon {
             }
             return Ok(());
         }
-        if self.verify_due
-            && !ctx.unverified.is_empty()
-            && self.spawn(
-                Subject::Unverified,
-                T::Verify,
-                reconcile::verify(ctx.clone()),
-            )
-        {
-            self.verify_due = false;
-        }
         for id in cancels {
             self.spawn(
                 Subject::Submission(id),
@@ -694,13 +695,38 @@ impl Daemon {
         if leads && !self.in_flight.contains(&Subject::Sweep) {
             poll::refresh(&ctx).await?;
         }
-        if leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx) {
+        let sweep_due = leads && !self.in_flight.contains(&Subject::Sweep) && sweep::due(&ctx);
+        let verify = self.verify_due && !ctx.unverified.is_empty();
+        // A check and a sweep started together (a start, a takeover) read the batch list once:
+        // the check's pages feed the sweep (`track::sweep`'s docs). Either one refused leaves
+        // the other to read alone.
+        let (feeder, feed) = match verify && sweep_due {
+            true => {
+                let (feeder, feed) = sweep::feed();
+                (Some(feeder), Some(feed))
+            }
+            false => (None, None),
+        };
+        if verify
+            && self.spawn(
+                Subject::Unverified,
+                T::Verify,
+                reconcile::verify(ctx.clone(), feeder),
+            )
+        {
+            self.verify_due = false;
+        }
+        if sweep_due {
             let busy = self.in_flight.iter().filter_map(|s| match s {
                 Subject::Submission(id) => Some(*id),
                 _ => None,
             });
             let busy = busy.collect();
-            self.spawn(Subject::Sweep, T::Sweep, sweep::sweep(ctx.clone(), busy));
+            self.spawn(
+                Subject::Sweep,
+                T::Sweep,
+                sweep::sweep(ctx.clone(), busy, feed),
+            );
         }
         // While a sweep runs, it does the polls (and retrieves what it did not see).
         if leads && !self.in_flight.contains(&Subject::Sweep) {

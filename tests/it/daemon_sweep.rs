@@ -13,7 +13,7 @@ use batchwatch::store::Access;
 use batchwatch::store::prelude::*;
 use serde_json::{Value, json};
 
-use crate::support::daemon::{Backend, Env, requests, slow_sim};
+use crate::support::daemon::{Backend, Env, assert_each_completed_once, requests, slow_sim};
 use crate::support::process::Running;
 use crate::support::sim::{TestSim, spawn_sim};
 use crate::support::wait_until;
@@ -99,6 +99,11 @@ async fn fleet_in_progress(env: &Env, sim: &TestSim, n: usize) -> BTreeMap<Strin
 async fn step_and_check(env: &Env, sim: &TestSim, ids: &[String]) {
     sim.admin_json("/batches/step", Some(&json!({ "ids": ids })))
         .await;
+    check_finalized(env, ids).await;
+}
+
+/// Waits until each of `ids` has finalizing and completed in its history, one row per change.
+async fn check_finalized(env: &Env, ids: &[String]) {
     for id in ids {
         let seen = wait_until(
             "finalizing and completed recorded",
@@ -117,6 +122,25 @@ async fn step_and_check(env: &Env, sim: &TestSim, ids: &[String]) {
             "{id}: {seen:?}"
         );
     }
+}
+
+/// Waits until the database has `n` active batches, each recorded in progress (its first
+/// answer after the create is a change).
+async fn recorded_in_progress(store: &batchwatch_store_sqlite::Store, n: usize) {
+    wait_until(
+        "every batch recorded in progress",
+        Duration::from_secs(30),
+        async || {
+            let seen: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM batches WHERE state = 'active' AND status = 'in_progress'",
+            )
+            .fetch_one(store.reader())
+            .await
+            .unwrap();
+            (seen as usize == n, seen)
+        },
+    )
+    .await;
 }
 
 /// Lets the daemon sweep for three seconds, and checks that it did, at least five times (the
@@ -323,21 +347,7 @@ async fn a_quiet_sweep_writes_nothing_to_the_database() {
     let daemon = env.spawn();
     fleet_in_progress(&env, &sim, N).await;
     let store = env.sqlite().await;
-    // Every batch seen in progress once (its first answer after the create is a change).
-    wait_until(
-        "every batch recorded in progress",
-        Duration::from_secs(30),
-        async || {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM batches WHERE state = 'active' AND status = 'in_progress'",
-            )
-            .fetch_one(store.reader())
-            .await
-            .unwrap();
-            (n as usize == N, n)
-        },
-    )
-    .await;
+    recorded_in_progress(&store, N).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let mut conn = store.reader().acquire().await.unwrap();
@@ -435,4 +445,86 @@ async fn a_restart_polls_every_active_batch_whatever_its_stored_plan() {
     let stepped: Vec<String> = ids.values().step_by(4).cloned().collect();
     step_and_check(&env, &sim, &stepped).await;
     stop(&env, daemon);
+}
+
+/// kill -9 in the middle of a quiet sweep (a page of it held up by the service, the pages
+/// before it read), then a restart: every job is unverified again, and the check's walk of
+/// the batch list feeds the first sweep (`track::sweep`'s docs). The batches moved while the
+/// daemon was down and after are recorded once each, and every job ends once, with one batch
+/// on the service, its results downloaded and its file in done/ unchanged: nothing lost,
+/// nothing duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_during_a_quiet_sweep_finds_nothing_lost_or_duplicated_after_a_restart() {
+    const N: usize = 30;
+    // Ten other batches per create: a sweep reads four pages.
+    let sim = spawn_sim(held_fleet(ListOrder::NewestFirst, 10, 8.0)).await;
+    let env = Env::new(&sim.handle.base_url(), &sweep_config("list", 50));
+    let mut daemon = env.spawn();
+    let ids = fleet_in_progress(&env, &sim, N).await;
+    let store = env.sqlite().await;
+    recorded_in_progress(&store, N).await;
+    store.close().await;
+
+    // The next list page is held for ten seconds: once the script is used up, a quiet sweep
+    // is under way (the only reader of the list now), waiting on that page.
+    let mut held = ScriptedFault::new(FaultKind::Latency { ms: 10_000 }).times(1);
+    held.method = Some("GET".into());
+    held.path = Some("/v1/batches".into());
+    sim.admin_json(
+        "/faults/script",
+        Some(&serde_json::to_value([held]).unwrap()),
+    )
+    .await;
+    wait_until(
+        "a sweep's page held up",
+        Duration::from_secs(10),
+        async || {
+            let left: Value = sim.admin_json("/faults/script", None).await;
+            (left == json!([]), left)
+        },
+    )
+    .await;
+    daemon.signal(libc::SIGKILL);
+    let (status, _) = daemon.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    drop(daemon);
+
+    // A third of the batches move on while the daemon is down (finalizing for eight seconds:
+    // the restart sees it), the rest after its start.
+    let all: Vec<String> = ids.values().cloned().collect();
+    let (down, after): (Vec<String>, Vec<String>) = all.iter().cloned().partition({
+        let mut k = 0;
+        move |_| {
+            k += 1;
+            k % 3 == 0
+        }
+    });
+    sim.admin_json("/batches/step", Some(&json!({ "ids": down })))
+        .await;
+    let mut daemon = env.spawn();
+    daemon.wait_for_line("checked against the service", Duration::from_secs(30));
+    step_and_check(&env, &sim, &after).await;
+    check_finalized(&env, &down).await;
+
+    let jobs = env
+        .wait_finished(N, Duration::from_secs(60), &mut daemon)
+        .await;
+    stop(&env, daemon);
+    let files: Vec<(String, String)> = (0..N)
+        .map(|k| {
+            let content = requests(&format!("f{k}"), 2, "gpt-4o-mini");
+            (format!("f{k:03}.jsonl"), content)
+        })
+        .collect();
+    let stats = sim.handle.stats().await;
+    assert_each_completed_once(&env, &jobs, &stats, &files, "killed during a quiet sweep");
+    let c = counts(&sim).await;
+    assert_eq!(
+        requests_of(&c, "POST /v1/batches/{batch_id}/cancel"),
+        0,
+        "nothing was cancelled"
+    );
 }

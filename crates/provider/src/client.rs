@@ -313,6 +313,25 @@ impl Client {
         self.paginate(Operation::ListBatches, "batches", vec![("limit", limit)])
     }
 
+    /// The batch list a page at a time, newest first, 100 batches a page, each fetched as the
+    /// stream is read and retried when transient, as [`Client::list_batches`] fetches them:
+    /// for a caller that hands whole pages on (the daemon's start-up check reads the list once
+    /// for itself and for its first sweep).
+    pub fn list_batch_pages(
+        &self,
+    ) -> impl Stream<Item = Result<ListPage<Batch>, ApiError>> + Send + 'static {
+        let query = vec![("limit", "100".to_owned())];
+        let state = self.pages(Operation::ListBatches, "batches", query);
+        futures_util::stream::unfold(state, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let page = s.next_page().await;
+            s.done |= page.is_err();
+            Some((page, s))
+        })
+    }
+
     /// One page of the batch list: up to `limit` (1 to 100) batches after the batch `after`
     /// (from the start when `None`). Sent once, never retried: a caller walking the pages
     /// decides what a failed page means.
@@ -632,32 +651,42 @@ impl Client {
         collection: &'static str,
         query: Vec<(&'static str, String)>,
     ) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static {
-        let state = Pages {
-            client: self.clone(),
-            op,
-            collection,
-            query,
-            after: None,
-            pending: VecDeque::new(),
-            done: false,
-        };
-        futures_util::stream::unfold(state, |mut s| async move {
+        let state = (self.pages(op, collection, query), VecDeque::new());
+        futures_util::stream::unfold(state, |(mut s, mut pending)| async move {
             loop {
-                if let Some(item) = s.pending.pop_front() {
-                    return Some((Ok(item), s));
+                if let Some(item) = pending.pop_front() {
+                    return Some((Ok(item), (s, pending)));
                 }
                 if s.done {
                     return None;
                 }
                 match s.next_page().await {
-                    Ok(items) => s.pending = items.into(),
+                    Ok(page) => pending = page.data.into(),
                     Err(err) => {
                         s.done = true;
-                        return Some((Err(err), s));
+                        return Some((Err(err), (s, pending)));
                     }
                 }
             }
         })
+    }
+
+    /// A listing of `collection` from its first page.
+    fn pages<T: Listed>(
+        &self,
+        op: Operation,
+        collection: &'static str,
+        query: Vec<(&'static str, String)>,
+    ) -> Pages<T> {
+        Pages {
+            client: self.clone(),
+            op,
+            collection,
+            query,
+            after: None,
+            done: false,
+            listed: std::marker::PhantomData,
+        }
     }
 }
 
@@ -689,13 +718,13 @@ struct Pages<T> {
     collection: &'static str,
     query: Vec<(&'static str, String)>,
     after: Option<String>,
-    pending: VecDeque<T>,
     done: bool,
+    listed: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: Listed> Pages<T> {
     /// Fetches the page after `self.after` and moves the cursor past it.
-    async fn next_page(&mut self) -> Result<Vec<T>, ApiError> {
+    async fn next_page(&mut self) -> Result<ListPage<T>, ApiError> {
         let client = &self.client;
         let mut query = self.query.clone();
         if let Some(after) = &self.after {
@@ -713,7 +742,7 @@ impl<T: Listed> Pages<T> {
             .await?;
         if page.has_more != Some(true) || page.data.is_empty() {
             self.done = true;
-            return Ok(page.data);
+            return Ok(page);
         }
         let next = page
             .last_id
@@ -734,7 +763,7 @@ impl<T: Listed> Pages<T> {
             });
         }
         self.after = next;
-        Ok(page.data)
+        Ok(page)
     }
 }
 

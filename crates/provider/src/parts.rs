@@ -189,50 +189,6 @@ impl Client {
         let mut found = std::pin::pin!(listed.try_filter(wanted));
         Ok(found.try_next().await?.map(|f| f.id))
     }
-
-    /// Lists the service once for what claims to be the jobs `jobs`', back to `since` (the
-    /// earliest of their claims): the batches whose tags name one of them, except those
-    /// `known` says the database records already, and the uploads named for them.
-    pub async fn survey(
-        &self,
-        jobs: &BTreeSet<&str>,
-        since: Option<Timestamp>,
-        known: impl Fn(&Batch, &Claim<'_>) -> bool,
-    ) -> Result<Survey, ApiError> {
-        let mut survey = Survey::default();
-        let listed = back_to(self.list_batches(100), since, OLDER_BEFORE_STOP, |b| {
-            b.created_at
-        });
-        let mut listed = std::pin::pin!(listed);
-        while let Some(batch) = listed.try_next().await? {
-            if let Some(claim) = batch.claim()
-                && jobs.contains(claim.job_id)
-                && !known(&batch, &claim)
-            {
-                let (job, part, attempt) = (claim.job_id.to_owned(), claim.part, claim.attempt);
-                survey.claimed.entry(job).or_default().push(Claimed {
-                    part,
-                    attempt,
-                    batch,
-                });
-            }
-        }
-        let listed = back_to(
-            self.list_files(Some("batch")),
-            since,
-            OLDER_BEFORE_STOP,
-            |f| f.created_at,
-        );
-        let mut listed = std::pin::pin!(listed);
-        while let Some(file) = listed.try_next().await? {
-            if let Some(key) =
-                parse_upload_name(&file.filename).filter(|k| jobs.contains(k.0.as_str()))
-            {
-                survey.uploads.entry(key).or_default().push(file);
-            }
-        }
-        Ok(survey)
-    }
 }
 
 /// A newest-first listing read back to `since` (less [`CLOCK_SLACK`]): it ends with the
@@ -245,17 +201,120 @@ fn back_to<T>(
     older_tolerated: usize,
     created_at: fn(&T) -> Option<Timestamp>,
 ) -> impl Stream<Item = Result<T, ApiError>> {
-    let stop_at = since.map(slack_before);
-    listed.scan(0, move |older, object| {
-        if *older >= older_tolerated {
+    listed.scan(Reach::new(since, older_tolerated), move |reach, object| {
+        if reach.ended() {
             return std::future::ready(None);
         }
-        *older = match (&object, stop_at) {
-            (Ok(o), Some(stop_at)) if created_at(o).is_some_and(|c| c < stop_at) => *older + 1,
-            _ => 0,
-        };
+        reach.count(object.as_ref().ok().and_then(created_at));
         std::future::ready(Some(object))
     })
+}
+
+/// How far a newest-first listing read back to a time has come ([`back_to`]): how many objects
+/// in a row were created before it.
+#[derive(Debug, Clone, Copy)]
+struct Reach {
+    stop_at: Option<Timestamp>,
+    older: usize,
+    older_tolerated: usize,
+}
+
+impl Reach {
+    fn new(since: Option<Timestamp>, older_tolerated: usize) -> Reach {
+        Reach {
+            stop_at: since.map(slack_before),
+            older: 0,
+            older_tolerated,
+        }
+    }
+
+    /// Whether the listing has ended: no object after the last one counted belongs to it.
+    fn ended(&self) -> bool {
+        self.older >= self.older_tolerated
+    }
+
+    /// Counts the next object, created at `created` (`None`: unknown, so not older).
+    fn count(&mut self, created: Option<Timestamp>) {
+        self.older = match self.stop_at {
+            Some(stop_at) if created.is_some_and(|c| c < stop_at) => self.older + 1,
+            _ => 0,
+        };
+    }
+}
+
+/// A survey of the service for what claims to be some jobs' ([`Survey`]), fed the batch list
+/// newest first by whoever reads it, until it has [`enough`](Surveying::enough): back to
+/// `since` (the earliest of the jobs' claims, less [`CLOCK_SLACK`]) and a page of disorder
+/// beyond. The daemon's start-up check reads the list once, for this and for its first
+/// sweep, and hands each page to both; [`Surveying::uploads`] then lists the uploads and
+/// gives the survey.
+pub struct Surveying<'j, K> {
+    jobs: &'j BTreeSet<&'j str>,
+    since: Option<Timestamp>,
+    reach: Reach,
+    /// Whether the database records a batch already under the submission its claim names:
+    /// such a batch is not kept.
+    known: K,
+    survey: Survey,
+}
+
+impl<'j, K: Fn(&Batch, &Claim<'_>) -> bool> Surveying<'j, K> {
+    /// A survey for the jobs `jobs`, back to `since`, of the batches `known` does not know.
+    pub fn new(jobs: &'j BTreeSet<&'j str>, since: Option<Timestamp>, known: K) -> Self {
+        Surveying {
+            jobs,
+            since,
+            reach: Reach::new(since, OLDER_BEFORE_STOP),
+            known,
+            survey: Survey::default(),
+        }
+    }
+
+    /// Takes in the next batch of the list, newest first: kept when its tags name one of the
+    /// jobs and `known` does not know it. Past [`enough`](Surveying::enough) it is ignored,
+    /// as a listing read back to the time would not have read it.
+    pub fn take(&mut self, batch: &Batch) {
+        if self.reach.ended() {
+            return;
+        }
+        self.reach.count(batch.created_at);
+        if let Some(claim) = batch.claim()
+            && self.jobs.contains(claim.job_id)
+            && !(self.known)(batch, &claim)
+        {
+            let (job, part, attempt) = (claim.job_id.to_owned(), claim.part, claim.attempt);
+            self.survey.claimed.entry(job).or_default().push(Claimed {
+                part,
+                attempt,
+                batch: batch.clone(),
+            });
+        }
+    }
+
+    /// Whether the batches taken in reach back far enough: no further one can be the jobs'.
+    pub fn enough(&self) -> bool {
+        self.reach.ended()
+    }
+
+    /// Lists the uploads named for the jobs, back to the same time, and gives the survey.
+    pub async fn uploads(self, client: &Client) -> Result<Survey, ApiError> {
+        let mut survey = self.survey;
+        let listed = back_to(
+            client.list_files(Some("batch")),
+            self.since,
+            OLDER_BEFORE_STOP,
+            |f| f.created_at,
+        );
+        let mut listed = std::pin::pin!(listed);
+        while let Some(file) = listed.try_next().await? {
+            if let Some(key) =
+                parse_upload_name(&file.filename).filter(|k| self.jobs.contains(k.0.as_str()))
+            {
+                survey.uploads.entry(key).or_default().push(file);
+            }
+        }
+        Ok(survey)
+    }
 }
 
 /// A listed batch that claims to be a surveyed job's part and attempt.
@@ -266,7 +325,7 @@ pub struct Claimed {
     pub batch: Batch,
 }
 
-/// What one survey found for the jobs in question ([`Client::survey`]).
+/// What one survey found for the jobs in question ([`Surveying`]).
 #[derive(Debug, Default)]
 pub struct Survey {
     /// The batches claiming to be each job's, in the order listed.
@@ -388,6 +447,43 @@ mod tests {
             "an unknown time breaks the run"
         );
         assert_eq!(read(None, 1).await.len(), 6, "no time: the whole listing");
+    }
+
+    #[test]
+    fn a_survey_fed_the_list_keeps_the_unknown_claims_of_its_jobs_until_a_page_of_older_ones() {
+        let listed = |id: &str, created: i64, metadata: Value| -> Batch {
+            serde_json::from_value(json!({
+                "id": id, "object": "batch", "endpoint": "/v1/chat/completions",
+                "input_file_id": "file_1", "completion_window": "24h",
+                "status": "in_progress", "created_at": created, "metadata": metadata,
+            }))
+            .unwrap()
+        };
+        let other = json!({JOB_KEY: "job_y", PART_KEY: "0", ATTEMPT_KEY: "1"});
+        let jobs = BTreeSet::from(["job_x"]);
+        // Since 2h: with the hour of slack, a batch created before 1h is older.
+        let since = Timestamp::from_second(2 * 3600).ok();
+        let mut surveying = Surveying::new(&jobs, since, |b: &Batch, _: &Claim<'_>| {
+            b.id == "batch_known"
+        });
+        surveying.take(&listed("batch_new", 3 * 3600, tags("2")));
+        surveying.take(&listed("batch_known", 3 * 3600, tags("1")));
+        surveying.take(&listed("batch_other", 3 * 3600, other));
+        for k in 0..OLDER_BEFORE_STOP {
+            assert!(!surveying.enough(), "{k} older ones");
+            let id = format!("batch_old{k}");
+            surveying.take(&listed(&id, 0, Value::Null));
+        }
+        assert!(surveying.enough());
+        surveying.take(&listed("batch_past", 3 * 3600, tags("3")));
+        let mut survey = surveying.survey;
+        let kept: Vec<String> = survey
+            .take_claimed("job_x")
+            .into_iter()
+            .map(|c| c.batch.id)
+            .collect();
+        assert_eq!(kept, ["batch_new"], "unknown, the job's, before the end");
+        assert!(survey.take_claimed("job_y").is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! next step reconciles them first), temporary files of downloads a stop cut short are removed,
 //! recorded resubmissions a crash left under their temporary names are moved into incoming/
 //! (and an hour-old one that a resubmit killed before recording it is removed), and
-//! processing/ is swept. The sweep runs again after a failure and every few minutes, in
+//! processing/ is swept (the first sweep: the first round does not go through it again). The
+//! sweep runs again after a failure and every few minutes, in
 //! the main loop after a scan (so it never races a claim), skipping the jobs a task is working
 //! on: it adopts a file claimed without a row (a crash between the claim's rename and its row)
 //! under the job id its directory carries, removes the directory of a claim that never
@@ -36,8 +37,9 @@ use crate::store::jobs::Job;
 use crate::store::prelude::*;
 
 /// Picks up what the previous run left: marks uploads and creates that were under way as of
-/// unknown outcome, moves recorded resubmissions into place, then sweeps processing/.
-pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
+/// unknown outcome, moves recorded resubmissions into place, then sweeps processing/. Returns
+/// what that sweep returns ([`sweep`]): it is the loop's first, as a sweep in a round is.
+pub async fn recover(ctx: &Ctx) -> anyhow::Result<Option<String>> {
     let now = ctx.now();
     let unknown = ctx.store.mark_in_flight_unknown(&ctx.lease, &now).await?;
     if unknown > 0 {
@@ -69,7 +71,7 @@ pub async fn recover(ctx: &Ctx) -> anyhow::Result<()> {
             "removed the files of resubmissions killed before they were recorded"
         );
     }
-    sweep(ctx, |_| false).await.map(|_| ())
+    sweep(ctx, |_| false).await
 }
 
 /// Goes through processing/: adopts files claimed without a row, moves the files of finished

@@ -39,10 +39,11 @@ use std::collections::{BTreeSet, HashMap};
 use anyhow::Context;
 use futures_util::StreamExt;
 
-use crate::api::{ApiError, Attempt, Batch, Claimed, Part, Survey};
+use crate::api::{ApiError, Attempt, Batch, Claimed, Part, Survey, Surveying};
 use crate::clock::{self, Timestamp};
 use crate::daemon::ctx::Ctx;
 use crate::daemon::track::observe::observe;
+use crate::daemon::track::sweep::Feeder;
 use crate::metrics::Reconciled;
 use crate::model::{BatchStatus, JobId, JobState, SubmissionState};
 use crate::store::batches::{NewSubmission, Submission};
@@ -192,8 +193,10 @@ fn claimed_at(job: &Job) -> Option<Timestamp> {
 /// the database does not record. A job still being validated waits for the next pass: its
 /// submissions do not exist yet. The database is read once for all the jobs and once for all
 /// their submissions, whatever their number (a start with 10,000 unfinished jobs checks them
-/// all).
-pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
+/// all). Each page of the batch list it reads is handed to `feed`'s sweep as well, while that
+/// wants pages: a start reads the list once for the check and its first sweep (see
+/// [`crate::daemon::track::sweep`]).
+pub async fn verify(ctx: Ctx, feed: Option<Feeder>) -> anyhow::Result<()> {
     let ids = ctx.unverified.ids();
     let mut pending = Vec::new();
     let mut found = BTreeSet::new();
@@ -229,14 +232,16 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
             .get(&batch.id)
             .is_some_and(|(job, part, attempt)| claim.names(job, *part, *attempt))
     };
+    let mut surveying = Surveying::new(&wanted, since, known);
+    let walked = walk(&ctx, &mut surveying, feed).await;
     // A refused key or a missing route closes the gate, as for every other request.
-    let mut survey = ctx
-        .client
-        .survey(&wanted, since, known)
-        .await
-        .inspect_err(|e| {
-            ctx.gate.note(e, ctx.clock.now(), ctx.schedule.auth_retry);
-        })?;
+    let mut survey = match walked {
+        Ok(()) => surveying.uploads(&ctx.client).await,
+        Err(e) => Err(e),
+    }
+    .inspect_err(|e| {
+        ctx.gate.note(e, ctx.clock.now(), ctx.schedule.auth_retry);
+    })?;
 
     // Read after the survey, as one job's were when they were read one at a time: while a job
     // is unverified, nothing else moves the rows `adopt` acts on (no submit, no cancel).
@@ -253,6 +258,32 @@ pub async fn verify(ctx: Ctx) -> anyhow::Result<()> {
         tracing::debug!(job = %job.id, "checked against the service");
     }
     tracing::info!(jobs = pending.len(), "checked against the service");
+    Ok(())
+}
+
+/// Reads the batch list, newest first, until `surveying` has enough, handing each page to
+/// `feed`'s sweep too while it takes them. The sweep never holds the walk back for long: it
+/// takes each page as it comes or has dropped its end.
+async fn walk<K: Fn(&Batch, &crate::api::Claim<'_>) -> bool>(
+    ctx: &Ctx,
+    surveying: &mut Surveying<'_, K>,
+    mut feed: Option<Feeder>,
+) -> Result<(), ApiError> {
+    let mut pages = std::pin::pin!(ctx.client.list_batch_pages());
+    while !surveying.enough() {
+        let Some(page) = pages.next().await.transpose()? else {
+            break;
+        };
+        let arrived = ctx.clock.now();
+        for batch in &page.data {
+            surveying.take(batch);
+        }
+        if let Some(sweep) = &feed
+            && !sweep.give(page, arrived).await
+        {
+            feed = None;
+        }
+    }
     Ok(())
 }
 

@@ -27,6 +27,36 @@
 //! whichever way it was seen. A page older than a row's last observation does not overwrite
 //! it. A quiet page commits no transaction at all.
 //!
+//! # The first sweep reads the start-up check's pages
+//!
+//! At a start every unfinished job is checked against the service
+//! ([`crate::daemon::submit::reconcile::verify`]), which lists the batches back to the jobs'
+//! claims, while the first sweep (the schedule is built with every batch due) lists them until
+//! it has seen every active one: the same pages, newest first, twice, at the shared request
+//! rate (100 pages each at 10,000 batches, some 20 s each at 5 requests/s). So when a round
+//! starts both, it joins them with a [`feed`]: the check reads the list and hands each page
+//! ([`Feeder`]), as it arrives and with the time it arrived, to the sweep ([`Feed`]), which
+//! takes it as a page it had read itself. Each side keeps its own rules, and stops the walk
+//! for itself alone:
+//!
+//! * the sweep takes pages from the feed while it has one, in the order read, and follows the
+//!   cursor they carry; it drops the feed as soon as it wants no more (every batch seen, past
+//!   the oldest unseen, its page budget), and the check reads on alone;
+//! * when the feed ends first (the check has read back far enough, failed, found nothing to
+//!   check, or was never started), the sweep reads the rest of the list itself from the
+//!   cursor of the last page it took, one request a page, as any sweep;
+//! * a page is recorded exactly as a page the sweep read: its time is when it arrived, so a
+//!   page older than a row's last observation does not overwrite it.
+//!
+//! Why that is still safe: a fed page is a page of the same list, read while the sweep runs,
+//! and the sweep observes on it only the batches the database records as active submissions
+//! (as ever: polling was never held back for a job not yet checked; only uploads, creates
+//! and cancels are). The check sees every page it would have read itself and reads no fewer
+//! (it never waits for the sweep, which reads the feed at once or has dropped it), and it
+//! adopts after its walk, from submissions read after it, as before. What one side misses
+//! the other's rules still catch: an active batch the fed pages did not show is read on the
+//! sweep's own pages or retrieved.
+//!
 //! When to sweep ([`wanted`]): in `list` mode whenever a poll is due; in `auto` mode when the
 //! polls due within `poll.min_interval` outnumber the pages the last sweep needed (and a
 //! handful), that is, when a sweep costs fewer requests than retrieving them; never in
@@ -37,7 +67,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 
-use crate::api::{ApiError, Batch};
+use crate::api::{ApiError, Batch, ListPage};
 use crate::clock::{self, Timestamp};
 use crate::config::PollMode;
 use crate::daemon::ctx::Ctx;
@@ -84,8 +114,38 @@ pub fn due(ctx: &Ctx) -> bool {
     wanted(mode, &ctx.sweeps, polls.load(now, soon))
 }
 
-/// One sweep; `busy` are submissions another task is working on, left to it.
-pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
+/// How many pages the check may read ahead of the sweep it feeds; a sweep records a page in
+/// far less than the next one takes to arrive at any rate the API allows.
+const FED_AHEAD: usize = 4;
+
+/// A page of the batch list, and when it arrived.
+type Fed = (ListPage<Batch>, Timestamp);
+
+/// A feed of the batch list's pages from the walk that reads them to a sweep (see the module
+/// docs): the walk's end and the sweep's.
+pub fn feed() -> (Feeder, Feed) {
+    let (sent, received) = tokio::sync::mpsc::channel(FED_AHEAD);
+    (Feeder(sent), Feed(received))
+}
+
+/// The reading end's half of a [`feed`].
+#[derive(Debug)]
+pub struct Feeder(tokio::sync::mpsc::Sender<Fed>);
+
+impl Feeder {
+    /// Hands `page`, arrived at `at`, to the sweep. False once the sweep wants no more pages.
+    pub async fn give(&self, page: ListPage<Batch>, at: Timestamp) -> bool {
+        self.0.send((page, at)).await.is_ok()
+    }
+}
+
+/// The sweep's half of a [`feed`].
+#[derive(Debug)]
+pub struct Feed(tokio::sync::mpsc::Receiver<Fed>);
+
+/// One sweep; `busy` are submissions another task is working on, left to it. Its first pages
+/// come from `feed` while that has them (see the module docs).
+pub async fn sweep(ctx: Ctx, busy: HashSet<i64>, mut feed: Option<Feed>) -> anyhow::Result<()> {
     let read_at = ctx.clock.now();
     let plan = ctx.store.tracked().await?;
     ctx.polls.learn(
@@ -103,14 +163,24 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
     let (mut pages, mut after) = (0u32, None::<String>);
     let mut failure = None;
     while unseen.left > 0 && pages < budget {
-        let page = match ctx.client.list_batches_page(PAGE, after.as_deref()).await {
-            Ok(page) => page,
-            Err(e) => {
-                failure = Some(e);
-                break;
+        let fed = match feed.as_mut() {
+            Some(Feed(pages)) => pages.recv().await,
+            None => None,
+        };
+        let (page, fetched) = match fed {
+            Some(fed) => fed,
+            None => {
+                // Read on alone from the last page taken, fed or not.
+                feed = None;
+                match ctx.client.list_batches_page(PAGE, after.as_deref()).await {
+                    Ok(page) => (page, ctx.clock.now()),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
             }
         };
-        let fetched = ctx.clock.now();
         pages += 1;
         let mut ours = Vec::new();
         for batch in &page.data {
@@ -141,6 +211,8 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>) -> anyhow::Result<()> {
         }
         after = next;
     }
+    // The walk that feeds it reads on without it.
+    drop(feed);
     ctx.sweeps.last_pages.store(pages.max(1), Ordering::Relaxed);
     let now = ctx.clock.now();
     let left: Vec<i64> = plan
