@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, PathId};
 use crate::lifecycle::no_such_batch;
 use crate::model::clock::{ms, secs};
-use crate::model::{BatchStats, Faults, ScriptedFault, Stats};
+use crate::model::{Api, BatchStats, Faults, ScriptedFault, Stats};
 use crate::state::Shared;
 use batchwatch_core::model::BatchStatus;
 
@@ -229,7 +229,7 @@ impl Shared {
                         .batch_index
                         .get(id)
                         .copied()
-                        .ok_or_else(|| no_such_batch(id))
+                        .ok_or_else(|| no_such_batch(Api::OpenAi, id))
                 })
                 .collect::<Result<_, _>>()?,
             Step::Count { count } => {
@@ -488,7 +488,7 @@ async fn vanish(
     if shared.vanish(&id) {
         Ok(Json(json!({"id": id, "vanished": true})))
     } else {
-        Err(no_such_batch(&id))
+        Err(no_such_batch(Api::OpenAi, &id))
     }
 }
 

@@ -15,8 +15,9 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, PathId};
 use crate::files::{expiry_seconds, parse_limit};
 use crate::lifecycle::{NewBatch, no_such_batch};
+use crate::listing::Cursor;
 use crate::model::clock::{SimMs, secs};
-use crate::model::{Batch, BatchErrorEntry, StoredFile};
+use crate::model::{Admission, Api, Batch, BatchErrorEntry, StoredFile};
 use crate::output::COMPLETION_TOKENS;
 use crate::state::Shared;
 use batchwatch_core::batchfile::{self, Expect, Rule, Violation};
@@ -289,6 +290,8 @@ fn parse_create(body: &[u8]) -> Result<NewBatch, ApiError> {
         Some(other) => return Err(invalid_type("output_expires_after", "an object", other)),
     };
     Ok(NewBatch {
+        api: Api::OpenAi,
+        admission: None,
         input_file_id,
         endpoint,
         completion_window,
@@ -297,10 +300,13 @@ fn parse_create(body: &[u8]) -> Result<NewBatch, ApiError> {
     })
 }
 
-/// Validates a batch's input file on a blocking thread and hands the result to the lifecycle.
+/// Validates a batch's input file on a blocking thread and hands the result to the lifecycle:
+/// an OpenAI file with the daemon's own rules; the requests of an Anthropic batch, checked
+/// when it was created, are only summed up again (after a restart, see `persist`).
 pub(crate) fn spawn_validation(
     shared: Arc<Shared>,
     id: String,
+    api: Api,
     input: Arc<StoredFile>,
     endpoint: String,
 ) {
@@ -312,14 +318,18 @@ pub(crate) fn spawn_validation(
                 line: None,
                 message: format!("the file could not be read: {e}"),
             })?;
-            batchfile::validate(
-                file,
-                Expect {
-                    endpoint: Some(&endpoint),
-                    limits,
-                    split: false,
-                },
-            )
+            match api {
+                Api::OpenAi => batchfile::validate(
+                    file,
+                    Expect {
+                        endpoint: Some(&endpoint),
+                        limits,
+                        split: false,
+                    },
+                )
+                .map(Admission::from),
+                Api::Anthropic => crate::messages::admission_of(file),
+            }
         })
         .await
         .unwrap_or_else(|e| {
@@ -356,9 +366,9 @@ pub(crate) async fn create(
         state.served(&[i]);
         (id, input, response, state.create_foreign())
     };
-    spawn_validation(shared.clone(), id, input, endpoint);
+    spawn_validation(shared.clone(), id, Api::OpenAi, input, endpoint);
     for (id, input, endpoint) in foreign {
-        spawn_validation(shared.clone(), id, input, endpoint);
+        spawn_validation(shared.clone(), id, Api::OpenAi, input, endpoint);
     }
     Ok(response)
 }
@@ -369,7 +379,9 @@ pub(crate) async fn retrieve(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let mut state = shared.lock();
-    let i = state.visible_batch(&id).ok_or_else(|| no_such_batch(&id))?;
+    let i = state
+        .visible_batch(Api::OpenAi, &id)
+        .ok_or_else(|| no_such_batch(Api::OpenAi, &id))?;
     state.served(&[i]);
     Ok(Json(state.batches[i].object(state.clock.now())).into_response())
 }
@@ -380,7 +392,7 @@ pub(crate) async fn cancel(
     PathId(id): PathId,
 ) -> Result<Response, ApiError> {
     let mut state = shared.lock();
-    let i = state.cancel(&id)?;
+    let i = state.cancel(Api::OpenAi, &id)?;
     tracing::info!(batch = %id, "batch cancel requested");
     state.served(&[i]);
     Ok(Json(state.batches[i].object(state.clock.now())).into_response())
@@ -403,7 +415,10 @@ pub(crate) async fn list(
     let Query(query) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = parse_limit(query.get("limit"), 20, 100)?;
     let mut state = shared.lock();
-    let (page, has_more) = state.list_page(query.get("after").map(String::as_str), limit);
+    let cursor = query
+        .get("after")
+        .map_or(Cursor::Start, |id| Cursor::After(id));
+    let (page, has_more) = state.list_page(Api::OpenAi, cursor, limit);
     state.served(&page);
     let now = state.clock.now();
     let page: Vec<_> = page.iter().map(|&i| &state.batches[i]).collect();

@@ -1,4 +1,5 @@
-//! Fault injection: the middleware in front of every `/v1` and `/openai/v1` request. It counts
+//! Fault injection: the middleware in front of every `/v1` and `/openai/v1` request (Anthropic's
+//! `/v1/messages/batches` included). It counts
 //! the request, checks the API key, then applies the fault planned for it
 //! ([`FaultState::plan`](crate::model::FaultState::plan)): an error answer, a dropped
 //! connection, a late answer, a download cut short, or added latency.
@@ -140,13 +141,19 @@ fn check_key(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
                 .or_else(|| v.strip_prefix("bearer "))
         });
     let azure = headers.get("api-key").and_then(|v| v.to_str().ok());
-    let Some(key) = bearer.or(azure).map(str::trim).filter(|k| !k.is_empty()) else {
+    let anthropic = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let Some(key) = bearer
+        .or(azure)
+        .or(anthropic)
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+    else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "You didn't provide an API key. You need to provide your API key in an Authorization \
-             header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the api-key \
-             header.",
+             header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), as the api-key \
+             header, or (Anthropic) as the x-api-key header.",
         ));
     };
     match &*shared.api_keys.lock().unwrap_or_else(|e| e.into_inner()) {

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::io::ReaderStream;
 
 use crate::error::{ApiError, PathId};
+use crate::lifecycle::RESULTS_PURPOSE;
 use crate::model::clock::{ms, secs};
 use crate::model::{FileEntry, FileReady, StoredFile};
 use crate::state::Shared;
@@ -233,7 +234,7 @@ pub(crate) async fn create(
 }
 
 /// Waits until a generated file is written; returns its size.
-async fn wait_ready(mut ready: watch::Receiver<FileReady>) -> Result<u64, ApiError> {
+pub(crate) async fn wait_ready(mut ready: watch::Receiver<FileReady>) -> Result<u64, ApiError> {
     let state = ready
         .wait_for(|r| *r != FileReady::Pending)
         .await
@@ -257,7 +258,7 @@ pub(crate) async fn retrieve(
 ) -> Result<Json<FileObject>, ApiError> {
     let (object, ready) = {
         let state = shared.lock();
-        let file = state.file(&id).ok_or_else(|| no_such_file(&id))?;
+        let file = state.client_file(&id).ok_or_else(|| no_such_file(&id))?;
         (file.object(0), file.ready.clone())
     };
     let bytes = wait_ready(ready).await?;
@@ -271,7 +272,7 @@ pub(crate) async fn content(
 ) -> Result<Response, ApiError> {
     let (data, ready) = {
         let state = shared.lock();
-        let file = state.file(&id).ok_or_else(|| no_such_file(&id))?;
+        let file = state.client_file(&id).ok_or_else(|| no_such_file(&id))?;
         (file.data.clone(), file.ready.clone())
     };
     let bytes = wait_ready(ready).await?;
@@ -293,7 +294,8 @@ pub(crate) async fn delete(
     State(shared): State<Arc<Shared>>,
     PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
-    if !shared.lock().remove_file(&id) {
+    let mut state = shared.lock();
+    if state.client_file(&id).is_none() || !state.remove_file(&id) {
         return Err(no_such_file(&id));
     }
     Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
@@ -323,7 +325,7 @@ pub(crate) async fn list(
         let mut files: Vec<&FileEntry> = state
             .files
             .iter()
-            .filter(|f| purpose.is_none_or(|p| *p == f.purpose))
+            .filter(|f| f.purpose != RESULTS_PURPOSE && purpose.is_none_or(|p| *p == f.purpose))
             .collect();
         files.sort_by_key(|f| (f.created_at, f.seq));
         if descending {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::lifecycle::NewBatch;
-use crate::model::{FileEntry, FileReady, StoredFile};
+use crate::model::{Api, FileEntry, FileReady, StoredFile};
 use crate::state::State;
 
 /// The endpoint of the other tool's batches.
@@ -69,6 +69,8 @@ impl State {
                 let k = self.foreign.created;
                 self.foreign.created += 1;
                 let request = NewBatch {
+                    api: Api::OpenAi,
+                    admission: None,
                     input_file_id: file_id.clone(),
                     endpoint: ENDPOINT.to_owned(),
                     completion_window: "24h".to_owned(),

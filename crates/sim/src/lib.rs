@@ -1,7 +1,8 @@
-//! The built-in simulator of the OpenAI Batch and Files API (`batchwatch sim`).
+//! The built-in simulator of the OpenAI Batch and Files API and of Anthropic's Message Batches
+//! (`batchwatch sim`).
 //!
-//! It serves the endpoints of the reference OpenAPI description faithfully enough that the
-//! official SDKs work against it unchanged, runs batches through their lifecycle in simulated
+//! It serves the endpoints of the reference OpenAPI description, and Anthropic's, faithfully
+//! enough that the official SDKs (`openai`, `anthropic`) work against it unchanged, runs batches through their lifecycle in simulated
 //! time, writes output and error files in the real line format, and injects faults on demand.
 //! Users run it to try batchwatch and to test their pipelines without spending money; the
 //! tests and `batchwatch demo` start it in-process with [`start`].
@@ -16,6 +17,17 @@
 //! [`SimConfig::api_key`] only that key (and those added since, `POST /admin/keys`), otherwise
 //! any non-empty one. Errors have the real shape `{"error": {"message", "type", "param",
 //! "code"}}`.
+//!
+//! Anthropic's Message Batches are served beside them under `/v1` (base URL `http://ADDR`, as
+//! the `anthropic` SDK takes it): `POST /messages/batches` (the requests in the body, checked
+//! at once), `GET /messages/batches` (`limit` up to 1000, `before_id`, `after_id`),
+//! `GET /messages/batches/{id}`, `POST /messages/batches/{id}/cancel`,
+//! `GET /messages/batches/{id}/results` (JSONL, a line for every request: `succeeded`,
+//! `errored`, `canceled` or `expired`) and `DELETE /messages/batches/{id}` (an ended batch).
+//! They need `x-api-key` (or either header above) and an `anthropic-version`, answer errors in
+//! Anthropic's shape (`{"type": "error", "error": {"type", "message"}}`, 529
+//! `overloaded_error` included), and run through the same lifecycle, faults and admin API as
+//! OpenAI's batches; each API lists only its own. The mapping is in `messages.rs`.
 //!
 //! Batches go validating → in_progress → finalizing → completed, with durations set in
 //! simulated seconds and [`SimConfig::time_scale`] simulated seconds per real second. A create
@@ -93,6 +105,7 @@ mod foreign;
 pub mod fuzzing;
 mod lifecycle;
 mod listing;
+mod messages;
 mod model;
 mod output;
 mod persist;

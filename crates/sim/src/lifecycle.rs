@@ -29,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ApiError;
 use crate::model::clock::{SimMs, ms, secs};
 use crate::model::{
-    Batch, BatchErrorEntry, FileEntry, FileReady, Served, StoredFile, Transition, Validation,
+    Admission, Api, Batch, BatchErrorEntry, FileEntry, FileReady, Served, StoredFile, Transition,
+    Validation,
 };
 use crate::output::{self, OutputJob, Sink};
 use crate::state::{Shared, State};
-use batchwatch_core::batchfile::{Rule, Summary, Violation};
+use batchwatch_core::batchfile::{Rule, Violation};
 use batchwatch_core::model::BatchStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,9 @@ pub(crate) enum Progress {
 /// A create request that passed the request checks.
 #[derive(Debug)]
 pub(crate) struct NewBatch {
+    pub(crate) api: Api,
+    /// The requests' summary when they were checked with the create (Anthropic).
+    pub(crate) admission: Option<Admission>,
     pub(crate) input_file_id: String,
     pub(crate) endpoint: String,
     pub(crate) completion_window: String,
@@ -66,6 +70,19 @@ pub(crate) struct NewBatch {
 }
 
 const HEX: &[u8] = b"0123456789abcdef";
+const BASE62: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// The purpose of an Anthropic batch's results file: held as a file, served only at
+/// `/v1/messages/batches/{id}/results`, never by the Files API.
+pub(crate) const RESULTS_PURPOSE: &str = "message_batch_results";
+
+/// How a batch ended, for the lines of its requests that were not processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Completed,
+    Expired,
+    Cancelled,
+}
 
 // Salts of the per-batch fault draws.
 const SALT_STUCK: u64 = 0x7374_7563;
@@ -77,9 +94,15 @@ fn next_event(batch: &Batch, state: &State) -> Option<(SimMs, Event)> {
     }
     let timing = &state.timing;
     let due = match batch.status {
-        BatchStatus::Validating => {
-            Some((batch.created_at + timing.validating, Event::EndValidation))
-        }
+        // Anthropic checks the requests when the batch is created: none waits in validation.
+        BatchStatus::Validating => Some((
+            batch.created_at
+                + match batch.api {
+                    Api::OpenAi => timing.validating,
+                    Api::Anthropic => 0,
+                },
+            Event::EndValidation,
+        )),
         BatchStatus::InProgress => {
             let end = batch.in_progress_at.unwrap_or(batch.created_at) + batch.run_ms;
             Some(if batch.expires_at < end {
@@ -177,20 +200,20 @@ impl State {
                 batch.processed_final = Some(batch.processed(at));
                 batch.expired_at = Some(at);
                 batch.record(BatchStatus::Expired, at);
-                self.write_outputs(i, at, true);
+                self.write_outputs(i, at, Ending::Expired);
             }
             Event::Complete => {
                 let batch = &mut self.batches[i];
                 batch.processed_final = Some(batch.total);
                 batch.completed_at = Some(at);
                 batch.record(BatchStatus::Completed, at);
-                self.write_outputs(i, at, false);
+                self.write_outputs(i, at, Ending::Completed);
             }
             Event::Cancelled => {
                 let batch = &mut self.batches[i];
                 batch.cancelled_at = Some(at);
                 batch.record(BatchStatus::Cancelled, at);
-                self.write_outputs(i, at, false);
+                self.write_outputs(i, at, Ending::Cancelled);
             }
             Event::Vanish => self.vanish_at(i, at),
         }
@@ -203,7 +226,7 @@ impl State {
         };
         match result {
             Err(violation) => self.fail(i, at, violation_entry(violation)),
-            Ok(summary) => self.admit(i, at, summary),
+            Ok(admission) => self.admit(i, at, admission),
         }
     }
 
@@ -214,11 +237,14 @@ impl State {
         batch.record(BatchStatus::Failed, at);
     }
 
-    /// Starts a valid batch, unless its tokens would take its model over the enqueued limit.
-    fn admit(&mut self, i: usize, at: SimMs, summary: Summary) {
-        let tokens = summary.bytes.div_ceil(4);
-        let model = summary.model;
-        if let Some(limit) = self.faults.faults.token_limit {
+    /// Starts a valid batch, unless its tokens would take its model over OpenAI's enqueued
+    /// limit (Anthropic has none).
+    fn admit(&mut self, i: usize, at: SimMs, admission: Admission) {
+        let tokens = admission.bytes.div_ceil(4);
+        let model = admission.model;
+        if let Some(limit) = self.faults.faults.token_limit
+            && self.batches[i].api == Api::OpenAi
+        {
             let enqueued: u64 = self
                 .batches
                 .iter()
@@ -252,10 +278,10 @@ impl State {
         }
         let per_request = self.timing.per_request;
         let run_ms =
-            self.timing.in_progress + (per_request * summary.requests as f64).round() as i64;
+            self.timing.in_progress + (per_request * admission.requests as f64).round() as i64;
         let batch = &mut self.batches[i];
         batch.model = Some(model);
-        batch.total = summary.requests;
+        batch.total = admission.requests;
         batch.tokens = tokens;
         batch.run_ms = run_ms;
         batch.failed_positions =
@@ -274,21 +300,33 @@ impl State {
     /// Makes a batch vanish now; `false` when there is no such (visible) batch.
     pub(crate) fn vanish(&mut self, id: &str) -> bool {
         let now = self.clock.now();
-        let Some(i) = self.visible_batch(id) else {
+        let Some(i) = self.batch_index.get(id).copied() else {
             return false;
         };
+        if self.batches[i].vanished {
+            return false;
+        }
         self.vanish_at(i, now);
         self.schedule(i);
         true
     }
 
-    /// Registers the output and error files of a batch that just ended and starts writing them.
-    fn write_outputs(&mut self, i: usize, at: SimMs, expired: bool) {
+    /// Registers the files of a batch that just ended and starts writing them: OpenAI's output
+    /// and error files, or the one results file of an Anthropic batch, which has a line for
+    /// every request (hidden from the Files API, see `RESULTS_PURPOSE`).
+    fn write_outputs(&mut self, i: usize, at: SimMs, ending: Ending) {
         let batch = &self.batches[i];
         let processed = batch.processed_final.unwrap_or(0);
         let failed = batch.failed_among(processed);
-        let need_output = processed > failed;
-        let need_error = failed > 0 || (expired && batch.total > processed);
+        let expired = ending == Ending::Expired;
+        let (need_output, need_error, purpose) = match batch.api {
+            Api::OpenAi => (
+                processed > failed,
+                failed > 0 || (expired && batch.total > processed),
+                "batch_output",
+            ),
+            Api::Anthropic => (batch.total > 0, false, RESULTS_PURPOSE),
+        };
         let Some(model) = batch.model.clone() else {
             return;
         };
@@ -307,7 +345,7 @@ impl State {
                 seq,
                 id: id.clone(),
                 filename,
-                purpose: "batch_output".into(),
+                purpose: purpose.into(),
                 created_at: at,
                 expires_at: lifetime.map(|s| at + s * 1000),
                 data: file.clone(),
@@ -321,12 +359,22 @@ impl State {
                 },
             )
         };
-        let output = need_output.then(|| sink(self, "output"));
+        let output = need_output.then(|| {
+            sink(
+                self,
+                match self.batches[i].api {
+                    Api::OpenAi => "output",
+                    Api::Anthropic => "results",
+                },
+            )
+        });
         let error = need_error.then(|| sink(self, "error"));
         let batch = &mut self.batches[i];
         batch.output_file_id = output.as_ref().map(|(id, _)| id.clone());
         batch.error_file_id = error.as_ref().map(|(id, _)| id.clone());
         OutputJob {
+            api: batch.api,
+            ending,
             input: batch.input.clone(),
             endpoint: batch.endpoint.clone(),
             model,
@@ -334,7 +382,6 @@ impl State {
             total: batch.total,
             processed,
             failed_positions: batch.failed_positions.clone(),
-            expired,
             created: secs(at),
             output: output.map(|(_, s)| s),
             error: error.map(|(_, s)| s),
@@ -377,15 +424,21 @@ impl State {
         foreign: bool,
     ) -> usize {
         let now = self.clock.now();
-        let id = self.new_id("batch_", 32, HEX);
+        let id = match request.api {
+            Api::OpenAi => self.new_id("batch_", 32, HEX),
+            Api::Anthropic => self.new_id("msgbatch_01", 22, BASE62),
+        };
         let seed = self.rng.u64(..);
         // Drawn from the batch's own seed, so they do not depend on what else happened.
         let faults = &self.faults.faults;
         let stuck = output::chance(seed, SALT_STUCK) < faults.stuck_finalizing;
         let vanish_at = (output::chance(seed, SALT_VANISH) < faults.vanish)
             .then(|| now + ms(faults.vanish_after_secs));
+        let admission = request.admission;
+        let total = admission.as_ref().map_or(0, |a| a.requests);
         let mut batch = Batch {
             id,
+            api: request.api,
             endpoint: request.endpoint,
             input_file_id: request.input_file_id,
             input,
@@ -407,9 +460,9 @@ impl State {
             expired_at: None,
             cancelling_at: None,
             cancelled_at: None,
-            validation: Validation::Pending,
+            validation: admission.map_or(Validation::Pending, |a| Validation::Done(Ok(a))),
             model: None,
-            total: 0,
+            total,
             tokens: 0,
             run_ms: 0,
             failed_positions: Vec::new(),
@@ -426,7 +479,7 @@ impl State {
     }
 
     /// Stores the result of a batch's file validation.
-    pub(crate) fn set_validation(&mut self, id: &str, result: Result<Summary, Violation>) {
+    pub(crate) fn set_validation(&mut self, id: &str, result: Result<Admission, Violation>) {
         if let Some(&i) = self.batch_index.get(id)
             && matches!(self.batches[i].validation, Validation::Pending)
         {
@@ -434,10 +487,13 @@ impl State {
         }
     }
 
-    /// Starts cancelling a batch; cancelling one that is already cancelling changes nothing.
-    pub(crate) fn cancel(&mut self, id: &str) -> Result<usize, ApiError> {
+    /// Starts cancelling a batch of `api`; cancelling one that is already cancelling changes
+    /// nothing.
+    pub(crate) fn cancel(&mut self, api: Api, id: &str) -> Result<usize, ApiError> {
         let now = self.clock.now();
-        let i = self.visible_batch(id).ok_or_else(|| no_such_batch(id))?;
+        let i = self
+            .visible_batch(api, id)
+            .ok_or_else(|| no_such_batch(api, id))?;
         let batch = &mut self.batches[i];
         match batch.status {
             BatchStatus::Validating | BatchStatus::InProgress | BatchStatus::Finalizing => {
@@ -447,11 +503,17 @@ impl State {
             }
             BatchStatus::Cancelling => {}
             ref other => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "invalid_request_error",
-                    format!("Cannot cancel a batch with status '{other}'."),
-                ));
+                let (status, message) = match api {
+                    Api::OpenAi => (
+                        axum::http::StatusCode::CONFLICT,
+                        format!("Cannot cancel a batch with status '{other}'."),
+                    ),
+                    Api::Anthropic => (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        format!("Message Batch {id} has ended and can no longer be canceled."),
+                    ),
+                };
+                return Err(ApiError::new(status, "invalid_request_error", message));
             }
         }
         self.schedule(i);
@@ -479,8 +541,13 @@ impl State {
 }
 
 /// The 404 for an unknown or vanished batch.
-pub(crate) fn no_such_batch(id: &str) -> ApiError {
-    ApiError::not_found(format!("No batch found with id '{id}'.")).param("batch_id")
+pub(crate) fn no_such_batch(api: Api, id: &str) -> ApiError {
+    match api {
+        Api::OpenAi => {
+            ApiError::not_found(format!("No batch found with id '{id}'.")).param("batch_id")
+        }
+        Api::Anthropic => ApiError::not_found(format!("Message Batch {id} not found.")),
+    }
 }
 
 fn violation_entry(violation: Violation) -> BatchErrorEntry {

@@ -1,4 +1,5 @@
-//! The order of `GET /batches`, and its pages.
+//! The order of `GET /batches` and `GET /messages/batches`, and their pages: each API lists
+//! its own batches only, in the same order.
 //!
 //! The real API lists batches newest first, but its description promises no order, so a
 //! client must not depend on it. [`ListOrder::NewestFirst`] (the default) is the real habit;
@@ -15,7 +16,7 @@
 
 use std::ops::Bound;
 
-use crate::model::ListOrder;
+use crate::model::{Api, ListOrder};
 use crate::output;
 use crate::state::State;
 
@@ -36,31 +37,64 @@ impl State {
         }
     }
 
-    /// The batches after the one named `after` (from the start without it), as indices: at
-    /// most `limit` visible ones, and whether another visible one follows. An unknown cursor
-    /// gives an empty page.
-    pub(crate) fn list_page(&self, after: Option<&str>, limit: usize) -> (Vec<usize>, bool) {
-        let cursor = match after {
-            None => None,
-            Some(id) => match self.batch_index.get(id) {
-                Some(&i) => Some(i),
+    /// A page of `api`'s batches, as indices in list order: at most `limit` visible ones from
+    /// where `cursor` says, and whether another visible one follows them in the direction
+    /// read. An unknown cursor gives an empty page.
+    pub(crate) fn list_page(
+        &self,
+        api: Api,
+        cursor: Cursor<'_>,
+        limit: usize,
+    ) -> (Vec<usize>, bool) {
+        let (from, forward) = match cursor {
+            Cursor::Start => (None, true),
+            Cursor::After(id) | Cursor::Before(id) => match self.batch_index.get(id) {
+                Some(&i) => (Some(i), matches!(cursor, Cursor::After(_))),
                 None => return (Vec::new(), false),
             },
         };
-        let rest: Box<dyn Iterator<Item = usize> + '_> = match self.list_order {
-            ListOrder::NewestFirst => Box::new((0..cursor.unwrap_or(self.batches.len())).rev()),
-            ListOrder::Shuffled => {
-                let from = cursor.map_or(Bound::Unbounded, |i| Bound::Excluded(self.list_key(i)));
+        let rest: Box<dyn Iterator<Item = usize> + '_> = match (self.list_order, forward) {
+            (ListOrder::NewestFirst, true) => {
+                Box::new((0..from.unwrap_or(self.batches.len())).rev())
+            }
+            (ListOrder::NewestFirst, false) => {
+                Box::new(from.map_or(0, |i| i + 1)..self.batches.len())
+            }
+            (ListOrder::Shuffled, true) => {
+                let from = from.map_or(Bound::Unbounded, |i| Bound::Excluded(self.list_key(i)));
                 Box::new(
                     self.shuffled
                         .range((from, Bound::Unbounded))
                         .map(|&(_, i)| i),
                 )
             }
+            (ListOrder::Shuffled, false) => {
+                let to = from.map_or(Bound::Unbounded, |i| Bound::Excluded(self.list_key(i)));
+                Box::new(
+                    self.shuffled
+                        .range((Bound::Unbounded, to))
+                        .rev()
+                        .map(|&(_, i)| i),
+                )
+            }
         };
-        let mut visible = rest.filter(|&i| !self.batches[i].vanished);
-        let page: Vec<usize> = visible.by_ref().take(limit).collect();
+        let mut visible = rest.filter(|&i| !self.batches[i].vanished && self.batches[i].api == api);
+        let mut page: Vec<usize> = visible.by_ref().take(limit).collect();
         let has_more = visible.next().is_some();
+        if !forward {
+            page.reverse();
+        }
         (page, has_more)
     }
+}
+
+/// Where a page of the list starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cursor<'a> {
+    Start,
+    /// After this batch, in list order (OpenAI's `after`, Anthropic's `after_id`).
+    After(&'a str),
+    /// Just before this batch, read backwards and given in list order (Anthropic's
+    /// `before_id`).
+    Before(&'a str),
 }

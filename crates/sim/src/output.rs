@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::model::{FileReady, StoredFile};
+use crate::lifecycle::Ending;
+use crate::model::{Api, FileReady, StoredFile};
 
 /// Output tokens every fake response reports.
 pub(crate) const COMPLETION_TOKENS: u64 = 12;
@@ -80,8 +81,13 @@ pub(crate) struct Sink {
     pub(crate) ready: watch::Sender<FileReady>,
 }
 
-/// Everything needed to write a finished batch's output and error files.
+/// Everything needed to write a finished batch's output and error files (OpenAI), or its
+/// results file (Anthropic: `output`, a line for every request).
 pub(crate) struct OutputJob {
+    pub(crate) api: Api,
+    /// Unprocessed requests of an expired OpenAI batch go to the error file as
+    /// `batch_expired`; an Anthropic batch's are `expired` or `canceled` results.
+    pub(crate) ending: Ending,
     pub(crate) input: Arc<StoredFile>,
     pub(crate) endpoint: String,
     pub(crate) model: String,
@@ -89,8 +95,6 @@ pub(crate) struct OutputJob {
     pub(crate) total: u64,
     pub(crate) processed: u64,
     pub(crate) failed_positions: Vec<u32>,
-    /// Unprocessed requests go to the error file as `batch_expired`.
-    pub(crate) expired: bool,
     /// Unix seconds for the `created` fields of the fake responses.
     pub(crate) created: i64,
     pub(crate) output: Option<Sink>,
@@ -167,15 +171,20 @@ impl OutputJob {
         let mut output = open(&self.output)?;
         let mut errors = open(&self.error)?;
 
+        let every_request = self.ending == Ending::Expired || self.api == Api::Anthropic;
         for (position, &line) in processing_order(self.seed, self.total).iter().enumerate() {
             let position = position as u64;
-            if position >= self.processed && !self.expired {
+            if position >= self.processed && !every_request {
                 break;
             }
             let (start, end) = (starts[line as usize], starts[line as usize + 1]);
             buf.resize((end - start) as usize, 0);
             input.read_exact_at(&mut buf, start)?;
             let (text, failed) = match serde_json::from_slice::<Value>(&buf) {
+                Ok(request) if self.api == Api::Anthropic => (
+                    self.anthropic_line(position, &request, buf.len() as u64)?,
+                    false,
+                ),
                 Ok(request) => self.line(position, &request, buf.len() as u64)?,
                 // One request the service cannot read fails alone, as a 400 in the error file
                 // (or the output file, when the batch has no error file), never the whole file.
@@ -228,6 +237,54 @@ impl OutputJob {
             error: None,
         };
         serde_json::to_string(&line).map_err(io::Error::other)
+    }
+
+    /// The results line of the Anthropic request at `position`: `succeeded` with a message,
+    /// `errored` (the failure rate), or, past what was processed, `canceled` or `expired`.
+    fn anthropic_line(&self, position: u64, request: &Value, bytes: u64) -> io::Result<String> {
+        let custom_id = request
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let result = if position >= self.processed {
+            match self.ending {
+                Ending::Expired => json!({"type": "expired"}),
+                Ending::Cancelled | Ending::Completed => json!({"type": "canceled"}),
+            }
+        } else if self
+            .failed_positions
+            .binary_search(&(position as u32))
+            .is_ok()
+        {
+            let (kind, message) = if mix(self.seed ^ SALT_BODY, position) & 1 == 0 {
+                ("api_error", "Internal server error (simulated).")
+            } else {
+                (
+                    "invalid_request_error",
+                    "This request failed at the simulator's request failure rate.",
+                )
+            };
+            json!({"type": "errored", "error": {
+                "type": "error", "error": {"type": kind, "message": message},
+                "request_id": format!("req_{}", hex_id(self.seed, SALT_REQ, position))}})
+        } else {
+            let params = request.get("params").unwrap_or(&Value::Null);
+            let model = params
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or(&self.model);
+            let input_tokens = (bytes / 4).max(1);
+            json!({"type": "succeeded", "message": {
+                "id": format!("msg_01{}", hex_id(self.seed, SALT_ID, position)),
+                "type": "message", "role": "assistant", "model": model,
+                "content": [{"type": "text",
+                             "text": format!("Simulated reply to {custom_id}: {}", prompt(params))}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": COMPLETION_TOKENS,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}})
+        };
+        serde_json::to_string(&json!({"custom_id": custom_id, "result": result}))
+            .map_err(io::Error::other)
     }
 
     /// One output line for the request at `position`; `true` when it belongs in the error file.
@@ -504,7 +561,8 @@ mod tests {
                 total: 5,
                 processed: 5,
                 failed_positions: Vec::new(),
-                expired: false,
+                api: Api::OpenAi,
+                ending: Ending::Completed,
                 created: 0,
                 output: Some(sink(dir.path(), &format!("out-{with_error_file}"))),
                 error: with_error_file.then(|| sink(dir.path(), "err")),

@@ -283,11 +283,11 @@ pub(crate) fn resume(shared: &Arc<Shared>, config: &SimConfig) -> anyhow::Result
             .batches
             .iter()
             .filter(|b| matches!(b.validation, Validation::Pending))
-            .map(|b| (b.id.clone(), b.input.clone(), b.endpoint.clone()))
+            .map(|b| (b.id.clone(), b.api, b.input.clone(), b.endpoint.clone()))
             .collect()
     };
-    for (id, input, endpoint) in pending {
-        crate::batches::spawn_validation(shared.clone(), id, input, endpoint);
+    for (id, api, input, endpoint) in pending {
+        crate::batches::spawn_validation(shared.clone(), id, api, input, endpoint);
     }
     Ok(())
 }

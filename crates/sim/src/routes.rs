@@ -1,5 +1,6 @@
 //! The HTTP surface: the API under `/v1` and, for Azure-style clients, `/openai/v1`, each
-//! behind the key check and fault injection; the admin API beside them, untouched by faults.
+//! behind the key check and fault injection, with Anthropic's Message Batches beside OpenAI's
+//! under `/v1`; the admin API beside them, untouched by faults.
 
 use std::sync::Arc;
 
@@ -9,6 +10,8 @@ use axum::extract::OriginalUri;
 use axum::http::{Method, StatusCode};
 use axum::middleware;
 use axum::routing::{get, post};
+
+use crate::messages::{self, MAX_BODY_BYTES};
 
 use crate::error::ApiError;
 use crate::files::MAX_UPLOAD_BYTES;
@@ -39,10 +42,40 @@ fn api(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
         ))
 }
 
+/// Anthropic's Message Batches routes, relative to `/v1`, in Anthropic's error shape.
+fn message_batches(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
+    let create_limit = DefaultBodyLimit::max(MAX_BODY_BYTES);
+    Router::new()
+        .route(
+            "/messages/batches",
+            post(messages::create)
+                .layer(create_limit)
+                .get(messages::list),
+        )
+        .route(
+            "/messages/batches/{batch_id}",
+            get(messages::retrieve).delete(messages::delete),
+        )
+        .route(
+            "/messages/batches/{batch_id}/cancel",
+            post(messages::cancel),
+        )
+        .route(
+            "/messages/batches/{batch_id}/results",
+            get(messages::results),
+        )
+        .method_not_allowed_fallback(wrong_method)
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            faults::middleware,
+        ))
+        .route_layer(middleware::from_fn(messages::anthropic_shape))
+}
+
 /// The whole application.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .nest("/v1", api(&shared))
+        .nest("/v1", api(&shared).merge(message_batches(&shared)))
         .nest("/openai/v1", api(&shared))
         .merge(admin::router())
         .fallback(unknown_route)

@@ -9,9 +9,10 @@ use std::sync::{Mutex, MutexGuard};
 use secrecy::SecretString;
 use tokio::sync::Notify;
 
+use crate::lifecycle::RESULTS_PURPOSE;
 use crate::model::clock::{Clock, SimMs, real_unix_ms};
 use crate::model::{
-    Batch, Counters, FaultState, Faults, FileEntry, Foreign, ListOrder, SimConfig, Timing,
+    Api, Batch, Counters, FaultState, Faults, FileEntry, Foreign, ListOrder, SimConfig, Timing,
 };
 use batchwatch_core::batchfile::Limits;
 
@@ -172,6 +173,11 @@ impl State {
         self.file_position(id).map(|i| &self.files[i])
     }
 
+    /// A file the Files API serves: not an Anthropic batch's results.
+    pub(crate) fn client_file(&self, id: &str) -> Option<&FileEntry> {
+        self.file(id).filter(|f| f.purpose != RESULTS_PURPOSE)
+    }
+
     fn file_position(&self, id: &str) -> Option<usize> {
         let seq = *self.file_index.get(id)?;
         self.files.binary_search_by_key(&seq, |f| f.seq).ok()
@@ -229,12 +235,12 @@ impl State {
         }
     }
 
-    /// The index of a batch that has not vanished.
-    pub(crate) fn visible_batch(&self, id: &str) -> Option<usize> {
+    /// The index of a batch of `api` that has not vanished.
+    pub(crate) fn visible_batch(&self, api: Api, id: &str) -> Option<usize> {
         self.batch_index
             .get(id)
             .copied()
-            .filter(|&i| !self.batches[i].vanished)
+            .filter(|&i| !self.batches[i].vanished && self.batches[i].api == api)
     }
 }
 

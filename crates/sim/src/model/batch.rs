@@ -10,13 +10,44 @@ use super::file::StoredFile;
 use batchwatch_core::batchfile::{Summary, Violation};
 use batchwatch_core::model::BatchStatus;
 
+/// Which service's API a batch was created through: they share the lifecycle, each has its
+/// own routes, objects, list and result lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Api {
+    /// `/v1/batches` on an uploaded input file.
+    #[default]
+    OpenAi,
+    /// `/v1/messages/batches`, the requests in the create body.
+    Anthropic,
+}
+
+/// What a valid input holds, as the lifecycle needs it to start the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub(crate) requests: u64,
+    pub(crate) bytes: u64,
+    /// The model of the first request (OpenAI inputs name one model).
+    pub(crate) model: String,
+}
+
+impl From<Summary> for Admission {
+    fn from(summary: Summary) -> Admission {
+        Admission {
+            requests: summary.requests,
+            bytes: summary.bytes,
+            model: summary.model,
+        }
+    }
+}
+
 /// Where a batch's input validation stands.
 #[derive(Debug, Default)]
 pub(crate) enum Validation {
     /// Not finished; also what a batch loaded from a saved state starts with (see `persist`).
     #[default]
     Pending,
-    Done(Result<Summary, Violation>),
+    Done(Result<Admission, Violation>),
     /// Its result was turned into a status.
     Used,
 }
@@ -96,6 +127,9 @@ impl Served {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Batch {
     pub(crate) id: String,
+    /// Saved states from before a second API was served hold OpenAI batches only.
+    #[serde(default)]
+    pub(crate) api: Api,
     pub(crate) endpoint: String,
     pub(crate) input_file_id: String,
     #[serde(with = "super::file::file_name")]

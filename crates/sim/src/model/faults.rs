@@ -400,7 +400,9 @@ impl FaultState {
             && (template.ends_with("/batches") || template.ends_with("/files"));
         if is_create && drop < f.drop_after_create {
             plan.fault = Some(FaultKind::DropAfter);
-        } else if template.ends_with("/content") && cut < f.broken_download {
+        } else if (template.ends_with("/content") || template.ends_with("/results"))
+            && cut < f.broken_download
+        {
             plan.fault = Some(FaultKind::BrokenDownload);
         }
         plan

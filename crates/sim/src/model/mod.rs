@@ -14,7 +14,7 @@ mod foreign;
 mod stats;
 
 pub use batch::Transition;
-pub(crate) use batch::{Batch, BatchErrorEntry, Served, Validation};
+pub(crate) use batch::{Admission, Api, Batch, BatchErrorEntry, Served, Validation};
 pub(crate) use config::Timing;
 pub use config::{ListOrder, SimConfig};
 pub(crate) use faults::FaultState;

@@ -7,6 +7,7 @@ mod contract;
 mod faults;
 mod fleet;
 mod lifecycle;
+mod messages;
 mod persist;
 mod schema;
 mod sdk;

@@ -169,3 +169,309 @@ async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
         Some(&1)
     );
 }
+
+/// Every Message Batches call of the official `anthropic` package, each answer parsed by the
+/// SDK's own types: create, retrieve until ended (moving the stopped clock), results with every
+/// result type (succeeded and errored; canceled after a cancel; expired after the window),
+/// list walked page by page both ways, delete, and the errors as the SDK's exception classes
+/// (400 for a bad `custom_id` and for deleting a batch in progress, 404, 429 with
+/// `retry-after`, 529 overloaded).
+const ANTHROPIC_SCRIPT: &str = r#"
+import json, sys, time, urllib.request
+import anthropic
+from anthropic import Anthropic
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse, DeletedMessageBatch
+
+base, admin, key = sys.argv[1:4]
+client = Anthropic(base_url=base, api_key=key, max_retries=0)
+batches = client.messages.batches
+
+def post(path, body):
+    request = urllib.request.Request(
+        admin + path, data=json.dumps(body).encode(),
+        headers={"content-type": "application/json"}, method="POST")
+    urllib.request.urlopen(request).read()
+
+def tick(secs):
+    post("/clock", {"advance_secs": secs})
+
+def wait(batch_id):
+    """Retrieves the batch until it ends, ending its current stage through the admin API."""
+    for _ in range(10):
+        batch = batches.retrieve(batch_id)
+        assert isinstance(batch, MessageBatch)
+        if batch.processing_status == "ended":
+            return batch
+        post("/batches/step", {"ids": [batch_id]})
+    raise SystemExit(f"batch {batch_id} stayed {batch.processing_status}")
+
+def requests(prefix, n):
+    return [{"custom_id": f"{prefix}{i}",
+             "params": {"model": "claude-sonnet-4-5", "max_tokens": 64,
+                        "messages": [{"role": "user", "content": f"say {i}"}]}} for i in range(n)]
+
+def results_of(batch_id):
+    out = {}
+    for row in batches.results(batch_id):
+        assert isinstance(row, MessageBatchIndividualResponse)
+        result = row.result
+        if result.type == "succeeded":
+            out[row.custom_id] = ["succeeded", result.message.content[0].text,
+                                  result.message.usage.input_tokens, result.message.usage.output_tokens]
+        elif result.type == "errored":
+            out[row.custom_id] = ["errored", result.error.error.type]
+        else:
+            out[row.custom_id] = [result.type]
+    return out
+
+def error_of(call):
+    try:
+        call()
+        return "no error"
+    except anthropic.APIStatusError as e:
+        return [type(e).__name__, e.status_code, e.body["error"]["type"], e.response.headers.get("retry-after")]
+
+first = batches.create(requests=requests("q", 6))
+created = [first.processing_status, first.request_counts.processing, first.results_url, first.type]
+done = wait(first.id)
+counts = done.request_counts
+first_results = results_of(first.id)
+
+second = batches.create(requests=requests("c", 4))
+canceling = batches.cancel(second.id)
+canceled = wait(second.id)
+canceled_results = results_of(second.id)
+
+third = batches.create(requests=requests("e", 3))
+tick(90000)
+expired = wait(third.id)
+expired_results = results_of(third.id)
+
+walked = [b.id for b in batches.list(limit=1)]
+newer = [b.id for b in batches.list(before_id=first.id, limit=1)]  # auto-paginates
+older = [b.id for b in batches.list(after_id=third.id, limit=5)]
+
+in_progress = batches.create(requests=requests("p", 1))
+errors = {
+    "bad_custom_id": error_of(lambda: batches.create(requests=[{"custom_id": "a b", "params": {}}])),
+    "duplicate": error_of(lambda: batches.create(requests=requests("d", 1) + requests("d", 1))),
+    "delete_in_progress": error_of(lambda: batches.delete(in_progress.id)),
+    "cancel_ended": error_of(lambda: batches.cancel(first.id)),
+}
+post("/faults/script", [{"kind": "rate_limit", "retry_after": {"seconds": 7}, "times": 1,
+                          "method": "GET", "path": "/v1/messages/batches/{batch_id}"},
+                         {"kind": "status", "status": 529, "times": 1, "method": "GET",
+                          "path": "/v1/messages/batches"}])
+errors["rate_limited"] = error_of(lambda: batches.retrieve(first.id))
+errors["overloaded"] = error_of(lambda: batches.list())
+
+deleted = batches.delete(first.id)
+assert isinstance(deleted, DeletedMessageBatch)
+errors["deleted"] = error_of(lambda: batches.retrieve(first.id))
+errors["results_deleted"] = error_of(lambda: client.get(f"/v1/messages/batches/{first.id}/results", cast_to=object))
+after_delete = [b.id for b in batches.list(limit=100)]
+
+print(json.dumps({
+    "ids": [first.id, second.id, third.id, in_progress.id],
+    "created": created,
+    "ended": [done.processing_status, done.ended_at is not None, done.results_url],
+    "counts": [counts.processing, counts.succeeded, counts.errored, counts.canceled, counts.expired],
+    "first_results": first_results,
+    "canceling": [canceling.processing_status, canceling.cancel_initiated_at is not None],
+    "canceled_counts": [canceled.request_counts.succeeded, canceled.request_counts.errored, canceled.request_counts.canceled],
+    "canceled_results": canceled_results,
+    "expired_counts": [expired.request_counts.succeeded, expired.request_counts.errored, expired.request_counts.expired],
+    "expired_results": expired_results,
+    "walked": walked, "newer": newer, "older": older,
+    "errors": errors,
+    "deleted": [deleted.id, deleted.type],
+    "after_delete": after_delete,
+    "sdk": anthropic.__version__,
+}))
+"#;
+
+fn anthropic_sdk_available() -> Result<(), String> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import anthropic"])
+        .output()
+        .map_err(|e| format!("python3 cannot run: {e}"))?;
+    if probe.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`python3 -c 'import anthropic'` failed: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_official_anthropic_sdk_works_against_the_simulator_unchanged() {
+    if let Err(reason) = anthropic_sdk_available() {
+        if std::env::var("BATCHWATCH_REQUIRE_SDK").as_deref() == Ok("1") {
+            panic!("BATCHWATCH_REQUIRE_SDK=1 but the anthropic SDK is unavailable: {reason}");
+        }
+        eprintln!(
+            "skipping the anthropic SDK test: {reason} (install it: python3 -m pip install anthropic)"
+        );
+        return;
+    }
+    // Longer than the 24-hour window, so that the third batch is still processing when its
+    // time is up; the others are moved along through the admin API.
+    let config = batchwatch_sim::SimConfig {
+        in_progress_secs: 100_000.0,
+        ..stopped_clock_with_failures()
+    };
+    let sim = spawn_sim(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("anthropic_check.py");
+    std::fs::write(&script, ANTHROPIC_SCRIPT).unwrap();
+    let output = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("http://{}", sim.handle.addr()))
+        .arg(sim.handle.admin_url())
+        .arg(KEY)
+        .env_remove("ANTHROPIC_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
+    eprintln!("anthropic {} against the simulator: {seen}", seen["sdk"]);
+    let ids: Vec<&str> = seen["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(ids.iter().all(|id| id.starts_with("msgbatch_")), "{ids:?}");
+    let [first, second, third, in_progress] = ids[..] else {
+        panic!("four batches: {ids:?}")
+    };
+    let results_url = format!(
+        "http://{}/v1/messages/batches/{first}/results",
+        sim.handle.addr()
+    );
+
+    assert_eq!(
+        seen["created"],
+        serde_json::json!(["in_progress", 6, null, "message_batch"])
+    );
+    assert_eq!(
+        seen["ended"],
+        serde_json::json!(["ended", true, results_url])
+    );
+    let counts: Vec<u64> = seen["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    let (succeeded, errored) = (counts[1], counts[2]);
+    assert_eq!(counts[0], 0, "nothing left processing");
+    assert_eq!(succeeded + errored, 6);
+    assert!(
+        errored > 0 && succeeded > 0,
+        "the failure rate shows: {counts:?}"
+    );
+    let results = seen["first_results"].as_object().unwrap();
+    assert_eq!(results.len(), 6, "a line for every request: {results:?}");
+    for (custom_id, result) in results {
+        match result[0].as_str().unwrap() {
+            "succeeded" => {
+                let n = custom_id.trim_start_matches('q');
+                assert_eq!(
+                    result[1],
+                    format!("Simulated reply to {custom_id}: say {n}")
+                );
+                assert!(result[2].as_u64().unwrap() > 0 && result[3].as_u64().unwrap() > 0);
+            }
+            "errored" => assert!(
+                ["invalid_request_error", "api_error"].contains(&result[1].as_str().unwrap())
+            ),
+            other => panic!("{custom_id}: {other}"),
+        }
+    }
+    let tally = |kind: &str| results.values().filter(|r| r[0] == kind).count() as u64;
+    assert_eq!((tally("succeeded"), tally("errored")), (succeeded, errored));
+
+    assert_eq!(seen["canceling"], serde_json::json!(["canceling", true]));
+    assert_eq!(
+        seen["canceled_counts"],
+        serde_json::json!([0, 0, 4]),
+        "cancelled before any request ran"
+    );
+    let canceled = seen["canceled_results"].as_object().unwrap();
+    assert_eq!(canceled.len(), 4);
+    assert!(
+        canceled.values().all(|r| r[0] == "canceled"),
+        "{canceled:?}"
+    );
+    let expired_counts: Vec<u64> = seen["expired_counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert_eq!(expired_counts.iter().sum::<u64>(), 3, "{expired_counts:?}");
+    assert!(expired_counts[2] > 0, "{expired_counts:?}");
+    let expired = seen["expired_results"].as_object().unwrap();
+    assert_eq!(expired.len(), 3);
+    assert!(
+        expired.values().any(|r| r[0] == "expired"),
+        "the window ended before the requests: {expired:?}"
+    );
+
+    assert_eq!(
+        seen["walked"],
+        serde_json::json!([third, second, first]),
+        "auto-pagination walks every page, newest first"
+    );
+    assert_eq!(
+        seen["newer"],
+        serde_json::json!([second, third]),
+        "before_id pages towards the newest"
+    );
+    assert_eq!(seen["older"], serde_json::json!([second, first]));
+
+    let error = |name: &str| seen["errors"][name].clone();
+    assert_eq!(
+        error("bad_custom_id"),
+        serde_json::json!(["BadRequestError", 400, "invalid_request_error", null])
+    );
+    assert_eq!(error("duplicate")[0], "BadRequestError");
+    assert_eq!(error("delete_in_progress")[0], "BadRequestError");
+    assert_eq!(error("cancel_ended")[0], "BadRequestError");
+    assert_eq!(
+        error("rate_limited"),
+        serde_json::json!(["RateLimitError", 429, "rate_limit_error", "7"])
+    );
+    assert_eq!(
+        error("overloaded"),
+        serde_json::json!(["OverloadedError", 529, "overloaded_error", null])
+    );
+    assert_eq!(
+        error("deleted"),
+        serde_json::json!(["NotFoundError", 404, "not_found_error", null])
+    );
+    assert_eq!(error("results_deleted")[1], 404);
+    assert_eq!(
+        seen["deleted"],
+        serde_json::json!([first, "message_batch_deleted"])
+    );
+    assert_eq!(
+        seen["after_delete"],
+        serde_json::json!([in_progress, third, second]),
+        "a deleted batch is listed no more"
+    );
+    // The OpenAI API does not see them.
+    let (status, page) = sim.get("/batches").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(page["data"], serde_json::json!([]));
+}
