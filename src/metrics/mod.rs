@@ -846,6 +846,7 @@ fn operation_label(op: Operation) -> &'static str {
         Operation::RetrieveBatch => "retrieve_batch",
         Operation::ListBatches => "list_batches",
         Operation::CancelBatch => "cancel_batch",
+        Operation::DeleteBatch => "delete_batch",
     }
 }
 

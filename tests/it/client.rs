@@ -17,6 +17,7 @@ use secrecy::SecretString;
 
 use crate::support::bigfile::write_jsonl;
 use crate::support::client::{api_client, api_client_with, client_settings};
+use crate::support::memory;
 use crate::support::sim::{TestSim, chat_lines, fast_clock, spawn_sim, stopped_clock};
 use crate::support::{KEY, wait_until};
 
@@ -934,16 +935,6 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 
 const UPLOAD_MB: u64 = 150;
 
-/// This process's peak resident set size, in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmHWM line in /proc/self/status")
-}
-
 /// The uploading side of the memory test, run in a fresh process so that nothing else (the
 /// simulator, other tests, the file's generation) counts towards its peak.
 async fn upload_in_child(spec: &str) {
@@ -955,11 +946,7 @@ async fn upload_in_child(spec: &str) {
         .upload_file(path, 0..size, "big.jsonl")
         .await
         .expect("the upload");
-    println!(
-        "upload-rss: vmhwm_kib={} bytes={}",
-        peak_rss_kib(),
-        file.bytes.unwrap_or(0)
-    );
+    memory::report("upload-rss", &[("bytes", file.bytes.unwrap_or(0))]);
 }
 
 #[tokio::test]
@@ -975,37 +962,19 @@ async fn upload_of_150_mb_keeps_the_uploading_process_under_64_mib() {
         ..stopped_clock()
     })
     .await;
-    let output = tokio::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "client::upload_of_150_mb_keeps_the_uploading_process_under_64_mib",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(RSS_CHILD_ENV, format!("{} {}", sim.root, path.display()))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = memory::in_child(
+        "client::upload_of_150_mb_keeps_the_uploading_process_under_64_mib",
+        RSS_CHILD_ENV,
+        format!("{} {}", sim.root, path.display()),
+        "upload-rss",
+    )
+    .await;
+    assert_eq!(
+        report.field("bytes"),
+        size,
+        "the simulator stored the whole file"
     );
-    let report = stdout
-        .lines()
-        // The harness may print "test NAME ... " on the same line first.
-        .find_map(|l| l.split_once("upload-rss: ").map(|(_, r)| r))
-        .unwrap_or_else(|| panic!("no report from the child: {stdout}"));
-    let field = |name: &str| -> u64 {
-        report
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {report:?}"))
-    };
-    assert_eq!(field("bytes"), size, "the simulator stored the whole file");
-    let peak = field("vmhwm_kib");
+    let peak = report.field("vmhwm_kib");
     assert!(
         peak < RSS_BOUND_KIB,
         "uploading {UPLOAD_MB} MB took the process to {peak} KiB"

@@ -166,6 +166,18 @@ const CASES: &[Case] = &[
         "a value is required",
     ),
     (
+        "[api]\nflavor = \"anthropic\"\n",
+        &[],
+        "`api.flavor`",
+        "\"anthropic\" is not supported yet",
+    ),
+    (
+        "[api]\nflavor = \"claude\"\n",
+        &[],
+        "`api.flavor`",
+        "\"claude\" is not one of \"openai\", \"azure\", \"anthropic\"",
+    ),
+    (
         "",
         &[("BATCHWATCH_QUEUE__DIR", "")],
         "`queue.dir`",

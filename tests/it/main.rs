@@ -4,6 +4,7 @@
 mod architecture;
 mod browser;
 mod client;
+mod client_anthropic;
 mod config;
 mod daemon_api_faults;
 mod daemon_bad_input;

@@ -414,6 +414,7 @@ async fn counters_start_at_zero_an_unpriced_model_has_no_cost_and_readme_lists_e
         "retrieve_batch",
         "list_batches",
         "cancel_batch",
+        "delete_batch",
     ] {
         for family in [
             "api_retries_total",

@@ -237,6 +237,9 @@ pub enum Flavor {
     Openai,
     /// `api-key: KEY`, resource-level `/openai/v1` paths.
     Azure,
+    /// Anthropic's Message Batches: `x-api-key: KEY` and `anthropic-version`. The client
+    /// speaks it; the daemon does not run jobs on it yet, so the configuration refuses it.
+    Anthropic,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -475,7 +478,14 @@ impl TryFrom<String> for Flavor {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
-        one_of(&s, &[("openai", Flavor::Openai), ("azure", Flavor::Azure)])
+        one_of(
+            &s,
+            &[
+                ("openai", Flavor::Openai),
+                ("azure", Flavor::Azure),
+                ("anthropic", Flavor::Anthropic),
+            ],
+        )
     }
 }
 
@@ -1175,6 +1185,13 @@ impl Settings {
             }
         }
 
+        if self.api.flavor == Flavor::Anthropic {
+            return Err(ConfigError::key(
+                "api.flavor",
+                "\"anthropic\" is not supported yet: batchwatch runs jobs on OpenAI and Azure \
+                 OpenAI (\"openai\", \"azure\")",
+            ));
+        }
         let url = self.api.base_url.trim();
         if url.is_empty() {
             return Err(ConfigError::key("api.base_url", "a value is required"));

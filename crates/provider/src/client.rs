@@ -27,6 +27,8 @@ use crate::types::{Batch, CreateBatchRequest, FileDeleted, FileObject, ListPage}
 /// Chunks read from disk for an upload; memory in flight is a few of these, whatever the size.
 const UPLOAD_CHUNK: usize = 64 * 1024;
 
+mod message_batches;
+
 /// The most of an error body kept for classification; HTML error pages can be large.
 const ERROR_BODY_CAP: usize = 64 * 1024;
 
@@ -178,38 +180,8 @@ impl Client {
         expires_after: Option<u64>,
     ) -> Result<FileObject, ApiError> {
         let op = Operation::UploadFile;
-        let local = |source: io::Error| ApiError::LocalIo {
-            op,
-            path: path.to_owned(),
-            source,
-        };
-        if range.start > range.end {
-            return Err(local(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("invalid byte range {}..{}", range.start, range.end),
-            )));
-        }
-        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
-        let size = file.metadata().await.map_err(local)?.len();
-        if range.end > size {
-            return Err(local(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "the file has {size} bytes; the range to upload ends at {}",
-                    range.end
-                ),
-            )));
-        }
-        file.seek(io::SeekFrom::Start(range.start))
-            .await
-            .map_err(local)?;
+        let (reader, failure) = open_part(op, path, range.clone()).await?;
         let length = range.end - range.start;
-        let failure = Arc::new(Mutex::new(None));
-        let reader = ExactReader {
-            inner: tokio::io::AsyncReadExt::take(file, length),
-            remaining: length,
-            failure: Arc::clone(&failure),
-        };
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
             reader,
             UPLOAD_CHUNK,
@@ -233,12 +205,7 @@ impl Client {
         if result.is_ok() {
             self.inner.observer.uploaded(length);
         }
-        // A read failure cut the body short, so the server cannot have a complete file: the
-        // failure is local, not an unknown outcome.
-        match (result, failure.lock().expect("never poisoned").take()) {
-            (Err(_), Some(source)) => Err(local(source)),
-            (result, _) => result,
-        }
+        read_failure_first(op, path, result, &failure)
     }
 
     /// A file's metadata.
@@ -256,7 +223,7 @@ impl Client {
         let query = purpose
             .map(|p| vec![("purpose", p.to_owned())])
             .unwrap_or_default();
-        self.paginate(Operation::ListFiles, "files", query)
+        self.paginate(Operation::ListFiles, Listing::FILES, query)
     }
 
     /// Every file the service keeps for batches: the uploads (purpose `batch`), then the
@@ -310,7 +277,11 @@ impl Client {
         limit_per_page: u32,
     ) -> impl Stream<Item = Result<Batch, ApiError>> + Send + 'static {
         let limit = limit_per_page.clamp(1, 100).to_string();
-        self.paginate(Operation::ListBatches, "batches", vec![("limit", limit)])
+        self.paginate(
+            Operation::ListBatches,
+            Listing::BATCHES,
+            vec![("limit", limit)],
+        )
     }
 
     /// The batch list a page at a time, newest first, 100 batches a page, each fetched as the
@@ -321,15 +292,8 @@ impl Client {
         &self,
     ) -> impl Stream<Item = Result<ListPage<Batch>, ApiError>> + Send + 'static {
         let query = vec![("limit", "100".to_owned())];
-        let state = self.pages(Operation::ListBatches, "batches", query);
-        futures_util::stream::unfold(state, |mut s| async move {
-            if s.done {
-                return None;
-            }
-            let page = s.next_page().await;
-            s.done |= page.is_err();
-            Some((page, s))
-        })
+        self.pages(Operation::ListBatches, Listing::BATCHES, query)
+            .into_stream()
     }
 
     /// One page of the batch list: up to `limit` (1 to 100) batches after the batch `after`
@@ -459,10 +423,15 @@ impl Client {
 
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         let (name, value) = self.key().header(self.inner.flavor);
-        self.inner
+        let request = self
+            .inner
             .http
             .request(method, self.url(segments))
-            .header(name, value)
+            .header(name, value);
+        match self.inner.flavor {
+            Flavor::Anthropic => request.header("anthropic-version", crate::anthropic::VERSION),
+            Flavor::Openai | Flavor::Azure => request,
+        }
     }
 
     fn json_request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
@@ -563,19 +532,7 @@ impl Client {
     ) -> Result<u64, ApiError> {
         let op = Operation::DownloadFile;
         let read_timeout = self.inner.download_read_timeout;
-        let local = move |path: &Path, source: io::Error| ApiError::LocalIo {
-            op,
-            path: path.to_owned(),
-            source,
-        };
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        // Dropped, and so deleted, on every early return: nothing partial survives a failure.
-        let temp = batchwatch_core::process::shared_temp_file(&dir, crate::DOWNLOAD_PREFIX, "")
-            .map_err(|e| local(&dir, e))?;
-        let mut out = tokio::fs::File::from_std(temp.reopen().map_err(|e| local(temp.path(), e))?);
+        let mut out = Landing::open(op, dest)?;
 
         // No overall timeout: a large file may take long. Instead, every wait for bytes (the
         // answer's head, then each chunk) is bounded by the read timeout.
@@ -599,9 +556,7 @@ impl Client {
                     format!("the content is longer than the file's {expected} bytes"),
                 ));
             }
-            out.write_all(&chunk)
-                .await
-                .map_err(|e| local(temp.path(), e))?;
+            out.write(&chunk).await?;
         }
         if let Some(expected) = expected
             && written != expected
@@ -612,34 +567,7 @@ impl Client {
                 format!("the download ended after {written} of {expected} bytes"),
             ));
         }
-        // tokio's File writes in the background: a failed last write (a full disk) surfaces
-        // at the flush, and `sync_all` alone would not report it.
-        out.flush().await.map_err(|e| local(temp.path(), e))?;
-        out.sync_all().await.map_err(|e| local(temp.path(), e))?;
-        drop(out);
-        let on_disk = temp
-            .as_file()
-            .metadata()
-            .map_err(|e| local(temp.path(), e))?
-            .len();
-        if on_disk != written {
-            return Err(local(
-                temp.path(),
-                io::Error::other(format!(
-                    "{on_disk} of the {written} bytes received reached the disk"
-                )),
-            ));
-        }
-        let target = dest.to_owned();
-        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-            temp.persist(&target).map_err(|e| local(&target, e.error))?;
-            // The rename is durable only once the directory is synced.
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| local(&dir, e))
-        })
-        .await
-        .map_err(|e| local(dest, io::Error::other(e)))??;
+        out.land().await?;
         self.inner.observer.downloaded(written);
         Ok(written)
     }
@@ -648,10 +576,10 @@ impl Client {
     fn paginate<T: Listed>(
         &self,
         op: Operation,
-        collection: &'static str,
+        listing: Listing,
         query: Vec<(&'static str, String)>,
     ) -> impl Stream<Item = Result<T, ApiError>> + Send + 'static {
-        let state = (self.pages(op, collection, query), VecDeque::new());
+        let state = (self.pages(op, listing, query), VecDeque::new());
         futures_util::stream::unfold(state, |(mut s, mut pending)| async move {
             loop {
                 if let Some(item) = pending.pop_front() {
@@ -671,17 +599,17 @@ impl Client {
         })
     }
 
-    /// A listing of `collection` from its first page.
+    /// A listing from its first page.
     fn pages<T: Listed>(
         &self,
         op: Operation,
-        collection: &'static str,
+        listing: Listing,
         query: Vec<(&'static str, String)>,
     ) -> Pages<T> {
         Pages {
             client: self.clone(),
             op,
-            collection,
+            listing,
             query,
             after: None,
             done: false,
@@ -711,11 +639,33 @@ pub(crate) fn decode_success<T: DeserializeOwned>(
     })
 }
 
+/// A list route of the service, and the query parameter that names the object a page follows.
+#[derive(Debug, Clone, Copy)]
+struct Listing {
+    segments: &'static [&'static str],
+    cursor: &'static str,
+}
+
+impl Listing {
+    const FILES: Listing = Listing {
+        segments: &["files"],
+        cursor: "after",
+    };
+    const BATCHES: Listing = Listing {
+        segments: &["batches"],
+        cursor: "after",
+    };
+    const MESSAGE_BATCHES: Listing = Listing {
+        segments: &["messages", "batches"],
+        cursor: "after_id",
+    };
+}
+
 /// The state of a paginated listing.
 struct Pages<T> {
     client: Client,
     op: Operation,
-    collection: &'static str,
+    listing: Listing,
     query: Vec<(&'static str, String)>,
     after: Option<String>,
     done: bool,
@@ -723,19 +673,31 @@ struct Pages<T> {
 }
 
 impl<T: Listed> Pages<T> {
+    /// The pages as a stream, each fetched when the stream is read, up to the first error.
+    fn into_stream(self) -> impl Stream<Item = Result<ListPage<T>, ApiError>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut s| async move {
+            if s.done {
+                return None;
+            }
+            let page = s.next_page().await;
+            s.done |= page.is_err();
+            Some((page, s))
+        })
+    }
+
     /// Fetches the page after `self.after` and moves the cursor past it.
     async fn next_page(&mut self) -> Result<ListPage<T>, ApiError> {
         let client = &self.client;
         let mut query = self.query.clone();
         if let Some(after) = &self.after {
-            query.push(("after", after.clone()));
+            query.push((self.listing.cursor, after.clone()));
         }
         let page: ListPage<T> = client
             .retrying(|| {
                 client.call_json(
                     self.op,
                     client
-                        .json_request(Method::GET, &[self.collection])
+                        .json_request(Method::GET, self.listing.segments)
                         .query(&query),
                 )
             })
@@ -779,6 +741,12 @@ impl Listed for Batch {
 }
 
 impl Listed for FileObject {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Listed for crate::anthropic::MessageBatch {
     fn id(&self) -> &str {
         &self.id
     }
@@ -846,6 +814,162 @@ fn stalled(op: Operation, read_timeout: Duration, written: u64) -> ApiError {
             read_timeout.as_secs_f64()
         ),
     )
+}
+
+/// `range` of the file at `path`, opened for sending as a request body: read exactly (see
+/// [`ExactReader`]), a read failure kept in the second value for [`read_failure_first`].
+async fn open_part(
+    op: Operation,
+    path: &Path,
+    range: Range<u64>,
+) -> Result<(ExactReader<tokio::io::Take<tokio::fs::File>>, ReadFailure), ApiError> {
+    let local = |source: io::Error| ApiError::LocalIo {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    if range.start > range.end {
+        return Err(local(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid byte range {}..{}", range.start, range.end),
+        )));
+    }
+    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    let size = file.metadata().await.map_err(local)?.len();
+    if range.end > size {
+        return Err(local(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file has {size} bytes; the range to send ends at {}",
+                range.end
+            ),
+        )));
+    }
+    file.seek(io::SeekFrom::Start(range.start))
+        .await
+        .map_err(local)?;
+    let length = range.end - range.start;
+    let failure = Arc::new(Mutex::new(None));
+    let reader = ExactReader {
+        inner: tokio::io::AsyncReadExt::take(file, length),
+        remaining: length,
+        failure: Arc::clone(&failure),
+    };
+    Ok((reader, failure))
+}
+
+/// A read failure of a request body, kept for after the request.
+type ReadFailure = Arc<Mutex<Option<io::Error>>>;
+
+/// A read failure cut the body short, so the server cannot have a complete request: the
+/// failure is local, not an unknown outcome.
+fn read_failure_first<T>(
+    op: Operation,
+    path: &Path,
+    result: Result<T, ApiError>,
+    failure: &ReadFailure,
+) -> Result<T, ApiError> {
+    match (result, failure.lock().expect("never poisoned").take()) {
+        (Err(_), Some(source)) => Err(ApiError::LocalIo {
+            op,
+            path: path.to_owned(),
+            source,
+        }),
+        (result, _) => result,
+    }
+}
+
+/// A download landing at `dest`: written to a temporary file beside it, then synced, checked
+/// and renamed into place ([`Landing::land`]). Dropped before that, the temporary file goes
+/// with it: nothing partial survives a failure.
+struct Landing {
+    op: Operation,
+    dest: PathBuf,
+    dir: PathBuf,
+    temp: tempfile::NamedTempFile,
+    out: tokio::fs::File,
+    written: u64,
+}
+
+impl Landing {
+    fn open(op: Operation, dest: &Path) -> Result<Landing, ApiError> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let temp = batchwatch_core::process::shared_temp_file(&dir, crate::DOWNLOAD_PREFIX, "")
+            .map_err(|e| local_io(op, &dir, e))?;
+        let out =
+            tokio::fs::File::from_std(temp.reopen().map_err(|e| local_io(op, temp.path(), e))?);
+        Ok(Landing {
+            op,
+            dest: dest.to_owned(),
+            dir,
+            temp,
+            out,
+            written: 0,
+        })
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
+        self.out
+            .write_all(bytes)
+            .await
+            .map_err(|e| local_io(self.op, self.temp.path(), e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the file, checks that every byte written reached the disk, renames it into place
+    /// and syncs the directory.
+    async fn land(self) -> Result<(), ApiError> {
+        let Landing {
+            op,
+            dest,
+            dir,
+            temp,
+            mut out,
+            written,
+        } = self;
+        let local = |path: &Path, e| local_io(op, path, e);
+        // tokio's File writes in the background: a failed last write (a full disk) surfaces
+        // at the flush, and `sync_all` alone would not report it.
+        out.flush().await.map_err(|e| local(temp.path(), e))?;
+        out.sync_all().await.map_err(|e| local(temp.path(), e))?;
+        drop(out);
+        let on_disk = temp
+            .as_file()
+            .metadata()
+            .map_err(|e| local(temp.path(), e))?
+            .len();
+        if on_disk != written {
+            return Err(local(
+                temp.path(),
+                io::Error::other(format!(
+                    "{on_disk} of the {written} bytes received reached the disk"
+                )),
+            ));
+        }
+        let target = dest.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+            temp.persist(&target)
+                .map_err(|e| local_io(op, &target, e.error))?;
+            // The rename is durable only once the directory is synced.
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| local_io(op, &dir, e))
+        })
+        .await
+        .map_err(|e| local(&dest, io::Error::other(e)))?
+    }
+}
+
+fn local_io(op: Operation, path: &Path, source: io::Error) -> ApiError {
+    ApiError::LocalIo {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Reads at most `cap` bytes of a body; the rest is not needed to classify an error.

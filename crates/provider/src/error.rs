@@ -24,11 +24,13 @@ pub enum Operation {
     RetrieveBatch,
     ListBatches,
     CancelBatch,
+    /// Anthropic's: an ended Message Batch and its results.
+    DeleteBatch,
 }
 
 impl Operation {
     /// Every operation.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::UploadFile,
         Operation::RetrieveFile,
         Operation::ListFiles,
@@ -38,6 +40,7 @@ impl Operation {
         Operation::RetrieveBatch,
         Operation::ListBatches,
         Operation::CancelBatch,
+        Operation::DeleteBatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Operation {
             Operation::RetrieveBatch => "retrieve batch",
             Operation::ListBatches => "list batches",
             Operation::CancelBatch => "cancel batch",
+            Operation::DeleteBatch => "delete batch",
         }
     }
 

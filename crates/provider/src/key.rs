@@ -113,6 +113,7 @@ impl ApiKey {
         let (name, mut text) = match flavor {
             Flavor::Openai => (AUTHORIZATION, format!("Bearer {secret}")),
             Flavor::Azure => (HeaderName::from_static("api-key"), secret.to_owned()),
+            Flavor::Anthropic => (HeaderName::from_static("x-api-key"), secret.to_owned()),
         };
         // ApiKey::new admits visible ASCII only, which is always a valid header value.
         let mut value =

@@ -1,6 +1,8 @@
-//! batchwatch's side of a batch service. Today that is one: the OpenAI Batch and Files API,
-//! over HTTPS (reqwest with rustls), for OpenAI, Azure OpenAI and any OpenAI-compatible server
-//! such as `batchwatch sim`. The daemon asks for a job's [`Part`]s in its own words
+//! batchwatch's side of a batch service. The daemon runs jobs on one today: the OpenAI Batch
+//! and Files API, over HTTPS (reqwest with rustls), for OpenAI, Azure OpenAI and any
+//! OpenAI-compatible server such as `batchwatch sim`. The same client also speaks Anthropic's
+//! Message Batches ([`anthropic`]: create streamed from a file part, retrieve, list, cancel,
+//! results sorted into two files, delete), which the daemon does not use yet. The daemon asks for a job's [`Part`]s in its own words
 //! ([`parts`]: submit, find what a lost answer made, survey); how batchwatch's objects are named
 //! on the service (the metadata keys, upload names) stays in this crate. What the daemon learns
 //! of the requests, it learns through an [`Observer`]. No other crate of batchwatch speaks HTTP
@@ -12,7 +14,8 @@
 //! `api.base_url` includes the version path (`https://api.openai.com/v1`,
 //! `https://RESOURCE.openai.azure.com/openai/v1`, `http://127.0.0.1:8089/v1`); the client
 //! appends `/files`, `/batches`, ... to it. OpenAI and compatible servers get
-//! `Authorization: Bearer KEY`; Azure gets `api-key: KEY`. Either header is marked sensitive.
+//! `Authorization: Bearer KEY`; Azure gets `api-key: KEY`; Anthropic (`https://api.anthropic.com/v1`)
+//! gets `x-api-key: KEY` and `anthropic-version`. Each key header is marked sensitive.
 //!
 //! # Error classes
 //!
@@ -54,6 +57,7 @@
 //! under `limits.requests_per_second`, and a semaphore keeps at most `limits.concurrency` in
 //! flight.
 
+pub mod anthropic;
 mod client;
 mod error;
 mod key;

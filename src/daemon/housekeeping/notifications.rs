@@ -185,6 +185,7 @@ pub fn provider(settings: &Settings) -> &'static str {
     match settings.api.flavor {
         crate::config::Flavor::Openai => "openai",
         crate::config::Flavor::Azure => "azure",
+        crate::config::Flavor::Anthropic => "anthropic",
     }
 }
 

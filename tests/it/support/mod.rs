@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod docker;
 pub mod fixtures;
 pub mod in_process;
+pub mod memory;
 pub mod notify;
 pub mod partition;
 pub mod postgres;

@@ -81,30 +81,32 @@ print(json.dumps({
 }))
 "#;
 
-fn sdk_available() -> Result<(), String> {
+/// Whether the test must be skipped because python3 cannot import `module`: it says why, and
+/// under `BATCHWATCH_REQUIRE_SDK=1` (as in CI) it fails instead.
+fn sdk_missing(module: &str) -> bool {
     let probe = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output()
-        .map_err(|e| format!("python3 cannot run: {e}"))?;
-    if probe.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`python3 -c 'import openai'` failed: {}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ))
+        .args(["-c", &format!("import {module}")])
+        .output();
+    let reason = match probe {
+        Ok(out) if out.status.success() => return false,
+        Ok(out) => format!(
+            "`python3 -c 'import {module}'` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => format!("python3 cannot run: {e}"),
+    };
+    if std::env::var("BATCHWATCH_REQUIRE_SDK").as_deref() == Ok("1") {
+        panic!("BATCHWATCH_REQUIRE_SDK=1 but the Python SDK is unavailable: {reason}");
     }
+    eprintln!(
+        "skipping the {module} SDK test: {reason} (install it: python3 -m pip install {module})"
+    );
+    true
 }
 
 #[tokio::test]
 async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
-    if let Err(reason) = sdk_available() {
-        if std::env::var("BATCHWATCH_REQUIRE_SDK").as_deref() == Ok("1") {
-            panic!("BATCHWATCH_REQUIRE_SDK=1 but the Python SDK is unavailable: {reason}");
-        }
-        eprintln!(
-            "skipping the Python SDK test: {reason} (install it: python3 -m pip install openai)"
-        );
+    if sdk_missing("openai") {
         return;
     }
     let sim = spawn_sim(stopped_clock_with_failures()).await;
@@ -290,30 +292,9 @@ print(json.dumps({
 }))
 "#;
 
-fn anthropic_sdk_available() -> Result<(), String> {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import anthropic"])
-        .output()
-        .map_err(|e| format!("python3 cannot run: {e}"))?;
-    if probe.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`python3 -c 'import anthropic'` failed: {}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ))
-    }
-}
-
 #[tokio::test]
 async fn the_official_anthropic_sdk_works_against_the_simulator_unchanged() {
-    if let Err(reason) = anthropic_sdk_available() {
-        if std::env::var("BATCHWATCH_REQUIRE_SDK").as_deref() == Ok("1") {
-            panic!("BATCHWATCH_REQUIRE_SDK=1 but the anthropic SDK is unavailable: {reason}");
-        }
-        eprintln!(
-            "skipping the anthropic SDK test: {reason} (install it: python3 -m pip install anthropic)"
-        );
+    if sdk_missing("anthropic") {
         return;
     }
     // Longer than the 24-hour window, so that the third batch is still processing when its
