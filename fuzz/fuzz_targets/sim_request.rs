@@ -1,14 +1,16 @@
 //! The simulator's request parsing on arbitrary requests (the JSON body of a batch create, the
 //! multipart body of an upload, the query of a list, any method and path), against a fresh
 //! simulator each time: it never panics, never answers 5xx, and every refusal is a 4xx in the
-//! API's error shape, `{"error": {"message", "type", "param", "code"}}`, as the official SDKs
-//! and batchwatch's client expect.
+//! API's error shape, `{"error": {"message", "type", "param", "code"}}` (Anthropic's routes:
+//! `{"type": "error", "error": {"type", "message"}}`), as the official SDKs and batchwatch's
+//! client expect.
 //!
 //! Input: one byte that picks the request (and `/v1` or `/openai/v1`), then its material:
 //! 0 create batch: the JSON body, where `FILE_ID` stands for an uploaded valid input file;
 //! 1 upload: the multipart body (boundary `fuzzboundary`); 2 list batches: the query string;
 //! 3 list files: the query string; 4 anything: a method byte, the path and query up to a
-//! newline, then the body.
+//! newline, then the body; 5 create a Message Batch: the JSON body; 6 list Message Batches:
+//! the query string. 5 and 6 always go to `/v1`, with Anthropic's headers.
 
 #![no_main]
 
@@ -60,7 +62,8 @@ fn request(
     let mut builder = Request::builder()
         .method(method)
         .uri(uri)
-        .header(header::AUTHORIZATION, "Bearer sk-fuzz");
+        .header(header::AUTHORIZATION, "Bearer sk-fuzz")
+        .header("anthropic-version", "2023-06-01");
     if let Some(ct) = content_type {
         builder = builder.header(header::CONTENT_TYPE, ct);
     }
@@ -88,11 +91,19 @@ async fn send(app: &axum::Router, request: Request<Body>, what: &str) -> (Status
             error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["type"].is_string(),
             "{status} for {what} is not the API's error shape: {text}"
         );
-        for field in ["param", "code"] {
-            assert!(
-                error[field].is_null() || error[field].is_string(),
-                "{status} for {what}: {field} in {text}"
+        if value["type"] == "error" {
+            assert_eq!(
+                value.as_object().map(|o| o.len()),
+                Some(2),
+                "{status} for {what}: Anthropic's shape has `type` and `error` only: {text}"
             );
+        } else {
+            for field in ["param", "code"] {
+                assert!(
+                    error[field].is_null() || error[field].is_string(),
+                    "{status} for {what}: {field} in {text}"
+                );
+            }
         }
     }
     (status, body)
@@ -170,6 +181,25 @@ fuzz_target!(|data: &[u8]| {
                 let body = rest.get(end + 1..).unwrap_or_default().to_vec();
                 let request = request(method, &uri, Some("application/json".into()), body);
                 send(&app, request, &what).await;
+            }
+            5 => {
+                let create = request(
+                    Method::POST,
+                    "/v1/messages/batches",
+                    Some("application/json".into()),
+                    rest.to_vec(),
+                );
+                send(&app, create, &what).await;
+            }
+            6 => {
+                let Ok(query) = std::str::from_utf8(rest) else {
+                    return;
+                };
+                let uri = format!("/v1/messages/batches?{query}");
+                if uri.parse::<axum::http::Uri>().is_err() {
+                    return;
+                }
+                send(&app, request(Method::GET, &uri, None, Vec::new()), &what).await;
             }
             _ => {}
         }
