@@ -263,6 +263,7 @@ Reads {
     next_due(held_by: &Lease, busy_submissions: &[i64], busy_jobs: &[&str], polls_after: Option<&str>) -> Option<String>;
     history(batch_id: i64) -> Vec<HistoryRow>;
     parent_of(id: &str) -> Option<String>;
+    chain_depth(id: &str) -> i64;
     chain(id: &str) -> Vec<Link>;
     resubmission_view(id: &str) -> View;
     pending_resubmissions() -> Vec<Pending>;

@@ -168,6 +168,9 @@ impl Reads for Store {
     async fn parent_of(&self, id: &str) -> Result<Option<String>, StoreError> {
         chain::parent_of(&self.read, id).await
     }
+    async fn chain_depth(&self, id: &str) -> Result<i64, StoreError> {
+        chain::depth(&mut *self.read.acquire().await?, id).await
+    }
     async fn chain(&self, id: &str) -> Result<Vec<Link>, StoreError> {
         chain::chain(&self.read, id).await
     }

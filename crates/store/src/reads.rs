@@ -140,6 +140,10 @@ pub trait Reads {
     // Resubmission chains
     /// The job a job was resubmitted from.
     async fn parent_of(&self, id: &str) -> Result<Option<String>, StoreError>;
+    /// How many resubmissions came before job `id` in its chain: 0 for an original file. A
+    /// job's end plans its resubmission while this is under the setting's bound
+    /// ([`crate::ops::finish::Resubmit`]).
+    async fn chain_depth(&self, id: &str) -> Result<i64, StoreError>;
     /// The chain as `show` lists it.
     async fn chain(&self, id: &str) -> Result<Vec<Link>, StoreError>;
     /// The chain `id` belongs to, as a resubmission of it sees it.

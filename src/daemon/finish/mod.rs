@@ -368,7 +368,8 @@ pub async fn finish(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
     let notify = match notifications::on_end(state).filter(|on| ctx.notify.want(*on)) {
         Some(on) => {
             let retry_follows = match resubmit {
-                Some(r) => chain_depth(&ctx, &job_id, r.at_most).await? < r.at_most,
+                // The rule `finish_job` plans the resubmission by.
+                Some(r) => ctx.store.chain_depth(&job_id).await? < r.at_most,
                 None => false,
             };
             let results = results_dir.as_deref().map(|r| ctx.queue.root().join(r));
@@ -418,21 +419,6 @@ fn counts(last: &[&Submission]) -> Counts {
         completed: sum(|r| r.request_completed),
         failed: sum(|r| r.request_failed),
     }
-}
-
-/// How many resubmissions came before job `id` in its chain, counted up to `at_most`.
-async fn chain_depth(ctx: &Ctx, id: &str, at_most: i64) -> anyhow::Result<i64> {
-    let (mut depth, mut at) = (0, id.to_owned());
-    while depth < at_most {
-        match ctx.store.parent_of(&at).await? {
-            Some(parent) => {
-                depth += 1;
-                at = parent;
-            }
-            None => break,
-        }
-    }
-    Ok(depth)
 }
 
 /// The result files of one batch, as the database records them.
