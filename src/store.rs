@@ -272,7 +272,8 @@ Reads {
     next_deletion_due() -> Option<String>;
     deletions_of(job_id: &str) -> Vec<Deletion>;
     pending_deletions() -> i64;
-    notifications_due(now: &str, limit: i64) -> Vec<Notification>;
+    notifications_due(target: &str, now: &str, limit: i64) -> Vec<Notification>;
+    notification_targets_due(now: &str) -> Vec<String>;
     next_notification_due() -> Option<String>;
     notifications_of(job_id: &str) -> Vec<Notification>;
     known_files() -> Vec<KnownFile>;

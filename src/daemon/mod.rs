@@ -785,11 +785,14 @@ impl Daemon {
             }
             match notifications::next_due(&ctx, now).await? {
                 Some(at) if at <= now => {
-                    busy |= !self.spawn(
-                        Subject::Notifications,
-                        T::Notify,
-                        notifications::run(ctx.clone()),
-                    );
+                    // A task for each entry: one whose receiver hangs holds up only its own.
+                    for target in notifications::targets_due(&ctx).await? {
+                        busy |= !self.spawn(
+                            Subject::Notifications(target.clone()),
+                            T::Notify,
+                            notifications::run(ctx.clone(), target),
+                        );
+                    }
                 }
                 Some(at) => self.timers.housekeeping.arm(at),
                 None => {}

@@ -98,8 +98,9 @@ pub enum Subject {
     Retention,
     /// Writing the undone requests of expired jobs ([`crate::daemon::housekeeping::resubmit`]).
     Resubmissions,
-    /// Delivering notifications ([`crate::daemon::housekeeping::notifications`]).
-    Notifications,
+    /// Delivering one `[[notify]]` entry's notifications
+    /// ([`crate::daemon::housekeeping::notifications`]).
+    Notifications(String),
 }
 
 impl std::fmt::Display for Subject {
@@ -114,7 +115,7 @@ impl std::fmt::Display for Subject {
             Subject::RemoteFiles => f.write_str("remote files"),
             Subject::Retention => f.write_str("retention"),
             Subject::Resubmissions => f.write_str("resubmissions"),
-            Subject::Notifications => f.write_str("notifications"),
+            Subject::Notifications(target) => write!(f, "notifications to {target}"),
         }
     }
 }

@@ -541,3 +541,69 @@ async fn a_stuck_batch_is_told_once_per_episode_across_a_restart() {
     assert_eq!(event["data"]["stuck"]["limit"], "1s");
     assert_eq!(calls.lines().count(), 1, "told once: {calls}");
 }
+
+/// Each `[[notify]]` entry is delivered by a task of its own: an entry whose receiver hangs
+/// (a command that sleeps past its 60 s timeout) holds up none of another entry's deliveries,
+/// the second job's included, which a single delivery task would keep waiting for the hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_whose_receiver_hangs_delays_no_other_entrys_deliveries() {
+    let sim = spawn_sim(quick_sim()).await;
+    let work = tempfile::tempdir().unwrap();
+    let hang = work.path().join("hangs");
+    script(&hang, "cat >/dev/null\nexec sleep 300");
+    let log = work.path().join("log");
+    let logger = work.path().join("logs");
+    script(
+        &logger,
+        &format!(
+            "cat >/dev/null\necho \"$BATCHWATCH_JOB_ID\" >> {}",
+            log.display()
+        ),
+    );
+    let env = Env::new(
+        &sim.handle.base_url(),
+        &format!(
+            "[[notify]]\nname = \"hangs\"\non = [\"completed\"]\ncommand = [{:?}]\ntimeout = \"60s\"\n\
+             [[notify]]\nname = \"logs\"\non = [\"completed\"]\ncommand = [{:?}]\n",
+            hang.display().to_string(),
+            logger.display().to_string()
+        ),
+    );
+    let mut daemon = env.spawn();
+    let started = std::time::Instant::now();
+    for (n, name) in ["first.jsonl", "second.jsonl"].into_iter().enumerate() {
+        env.drop_file(name, requests("h", 2, "gpt-4o-mini").as_bytes());
+        let job = env
+            .wait_finished(n + 1, Duration::from_secs(30), &mut daemon)
+            .await
+            .into_iter()
+            .find(|j| j.file_name == name)
+            .unwrap();
+        let rows = wait_until(
+            "the logging entry told of the job",
+            Duration::from_secs(20),
+            async || {
+                let rows = notifications(&env, &job.id).await;
+                let logged = rows
+                    .iter()
+                    .any(|r| r.target == "logs" && r.state == "delivered");
+                (logged, rows)
+            },
+        )
+        .await;
+        let hung = rows.iter().find(|r| r.target == "hangs").unwrap();
+        assert_eq!(
+            (hung.state.as_str(), hung.attempts),
+            ("pending", 0),
+            "the hanging entry's first try is still under way"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "both jobs were told before the hang's timeout: {:?}",
+        started.elapsed()
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.lines().count(), 2, "{logged}");
+    env.stop(daemon);
+}

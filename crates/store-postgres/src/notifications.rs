@@ -50,16 +50,30 @@ macro_rules! select_notifications {
     };
 }
 
-/// Pending notifications due at `now`, oldest first, at most `limit`.
+/// Entry `target`'s pending notifications due at `now`, oldest first, at most `limit`.
 pub async fn due(
     db: impl PgExecutor<'_>,
+    target: &str,
     now: &str,
     limit: i64,
 ) -> Result<Vec<Notification>, StoreError> {
     Ok(select_notifications!(
-        "WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2",
+        "WHERE state = 'pending' AND target = $1 AND next_attempt_at <= $2
+         ORDER BY next_attempt_at, id LIMIT $3",
+        target,
         now,
         limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// The entries with a pending notification due at `now`, by name.
+pub async fn targets_due(db: impl PgExecutor<'_>, now: &str) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT DISTINCT target FROM notifications
+         WHERE state = 'pending' AND next_attempt_at <= $1 ORDER BY target",
+        now
     )
     .fetch_all(db)
     .await?)

@@ -50,16 +50,33 @@ macro_rules! select_notifications {
     };
 }
 
-/// Pending notifications due at `now`, oldest first, at most `limit`.
+/// Entry `target`'s pending notifications due at `now`, oldest first, at most `limit`.
 pub async fn due(
     db: impl SqliteExecutor<'_>,
+    target: &str,
     now: &str,
     limit: i64,
 ) -> Result<Vec<Notification>, StoreError> {
     Ok(select_notifications!(
-        "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+        "WHERE state = 'pending' AND target = ? AND next_attempt_at <= ?
+         ORDER BY next_attempt_at, id LIMIT ?",
+        target,
         now,
         limit
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// The entries with a pending notification due at `now`, by name.
+pub async fn targets_due(
+    db: impl SqliteExecutor<'_>,
+    now: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar!(
+        "SELECT DISTINCT target FROM notifications
+         WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY target",
+        now
     )
     .fetch_all(db)
     .await?)

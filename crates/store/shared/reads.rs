@@ -199,10 +199,14 @@ impl Reads for Store {
     }
     async fn notifications_due(
         &self,
+        target: &str,
         now: &str,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError> {
-        notifications::due(&self.read, now, limit).await
+        notifications::due(&self.read, target, now, limit).await
+    }
+    async fn notification_targets_due(&self, now: &str) -> Result<Vec<String>, StoreError> {
+        notifications::targets_due(&self.read, now).await
     }
     async fn next_notification_due(&self) -> Result<Option<String>, StoreError> {
         notifications::next_due(&self.read).await

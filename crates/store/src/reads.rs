@@ -163,12 +163,15 @@ pub trait Reads {
     /// How many deletions are still pending.
     async fn pending_deletions(&self) -> Result<i64, StoreError>;
     // Notifications
-    /// Pending notifications due at `now`, soonest first, at most `limit`.
+    /// Entry `target`'s pending notifications due at `now`, soonest first, at most `limit`.
     async fn notifications_due(
         &self,
+        target: &str,
         now: &str,
         limit: i64,
     ) -> Result<Vec<Notification>, StoreError>;
+    /// The `[[notify]]` entries with a pending notification due at `now`, by name.
+    async fn notification_targets_due(&self, now: &str) -> Result<Vec<String>, StoreError>;
     /// When the next pending notification is due; `None` when none is pending.
     async fn next_notification_due(&self) -> Result<Option<String>, StoreError>;
     /// The notifications of a job, in order.

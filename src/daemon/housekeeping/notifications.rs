@@ -20,10 +20,10 @@
 //! * **At least once**: a try whose outcome is not recorded (a crash after the receiver took
 //!   it) is tried again. Every try carries the row's `webhook-id`, by which a receiver drops
 //!   what it already has; the payload is the row's, byte for byte.
-//! * **Never blocking**: deliveries run in a task of their own beside the loop, at most
-//!   [`AT_ONCE`] at a time, each under its entry's `timeout`; a receiver that hangs holds one
-//!   slot until its timeout, never a poll. A stop does not wait for them
-//!   ([`crate::daemon::Task::stops_at_once`]).
+//! * **Never blocking**: each entry's deliveries run in a task of their own beside the loop,
+//!   at most [`AT_ONCE`] at a time, each under the entry's `timeout`; a receiver that hangs
+//!   holds up its own entry's deliveries until its timeout, never another entry's, never a
+//!   poll. A stop does not wait for them ([`crate::daemon::Task::stops_at_once`]).
 //! * **Signed**: a URL gets a POST of the event signed as Standard Webhooks specifies
 //!   (`webhook-id`, `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256 of
 //!   "id.timestamp.body">` with the base64 secret after `whsec_`). A command runs without a
@@ -56,10 +56,10 @@ use crate::store::usage::JobCost;
 /// meaning takes the next.
 pub const VERSION: u32 = 1;
 
-/// Deliveries under way at once.
+/// Deliveries of one entry under way at once.
 pub const AT_ONCE: usize = 8;
 
-/// Rows read per run of the delivery task.
+/// Rows read per run of an entry's delivery task.
 const PER_RUN: i64 = 64;
 
 /// The first wait after a failed try; it doubles after each.
@@ -265,9 +265,17 @@ pub async fn next_due(ctx: &Ctx, now: Timestamp) -> anyhow::Result<Option<Timest
         .map(|at| clock::parse(&at).unwrap_or(now)))
 }
 
-/// Delivers the notifications that are due, [`AT_ONCE`] at a time.
-pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    let rows = ctx.store.notifications_due(&ctx.now(), PER_RUN).await?;
+/// The entries with notifications due now, each to be delivered by a task of its own.
+pub async fn targets_due(ctx: &Ctx) -> anyhow::Result<Vec<String>> {
+    Ok(ctx.store.notification_targets_due(&ctx.now()).await?)
+}
+
+/// Delivers entry `target`'s notifications that are due, [`AT_ONCE`] at a time.
+pub async fn run(ctx: Ctx, target: String) -> anyhow::Result<()> {
+    let rows = ctx
+        .store
+        .notifications_due(&target, &ctx.now(), PER_RUN)
+        .await?;
     let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(rows)
         .map(|row| {
             let ctx = ctx.clone();
