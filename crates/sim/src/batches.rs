@@ -315,6 +315,7 @@ pub(crate) fn spawn_validation(
             batchfile::validate(
                 file,
                 Expect {
+                    format: batchfile::Format::OpenAi,
                     endpoint: Some(&endpoint),
                     limits,
                     split: false,
