@@ -12,13 +12,13 @@
 //! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
 //! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], no
 //! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
-//! three, readers refuse them), with a string `custom_id` (unique in the file), then
+//! three, readers refuse them), with a string `custom_id` (for Anthropic, 1 to 64 letters,
+//! digits, `_` and `-`: [`ANTHROPIC_CUSTOM_ID`]) unique in the file, then
 //! - for OpenAI: `method` `"POST"`, a string `url` equal to the endpoint, and a `body` object
 //!   whose string `model` (at most [`MAX_MODEL_CHARS`] characters) is the same on every line;
-//! - for Anthropic: a `custom_id` of 1 to 64 letters, digits, `_` and `-`
-//!   ([`ANTHROPIC_CUSTOM_ID`]), no member but `custom_id` and `params`, and a `params` object
-//!   with a string `model` (at most [`MAX_MODEL_CHARS`] characters, which may differ from line
-//!   to line), a positive integer `max_tokens` and a non-empty array `messages`;
+//! - for Anthropic: no member but `custom_id` and `params`, and a `params` object with a
+//!   string `model` (at most [`MAX_MODEL_CHARS`] characters; it may differ from line to line),
+//!   a positive integer `max_tokens` and a non-empty array `messages`;
 //!
 //! at most `max_requests` lines and `max_bytes` bytes (for Anthropic, [`Limits::ANTHROPIC`]
 //! keeps the request body under the service's limit), unless the file may be split, in which
