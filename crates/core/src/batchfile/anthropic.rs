@@ -632,6 +632,11 @@ mod tests {
                 Rule::TooDeep,
                 Some(2),
             ),
+            (
+                ok.clone() + &format!(r#"{{"custom_id":"b","params":{}}}"#, nested(100_000)) + "\n",
+                Rule::TooDeep,
+                Some(2),
+            ),
             (with("1e400"), Rule::NumberOutOfRange, Some(2)),
             (with(r#""\ud800""#), Rule::LoneSurrogate, Some(2)),
             (
