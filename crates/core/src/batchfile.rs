@@ -10,7 +10,8 @@
 //! `{"custom_id", "params"}`.
 //!
 //! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
-//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], no
+//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], for
+//! Anthropic [`ANTHROPIC_MAX_NESTING`] as the create request nests each line two deeper; no
 //! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
 //! three, readers refuse them), with a string `custom_id` (for Anthropic, 1 to 64 letters,
 //! digits, `_` and `-`: [`ANTHROPIC_CUSTOM_ID`]) unique in the file, then
@@ -275,7 +276,7 @@ fn is_object(raw: &str) -> bool {
 /// The reference path: reads any line with serde_json and names its fault, if it has one
 /// before its fields' own rules.
 fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
-    let probe: LineProbe<'_> = read_line(text, line_no)?;
+    let probe: LineProbe<'_> = read_line(text, MAX_NESTING, line_no)?;
     Ok(Probe {
         custom_id: probe.custom_id.and_then(as_string),
         method: probe.method.and_then(as_string),
@@ -285,8 +286,12 @@ fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
 }
 
 /// Reads a line as `T` with serde_json, and names the fault of a line that is not a JSON
-/// object any JSON reader can read.
-fn read_line<'a, T: Deserialize<'a>>(text: &'a str, line_no: u64) -> Result<T, Violation> {
+/// object any JSON reader can read, nested at most `max_depth` deep.
+fn read_line<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    max_depth: usize,
+    line_no: u64,
+) -> Result<T, Violation> {
     if !is_object(text) {
         // Still report broken JSON as such, before complaining about its shape.
         if let Err(e) = serde_json::from_str::<&RawValue>(text) {
@@ -309,7 +314,7 @@ fn read_line<'a, T: Deserialize<'a>>(text: &'a str, line_no: u64) -> Result<T, V
             format!("the line is not valid JSON: {e}"),
         )
     })?;
-    check_values(text.as_bytes(), line_no)?;
+    check_values(text.as_bytes(), max_depth, line_no)?;
     Ok(read)
 }
 
@@ -702,11 +707,16 @@ pub const MAX_MODEL_CHARS: usize = 256;
 /// rules accept is one that serde_json (and the service's readers) can read.
 pub const MAX_NESTING: usize = 127;
 
+/// The deepest nesting of arrays and objects an Anthropic line may have, its own object
+/// included: two less than [`MAX_NESTING`], because the create request's body,
+/// `{"requests":[line, ...]}`, nests each line two deeper, and that body is what readers read.
+pub const ANTHROPIC_MAX_NESTING: usize = MAX_NESTING - 2;
+
 /// Checks what the syntax alone allows but JSON readers refuse: nesting deeper than
-/// [`MAX_NESTING`], numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
+/// `max_depth` ([`MAX_NESTING`] or [`ANTHROPIC_MAX_NESTING`]), numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
 /// UTF-16 surrogate pair (`"\ud800"`). `text` is a line that already parsed as JSON, so one
 /// forward pass that skips string contents at memchr speed is enough.
-fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
+fn check_values(text: &[u8], max_depth: usize, line_no: u64) -> Result<(), Violation> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < text.len() {
@@ -714,12 +724,17 @@ fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
             b'"' => i = skip_string(text, i + 1, line_no)?,
             b'{' | b'[' => {
                 depth += 1;
-                if depth > MAX_NESTING {
+                if depth > max_depth {
+                    let why = if max_depth < MAX_NESTING {
+                        " (the create request's body nests each line two deeper)"
+                    } else {
+                        ""
+                    };
                     return Err(Violation::at(
                         Rule::TooDeep,
                         line_no,
                         format!(
-                            "the line nests arrays and objects more than {MAX_NESTING} deep; JSON readers refuse deeper nesting"
+                            "the line nests arrays and objects more than {max_depth} deep; JSON readers refuse deeper nesting{why}"
                         ),
                     ));
                 }

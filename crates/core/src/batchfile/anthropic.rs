@@ -13,7 +13,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::value::RawValue;
 
 use super::{
-    ANTHROPIC_CUSTOM_ID, MAX_MODEL_CHARS, Rule, Seen, Violation, as_string, is_object, read_line,
+    ANTHROPIC_CUSTOM_ID, ANTHROPIC_MAX_NESTING, MAX_MODEL_CHARS, Rule, Seen, Violation, as_string,
+    is_object, read_line,
 };
 
 /// The endpoint each request of an Anthropic batch goes to, as [`super::Summary::endpoint`]
@@ -196,7 +197,7 @@ fn shown(text: &str, most: usize) -> String {
 /// Checks an Anthropic line, `text` without its line end, against the rules in their order,
 /// and records its `custom_id` and (for the first line) its model in `seen`.
 pub(super) fn check(seen: &mut Seen, text: &str, line_no: u64) -> Result<(), Violation> {
-    let line: Line<'_> = read_line(text, line_no)?;
+    let line: Line<'_> = read_line(text, ANTHROPIC_MAX_NESTING, line_no)?;
     let at = |rule, message: String| Violation::at(rule, line_no, message);
 
     let custom_id = line.custom_id.and_then(as_string).ok_or_else(|| {
@@ -616,8 +617,24 @@ mod tests {
                 )
         };
         let nested = |depth: usize| "[".repeat(depth) + &"]".repeat(depth);
-        // The line and `params` are two levels.
-        assert!(check(&with(&nested(MAX_NESTING - 2))).is_ok());
+        // The line and `params` are two levels, and the create body two more: a line nested
+        // as deep as an OpenAI line may be is refused, one nested two less is read within the
+        // body by serde_json.
+        assert_eq!(ANTHROPIC_MAX_NESTING, MAX_NESTING - 2);
+        let at_limit = with(&nested(ANTHROPIC_MAX_NESTING - 2));
+        assert!(check(&at_limit).is_ok());
+        let body = format!(
+            r#"{{"requests":[{}]}}"#,
+            at_limit.trim_end().replace('\n', ",")
+        );
+        serde_json::from_str::<serde_json::Value>(&body).expect("the body is read");
+        let over = with(&nested(ANTHROPIC_MAX_NESTING - 1));
+        let body = format!(r#"{{"requests":[{}]}}"#, over.trim_end().replace('\n', ","));
+        assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
+        let v = refused(&over);
+        assert_eq!((v.rule, v.line), (Rule::TooDeep, Some(2)));
+        assert!(v.message.contains("more than 125 deep"), "{v}");
+        assert!(v.message.contains("two deeper"), "{v}");
         let cases: Vec<(String, Rule, Option<u64>)> = vec![
             (String::new(), Rule::Empty, None),
             (format!("\u{feff}{ok}"), Rule::Bom, Some(1)),
@@ -625,7 +642,7 @@ mod tests {
             (format!("{ok}{{not json\n"), Rule::InvalidJson, Some(2)),
             (format!("{ok}[1,2]\n"), Rule::NotAnObject, Some(2)),
             (format!("{ok}\"text\"\n"), Rule::NotAnObject, Some(2)),
-            (with(&nested(MAX_NESTING - 1)), Rule::TooDeep, Some(2)),
+            (with(&nested(MAX_NESTING - 2)), Rule::TooDeep, Some(2)),
             (with(&nested(100_000)), Rule::TooDeep, Some(2)),
             (
                 ok.clone() + &format!(r#"{{"custom_id":"b","x":{}}}"#, nested(100_000)) + "\n",
