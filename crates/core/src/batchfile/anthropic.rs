@@ -6,6 +6,7 @@
 //! the pass for what serde_json lets through ([`super::check_values`]) reads it again at
 //! memchr speed. One line is in memory at a time, as for OpenAI's.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
@@ -30,7 +31,7 @@ const MAX_ID_CHARS: usize = 64;
 struct Line<'a> {
     custom_id: Option<&'a RawValue>,
     params: Option<Params<'a>>,
-    unknown: Option<String>,
+    unknown: Option<Cow<'a, str>>,
 }
 
 /// A line's `params`: not an object, or the members the rules read, as written.
@@ -43,33 +44,42 @@ enum Params<'a> {
     },
 }
 
-/// A member's name: one the rules read, or another.
-enum Key {
+/// A member's name: one the rules read, or another (borrowed from the line unless escaped).
+enum Key<'a> {
     CustomId,
     Params,
     Model,
     MaxTokens,
     Messages,
-    Other(String),
+    Other(Cow<'a, str>),
 }
 
-impl<'de> Deserialize<'de> for Key {
+impl<'a> Key<'a> {
+    fn of(key: Cow<'a, str>) -> Self {
+        match &*key {
+            "custom_id" => Key::CustomId,
+            "params" => Key::Params,
+            "model" => Key::Model,
+            "max_tokens" => Key::MaxTokens,
+            "messages" => Key::Messages,
+            _ => Key::Other(key),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = Key;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a member's name")
             }
-            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-                Ok(match key {
-                    "custom_id" => Key::CustomId,
-                    "params" => Key::Params,
-                    "model" => Key::Model,
-                    "max_tokens" => Key::MaxTokens,
-                    "messages" => Key::Messages,
-                    other => Key::Other(other.to_owned()),
-                })
+            fn visit_borrowed_str<E: de::Error>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::of(Cow::Borrowed(key)))
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key::of(Cow::Owned(key.to_owned())))
             }
         }
         deserializer.deserialize_str(KeyVisitor)
@@ -100,7 +110,7 @@ impl<'de> Deserialize<'de> for Line<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line<'de>, A::Error> {
                 let mut line = Line::default();
-                while let Some(key) = map.next_key::<Key>()? {
+                while let Some(key) = map.next_key::<Key<'de>>()? {
                     match key {
                         Key::CustomId => once(&mut line.custom_id, &mut map, "custom_id")?,
                         Key::Params if line.params.is_some() => {
@@ -114,9 +124,9 @@ impl<'de> Deserialize<'de> for Line<'de> {
                             if line.unknown.is_none() {
                                 line.unknown = Some(match other {
                                     Key::Other(name) => name,
-                                    Key::Model => "model".to_owned(),
-                                    Key::MaxTokens => "max_tokens".to_owned(),
-                                    _ => "messages".to_owned(),
+                                    Key::Model => "model".into(),
+                                    Key::MaxTokens => "max_tokens".into(),
+                                    _ => "messages".into(),
                                 });
                             }
                         }
@@ -146,7 +156,7 @@ impl<'de> Visitor<'de> for ParamsSeed {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de>, A::Error> {
         let (mut model, mut max_tokens, mut messages) = (None, None, None);
-        while let Some(key) = map.next_key::<Key>()? {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
             match key {
                 Key::Model => once(&mut model, &mut map, "model")?,
                 Key::MaxTokens => once(&mut max_tokens, &mut map, "max_tokens")?,
@@ -245,7 +255,7 @@ pub(super) fn check(seen: &mut Seen, text: &str, line_no: u64) -> Result<(), Vio
     }
 
     if let Some(name) = line.unknown {
-        let openai = if matches!(name.as_str(), "method" | "url" | "body") {
+        let openai = if matches!(&*name, "method" | "url" | "body") {
             " (it is a member of an OpenAI Batch API line; this batch takes Anthropic Message Batches requests)"
         } else {
             ""
@@ -563,6 +573,8 @@ mod tests {
         assert!(v.message.len() < 150, "a long value is cut: {v}");
         let v = refused(&edited(r#""params":"#, r#""metadata":1,"params":"#));
         assert!(v.message.contains("\"metadata\""), "{v}");
+        let v = refused(&edited(r#""params":"#, r#""\u0078\"y":1,"params":"#));
+        assert!(v.message.contains(r#"member "x\"y";"#), "{v}");
         let v = refused(&edited(r#"[{"role":"user","content":"Hello"}]"#, "[]"));
         assert!(v.message.contains("empty"), "{v}");
         let v = refused(&edited(r#""params":{"model":"m","#, r#""params":{"#));
