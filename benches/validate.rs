@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
     let summary = batchfile::validate(
         std::fs::File::open(&path)?,
         Expect {
+            format: batchfile::Format::OpenAi,
             endpoint: None,
             limits,
             split: true,

@@ -5,21 +5,33 @@
 //! one name everywhere: the `code` of a [`Violation`] is what `.reason.json` files and the
 //! simulator's `errors.data` entries carry.
 //!
-//! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
-//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], no
-//! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
-//! three, readers refuse them), with a string `custom_id` (unique in the file), `method`
-//! `"POST"`, a string `url` equal to the endpoint, and a `body` object whose string `model` (at
-//! most [`MAX_MODEL_CHARS`] characters) is the same on every line; at most `max_requests`
-//! lines and `max_bytes` bytes, unless the file may be split, in which case it is cut at line
-//! boundaries into parts that each respect both limits.
+//! Two line formats are known ([`Format`]): OpenAI's Batch API line,
+//! `{"custom_id", "method", "url", "body"}`, and Anthropic's Message Batches request,
+//! `{"custom_id", "params"}`.
 //!
-//! Each line is read twice at most: once by the fast path ([`scan`]), which reads a
+//! Rules, in the order they are checked: no byte-order mark; not empty; every line valid UTF-8,
+//! a JSON object that any JSON reader can read (no nesting deeper than [`MAX_NESTING`], for
+//! Anthropic [`ANTHROPIC_MAX_NESTING`] as the create request nests each line two deeper; no
+//! number beyond an f64's range, no lone surrogate in a `\u` escape: the syntax allows all
+//! three, readers refuse them), with a string `custom_id` (for Anthropic, 1 to 64 letters,
+//! digits, `_` and `-`: [`ANTHROPIC_CUSTOM_ID`]) unique in the file, then
+//! - for OpenAI: `method` `"POST"`, a string `url` equal to the endpoint, and a `body` object
+//!   whose string `model` (at most [`MAX_MODEL_CHARS`] characters) is the same on every line;
+//! - for Anthropic: no member but `custom_id` and `params`, and a `params` object with a
+//!   string `model` (at most [`MAX_MODEL_CHARS`] characters; it may differ from line to line),
+//!   a positive integer `max_tokens` and a non-empty array `messages`;
+//!
+//! at most `max_requests` lines and `max_bytes` bytes (for Anthropic, [`Limits::ANTHROPIC`]
+//! keeps the request body under the service's limit), unless the file may be split, in which
+//! case it is cut at line boundaries into parts that each respect both limits.
+//!
+//! Each OpenAI line is read twice at most: once by the fast path ([`scan`]), which reads a
 //! well-formed line in one pass and answers only for one that keeps every rule up to its
 //! fields' own, and, when it declines, by the reference path (serde_json, then a pass for what
 //! serde_json lets through), which names the fault. The rules of the fields are checked once,
-//! on what either read.
+//! on what either read. Anthropic lines take the reference path alone ([`anthropic`]).
 
+mod anthropic;
 mod hash;
 mod scan;
 
@@ -40,10 +52,52 @@ pub struct Limits {
     pub max_bytes: u64,
 }
 
+impl Limits {
+    /// The limits of an Anthropic Message Batches file: at most 100,000 requests, and a
+    /// create request whose body is at most 256 MB, read as 256,000,000 bytes (the smaller
+    /// reading, so a part is under the limit whichever the service means).
+    ///
+    /// The body built from a part is `{"requests":[` (13 bytes), the part's lines as written,
+    /// without their line ends, joined by `,`, then `]}` (2 bytes). Each of the part's lines
+    /// but perhaps the last ends with `\n` or `\r\n`, at least one byte, and those n − 1 ends
+    /// at least pay for the n − 1 commas; so the body is at most the part's bytes plus 15, and
+    /// `max_bytes` is 256,000,000 − 15 = 255,999,985. (That holds when the lines are sent byte
+    /// for byte as the file has them; a sender that rewrites them could make them longer.)
+    pub const ANTHROPIC: Limits = Limits {
+        max_requests: 100_000,
+        max_bytes: ANTHROPIC_MAX_BODY_BYTES - ANTHROPIC_BODY_OVERHEAD,
+    };
+}
+
+/// The largest body of a Message Batches create request, in bytes: 256 MB, decimal.
+pub const ANTHROPIC_MAX_BODY_BYTES: u64 = 256_000_000;
+
+/// What the create request's body adds to a part's lines: `{"requests":[` and `]}`.
+const ANTHROPIC_BODY_OVERHEAD: u64 = (br#"{"requests":["#.len() + br#"]}"#.len()) as u64;
+
+/// The pattern an Anthropic `custom_id` must match.
+pub const ANTHROPIC_CUSTOM_ID: &str = "^[a-zA-Z0-9_-]{1,64}$";
+
+/// The format of a file's lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// OpenAI's Batch API: `{"custom_id", "method": "POST", "url", "body": {"model", ...}}`,
+    /// one endpoint and one model for the whole file.
+    #[default]
+    OpenAi,
+    /// Anthropic's Message Batches: `{"custom_id", "params": {"model", "max_tokens",
+    /// "messages", ...}}`, sent as the `requests` of `POST /v1/messages/batches`; each line
+    /// may name its own model.
+    Anthropic,
+}
+
 /// What the caller asks of the file.
 #[derive(Debug, Clone, Copy)]
 pub struct Expect<'a> {
+    /// The format of the lines.
+    pub format: Format,
     /// The endpoint every line's `url` must equal; `None` takes it from the first line.
+    /// OpenAI's format only: Anthropic's lines have no `url`, and this is not read.
     pub endpoint: Option<&'a str>,
     pub limits: Limits,
     /// Cut a file over the limits into parts instead of refusing it.
@@ -65,7 +119,11 @@ pub struct Summary {
     pub sha256: String,
     pub bytes: u64,
     pub requests: u64,
+    /// The lines' `url`; for Anthropic's format, whose lines have none, `/v1/messages`, the
+    /// endpoint each request of the batch goes to.
     pub endpoint: String,
+    /// The model of every line; for Anthropic's format, where lines may name different
+    /// models, the first line's.
     pub model: String,
     /// One part when the file fits in one batch; several when it was split.
     pub parts: Vec<Part>,
@@ -95,6 +153,16 @@ pub enum Rule {
     TooDeep,
     NumberOutOfRange,
     LoneSurrogate,
+    /// Anthropic: a `custom_id` that does not match [`ANTHROPIC_CUSTOM_ID`].
+    InvalidCustomId,
+    /// Anthropic: no `params` object.
+    MissingParams,
+    /// Anthropic: `params.max_tokens` missing, not an integer or below 1.
+    InvalidMaxTokens,
+    /// Anthropic: `params.messages` missing, not an array or empty.
+    MissingMessages,
+    /// Anthropic: a member of the line other than `custom_id` and `params`.
+    UnknownField,
 }
 
 impl Rule {
@@ -122,6 +190,11 @@ impl Rule {
             Rule::TooDeep => "nesting_too_deep",
             Rule::NumberOutOfRange => "number_out_of_range",
             Rule::LoneSurrogate => "lone_surrogate",
+            Rule::InvalidCustomId => "invalid_custom_id",
+            Rule::MissingParams => "missing_params",
+            Rule::InvalidMaxTokens => "invalid_max_tokens",
+            Rule::MissingMessages => "missing_messages",
+            Rule::UnknownField => "unknown_field",
         }
     }
 }
@@ -203,6 +276,22 @@ fn is_object(raw: &str) -> bool {
 /// The reference path: reads any line with serde_json and names its fault, if it has one
 /// before its fields' own rules.
 fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
+    let probe: LineProbe<'_> = read_line(text, MAX_NESTING, line_no)?;
+    Ok(Probe {
+        custom_id: probe.custom_id.and_then(as_string),
+        method: probe.method.and_then(as_string),
+        url: probe.url.and_then(as_string),
+        body: Body::Raw(probe.body),
+    })
+}
+
+/// Reads a line as `T` with serde_json, and names the fault of a line that is not a JSON
+/// object any JSON reader can read, nested at most `max_depth` deep.
+fn read_line<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    max_depth: usize,
+    line_no: u64,
+) -> Result<T, Violation> {
     if !is_object(text) {
         // Still report broken JSON as such, before complaining about its shape.
         if let Err(e) = serde_json::from_str::<&RawValue>(text) {
@@ -218,20 +307,15 @@ fn probe(text: &str, line_no: u64) -> Result<Probe<'_>, Violation> {
             "the line must be a JSON object",
         ));
     }
-    let probe: LineProbe<'_> = serde_json::from_str(text).map_err(|e| {
+    let read = serde_json::from_str(text).map_err(|e| {
         Violation::at(
             Rule::InvalidJson,
             line_no,
             format!("the line is not valid JSON: {e}"),
         )
     })?;
-    check_values(text.as_bytes(), line_no)?;
-    Ok(Probe {
-        custom_id: probe.custom_id.and_then(as_string),
-        method: probe.method.and_then(as_string),
-        url: probe.url.and_then(as_string),
-        body: Body::Raw(probe.body),
-    })
+    check_values(text.as_bytes(), max_depth, line_no)?;
+    Ok(read)
 }
 
 /// The model of a line's `body`, or why it has none.
@@ -470,7 +554,10 @@ impl<'a> Pass<'a> {
             expect,
             seen: Seen {
                 ids: Ids::default(),
-                endpoint: expect.endpoint.map(str::to_owned),
+                endpoint: match expect.format {
+                    Format::OpenAi => expect.endpoint.map(str::to_owned),
+                    Format::Anthropic => Some(anthropic::ENDPOINT.to_owned()),
+                },
                 model: None,
             },
             offset: 0,
@@ -549,13 +636,20 @@ impl<'a> Pass<'a> {
                 "the line is empty; every line must be one request",
             ));
         }
-        // The fast path reads a well-formed line in one pass; any other line is read (and its
-        // fault named) by the reference path.
-        let probe = match scan::fields(text) {
-            Some(fields) => fields,
-            None => probe(text, line_no)?,
-        };
-        self.seen.check(probe, line_no)?;
+        match self.expect.format {
+            Format::OpenAi => {
+                // The fast path reads a well-formed line in one pass; any other line is read
+                // (and its fault named) by the reference path.
+                let probe = match scan::fields(text) {
+                    Some(fields) => fields,
+                    None => probe(text, line_no)?,
+                };
+                self.seen
+                    .check(probe, line_no)
+                    .map_err(|v| anthropic::hint_for_openai(v, text))?;
+            }
+            Format::Anthropic => anthropic::check(&mut self.seen, text, line_no)?,
+        }
 
         if self.expect.split {
             let current = &mut self.current;
@@ -613,11 +707,16 @@ pub const MAX_MODEL_CHARS: usize = 256;
 /// rules accept is one that serde_json (and the service's readers) can read.
 pub const MAX_NESTING: usize = 127;
 
+/// The deepest nesting of arrays and objects an Anthropic line may have, its own object
+/// included: two less than [`MAX_NESTING`], because the create request's body,
+/// `{"requests":[line, ...]}`, nests each line two deeper, and that body is what readers read.
+pub const ANTHROPIC_MAX_NESTING: usize = MAX_NESTING - 2;
+
 /// Checks what the syntax alone allows but JSON readers refuse: nesting deeper than
-/// [`MAX_NESTING`], numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
+/// `max_depth` ([`MAX_NESTING`] or [`ANTHROPIC_MAX_NESTING`]), numbers beyond the range of an f64 (`1e400`), and `\u` escapes of half a
 /// UTF-16 surrogate pair (`"\ud800"`). `text` is a line that already parsed as JSON, so one
 /// forward pass that skips string contents at memchr speed is enough.
-fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
+fn check_values(text: &[u8], max_depth: usize, line_no: u64) -> Result<(), Violation> {
     let mut depth = 0usize;
     let mut i = 0;
     while i < text.len() {
@@ -625,12 +724,17 @@ fn check_values(text: &[u8], line_no: u64) -> Result<(), Violation> {
             b'"' => i = skip_string(text, i + 1, line_no)?,
             b'{' | b'[' => {
                 depth += 1;
-                if depth > MAX_NESTING {
+                if depth > max_depth {
+                    let why = if max_depth < MAX_NESTING {
+                        " (the create request's body nests each line two deeper)"
+                    } else {
+                        ""
+                    };
                     return Err(Violation::at(
                         Rule::TooDeep,
                         line_no,
                         format!(
-                            "the line nests arrays and objects more than {MAX_NESTING} deep; JSON readers refuse deeper nesting"
+                            "the line nests arrays and objects more than {max_depth} deep; JSON readers refuse deeper nesting{why}"
                         ),
                     ));
                 }
@@ -775,6 +879,7 @@ mod tests {
         validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: Some("/v1/chat/completions"),
                 limits: LIMITS,
                 split: false,
@@ -984,6 +1089,7 @@ mod tests {
         let v = validate(
             &bytes[..],
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: LIMITS,
                 split: false,
@@ -1000,6 +1106,7 @@ mod tests {
         let v = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: LIMITS,
                 split: false,
@@ -1020,6 +1127,7 @@ mod tests {
         let v = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: tight,
                 split: false,
@@ -1034,6 +1142,7 @@ mod tests {
         let v = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: small,
                 split: false,
@@ -1045,6 +1154,7 @@ mod tests {
         let s = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: tight,
                 split: true,
@@ -1063,6 +1173,7 @@ mod tests {
         let s = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits: small,
                 split: true,
@@ -1083,6 +1194,7 @@ mod tests {
         let v = validate(
             content.as_bytes(),
             Expect {
+                format: Format::OpenAi,
                 endpoint: None,
                 limits,
                 split: true,

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use batchwatch_core::batchfile::{self, Expect, Limits};
+use batchwatch_core::batchfile::{self, Expect, Format, Limits};
 
 /// Reads each line of its input as UTF-8 JSON; prints the first it refuses, and fails.
 const READ_EACH_LINE: &str = r#"
@@ -30,6 +30,11 @@ fn accepted_lines(corpus: &Path) -> (Vec<u8>, usize) {
             continue;
         };
         let expect = Expect {
+            format: if control & 0x40 != 0 {
+                Format::Anthropic
+            } else {
+                Format::OpenAi
+            },
             endpoint: (control & 2 != 0).then_some("/v1/chat/completions"),
             limits: Limits {
                 max_requests: [1, 2, 3, 50_000][usize::from(control >> 2 & 3)],

@@ -322,6 +322,7 @@ pub(crate) fn spawn_validation(
                 Api::OpenAi => batchfile::validate(
                     file,
                     Expect {
+                        format: batchfile::Format::OpenAi,
                         endpoint: Some(&endpoint),
                         limits,
                         split: false,

@@ -365,6 +365,7 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         let outcome = batchfile::validate(
             &file,
             Expect {
+                format: batchfile::Format::OpenAi,
                 endpoint: endpoint.as_deref(),
                 limits,
                 split,
