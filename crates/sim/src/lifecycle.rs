@@ -286,6 +286,12 @@ impl State {
         batch.run_ms = run_ms;
         batch.failed_positions =
             output::failed_positions(batch.seed, batch.total, batch.failure_rate);
+        if !admission.refused_lines.is_empty() {
+            let refused = output::positions_of(batch.seed, batch.total, &admission.refused_lines);
+            batch.failed_positions.extend(refused);
+            batch.failed_positions.sort_unstable();
+            batch.failed_positions.dedup();
+        }
         batch.in_progress_at = Some(at);
         batch.record(BatchStatus::InProgress, at);
     }

@@ -17,8 +17,11 @@
 //!
 //! An Anthropic batch has no validating stage: its requests are checked with the create (the
 //! 1 to 100,000 requests, each `custom_id` against `^[a-zA-Z0-9_-]{1,64}$` and unique, `params`
-//! an object) and it starts at once. The requests are kept as a JSONL file, one
-//! `{"custom_id", "params"}` a line, which the results are made from.
+//! an object) and it starts at once. As Anthropic checks the rest of `params` only when a
+//! request runs, a request without a string `model`, a `max_tokens` of at least 1 or a
+//! non-empty `messages` ends `errored` (`invalid_request_error`, naming the field). The
+//! requests are kept as a JSONL file, one `{"custom_id", "params"}` a line, which the results
+//! are made from.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
@@ -41,6 +44,7 @@ use crate::lifecycle::{NewBatch, no_such_batch};
 use crate::listing::Cursor;
 use crate::model::clock::SimMs;
 use crate::model::{Admission, Api, Batch, StoredFile, Transition};
+use crate::output::params_refusal;
 use crate::state::Shared;
 use batchwatch_core::batchfile::{Rule, Violation};
 use batchwatch_core::model::BatchStatus;
@@ -95,6 +99,7 @@ fn parse_create(body: &[u8]) -> Result<(Vec<u8>, Admission), ApiError> {
     let mut lines = Vec::with_capacity(body.len());
     let mut ids = HashSet::with_capacity(requests.len());
     let mut model = None;
+    let mut refused_lines = Vec::new();
     for (index, request) in requests.iter().enumerate() {
         let request: HashMap<String, &RawValue> = serde_json::from_str(request.get())
             .map_err(|_| invalid_at(index, "", "Input should be a valid dictionary"))?;
@@ -133,6 +138,10 @@ fn parse_create(body: &[u8]) -> Result<(Vec<u8>, Admission), ApiError> {
                 .and_then(Value::as_str)
                 .map(str::to_owned);
         }
+        let params = Value::Object(params);
+        if params_refusal(&params).is_some() {
+            refused_lines.push(index as u32);
+        }
         // One line a request, whatever whitespace the client put between the fields.
         serde_json::to_writer(
             &mut lines,
@@ -145,6 +154,7 @@ fn parse_create(body: &[u8]) -> Result<(Vec<u8>, Admission), ApiError> {
         requests: requests.len() as u64,
         bytes: lines.len() as u64,
         model: model.unwrap_or_else(|| "unknown".into()),
+        refused_lines,
     };
     Ok((lines, admission))
 }
@@ -160,14 +170,19 @@ pub(crate) fn admission_of(file: std::fs::File) -> Result<Admission, Violation> 
         requests: 0,
         bytes: 0,
         model: String::new(),
+        refused_lines: Vec::new(),
     };
     for line in BufReader::new(file).lines() {
         let line = line.map_err(unreadable)?;
+        let request = serde_json::from_str::<Value>(&line).unwrap_or_default();
         if admission.requests == 0 {
-            admission.model = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["params"]["model"].as_str().map(str::to_owned))
-                .unwrap_or_else(|| "unknown".into());
+            admission.model = request["params"]["model"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned();
+        }
+        if params_refusal(&request["params"]).is_some() {
+            admission.refused_lines.push(admission.requests as u32);
         }
         admission.requests += 1;
         admission.bytes += line.len() as u64 + 1;
@@ -530,12 +545,13 @@ mod tests {
 
     #[test]
     fn a_create_is_checked_before_a_batch_exists() {
-        let params = json!({"model": "claude-x", "max_tokens": 5, "messages": []});
+        let params = json!({"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
         let ok = json!({"requests": [{"custom_id": "a", "params": params},
                                      {"custom_id": "b", "params": {"model": "other"}}]});
         let (lines, admission) = parse_create(ok.to_string().as_bytes()).unwrap();
         assert_eq!(admission.requests, 2);
         assert_eq!(admission.model, "claude-x");
+        assert_eq!(admission.refused_lines, [1], "no max_tokens, no messages");
         assert_eq!(admission.bytes, lines.len() as u64);
         assert_eq!(lines.iter().filter(|&&b| b == b'\n').count(), 2);
         let cases = [

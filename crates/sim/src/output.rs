@@ -68,6 +68,41 @@ pub(crate) fn failed_positions(seed: u64, total: u64, rate: f64) -> Vec<u32> {
         .collect()
 }
 
+/// The processing positions of input `lines` (0-based), in no particular order.
+pub(crate) fn positions_of(seed: u64, total: u64, lines: &[u32]) -> Vec<u32> {
+    let mut position = vec![0u32; total as usize];
+    for (p, &line) in processing_order(seed, total).iter().enumerate() {
+        position[line as usize] = p as u32;
+    }
+    lines
+        .iter()
+        .filter_map(|&line| position.get(line as usize).copied())
+        .collect()
+}
+
+/// Why Anthropic refuses a request's `params` when it runs it, if it does: `model` a string,
+/// `max_tokens` a positive integer, `messages` a non-empty array. Its create checks only that
+/// `params` is an object; the rest ends the request `errored`.
+pub(crate) fn params_refusal(params: &Value) -> Option<&'static str> {
+    if !params.get("model").is_some_and(Value::is_string) {
+        Some("params.model: Field required")
+    } else if params
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .is_none_or(|n| n < 1)
+    {
+        Some("params.max_tokens: Input should be an integer greater than or equal to 1")
+    } else if params
+        .get("messages")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty())
+    {
+        Some("params.messages: List should have at least 1 item")
+    } else {
+        None
+    }
+}
+
 /// `order[p]` is the input line (0-based) processed at position `p`.
 fn processing_order(seed: u64, total: u64) -> Vec<u32> {
     let mut order: Vec<u32> = (0..total as u32).collect();
@@ -256,7 +291,10 @@ impl OutputJob {
             .binary_search(&(position as u32))
             .is_ok()
         {
-            let (kind, message) = if mix(self.seed ^ SALT_BODY, position) & 1 == 0 {
+            let refusal = params_refusal(request.get("params").unwrap_or(&Value::Null));
+            let (kind, message) = if let Some(refusal) = refusal {
+                ("invalid_request_error", refusal)
+            } else if mix(self.seed ^ SALT_BODY, position) & 1 == 0 {
                 ("api_error", "Internal server error (simulated).")
             } else {
                 (

@@ -29,6 +29,9 @@ pub(crate) struct Admission {
     pub(crate) bytes: u64,
     /// The model of the first request (OpenAI inputs name one model).
     pub(crate) model: String,
+    /// The lines (0-based) whose request the service will refuse when it runs it: Anthropic
+    /// checks `params` only then, and such a request ends `errored`.
+    pub(crate) refused_lines: Vec<u32>,
 }
 
 impl From<Summary> for Admission {
@@ -37,6 +40,7 @@ impl From<Summary> for Admission {
             requests: summary.requests,
             bytes: summary.bytes,
             model: summary.model,
+            refused_lines: Vec::new(),
         }
     }
 }

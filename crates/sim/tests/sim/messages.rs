@@ -1,6 +1,7 @@
 //! Anthropic's Message Batches on the simulator, over plain HTTP: the checks a create gets and
 //! the error shape, the two APIs kept apart, a create carried out though its answer was lost,
-//! a results download cut short, and a batch with its results across a clean restart.
+//! a results download cut short, a batch with its results across a clean restart, and the
+//! `params` refused only when a request runs.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -248,4 +249,41 @@ async fn a_restarted_simulator_keeps_message_batches_and_their_results() {
         .map(|l| l["custom_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 4, "{ids:?}");
+}
+
+#[tokio::test]
+async fn a_request_whose_params_the_service_refuses_when_it_runs_ends_errored() {
+    let sim = spawn_sim(stopped_clock()).await;
+    let mut body = requests("p", 3);
+    body["requests"][1]["params"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_tokens");
+    body["requests"][2]["params"]["messages"] = json!([]);
+    let (status, batch) = create(&sim, &body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the create checks only the shape: {batch}"
+    );
+    let id = batch["id"].as_str().unwrap().to_owned();
+    step(&sim, &id).await;
+    step(&sim, &id).await;
+    let ended = retrieve(&sim, &id).await;
+    assert_eq!(
+        (
+            &ended["request_counts"]["succeeded"],
+            &ended["request_counts"]["errored"]
+        ),
+        (&json!(1), &json!(2))
+    );
+    let mut lines = results(&sim, &id).await.unwrap();
+    lines.sort_by_key(|l| l["custom_id"].as_str().unwrap().to_owned());
+    assert_eq!(lines[0]["result"]["type"], "succeeded");
+    for (line, field) in [(&lines[1], "max_tokens"), (&lines[2], "messages")] {
+        assert_eq!(line["result"]["type"], "errored", "{line}");
+        let error = &line["result"]["error"]["error"];
+        assert_eq!(error["type"], "invalid_request_error");
+        assert!(error["message"].as_str().unwrap().contains(field), "{line}");
+    }
 }
