@@ -234,7 +234,7 @@ pub(crate) async fn create(
 }
 
 /// Waits until a generated file is written; returns its size.
-pub(crate) async fn wait_ready(mut ready: watch::Receiver<FileReady>) -> Result<u64, ApiError> {
+async fn wait_ready(mut ready: watch::Receiver<FileReady>) -> Result<u64, ApiError> {
     let state = ready
         .wait_for(|r| *r != FileReady::Pending)
         .await
@@ -275,12 +275,22 @@ pub(crate) async fn content(
         let file = state.client_file(&id).ok_or_else(|| no_such_file(&id))?;
         (file.data.clone(), file.ready.clone())
     };
+    stream(&data, ready, "application/octet-stream").await
+}
+
+/// A held file's content as an answer, once written: streamed from disk with its
+/// Content-Length (a batch's output for the Files API, a Message Batch's results).
+pub(crate) async fn stream(
+    data: &StoredFile,
+    ready: watch::Receiver<FileReady>,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
     let bytes = wait_ready(ready).await?;
     // Once open, the content stays readable even if the file is deleted meanwhile.
     let file = tokio::fs::File::open(data.path()).await.map_err(io_error)?;
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CONTENT_LENGTH, bytes)
         .body(Body::from_stream(ReaderStream::with_capacity(
             file,

@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
@@ -36,10 +36,9 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio_util::io::ReaderStream;
 
 use crate::error::{ApiError, PathId};
-use crate::files::{parse_limit, wait_ready};
+use crate::files::{self, parse_limit};
 use crate::lifecycle::{NewBatch, no_such_batch};
 use crate::listing::Cursor;
 use crate::model::clock::SimMs;
@@ -98,8 +97,7 @@ fn parse_create(body: &[u8]) -> Result<(Vec<u8>, Admission), ApiError> {
     }
     let mut lines = Vec::with_capacity(body.len());
     let mut ids = HashSet::with_capacity(requests.len());
-    let mut model = None;
-    let mut refused_lines = Vec::new();
+    let mut admission = Admission::default();
     for (index, request) in requests.iter().enumerate() {
         let request: HashMap<String, &RawValue> = serde_json::from_str(request.get())
             .map_err(|_| invalid_at(index, "", "Input should be a valid dictionary"))?;
@@ -132,31 +130,31 @@ fn parse_create(body: &[u8]) -> Result<(Vec<u8>, Admission), ApiError> {
             .ok_or_else(|| invalid_at(index, "params", "Field required"))?;
         let params: serde_json::Map<String, Value> = serde_json::from_str(params.get())
             .map_err(|_| invalid_at(index, "params", "Input should be a valid dictionary"))?;
-        if model.is_none() {
-            model = params
-                .get("model")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-        }
         let params = Value::Object(params);
-        if params_refusal(&params).is_some() {
-            refused_lines.push(index as u32);
-        }
+        let start = lines.len();
         // One line a request, whatever whitespace the client put between the fields.
         serde_json::to_writer(
             &mut lines,
-            &json!({"custom_id": custom_id, "params": params}),
+            &json!({"custom_id": custom_id, "params": &params}),
         )
         .map_err(|e| ApiError::internal(e.to_string()))?;
         lines.push(b'\n');
+        count_request(&mut admission, &params, (lines.len() - start) as u64);
     }
-    let admission = Admission {
-        requests: requests.len() as u64,
-        bytes: lines.len() as u64,
-        model: model.unwrap_or_else(|| "unknown".into()),
-        refused_lines,
-    };
     Ok((lines, admission))
+}
+
+/// Adds one stored request line of `bytes` (its newline included) to `admission`: the first
+/// names the model, and a request whose `params` the service will refuse is noted.
+fn count_request(admission: &mut Admission, params: &Value, bytes: u64) {
+    if admission.requests == 0 {
+        admission.model = params["model"].as_str().unwrap_or("unknown").to_owned();
+    }
+    if params_refusal(params).is_some() {
+        admission.refused_lines.push(admission.requests as u32);
+    }
+    admission.requests += 1;
+    admission.bytes += bytes;
 }
 
 /// Sums up a stored requests file again (a batch saved before it started, see `persist`).
@@ -166,26 +164,11 @@ pub(crate) fn admission_of(file: std::fs::File) -> Result<Admission, Violation> 
         line: None,
         message: format!("the requests could not be read: {e}"),
     };
-    let mut admission = Admission {
-        requests: 0,
-        bytes: 0,
-        model: String::new(),
-        refused_lines: Vec::new(),
-    };
+    let mut admission = Admission::default();
     for line in BufReader::new(file).lines() {
         let line = line.map_err(unreadable)?;
         let request = serde_json::from_str::<Value>(&line).unwrap_or_default();
-        if admission.requests == 0 {
-            admission.model = request["params"]["model"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned();
-        }
-        if params_refusal(&request["params"]).is_some() {
-            admission.refused_lines.push(admission.requests as u32);
-        }
-        admission.requests += 1;
-        admission.bytes += line.len() as u64 + 1;
+        count_request(&mut admission, &request["params"], line.len() as u64 + 1);
     }
     Ok(admission)
 }
@@ -435,19 +418,7 @@ pub(crate) async fn results(
             .ok_or_else(|| ApiError::not_found(format!("No results for Message Batch {id}.")))?;
         (file.data.clone(), file.ready.clone())
     };
-    let bytes = wait_ready(ready).await?;
-    let file = tokio::fs::File::open(data.path())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/binary")
-        .header(header::CONTENT_LENGTH, bytes)
-        .body(Body::from_stream(ReaderStream::with_capacity(
-            file,
-            64 * 1024,
-        )))
-        .map_err(|e| ApiError::internal(e.to_string()))
+    files::stream(&data, ready, "application/binary").await
 }
 
 /// `DELETE /v1/messages/batches/{id}`: only an ended batch; its results go with it.

@@ -23,7 +23,7 @@ pub(crate) enum Api {
 }
 
 /// What a valid input holds, as the lifecycle needs it to start the batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Admission {
     pub(crate) requests: u64,
     pub(crate) bytes: u64,
