@@ -104,24 +104,18 @@ fn sdk_missing(module: &str) -> bool {
     true
 }
 
-#[tokio::test]
-async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
-    if sdk_missing("openai") {
-        return;
-    }
-    let sim = spawn_sim(stopped_clock_with_failures()).await;
+/// Runs `script` with python3 and `args`, without the SDK's environment variables (`unset`),
+/// and returns the JSON it prints; the script's failure fails the test with its output.
+async fn run_script(script: &str, args: &[String], unset: [&str; 2]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("sdk_check.py");
-    std::fs::write(&script, SCRIPT).unwrap();
+    let path = dir.path().join("sdk_check.py");
+    std::fs::write(&path, script).unwrap();
     let output = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(sim.handle.base_url())
-        .arg(sim.handle.azure_base_url())
-        .arg(sim.handle.admin_url())
-        .arg(KEY)
-        .arg(dir.path().join("requests.jsonl"))
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
+        .arg(&path)
+        .args(args)
+        .env_remove(unset[0])
+        .env_remove(unset[1])
+        .current_dir(dir.path())
         .output()
         .await
         .unwrap();
@@ -131,7 +125,24 @@ async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
         "the SDK script failed:\n{}\n{stdout}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
+    serde_json::from_str(stdout.trim()).expect("the script prints JSON")
+}
+
+#[tokio::test]
+async fn the_official_python_sdk_works_against_the_simulator_unchanged() {
+    if sdk_missing("openai") {
+        return;
+    }
+    let sim = spawn_sim(stopped_clock_with_failures()).await;
+    let args = [
+        sim.handle.base_url(),
+        sim.handle.azure_base_url(),
+        sim.handle.admin_url(),
+        KEY.to_owned(),
+        // In the script's own temporary directory.
+        "requests.jsonl".to_owned(),
+    ];
+    let seen = run_script(SCRIPT, &args, ["OPENAI_BASE_URL", "OPENAI_API_KEY"]).await;
     eprintln!("openai {} against the simulator: {seen}", seen["sdk"]);
 
     assert_eq!(seen["status"], "completed");
@@ -304,26 +315,17 @@ async fn the_official_anthropic_sdk_works_against_the_simulator_unchanged() {
         ..stopped_clock_with_failures()
     };
     let sim = spawn_sim(config).await;
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("anthropic_check.py");
-    std::fs::write(&script, ANTHROPIC_SCRIPT).unwrap();
-    let output = tokio::process::Command::new("python3")
-        .arg(&script)
-        .arg(format!("http://{}", sim.handle.addr()))
-        .arg(sim.handle.admin_url())
-        .arg(KEY)
-        .env_remove("ANTHROPIC_BASE_URL")
-        .env_remove("ANTHROPIC_API_KEY")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("the script prints JSON");
+    let args = [
+        format!("http://{}", sim.handle.addr()),
+        sim.handle.admin_url(),
+        KEY.to_owned(),
+    ];
+    let seen = run_script(
+        ANTHROPIC_SCRIPT,
+        &args,
+        ["ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"],
+    )
+    .await;
     eprintln!("anthropic {} against the simulator: {seen}", seen["sdk"]);
     let ids: Vec<&str> = seen["ids"]
         .as_array()
