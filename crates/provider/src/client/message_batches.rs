@@ -184,7 +184,8 @@ impl Client {
             }
             line.extend_from_slice(rest);
         }
-        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+        // The last line, when the results do not end with a newline (a blank one is skipped).
+        if !line.is_empty() {
             line.push(b'\n');
             line_no += 1;
             sort_line(op, &line, line_no, &mut counts, &mut out, &mut err).await?;
