@@ -599,6 +599,12 @@ async fn gc_remote(
     use crate::daemon::housekeeping::remote;
     use crate::store::deletions;
     let client = crate::api::Client::new(&settings.api, &settings.limits, key)?;
+    if client.is_anthropic() {
+        anyhow::bail!(
+            "gc-remote surveys the Files API, which Anthropic's Message Batches do not use: the \
+             daemon deletes each ended batch once its results are on disk (cleanup.remote_files)"
+        );
+    }
     let access = if args.delete {
         Access::Write
     } else {

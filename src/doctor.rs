@@ -111,59 +111,55 @@ pub async fn run(file: Option<&Path>) -> Vec<Check> {
 /// What the service at `base` says to `client`: the key, the routes, the clock. `run` makes
 /// these checks at start too; with them comes the first error a route gave, for its gate.
 pub async fn online(base: &str, client: &Client) -> (Vec<Check>, Option<ApiError>) {
-    let batches = client.check_route(Collection::Batches).await;
-    let files = client.check_route(Collection::Files).await;
-    let mut checks = Vec::new();
-    let refused = [&batches, &files]
-        .into_iter()
-        .find_map(|r| r.as_ref().err().filter(|e| e.is_auth()));
-    let unreachable = [&batches, &files]
-        .into_iter()
-        .find_map(|r| r.as_ref().err().filter(|e| e.status().is_none()));
-    checks.push(match (refused, unreachable, &batches, &files) {
-        (Some(e), ..) => Check::new("key-accepted", Outcome::Fail, e.to_string()),
-        (None, Some(e), ..) => Check::new(
+    let mut results = Vec::new();
+    for collection in client.collections() {
+        results.push((collection, client.check_route(collection).await));
+    }
+    let errors = || results.iter().filter_map(|(_, r)| r.as_ref().err());
+    let refused = errors().find(|e| e.is_auth());
+    let unreachable = errors().find(|e| e.status().is_none());
+    let answered = results.iter().any(|(_, r)| r.is_ok());
+    let mut checks = vec![match (refused, unreachable) {
+        (Some(e), _) => Check::new("key-accepted", Outcome::Fail, e.to_string()),
+        (None, Some(e)) => Check::new(
             "key-accepted",
             Outcome::Skip,
             format!("the service did not answer: {e}"),
         ),
-        (None, None, Ok(_), _) | (None, None, _, Ok(_)) => Check::new(
+        (None, None) if answered => Check::new(
             "key-accepted",
             Outcome::Pass,
             "the service answered an authenticated list",
         ),
-        (None, None, Err(_), Err(_)) => Check::new(
+        (None, None) => Check::new(
             "key-accepted",
             Outcome::Skip,
             "no route answered to say (see below)",
         ),
-    });
-    let fix = match (&batches, &files) {
-        (Err(ApiError::RouteMissing { .. }), _) | (_, Err(ApiError::RouteMissing { .. })) => {
-            match client.answers_with_version_path().await {
-                Some(fixed) => {
-                    format!("; the API answers at {fixed}: set api.base_url = \"{fixed}\"")
-                }
-                None => "; set api.base_url to the API root, version path included \
-                         (https://api.openai.com/v1)"
-                    .to_owned(),
-            }
-        }
-        _ => String::new(),
+    }];
+    let fix = match errors().any(|e| matches!(e, ApiError::RouteMissing { .. })) {
+        true => match client.answers_with_version_path().await {
+            Some(fixed) => format!("; the API answers at {fixed}: set api.base_url = \"{fixed}\""),
+            None => "; set api.base_url to the API root, version path included \
+                     (https://api.openai.com/v1)"
+                .to_owned(),
+        },
+        false => String::new(),
     };
-    for (check, collection, result) in [
-        ("batch-api", Collection::Batches, &batches),
-        ("files-api", Collection::Files, &files),
-    ] {
-        let route = collection.route();
+    for (collection, result) in &results {
+        let check = match collection {
+            Collection::Batches => "batch-api",
+            Collection::Files => "files-api",
+        };
+        let route = client.route_of(*collection);
         checks.push(match result {
             Ok(_) => Check::new(check, Outcome::Pass, format!("{base}: {route} answers")),
             Err(e) => Check::new(check, Outcome::Fail, format!("{base}: {route}: {e}{fix}")),
         });
     }
-    let date = [&batches, &files]
-        .into_iter()
-        .find_map(|r| r.as_ref().ok().copied().flatten());
+    let date = results
+        .iter()
+        .find_map(|(_, r)| r.as_ref().ok().copied().flatten());
     checks.push(match date {
         Some(theirs) => clock_check(jiff::Timestamp::now(), theirs),
         None => Check::new(
@@ -172,7 +168,8 @@ pub async fn online(base: &str, client: &Client) -> (Vec<Check>, Option<ApiError
             "the service sent no Date to compare with",
         ),
     });
-    (checks, batches.err().or(files.err()))
+    let first_error = results.into_iter().find_map(|(_, r)| r.err());
+    (checks, first_error)
 }
 
 /// This host's clock `ours` against the service's `theirs` (its `Date` header, to the second).

@@ -395,6 +395,7 @@ pub fn status(
                 r.id.clone(),
                 fit(&escape(&r.file_name), 32),
                 r.state.to_string(),
+                or_dash(r.provider.as_deref()).to_owned(),
                 or_dash(r.remote_status.as_deref()).to_owned(),
                 requests,
                 age(&r.created_at, now),
@@ -410,7 +411,8 @@ pub fn status(
         .collect();
     out.push_str(&styled_table(
         &[
-            "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "COST", "REASON",
+            "JOB", "FILE", "STATE", "PROVIDER", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "COST",
+            "REASON",
         ],
         &body,
         look,
@@ -449,6 +451,7 @@ pub fn show(report: &JobReport, now: Timestamp, look: &Look) -> String {
         );
     }
     field("file", format!("{} ({} bytes)", j.path, j.size_bytes));
+    field("provider", or_dash(j.provider.as_deref()).to_owned());
     if let Some(parent) = &report.parent_job_id {
         field("resubmits", format!("the undone requests of {parent}"));
     }

@@ -26,6 +26,7 @@ use batchwatch_core::config::{
     DatabaseLocation, DatabaseSettings, credential_path, without_password,
 };
 use batchwatch_core::model::{BatchStatus, FileLook, JobState, SubmissionState};
+use batchwatch_core::usage::Tokens;
 use batchwatch_store::batches::{NewSubmission, StoredPoll, Submission, Tracked};
 use batchwatch_store::chain::{Link, NewResubmission, Pending, View};
 use batchwatch_store::deletions::{Deletion, KnownFile, Origin};
@@ -296,6 +297,7 @@ Intake {
 Submit {
     start_upload(lease: &Lease, row: &Submission, now: &str) -> ();
     start_create(lease: &Lease, row: &Submission, upload_id: &str, unsent: &str, now: &str) -> CreateIntent;
+    start_create_from_lines(lease: &Lease, row: &Submission, unsent: &str, now: &str) -> CreateIntent;
     adopt_upload(lease: &Lease, row: &Submission, upload_id: &str, message: &str, now: &str) -> ();
     note_resent(lease: &Lease, id: i64, now: &str) -> ();
     postpone(lease: &Lease, id: i64, until: &str, error: Option<&str>, now: &str) -> ();
@@ -324,7 +326,7 @@ Cancel {
 Finish {
     finish_job(lease: &Lease, ending: &Ending<'_>, now: &str) -> ();
     set_path(lease: &Lease, job_id: &str, path: &str, now: &str) -> ();
-    collected(lease: &Lease, row: &Submission, missing: Option<&str>, message: &str, now: &str) -> ();
+    collected(lease: &Lease, row: &Submission, missing: Option<&str>, usage: Option<(&Tokens, Option<f64>)>, message: &str, now: &str) -> ();
     wait_on_local_fault(lease: &Lease, row: &Submission, error: &str, retry_at: &str, message: Option<&str>, now: &str) -> String;
     note_collect_failure(lease: &Lease, id: i64, now: &str) -> String;
     give_up_results(lease: &Lease, row: &Submission, why: &str, message: &str, now: &str) -> ();

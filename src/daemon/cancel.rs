@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use crate::api::ApiError;
 use crate::daemon::ctx::{Ctx, Next, defer};
 use crate::daemon::shared::Subject;
-use crate::daemon::submit::{UNSENT, reconcile};
+use crate::daemon::submit::{self, UNSENT, reconcile};
 use crate::daemon::track::observe::observe;
 use crate::daemon::track::poll;
 use crate::model::SubmissionState;
@@ -104,7 +104,8 @@ pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<
                 abandon.push(row.id);
                 continue;
             }
-            let waiting = row.not_before.as_deref().is_some_and(|t| t > now.as_str());
+            let waiting = row.not_before.as_deref().is_some_and(|t| t > now.as_str())
+                && !submit::is_held(&row);
             let needs_create_reconciled = row.state == SubmissionState::Creating;
             let needs_cancel = row.state == SubmissionState::Active && row.cancel_sent_at.is_none();
             if (needs_create_reconciled || needs_cancel) && !waiting {
@@ -133,11 +134,22 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let now = ctx.now();
     if row.state == SubmissionState::Creating {
         // A create may have happened: find out before calling the submission abandoned.
-        match reconcile::find_batch(&ctx, &row).await {
-            Ok(Some(batch)) => return observe(&ctx, &row, &batch).await,
-            Ok(None) => {
+        match reconcile::find_created(&ctx, &row).await? {
+            Ok(reconcile::Created::Batch(batch)) => return observe(&ctx, &row, &batch).await,
+            Ok(reconcile::Created::Nothing) => {
                 ctx.store
                     .abandon(&ctx.lease, &row, UNSENT, UNSENT, &now)
+                    .await?;
+                return Ok(());
+            }
+            Ok(reconcile::Created::Ambiguous(ids)) => {
+                // None of them is provably this create's: none is cancelled.
+                let why = format!(
+                    "{UNSENT}, or as one of the batches {} (none provably its own, none cancelled)",
+                    ids.join(", ")
+                );
+                ctx.store
+                    .abandon(&ctx.lease, &row, &why, &why, &now)
                     .await?;
                 return Ok(());
             }

@@ -121,6 +121,12 @@ struct StateLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ProviderStateLabel {
+    provider: String,
+    state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -918,6 +924,20 @@ fn rows_registry(
         jobs.get_or_create(&StateLabel { state }).set(n);
     }
     registry.register("jobs", "Jobs in each state", jobs);
+
+    let by_provider = Family::<ProviderStateLabel, Gauge>::default();
+    for (provider, state, n) in &f.jobs_by_provider {
+        let labels = ProviderStateLabel {
+            provider: provider.clone(),
+            state: state.to_string(),
+        };
+        by_provider.get_or_create(&labels).set(*n);
+    }
+    registry.register(
+        "jobs_by_provider",
+        "Jobs by the service they ran on (openai, azure, anthropic; \"\" for jobs claimed before it was recorded) and state",
+        by_provider,
+    );
 
     let batches = Family::<StatusLabel, Gauge>::default();
     for status in BatchStatus::KNOWN {

@@ -168,8 +168,8 @@ const CASES: &[Case] = &[
     (
         "[api]\nflavor = \"anthropic\"\n",
         &[],
-        "`api.flavor`",
-        "\"anthropic\" is not supported yet",
+        "`api.base_url`",
+        "a value is required when api.flavor = \"anthropic\": https://api.anthropic.com/v1",
     ),
     (
         "[api]\nflavor = \"claude\"\n",

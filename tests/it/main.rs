@@ -6,6 +6,7 @@ mod browser;
 mod client;
 mod client_anthropic;
 mod config;
+mod daemon_anthropic;
 mod daemon_api_faults;
 mod daemon_bad_input;
 mod daemon_cancel;

@@ -238,6 +238,13 @@ async fn a_lifecycle_scrapes_as_the_database_and_the_simulators_record_say() {
             n as f64,
             "{s_}"
         );
+        // Every job ran on the one provider configured.
+        let on_openai = [("provider", "openai"), ("state", s_)];
+        assert_eq!(
+            sum(&s, "batchwatch_jobs_by_provider", &on_openai),
+            n as f64,
+            "{s_}"
+        );
     }
     for terminal in ["completed", "failed", "cancelled"] {
         let n = jobs.iter().filter(|j| j.state.as_str() == terminal).count();

@@ -254,6 +254,7 @@ fn new_job<'a>(id: &'a str, path: &'a str) -> NewJob<'a> {
         deadline_at: "2026-12-08T10:00:00.000Z",
         metadata: "{}",
         output_expires_after: None,
+        provider: "openai",
     }
 }
 

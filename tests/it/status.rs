@@ -35,7 +35,7 @@ async fn status_lists_every_job_with_state_progress_and_reason() {
     );
     let header = out.lines().nth(2).unwrap();
     for column in [
-        "JOB", "FILE", "STATE", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "REASON",
+        "JOB", "FILE", "STATE", "PROVIDER", "REMOTE", "REQUESTS", "AGE", "DEADLINE", "REASON",
     ] {
         assert!(header.contains(column), "{header}");
     }
@@ -53,6 +53,10 @@ async fn status_lists_every_job_with_state_progress_and_reason() {
         "{running}"
     );
     assert!(running.contains("5/10, 1 failed"), "{running}");
+    assert!(
+        running.contains(" openai "),
+        "the provider it ran on: {running}"
+    );
     let completed = line(&f.completed);
     assert!(
         completed.contains("completed") && completed.contains("9/10, 1 failed"),
@@ -104,6 +108,7 @@ async fn show_prints_a_job_with_its_events_batches_and_history() {
         "{out}"
     );
     assert!(out.contains("state        completed"), "{out}");
+    assert!(out.contains("provider     openai"), "{out}");
     assert!(
         out.contains("Batch batch_completed1 (part 0, attempt 1)"),
         "{out}"
@@ -124,6 +129,7 @@ async fn show_prints_a_job_with_its_events_batches_and_history() {
     let json: serde_json::Value =
         serde_json::from_str(&cli(&sandbox, &["show", "--json", &f.running])).unwrap();
     assert_eq!(json["job"]["id"], f.running.as_str());
+    assert_eq!(json["job"]["provider"], "openai");
     assert_eq!(json["batches"].as_array().unwrap().len(), 3);
     assert_eq!(json["batches"][0]["remote_id"], "batch_refused");
     assert_eq!(json["batches"][0]["history"][0]["status"], "failed");
@@ -311,6 +317,7 @@ async fn job_at(
             deadline_at: "2026-12-31T00:00:00.000Z",
             metadata: "{}",
             output_expires_after: None,
+            provider: "openai",
         },
         at,
     )

@@ -134,7 +134,11 @@ impl Edge {
             }
             Edge::NotSent => store.not_sent(lease, row.id, NOW).await,
             Edge::Vanished => store.lose(lease, row, "not found", NOW).await,
-            Edge::Collected => store.collected(lease, row, None, "collected", NOW).await,
+            Edge::Collected => {
+                store
+                    .collected(lease, row, None, None, "collected", NOW)
+                    .await
+            }
             Edge::GiveUp => {
                 store
                     .give_up_results(lease, row, "gone", "gave up", NOW)
@@ -376,6 +380,7 @@ async fn operate(
                 deadline_at: "2026-12-02T10:00:00.000Z",
                 metadata: "{}",
                 output_expires_after: None,
+                provider: "openai",
             };
             store.claim(lease, &new, None, None, NOW).await?;
         }

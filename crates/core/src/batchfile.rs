@@ -31,7 +31,7 @@
 //! serde_json lets through), which names the fault. The rules of the fields are checked once,
 //! on what either read. Anthropic lines take the reference path alone ([`anthropic`]).
 
-mod anthropic;
+pub mod anthropic;
 mod hash;
 mod scan;
 
@@ -67,6 +67,14 @@ impl Limits {
         max_requests: 100_000,
         max_bytes: ANTHROPIC_MAX_BODY_BYTES - ANTHROPIC_BODY_OVERHEAD,
     };
+
+    /// These limits, each no higher than `ceiling`'s.
+    pub fn within(self, ceiling: Limits) -> Limits {
+        Limits {
+            max_requests: self.max_requests.min(ceiling.max_requests),
+            max_bytes: self.max_bytes.min(ceiling.max_bytes),
+        }
+    }
 }
 
 /// The largest body of a Message Batches create request, in bytes: 256 MB, decimal.

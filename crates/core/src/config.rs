@@ -237,9 +237,21 @@ pub enum Flavor {
     Openai,
     /// `api-key: KEY`, resource-level `/openai/v1` paths.
     Azure,
-    /// Anthropic's Message Batches: `x-api-key: KEY` and `anthropic-version`. The client
-    /// speaks it; the daemon does not run jobs on it yet, so the configuration refuses it.
+    /// Anthropic's Message Batches: `x-api-key: KEY` and `anthropic-version`; files in
+    /// Anthropic's shape (`{"custom_id", "params"}`), each batch created from its lines.
     Anthropic,
+}
+
+impl Flavor {
+    /// Its name in the configuration, and the provider a job records ([`Flavor::Openai`]:
+    /// `openai`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Openai => "openai",
+            Flavor::Azure => "azure",
+            Flavor::Anthropic => "anthropic",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,12 +298,16 @@ impl fmt::Display for KeySource {
 }
 
 impl ApiSettings {
-    /// The one configured key source; OPENAI_API_KEY when none is set.
+    /// The one configured key source; OPENAI_API_KEY (ANTHROPIC_API_KEY for Anthropic) when
+    /// none is set.
     pub fn key_source(&self) -> KeySource {
         match (&self.key_env, &self.key_file, &self.key_credential) {
             (_, Some(path), _) => KeySource::File(path.clone()),
             (_, _, Some(name)) => KeySource::Credential(name.clone()),
             (Some(name), _, _) => KeySource::Env(name.clone()),
+            (None, None, None) if self.flavor == Flavor::Anthropic => {
+                KeySource::Env("ANTHROPIC_API_KEY".to_owned())
+            }
             (None, None, None) => KeySource::Env("OPENAI_API_KEY".to_owned()),
         }
     }
@@ -1185,13 +1201,6 @@ impl Settings {
             }
         }
 
-        if self.api.flavor == Flavor::Anthropic {
-            return Err(ConfigError::key(
-                "api.flavor",
-                "\"anthropic\" is not supported yet: batchwatch runs jobs on OpenAI and Azure \
-                 OpenAI (\"openai\", \"azure\")",
-            ));
-        }
         let url = self.api.base_url.trim();
         if url.is_empty() {
             return Err(ConfigError::key("api.base_url", "a value is required"));
@@ -1206,6 +1215,12 @@ impl Settings {
             return Err(ConfigError::key(
                 "api.base_url",
                 format!("{url:?} must start with https:// or http://"),
+            ));
+        }
+        if self.api.flavor == Flavor::Anthropic && url.contains("api.openai.com") {
+            return Err(ConfigError::key(
+                "api.base_url",
+                "a value is required when api.flavor = \"anthropic\": https://api.anthropic.com/v1",
             ));
         }
         if self.api.flavor == Flavor::Azure && url.contains("api.openai.com") {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response, Url};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt, ReadBuf};
@@ -17,6 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use batchwatch_core::config::{ApiSettings, ConfigError, Flavor, KeySource, LimitSettings};
 
+use crate::anthropic::MessageBatch;
 use crate::error::{ApiError, Operation};
 use crate::key::ApiKey;
 use crate::limit::Limiter;
@@ -37,16 +38,6 @@ const ERROR_BODY_CAP: usize = 64 * 1024;
 pub enum Collection {
     Batches,
     Files,
-}
-
-impl Collection {
-    /// The request that checks it, as a person would type it: `GET /batches`.
-    pub fn route(self) -> &'static str {
-        match self {
-            Collection::Batches => "GET /batches",
-            Collection::Files => "GET /files",
-        }
-    }
 }
 
 /// The Batch API client. Cloning is cheap and clones share the connection pool and limits.
@@ -132,6 +123,12 @@ impl Client {
                 observer,
             }),
         })
+    }
+
+    /// Whether this client speaks Anthropic's Message Batches: a batch is created from the
+    /// lines themselves (there is no upload), and its results are the batch's own.
+    pub fn is_anthropic(&self) -> bool {
+        self.inner.flavor == Flavor::Anthropic
     }
 
     fn key(&self) -> ApiKey {
@@ -238,7 +235,18 @@ impl Client {
 
     /// Deletes a file. Retried when transient, so a delete whose answer was lost may come back
     /// as [`ApiError::NotFound`] on the retry: the file is gone either way.
+    /// Deletes a file. On Anthropic the only results "file" is the ended batch itself (its
+    /// `output_id`, [`MessageBatch::into_batch`]): deleting it deletes the batch and its
+    /// results.
     pub async fn delete_file(&self, file_id: &str) -> Result<FileDeleted, ApiError> {
+        if self.is_anthropic() {
+            let deleted = self.delete_message_batch(file_id).await?;
+            return Ok(FileDeleted {
+                deleted: deleted.kind == "message_batch_deleted",
+                id: deleted.id,
+                object: deleted.kind,
+            });
+        }
         let op = Operation::DeleteFile;
         self.retrying(|| self.call_json(op, self.json_request(Method::DELETE, &["files", file_id])))
             .await
@@ -263,8 +271,12 @@ impl Client {
         .await
     }
 
-    /// A batch.
+    /// A batch; on Anthropic, a Message Batch in batchwatch's words
+    /// ([`MessageBatch::into_batch`]), as every call below that gives batches.
     pub async fn retrieve_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
+        if self.is_anthropic() {
+            return Ok(self.retrieve_message_batch(batch_id).await?.into_batch());
+        }
         let op = Operation::RetrieveBatch;
         self.retrying(|| self.call_json(op, self.json_request(Method::GET, &["batches", batch_id])))
             .await
@@ -276,12 +288,22 @@ impl Client {
         &self,
         limit_per_page: u32,
     ) -> impl Stream<Item = Result<Batch, ApiError>> + Send + 'static {
+        if self.is_anthropic() {
+            let batches = self
+                .list_message_batch_pages()
+                .map_ok(|page| {
+                    futures_util::stream::iter(page.data.into_iter().map(|b| Ok(b.into_batch())))
+                })
+                .try_flatten();
+            return batches.left_stream();
+        }
         let limit = limit_per_page.clamp(1, 100).to_string();
         self.paginate(
             Operation::ListBatches,
             Listing::BATCHES,
             vec![("limit", limit)],
         )
+        .right_stream()
     }
 
     /// The batch list a page at a time, newest first, 100 batches a page, each fetched as the
@@ -291,9 +313,16 @@ impl Client {
     pub fn list_batch_pages(
         &self,
     ) -> impl Stream<Item = Result<ListPage<Batch>, ApiError>> + Send + 'static {
+        if self.is_anthropic() {
+            return self
+                .list_message_batch_pages()
+                .map_ok(|page| page.map(MessageBatch::into_batch))
+                .left_stream();
+        }
         let query = vec![("limit", "100".to_owned())];
         self.pages(Operation::ListBatches, Listing::BATCHES, query)
             .into_stream()
+            .right_stream()
     }
 
     /// One page of the batch list: up to `limit` (1 to 100) batches after the batch `after`
@@ -304,6 +333,10 @@ impl Client {
         limit: u32,
         after: Option<&str>,
     ) -> Result<ListPage<Batch>, ApiError> {
+        if self.is_anthropic() {
+            let page = self.list_message_batches_page(limit, after).await?;
+            return Ok(page.map(MessageBatch::into_batch));
+        }
         let mut query = vec![("limit", limit.clamp(1, 100).to_string())];
         query.extend(after.map(|a| ("after", a.to_owned())));
         self.call_json(
@@ -315,6 +348,9 @@ impl Client {
 
     /// Asks for a batch to be cancelled; it goes to `cancelling`, then `cancelled`.
     pub async fn cancel_batch(&self, batch_id: &str) -> Result<Batch, ApiError> {
+        if self.is_anthropic() {
+            return Ok(self.cancel_message_batch(batch_id).await?.into_batch());
+        }
         let op = Operation::CancelBatch;
         self.retrying(|| {
             self.call_json(
@@ -325,11 +361,35 @@ impl Client {
         .await
     }
 
-    /// Whether the key is accepted and the Batch API's routes answer at the base URL
-    /// ([`Client::check_route`] of batches, then of files).
+    /// The collections the daemon reads on this service: batches, and files where batches
+    /// are made from uploads.
+    pub fn collections(&self) -> Vec<Collection> {
+        match self.is_anthropic() {
+            true => vec![Collection::Batches],
+            false => vec![Collection::Batches, Collection::Files],
+        }
+    }
+
+    /// The request that checks `collection`, as a person would type it: `GET /batches`.
+    pub fn route_of(&self, collection: Collection) -> String {
+        format!("GET /{}", self.segments_of(collection).join("/"))
+    }
+
+    fn segments_of(&self, collection: Collection) -> &'static [&'static str] {
+        match collection {
+            Collection::Batches if self.is_anthropic() => Listing::MESSAGE_BATCHES.segments,
+            Collection::Batches => Listing::BATCHES.segments,
+            Collection::Files => Listing::FILES.segments,
+        }
+    }
+
+    /// Whether the key is accepted and the routes of [`Client::collections`] answer at the
+    /// base URL ([`Client::check_route`] of each).
     pub async fn check_routes(&self) -> Result<(), ApiError> {
-        self.check_route(Collection::Batches).await?;
-        self.check_route(Collection::Files).await.map(drop)
+        for collection in self.collections() {
+            self.check_route(collection).await?;
+        }
+        Ok(())
     }
 
     /// Asks for one page of one object of `collection`: whether the key is accepted and the
@@ -339,12 +399,12 @@ impl Client {
         &self,
         collection: Collection,
     ) -> Result<Option<jiff::Timestamp>, ApiError> {
-        let (op, segment) = match collection {
-            Collection::Batches => (Operation::ListBatches, "batches"),
-            Collection::Files => (Operation::ListFiles, "files"),
+        let op = match collection {
+            Collection::Batches => Operation::ListBatches,
+            Collection::Files => Operation::ListFiles,
         };
         let request = self
-            .json_request(Method::GET, &[segment])
+            .json_request(Method::GET, self.segments_of(collection))
             .query(&[("limit", "1")]);
         let (response, _permit) = self.send(op, request, None).await?;
         let date = response

@@ -77,7 +77,9 @@ pub use client::{Client, Collection};
 pub use error::{ApiError, Operation};
 pub use key::{ApiKey, outside_its_service};
 pub use observe::Observer;
-pub use parts::{Attempt, BatchOptions, CLOCK_SLACK, Claimed, Part, Survey, Surveying};
+pub use parts::{
+    Attempt, BatchOptions, CLOCK_SLACK, Claimed, Part, Survey, Surveying, results_usage,
+};
 pub use retry::RetryPolicy;
 pub use tags::Claim;
 pub use types::{

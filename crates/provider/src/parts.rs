@@ -22,6 +22,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use batchwatch_core::usage::Tokens;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 
@@ -106,6 +107,13 @@ fn is_upload(file: &FileObject, name: &str, bytes: Option<u64>) -> bool {
     file.filename == name && file.bytes.is_some() && file.bytes == bytes
 }
 
+/// The usage a batch's downloaded output reports, summed by model, where the service reports
+/// it per request in the results rather than on the batch ([`Client::is_anthropic`]): read
+/// line by line from `output`.
+pub fn results_usage(output: impl std::io::BufRead) -> std::io::Result<BTreeMap<String, Tokens>> {
+    crate::anthropic::usage_by_model(output)
+}
+
 /// `at` less [`CLOCK_SLACK`]: objects created before it cannot be of what happened at `at`.
 fn slack_before(at: Timestamp) -> Timestamp {
     let slack = jiff::SignedDuration::try_from(CLOCK_SLACK).expect("an hour fits");
@@ -155,6 +163,52 @@ impl Client {
                 .map(OutputExpiresAfter::after_creation),
         };
         self.create_batch(&request).await
+    }
+
+    /// Creates the batch of a part from its lines, bytes `range` of the file at `path`, on a
+    /// service that takes them in the create itself ([`Client::is_anthropic`]: there is no
+    /// upload). Never retried: an unknown outcome is found again with
+    /// [`Client::batches_of_size_since`].
+    pub async fn create_batch_from_lines(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+    ) -> Result<Batch, ApiError> {
+        Ok(self.create_message_batch(path, range).await?.into_batch())
+    }
+
+    /// Downloads the results of a batch whose results are the batch's own (`results_id`,
+    /// its [`Batch::output_id`] on Anthropic): the requests that succeeded to `output`, the
+    /// others to `errors`, each file landing whole and only when it has a line, `errors`
+    /// first. Returns the bytes received.
+    pub async fn download_batch_results(
+        &self,
+        results_id: &str,
+        output: &Path,
+        errors: &Path,
+    ) -> Result<u64, ApiError> {
+        let sorted = self
+            .download_message_batch_results(results_id, output, errors)
+            .await?;
+        Ok(sorted.bytes)
+    }
+
+    /// The batches created since `sent_at` (less [`CLOCK_SLACK`]) that hold `requests`
+    /// requests, newest first: all a create of a part that long whose answer was lost can be
+    /// told by on a service whose batches name nothing of their part (no metadata, no
+    /// upload). Which of them the caller already knows, and what one or several mean, is the
+    /// caller's to judge.
+    pub async fn batches_of_size_since(
+        &self,
+        requests: u64,
+        sent_at: Option<Timestamp>,
+    ) -> Result<Vec<Batch>, ApiError> {
+        let listed = back_to(self.list_batches(100), sent_at, 1, |b| b.created_at);
+        let sized = |b: &Batch| {
+            let total = b.request_counts.map(|c| c.total);
+            std::future::ready(total == Some(requests))
+        };
+        listed.try_filter(sized).try_collect().await
     }
 
     /// The batches, newest first, as the stream is read, back to the first one created before
@@ -296,9 +350,13 @@ impl<'j, K: Fn(&Batch, &Claim<'_>) -> bool> Surveying<'j, K> {
         self.reach.ended()
     }
 
-    /// Lists the uploads named for the jobs, back to the same time, and gives the survey.
+    /// Lists the uploads named for the jobs, back to the same time, and gives the survey (a
+    /// service without uploads has none to list).
     pub async fn uploads(self, client: &Client) -> Result<Survey, ApiError> {
         let mut survey = self.survey;
+        if client.is_anthropic() {
+            return Ok(survey);
+        }
         let listed = back_to(
             client.list_files(Some("batch")),
             self.since,

@@ -282,6 +282,19 @@ pub struct ListPage<T> {
     pub has_more: Option<bool>,
 }
 
+impl<T> ListPage<T> {
+    /// The same page, each object turned into another shape.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> ListPage<U> {
+        ListPage {
+            object: self.object,
+            data: self.data.into_iter().map(f).collect(),
+            first_id: self.first_id,
+            last_id: self.last_id,
+            has_more: self.has_more,
+        }
+    }
+}
+
 /// The body of `POST /batches`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CreateBatchRequest {

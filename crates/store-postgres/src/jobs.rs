@@ -18,8 +18,8 @@ pub async fn insert(
     let state = JobState::Validating;
     sqlx::query!(
         "INSERT INTO jobs (id, file_name, path, size_bytes, endpoint, completion_window, deadline_at, metadata,
-                           output_expires_after, state, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                           output_expires_after, state, created_at, updated_at, provider)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
         job.id,
         job.file_name,
         job.path,
@@ -31,6 +31,7 @@ pub async fn insert(
         job.output_expires_after,
         state.as_str(),
         now,
+        job.provider,
     )
     .execute(&mut *conn)
     .await?;
@@ -52,7 +53,7 @@ macro_rules! select_jobs {
             r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
                   reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
-                  finished_at
+                  finished_at, provider
            FROM jobs "# + $tail,
             $($arg),*
         )
@@ -368,7 +369,7 @@ pub async fn overview(
                   request_count, remote_status, remote_ids, requests_completed, requests_failed,
                   attempts AS "attempts!", deadline_at AS "deadline_at!", cancel_requested_at, path AS "path!",
                   results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at,
-                  last_error
+                  last_error, provider
            FROM job_overview o
            WHERE ($1::text IS NULL OR state = $1)
              AND ($2::text IS NULL OR file_name ~ $2)

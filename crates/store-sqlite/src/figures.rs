@@ -8,7 +8,7 @@ use super::StoreError;
 use super::usage::{self};
 use batchwatch_core::clock::{self, Timestamp};
 use batchwatch_core::config::StuckAfter;
-use batchwatch_core::model::BatchStatus;
+use batchwatch_core::model::{BatchStatus, JobState};
 pub use batchwatch_store::figures::{Figures, StuckBatch};
 
 /// Reads the figures of one scrape.
@@ -27,6 +27,16 @@ pub async fn read(
     .await?
     .into_iter()
     .map(|r| (r.from_state, r.to_state, r.count))
+    .collect();
+    let jobs_by_provider = sqlx::query!(
+        r#"SELECT coalesce(provider, '') AS "provider!: String", state AS "state!: JobState",
+                  count(*) AS "jobs!: i64"
+           FROM jobs GROUP BY 1, 2 ORDER BY 1, 2"#
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.provider, r.state, r.jobs))
     .collect();
     let cancels = sqlx::query!(
         r#"SELECT coalesce(cancel_reason, '') AS "reason!: String", count(*) AS "jobs!: i64"
@@ -65,6 +75,7 @@ pub async fn read(
     tx.commit().await?;
     Ok(Figures {
         jobs,
+        jobs_by_provider,
         batches,
         transitions,
         cancels,

@@ -18,8 +18,8 @@ pub async fn insert(
     let state = JobState::Validating;
     sqlx::query!(
         "INSERT INTO jobs (id, file_name, path, size_bytes, endpoint, completion_window, deadline_at, metadata,
-                           output_expires_after, state, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           output_expires_after, state, created_at, updated_at, provider)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         job.id,
         job.file_name,
         job.path,
@@ -32,6 +32,7 @@ pub async fn insert(
         state,
         now,
         now,
+        job.provider,
     )
     .execute(&mut *conn)
     .await?;
@@ -53,7 +54,7 @@ macro_rules! select_jobs {
             r#"SELECT id, file_name, path, size_bytes, sha256, request_count, endpoint, model, completion_window,
                   deadline_at, metadata, output_expires_after, state AS "state: JobState", reason_code, reason,
                   reason_line, attempts, cancel_requested_at, cancel_reason, results_dir, created_at, updated_at,
-                  finished_at
+                  finished_at, provider
            FROM jobs "# + $tail,
             $($arg),*
         )
@@ -374,7 +375,7 @@ pub async fn overview(
                   requests_completed AS "requests_completed: i64", requests_failed AS "requests_failed: i64",
                   attempts AS "attempts!", deadline_at AS "deadline_at!", cancel_requested_at, path AS "path!",
                   results_dir, created_at AS "created_at!", updated_at AS "updated_at!", finished_at,
-                  last_error AS "last_error: String"
+                  last_error AS "last_error: String", provider AS "provider: String"
            FROM job_overview o
            WHERE (?1 IS NULL OR state = ?1)
              AND (?2 IS NULL OR file_name GLOB ?2)

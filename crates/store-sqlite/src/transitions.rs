@@ -11,6 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | [`arm_upload`] | queued | uploading | outcome unknown from now |
 //! | [`arm_create`] | uploading | creating | the input file; outcome unknown from now |
+//! | [`arm_create_from_lines`] | queued | creating | no input file (the lines go in the create); outcome unknown from now; only while no other such create's outcome is unknown |
 //! | [`adopt_upload`] | queued, uploading | creating | an input file found on the service; outcome known |
 //! | [`activate`] | queued, uploading, creating | active | outcome known, no back-off, no error; the job's attempt counted |
 //! | [`to_collecting`] | active | collecting | no back-off |
@@ -60,6 +61,41 @@ pub async fn arm_create(
     .await?
     .rows_affected();
     StoreError::guarded(n, id, "arm its create", "uploading")
+}
+
+/// queued → creating, on a service that takes the lines in the create itself (no upload): the
+/// create is about to go out, unless another such create's outcome is unknown (one armed and
+/// not yet answered, or lost and not yet reconciled): then nothing moves and `false` says so.
+/// One at a time is what lets a lost create be found again on a service whose batches name
+/// nothing of their part (see `daemon/submit/reconcile.rs`).
+pub async fn arm_create_from_lines(
+    conn: &mut SqliteConnection,
+    id: i64,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let outstanding = sqlx::query_scalar!(
+        "SELECT COUNT(*) FROM batches
+         WHERE state = 'creating' AND outcome_unknown_at IS NOT NULL
+           AND input_file_id IS NULL AND id <> ?",
+        id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if outstanding > 0 {
+        return Ok(false);
+    }
+    let n = sqlx::query!(
+        "UPDATE batches SET state = 'creating', outcome_unknown_at = ?, last_error = NULL,
+                            updated_at = ?
+         WHERE id = ? AND state = 'queued'",
+        now,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "arm its create", "queued").map(|()| true)
 }
 
 /// queued or uploading → creating: an input file the database did not record was found on the

@@ -53,6 +53,36 @@ pub async fn book(
     Ok(booked == 1)
 }
 
+/// Books a batch's usage counted from its results (a service that reports it per request, in
+/// the results, not on the batch): the tokens and their cost, replacing the empty booking its
+/// end made. Repeating it with the same figures changes nothing.
+pub async fn book_from_results(
+    conn: &mut SqliteConnection,
+    batch_id: i64,
+    t: &Tokens,
+    cost_usd: Option<f64>,
+    now: &str,
+) -> Result<(), StoreError> {
+    sqlx::query!(
+        "INSERT INTO batch_usage (batch_id, input_tokens, cached_tokens, output_tokens,
+                                  reasoning_tokens, cost_usd, booked_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)
+         ON CONFLICT (batch_id) DO UPDATE SET
+             input_tokens = ?2, cached_tokens = ?3, output_tokens = ?4, reasoning_tokens = ?5,
+             cost_usd = ?6, booked_at = coalesce(booked_at, ?7), updated_at = ?7",
+        batch_id,
+        t.input,
+        t.cached,
+        t.output,
+        t.reasoning,
+        cost_usd,
+        now,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The usage of a job's batches, by local batch number.
 pub async fn for_job(
     db: impl SqliteExecutor<'_>,

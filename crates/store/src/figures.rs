@@ -8,6 +8,9 @@ use batchwatch_core::model::{BatchStatus, JobState};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Figures {
     pub jobs: Vec<(JobState, i64)>,
+    /// (provider, state, count): the jobs by the service they ran on (`""` for jobs claimed
+    /// before it was recorded).
+    pub jobs_by_provider: Vec<(String, JobState, i64)>,
     pub batches: Vec<(BatchStatus, i64)>,
     /// (from, to, count) since schema version 5.
     pub transitions: Vec<(String, String, i64)>,

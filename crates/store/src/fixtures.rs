@@ -30,6 +30,7 @@ pub fn job() -> Job {
         created_at: "t".into(),
         updated_at: "t".into(),
         finished_at: None,
+        provider: Some("openai".into()),
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Job {
     pub created_at: String,
     pub updated_at: String,
     pub finished_at: Option<String>,
+    /// The service its requests go to (`openai`, `azure`, `anthropic`), as recorded at its
+    /// claim; `None` for a job claimed before batchwatch recorded it.
+    pub provider: Option<String>,
 }
 
 /// What is known of a job when its file is claimed.
@@ -49,6 +52,8 @@ pub struct NewJob<'a> {
     /// A JSON object.
     pub metadata: &'a str,
     pub output_expires_after: Option<i64>,
+    /// The service its requests go to.
+    pub provider: &'a str,
 }
 
 /// Why a job ended, or why it waits: a stable code, a message and, for a validation rule, the
@@ -116,6 +121,8 @@ pub struct JobOverview {
     pub finished_at: Option<String>,
     /// The last error recorded on the job's latest submissions.
     pub last_error: Option<String>,
+    /// The service its requests go to ([`Job::provider`]).
+    pub provider: Option<String>,
 }
 
 /// A row of `job_events`.

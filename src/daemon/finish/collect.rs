@@ -1,7 +1,8 @@
 //! Results: downloading the files of a batch that ended.
 //!
 //! Each batch's files are downloaded as `results/JOB/BATCH.output.jsonl` and
-//! `BATCH.errors.jsonl` (complete or not at all: the client writes a temporary file, checks its
+//! `BATCH.errors.jsonl` (on Anthropic, both from the batch's one results stream, its
+//! `output_id` being the batch itself) (complete or not at all: the client writes a temporary file, checks its
 //! length on disk and renames it); a file already on disk ([`on_disk`]) is not downloaded
 //! again. A file gone from the service is noted as missing. Once every submission of a job is
 //! done with, [`crate::daemon::finish`] finishes the job. Every step can be repeated after a crash.
@@ -40,6 +41,7 @@ use crate::failpoint;
 use crate::model::SubmissionState;
 use crate::store::batches::Submission;
 use crate::store::prelude::*;
+use crate::usage::{self, Tokens};
 
 /// Submissions whose batch ended and whose files are due to be downloaded.
 pub async fn due(ctx: &Ctx) -> anyhow::Result<Vec<i64>> {
@@ -73,11 +75,20 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         if on_disk(&dir, &remote, kind, file_id) {
             continue;
         }
-        match ctx
-            .client
-            .download_file(file_id, &dir.join(part_name(&remote, kind)))
-            .await
-        {
+        let dest = dir.join(part_name(&remote, kind));
+        let downloaded = match ctx.client.is_anthropic() {
+            // One stream holds every request's result, sorted as it arrives into the output
+            // file and the errors file (the errors file lands first, so an output file on
+            // disk means both are).
+            true => {
+                let errors = dir.join(part_name(&remote, "errors"));
+                ctx.client
+                    .download_batch_results(file_id, &dest, &errors)
+                    .await
+            }
+            false => ctx.client.download_file(file_id, &dest).await,
+        };
+        match downloaded {
             Ok(bytes) => {
                 tracing::info!(job = %row.job_id, batch = %remote, file = %file_id, bytes, "downloaded {kind}")
             }
@@ -96,6 +107,10 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         return download_failed(&ctx, &row, kind, file_id, err).await;
     }
     failpoint::hit("collect:after-download");
+    let usage = match ctx.client.is_anthropic() {
+        true => usage_from_output(&ctx, &dir, &remote).await?,
+        false => None,
+    };
     let now = ctx.now();
     // The job's outcome reads it: a completed batch with results missing is not a completed
     // job.
@@ -107,12 +122,50 @@ pub async fn collect(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         None => format!("results of batch {remote} collected"),
     };
     ctx.store
-        .collected(&ctx.lease, &row, missing.as_deref(), &message, &now)
+        .collected(
+            &ctx.lease,
+            &row,
+            missing.as_deref(),
+            usage.as_ref().map(|(t, c)| (t, *c)),
+            &message,
+            &now,
+        )
         .await?;
     if let Some(since) = &row.local_fault_since {
         tracing::info!(job = %row.job_id, batch = %remote, since = %since, "the local fault is over: results written");
     }
     Ok(())
+}
+
+/// The usage a batch's downloaded output reports (where the service reports it per request,
+/// in the results), summed over its models, and its cost when `[pricing]` has every one of
+/// them; `None` when no output of the batch is on disk to count from.
+async fn usage_from_output(
+    ctx: &Ctx,
+    dir: &Path,
+    remote: &str,
+) -> anyhow::Result<Option<(Tokens, Option<f64>)>> {
+    let path = dir.join(part_name(remote, "output"));
+    let by_model = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+        Ok(file) => crate::api::results_usage(std::io::BufReader::new(file)).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await??;
+    let Some(by_model) = by_model else {
+        return Ok(None);
+    };
+    let mut total = Tokens::default();
+    let mut cost = Some(0.0);
+    for (model, tokens) in &by_model {
+        total.input += tokens.input;
+        total.cached += tokens.cached;
+        total.output += tokens.output;
+        total.reasoning += tokens.reasoning;
+        let price = ctx.settings.pricing.get(model);
+        cost = cost.zip(price).map(|(sum, p)| sum + usage::cost(p, tokens));
+    }
+    Ok(Some((total, cost)))
 }
 
 /// The name of a batch's downloaded `kind` file in its job's results directory.

@@ -81,7 +81,7 @@ pub struct JobFacts {
     pub reason_code: Option<String>,
     pub reason: Option<String>,
     /// `openai` or `azure`.
-    pub provider: &'static str,
+    pub provider: String,
     pub endpoint: Option<String>,
     pub model: Option<String>,
     pub requests: Option<i64>,
@@ -112,7 +112,11 @@ impl JobFacts {
             state,
             reason_code: why.map(|w| w.code.clone()),
             reason: why.map(|w| w.message.clone()),
-            provider: provider(settings),
+            // A job claimed before its provider was recorded ran on the one configured.
+            provider: job
+                .provider
+                .clone()
+                .unwrap_or_else(|| settings.api.flavor.as_str().to_owned()),
             endpoint: job.endpoint.clone(),
             model: job.model.clone(),
             requests: job.request_count,
@@ -178,15 +182,6 @@ pub struct Event<'a> {
     pub version: u32,
     pub timestamp: &'a str,
     pub data: &'a JobFacts,
-}
-
-/// The provider a job's requests go to, as events name it.
-pub fn provider(settings: &Settings) -> &'static str {
-    match settings.api.flavor {
-        crate::config::Flavor::Openai => "openai",
-        crate::config::Flavor::Azure => "azure",
-        crate::config::Flavor::Anthropic => "anthropic",
-    }
 }
 
 /// A notification to write: its row's text, owned until the write borrows it.

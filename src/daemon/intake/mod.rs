@@ -26,7 +26,7 @@ use futures_util::{FutureExt, StreamExt};
 
 use crate::batchfile::{self, Expect, Limits, Violation};
 use crate::clock;
-use crate::config::NotifyOn;
+use crate::config::{Flavor, NotifyOn};
 use crate::daemon::ctx::Ctx;
 use crate::daemon::file;
 use crate::daemon::housekeeping::notifications;
@@ -315,6 +315,7 @@ async fn insert_job(
         deadline_at: &clock::format(o.deadline_at),
         metadata: &metadata,
         output_expires_after: o.output_expires_after.and_then(|s| i64::try_from(s).ok()),
+        provider: ctx.settings.api.flavor.as_str(),
     };
     ctx.store
         .claim(&ctx.lease, &new, look, o.parent_job.as_deref(), &now)
@@ -353,6 +354,14 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         max_requests: batch.max_requests,
         max_bytes: batch.max_bytes.0,
     };
+    // The lines are in the shape of the service they go to, within its limits too.
+    let (format, limits) = match ctx.settings.api.flavor {
+        Flavor::Anthropic => (
+            batchfile::Format::Anthropic,
+            limits.within(Limits::ANTHROPIC),
+        ),
+        Flavor::Openai | Flavor::Azure => (batchfile::Format::OpenAi, limits),
+    };
     let split = batch.split_oversized;
     let endpoint = job.endpoint.clone();
     let checked = tokio::task::spawn_blocking(move || -> Result<Checked, Violation> {
@@ -365,7 +374,7 @@ pub async fn validate(ctx: Ctx, job_id: String) -> anyhow::Result<()> {
         let outcome = batchfile::validate(
             &file,
             Expect {
-                format: batchfile::Format::OpenAi,
+                format,
                 endpoint: endpoint.as_deref(),
                 limits,
                 split,

@@ -1,4 +1,7 @@
-//! Submitting a part of a job: upload its bytes, then create the batch.
+//! Submitting a part of a job: upload its bytes, then create the batch; or, on a service that
+//! takes the lines in the create itself (Anthropic's Message Batches), create the batch at
+//! once (queued → creating), one such create outstanding at a time (see
+//! [`reconcile::find_created`]).
 //!
 //! Each request is armed before it goes out: the transaction that moves the submission to
 //! `uploading` or `creating` also sets `outcome_unknown_at`, and only the transaction that records
@@ -24,6 +27,7 @@ use crate::store::batches::Submission;
 use crate::store::jobs::Job;
 use crate::store::ops::submit::CreateIntent;
 use crate::store::prelude::*;
+use reconcile::Created;
 
 /// Why a submission of a cancelled job that never became a batch is given up.
 pub const UNSENT: &str = "cancelled before its batch was created";
@@ -61,33 +65,60 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     }
     // Whether this call armed the request itself: then it cannot have been sent before.
     let mut fresh = false;
-    if row.state == SubmissionState::Queued {
-        let now = ctx.now();
-        ctx.store.start_upload(&ctx.lease, &row, &now).await?;
-        failpoint::hit("submit:after-upload-intent");
-        row.state = SubmissionState::Uploading;
-        fresh = true;
-    }
-    if row.state == SubmissionState::Uploading {
-        let Some(upload_id) = upload(&ctx, &row, &job, fresh).await? else {
-            return Ok(());
-        };
-        let now = ctx.now();
-        // The deadline may have passed during the upload: then no batch is created at all.
-        let intent = ctx
-            .store
-            .start_create(&ctx.lease, &row, &upload_id, UNSENT, &now)
-            .await?;
-        if intent == CreateIntent::Cancelled {
+    // What arming the create found, when this call armed it.
+    let mut armed = None;
+    if row.state == SubmissionState::Queued && ctx.client.is_anthropic() {
+        // The lines go in the create itself: no upload, the create is armed at once.
+        if !validated_bytes(&ctx, &row, &job).await? {
             return Ok(());
         }
-        failpoint::hit("submit:after-create-intent");
-        row = ctx
-            .store
-            .submission(row_id)
-            .await?
-            .context("a submission vanished")?;
-        fresh = true;
+        let now = ctx.now();
+        armed = Some(
+            ctx.store
+                .start_create_from_lines(&ctx.lease, &row, UNSENT, &now)
+                .await?,
+        );
+    } else {
+        if row.state == SubmissionState::Queued {
+            let now = ctx.now();
+            ctx.store.start_upload(&ctx.lease, &row, &now).await?;
+            failpoint::hit("submit:after-upload-intent");
+            row.state = SubmissionState::Uploading;
+            fresh = true;
+        }
+        if row.state == SubmissionState::Uploading {
+            let Some(upload_id) = upload(&ctx, &row, &job, fresh).await? else {
+                return Ok(());
+            };
+            let now = ctx.now();
+            // The deadline may have passed during the upload: then no batch is created at all.
+            armed = Some(
+                ctx.store
+                    .start_create(&ctx.lease, &row, &upload_id, UNSENT, &now)
+                    .await?,
+            );
+        }
+    }
+    match armed {
+        None => {}
+        Some(CreateIntent::Cancelled) => return Ok(()),
+        Some(CreateIntent::Waiting) => {
+            let now = ctx.clock.now();
+            let later = clock::format(clock::add(now, CREATE_TURN));
+            ctx.store
+                .postpone(&ctx.lease, row.id, &later, None, &clock::format(now))
+                .await?;
+            return Ok(());
+        }
+        Some(CreateIntent::Armed) => {
+            failpoint::hit("submit:after-create-intent");
+            row = ctx
+                .store
+                .submission(row_id)
+                .await?
+                .context("a submission vanished")?;
+            fresh = true;
+        }
     }
     if row.state == SubmissionState::Creating {
         create(&ctx, &row, &job, fresh).await?;
@@ -117,21 +148,7 @@ async fn upload(
         }
     }
     let path = ctx.queue.root().join(&job.path);
-    // The bytes must be the ones validated: a file written to after its claim is validated
-    // again while nothing of the job was sent, and never sent as it is.
-    if let Some((look, change)) = file::file_changed(ctx, job).await? {
-        let sent_back = match &look {
-            Some(look) => file::wait_for_file(ctx, &job.id, look, Some(row.id), &change).await?,
-            None => false,
-        };
-        if !sent_back {
-            abandon(
-                ctx,
-                row,
-                &format!("the file changed after it was validated ({change})"),
-            )
-            .await?;
-        }
+    if !validated_bytes(ctx, row, job).await? {
         return Ok(None);
     }
     let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;
@@ -159,20 +176,46 @@ async fn upload(
     }
 }
 
+/// How long a create from lines waits for its turn while another one's outcome is unknown.
+const CREATE_TURN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the job's file still holds the bytes validated: a file written to after its claim
+/// is validated again while nothing of the job was sent, and never sent as it is (the
+/// submission is given up when the job cannot go back to validation).
+async fn validated_bytes(ctx: &Ctx, row: &Submission, job: &Job) -> anyhow::Result<bool> {
+    let Some((look, change)) = file::file_changed(ctx, job).await? else {
+        return Ok(true);
+    };
+    let sent_back = match &look {
+        Some(look) => file::wait_for_file(ctx, &job.id, look, Some(row.id), &change).await?,
+        None => false,
+    };
+    if !sent_back {
+        abandon(
+            ctx,
+            row,
+            &format!("the file changed after it was validated ({change})"),
+        )
+        .await?;
+    }
+    Ok(false)
+}
+
 /// Creates the batch (or finds the one an earlier attempt made).
 async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::Result<()> {
     if !fresh && row.outcome_unknown_at.is_some() {
-        match reconcile::find_batch(ctx, row).await {
-            Ok(Some(batch)) => {
+        match reconcile::find_created(ctx, row).await? {
+            Ok(Created::Batch(batch)) => {
                 tracing::info!(job = %row.job_id, batch = %batch.id, "an interrupted create had made a batch; following it");
                 return observe(ctx, row, &batch).await;
             }
-            Ok(None) => {
+            Ok(Created::Nothing) => {
                 tracing::info!(job = %row.job_id, "an interrupted create made no batch; creating it now");
                 ctx.store
                     .note_resent(&ctx.lease, row.id, &ctx.now())
                     .await?;
             }
+            Ok(Created::Ambiguous(ids)) => return hold(ctx, row, job, &ids).await,
             Err(e) => {
                 defer(ctx, row.id, &e, Next::Step).await?;
                 return Err(e.into());
@@ -196,17 +239,27 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
             .await?;
         return Ok(());
     }
-    let upload = row
-        .upload_id
-        .as_deref()
-        .context("creating a batch without an upload")?;
-    let part = reconcile::part_of(row, job);
-    ctx.may_send()?;
-    match ctx
-        .client
-        .create_batch_of(&part, upload, batch_options(job)?)
-        .await
-    {
+    let created = if ctx.client.is_anthropic() {
+        // The lines are read now: they must still be the ones validated.
+        if !validated_bytes(ctx, row, job).await? {
+            return Ok(());
+        }
+        let path = ctx.queue.root().join(&job.path);
+        let range = u64::try_from(row.part_start)?..u64::try_from(row.part_end)?;
+        ctx.may_send()?;
+        ctx.client.create_batch_from_lines(&path, range).await
+    } else {
+        let upload = row
+            .upload_id
+            .as_deref()
+            .context("creating a batch without an upload")?;
+        let part = reconcile::part_of(row, job);
+        ctx.may_send()?;
+        ctx.client
+            .create_batch_of(&part, upload, batch_options(job)?)
+            .await
+    };
+    match created {
         Ok(batch) => {
             failpoint::hit("submit:after-create");
             tracing::info!(job = %row.job_id, part = row.part, attempt = row.attempt, batch = %batch.id, "batch created");
@@ -214,6 +267,38 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
         }
         Err(e) => handle_failure(ctx, row, e).await,
     }
+}
+
+/// How the last error of a held submission ([`hold`]) begins.
+const HELD: &str = "held: ";
+
+/// Whether submission `row` is held ([`hold`]): its wait is for an operator or the deadline,
+/// and a cancel need not sit it out.
+pub fn is_held(row: &Submission) -> bool {
+    row.state == SubmissionState::Creating
+        && row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(HELD))
+}
+
+/// A create of unknown outcome could have made any of the batches `ids`: none is taken, and
+/// the create is never sent again. The submission is held until the job's deadline (which
+/// then cancels it) or an operator's cancel; its last error says why, and so `status` does.
+async fn hold(ctx: &Ctx, row: &Submission, job: &Job, ids: &[String]) -> anyhow::Result<()> {
+    let why = format!(
+        "{HELD}the create's answer was lost and {} batches it could have made are listed ({}); \
+         none is taken and it is not sent again (give batchwatch a workspace of its own); \
+         cancel the job to end it",
+        ids.len(),
+        ids.join(", ")
+    );
+    let now = ctx.now();
+    ctx.store
+        .postpone(&ctx.lease, row.id, &job.deadline_at, Some(&why), &now)
+        .await?;
+    tracing::error!(job = %row.job_id, candidates = %ids.join(", "), "a lost create is ambiguous: holding the job");
+    Ok(())
 }
 
 /// What the batch of a part of `job` is made with: the job's endpoint, window, metadata and

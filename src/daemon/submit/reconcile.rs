@@ -82,6 +82,84 @@ pub async fn find_batch(ctx: &Ctx, row: &Submission) -> Result<Option<Batch>, Ap
     found
 }
 
+/// What a listing found for a create of unknown outcome ([`find_created`]).
+#[derive(Debug)]
+pub enum Created {
+    /// No batch it could have made: the create may be sent again.
+    Nothing,
+    /// The batch it made.
+    Batch(Box<Batch>),
+    /// Several batches it could have made, by these ids: which one is unknowable, so none is
+    /// taken and the create is never sent again.
+    Ambiguous(Vec<String>),
+}
+
+/// The batch a create for `row` made, if it made one. Where batches are made from an upload,
+/// the upload proves it ([`find_batch`]). Where a batch is made from the lines themselves and
+/// names nothing of its part (Anthropic's Message Batches: no metadata, no upload), this is
+/// the narrowest rule that is still safe:
+///
+/// * only one such create is ever outstanding (armed and unanswered, or lost and not yet
+///   reconciled): the store arms the next only when none is
+///   (`Submit::start_create_from_lines`), so no other create of ours can land unrecorded
+///   beside it;
+/// * the batches listed as created since the create was armed (less the hour of clock slack)
+///   that hold as many requests as the part and that the database records under no
+///   submission are what it can have made: none, and the create is sent again; exactly one,
+///   and it is taken as the part's; several (another tool's batches share the workspace),
+///   and none is taken: [`Created::Ambiguous`].
+///
+/// What slips through (another tool's batch of the same size, made in the same minutes, while
+/// ours was truly lost) is a batch followed that is not ours; operators give batchwatch an
+/// Anthropic workspace of its own, where that cannot happen. The outer `Result` is the
+/// database's; the inner one the service's.
+pub async fn find_created(
+    ctx: &Ctx,
+    row: &Submission,
+) -> anyhow::Result<Result<Created, ApiError>> {
+    if !ctx.client.is_anthropic() {
+        return Ok(find_batch(ctx, row)
+            .await
+            .map(|b| b.map_or(Created::Nothing, |b| Created::Batch(Box::new(b)))));
+    }
+    let requests = u64::try_from(row.part_requests)?;
+    let listed = ctx
+        .client
+        .batches_of_size_since(requests, sent_at(row))
+        .await;
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            ctx.metrics
+                .reconciliation(Reconciled::Create, &Err::<Option<()>, _>(&e));
+            return Ok(Err(e));
+        }
+    };
+    let mut unknown = Vec::new();
+    for batch in listed {
+        if ctx
+            .store
+            .submission_by_remote_id(&batch.id)
+            .await?
+            .is_none()
+        {
+            unknown.push(batch);
+        }
+    }
+    let found = match unknown.len() {
+        0 => Created::Nothing,
+        1 => Created::Batch(Box::new(unknown.remove(0))),
+        _ => Created::Ambiguous(unknown.into_iter().map(|b| b.id).collect()),
+    };
+    let outcome = match &found {
+        Created::Nothing => None,
+        _ => Some(()),
+    };
+    ctx.metrics
+        .reconciliation(Reconciled::Create, &Ok::<_, ()>(outcome));
+    Ok(Ok(found))
+}
+
 /// The upload an upload for `row` (of `job`) made, if it made one whole.
 pub async fn find_upload(
     ctx: &Ctx,

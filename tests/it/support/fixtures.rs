@@ -65,6 +65,7 @@ pub async fn new_job(store: &Store, id: &str, name: &str, requests: i64) {
             deadline_at: "2026-11-23T06:00:00.000Z",
             metadata: r#"{"team":"research"}"#,
             output_expires_after: None,
+            provider: "openai",
         },
         T0,
     )
@@ -301,6 +302,7 @@ pub fn port_job<'a>(
         deadline_at: "2026-11-23T06:00:00.000Z",
         metadata: "{}",
         output_expires_after: None,
+        provider: "openai",
     }
 }
 

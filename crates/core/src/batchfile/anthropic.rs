@@ -20,7 +20,7 @@ use super::{
 
 /// The endpoint each request of an Anthropic batch goes to, as [`super::Summary::endpoint`]
 /// reports it.
-pub(super) const ENDPOINT: &str = "/v1/messages";
+pub const ENDPOINT: &str = "/v1/messages";
 
 /// The longest `custom_id`, in characters (all ASCII).
 const MAX_ID_CHARS: usize = 64;

@@ -190,7 +190,8 @@ impl Client {
             line_no += 1;
             sort_line(op, &line, line_no, &mut counts, &mut out, &mut err).await?;
         }
-        for landing in [out, err] {
+        // The errors first: an output file on disk then means both landed.
+        for landing in [err, out] {
             if landing.written > 0 {
                 landing.land().await?;
             }

@@ -8,6 +8,7 @@ use crate::jobs::{self};
 use crate::progress::add_event;
 use crate::progress::refresh_job;
 use crate::{Store, StoreError, chain, deletions, notifications, transitions};
+use batchwatch_core::usage::Tokens;
 pub use batchwatch_store::ops::finish::Ending;
 use batchwatch_store::ops::finish::Finish;
 
@@ -58,11 +59,15 @@ impl Finish for Store {
         lease: &Lease,
         row: &Submission,
         missing: Option<&str>,
+        usage: Option<(&Tokens, Option<f64>)>,
         message: &str,
         now: &str,
     ) -> Result<(), StoreError> {
         self.unit(lease, async |tx| {
             transitions::collected(tx, row.id, missing, now).await?;
+            if let Some((tokens, cost_usd)) = usage {
+                crate::usage::book_from_results(&mut *tx, row.id, tokens, cost_usd, now).await?;
+            }
             refresh_job(tx, &row.job_id, None, message, now).await?;
             Ok(())
         })

@@ -35,18 +35,27 @@ impl Submit for Store {
     ) -> Result<CreateIntent, StoreError> {
         self.unit(lease, async |tx| {
             transitions::arm_create(tx, row.id, upload_id, now).await?;
-            let cancelled = jobs::get(&mut **tx, &row.job_id)
-                .await?
-                .is_some_and(|j| j.cancel_requested_at.is_some());
-            if cancelled {
-                transitions::abandon(tx, row.id, unsent, now).await?;
-                refresh_job(tx, &row.job_id, None, unsent, now).await?;
+            unless_cancelled(tx, row, unsent, now).await
+        })
+        .await
+    }
+
+    async fn start_create_from_lines(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        unsent: &str,
+        now: &str,
+    ) -> Result<CreateIntent, StoreError> {
+        self.unit(lease, async |tx| {
+            if !transitions::arm_create_from_lines(tx, row.id, now).await? {
+                return Ok(CreateIntent::Waiting);
             }
-            Ok(if cancelled {
-                CreateIntent::Cancelled
-            } else {
-                CreateIntent::Armed
-            })
+            let intent = unless_cancelled(tx, row, unsent, now).await?;
+            if intent == CreateIntent::Armed {
+                refresh_job(tx, &row.job_id, None, "creating", now).await?;
+            }
+            Ok(intent)
         })
         .await
     }
@@ -157,4 +166,23 @@ impl Submit for Store {
         })
         .await
     }
+}
+
+/// What is left of an armed create once a cancel asked for meanwhile is heeded: abandoned with
+/// `unsent` when there is one (no batch is created at all), else armed.
+async fn unless_cancelled(
+    conn: &mut crate::Conn,
+    row: &Submission,
+    unsent: &str,
+    now: &str,
+) -> Result<CreateIntent, StoreError> {
+    let cancelled = jobs::get(&mut *conn, &row.job_id)
+        .await?
+        .is_some_and(|j| j.cancel_requested_at.is_some());
+    if !cancelled {
+        return Ok(CreateIntent::Armed);
+    }
+    transitions::abandon(conn, row.id, unsent, now).await?;
+    refresh_job(conn, &row.job_id, None, unsent, now).await?;
+    Ok(CreateIntent::Cancelled)
 }

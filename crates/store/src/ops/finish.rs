@@ -7,6 +7,7 @@ use crate::batches::Submission;
 use crate::jobs::Why;
 use crate::notifications::NewNotification;
 use batchwatch_core::model::JobState;
+use batchwatch_core::usage::Tokens;
 
 /// How a job ends.
 #[derive(Debug, Clone)]
@@ -56,12 +57,14 @@ pub trait Finish {
         now: &str,
     ) -> Result<(), StoreError>;
     /// The results of submission `row` are collected (`missing` names those the service did not
-    /// have); its job follows with `message`.
+    /// have), with the usage counted from them when the service reports it there (the tokens,
+    /// and their cost when priced); its job follows with `message`.
     async fn collected(
         &self,
         lease: &Lease,
         row: &Submission,
         missing: Option<&str>,
+        usage: Option<(&Tokens, Option<f64>)>,
         message: &str,
         now: &str,
     ) -> Result<(), StoreError>;

@@ -11,6 +11,8 @@ pub enum CreateIntent {
     Armed,
     /// A cancel was asked for during the upload: the submission was abandoned instead.
     Cancelled,
+    /// Another create from lines has an unknown outcome: nothing moved, this one waits.
+    Waiting,
 }
 
 /// What submission asks of the store: the intents written before each request (an upload, a
@@ -32,6 +34,17 @@ pub trait Submit {
         lease: &Lease,
         row: &Submission,
         upload_id: &str,
+        unsent: &str,
+        now: &str,
+    ) -> Result<CreateIntent, StoreError>;
+    /// Arms the create of queued submission `row` on a service that takes the lines in the
+    /// create itself (its job moves to submitting), unless another such create's outcome is
+    /// unknown ([`CreateIntent::Waiting`]) or a cancel was asked for (abandoned with `unsent`,
+    /// [`CreateIntent::Cancelled`]).
+    async fn start_create_from_lines(
+        &self,
+        lease: &Lease,
+        row: &Submission,
         unsent: &str,
         now: &str,
     ) -> Result<CreateIntent, StoreError>;
