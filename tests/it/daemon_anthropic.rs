@@ -285,7 +285,9 @@ async fn a_passed_deadline_cancels_an_anthropic_batch_and_keeps_its_partial_resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_anthropic_lines_are_rejected_with_their_code_and_line_before_anything_is_sent() {
     let sim = spawn_sim(quick_sim()).await;
-    let env = Env::new(&sim.handle.base_url(), ANTHROPIC);
+    // Files over the request limit are rejected, not split.
+    let limit = "[batch]\nmax_requests = 3\nsplit_oversized = false\n";
+    let env = Env::new(&sim.handle.base_url(), &format!("{ANTHROPIC}{limit}"));
     let mut daemon = env.spawn();
     let good = message_requests("ok", 2);
     let cases = [
@@ -306,6 +308,12 @@ async fn invalid_anthropic_lines_are_rejected_with_their_code_and_line_before_an
             format!("{good}{}", message_requests("ok", 1)),
             "duplicate_custom_id",
             3,
+        ),
+        (
+            "many.jsonl",
+            message_requests("many", 4),
+            "too_many_requests",
+            4,
         ),
         (
             "openai.jsonl",
