@@ -400,7 +400,7 @@ async fn a_lost_create_beside_another_batch_of_its_size_holds_the_job_and_is_nev
     assert_eq!(sub.remote_id, None, "none taken");
     let status = crate::support::process::stdout_ok(Some(&env.config), &["status"]);
     assert!(
-        status.contains("held: the create's answer was lost"),
+        status.contains("held: a create may have been sent"),
         "{status}"
     );
     // Held: a while later the create still went out once (and theirs once).
@@ -420,4 +420,88 @@ async fn a_lost_create_beside_another_batch_of_its_size_holds_the_job_and_is_nev
         stats.requests
     );
     assert_eq!(message_batches(&sim).await.len(), 2);
+}
+
+/// A backup from before the claim, restored while the jobs' batches run: the database knows
+/// none of them. The two parts of a size no other part has take up their batches (one batch
+/// each, none sent again); the two of the same size cannot be told apart, so they are held,
+/// never sent again, until an operator cancels them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restored_backup_adopts_the_batches_of_a_size_of_their_own_and_holds_the_rest() {
+    use crate::daemon_restore::{backup, restore};
+    let sim = spawn_sim(slow_sim(8.0)).await;
+    let env = Env::new(&sim.handle.base_url(), ANTHROPIC);
+    let daemon = env.spawn();
+    let before = backup(&env, "before-claim.db").await;
+    let sizes = [
+        ("five.jsonl", 5),
+        ("six.jsonl", 6),
+        ("twin-a.jsonl", 7),
+        ("twin-b.jsonl", 7),
+    ];
+    for (name, n) in sizes {
+        env.drop_file(
+            name,
+            message_requests(name.trim_end_matches(".jsonl"), n).as_bytes(),
+        );
+    }
+    crate::support::wait_until("four batches made", Duration::from_secs(30), async || {
+        let n = message_batches(&sim).await.len();
+        (n == 4, n)
+    })
+    .await;
+    env.stop(daemon);
+    restore(&env, &before);
+    let mut daemon = env.spawn();
+    let held = crate::support::wait_until("two held", Duration::from_secs(30), async || {
+        let mut held = Vec::new();
+        for job in env.jobs().await {
+            let subs = env.submissions(&job.id).await;
+            if subs.iter().any(|s| {
+                s.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("held:"))
+            }) {
+                held.push(job);
+            }
+        }
+        (held.len() == 2, held)
+    })
+    .await;
+    let mut names: Vec<&str> = held.iter().map(|j| j.file_name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["twin-a.jsonl", "twin-b.jsonl"]);
+    for job in &held {
+        crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
+    }
+    let jobs = env
+        .wait_finished(4, Duration::from_secs(60), &mut daemon)
+        .await;
+    env.stop(daemon);
+    let state = |name: &str| jobs.iter().find(|j| j.file_name == name).unwrap().state;
+    assert_eq!(state("five.jsonl"), JobState::Completed);
+    assert_eq!(state("six.jsonl"), JobState::Completed);
+    assert_eq!(state("twin-a.jsonl"), JobState::Cancelled);
+    assert_eq!(state("twin-b.jsonl"), JobState::Cancelled);
+    assert_eq!(message_batches(&sim).await.len(), 4, "nothing sent again");
+    let store = env.store().await;
+    for name in ["five.jsonl", "six.jsonl"] {
+        let job = jobs.iter().find(|j| j.file_name == name).unwrap();
+        let subs = store.submissions_of(&job.id).await.unwrap();
+        assert_eq!(subs.len(), 1, "{name}");
+        assert!(subs[0].remote_id.is_some(), "{name}: its batch taken up");
+        assert_eq!(
+            env.output_lines(job) + errors_lines(&env, job),
+            job.request_count.unwrap() as usize,
+            "{name}"
+        );
+    }
+}
+
+/// The lines of a finished job's errors.jsonl.
+fn errors_lines(env: &Env, job: &batchwatch::store::jobs::Job) -> usize {
+    let dir = env.queue.join(job.results_dir.as_deref().unwrap());
+    std::fs::read_to_string(dir.join("errors.jsonl"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }

@@ -17,7 +17,7 @@ use crate::support::wait_until;
 
 /// `sqlite3 state.db "VACUUM INTO 'backup.db'"`, as README's backup section says, while the
 /// daemon runs.
-async fn backup(env: &Env, name: &str) -> PathBuf {
+pub(crate) async fn backup(env: &Env, name: &str) -> PathBuf {
     let to = env.sandbox.path().join(name);
     let store = Store::open(&env.db, Duration::from_secs(5), Access::ReadOnly)
         .await
@@ -33,7 +33,7 @@ async fn backup(env: &Env, name: &str) -> PathBuf {
 
 /// Puts a backup in place of the database, as README's restore section says: the daemon is
 /// stopped, the backup copied over, the -wal and -shm files removed.
-fn restore(env: &Env, backup: &Path) {
+pub(crate) fn restore(env: &Env, backup: &Path) {
     std::fs::copy(backup, &env.db).unwrap();
     for suffix in ["-wal", "-shm"] {
         let mut side = env.db.clone().into_os_string();

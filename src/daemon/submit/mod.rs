@@ -275,19 +275,18 @@ const HELD: &str = "held: ";
 /// Whether submission `row` is held ([`hold`]): its wait is for an operator or the deadline,
 /// and a cancel need not sit it out.
 pub fn is_held(row: &Submission) -> bool {
-    row.state == SubmissionState::Creating
-        && row
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(HELD))
+    row.last_error
+        .as_deref()
+        .is_some_and(|e| e.starts_with(HELD))
 }
 
-/// A create of unknown outcome could have made any of the batches `ids`: none is taken, and
-/// the create is never sent again. The submission is held until the job's deadline (which
-/// then cancels it) or an operator's cancel; its last error says why, and so `status` does.
-async fn hold(ctx: &Ctx, row: &Submission, job: &Job, ids: &[String]) -> anyhow::Result<()> {
+/// A create that may have been sent (its answer lost, or the database lagging) could have made
+/// any of the batches `ids`: none is taken, and the create is never sent again. The
+/// submission is held until the job's deadline (which then cancels it) or an operator's
+/// cancel; its last error says why, and so `status` does.
+pub async fn hold(ctx: &Ctx, row: &Submission, job: &Job, ids: &[String]) -> anyhow::Result<()> {
     let why = format!(
-        "{HELD}the create's answer was lost and {} batches it could have made are listed ({}); \
+        "{HELD}a create may have been sent and {} batches it could have made are listed ({}); \
          none is taken and it is not sent again (give batchwatch a workspace of its own); \
          cancel the job to end it",
         ids.len(),

@@ -311,7 +311,10 @@ pub async fn verify(ctx: Ctx, feed: Option<Feeder>) -> anyhow::Result<()> {
             .is_some_and(|(job, part, attempt)| claim.names(job, *part, *attempt))
     };
     let mut surveying = Surveying::new(&wanted, since, known);
-    let walked = walk(&ctx, &mut surveying, feed).await;
+    // Where nothing on a batch names its part, every batch the database does not record is
+    // kept, to be matched by size (`match_by_size`).
+    let mut unrecorded = ctx.client.is_anthropic().then(Vec::new);
+    let walked = walk(&ctx, &mut surveying, unrecorded.as_mut(), &recorded, feed).await;
     // A refused key or a missing route closes the gate, as for every other request.
     let mut survey = match walked {
         Ok(()) => surveying.uploads(&ctx.client).await,
@@ -328,6 +331,13 @@ pub async fn verify(ctx: Ctx, feed: Option<Feeder>) -> anyhow::Result<()> {
     for row in ctx.store.submissions_of_jobs(&pending_ids).await? {
         rows_of.entry(row.job_id.clone()).or_default().push(row);
     }
+    if let Some(unrecorded) = unrecorded {
+        adopt_by_size(&ctx, &pending, &rows_of, unrecorded).await?;
+        rows_of.clear();
+        for row in ctx.store.submissions_of_jobs(&pending_ids).await? {
+            rows_of.entry(row.job_id.clone()).or_default().push(row);
+        }
+    }
     for job in &pending {
         let claimed = survey.take_claimed(&job.id);
         let rows = rows_of.remove(&job.id).unwrap_or_default();
@@ -340,11 +350,14 @@ pub async fn verify(ctx: Ctx, feed: Option<Feeder>) -> anyhow::Result<()> {
 }
 
 /// Reads the batch list, newest first, until `surveying` has enough, handing each page to
-/// `feed`'s sweep too while it takes them. The sweep never holds the walk back for long: it
-/// takes each page as it comes or has dropped its end.
+/// `feed`'s sweep too while it takes them, and keeping in `unrecorded`, when given, the
+/// batches the database does not record (`recorded`). The sweep never holds the walk back for
+/// long: it takes each page as it comes or has dropped its end.
 async fn walk<K: Fn(&Batch, &crate::api::Claim<'_>) -> bool>(
     ctx: &Ctx,
     surveying: &mut Surveying<'_, K>,
+    mut unrecorded: Option<&mut Vec<Batch>>,
+    recorded: &HashMap<String, (String, i64, i64)>,
     mut feed: Option<Feeder>,
 ) -> Result<(), ApiError> {
     let mut pages = std::pin::pin!(ctx.client.list_batch_pages());
@@ -355,6 +368,11 @@ async fn walk<K: Fn(&Batch, &crate::api::Claim<'_>) -> bool>(
         let arrived = ctx.clock.now();
         for batch in &page.data {
             surveying.take(batch);
+            if let Some(kept) = unrecorded.as_deref_mut()
+                && !recorded.contains_key(&batch.id)
+            {
+                kept.push(batch.clone());
+            }
         }
         if let Some(sweep) = &feed
             && !sweep.give(page, arrived).await
@@ -470,6 +488,125 @@ async fn adopt(
     Ok(())
 }
 
+/// Which unrecorded batch is which unsent submission's, where nothing on a batch names its
+/// part (Anthropic's Message Batches: no metadata, no upload) and the database lags (a
+/// restored backup): a batch can be a submission's when it holds as many requests as the part
+/// and was created after the job was claimed (less [`CLOCK_SLACK`](crate::api::CLOCK_SLACK)).
+/// A submission is given a batch only when that batch is its one candidate and it is that
+/// batch's one candidate; one with candidates but no such pair is ambiguous, and held (never
+/// sent: it may have made any of them). `candidates[i]` are the batches (by index) submission
+/// `i` can be; returns, for each submission, its batch, or whether it is ambiguous.
+fn match_by_size(candidates: &[Vec<usize>]) -> Vec<Matched> {
+    let mut claimants: HashMap<usize, usize> = HashMap::new();
+    for batches in candidates {
+        for b in batches {
+            *claimants.entry(*b).or_default() += 1;
+        }
+    }
+    candidates
+        .iter()
+        .map(|batches| match batches.as_slice() {
+            [] => Matched::None,
+            [b] if claimants[b] == 1 => Matched::Batch(*b),
+            _ => Matched::Ambiguous,
+        })
+        .collect()
+}
+
+/// What [`match_by_size`] found for one submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Matched {
+    /// No batch can be its: nothing was created for it.
+    None,
+    /// The batch (an index) that is its.
+    Batch(usize),
+    /// Batches that can be its, and no way to tell which.
+    Ambiguous,
+}
+
+/// At a start that cannot trust the database, on a service whose batches name nothing of their
+/// part: the unsent submissions of `jobs` (queued, or creating with no batch recorded) take up
+/// the `unrecorded` batches [`match_by_size`] gives them, and are held when it cannot tell;
+/// unless a create is armed (then the database kept its intents, and that create's reconcile
+/// is the one to look).
+async fn adopt_by_size(
+    ctx: &Ctx,
+    jobs: &[Job],
+    rows_of: &HashMap<String, Vec<Submission>>,
+    unrecorded: Vec<Batch>,
+) -> anyhow::Result<()> {
+    let slack = jiff::SignedDuration::try_from(crate::api::CLOCK_SLACK)?;
+    let mut unsent: Vec<(&Job, &Submission)> = Vec::new();
+    for job in jobs {
+        for row in rows_of.get(&job.id).into_iter().flatten() {
+            let waiting = matches!(
+                row.state,
+                SubmissionState::Queued | SubmissionState::Creating
+            );
+            if waiting && row.remote_id.is_none() {
+                unsent.push((job, row));
+            }
+        }
+    }
+    // A create armed and unanswered means the database did not lose its intents: it is the
+    // one create that can have been outstanding (one at a time), its own reconcile
+    // (`find_created`) finds its batch, and every other unsent part was never sent. Only a
+    // database that lost intents (a restored backup) leaves parts unsent with batches made.
+    let armed = unsent
+        .iter()
+        .any(|(_, r)| r.state == SubmissionState::Creating && r.outcome_unknown_at.is_some());
+    if armed {
+        return Ok(());
+    }
+    let candidates: Vec<Vec<usize>> = unsent
+        .iter()
+        .map(|(job, row)| {
+            let after = claimed_at(job).and_then(|c| c.checked_sub(slack).ok());
+            unrecorded
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| {
+                    let total = b.request_counts.map(|c| c.total);
+                    let sized =
+                        total.and_then(|t| i64::try_from(t).ok()) == Some(row.part_requests);
+                    let recent = match (after, b.created_at) {
+                        (Some(after), Some(created)) => created >= after,
+                        _ => true,
+                    };
+                    sized && recent
+                })
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect();
+    for ((job, row), (matched, candidates)) in unsent
+        .iter()
+        .zip(match_by_size(&candidates).into_iter().zip(&candidates))
+    {
+        match matched {
+            Matched::None => {}
+            Matched::Batch(b) => {
+                let batch = &unrecorded[b];
+                let message = format!(
+                    "batch {} (part {}) exists on the service but not in the database (a restored backup or lost writes?), and is the only one of its size since the claim: following it",
+                    batch.id, row.part
+                );
+                tracing::warn!(job = %job.id, "{message}");
+                event(ctx, &job.id, &message).await?;
+                observe(ctx, row, batch).await?;
+            }
+            Matched::Ambiguous => {
+                let ids: Vec<String> = candidates
+                    .iter()
+                    .map(|&b| unrecorded[b].id.clone())
+                    .collect();
+                crate::daemon::submit::hold(ctx, row, job, &ids).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Leaves alone a batch that claims part `part`, attempt `attempt` of `job` without
 /// proof (`why`), with a line in the log and in the job's events: it is not followed, and not
 /// cancelled, for it may well be someone else's.
@@ -487,4 +624,30 @@ async fn leave_alone(
     );
     tracing::warn!(job = %job.id, "{message}");
     event(ctx, &job.id, &message).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_takes_a_batch_only_when_each_is_the_others_one_candidate() {
+        let matched = match_by_size(&[
+            vec![0],    // batch 0 fits only it, and it only batch 0
+            vec![1, 2], // two fit
+            vec![3],    // batch 3 fits it and the next
+            vec![3],
+            vec![], // none fits: nothing was sent for it
+        ]);
+        assert_eq!(
+            matched,
+            [
+                Matched::Batch(0),
+                Matched::Ambiguous,
+                Matched::Ambiguous,
+                Matched::Ambiguous,
+                Matched::None,
+            ]
+        );
+    }
 }
