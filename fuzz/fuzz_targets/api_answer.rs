@@ -1,5 +1,6 @@
 //! The API client's reading of an answer (status, headers, body) on arbitrary input, for every
-//! operation and every object it expects (batch, list pages, file, deletion): it never panics;
+//! operation and every object it expects (batch, list pages, file, deletion, and Anthropic's
+//! Message Batch and its list page, each also turned into the daemon's batch): it never panics;
 //! a success is only ever a 2xx; every failure is the class the table in
 //! `crates/provider/src/lib.rs` gives its status and operation, with that status and operation;
 //! and no error's text or `Debug` holds the API key, wherever in the body the service put it.
@@ -10,6 +11,7 @@
 
 #![no_main]
 
+use batchwatch::api::anthropic::MessageBatch;
 use batchwatch::api::{ApiError, ApiKey, Batch, FileDeleted, FileObject, ListPage, Operation};
 use batchwatch::fuzzing::answer;
 use libfuzzer_sys::fuzz_target;
@@ -17,6 +19,20 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER};
 
 const KEY: &str = "sk-fuzz-0123456789abcdef";
+
+/// A Message Batch as read, and as the daemon's batch (what `into_batch` makes of it).
+#[derive(Debug)]
+struct Mapped(MessageBatch, Batch);
+
+impl<'de> serde::Deserialize<'de> for Mapped {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let read = MessageBatch::deserialize(d)?;
+        let mapped = read.clone().into_batch();
+        assert_eq!(mapped.id, read.id);
+        assert_eq!(mapped.status, read.status());
+        Ok(Mapped(read, mapped))
+    }
+}
 
 const CONTENT_TYPES: [Option<&str>; 4] = [
     None,
@@ -33,8 +49,10 @@ where
     let key = ApiKey::new(KEY).unwrap();
     let now: jiff::Timestamp = "2026-03-01T12:00:00Z".parse().unwrap();
     let err = match answer::<T>(op, status, headers, body, &key, now) {
-        Ok(_) => {
+        Ok(read) => {
             assert!(status.is_success(), "{status} read as a success");
+            // What the daemon makes of it must not panic either.
+            drop(format!("{read:?}"));
             return;
         }
         Err(err) => err,
@@ -96,11 +114,13 @@ fuzz_target!(|data: &[u8]| {
     if let Some(value) = retry_after_ms {
         headers.insert("retry-after-ms", value);
     }
-    match kind % 5 {
+    match kind % 7 {
         0 => read::<Batch>(op, status, &headers, body),
         1 => read::<ListPage<Batch>>(op, status, &headers, body),
         2 => read::<FileObject>(op, status, &headers, body),
         3 => read::<ListPage<FileObject>>(op, status, &headers, body),
-        _ => read::<FileDeleted>(op, status, &headers, body),
+        4 => read::<FileDeleted>(op, status, &headers, body),
+        5 => read::<Mapped>(op, status, &headers, body),
+        _ => read::<ListPage<Mapped>>(op, status, &headers, body),
     }
 });

@@ -41,6 +41,17 @@ async fn message_batches(sim: &crate::support::sim::TestSim) -> BTreeSet<String>
         .collect()
 }
 
+/// Panics if a start found more than one create under way: a create from lines is armed
+/// before each send, one at a time, even when the one before it was refused (a 429).
+fn assert_one_create_outstanding(lines: &[String]) {
+    for line in lines
+        .iter()
+        .filter(|l| l.contains("were under way at the last stop"))
+    {
+        assert!(line.contains("submissions=1"), "{line}");
+    }
+}
+
 /// The next Message Batch create is carried out and its answer lost (the connection closed).
 async fn drop_next_create_answer(sim: &crate::support::sim::TestSim) {
     sim.handle
@@ -92,6 +103,7 @@ async fn anthropic_jobs_end_once_under_faults_and_three_kill_9s_during_submissio
         let status = wait_crash(&mut daemon, Duration::from_secs(60));
         assert_eq!(status.signal(), Some(libc::SIGKILL), "kill {i} at {point}");
         assert_key_absent(&daemon.seen);
+        assert_one_create_outstanding(&daemon.seen);
     }
     sim.handle
         .push_fault(
@@ -108,6 +120,7 @@ async fn anthropic_jobs_end_once_under_faults_and_three_kill_9s_during_submissio
         .await;
     let seen = env.stop(daemon);
     assert_key_absent(&seen);
+    assert_one_create_outstanding(&seen);
     assert!(
         seen.iter()
             .any(|l| l.contains("an interrupted create had made a batch; following it")),

@@ -325,9 +325,14 @@ impl Client {
             .right_stream()
     }
 
-    /// One page of the batch list: up to `limit` (1 to 100) batches after the batch `after`
-    /// (from the start when `None`). Sent once, never retried: a caller walking the pages
-    /// decides what a failed page means.
+    /// The most batches one page of the list holds: 100 (1,000 on Anthropic).
+    pub fn max_page(&self) -> u32 {
+        if self.is_anthropic() { 1000 } else { 100 }
+    }
+
+    /// One page of the batch list: up to `limit` (1 to [`Client::max_page`]) batches after the
+    /// batch `after` (from the start when `None`). Sent once, never retried: a caller walking
+    /// the pages decides what a failed page means.
     pub async fn list_batches_page(
         &self,
         limit: u32,

@@ -403,6 +403,7 @@ pub async fn mark_in_flight_unknown(
     Ok(sqlx::query!(
         "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, $1), updated_at = $2
          WHERE state IN ('uploading', 'creating')
+           AND NOT (state = 'creating' AND input_file_id IS NULL)
            AND ($3::BIGINT = 0 OR job_id IN (SELECT id FROM jobs WHERE owner_epoch = $3))",
         now,
         now,

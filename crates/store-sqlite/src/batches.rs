@@ -403,7 +403,8 @@ pub async fn mark_in_flight_unknown(
 ) -> Result<u64, StoreError> {
     Ok(sqlx::query!(
         "UPDATE batches SET outcome_unknown_at = coalesce(outcome_unknown_at, ?), updated_at = ?
-         WHERE state IN ('uploading', 'creating')",
+         WHERE state IN ('uploading', 'creating')
+           AND NOT (state = 'creating' AND input_file_id IS NULL)",
         now,
         now
     )

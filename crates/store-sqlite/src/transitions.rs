@@ -11,7 +11,7 @@
 //! | --- | --- | --- | --- |
 //! | [`arm_upload`] | queued | uploading | outcome unknown from now |
 //! | [`arm_create`] | uploading | creating | the input file; outcome unknown from now |
-//! | [`arm_create_from_lines`] | queued | creating | no input file (the lines go in the create); outcome unknown from now; only while no other such create's outcome is unknown |
+//! | [`arm_create_from_lines`] | queued, creating (nothing under way) | creating | no input file (the lines go in the create); outcome unknown from now; only while no other such create's outcome is unknown |
 //! | [`adopt_upload`] | queued, uploading | creating | an input file found on the service; outcome known |
 //! | [`activate`] | queued, uploading, creating | active | outcome known, no back-off, no error; the job's attempt counted |
 //! | [`to_collecting`] | active | collecting | no back-off |
@@ -63,7 +63,8 @@ pub async fn arm_create(
     StoreError::guarded(n, id, "arm its create", "uploading")
 }
 
-/// queued → creating, on a service that takes the lines in the create itself (no upload): the
+/// queued → creating, on a service that takes the lines in the create itself (no upload), or
+/// creating → creating for a create sent again after one that was not carried out: the
 /// create is about to go out, unless another such create's outcome is unknown (one armed and
 /// not yet answered, or lost and not yet reconciled): then nothing moves and `false` says so.
 /// One at a time is what lets a lost create be found again on a service whose batches name
@@ -87,7 +88,8 @@ pub async fn arm_create_from_lines(
     let n = sqlx::query!(
         "UPDATE batches SET state = 'creating', outcome_unknown_at = ?, last_error = NULL,
                             updated_at = ?
-         WHERE id = ? AND state = 'queued'",
+         WHERE id = ? AND input_file_id IS NULL
+           AND (state = 'queued' OR (state = 'creating' AND outcome_unknown_at IS NULL))",
         now,
         now,
         id
@@ -95,7 +97,13 @@ pub async fn arm_create_from_lines(
     .execute(conn)
     .await?
     .rows_affected();
-    StoreError::guarded(n, id, "arm its create", "queued").map(|()| true)
+    StoreError::guarded(
+        n,
+        id,
+        "arm its create",
+        "queued, or creating with nothing under way",
+    )
+    .map(|()| true)
 }
 
 /// queued or uploading → creating: an input file the database did not record was found on the

@@ -67,11 +67,15 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
     let mut fresh = false;
     // What arming the create found, when this call armed it.
     let mut armed = None;
-    if row.state == SubmissionState::Queued && ctx.client.is_anthropic() {
-        // The lines go in the create itself: no upload, the create is armed at once.
-        if !validated_bytes(&ctx, &row, &job).await? {
-            return Ok(());
-        }
+    let unarmed = match row.state {
+        SubmissionState::Queued => true,
+        // Its last create was not carried out (refused, or it never left).
+        SubmissionState::Creating => row.outcome_unknown_at.is_none(),
+        _ => false,
+    };
+    if unarmed && ctx.client.is_anthropic() {
+        // The lines go in the create itself: no upload, the create is armed at once, and
+        // again before each time it is sent, so that one is outstanding at a time.
         let now = ctx.now();
         armed = Some(
             ctx.store

@@ -172,7 +172,8 @@ pub async fn sweep(ctx: Ctx, busy: HashSet<i64>, mut feed: Option<Feed>) -> anyh
             None => {
                 // Read on alone from the last page taken, fed or not.
                 feed = None;
-                match ctx.client.list_batches_page(PAGE, after.as_deref()).await {
+                let limit = ctx.client.max_page();
+                match ctx.client.list_batches_page(limit, after.as_deref()).await {
                     Ok(page) => (page, ctx.clock.now()),
                     Err(e) => {
                         failure = Some(e);

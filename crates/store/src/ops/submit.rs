@@ -37,10 +37,10 @@ pub trait Submit {
         unsent: &str,
         now: &str,
     ) -> Result<CreateIntent, StoreError>;
-    /// Arms the create of queued submission `row` on a service that takes the lines in the
-    /// create itself (its job moves to submitting), unless another such create's outcome is
-    /// unknown ([`CreateIntent::Waiting`]) or a cancel was asked for (abandoned with `unsent`,
-    /// [`CreateIntent::Cancelled`]).
+    /// Arms the create of submission `row` on a service that takes the lines in the create
+    /// itself (queued, its job moving to submitting; or creating, its last create not carried
+    /// out), unless another such create's outcome is unknown ([`CreateIntent::Waiting`]) or a
+    /// cancel was asked for (abandoned with `unsent`, [`CreateIntent::Cancelled`]).
     async fn start_create_from_lines(
         &self,
         lease: &Lease,

@@ -128,7 +128,8 @@ pub trait Track {
         now: &str,
     ) -> Result<(), StoreError>;
     /// Marks the uploads and creates a stop left under way as of unknown outcome; returns how
-    /// many.
+    /// many. A create from lines (no input file) is marked before every send, so one not
+    /// marked was not under way, and stays so.
     async fn mark_in_flight_unknown(&self, lease: &Lease, now: &str) -> Result<u64, StoreError>;
     /// Brings every stored poll plan after `latest` forward to it; returns how many moved.
     async fn poll_by(&self, lease: &Lease, latest: &str) -> Result<u64, StoreError>;
