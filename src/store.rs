@@ -298,6 +298,7 @@ Submit {
     start_upload(lease: &Lease, row: &Submission, now: &str) -> ();
     start_create(lease: &Lease, row: &Submission, upload_id: &str, unsent: &str, now: &str) -> CreateIntent;
     start_create_from_lines(lease: &Lease, row: &Submission, unsent: &str, now: &str) -> CreateIntent;
+    hold(lease: &Lease, row: &Submission, until: &str, why: &str, now: &str) -> ();
     adopt_upload(lease: &Lease, row: &Submission, upload_id: &str, message: &str, now: &str) -> ();
     note_resent(lease: &Lease, id: i64, now: &str) -> ();
     postpone(lease: &Lease, id: i64, until: &str, error: Option<&str>, now: &str) -> ();

@@ -95,18 +95,21 @@ pub async fn pending(ctx: &Ctx, in_flight: &HashSet<Subject>) -> anyhow::Result<
             if in_flight.contains(&Subject::Submission(row.id)) || row.state.is_terminal() {
                 continue;
             }
-            let unsent = match row.state {
-                SubmissionState::Queued | SubmissionState::Uploading => true,
-                SubmissionState::Creating => row.outcome_unknown_at.is_none(),
-                _ => false,
-            };
+            // A held create may have made one of the batches it names: the cancel's reconcile
+            // looks, and says so when it gives the submission up.
+            let held = submit::is_held(&row);
+            let unsent = !held
+                && match row.state {
+                    SubmissionState::Queued | SubmissionState::Uploading => true,
+                    SubmissionState::Creating => row.outcome_unknown_at.is_none(),
+                    _ => false,
+                };
             if unsent {
                 abandon.push(row.id);
                 continue;
             }
-            let waiting = row.not_before.as_deref().is_some_and(|t| t > now.as_str())
-                && !submit::is_held(&row);
-            let needs_create_reconciled = row.state == SubmissionState::Creating;
+            let waiting = row.not_before.as_deref().is_some_and(|t| t > now.as_str()) && !held;
+            let needs_create_reconciled = row.state == SubmissionState::Creating || held;
             let needs_cancel = row.state == SubmissionState::Active && row.cancel_sent_at.is_none();
             if (needs_create_reconciled || needs_cancel) && !waiting {
                 need_request.push(row.id);
@@ -132,7 +135,7 @@ pub async fn send(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         return Ok(());
     };
     let now = ctx.now();
-    if row.state == SubmissionState::Creating {
+    if row.state == SubmissionState::Creating || submit::is_held(&row) {
         // A create may have happened: find out before calling the submission abandoned.
         match reconcile::find_created(&ctx, &row).await? {
             Ok(reconcile::Created::Batch(batch)) => return observe(&ctx, &row, &batch).await,

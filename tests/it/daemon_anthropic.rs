@@ -382,7 +382,7 @@ async fn a_lost_create_beside_another_batch_of_its_size_holds_the_job_and_is_nev
         .await
         .unwrap();
     drop_next_create_answer(&sim).await;
-    let mut daemon = env.spawn();
+    let daemon = env.spawn();
     env.drop_file("ours.jsonl", message_requests("ours", 4).as_bytes());
     let creates = async || {
         let stats = sim.handle.stats().await;
@@ -416,23 +416,56 @@ async fn a_lost_create_beside_another_batch_of_its_size_holds_the_job_and_is_nev
         status.contains("held: a create may have been sent"),
         "{status}"
     );
-    // Held: a while later the create still went out once (and theirs once).
+    // Held, and nothing of it under way: another file's batch is created and runs meanwhile.
+    env.drop_file("next.jsonl", message_requests("next", 3).as_bytes());
+    crate::support::wait_until(
+        "the next file's batch",
+        Duration::from_secs(30),
+        async || {
+            let n = creates().await;
+            (n == 3, n)
+        },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(creates().await, 2, "never sent again");
+    assert_eq!(creates().await, 3, "the held create never sent again");
+    let events = env.store().await.job_events(&job.id).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.message.starts_with("held:")),
+        "{events:?}"
+    );
     crate::support::process::stdout_ok(Some(&env.config), &["cancel", &job.id]);
-    let jobs = env
-        .wait_finished(1, Duration::from_secs(30), &mut daemon)
-        .await;
+    let jobs = crate::support::wait_until(
+        "the held job cancelled",
+        Duration::from_secs(30),
+        async || {
+            let jobs = env.jobs().await;
+            let done = jobs
+                .iter()
+                .any(|j| j.id == job.id && j.state == JobState::Cancelled);
+            (done, jobs)
+        },
+    )
+    .await;
     env.stop(daemon);
-    assert_eq!(jobs[0].state, JobState::Cancelled, "{:?}", jobs[0].reason);
-    assert_eq!(creates().await, 2, "never sent again");
+    let next = jobs.iter().find(|j| j.file_name == "next.jsonl").unwrap();
+    assert_eq!(next.state, JobState::Running, "{:?}", next.reason);
+    assert_eq!(creates().await, 3, "the held create never sent again");
+    let sub = &env.submissions(&job.id).await[0];
+    assert!(
+        sub.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("none provably its own")),
+        "{:?}",
+        sub.last_error
+    );
     let stats = sim.handle.stats().await;
     assert!(
         !stats.requests.keys().any(|r| r.ends_with("/cancel")),
         "neither batch cancelled: {:?}",
         stats.requests
     );
-    assert_eq!(message_batches(&sim).await.len(), 2);
+    assert_eq!(message_batches(&sim).await.len(), 3);
 }
 
 /// A backup from before the claim, restored while the jobs' batches run: the database knows

@@ -12,6 +12,7 @@
 //! | [`arm_upload`] | queued | uploading | outcome unknown from now |
 //! | [`arm_create`] | uploading | creating | the input file; outcome unknown from now |
 //! | [`arm_create_from_lines`] | queued, creating (nothing under way) | creating | no input file (the lines go in the create); outcome unknown from now; only while no other such create's outcome is unknown |
+//! | [`hold`] | queued, creating (no batch) | the same | nothing under way; held until its deadline, why |
 //! | [`adopt_upload`] | queued, uploading | creating | an input file found on the service; outcome known |
 //! | [`activate`] | queued, uploading, creating | active | outcome known, no back-off, no error; the job's attempt counted |
 //! | [`to_collecting`] | active | collecting | no back-off |
@@ -104,6 +105,32 @@ pub async fn arm_create_from_lines(
         "queued, or creating with nothing under way",
     )
     .map(|()| true)
+}
+
+/// queued or creating → the same state, held: a create that may have been sent could have
+/// made any of several batches, so none is taken and it is never sent again. Nothing is under
+/// way any more (the mark is cleared, so no other create waits on it); it waits until
+/// `until` (its job's deadline) with `why` as its last error.
+pub async fn hold(
+    conn: &mut SqliteConnection,
+    id: i64,
+    until: &str,
+    why: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let n = sqlx::query!(
+        "UPDATE batches SET outcome_unknown_at = NULL, not_before = ?, last_error = ?,
+                            updated_at = ?
+         WHERE id = ? AND state IN ('queued', 'creating') AND remote_id IS NULL",
+        until,
+        why,
+        now,
+        id
+    )
+    .execute(conn)
+    .await?
+    .rows_affected();
+    StoreError::guarded(n, id, "be held", "queued or creating, with no batch")
 }
 
 /// queued or uploading → creating: an input file the database did not record was found on the

@@ -60,7 +60,7 @@ pub async fn step(ctx: Ctx, row_id: i64) -> anyhow::Result<()> {
         .job(&row.job_id)
         .await?
         .context("the job of a submission vanished")?;
-    if job.cancel_requested_at.is_some() {
+    if job.cancel_requested_at.is_some() || is_held(&row) {
         return Ok(());
     }
     // Whether this call armed the request itself: then it cannot have been sent before.
@@ -276,8 +276,8 @@ async fn create(ctx: &Ctx, row: &Submission, job: &Job, fresh: bool) -> anyhow::
 /// How the last error of a held submission ([`hold`]) begins.
 const HELD: &str = "held: ";
 
-/// Whether submission `row` is held ([`hold`]): its wait is for an operator or the deadline,
-/// and a cancel need not sit it out.
+/// Whether submission `row` is held ([`hold`]): never sent again; its wait is for an operator
+/// or the deadline, and a cancel need not sit it out.
 pub fn is_held(row: &Submission) -> bool {
     row.last_error
         .as_deref()
@@ -287,7 +287,8 @@ pub fn is_held(row: &Submission) -> bool {
 /// A create that may have been sent (its answer lost, or the database lagging) could have made
 /// any of the batches `ids`: none is taken, and the create is never sent again. The
 /// submission is held until the job's deadline (which then cancels it) or an operator's
-/// cancel; its last error says why, and so `status` does.
+/// cancel; its last error says why, and so `status` does. Nothing of it counts as under way
+/// any more, so other files' creates go on.
 pub async fn hold(ctx: &Ctx, row: &Submission, job: &Job, ids: &[String]) -> anyhow::Result<()> {
     let why = format!(
         "{HELD}a create may have been sent and {} batches it could have made are listed ({}); \
@@ -298,7 +299,7 @@ pub async fn hold(ctx: &Ctx, row: &Submission, job: &Job, ids: &[String]) -> any
     );
     let now = ctx.now();
     ctx.store
-        .postpone(&ctx.lease, row.id, &job.deadline_at, Some(&why), &now)
+        .hold(&ctx.lease, row, &job.deadline_at, &why, &now)
         .await?;
     tracing::error!(job = %row.job_id, candidates = %ids.join(", "), "a lost create is ambiguous: holding the job");
     Ok(())

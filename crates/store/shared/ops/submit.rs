@@ -60,6 +60,22 @@ impl Submit for Store {
         .await
     }
 
+    async fn hold(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        until: &str,
+        why: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.unit(lease, async |tx| {
+            transitions::hold(tx, row.id, until, why, now).await?;
+            crate::progress::add_event(tx, &row.job_id, why, now).await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn adopt_upload(
         &self,
         lease: &Lease,

@@ -48,6 +48,18 @@ pub trait Submit {
         unsent: &str,
         now: &str,
     ) -> Result<CreateIntent, StoreError>;
+    /// Holds submission `row` (queued or creating, with no batch): a create that may have been
+    /// sent could have made any of several batches, so it is never sent again, nothing of it
+    /// counts as under way, and it waits until `until` with `why` as its last error; the job's
+    /// events say `why`.
+    async fn hold(
+        &self,
+        lease: &Lease,
+        row: &Submission,
+        until: &str,
+        why: &str,
+        now: &str,
+    ) -> Result<(), StoreError>;
     /// Takes up `upload_id`, an upload a reconcile found for submission `row`, and arms the create.
     async fn adopt_upload(
         &self,
