@@ -282,8 +282,8 @@ impl Client {
             .await
     }
 
-    /// Every batch, newest first, fetched `limit_per_page` (1 to 100) at a time as the stream
-    /// is read: stop reading and no further page is asked for.
+    /// Every batch, newest first, fetched `limit_per_page` (1 to 100; on Anthropic, 1,000) at
+    /// a time as the stream is read: stop reading and no further page is asked for.
     pub fn list_batches(
         &self,
         limit_per_page: u32,

@@ -6,13 +6,15 @@
 //! hour of slack for clock skew).
 //!
 //! * An upload or create whose outcome is unknown: only when nothing matches may the request be
-//!   sent again ([`find_upload`], [`find_batch`]).
+//!   sent again ([`find_upload`], [`find_batch`]; where a batch names nothing of its part,
+//!   [`find_created`], by size, one such create outstanding at a time).
 //! * A database that lags the world (a restored backup, a lost WAL, a copy from another host):
 //!   at start every unfinished job is [`Unverified`](crate::daemon::shared::Unverified), as is a file adopted from processing/
 //!   without a row. Nothing is uploaded, created or abandoned for such a job until [`verify`]
 //!   has listed the service once for all of them and adopted what it found: batches of any
 //!   part and attempt (a missing attempt gets its row), and uploads the database did not
-//!   record. Only then does the job go on as the database says.
+//!   record (where batches name nothing of their part, the batches of each unsent part's size:
+//!   `match_by_size`). Only then does the job go on as the database says.
 //! * A create sent again after reconciliation found nothing may still land late: the re-sent
 //!   submissions are watched for a day and their late duplicates cancelled
 //!   ([`cancel_duplicates`]).
