@@ -612,7 +612,7 @@ async fn control_characters_in_a_file_name_forge_no_log_line_and_break_no_table(
         "{status}"
     );
     let header_columns = lines[3].split_whitespace().count();
-    assert_eq!(header_columns, 9, "{status}");
+    assert_eq!(header_columns, 10, "{status}");
 
     for job in &jobs {
         let show = crate::support::process::stdout_ok(None, &["show", &job.id, "--database", &db]);
