@@ -12,6 +12,11 @@
 //! ```
 //!
 //! Reasoning tokens are output tokens (they are billed as such), so they are not added again.
+//!
+//! A service that reports usage per request in the results rather than on the batch
+//! (Anthropic's Message Batches) has its batch's end booked without tokens; the tokens counted
+//! from the downloaded results, and their cost at `[pricing]` per model, replace that booking
+//! in the transaction that records the results collected.
 
 use crate::config::ModelPrice;
 
@@ -24,6 +29,15 @@ pub struct Tokens {
     /// All output tokens, reasoning ones included.
     pub output: i64,
     pub reasoning: i64,
+}
+
+impl std::ops::AddAssign for Tokens {
+    fn add_assign(&mut self, other: Tokens) {
+        self.input += other.input;
+        self.cached += other.cached;
+        self.output += other.output;
+        self.reasoning += other.reasoning;
+    }
 }
 
 /// The estimated cost in US dollars of `tokens` at `price`.

@@ -263,10 +263,12 @@ pub fn usage_by_model(reader: impl std::io::BufRead) -> std::io::Result<BTreeMap
         let Some(usage) = message.usage else { continue };
         let n = |v: Option<i64>| v.unwrap_or(0).max(0);
         let cached = n(usage.cache_read_input_tokens);
-        let tokens = by_model.entry(message.model).or_default();
-        tokens.input += n(usage.input_tokens) + n(usage.cache_creation_input_tokens) + cached;
-        tokens.cached += cached;
-        tokens.output += n(usage.output_tokens);
+        *by_model.entry(message.model).or_default() += Tokens {
+            input: n(usage.input_tokens) + n(usage.cache_creation_input_tokens) + cached,
+            cached,
+            output: n(usage.output_tokens),
+            reasoning: 0,
+        };
     }
     Ok(by_model)
 }

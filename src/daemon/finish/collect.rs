@@ -1,9 +1,9 @@
 //! Results: downloading the files of a batch that ended.
 //!
 //! Each batch's files are downloaded as `results/JOB/BATCH.output.jsonl` and
-//! `BATCH.errors.jsonl` (on Anthropic, both from the batch's one results stream, its
-//! `output_id` being the batch itself) (complete or not at all: the client writes a temporary file, checks its
-//! length on disk and renames it); a file already on disk ([`on_disk`]) is not downloaded
+//! `BATCH.errors.jsonl`, complete or not at all (the client writes a temporary file, checks its
+//! length on disk and renames it; on Anthropic both come from the batch's one results stream,
+//! its `output_id` being the batch itself); a file already on disk ([`on_disk`]) is not downloaded
 //! again. A file gone from the service is noted as missing. Once every submission of a job is
 //! done with, [`crate::daemon::finish`] finishes the job. Every step can be repeated after a crash.
 //!
@@ -158,10 +158,7 @@ async fn usage_from_output(
     let mut total = Tokens::default();
     let mut cost = Some(0.0);
     for (model, tokens) in &by_model {
-        total.input += tokens.input;
-        total.cached += tokens.cached;
-        total.output += tokens.output;
-        total.reasoning += tokens.reasoning;
+        total += *tokens;
         let price = ctx.settings.pricing.get(model);
         cost = cost.zip(price).map(|(sum, p)| sum + usage::cost(p, tokens));
     }

@@ -80,7 +80,7 @@ pub struct JobFacts {
     pub state: JobState,
     pub reason_code: Option<String>,
     pub reason: Option<String>,
-    /// `openai` or `azure`.
+    /// `openai`, `azure` or `anthropic`: where the job ran.
     pub provider: String,
     pub endpoint: Option<String>,
     pub model: Option<String>,

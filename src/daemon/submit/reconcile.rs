@@ -333,19 +333,24 @@ pub async fn verify(ctx: Ctx, feed: Option<Feeder>) -> anyhow::Result<()> {
     for row in ctx.store.submissions_of_jobs(&pending_ids).await? {
         rows_of.entry(row.job_id.clone()).or_default().push(row);
     }
-    if let Some(unrecorded) = unrecorded {
-        adopt_by_size(&ctx, &pending, &rows_of, unrecorded).await?;
-        rows_of.clear();
-        for row in ctx.store.submissions_of_jobs(&pending_ids).await? {
-            rows_of.entry(row.job_id.clone()).or_default().push(row);
+    match unrecorded {
+        // Nothing on a batch names its part: the survey holds no claims and no uploads, and
+        // the batches are matched to the parts by size, all at once.
+        Some(unrecorded) => {
+            adopt_by_size(&ctx, &pending, &rows_of, unrecorded).await?;
+            for job in &pending {
+                ctx.unverified.remove(&job.id);
+            }
         }
-    }
-    for job in &pending {
-        let claimed = survey.take_claimed(&job.id);
-        let rows = rows_of.remove(&job.id).unwrap_or_default();
-        adopt(&ctx, job, rows, claimed, &survey).await?;
-        ctx.unverified.remove(&job.id);
-        tracing::debug!(job = %job.id, "checked against the service");
+        None => {
+            for job in &pending {
+                let claimed = survey.take_claimed(&job.id);
+                let rows = rows_of.remove(&job.id).unwrap_or_default();
+                adopt(&ctx, job, rows, claimed, &survey).await?;
+                ctx.unverified.remove(&job.id);
+                tracing::debug!(job = %job.id, "checked against the service");
+            }
+        }
     }
     tracing::info!(jobs = pending.len(), "checked against the service");
     Ok(())
